@@ -1,0 +1,778 @@
+//! The batch: ferry's wire format between agent, collector and store.
+//!
+//! A batch is what the agent seals and ships, what the collector acknowledges, and what the
+//! embedded store keeps as received when no routing rule needs to look inside. Everything the
+//! collector needs to route and deduplicate a batch (record count, origin, byte range) is in the
+//! header, so it never has to decompress the payload to do so.
+//!
+//! # Layout (integers little-endian)
+//!
+//! | offset | size | field                                                              |
+//! |-------:|-----:|--------------------------------------------------------------------|
+//! | 0      | 4    | magic `FRYB`                                                       |
+//! | 4      | 1    | version, currently 1                                               |
+//! | 5      | 1    | codec: 0 none, 1 gzip                                              |
+//! | 6      | 2    | flags: bit 0 = an origin section follows the fixed header          |
+//! | 8      | 4    | record count                                                       |
+//! | 12     | 4    | `raw_len`: payload length after decompression                      |
+//! | 16     | 4    | `body_len`: bytes after the fixed header (origin + stored payload) |
+//! | 20     | 8    | `created_ms`: when the batch was sealed (ingest time), Unix ms     |
+//! | 28     | 4    | CRC32C of bytes `[0, 28)` followed by the body                     |
+//! | 32     | ...  | body: optional origin section, then the (compressed) payload       |
+//!
+//! Origin section: `u16` agent-id length, agent id (UTF-8), then `dev u64`, `inode u64`,
+//! `fingerprint u64`, `generation u32`, `first_offset u64`, `end_offset u64`.
+//!
+//! Payload, once decompressed, is the records back to back, each:
+//! `flags u8` (bit 0 event time, bit 1 fields, bit 2 truncated), `span` varint, line length
+//! varint, line bytes, then the event time as a zigzag varint if flagged, then if flagged a
+//! field count varint and that many (key length varint, key, value length varint, value).
+//! A record's file offset is implied: `first_offset` plus the spans of the records before it, and
+//! the spans must add up to `end_offset - first_offset`.
+
+use crate::record::{BatchOrigin, Field, FileId, OriginKey, Record};
+use bytes::Bytes;
+use std::io::{Read, Write};
+
+/// Magic bytes at the start of every batch.
+pub const MAGIC: [u8; 4] = *b"FRYB";
+/// The only version this build writes and reads.
+pub const VERSION: u8 = 1;
+/// Size of the fixed part of the header.
+pub const FIXED_HEADER_LEN: usize = 32;
+/// Longest agent id accepted in an origin section.
+pub const MAX_AGENT_ID_LEN: usize = 1024;
+/// Content type of this format on the collector's HTTP API.
+pub const CONTENT_TYPE: &str = "application/x-ferry-batch";
+
+const FLAG_ORIGIN: u16 = 1;
+const REC_EVENT_TIME: u8 = 1;
+const REC_FIELDS: u8 = 2;
+const REC_TRUNCATED: u8 = 4;
+const CRC_AT: usize = 28;
+const ORIGIN_FIXED_LEN: usize = 8 * 3 + 4 + 8 * 2;
+
+/// Every way a batch can be malformed. Each variant says what was wrong in terms a user (or the
+/// collector's 400 reply) can act on.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("batch truncated: need {need} bytes, have {have}")]
+    Truncated { need: usize, have: usize },
+    #[error("not a ferry batch: magic is {found:02x?}, expected \"FRYB\"")]
+    BadMagic { found: [u8; 4] },
+    #[error("unsupported batch version {0} (this build reads version {VERSION})")]
+    UnsupportedVersion(u8),
+    #[error("unknown codec id {0} (known: 0 none, 1 gzip)")]
+    UnknownCodec(u8),
+    #[error("unknown header flags {0:#06x}")]
+    UnknownFlags(u16),
+    #[error("checksum mismatch: header says {expected:#010x}, content gives {actual:#010x}")]
+    Checksum { expected: u32, actual: u32 },
+    #[error("{trailing} unexpected bytes after the batch")]
+    TrailingBytes { trailing: usize },
+    #[error("batch expands to {declared} bytes, over the limit of {limit}")]
+    TooLarge { declared: u64, limit: u64 },
+    #[error("batch holds {declared} records, over the limit of {limit}")]
+    TooManyRecords { declared: u64, limit: u64 },
+    #[error("payload does not decompress: {0}")]
+    Decompress(String),
+    #[error("payload is {actual} bytes after decompression, header says {declared}")]
+    RawLength { declared: u64, actual: u64 },
+    #[error("origin section malformed: {0}")]
+    Origin(&'static str),
+    #[error("record {index} malformed: {reason}")]
+    Record { index: u32, reason: &'static str },
+    #[error("header says {declared} records, payload holds {actual}")]
+    RecordCount { declared: u32, actual: u32 },
+    #[error("record spans add up to {actual} bytes, origin range is {declared}")]
+    Span { declared: u64, actual: u64 },
+    #[error("batch too large to encode: {0} bytes")]
+    EncodeTooLarge(u64),
+}
+
+/// How a batch's payload is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Codec {
+    None,
+    Gzip,
+}
+
+impl Codec {
+    fn id(self) -> u8 {
+        match self {
+            Codec::None => 0,
+            Codec::Gzip => 1,
+        }
+    }
+
+    fn from_id(id: u8) -> Result<Self, WireError> {
+        match id {
+            0 => Ok(Codec::None),
+            1 => Ok(Codec::Gzip),
+            other => Err(WireError::UnknownCodec(other)),
+        }
+    }
+}
+
+/// Limits a decoder enforces before it spends memory on a batch.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeLimits {
+    /// Largest decompressed payload accepted (guards against gzip bombs).
+    pub max_raw_bytes: u64,
+    /// Most records accepted in one batch.
+    pub max_records: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        Self {
+            max_raw_bytes: 64 << 20,
+            max_records: 1 << 22,
+        }
+    }
+}
+
+/// The parsed header of a batch, checked (magic, version, codec, length, CRC) but with its payload
+/// still compressed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub codec: Codec,
+    pub record_count: u32,
+    pub raw_len: u32,
+    pub created_ms: i64,
+    pub crc: u32,
+    pub origin: Option<BatchOrigin>,
+    /// Total encoded length of the batch, header included.
+    pub total_len: usize,
+    /// Where the stored payload starts within the batch.
+    pub payload_start: usize,
+}
+
+impl BatchHeader {
+    /// Parses and verifies the header of the batch at the start of `buf`, including the CRC over
+    /// its body. `buf` may hold more bytes after the batch (see [`BatchHeader::total_len`]).
+    pub fn parse(buf: &[u8]) -> Result<Self, WireError> {
+        if buf.len() < FIXED_HEADER_LEN {
+            return Err(WireError::Truncated {
+                need: FIXED_HEADER_LEN,
+                have: buf.len(),
+            });
+        }
+        let magic: [u8; 4] = [buf[0], buf[1], buf[2], buf[3]];
+        if magic != MAGIC {
+            return Err(WireError::BadMagic { found: magic });
+        }
+        if buf[4] != VERSION {
+            return Err(WireError::UnsupportedVersion(buf[4]));
+        }
+        let codec = Codec::from_id(buf[5])?;
+        let flags = u16_at(buf, 6);
+        if flags & !FLAG_ORIGIN != 0 {
+            return Err(WireError::UnknownFlags(flags));
+        }
+        let record_count = u32_at(buf, 8);
+        let raw_len = u32_at(buf, 12);
+        let body_len = u32_at(buf, 16) as usize;
+        let created_ms = u64_at(buf, 20) as i64;
+        let crc = u32_at(buf, CRC_AT);
+        let total_len = FIXED_HEADER_LEN + body_len;
+        if buf.len() < total_len {
+            return Err(WireError::Truncated {
+                need: total_len,
+                have: buf.len(),
+            });
+        }
+        let body = &buf[FIXED_HEADER_LEN..total_len];
+        let actual = crc32c::crc32c_append(crc32c::crc32c(&buf[..CRC_AT]), body);
+        if actual != crc {
+            return Err(WireError::Checksum {
+                expected: crc,
+                actual,
+            });
+        }
+        let (origin, origin_len) = if flags & FLAG_ORIGIN != 0 {
+            let (o, n) = parse_origin(body)?;
+            (Some(o), n)
+        } else {
+            (None, 0)
+        };
+        Ok(Self {
+            codec,
+            record_count,
+            raw_len,
+            created_ms,
+            crc,
+            origin,
+            total_len,
+            payload_start: FIXED_HEADER_LEN + origin_len,
+        })
+    }
+}
+
+fn parse_origin(body: &[u8]) -> Result<(BatchOrigin, usize), WireError> {
+    if body.len() < 2 {
+        return Err(WireError::Origin("shorter than its agent-id length"));
+    }
+    let id_len = u16_at(body, 0) as usize;
+    if id_len > MAX_AGENT_ID_LEN {
+        return Err(WireError::Origin("agent id longer than 1024 bytes"));
+    }
+    let need = 2 + id_len + ORIGIN_FIXED_LEN;
+    if body.len() < need {
+        return Err(WireError::Origin("shorter than its declared length"));
+    }
+    let agent_id = std::str::from_utf8(&body[2..2 + id_len])
+        .map_err(|_| WireError::Origin("agent id is not UTF-8"))?
+        .to_owned();
+    let p = 2 + id_len;
+    let file = FileId {
+        dev: u64_at(body, p),
+        inode: u64_at(body, p + 8),
+        fingerprint: u64_at(body, p + 16),
+        generation: u32_at(body, p + 24),
+    };
+    let first_offset = u64_at(body, p + 28);
+    let end_offset = u64_at(body, p + 36);
+    if end_offset < first_offset {
+        return Err(WireError::Origin("end offset before first offset"));
+    }
+    Ok((
+        BatchOrigin {
+            key: OriginKey { agent_id, file },
+            first_offset,
+            end_offset,
+        },
+        need,
+    ))
+}
+
+/// A decoded batch: its header and its records. Record lines share one buffer.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub header: BatchHeader,
+    pub records: Vec<Record>,
+}
+
+/// Decodes one batch that fills `buf` exactly, verifying everything: header, CRC, decompressed
+/// length, every record, the record count and the origin's byte range. Never panics.
+pub fn decode(buf: &Bytes, limits: &DecodeLimits) -> Result<Batch, WireError> {
+    let header = BatchHeader::parse(buf)?;
+    if buf.len() > header.total_len {
+        return Err(WireError::TrailingBytes {
+            trailing: buf.len() - header.total_len,
+        });
+    }
+    let raw = decompress(
+        buf.slice(header.payload_start..header.total_len),
+        &header,
+        limits,
+    )?;
+    let records = parse_records(&raw, &header)?;
+    Ok(Batch { header, records })
+}
+
+/// Returns the decompressed payload of a batch whose header was already parsed.
+pub fn decompress(
+    stored: Bytes,
+    header: &BatchHeader,
+    limits: &DecodeLimits,
+) -> Result<Bytes, WireError> {
+    let declared = u64::from(header.raw_len);
+    if declared > limits.max_raw_bytes {
+        return Err(WireError::TooLarge {
+            declared,
+            limit: limits.max_raw_bytes,
+        });
+    }
+    if u64::from(header.record_count) > limits.max_records {
+        return Err(WireError::TooManyRecords {
+            declared: u64::from(header.record_count),
+            limit: limits.max_records,
+        });
+    }
+    let raw = match header.codec {
+        Codec::None => stored,
+        Codec::Gzip => {
+            let mut out = Vec::with_capacity(header.raw_len as usize);
+            // Read one byte past the declared length, so a payload that inflates beyond what
+            // the header promised is caught without inflating all of it.
+            let mut dec = flate2::read::GzDecoder::new(&stored[..]).take(declared + 1);
+            dec.read_to_end(&mut out)
+                .map_err(|e| WireError::Decompress(e.to_string()))?;
+            Bytes::from(out)
+        }
+    };
+    if raw.len() as u64 != declared {
+        return Err(WireError::RawLength {
+            declared,
+            actual: raw.len() as u64,
+        });
+    }
+    Ok(raw)
+}
+
+fn parse_records(raw: &Bytes, header: &BatchHeader) -> Result<Vec<Record>, WireError> {
+    let mut records = Vec::with_capacity(header.record_count as usize);
+    let mut pos = 0usize;
+    let mut offset = header.origin.as_ref().map(|o| o.first_offset);
+    let mut span_sum: u64 = 0;
+    let mut index: u32 = 0;
+    while pos < raw.len() {
+        if index >= header.record_count {
+            return Err(WireError::RecordCount {
+                declared: header.record_count,
+                actual: index.saturating_add(1),
+            });
+        }
+        let bad = |reason| WireError::Record { index, reason };
+        let flags = raw[pos];
+        pos += 1;
+        if flags & !(REC_EVENT_TIME | REC_FIELDS | REC_TRUNCATED) != 0 {
+            return Err(bad("unknown record flags"));
+        }
+        let span = read_varint(raw, &mut pos).ok_or_else(|| bad("truncated span"))?;
+        let line = read_bytes(raw, &mut pos).ok_or_else(|| bad("truncated line"))?;
+        let event_time_ms = if flags & REC_EVENT_TIME != 0 {
+            let z = read_varint(raw, &mut pos).ok_or_else(|| bad("truncated event time"))?;
+            Some(unzigzag(z))
+        } else {
+            None
+        };
+        let mut fields = Vec::new();
+        if flags & REC_FIELDS != 0 {
+            let n = read_varint(raw, &mut pos).ok_or_else(|| bad("truncated field count"))?;
+            if n > (raw.len() - pos) as u64 / 2 {
+                return Err(bad("field count larger than the payload"));
+            }
+            for _ in 0..n {
+                let k = read_bytes(raw, &mut pos).ok_or_else(|| bad("truncated field key"))?;
+                let v = read_bytes(raw, &mut pos).ok_or_else(|| bad("truncated field value"))?;
+                let k = std::str::from_utf8(&k).map_err(|_| bad("field key is not UTF-8"))?;
+                let v = std::str::from_utf8(&v).map_err(|_| bad("field value is not UTF-8"))?;
+                fields.push(Field::new(k, v));
+            }
+        }
+        records.push(Record {
+            line,
+            event_time_ms,
+            offset,
+            span,
+            truncated: flags & REC_TRUNCATED != 0,
+            fields,
+        });
+        span_sum = span_sum
+            .checked_add(span)
+            .ok_or_else(|| bad("span overflows"))?;
+        offset = offset.map(|o| o.saturating_add(span));
+        index += 1;
+    }
+    if index != header.record_count {
+        return Err(WireError::RecordCount {
+            declared: header.record_count,
+            actual: index,
+        });
+    }
+    if let Some(origin) = &header.origin {
+        let declared = origin.end_offset - origin.first_offset;
+        if declared != span_sum {
+            return Err(WireError::Span {
+                declared,
+                actual: span_sum,
+            });
+        }
+    }
+    Ok(records)
+}
+
+/// Accumulates records into an uncompressed payload, then seals them into a batch.
+///
+/// The builder is meant to be reused (`clear`) so that a steady stream of batches allocates
+/// nothing per line.
+#[derive(Debug, Default)]
+pub struct BatchBuilder {
+    raw: Vec<u8>,
+    count: u32,
+    origin: Option<(OriginKey, u64)>,
+    span_total: u64,
+}
+
+impl BatchBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts a batch of lines read from one file, beginning at `first_offset`.
+    pub fn with_origin(key: OriginKey, first_offset: u64) -> Self {
+        Self {
+            origin: Some((key, first_offset)),
+            ..Self::default()
+        }
+    }
+
+    /// Empties the builder but keeps its buffer; sets the origin of the next batch.
+    pub fn reset(&mut self, origin: Option<(OriginKey, u64)>) {
+        self.raw.clear();
+        self.count = 0;
+        self.span_total = 0;
+        self.origin = origin;
+    }
+
+    /// Appends a plain line that consumed `span` bytes of its file (line plus newline).
+    pub fn push_line(&mut self, line: &[u8], span: u64) {
+        self.raw.push(0);
+        write_varint(&mut self.raw, span);
+        write_varint(&mut self.raw, line.len() as u64);
+        self.raw.extend_from_slice(line);
+        self.count += 1;
+        self.span_total += span;
+    }
+
+    /// Appends a record with everything it may carry.
+    pub fn push(
+        &mut self,
+        line: &[u8],
+        span: u64,
+        event_time_ms: Option<i64>,
+        truncated: bool,
+        fields: &[Field],
+    ) {
+        let mut flags = 0u8;
+        if event_time_ms.is_some() {
+            flags |= REC_EVENT_TIME;
+        }
+        if !fields.is_empty() {
+            flags |= REC_FIELDS;
+        }
+        if truncated {
+            flags |= REC_TRUNCATED;
+        }
+        self.raw.push(flags);
+        write_varint(&mut self.raw, span);
+        write_varint(&mut self.raw, line.len() as u64);
+        self.raw.extend_from_slice(line);
+        if let Some(t) = event_time_ms {
+            write_varint(&mut self.raw, zigzag(t));
+        }
+        if !fields.is_empty() {
+            write_varint(&mut self.raw, fields.len() as u64);
+            for f in fields {
+                write_varint(&mut self.raw, f.key.len() as u64);
+                self.raw.extend_from_slice(f.key.as_bytes());
+                write_varint(&mut self.raw, f.value.len() as u64);
+                self.raw.extend_from_slice(f.value.as_bytes());
+            }
+        }
+        self.count += 1;
+        self.span_total += span;
+    }
+
+    pub fn record_count(&self) -> u32 {
+        self.count
+    }
+
+    /// Uncompressed payload size so far.
+    pub fn raw_len(&self) -> usize {
+        self.raw.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The file offset just past the last record pushed (where reading resumes).
+    pub fn end_offset(&self) -> Option<u64> {
+        self.origin
+            .as_ref()
+            .map(|(_, first)| first + self.span_total)
+    }
+
+    /// Seals the records into one encoded batch, compressing with `codec` at `level` (gzip 0-9).
+    pub fn finish(&self, codec: Codec, level: u32, created_ms: i64) -> Result<Vec<u8>, WireError> {
+        let mut out = Vec::with_capacity(FIXED_HEADER_LEN + 64 + self.raw.len() / 2);
+        self.finish_into(codec, level, created_ms, &mut out)?;
+        Ok(out)
+    }
+
+    /// Like [`BatchBuilder::finish`], writing into `out` (cleared first) to reuse its allocation.
+    pub fn finish_into(
+        &self,
+        codec: Codec,
+        level: u32,
+        created_ms: i64,
+        out: &mut Vec<u8>,
+    ) -> Result<(), WireError> {
+        let raw_len = u32::try_from(self.raw.len())
+            .map_err(|_| WireError::EncodeTooLarge(self.raw.len() as u64))?;
+        out.clear();
+        out.extend_from_slice(&MAGIC);
+        out.push(VERSION);
+        out.push(codec.id());
+        let flags = if self.origin.is_some() {
+            FLAG_ORIGIN
+        } else {
+            0
+        };
+        out.extend_from_slice(&flags.to_le_bytes());
+        out.extend_from_slice(&self.count.to_le_bytes());
+        out.extend_from_slice(&raw_len.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes()); // body_len, patched below
+        out.extend_from_slice(&created_ms.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes()); // crc, patched below
+        if let Some((key, first)) = &self.origin {
+            let id = key.agent_id.as_bytes();
+            let id = &id[..id.len().min(MAX_AGENT_ID_LEN)];
+            out.extend_from_slice(&(id.len() as u16).to_le_bytes());
+            out.extend_from_slice(id);
+            out.extend_from_slice(&key.file.dev.to_le_bytes());
+            out.extend_from_slice(&key.file.inode.to_le_bytes());
+            out.extend_from_slice(&key.file.fingerprint.to_le_bytes());
+            out.extend_from_slice(&key.file.generation.to_le_bytes());
+            out.extend_from_slice(&first.to_le_bytes());
+            out.extend_from_slice(&(first + self.span_total).to_le_bytes());
+        }
+        match codec {
+            Codec::None => out.extend_from_slice(&self.raw),
+            Codec::Gzip => {
+                let mut enc = flate2::write::GzEncoder::new(
+                    &mut *out,
+                    flate2::Compression::new(level.min(9)),
+                );
+                // Writing into a Vec cannot fail.
+                enc.write_all(&self.raw)
+                    .and_then(|()| enc.finish().map(|_| ()))
+                    .map_err(|e| WireError::Decompress(e.to_string()))?;
+            }
+        }
+        let body_len = u32::try_from(out.len() - FIXED_HEADER_LEN)
+            .map_err(|_| WireError::EncodeTooLarge(out.len() as u64))?;
+        out[16..20].copy_from_slice(&body_len.to_le_bytes());
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&out[..CRC_AT]), &out[FIXED_HEADER_LEN..]);
+        out[CRC_AT..FIXED_HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+        Ok(())
+    }
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(a)
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+/// Appends `v` as an unsigned LEB128 varint.
+pub fn write_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Reads an unsigned LEB128 varint at `*pos`; `None` if truncated or longer than 10 bytes.
+pub fn read_varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
+    let mut v: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let b = *buf.get(*pos)?;
+        *pos += 1;
+        v |= u64::from(b & 0x7f) << shift;
+        if b < 0x80 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+fn read_bytes(buf: &Bytes, pos: &mut usize) -> Option<Bytes> {
+    let len = read_varint(buf, pos)?;
+    let len = usize::try_from(len).ok()?;
+    let end = pos.checked_add(len)?;
+    if end > buf.len() {
+        return None;
+    }
+    let out = buf.slice(*pos..end);
+    *pos = end;
+    Some(out)
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn origin_key() -> OriginKey {
+        OriginKey {
+            agent_id: "host-a".into(),
+            file: FileId {
+                dev: 2049,
+                inode: 77,
+                fingerprint: 0xdead_beef,
+                generation: 1,
+            },
+        }
+    }
+
+    fn sample(codec: Codec) -> Vec<u8> {
+        let mut b = BatchBuilder::with_origin(origin_key(), 1000);
+        b.push_line(b"first line", 11);
+        b.push(
+            b"\xff\xfe not utf8",
+            13,
+            Some(-5),
+            true,
+            &[Field::new("env", "prod")],
+        );
+        b.push_line(b"", 1);
+        b.finish(codec, 1, 1_700_000_000_000).unwrap()
+    }
+
+    #[test]
+    fn round_trip_keeps_offsets_fields_and_invalid_utf8() {
+        for codec in [Codec::None, Codec::Gzip] {
+            let enc = Bytes::from(sample(codec));
+            let batch = decode(&enc, &DecodeLimits::default()).unwrap();
+            assert_eq!(batch.header.codec, codec);
+            assert_eq!(batch.header.created_ms, 1_700_000_000_000);
+            let origin = batch.header.origin.as_ref().unwrap();
+            assert_eq!(origin.key, origin_key());
+            assert_eq!((origin.first_offset, origin.end_offset), (1000, 1025));
+            let offsets: Vec<_> = batch.records.iter().map(|r| r.offset).collect();
+            assert_eq!(offsets, vec![Some(1000), Some(1011), Some(1024)]);
+            assert_eq!(&batch.records[1].line[..], b"\xff\xfe not utf8");
+            assert!(batch.records[1].truncated);
+            assert_eq!(batch.records[1].event_time_ms, Some(-5));
+            assert_eq!(batch.records[1].fields, vec![Field::new("env", "prod")]);
+            assert_eq!(&batch.records[2].line[..], b"");
+        }
+    }
+
+    #[test]
+    fn header_alone_gives_origin_without_decompressing() {
+        let enc = sample(Codec::Gzip);
+        let h = BatchHeader::parse(&enc).unwrap();
+        assert_eq!(h.record_count, 3);
+        assert_eq!(h.total_len, enc.len());
+        assert_eq!(h.origin.unwrap().end_offset, 1025);
+    }
+
+    #[test]
+    fn empty_batch_round_trips() {
+        let enc = Bytes::from(BatchBuilder::new().finish(Codec::Gzip, 6, 0).unwrap());
+        let batch = decode(&enc, &DecodeLimits::default()).unwrap();
+        assert!(batch.records.is_empty());
+        assert!(batch.header.origin.is_none());
+    }
+
+    #[test]
+    fn varint_and_zigzag_extremes() {
+        for v in [0u64, 1, 127, 128, 300, u64::MAX] {
+            let mut out = Vec::new();
+            write_varint(&mut out, v);
+            let mut pos = 0;
+            assert_eq!(read_varint(&out, &mut pos), Some(v));
+            assert_eq!(pos, out.len());
+        }
+        for v in [0i64, -1, 1, i64::MIN, i64::MAX] {
+            assert_eq!(unzigzag(zigzag(v)), v);
+        }
+        // Eleven continuation bytes is not a varint.
+        let mut pos = 0;
+        assert_eq!(read_varint(&[0xff; 11], &mut pos), None);
+    }
+
+    #[derive(Debug, Clone)]
+    struct Rec {
+        line: Vec<u8>,
+        extra_span: u8,
+        time: Option<i64>,
+        truncated: bool,
+        fields: Vec<(String, String)>,
+    }
+
+    fn rec_strategy() -> impl Strategy<Value = Rec> {
+        (
+            proptest::collection::vec(any::<u8>(), 0..300),
+            any::<u8>(),
+            proptest::option::of(any::<i64>()),
+            any::<bool>(),
+            proptest::collection::vec(("[a-z]{0,8}", "\\PC{0,12}"), 0..3),
+        )
+            .prop_map(|(line, extra_span, time, truncated, fields)| Rec {
+                line,
+                extra_span,
+                time,
+                truncated,
+                fields,
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn any_records_round_trip(
+            recs in proptest::collection::vec(rec_strategy(), 0..40),
+            with_origin in any::<bool>(),
+            gzip in any::<bool>(),
+            first in 0u64..(1 << 40),
+            created in any::<i64>(),
+        ) {
+            let mut b = if with_origin { BatchBuilder::with_origin(origin_key(), first) } else { BatchBuilder::new() };
+            for r in &recs {
+                let fields: Vec<Field> = r.fields.iter().map(|(k, v)| Field::new(k.as_str(), v.as_str())).collect();
+                let span = r.line.len() as u64 + u64::from(r.extra_span);
+                b.push(&r.line, span, r.time, r.truncated, &fields);
+            }
+            let codec = if gzip { Codec::Gzip } else { Codec::None };
+            let enc = Bytes::from(b.finish(codec, 1, created).unwrap());
+            let batch = decode(&enc, &DecodeLimits::default()).unwrap();
+            prop_assert_eq!(batch.records.len(), recs.len());
+            prop_assert_eq!(batch.header.created_ms, created);
+            let mut off = first;
+            for (got, want) in batch.records.iter().zip(&recs) {
+                prop_assert_eq!(&got.line[..], &want.line[..]);
+                prop_assert_eq!(got.event_time_ms, want.time);
+                prop_assert_eq!(got.truncated, want.truncated);
+                prop_assert_eq!(got.fields.len(), want.fields.len());
+                if with_origin {
+                    prop_assert_eq!(got.offset, Some(off));
+                } else {
+                    prop_assert_eq!(got.offset, None);
+                }
+                off += got.span;
+            }
+        }
+
+        /// Any byte string at all: the decoder answers Ok or Err, never panics.
+        #[test]
+        fn garbage_never_panics(buf in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode(&Bytes::from(buf), &DecodeLimits::default());
+        }
+
+        /// Every single-byte change and every truncation of a valid batch is rejected.
+        #[test]
+        fn flipped_or_chopped_batches_are_rejected(at in any::<prop::sample::Index>(), xor in 1u8..=255, gzip in any::<bool>()) {
+            let enc = sample(if gzip { Codec::Gzip } else { Codec::None });
+            let i = at.index(enc.len());
+            let mut flipped = enc.clone();
+            flipped[i] ^= xor;
+            prop_assert!(decode(&Bytes::from(flipped), &DecodeLimits::default()).is_err());
+            prop_assert!(decode(&Bytes::from(enc[..i].to_vec()), &DecodeLimits::default()).is_err());
+        }
+    }
+}

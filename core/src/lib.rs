@@ -1,0 +1,23 @@
+//! ferry-core: what every ferry component shares.
+//!
+//! - [`record`]: the record (a line, its event time, its origin file and offset, its fields).
+//! - [`batch`]: the versioned, CRC-checked, optionally gzipped batch format in which records
+//!   travel from agent to collector and rest in the embedded store; its decoder never panics.
+//! - [`config`]: YAML loading with `${ENV}` substitution, durations, byte sizes, and errors
+//!   that name `file:line:col`.
+//! - [`telemetry`]: `tracing` to stderr and the process's Prometheus registry.
+//! - [`shutdown`]: the drain signal every long-lived loop listens to.
+
+pub mod batch;
+pub mod config;
+pub mod record;
+pub mod shutdown;
+pub mod telemetry;
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

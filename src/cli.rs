@@ -1,0 +1,177 @@
+//! The command line. Every subcommand of DESIGN.md's contract is declared here; errors from any
+//! of them are mapped to exit codes in [`main`] and nowhere else: 0 success, 1 runtime failure,
+//! 2 usage or config error.
+
+use clap::{Parser, Subcommand};
+use ferry_core::telemetry::LogFormat;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ferry",
+    version,
+    about = "Ship log lines from files to topics to aggregates, without losing or duplicating one."
+)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, env = "FERRY_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, e.g. `info` or `debug,hyper=info` (RUST_LOG overrides).
+    #[arg(long, global = true, env = "FERRY_LOG")]
+    pub log_level: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run collector (embedded store), agent and processor in one process on a local sample.
+    Up {
+        #[arg(long, default_value = "configs/local.yaml")]
+        config: PathBuf,
+    },
+    /// Run the central service: ingest, routing, the topic store, consumer groups.
+    Collector {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        listen: Option<String>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Store into Kafka at these brokers instead of the embedded store.
+        #[arg(long)]
+        kafka: Option<String>,
+    },
+    /// Tail files and ship their lines.
+    Agent {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Collector URL; repeat for failover.
+        #[arg(long)]
+        collector: Vec<String>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        topic: Option<String>,
+        /// Ship straight to Kafka at these brokers.
+        #[arg(long)]
+        kafka: Option<String>,
+        /// collector, kafka, stdout or null.
+        #[arg(long)]
+        output: Option<String>,
+        /// Files or globs to tail.
+        paths: Vec<String>,
+    },
+    /// Consume topics and compute windowed aggregates.
+    Processor {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        collector: Option<String>,
+    },
+    /// Send one record per stdin line to a topic; exit 0 once all are acknowledged.
+    Produce {
+        #[arg(long)]
+        collector: String,
+        topic: String,
+    },
+    /// Print records of a topic.
+    Consume {
+        #[arg(long)]
+        collector: Option<String>,
+        #[arg(long)]
+        kafka: Option<String>,
+        topic: String,
+        #[arg(long)]
+        group: Option<String>,
+        #[arg(long)]
+        from_beginning: bool,
+        #[arg(long)]
+        max: Option<u64>,
+        #[arg(long)]
+        idle_timeout: Option<String>,
+        #[arg(long, default_value = "raw")]
+        format: String,
+    },
+    /// List topics with their partitions and sizes.
+    Topics {
+        #[arg(long)]
+        collector: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List consumer groups with their lag.
+    Groups {
+        #[arg(long)]
+        collector: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a ferry config; a bad one exits 2 naming file:line:col.
+    Check { file: PathBuf },
+}
+
+/// An error that is the user's to fix (bad flags, bad config): exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Parses arguments, runs the command, maps the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ExitCode::SUCCESS
+                }
+                _ => ExitCode::from(2),
+            };
+        }
+    };
+    ferry_core::telemetry::init_logging(
+        cli.log_format.unwrap_or_default(),
+        cli.log_level.as_deref(),
+    );
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let usage = err.downcast_ref::<UsageError>().is_some()
+                || err
+                    .downcast_ref::<ferry_core::config::ConfigError>()
+                    .is_some();
+            eprintln!("ferry: {err:#}");
+            ExitCode::from(if usage { 2 } else { 1 })
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Check { file } => {
+            let report = crate::check::check(&file)?;
+            println!("{}: ok ({})", file.display(), report.sections.join(", "));
+            Ok(())
+        }
+        other => Err(anyhow::anyhow!(
+            "`ferry {}` is not built yet: see the open issues (collector: 3-4, agent: 5, processor: 6, Kafka: 7, up: 8)",
+            command_name(&other)
+        )),
+    }
+}
+
+fn command_name(c: &Command) -> &'static str {
+    match c {
+        Command::Up { .. } => "up",
+        Command::Collector { .. } => "collector",
+        Command::Agent { .. } => "agent",
+        Command::Processor { .. } => "processor",
+        Command::Produce { .. } => "produce",
+        Command::Consume { .. } => "consume",
+        Command::Topics { .. } => "topics",
+        Command::Groups { .. } => "groups",
+        Command::Check { .. } => "check",
+    }
+}

@@ -93,6 +93,11 @@ fn first_line(rendered: &str) -> String {
     let line = rendered.lines().next().unwrap_or(rendered).trim();
     // Strip a leading "error: " and a trailing " at line X column Y" if the renderer adds them.
     let line = line.strip_prefix("error: ").unwrap_or(line);
+    // ... and a leading "line X column Y: ".
+    let line = match line.strip_prefix("line ").and_then(|r| r.split_once(": ")) {
+        Some((pos, msg)) if pos.contains(" column ") => msg,
+        _ => line,
+    };
     match line.find(" at line ") {
         Some(i) => line[..i].to_owned(),
         None => line.to_owned(),
@@ -355,6 +360,7 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.starts_with("x.yaml:4:3: "), "{msg}");
         assert!(msg.contains("prot"), "{msg}");
+        assert!(!msg.contains("line 4 column"), "location said twice: {msg}");
     }
 
     #[test]

@@ -1,0 +1,107 @@
+//! The command line as a user meets it: help, exit codes, `ferry check` on every sample config.
+
+mod util;
+use util::{Dir, ferry, run};
+
+#[test]
+fn help_lists_every_subcommand() {
+    let out = run(ferry().arg("--help"), b"", 0);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for cmd in [
+        "agent",
+        "collector",
+        "processor",
+        "up",
+        "produce",
+        "consume",
+        "topics",
+        "groups",
+        "check",
+    ] {
+        assert!(
+            text.lines().any(|l| l.trim_start().starts_with(cmd)),
+            "--help does not list {cmd}:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn unknown_flag_is_a_usage_error() {
+    let out = run(ferry().args(["check", "--frobnicate"]), b"", 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--frobnicate"));
+}
+
+#[test]
+fn every_sample_config_passes_check() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("configs/ exists") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            run(ferry().arg("check").arg(&path), b"", 0);
+            n += 1;
+        }
+    }
+    assert!(n >= 1, "no sample configs in {}", dir.display());
+}
+
+/// Every sample config, with one key misspelled, fails with the file, line and column of the typo.
+#[test]
+fn broken_copies_of_sample_configs_name_file_line_col() {
+    let configs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let tmp = Dir::new("check");
+    for entry in std::fs::read_dir(&configs).expect("configs/ exists") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("read config");
+        // Misspell the last top-level or nested key of the file (a line "  name: value").
+        let (idx, line) = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| {
+                let t = l.trim_start();
+                !t.starts_with('#') && !t.starts_with('-') && t.contains(':')
+            })
+            .last()
+            .expect("config has a key");
+        let col = line.len() - line.trim_start().len() + 1;
+        let broken_line = format!("{}zz{}", &line[..col - 1], &line[col - 1..]);
+        let broken: Vec<String> = text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| {
+                if i == idx {
+                    broken_line.clone()
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect();
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        let bad = tmp.write(&name, broken.join("\n"));
+        let out = run(ferry().arg("check").arg(&bad), b"", 2);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let want = format!("{}:{}:{}:", bad.display(), idx + 1, col);
+        assert!(stderr.contains(&want), "want {want} in:\n{stderr}");
+    }
+}
+
+#[test]
+fn check_reports_missing_file_and_garbage() {
+    let tmp = Dir::new("check-garbage");
+    let out = run(ferry().arg("check").arg(tmp.join("nope.yaml")), b"", 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+    let bad = tmp.write("bad.yaml", "telemetry: [\n");
+    let out = run(ferry().arg("check").arg(&bad), b"", 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.yaml:"));
+    let wrong_type = tmp.write("wt.yaml", "telemetry:\n  log_format: purple\n");
+    let out = run(ferry().arg("check").arg(&wrong_type), b"", 2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("wt.yaml:2:15:"), "{stderr}");
+}

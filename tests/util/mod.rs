@@ -1,0 +1,231 @@
+//! The end-to-end test harness: real `ferry` processes, real files, real ports.
+//!
+//! - [`Dir`]: a unique temp directory per test, kept on failure for inspection.
+//! - [`ferry`]: a `Command` for the `ferry` binary cargo built for this test run.
+//! - [`run`]: runs a command to completion; on an unexpected exit status prints the command, its
+//!   stdout and stderr.
+//! - [`Service`]: a long-running `ferry` process on a free port; waits for `/healthz`, kills the
+//!   process on drop, and prints its stderr if the test is failing.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Dir {
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Dir {
+    pub fn new(name: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("ferry-{name}-"))
+            .tempdir()
+            .expect("create temp dir");
+        Self { dir: Some(dir) }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.as_ref().map(|d| d.path()).expect("dir exists")
+    }
+
+    pub fn join(&self, p: impl AsRef<Path>) -> PathBuf {
+        self.path().join(p)
+    }
+
+    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let p = self.join(name);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(&p, contents).expect("write file");
+        p
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(d) = self.dir.take() {
+                eprintln!("test dir kept: {}", d.keep().display());
+            }
+        }
+    }
+}
+
+/// The `ferry` binary built for these tests.
+pub fn ferry_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ferry"))
+}
+
+pub fn ferry() -> Command {
+    let mut c = Command::new(ferry_bin());
+    c.env_remove("RUST_LOG");
+    c
+}
+
+/// Runs `cmd` with `stdin` and returns its output; panics with everything it printed if its exit
+/// code is not `expect_code`.
+pub fn run(cmd: &mut Command, stdin: &[u8], expect_code: i32) -> Output {
+    let desc = format!("{cmd:?}");
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {desc}: {e}"));
+    let mut input = child.stdin.take().expect("stdin");
+    let stdin = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
+    let out = child.wait_with_output().expect("wait");
+    let _ = writer.join();
+    if out.status.code() != Some(expect_code) {
+        panic!(
+            "\n{desc}\nexited with {:?}, expected {expect_code}\n--- stdout\n{}\n--- stderr\n{}\n",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+/// A port nobody listens on right now (the OS may hand it out again, but not soon).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind port 0")
+}
+
+/// A long-running ferry process.
+pub struct Service {
+    pub name: String,
+    pub child: Option<Child>,
+    pub addr: SocketAddr,
+    pub stderr_path: PathBuf,
+}
+
+impl Service {
+    /// Starts `ferry ARGS` with stderr to a file in `dir`, and waits until `GET /healthz` on
+    /// `addr` answers 200.
+    pub fn start(name: &str, dir: &Dir, args: &[&str], addr: SocketAddr) -> Self {
+        let stderr_path = dir.join(format!("{name}.stderr"));
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&stderr_path)
+            .expect("stderr file");
+        let child = ferry()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn ferry");
+        let mut svc = Service {
+            name: name.to_owned(),
+            child: Some(child),
+            addr,
+            stderr_path,
+        };
+        svc.wait_healthy(Duration::from_secs(30));
+        svc
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn wait_healthy(&mut self, timeout: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "{} exited with {status} before it was ready:\n{}",
+                        self.name,
+                        self.stderr()
+                    );
+                }
+            }
+            if matches!(http_get(self.addr, "/healthz"), Ok((200, _))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "{} not healthy after {timeout:?}:\n{}",
+            self.name,
+            self.stderr()
+        );
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// SIGKILL, no drain.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit code.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        panic!(
+            "{} did not exit within {timeout:?} of SIGTERM:\n{}",
+            self.name,
+            self.stderr()
+        );
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!("--- stderr of {}\n{}", self.name, self.stderr());
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 GET (no client library needed to probe readiness): (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP reply: {text:?}")))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}

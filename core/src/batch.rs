@@ -385,6 +385,50 @@ fn parse_records(raw: &Bytes, header: &BatchHeader) -> Result<Vec<Record>, WireE
     Ok(records)
 }
 
+impl Batch {
+    /// Re-encodes the records for which `keep(index)` is true as a batch of its own, or `None` if
+    /// none is kept.
+    ///
+    /// With an origin, the span of every dropped record is folded into the kept record before
+    /// it, and leading dropped records move `first_offset` up, so every kept record keeps its
+    /// file offset and the new batch still ends at this batch's `end_offset` — the high-water
+    /// mark the collector deduplicates on. Replaying the same batch through the same split
+    /// therefore yields sub-batches that are recognised as replays.
+    pub fn encode_subset(
+        &self,
+        mut keep: impl FnMut(usize) -> bool,
+        codec: Codec,
+        level: u32,
+    ) -> Result<Option<Vec<u8>>, WireError> {
+        let kept: Vec<usize> = (0..self.records.len()).filter(|&i| keep(i)).collect();
+        let Some(&first) = kept.first() else {
+            return Ok(None);
+        };
+        let mut b = match &self.header.origin {
+            Some(o) => {
+                let start = self.records[first].offset.unwrap_or(o.first_offset);
+                BatchBuilder::with_origin(o.key.clone(), start)
+            }
+            None => BatchBuilder::new(),
+        };
+        for (n, &i) in kept.iter().enumerate() {
+            let r = &self.records[i];
+            let span = match (&self.header.origin, r.offset) {
+                (Some(o), Some(off)) => {
+                    let next = kept
+                        .get(n + 1)
+                        .and_then(|&j| self.records[j].offset)
+                        .unwrap_or(o.end_offset);
+                    next - off
+                }
+                _ => r.span,
+            };
+            b.push(&r.line, span, r.event_time_ms, r.truncated, &r.fields);
+        }
+        b.finish(codec, level, self.header.created_ms).map(Some)
+    }
+}
+
 /// Accumulates records into an uncompressed payload, then seals them into a batch.
 ///
 /// The builder is meant to be reused (`clear`) so that a steady stream of batches allocates
@@ -695,6 +739,37 @@ mod tests {
         // Eleven continuation bytes is not a varint.
         let mut pos = 0;
         assert_eq!(read_varint(&[0xff; 11], &mut pos), None);
+    }
+
+    #[test]
+    fn subsets_keep_offsets_and_the_end_offset() {
+        let enc = Bytes::from(sample(Codec::Gzip));
+        let batch = decode(&enc, &DecodeLimits::default()).unwrap();
+        // Keep only the middle record: offsets 1011.., the batch still ends at 1025.
+        let sub = batch
+            .encode_subset(|i| i == 1, Codec::None, 0)
+            .unwrap()
+            .unwrap();
+        let sub = decode(&Bytes::from(sub), &DecodeLimits::default()).unwrap();
+        let o = sub.header.origin.as_ref().unwrap();
+        assert_eq!((o.first_offset, o.end_offset), (1011, 1025));
+        assert_eq!(sub.records.len(), 1);
+        assert_eq!(sub.records[0].offset, Some(1011));
+        assert_eq!(sub.records[0].fields, vec![Field::new("env", "prod")]);
+        // First and last: the first absorbs the span of the dropped middle one.
+        let sub = batch
+            .encode_subset(|i| i != 1, Codec::Gzip, 1)
+            .unwrap()
+            .unwrap();
+        let sub = decode(&Bytes::from(sub), &DecodeLimits::default()).unwrap();
+        let offsets: Vec<_> = sub.records.iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, vec![Some(1000), Some(1024)]);
+        assert!(
+            batch
+                .encode_subset(|_| false, Codec::None, 0)
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[derive(Debug, Clone)]

@@ -10,9 +10,11 @@
 
 pub mod batch;
 pub mod config;
+pub mod fetch;
 pub mod record;
 pub mod shutdown;
 pub mod telemetry;
+pub mod topic;
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {

@@ -80,7 +80,8 @@ fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
 /// Checks the rules as a whole (each has exactly one action, topics are valid names).
 pub fn validate(routes: &[RouteConfig]) -> Result<(), String> {
     for r in routes {
-        let actions = usize::from(!r.to.is_empty()) + usize::from(!r.copy.is_empty()) + usize::from(r.drop);
+        let actions =
+            usize::from(!r.to.is_empty()) + usize::from(!r.copy.is_empty()) + usize::from(r.drop);
         if actions != 1 {
             return Err(format!(
                 "route {:?}: give exactly one of `to`, `copy` or `drop: true`",
@@ -286,7 +287,10 @@ mod tests {
         // The debug rule only applies to `app`.
         let d = r.route("other", &rec(r#"{"level":"debug"}"#, None), |_| {});
         assert_eq!(d, Decision::Original);
-        assert!(r.applies_to("other"), "the copy rule applies to every topic");
+        assert!(
+            r.applies_to("other"),
+            "the copy rule applies to every topic"
+        );
     }
 
     #[test]

@@ -1,0 +1,501 @@
+//! Consumer groups: membership and server-side partition assignment.
+//!
+//! A member joins a group with the topics it wants, then heartbeats. Each heartbeat tells the
+//! coordinator which partitions the member currently consumes (`owned`), and the answer is the
+//! partitions it may consume now (`assignment`). When members come or go, the coordinator
+//! computes a new *target* owner per partition (round-robin over the members of each topic,
+//! sorted by id, so the result is deterministic), and moves partitions in two steps:
+//! 1. the old owner's next assignment no longer lists the partition: it commits its position and
+//!    stops; its following heartbeat no longer lists it as owned, which releases it;
+//! 2. only then is the partition granted to its new target.
+//!
+//! So a partition never has two consumers at once, and the new one starts from the old one's
+//! final commit: in a stable group every record is delivered to exactly one member. A member
+//! that misses heartbeats for its session timeout is removed and its partitions are released.
+//!
+//! Time is passed in (`now_ms`, monotonic) so the whole state machine is tested without a clock.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// A topic partition.
+pub type Tp = (String, u32);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CoordError {
+    #[error(
+        "member {member} is not in group {group} (it left, or its session expired): join again"
+    )]
+    UnknownMember { group: String, member: String },
+    #[error("unknown group {0}")]
+    UnknownGroup(String),
+    #[error("member {member} of group {group} does not own {topic}/{partition}")]
+    NotOwner {
+        group: String,
+        member: String,
+        topic: String,
+        partition: u32,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Member {
+    topics: Vec<String>,
+    session_timeout_ms: u64,
+    last_seen_ms: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Slot {
+    /// The member consuming the partition now (granted and not yet released).
+    owner: Option<String>,
+    /// The member the current generation assigns it to.
+    target: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Group {
+    generation: u64,
+    members: BTreeMap<String, Member>,
+    slots: BTreeMap<Tp, Slot>,
+    /// Partition counts the last assignment was computed with.
+    partition_counts: BTreeMap<String, u32>,
+}
+
+/// What a member is told after joining or heartbeating.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Assignment {
+    pub member_id: String,
+    pub generation: u64,
+    pub partitions: Vec<Tp>,
+}
+
+/// A member as `describe` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MemberInfo {
+    pub member_id: String,
+    pub topics: Vec<String>,
+    pub partitions: Vec<Tp>,
+}
+
+/// Every group's membership. Not thread-safe by itself: the API holds it in a mutex that is never
+/// held across an await.
+#[derive(Debug, Default)]
+pub struct Coordinator {
+    groups: HashMap<String, Group>,
+    next_member: u64,
+}
+
+impl Coordinator {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or re-adds) a member. `partitions_of` gives a topic's partition count (`None` for a
+    /// topic that does not exist yet: it is assigned once it does).
+    pub fn join(
+        &mut self,
+        group: &str,
+        member_id: Option<&str>,
+        topics: Vec<String>,
+        session_timeout_ms: u64,
+        now_ms: u64,
+        partitions_of: &dyn Fn(&str) -> Option<u32>,
+    ) -> Assignment {
+        let id = match member_id {
+            Some(id) if !id.is_empty() => id.to_owned(),
+            _ => {
+                self.next_member += 1;
+                format!("{group}-{}-{now_ms:x}", self.next_member)
+            }
+        };
+        let g = self.groups.entry(group.to_owned()).or_default();
+        g.members.insert(
+            id.clone(),
+            Member {
+                topics,
+                session_timeout_ms,
+                last_seen_ms: now_ms,
+            },
+        );
+        rebalance(g, partitions_of);
+        let partitions = grant(g, &id);
+        Assignment {
+            member_id: id,
+            generation: g.generation,
+            partitions,
+        }
+    }
+
+    /// Records a heartbeat: `owned` is what the member consumes right now. Returns what it may
+    /// consume from now on.
+    pub fn heartbeat(
+        &mut self,
+        group: &str,
+        member_id: &str,
+        owned: &[Tp],
+        now_ms: u64,
+        partitions_of: &dyn Fn(&str) -> Option<u32>,
+    ) -> Result<Assignment, CoordError> {
+        let unknown = || CoordError::UnknownMember {
+            group: group.to_owned(),
+            member: member_id.to_owned(),
+        };
+        let g = self.groups.get_mut(group).ok_or_else(unknown)?;
+        let m = g.members.get_mut(member_id).ok_or_else(unknown)?;
+        m.last_seen_ms = now_ms;
+        let owned: BTreeSet<&Tp> = owned.iter().collect();
+        for (tp, slot) in g.slots.iter_mut() {
+            if slot.owner.as_deref() == Some(member_id) && !owned.contains(tp) {
+                slot.owner = None;
+            }
+        }
+        // A topic created or grown since the last assignment is picked up here.
+        let counts_changed = g
+            .members
+            .values()
+            .flat_map(|m| m.topics.iter())
+            .any(|t| partitions_of(t) != g.partition_counts.get(t).copied());
+        if counts_changed {
+            rebalance(g, partitions_of);
+        }
+        Ok(Assignment {
+            member_id: member_id.to_owned(),
+            generation: g.generation,
+            partitions: grant(g, member_id),
+        })
+    }
+
+    /// Removes a member at its request; its partitions are released at once.
+    pub fn leave(
+        &mut self,
+        group: &str,
+        member_id: &str,
+        partitions_of: &dyn Fn(&str) -> Option<u32>,
+    ) -> Result<(), CoordError> {
+        let g = self
+            .groups
+            .get_mut(group)
+            .ok_or_else(|| CoordError::UnknownGroup(group.to_owned()))?;
+        if g.members.remove(member_id).is_none() {
+            return Err(CoordError::UnknownMember {
+                group: group.to_owned(),
+                member: member_id.to_owned(),
+            });
+        }
+        release_all(g, member_id);
+        rebalance(g, partitions_of);
+        Ok(())
+    }
+
+    /// Removes members whose session timed out; returns (group, member) for each.
+    pub fn expire(
+        &mut self,
+        now_ms: u64,
+        partitions_of: &dyn Fn(&str) -> Option<u32>,
+    ) -> Vec<(String, String)> {
+        let mut gone = Vec::new();
+        for (name, g) in self.groups.iter_mut() {
+            let dead: Vec<String> = g
+                .members
+                .iter()
+                .filter(|(_, m)| now_ms.saturating_sub(m.last_seen_ms) > m.session_timeout_ms)
+                .map(|(id, _)| id.clone())
+                .collect();
+            if dead.is_empty() {
+                continue;
+            }
+            for id in &dead {
+                g.members.remove(id);
+                release_all(g, id);
+                gone.push((name.clone(), id.clone()));
+            }
+            rebalance(g, partitions_of);
+        }
+        gone
+    }
+
+    /// Whether `member_id` may commit offsets for `topic/partition` (it must own it).
+    pub fn check_owner(
+        &self,
+        group: &str,
+        member_id: &str,
+        topic: &str,
+        partition: u32,
+    ) -> Result<(), CoordError> {
+        let g = self
+            .groups
+            .get(group)
+            .ok_or_else(|| CoordError::UnknownMember {
+                group: group.to_owned(),
+                member: member_id.to_owned(),
+            })?;
+        if !g.members.contains_key(member_id) {
+            return Err(CoordError::UnknownMember {
+                group: group.to_owned(),
+                member: member_id.to_owned(),
+            });
+        }
+        let owns = g
+            .slots
+            .get(&(topic.to_owned(), partition))
+            .is_some_and(|s| s.owner.as_deref() == Some(member_id));
+        if owns {
+            Ok(())
+        } else {
+            Err(CoordError::NotOwner {
+                group: group.to_owned(),
+                member: member_id.to_owned(),
+                topic: topic.to_owned(),
+                partition,
+            })
+        }
+    }
+
+    /// Members of a group with the partitions each owns now.
+    pub fn describe(&self, group: &str) -> Vec<MemberInfo> {
+        let Some(g) = self.groups.get(group) else {
+            return Vec::new();
+        };
+        g.members
+            .iter()
+            .map(|(id, m)| MemberInfo {
+                member_id: id.clone(),
+                topics: m.topics.clone(),
+                partitions: g
+                    .slots
+                    .iter()
+                    .filter(|(_, s)| s.owner.as_deref() == Some(id.as_str()))
+                    .map(|(tp, _)| tp.clone())
+                    .collect(),
+            })
+            .collect()
+    }
+
+    pub fn group_names(&self) -> Vec<String> {
+        self.groups
+            .iter()
+            .filter(|(_, g)| !g.members.is_empty())
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+}
+
+fn release_all(g: &mut Group, member: &str) {
+    for slot in g.slots.values_mut() {
+        if slot.owner.as_deref() == Some(member) {
+            slot.owner = None;
+        }
+    }
+}
+
+/// Recomputes every partition's target: per topic, its partitions dealt round-robin to the
+/// members subscribed to it, in id order. Bumps the generation if any target changed.
+fn rebalance(g: &mut Group, partitions_of: &dyn Fn(&str) -> Option<u32>) {
+    let topics: BTreeSet<String> = g
+        .members
+        .values()
+        .flat_map(|m| m.topics.iter().cloned())
+        .collect();
+    let mut targets: BTreeMap<Tp, String> = BTreeMap::new();
+    g.partition_counts.clear();
+    for t in &topics {
+        let Some(n) = partitions_of(t) else { continue };
+        g.partition_counts.insert(t.clone(), n);
+        let subs: Vec<&String> = g
+            .members
+            .iter()
+            .filter(|(_, m)| m.topics.contains(t))
+            .map(|(id, _)| id)
+            .collect();
+        for p in 0..n {
+            targets.insert((t.clone(), p), subs[p as usize % subs.len()].clone());
+        }
+    }
+    let mut changed = false;
+    for (tp, slot) in g.slots.iter_mut() {
+        let new = targets.get(tp).cloned();
+        if slot.target != new {
+            slot.target = new;
+            changed = true;
+        }
+    }
+    for (tp, target) in targets {
+        g.slots.entry(tp).or_insert_with(|| {
+            changed = true;
+            Slot {
+                owner: None,
+                target: Some(target),
+            }
+        });
+    }
+    // Forget partitions nobody targets and nobody owns.
+    g.slots
+        .retain(|_, s| s.owner.is_some() || s.target.is_some());
+    if changed {
+        g.generation += 1;
+    }
+}
+
+/// The partitions `member` may consume now: its targets that are free or already its own.
+/// Free ones are granted to it.
+fn grant(g: &mut Group, member: &str) -> Vec<Tp> {
+    let mut out = Vec::new();
+    for (tp, slot) in g.slots.iter_mut() {
+        if slot.target.as_deref() != Some(member) {
+            continue;
+        }
+        match slot.owner.as_deref() {
+            None => {
+                slot.owner = Some(member.to_owned());
+                out.push(tp.clone());
+            }
+            Some(o) if o == member => out.push(tp.clone()),
+            Some(_) => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn four(t: &str) -> Option<u32> {
+        (t == "app").then_some(4)
+    }
+
+    fn tps(v: &[u32]) -> Vec<Tp> {
+        v.iter().map(|&p| ("app".to_owned(), p)).collect()
+    }
+
+    #[test]
+    fn second_member_gets_half_only_after_the_first_releases() {
+        let mut c = Coordinator::new();
+        let a = c.join("g", Some("a"), vec!["app".into()], 10_000, 0, &four);
+        assert_eq!(a.partitions, tps(&[0, 1, 2, 3]));
+        let b = c.join("g", Some("b"), vec!["app".into()], 10_000, 1, &four);
+        // b's targets are 1 and 3, still owned by a.
+        assert!(b.partitions.is_empty());
+        assert!(b.generation > a.generation);
+        // a learns it must give up 1 and 3.
+        let a2 = c
+            .heartbeat("g", "a", &tps(&[0, 1, 2, 3]), 2, &four)
+            .unwrap();
+        assert_eq!(a2.partitions, tps(&[0, 2]));
+        // b still waits: a has not released yet.
+        assert!(
+            c.heartbeat("g", "b", &[], 3, &four)
+                .unwrap()
+                .partitions
+                .is_empty()
+        );
+        assert!(
+            c.check_owner("g", "a", "app", 1).is_ok(),
+            "a may commit its final offset"
+        );
+        c.heartbeat("g", "a", &tps(&[0, 2]), 4, &four).unwrap();
+        assert_eq!(
+            c.heartbeat("g", "b", &[], 5, &four).unwrap().partitions,
+            tps(&[1, 3])
+        );
+        assert!(c.check_owner("g", "a", "app", 1).is_err());
+    }
+
+    #[test]
+    fn expired_and_departed_members_release_partitions() {
+        let mut c = Coordinator::new();
+        c.join("g", Some("a"), vec!["app".into()], 1_000, 0, &four);
+        c.join("g", Some("b"), vec!["app".into()], 1_000, 0, &four);
+        c.heartbeat("g", "a", &tps(&[0, 1, 2, 3]), 10, &four)
+            .unwrap();
+        c.heartbeat("g", "a", &tps(&[0, 2]), 500, &four).unwrap();
+        c.heartbeat("g", "b", &tps(&[1, 3]), 500, &four).unwrap();
+        // b stops heartbeating; a keeps going.
+        c.heartbeat("g", "a", &tps(&[0, 2]), 1_400, &four).unwrap();
+        assert_eq!(c.expire(1_600, &four), vec![("g".into(), "b".into())]);
+        let a = c.heartbeat("g", "a", &tps(&[0, 2]), 1_700, &four).unwrap();
+        assert_eq!(a.partitions, tps(&[0, 1, 2, 3]));
+        assert_eq!(
+            c.heartbeat("g", "b", &[], 1_800, &four),
+            Err(CoordError::UnknownMember {
+                group: "g".into(),
+                member: "b".into()
+            })
+        );
+        c.leave("g", "a", &four).unwrap();
+        assert!(c.leave("g", "a", &four).is_err());
+    }
+
+    #[test]
+    fn topic_created_after_join_is_assigned() {
+        let mut c = Coordinator::new();
+        let a = c.join("g", Some("a"), vec!["late".into()], 1_000, 0, &|_| None);
+        assert!(a.partitions.is_empty());
+        let a = c
+            .heartbeat("g", "a", &[], 10, &|t| (t == "late").then_some(2))
+            .unwrap();
+        assert_eq!(a.partitions.len(), 2);
+    }
+
+    proptest! {
+        /// Random joins, leaves, expiries and heartbeats (members acting on their assignments):
+        /// no partition is ever owned by two members, and once things settle every partition is
+        /// owned by exactly one live member.
+        #[test]
+        fn never_two_owners_and_settles(ops in proptest::collection::vec((0u8..4, 0usize..4), 1..60)) {
+            let mut c = Coordinator::new();
+            let mut owned: BTreeMap<String, Vec<Tp>> = BTreeMap::new();
+            let mut now = 0u64;
+            for (op, m) in ops {
+                now += 100;
+                let id = format!("m{m}");
+                match op {
+                    0 => {
+                        let a = c.join("g", Some(&id), vec!["app".into()], 1_000, now, &four);
+                        owned.insert(id, a.partitions);
+                    }
+                    1 => {
+                        if c.leave("g", &id, &four).is_ok() {
+                            owned.remove(&id);
+                        }
+                    }
+                    2 => {
+                        for (g, gone) in c.expire(now + 2_000, &four) {
+                            prop_assert_eq!(g, "g");
+                            owned.remove(&gone);
+                        }
+                        now += 2_000;
+                    }
+                    _ => {
+                        if let Some(mine) = owned.get(&id).cloned() {
+                            let a = c.heartbeat("g", &id, &mine, now, &four).unwrap();
+                            owned.insert(id, a.partitions);
+                        }
+                    }
+                }
+                let mut seen = BTreeSet::new();
+                for ps in owned.values() {
+                    for p in ps {
+                        prop_assert!(seen.insert(p.clone()), "{:?} owned twice", p);
+                    }
+                }
+            }
+            // Settle: everyone heartbeats a few rounds.
+            for _ in 0..3 {
+                now += 10;
+                for id in owned.keys().cloned().collect::<Vec<_>>() {
+                    let mine = owned[&id].clone();
+                    let a = c.heartbeat("g", &id, &mine, now, &four).unwrap();
+                    owned.insert(id, a.partitions);
+                }
+            }
+            let total: usize = owned.values().map(Vec::len).sum();
+            if owned.is_empty() {
+                prop_assert_eq!(total, 0);
+            } else {
+                prop_assert_eq!(total, 4);
+            }
+        }
+    }
+}

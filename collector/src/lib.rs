@@ -1,7 +1,20 @@
-//! ferry-collector: the central service.
+//! ferry-collector: the central service of DESIGN.md's picture.
 //!
+//! - [`store`]: the embedded, durable topic log (segments, indexes, recovery, retention, dedup).
 //! - [`routing`]: YAML routing rules (to / copy / drop), a pure router.
+//! - [`ingest`]: request body → verified batches → routed, partitioned sub-batches → appends.
 //! - [`coordinator`]: consumer-group membership and server-side partition assignment.
+//! - [`api`]: the HTTP API as an axum `Router` (`app(state)`), errors as `ApiError`.
+//! - [`server`]: the process: bind, serve, drain, close.
+//! - [`config`]: the `collector:` config section.
 
+pub mod api;
+pub mod config;
 pub mod coordinator;
+pub mod ingest;
 pub mod routing;
+pub mod server;
+pub mod store;
+
+pub use config::CollectorConfig;
+pub use server::Collector;

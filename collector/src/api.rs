@@ -1,0 +1,795 @@
+//! The HTTP API (DESIGN.md's contract), as an axum `Router` built by [`app`] so tests can call it
+//! without a socket.
+//!
+//! | route | what |
+//! | --- | --- |
+//! | `POST /v1/topics/{topic}/records` | ingest; 200 once durable, with an [`IngestSummary`] |
+//! | `GET /v1/topics`, `GET /v1/topics/{topic}` | topics with partitions, offsets, sizes |
+//! | `PUT /v1/topics/{topic}` | create with `{"partitions": N}` |
+//! | `GET /v1/topics/{topic}/partitions/{p}/records` | fetch: `offset`, `max_bytes`, `wait_ms` (long-poll), `format=batch\|json` |
+//! | `GET /v1/topics/{topic}/partitions/{p}/offset` | `timestamp_ms` → first offset at or after it |
+//! | `POST /v1/groups/{group}/join` · `heartbeat` · `leave` · `commit` | consumer groups |
+//! | `GET /v1/groups`, `GET /v1/groups/{group}/offsets` | groups with members and lag |
+//! | `GET /healthz`, `GET /metrics` | liveness, Prometheus text |
+//!
+//! Every error is a JSON `{"error": "..."}` with a status that says whose problem it is: 400
+//! malformed, 401/403 auth, 404 unknown, 409 not the owner, 413 too large, 416 offset out of
+//! range, 429/503 over a limit (with `Retry-After`).
+
+use crate::config::CollectorConfig;
+use crate::coordinator::{Assignment, CoordError, Coordinator, Tp};
+use crate::ingest::{Ingest, IngestError, IngestSummary};
+use crate::store::StoreError;
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use ferry_core::batch::DecodeLimits;
+use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// Longest long-poll a fetch may ask for.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// What every handler shares.
+pub struct AppState {
+    /// The ingest path (and through it the store).
+    pub ingest: Ingest,
+    /// Group membership; a std mutex never held across an await.
+    pub coordinator: Mutex<Coordinator>,
+    /// Origin of the coordinator's monotonic clock.
+    pub started: Instant,
+    /// Request bytes in flight, in KiB permits (`max_inflight_bytes`).
+    pub inflight: Semaphore,
+    pub config: Arc<CollectorConfig>,
+}
+
+impl AppState {
+    pub fn new(ingest: Ingest) -> Self {
+        let config = ingest.config.clone();
+        let kib = (config.limits.max_inflight_bytes.get() / 1024).clamp(1, u64::from(u32::MAX));
+        Self {
+            ingest,
+            coordinator: Mutex::new(Coordinator::new()),
+            started: Instant::now(),
+            inflight: Semaphore::new(kib as usize),
+            config,
+        }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn partitions_of(&self) -> impl Fn(&str) -> Option<u32> + '_ {
+        |t| self.ingest.store.topic_partitions(t)
+    }
+
+    /// Removes group members whose session expired (called periodically by the server).
+    pub fn expire_members(&self) {
+        let now = self.now_ms();
+        let parts = self.partitions_of();
+        if let Ok(mut c) = self.coordinator.lock() {
+            for (group, member) in c.expire(now, &parts) {
+                tracing::info!(group, member, "group member expired");
+                metrics::counter!("ferry_collector_group_members_expired_total").increment(1);
+            }
+        }
+    }
+}
+
+/// The API's error: a status and a message safe to show the client.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub retry_after: Option<u32>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::warn!(status = %self.status, error = %self.message, "request failed");
+        } else {
+            tracing::debug!(status = %self.status, error = %self.message, "request refused");
+        }
+        metrics::counter!("ferry_collector_http_errors_total", "status" => self.status.as_u16().to_string())
+            .increment(1);
+        let mut resp =
+            (self.status, Json(serde_json::json!({ "error": self.message }))).into_response();
+        if let Some(s) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        resp
+    }
+}
+
+fn store_error(e: StoreError, retry_after: u32) -> ApiError {
+    let status = match &e {
+        StoreError::UnknownTopic(_) | StoreError::UnknownPartition { .. } => StatusCode::NOT_FOUND,
+        StoreError::InvalidTopicName { .. } | StoreError::Batch(_) => StatusCode::BAD_REQUEST,
+        StoreError::TopicExists { .. } => StatusCode::CONFLICT,
+        StoreError::OffsetOutOfRange { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+        StoreError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let mut err = ApiError::new(status, e.to_string());
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        err.retry_after = Some(retry_after);
+    }
+    err
+}
+
+impl From<(IngestError, u32)> for ApiError {
+    fn from((e, retry): (IngestError, u32)) -> Self {
+        match e {
+            IngestError::BadRequest(m) => ApiError::new(StatusCode::BAD_REQUEST, m),
+            IngestError::TooLarge(m) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, m),
+            e @ IngestError::UnknownTopic(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+            e @ (IngestError::TopicFull { .. } | IngestError::Busy(_)) => ApiError {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                message: e.to_string(),
+                retry_after: Some(retry),
+            },
+            IngestError::Store(s) => store_error(s, retry),
+        }
+    }
+}
+
+fn coord_error(e: CoordError) -> ApiError {
+    let status = match e {
+        CoordError::UnknownMember { .. } | CoordError::UnknownGroup(_) => StatusCode::NOT_FOUND,
+        CoordError::NotOwner { .. } => StatusCode::CONFLICT,
+    };
+    ApiError::new(status, e.to_string())
+}
+
+/// The whole API.
+pub fn app(state: Arc<AppState>) -> axum::Router {
+    let v1 = axum::Router::new()
+        .route("/v1/topics", get(list_topics))
+        .route("/v1/topics/{topic}", get(get_topic).put(create_topic))
+        .route("/v1/topics/{topic}/records", post(post_records))
+        .route(
+            "/v1/topics/{topic}/partitions/{partition}/records",
+            get(fetch),
+        )
+        .route(
+            "/v1/topics/{topic}/partitions/{partition}/offset",
+            get(offset_for_time),
+        )
+        .route("/v1/groups", get(list_groups))
+        .route("/v1/groups/{group}/join", post(join))
+        .route("/v1/groups/{group}/heartbeat", post(heartbeat))
+        .route("/v1/groups/{group}/leave", post(leave))
+        .route("/v1/groups/{group}/commit", post(commit))
+        .route("/v1/groups/{group}/offsets", get(group_offsets))
+        .layer(middleware::from_fn_with_state(state.clone(), auth));
+    axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics_text))
+        .merge(v1)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route; see /v1/topics") })
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+async fn auth(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if state.config.auth_tokens.is_empty() {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing `Authorization: Bearer <token>`",
+        )
+        .into_response(),
+        Some(t) if state.config.auth_tokens.iter().any(|k| k == t) => next.run(req).await,
+        Some(_) => ApiError::new(StatusCode::FORBIDDEN, "token not accepted").into_response(),
+    }
+}
+
+async fn metrics_text() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, ferry_core::telemetry::METRICS_CONTENT_TYPE)],
+        ferry_core::telemetry::render_metrics(),
+    )
+}
+
+async fn post_records(
+    State(state): State<Arc<AppState>>,
+    Path(topic): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<IngestSummary>, ApiError> {
+    let started = Instant::now();
+    let limits = &state.config.limits;
+    let retry = limits.retry_after_secs;
+    let max_body = limits.max_body_bytes.get();
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = declared {
+        if n > max_body {
+            metrics::counter!("ferry_collector_refused_total", "reason" => "body_too_large")
+                .increment(1);
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body is {n} bytes, over max_body_bytes ({max_body})"),
+            ));
+        }
+    }
+    let kib = (declared.unwrap_or(max_body) / 1024 + 1).min(u64::from(u32::MAX)) as u32;
+    let _permit = state.inflight.try_acquire_many(kib).map_err(|_| {
+        metrics::counter!("ferry_collector_refused_total", "reason" => "inflight_bytes").increment(1);
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: "collector is at max_inflight_bytes; retry later".into(),
+            retry_after: Some(retry),
+        }
+    })?;
+    let body = axum::body::to_bytes(body, max_body as usize)
+        .await
+        .map_err(|e| {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                || e.to_string().contains("length limit");
+            if too_large {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("body is over max_body_bytes ({max_body})"),
+                )
+            } else {
+                ApiError::new(StatusCode::BAD_REQUEST, format!("could not read body: {e}"))
+            }
+        })?;
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let ce = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok());
+    let bytes_in = body.len() as u64;
+    let summary = state
+        .ingest
+        .ingest(&topic, ct, ce, body)
+        .await
+        .map_err(|e| ApiError::from((e, retry)))?;
+    metrics::counter!("ferry_collector_bytes_received_total").increment(bytes_in);
+    metrics::histogram!("ferry_collector_ack_seconds").record(started.elapsed().as_secs_f64());
+    Ok(Json(summary))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TopicView {
+    pub name: String,
+    pub records: u64,
+    pub size_bytes: u64,
+    pub partitions: Vec<PartitionView>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PartitionView {
+    pub partition: u32,
+    pub log_start: u64,
+    pub end_offset: u64,
+    pub size_bytes: u64,
+    pub segments: u32,
+    pub last_append_ms: Option<i64>,
+}
+
+fn topic_views(state: &AppState) -> Vec<TopicView> {
+    state
+        .ingest
+        .store
+        .topics()
+        .into_iter()
+        .map(|t| TopicView {
+            records: t.partitions.iter().map(|p| p.end_offset - p.log_start).sum(),
+            size_bytes: t.partitions.iter().map(|p| p.size_bytes).sum(),
+            name: t.name,
+            partitions: t
+                .partitions
+                .into_iter()
+                .map(|p| PartitionView {
+                    partition: p.partition,
+                    log_start: p.log_start,
+                    end_offset: p.end_offset,
+                    size_bytes: p.size_bytes,
+                    segments: p.segments,
+                    last_append_ms: p.last_append_ms,
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+async fn list_topics(State(state): State<Arc<AppState>>) -> Json<Vec<TopicView>> {
+    Json(topic_views(&state))
+}
+
+async fn get_topic(
+    State(state): State<Arc<AppState>>,
+    Path(topic): Path<String>,
+) -> Result<Json<TopicView>, ApiError> {
+    topic_views(&state)
+        .into_iter()
+        .find(|t| t.name == topic)
+        .map(Json)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("unknown topic {topic:?}")))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateTopic {
+    partitions: u32,
+}
+
+async fn create_topic(
+    State(state): State<Arc<AppState>>,
+    Path(topic): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<TopicView>), ApiError> {
+    let req: CreateTopic = parse_json(&body)?;
+    if req.partitions == 0 || req.partitions > 4096 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "partitions must be between 1 and 4096",
+        ));
+    }
+    let created = state
+        .ingest
+        .store
+        .create_topic(&topic, req.partitions)
+        .map_err(|e| store_error(e, 1))?;
+    let view = topic_views(&state)
+        .into_iter()
+        .find(|t| t.name == topic)
+        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "topic vanished"))?;
+    Ok((
+        if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        Json(view),
+    ))
+}
+
+/// Parses a JSON request body, answering 400 with serde's message (which names the field).
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FetchQuery {
+    offset: u64,
+    #[serde(default)]
+    max_bytes: Option<u64>,
+    #[serde(default)]
+    wait_ms: Option<u64>,
+    #[serde(default)]
+    format: Option<String>,
+}
+
+async fn fetch(
+    State(state): State<Arc<AppState>>,
+    Path((topic, partition)): Path<(String, u32)>,
+    query: Result<Query<FetchQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let json = match q.format.as_deref() {
+        None | Some("batch") => false,
+        Some("json") => true,
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("unknown format {other:?} (batch or json)"),
+            ));
+        }
+    };
+    let max_fetch = state.config.limits.max_fetch_bytes.get();
+    let max_bytes = q.max_bytes.unwrap_or(1 << 20).min(max_fetch) as usize;
+    let store = &state.ingest.store;
+    let mut read = store
+        .read(&topic, partition, q.offset, max_bytes)
+        .map_err(|e| store_error(e, 1))?;
+    if read.batches.is_empty() {
+        if let Some(wait) = q.wait_ms.filter(|w| *w > 0) {
+            let wait = Duration::from_millis(wait).min(MAX_WAIT);
+            store.wait_for_data(&topic, partition, q.offset, wait).await;
+            read = store
+                .read(&topic, partition, q.offset, max_bytes)
+                .map_err(|e| store_error(e, 1))?;
+        }
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        ferry_core::fetch::HEADER_LOG_START,
+        HeaderValue::from(read.log_start),
+    );
+    headers.insert(
+        ferry_core::fetch::HEADER_END_OFFSET,
+        HeaderValue::from(read.end_offset),
+    );
+    metrics::counter!("ferry_collector_fetch_batches_total").increment(read.batches.len() as u64);
+    if json {
+        let mut out = Vec::new();
+        let limits = DecodeLimits::default();
+        for b in &read.batches {
+            let batch = ferry_core::batch::decode(&b.data, &limits).map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("stored batch at offset {} is unreadable: {e}", b.base_offset),
+                )
+            })?;
+            for (i, r) in batch.records.iter().enumerate() {
+                let offset = b.base_offset + i as u64;
+                if offset < q.offset {
+                    continue;
+                }
+                let fields: serde_json::Map<String, serde_json::Value> = r
+                    .fields
+                    .iter()
+                    .map(|f| (f.key.to_string(), serde_json::Value::from(&*f.value)))
+                    .collect();
+                let v = serde_json::json!({
+                    "offset": offset,
+                    "line": String::from_utf8_lossy(&r.line),
+                    "event_time_ms": r.event_time_ms,
+                    "append_time_ms": b.append_time_ms,
+                    "fields": fields,
+                });
+                out.extend_from_slice(v.to_string().as_bytes());
+                out.push(b'\n');
+            }
+        }
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-ndjson"),
+        );
+        return Ok((headers, out).into_response());
+    }
+    let mut out = Vec::with_capacity(read.batches.iter().map(|b| b.data.len() + 20).sum());
+    for b in &read.batches {
+        ferry_core::fetch::put_frame(&mut out, b.base_offset, b.append_time_ms, &b.data);
+    }
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(ferry_core::fetch::CONTENT_TYPE),
+    );
+    Ok((headers, out).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimeQuery {
+    timestamp_ms: i64,
+}
+
+async fn offset_for_time(
+    State(state): State<Arc<AppState>>,
+    Path((topic, partition)): Path<(String, u32)>,
+    query: Result<Query<TimeQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let offset = state
+        .ingest
+        .store
+        .offset_for_timestamp(&topic, partition, q.timestamp_ms)
+        .map_err(|e| store_error(e, 1))?;
+    Ok(Json(serde_json::json!({ "offset": offset })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    #[serde(default)]
+    pub member_id: Option<String>,
+    pub topics: Vec<String>,
+    #[serde(default)]
+    pub session_timeout_ms: Option<u64>,
+}
+
+async fn join(
+    State(state): State<Arc<AppState>>,
+    Path(group): Path<String>,
+    body: Bytes,
+) -> Result<Json<Assignment>, ApiError> {
+    let req: JoinRequest = parse_json(&body)?;
+    validate_group(&group)?;
+    if req.topics.is_empty() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "topics is empty"));
+    }
+    for t in &req.topics {
+        ferry_core::topic::validate_name(t).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    }
+    let g = &state.config.groups;
+    let timeout = req
+        .session_timeout_ms
+        .map(Duration::from_millis)
+        .unwrap_or(g.session_timeout.get())
+        .clamp(g.min_session_timeout.get(), g.max_session_timeout.get());
+    let now = state.now_ms();
+    let parts = state.partitions_of();
+    let mut c = state
+        .coordinator
+        .lock()
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "coordinator poisoned"))?;
+    let a = c.join(
+        &group,
+        req.member_id.as_deref(),
+        req.topics,
+        timeout.as_millis() as u64,
+        now,
+        &parts,
+    );
+    tracing::info!(group, member = a.member_id, generation = a.generation, "member joined");
+    Ok(Json(a))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    pub member_id: String,
+    #[serde(default)]
+    pub owned: Vec<Tp>,
+}
+
+async fn heartbeat(
+    State(state): State<Arc<AppState>>,
+    Path(group): Path<String>,
+    body: Bytes,
+) -> Result<Json<Assignment>, ApiError> {
+    let req: HeartbeatRequest = parse_json(&body)?;
+    let now = state.now_ms();
+    let parts = state.partitions_of();
+    let mut c = state
+        .coordinator
+        .lock()
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "coordinator poisoned"))?;
+    c.heartbeat(&group, &req.member_id, &req.owned, now, &parts)
+        .map(Json)
+        .map_err(coord_error)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaveRequest {
+    pub member_id: String,
+}
+
+async fn leave(
+    State(state): State<Arc<AppState>>,
+    Path(group): Path<String>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let req: LeaveRequest = parse_json(&body)?;
+    let parts = state.partitions_of();
+    let mut c = state
+        .coordinator
+        .lock()
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "coordinator poisoned"))?;
+    c.leave(&group, &req.member_id, &parts).map_err(coord_error)?;
+    tracing::info!(group, member = req.member_id, "member left");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OffsetEntry {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommitRequest {
+    #[serde(default)]
+    pub member_id: Option<String>,
+    pub offsets: Vec<OffsetEntry>,
+}
+
+async fn commit(
+    State(state): State<Arc<AppState>>,
+    Path(group): Path<String>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let req: CommitRequest = parse_json(&body)?;
+    validate_group(&group)?;
+    if let Some(member) = &req.member_id {
+        let c = state
+            .coordinator
+            .lock()
+            .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "coordinator poisoned"))?;
+        for o in &req.offsets {
+            c.check_owner(&group, member, &o.topic, o.partition)
+                .map_err(coord_error)?;
+        }
+    }
+    let store = &state.ingest.store;
+    for o in &req.offsets {
+        let n = store.topic_partitions(&o.topic).ok_or_else(|| {
+            ApiError::new(StatusCode::NOT_FOUND, format!("unknown topic {:?}", o.topic))
+        })?;
+        if o.partition >= n {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("topic {} has {n} partitions; there is no partition {}", o.topic, o.partition),
+            ));
+        }
+    }
+    let offsets: Vec<(String, u32, u64)> = req
+        .offsets
+        .into_iter()
+        .map(|o| (o.topic, o.partition, o.offset))
+        .collect();
+    store
+        .commit_offsets(&group, &offsets)
+        .await
+        .map_err(|e| store_error(e, 1))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn validate_group(group: &str) -> Result<(), ApiError> {
+    // Group names follow the topic-name rules (they appear in file names and metrics).
+    ferry_core::topic::validate_name(group)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.replace("topic", "group")))
+}
+
+async fn group_offsets(
+    State(state): State<Arc<AppState>>,
+    Path(group): Path<String>,
+) -> Json<Vec<OffsetEntry>> {
+    Json(
+        state
+            .ingest
+            .store
+            .committed_offsets(&group)
+            .into_iter()
+            .map(|(topic, partition, offset)| OffsetEntry {
+                topic,
+                partition,
+                offset,
+            })
+            .collect(),
+    )
+}
+
+/// A group as `ferry groups` shows it: members and, per partition, committed offset and lag.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct GroupView {
+    pub group: String,
+    pub members: Vec<MemberView>,
+    pub partitions: Vec<LagView>,
+    pub lag_records: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MemberView {
+    pub member_id: String,
+    pub topics: Vec<String>,
+    pub partitions: Vec<Tp>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LagView {
+    pub topic: String,
+    pub partition: u32,
+    pub committed: u64,
+    pub end_offset: u64,
+    pub lag_records: u64,
+    /// Age of the oldest record not yet committed, in seconds (0 with no lag).
+    pub lag_seconds: f64,
+}
+
+async fn list_groups(State(state): State<Arc<AppState>>) -> Json<Vec<GroupView>> {
+    let store = &state.ingest.store;
+    let mut names = store.groups();
+    let members: Vec<(String, Vec<MemberView>)> = match state.coordinator.lock() {
+        Ok(c) => c
+            .group_names()
+            .into_iter()
+            .map(|g| {
+                let m = c
+                    .describe(&g)
+                    .into_iter()
+                    .map(|m| MemberView {
+                        member_id: m.member_id,
+                        topics: m.topics,
+                        partitions: m.partitions,
+                    })
+                    .collect();
+                (g, m)
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    for (g, _) in &members {
+        if !names.contains(g) {
+            names.push(g.clone());
+        }
+    }
+    names.sort();
+    let topics = store.topics();
+    let now = ferry_core::now_ms();
+    let views = names
+        .into_iter()
+        .map(|group| {
+            let mut partitions = Vec::new();
+            for (topic, partition, committed) in store.committed_offsets(&group) {
+                let Some(info) = topics
+                    .iter()
+                    .find(|t| t.name == topic)
+                    .and_then(|t| t.partitions.iter().find(|p| p.partition == partition))
+                else {
+                    continue;
+                };
+                let lag_records = info.end_offset.saturating_sub(committed);
+                let lag_seconds = if lag_records == 0 {
+                    0.0
+                } else {
+                    store
+                        .read(&topic, partition, committed.max(info.log_start), 1)
+                        .ok()
+                        .and_then(|r| r.batches.first().map(|b| b.append_time_ms))
+                        .map(|t| (now - t).max(0) as f64 / 1000.0)
+                        .unwrap_or(0.0)
+                };
+                metrics::gauge!("ferry_collector_group_lag_records", "group" => group.clone(), "topic" => topic.clone(), "partition" => partition.to_string())
+                    .set(lag_records as f64);
+                partitions.push(LagView {
+                    topic,
+                    partition,
+                    committed,
+                    end_offset: info.end_offset,
+                    lag_records,
+                    lag_seconds,
+                });
+            }
+            GroupView {
+                lag_records: partitions.iter().map(|p| p.lag_records).sum(),
+                members: members
+                    .iter()
+                    .find(|(g, _)| *g == group)
+                    .map(|(_, m)| {
+                        m.iter()
+                            .map(|m| MemberView {
+                                member_id: m.member_id.clone(),
+                                topics: m.topics.clone(),
+                                partitions: m.partitions.clone(),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                group,
+                partitions,
+            }
+        })
+        .collect();
+    Json(views)
+}

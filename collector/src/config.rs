@@ -1,0 +1,217 @@
+//! The `collector:` section of a ferry config.
+
+use crate::routing::RouteConfig;
+use crate::store::StoreConfig;
+use ferry_core::config::{ByteSize, Duration};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorConfig {
+    /// Address the HTTP API listens on.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Where the embedded store keeps its topics.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// The embedded store: fsync policy, segments, retention.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// Create a topic the first time a record is posted to it.
+    #[serde(default = "yes")]
+    pub auto_create_topics: bool,
+    /// Partitions of an auto-created topic.
+    #[serde(default = "default_partitions")]
+    pub default_partitions: u32,
+    /// Per-topic settings; topics listed here are created at start.
+    #[serde(default)]
+    pub topics: BTreeMap<String, TopicConfig>,
+    /// Routing rules, evaluated in order.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Consumer-group settings.
+    #[serde(default)]
+    pub groups: GroupsConfig,
+    /// How a plain (newline-delimited) body is stored: `gzip` (level 1) or `none`.
+    #[serde(default = "default_plain_codec")]
+    pub plain_codec: ferry_core::batch::Codec,
+    /// Bearer tokens accepted on the API; empty means no authentication.
+    #[serde(default)]
+    pub auth_tokens: Vec<String>,
+    /// How long a graceful shutdown may take to finish in-flight requests.
+    #[serde(default = "default_drain")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            data_dir: default_data_dir(),
+            store: StoreConfig::default(),
+            auto_create_topics: true,
+            default_partitions: default_partitions(),
+            topics: BTreeMap::new(),
+            routes: Vec::new(),
+            limits: LimitsConfig::default(),
+            groups: GroupsConfig::default(),
+            plain_codec: default_plain_codec(),
+            auth_tokens: Vec::new(),
+            shutdown_timeout: default_drain(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicConfig {
+    /// Partition count (default: `default_partitions`).
+    #[serde(default)]
+    pub partitions: Option<u32>,
+    /// Records with the same value of this field go to the same partition (per-key order).
+    #[serde(default)]
+    pub key_field: Option<String>,
+    /// Maximum records held (stored and not yet deleted by retention); past it, posts are
+    /// refused with 429 — the flash-sale case.
+    #[serde(default)]
+    pub max_records: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest request body (compressed, as sent): 413 past it.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: ByteSize,
+    /// Largest body after gzip decompression (guards against gzip bombs): 413 past it.
+    #[serde(default = "default_max_raw")]
+    pub max_raw_bytes: ByteSize,
+    /// Longest line in a plain body: 413 naming the line past it.
+    #[serde(default = "default_max_line")]
+    pub max_line_bytes: ByteSize,
+    /// Request bytes being processed at once across all requests: 503 past it.
+    #[serde(default = "default_inflight")]
+    pub max_inflight_bytes: ByteSize,
+    /// Requests in flight for one topic: 429 past it.
+    #[serde(default = "default_topic_queue")]
+    pub max_pending_per_topic: u32,
+    /// `Retry-After` seconds sent with 429/503.
+    #[serde(default = "default_retry_after")]
+    pub retry_after_secs: u32,
+    /// Largest fetch response a consumer may ask for.
+    #[serde(default = "default_max_fetch")]
+    pub max_fetch_bytes: ByteSize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: default_max_body(),
+            max_raw_bytes: default_max_raw(),
+            max_line_bytes: default_max_line(),
+            max_inflight_bytes: default_inflight(),
+            max_pending_per_topic: default_topic_queue(),
+            retry_after_secs: default_retry_after(),
+            max_fetch_bytes: default_max_fetch(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupsConfig {
+    /// Default session timeout of a member that does not ask for one.
+    #[serde(default = "default_session")]
+    pub session_timeout: Duration,
+    /// Smallest and largest session timeout a member may ask for.
+    #[serde(default = "default_min_session")]
+    pub min_session_timeout: Duration,
+    #[serde(default = "default_max_session")]
+    pub max_session_timeout: Duration,
+}
+
+impl Default for GroupsConfig {
+    fn default() -> Self {
+        Self {
+            session_timeout: default_session(),
+            min_session_timeout: default_min_session(),
+            max_session_timeout: default_max_session(),
+        }
+    }
+}
+
+impl CollectorConfig {
+    /// Checks what serde cannot: route actions, topic names, limits that contradict each other.
+    pub fn validate(&self) -> Result<(), String> {
+        crate::routing::validate(&self.routes)?;
+        for (name, t) in &self.topics {
+            ferry_core::topic::validate_name(name)?;
+            if t.partitions == Some(0) {
+                return Err(format!("topic {name}: partitions must be at least 1"));
+            }
+        }
+        if self.default_partitions == 0 {
+            return Err("default_partitions must be at least 1".into());
+        }
+        if self.limits.max_inflight_bytes < self.limits.max_body_bytes {
+            return Err(format!(
+                "limits.max_inflight_bytes ({}) is smaller than limits.max_body_bytes ({}): no request could ever be accepted",
+                self.limits.max_inflight_bytes, self.limits.max_body_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_listen() -> String {
+    "127.0.0.1:7070".into()
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data/collector")
+}
+fn default_partitions() -> u32 {
+    4
+}
+fn default_plain_codec() -> ferry_core::batch::Codec {
+    ferry_core::batch::Codec::Gzip
+}
+fn default_drain() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_body() -> ByteSize {
+    ByteSize::mib(16)
+}
+fn default_max_raw() -> ByteSize {
+    ByteSize::mib(64)
+}
+fn default_max_line() -> ByteSize {
+    ByteSize::mib(1)
+}
+fn default_inflight() -> ByteSize {
+    ByteSize::mib(256)
+}
+fn default_topic_queue() -> u32 {
+    256
+}
+fn default_retry_after() -> u32 {
+    1
+}
+fn default_max_fetch() -> ByteSize {
+    ByteSize::mib(16)
+}
+fn default_session() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_min_session() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_max_session() -> Duration {
+    Duration::from_secs(300)
+}

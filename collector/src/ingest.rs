@@ -1,0 +1,569 @@
+//! The ingest path: a request body becomes batches stored in topic partitions.
+//!
+//! 1. **Parse** the body: the agent's batch format (`application/x-ferry-batch`, one or more
+//!    batches back to back), or newline-delimited lines (plain text or JSON, optionally gzip),
+//!    which become batches without an origin. Every batch is fully verified before anything is
+//!    stored; a bad body is refused whole.
+//! 2. **Route**: when no rule looks at the topic and it has no key field, a batch goes as
+//!    received to one partition (chosen by its origin, so one file's lines stay in order and
+//!    replays meet their dedup mark). Otherwise each record is routed and partitioned, and each
+//!    destination gets a sub-batch that keeps origin offsets (see `Batch::encode_subset`).
+//! 3. **Admit**: topics are created if allowed; a topic at its `max_records` refuses the whole
+//!    request (429) before anything is stored.
+//! 4. **Append** every sub-batch (concurrently: one group commit covers them) and answer only
+//!    when all are durable.
+
+use crate::config::CollectorConfig;
+use crate::routing::{Decision, Router};
+use crate::store::{FsyncPolicy, Store, StoreError};
+use bytes::Bytes;
+use ferry_core::batch::{self, Batch, BatchBuilder, BatchHeader, DecodeLimits};
+use ferry_core::topic::stable_hash;
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Raw payload size at which a plain body is cut into another batch.
+const PLAIN_BATCH_BYTES: usize = 1 << 20;
+
+/// What a successful post did; the JSON body of the 200 reply.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct IngestSummary {
+    pub topic: String,
+    /// Records in the request.
+    pub records: u64,
+    /// Records stored (over all destination topics; a copied record counts once per copy).
+    pub stored: u64,
+    /// Records dropped as replays of ones already stored (same origin and offset).
+    pub deduplicated: u64,
+    /// Records dropped by routing rules.
+    pub dropped: u64,
+    /// Records stored per destination topic.
+    pub routed: BTreeMap<String, u64>,
+    /// The fsync policy that held when the reply was sent.
+    pub fsync: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("topic {0:?} does not exist and auto_create_topics is off")]
+    UnknownTopic(String),
+    #[error("topic {topic} is full: it holds {held} records and takes at most {max} (max_records); retry after consumers catch up or retention frees space")]
+    TopicFull { topic: String, held: u64, max: u64 },
+    #[error("{0}")]
+    Busy(String),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// Everything the ingest path needs; shared by all requests.
+pub struct Ingest {
+    /// The topic log records are appended to.
+    pub store: Store,
+    /// Limits, topic settings, codecs.
+    pub config: std::sync::Arc<CollectorConfig>,
+    /// The routing rules. A std mutex: `route` is synchronous and the lock is never held
+    /// across an await.
+    router: Mutex<Router>,
+    /// Spreads batches without an origin over partitions.
+    round_robin: AtomicU64,
+    /// Records admitted but not yet appended, per topic, so concurrent requests cannot together
+    /// overrun `max_records`.
+    reserved: Mutex<HashMap<String, u64>>,
+    /// Requests in flight per topic (`max_pending_per_topic`).
+    pending: Mutex<HashMap<String, u32>>,
+}
+
+/// Releases a topic's pending-request slot when a request ends, however it ends.
+struct PendingGuard<'a> {
+    ingest: &'a Ingest,
+    topic: String,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut p) = self.ingest.pending.lock() {
+            if let Some(n) = p.get_mut(&self.topic) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+}
+
+/// One destination of a request: a topic partition and the batches for it.
+#[derive(Debug)]
+struct Destination {
+    topic: String,
+    partition: u32,
+    batches: Vec<Bytes>,
+    records: u64,
+}
+
+impl Ingest {
+    pub fn new(store: Store, config: std::sync::Arc<CollectorConfig>) -> Self {
+        let router = Router::new(config.routes.clone());
+        Self {
+            store,
+            config,
+            router: Mutex::new(router),
+            round_robin: AtomicU64::new(0),
+            reserved: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn limits(&self) -> DecodeLimits {
+        DecodeLimits {
+            max_raw_bytes: self.config.limits.max_raw_bytes.get(),
+            max_records: 1 << 24,
+        }
+    }
+
+    /// Creates `topic` if it is missing and allowed; returns its partition count.
+    pub fn ensure_topic(&self, topic: &str) -> Result<u32, IngestError> {
+        if let Some(n) = self.store.topic_partitions(topic) {
+            return Ok(n);
+        }
+        ferry_core::topic::validate_name(topic).map_err(IngestError::BadRequest)?;
+        let configured = self.config.topics.get(topic);
+        if !self.config.auto_create_topics && configured.is_none() {
+            return Err(IngestError::UnknownTopic(topic.to_owned()));
+        }
+        let n = configured
+            .and_then(|t| t.partitions)
+            .unwrap_or(self.config.default_partitions);
+        self.store.create_topic(topic, n)?;
+        tracing::info!(topic, partitions = n, "topic created");
+        Ok(self.store.topic_partitions(topic).unwrap_or(n))
+    }
+
+    /// Handles one `POST /v1/topics/{topic}/records`.
+    pub async fn ingest(
+        &self,
+        topic: &str,
+        content_type: Option<&str>,
+        content_encoding: Option<&str>,
+        body: Bytes,
+    ) -> Result<IngestSummary, IngestError> {
+        ferry_core::topic::validate_name(topic).map_err(IngestError::BadRequest)?;
+        let _pending = self.enter(topic)?;
+        let items = self.parse_body(content_type, content_encoding, body)?;
+        let records: u64 = items.iter().map(|(_, b)| b.records.len() as u64).sum();
+        let (dests, dropped) = self.route(topic, &items)?;
+        let reservation = self.admit(&dests)?;
+        let result = self.append_all(dests).await;
+        self.release(&reservation);
+        let (stored, deduplicated, routed) = result?;
+        metrics::counter!("ferry_collector_records_received_total", "topic" => topic.to_owned())
+            .increment(records);
+        metrics::counter!("ferry_collector_records_deduplicated_total").increment(deduplicated);
+        metrics::counter!("ferry_collector_records_dropped_total", "reason" => "route")
+            .increment(dropped);
+        Ok(IngestSummary {
+            topic: topic.to_owned(),
+            records,
+            stored,
+            deduplicated,
+            dropped,
+            routed,
+            fsync: fsync_name(self.config.store.fsync).to_owned(),
+        })
+    }
+
+    fn enter(&self, topic: &str) -> Result<PendingGuard<'_>, IngestError> {
+        let mut p = self
+            .pending
+            .lock()
+            .map_err(|_| IngestError::Busy("collector state poisoned".into()))?;
+        let n = p.entry(topic.to_owned()).or_insert(0);
+        if *n >= self.config.limits.max_pending_per_topic {
+            metrics::counter!("ferry_collector_refused_total", "reason" => "topic_queue")
+                .increment(1);
+            return Err(IngestError::Busy(format!(
+                "topic {topic} has {n} requests in flight (max_pending_per_topic); retry later"
+            )));
+        }
+        *n += 1;
+        Ok(PendingGuard {
+            ingest: self,
+            topic: topic.to_owned(),
+        })
+    }
+
+    /// Turns a body into verified batches: (encoded bytes, decoded batch).
+    fn parse_body(
+        &self,
+        content_type: Option<&str>,
+        content_encoding: Option<&str>,
+        body: Bytes,
+    ) -> Result<Vec<(Bytes, Batch)>, IngestError> {
+        let mime = content_type
+            .and_then(|c| c.split(';').next())
+            .map(|c| c.trim().to_ascii_lowercase());
+        let limits = self.limits();
+        if mime.as_deref() == Some(batch::CONTENT_TYPE) {
+            if content_encoding.is_some_and(|e| !e.eq_ignore_ascii_case("identity")) {
+                return Err(IngestError::BadRequest(
+                    "ferry batches carry their own compression: send them without Content-Encoding".into(),
+                ));
+            }
+            return split_batches(&body, &limits);
+        }
+        let raw = match content_encoding.map(|e| e.trim().to_ascii_lowercase()) {
+            None => body,
+            Some(e) if e == "identity" => body,
+            Some(e) if e == "gzip" || e == "x-gzip" => gunzip(&body, limits.max_raw_bytes)?,
+            Some(other) => {
+                return Err(IngestError::BadRequest(format!(
+                    "unsupported Content-Encoding {other:?} (use gzip or none)"
+                )));
+            }
+        };
+        self.plain_batches(&raw, &limits)
+    }
+
+    fn plain_batches(
+        &self,
+        raw: &Bytes,
+        limits: &DecodeLimits,
+    ) -> Result<Vec<(Bytes, Batch)>, IngestError> {
+        let max_line = self.config.limits.max_line_bytes.as_usize();
+        let now = ferry_core::now_ms();
+        let codec = self.config.plain_codec;
+        let mut out = Vec::new();
+        let mut builder = BatchBuilder::new();
+        let mut seal = |b: &mut BatchBuilder, out: &mut Vec<(Bytes, Batch)>| -> Result<(), IngestError> {
+            if b.is_empty() {
+                return Ok(());
+            }
+            let enc = Bytes::from(
+                b.finish(codec, 1, now)
+                    .map_err(|e| IngestError::TooLarge(e.to_string()))?,
+            );
+            let decoded = batch::decode(&enc, limits)
+                .map_err(|e| IngestError::BadRequest(e.to_string()))?;
+            out.push((enc, decoded));
+            b.reset(None);
+            Ok(())
+        };
+        let mut start = 0usize;
+        let mut lineno = 0u64;
+        while start < raw.len() {
+            lineno += 1;
+            let end = memchr::memchr(b'\n', &raw[start..])
+                .map(|i| start + i)
+                .unwrap_or(raw.len());
+            let mut line = &raw[start..end];
+            if line.last() == Some(&b'\r') {
+                line = &line[..line.len() - 1];
+            }
+            if line.len() > max_line {
+                return Err(IngestError::TooLarge(format!(
+                    "line {lineno} is {} bytes, over max_line_bytes ({max_line})",
+                    line.len()
+                )));
+            }
+            builder.push_line(line, 0);
+            if builder.raw_len() >= PLAIN_BATCH_BYTES {
+                seal(&mut builder, &mut out)?;
+            }
+            start = end + 1;
+        }
+        seal(&mut builder, &mut out)?;
+        Ok(out)
+    }
+
+    /// Decides every record's destination topic partition; returns the destinations and the
+    /// count of records routing dropped.
+    fn route(
+        &self,
+        topic: &str,
+        items: &[(Bytes, Batch)],
+    ) -> Result<(Vec<Destination>, u64), IngestError> {
+        let needs_look = self
+            .router
+            .lock()
+            .map(|r| r.applies_to(topic))
+            .unwrap_or(true)
+            || self.key_field(topic).is_some();
+        let mut dests: BTreeMap<(String, u32), Destination> = BTreeMap::new();
+        let mut dropped = 0u64;
+        if !needs_look {
+            let n = self.ensure_topic(topic)?;
+            for (enc, b) in items {
+                if b.records.is_empty() {
+                    continue;
+                }
+                let p = self.partition_for_batch(&b.header, n);
+                let d = dests
+                    .entry((topic.to_owned(), p))
+                    .or_insert_with(|| Destination {
+                        topic: topic.to_owned(),
+                        partition: p,
+                        batches: Vec::new(),
+                        records: 0,
+                    });
+                d.batches.push(enc.clone());
+                d.records += b.records.len() as u64;
+            }
+            return Ok((dests.into_values().collect(), 0));
+        }
+        for (enc, b) in items {
+            // Per record: the list of (topic, partition) it goes to.
+            let mut per_record: Vec<Vec<(String, u32)>> = Vec::with_capacity(b.records.len());
+            let mut batch_partition: HashMap<String, u32> = HashMap::new();
+            for rec in &b.records {
+                let decision = {
+                    let mut router = self
+                        .router
+                        .lock()
+                        .map_err(|_| IngestError::Busy("router state poisoned".into()))?;
+                    let mut hits: Vec<usize> = Vec::new();
+                    let d = router.route(topic, rec, |i| hits.push(i));
+                    for i in hits {
+                        metrics::counter!("ferry_collector_route_matches_total", "rule" => router.rule(i).name.clone())
+                            .increment(1);
+                    }
+                    match d {
+                        Decision::Original => vec![topic.to_owned()],
+                        Decision::Topics(ix) => {
+                            ix.iter().map(|&i| router.topic_name(i).to_owned()).collect()
+                        }
+                    }
+                };
+                if decision.is_empty() {
+                    dropped += 1;
+                }
+                let mut targets = Vec::with_capacity(decision.len());
+                for t in decision {
+                    let n = self.ensure_topic(&t)?;
+                    let p = match self.key_field(&t) {
+                        Some(field) => match crate::routing::field_value(rec, field) {
+                            Some(v) => (stable_hash(&[v.as_bytes()]) % u64::from(n)) as u32,
+                            None => *batch_partition
+                                .entry(t.clone())
+                                .or_insert_with(|| self.partition_for_batch(&b.header, n)),
+                        },
+                        None => *batch_partition
+                            .entry(t.clone())
+                            .or_insert_with(|| self.partition_for_batch(&b.header, n)),
+                    };
+                    targets.push((t, p));
+                }
+                per_record.push(targets);
+            }
+            let mut groups: BTreeMap<(String, u32), Vec<usize>> = BTreeMap::new();
+            for (i, targets) in per_record.iter().enumerate() {
+                for tp in targets {
+                    groups.entry(tp.clone()).or_default().push(i);
+                }
+            }
+            for ((t, p), idx) in groups {
+                let sub = if idx.len() == b.records.len() {
+                    enc.clone()
+                } else {
+                    let keep: std::collections::HashSet<usize> = idx.iter().copied().collect();
+                    match b
+                        .encode_subset(|i| keep.contains(&i), b.header.codec, 1)
+                        .map_err(|e| IngestError::TooLarge(e.to_string()))?
+                    {
+                        Some(v) => Bytes::from(v),
+                        None => continue,
+                    }
+                };
+                let d = dests.entry((t.clone(), p)).or_insert_with(|| Destination {
+                    topic: t,
+                    partition: p,
+                    batches: Vec::new(),
+                    records: 0,
+                });
+                d.batches.push(sub);
+                d.records += idx.len() as u64;
+            }
+        }
+        Ok((dests.into_values().collect(), dropped))
+    }
+
+    fn key_field(&self, topic: &str) -> Option<&str> {
+        self.config
+            .topics
+            .get(topic)
+            .and_then(|t| t.key_field.as_deref())
+    }
+
+    /// A batch with an origin always goes to the same partition (its file's lines stay in order
+    /// and a replay meets its dedup mark); one without is spread round-robin.
+    fn partition_for_batch(&self, header: &BatchHeader, partitions: u32) -> u32 {
+        let n = u64::from(partitions.max(1));
+        match &header.origin {
+            Some(o) => {
+                let f = &o.key.file;
+                let h = stable_hash(&[
+                    o.key.agent_id.as_bytes(),
+                    &f.dev.to_le_bytes(),
+                    &f.inode.to_le_bytes(),
+                    &f.fingerprint.to_le_bytes(),
+                ]);
+                (h % n) as u32
+            }
+            None => (self.round_robin.fetch_add(1, Ordering::Relaxed) % n) as u32,
+        }
+    }
+
+    /// Refuses the request if a destination topic would exceed its `max_records`; otherwise
+    /// reserves room for it. Returns the reservation to release after the append.
+    fn admit(&self, dests: &[Destination]) -> Result<Vec<(String, u64)>, IngestError> {
+        let mut incoming: BTreeMap<&str, u64> = BTreeMap::new();
+        for d in dests {
+            *incoming.entry(d.topic.as_str()).or_default() += d.records;
+        }
+        let mut reserved = self
+            .reserved
+            .lock()
+            .map_err(|_| IngestError::Busy("collector state poisoned".into()))?;
+        let mut taken = Vec::new();
+        for (topic, n) in &incoming {
+            let Some(max) = self.config.topics.get(*topic).and_then(|t| t.max_records) else {
+                continue;
+            };
+            let held = self.held_records(topic) + reserved.get(*topic).copied().unwrap_or(0);
+            if held + n > max {
+                metrics::counter!("ferry_collector_refused_total", "reason" => "topic_full")
+                    .increment(1);
+                metrics::counter!("ferry_collector_records_refused_total", "topic" => topic.to_string())
+                    .increment(*n);
+                return Err(IngestError::TopicFull {
+                    topic: topic.to_string(),
+                    held,
+                    max,
+                });
+            }
+        }
+        for (topic, n) in incoming {
+            if self.config.topics.get(topic).and_then(|t| t.max_records).is_some() {
+                *reserved.entry(topic.to_owned()).or_default() += n;
+                taken.push((topic.to_owned(), n));
+            }
+        }
+        Ok(taken)
+    }
+
+    fn release(&self, reservation: &[(String, u64)]) {
+        if let Ok(mut reserved) = self.reserved.lock() {
+            for (t, n) in reservation {
+                if let Some(v) = reserved.get_mut(t) {
+                    *v = v.saturating_sub(*n);
+                }
+            }
+        }
+    }
+
+    /// Records a topic holds now (stored and not yet removed by retention).
+    pub fn held_records(&self, topic: &str) -> u64 {
+        self.store
+            .topics()
+            .into_iter()
+            .find(|t| t.name == topic)
+            .map(|t| {
+                t.partitions
+                    .iter()
+                    .map(|p| p.end_offset - p.log_start)
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
+    async fn append_all(
+        &self,
+        dests: Vec<Destination>,
+    ) -> Result<(u64, u64, BTreeMap<String, u64>), IngestError> {
+        let mut set = tokio::task::JoinSet::new();
+        for d in dests {
+            for b in d.batches {
+                let store = self.store.clone();
+                let topic = d.topic.clone();
+                let partition = d.partition;
+                set.spawn(async move {
+                    let r = store.append(&topic, partition, b).await;
+                    (topic, r)
+                });
+            }
+        }
+        let mut stored = 0u64;
+        let mut dedup = 0u64;
+        let mut routed: BTreeMap<String, u64> = BTreeMap::new();
+        let mut first_err = None;
+        while let Some(joined) = set.join_next().await {
+            match joined {
+                Ok((topic, Ok(out))) => {
+                    stored += u64::from(out.stored);
+                    dedup += u64::from(out.deduplicated);
+                    *routed.entry(topic).or_default() += u64::from(out.stored);
+                }
+                Ok((_, Err(e))) => {
+                    first_err.get_or_insert(IngestError::Store(e));
+                }
+                Err(e) => {
+                    first_err.get_or_insert(IngestError::Busy(format!("append task failed: {e}")));
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok((stored, dedup, routed)),
+        }
+    }
+}
+
+fn fsync_name(p: FsyncPolicy) -> &'static str {
+    match p {
+        FsyncPolicy::Always => "always",
+        FsyncPolicy::Group => "group",
+        FsyncPolicy::Interval => "interval",
+        FsyncPolicy::Never => "never",
+    }
+}
+
+/// Splits a body of back-to-back ferry batches and verifies each one completely.
+fn split_batches(body: &Bytes, limits: &DecodeLimits) -> Result<Vec<(Bytes, Batch)>, IngestError> {
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    if body.is_empty() {
+        return Err(IngestError::BadRequest("empty body: expected a ferry batch".into()));
+    }
+    while pos < body.len() {
+        let n = out.len();
+        let header = BatchHeader::parse(&body[pos..])
+            .map_err(|e| IngestError::BadRequest(format!("batch {n} (at byte {pos}): {e}")))?;
+        let enc = body.slice(pos..pos + header.total_len);
+        let decoded = batch::decode(&enc, limits).map_err(|e| match e {
+            ferry_core::batch::WireError::TooLarge { .. }
+            | ferry_core::batch::WireError::TooManyRecords { .. } => {
+                IngestError::TooLarge(format!("batch {n}: {e}"))
+            }
+            other => IngestError::BadRequest(format!("batch {n} (at byte {pos}): {other}")),
+        })?;
+        pos += header.total_len;
+        out.push((enc, decoded));
+    }
+    Ok(out)
+}
+
+/// Inflates a gzip body, refusing (413) past `limit` bytes without inflating the rest.
+fn gunzip(body: &[u8], limit: u64) -> Result<Bytes, IngestError> {
+    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit as usize));
+    let mut dec = flate2::read::MultiGzDecoder::new(body).take(limit + 1);
+    dec.read_to_end(&mut out)
+        .map_err(|e| IngestError::BadRequest(format!("body is not valid gzip: {e}")))?;
+    if out.len() as u64 > limit {
+        return Err(IngestError::TooLarge(format!(
+            "body inflates past max_raw_bytes ({limit} bytes)"
+        )));
+    }
+    Ok(Bytes::from(out))
+}

@@ -489,7 +489,7 @@ impl Partition {
             }
             let before = frames.len();
             let budget = if taken == 0 { max_bytes } else { max_bytes - taken };
-            let got = segment::read_frames(
+            let (got, full) = segment::read_frames(
                 &*plan.file,
                 &plan.path,
                 plan.from,
@@ -508,7 +508,7 @@ impl Partition {
                 .is_some_and(|(m, _): &(FrameMeta, Bytes)| m.header.base_offset > offset);
             if i == 0 && plan.from != FILE_HEADER_LEN && overshot {
                 frames.truncate(before);
-                let got = segment::read_frames(
+                let (got, full) = segment::read_frames(
                     &*plan.file,
                     &plan.path,
                     FILE_HEADER_LEN,
@@ -521,9 +521,15 @@ impl Partition {
                 )
                 .at(&plan.path)?;
                 taken += got;
+                if full {
+                    break;
+                }
                 continue;
             }
             taken += got;
+            if full {
+                break;
+            }
         }
         self.report_corrupt(&corrupt);
         let batches = frames

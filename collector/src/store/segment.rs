@@ -341,7 +341,7 @@ fn resync(w: &mut Window<'_>, from: u64, expect: u64) -> io::Result<Option<(u64,
 /// end at or before `min_offset` are skipped; the others are pushed to `out` as (meta, whole
 /// frame bytes) until `max_bytes` would be exceeded (at least one frame is returned). An invalid
 /// frame is reported in `corrupt` and skipped. `slack` is extra read-ahead for skipped frames.
-/// Returns the bytes pushed.
+/// Returns the bytes pushed and whether the budget stopped the read before `to`.
 #[allow(clippy::too_many_arguments)]
 pub fn read_frames(
     file: &dyn ReadableFile,
@@ -353,7 +353,7 @@ pub fn read_frames(
     slack: u64,
     out: &mut Vec<(FrameMeta, bytes::Bytes)>,
     corrupt: &mut Vec<CorruptRange>,
-) -> io::Result<usize> {
+) -> io::Result<(usize, bool)> {
     let mut taken = 0usize;
     let mut pos = from;
     let mut expect = 0u64;
@@ -369,7 +369,7 @@ pub fn read_frames(
         let mut at = 0usize;
         while at < buf.len() {
             if taken > 0 && taken >= max_bytes {
-                return Ok(taken);
+                return Ok((taken, true));
             }
             let rest = &buf[at..];
             let Some(h) = FrameHeader::parse(rest) else {
@@ -390,7 +390,7 @@ pub fn read_frames(
                     let flen = h.frame_len() as usize;
                     if h.next_offset() > min_offset {
                         if taken > 0 && taken + flen > max_bytes {
-                            return Ok(taken);
+                            return Ok((taken, true));
                         }
                         out.push((FrameMeta { pos: here, header: h }, buf.slice(at..at + flen)));
                         taken += flen;
@@ -420,10 +420,10 @@ pub fn read_frames(
         pos += at as u64;
         min_read = 0;
         if taken >= max_bytes {
-            break;
+            return Ok((taken, pos < to));
         }
     }
-    Ok(taken)
+    Ok((taken, false))
 }
 
 /// Reads the frame header at `pos` (no checksum check): for walking frames cheaply.

@@ -111,8 +111,11 @@ impl IntoResponse for ApiError {
         }
         metrics::counter!("ferry_collector_http_errors_total", "status" => self.status.as_u16().to_string())
             .increment(1);
-        let mut resp =
-            (self.status, Json(serde_json::json!({ "error": self.message }))).into_response();
+        let mut resp = (
+            self.status,
+            Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response();
         if let Some(s) = self.retry_after {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(s));
@@ -186,7 +189,9 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics_text))
         .merge(v1)
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route; see /v1/topics") })
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "no such route; see /v1/topics")
+        })
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
@@ -213,7 +218,10 @@ async fn auth(State(state): State<Arc<AppState>>, req: Request, next: Next) -> R
 
 async fn metrics_text() -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, ferry_core::telemetry::METRICS_CONTENT_TYPE)],
+        [(
+            header::CONTENT_TYPE,
+            ferry_core::telemetry::METRICS_CONTENT_TYPE,
+        )],
         ferry_core::telemetry::render_metrics(),
     )
 }
@@ -244,7 +252,8 @@ async fn post_records(
     }
     let kib = (declared.unwrap_or(max_body) / 1024 + 1).min(u64::from(u32::MAX)) as u32;
     let _permit = state.inflight.try_acquire_many(kib).map_err(|_| {
-        metrics::counter!("ferry_collector_refused_total", "reason" => "inflight_bytes").increment(1);
+        metrics::counter!("ferry_collector_refused_total", "reason" => "inflight_bytes")
+            .increment(1);
         ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             message: "collector is at max_inflight_bytes; retry later".into(),
@@ -266,7 +275,9 @@ async fn post_records(
                 ApiError::new(StatusCode::BAD_REQUEST, format!("could not read body: {e}"))
             }
         })?;
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
     let ce = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok());
@@ -306,7 +317,11 @@ fn topic_views(state: &AppState) -> Vec<TopicView> {
         .topics()
         .into_iter()
         .map(|t| TopicView {
-            records: t.partitions.iter().map(|p| p.end_offset - p.log_start).sum(),
+            records: t
+                .partitions
+                .iter()
+                .map(|p| p.end_offset - p.log_start)
+                .sum(),
             size_bytes: t.partitions.iter().map(|p| p.size_bytes).sum(),
             name: t.name,
             partitions: t
@@ -443,7 +458,10 @@ async fn fetch(
             let batch = ferry_core::batch::decode(&b.data, &limits).map_err(|e| {
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("stored batch at offset {} is unreadable: {e}", b.base_offset),
+                    format!(
+                        "stored batch at offset {} is unreadable: {e}",
+                        b.base_offset
+                    ),
                 )
             })?;
             for (i, r) in batch.records.iter().enumerate() {
@@ -525,7 +543,8 @@ async fn join(
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "topics is empty"));
     }
     for t in &req.topics {
-        ferry_core::topic::validate_name(t).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+        ferry_core::topic::validate_name(t)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
     }
     let g = &state.config.groups;
     let timeout = req
@@ -547,7 +566,12 @@ async fn join(
         now,
         &parts,
     );
-    tracing::info!(group, member = a.member_id, generation = a.generation, "member joined");
+    tracing::info!(
+        group,
+        member = a.member_id,
+        generation = a.generation,
+        "member joined"
+    );
     Ok(Json(a))
 }
 
@@ -593,7 +617,8 @@ async fn leave(
         .coordinator
         .lock()
         .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "coordinator poisoned"))?;
-    c.leave(&group, &req.member_id, &parts).map_err(coord_error)?;
+    c.leave(&group, &req.member_id, &parts)
+        .map_err(coord_error)?;
     tracing::info!(group, member = req.member_id, "member left");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -622,10 +647,9 @@ async fn commit(
     let req: CommitRequest = parse_json(&body)?;
     validate_group(&group)?;
     if let Some(member) = &req.member_id {
-        let c = state
-            .coordinator
-            .lock()
-            .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "coordinator poisoned"))?;
+        let c = state.coordinator.lock().map_err(|_| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "coordinator poisoned")
+        })?;
         for o in &req.offsets {
             c.check_owner(&group, member, &o.topic, o.partition)
                 .map_err(coord_error)?;
@@ -634,12 +658,18 @@ async fn commit(
     let store = &state.ingest.store;
     for o in &req.offsets {
         let n = store.topic_partitions(&o.topic).ok_or_else(|| {
-            ApiError::new(StatusCode::NOT_FOUND, format!("unknown topic {:?}", o.topic))
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("unknown topic {:?}", o.topic),
+            )
         })?;
         if o.partition >= n {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
-                format!("topic {} has {n} partitions; there is no partition {}", o.topic, o.partition),
+                format!(
+                    "topic {} has {n} partitions; there is no partition {}",
+                    o.topic, o.partition
+                ),
             ));
         }
     }

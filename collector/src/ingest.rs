@@ -53,7 +53,9 @@ pub enum IngestError {
     TooLarge(String),
     #[error("topic {0:?} does not exist and auto_create_topics is off")]
     UnknownTopic(String),
-    #[error("topic {topic} is full: it holds {held} records and takes at most {max} (max_records); retry after consumers catch up or retention frees space")]
+    #[error(
+        "topic {topic} is full: it holds {held} records and takes at most {max} (max_records); retry after consumers catch up or retention frees space"
+    )]
     TopicFull { topic: String, held: u64, max: u64 },
     #[error("{0}")]
     Busy(String),
@@ -209,7 +211,8 @@ impl Ingest {
         if mime.as_deref() == Some(batch::CONTENT_TYPE) {
             if content_encoding.is_some_and(|e| !e.eq_ignore_ascii_case("identity")) {
                 return Err(IngestError::BadRequest(
-                    "ferry batches carry their own compression: send them without Content-Encoding".into(),
+                    "ferry batches carry their own compression: send them without Content-Encoding"
+                        .into(),
                 ));
             }
             return split_batches(&body, &limits);
@@ -237,20 +240,21 @@ impl Ingest {
         let codec = self.config.plain_codec;
         let mut out = Vec::new();
         let mut builder = BatchBuilder::new();
-        let mut seal = |b: &mut BatchBuilder, out: &mut Vec<(Bytes, Batch)>| -> Result<(), IngestError> {
-            if b.is_empty() {
-                return Ok(());
-            }
-            let enc = Bytes::from(
-                b.finish(codec, 1, now)
-                    .map_err(|e| IngestError::TooLarge(e.to_string()))?,
-            );
-            let decoded = batch::decode(&enc, limits)
-                .map_err(|e| IngestError::BadRequest(e.to_string()))?;
-            out.push((enc, decoded));
-            b.reset(None);
-            Ok(())
-        };
+        let seal =
+            |b: &mut BatchBuilder, out: &mut Vec<(Bytes, Batch)>| -> Result<(), IngestError> {
+                if b.is_empty() {
+                    return Ok(());
+                }
+                let enc = Bytes::from(
+                    b.finish(codec, 1, now)
+                        .map_err(|e| IngestError::TooLarge(e.to_string()))?,
+                );
+                let decoded = batch::decode(&enc, limits)
+                    .map_err(|e| IngestError::BadRequest(e.to_string()))?;
+                out.push((enc, decoded));
+                b.reset(None);
+                Ok(())
+            };
         let mut start = 0usize;
         let mut lineno = 0u64;
         while start < raw.len() {
@@ -331,9 +335,10 @@ impl Ingest {
                     }
                     match d {
                         Decision::Original => vec![topic.to_owned()],
-                        Decision::Topics(ix) => {
-                            ix.iter().map(|&i| router.topic_name(i).to_owned()).collect()
-                        }
+                        Decision::Topics(ix) => ix
+                            .iter()
+                            .map(|&i| router.topic_name(i).to_owned())
+                            .collect(),
                     }
                 };
                 if decision.is_empty() {
@@ -445,7 +450,13 @@ impl Ingest {
             }
         }
         for (topic, n) in incoming {
-            if self.config.topics.get(topic).and_then(|t| t.max_records).is_some() {
+            if self
+                .config
+                .topics
+                .get(topic)
+                .and_then(|t| t.max_records)
+                .is_some()
+            {
                 *reserved.entry(topic.to_owned()).or_default() += n;
                 taken.push((topic.to_owned(), n));
             }
@@ -534,7 +545,9 @@ fn split_batches(body: &Bytes, limits: &DecodeLimits) -> Result<Vec<(Bytes, Batc
     let mut out = Vec::new();
     let mut pos = 0usize;
     if body.is_empty() {
-        return Err(IngestError::BadRequest("empty body: expected a ferry batch".into()));
+        return Err(IngestError::BadRequest(
+            "empty body: expected a ferry batch".into(),
+        ));
     }
     while pos < body.len() {
         let n = out.len();

@@ -1,0 +1,314 @@
+//! The writer thread: group commit.
+//!
+//! One thread owns every write to segment files. `Store::append` sends it a request over a
+//! channel whose depth is bounded in bytes by a semaphore (`max_inflight_bytes`), then awaits a
+//! oneshot reply. The thread takes the first request, keeps taking requests until the
+//! `group_commit_window` has passed or `group_commit_bytes` are staged, writes each touched
+//! partition's staged frames with one write, fsyncs each touched file once (in parallel, on a
+//! few scoped threads, so 16 partitions do not cost 16 sequential fsyncs), publishes the frames
+//! to readers and answers every waiter. A failed write or fsync is rolled back (the file cut
+//! back to where the group started) and reported to exactly the appends of that group; after a
+//! failed fsync the page cache can no longer be trusted, so the store stops accepting appends
+//! (`StoreError::Closed`) until it is reopened, which re-verifies the files.
+
+use super::config::FsyncPolicy;
+use super::error::StoreError;
+use super::fs::FileSystem;
+use super::partition::{Partition, Staged};
+use super::{AppendOutcome, StoreConfig};
+use bytes::Bytes;
+use ferry_core::batch::BatchHeader;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// Most threads used to fsync the files of one group in parallel.
+const MAX_SYNC_THREADS: usize = 4;
+
+pub(crate) enum Request {
+    Append {
+        part: Arc<Partition>,
+        header: BatchHeader,
+        batch: Bytes,
+        reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    },
+    /// Write and fsync everything, answer, and stop.
+    Close {
+        parts: Vec<Arc<Partition>>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+/// Appends gathered for one commit.
+#[derive(Default)]
+struct Group {
+    touched: Vec<Arc<Partition>>,
+    keys: HashSet<usize>,
+    bytes: usize,
+    close: Option<(Vec<Arc<Partition>>, oneshot::Sender<Result<(), StoreError>>)>,
+}
+
+pub(crate) struct Writer {
+    pub rx: Receiver<Request>,
+    pub fs: Arc<dyn FileSystem>,
+    pub cfg: StoreConfig,
+    /// Set after a failed fsync: every later append is refused.
+    pub failed: Arc<AtomicBool>,
+    /// Partitions with written but unsynced data (`interval` and `never`).
+    dirty: Vec<Arc<Partition>>,
+    dirty_keys: HashSet<usize>,
+}
+
+impl Writer {
+    pub fn new(
+        rx: Receiver<Request>,
+        fs: Arc<dyn FileSystem>,
+        cfg: StoreConfig,
+        failed: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            rx,
+            fs,
+            cfg,
+            failed,
+            dirty: Vec::new(),
+            dirty_keys: HashSet::new(),
+        }
+    }
+
+    /// The thread's loop; returns on `Close` or when every sender is gone.
+    pub fn run(mut self) {
+        let policy = self.cfg.fsync;
+        let interval = self.cfg.fsync_interval.get().max(Duration::from_millis(1));
+        let mut next_sync = Instant::now() + interval;
+        loop {
+            let first = if policy == FsyncPolicy::Interval {
+                match self
+                    .rx
+                    .recv_timeout(next_sync.saturating_duration_since(Instant::now()))
+                {
+                    Ok(r) => Some(r),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match self.rx.recv() {
+                    Ok(r) => Some(r),
+                    Err(_) => break,
+                }
+            };
+            if policy == FsyncPolicy::Interval && Instant::now() >= next_sync {
+                self.sync_dirty();
+                next_sync = Instant::now() + interval;
+            }
+            let Some(first) = first else { continue };
+            let mut group = Group::default();
+            self.handle(first, &mut group);
+            if policy != FsyncPolicy::Always {
+                self.gather(&mut group);
+            }
+            self.commit(&mut group);
+            if let Some((parts, reply)) = group.close.take() {
+                let _ = reply.send(self.close(&parts));
+                return;
+            }
+        }
+        // The store was dropped without close(): leave nothing unsynced.
+        self.sync_dirty();
+    }
+
+    /// Takes more requests for the group: until the window passes (`group`) or the queue is
+    /// empty (`interval`, `never`), or the byte budget is reached.
+    fn gather(&mut self, group: &mut Group) {
+        let window = if self.cfg.fsync == FsyncPolicy::Group {
+            self.cfg.group_commit_window.get()
+        } else {
+            Duration::ZERO
+        };
+        let deadline = Instant::now() + window;
+        let budget = self.cfg.group_commit_bytes.as_usize().max(1);
+        while group.bytes < budget && group.close.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let next = if left.is_zero() {
+                self.rx
+                    .try_recv()
+                    .map_err(|e| e == TryRecvError::Disconnected)
+            } else {
+                self.rx
+                    .recv_timeout(left)
+                    .map_err(|e| e == RecvTimeoutError::Disconnected)
+            };
+            match next {
+                Ok(req) => self.handle(req, group),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn handle(&mut self, req: Request, group: &mut Group) {
+        match req {
+            Request::Append {
+                part,
+                header,
+                batch,
+                reply,
+                permit,
+            } => {
+                if self.failed.load(Ordering::SeqCst) {
+                    let _ = reply.send(Err(StoreError::Closed));
+                    return;
+                }
+                let len = batch.len();
+                let mut w = part.writer();
+                match part.stage(
+                    &mut w,
+                    &*self.fs,
+                    &self.cfg,
+                    header,
+                    batch,
+                    reply,
+                    Some(permit),
+                ) {
+                    Staged::Queued => {
+                        drop(w);
+                        group.bytes += len;
+                        if group.keys.insert(part.key) {
+                            group.touched.push(part);
+                        }
+                    }
+                    Staged::Failed(e, reply) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            Request::Close { parts, reply } => group.close = Some((parts, reply)),
+        }
+    }
+
+    /// Writes, fsyncs (per policy), publishes and answers one group.
+    fn commit(&mut self, group: &mut Group) {
+        let mut written = Vec::with_capacity(group.touched.len());
+        for p in group.touched.drain(..) {
+            let mut w = p.writer();
+            if let Err(e) = p.write_pending(&mut w) {
+                tracing::error!(topic = %p.topic, partition = p.id, error = %e, "segment write failed; appends of this group rolled back");
+                if !p.rollback(&mut w, &e) {
+                    self.fail("could not cut a failed write back");
+                }
+                continue;
+            }
+            drop(w);
+            written.push(p);
+        }
+        group.keys.clear();
+        if matches!(self.cfg.fsync, FsyncPolicy::Always | FsyncPolicy::Group) {
+            let results = sync_parallel(&written);
+            for (p, r) in written.iter().zip(results) {
+                let mut w = p.writer();
+                match r {
+                    Ok(()) => p.publish(&mut w),
+                    Err(e) => {
+                        tracing::error!(topic = %p.topic, partition = p.id, error = %e, "fsync failed; appends of this group rolled back");
+                        p.rollback(&mut w, &e);
+                        self.fail("an fsync failed");
+                    }
+                }
+            }
+        } else {
+            for p in written {
+                let mut w = p.writer();
+                p.publish(&mut w);
+                let dirty = w.len > w.synced_len;
+                drop(w);
+                if dirty && self.dirty_keys.insert(p.key) {
+                    self.dirty.push(p);
+                }
+            }
+        }
+    }
+
+    fn fail(&self, why: &str) {
+        if !self.failed.swap(true, Ordering::SeqCst) {
+            metrics::counter!("ferry_store_failed_total").increment(1);
+            tracing::error!("store stops accepting appends: {why}; reopen it to recover");
+        }
+    }
+
+    /// fsyncs every dirty partition (`interval`, and before stopping).
+    fn sync_dirty(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        self.dirty_keys.clear();
+        for (p, r) in dirty.iter().zip(sync_parallel(&dirty)) {
+            if let Err(e) = r {
+                tracing::error!(topic = %p.topic, partition = p.id, error = %e, "background fsync failed");
+                self.fail("a background fsync failed");
+            }
+        }
+    }
+
+    fn close(&mut self, parts: &[Arc<Partition>]) -> Result<(), StoreError> {
+        let mut first_err = None;
+        for p in parts {
+            let mut w = p.writer();
+            if w.has_pending() {
+                match p.write_pending(&mut w) {
+                    Ok(()) => {}
+                    Err(e) => {
+                        p.rollback(&mut w, &e);
+                        first_err.get_or_insert(e);
+                        continue;
+                    }
+                }
+            }
+            drop(w);
+        }
+        for (p, r) in parts.iter().zip(sync_parallel(parts)) {
+            let mut w = p.writer();
+            match r {
+                Ok(()) => {
+                    if w.has_pending() {
+                        p.publish(&mut w);
+                    }
+                }
+                Err(e) => {
+                    p.rollback(&mut w, &e);
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        self.dirty.clear();
+        self.dirty_keys.clear();
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+/// fsyncs the active files of `parts`, on up to [`MAX_SYNC_THREADS`] threads.
+fn sync_parallel(parts: &[Arc<Partition>]) -> Vec<Result<(), StoreError>> {
+    let one = |p: &Arc<Partition>| Partition::sync(&mut p.writer());
+    if parts.len() <= 1 {
+        return parts.iter().map(one).collect();
+    }
+    let chunk = parts.len().div_ceil(MAX_SYNC_THREADS.min(parts.len()));
+    std::thread::scope(|s| {
+        let handles: Vec<_> = parts
+            .chunks(chunk)
+            .map(|c| {
+                (
+                    c.len(),
+                    s.spawn(move || c.iter().map(one).collect::<Vec<_>>()),
+                )
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|(n, h)| {
+                h.join()
+                    .unwrap_or_else(|_| (0..n).map(|_| Err(StoreError::Closed)).collect())
+            })
+            .collect()
+    })
+}

@@ -11,7 +11,8 @@ pub struct CheckReport {
 
 /// Loads and validates `path`. The error names `file:line:col` and the problem.
 pub fn check(path: &Path) -> Result<CheckReport, ferry_core::config::ConfigError> {
-    let _config = FerryConfig::load(path)?;
-    let sections = vec!["telemetry"];
-    Ok(CheckReport { sections })
+    let config = FerryConfig::load(path)?;
+    Ok(CheckReport {
+        sections: config.sections(),
+    })
 }

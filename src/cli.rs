@@ -155,8 +155,77 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}: ok ({})", file.display(), report.sections.join(", "));
             Ok(())
         }
+        other => runtime()?.block_on(run_async(other)),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+async fn run_async(command: Command) -> anyhow::Result<()> {
+    use crate::commands;
+    match command {
+        Command::Collector {
+            config,
+            listen,
+            data_dir,
+            kafka,
+        } => {
+            commands::collector::run(commands::collector::Args {
+                config,
+                listen,
+                data_dir,
+                kafka,
+            })
+            .await
+        }
+        Command::Produce { collector, topic } => commands::produce::run(&collector, &topic).await,
+        Command::Consume {
+            collector,
+            kafka,
+            topic,
+            group,
+            from_beginning,
+            max,
+            idle_timeout,
+            format,
+        } => {
+            if kafka.is_some() {
+                return Err(UsageError(
+                    "consuming from Kafka (--kafka) is not built yet: see issue 7".into(),
+                )
+                .into());
+            }
+            let collector = collector.ok_or_else(|| UsageError("give --collector URL".into()))?;
+            let json = match format.as_str() {
+                "raw" => false,
+                "json" => true,
+                other => {
+                    return Err(UsageError(format!("--format {other:?}: use raw or json")).into());
+                }
+            };
+            let idle_timeout = idle_timeout
+                .map(|s| s.parse::<ferry_core::config::Duration>().map(|d| d.get()))
+                .transpose()
+                .map_err(|e| UsageError(format!("--idle-timeout: {e}")))?;
+            commands::consume::run(commands::consume::Args {
+                collector,
+                topic,
+                group,
+                from_beginning,
+                max,
+                idle_timeout,
+                json,
+            })
+            .await
+        }
+        Command::Topics { collector, json } => commands::admin::topics(&collector, json).await,
+        Command::Groups { collector, json } => commands::admin::groups(&collector, json).await,
         other => Err(anyhow::anyhow!(
-            "`ferry {}` is not built yet: see the open issues (collector: 3-4, agent: 5, processor: 6, Kafka: 7, up: 8)",
+            "`ferry {}` is not built yet: see the open issues (agent: 5, processor: 6, Kafka: 7, up: 8)",
             command_name(&other)
         )),
     }

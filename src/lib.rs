@@ -7,4 +7,5 @@
 
 pub mod check;
 pub mod cli;
+pub mod commands;
 pub mod config;

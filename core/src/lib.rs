@@ -9,7 +9,9 @@
 //! - [`shutdown`]: the drain signal every long-lived loop listens to.
 
 pub mod batch;
+pub mod client;
 pub mod config;
+pub mod consumer;
 pub mod fetch;
 pub mod record;
 pub mod shutdown;

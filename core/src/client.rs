@@ -1,0 +1,403 @@
+//! A client for the collector's HTTP API (DESIGN.md's contract), used by the CLI, the processor's
+//! source and tests. Errors keep the collector's status and message, and whether (and when) a
+//! retry makes sense.
+
+use crate::batch::DecodeLimits;
+use crate::fetch::{self, FetchedBatch};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("collector answered {status}: {message}")]
+    Http {
+        status: u16,
+        message: String,
+        /// From `Retry-After`, when the collector sent one.
+        retry_after: Option<Duration>,
+    },
+    #[error("cannot reach the collector at {url}: {message}")]
+    Transport { url: String, message: String },
+    #[error("unexpected reply from the collector: {0}")]
+    Decode(String),
+    #[error("invalid collector URL {url:?}: {message}")]
+    Url { url: String, message: String },
+}
+
+impl ClientError {
+    /// Whether sending the same request again later may succeed (the collector was down, busy,
+    /// or over a limit), as opposed to a request that is wrong.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ClientError::Http { status, .. } => *status == 429 || *status >= 500,
+            ClientError::Transport { .. } => true,
+            ClientError::Decode(_) | ClientError::Url { .. } => false,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Http { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// The collector's reply to a post: how many records were stored, deduplicated, dropped.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IngestReply {
+    pub topic: String,
+    pub records: u64,
+    pub stored: u64,
+    pub deduplicated: u64,
+    pub dropped: u64,
+    #[serde(default)]
+    pub routed: std::collections::BTreeMap<String, u64>,
+    pub fsync: String,
+}
+
+/// A group member's assignment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Assignment {
+    pub member_id: String,
+    pub generation: u64,
+    pub partitions: Vec<(String, u32)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PartitionInfo {
+    pub partition: u32,
+    pub log_start: u64,
+    pub end_offset: u64,
+    pub size_bytes: u64,
+    #[serde(default)]
+    pub segments: u32,
+    #[serde(default)]
+    pub last_append_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TopicInfo {
+    pub name: String,
+    pub records: u64,
+    pub size_bytes: u64,
+    pub partitions: Vec<PartitionInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CommittedOffset {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+}
+
+/// One fetch: the batches and the partition's bounds at the time.
+#[derive(Debug, Clone)]
+pub struct Fetch {
+    pub log_start: u64,
+    pub end_offset: u64,
+    pub batches: Vec<FetchedBatch>,
+}
+
+/// A client for one collector.
+#[derive(Debug, Clone)]
+pub struct CollectorClient {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl CollectorClient {
+    /// `url` is the collector's base URL, e.g. `http://127.0.0.1:7070`.
+    pub fn new(url: &str) -> Result<Self, ClientError> {
+        let base = url.trim_end_matches('/').to_owned();
+        let parsed = reqwest::Url::parse(&base).map_err(|e| ClientError::Url {
+            url: url.to_owned(),
+            message: e.to_string(),
+        })?;
+        if parsed.scheme() != "http" {
+            return Err(ClientError::Url {
+                url: url.to_owned(),
+                message: "only http:// is supported by this build".into(),
+            });
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| ClientError::Url {
+                url: url.to_owned(),
+                message: e.to_string(),
+            })?;
+        Ok(Self {
+            http,
+            base,
+            token: None,
+        })
+    }
+
+    /// Sends `Authorization: Bearer TOKEN` with every request.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let r = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    }
+
+    async fn send(&self, rb: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        let resp = rb.send().await.map_err(|e| ClientError::Transport {
+            url: self.base.clone(),
+            message: error_chain(&e),
+        })?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let text = resp.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+            .unwrap_or(text);
+        Err(ClientError::Http {
+            status: status.as_u16(),
+            message,
+            retry_after,
+        })
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        rb: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        let resp = self.send(rb).await?;
+        let bytes = resp.bytes().await.map_err(|e| ClientError::Transport {
+            url: self.base.clone(),
+            message: error_chain(&e),
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// Posts newline-delimited lines (`body`), gzipped if `gzip`.
+    pub async fn post_lines(
+        &self,
+        topic: &str,
+        body: Vec<u8>,
+        gzip: bool,
+    ) -> Result<IngestReply, ClientError> {
+        let mut rb = self
+            .req(
+                reqwest::Method::POST,
+                &format!("/v1/topics/{topic}/records"),
+            )
+            .header(reqwest::header::CONTENT_TYPE, "text/plain");
+        let body = if gzip {
+            use std::io::Write;
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            enc.write_all(&body)
+                .map_err(|e| ClientError::Decode(e.to_string()))?;
+            rb = rb.header(reqwest::header::CONTENT_ENCODING, "gzip");
+            enc.finish()
+                .map_err(|e| ClientError::Decode(e.to_string()))?
+        } else {
+            body
+        };
+        self.json(rb.body(body)).await
+    }
+
+    /// Posts encoded ferry batches (one, or several back to back).
+    pub async fn post_batches(&self, topic: &str, body: Bytes) -> Result<IngestReply, ClientError> {
+        let rb = self
+            .req(
+                reqwest::Method::POST,
+                &format!("/v1/topics/{topic}/records"),
+            )
+            .header(reqwest::header::CONTENT_TYPE, crate::batch::CONTENT_TYPE)
+            .body(body);
+        self.json(rb).await
+    }
+
+    pub async fn topics(&self) -> Result<Vec<TopicInfo>, ClientError> {
+        self.json(self.req(reqwest::Method::GET, "/v1/topics"))
+            .await
+    }
+
+    /// The topic, or `None` if it does not exist.
+    pub async fn topic(&self, topic: &str) -> Result<Option<TopicInfo>, ClientError> {
+        match self
+            .json(self.req(reqwest::Method::GET, &format!("/v1/topics/{topic}")))
+            .await
+        {
+            Ok(t) => Ok(Some(t)),
+            Err(ClientError::Http { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn create_topic(
+        &self,
+        topic: &str,
+        partitions: u32,
+    ) -> Result<TopicInfo, ClientError> {
+        let rb = self
+            .req(reqwest::Method::PUT, &format!("/v1/topics/{topic}"))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(serde_json::json!({ "partitions": partitions }).to_string());
+        self.json(rb).await
+    }
+
+    /// Fetches stored batches of a partition from `offset`; waits up to `wait` for new ones if
+    /// there are none yet.
+    pub async fn fetch(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: u64,
+        wait: Duration,
+    ) -> Result<Fetch, ClientError> {
+        let rb = self.req(
+            reqwest::Method::GET,
+            &format!(
+                "/v1/topics/{topic}/partitions/{partition}/records?offset={offset}&max_bytes={max_bytes}&wait_ms={}",
+                wait.as_millis()
+            ),
+        );
+        let resp = self.send(rb).await?;
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| ClientError::Decode(format!("fetch reply without {name}")))
+        };
+        let log_start = header(fetch::HEADER_LOG_START)?;
+        let end_offset = header(fetch::HEADER_END_OFFSET)?;
+        let body = resp.bytes().await.map_err(|e| ClientError::Transport {
+            url: self.base.clone(),
+            message: error_chain(&e),
+        })?;
+        let batches = fetch::decode_frames(&body, &DecodeLimits::default())
+            .map_err(|e| ClientError::Decode(format!("fetch body: {e}")))?;
+        Ok(Fetch {
+            log_start,
+            end_offset,
+            batches,
+        })
+    }
+
+    /// The first offset of a partition appended at or after `timestamp_ms`.
+    pub async fn offset_for_time(
+        &self,
+        topic: &str,
+        partition: u32,
+        timestamp_ms: i64,
+    ) -> Result<u64, ClientError> {
+        #[derive(Deserialize)]
+        struct O {
+            offset: u64,
+        }
+        let o: O = self
+            .json(self.req(
+                reqwest::Method::GET,
+                &format!(
+                    "/v1/topics/{topic}/partitions/{partition}/offset?timestamp_ms={timestamp_ms}"
+                ),
+            ))
+            .await?;
+        Ok(o.offset)
+    }
+
+    pub async fn join(
+        &self,
+        group: &str,
+        member_id: Option<&str>,
+        topics: &[String],
+        session_timeout: Duration,
+    ) -> Result<Assignment, ClientError> {
+        let body = serde_json::json!({
+            "member_id": member_id,
+            "topics": topics,
+            "session_timeout_ms": session_timeout.as_millis() as u64,
+        });
+        self.json(self.post_json(&format!("/v1/groups/{group}/join"), &body))
+            .await
+    }
+
+    pub async fn heartbeat(
+        &self,
+        group: &str,
+        member_id: &str,
+        owned: &[(String, u32)],
+    ) -> Result<Assignment, ClientError> {
+        let body = serde_json::json!({ "member_id": member_id, "owned": owned });
+        self.json(self.post_json(&format!("/v1/groups/{group}/heartbeat"), &body))
+            .await
+    }
+
+    pub async fn leave(&self, group: &str, member_id: &str) -> Result<(), ClientError> {
+        let body = serde_json::json!({ "member_id": member_id });
+        self.send(self.post_json(&format!("/v1/groups/{group}/leave"), &body))
+            .await
+            .map(|_| ())
+    }
+
+    /// Commits `offsets` (the next offset to read, per partition). With `member_id`, the
+    /// collector checks that the member owns each partition (409 if not).
+    pub async fn commit(
+        &self,
+        group: &str,
+        member_id: Option<&str>,
+        offsets: &[CommittedOffset],
+    ) -> Result<(), ClientError> {
+        let body = serde_json::json!({ "member_id": member_id, "offsets": offsets });
+        self.send(self.post_json(&format!("/v1/groups/{group}/commit"), &body))
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn committed(&self, group: &str) -> Result<Vec<CommittedOffset>, ClientError> {
+        self.json(self.req(reqwest::Method::GET, &format!("/v1/groups/{group}/offsets")))
+            .await
+    }
+
+    /// Every group with its members and lag, as the collector reports it.
+    pub async fn groups(&self) -> Result<serde_json::Value, ClientError> {
+        self.json(self.req(reqwest::Method::GET, "/v1/groups"))
+            .await
+    }
+
+    fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::RequestBuilder {
+        self.req(reqwest::Method::POST, path)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_string())
+    }
+}
+
+/// reqwest's Display hides the cause ("error sending request"); users need the chain.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}

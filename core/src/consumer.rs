@@ -1,0 +1,373 @@
+//! A consumer of collector topics, alone or as a member of a consumer group.
+//!
+//! Without a group, a consumer reads every partition of its topics from the start position and
+//! commits nothing. In a group, it joins, heartbeats (from inside [`Consumer::poll`]) and reads
+//! only the partitions the collector assigns it; when a partition is taken away it commits its
+//! position for it first and then lets it go, which is what lets the collector hand it to
+//! another member without a record being delivered twice.
+//!
+//! Positions advance exactly past the records `poll` returned, and `commit` stores them: a caller
+//! that processes what `poll` gave it before calling `commit` gets at-least-once delivery, and
+//! exactly-once in a stable group.
+
+use crate::client::{Assignment, ClientError, CollectorClient, CommittedOffset};
+use crate::record::Record;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+/// Where a partition without a committed offset starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartPosition {
+    Earliest,
+    Latest,
+    /// The first offset appended at or after this time (Unix ms).
+    Timestamp(i64),
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    pub topics: Vec<String>,
+    pub group: Option<String>,
+    pub start: StartPosition,
+    /// Ignore committed offsets and start from `start` (`--from-beginning` with a group).
+    pub reset_offsets: bool,
+    pub session_timeout: Duration,
+    pub max_fetch_bytes: u64,
+    /// Longest a `poll` waits for records when there are none.
+    pub poll_wait: Duration,
+}
+
+impl ConsumerConfig {
+    pub fn new(topics: Vec<String>) -> Self {
+        Self {
+            topics,
+            group: None,
+            start: StartPosition::Latest,
+            reset_offsets: false,
+            session_timeout: Duration::from_secs(10),
+            max_fetch_bytes: 1 << 20,
+            poll_wait: Duration::from_millis(500),
+        }
+    }
+}
+
+/// A record as consumed: where it was stored, when, and what it is.
+#[derive(Debug, Clone)]
+pub struct ConsumedRecord {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+    pub append_time_ms: i64,
+    pub record: Record,
+}
+
+pub struct Consumer {
+    client: CollectorClient,
+    config: ConsumerConfig,
+    /// Set once joined (group mode).
+    member_id: Option<String>,
+    generation: u64,
+    /// Next offset to read, per owned partition.
+    positions: BTreeMap<(String, u32), u64>,
+    /// Positions already committed (to skip needless commits).
+    committed: BTreeMap<(String, u32), u64>,
+    /// Records fetched but not yet handed out by `poll`.
+    buffered: std::collections::VecDeque<ConsumedRecord>,
+    last_heartbeat: Instant,
+    /// Round-robin start among owned partitions, so one busy partition does not starve others.
+    next_partition: usize,
+}
+
+impl Consumer {
+    /// Connects: joins the group, or (without one) takes every partition of the topics.
+    pub async fn connect(
+        client: CollectorClient,
+        config: ConsumerConfig,
+    ) -> Result<Self, ClientError> {
+        let mut c = Self {
+            client,
+            config,
+            member_id: None,
+            generation: 0,
+            positions: BTreeMap::new(),
+            committed: BTreeMap::new(),
+            buffered: Default::default(),
+            last_heartbeat: Instant::now(),
+            next_partition: 0,
+        };
+        match c.config.group.clone() {
+            Some(group) => {
+                let a = c
+                    .client
+                    .join(&group, None, &c.config.topics, c.config.session_timeout)
+                    .await?;
+                c.member_id = Some(a.member_id.clone());
+                c.apply_assignment(a).await?;
+            }
+            None => c.refresh_standalone().await?,
+        }
+        Ok(c)
+    }
+
+    pub fn member_id(&self) -> Option<&str> {
+        self.member_id.as_deref()
+    }
+
+    /// The partitions this consumer reads now.
+    pub fn assignment(&self) -> Vec<(String, u32)> {
+        self.positions.keys().cloned().collect()
+    }
+
+    /// Without a group: picks up partitions of topics that appeared since.
+    async fn refresh_standalone(&mut self) -> Result<(), ClientError> {
+        for t in self.config.topics.clone() {
+            let Some(info) = self.client.topic(&t).await? else {
+                continue;
+            };
+            for p in info.partitions {
+                let key = (t.clone(), p.partition);
+                if self.positions.contains_key(&key) {
+                    continue;
+                }
+                let start = self
+                    .start_offset(&t, p.partition, p.log_start, p.end_offset)
+                    .await?;
+                self.positions.insert(key, start);
+            }
+        }
+        Ok(())
+    }
+
+    async fn start_offset(
+        &self,
+        topic: &str,
+        partition: u32,
+        log_start: u64,
+        end: u64,
+    ) -> Result<u64, ClientError> {
+        Ok(match self.config.start {
+            StartPosition::Earliest => log_start,
+            StartPosition::Latest => end,
+            StartPosition::Timestamp(ts) => {
+                self.client.offset_for_time(topic, partition, ts).await?
+            }
+        })
+    }
+
+    /// Takes a new assignment: commits and drops revoked partitions, seeks new ones to their
+    /// committed offset (or the start position).
+    async fn apply_assignment(&mut self, a: Assignment) -> Result<(), ClientError> {
+        self.generation = a.generation;
+        let new: BTreeSet<(String, u32)> = a.partitions.into_iter().collect();
+        let revoked: Vec<(String, u32)> = self
+            .positions
+            .keys()
+            .filter(|k| !new.contains(*k))
+            .cloned()
+            .collect();
+        if !revoked.is_empty() {
+            self.commit_partitions(&revoked).await?;
+            for k in &revoked {
+                self.positions.remove(k);
+                self.committed.remove(k);
+            }
+            self.buffered
+                .retain(|r| new.contains(&(r.topic.clone(), r.partition)));
+        }
+        let added: Vec<(String, u32)> = new
+            .iter()
+            .filter(|k| !self.positions.contains_key(*k))
+            .cloned()
+            .collect();
+        if added.is_empty() {
+            return Ok(());
+        }
+        let group = self.config.group.clone().unwrap_or_default();
+        let committed: BTreeMap<(String, u32), u64> = if self.config.reset_offsets {
+            BTreeMap::new()
+        } else {
+            self.client
+                .committed(&group)
+                .await?
+                .into_iter()
+                .map(|c| ((c.topic, c.partition), c.offset))
+                .collect()
+        };
+        for (t, p) in added {
+            let info = self.client.topic(&t).await?;
+            let (log_start, end) = info
+                .and_then(|i| i.partitions.into_iter().find(|x| x.partition == p))
+                .map(|x| (x.log_start, x.end_offset))
+                .unwrap_or((0, 0));
+            let start = match committed.get(&(t.clone(), p)) {
+                Some(&o) => o.max(log_start),
+                None => self.start_offset(&t, p, log_start, end).await?,
+            };
+            self.committed.insert(
+                (t.clone(), p),
+                committed.get(&(t.clone(), p)).copied().unwrap_or(u64::MAX),
+            );
+            self.positions.insert((t, p), start);
+        }
+        Ok(())
+    }
+
+    async fn heartbeat_if_due(&mut self) -> Result<(), ClientError> {
+        let Some(group) = self.config.group.clone() else {
+            return Ok(());
+        };
+        let period = (self.config.session_timeout / 3).max(Duration::from_millis(100));
+        if self.last_heartbeat.elapsed() < period {
+            return Ok(());
+        }
+        self.last_heartbeat = Instant::now();
+        let member = self.member_id.clone().unwrap_or_default();
+        let owned = self.assignment();
+        match self.client.heartbeat(&group, &member, &owned).await {
+            Ok(a) => self.apply_assignment(a).await,
+            Err(ClientError::Http { status: 404, .. }) => {
+                // Our session expired (we were too slow): positions we had are not ours any
+                // more; rejoin and start from the group's committed offsets.
+                tracing::warn!(group, member, "group session expired; rejoining");
+                self.positions.clear();
+                self.committed.clear();
+                self.buffered.clear();
+                let a = self
+                    .client
+                    .join(
+                        &group,
+                        Some(&member),
+                        &self.config.topics,
+                        self.config.session_timeout,
+                    )
+                    .await?;
+                self.apply_assignment(a).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Returns up to `max` records, waiting up to `poll_wait` when none are ready.
+    pub async fn poll(&mut self, max: usize) -> Result<Vec<ConsumedRecord>, ClientError> {
+        self.heartbeat_if_due().await?;
+        if self.buffered.is_empty() {
+            self.fill().await?;
+        }
+        let n = max.min(self.buffered.len());
+        let out: Vec<ConsumedRecord> = self.buffered.drain(..n).collect();
+        for r in &out {
+            if let Some(pos) = self.positions.get_mut(&(r.topic.clone(), r.partition)) {
+                *pos = (*pos).max(r.offset + 1);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Fetches from owned partitions until something arrives or `poll_wait` passes.
+    async fn fill(&mut self) -> Result<(), ClientError> {
+        let deadline = Instant::now() + self.config.poll_wait;
+        loop {
+            if self.config.group.is_none() && self.positions.len() < self.config.topics.len() {
+                self.refresh_standalone().await?;
+            }
+            let keys: Vec<(String, u32)> = self.positions.keys().cloned().collect();
+            if !keys.is_empty() {
+                for i in 0..keys.len() {
+                    let (t, p) = &keys[(self.next_partition + i) % keys.len()];
+                    let pos = self.positions[&(t.clone(), *p)];
+                    let f = match self
+                        .client
+                        .fetch(t, *p, pos, self.config.max_fetch_bytes, Duration::ZERO)
+                        .await
+                    {
+                        Ok(f) => f,
+                        // Retention removed what we wanted: skip to the log start, loudly.
+                        Err(ClientError::Http {
+                            status: 416,
+                            message,
+                            ..
+                        }) => {
+                            tracing::warn!(topic = t, partition = p, %message, "offset out of range; skipping to the log start");
+                            let info = self.client.topic(t).await?;
+                            let start = info
+                                .and_then(|i| i.partitions.into_iter().find(|x| x.partition == *p))
+                                .map(|x| x.log_start)
+                                .unwrap_or(0);
+                            self.positions.insert((t.clone(), *p), start);
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    for b in f.batches {
+                        for (i, rec) in b.batch.records.into_iter().enumerate() {
+                            let offset = b.base_offset + i as u64;
+                            if offset < pos {
+                                continue;
+                            }
+                            self.buffered.push_back(ConsumedRecord {
+                                topic: t.clone(),
+                                partition: *p,
+                                offset,
+                                append_time_ms: b.append_time_ms,
+                                record: rec,
+                            });
+                        }
+                    }
+                    if !self.buffered.is_empty() {
+                        self.next_partition = (self.next_partition + i + 1) % keys.len();
+                        return Ok(());
+                    }
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(());
+            }
+            tokio::time::sleep((deadline - now).min(Duration::from_millis(50))).await;
+            self.heartbeat_if_due().await?;
+        }
+    }
+
+    /// Commits the position of every owned partition (group mode; a no-op otherwise).
+    pub async fn commit(&mut self) -> Result<(), ClientError> {
+        let keys = self.assignment();
+        self.commit_partitions(&keys).await
+    }
+
+    async fn commit_partitions(&mut self, keys: &[(String, u32)]) -> Result<(), ClientError> {
+        let Some(group) = self.config.group.clone() else {
+            return Ok(());
+        };
+        let offsets: Vec<CommittedOffset> = keys
+            .iter()
+            .filter_map(|k| {
+                let pos = *self.positions.get(k)?;
+                (self.committed.get(k) != Some(&pos)).then(|| CommittedOffset {
+                    topic: k.0.clone(),
+                    partition: k.1,
+                    offset: pos,
+                })
+            })
+            .collect();
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        self.client
+            .commit(&group, self.member_id.as_deref(), &offsets)
+            .await?;
+        for o in offsets {
+            self.committed.insert((o.topic, o.partition), o.offset);
+        }
+        Ok(())
+    }
+
+    /// Commits and leaves the group, so its partitions move to other members at once.
+    pub async fn close(mut self) -> Result<(), ClientError> {
+        self.buffered.clear();
+        self.commit().await?;
+        if let (Some(group), Some(member)) = (self.config.group.clone(), self.member_id.clone()) {
+            self.client.leave(&group, &member).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,49 @@
+//! `ferry collector`: the central service.
+
+use crate::cli::UsageError;
+use crate::config::FerryConfig;
+use ferry_collector::{Collector, CollectorConfig};
+use ferry_core::shutdown::Shutdown;
+use std::path::PathBuf;
+
+pub struct Args {
+    pub config: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub kafka: Option<String>,
+}
+
+/// The collector section of `--config` (or defaults), with flags applied on top.
+pub fn resolve(args: &Args) -> anyhow::Result<CollectorConfig> {
+    let mut config = match &args.config {
+        Some(path) => FerryConfig::load(path)?.collector.unwrap_or_default(),
+        None => CollectorConfig::default(),
+    };
+    if let Some(l) = &args.listen {
+        config.listen = l.clone();
+    }
+    if let Some(d) = &args.data_dir {
+        config.data_dir = d.clone();
+    }
+    if args.kafka.is_some() {
+        return Err(UsageError(
+            "the Kafka backend (--kafka) is not built yet: see issue 7; the embedded store is the default".into(),
+        )
+        .into());
+    }
+    config.validate().map_err(UsageError)?;
+    Ok(config)
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    ferry_core::telemetry::install_metrics();
+    let config = resolve(&args)?;
+    let shutdown = Shutdown::new();
+    shutdown.on_signals();
+    let collector = Collector::bind(config).await?;
+    eprintln!(
+        "ferry collector listening on http://{}",
+        collector.local_addr()
+    );
+    collector.run(shutdown).await
+}

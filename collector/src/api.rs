@@ -47,6 +47,8 @@ pub struct AppState {
     pub started: Instant,
     /// Request bytes in flight, in KiB permits (`max_inflight_bytes`).
     pub inflight: Semaphore,
+    /// Total permits of `inflight` (a request never asks for more than all of them).
+    pub inflight_kib: u32,
     pub config: Arc<CollectorConfig>,
 }
 
@@ -59,6 +61,7 @@ impl AppState {
             coordinator: Mutex::new(Coordinator::new()),
             started: Instant::now(),
             inflight: Semaphore::new(kib as usize),
+            inflight_kib: kib as u32,
             config,
         }
     }
@@ -244,13 +247,16 @@ async fn post_records(
         if n > max_body {
             metrics::counter!("ferry_collector_refused_total", "reason" => "body_too_large")
                 .increment(1);
+            // Read (and discard) what the client is sending, so it sees the 413 instead of a
+            // connection reset mid-upload; past a bound, the connection is simply closed.
+            drain(body, max_body.saturating_mul(4)).await;
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("body is {n} bytes, over max_body_bytes ({max_body})"),
             ));
         }
     }
-    let kib = (declared.unwrap_or(max_body) / 1024 + 1).min(u64::from(u32::MAX)) as u32;
+    let kib = (declared.unwrap_or(max_body) / 1024 + 1).min(u64::from(state.inflight_kib)) as u32;
     let _permit = state.inflight.try_acquire_many(kib).map_err(|_| {
         metrics::counter!("ferry_collector_refused_total", "reason" => "inflight_bytes")
             .increment(1);
@@ -290,6 +296,21 @@ async fn post_records(
     metrics::counter!("ferry_collector_bytes_received_total").increment(bytes_in);
     metrics::histogram!("ferry_collector_ack_seconds").record(started.elapsed().as_secs_f64());
     Ok(Json(summary))
+}
+
+/// Reads and drops up to `limit` bytes of a body.
+async fn drain(body: Body, limit: u64) {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut seen = 0u64;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Some(d) = frame.data_ref() {
+            seen += d.len() as u64;
+            if seen > limit {
+                break;
+            }
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -76,6 +76,8 @@ pub struct Consumer {
     last_heartbeat: Instant,
     /// Round-robin start among owned partitions, so one busy partition does not starve others.
     next_partition: usize,
+    /// Partitions were just revoked: heartbeat again at once to release them.
+    handing_over: bool,
 }
 
 impl Consumer {
@@ -94,6 +96,7 @@ impl Consumer {
             buffered: Default::default(),
             last_heartbeat: Instant::now(),
             next_partition: 0,
+            handing_over: false,
         };
         match c.config.group.clone() {
             Some(group) => {
@@ -158,6 +161,7 @@ impl Consumer {
     /// committed offset (or the start position).
     async fn apply_assignment(&mut self, a: Assignment) -> Result<(), ClientError> {
         self.generation = a.generation;
+        self.handing_over = false;
         let new: BTreeSet<(String, u32)> = a.partitions.into_iter().collect();
         let revoked: Vec<(String, u32)> = self
             .positions
@@ -216,7 +220,14 @@ impl Consumer {
         let Some(group) = self.config.group.clone() else {
             return Ok(());
         };
-        let period = (self.config.session_timeout / 3).max(Duration::from_millis(100));
+        // A member waiting for partitions (or handing some over) heartbeats often so the
+        // hand-over is quick; a settled one every second or a third of its session.
+        let period = if self.positions.is_empty() || self.handing_over {
+            Duration::from_millis(100)
+        } else {
+            (self.config.session_timeout / 3)
+                .clamp(Duration::from_millis(100), Duration::from_secs(1))
+        };
         if self.last_heartbeat.elapsed() < period {
             return Ok(());
         }

@@ -50,6 +50,8 @@ pub struct AppState {
     /// Total permits of `inflight` (a request never asks for more than all of them).
     pub inflight_kib: u32,
     pub config: Arc<CollectorConfig>,
+    /// Processor checkpoints (state + offset per group and partition).
+    pub checkpoints: crate::checkpoints::Checkpoints,
 }
 
 impl AppState {
@@ -62,6 +64,7 @@ impl AppState {
             started: Instant::now(),
             inflight: Semaphore::new(kib as usize),
             inflight_kib: kib as u32,
+            checkpoints: crate::checkpoints::Checkpoints::new(&config.data_dir),
             config,
         }
     }
@@ -187,6 +190,10 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
         .route("/v1/groups/{group}/leave", post(leave))
         .route("/v1/groups/{group}/commit", post(commit))
         .route("/v1/groups/{group}/offsets", get(group_offsets))
+        .route(
+            "/v1/groups/{group}/checkpoints/{topic}/{partition}",
+            get(get_checkpoint).put(put_checkpoint),
+        )
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -843,4 +850,85 @@ async fn list_groups(State(state): State<Arc<AppState>>) -> Json<Vec<GroupView>>
         })
         .collect();
     Json(views)
+}
+
+/// Largest checkpoint a processor may store for one partition.
+const MAX_CHECKPOINT_BYTES: usize = 256 << 20;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutCheckpointQuery {
+    member_id: String,
+    offset: u64,
+}
+
+/// Stores a processor's state for a partition together with the input offset it reflects, and
+/// commits that offset for the group (so lag shows). Only the member owning the partition may.
+async fn put_checkpoint(
+    State(state): State<Arc<AppState>>,
+    Path((group, topic, partition)): Path<(String, String, u32)>,
+    query: Result<Query<PutCheckpointQuery>, axum::extract::rejection::QueryRejection>,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    validate_group(&group)?;
+    {
+        let c = state.coordinator.lock().map_err(|_| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "coordinator poisoned")
+        })?;
+        c.check_owner(&group, &q.member_id, &topic, partition)
+            .map_err(coord_error)?;
+    }
+    let blob = axum::body::to_bytes(body, MAX_CHECKPOINT_BYTES)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("checkpoint body: {e}"),
+            )
+        })?;
+    let checkpoints = state.checkpoints.clone();
+    let (g, t) = (group.clone(), topic.clone());
+    let offset = q.offset;
+    tokio::task::spawn_blocking(move || checkpoints.put(&g, &t, partition, offset, &blob))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: e.to_string(),
+            retry_after: Some(1),
+        })?;
+    state
+        .ingest
+        .store
+        .commit_offsets(&group, &[(topic, partition, offset)])
+        .await
+        .map_err(|e| store_error(e, 1))?;
+    metrics::counter!("ferry_collector_checkpoints_stored_total").increment(1);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The stored checkpoint: the state as the body, its input offset in `x-ferry-offset`.
+async fn get_checkpoint(
+    State(state): State<Arc<AppState>>,
+    Path((group, topic, partition)): Path<(String, String, u32)>,
+) -> Result<Response, ApiError> {
+    validate_group(&group)?;
+    let checkpoints = state.checkpoints.clone();
+    let (g, t) = (group.clone(), topic.clone());
+    let found = tokio::task::spawn_blocking(move || checkpoints.get(&g, &t, partition))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    match found {
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no checkpoint for group {group} on {topic}/{partition}"),
+        )),
+        Some(c) => {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-ferry-offset", HeaderValue::from(c.offset));
+            Ok((headers, c.state).into_response())
+        }
+    }
 }

@@ -3,12 +3,14 @@
 //! - [`store`]: the embedded, durable topic log (segments, indexes, recovery, retention, dedup).
 //! - [`routing`]: YAML routing rules (to / copy / drop), a pure router.
 //! - [`ingest`]: request body → verified batches → routed, partitioned sub-batches → appends.
+//! - [`checkpoints`]: processor checkpoints (state + offset per group and partition), fenced.
 //! - [`coordinator`]: consumer-group membership and server-side partition assignment.
 //! - [`api`]: the HTTP API as an axum `Router` (`app(state)`), errors as `ApiError`.
 //! - [`server`]: the process: bind, serve, drain, close.
 //! - [`config`]: the `collector:` config section.
 
 pub mod api;
+pub mod checkpoints;
 pub mod config;
 pub mod coordinator;
 pub mod ingest;

@@ -54,6 +54,7 @@ pub mod writer;
 pub use config::{FsyncPolicy, RetentionConfig, StoreConfig};
 pub use error::StoreError;
 pub use recovery::{PartitionRecovery, RecoveryReport};
+pub use segment::CorruptRange;
 pub use retention::RetentionStats;
 
 use bytes::Bytes;
@@ -231,15 +232,17 @@ impl Store {
                     p,
                     config.index_interval_bytes.get().max(1),
                 )?;
-                report.partitions.push(r.report);
-                parts.push(Arc::new(Partition::new(
+                let part = Partition::new(
                     &name,
                     p,
                     tdir.join(p.to_string()),
                     next_key.fetch_add(1, Ordering::Relaxed),
                     r.view,
                     r.writer,
-                )));
+                );
+                part.report_corrupt(&r.report.corrupt);
+                report.partitions.push(r.report);
+                parts.push(Arc::new(part));
             }
             topics.insert(name, Arc::new(Topic { partitions: parts }));
         }
@@ -533,6 +536,12 @@ impl Store {
 
     pub fn groups(&self) -> Vec<String> {
         self.inner.groups.groups()
+    }
+
+    /// Corrupt ranges of a partition found so far, on open or while serving reads. Their
+    /// batches are skipped; the partition's other batches stay readable.
+    pub fn corrupt_batches(&self, topic: &str, partition: u32) -> Result<Vec<CorruptRange>, StoreError> {
+        Ok(self.partition(topic, partition)?.corrupt_ranges())
     }
 
     /// Runs one retention pass now (it also runs every `retention_check_interval`).

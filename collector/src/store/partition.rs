@@ -119,8 +119,8 @@ pub(crate) struct Partition {
     pub writer: Mutex<WriterState>,
     /// Published end offset, for long polls.
     pub end_watch: watch::Sender<u64>,
-    /// Corrupt ranges already logged, so a corrupt batch is reported once, not on every read.
-    reported: Mutex<HashSet<(PathBuf, u64)>>,
+    /// Corrupt ranges found (on open or by reads), each logged and counted once.
+    reported: Mutex<(HashSet<(PathBuf, u64)>, Vec<CorruptRange>)>,
 }
 
 /// How a staged append ended.
@@ -142,7 +142,7 @@ impl Partition {
             view: RwLock::new(view),
             writer: Mutex::new(w),
             end_watch: watch::Sender::new(end),
-            reported: Mutex::new(HashSet::new()),
+            reported: Mutex::new((HashSet::new(), Vec::new())),
         }
     }
 
@@ -555,7 +555,8 @@ impl Partition {
         }
         let mut seen = self.reported.lock().unwrap_or_else(|p| p.into_inner());
         for c in corrupt {
-            if seen.insert((c.path.clone(), c.position)) {
+            if seen.0.insert((c.path.clone(), c.position)) {
+                seen.1.push(c.clone());
                 metrics::counter!("ferry_store_corrupt_batches_total").increment(1);
                 tracing::error!(
                     topic = %self.topic, partition = self.id, path = %c.path.display(),
@@ -564,6 +565,11 @@ impl Partition {
                 );
             }
         }
+    }
+
+    /// Every corrupt range found so far (on open and by reads).
+    pub fn corrupt_ranges(&self) -> Vec<CorruptRange> {
+        self.reported.lock().unwrap_or_else(|p| p.into_inner()).1.clone()
     }
 
     /// First offset whose batch was appended at or after `ts` (the end offset if none).

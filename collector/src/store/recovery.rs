@@ -190,14 +190,6 @@ pub(crate) fn open_partition(
         },
     };
     report.dedup_origins = writer.dedup.len();
-    for c in &report.corrupt {
-        metrics::counter!("ferry_store_corrupt_batches_total").increment(1);
-        tracing::error!(
-            topic, partition, path = %c.path.display(), position = c.position,
-            length = c.length, reason = %c.reason,
-            "corrupt batch in a sealed segment skipped; the partition's other batches stay readable"
-        );
-    }
     Ok(Recovered {
         view: View {
             segments,

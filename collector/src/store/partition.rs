@@ -216,16 +216,6 @@ impl Partition {
         let base = w.next_offset;
         let pos = w.len + w.pending.buf.len() as u64;
         segment::encode_frame(&mut w.pending.buf, base, time, stored, &data);
-        let meta = FrameMeta {
-            pos,
-            header: segment::FrameHeader {
-                len: data.len() as u32,
-                crc: 0,
-                base_offset: base,
-                append_time_ms: time,
-                record_count: stored,
-            },
-        };
         if w
             .last_index_pos
             .is_none_or(|p| pos >= p + cfg.index_interval_bytes.get().max(1))
@@ -237,7 +227,6 @@ impl Partition {
             });
             w.last_index_pos = Some(pos);
         }
-        let _ = meta;
         if let Ok(h) = BatchHeader::parse(&data)
             && let Some(o) = &h.origin
         {

@@ -174,6 +174,13 @@ impl Writer {
                         }
                     }
                     Staged::Failed(e, reply) => {
+                        drop(w);
+                        if matches!(e, StoreError::Io { .. }) {
+                            // Only a segment roll does I/O while staging; its fsync may have
+                            // failed, after which the page cache cannot be trusted.
+                            tracing::error!(topic = %part.topic, partition = part.id, error = %e, "segment roll failed");
+                            self.fail("a segment roll failed");
+                        }
                         let _ = reply.send(Err(e));
                     }
                 }

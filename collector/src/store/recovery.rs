@@ -126,7 +126,9 @@ pub(crate) fn open_partition(
     let mut snaps: Vec<u64> = entries
         .iter()
         .filter_map(|p| segment::parse_base(p, SNAPSHOT_EXT))
-        .filter(|b| *b <= active_base && bases.contains(b))
+        // A snapshot's offset is a segment base (it is written at a roll); if retention has deleted
+        // that segment since, every remaining segment is above it and gets scanned.
+        .filter(|b| *b <= active_base && (bases.contains(b) || *b < bases[0]))
         .collect();
     snaps.sort_unstable();
     let mut dedup = DedupMap::default();

@@ -151,7 +151,8 @@ async fn append_run(
         "append, fsync `{}`, {partitions} partition{}{}",
         format!("{policy:?}").to_lowercase(),
         if partitions == 1 { "" } else { "s" },
-        rate.map(|r| format!(", paced at {r:.0} batches/s")).unwrap_or_default()
+        rate.map(|r| format!(", paced at {r:.0} batches/s"))
+            .unwrap_or_default()
     );
     (
         Result {
@@ -234,9 +235,18 @@ fn main() {
     println!("| run | MiB/s | records/s | p50 ms | p99 ms | vs disk (fsync per {block} B block) |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: |");
     println!("| disk: plain file, fsync per {block} B block | {disk_block:.1} | | | | 1.00 |");
-    println!("| disk: plain file, fsync per 1 MiB block | {disk_1m:.1} | | | | {:.2} |", disk_1m / disk_block);
+    println!(
+        "| disk: plain file, fsync per 1 MiB block | {disk_1m:.1} | | | | {:.2} |",
+        disk_1m / disk_block
+    );
     for r in rows {
-        let lat = |v: f64| if v.is_nan() { String::new() } else { format!("{v:.2}") };
+        let lat = |v: f64| {
+            if v.is_nan() {
+                String::new()
+            } else {
+                format!("{v:.2}")
+            }
+        };
         println!(
             "| {} | {:.1} | {:.0} | {} | {} | {:.2} |",
             r.name,

@@ -1,6 +1,8 @@
 //! The store's public API: topics, append, read semantics, timestamps, long poll, reopen,
 //! fsync policies, consumer-group offsets, close.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 mod common;
 
 use common::*;
@@ -11,9 +13,20 @@ use std::time::Duration;
 fn topic_names_are_validated() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
-    for bad in ["", ".", "..", "__internal", "a/b", "sp ace", &"x".repeat(250)] {
+    for bad in [
+        "",
+        ".",
+        "..",
+        "__internal",
+        "a/b",
+        "sp ace",
+        &"x".repeat(250),
+    ] {
         assert!(
-            matches!(store.create_topic(bad, 1), Err(StoreError::InvalidTopicName { .. })),
+            matches!(
+                store.create_topic(bad, 1),
+                Err(StoreError::InvalidTopicName { .. })
+            ),
             "{bad:?} accepted"
         );
     }
@@ -29,7 +42,12 @@ fn topic_names_are_validated() {
 
 #[tokio::test]
 async fn append_read_roll_and_reopen_under_every_policy() {
-    for policy in [FsyncPolicy::Always, FsyncPolicy::Group, FsyncPolicy::Interval, FsyncPolicy::Never] {
+    for policy in [
+        FsyncPolicy::Always,
+        FsyncPolicy::Group,
+        FsyncPolicy::Interval,
+        FsyncPolicy::Never,
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), small_config(policy)).unwrap();
         store.create_topic("t", 2).unwrap();
@@ -57,9 +75,16 @@ async fn append_read_roll_and_reopen_under_every_policy() {
         drop(store);
 
         let store = Store::open(dir.path(), small_config(policy)).unwrap();
-        assert!(store.recovery_report().is_clean(), "{:?}", store.recovery_report());
+        assert!(
+            store.recovery_report().is_clean(),
+            "{:?}",
+            store.recovery_report()
+        );
         assert_eq!(read_records(&store, "t", 0, 0), expect);
-        let out = store.append("t", 0, plain_batch(&lines("after", 0..2))).await.unwrap();
+        let out = store
+            .append("t", 0, plain_batch(&lines("after", 0..2)))
+            .await
+            .unwrap();
         assert_eq!(out.base_offset, 300);
         store.close().await.unwrap();
     }
@@ -71,7 +96,10 @@ async fn read_semantics_match_kafka() {
     let store = Store::open(dir.path(), small_config(FsyncPolicy::Group)).unwrap();
     store.create_topic("t", 1).unwrap();
     for i in 0..10u64 {
-        store.append("t", 0, plain_batch(&lines("r", i * 3..i * 3 + 3))).await.unwrap();
+        store
+            .append("t", 0, plain_batch(&lines("r", i * 3..i * 3 + 3)))
+            .await
+            .unwrap();
     }
     // The batch containing the offset comes first.
     let r = store.read("t", 0, 4, 1).unwrap();
@@ -86,22 +114,38 @@ async fn read_semantics_match_kafka() {
     assert!(store.read("t", 0, 30, 100).unwrap().batches.is_empty());
     assert!(matches!(
         store.read("t", 0, 31, 100),
-        Err(StoreError::OffsetOutOfRange { requested: 31, end_offset: 30, .. })
+        Err(StoreError::OffsetOutOfRange {
+            requested: 31,
+            end_offset: 30,
+            ..
+        })
     ));
-    assert!(matches!(store.read("nope", 0, 0, 1), Err(StoreError::UnknownTopic(_))));
+    assert!(matches!(
+        store.read("nope", 0, 0, 1),
+        Err(StoreError::UnknownTopic(_))
+    ));
     assert!(matches!(
         store.read("t", 1, 0, 1),
         Err(StoreError::UnknownPartition { partition: 1, .. })
     ));
     // Garbage is refused before it reaches the log.
     assert!(matches!(
-        store.append("t", 0, bytes::Bytes::from_static(b"not a batch at all, no no no no")).await,
+        store
+            .append(
+                "t",
+                0,
+                bytes::Bytes::from_static(b"not a batch at all, no no no no")
+            )
+            .await,
         Err(StoreError::Batch(_))
     ));
     let mut flipped = plain_batch(&lines("f", 0..2)).to_vec();
     let n = flipped.len();
     flipped[n - 3] ^= 1;
-    assert!(matches!(store.append("t", 0, flipped.into()).await, Err(StoreError::Batch(_))));
+    assert!(matches!(
+        store.append("t", 0, flipped.into()).await,
+        Err(StoreError::Batch(_))
+    ));
 }
 
 #[tokio::test]
@@ -112,7 +156,10 @@ async fn timestamps_map_to_offsets() {
     let mut marks = Vec::new();
     for i in 0..6u64 {
         let before = ferry_core::now_ms();
-        let out = store.append("t", 0, plain_batch(&lines("t", i * 4..i * 4 + 4))).await.unwrap();
+        let out = store
+            .append("t", 0, plain_batch(&lines("t", i * 4..i * 4 + 4)))
+            .await
+            .unwrap();
         marks.push((before, out.base_offset));
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -123,7 +170,12 @@ async fn timestamps_map_to_offsets() {
         assert!(r.batches[0].append_time_ms >= *ts);
     }
     assert_eq!(store.offset_for_timestamp("t", 0, i64::MIN).unwrap(), 0);
-    assert_eq!(store.offset_for_timestamp("t", 0, ferry_core::now_ms() + 60_000).unwrap(), 24);
+    assert_eq!(
+        store
+            .offset_for_timestamp("t", 0, ferry_core::now_ms() + 60_000)
+            .unwrap(),
+        24
+    );
 }
 
 #[tokio::test]
@@ -132,8 +184,13 @@ async fn wait_for_data_wakes_on_append() {
     let store = Store::open(dir.path(), small_config(FsyncPolicy::Group)).unwrap();
     store.create_topic("t", 1).unwrap();
     let started = std::time::Instant::now();
-    store.wait_for_data("t", 0, 0, Duration::from_millis(50)).await;
-    assert!(started.elapsed() >= Duration::from_millis(45), "times out with no data");
+    store
+        .wait_for_data("t", 0, 0, Duration::from_millis(50))
+        .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(45),
+        "times out with no data"
+    );
     let s2 = store.clone();
     let waiter = tokio::spawn(async move {
         let t = std::time::Instant::now();
@@ -141,9 +198,15 @@ async fn wait_for_data_wakes_on_append() {
         t.elapsed()
     });
     tokio::time::sleep(Duration::from_millis(20)).await;
-    store.append("t", 0, plain_batch(&lines("w", 0..1))).await.unwrap();
+    store
+        .append("t", 0, plain_batch(&lines("w", 0..1)))
+        .await
+        .unwrap();
     let waited = waiter.await.unwrap();
-    assert!(waited < Duration::from_secs(5), "woke on append, not on timeout");
+    assert!(
+        waited < Duration::from_secs(5),
+        "woke on append, not on timeout"
+    );
 }
 
 #[tokio::test]
@@ -151,9 +214,18 @@ async fn group_offsets_are_durable() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
     store.create_topic("t", 2).unwrap();
-    store.commit_offsets("g1", &[("t".into(), 0, 5), ("t".into(), 1, 7)]).await.unwrap();
-    store.commit_offsets("g2", &[("t".into(), 1, 1)]).await.unwrap();
-    store.commit_offsets("g1", &[("t".into(), 0, 9)]).await.unwrap();
+    store
+        .commit_offsets("g1", &[("t".into(), 0, 5), ("t".into(), 1, 7)])
+        .await
+        .unwrap();
+    store
+        .commit_offsets("g2", &[("t".into(), 1, 1)])
+        .await
+        .unwrap();
+    store
+        .commit_offsets("g1", &[("t".into(), 0, 9)])
+        .await
+        .unwrap();
     assert!(matches!(
         store.commit_offsets("g1", &[("nope".into(), 0, 1)]).await,
         Err(StoreError::UnknownTopic(_))
@@ -161,7 +233,10 @@ async fn group_offsets_are_durable() {
     drop(store); // no close: commits were durable when they returned
     let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
     assert_eq!(store.groups(), vec!["g1".to_string(), "g2".to_string()]);
-    assert_eq!(store.committed_offsets("g1"), vec![("t".into(), 0, 9), ("t".into(), 1, 7)]);
+    assert_eq!(
+        store.committed_offsets("g1"),
+        vec![("t".into(), 0, 9), ("t".into(), 1, 7)]
+    );
     assert_eq!(store.committed_offsets("none"), vec![]);
 }
 

@@ -1,6 +1,8 @@
 //! Corruption of real segment and index files: chopped tails, flipped bytes in sealed
 //! segments, damaged or missing index files.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 mod common;
 
 use common::*;
@@ -13,7 +15,10 @@ async fn filled(dir: &Path) -> Vec<(u64, String)> {
     let store = Store::open(dir, small_config(FsyncPolicy::Group)).unwrap();
     store.create_topic("t", 1).unwrap();
     for i in 0..100u64 {
-        store.append("t", 0, plain_batch(&lines(&format!("b{i}"), 0..3))).await.unwrap();
+        store
+            .append("t", 0, plain_batch(&lines(&format!("b{i}"), 0..3)))
+            .await
+            .unwrap();
     }
     let all = read_records(&store, "t", 0, 0);
     store.close().await.unwrap();
@@ -43,11 +48,17 @@ async fn chopped_active_segment_is_truncated_and_reported() {
         let got = read_records(&store, "t", 0, 0);
         assert_eq!(got, all[..all.len() - 3].to_vec(), "chop {chop}");
         // Appends continue at the recovered end.
-        let out = store.append("t", 0, plain_batch(&lines("new", 0..1))).await.unwrap();
+        let out = store
+            .append("t", 0, plain_batch(&lines("new", 0..1)))
+            .await
+            .unwrap();
         assert_eq!(out.base_offset, 297);
         store.close().await.unwrap();
         let store = reopen(dir.path());
-        assert!(store.recovery_report().is_clean(), "a repaired store reopens clean");
+        assert!(
+            store.recovery_report().is_clean(),
+            "a repaired store reopens clean"
+        );
     }
 }
 
@@ -63,7 +74,10 @@ async fn chopped_segment_header_is_rewritten() {
     let info = &store.topics()[0].partitions[0];
     let base: u64 = seg.file_stem().unwrap().to_str().unwrap().parse().unwrap();
     assert_eq!(info.end_offset, base);
-    store.append("t", 0, plain_batch(&lines("x", 0..2))).await.unwrap();
+    store
+        .append("t", 0, plain_batch(&lines("x", 0..2)))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -76,8 +90,8 @@ async fn flipped_byte_in_sealed_segment_is_detected_and_skipped() {
         let mut data = std::fs::read(&sealed).unwrap();
         // The third frame of the first segment: frames here are same-sized (small batches).
         let first_len = 28 + u32::from_le_bytes(data[16..20].try_into().unwrap()) as usize;
-        let second_len =
-            28 + u32::from_le_bytes(data[16 + first_len..20 + first_len].try_into().unwrap()) as usize;
+        let second_len = 28
+            + u32::from_le_bytes(data[16 + first_len..20 + first_len].try_into().unwrap()) as usize;
         let third = 16 + first_len + second_len;
         data[third + at_in_frame] ^= 0x55;
         std::fs::write(&sealed, &data).unwrap();
@@ -85,7 +99,11 @@ async fn flipped_byte_in_sealed_segment_is_detected_and_skipped() {
         let store = reopen(dir.path());
         let got = read_records(&store, "t", 0, 0);
         // Offsets 6..9 (the third batch) are lost; every other record is there.
-        let want: Vec<_> = all.iter().filter(|(o, _)| !(6..9).contains(o)).cloned().collect();
+        let want: Vec<_> = all
+            .iter()
+            .filter(|(o, _)| !(6..9).contains(o))
+            .cloned()
+            .collect();
         assert_eq!(got, want, "flip in {name}");
         let corrupt = store.corrupt_batches("t", 0).unwrap();
         assert_eq!(corrupt.len(), 1, "{name}: {corrupt:?}");
@@ -95,7 +113,10 @@ async fn flipped_byte_in_sealed_segment_is_detected_and_skipped() {
         let r = store.read("t", 0, 7, 1).unwrap();
         assert_eq!(r.batches[0].base_offset, 9);
         // Appends are unaffected.
-        store.append("t", 0, plain_batch(&lines("x", 0..1))).await.unwrap();
+        store
+            .append("t", 0, plain_batch(&lines("x", 0..1)))
+            .await
+            .unwrap();
     }
 }
 
@@ -111,7 +132,10 @@ async fn flipped_byte_at_sealed_segment_tail_is_found_on_open() {
     let store = reopen(dir.path());
     let rep = store.recovery_report().partition("t", 0).unwrap().clone();
     assert_eq!(rep.corrupt.len(), 1, "{rep:?}");
-    assert_eq!(rep.truncated_bytes, 0, "a sealed segment is never truncated");
+    assert_eq!(
+        rep.truncated_bytes, 0,
+        "a sealed segment is never truncated"
+    );
     let got = read_records(&store, "t", 0, 0);
     assert_eq!(got.len(), all.len() - 3);
 }

@@ -2,6 +2,8 @@
 //! moments; after each kill the store is reopened and every acknowledged record must be there,
 //! at its acknowledged offset, and a replay of acknowledged data must be deduplicated.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 mod common;
 
 use common::*;
@@ -70,7 +72,10 @@ async fn every_acknowledged_record_survives_kill_9() {
         child.0.kill().unwrap(); // SIGKILL
         child.0.wait().unwrap();
         let round_acks = reader.join().unwrap();
-        assert!(!round_acks.is_empty(), "round {round}: the writer acknowledged nothing in {delay:?}");
+        assert!(
+            !round_acks.is_empty(),
+            "round {round}: the writer acknowledged nothing in {delay:?}"
+        );
         acks.extend(round_acks);
 
         let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
@@ -100,7 +105,10 @@ async fn every_acknowledged_record_survives_kill_9() {
             }
             let batch = bytes::Bytes::from(b.finish(ferry_core::batch::Codec::Gzip, 1, 0).unwrap());
             let out = store.append("crash", 0, batch).await.unwrap();
-            assert_eq!(out.stored, 0, "round {round}: replay of an acknowledged batch stored again");
+            assert_eq!(
+                out.stored, 0,
+                "round {round}: replay of an acknowledged batch stored again"
+            );
         }
         store.close().await.unwrap();
     }

@@ -1,6 +1,8 @@
 //! Origin dedup: replays dropped and counted, straddlers trimmed, state rebuilt on reopen (from
 //! snapshots plus the tail, or from the data alone), and correct after a torn tail.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 mod common;
 
 use common::*;
@@ -27,14 +29,24 @@ async fn replay_is_dropped_and_straddler_trimmed() {
     let b2 = batch_from(&key, 8, &lines("l", 2..6));
     let out = store.append("t", 0, b2).await.unwrap();
     assert_eq!((out.base_offset, out.stored, out.deduplicated), (4, 2, 2));
-    let recs: Vec<String> = read_records(&store, "t", 0, 0).into_iter().map(|r| r.1).collect();
+    let recs: Vec<String> = read_records(&store, "t", 0, 0)
+        .into_iter()
+        .map(|r| r.1)
+        .collect();
     assert_eq!(recs, lines("l", 0..6));
     let r = store.read("t", 0, 4, 1 << 20).unwrap();
     let trimmed = decode(&r.batches[0].data, &DecodeLimits::default()).unwrap();
     let o = trimmed.header.origin.unwrap();
-    assert_eq!((o.first_offset, o.end_offset), (16, 24), "spans kept, end offset unchanged");
+    assert_eq!(
+        (o.first_offset, o.end_offset),
+        (16, 24),
+        "spans kept, end offset unchanged"
+    );
     // Another file of the same agent is another origin.
-    let out = store.append("t", 0, batch_from(&origin("host-a", 8), 0, &ls)).await.unwrap();
+    let out = store
+        .append("t", 0, batch_from(&origin("host-a", 8), 0, &ls))
+        .await
+        .unwrap();
     assert_eq!(out.stored, 4);
     // Batches without an origin are never deduplicated.
     let p = plain_batch(&lines("p", 0..2));
@@ -60,7 +72,10 @@ async fn dedup_survives_reopen_with_and_without_snapshots() {
         }
         store.close().await.unwrap();
     }
-    assert!(!files(dir.path(), "t", 0, "snapshot").is_empty(), "rolls write snapshots");
+    assert!(
+        !files(dir.path(), "t", 0, "snapshot").is_empty(),
+        "rolls write snapshots"
+    );
     for round in 0..2 {
         if round == 1 {
             for f in files(dir.path(), "t", 0, "snapshot") {
@@ -101,7 +116,12 @@ async fn dedup_after_torn_tail_keeps_only_what_survived() {
     frame.extend_from_slice(&0i64.to_le_bytes());
     frame.extend_from_slice(&3u32.to_le_bytes());
     frame.extend_from_slice(&b[..b.len() / 2]);
-    std::fs::OpenOptions::new().append(true).open(&seg).unwrap().write_all(&frame).unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&seg)
+        .unwrap()
+        .write_all(&frame)
+        .unwrap();
 
     let store = Store::open(dir.path(), small_config(FsyncPolicy::Group)).unwrap();
     let rep = store.recovery_report();
@@ -111,6 +131,9 @@ async fn dedup_after_torn_tail_keeps_only_what_survived() {
     assert_eq!((out.stored, out.deduplicated), (0, 3));
     let out = store.append("t", 0, b).await.unwrap();
     assert_eq!((out.base_offset, out.stored, out.deduplicated), (3, 3, 0));
-    let recs: Vec<String> = read_records(&store, "t", 0, 0).into_iter().map(|r| r.1).collect();
+    let recs: Vec<String> = read_records(&store, "t", 0, 0)
+        .into_iter()
+        .map(|r| r.1)
+        .collect();
     assert_eq!(recs, [lines("a", 0..3), lines("b", 0..3)].concat());
 }

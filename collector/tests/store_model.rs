@@ -4,6 +4,8 @@
 //! (a `Vec` of records per partition plus the highest stored file offset per origin), and
 //! compared after every step.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 mod common;
 
 use bytes::Bytes;
@@ -22,8 +24,17 @@ const SPAN: u64 = 10;
 #[derive(Debug, Clone)]
 enum Action {
     /// `back` records before the origin's high mark (0: new data only; >= n: a full replay).
-    Append { p: u32, inode: Option<u64>, n: u64, back: u64 },
-    Read { p: u32, frac: f64, max_bytes: usize },
+    Append {
+        p: u32,
+        inode: Option<u64>,
+        n: u64,
+        back: u64,
+    },
+    Read {
+        p: u32,
+        frac: f64,
+        max_bytes: usize,
+    },
     Reopen,
     Retention,
 }
@@ -118,7 +129,10 @@ async fn run(actions: Vec<Action>, policy: FsyncPolicy) -> Result<(), TestCaseEr
                 }
                 prop_assert!(!r.batches.is_empty());
                 let first = &r.batches[0];
-                prop_assert!(first.base_offset <= offset && offset < first.base_offset + u64::from(first.record_count));
+                prop_assert!(
+                    first.base_offset <= offset
+                        && offset < first.base_offset + u64::from(first.record_count)
+                );
                 let mut total = 0;
                 let mut next = first.base_offset;
                 for b in &r.batches {
@@ -134,13 +148,20 @@ async fn run(actions: Vec<Action>, policy: FsyncPolicy) -> Result<(), TestCaseEr
                     next += u64::from(b.record_count);
                     total += b.data.len() + 28;
                 }
-                prop_assert!(r.batches.len() == 1 || total <= max_bytes, "budget {max_bytes}, got {total}");
+                prop_assert!(
+                    r.batches.len() == 1 || total <= max_bytes,
+                    "budget {max_bytes}, got {total}"
+                );
             }
             Action::Reopen => {
                 store.close().await.unwrap();
                 drop(store);
                 store = Store::open(dir.path(), config(policy)).unwrap();
-                prop_assert!(store.recovery_report().is_clean(), "{:?}", store.recovery_report());
+                prop_assert!(
+                    store.recovery_report().is_clean(),
+                    "{:?}",
+                    store.recovery_report()
+                );
             }
             Action::Retention => {
                 store.run_retention();
@@ -162,7 +183,10 @@ async fn run(actions: Vec<Action>, policy: FsyncPolicy) -> Result<(), TestCaseEr
     let store = Store::open(dir.path(), config(policy)).unwrap();
     for p in 0..PARTITIONS {
         let (start, recs) = model.parts.get(&p).cloned().unwrap_or_default();
-        let got: Vec<String> = read_records(&store, "m", p, start).into_iter().map(|r| r.1).collect();
+        let got: Vec<String> = read_records(&store, "m", p, start)
+            .into_iter()
+            .map(|r| r.1)
+            .collect();
         prop_assert_eq!(got, recs);
     }
     Ok(())

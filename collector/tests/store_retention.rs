@@ -1,5 +1,7 @@
 //! Retention by size, age and free disk; the active segment is never deleted.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 mod common;
 
 use common::*;
@@ -11,7 +13,10 @@ use std::sync::atomic::Ordering;
 
 async fn fill(store: &Store, topic: &str, p: u32, batches: u64) {
     for i in 0..batches {
-        store.append(topic, p, plain_batch(&lines(&format!("{topic}{i}"), 0..3))).await.unwrap();
+        store
+            .append(topic, p, plain_batch(&lines(&format!("{topic}{i}"), 0..3)))
+            .await
+            .unwrap();
     }
 }
 
@@ -35,7 +40,10 @@ async fn size_limit_deletes_oldest_sealed_segments() {
     assert!(after.size_bytes <= 10_000, "{after:?}");
     assert!(after.log_start > 0);
     assert_eq!(after.end_offset, before.end_offset);
-    assert_eq!(files(dir.path(), "t", 0, "log").len() as u32, after.segments);
+    assert_eq!(
+        files(dir.path(), "t", 0, "log").len() as u32,
+        after.segments
+    );
     assert!(matches!(
         store.read("t", 0, 0, 100),
         Err(StoreError::OffsetOutOfRange { log_start, .. }) if log_start == after.log_start
@@ -62,11 +70,29 @@ async fn age_limit_never_deletes_the_active_segment() {
     let info = store.topics()[0].partitions[0].clone();
     assert_eq!(info.segments, 1, "only the active segment is left");
     assert_eq!(info.end_offset, 600);
-    assert_eq!(info.log_start, files(dir.path(), "t", 0, "log")[0]
-        .file_stem().unwrap().to_str().unwrap().parse::<u64>().unwrap());
+    assert_eq!(
+        info.log_start,
+        files(dir.path(), "t", 0, "log")[0]
+            .file_stem()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    );
     // The active segment keeps serving reads and appends.
-    assert!(!store.read("t", 0, info.log_start, 100).unwrap().batches.is_empty() || info.log_start == 600);
-    store.append("t", 0, plain_batch(&lines("x", 0..1))).await.unwrap();
+    assert!(
+        !store
+            .read("t", 0, info.log_start, 100)
+            .unwrap()
+            .batches
+            .is_empty()
+            || info.log_start == 600
+    );
+    store
+        .append("t", 0, plain_batch(&lines("x", 0..1)))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -87,12 +113,24 @@ async fn free_disk_watermark_deletes_oldest_across_partitions_in_background() {
     fill(&store, "a", 0, 150).await;
     fill(&store, "b", 0, 150).await;
     tokio::time::sleep(std::time::Duration::from_millis(60)).await;
-    let segs = |s: &Store| s.topics().iter().map(|t| t.partitions[0].segments).collect::<Vec<_>>();
-    assert!(segs(&store).iter().all(|n| *n > 1), "plenty of space: nothing deleted");
+    let segs = |s: &Store| {
+        s.topics()
+            .iter()
+            .map(|t| t.partitions[0].segments)
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        segs(&store).iter().all(|n| *n > 1),
+        "plenty of space: nothing deleted"
+    );
     fs.faults.free_bytes.store(1, Ordering::SeqCst); // below the watermark
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while segs(&store) != vec![1, 1] {
-        assert!(std::time::Instant::now() < deadline, "retention thread did not act: {:?}", segs(&store));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "retention thread did not act: {:?}",
+            segs(&store)
+        );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     store.close().await.unwrap();

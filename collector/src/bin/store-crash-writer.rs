@@ -17,7 +17,9 @@ const PARTITIONS: u32 = 2;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let dir = args.next().ok_or("usage: store-crash-writer DIR START_SEQ")?;
+    let dir = args
+        .next()
+        .ok_or("usage: store-crash-writer DIR START_SEQ")?;
     let start: u64 = args.next().ok_or("missing START_SEQ")?.parse()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

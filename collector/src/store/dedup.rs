@@ -40,7 +40,11 @@ pub enum Decision {
     /// Every record is at or below the stored offset: drop all `n`.
     Drop(u32),
     /// Store this re-encoded batch instead (`dropped` records removed).
-    Trim { batch: Bytes, kept: u32, dropped: u32 },
+    Trim {
+        batch: Bytes,
+        kept: u32,
+        dropped: u32,
+    },
 }
 
 /// Highest stored end offset per origin, for one partition.
@@ -142,7 +146,10 @@ impl DedupMap {
         for _ in 0..n {
             let bad = || "snapshot entry truncated".to_string();
             let id_len = usize::from(u16::from_le_bytes(
-                body.get(p..p + 2).ok_or_else(bad)?.try_into().map_err(|_| bad())?,
+                body.get(p..p + 2)
+                    .ok_or_else(bad)?
+                    .try_into()
+                    .map_err(|_| bad())?,
             ));
             p += 2;
             let id = body.get(p..p + id_len).ok_or_else(bad)?;
@@ -199,6 +206,7 @@ fn trim(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -232,7 +240,12 @@ mod tests {
         assert!(matches!(m.decide(&h1, &b1).unwrap(), Decision::Drop(5)));
         let b2 = batch(key(1), 30, 4); // [30, 70): first two records are replays
         let h2 = BatchHeader::parse(&b2).unwrap();
-        let Decision::Trim { batch: trimmed, kept, dropped } = m.decide(&h2, &b2).unwrap() else {
+        let Decision::Trim {
+            batch: trimmed,
+            kept,
+            dropped,
+        } = m.decide(&h2, &b2).unwrap()
+        else {
             panic!("expected a trim");
         };
         assert_eq!((kept, dropped), (2, 2));
@@ -242,7 +255,10 @@ mod tests {
         assert_eq!(&t.records[0].line[..], b"line 2");
         // Another origin is independent.
         let b3 = batch(key(2), 0, 1);
-        assert!(matches!(m.decide(&BatchHeader::parse(&b3).unwrap(), &b3).unwrap(), Decision::Store));
+        assert!(matches!(
+            m.decide(&BatchHeader::parse(&b3).unwrap(), &b3).unwrap(),
+            Decision::Store
+        ));
     }
 
     #[test]

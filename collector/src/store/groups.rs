@@ -161,6 +161,7 @@ fn decode(buf: &[u8]) -> Result<Offsets, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::store::fs::StdFs;
@@ -171,7 +172,8 @@ mod tests {
         let fs: Arc<dyn FileSystem> = Arc::new(StdFs);
         let (g, note) = GroupOffsets::open(fs.clone(), dir.path()).unwrap();
         assert!(note.is_none());
-        g.commit("errors", &[("logs".into(), 0, 10), ("logs".into(), 1, 20)]).unwrap();
+        g.commit("errors", &[("logs".into(), 0, 10), ("logs".into(), 1, 20)])
+            .unwrap();
         g.commit("errors", &[("logs".into(), 0, 15)]).unwrap();
         g.commit("latency", &[("logs".into(), 3, 1)]).unwrap();
         drop(g);
@@ -180,7 +182,10 @@ mod tests {
             g.committed("errors"),
             vec![("logs".into(), 0, 15), ("logs".into(), 1, 20)]
         );
-        assert_eq!(g.groups(), vec!["errors".to_string(), "latency".to_string()]);
+        assert_eq!(
+            g.groups(),
+            vec!["errors".to_string(), "latency".to_string()]
+        );
         let path = dir.path().join(GROUPS_FILE);
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[20] ^= 0xff;

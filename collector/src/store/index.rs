@@ -30,9 +30,7 @@
 //! offset is `base + rel` and whose append time is `time`. Entries are strictly increasing in
 //! offset and position, and non-decreasing in time.
 
-use super::segment::{
-    FILE_HEADER_LEN, FrameMeta, check_file_header, file_header, u32_at, u64_at,
-};
+use super::segment::{FILE_HEADER_LEN, FrameMeta, check_file_header, file_header, u32_at, u64_at};
 
 pub const INDEX_MAGIC: [u8; 4] = *b"FRYI";
 pub const TIME_INDEX_MAGIC: [u8; 4] = *b"FRYT";
@@ -147,6 +145,7 @@ impl SparseIndex {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::store::segment::FrameHeader;
@@ -173,8 +172,8 @@ mod tests {
             pos += 128;
         }
         assert_eq!(idx.entries.len(), 7);
-        let back =
-            SparseIndex::decode(&idx.encode_offsets(100), &idx.encode_times(100), 100, pos).unwrap();
+        let back = SparseIndex::decode(&idx.encode_offsets(100), &idx.encode_times(100), 100, pos)
+            .unwrap();
         assert_eq!(back.entries, idx.entries);
         assert_eq!(idx.lookup(100).map(|e| e.pos), Some(16));
         assert_eq!(idx.lookup(99), None);
@@ -184,6 +183,9 @@ mod tests {
         let mut bad = idx.encode_offsets(100);
         bad[16 + 8 * 3 + 1] ^= 0x40;
         assert!(SparseIndex::decode(&bad, &idx.encode_times(100), 100, pos).is_err());
-        assert!(SparseIndex::decode(&idx.encode_offsets(100), &idx.encode_times(101), 100, pos).is_err());
+        assert!(
+            SparseIndex::decode(&idx.encode_offsets(100), &idx.encode_times(101), 100, pos)
+                .is_err()
+        );
     }
 }

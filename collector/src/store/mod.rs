@@ -54,8 +54,8 @@ pub mod writer;
 pub use config::{FsyncPolicy, RetentionConfig, StoreConfig};
 pub use error::StoreError;
 pub use recovery::{PartitionRecovery, RecoveryReport};
-pub use segment::CorruptRange;
 pub use retention::RetentionStats;
+pub use segment::CorruptRange;
 
 use bytes::Bytes;
 use error::IoContext;
@@ -214,7 +214,11 @@ impl Store {
                 continue;
             };
             let meta = tdir.join(TOPIC_META_FILE);
-            let count = match fs.read_file(&meta).map_err(|e| e.to_string()).and_then(|b| decode_meta(&b)) {
+            let count = match fs
+                .read_file(&meta)
+                .map_err(|e| e.to_string())
+                .and_then(|b| decode_meta(&b))
+            {
                 Ok(n) => n,
                 Err(reason) => {
                     let note = format!("{}: {reason}; topic {name:?} skipped", meta.display());
@@ -262,7 +266,8 @@ impl Store {
             .name("ferry-store-writer".into())
             .spawn(move || w.run())
             .map_err(|e| StoreError::io(dir, e))?;
-        let inflight_kib = u32::try_from((config.max_inflight_bytes.get() >> 10).max(1024)).unwrap_or(u32::MAX >> 4);
+        let inflight_kib = u32::try_from((config.max_inflight_bytes.get() >> 10).max(1024))
+            .unwrap_or(u32::MAX >> 4);
         let topics = Arc::new(RwLock::new(topics));
         let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
         let retention_thread = {
@@ -273,8 +278,13 @@ impl Store {
             std::thread::Builder::new()
                 .name("ferry-store-retention".into())
                 .spawn(move || {
-                    let every = cfg.retention_check_interval.get().max(std::time::Duration::from_millis(10));
-                    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(every) {
+                    let every = cfg
+                        .retention_check_interval
+                        .get()
+                        .max(std::time::Duration::from_millis(10));
+                    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                        stop_rx.recv_timeout(every)
+                    {
                         let parts = all_partitions(&topics);
                         retention::run_once(&parts, &cfg, &*fs, &rdir, ferry_core::now_ms());
                     }
@@ -322,7 +332,11 @@ impl Store {
                 reason: "partition count must be 1 to 10000",
             });
         }
-        let _creating = self.inner.create_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _creating = self
+            .inner
+            .create_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if let Some(existing) = self.topic_partitions(topic) {
             return if existing == partitions {
                 Ok(false)
@@ -339,7 +353,13 @@ impl Store {
         let mut parts = Vec::with_capacity(partitions as usize);
         for p in 0..partitions {
             let pdir = tdir.join(p.to_string());
-            let r = recovery::open_partition(fs, &pdir, topic, p, self.inner.cfg.index_interval_bytes.get().max(1))?;
+            let r = recovery::open_partition(
+                fs,
+                &pdir,
+                topic,
+                p,
+                self.inner.cfg.index_interval_bytes.get().max(1),
+            )?;
             parts.push(Arc::new(Partition::new(
                 topic,
                 p,
@@ -433,7 +453,9 @@ impl Store {
             return Err(StoreError::Closed);
         }
         let started = std::time::Instant::now();
-        let kib = u32::try_from(batch.len() >> 10).unwrap_or(u32::MAX).saturating_add(1);
+        let kib = u32::try_from(batch.len() >> 10)
+            .unwrap_or(u32::MAX)
+            .saturating_add(1);
         let permit = self
             .inner
             .inflight
@@ -484,7 +506,8 @@ impl Store {
         partition: u32,
         ts_ms: i64,
     ) -> Result<u64, StoreError> {
-        self.partition(topic, partition)?.offset_for_timestamp(ts_ms)
+        self.partition(topic, partition)?
+            .offset_for_timestamp(ts_ms)
     }
 
     /// Waits until the partition's end offset is past `offset`, or `timeout`.
@@ -540,7 +563,11 @@ impl Store {
 
     /// Corrupt ranges of a partition found so far, on open or while serving reads. Their
     /// batches are skipped; the partition's other batches stay readable.
-    pub fn corrupt_batches(&self, topic: &str, partition: u32) -> Result<Vec<CorruptRange>, StoreError> {
+    pub fn corrupt_batches(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Vec<CorruptRange>, StoreError> {
         Ok(self.partition(topic, partition)?.corrupt_ranges())
     }
 
@@ -562,7 +589,11 @@ impl Store {
         if self.inner.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
-        self.inner.retention_stop.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.inner
+            .retention_stop
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         let parts = all_partitions(&self.inner.topics);
         let (reply, rx) = oneshot::channel();
         let sent = self
@@ -575,8 +606,18 @@ impl Store {
         } else {
             Ok(())
         };
-        let writer = self.inner.writer_thread.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let retention = self.inner.retention_thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let writer = self
+            .inner
+            .writer_thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let retention = self
+            .inner
+            .retention_thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         let _ = tokio::task::spawn_blocking(move || {
             if let Some(h) = writer {
                 let _ = h.join();

@@ -120,15 +120,21 @@ pub(crate) struct Partition {
     /// Published end offset, for long polls.
     pub end_watch: watch::Sender<u64>,
     /// Corrupt ranges found (on open or by reads), each logged and counted once.
-    reported: Mutex<(HashSet<(PathBuf, u64)>, Vec<CorruptRange>)>,
+    reported: Mutex<Reported>,
 }
+
+/// Corrupt ranges seen: a set to report each once, and the list in order found.
+type Reported = (HashSet<(PathBuf, u64)>, Vec<CorruptRange>);
 
 /// How a staged append ended.
 pub(crate) enum Staged {
     /// Waits in `pending.waiters` for the group.
     Queued,
     /// Failed on its own; nothing staged.
-    Failed(StoreError, oneshot::Sender<Result<AppendOutcome, StoreError>>),
+    Failed(
+        StoreError,
+        oneshot::Sender<Result<AppendOutcome, StoreError>>,
+    ),
 }
 
 impl Partition {
@@ -216,8 +222,7 @@ impl Partition {
         let base = w.next_offset;
         let pos = w.len + w.pending.buf.len() as u64;
         segment::encode_frame(&mut w.pending.buf, base, time, stored, &data);
-        if w
-            .last_index_pos
+        if w.last_index_pos
             .is_none_or(|p| pos >= p + cfg.index_interval_bytes.get().max(1))
         {
             w.pending.index.push(IndexEntry {
@@ -290,7 +295,11 @@ impl Partition {
         let p = std::mem::take(&mut w.pending);
         {
             let mut v = self.view_mut();
-            let last_time = if p.buf.is_empty() { None } else { Some(w.last_time_ms) };
+            let last_time = if p.buf.is_empty() {
+                None
+            } else {
+                Some(w.last_time_ms)
+            };
             if let Some(seg) = v.segments.last_mut() {
                 seg.size = w.len;
                 seg.next_offset = w.next_offset;
@@ -362,7 +371,10 @@ impl Partition {
         let old_base = w.active_base;
         let index = {
             let v = self.view();
-            v.segments.last().map(|s| s.index.clone()).unwrap_or_default()
+            v.segments
+                .last()
+                .map(|s| s.index.clone())
+                .unwrap_or_default()
         };
         let idx_path = file_path(&self.dir, old_base, INDEX_EXT);
         write_file_atomic(fs, &idx_path, &index.encode_offsets(old_base)).at(&idx_path)?;
@@ -452,7 +464,10 @@ impl Partition {
                     end_offset,
                 });
             }
-            let first = v.segments.partition_point(|s| s.base <= offset).saturating_sub(1);
+            let first = v
+                .segments
+                .partition_point(|s| s.base <= offset)
+                .saturating_sub(1);
             let plans: Vec<Plan> = v.segments[first..]
                 .iter()
                 .enumerate()
@@ -477,7 +492,11 @@ impl Partition {
                 break;
             }
             let before = frames.len();
-            let budget = if taken == 0 { max_bytes } else { max_bytes - taken };
+            let budget = if taken == 0 {
+                max_bytes
+            } else {
+                max_bytes - taken
+            };
             let (got, full) = segment::read_frames(
                 &*plan.file,
                 &plan.path,
@@ -558,19 +577,32 @@ impl Partition {
 
     /// Every corrupt range found so far (on open and by reads).
     pub fn corrupt_ranges(&self) -> Vec<CorruptRange> {
-        self.reported.lock().unwrap_or_else(|p| p.into_inner()).1.clone()
+        self.reported
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone()
     }
 
     /// First offset whose batch was appended at or after `ts` (the end offset if none).
     pub fn offset_for_timestamp(&self, ts: i64) -> Result<u64, StoreError> {
         let (file, path, from, to, fallback) = {
             let v = self.view();
-            let Some(seg) = v.segments.iter().find(|s| s.last_time_ms.is_some_and(|t| t >= ts))
+            let Some(seg) = v
+                .segments
+                .iter()
+                .find(|s| s.last_time_ms.is_some_and(|t| t >= ts))
             else {
                 return Ok(v.end_offset());
             };
             let from = seg.index.lookup_time(ts).map_or(FILE_HEADER_LEN, |e| e.pos);
-            (seg.file.clone(), seg.path.clone(), from, seg.size, seg.next_offset)
+            (
+                seg.file.clone(),
+                seg.path.clone(),
+                from,
+                seg.size,
+                seg.next_offset,
+            )
         };
         let mut pos = from;
         while pos < to {

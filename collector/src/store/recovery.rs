@@ -19,8 +19,8 @@ use super::fs::FileSystem;
 use super::index::SparseIndex;
 use super::partition::{Pending, SegView, View, WriterState};
 use super::segment::{
-    self, CorruptRange, FILE_HEADER_LEN, INDEX_EXT, LOG_EXT, SEGMENT_MAGIC, SNAPSHOT_EXT,
-    ScanMode, TIME_INDEX_EXT, file_path,
+    self, CorruptRange, FILE_HEADER_LEN, INDEX_EXT, LOG_EXT, SEGMENT_MAGIC, SNAPSHOT_EXT, ScanMode,
+    TIME_INDEX_EXT, file_path,
 };
 use std::path::{Path, PathBuf};
 
@@ -216,7 +216,7 @@ fn open_segment(
 ) -> Result<SegView, StoreError> {
     let path = file_path(dir, base, LOG_EXT);
     let file = fs.open_read(&path).at(&path)?;
-    let mut len = file.len().at(&path)?;
+    let mut len = file.size().at(&path)?;
     let mut head = [0u8; FILE_HEADER_LEN as usize];
     let header_ok = len >= FILE_HEADER_LEN
         && file.read_exact_at(&mut head, 0).is_ok()
@@ -274,8 +274,16 @@ fn open_segment(
                     .entries
                     .last()
                     .map_or((FILE_HEADER_LEN, base), |e| (e.pos, e.offset));
-                let out = segment::scan(&*file, &path, len, from, expect, ScanMode::SkipCorrupt, |_, _| {})
-                    .at(&path)?;
+                let out = segment::scan(
+                    &*file,
+                    &path,
+                    len,
+                    from,
+                    expect,
+                    ScanMode::SkipCorrupt,
+                    |_, _| {},
+                )
+                .at(&path)?;
                 if out.corrupt.is_empty() || out.corrupt[0].position != from {
                     report.corrupt.extend(out.corrupt);
                     let last_time = out
@@ -306,10 +314,18 @@ fn open_segment(
         ScanMode::SkipCorrupt
     };
     let mut index = SparseIndex::default();
-    let out = segment::scan(&*file, &path, len, FILE_HEADER_LEN, base, mode, |m, batch| {
-        index.maybe_add(m, index_interval);
-        dedup.observe_stored(batch);
-    })
+    let out = segment::scan(
+        &*file,
+        &path,
+        len,
+        FILE_HEADER_LEN,
+        base,
+        mode,
+        |m, batch| {
+            index.maybe_add(m, index_interval);
+            dedup.observe_stored(batch);
+        },
+    )
     .at(&path)?;
     report.corrupt.extend(out.corrupt);
     if active {
@@ -328,7 +344,8 @@ fn open_segment(
             .ok()
             .and_then(|(o, t)| SparseIndex::decode(&o, &t, base, len).ok());
         if existing.as_ref().map(|e| &e.entries) != Some(&index.entries) {
-            super::fs::write_file_atomic(fs, &idx_path, &index.encode_offsets(base)).at(&idx_path)?;
+            super::fs::write_file_atomic(fs, &idx_path, &index.encode_offsets(base))
+                .at(&idx_path)?;
             super::fs::write_file_atomic(fs, &tix_path, &index.encode_times(base)).at(&tix_path)?;
             metrics::counter!("ferry_store_recovery_rebuilt_indexes_total").increment(1);
             report.rebuilt_indexes.push(idx_path);
@@ -350,7 +367,13 @@ fn truncate_to(fs: &dyn FileSystem, path: &Path, len: u64) -> Result<(), StoreEr
     w.truncate(len).and_then(|()| w.sync_data()).at(path)
 }
 
-fn note_truncation(report: &mut PartitionRecovery, path: &Path, at: u64, bytes: u64, reason: String) {
+fn note_truncation(
+    report: &mut PartitionRecovery,
+    path: &Path,
+    at: u64,
+    bytes: u64,
+    reason: String,
+) {
     metrics::counter!("ferry_store_recovery_truncations_total").increment(1);
     metrics::counter!("ferry_store_recovery_truncated_bytes_total").increment(bytes);
     tracing::warn!(

@@ -94,12 +94,17 @@ pub(crate) fn run_once(
                 .iter()
                 .filter_map(|p| {
                     let v = p.view();
-                    (v.segments.len() > 1).then(|| (v.segments[0].last_time_ms.unwrap_or(i64::MIN), p))
+                    (v.segments.len() > 1)
+                        .then(|| (v.segments[0].last_time_ms.unwrap_or(i64::MIN), p))
                 })
                 .min_by_key(|(t, _)| *t)
                 .map(|(_, p)| p.clone());
             let Some(p) = victim else {
-                tracing::warn!(free, min_free, "free disk below the watermark and no sealed segment left to delete");
+                tracing::warn!(
+                    free,
+                    min_free,
+                    "free disk below the watermark and no sealed segment left to delete"
+                );
                 break;
             };
             if !delete_oldest(&p, fs, Reason::FreeDisk, &mut stats) {
@@ -111,7 +116,12 @@ pub(crate) fn run_once(
 }
 
 /// Removes the oldest segment of `p` if it is not the active one; false if there was none.
-fn delete_oldest(p: &Partition, fs: &dyn FileSystem, reason: Reason, stats: &mut RetentionStats) -> bool {
+fn delete_oldest(
+    p: &Partition,
+    fs: &dyn FileSystem,
+    reason: Reason,
+    stats: &mut RetentionStats,
+) -> bool {
     let seg = {
         let mut v = p.view_mut();
         if v.segments.len() <= 1 {

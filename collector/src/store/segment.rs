@@ -89,7 +89,9 @@ pub fn check_file_header(buf: &[u8], magic: [u8; 4], base: u64) -> Result<(), St
     }
     let found = u64_at(buf, 8);
     if found != base {
-        return Err(format!("header names base offset {found}, file name {base}"));
+        return Err(format!(
+            "header names base offset {found}, file name {base}"
+        ));
     }
     Ok(())
 }
@@ -130,7 +132,13 @@ impl FrameHeader {
 }
 
 /// Appends one frame (header + batch) to `out`.
-pub fn encode_frame(out: &mut Vec<u8>, base_offset: u64, append_time_ms: i64, count: u32, batch: &[u8]) {
+pub fn encode_frame(
+    out: &mut Vec<u8>,
+    base_offset: u64,
+    append_time_ms: i64,
+    count: u32,
+    batch: &[u8],
+) {
     let start = out.len();
     out.extend_from_slice(&(batch.len() as u32).to_le_bytes());
     out.extend_from_slice(&[0u8; 4]);
@@ -392,7 +400,13 @@ pub fn read_frames(
                         if taken > 0 && taken + flen > max_bytes {
                             return Ok((taken, true));
                         }
-                        out.push((FrameMeta { pos: here, header: h }, buf.slice(at..at + flen)));
+                        out.push((
+                            FrameMeta {
+                                pos: here,
+                                header: h,
+                            },
+                            buf.slice(at..at + flen),
+                        ));
                         taken += flen;
                     }
                     expect = h.next_offset();
@@ -449,6 +463,7 @@ pub(crate) fn u64_at(b: &[u8], at: usize) -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::store::fs::{FileSystem, StdFs};
@@ -456,7 +471,8 @@ mod tests {
     fn batch(n: u8) -> Vec<u8> {
         let mut b = ferry_core::batch::BatchBuilder::new();
         b.push_line(&[b'a' + n; 10], 11);
-        b.finish(ferry_core::batch::Codec::None, 0, 0).unwrap_or_default()
+        b.finish(ferry_core::batch::Codec::None, 0, 0)
+            .unwrap_or_default()
     }
 
     #[test]
@@ -465,16 +481,28 @@ mod tests {
         let path = dir.path().join("s.log");
         let mut data = file_header(SEGMENT_MAGIC, 0).to_vec();
         for i in 0..5u8 {
-            encode_frame(&mut data, u64::from(i) * 2, 100 + i64::from(i), 2, &batch(i));
+            encode_frame(
+                &mut data,
+                u64::from(i) * 2,
+                100 + i64::from(i),
+                2,
+                &batch(i),
+            );
         }
         let frame_len = (data.len() - 16) / 5;
         data[16 + frame_len * 2 + 40] ^= 0x10;
         std::fs::write(&path, &data).unwrap();
         let f = StdFs.open_read(&path).unwrap();
         let mut seen = Vec::new();
-        let out = scan(&*f, &path, data.len() as u64, 16, 0, ScanMode::SkipCorrupt, |m, _| {
-            seen.push(m.header.base_offset)
-        })
+        let out = scan(
+            &*f,
+            &path,
+            data.len() as u64,
+            16,
+            0,
+            ScanMode::SkipCorrupt,
+            |m, _| seen.push(m.header.base_offset),
+        )
         .unwrap();
         assert_eq!(seen, vec![0, 2, 6, 8]);
         assert_eq!(out.corrupt.len(), 1);
@@ -482,9 +510,15 @@ mod tests {
         assert_eq!(out.next_offset, 10);
 
         let mut seen = Vec::new();
-        let out = scan(&*f, &path, data.len() as u64, 16, 0, ScanMode::TruncateTail, |m, _| {
-            seen.push(m.header.base_offset)
-        })
+        let out = scan(
+            &*f,
+            &path,
+            data.len() as u64,
+            16,
+            0,
+            ScanMode::TruncateTail,
+            |m, _| seen.push(m.header.base_offset),
+        )
         .unwrap();
         assert_eq!(seen, vec![0, 2]);
         assert_eq!(out.valid_len as usize, 16 + 2 * frame_len);
@@ -492,11 +526,33 @@ mod tests {
 
         let mut frames = Vec::new();
         let mut corrupt = Vec::new();
-        read_frames(&*f, &path, 16, data.len() as u64, 3, 1, 0, &mut frames, &mut corrupt).unwrap();
+        read_frames(
+            &*f,
+            &path,
+            16,
+            data.len() as u64,
+            3,
+            1,
+            0,
+            &mut frames,
+            &mut corrupt,
+        )
+        .unwrap();
         assert_eq!(frames.len(), 1);
         assert_eq!(frames[0].0.header.base_offset, 2);
         frames.clear();
-        read_frames(&*f, &path, 16, data.len() as u64, 0, 1 << 20, 0, &mut frames, &mut corrupt).unwrap();
+        read_frames(
+            &*f,
+            &path,
+            16,
+            data.len() as u64,
+            0,
+            1 << 20,
+            0,
+            &mut frames,
+            &mut corrupt,
+        )
+        .unwrap();
         let bases: Vec<u64> = frames.iter().map(|f| f.0.header.base_offset).collect();
         assert_eq!(bases, vec![0, 2, 6, 8]);
         assert_eq!(corrupt.len(), 1);

@@ -43,16 +43,15 @@ pub(crate) enum Request {
     },
 }
 
+type CloseRequest = (Vec<Arc<Partition>>, oneshot::Sender<Result<(), StoreError>>);
+
 /// Appends gathered for one commit.
 #[derive(Default)]
 struct Group {
     touched: Vec<Arc<Partition>>,
     keys: HashSet<usize>,
     bytes: usize,
-    close: Option<(
-        Vec<Arc<Partition>>,
-        oneshot::Sender<Result<(), StoreError>>,
-    )>,
+    close: Option<CloseRequest>,
 }
 
 pub(crate) struct Writer {
@@ -137,7 +136,9 @@ impl Writer {
         while group.bytes < budget && group.close.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             let next = if left.is_zero() {
-                self.rx.try_recv().map_err(|e| e == TryRecvError::Disconnected)
+                self.rx
+                    .try_recv()
+                    .map_err(|e| e == TryRecvError::Disconnected)
             } else {
                 self.rx
                     .recv_timeout(left)
@@ -165,7 +166,15 @@ impl Writer {
                 }
                 let len = batch.len();
                 let mut w = part.writer();
-                match part.stage(&mut w, &*self.fs, &self.cfg, header, batch, reply, Some(permit)) {
+                match part.stage(
+                    &mut w,
+                    &*self.fs,
+                    &self.cfg,
+                    header,
+                    batch,
+                    reply,
+                    Some(permit),
+                ) {
                     Staged::Queued => {
                         drop(w);
                         group.bytes += len;
@@ -296,7 +305,12 @@ fn sync_parallel(parts: &[Arc<Partition>]) -> Vec<Result<(), StoreError>> {
     std::thread::scope(|s| {
         let handles: Vec<_> = parts
             .chunks(chunk)
-            .map(|c| (c.len(), s.spawn(move || c.iter().map(one).collect::<Vec<_>>())))
+            .map(|c| {
+                (
+                    c.len(),
+                    s.spawn(move || c.iter().map(one).collect::<Vec<_>>()),
+                )
+            })
             .collect();
         handles
             .into_iter()

@@ -210,6 +210,18 @@ async fn wait_for_data_wakes_on_append() {
 }
 
 #[tokio::test]
+async fn a_store_directory_is_opened_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+    let err = Store::open(dir.path(), StoreConfig::default())
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("already open"), "{err}");
+    drop(store);
+    Store::open(dir.path(), StoreConfig::default()).unwrap();
+}
+
+#[tokio::test]
 async fn group_offsets_are_durable() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), StoreConfig::default()).unwrap();

@@ -54,6 +54,7 @@ async fn chopped_active_segment_is_truncated_and_reported() {
             .unwrap();
         assert_eq!(out.base_offset, 297);
         store.close().await.unwrap();
+        drop(store);
         let store = reopen(dir.path());
         assert!(
             store.recovery_report().is_clean(),

@@ -53,6 +53,7 @@ async fn failed_write_is_reported_rolled_back_and_the_store_goes_on() {
         .collect();
     assert_eq!(got, want);
     store.close().await.unwrap();
+    drop(store);
     let store = Store::open(dir.path(), small_config(FsyncPolicy::Group)).unwrap();
     assert!(
         store.recovery_report().is_clean(),

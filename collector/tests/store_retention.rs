@@ -52,6 +52,7 @@ async fn size_limit_deletes_oldest_sealed_segments() {
     assert_eq!(got.len() as u64, after.end_offset - after.log_start);
     // Reopen agrees.
     store.close().await.unwrap();
+    drop(store);
     let store = Store::open(dir.path(), small_config(FsyncPolicy::Never)).unwrap();
     assert_eq!(store.topics()[0].partitions[0].log_start, after.log_start);
 }

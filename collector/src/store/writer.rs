@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// Most threads used to fsync the files of one group in parallel.
-const MAX_SYNC_THREADS: usize = 4;
+const MAX_SYNC_THREADS: usize = 16;
 
 pub(crate) enum Request {
     Append {

@@ -123,16 +123,32 @@ impl Writer {
         self.sync_dirty();
     }
 
-    /// Takes more requests for the group: until the window passes (`group`) or the queue is
-    /// empty (`interval`, `never`), or the byte budget is reached.
+    /// Takes more requests for the group, up to the byte budget: first everything already
+    /// queued; then, for `group`, if nothing was queued (light load), whatever arrives within
+    /// the window. Under load the appends that queued during the previous fsync already make a
+    /// group, and waiting the window on top would only add latency (as PostgreSQL's
+    /// `commit_delay` only waits when other transactions are active).
     fn gather(&mut self, group: &mut Group) {
         let window = if self.cfg.fsync == FsyncPolicy::Group {
             self.cfg.group_commit_window.get()
         } else {
             Duration::ZERO
         };
-        let deadline = Instant::now() + window;
         let budget = self.cfg.group_commit_bytes.as_usize().max(1);
+        let mut queued = 0usize;
+        while group.bytes < budget && group.close.is_none() {
+            match self.rx.try_recv() {
+                Ok(req) => {
+                    self.handle(req, group);
+                    queued += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        if queued > 0 {
+            return;
+        }
+        let deadline = Instant::now() + window;
         while group.bytes < budget && group.close.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             let next = if left.is_zero() {

@@ -193,6 +193,12 @@ fn read_run(store: &Store, partitions: u32) -> Result {
 }
 
 fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs bench targets without it,
+    // and should not spend a minute writing gigabytes.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("store bench: run with `cargo bench -p ferry-collector --bench store`");
+        return;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

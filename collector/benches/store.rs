@@ -48,19 +48,28 @@ fn batches() -> Vec<Bytes> {
 }
 
 /// The disk's own speed: a plain file written in `block` bytes, fsync (fdatasync) per block.
-fn disk_baseline(block: usize, total: usize) -> f64 {
+/// Returns MiB/s and the p50/p99 of one write + fsync, in ms.
+fn disk_baseline(block: usize, total: usize) -> (f64, f64, f64) {
     let dir = bench_dir();
     let path = dir.path().join("baseline");
     let mut f = std::fs::File::create(&path).expect("baseline file");
     let buf = vec![0x5au8; block];
     let started = Instant::now();
     let mut written = 0;
+    let mut lat = Vec::new();
     while written < total && started.elapsed() < RUN {
+        let t = Instant::now();
         f.write_all(&buf).expect("write");
         f.sync_data().expect("fsync");
+        lat.push(t.elapsed());
         written += block;
     }
-    mib(written as u64) / started.elapsed().as_secs_f64()
+    lat.sort();
+    (
+        mib(written as u64) / started.elapsed().as_secs_f64(),
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+    )
 }
 
 fn mib(b: u64) -> f64 {
@@ -208,8 +217,8 @@ fn main() {
     let avg = batches.iter().map(|b| b.len()).sum::<usize>() / batches.len();
     let block = avg.next_power_of_two();
     let mut rows = Vec::new();
-    let disk_block = disk_baseline(block, 64 << 20);
-    let disk_1m = disk_baseline(1 << 20, 512 << 20);
+    let (disk_block, block_p50, block_p99) = disk_baseline(block, 64 << 20);
+    let (disk_1m, mb_p50, mb_p99) = disk_baseline(1 << 20, 512 << 20);
     rt.block_on(async {
         for (policy, parts) in [
             (FsyncPolicy::Group, 1),
@@ -238,17 +247,17 @@ fn main() {
         "\nbatches: {RECORDS_PER_BATCH} JSON log records (~200 B each), gzip level 1, {avg} bytes on average; {APPENDERS} concurrent appenders; {}s per run; group_commit_window 2ms\n",
         RUN.as_secs()
     );
-    let disk_1m_after = disk_baseline(1 << 20, 512 << 20);
+    let (disk_1m_after, after_p50, after_p99) = disk_baseline(1 << 20, 512 << 20);
     println!(
         "| run | MiB/s | records/s | p50 ms | p99 ms | vs disk, fsync per {block} B | vs disk, fsync per 1 MiB |"
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     println!(
-        "| disk: plain file, fsync per {block} B block (about one batch) | {disk_block:.1} | | | | 1.00 | {:.2} |",
+        "| disk: plain file, fsync per {block} B block (about one batch) | {disk_block:.1} | | {block_p50:.2} | {block_p99:.2} | 1.00 | {:.2} |",
         disk_block / disk_1m
     );
     println!(
-        "| disk: plain file, fsync per 1 MiB block | {disk_1m:.1} | | | | {:.2} | 1.00 |",
+        "| disk: plain file, fsync per 1 MiB block | {disk_1m:.1} | | {mb_p50:.2} | {mb_p99:.2} | {:.2} | 1.00 |",
         disk_1m / disk_block
     );
     for r in rows {
@@ -271,7 +280,7 @@ fn main() {
         );
     }
     println!(
-        "| disk again, after the runs: fsync per 1 MiB block | {disk_1m_after:.1} | | | | {:.2} | {:.2} |",
+        "| disk again, after the runs: fsync per 1 MiB block | {disk_1m_after:.1} | | {after_p50:.2} | {after_p99:.2} | {:.2} | {:.2} |",
         disk_1m_after / disk_block,
         disk_1m_after / disk_1m
     );

@@ -270,3 +270,25 @@ fn config_parses_from_yaml_with_defaults() {
         ferry_core::config::load_str("segmnt_bytes: 1\n", std::path::Path::new("s.yaml"));
     assert!(bad.is_err());
 }
+
+#[tokio::test]
+async fn segments_roll_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config(FsyncPolicy::Group);
+    cfg.segment_bytes = ferry_core::config::ByteSize::mib(64);
+    cfg.segment_age = ferry_core::config::Duration::from_millis(30);
+    let store = Store::open(dir.path(), cfg).unwrap();
+    store.create_topic("t", 1).unwrap();
+    store.append("t", 0, plain_batch(&lines("a", 0..2))).await.unwrap();
+    store.append("t", 0, plain_batch(&lines("b", 0..2))).await.unwrap();
+    assert_eq!(store.topics()[0].partitions[0].segments, 1);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let out = store.append("t", 0, plain_batch(&lines("c", 0..2))).await.unwrap();
+    assert_eq!(out.base_offset, 4);
+    let info = store.topics()[0].partitions[0].clone();
+    assert_eq!(info.segments, 2, "the old segment was sealed by age before this append");
+    assert_eq!(files(dir.path(), "t", 0, "log").len(), 2);
+    assert_eq!(files(dir.path(), "t", 0, "index").len(), 1, "sealed segments get index files");
+    let got: Vec<String> = read_records(&store, "t", 0, 0).into_iter().map(|r| r.1).collect();
+    assert_eq!(got, [lines("a", 0..2), lines("b", 0..2), lines("c", 0..2)].concat());
+}

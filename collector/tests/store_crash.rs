@@ -76,6 +76,7 @@ async fn every_acknowledged_record_survives_kill_9() {
             !round_acks.is_empty(),
             "round {round}: the writer acknowledged nothing in {delay:?}"
         );
+        eprintln!("round {round}: {} acks after {delay:?}", round_acks.len());
         acks.extend(round_acks);
 
         let store = Store::open(dir.path(), StoreConfig::default()).unwrap();

@@ -1,6 +1,8 @@
 //! The store's public API: topics, append, read semantics, timestamps, long poll, reopen,
 //! fsync policies, consumer-group offsets, close.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 mod common;
 
 use common::*;
@@ -208,6 +210,18 @@ async fn wait_for_data_wakes_on_append() {
 }
 
 #[tokio::test]
+async fn a_store_directory_is_opened_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+    let err = Store::open(dir.path(), StoreConfig::default())
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("already open"), "{err}");
+    drop(store);
+    Store::open(dir.path(), StoreConfig::default()).unwrap();
+}
+
+#[tokio::test]
 async fn group_offsets_are_durable() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
@@ -255,4 +269,67 @@ fn config_parses_from_yaml_with_defaults() {
     let bad: Result<StoreConfig, _> =
         ferry_core::config::load_str("segmnt_bytes: 1\n", std::path::Path::new("s.yaml"));
     assert!(bad.is_err());
+}
+
+#[tokio::test]
+async fn segments_roll_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config(FsyncPolicy::Group);
+    cfg.segment_bytes = ferry_core::config::ByteSize::mib(64);
+    cfg.segment_age = ferry_core::config::Duration::from_millis(30);
+    let store = Store::open(dir.path(), cfg).unwrap();
+    store.create_topic("t", 1).unwrap();
+    store
+        .append("t", 0, plain_batch(&lines("a", 0..2)))
+        .await
+        .unwrap();
+    store
+        .append("t", 0, plain_batch(&lines("b", 0..2)))
+        .await
+        .unwrap();
+    assert_eq!(store.topics()[0].partitions[0].segments, 1);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let out = store
+        .append("t", 0, plain_batch(&lines("c", 0..2)))
+        .await
+        .unwrap();
+    assert_eq!(out.base_offset, 4);
+    let info = store.topics()[0].partitions[0].clone();
+    assert_eq!(
+        info.segments, 2,
+        "the old segment was sealed by age before this append"
+    );
+    assert_eq!(files(dir.path(), "t", 0, "log").len(), 2);
+    assert_eq!(
+        files(dir.path(), "t", 0, "index").len(),
+        1,
+        "sealed segments get index files"
+    );
+    let got: Vec<String> = read_records(&store, "t", 0, 0)
+        .into_iter()
+        .map(|r| r.1)
+        .collect();
+    assert_eq!(
+        got,
+        [lines("a", 0..2), lines("b", 0..2), lines("c", 0..2)].concat()
+    );
+}
+
+/// The HTTP layer keeps a `Store` in axum state and awaits its futures in handlers: they must
+/// be `Send`, and the store `Send + Sync + Clone + 'static`.
+#[test]
+fn store_and_its_futures_are_send() {
+    fn is_send<T: Send>(_: &T) {}
+    fn is_state<T: Send + Sync + Clone + 'static>() {}
+    is_state::<Store>();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+    let append = store.append("t", 0, plain_batch(&lines("x", 0..1)));
+    is_send(&append);
+    let wait = store.wait_for_data("t", 0, 0, Duration::from_millis(1));
+    is_send(&wait);
+    let commit = store.commit_offsets("g", &[]);
+    is_send(&commit);
+    let close = store.close();
+    is_send(&close);
 }

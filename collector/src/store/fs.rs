@@ -24,7 +24,8 @@ pub trait WritableFile: Send {
 /// A file opened for positioned reads; shared by concurrent readers.
 pub trait ReadableFile: Send + Sync {
     fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize>;
-    fn len(&self) -> io::Result<u64>;
+    /// Current length of the file.
+    fn size(&self) -> io::Result<u64>;
 
     /// Reads exactly `buf.len()` bytes at `pos`, or fails with `UnexpectedEof`.
     fn read_exact_at(&self, mut buf: &mut [u8], mut pos: u64) -> io::Result<()> {
@@ -103,7 +104,7 @@ impl ReadableFile for StdReadable {
     fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
         self.0.read_at(buf, pos)
     }
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
     }
 }

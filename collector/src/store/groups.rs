@@ -161,6 +161,7 @@ fn decode(buf: &[u8]) -> Result<Offsets, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::store::fs::StdFs;

@@ -145,6 +145,7 @@ impl SparseIndex {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::store::segment::FrameHeader;

@@ -55,6 +55,7 @@ pub use config::{FsyncPolicy, RetentionConfig, StoreConfig};
 pub use error::StoreError;
 pub use recovery::{PartitionRecovery, RecoveryReport};
 pub use retention::RetentionStats;
+pub use segment::CorruptRange;
 
 use bytes::Bytes;
 use error::IoContext;
@@ -152,6 +153,10 @@ struct Inner {
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     retention_stop: Mutex<Option<std::sync::mpsc::Sender<()>>>,
     retention_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Holds an exclusive `flock` on `DIR/.lock` while the store is open, so that two stores
+    /// (two collectors, or a test that forgot to drop one) never write the same files. The
+    /// kernel releases it when the process dies, so a crash leaves no stale lock.
+    _lock: std::fs::File,
 }
 
 impl Drop for Inner {
@@ -203,6 +208,7 @@ impl Store {
     ) -> Result<Store, StoreError> {
         let topics_dir = dir.join("topics");
         fs.create_dir_all(&topics_dir).at(&topics_dir)?;
+        let lock = lock_dir(dir)?;
         let mut report = RecoveryReport::default();
         let mut topics = BTreeMap::new();
         let next_key = AtomicUsize::new(0);
@@ -235,15 +241,17 @@ impl Store {
                     p,
                     config.index_interval_bytes.get().max(1),
                 )?;
-                report.partitions.push(r.report);
-                parts.push(Arc::new(Partition::new(
+                let part = Partition::new(
                     &name,
                     p,
                     tdir.join(p.to_string()),
                     next_key.fetch_add(1, Ordering::Relaxed),
                     r.view,
                     r.writer,
-                )));
+                );
+                part.report_corrupt(&r.report.corrupt);
+                report.partitions.push(r.report);
+                parts.push(Arc::new(part));
             }
             topics.insert(name, Arc::new(Topic { partitions: parts }));
         }
@@ -306,6 +314,7 @@ impl Store {
                 writer_thread: Mutex::new(Some(writer_thread)),
                 retention_stop: Mutex::new(Some(stop_tx)),
                 retention_thread: Mutex::new(Some(retention_thread)),
+                _lock: lock,
             }),
         })
     }
@@ -558,6 +567,16 @@ impl Store {
         self.inner.groups.groups()
     }
 
+    /// Corrupt ranges of a partition found so far, on open or while serving reads. Their
+    /// batches are skipped; the partition's other batches stay readable.
+    pub fn corrupt_batches(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Vec<CorruptRange>, StoreError> {
+        Ok(self.partition(topic, partition)?.corrupt_ranges())
+    }
+
     /// Runs one retention pass now (it also runs every `retention_check_interval`).
     pub fn run_retention(&self) -> RetentionStats {
         let parts = all_partitions(&self.inner.topics);
@@ -617,6 +636,29 @@ impl Store {
         tracing::info!(dir = %self.inner.dir.display(), "store closed");
         result
     }
+}
+
+fn lock_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
+    let path = dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .at(&path)?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|e| {
+        StoreError::io(
+            &path,
+            std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                format!(
+                    "the store in {} is already open ({e}); is another collector running on it?",
+                    dir.display()
+                ),
+            ),
+        )
+    })?;
+    Ok(file)
 }
 
 fn all_partitions(topics: &Topics) -> Vec<Arc<Partition>> {

@@ -119,9 +119,12 @@ pub(crate) struct Partition {
     pub writer: Mutex<WriterState>,
     /// Published end offset, for long polls.
     pub end_watch: watch::Sender<u64>,
-    /// Corrupt ranges already logged, so a corrupt batch is reported once, not on every read.
-    reported: Mutex<HashSet<(PathBuf, u64)>>,
+    /// Corrupt ranges found (on open or by reads), each logged and counted once.
+    reported: Mutex<Reported>,
 }
+
+/// Corrupt ranges seen: a set to report each once, and the list in order found.
+type Reported = (HashSet<(PathBuf, u64)>, Vec<CorruptRange>);
 
 /// How a staged append ended.
 pub(crate) enum Staged {
@@ -145,7 +148,7 @@ impl Partition {
             view: RwLock::new(view),
             writer: Mutex::new(w),
             end_watch: watch::Sender::new(end),
-            reported: Mutex::new(HashSet::new()),
+            reported: Mutex::new((HashSet::new(), Vec::new())),
         }
     }
 
@@ -219,16 +222,6 @@ impl Partition {
         let base = w.next_offset;
         let pos = w.len + w.pending.buf.len() as u64;
         segment::encode_frame(&mut w.pending.buf, base, time, stored, &data);
-        let meta = FrameMeta {
-            pos,
-            header: segment::FrameHeader {
-                len: data.len() as u32,
-                crc: 0,
-                base_offset: base,
-                append_time_ms: time,
-                record_count: stored,
-            },
-        };
         if w.last_index_pos
             .is_none_or(|p| pos >= p + cfg.index_interval_bytes.get().max(1))
         {
@@ -239,7 +232,6 @@ impl Partition {
             });
             w.last_index_pos = Some(pos);
         }
-        let _ = meta;
         if let Ok(h) = BatchHeader::parse(&data)
             && let Some(o) = &h.origin
         {
@@ -571,7 +563,8 @@ impl Partition {
         }
         let mut seen = self.reported.lock().unwrap_or_else(|p| p.into_inner());
         for c in corrupt {
-            if seen.insert((c.path.clone(), c.position)) {
+            if seen.0.insert((c.path.clone(), c.position)) {
+                seen.1.push(c.clone());
                 metrics::counter!("ferry_store_corrupt_batches_total").increment(1);
                 tracing::error!(
                     topic = %self.topic, partition = self.id, path = %c.path.display(),
@@ -580,6 +573,15 @@ impl Partition {
                 );
             }
         }
+    }
+
+    /// Every corrupt range found so far (on open and by reads).
+    pub fn corrupt_ranges(&self) -> Vec<CorruptRange> {
+        self.reported
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone()
     }
 
     /// First offset whose batch was appended at or after `ts` (the end offset if none).

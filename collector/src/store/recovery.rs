@@ -126,7 +126,9 @@ pub(crate) fn open_partition(
     let mut snaps: Vec<u64> = entries
         .iter()
         .filter_map(|p| segment::parse_base(p, SNAPSHOT_EXT))
-        .filter(|b| *b <= active_base && bases.contains(b))
+        // A snapshot's offset is a segment base (it is written at a roll); if retention has deleted
+        // that segment since, every remaining segment is above it and gets scanned.
+        .filter(|b| *b <= active_base && (bases.contains(b) || *b < bases[0]))
         .collect();
     snaps.sort_unstable();
     let mut dedup = DedupMap::default();
@@ -190,14 +192,6 @@ pub(crate) fn open_partition(
         },
     };
     report.dedup_origins = writer.dedup.len();
-    for c in &report.corrupt {
-        metrics::counter!("ferry_store_corrupt_batches_total").increment(1);
-        tracing::error!(
-            topic, partition, path = %c.path.display(), position = c.position,
-            length = c.length, reason = %c.reason,
-            "corrupt batch in a sealed segment skipped; the partition's other batches stay readable"
-        );
-    }
     Ok(Recovered {
         view: View {
             segments,
@@ -222,7 +216,7 @@ fn open_segment(
 ) -> Result<SegView, StoreError> {
     let path = file_path(dir, base, LOG_EXT);
     let file = fs.open_read(&path).at(&path)?;
-    let mut len = file.len().at(&path)?;
+    let mut len = file.size().at(&path)?;
     let mut head = [0u8; FILE_HEADER_LEN as usize];
     let header_ok = len >= FILE_HEADER_LEN
         && file.read_exact_at(&mut head, 0).is_ok()

@@ -42,6 +42,11 @@ pub const FILE_HEADER_LEN: u64 = 16;
 pub const FRAME_HEADER_LEN: usize = 28;
 /// Smallest possible batch (its fixed header).
 const MIN_BATCH_LEN: u32 = ferry_core::batch::FIXED_HEADER_LEN as u32;
+/// Largest batch a frame may hold (as `Store::append` accepts); a longer length field is
+/// corruption, and is refused before anything is allocated for it.
+const MAX_FRAME_DATA: u32 = 256 << 20;
+/// Most bytes one read of `read_frames` asks for at once.
+const MAX_READ_CHUNK: u64 = 16 << 20;
 /// Read size of sequential scans.
 const SCAN_CHUNK: usize = 4 << 20;
 
@@ -321,6 +326,9 @@ fn frame_at(
     if h.len < MIN_BATCH_LEN {
         return Ok(Err("frame shorter than a batch header"));
     }
+    if h.len > MAX_FRAME_DATA {
+        return Ok(Err("frame length larger than any batch"));
+    }
     if exact && h.base_offset != expect {
         return Ok(Err("frame base offset out of sequence"));
     }
@@ -367,8 +375,9 @@ pub fn read_frames(
     let mut expect = 0u64;
     let mut min_read = 0u64;
     'outer: while pos < to {
-        let want = (max_bytes.saturating_sub(taken) as u64 + slack)
-            .max(64 << 10)
+        let want = (max_bytes.saturating_sub(taken) as u64)
+            .saturating_add(slack)
+            .clamp(64 << 10, MAX_READ_CHUNK)
             .max(min_read);
         let len = want.min(to - pos) as usize;
         let mut raw = vec![0u8; len];
@@ -384,8 +393,10 @@ pub fn read_frames(
                 break;
             };
             let here = pos + at as u64;
-            let plausible =
-                h.len >= MIN_BATCH_LEN && h.base_offset >= expect && here + h.frame_len() <= to;
+            let plausible = h.len >= MIN_BATCH_LEN
+                && h.len <= MAX_FRAME_DATA
+                && h.base_offset >= expect
+                && here + h.frame_len() <= to;
             if plausible && h.frame_len() > rest.len() as u64 {
                 if at == 0 {
                     min_read = h.frame_len();
@@ -463,6 +474,7 @@ pub(crate) fn u64_at(b: &[u8], at: usize) -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::store::fs::{FileSystem, StdFs};

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// Most threads used to fsync the files of one group in parallel.
-const MAX_SYNC_THREADS: usize = 4;
+const MAX_SYNC_THREADS: usize = 16;
 
 pub(crate) enum Request {
     Append {
@@ -43,13 +43,15 @@ pub(crate) enum Request {
     },
 }
 
+type CloseRequest = (Vec<Arc<Partition>>, oneshot::Sender<Result<(), StoreError>>);
+
 /// Appends gathered for one commit.
 #[derive(Default)]
 struct Group {
     touched: Vec<Arc<Partition>>,
     keys: HashSet<usize>,
     bytes: usize,
-    close: Option<(Vec<Arc<Partition>>, oneshot::Sender<Result<(), StoreError>>)>,
+    close: Option<CloseRequest>,
 }
 
 pub(crate) struct Writer {
@@ -121,16 +123,32 @@ impl Writer {
         self.sync_dirty();
     }
 
-    /// Takes more requests for the group: until the window passes (`group`) or the queue is
-    /// empty (`interval`, `never`), or the byte budget is reached.
+    /// Takes more requests for the group, up to the byte budget: first everything already
+    /// queued; then, for `group`, if nothing was queued (light load), whatever arrives within
+    /// the window. Under load the appends that queued during the previous fsync already make a
+    /// group, and waiting the window on top would only add latency (as PostgreSQL's
+    /// `commit_delay` only waits when other transactions are active).
     fn gather(&mut self, group: &mut Group) {
         let window = if self.cfg.fsync == FsyncPolicy::Group {
             self.cfg.group_commit_window.get()
         } else {
             Duration::ZERO
         };
-        let deadline = Instant::now() + window;
         let budget = self.cfg.group_commit_bytes.as_usize().max(1);
+        let mut queued = 0usize;
+        while group.bytes < budget && group.close.is_none() {
+            match self.rx.try_recv() {
+                Ok(req) => {
+                    self.handle(req, group);
+                    queued += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        if queued > 0 {
+            return;
+        }
+        let deadline = Instant::now() + window;
         while group.bytes < budget && group.close.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             let next = if left.is_zero() {
@@ -181,6 +199,13 @@ impl Writer {
                         }
                     }
                     Staged::Failed(e, reply) => {
+                        drop(w);
+                        if matches!(e, StoreError::Io { .. }) {
+                            // Only a segment roll does I/O while staging; its fsync may have
+                            // failed, after which the page cache cannot be trusted.
+                            tracing::error!(topic = %part.topic, partition = part.id, error = %e, "segment roll failed");
+                            self.fail("a segment roll failed");
+                        }
                         let _ = reply.send(Err(e));
                     }
                 }

@@ -550,3 +550,65 @@ fn cli_errors_name_the_problem() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("raw or json"));
 }
+
+#[test]
+fn processor_checkpoints_are_fenced_by_ownership_and_survive_restart() {
+    let dir = Dir::new("ckpt");
+    let mut c = start(&dir, "c", Some("collector:\n  default_partitions: 1\n"));
+    let url = c.url();
+    produce(&url, "in", &numbered(0, 10));
+    let client = http();
+    let join = |id: &str| -> serde_json::Value {
+        client
+            .post(format!("{url}/v1/groups/p/join"))
+            .body(format!(r#"{{"topics":["in"],"member_id":"{id}"}}"#))
+            .send()
+            .expect("join")
+            .json()
+            .expect("json")
+    };
+    assert_eq!(join("a")["partitions"][0][0], "in");
+    let put = |member: &str, offset: u64, body: &'static [u8]| {
+        client
+            .put(format!(
+                "{url}/v1/groups/p/checkpoints/in/0?member_id={member}&offset={offset}"
+            ))
+            .body(body)
+            .send()
+            .expect("put")
+            .status()
+            .as_u16()
+    };
+    assert_eq!(put("a", 7, b"window state at 7"), 204);
+    // b joins: it is not the owner until a releases, so its write is refused.
+    join("b");
+    assert_eq!(put("b", 9, b"zombie"), 409);
+    assert_eq!(put("nobody", 9, b"zombie"), 404);
+    let r = client
+        .get(format!("{url}/v1/groups/p/checkpoints/in/0"))
+        .send()
+        .expect("get");
+    assert_eq!(r.headers()["x-ferry-offset"], "7");
+    assert_eq!(r.bytes().expect("body").as_ref(), b"window state at 7");
+    // The checkpoint committed the group's offset too (lag is visible), and both survive kill -9.
+    c.kill9();
+    let c = restart(&dir, &c, "c");
+    let r = client
+        .get(format!("{}/v1/groups/p/checkpoints/in/0", c.url()))
+        .send()
+        .expect("get");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-ferry-offset"], "7");
+    let offsets: serde_json::Value = client
+        .get(format!("{}/v1/groups/p/offsets", c.url()))
+        .send()
+        .expect("get")
+        .json()
+        .expect("json");
+    assert_eq!(offsets[0]["offset"], 7);
+    let r = client
+        .get(format!("{}/v1/groups/p/checkpoints/in/3", c.url()))
+        .send()
+        .expect("get");
+    assert_eq!(r.status(), 404);
+}

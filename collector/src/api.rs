@@ -457,16 +457,12 @@ async fn fetch(
     let max_fetch = state.config.limits.max_fetch_bytes.get();
     let max_bytes = q.max_bytes.unwrap_or(1 << 20).min(max_fetch) as usize;
     let store = &state.ingest.store;
-    let mut read = store
-        .read(&topic, partition, q.offset, max_bytes)
-        .map_err(|e| store_error(e, 1))?;
+    let mut read = read_blocking(store, &topic, partition, q.offset, max_bytes).await?;
     if read.batches.is_empty() {
         if let Some(wait) = q.wait_ms.filter(|w| *w > 0) {
             let wait = Duration::from_millis(wait).min(MAX_WAIT);
             store.wait_for_data(&topic, partition, q.offset, wait).await;
-            read = store
-                .read(&topic, partition, q.offset, max_bytes)
-                .map_err(|e| store_error(e, 1))?;
+            read = read_blocking(store, &topic, partition, q.offset, max_bytes).await?;
         }
     }
     let mut headers = HeaderMap::new();
@@ -530,6 +526,22 @@ async fn fetch(
     Ok((headers, out).into_response())
 }
 
+/// Store reads touch files: they run on the blocking pool, never on the async workers.
+async fn read_blocking(
+    store: &crate::store::Store,
+    topic: &str,
+    partition: u32,
+    offset: u64,
+    max_bytes: usize,
+) -> Result<crate::store::ReadBatches, ApiError> {
+    let store = store.clone();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || store.read(&topic, partition, offset, max_bytes))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| store_error(e, 1))
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TimeQuery {
@@ -542,11 +554,13 @@ async fn offset_for_time(
     query: Result<Query<TimeQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
-    let offset = state
-        .ingest
-        .store
-        .offset_for_timestamp(&topic, partition, q.timestamp_ms)
-        .map_err(|e| store_error(e, 1))?;
+    let store = state.ingest.store.clone();
+    let offset = tokio::task::spawn_blocking(move || {
+        store.offset_for_timestamp(&topic, partition, q.timestamp_ms)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| store_error(e, 1))?;
     Ok(Json(serde_json::json!({ "offset": offset })))
 }
 

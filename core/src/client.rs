@@ -377,6 +377,56 @@ impl CollectorClient {
             .await
     }
 
+    /// Stores a processor checkpoint: `state` built from `topic/partition` up to (not including)
+    /// `offset`. The collector accepts it only from the member owning the partition (409).
+    pub async fn put_checkpoint(
+        &self,
+        group: &str,
+        member_id: &str,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        state: Vec<u8>,
+    ) -> Result<(), ClientError> {
+        let rb = self
+            .req(
+                reqwest::Method::PUT,
+                &format!("/v1/groups/{group}/checkpoints/{topic}/{partition}?member_id={member_id}&offset={offset}"),
+            )
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(state);
+        self.send(rb).await.map(|_| ())
+    }
+
+    /// The stored checkpoint (offset, state) of a group for a partition, if any.
+    pub async fn get_checkpoint(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Option<(u64, Bytes)>, ClientError> {
+        let rb = self.req(
+            reqwest::Method::GET,
+            &format!("/v1/groups/{group}/checkpoints/{topic}/{partition}"),
+        );
+        let resp = match self.send(rb).await {
+            Ok(r) => r,
+            Err(ClientError::Http { status: 404, .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let offset = resp
+            .headers()
+            .get("x-ferry-offset")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| ClientError::Decode("checkpoint reply without x-ferry-offset".into()))?;
+        let state = resp.bytes().await.map_err(|e| ClientError::Transport {
+            url: self.base.clone(),
+            message: error_chain(&e),
+        })?;
+        Ok(Some((offset, state)))
+    }
+
     /// Every group with its members and lag, as the collector reports it.
     pub async fn groups(&self) -> Result<serde_json::Value, ClientError> {
         self.json(self.req(reqwest::Method::GET, "/v1/groups"))

@@ -35,6 +35,10 @@ pub struct ConsumerConfig {
     pub max_fetch_bytes: u64,
     /// Longest a `poll` waits for records when there are none.
     pub poll_wait: Duration,
+    /// Hand revoked partitions back only when the caller says so ([`Consumer::release`]),
+    /// after it has saved what it built from them; otherwise they are committed and released
+    /// at once.
+    pub manual_release: bool,
 }
 
 impl ConsumerConfig {
@@ -47,6 +51,7 @@ impl ConsumerConfig {
             session_timeout: Duration::from_secs(10),
             max_fetch_bytes: 1 << 20,
             poll_wait: Duration::from_millis(500),
+            manual_release: false,
         }
     }
 }
@@ -78,6 +83,12 @@ pub struct Consumer {
     next_partition: usize,
     /// Partitions were just revoked: heartbeat again at once to release them.
     handing_over: bool,
+    /// Revoked but not yet released (manual release): not fetched, still reported as owned.
+    revoking: BTreeSet<(String, u32)>,
+    /// Partitions assigned since the last `take_assigned`.
+    newly_assigned: Vec<(String, u32)>,
+    /// Partitions revoked since the last `take_revoked` (manual release).
+    newly_revoked: Vec<(String, u32)>,
 }
 
 impl Consumer {
@@ -97,6 +108,9 @@ impl Consumer {
             last_heartbeat: Instant::now(),
             next_partition: 0,
             handing_over: false,
+            revoking: BTreeSet::new(),
+            newly_assigned: Vec::new(),
+            newly_revoked: Vec::new(),
         };
         match c.config.group.clone() {
             Some(group) => {
@@ -166,17 +180,18 @@ impl Consumer {
         let revoked: Vec<(String, u32)> = self
             .positions
             .keys()
-            .filter(|k| !new.contains(*k))
+            .filter(|k| !new.contains(*k) && !self.revoking.contains(*k))
             .cloned()
             .collect();
         if !revoked.is_empty() {
-            self.commit_partitions(&revoked).await?;
-            for k in &revoked {
-                self.positions.remove(k);
-                self.committed.remove(k);
-            }
             self.buffered
                 .retain(|r| new.contains(&(r.topic.clone(), r.partition)));
+            if self.config.manual_release {
+                self.revoking.extend(revoked.iter().cloned());
+                self.newly_revoked.extend(revoked);
+            } else {
+                self.release(&revoked).await?;
+            }
         }
         let added: Vec<(String, u32)> = new
             .iter()
@@ -211,9 +226,53 @@ impl Consumer {
                 (t.clone(), p),
                 committed.get(&(t.clone(), p)).copied().unwrap_or(u64::MAX),
             );
-            self.positions.insert((t, p), start);
+            self.positions.insert((t.clone(), p), start);
+            self.newly_assigned.push((t, p));
         }
         Ok(())
+    }
+
+    /// Partitions assigned since the last call, each with the offset reading starts from (the
+    /// group's committed offset, or the start position). A caller that keeps its own
+    /// checkpoint restores it here and [`Consumer::seek`]s.
+    pub fn take_assigned(&mut self) -> Vec<((String, u32), u64)> {
+        std::mem::take(&mut self.newly_assigned)
+            .into_iter()
+            .filter_map(|k| self.positions.get(&k).map(|&o| (k, o)))
+            .collect()
+    }
+
+    /// Partitions taken away since the last call (with `manual_release`). They are no longer
+    /// fetched; the caller saves what it built from them, then calls [`Consumer::release`].
+    pub fn take_revoked(&mut self) -> Vec<(String, u32)> {
+        std::mem::take(&mut self.newly_revoked)
+    }
+
+    /// Commits the position of these partitions and gives them up; the next heartbeat tells the
+    /// collector, which then grants them to their new owner.
+    pub async fn release(&mut self, partitions: &[(String, u32)]) -> Result<(), ClientError> {
+        self.commit_partitions(partitions).await?;
+        for k in partitions {
+            self.positions.remove(k);
+            self.committed.remove(k);
+            self.revoking.remove(k);
+        }
+        self.buffered.retain(|r| {
+            !partitions
+                .iter()
+                .any(|(t, p)| *t == r.topic && *p == r.partition)
+        });
+        self.handing_over = true;
+        Ok(())
+    }
+
+    /// Reads `partition` from `offset` next (e.g. the offset of a restored checkpoint).
+    pub fn seek(&mut self, partition: &(String, u32), offset: u64) {
+        if let Some(pos) = self.positions.get_mut(partition) {
+            *pos = offset;
+            self.buffered
+                .retain(|r| !(r.topic == partition.0 && r.partition == partition.1));
+        }
     }
 
     async fn heartbeat_if_due(&mut self) -> Result<(), ClientError> {
@@ -281,7 +340,12 @@ impl Consumer {
             if self.config.group.is_none() && self.positions.len() < self.config.topics.len() {
                 self.refresh_standalone().await?;
             }
-            let keys: Vec<(String, u32)> = self.positions.keys().cloned().collect();
+            let keys: Vec<(String, u32)> = self
+                .positions
+                .keys()
+                .filter(|k| !self.revoking.contains(*k))
+                .cloned()
+                .collect();
             if !keys.is_empty() {
                 for i in 0..keys.len() {
                     let (t, p) = &keys[(self.next_partition + i) % keys.len()];

@@ -1,1 +1,3 @@
-//! placeholder
+pub mod config;
+pub mod filter;
+pub mod time;

@@ -684,7 +684,11 @@ pipelines:
     #[test]
     fn cross_field_rules() {
         for (from, to, needle) in [
-            ("    dead_letter_topic: bad\n", "", "needs dead_letter_topic"),
+            (
+                "    dead_letter_topic: bad\n",
+                "",
+                "needs dead_letter_topic",
+            ),
             (
                 "hopping: {size: 1m, advance: 10s}",
                 "hopping: {size: 1s, advance: 10s}",

@@ -1,3 +1,4 @@
 pub mod config;
 pub mod filter;
+pub mod parse;
 pub mod time;

@@ -18,7 +18,12 @@ const ROUNDS: usize = 3;
 
 fn lines() -> (Vec<Record>, usize) {
     let levels = ["info", "info", "info", "warn", "error", "debug"];
-    let paths = ["/api/v1/orders", "/api/v1/users", "/healthz", "/api/v1/cart"];
+    let paths = [
+        "/api/v1/orders",
+        "/api/v1/users",
+        "/healthz",
+        "/api/v1/cart",
+    ];
     let mut buf = Vec::with_capacity(RECORDS * 210);
     let mut ends = Vec::with_capacity(RECORDS);
     let mut x: u64 = 0x2545_F491_4F6C_DD1D;
@@ -115,7 +120,11 @@ fn main() {
         }
         black_box(sum)
     });
-    rows.push(("iterate records (read each line's length and one byte): the limit", rate, n));
+    rows.push((
+        "iterate records (read each line's length and one byte): the limit",
+        rate,
+        n,
+    ));
 
     let (rate, n) = measure(|| {
         let mut counts = std::collections::HashMap::<String, u64>::new();
@@ -128,7 +137,11 @@ fn main() {
         }
         black_box(counts.len())
     });
-    rows.push(("serde_json::Value parse + count by level, no windows (reference)", rate, n));
+    rows.push((
+        "serde_json::Value parse + count by level, no windows (reference)",
+        rate,
+        n,
+    ));
 
     let count = "[{name: count, op: count}]";
     let (rate, n) = run_pipeline(&records, count);

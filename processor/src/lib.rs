@@ -52,6 +52,7 @@ pub mod config;
 pub mod filter;
 pub mod parse;
 pub mod pipeline;
+pub mod sink;
 pub mod sketch;
 pub mod state;
 pub mod time;

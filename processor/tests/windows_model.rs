@@ -53,27 +53,37 @@ struct Params {
 
 fn params() -> impl Strategy<Value = Params> {
     (
-        prop_oneof![Just((1000i64, 1000i64)), Just((2000, 500)), Just((1500, 1500)), Just((3000, 1000))],
+        prop_oneof![
+            Just((1000i64, 1000i64)),
+            Just((2000, 500)),
+            Just((1500, 1500)),
+            Just((3000, 1000))
+        ],
         0i64..800,
         0i64..600,
         300i64..4000,
         prop_oneof![Just(2usize), Just(100)],
     )
-        .prop_map(|((size_ms, advance_ms), lateness_ms, grace_ms, idle_ms, max_keys)| Params {
-            size_ms,
-            advance_ms,
-            lateness_ms,
-            grace_ms,
-            idle_ms,
-            max_keys,
-        })
+        .prop_map(
+            |((size_ms, advance_ms), lateness_ms, grace_ms, idle_ms, max_keys)| Params {
+                size_ms,
+                advance_ms,
+                lateness_ms,
+                grace_ms,
+                idle_ms,
+                max_keys,
+            },
+        )
 }
 
 fn config(p: &Params) -> ferry_processor::config::PipelineConfig {
     let window = if p.size_ms == p.advance_ms {
         format!("tumbling: {}ms", p.size_ms)
     } else {
-        format!("hopping: {{size: {}ms, advance: {}ms}}", p.size_ms, p.advance_ms)
+        format!(
+            "hopping: {{size: {}ms, advance: {}ms}}",
+            p.size_ms, p.advance_ms
+        )
     };
     let yaml = format!(
         r#"
@@ -143,7 +153,8 @@ fn inputs(steps: &[Step]) -> Vec<Input> {
                 now += wait_ms;
                 clock += 97;
                 let event_ms = clock + jitter_ms;
-                let level = level.map(|l| ["debug", "info", "warn", "error"][l as usize].to_owned());
+                let level =
+                    level.map(|l| ["debug", "info", "warn", "error"][l as usize].to_owned());
                 let u = format!("user-{u}");
                 let mut obj = json!({"ts": format_rfc3339(event_ms), "v": v, "u": u});
                 if let Some(l) = &level {
@@ -293,32 +304,57 @@ impl Model {
     }
 }
 
-fn check_against_model(p: &Params, got: &[WindowResult], model: &Model) -> Result<(), TestCaseError> {
+fn check_against_model(
+    p: &Params,
+    got: &[WindowResult],
+    model: &Model,
+) -> Result<(), TestCaseError> {
     prop_assert_eq!(got.len(), model.emitted.len(), "number of results");
     for (r, (start, key, vals, evicted)) in got.iter().zip(&model.emitted) {
         prop_assert_eq!(r.window_start_ms, *start);
         prop_assert_eq!(r.window_end_ms, start + p.size_ms);
         prop_assert_eq!(&r.key[0].1, key);
         prop_assert_eq!(r.evicted, *evicted);
-        let get = |name: &str| r.values.iter().find(|(n, _)| &**n == name).map(|(_, v)| v.clone());
+        let get = |name: &str| {
+            r.values
+                .iter()
+                .find(|(n, _)| &**n == name)
+                .map(|(_, v)| v.clone())
+        };
         let n = vals.len();
         let sum: f64 = vals.iter().map(|(v, _)| *v as f64).sum();
         prop_assert_eq!(get("count"), Some(json!(n)));
         prop_assert_eq!(get("sum"), Some(json!(sum)));
-        prop_assert_eq!(get("min"), Some(json!(vals.iter().map(|(v, _)| *v).min().map(f64::from))));
-        prop_assert_eq!(get("max"), Some(json!(vals.iter().map(|(v, _)| *v).max().map(f64::from))));
+        prop_assert_eq!(
+            get("min"),
+            Some(json!(vals.iter().map(|(v, _)| *v).min().map(f64::from)))
+        );
+        prop_assert_eq!(
+            get("max"),
+            Some(json!(vals.iter().map(|(v, _)| *v).max().map(f64::from)))
+        );
         prop_assert_eq!(get("avg"), Some(json!(sum / n as f64)));
         let mut sorted: Vec<i32> = vals.iter().map(|(v, _)| *v).collect();
         sorted.sort();
         let want = sorted[(0.9 * (n - 1) as f64).floor() as usize] as f64;
         let p90 = get("p90").and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
-        prop_assert!((p90 - want).abs() <= 0.01 * want.abs() + 1e-9, "p90 {} vs {}", p90, want);
+        prop_assert!(
+            (p90 - want).abs() <= 0.01 * want.abs() + 1e-9,
+            "p90 {} vs {}",
+            p90,
+            want
+        );
         let mut distinct: Vec<&String> = vals.iter().map(|(_, u)| u).collect();
         distinct.sort();
         distinct.dedup();
         let users = get("users").and_then(|v| v.as_f64()).unwrap_or(-1.0);
         let d = distinct.len() as f64;
-        prop_assert!((users - d).abs() <= (0.03 * d).max(1.0), "distinct {} vs {}", users, d);
+        prop_assert!(
+            (users - d).abs() <= (0.03 * d).max(1.0),
+            "distinct {} vs {}",
+            users,
+            d
+        );
         let mut counts: BTreeMap<&String, u64> = BTreeMap::new();
         for (_, u) in vals {
             *counts.entry(u).or_default() += 1;
@@ -326,7 +362,10 @@ fn check_against_model(p: &Params, got: &[WindowResult], model: &Model) -> Resul
         let mut top: Vec<(&String, u64)> = counts.into_iter().collect();
         top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
         top.truncate(2);
-        let want_top: Value = top.iter().map(|(v, c)| json!({"value": v, "count": c})).collect();
+        let want_top: Value = top
+            .iter()
+            .map(|(v, c)| json!({"value": v, "count": c}))
+            .collect();
         prop_assert_eq!(get("top"), Some(want_top));
     }
     Ok(())

@@ -128,7 +128,14 @@ pipelines:
             i % 3
         );
         let part = PartitionId::new("app", (i % 2) as u32);
-        p.process(&part, i / 2, &Record::from_line(line), 0, i as i64 * 10, &mut out);
+        p.process(
+            &part,
+            i / 2,
+            &Record::from_line(line),
+            0,
+            i as i64 * 10,
+            &mut out,
+        );
     }
     p
 }

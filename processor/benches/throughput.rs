@@ -4,6 +4,8 @@
 //! time from an RFC 3339 field; 1-minute tumbling windows keyed by `level`). Prints a Markdown
 //! table for docs/performance.md.
 
+#![allow(clippy::unwrap_used)]
+
 use bytes::Bytes;
 use ferry_core::record::Record;
 use ferry_processor::config::ProcessorConfig;

@@ -46,6 +46,8 @@
 //! ]);
 //! ```
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod aggregate;
 pub mod codec;
 pub mod config;

@@ -1,6 +1,8 @@
 //! The shipped sample config runs as documented; config errors name file:line:col; the state
 //! format is pinned by a golden file.
 
+#![allow(clippy::unwrap_used)]
+
 use ferry_core::record::Record;
 use ferry_processor::config::ProcessorConfig;
 use ferry_processor::pipeline::{Emission, PartitionId, Pipeline};

@@ -1,6 +1,8 @@
 //! Pipeline behaviour beyond plain window arithmetic: filters, early results, alerts, late and
 //! dead-letter routing, static fields, event-time fallback, idle partitions, parsers end to end.
 
+#![allow(clippy::unwrap_used)]
+
 use ferry_core::record::{Field, Record};
 use ferry_processor::config::ProcessorConfig;
 use ferry_processor::pipeline::{Emission, PartitionId, Pipeline, WindowResult};
@@ -140,7 +142,7 @@ fn late_and_dead_letter_records_are_routed() {
             r#"{"t":150}"#, // watermark 150 >= 100 + 50: [0,100) closes
             "{broken",
             r#"{"t":200}"#,
-            r#"{"t":30}"#,  // late
+            r#"{"t":30}"#, // late
         ],
         0,
         &mut out,

@@ -3,6 +3,8 @@
 //! a small `max_keys`; and a crash at a random point (snapshot, keep going, lose that, restore,
 //! replay from before the snapshot) giving exactly the uninterrupted run's results.
 
+#![allow(clippy::unwrap_used)]
+
 use ferry_core::record::Record;
 use ferry_processor::config::ProcessorConfig;
 use ferry_processor::pipeline::{Emission, PartitionId, Pipeline, WindowResult};
@@ -216,6 +218,9 @@ fn results(out: &[Emission]) -> Vec<WindowResult> {
         .collect()
 }
 
+/// The raw values (v, u) of one key in one window.
+type Values = Vec<(i32, String)>;
+
 /// The naive model: raw values per (window, key), the watermark recomputed from scratch.
 #[derive(Default)]
 struct Model {
@@ -223,10 +228,10 @@ struct Model {
     partitions: BTreeMap<u32, (Option<i64>, i64)>,
     watermark: Option<i64>,
     /// window start → key → values (v, u)
-    windows: BTreeMap<i64, BTreeMap<Option<String>, Vec<(i32, String)>>>,
+    windows: BTreeMap<i64, BTreeMap<Option<String>, Values>>,
     evicted: BTreeMap<i64, u64>,
     late: u64,
-    emitted: Vec<(i64, Option<String>, Vec<(i32, String)>, u64)>,
+    emitted: Vec<(i64, Option<String>, Values, u64)>,
 }
 
 impl Model {

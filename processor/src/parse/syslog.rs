@@ -184,9 +184,7 @@ fn rfc3164(line: &[u8], r: &str, out: &mut FieldSlots) -> Result<(), ParseError>
     }
     out.set_sub(b"hostname", line, host);
     // TAG[PID]: MSG — the tag is optional; without a colon the whole rest is the message.
-    let tag_end = rest
-        .find(|c: char| c == ':' || c == '[' || c == ' ')
-        .unwrap_or(rest.len());
+    let tag_end = rest.find([':', '[', ' ']).unwrap_or(rest.len());
     let tag = &rest[..tag_end];
     let after = &rest[tag_end..];
     let (procid, after) = match after.strip_prefix('[') {

@@ -136,6 +136,9 @@ impl TryFrom<RawPipeline> for PipelineConfig {
                 ));
             }
         };
+        if r.alerts.len() > 64 {
+            return Err(format!("pipeline {p}: at most 64 alerts per pipeline"));
+        }
         for alert in &r.alerts {
             for f in alert.when.fields() {
                 let known = names.contains(&f.as_str())

@@ -451,15 +451,20 @@ impl Pipeline {
                 }
             }
         }
+        let fallback = sane_time(record.event_time_ms)
+            .or(sane_time(Some(ingest_ms)))
+            .unwrap_or(0);
         let event_ms = match &self.time {
-            Some((slot, fmt)) => match self.slots.get(line, *slot).and_then(|s| fmt.parse(s)) {
-                Some(t) => t,
-                None => {
-                    self.stats.event_time_fallbacks += 1;
-                    record.event_time_ms.unwrap_or(ingest_ms)
+            Some((slot, fmt)) => {
+                match sane_time(self.slots.get(line, *slot).and_then(|s| fmt.parse(s))) {
+                    Some(t) => t,
+                    None => {
+                        self.stats.event_time_fallbacks += 1;
+                        fallback
+                    }
                 }
-            },
-            None => record.event_time_ms.unwrap_or(ingest_ms),
+            }
+            None => fallback,
         };
         let keep = match &self.filter {
             None => true,
@@ -585,6 +590,15 @@ impl Pipeline {
         self.stats = s;
         self.reported = s;
     }
+}
+
+/// Earliest and latest event times accepted: years 0000 to 9999. Outside, a time is treated as
+/// unparsable (window arithmetic near the ends of `i64` would overflow, and no log is from then).
+const MIN_EVENT_MS: i64 = -62_167_219_200_000;
+const MAX_EVENT_MS: i64 = 253_402_300_799_999;
+
+fn sane_time(t: Option<i64>) -> Option<i64> {
+    t.filter(|t| (MIN_EVENT_MS..=MAX_EVENT_MS).contains(t))
 }
 
 /// What a result line is made of besides the aggregate states.

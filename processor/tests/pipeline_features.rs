@@ -234,6 +234,19 @@ fn static_fields_and_event_time_fallback() {
         ]
     );
     assert_eq!(p.stats().event_time_fallbacks, 2);
+    // Absurd times (beyond year 9999) fall back too instead of overflowing window arithmetic.
+    let mut p = pipeline(
+        "    event_time: {field: t, format: unix_ms}\n    window: {hopping: {size: 3s, advance: 1s}}\n    aggregates: [{name: count, op: count}]\n",
+    );
+    let mut out = Vec::new();
+    for (i, t) in [i64::MIN, i64::MAX, -9_000_000_000_000_000_000, 1]
+        .iter()
+        .enumerate()
+    {
+        let line = format!(r#"{{"t":{t}}}"#);
+        p.process(&id, i as u64, &Record::from_line(line), 0, 0, &mut out);
+    }
+    assert_eq!(p.stats().event_time_fallbacks, 3);
 }
 
 #[test]

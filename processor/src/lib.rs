@@ -13,6 +13,8 @@
 //!   (results, alerts, late and dead-letter records), offsets.
 //! - [`state`]: the versioned, checksummed snapshot of a pipeline, restored exactly.
 //! - [`sink`]: stdout, file, webhook, and the collector-topic sink behind a producer trait.
+//! - [`checkpoint`] and [`driver`]: the atomic checkpoint file and the async loop (input batches,
+//!   ticks, sinks, checkpoints) around a pipeline; the source that fetches records is not here.
 //!
 //! ```
 //! use ferry_processor::{config::ProcessorConfig, pipeline::{Pipeline, PartitionId}};
@@ -49,8 +51,10 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod aggregate;
+pub mod checkpoint;
 pub mod codec;
 pub mod config;
+pub mod driver;
 pub mod filter;
 pub mod parse;
 pub mod pipeline;

@@ -30,8 +30,13 @@ struct Store {
     bins: Vec<u64>,
 }
 
+/// ln γ, computed once (`f64::ln` is not `const`).
+static GAMMA_LN: std::sync::LazyLock<f64> =
+    std::sync::LazyLock::new(|| ((1.0 + RELATIVE_ACCURACY) / (1.0 - RELATIVE_ACCURACY)).ln());
+
+#[inline]
 fn gamma_ln() -> f64 {
-    ((1.0 + RELATIVE_ACCURACY) / (1.0 - RELATIVE_ACCURACY)).ln()
+    *GAMMA_LN
 }
 
 impl Store {

@@ -13,8 +13,9 @@ use crate::codec::{Dec, DecodeError, Enc};
 pub const PRECISION: u32 = 14;
 const M: usize = 1 << PRECISION;
 const Q: u32 = 64 - PRECISION;
-/// Sparse entries beyond this make the sketch dense (4 bytes each vs. 1 byte per register).
-const SPARSE_MAX: usize = M / 4;
+/// Sparse entries beyond this make the sketch dense: 4 KiB of entries against 16 KiB of registers,
+/// and short enough that inserting into the sorted list stays cheap.
+const SPARSE_MAX: usize = M / 16;
 pub const STANDARD_ERROR: f64 = 0.0081;
 
 #[derive(Debug, Clone, PartialEq)]

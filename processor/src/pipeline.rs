@@ -180,6 +180,9 @@ struct Meters {
     results: metrics::Counter,
     alerts: metrics::Counter,
     replayed: metrics::Counter,
+    open_windows: metrics::Gauge,
+    open_keys: metrics::Gauge,
+    watermark_ms: metrics::Gauge,
 }
 
 impl Meters {
@@ -194,6 +197,9 @@ impl Meters {
             results: c("ferry_processor_windows_emitted_total"),
             alerts: c("ferry_processor_alerts_total"),
             replayed: c("ferry_processor_replayed_total"),
+            open_windows: metrics::gauge!("ferry_processor_open_windows", "pipeline" => pipeline.to_owned()),
+            open_keys: metrics::gauge!("ferry_processor_open_keys", "pipeline" => pipeline.to_owned()),
+            watermark_ms: metrics::gauge!("ferry_processor_watermark_ms", "pipeline" => pipeline.to_owned()),
         }
     }
 }
@@ -532,6 +538,14 @@ impl Pipeline {
             self.emit_early(out);
         }
         self.report();
+        // Gauges once per tick: counting keys walks the open windows.
+        self.meters
+            .open_windows
+            .set(self.windows.open_windows() as f64);
+        self.meters.open_keys.set(self.windows.open_keys() as f64);
+        if let Some(wm) = self.windows.watermark() {
+            self.meters.watermark_ms.set(wm as f64);
+        }
     }
 
     /// Emits every open window as final, whatever the watermark. Only for the end of a bounded

@@ -71,6 +71,7 @@ fn bad_pipeline_config_names_file_line_col() {
     let cases = [
         ("tumbling: 10s", "tumbling: ten", "invalid duration"),
         ("op: count", "op: median", "median"),
+        ("      sinks:", "      zzsinks:", "unknown field `zzsinks`"),
         ("format: rfc3339", "format: iso", "unknown time format"),
         (
             "# filter: 'exists(level)'",
@@ -95,6 +96,9 @@ fn bad_pipeline_config_names_file_line_col() {
             msg.starts_with(&format!("configs/processor.yaml:{line}:")),
             "{msg} (expected line {line})"
         );
+        if to.contains("zzsinks") {
+            assert_eq!(err.location(), Some((line, 7)), "{msg}");
+        }
     }
 }
 

@@ -377,7 +377,7 @@ fn check_against_model(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
     fn windows_match_naive_recomputation_and_survive_a_crash(

@@ -1,0 +1,729 @@
+//! The `processor:` section of a ferry config.
+//!
+//! Everything that can be checked without running is checked while deserializing (expressions,
+//! regexes, time formats, durations, cross-field rules), so `ferry check` reports a bad pipeline
+//! as `file:line:col: message`. Rules that span several keys of one mapping are checked when
+//! that mapping ends, so their location is the end of the mapping (serde-saphyr's behaviour).
+
+use crate::filter::Filter;
+use crate::time::TimeFormat;
+use ferry_core::config::Duration;
+use serde::{Deserialize, Deserializer};
+
+/// `processor:`: one or more independent pipelines.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessorConfig {
+    /// Each pipeline reads its topics, keeps its own windows and writes its own sinks.
+    #[serde(default)]
+    pub pipelines: Vec<PipelineConfig>,
+}
+
+/// One pipeline: source → parse → filter → group → window → aggregate → sinks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "RawPipeline")]
+pub struct PipelineConfig {
+    pub name: String,
+    pub source: SourceConfig,
+    pub parse: ParseConfig,
+    /// Where the event time comes from; without it (or when the field is missing or unparsable)
+    /// the record's own event time, then its ingest time, is used.
+    pub event_time: Option<EventTimeConfig>,
+    pub on_parse_error: OnParseError,
+    pub filter: Option<Filter>,
+    pub group_by: Vec<String>,
+    pub window: WindowConfig,
+    pub aggregates: Vec<AggregateConfig>,
+    /// Most distinct keys one window holds; records of further keys are not aggregated and are
+    /// counted (`ferry_processor_evicted_total` and the window's `evicted` count).
+    pub max_keys: usize,
+    pub sinks: Vec<SinkConfig>,
+    pub alerts: Vec<AlertConfig>,
+    /// Topic for records that arrived after their window closed; `None` only counts them.
+    pub late_topic: Option<String>,
+}
+
+/// Names a result line uses itself; aggregates may not take them.
+pub const RESERVED_NAMES: [&str; 6] = [
+    "pipeline",
+    "window_start",
+    "window_end",
+    "key",
+    "early",
+    "evicted",
+];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    name: String,
+    source: SourceConfig,
+    #[serde(default)]
+    parse: ParseConfig,
+    #[serde(default)]
+    event_time: Option<EventTimeConfig>,
+    #[serde(default)]
+    on_parse_error: OnParseErrorKind,
+    #[serde(default)]
+    dead_letter_topic: Option<String>,
+    #[serde(default)]
+    filter: Option<Filter>,
+    #[serde(default)]
+    group_by: Vec<String>,
+    window: WindowConfig,
+    aggregates: Vec<AggregateConfig>,
+    #[serde(default = "default_max_keys")]
+    max_keys: usize,
+    #[serde(default)]
+    sinks: Option<Vec<SinkConfig>>,
+    #[serde(default)]
+    alerts: Vec<AlertConfig>,
+    #[serde(default)]
+    late_topic: Option<String>,
+}
+
+fn default_max_keys() -> usize {
+    100_000
+}
+
+impl TryFrom<RawPipeline> for PipelineConfig {
+    type Error = String;
+    fn try_from(r: RawPipeline) -> Result<Self, String> {
+        let p = &r.name;
+        if r.name.trim().is_empty() {
+            return Err("pipeline name must not be empty".into());
+        }
+        if r.aggregates.is_empty() {
+            return Err(format!(
+                "pipeline {p}: `aggregates` is empty; add at least one, e.g. {{name: count, op: count}}"
+            ));
+        }
+        let mut names: Vec<&str> = Vec::new();
+        for a in &r.aggregates {
+            if RESERVED_NAMES.contains(&a.name.as_str()) {
+                return Err(format!(
+                    "pipeline {p}: aggregate name {:?} is reserved for the result line; choose another",
+                    a.name
+                ));
+            }
+            if names.contains(&a.name.as_str()) {
+                return Err(format!(
+                    "pipeline {p}: two aggregates are named {:?}",
+                    a.name
+                ));
+            }
+            names.push(&a.name);
+        }
+        for g in &r.group_by {
+            if g.is_empty() {
+                return Err(format!("pipeline {p}: empty field name in group_by"));
+            }
+        }
+        if r.max_keys == 0 {
+            return Err(format!("pipeline {p}: max_keys must be at least 1"));
+        }
+        let on_parse_error = match (r.on_parse_error, r.dead_letter_topic) {
+            (OnParseErrorKind::Skip, None) => OnParseError::Skip,
+            (OnParseErrorKind::Skip, Some(_)) => {
+                return Err(format!(
+                    "pipeline {p}: dead_letter_topic is set but on_parse_error is skip; set on_parse_error: dead_letter"
+                ));
+            }
+            (OnParseErrorKind::DeadLetter, Some(t)) if !t.is_empty() => OnParseError::DeadLetter(t),
+            (OnParseErrorKind::DeadLetter, _) => {
+                return Err(format!(
+                    "pipeline {p}: on_parse_error: dead_letter needs dead_letter_topic"
+                ));
+            }
+        };
+        if r.alerts.len() > 64 {
+            return Err(format!("pipeline {p}: at most 64 alerts per pipeline"));
+        }
+        for alert in &r.alerts {
+            for f in alert.when.fields() {
+                let known = names.contains(&f.as_str())
+                    || r.group_by.iter().any(|g| g == f)
+                    || f.strip_prefix("key.")
+                        .is_some_and(|k| r.group_by.iter().any(|g| g == k));
+                if !known {
+                    return Err(format!(
+                        "pipeline {p}: alert {:?} reads {f:?}, which is neither an aggregate ({}) nor a group_by field",
+                        alert.name,
+                        names.join(", ")
+                    ));
+                }
+            }
+        }
+        if r.source.topics.is_empty() {
+            return Err(format!("pipeline {p}: source.topics is empty"));
+        }
+        Ok(PipelineConfig {
+            source: r.source,
+            parse: r.parse,
+            event_time: r.event_time,
+            on_parse_error,
+            filter: r.filter,
+            group_by: r.group_by,
+            window: r.window,
+            aggregates: r.aggregates,
+            max_keys: r.max_keys,
+            sinks: r.sinks.unwrap_or_else(|| vec![SinkConfig::Stdout]),
+            alerts: r.alerts,
+            late_topic: r.late_topic,
+            name: r.name,
+        })
+    }
+}
+
+/// Where a pipeline reads from. The driver that fetches from the collector (or Kafka) owns the
+/// connection; this says what to read.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub topics: Vec<String>,
+    /// Consumer group; processors sharing one split the partitions. Defaults to the pipeline name.
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub start: StartAt,
+}
+
+/// Where a group with no committed offset (or `earliest`/`latest`/a time: always) starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartAt {
+    /// The group's committed offsets (the processor's own checkpoint wins over them), else earliest.
+    #[default]
+    Committed,
+    Earliest,
+    Latest,
+    /// The first record at or after this time (Unix ms), from an RFC 3339 timestamp.
+    Timestamp(i64),
+}
+
+impl<'de> Deserialize<'de> for StartAt {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(match s.as_str() {
+            "committed" => StartAt::Committed,
+            "earliest" => StartAt::Earliest,
+            "latest" => StartAt::Latest,
+            t => StartAt::Timestamp(crate::time::parse_rfc3339(t).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "invalid start {t:?}; expected committed, earliest, latest or an RFC 3339 time such as 2026-01-31T00:00:00Z"
+                ))
+            })?),
+        })
+    }
+}
+
+/// How a record's line becomes fields.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParseConfig {
+    /// A JSON object; nested objects are reached with dotted names (`http.status`).
+    #[default]
+    Json,
+    /// `key=value key2="quoted value"`.
+    Logfmt,
+    /// A regex whose named captures become fields.
+    Regex(RegexPattern),
+    /// nginx's default `combined` log format.
+    Nginx,
+    /// Apache's combined log format (the same fields as nginx's).
+    Apache,
+    /// RFC 3164 or RFC 5424 syslog, detected per line.
+    Syslog,
+}
+
+/// A regex validated at load time, with at least one named capture.
+#[derive(Debug, Clone)]
+pub struct RegexPattern(pub regex::Regex);
+
+impl PartialEq for RegexPattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+impl Eq for RegexPattern {}
+
+impl<'de> Deserialize<'de> for RegexPattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let re = regex::Regex::new(&s).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid regex {s:?}: {}",
+                e.to_string().lines().last().unwrap_or("")
+            ))
+        })?;
+        if re.capture_names().flatten().next().is_none() {
+            return Err(serde::de::Error::custom(format!(
+                "regex {s:?} has no named capture; name fields with (?P<name>...)"
+            )));
+        }
+        Ok(RegexPattern(re))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventTimeConfig {
+    pub field: String,
+    #[serde(default)]
+    pub format: TimeFormat,
+}
+
+/// What to do with a line the parser rejects.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum OnParseError {
+    /// Count it (`ferry_processor_parse_errors_total`) and go on.
+    #[default]
+    Skip,
+    /// Count it and send the line to this topic.
+    DeadLetter(String),
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum OnParseErrorKind {
+    #[default]
+    Skip,
+    DeadLetter,
+}
+
+/// `window:`: exactly one of `tumbling` or `hopping`, and the watermark settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "RawWindow")]
+pub struct WindowConfig {
+    /// Window length in ms.
+    pub size_ms: i64,
+    /// Distance between window starts in ms (= `size_ms` for tumbling windows).
+    pub advance_ms: i64,
+    /// Out-of-orderness: the watermark trails the highest event time by this much.
+    pub allowed_lateness_ms: i64,
+    /// A window stays open for late records this long after the watermark passes its end.
+    pub grace_ms: i64,
+    /// A partition with no record for this long (processing time) stops holding the watermark.
+    pub idle_timeout_ms: i64,
+    pub emit: Emit,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWindow {
+    #[serde(default)]
+    tumbling: Option<Duration>,
+    #[serde(default)]
+    hopping: Option<Hopping>,
+    #[serde(default = "default_lateness")]
+    allowed_lateness: Duration,
+    #[serde(default)]
+    grace: Duration,
+    #[serde(default = "default_idle")]
+    idle_timeout: Duration,
+    #[serde(default)]
+    emit: Emit,
+}
+
+fn default_lateness() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_idle() -> Duration {
+    Duration::from_secs(30)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Hopping {
+    size: Duration,
+    advance: Duration,
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.get().as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+impl TryFrom<RawWindow> for WindowConfig {
+    type Error = String;
+    fn try_from(r: RawWindow) -> Result<Self, String> {
+        let (size_ms, advance_ms) = match (r.tumbling, r.hopping) {
+            (Some(t), None) => (ms(t), ms(t)),
+            (None, Some(h)) => (ms(h.size), ms(h.advance)),
+            (Some(_), Some(_)) => {
+                return Err("window: set either tumbling or hopping, not both".into());
+            }
+            (None, None) => {
+                return Err(
+                    "window: set tumbling (e.g. `tumbling: 10s`) or hopping ({size, advance})"
+                        .into(),
+                );
+            }
+        };
+        if size_ms < 1 || advance_ms < 1 {
+            return Err("window: size and advance must be at least 1ms".into());
+        }
+        if advance_ms > size_ms {
+            return Err(format!(
+                "window: hopping advance ({advance_ms}ms) is longer than size ({size_ms}ms), which would skip records"
+            ));
+        }
+        if size_ms / advance_ms > 1000 {
+            return Err("window: a record would fall into more than 1000 hopping windows".into());
+        }
+        Ok(WindowConfig {
+            size_ms,
+            advance_ms,
+            allowed_lateness_ms: ms(r.allowed_lateness),
+            grace_ms: ms(r.grace),
+            idle_timeout_ms: ms(r.idle_timeout).max(1),
+            emit: r.emit,
+        })
+    }
+}
+
+/// When window results are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Emit {
+    /// Once, when the watermark passes the window's end plus grace.
+    #[default]
+    Final,
+    /// Also on every tick while the window is open, for keys that changed, marked `"early": true`.
+    Early,
+}
+
+/// One aggregate: a result field named `name`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "RawAggregate")]
+pub struct AggregateConfig {
+    pub name: String,
+    pub op: AggOp,
+    /// The field it reads; for `count`, optional (then every record counts, else records having it).
+    pub field: Option<String>,
+}
+
+/// An aggregate operation with its parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AggOp {
+    Count,
+    Sum,
+    Min,
+    Max,
+    Avg,
+    /// Quantile `q` in [0, 1], from a DDSketch with 1% relative error.
+    Percentile(f64),
+    /// Distinct values, from a HyperLogLog (precision 14: ~0.8% standard error).
+    Distinct,
+    /// The `k` most frequent values with their counts (Space-Saving).
+    TopK(usize),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAggregate {
+    name: String,
+    op: OpName,
+    #[serde(default)]
+    field: Option<String>,
+    #[serde(default)]
+    q: Option<f64>,
+    #[serde(default)]
+    k: Option<usize>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum OpName {
+    Count,
+    Sum,
+    Min,
+    Max,
+    Avg,
+    Percentile,
+    Distinct,
+    Topk,
+}
+
+impl TryFrom<RawAggregate> for AggregateConfig {
+    type Error = String;
+    fn try_from(r: RawAggregate) -> Result<Self, String> {
+        let n = &r.name;
+        if n.is_empty() {
+            return Err("aggregate name must not be empty".into());
+        }
+        if r.op != OpName::Count && r.field.is_none() {
+            return Err(format!("aggregate {n:?}: this op needs `field`"));
+        }
+        if r.q.is_some() && r.op != OpName::Percentile {
+            return Err(format!("aggregate {n:?}: `q` is only for op: percentile"));
+        }
+        if r.k.is_some() && r.op != OpName::Topk {
+            return Err(format!("aggregate {n:?}: `k` is only for op: topk"));
+        }
+        let op = match r.op {
+            OpName::Count => AggOp::Count,
+            OpName::Sum => AggOp::Sum,
+            OpName::Min => AggOp::Min,
+            OpName::Max => AggOp::Max,
+            OpName::Avg => AggOp::Avg,
+            OpName::Distinct => AggOp::Distinct,
+            OpName::Percentile => match r.q {
+                Some(q) if (0.0..=1.0).contains(&q) => AggOp::Percentile(q),
+                Some(q) => {
+                    return Err(format!(
+                        "aggregate {n:?}: q = {q} is outside [0, 1]; write 0.99 for p99"
+                    ));
+                }
+                None => return Err(format!("aggregate {n:?}: percentile needs q, e.g. q: 0.99")),
+            },
+            OpName::Topk => match r.k {
+                Some(k) if (1..=1000).contains(&k) => AggOp::TopK(k),
+                _ => return Err(format!("aggregate {n:?}: topk needs k between 1 and 1000")),
+            },
+        };
+        Ok(AggregateConfig {
+            name: r.name,
+            op,
+            field: r.field,
+        })
+    }
+}
+
+/// Where results (or alerts) go.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkConfig {
+    /// One JSON object per line on standard output.
+    Stdout,
+    /// Appended as JSON lines; fsynced at every checkpoint.
+    File(FileSinkConfig),
+    /// Produced to a collector topic (needs the collector client; see `sink::TopicProducer`).
+    Topic(TopicSinkConfig),
+    /// POSTed as a JSON array per flush, retried with capped, jittered backoff.
+    Webhook(WebhookSinkConfig),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkConfig {
+    pub path: std::path::PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSinkConfig {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSinkConfig {
+    pub url: String,
+    /// Per-request timeout.
+    #[serde(default = "default_webhook_timeout")]
+    pub timeout: Duration,
+    /// Attempts after the first before the flush fails.
+    #[serde(default = "default_webhook_retries")]
+    pub max_retries: u32,
+    /// Cap of the exponential backoff between attempts.
+    #[serde(default = "default_webhook_backoff")]
+    pub max_backoff: Duration,
+}
+
+fn default_webhook_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_webhook_retries() -> u32 {
+    5
+}
+fn default_webhook_backoff() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// A rule evaluated on every final window result; fires at most once per window and key.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertConfig {
+    pub name: String,
+    /// An expression over the result: aggregate names and group-by fields (also as `key.NAME`).
+    pub when: Filter,
+    #[serde(default = "default_alert_sink")]
+    pub sink: SinkConfig,
+}
+
+fn default_alert_sink() -> SinkConfig {
+    SinkConfig::Stdout
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_core::config::{ConfigError, load_str};
+    use std::path::Path;
+
+    fn load(text: &str) -> Result<ProcessorConfig, ConfigError> {
+        load_str(text, Path::new("p.yaml"))
+    }
+
+    const GOOD: &str = r#"
+pipelines:
+  - name: errors
+    source: {topics: [app], group: g1, start: "2026-01-01T00:00:00Z"}
+    parse: {regex: '(?P<level>\w+) (?P<msg>.*)'}
+    event_time: {field: ts, format: "%Y-%m-%d %H:%M:%S"}
+    on_parse_error: dead_letter
+    dead_letter_topic: bad
+    filter: 'level == "error" or msg =~ "fail"'
+    group_by: [level]
+    window:
+      hopping: {size: 1m, advance: 10s}
+      allowed_lateness: 5s
+      grace: 1s
+      idle_timeout: 10s
+      emit: early
+    aggregates:
+      - {name: count, op: count}
+      - {name: p99, op: percentile, field: latency, q: 0.99}
+      - {name: users, op: distinct, field: user}
+      - {name: top, op: topk, field: path, k: 3}
+    max_keys: 10
+    sinks:
+      - stdout
+      - file: {path: /tmp/x.jsonl}
+      - webhook: {url: "http://localhost:1/hook"}
+      - topic: {name: results}
+    alerts:
+      - {name: many, when: "count > 100 and key.level == \"error\"", sink: stdout}
+    late_topic: late
+"#;
+
+    #[test]
+    fn full_config_loads() {
+        let c = load(GOOD).unwrap();
+        let p = &c.pipelines[0];
+        assert_eq!(p.source.start, StartAt::Timestamp(1_767_225_600_000));
+        assert!(matches!(p.parse, ParseConfig::Regex(_)));
+        assert_eq!(p.on_parse_error, OnParseError::DeadLetter("bad".into()));
+        assert_eq!(p.window.size_ms, 60_000);
+        assert_eq!(p.window.advance_ms, 10_000);
+        assert_eq!(p.window.emit, Emit::Early);
+        assert_eq!(p.aggregates[1].op, AggOp::Percentile(0.99));
+        assert_eq!(p.aggregates[3].op, AggOp::TopK(3));
+        assert_eq!(p.sinks.len(), 4);
+        assert_eq!(p.max_keys, 10);
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = load(
+            "pipelines:\n  - name: a\n    source: {topics: [app]}\n    window: {tumbling: 10s}\n    aggregates: [{name: count, op: count}]\n",
+        )
+        .unwrap();
+        let p = &c.pipelines[0];
+        assert_eq!(p.parse, ParseConfig::Json);
+        assert_eq!(p.sinks, vec![SinkConfig::Stdout]);
+        assert_eq!(p.window.allowed_lateness_ms, 2000);
+        assert_eq!(p.source.start, StartAt::Committed);
+    }
+
+    fn err_at(text: &str) -> (u64, u64, String) {
+        let e = load(text).expect_err(text);
+        let (l, c) = e.location().unwrap_or((0, 0));
+        (l, c, e.to_string())
+    }
+
+    #[test]
+    fn bad_filter_names_file_line_and_column() {
+        let text = GOOD.replace(
+            r#"filter: 'level == "error" or msg =~ "fail"'"#,
+            r#"filter: 'level = "error"'"#,
+        );
+        let (l, c, msg) = err_at(&text);
+        assert_eq!((l, c), (9, 13), "{msg}");
+        assert!(msg.starts_with("p.yaml:9:13: "), "{msg}");
+        assert!(msg.contains("column 7 of the expression"), "{msg}");
+    }
+
+    #[test]
+    fn bad_values_name_their_place() {
+        let cases: Vec<(String, u64, &str)> = vec![
+            (
+                GOOD.replace(r"(?P<level>\w+)", r"(?P<level>\w+"),
+                5,
+                "invalid regex",
+            ),
+            (GOOD.replace("%Y-%m-%d", "%Y-%Q"), 6, "strftime"),
+            (
+                GOOD.replace("advance: 10s", "advance: often"),
+                12,
+                "invalid duration",
+            ),
+            (
+                GOOD.replace("emit: early", "emit: sometimes"),
+                16,
+                "sometimes",
+            ),
+            (GOOD.replace("q: 0.99", "q: 99"), 19, "outside [0, 1]"),
+            (GOOD.replace("max_keys: 10", "max_key: 10"), 22, "max_key"),
+            (GOOD.replace("group: g1", "grup: g1"), 4, "grup"),
+            (GOOD.replace("- stdout\n", "- stdot\n"), 24, "stdot"),
+            (
+                GOOD.replace("start: \"2026-01-01T00:00:00Z\"", "start: yesterday"),
+                4,
+                "invalid start",
+            ),
+            (
+                GOOD.replace("count > 100", "cuont > 100"),
+                3,
+                "neither an aggregate",
+            ),
+        ];
+        for (text, line, needle) in cases {
+            let (l, _c, msg) = err_at(&text);
+            assert!(msg.contains(needle), "{needle}: {msg}");
+            assert_eq!(l, line, "{needle}: {msg}");
+        }
+    }
+
+    #[test]
+    fn cross_field_rules() {
+        for (from, to, needle) in [
+            (
+                "    dead_letter_topic: bad\n",
+                "",
+                "needs dead_letter_topic",
+            ),
+            (
+                "hopping: {size: 1m, advance: 10s}",
+                "hopping: {size: 1s, advance: 10s}",
+                "skip",
+            ),
+            (
+                "      hopping: {size: 1m, advance: 10s}\n",
+                "",
+                "set tumbling",
+            ),
+            (
+                "{name: users, op: distinct, field: user}",
+                "{name: users, op: distinct}",
+                "needs `field`",
+            ),
+            (
+                "{name: users, op: distinct, field: user}",
+                "{name: count, op: sum, field: x}",
+                "two aggregates",
+            ),
+            (
+                "{name: users, op: distinct, field: user}",
+                "{name: key, op: sum, field: x}",
+                "reserved",
+            ),
+            ("k: 3", "k: 0", "topk needs k"),
+        ] {
+            let text = GOOD.replace(from, to);
+            assert_ne!(text, GOOD, "{from}");
+            let (l, c, msg) = err_at(&text);
+            assert!(msg.contains(needle), "{needle}: {msg}");
+            assert!(l > 0 && c > 0, "{msg}");
+        }
+    }
+}

@@ -1,0 +1,510 @@
+//! JSON objects, read lazily.
+//!
+//! One pass over the line checks its structure (balanced objects and arrays, strings closed,
+//! literals and numbers well formed, nothing after the object) and records where the wanted
+//! fields are; only those are decoded (escapes resolved, UTF-8 checked). Values that are not
+//! wanted are skipped with `memchr` over their strings. Nested objects are reached with dotted
+//! names: `{"http":{"status":200}}` has `http.status` = `200`. An object or array that is itself
+//! wanted is returned as its JSON text; `null` counts as absent. With duplicate keys the last
+//! wins, as with serde_json.
+//!
+//! Not checked in values that are skipped: UTF-8 validity and raw control characters inside
+//! strings (the fields that are read are checked).
+
+use super::{FieldSlots, ParseError, Span};
+
+const FORMAT: &str = "json";
+/// Deepest nesting accepted; deeper lines are rejected rather than risking the stack.
+const MAX_DEPTH: usize = 64;
+
+pub fn parse(line: &[u8], out: &mut FieldSlots) -> Result<(), ParseError> {
+    let mut s = Scanner {
+        b: line,
+        i: 0,
+        path: Vec::new(),
+    };
+    s.ws();
+    if s.peek() != Some(b'{') {
+        return Err(s.err("expected a JSON object"));
+    }
+    s.object(out, 0, true)?;
+    s.ws();
+    if s.i != line.len() {
+        return Err(s.err("unexpected data after the object"));
+    }
+    Ok(())
+}
+
+struct Scanner<'a> {
+    b: &'a [u8],
+    i: usize,
+    /// Dotted path of the object being scanned, with a trailing '.', when it can hold a wanted field.
+    path: Vec<u8>,
+}
+
+impl<'a> Scanner<'a> {
+    fn err(&self, what: &str) -> ParseError {
+        ParseError::new(FORMAT, format!("{what} at byte {}", self.i))
+    }
+
+    #[inline]
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    #[inline]
+    fn ws(&mut self) {
+        while let Some(c) = self.b.get(self.i) {
+            if matches!(c, b' ' | b'\t' | b'\n' | b'\r') {
+                self.i += 1;
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// At a `{`. `track`: this object's path is a prefix of some wanted name.
+    fn object(
+        &mut self,
+        out: &mut FieldSlots,
+        depth: usize,
+        track: bool,
+    ) -> Result<(), ParseError> {
+        if depth >= MAX_DEPTH {
+            return Err(self.err("nesting too deep"));
+        }
+        self.i += 1;
+        self.ws();
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+            return Ok(());
+        }
+        loop {
+            self.ws();
+            if self.peek() != Some(b'"') {
+                return Err(self.err("expected a key"));
+            }
+            let (ks, ke, escaped) = self.string()?;
+            self.ws();
+            if self.peek() != Some(b':') {
+                return Err(self.err("expected `:`"));
+            }
+            self.i += 1;
+            self.ws();
+            let mut handled = false;
+            if track {
+                let plen = self.path.len();
+                if escaped {
+                    let k = unescape(&self.b[ks..ke]).map_err(|m| self.err(m))?;
+                    self.path.extend_from_slice(k.as_bytes());
+                } else {
+                    self.path.extend_from_slice(&self.b[ks..ke]);
+                }
+                let slot = out.slot(&self.path);
+                if self.peek() == Some(b'{') && is_prefix(out, &self.path) {
+                    // Fields inside are wanted (and maybe the object itself, as text).
+                    let start = self.i;
+                    self.path.push(b'.');
+                    self.object(out, depth + 1, true)?;
+                    if let Some(slot) = slot {
+                        std::str::from_utf8(&self.b[start..self.i])
+                            .map_err(|_| self.err("invalid UTF-8"))?;
+                        out.set(slot, Span::Line(start as u32, self.i as u32));
+                    }
+                    handled = true;
+                } else if let Some(slot) = slot {
+                    self.wanted_value(out, slot, depth)?;
+                    handled = true;
+                }
+                self.path.truncate(plen);
+            }
+            if !handled {
+                self.skip_value(depth)?;
+            }
+            self.ws();
+            match self.peek() {
+                Some(b',') => self.i += 1,
+                Some(b'}') => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                _ => return Err(self.err("expected `,` or `}`")),
+            }
+        }
+    }
+
+    fn wanted_value(
+        &mut self,
+        out: &mut FieldSlots,
+        slot: usize,
+        depth: usize,
+    ) -> Result<(), ParseError> {
+        let start = self.i;
+        match self.peek() {
+            Some(b'"') => {
+                let (s, e, escaped) = self.string()?;
+                let raw = &self.b[s..e];
+                let span = if escaped {
+                    Span::Owned(unescape(raw).map_err(|m| self.err(m))?)
+                } else {
+                    std::str::from_utf8(raw).map_err(|_| self.err("invalid UTF-8 in a string"))?;
+                    if raw.iter().any(|&c| c < 0x20) {
+                        return Err(self.err("control character in a string"));
+                    }
+                    Span::Line(s as u32, e as u32)
+                };
+                out.set(slot, span);
+            }
+            Some(b'n') => {
+                self.literal(b"null")?;
+            }
+            _ => {
+                self.skip_value(depth)?;
+                let text = &self.b[start..self.i];
+                std::str::from_utf8(text).map_err(|_| self.err("invalid UTF-8"))?;
+                out.set(slot, Span::Line(start as u32, self.i as u32));
+            }
+        }
+        Ok(())
+    }
+
+    /// At a `"`; returns the content's byte range and whether it has escapes.
+    #[inline]
+    fn string(&mut self) -> Result<(usize, usize, bool), ParseError> {
+        self.i += 1;
+        let start = self.i;
+        let mut escaped = false;
+        loop {
+            match memchr::memchr2(b'"', b'\\', &self.b[self.i..]) {
+                None => {
+                    self.i = self.b.len();
+                    return Err(self.err("unterminated string"));
+                }
+                Some(n) => {
+                    self.i += n;
+                    if self.b[self.i] == b'"' {
+                        let end = self.i;
+                        self.i += 1;
+                        return Ok((start, end, escaped));
+                    }
+                    escaped = true;
+                    // Skip the backslash and the escaped byte; `unescape` checks the escape when
+                    // the value is read.
+                    self.i += 2;
+                    if self.i > self.b.len() {
+                        self.i = self.b.len();
+                        return Err(self.err("unterminated string"));
+                    }
+                }
+            }
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Result<(), ParseError> {
+        if self.b[self.i..].starts_with(word) {
+            self.i += word.len();
+            Ok(())
+        } else {
+            Err(self.err("invalid literal"))
+        }
+    }
+
+    fn number(&mut self) -> Result<(), ParseError> {
+        let b = self.b;
+        let start = self.i;
+        if b.get(self.i) == Some(&b'-') {
+            self.i += 1;
+        }
+        let int_start = self.i;
+        while b.get(self.i).is_some_and(u8::is_ascii_digit) {
+            self.i += 1;
+        }
+        let int_len = self.i - int_start;
+        if int_len == 0 || (int_len > 1 && b[int_start] == b'0') {
+            self.i = start;
+            return Err(self.err("invalid number"));
+        }
+        if b.get(self.i) == Some(&b'.') {
+            self.i += 1;
+            let f = self.i;
+            while b.get(self.i).is_some_and(u8::is_ascii_digit) {
+                self.i += 1;
+            }
+            if self.i == f {
+                return Err(self.err("invalid number"));
+            }
+        }
+        if matches!(b.get(self.i), Some(b'e' | b'E')) {
+            self.i += 1;
+            if matches!(b.get(self.i), Some(b'+' | b'-')) {
+                self.i += 1;
+            }
+            let e = self.i;
+            while b.get(self.i).is_some_and(u8::is_ascii_digit) {
+                self.i += 1;
+            }
+            if self.i == e {
+                return Err(self.err("invalid number"));
+            }
+        }
+        Ok(())
+    }
+
+    fn skip_value(&mut self, depth: usize) -> Result<(), ParseError> {
+        match self.peek() {
+            Some(b'"') => self.string().map(|_| ()),
+            Some(b'{') => {
+                // A skipped object: scan it without tracking names.
+                let mut none = FieldSlots::new(Vec::new());
+                self.object(&mut none, depth + 1, false)
+            }
+            Some(b'[') => {
+                if depth + 1 >= MAX_DEPTH {
+                    return Err(self.err("nesting too deep"));
+                }
+                self.i += 1;
+                self.ws();
+                if self.peek() == Some(b']') {
+                    self.i += 1;
+                    return Ok(());
+                }
+                loop {
+                    self.ws();
+                    self.skip_value(depth + 1)?;
+                    self.ws();
+                    match self.peek() {
+                        Some(b',') => self.i += 1,
+                        Some(b']') => {
+                            self.i += 1;
+                            return Ok(());
+                        }
+                        _ => return Err(self.err("expected `,` or `]`")),
+                    }
+                }
+            }
+            Some(b't') => self.literal(b"true"),
+            Some(b'f') => self.literal(b"false"),
+            Some(b'n') => self.literal(b"null"),
+            Some(b'-' | b'0'..=b'9') => self.number(),
+            Some(_) => Err(self.err("expected a value")),
+            None => Err(self.err("unexpected end of line")),
+        }
+    }
+}
+
+/// Some wanted name starts with `path` followed by a dot.
+fn is_prefix(out: &FieldSlots, path: &[u8]) -> bool {
+    out.names().iter().any(|n| {
+        let n = n.as_bytes();
+        n.len() > path.len() && n.starts_with(path) && n[path.len()] == b'.'
+    })
+}
+
+/// Decodes a JSON string's content (between the quotes).
+fn unescape(raw: &[u8]) -> Result<String, &'static str> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let c = raw[i];
+        if c < 0x20 {
+            return Err("control character in a string");
+        }
+        if c != b'\\' {
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        let e = *raw.get(i + 1).ok_or("bad escape")?;
+        i += 2;
+        match e {
+            b'"' => out.push(b'"'),
+            b'\\' => out.push(b'\\'),
+            b'/' => out.push(b'/'),
+            b'b' => out.push(8),
+            b'f' => out.push(12),
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b't' => out.push(b'\t'),
+            b'u' => {
+                let hi = hex4(raw.get(i..i + 4))?;
+                i += 4;
+                let cp = if (0xD800..0xDC00).contains(&hi) {
+                    if raw.get(i) != Some(&b'\\') || raw.get(i + 1) != Some(&b'u') {
+                        return Err("unpaired surrogate");
+                    }
+                    let lo = hex4(raw.get(i + 2..i + 6))?;
+                    if !(0xDC00..0xE000).contains(&lo) {
+                        return Err("unpaired surrogate");
+                    }
+                    i += 6;
+                    0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
+                } else if (0xDC00..0xE000).contains(&hi) {
+                    return Err("unpaired surrogate");
+                } else {
+                    hi
+                };
+                let ch = char::from_u32(cp).ok_or("invalid \\u escape")?;
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+            }
+            _ => return Err("bad escape"),
+        }
+    }
+    String::from_utf8(out).map_err(|_| "invalid UTF-8 in a string")
+}
+
+fn hex4(b: Option<&[u8]>) -> Result<u32, &'static str> {
+    let b = b.ok_or("short \\u escape")?;
+    let mut v = 0;
+    for &c in b {
+        let d = (c as char).to_digit(16).ok_or("bad \\u escape")?;
+        v = v * 16 + d;
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Parser;
+    use super::super::test_util::{fields, some};
+    use proptest::prelude::*;
+
+    const LINE: &str = r#"{"ts":"2026-11-24T06:46:50.123Z","level":"error","msg":"upstream \"api\" timed out\n","http":{"method":"GET","status":504,"latency_ms":1234.5,"tags":["a",{"b":null}]},"user":{"id":"u-17"},"ok":false,"nothing":null}"#;
+
+    #[test]
+    fn real_lines() {
+        let p = Parser::Json;
+        assert_eq!(
+            fields(
+                &p,
+                LINE,
+                &[
+                    "level",
+                    "msg",
+                    "http.status",
+                    "http.latency_ms",
+                    "user.id",
+                    "ok",
+                    "nothing",
+                    "http.tags",
+                    "missing",
+                    "http"
+                ]
+            )
+            .unwrap(),
+            some(&[
+                "error",
+                "upstream \"api\" timed out\n",
+                "504",
+                "1234.5",
+                "u-17",
+                "false",
+                "<none>",
+                r#"["a",{"b":null}]"#,
+                "<none>",
+                r#"{"method":"GET","status":504,"latency_ms":1234.5,"tags":["a",{"b":null}]}"#,
+            ])
+        );
+        // Unicode escapes, surrogate pairs, escaped keys, whitespace, duplicate keys.
+        let line = " { \"k\\u0065y\" : \"caf\\u00e9 \\ud83d\\ude00\" , \"a\":1, \"a\":2 } ";
+        assert_eq!(
+            fields(&p, line, &["key", "a"]).unwrap(),
+            some(&["café 😀", "2"])
+        );
+        assert_eq!(fields(&p, "{}", &["a"]).unwrap(), some(&["<none>"]));
+    }
+
+    #[test]
+    fn malformed_lines_are_errors() {
+        let p = Parser::Json;
+        for bad in [
+            "",
+            "plain text log line",
+            "[1,2]",
+            r#"{"a":1"#,
+            r#"{"a":1,}"#,
+            r#"{"a" 1}"#,
+            r#"{"a":tru}"#,
+            r#"{"a":01}"#,
+            r#"{"a":1.}"#,
+            r#"{"a":-}"#,
+            r#"{"a":"unterminated}"#,
+            r#"{"a":"x"} trailing"#,
+            r#"{"a":[1,2}"#,
+            r#"{a:1}"#,
+            r#"{"a":"bad \q escape"}"#,
+            r#"{"a":"\ud800 lone"}"#,
+            "{\"a\":\"tab\tinside\"}",
+            "{\"a\":\"x\\",
+        ] {
+            assert!(
+                fields(&p, bad, &["a"]).is_err(),
+                "accepted malformed line {bad:?}"
+            );
+        }
+        // Structure errors are found even in values that are not wanted.
+        assert!(fields(&p, r#"{"x":{"y":[1,,2]},"a":1}"#, &["a"]).is_err());
+        let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        assert!(fields(&p, &format!("{{\"x\":{deep}}}"), &["a"]).is_err());
+        // A wanted value with invalid UTF-8 is an error; the line is bytes.
+        let mut slots = super::FieldSlots::new(vec!["a".into()]);
+        assert!(p.parse(b"{\"a\":\"\xff\"}", &mut slots).is_err());
+    }
+
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::Bool),
+            any::<i64>().prop_map(|n| serde_json::json!(n)),
+            (-1e9f64..1e9).prop_map(|n| serde_json::json!(n)),
+            "[a-z\"\\\\\n\u{e9}\u{1F600} ]{0,8}".prop_map(serde_json::Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
+                prop::collection::btree_map("[a-c]{1,2}", inner, 0..4)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn lookup<'a>(v: &'a serde_json::Value, path: &str) -> Option<&'a serde_json::Value> {
+        // The first dotted split that resolves, as the scanner only descends into objects.
+        let mut cur = v;
+        for part in path.split('.') {
+            cur = cur.as_object()?.get(part)?;
+        }
+        Some(cur)
+    }
+
+    proptest! {
+        /// The lazy scanner agrees with serde_json on every field it is asked for.
+        #[test]
+        fn agrees_with_serde_json(
+            obj in prop::collection::btree_map("[a-c]{1,2}", json_value(), 0..5),
+            want in prop::collection::btree_set("[a-c]{1,2}(\\.[a-c]{1,2}){0,2}", 1..4),
+        ) {
+            let value = serde_json::Value::Object(obj.into_iter().collect());
+            let line = serde_json::to_string(&value).unwrap();
+            let names: Vec<&str> = want.iter().map(String::as_str).collect();
+            let got = fields(&Parser::Json, &line, &names).unwrap();
+            for (name, got) in names.iter().zip(got) {
+                let expect = match lookup(&value, name) {
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(serde_json::Value::String(s)) => Some(s.clone()),
+                    Some(other) => Some(other.to_string()),
+                };
+                prop_assert_eq!(got, expect, "{} in {}", name, line);
+            }
+        }
+
+        /// Cutting a valid line anywhere gives an error, never a panic.
+        #[test]
+        fn truncation_is_an_error(cut in 0usize..200) {
+            let cut = cut.min(super::tests::LINE.len() - 1);
+            let line = &super::tests::LINE.as_bytes()[..cut];
+            let mut slots = super::FieldSlots::new(vec!["level".into(), "http.status".into()]);
+            prop_assert!(Parser::Json.parse(line, &mut slots).is_err());
+        }
+    }
+}

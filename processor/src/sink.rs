@@ -1,0 +1,501 @@
+//! Where emissions go: stdout, an appended file, a webhook, or a collector topic.
+//!
+//! [`Outputs`] routes one pipeline's [`Emission`]s: results to its `sinks`, alerts to each alert's
+//! `sink`, late and dead-letter records to their topics. The driver calls [`Outputs::write`] with
+//! what `process`/`advance_time` produced, then [`Outputs::checkpoint`] (which fsyncs the files)
+//! *before* it stores the pipeline snapshot: so a result is durable before the state that says it
+//! was emitted. A crash between the two replays some results; each carries
+//! (pipeline, key, window_start) so a sink can drop the duplicates.
+//!
+//! The `topic` sink (and late/dead-letter topics) produce through a [`TopicProducer`], which the
+//! collector client implements; this crate does not contain that client. Without a producer,
+//! [`Outputs::new`] refuses a pipeline that needs one, naming the key.
+
+use crate::config::{PipelineConfig, SinkConfig, WebhookSinkConfig};
+use crate::pipeline::Emission;
+use bytes::Bytes;
+use rand::Rng;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+
+/// A sink that failed; the driver must not checkpoint past it.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("file sink {path}: {source}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("stdout: {0}")]
+    Stdout(#[source] std::io::Error),
+    #[error("webhook {url}: {message} (after {attempts} attempts)")]
+    Webhook {
+        url: String,
+        attempts: u32,
+        message: String,
+    },
+    #[error("topic {topic}: {message}")]
+    Topic { topic: String, message: String },
+    #[error(
+        "pipeline {pipeline}: {what} needs the collector client to produce to topic {topic:?}, and none was given"
+    )]
+    NoProducer {
+        pipeline: String,
+        what: &'static str,
+        topic: String,
+    },
+    #[error("webhook {url}: only http:// URLs are supported by this build (no TLS)")]
+    Https { url: String },
+}
+
+/// Produces lines to a collector (or Kafka) topic. Implemented by the collector client, which
+/// returns only once the records are acknowledged (durable).
+pub trait TopicProducer: Send + Sync {
+    fn produce<'a>(
+        &'a self,
+        topic: &'a str,
+        lines: Vec<Bytes>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+}
+
+/// One configured destination of JSON lines.
+pub enum Sink {
+    Stdout,
+    File(FileSink),
+    Webhook(WebhookSink),
+    Topic {
+        topic: String,
+        producer: Arc<dyn TopicProducer>,
+    },
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Sink::Stdout => f.write_str("Stdout"),
+            Sink::File(s) => write!(f, "File({})", s.path.display()),
+            Sink::Webhook(w) => write!(f, "Webhook({})", w.cfg.url),
+            Sink::Topic { topic, .. } => write!(f, "Topic({topic})"),
+        }
+    }
+}
+
+impl Sink {
+    pub async fn open(
+        cfg: &SinkConfig,
+        pipeline: &str,
+        producer: Option<&Arc<dyn TopicProducer>>,
+    ) -> Result<Sink, SinkError> {
+        Ok(match cfg {
+            SinkConfig::Stdout => Sink::Stdout,
+            SinkConfig::File(f) => Sink::File(FileSink::open(f.path.clone()).await?),
+            SinkConfig::Webhook(w) => Sink::Webhook(WebhookSink::new(w.clone())?),
+            SinkConfig::Topic(t) => Sink::Topic {
+                topic: t.name.clone(),
+                producer: producer.cloned().ok_or_else(|| SinkError::NoProducer {
+                    pipeline: pipeline.to_owned(),
+                    what: "a `topic` sink",
+                    topic: t.name.clone(),
+                })?,
+            },
+        })
+    }
+
+    /// Writes JSON lines (without newlines).
+    pub async fn write(&mut self, lines: &[String]) -> Result<(), SinkError> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Sink::Stdout => {
+                let mut out = tokio::io::stdout();
+                out.write_all(joined(lines).as_bytes())
+                    .await
+                    .map_err(SinkError::Stdout)?;
+                out.flush().await.map_err(SinkError::Stdout)
+            }
+            Sink::File(f) => f.write(lines).await,
+            Sink::Webhook(w) => w.post(lines).await,
+            Sink::Topic { topic, producer } => producer
+                .produce(
+                    topic,
+                    lines.iter().map(|l| Bytes::from(l.clone())).collect(),
+                )
+                .await
+                .map_err(|message| SinkError::Topic {
+                    topic: topic.clone(),
+                    message,
+                }),
+        }
+    }
+
+    /// Makes everything written so far durable (files: fsync).
+    pub async fn checkpoint(&mut self) -> Result<(), SinkError> {
+        match self {
+            Sink::File(f) => f.sync().await,
+            _ => Ok(()),
+        }
+    }
+}
+
+fn joined(lines: &[String]) -> String {
+    let mut s = String::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
+    for l in lines {
+        s.push_str(l);
+        s.push('\n');
+    }
+    s
+}
+
+/// Appends JSON lines to a file; fsyncs on checkpoint.
+pub struct FileSink {
+    path: PathBuf,
+    file: tokio::fs::File,
+}
+
+impl FileSink {
+    pub async fn open(path: PathBuf) -> Result<Self, SinkError> {
+        let file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .await
+            .map_err(|source| SinkError::File {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Self { path, file })
+    }
+
+    async fn write(&mut self, lines: &[String]) -> Result<(), SinkError> {
+        let r = async {
+            self.file.write_all(joined(lines).as_bytes()).await?;
+            self.file.flush().await
+        }
+        .await;
+        r.map_err(|source| SinkError::File {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    async fn sync(&mut self) -> Result<(), SinkError> {
+        let r = async {
+            self.file.flush().await?;
+            self.file.sync_data().await
+        }
+        .await;
+        r.map_err(|source| SinkError::File {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+/// POSTs a JSON array of results; retries connection errors, 429 and 5xx with exponential
+/// backoff (from 100ms, capped at `max_backoff`, each wait drawn from [half, full]).
+pub struct WebhookSink {
+    cfg: WebhookSinkConfig,
+    client: reqwest::Client,
+}
+
+/// First retry delay; doubled per attempt up to the configured cap.
+const WEBHOOK_FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+impl WebhookSink {
+    pub fn new(cfg: WebhookSinkConfig) -> Result<Self, SinkError> {
+        if !cfg.url.starts_with("http://") {
+            return Err(SinkError::Https { url: cfg.url });
+        }
+        let client = reqwest::Client::builder()
+            .timeout(cfg.timeout.get())
+            .build()
+            .map_err(|e| SinkError::Webhook {
+                url: cfg.url.clone(),
+                attempts: 0,
+                message: e.to_string(),
+            })?;
+        Ok(Self { cfg, client })
+    }
+
+    /// The delay before retry number `attempt` (1-based), before jitter.
+    pub fn backoff(attempt: u32, cap: Duration) -> Duration {
+        let exp = WEBHOOK_FIRST_BACKOFF.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+        exp.min(cap)
+    }
+
+    async fn post(&mut self, lines: &[String]) -> Result<(), SinkError> {
+        let body = format!("[{}]", lines.join(","));
+        let attempts = self.cfg.max_retries + 1;
+        let mut last = String::new();
+        for attempt in 1..=attempts {
+            if attempt > 1 {
+                let full = Self::backoff(attempt - 1, self.cfg.max_backoff.get());
+                let wait = full.mul_f64(rand::rng().random_range(0.5..=1.0));
+                tokio::time::sleep(wait).await;
+            }
+            let r = self
+                .client
+                .post(&self.cfg.url)
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .send()
+                .await;
+            match r {
+                Ok(resp) if resp.status().is_success() => return Ok(()),
+                Ok(resp) => {
+                    let s = resp.status();
+                    last = format!("HTTP {s}");
+                    if !(s.is_server_error() || s.as_u16() == 429 || s.as_u16() == 408) {
+                        return Err(SinkError::Webhook {
+                            url: self.cfg.url.clone(),
+                            attempts: attempt,
+                            message: last,
+                        });
+                    }
+                }
+                Err(e) => last = e.to_string(),
+            }
+            tracing::warn!(url = %self.cfg.url, attempt, error = %last, "webhook delivery failed");
+        }
+        Err(SinkError::Webhook {
+            url: self.cfg.url.clone(),
+            attempts,
+            message: last,
+        })
+    }
+}
+
+/// All destinations of one pipeline.
+#[derive(Debug)]
+pub struct Outputs {
+    results: Vec<Sink>,
+    /// Index = alert index in the config.
+    alerts: Vec<Sink>,
+    late: Option<Sink>,
+    dead_letter: Option<Sink>,
+}
+
+impl Outputs {
+    pub async fn new(
+        cfg: &PipelineConfig,
+        producer: Option<Arc<dyn TopicProducer>>,
+    ) -> Result<Self, SinkError> {
+        let p = producer.as_ref();
+        let mut results = Vec::new();
+        for s in &cfg.sinks {
+            results.push(Sink::open(s, &cfg.name, p).await?);
+        }
+        let mut alerts = Vec::new();
+        for a in &cfg.alerts {
+            alerts.push(Sink::open(&a.sink, &cfg.name, p).await?);
+        }
+        let topic_sink = |topic: &str, what: &'static str| -> Result<Sink, SinkError> {
+            Ok(Sink::Topic {
+                topic: topic.to_owned(),
+                producer: p.cloned().ok_or_else(|| SinkError::NoProducer {
+                    pipeline: cfg.name.clone(),
+                    what,
+                    topic: topic.to_owned(),
+                })?,
+            })
+        };
+        let late = match &cfg.late_topic {
+            Some(t) => Some(topic_sink(t, "late_topic")?),
+            None => None,
+        };
+        let dead_letter = match &cfg.on_parse_error {
+            crate::config::OnParseError::DeadLetter(t) => Some(topic_sink(t, "dead_letter_topic")?),
+            crate::config::OnParseError::Skip => None,
+        };
+        Ok(Self {
+            results,
+            alerts,
+            late,
+            dead_letter,
+        })
+    }
+
+    /// Writes emissions to their sinks (each sink gets one write per call).
+    pub async fn write(&mut self, emissions: &[Emission]) -> Result<(), SinkError> {
+        let mut results = Vec::new();
+        let mut alerts: Vec<Vec<String>> = vec![Vec::new(); self.alerts.len()];
+        let mut late = Vec::new();
+        let mut dead = Vec::new();
+        for e in emissions {
+            match e {
+                Emission::Result(r) => results.push(r.to_json()),
+                Emission::Alert {
+                    index,
+                    name,
+                    result,
+                } => {
+                    if let Some(v) = alerts.get_mut(*index) {
+                        v.push(result.to_json_with(Some(name)));
+                    }
+                }
+                Emission::Late { line, .. } => {
+                    late.push(String::from_utf8_lossy(line).into_owned())
+                }
+                Emission::DeadLetter { line, .. } => {
+                    dead.push(String::from_utf8_lossy(line).into_owned())
+                }
+            }
+        }
+        for s in &mut self.results {
+            s.write(&results).await?;
+        }
+        for (s, lines) in self.alerts.iter_mut().zip(&alerts) {
+            s.write(lines).await?;
+        }
+        if let Some(s) = &mut self.late {
+            s.write(&late).await?;
+        }
+        if let Some(s) = &mut self.dead_letter {
+            s.write(&dead).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes all written output durable; call before storing the pipeline's snapshot.
+    pub async fn checkpoint(&mut self) -> Result<(), SinkError> {
+        for s in self.results.iter_mut().chain(self.alerts.iter_mut()) {
+            s.checkpoint().await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FileSinkConfig;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    #[tokio::test]
+    async fn file_sink_appends_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let cfg = SinkConfig::File(FileSinkConfig { path: path.clone() });
+        for batch in [
+            vec!["{\"a\":1}".to_owned()],
+            vec!["{\"a\":2}".to_owned(), "{\"a\":3}".to_owned()],
+        ] {
+            let mut s = Sink::open(&cfg, "p", None).await.unwrap();
+            s.write(&batch).await.unwrap();
+            s.checkpoint().await.unwrap();
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n");
+    }
+
+    #[tokio::test]
+    async fn topic_sink_without_producer_is_refused() {
+        let cfg = SinkConfig::Topic(crate::config::TopicSinkConfig { name: "out".into() });
+        let e = Sink::open(&cfg, "p", None).await.unwrap_err();
+        assert!(e.to_string().contains("needs the collector client"), "{e}");
+    }
+
+    /// Serves `statuses` in order, one per connection, and returns the request bodies.
+    async fn server(statuses: Vec<u16>) -> (String, tokio::task::JoinHandle<Vec<String>>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", l.local_addr().unwrap());
+        let h = tokio::spawn(async move {
+            let mut bodies = Vec::new();
+            for status in statuses {
+                let (mut c, _) = l.accept().await.unwrap();
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = c.read(&mut chunk).await.unwrap();
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(i) = text.find("\r\n\r\n") {
+                        let len: usize = text
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if buf.len() >= i + 4 + len {
+                            bodies.push(text[i + 4..i + 4 + len].to_owned());
+                            break;
+                        }
+                    }
+                    if n == 0 {
+                        break;
+                    }
+                }
+                let resp = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+                c.write_all(resp.as_bytes()).await.unwrap();
+                c.shutdown().await.ok();
+            }
+            bodies
+        });
+        (url, h)
+    }
+
+    fn webhook(url: &str, retries: u32) -> Sink {
+        Sink::Webhook(
+            WebhookSink::new(WebhookSinkConfig {
+                url: url.to_owned(),
+                timeout: ferry_core::config::Duration::from_secs(5),
+                max_retries: retries,
+                max_backoff: ferry_core::config::Duration::from_millis(200),
+            })
+            .unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn webhook_retries_server_errors_then_delivers() {
+        let (url, h) = server(vec![503, 500, 200]).await;
+        let mut s = webhook(&url, 3);
+        s.write(&["{\"n\":1}".into(), "{\"n\":2}".into()])
+            .await
+            .unwrap();
+        let bodies = h.await.unwrap();
+        assert_eq!(bodies, vec!["[{\"n\":1},{\"n\":2}]"; 3]);
+    }
+
+    #[tokio::test]
+    async fn webhook_gives_up() {
+        let (url, h) = server(vec![503, 503]).await;
+        let mut s = webhook(&url, 1);
+        let e = s.write(&["{}".into()]).await.unwrap_err();
+        assert!(e.to_string().contains("after 2 attempts"), "{e}");
+        h.await.unwrap();
+        // A client error is not retried.
+        let (url, h) = server(vec![400]).await;
+        let e = webhook(&url, 5).write(&["{}".into()]).await.unwrap_err();
+        assert!(e.to_string().contains("after 1 attempts"), "{e}");
+        h.await.unwrap();
+    }
+
+    #[test]
+    fn backoff_is_capped() {
+        let cap = Duration::from_secs(10);
+        assert_eq!(WebhookSink::backoff(1, cap), Duration::from_millis(100));
+        assert_eq!(WebhookSink::backoff(4, cap), Duration::from_millis(800));
+        assert_eq!(WebhookSink::backoff(30, cap), cap);
+        assert!(
+            WebhookSink::new(WebhookSinkConfig {
+                url: "https://x".into(),
+                timeout: ferry_core::config::Duration::from_secs(1),
+                max_retries: 0,
+                max_backoff: ferry_core::config::Duration::from_secs(1),
+            })
+            .is_err()
+        );
+    }
+}

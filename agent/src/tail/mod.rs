@@ -251,11 +251,6 @@ impl Tailer {
                 tracing::debug!(from = %old_path.display(), to = %path.display(), "file renamed; keeping its position");
             }
             if t.watcher.note_size(meta.len()) {
-                // The file changed since we last looked: its first bytes may have been rewritten
-                // (a truncation we did not see because it regrew past our position).
-                if matches!(t.watcher.rewritten(), Ok(true)) {
-                    t.more = true;
-                }
                 self.dirty.insert(key);
             }
             self.paths.insert(path.to_path_buf(), key);
@@ -373,6 +368,15 @@ impl Tailer {
     }
 
     fn read_file(&mut self, key: FileKey, now: Instant, budget: u64) -> u64 {
+        let (bytes, release) = self.read_file_inner(key, now, budget);
+        if release {
+            self.poll_file(key, now, true);
+        }
+        bytes
+    }
+
+    /// Returns the bytes read and whether the file must be released now.
+    fn read_file_inner(&mut self, key: FileKey, now: Instant, budget: u64) -> (u64, bool) {
         let Self {
             files,
             inputs,
@@ -386,11 +390,12 @@ impl Tailer {
             ..
         } = self;
         let Some(t) = files.get_mut(&key) else {
-            return 0;
+            return (0, false);
         };
         let input = &inputs[t.input];
         let st = &mut stats[t.input];
         let mut total = 0;
+        let mut release = false;
         for _attempt in 0..2 {
             let Tracked {
                 watcher,
@@ -415,13 +420,7 @@ impl Tailer {
                     open_bytes,
                 );
             };
-            let rewritten = t.more && matches!(watcher.rewritten(), Ok(true));
-            let outcome = if rewritten {
-                Ok(ReadOutcome::Truncated)
-            } else {
-                watcher.read(buf, budget, now, &mut route)
-            };
-            match outcome {
+            match watcher.read(buf, budget, now, &mut route) {
                 Ok(ReadOutcome::Truncated) => {
                     // Hand out everything of the old content under its old identity first.
                     watcher.flush_partial(now, true, &mut route);
@@ -445,6 +444,13 @@ impl Tailer {
                         *open_bytes -= s.span_bytes();
                         sealed.push(s);
                     }
+                    if !watcher.truncation_is_ours() {
+                        // A rotated-away file being truncated is being reused for other content
+                        // (e.g. the next copytruncate's copy): its own content is done.
+                        tracing::debug!(path = %watcher.path().display(), "rotated file truncated; releasing it");
+                        release = true;
+                        break;
+                    }
                     let before = watcher.unread_bytes();
                     watcher.restart_after_truncation();
                     st.unread_bytes += watcher.unread_bytes() - before;
@@ -464,7 +470,7 @@ impl Tailer {
                 Ok(ReadOutcome::Eof { bytes }) => {
                     total += bytes;
                     t.more = false;
-                    if watcher.is_orphaned() {
+                    if !watcher.truncation_is_ours() {
                         t.backoff = if bytes > 0 {
                             ORPHAN_POLL_MIN
                         } else {
@@ -490,7 +496,7 @@ impl Tailer {
         {
             timed.insert(key);
         }
-        total
+        (total, release)
     }
 
     /// Ships what timed out (partial lines, multiline records, lingering batches) and releases

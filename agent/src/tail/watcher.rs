@@ -86,6 +86,12 @@ pub struct FileWatcher {
     line_flush_timeout: Duration,
     /// Bytes that were in the file but could not be read (lost to a truncation).
     unread_bytes: u64,
+    /// A stat saw the size change: verify the fingerprint at the next read.
+    check_identity: bool,
+    /// A stat of its path saw it shorter than the read position while it was live.
+    shrank_live: bool,
+    /// Its last link is gone (deleted; the open handle is all that is left).
+    deleted: bool,
 }
 
 impl FileWatcher {
@@ -126,6 +132,9 @@ impl FileWatcher {
             at_eof: false,
             line_flush_timeout,
             unread_bytes: 0,
+            check_identity: false,
+            shrank_live: false,
+            deleted: false,
         })
     }
 
@@ -197,10 +206,16 @@ impl FileWatcher {
         }
     }
 
-    /// Whether a stat of the path (size, as a hint) says there may be new data.
+    /// Whether a stat of the path (size, as a hint) says there may be new data, or a
+    /// truncation to look at. The recorded size is left to `read`, which compares against it.
     pub fn note_size(&mut self, size: u64) -> bool {
         let changed = size != self.size;
-        self.size = size;
+        if size < self.read_pos && self.orphaned_at.is_none() {
+            self.shrank_live = true;
+        }
+        // Seen shrinking or moving: the next read verifies the content is still the same
+        // even if the file has regrown to the same size by then.
+        self.check_identity |= changed;
         changed || size > self.read_pos
     }
 
@@ -215,15 +230,6 @@ impl FileWatcher {
         }
     }
 
-    /// Whether the file's first bytes are no longer those its fingerprint was taken over
-    /// (truncated and rewritten past the read position between two looks).
-    pub fn rewritten(&self) -> io::Result<bool> {
-        match self.fingerprint {
-            Some(fp) => Ok(!fp.matches(&self.file)?),
-            None => Ok(false),
-        }
-    }
-
     /// Reads up to `budget` bytes using `buf`, handing each complete line to
     /// `emit(file_id, offset, line)`.
     pub fn read(
@@ -235,11 +241,21 @@ impl FileWatcher {
     ) -> io::Result<ReadOutcome> {
         let meta = self.file.metadata()?;
         let size = meta.len();
+        if meta.nlink() == 0 {
+            self.deleted = true;
+            self.orphan(now);
+        }
         if size < self.read_pos {
             return Ok(ReadOutcome::Truncated);
         }
-        if meta.nlink() == 0 {
-            self.orphan(now);
+        // The size moved since the last look: make sure the content is still the one we
+        // started on (truncated and rewritten past our position between two looks). One pread
+        // of at most 1 KiB, only when the file changed.
+        if (size != self.size || std::mem::take(&mut self.check_identity))
+            && let Some(fp) = self.fingerprint
+            && !fp.matches(&self.file)?
+        {
+            return Ok(ReadOutcome::Truncated);
         }
         self.size = size;
         let mut total = 0u64;
@@ -299,6 +315,14 @@ impl FileWatcher {
         })
     }
 
+    /// Whether a truncation reported by `read` is of this file's own stream, to be read again
+    /// from 0: yes while the file is live, or deleted (only its writer can change it), or if it
+    /// was seen shrinking while live. A file renamed away and then truncated is being reused for
+    /// other content (say, the target of the next copytruncate): its own content is over.
+    pub fn truncation_is_ours(&self) -> bool {
+        self.orphaned_at.is_none() || self.deleted || self.shrank_live
+    }
+
     /// After a truncation was reported and everything pending handed out: restart at 0 as a new
     /// generation, counting what was lost.
     pub fn restart_after_truncation(&mut self) {
@@ -311,6 +335,7 @@ impl FileWatcher {
         self.line_pos = 0;
         self.size = 0;
         self.at_eof = false;
+        self.shrank_live = false;
     }
 }
 

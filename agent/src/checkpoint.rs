@@ -184,6 +184,7 @@ impl Checkpointer {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -139,6 +139,7 @@ fn walk(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::config::{AgentConfig, InputConfig};

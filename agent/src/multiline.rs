@@ -126,6 +126,7 @@ impl Multiline {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::lines::LineSplitter;

@@ -101,7 +101,7 @@ pub async fn deliver<O: Output>(
                     result.retries += 1;
                     metrics::counter!("ferry_agent_retries_total").increment(1);
                     let delay = retry_after
-                        .unwrap_or_else(|| backoff.next())
+                        .unwrap_or_else(|| backoff.next_delay())
                         .min(policy.max);
                     if backoff.attempts() <= 1 || result.retries % 10 == 0 {
                         tracing::warn!(topic, %reason, ?delay, attempt = result.retries, "delivery failed; retrying");
@@ -136,12 +136,12 @@ pub async fn deliver<O: Output>(
     result
 }
 
+/// One half of a split batch: its encoding and what it covers.
+pub type SplitHalf = (Bytes, BatchMeta);
+
 /// Splits an encoded batch into two batches of about half the records each, with the same
 /// origin, codec and creation time; the first covers `[first, mid)`, the second `[mid, end)`.
-pub fn split_batch(
-    encoded: &Bytes,
-    gzip_level: u32,
-) -> Result<((Bytes, BatchMeta), (Bytes, BatchMeta)), String> {
+pub fn split_batch(encoded: &Bytes, gzip_level: u32) -> Result<(SplitHalf, SplitHalf), String> {
     let limits = DecodeLimits {
         max_raw_bytes: u64::from(u32::MAX),
         max_records: u64::from(u32::MAX),
@@ -485,6 +485,7 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use ferry_core::batch::Codec;

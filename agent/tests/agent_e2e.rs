@@ -2,6 +2,8 @@
 //! compression workers, the real `stdout` output writing into a buffer, a real checkpoint dir.
 //! A restart must resume at the checkpoint with nothing missing and nothing repeated.
 
+#![allow(clippy::unwrap_used)]
+
 use ferry_agent::checkpoint::Checkpointer;
 use ferry_agent::config::{AgentConfig, InputConfig, OutputConfig, ReadFrom};
 use ferry_agent::output::stdout::StdoutOutput;

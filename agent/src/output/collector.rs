@@ -181,6 +181,7 @@ impl Output for CollectorOutput {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -35,7 +35,7 @@ impl Backoff {
         half + half.mul_f64(unit.clamp(0.0, 1.0))
     }
 
-    pub fn next(&mut self) -> Duration {
+    pub fn next_delay(&mut self) -> Duration {
         self.next_with(rand::random::<f64>())
     }
 
@@ -84,6 +84,7 @@ impl UrlSelector {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -95,6 +95,7 @@ fn read_full_at(file: &File, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::io::Write;

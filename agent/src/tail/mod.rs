@@ -755,4 +755,5 @@ fn push_batch(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests;

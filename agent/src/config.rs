@@ -631,6 +631,19 @@ read_budget_bytes: 256KiB
     }
 
     #[test]
+    fn unknown_output_type_or_key_is_refused() {
+        assert!(load("output: {type: kafka}\n").is_err());
+        assert!(load("output: {type: collector, urls: [\"http://c\"], retries: 3}\n").is_err());
+        let cfg = load("output: {type: collector, urls: [\"ftp://c\"]}\ninputs: [{name: a, include: [/x], topic: t}]\n").unwrap();
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("only http://")
+        );
+    }
+
+    #[test]
     fn empty_config_takes_defaults_but_needs_inputs() {
         let cfg = load("").unwrap();
         assert_eq!(cfg.batch.max_bytes, ByteSize::mib(1));

@@ -223,11 +223,6 @@ impl Reader {
                 metrics::counter!("ferry_agent_truncated_lines_total", "input" => name.clone())
                     .increment(s.truncated);
             }
-            if s.unread_bytes > 0 {
-                tracing::warn!(input = %name, bytes = s.unread_bytes, "bytes could not be read (file truncated before they were)");
-                metrics::counter!("ferry_agent_unread_bytes_total", "input" => name)
-                    .increment(s.unread_bytes);
-            }
             self.stats.lines_read.fetch_add(s.lines, Ordering::Relaxed);
             self.stats.bytes_read.fetch_add(s.bytes, Ordering::Relaxed);
             self.stats

@@ -20,10 +20,12 @@
 //! - a truncation (copytruncate) starts a new generation and fixes a new fingerprint on the new
 //!   content.
 //!
-//! Limits, stated plainly: a reused inode whose new content begins with the same `len` bytes as
-//! the old one is taken for the old file (the smaller `len`, the likelier; with a full 1 KiB
-//! window it needs identical first kilobytes). Two distinct files with the same first line are
-//! always different files: they have different inodes.
+//! The checksum also covers the file's birth time where the file system records one (ext4,
+//! xfs, btrfs, tmpfs), so a reused inode is a new identity even when the new file begins with
+//! the same bytes. Limits, stated plainly: where there is no birth time, a reused inode whose
+//! new content begins with the same `len` bytes as the old one is taken for the old file (the
+//! smaller `len`, the likelier). Two distinct files with the same first line are always
+//! different files: they have different inodes.
 
 use std::fs::File;
 use std::io;
@@ -32,25 +34,42 @@ use std::os::unix::fs::FileExt;
 /// Bytes at the start of a file that its fingerprint covers, at most.
 pub const FINGERPRINT_WINDOW: u64 = 1024;
 
-/// A fixed fingerprint: a checksum of the first `len` bytes.
+/// A fixed fingerprint: a checksum of the first `len` bytes (and of the file's birth time).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Fingerprint {
     /// How many leading bytes the checksum covers (1..=FINGERPRINT_WINDOW).
     pub len: u64,
-    /// FNV-1a 64 of those bytes, mixed with `len`.
+    /// FNV-1a 64 of those bytes, mixed with `len` and the birth time.
     pub checksum: u64,
 }
 
 impl Fingerprint {
-    /// The checksum of `bytes`, which are a file's first `bytes.len()` bytes.
-    pub fn of(bytes: &[u8]) -> Self {
+    /// The checksum of `bytes`, a file's first `bytes.len()` bytes, for a file born at
+    /// `birth_ns` (0 where the file system does not record birth times).
+    ///
+    /// Why the birth time: the collector deduplicates on (agent, dev, inode, fingerprint,
+    /// generation) for good, so a deleted file's inode reused by a new file that happens to
+    /// begin with the same bytes (a CSV header, a start-up banner) must still get another
+    /// identity, or the new file's first lines would be dropped as replays. The birth time
+    /// (statx `btime`) differs between the two and never changes during a file's life (renames
+    /// and truncations keep it). Where it is not available the content alone decides.
+    pub fn of(bytes: &[u8], birth_ns: u64) -> Self {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mix = |h: &mut u64, b: u8| {
+            *h ^= u64::from(b);
+            *h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        };
         for &b in bytes {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            mix(&mut h, b);
         }
-        h ^= bytes.len() as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        for b in (bytes.len() as u64).to_le_bytes() {
+            mix(&mut h, b);
+        }
+        if birth_ns != 0 {
+            for b in birth_ns.to_le_bytes() {
+                mix(&mut h, b);
+            }
+        }
         Self {
             len: bytes.len() as u64,
             checksum: h,
@@ -68,7 +87,7 @@ impl Fingerprint {
         if got == 0 {
             return Ok(None);
         }
-        Ok(Some(Self::of(&buf[..got])))
+        Ok(Some(Self::of(&buf[..got], birth_ns(file))))
     }
 
     /// Whether `file` still begins with the bytes this fingerprint was taken over. A file now
@@ -77,8 +96,17 @@ impl Fingerprint {
         let mut buf = [0u8; FINGERPRINT_WINDOW as usize];
         let len = self.len.min(FINGERPRINT_WINDOW) as usize;
         let got = read_full_at(file, &mut buf[..len])?;
-        Ok(got == len && Self::of(&buf[..len]) == *self)
+        Ok(got == len && Self::of(&buf[..len], birth_ns(file)) == *self)
     }
+}
+
+/// The file's birth time in ns since the epoch, or 0 if the file system does not keep it.
+fn birth_ns(file: &File) -> u64 {
+    file.metadata()
+        .and_then(|m| m.created())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 fn read_full_at(file: &File, buf: &mut [u8]) -> io::Result<usize> {
@@ -175,14 +203,28 @@ mod tests {
     }
 
     #[test]
-    fn same_first_line_same_fingerprint_but_different_inodes() {
+    fn same_first_line_is_still_two_files() {
         let dir = tempfile::tempdir().unwrap();
         let a = write(&dir.path().join("a"), b"header\n");
         let b = write(&dir.path().join("b"), b"header\n");
+        let id = |f: &File| {
+            let m = f.metadata().unwrap();
+            (m.dev(), m.ino(), Fingerprint::take(f, 7).unwrap())
+        };
+        assert_ne!(id(&a), id(&b));
+        // Without birth times the checksums are equal, and dev+inode tell the files apart.
         assert_eq!(
-            Fingerprint::take(&a, 7).unwrap(),
-            Fingerprint::take(&b, 7).unwrap()
+            Fingerprint::of(b"header\n", 0),
+            Fingerprint::of(b"header\n", 0)
         );
-        assert_ne!(a.metadata().unwrap().ino(), b.metadata().unwrap().ino());
+    }
+
+    #[test]
+    fn birth_time_separates_equal_content() {
+        assert_ne!(
+            Fingerprint::of(b"header\n", 1),
+            Fingerprint::of(b"header\n", 2)
+        );
+        assert_ne!(Fingerprint::of(b"ab", 0), Fingerprint::of(b"ab\0", 0));
     }
 }

@@ -347,13 +347,13 @@ impl Tailer {
     /// Reads every file that may have data, each up to the read budget and at most `allowance`
     /// bytes in all (the room left in the agent's buffer). Returns the bytes read.
     pub fn read_turn(&mut self, now: Instant, allowance: u64) -> u64 {
-        let mut keys: Vec<FileKey> = self.dirty.drain().collect();
+        let mut due: HashSet<FileKey> = self.dirty.drain().collect();
         for (k, t) in &self.files {
-            let due = t.more || t.next_poll.is_some_and(|p| now >= p);
-            if due && !keys.contains(k) {
-                keys.push(*k);
+            if t.more || t.next_poll.is_some_and(|p| now >= p) {
+                due.insert(*k);
             }
         }
+        let keys: Vec<FileKey> = due.into_iter().collect();
         let mut total = 0;
         for (i, key) in keys.iter().enumerate() {
             if total >= allowance {
@@ -453,7 +453,11 @@ impl Tailer {
                     }
                     let before = watcher.unread_bytes();
                     watcher.restart_after_truncation();
-                    st.unread_bytes += watcher.unread_bytes() - before;
+                    let lost = watcher.unread_bytes() - before;
+                    if lost > 0 {
+                        st.unread_bytes += lost;
+                        count_unread(&input.name, watcher.path_str(), lost);
+                    }
                     tracing::info!(path = %watcher.path().display(), generation = watcher.generation(), "file truncated; reading it again from the start");
                     drain_sealed(sealed, out, t.input, watcher);
                     out.push(Emitted::Position {
@@ -589,6 +593,7 @@ impl Tailer {
             let unread = t.watcher.lag_bytes();
             if unread > 0 {
                 stats[t.input].unread_bytes += unread;
+                count_unread(&input.name, t.watcher.path_str(), unread);
             }
             tracing::debug!(path = %t.watcher.path().display(), "released file");
             out.push(Emitted::Released { key });
@@ -667,6 +672,19 @@ impl Tailer {
             .values()
             .map(|t| (t.input, t.watcher.path_str(), t.watcher.lag_bytes()))
     }
+}
+
+/// Bytes of one file that could not be read, by input and path (rare, so the path label's
+/// cardinality is harmless).
+fn count_unread(input: &str, path: &str, bytes: u64) {
+    tracing::warn!(
+        input,
+        path,
+        bytes,
+        "bytes could not be read before the file changed under them"
+    );
+    metrics::counter!("ferry_agent_unread_bytes_total", "input" => input.to_owned(), "path" => path.to_owned())
+        .increment(bytes);
 }
 
 fn state_of(w: &FileWatcher) -> FileState {

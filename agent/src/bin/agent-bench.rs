@@ -1,13 +1,15 @@
 //! Agent throughput benchmark.
 //!
 //! ```text
-//! cargo run --release -p ferry-agent --bin agent-bench -- [--bytes SIZE] [--dir DIR]
+//! cargo run --release -p ferry-agent --bin agent-bench -- [--bytes SIZE] [--dir DIR] [--runs N]
+//! cargo run --release -p ferry-agent --bin agent-bench -- --idle-files N [SECS]
 //! ```
 //! (`SIZE` like `1GiB`, default 1 GiB, or `FERRY_BENCH_BYTES`.) Generates a file of ~200-byte
 //! JSON lines, then measures, each in its own child process so that peak RSS is the run's own:
 //! the agent reading it into the `null` output uncompressed and with gzip (level 1), and `cat`
 //! of the same file into a local TCP socket (a listener thread that discards), the copying
-//! limit. Prints a markdown table: MiB/s, CPU seconds per GiB (user + system, all threads, from
+//! limit. Each figure is the fastest of N runs (default 3; the machine may be shared). Prints a
+//! markdown table: MiB/s, CPU seconds per GiB (user + system, all threads, from
 //! /proc/self/stat), peak RSS (VmHWM).
 
 use ferry_agent::config::{AgentConfig, InputConfig, OutputConfig};
@@ -48,10 +50,12 @@ fn parent(args: &[String]) -> Res<()> {
         .transpose()?
         .unwrap_or(ByteSize::gib(1));
     let mut dir: Option<PathBuf> = None;
+    let mut runs = 3usize;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--bytes" => bytes = it.next().ok_or("--bytes needs a value")?.parse()?,
+            "--runs" => runs = it.next().ok_or("--runs needs a value")?.parse()?,
             "--dir" => dir = Some(it.next().ok_or("--dir needs a value")?.into()),
             other => return Err(format!("unknown argument {other:?}").into()),
         }
@@ -61,14 +65,14 @@ fn parent(args: &[String]) -> Res<()> {
         std::env::temp_dir().join(format!("ferry-agent-bench-{}", std::process::id()))
     });
     std::fs::create_dir_all(&dir)?;
-    let result = measure_all(&dir, bytes);
+    let result = measure_all(&dir, bytes, runs.max(1));
     if own_dir {
         let _ = std::fs::remove_dir_all(&dir);
     }
     result
 }
 
-fn measure_all(dir: &Path, bytes: ByteSize) -> Res<()> {
+fn measure_all(dir: &Path, bytes: ByteSize, runs: usize) -> Res<()> {
     let file = dir.join("bench.log");
     let t = Instant::now();
     let (size, lines) = generate(&file, bytes.get())?;
@@ -80,28 +84,43 @@ fn measure_all(dir: &Path, bytes: ByteSize) -> Res<()> {
         t.elapsed().as_secs_f64()
     );
 
+    // Each measurement is the fastest of `runs` (the machine is shared: the fastest run is the
+    // one least disturbed by other processes); peak RSS is the largest over all runs.
     let mut rows = Vec::new();
-    let cat = cat_to_socket(&file)?;
+    let mut best: Option<Measure> = None;
+    for _ in 0..runs {
+        best = Some(faster(best, cat_to_socket(&file)?));
+    }
     rows.push((
         "`cat FILE` → local TCP socket (copying limit)".to_owned(),
-        cat,
+        best.ok_or("no run")?,
     ));
     for (mode, label) in [
         ("none", "agent → null, uncompressed"),
         ("gzip", "agent → null, gzip level 1"),
     ] {
-        let exe = std::env::current_exe()?;
-        let out = Command::new(exe)
-            .args(["--child", mode])
-            .arg(&file)
-            .arg(dir.join(format!("data-{mode}")))
-            .stderr(Stdio::inherit())
-            .output()?;
-        if !out.status.success() {
-            return Err(format!("child {mode} failed: {}", out.status).into());
+        let mut best: Option<Measure> = None;
+        for run in 0..runs {
+            let data = dir.join(format!("data-{mode}-{run}"));
+            let exe = std::env::current_exe()?;
+            let out = Command::new(exe)
+                .args(["--child", mode])
+                .arg(&file)
+                .arg(&data)
+                .stderr(Stdio::inherit())
+                .output()?;
+            if !out.status.success() {
+                return Err(format!("child {mode} failed: {}", out.status).into());
+            }
+            let m = parse_measure(&String::from_utf8_lossy(&out.stdout))?;
+            eprintln!(
+                "{label}: {:.0} MiB/s, {:.2} CPU s",
+                mib(m.bytes) / m.secs,
+                m.cpu_secs.unwrap_or(0.0)
+            );
+            best = Some(faster(best, m));
         }
-        let m: Measure = parse_measure(&String::from_utf8_lossy(&out.stdout))?;
-        rows.push((label.to_owned(), m));
+        rows.push((label.to_owned(), best.ok_or("no run")?));
     }
     println!(
         "\n{} of ~200-byte JSON lines ({lines} lines), page cache warm, {} cores\n",
@@ -126,6 +145,18 @@ fn measure_all(dir: &Path, bytes: ByteSize) -> Res<()> {
         );
     }
     Ok(())
+}
+
+fn faster(best: Option<Measure>, m: Measure) -> Measure {
+    match best {
+        None => m,
+        Some(b) => {
+            let rss = b.rss_kib.max(m.rss_kib);
+            let mut keep = if m.secs < b.secs { m } else { b };
+            keep.rss_kib = rss;
+            keep
+        }
+    }
 }
 
 struct Measure {

@@ -219,6 +219,27 @@ mod tests {
         );
     }
 
+    /// Regression guard for the collector's dedup: a new file on a (likely) reused inode that
+    /// begins with the very same bytes must not take over the old file's identity.
+    #[test]
+    fn reused_inode_with_the_same_first_bytes_is_a_new_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a");
+        let f = write(&p, b"id,name\n");
+        let fp = Fingerprint::take(&f, 8).unwrap().unwrap();
+        let has_birth_times = birth_ns(&f) != 0;
+        drop(f);
+        std::fs::remove_file(&p).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let g = write(&dir.path().join("b"), b"id,name\n");
+        if has_birth_times {
+            assert!(!fp.matches(&g).unwrap());
+        } else {
+            // Documented limit: content alone cannot tell these apart.
+            assert!(fp.matches(&g).unwrap());
+        }
+    }
+
     #[test]
     fn birth_time_separates_equal_content() {
         assert_ne!(

@@ -265,3 +265,30 @@ async fn long_lines_are_truncated_counted_and_the_file_keeps_flowing() {
     assert_eq!(AgentStats::get(&stats.lines_truncated), 1);
     assert_eq!(AgentStats::get(&stats.bytes_acked), 6 + 10_001 + 6);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_published_under_ferry_agent_names() {
+    ferry_core::telemetry::install_metrics();
+    let dir = tempfile::tempdir().unwrap();
+    let log = logs(dir.path()).join("app.log");
+    append(&log, numbered("m", 0..10));
+    let run = start(config(dir.path(), ReadFrom::Beginning), true);
+    run.wait_lines(10).await;
+    // Acks are counted as they arrive; wait for the shipper to have counted them.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while AgentStats::get(&run.stats.records_acked) < 10 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    run.stop().await;
+    let text = ferry_core::telemetry::render_metrics();
+    for name in [
+        "ferry_agent_lines_read_total{input=\"app\"}",
+        "ferry_agent_bytes_read_total{input=\"app\"}",
+        "ferry_agent_lines_shipped_total{input=\"app\"}",
+        "ferry_agent_bytes_shipped_total{input=\"app\"}",
+        "ferry_agent_checkpoint_age_seconds",
+    ] {
+        assert!(text.contains(name), "{name} missing from:\n{text}");
+    }
+}

@@ -360,3 +360,147 @@ fn same_first_line_in_two_files() {
         .collect();
     assert_eq!(ids.len(), 2);
 }
+
+fn harness_with(multiline: Option<crate::config::MultilineConfig>) -> Harness {
+    let mut h = Harness::new(64, 1 << 20, 100);
+    let mut cfg = AgentConfig {
+        inputs: vec![InputConfig {
+            name: "unit".into(),
+            include: vec![format!("{}/*.log", h.dir.path().display())],
+            exclude: vec![],
+            read_from: ReadFrom::Beginning,
+            topic: "t".into(),
+            fields: Default::default(),
+            multiline,
+            max_line_bytes: ferry_core::config::ByteSize(4096),
+            line_flush_timeout: ferry_core::config::Duration::from_secs(1),
+        }],
+        ..Default::default()
+    };
+    cfg.batch.linger = ferry_core::config::Duration::from_millis(200);
+    let inputs: Arc<[CompiledInput]> = cfg.validate().unwrap().into();
+    h.tailer = Tailer::new(
+        TailerSettings {
+            agent_id: "unit".into(),
+            read_budget: 1 << 20,
+            read_buffer: 64,
+            limits: BatchLimits {
+                max_bytes: 1 << 20,
+                max_records: 100,
+                linger: Duration::from_millis(200),
+            },
+        },
+        inputs,
+        Checkpoints::default(),
+        BuilderPool::default(),
+    );
+    h
+}
+
+/// Records (line, span, truncated, generation) of every batch emitted so far.
+fn records(out: &mut [Emitted]) -> Vec<(String, u64, u32)> {
+    let mut v = Vec::new();
+    for e in out.iter_mut() {
+        if let Emitted::Batch { batch, .. } = e {
+            let enc = batch.builder.finish(Codec::None, 0, 0).unwrap();
+            for r in decode(&enc.into(), &DecodeLimits::default())
+                .unwrap()
+                .records
+            {
+                v.push((
+                    String::from_utf8_lossy(&r.line).into_owned(),
+                    r.span,
+                    batch.file.generation,
+                ));
+            }
+        }
+    }
+    v
+}
+
+#[test]
+fn partial_last_line_ships_after_its_flush_timeout() {
+    let mut h = harness_with(None);
+    std::fs::write(h.path(0), "whole\nhalf").unwrap();
+    h.read_all();
+    let t0 = h.now;
+    h.tailer.poll_timeouts(t0 + Duration::from_millis(300));
+    h.collect();
+    assert_eq!(records(&mut h.out), vec![("whole".to_owned(), 6, 0)]);
+    // 1 s after the last data the partial line joins a batch, which then lingers 200 ms.
+    h.tailer.poll_timeouts(t0 + Duration::from_secs(1));
+    h.tailer.poll_timeouts(t0 + Duration::from_millis(1200));
+    h.collect();
+    assert_eq!(records(&mut h.out)[1..], [("half".to_owned(), 4, 0)]);
+}
+
+#[test]
+fn multiline_stack_trace_is_one_record_through_the_tailer() {
+    let mut h = harness_with(Some(crate::config::MultilineConfig {
+        start_pattern: Some(r"^\d{4}-".into()),
+        continuation_pattern: None,
+        max_lines: 100,
+        timeout: ferry_core::config::Duration::from_secs(1),
+    }));
+    let p = h.path(0);
+    std::fs::write(&p, "2026-01-01 ERROR boom\njava.lang.Ill").unwrap();
+    h.read_all();
+    let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+    f.write_all(b"egalState\n\tat a.B(C.java:1)\n2026-01-01 INFO next\n")
+        .unwrap();
+    h.read_all();
+    h.now += Duration::from_secs(5);
+    h.tailer.poll_timeouts(h.now);
+    h.tailer.poll_timeouts(h.now + Duration::from_secs(1));
+    h.collect();
+    let recs = records(&mut h.out);
+    assert_eq!(
+        recs[0].0,
+        "2026-01-01 ERROR boom\njava.lang.IllegalState\n\tat a.B(C.java:1)"
+    );
+    assert_eq!(recs[1].0, "2026-01-01 INFO next");
+    assert_eq!(recs[0].1 + recs[1].1, std::fs::metadata(&p).unwrap().len());
+}
+
+#[test]
+fn truncation_counts_what_it_lost_and_starts_a_new_generation() {
+    let mut h = harness_with(None);
+    let p = h.path(0);
+    std::fs::write(&p, "one\ntwo\n").unwrap();
+    h.read_all();
+    let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+    f.write_all(b"never read\n").unwrap();
+    h.tailer.scan(h.now); // a stat sees the 11 new bytes, nothing reads them
+    std::fs::write(&p, "new\n").unwrap();
+    h.tailer.data_event(&p);
+    h.tailer.read_turn(h.now, u64::MAX);
+    h.tailer.release_all(h.now);
+    h.collect();
+    let recs = records(&mut h.out);
+    assert_eq!(
+        recs,
+        vec![
+            ("one".into(), 4, 0),
+            ("two".into(), 4, 0),
+            ("new".into(), 4, 1)
+        ]
+    );
+    assert_eq!(h.tailer.take_stats()[0].unread_bytes, 11);
+    // The restart at 0 is checkpointed, under the new generation.
+    assert!(
+        h.out
+            .iter()
+            .any(|e| matches!(e, Emitted::Position { state, offset: 0 } if state.generation == 1))
+    );
+}
+
+#[test]
+fn read_turn_stays_within_the_buffer_allowance() {
+    let mut h = harness_with(None);
+    std::fs::write(h.path(0), "x".repeat(1000) + "\n").unwrap();
+    h.tailer.scan(h.now);
+    assert_eq!(h.tailer.read_turn(h.now, 100), 100);
+    assert_eq!(h.tailer.read_turn(h.now, 0), 0);
+    assert!(h.tailer.has_work(), "the rest waits for room");
+    assert_eq!(h.tailer.read_turn(h.now, u64::MAX), 901);
+}

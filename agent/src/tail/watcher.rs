@@ -78,6 +78,8 @@ pub struct FileWatcher {
     splitter: LineSplitter,
     /// Size at the last stat.
     size: u64,
+    /// Largest size any stat saw since the last truncation (to count what a truncation lost).
+    seen_size: u64,
     /// When the path stopped naming this file.
     orphaned_at: Option<Instant>,
     /// When bytes were last read (the partial-line flush timeout and rotate wait count from it).
@@ -127,6 +129,7 @@ impl FileWatcher {
             line_pos: pos,
             splitter: LineSplitter::new(max_line_bytes),
             size,
+            seen_size: size,
             orphaned_at: None,
             last_data_at: now,
             at_eof: false,
@@ -216,6 +219,7 @@ impl FileWatcher {
         // Seen shrinking or moving: the next read verifies the content is still the same
         // even if the file has regrown to the same size by then.
         self.check_identity |= changed;
+        self.seen_size = self.seen_size.max(size);
         changed || size > self.read_pos
     }
 
@@ -258,6 +262,7 @@ impl FileWatcher {
             return Ok(ReadOutcome::Truncated);
         }
         self.size = size;
+        self.seen_size = self.seen_size.max(size);
         let mut total = 0u64;
         while total < budget {
             let want = (budget - total).min(buf.len() as u64) as usize;
@@ -326,8 +331,9 @@ impl FileWatcher {
     /// After a truncation was reported and everything pending handed out: restart at 0 as a new
     /// generation, counting what was lost.
     pub fn restart_after_truncation(&mut self) {
-        // Bytes seen in the file (by stat) past what was read were never read.
-        self.unread_bytes += self.size.saturating_sub(self.read_pos);
+        // Bytes seen in the file (by any stat) past what was read were never read.
+        self.unread_bytes += self.seen_size.saturating_sub(self.read_pos);
+        self.seen_size = 0;
         self.splitter.clear();
         self.generation = self.generation.wrapping_add(1);
         self.fingerprint = None;

@@ -292,3 +292,22 @@ async fn metrics_are_published_under_ferry_agent_names() {
         assert!(text.contains(name), "{name} missing from:\n{text}");
     }
 }
+
+/// A file deleted and recreated at the same path while the agent was stopped is new content:
+/// it is read from its beginning even with `read_from: end`, under a new identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_recreated_while_stopped_is_read_from_its_beginning() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = logs(dir.path()).join("app.log");
+    append(&log, numbered("first", 0..30));
+    let run = start(config(dir.path(), ReadFrom::Beginning), true);
+    run.wait_lines(30).await;
+    assert_eq!(run.stop().await.len(), 30);
+
+    std::fs::remove_file(&log).unwrap();
+    let recreated = numbered("second", 0..40);
+    append(&log, recreated.clone());
+    let run = start(config(dir.path(), ReadFrom::End), true);
+    run.wait_lines(40).await;
+    assert_eq!(run.stop().await, recreated);
+}

@@ -15,6 +15,23 @@
 //! - [`checkpoint`]: the acknowledged offset per file, written atomically.
 //! - [`agent`]: [`Agent::new`] / [`Agent::run`], the wiring of all of the above.
 //!
+//! # Metrics (`metrics` crate, rendered by the process's Prometheus registry)
+//!
+//! | name | labels | meaning |
+//! |------|--------|---------|
+//! | `ferry_agent_lines_read_total` | input | lines read from files |
+//! | `ferry_agent_bytes_read_total` | input | file bytes handed out as lines |
+//! | `ferry_agent_truncated_lines_total` | input | lines cut at `max_line_bytes` |
+//! | `ferry_agent_lines_shipped_total` | input | records acknowledged by the output |
+//! | `ferry_agent_bytes_shipped_total` | input | file bytes whose batches were acknowledged or dropped |
+//! | `ferry_agent_deduplicated_records_total` | input | records the collector already had (replays after a restart) |
+//! | `ferry_agent_dropped_records_total` | reason, input | records given up on: `rejected` (4xx), `too_large` (a single record over the collector's limit), `encode` |
+//! | `ferry_agent_retries_total` | | delivery attempts that will be retried |
+//! | `ferry_agent_unread_bytes_total` | input, path | bytes that could not be read (lost to a truncation before they were read) |
+//! | `ferry_agent_file_lag_bytes` | input, path | bytes in the file not yet read (gauge, updated at each rescan) |
+//! | `ferry_agent_files_tracked` | | open files (gauge) |
+//! | `ferry_agent_checkpoint_age_seconds` | | time since the checkpoint file was last written (gauge) |
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use ferry_agent::{Agent, AgentConfig, QuickArgs};

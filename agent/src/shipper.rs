@@ -388,6 +388,10 @@ impl<O: Output> Shipper<O> {
             .increment(delivery.acked_records);
         metrics::counter!("ferry_agent_bytes_shipped_total", "input" => name.to_owned())
             .increment(span);
+        if delivery.deduplicated > 0 {
+            metrics::counter!("ferry_agent_deduplicated_records_total", "input" => name.to_owned())
+                .increment(delivery.deduplicated);
+        }
         let mut dropped_total = 0;
         for (reason, n) in &delivery.dropped {
             metrics::counter!("ferry_agent_dropped_records_total", "reason" => *reason, "input" => name.to_owned())

@@ -81,6 +81,7 @@ pub async fn deliver<O: Output>(
     meta: BatchMeta,
     policy: RetryPolicy,
     gzip_level: u32,
+    stats: &AgentStats,
 ) -> Delivery {
     let mut result = Delivery::default();
     // Halves of split batches, last first, so they go out in offset order.
@@ -99,6 +100,7 @@ pub async fn deliver<O: Output>(
                     retry_after,
                 }) => {
                     result.retries += 1;
+                    stats.retries.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("ferry_agent_retries_total").increment(1);
                     let delay = retry_after
                         .unwrap_or_else(|| backoff.next_delay())
@@ -339,6 +341,7 @@ impl<O: Output> Shipper<O> {
                     let topic = self.parts.topics[input].clone();
                     let policy = self.parts.policy;
                     let level = self.parts.gzip_level;
+                    let stats = self.parts.stats.clone();
                     self.in_flight.spawn(async move {
                         let meta = BatchMeta {
                             records,
@@ -347,7 +350,7 @@ impl<O: Output> Shipper<O> {
                         };
                         let delivery = match encoded {
                             Ok(bytes) => {
-                                deliver(&*output, &topic, bytes, meta, policy, level).await
+                                deliver(&*output, &topic, bytes, meta, policy, level, &stats).await
                             }
                             Err(why) => {
                                 tracing::error!(%why, "batch could not be encoded; dropping it");
@@ -407,7 +410,6 @@ impl<O: Output> Shipper<O> {
             .fetch_add(dropped_total, Ordering::Relaxed);
         stats.bytes_acked.fetch_add(span, Ordering::Relaxed);
         stats.batches_acked.fetch_add(1, Ordering::Relaxed);
-        stats.retries.fetch_add(delivery.retries, Ordering::Relaxed);
         // Acknowledged or dropped-and-counted: either way this range is done with.
         self.parts.checkpoints.files.insert(
             key,
@@ -585,7 +587,16 @@ mod tests {
         ]);
         let (b, m) = encoded(3, Codec::None);
         let t0 = tokio::time::Instant::now();
-        let d = deliver(&out, "t", b, m, RetryPolicy::default(), 1).await;
+        let d = deliver(
+            &out,
+            "t",
+            b,
+            m,
+            RetryPolicy::default(),
+            1,
+            &AgentStats::default(),
+        )
+        .await;
         assert_eq!((d.acked_records, d.retries), (3, 2));
         assert!(d.dropped.is_empty());
         // 2 s from Retry-After, then a first backoff of 50-100 ms.
@@ -600,7 +611,16 @@ mod tests {
     async fn too_large_splits_and_sends_halves_in_order() {
         let out = scripted(vec![Err(OutputError::TooLarge), Err(OutputError::TooLarge)]);
         let (b, m) = encoded(4, Codec::Gzip);
-        let d = deliver(&out, "t", b, m, RetryPolicy::default(), 1).await;
+        let d = deliver(
+            &out,
+            "t",
+            b,
+            m,
+            RetryPolicy::default(),
+            1,
+            &AgentStats::default(),
+        )
+        .await;
         assert_eq!(d.acked_records, 4);
         let sent = out.sent.lock().unwrap().clone();
         let ranges: Vec<_> = sent.iter().map(|m| (m.first_offset, m.records)).collect();
@@ -625,12 +645,30 @@ mod tests {
             reason: "400".into(),
         })]);
         let (b, m) = encoded(3, Codec::None);
-        let d = deliver(&out, "t", b, m, RetryPolicy::default(), 1).await;
+        let d = deliver(
+            &out,
+            "t",
+            b,
+            m,
+            RetryPolicy::default(),
+            1,
+            &AgentStats::default(),
+        )
+        .await;
         assert_eq!(d.dropped, vec![("rejected", 3)]);
         assert_eq!(d.acked_records, 0);
         let out = scripted(vec![Err(OutputError::TooLarge)]);
         let (b, m) = encoded(1, Codec::None);
-        let d = deliver(&out, "t", b, m, RetryPolicy::default(), 1).await;
+        let d = deliver(
+            &out,
+            "t",
+            b,
+            m,
+            RetryPolicy::default(),
+            1,
+            &AgentStats::default(),
+        )
+        .await;
         assert_eq!(d.dropped, vec![("too_large", 1)]);
     }
 }

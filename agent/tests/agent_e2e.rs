@@ -364,3 +364,44 @@ async fn checkpoint_advances_only_on_acknowledgement() {
     run.wait_lines(50).await;
     assert_eq!(run.stop().await, lines);
 }
+
+/// When the output does not acknowledge, reading stops at `buffer_bytes`: the file is the
+/// buffer, memory stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_pauses_when_the_buffer_is_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = logs(dir.path()).join("app.log");
+    append(&log, numbered("big", 0..40_000)); // about 2.5 MiB
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut cfg = config(dir.path(), ReadFrom::Beginning);
+    cfg.output = OutputConfig::Collector(ferry_agent::config::CollectorOutputConfig {
+        urls: vec![format!("http://127.0.0.1:{port}")],
+        mode: Default::default(),
+        timeout: CfgDuration::from_secs(1),
+    });
+    cfg.batch.max_bytes = ByteSize::kib(64);
+    cfg.batch.max_records = 100_000;
+    cfg.buffer_bytes = ByteSize::kib(256);
+    cfg.shutdown_timeout = CfgDuration::from_millis(100);
+    let agent = Agent::new(cfg).unwrap();
+    let stats = agent.stats();
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(agent.run(shutdown.clone()));
+    // Three retries take a few hundred milliseconds: ample time to read the whole file at
+    // disk speed, were reading not paused.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while AgentStats::get(&stats.retries) < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "no retries");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let read = AgentStats::get(&stats.bytes_read);
+    assert!(
+        read > 0 && read <= 256 << 10,
+        "read {read} bytes with a 256 KiB buffer"
+    );
+    shutdown.trigger();
+    task.await.unwrap().unwrap();
+}

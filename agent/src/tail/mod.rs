@@ -116,6 +116,8 @@ pub struct Tailer {
     stats: Vec<InputStats>,
     /// File bytes routed into open batches and not sealed yet.
     open_bytes: u64,
+    /// File bytes read but not yet in a batch (incomplete lines, multiline records).
+    held_bytes: u64,
 }
 
 impl Tailer {
@@ -141,6 +143,7 @@ impl Tailer {
             sealed: Vec::new(),
             out: Vec::new(),
             open_bytes: 0,
+            held_bytes: 0,
         }
     }
 
@@ -153,9 +156,9 @@ impl Tailer {
         self.files.len()
     }
 
-    /// File bytes held in open batches (part of the agent's buffer).
+    /// File bytes read and not yet sealed into a batch (part of the agent's buffer).
     pub fn open_bytes(&self) -> u64 {
-        self.open_bytes
+        self.open_bytes + self.held_bytes
     }
 
     /// Whether some file is known to have more to read right now.
@@ -368,11 +371,26 @@ impl Tailer {
     }
 
     fn read_file(&mut self, key: FileKey, now: Instant, budget: u64) -> u64 {
+        let before = self.held_by(key);
         let (bytes, release) = self.read_file_inner(key, now, budget);
         if release {
-            self.poll_file(key, now, true);
+            self.poll_file_inner(key, now, true);
         }
+        self.held_bytes = (self.held_bytes + self.held_by(key)).saturating_sub(before);
         bytes
+    }
+
+    /// Bytes read from `key` and held before a batch: an incomplete line, a multiline record.
+    fn held_by(&self, key: FileKey) -> u64 {
+        self.files.get(&key).map_or(0, |t| {
+            t.watcher.pending_bytes() + t.multiline.as_ref().map_or(0, Multiline::pending_bytes)
+        })
+    }
+
+    fn poll_file(&mut self, key: FileKey, now: Instant, release_all: bool) {
+        let before = self.held_by(key);
+        self.poll_file_inner(key, now, release_all);
+        self.held_bytes = (self.held_bytes + self.held_by(key)).saturating_sub(before);
     }
 
     /// Returns the bytes read and whether the file must be released now.
@@ -512,7 +530,7 @@ impl Tailer {
         }
     }
 
-    fn poll_file(&mut self, key: FileKey, now: Instant, release_all: bool) {
+    fn poll_file_inner(&mut self, key: FileKey, now: Instant, release_all: bool) {
         let Self {
             files,
             paths,

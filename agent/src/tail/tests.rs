@@ -318,6 +318,7 @@ proptest! {
         }
         prop_assert_eq!(got.keys().filter(|i| **i >= h.model.written.len()).count(), 0);
         prop_assert_eq!(h.tailer.file_count(), 0, "every file released after the drain");
+        prop_assert_eq!(h.tailer.open_bytes(), 0, "buffer accounting returns to zero");
     }
 }
 

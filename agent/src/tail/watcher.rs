@@ -185,6 +185,11 @@ impl FileWatcher {
         self.line_pos
     }
 
+    /// Bytes read and held as an incomplete line.
+    pub fn pending_bytes(&self) -> u64 {
+        self.read_pos - self.line_pos
+    }
+
     /// Bytes known to be in the file and not yet handed out (for the lag metric).
     pub fn lag_bytes(&self) -> u64 {
         self.size.saturating_sub(self.line_pos)

@@ -176,15 +176,65 @@ impl Default for CompressionConfig {
     }
 }
 
-/// Where batches go. In YAML, `type: collector` (with `urls`), `type: stdout` or
-/// `type: "null"` (quoted: a bare `null` is YAML's null; `discard` is accepted too).
+/// Where batches go. In YAML, `type: collector` (with `urls`, optional `mode` and `timeout`),
+/// `type: stdout`, or `type: null` (YAML's null and the string "null" both work; `discard` too).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(try_from = "RawOutput")]
 pub enum OutputConfig {
     Collector(CollectorOutputConfig),
     Stdout,
-    #[serde(alias = "discard")]
     Null,
+}
+
+/// The `output:` mapping as written, before its `type` decides what it means. (A plain
+/// internally tagged enum cannot take `type: null`, which YAML reads as null, not "null".)
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutput {
+    /// Absent: `None`; YAML null: `Some(None)`.
+    #[serde(default, rename = "type", deserialize_with = "present")]
+    kind: Option<Option<String>>,
+    #[serde(default)]
+    urls: Option<Vec<String>>,
+    #[serde(default)]
+    mode: Option<UrlMode>,
+    #[serde(default)]
+    timeout: Option<Duration>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+impl TryFrom<RawOutput> for OutputConfig {
+    type Error = String;
+
+    fn try_from(raw: RawOutput) -> Result<Self, String> {
+        let collector_keys = raw.urls.is_some() || raw.mode.is_some() || raw.timeout.is_some();
+        let kind = match &raw.kind {
+            None => return Err("output needs a `type`: collector, stdout or null".to_owned()),
+            Some(None) => "null",
+            Some(Some(k)) => k.as_str(),
+        };
+        match kind {
+            "collector" => {
+                let defaults = CollectorOutputConfig::default();
+                Ok(OutputConfig::Collector(CollectorOutputConfig {
+                    urls: raw.urls.unwrap_or(defaults.urls),
+                    mode: raw.mode.unwrap_or(defaults.mode),
+                    timeout: raw.timeout.unwrap_or(defaults.timeout),
+                }))
+            }
+            "stdout" | "null" | "discard" if collector_keys => Err(format!(
+                "output type {kind} takes no `urls`, `mode` or `timeout` (those are for type collector)"
+            )),
+            "stdout" => Ok(OutputConfig::Stdout),
+            "null" | "discard" => Ok(OutputConfig::Null),
+            other => Err(format!(
+                "unknown output type {other:?}: this agent ships to collector, stdout or null"
+            )),
+        }
+    }
 }
 
 impl Default for OutputConfig {
@@ -622,6 +672,7 @@ read_budget_bytes: 256KiB
     fn null_and_stdout_outputs_parse() {
         for (text, null) in [
             ("output: {type: \"null\"}\n", true),
+            ("output:\n  type: null\n", true),
             ("output: {type: discard}\n", true),
             ("output: {type: stdout}\n", false),
         ] {
@@ -632,8 +683,16 @@ read_budget_bytes: 256KiB
 
     #[test]
     fn unknown_output_type_or_key_is_refused() {
-        assert!(load("output: {type: kafka}\n").is_err());
+        let err = load("output: {type: kafka}\n").unwrap_err().to_string();
+        assert!(err.contains("unknown output type \"kafka\""), "{err}");
         assert!(load("output: {type: collector, urls: [\"http://c\"], retries: 3}\n").is_err());
+        assert!(load("output: {type: stdout, urls: [\"http://c\"]}\n").is_err());
+        assert!(
+            load("output: {urls: [\"http://c\"]}\n")
+                .unwrap_err()
+                .to_string()
+                .contains("needs a `type`")
+        );
         let cfg = load("output: {type: collector, urls: [\"ftp://c\"]}\ninputs: [{name: a, include: [/x], topic: t}]\n").unwrap();
         assert!(
             cfg.validate()

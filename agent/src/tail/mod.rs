@@ -13,7 +13,7 @@ pub mod fingerprint;
 pub mod watcher;
 
 use crate::batcher::{BatchLimits, Batcher, BuilderPool, SealedBatch};
-use crate::checkpoint::Checkpoints;
+use crate::checkpoint::{Checkpoints, FileCheckpoint};
 use crate::config::{CompiledInput, ReadFrom};
 use crate::discovery::{self, GlobRoot};
 use crate::lines::Line;
@@ -102,8 +102,15 @@ pub struct Tailer {
     files: HashMap<FileKey, Tracked>,
     /// Which file each live path names.
     paths: HashMap<PathBuf, FileKey>,
-    /// Checkpoints read at startup, consumed by the first scan.
-    startup: Option<Checkpoints>,
+    /// Checkpoints read at startup, by file; an entry is consumed when its file is opened.
+    resume: HashMap<FileKey, FileCheckpoint>,
+    /// Paths the startup checkpoints name (a file found there under another inode was
+    /// recreated while the agent was stopped).
+    startup_paths: HashSet<String>,
+    /// The first scan is done: `read_from` no longer applies.
+    started: bool,
+    /// Files that could not be opened during the current scan.
+    failed_opens: HashSet<FileKey>,
     /// Files to read this turn (events, rescans).
     dirty: HashSet<FileKey>,
     /// Files with something time-driven pending (partial line, multiline record, open batch,
@@ -136,7 +143,10 @@ impl Tailer {
             roots,
             files: HashMap::new(),
             paths: HashMap::new(),
-            startup: Some(checkpoints),
+            startup_paths: checkpoints.files.values().map(|c| c.path.clone()).collect(),
+            resume: checkpoints.files.into_iter().collect(),
+            started: false,
+            failed_opens: HashSet::new(),
             dirty: HashSet::new(),
             timed: HashSet::new(),
             pool,
@@ -182,14 +192,21 @@ impl Tailer {
         for (path, f) in &found {
             self.observe(path, Some((f.input, f.meta.clone())), now);
         }
-        if let Some(cps) = self.startup.take() {
-            // Entries no file matched: those files are gone (or no longer matched).
-            for key in cps.files.keys() {
-                if !self.files.contains_key(key) {
+        if !self.started {
+            self.started = true;
+            // Entries no file matched: those files are gone (or no longer matched). Files that
+            // exist but could not be opened keep theirs for the next attempt.
+            let failed = std::mem::take(&mut self.failed_opens);
+            self.resume.retain(|key, _| {
+                let keep = failed.contains(key);
+                if !keep {
                     self.out.push(Emitted::Released { key: *key });
                 }
-            }
+                keep
+            });
+            self.startup_paths.clear();
         }
+        self.failed_opens.clear();
         // Orphaned files get a look too (a rescan is the fallback for missed events).
         for (key, t) in &self.files {
             if t.watcher.is_orphaned() {
@@ -265,6 +282,7 @@ impl Tailer {
                 self.dirty.insert(key);
             }
             Err(e) => {
+                self.failed_opens.insert(key);
                 tracing::warn!(path = %path.display(), error = %e, "cannot open file; will retry at the next scan")
             }
         }
@@ -281,7 +299,7 @@ impl Tailer {
         let inp = &self.inputs[input];
         let path_str = path.to_string_lossy();
         let mut announce = false;
-        let start = match self.startup.as_mut().and_then(|c| c.files.remove(&key)) {
+        let start = match self.resume.get(&key) {
             Some(cp) => {
                 let same = match cp.fingerprint {
                     Some(fp) => fp.matches(&fs::File::open(path)?)?,
@@ -304,14 +322,10 @@ impl Tailer {
                 }
             }
             None => {
-                let at_startup = self.startup.is_some();
                 // A path that had a checkpoint under another inode was recreated while the
                 // agent was stopped: its lines are new, read them all.
-                let recreated = self
-                    .startup
-                    .as_ref()
-                    .is_some_and(|c| c.by_path(&path_str).is_some());
-                if at_startup && inp.read_from == ReadFrom::End && !recreated {
+                let recreated = self.startup_paths.contains(path_str.as_ref());
+                if !self.started && inp.read_from == ReadFrom::End && !recreated {
                     announce = true;
                     StartAt::End
                 } else {
@@ -321,6 +335,7 @@ impl Tailer {
         };
         let watcher =
             FileWatcher::open(path, start, inp.max_line_bytes, inp.line_flush_timeout, now)?;
+        self.resume.remove(&key);
         if announce {
             self.out.push(Emitted::Position {
                 state: state_of(&watcher),

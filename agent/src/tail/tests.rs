@@ -505,3 +505,67 @@ fn read_turn_stays_within_the_buffer_allowance() {
     assert!(h.tailer.has_work(), "the rest waits for room");
     assert_eq!(h.tailer.read_turn(h.now, u64::MAX), 901);
 }
+
+/// Resume decisions at startup, from a checkpoint: same file → resume at its offset; same
+/// file now shorter (truncated while stopped) → from 0 as the next generation, announced.
+#[test]
+fn startup_resumes_or_restarts_from_the_checkpoint() {
+    use crate::checkpoint::FileCheckpoint;
+    use std::os::unix::fs::MetadataExt;
+    let h = harness_with(None);
+    let (a, b) = (h.path(0), h.path(1));
+    std::fs::write(&a, "one\ntwo\nthree\n").unwrap();
+    std::fs::write(&b, "uno\ndos\ntres\n").unwrap();
+    let entry = |p: &Path, offset: u64| {
+        let f = std::fs::File::open(p).unwrap();
+        let m = f.metadata().unwrap();
+        let fp = fingerprint::Fingerprint::take(&f, m.len()).unwrap();
+        FileCheckpoint {
+            path: p.to_string_lossy().into_owned(),
+            dev: m.dev(),
+            inode: m.ino(),
+            fingerprint: fp,
+            generation: 4,
+            offset,
+            updated_ms: 0,
+        }
+    };
+    let mut cps = Checkpoints::default();
+    for e in [entry(&a, 8), entry(&b, 13)] {
+        cps.files.insert((e.dev, e.inode), e);
+    }
+    // b is truncated while the agent is stopped, then gets new lines (same first bytes).
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&b)
+        .unwrap();
+    std::fs::write(&b, "uno\n").unwrap();
+    let mut tailer = Tailer::new(
+        TailerSettings {
+            agent_id: "unit".into(),
+            read_budget: 1 << 20,
+            read_buffer: 64,
+            limits: BatchLimits {
+                max_bytes: 1 << 20,
+                max_records: 100,
+                linger: Duration::ZERO,
+            },
+        },
+        h.tailer.inputs.clone(),
+        cps,
+        BuilderPool::default(),
+    );
+    let now = Instant::now();
+    tailer.scan(now);
+    tailer.read_turn(now, u64::MAX);
+    tailer.poll_timeouts(now);
+    let mut out: Vec<Emitted> = tailer.take_output().collect();
+    let mut recs = records(&mut out);
+    recs.sort();
+    assert_eq!(recs, vec![("three".into(), 6, 4), ("uno".into(), 4, 5)]);
+    assert!(
+        out.iter()
+            .any(|e| matches!(e, Emitted::Position { state, offset: 0 } if state.generation == 5))
+    );
+}

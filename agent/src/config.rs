@@ -56,7 +56,7 @@ impl Default for AgentConfig {
             batch: BatchConfig::default(),
             compression: CompressionConfig::default(),
             output: OutputConfig::default(),
-            buffer_bytes: ByteSize::mib(16),
+            buffer_bytes: ByteSize::mib(8),
             rescan_interval: Duration::from_secs(10),
             read_budget_bytes: ByteSize::mib(1),
             checkpoint_interval: Duration::from_secs(1),

@@ -14,12 +14,14 @@ use std::io::Write;
 
 #[derive(Debug, Clone)]
 enum Action {
-    /// Append `lines` lines of `pad` extra bytes to the file at `path` (creating it if absent);
-    /// `notify`: deliver a data event as inotify would.
+    /// Append `lines` lines of `pad` extra bytes to the file at `path` (creating it if absent),
+    /// first completing a line left incomplete by the previous write; with `partial`, end with
+    /// the first part of one more line. `notify`: deliver a data event as inotify would.
     Write {
         path: usize,
         lines: usize,
         pad: usize,
+        partial: bool,
         notify: bool,
     },
     /// logrotate `create`: rename to `.1` (replacing the previous `.1`), create a new file.
@@ -51,8 +53,8 @@ enum Action {
 fn action() -> impl Strategy<Value = Action> {
     let path = 0usize..2;
     prop_oneof![
-        6 => (path.clone(), 1usize..6, 0usize..60, any::<bool>())
-            .prop_map(|(path, lines, pad, notify)| Action::Write { path, lines, pad, notify }),
+        6 => (path.clone(), 0usize..6, 0usize..60, any::<bool>(), any::<bool>())
+            .prop_map(|(path, lines, pad, partial, notify)| Action::Write { path, lines, pad, partial, notify }),
         1 => (path.clone(), any::<bool>()).prop_map(|(path, scan)| Action::Rotate { path, scan }),
         1 => (path.clone(), any::<bool>()).prop_map(|(path, scan)| Action::CopyTruncate { path, scan }),
         1 => (path.clone(), any::<bool>()).prop_map(|(path, scan)| Action::Truncate { path, scan }),
@@ -63,10 +65,13 @@ fn action() -> impl Strategy<Value = Action> {
 }
 
 /// What was written: per file instance (a file's content from creation or truncation on), the
-/// number of lines.
+/// number of lines. A line whose first part was written counts: if its file ends before the
+/// rest is written, the tailer must still ship the part (never abandon readable bytes).
 #[derive(Default)]
 struct Model {
     written: Vec<u64>,
+    /// Instances whose last line has no newline yet.
+    open_line: HashSet<usize>,
     /// The instance each path's current file holds.
     current: [Option<usize>; 2],
 }
@@ -94,7 +99,9 @@ impl Harness {
                 fields: Default::default(),
                 multiline: None,
                 max_line_bytes: ferry_core::config::ByteSize(4096),
-                line_flush_timeout: ferry_core::config::Duration::from_secs(1),
+                // Longer than all the time a case lets pass: an incomplete line waits for its
+                // rest, and is shipped as is only when its file is released.
+                line_flush_timeout: ferry_core::config::Duration::from_secs(3600),
             }],
             ..Default::default()
         };
@@ -162,6 +169,7 @@ impl Harness {
                 path,
                 lines,
                 pad,
+                partial,
                 notify,
             } => {
                 let p = self.path(path);
@@ -173,10 +181,19 @@ impl Harness {
                 let inst = self.model.current[path].unwrap_or_default();
                 let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
                 let mut text = String::new();
+                if self.model.open_line.remove(&inst) {
+                    text.push_str("rest\n");
+                }
                 for _ in 0..lines {
                     let seq = self.model.written[inst];
                     text.push_str(&format!("i{inst}-{seq}-{}\n", "x".repeat(pad)));
                     self.model.written[inst] += 1;
+                }
+                if partial {
+                    let seq = self.model.written[inst];
+                    text.push_str(&format!("i{inst}-{seq}-{}", "y".repeat(pad)));
+                    self.model.written[inst] += 1;
+                    self.model.open_line.insert(inst);
                 }
                 f.write_all(text.as_bytes()).unwrap();
                 if notify {

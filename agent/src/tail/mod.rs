@@ -503,11 +503,16 @@ impl Tailer {
                 Ok(ReadOutcome::More { bytes }) => {
                     total += bytes;
                     t.more = true;
+                    t.next_poll = None;
                 }
                 Ok(ReadOutcome::Eof { bytes }) => {
                     total += bytes;
                     t.more = false;
-                    if !watcher.truncation_is_ours() {
+                    // A live file is read again on its next event or rescan. An orphaned one
+                    // gets no events of its own any more: look again with EOF backoff until
+                    // its rotate wait is over.
+                    t.next_poll = None;
+                    if watcher.is_orphaned() {
                         t.backoff = if bytes > 0 {
                             ORPHAN_POLL_MIN
                         } else {
@@ -541,6 +546,11 @@ impl Tailer {
     pub fn poll_timeouts(&mut self, now: Instant) {
         let keys: Vec<FileKey> = self.timed.iter().copied().collect();
         for key in keys {
+            // One last read before closing a rotated file: its writer may have added lines
+            // since the last look. If it did, the file is not done yet.
+            if self.files.get(&key).is_some_and(|t| t.watcher.is_done(now)) {
+                self.read_file(key, now, self.settings.read_budget);
+            }
             self.poll_file(key, now, false);
         }
     }

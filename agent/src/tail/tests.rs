@@ -586,3 +586,44 @@ fn startup_resumes_or_restarts_from_the_checkpoint() {
             .any(|e| matches!(e, Emitted::Position { state, offset: 0 } if state.generation == 5))
     );
 }
+
+/// A writer that still holds a rotated (here: deleted) file keeps writing; the tailer keeps
+/// looking (EOF backoff, no events needed) and reads it all before closing it.
+#[test]
+fn writer_still_holding_a_deleted_file_is_read_to_the_end() {
+    let mut h = harness_with(None);
+    let p = h.path(0);
+    let mut writer = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&p)
+        .unwrap();
+    writer.write_all(b"before\n").unwrap();
+    h.read_all();
+    std::fs::remove_file(&p).unwrap();
+    h.tailer.path_event(&p, h.now);
+    h.tailer.read_turn(h.now, u64::MAX);
+    writer.write_all(b"after delete\n").unwrap();
+    // Time passes in small steps, with no events and no rescans: the EOF backoff finds it.
+    for _ in 0..20 {
+        h.now += Duration::from_millis(100);
+        h.tailer.read_turn(h.now, u64::MAX);
+        h.tailer.poll_timeouts(h.now);
+    }
+    assert_eq!(h.tailer.file_count(), 1);
+    // Written just before the rotate wait runs out, and no reading turn in between: the last
+    // look before closing finds it, and the wait starts over.
+    for _ in 0..25 {
+        h.now += Duration::from_millis(100);
+        h.tailer.poll_timeouts(h.now);
+    }
+    writer.write_all(b"just before close\n").unwrap();
+    for _ in 0..100 {
+        h.now += Duration::from_millis(100);
+        h.tailer.poll_timeouts(h.now);
+    }
+    h.collect();
+    let lines: Vec<String> = records(&mut h.out).into_iter().map(|r| r.0).collect();
+    assert_eq!(lines, ["before", "after delete", "just before close"]);
+    assert_eq!(h.tailer.file_count(), 0, "released after its rotate wait");
+}

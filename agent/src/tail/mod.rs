@@ -639,6 +639,9 @@ impl Tailer {
                 count_unread(&input.name, t.watcher.path_str(), unread);
             }
             tracing::debug!(path = %t.watcher.path().display(), "released file");
+            // Its lag gauge would otherwise keep its last value.
+            metrics::gauge!("ferry_agent_file_lag_bytes", "input" => input.name.clone(), "path" => t.watcher.path_str().to_string())
+                .set(0.0);
             out.push(Emitted::Released { key });
             if paths.get(t.watcher.path()) == Some(&key) {
                 paths.remove(t.watcher.path());

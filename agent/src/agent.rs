@@ -1,0 +1,249 @@
+//! The agent as a whole: wiring the reader thread, the compression workers and the shipper.
+//!
+//! ```text
+//!  reader thread ──(bounded, round robin)──▶ N compression threads ──(bounded)──▶ shipper task
+//!  (Tailer: discover,                           (encode + gzip)                   (deliver, ack,
+//!   read, lines, multiline, batch)                                                 checkpoint)
+//!        ▲                                                                              │
+//!        └──────────────── wake: acknowledgements freed buffer room ◀───────────────────┘
+//! ```
+//!
+//! Shutdown drains in order: the shipper tells the reader to stop; the reader seals its open
+//! batches and hangs up; the workers finish and hang up; the shipper delivers what is left
+//! until the deadline, then writes the checkpoint.
+
+use crate::batcher::{BatchLimits, BuilderPool};
+use crate::checkpoint::{CheckpointError, Checkpointer};
+use crate::config::{AgentConfig, AgentConfigError, CompiledInput, OutputConfig, host_name};
+use crate::output::collector::{CollectorOutput, CollectorOutputError};
+use crate::output::null::NullOutput;
+use crate::output::stdout::StdoutOutput;
+use crate::output::{AnyOutput, Output};
+use crate::reader::{EVENT_QUEUE, Reader, ReaderEvent};
+use crate::shipper::{RetryPolicy, Shipper, ShipperParts};
+use crate::tail::{Tailer, TailerSettings};
+use crate::{AgentStats, Buffer};
+use ferry_core::shutdown::Shutdown;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::mpsc;
+
+/// Why the agent could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] AgentConfigError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Output(#[from] CollectorOutputError),
+    #[error("agent {what} thread failed: {message}")]
+    Thread { what: &'static str, message: String },
+}
+
+/// What a finished run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentReport {
+    pub agent_id: String,
+    /// Files with a checkpoint at exit.
+    pub files: usize,
+}
+
+/// Bytes read per `read()` call.
+const READ_BUFFER: usize = 256 << 10;
+/// Items each worker channel holds: a little slack between threads, bounded.
+const WORKER_QUEUE: usize = 4;
+
+/// A configured agent, ready to run.
+pub struct Agent<O = AnyOutput> {
+    config: AgentConfig,
+    inputs: Arc<[CompiledInput]>,
+    output: Arc<O>,
+    stats: Arc<AgentStats>,
+    use_events: bool,
+}
+
+impl Agent<AnyOutput> {
+    /// An agent shipping to the output its config names.
+    pub fn new(config: AgentConfig) -> Result<Self, AgentError> {
+        let output = match &config.output {
+            OutputConfig::Null => AnyOutput::Null(NullOutput::new()),
+            OutputConfig::Stdout => AnyOutput::Stdout(StdoutOutput::new()),
+            OutputConfig::Collector(c) => AnyOutput::Collector(CollectorOutput::new(c)?),
+        };
+        Self::with_output(config, output)
+    }
+}
+
+impl<O: Output> Agent<O> {
+    /// An agent shipping to `output` (the config's `output` section is then not used).
+    pub fn with_output(config: AgentConfig, output: O) -> Result<Self, AgentError> {
+        let inputs: Arc<[CompiledInput]> = config.validate()?.into();
+        Ok(Self {
+            config,
+            inputs,
+            output: Arc::new(output),
+            stats: Arc::new(AgentStats::default()),
+            use_events: true,
+        })
+    }
+
+    /// Live counters (for benchmarks, tests and `ferry up`'s status line).
+    pub fn stats(&self) -> Arc<AgentStats> {
+        self.stats.clone()
+    }
+
+    /// The output, e.g. to read the null output's byte count after a run.
+    pub fn output(&self) -> Arc<O> {
+        self.output.clone()
+    }
+
+    /// Turns file events off, leaving only rescans (to test the fallback path).
+    pub fn without_file_events(mut self) -> Self {
+        self.use_events = false;
+        self
+    }
+
+    /// Runs until `shutdown` fires, then drains (see the module docs).
+    pub async fn run(self, shutdown: Shutdown) -> Result<AgentReport, AgentError> {
+        let cfg = &self.config;
+        let checkpointer = Checkpointer::new(&cfg.data_dir)?;
+        let mut checkpoints = {
+            let c = checkpointer.clone();
+            tokio::task::spawn_blocking(move || c.load())
+                .await
+                .map_err(|e| AgentError::Thread {
+                    what: "checkpoint",
+                    message: e.to_string(),
+                })??
+        };
+        let agent_id = cfg
+            .id
+            .clone()
+            .or_else(|| checkpoints.agent_id.clone())
+            .unwrap_or_else(host_name);
+        checkpoints.agent_id = Some(agent_id.clone());
+        tracing::info!(agent_id, inputs = self.inputs.len(), data_dir = %cfg.data_dir.display(), files = checkpoints.files.len(), "agent starting");
+
+        let pool = BuilderPool::default();
+        let buffer = Arc::new(Buffer::new(cfg.buffer_bytes.get()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (events_tx, events) = std::sync::mpsc::sync_channel::<ReaderEvent>(EVENT_QUEUE);
+
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .clamp(1, 4);
+        let mut worker_tx = Vec::with_capacity(workers);
+        let mut ship_rx = Vec::with_capacity(workers);
+        let mut threads = Vec::new();
+        for i in 0..workers {
+            let (tx, rx) = std::sync::mpsc::sync_channel(WORKER_QUEUE);
+            let (stx, srx) = mpsc::channel(WORKER_QUEUE);
+            worker_tx.push(tx);
+            ship_rx.push(srx);
+            let (codec, level, pool) = (cfg.compression.codec, cfg.compression.level, pool.clone());
+            threads.push(spawn_thread(format!("ferry-compress-{i}"), move || {
+                crate::compress::run_worker(rx, stx, codec, level, pool)
+            })?);
+        }
+
+        let tailer = Tailer::new(
+            TailerSettings {
+                agent_id: agent_id.clone(),
+                read_budget: cfg.read_budget_bytes.get(),
+                read_buffer: READ_BUFFER.min(cfg.read_budget_bytes.as_usize().max(4096)),
+                limits: BatchLimits {
+                    max_bytes: cfg.batch.max_bytes.as_usize(),
+                    max_records: cfg.batch.max_records,
+                    linger: cfg.batch.linger.get(),
+                },
+            },
+            self.inputs.clone(),
+            checkpoints.clone(),
+            pool,
+        );
+        let reader = Reader {
+            tailer,
+            events,
+            events_tx: events_tx.clone(),
+            overflow: Arc::new(AtomicBool::new(false)),
+            workers: worker_tx,
+            buffer: buffer.clone(),
+            stop: stop.clone(),
+            stats: self.stats.clone(),
+            rescan_interval: cfg.rescan_interval.get(),
+            use_events: self.use_events,
+        };
+        threads.push(spawn_thread("ferry-reader".to_owned(), move || {
+            reader.run()
+        })?);
+
+        let wake_tx = events_tx.clone();
+        let stop_tx = events_tx;
+        let parts = ShipperParts {
+            output: self.output.clone(),
+            topics: self
+                .inputs
+                .iter()
+                .map(|i| Arc::from(i.topic.as_str()))
+                .collect(),
+            input_names: self.inputs.iter().map(|i| i.name.clone()).collect(),
+            checkpointer,
+            checkpoints,
+            checkpoint_interval: cfg.checkpoint_interval.get(),
+            shutdown_timeout: cfg.shutdown_timeout.get(),
+            max_in_flight: cfg.max_in_flight,
+            policy: RetryPolicy::default(),
+            gzip_level: cfg.compression.level,
+            buffer,
+            stats: self.stats.clone(),
+            stop_reader: Box::new(move || {
+                stop.store(true, Ordering::Relaxed);
+                let _ = stop_tx.try_send(ReaderEvent::Wake);
+            }),
+            wake_reader: Box::new(move || {
+                let _ = wake_tx.try_send(ReaderEvent::Wake);
+            }),
+        };
+        let final_cps = Shipper::new(parts, ship_rx).run(shutdown).await;
+
+        // The shipper returns once every channel closed (threads done) or at the deadline
+        // (threads finishing their last item; the shipper's receivers are dropped, so they do).
+        let joined = tokio::task::spawn_blocking(move || {
+            threads
+                .into_iter()
+                .map(|t| t.join().map_err(|_| ()))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| AgentError::Thread {
+            what: "join",
+            message: e.to_string(),
+        })?;
+        if joined.iter().any(Result::is_err) {
+            return Err(AgentError::Thread {
+                what: "reader or compression",
+                message: "panicked (see the log above)".to_owned(),
+            });
+        }
+        tracing::info!(agent_id, files = final_cps.files.len(), "agent stopped");
+        Ok(AgentReport {
+            agent_id,
+            files: final_cps.files.len(),
+        })
+    }
+}
+
+fn spawn_thread(
+    name: String,
+    f: impl FnOnce() + Send + 'static,
+) -> Result<std::thread::JoinHandle<()>, AgentError> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(f)
+        .map_err(|e| AgentError::Thread {
+            what: "spawn",
+            message: e.to_string(),
+        })
+}

@@ -1,0 +1,437 @@
+//! Agent throughput benchmark.
+//!
+//! ```text
+//! cargo run --release -p ferry-agent --bin agent-bench -- [--bytes SIZE] [--dir DIR] [--runs N]
+//! cargo run --release -p ferry-agent --bin agent-bench -- --idle-files N [SECS]
+//! ```
+//! (`SIZE` like `1GiB`, default 1 GiB, or `FERRY_BENCH_BYTES`.) Generates a file of ~200-byte
+//! JSON lines, then measures, each in its own child process so that peak RSS is the run's own:
+//! the agent reading it into the `null` output uncompressed and with gzip (level 1), and `cat`
+//! of the same file into a local TCP socket (a listener thread that discards), the copying
+//! limit. Each figure is the fastest of N runs (default 3; the machine may be shared). Prints a
+//! markdown table: MiB/s, CPU seconds per GiB (user + system, all threads, from
+//! /proc/self/stat), peak RSS (VmHWM).
+
+use ferry_agent::config::{AgentConfig, InputConfig, OutputConfig};
+use ferry_agent::output::null::NullOutput;
+use ferry_agent::{Agent, AgentStats};
+use ferry_core::batch::Codec;
+use ferry_core::config::ByteSize;
+use ferry_core::shutdown::Shutdown;
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let result = if args.get(1).map(String::as_str) == Some("--child") {
+        child(&args[2..])
+    } else if args.get(1).map(String::as_str) == Some("--idle-files") {
+        idle(&args[2..])
+    } else {
+        parent(&args[1..])
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("agent-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn parent(args: &[String]) -> Res<()> {
+    let mut bytes = std::env::var("FERRY_BENCH_BYTES")
+        .ok()
+        .map(|s| s.parse::<ByteSize>())
+        .transpose()?
+        .unwrap_or(ByteSize::gib(1));
+    let mut dir: Option<PathBuf> = None;
+    let mut runs = 3usize;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--bytes" => bytes = it.next().ok_or("--bytes needs a value")?.parse()?,
+            "--runs" => runs = it.next().ok_or("--runs needs a value")?.parse()?,
+            "--dir" => dir = Some(it.next().ok_or("--dir needs a value")?.into()),
+            other => return Err(format!("unknown argument {other:?}").into()),
+        }
+    }
+    let own_dir = dir.is_none();
+    let dir = dir.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("ferry-agent-bench-{}", std::process::id()))
+    });
+    std::fs::create_dir_all(&dir)?;
+    let result = measure_all(&dir, bytes, runs.max(1));
+    if own_dir {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+fn measure_all(dir: &Path, bytes: ByteSize, runs: usize) -> Res<()> {
+    let file = dir.join("bench.log");
+    let t = Instant::now();
+    let (size, lines) = generate(&file, bytes.get())?;
+    eprintln!(
+        "generated {} ({} lines, {:.1} MiB) in {:.1}s",
+        file.display(),
+        lines,
+        mib(size),
+        t.elapsed().as_secs_f64()
+    );
+
+    // Each measurement is the fastest of `runs` (the machine is shared: the fastest run is the
+    // one least disturbed by other processes); peak RSS is the largest over all runs.
+    let mut rows = Vec::new();
+    let mut best: Option<Measure> = None;
+    for _ in 0..runs {
+        best = Some(faster(best, cat_to_socket(&file)?));
+    }
+    rows.push((
+        "`cat FILE` → local TCP socket (copying limit)".to_owned(),
+        best.ok_or("no run")?,
+    ));
+    for (mode, label) in [
+        ("none", "agent → null, uncompressed"),
+        ("gzip", "agent → null, gzip level 1"),
+    ] {
+        let mut best: Option<Measure> = None;
+        for run in 0..runs {
+            let data = dir.join(format!("data-{mode}-{run}"));
+            let exe = std::env::current_exe()?;
+            let out = Command::new(exe)
+                .args(["--child", mode])
+                .arg(&file)
+                .arg(&data)
+                .stderr(Stdio::inherit())
+                .output()?;
+            if !out.status.success() {
+                return Err(format!("child {mode} failed: {}", out.status).into());
+            }
+            let m = parse_measure(&String::from_utf8_lossy(&out.stdout))?;
+            eprintln!(
+                "{label}: {:.0} MiB/s, {:.2} CPU s",
+                mib(m.bytes) / m.secs,
+                m.cpu_secs.unwrap_or(0.0)
+            );
+            best = Some(faster(best, m));
+        }
+        rows.push((label.to_owned(), best.ok_or("no run")?));
+    }
+    println!(
+        "\n{} of ~200-byte JSON lines ({lines} lines), page cache warm, {} cores\n",
+        human(size),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+    println!("| run | MiB/s | CPU s/GiB | peak RSS MiB | output MiB |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    for (label, m) in rows {
+        let gib = m.bytes as f64 / (1u64 << 30) as f64;
+        println!(
+            "| {label} | {:.0} | {} | {} | {} |",
+            mib(m.bytes) / m.secs,
+            m.cpu_secs
+                .map_or("–".to_owned(), |c| format!("{:.2}", c / gib)),
+            m.rss_kib
+                .map_or("–".to_owned(), |r| format!("{:.1}", r as f64 / 1024.0)),
+            m.encoded
+                .map_or("–".to_owned(), |e| format!("{:.0}", mib(e))),
+        );
+    }
+    Ok(())
+}
+
+fn faster(best: Option<Measure>, m: Measure) -> Measure {
+    match best {
+        None => m,
+        Some(b) => {
+            let rss = b.rss_kib.max(m.rss_kib);
+            let mut keep = if m.secs < b.secs { m } else { b };
+            keep.rss_kib = rss;
+            keep
+        }
+    }
+}
+
+struct Measure {
+    bytes: u64,
+    secs: f64,
+    cpu_secs: Option<f64>,
+    rss_kib: Option<u64>,
+    encoded: Option<u64>,
+}
+
+fn parse_measure(s: &str) -> Res<Measure> {
+    let v: serde_json::Value = serde_json::from_str(s.trim())?;
+    let f = |k: &str| v.get(k).and_then(serde_json::Value::as_f64);
+    Ok(Measure {
+        bytes: f("bytes").ok_or("no bytes")? as u64,
+        secs: f("secs").ok_or("no secs")?,
+        cpu_secs: f("cpu_secs"),
+        rss_kib: f("rss_kib").map(|x| x as u64),
+        encoded: f("encoded").map(|x| x as u64),
+    })
+}
+
+/// Writes JSON lines of about 200 bytes until `target` bytes.
+fn generate(path: &Path, target: u64) -> Res<(u64, u64)> {
+    let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    let levels = ["INFO", "WARN", "ERROR", "DEBUG"];
+    let paths = [
+        "/api/orders",
+        "/api/users/42",
+        "/health",
+        "/api/cart/checkout",
+    ];
+    let (mut size, mut n) = (0u64, 0u64);
+    let mut line = String::with_capacity(256);
+    while size < target {
+        line.clear();
+        use std::fmt::Write as _;
+        let _ = writeln!(
+            line,
+            r#"{{"ts":"2026-11-24T06:{:02}:{:02}.{:03}Z","level":"{}","service":"checkout","path":"{}","status":{},"latency_ms":{},"trace_id":"{:016x}","msg":"request handled"}}"#,
+            (n / 60_000) % 60,
+            (n / 1000) % 60,
+            n % 1000,
+            levels[(n % 4) as usize],
+            paths[(n / 4 % 4) as usize],
+            200 + (n % 7) * 50,
+            n % 997,
+            n.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        );
+        w.write_all(line.as_bytes())?;
+        size += line.len() as u64;
+        n += 1;
+    }
+    w.flush()?;
+    Ok((size, n))
+}
+
+/// `cat FILE` into a TCP connection to a listener thread that discards.
+fn cat_to_socket(file: &Path) -> Res<Measure> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let sink = std::thread::spawn(move || -> std::io::Result<u64> {
+        let (mut s, _) = listener.accept()?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                return Ok(total);
+            }
+            total += n as u64;
+        }
+    });
+    let stream = std::net::TcpStream::connect(addr)?;
+    let fd: std::os::fd::OwnedFd = stream.into();
+    let t = Instant::now();
+    let status = Command::new("cat")
+        .arg(file)
+        .stdout(Stdio::from(fd))
+        .status()?;
+    let total = sink.join().map_err(|_| "sink thread panicked")??;
+    let secs = t.elapsed().as_secs_f64();
+    if !status.success() {
+        return Err(format!("cat failed: {status}").into());
+    }
+    Ok(Measure {
+        bytes: total,
+        secs,
+        cpu_secs: None,
+        rss_kib: None,
+        encoded: None,
+    })
+}
+
+/// One agent run in this process; prints a JSON line.
+fn child(args: &[String]) -> Res<()> {
+    let [mode, file, data] = args else {
+        return Err("usage: --child none|gzip FILE DATA_DIR".into());
+    };
+    let file = PathBuf::from(file);
+    let size = std::fs::metadata(&file)?.len();
+    let mut cfg = AgentConfig {
+        id: Some("bench".into()),
+        data_dir: PathBuf::from(data),
+        inputs: vec![InputConfig {
+            name: "bench".into(),
+            include: vec![file.to_string_lossy().into_owned()],
+            exclude: vec![],
+            read_from: Default::default(),
+            topic: "bench".into(),
+            fields: Default::default(),
+            multiline: None,
+            max_line_bytes: ByteSize::kib(256),
+            line_flush_timeout: ferry_core::config::Duration::from_secs(1),
+        }],
+        output: OutputConfig::Null,
+        ..Default::default()
+    };
+    cfg.compression.codec = if mode == "gzip" {
+        Codec::Gzip
+    } else {
+        Codec::None
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let agent = Agent::with_output(cfg, NullOutput::new())?;
+    let stats = agent.stats();
+    let output = agent.output();
+    let cpu0 = cpu_secs();
+    let t = Instant::now();
+    let (secs, encoded) = rt.block_on(async move {
+        let shutdown = Shutdown::new();
+        let run = tokio::spawn(agent.run(shutdown.clone()));
+        while AgentStats::get(&stats.bytes_acked) < size {
+            if run.is_finished() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        if std::env::var_os("FERRY_BENCH_THREADS").is_some() {
+            eprintln!("per-thread CPU s: {}", thread_cpu());
+        }
+        shutdown.trigger();
+        match run.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(e) => return Err(e.to_string()),
+        }
+        Ok((secs, output.encoded_bytes()))
+    })?;
+    let cpu = cpu_secs().zip(cpu0).map(|(a, b)| a - b);
+    let rss = peak_rss_kib();
+    println!(
+        "{}",
+        serde_json::json!({"bytes": size, "secs": secs, "cpu_secs": cpu, "rss_kib": rss, "encoded": encoded})
+    );
+    Ok(())
+}
+
+/// `--idle-files N [SECS]`: N files (one line each) in one directory, tailed with file events
+/// and the default 10 s rescan; once all are shipped, the CPU used over SECS (default 30) idle
+/// seconds.
+fn idle(args: &[String]) -> Res<()> {
+    let n: usize = args.first().ok_or("--idle-files needs a count")?.parse()?;
+    let secs: u64 = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(30);
+    let dir = std::env::temp_dir().join(format!("ferry-agent-idle-{}", std::process::id()));
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let result = (|| -> Res<()> {
+        for i in 0..n {
+            std::fs::write(
+                logs.join(format!("f{i:05}.log")),
+                format!("line of file {i}\n"),
+            )?;
+        }
+        let cfg = AgentConfig {
+            id: Some("idle".into()),
+            data_dir: dir.join("data"),
+            inputs: vec![InputConfig {
+                name: "idle".into(),
+                include: vec![format!("{}/*.log", logs.display())],
+                exclude: vec![],
+                read_from: Default::default(),
+                topic: "idle".into(),
+                fields: Default::default(),
+                multiline: None,
+                max_line_bytes: ByteSize::kib(256),
+                line_flush_timeout: ferry_core::config::Duration::from_secs(1),
+            }],
+            output: OutputConfig::Null,
+            ..Default::default()
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let agent = Agent::with_output(cfg, NullOutput::new())?;
+        let stats = agent.stats();
+        let t = Instant::now();
+        let cpu = rt.block_on(async move {
+            let shutdown = Shutdown::new();
+            let run = tokio::spawn(agent.run(shutdown.clone()));
+            while AgentStats::get(&stats.records_acked) < n as u64 && !run.is_finished() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let ready = t.elapsed();
+            let cpu0 = cpu_secs();
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            let cpu = cpu_secs().zip(cpu0).map(|(a, b)| a - b);
+            shutdown.trigger();
+            let _ = run.await;
+            (ready, cpu)
+        });
+        println!(
+            "\n| files | startup until all shipped | idle seconds | CPU seconds used while idle |"
+        );
+        println!("| ---: | ---: | ---: | ---: |");
+        println!(
+            "| {n} | {:.2} s | {secs} | {} |",
+            cpu.0.as_secs_f64(),
+            cpu.1.map_or("–".to_owned(), |c| format!("{c:.2}"))
+        );
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// User + system CPU seconds of this process, all threads (clock ticks of 1/100 s).
+fn cpu_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// "name=secs" for every thread of this process (names are set on the agent's threads).
+fn thread_cpu() -> String {
+    let mut out = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
+        for e in dir.flatten() {
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                continue;
+            };
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            let name = &stat[open + 1..close];
+            let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+            let t = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+                + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+            out.push(format!("{name}={:.2}", t / 100.0));
+        }
+    }
+    out.join(" ")
+}
+
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1u64 << 20) as f64
+}
+
+fn human(b: u64) -> String {
+    if b >= 1 << 30 {
+        format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{:.0} MiB", mib(b))
+    }
+}

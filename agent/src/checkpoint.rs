@@ -1,0 +1,312 @@
+//! Checkpoints: for each file identity, the offset up to which its lines were acknowledged.
+//!
+//! The offset advances only when the output acknowledges a batch (durable at the collector),
+//! never when lines are read: after a crash the agent re-reads from the checkpoint and the
+//! collector's dedup by origin drops what it already stored. So nothing is lost and nothing is
+//! duplicated.
+//!
+//! # File
+//!
+//! `DATA_DIR/checkpoints.json`, a versioned serde enum (tag `"version"`), written to
+//! `checkpoints.json.tmp`, fsync'ed, renamed over the old file, then the directory fsync'ed, so
+//! a crash at any point leaves either the old or the new file whole. A format change adds a
+//! variant (`"2"`) and keeps reading `"1"`; the golden test pins the bytes of version 1.
+//!
+//! | field (v1)     | meaning                                                         |
+//! |----------------|-----------------------------------------------------------------|
+//! | `agent_id`     | the id batches were shipped under, reused when none is configured |
+//! | `files[]`      | one entry per file identity (dev, inode) being tailed            |
+//! | `.path`        | where the file was last seen (for logs, and to recognise a file recreated at the same path while the agent was stopped) |
+//! | `.dev`, `.inode` | the file's device and inode                                    |
+//! | `.fingerprint` | `{len, checksum}` of its first bytes, or null while it was empty |
+//! | `.generation`  | truncations seen so far (part of the batches' origin)            |
+//! | `.offset`      | acknowledged byte offset: reading resumes here                   |
+//! | `.updated_ms`  | when this entry last advanced, Unix ms                           |
+
+use crate::tail::fingerprint::Fingerprint;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// What can go wrong reading or writing checkpoints.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("checkpoint {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "checkpoint {path} is not valid ({message}); move it aside to start over (files are then read per `read_from`)"
+    )]
+    Corruption { path: PathBuf, message: String },
+}
+
+/// One file's acknowledged position.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCheckpoint {
+    pub path: String,
+    pub dev: u64,
+    pub inode: u64,
+    pub fingerprint: Option<Fingerprint>,
+    pub generation: u32,
+    pub offset: u64,
+    pub updated_ms: i64,
+}
+
+/// The checkpoint file, versioned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "version")]
+enum CheckpointFile {
+    #[serde(rename = "1")]
+    V1(CheckpointsV1),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckpointsV1 {
+    agent_id: Option<String>,
+    files: Vec<FileCheckpoint>,
+}
+
+/// Checkpoints in memory, keyed by (dev, inode): at most one live file per inode.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Checkpoints {
+    pub agent_id: Option<String>,
+    pub files: BTreeMap<(u64, u64), FileCheckpoint>,
+}
+
+impl Checkpoints {
+    /// The entry whose last seen path is `path`.
+    pub fn by_path(&self, path: &str) -> Option<&FileCheckpoint> {
+        self.files.values().find(|c| c.path == path)
+    }
+
+    fn to_file(&self) -> CheckpointFile {
+        CheckpointFile::V1(CheckpointsV1 {
+            agent_id: self.agent_id.clone(),
+            files: self.files.values().cloned().collect(),
+        })
+    }
+
+    fn from_file(f: CheckpointFile) -> Self {
+        match f {
+            CheckpointFile::V1(v1) => Self {
+                agent_id: v1.agent_id,
+                files: v1
+                    .files
+                    .into_iter()
+                    .map(|c| ((c.dev, c.inode), c))
+                    .collect(),
+            },
+        }
+    }
+
+    /// The bytes written to disk.
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing plain structs of strings and integers into a Vec cannot fail.
+        serde_json::to_vec_pretty(&self.to_file()).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice::<CheckpointFile>(bytes)
+            .map(Self::from_file)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Reads and atomically writes the checkpoint file of one data dir.
+#[derive(Debug, Clone)]
+pub struct Checkpointer {
+    dir: PathBuf,
+    path: PathBuf,
+    tmp: PathBuf,
+}
+
+impl Checkpointer {
+    pub const FILE_NAME: &'static str = "checkpoints.json";
+
+    /// Creates the data dir if needed.
+    pub fn new(dir: &Path) -> Result<Self, CheckpointError> {
+        fs::create_dir_all(dir).map_err(|source| CheckpointError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            path: dir.join(Self::FILE_NAME),
+            tmp: dir.join(format!("{}.tmp", Self::FILE_NAME)),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The stored checkpoints; empty if there are none yet. A leftover temp file (a crash
+    /// mid-write) is ignored: the renamed file is the last complete one.
+    pub fn load(&self) -> Result<Checkpoints, CheckpointError> {
+        match fs::read(&self.path) {
+            Ok(bytes) => {
+                Checkpoints::decode(&bytes).map_err(|message| CheckpointError::Corruption {
+                    path: self.path.clone(),
+                    message,
+                })
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Checkpoints::default()),
+            Err(source) => Err(CheckpointError::Io {
+                path: self.path.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// Writes `cps`: temp file, fsync, rename, fsync of the directory.
+    pub fn store(&self, cps: &Checkpoints) -> Result<(), CheckpointError> {
+        let io_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| CheckpointError::Io { path, source }
+        };
+        let mut f = File::create(&self.tmp).map_err(io_err(&self.tmp))?;
+        f.write_all(&cps.encode()).map_err(io_err(&self.tmp))?;
+        f.sync_all().map_err(io_err(&self.tmp))?;
+        drop(f);
+        fs::rename(&self.tmp, &self.path).map_err(io_err(&self.path))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&self.dir))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Checkpoints {
+        let mut c = Checkpoints {
+            agent_id: Some("host-a".into()),
+            ..Default::default()
+        };
+        c.files.insert(
+            (2049, 77),
+            FileCheckpoint {
+                path: "/var/log/app.log".into(),
+                dev: 2049,
+                inode: 77,
+                fingerprint: Some(Fingerprint {
+                    len: 1024,
+                    checksum: 0x0123_4567_89ab_cdef,
+                }),
+                generation: 2,
+                offset: 4096,
+                updated_ms: 1_700_000_000_000,
+            },
+        );
+        c.files.insert(
+            (2049, 78),
+            FileCheckpoint {
+                path: "/var/log/empty.log".into(),
+                dev: 2049,
+                inode: 78,
+                fingerprint: None,
+                generation: 0,
+                offset: 0,
+                updated_ms: 1_700_000_000_001,
+            },
+        );
+        c
+    }
+
+    const GOLDEN_V1: &str = r#"{
+  "version": "1",
+  "agent_id": "host-a",
+  "files": [
+    {
+      "path": "/var/log/app.log",
+      "dev": 2049,
+      "inode": 77,
+      "fingerprint": {
+        "len": 1024,
+        "checksum": 81985529216486895
+      },
+      "generation": 2,
+      "offset": 4096,
+      "updated_ms": 1700000000000
+    },
+    {
+      "path": "/var/log/empty.log",
+      "dev": 2049,
+      "inode": 78,
+      "fingerprint": null,
+      "generation": 0,
+      "offset": 0,
+      "updated_ms": 1700000000001
+    }
+  ]
+}"#;
+
+    /// The on-disk format of version 1 must not change: an agent upgraded in place reads the
+    /// checkpoints its previous version wrote.
+    #[test]
+    fn golden_v1_format() {
+        assert_eq!(String::from_utf8(sample().encode()).unwrap(), GOLDEN_V1);
+        assert_eq!(Checkpoints::decode(GOLDEN_V1.as_bytes()).unwrap(), sample());
+    }
+
+    #[test]
+    fn unknown_version_and_garbage_are_refused() {
+        assert!(Checkpoints::decode(br#"{"version":"9","files":[]}"#).is_err());
+        assert!(Checkpoints::decode(b"{\"version\":\"1\",\"agent_id\":null,\"fil").is_err());
+    }
+
+    #[test]
+    fn store_then_load_and_no_temp_left_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = Checkpointer::new(&dir.path().join("sub")).unwrap();
+        assert_eq!(cp.load().unwrap(), Checkpoints::default());
+        cp.store(&sample()).unwrap();
+        assert_eq!(cp.load().unwrap(), sample());
+        let names: Vec<_> = fs::read_dir(dir.path().join("sub"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, vec![Checkpointer::FILE_NAME.to_owned()]);
+    }
+
+    #[test]
+    fn torn_temp_file_from_a_crash_does_not_replace_the_last_good_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = Checkpointer::new(dir.path()).unwrap();
+        cp.store(&sample()).unwrap();
+        // A crash after writing part of the temp file, before the rename.
+        fs::write(
+            dir.path().join("checkpoints.json.tmp"),
+            &GOLDEN_V1.as_bytes()[..40],
+        )
+        .unwrap();
+        assert_eq!(cp.load().unwrap(), sample());
+        // The next store overwrites the torn temp file.
+        let mut next = sample();
+        next.agent_id = Some("host-b".into());
+        cp.store(&next).unwrap();
+        assert_eq!(cp.load().unwrap(), next);
+    }
+
+    #[test]
+    fn corrupt_checkpoint_names_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = Checkpointer::new(dir.path()).unwrap();
+        fs::write(cp.path(), b"not json").unwrap();
+        let err = cp.load().unwrap_err().to_string();
+        assert!(
+            err.contains("checkpoints.json") && err.contains("move it aside"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,776 @@
+//! The `agent:` section of a ferry config, its defaults, its validation, and the quick form
+//! built from `ferry agent` command-line flags.
+//!
+//! Everything here is plain data; [`AgentConfig::validate`] turns it into [`CompiledInput`]s
+//! (globs and regexes compiled once) and says, naming the input, what is wrong when it cannot.
+
+use ferry_core::batch::Codec;
+use ferry_core::config::{ByteSize, Duration};
+use ferry_core::record::Field;
+use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
+use regex::bytes::Regex;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The agent's whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Stable id of this agent, part of every batch's origin. Default: the id stored in the
+    /// checkpoint file, else the host name.
+    pub id: Option<String>,
+    /// Where checkpoints live.
+    pub data_dir: PathBuf,
+    /// What to tail.
+    pub inputs: Vec<InputConfig>,
+    /// When a batch is sealed.
+    pub batch: BatchConfig,
+    /// How sealed batches are compressed.
+    pub compression: CompressionConfig,
+    /// Where batches go.
+    pub output: OutputConfig,
+    /// Most bytes read but not yet acknowledged; when reached, reading pauses (the file is the
+    /// buffer).
+    pub buffer_bytes: ByteSize,
+    /// How often every glob is expanded again and every file stat'ed, as a fallback for missed
+    /// file events (NFS, queue overflow).
+    pub rescan_interval: Duration,
+    /// Most bytes read from one file per turn, so a busy file cannot starve quiet ones.
+    pub read_budget_bytes: ByteSize,
+    /// How often acknowledged offsets are written to the checkpoint file.
+    pub checkpoint_interval: Duration,
+    /// On shutdown, how long to wait for outstanding acknowledgements.
+    pub shutdown_timeout: Duration,
+    /// Most batches being delivered at once (at most one per file, to keep each file's batches in
+    /// order at the collector).
+    pub max_in_flight: usize,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            id: None,
+            data_dir: PathBuf::from("data/agent"),
+            inputs: Vec::new(),
+            batch: BatchConfig::default(),
+            compression: CompressionConfig::default(),
+            output: OutputConfig::default(),
+            buffer_bytes: ByteSize::mib(8),
+            rescan_interval: Duration::from_secs(10),
+            read_budget_bytes: ByteSize::mib(1),
+            checkpoint_interval: Duration::from_secs(1),
+            shutdown_timeout: Duration::from_secs(10),
+            max_in_flight: 4,
+        }
+    }
+}
+
+/// Where to start in a file the agent has no checkpoint for, at startup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadFrom {
+    #[default]
+    Beginning,
+    End,
+}
+
+/// One group of files tailed alike.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputConfig {
+    /// Name used in metrics and logs.
+    pub name: String,
+    /// Glob patterns (`*` stays within a directory, `**` crosses directories).
+    pub include: Vec<String>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// For files that exist when the agent starts and have no checkpoint. Files that appear
+    /// while the agent runs are always read from their beginning.
+    #[serde(default)]
+    pub read_from: ReadFrom,
+    /// Topic the lines are shipped to.
+    pub topic: String,
+    /// Static fields attached to every record of this input.
+    #[serde(default)]
+    pub fields: BTreeMap<String, String>,
+    #[serde(default)]
+    pub multiline: Option<MultilineConfig>,
+    /// Longer lines are cut to this many bytes, flagged truncated, and counted.
+    #[serde(default = "default_max_line_bytes")]
+    pub max_line_bytes: ByteSize,
+    /// A last line without its newline is shipped as is after this long without new data.
+    #[serde(default = "default_line_flush_timeout")]
+    pub line_flush_timeout: Duration,
+}
+
+fn default_max_line_bytes() -> ByteSize {
+    ByteSize::kib(256)
+}
+
+fn default_line_flush_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// Joins several lines into one record (e.g. a stack trace).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MultilineConfig {
+    /// A line matching this starts a new record; other lines continue the current one.
+    #[serde(default)]
+    pub start_pattern: Option<String>,
+    /// A line matching this continues the current record; other lines start a new one.
+    #[serde(default)]
+    pub continuation_pattern: Option<String>,
+    /// Most lines in one record; more start a new record.
+    #[serde(default = "default_max_lines")]
+    pub max_lines: usize,
+    /// A record is shipped after this long without a line that continues it.
+    #[serde(default = "default_multiline_timeout")]
+    pub timeout: Duration,
+}
+
+fn default_max_lines() -> usize {
+    500
+}
+
+fn default_multiline_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// When a batch is sealed: whichever limit comes first.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// Uncompressed payload size.
+    pub max_bytes: ByteSize,
+    pub max_records: u32,
+    /// Age of the oldest record in the batch.
+    pub linger: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: ByteSize::mib(1),
+            max_records: 16_384,
+            linger: Duration::from_millis(200),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompressionConfig {
+    pub codec: Codec,
+    /// gzip level, 0-9.
+    pub level: u32,
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        Self {
+            codec: Codec::Gzip,
+            level: 1,
+        }
+    }
+}
+
+/// Where batches go. In YAML, `type: collector` (with `urls`, optional `mode` and `timeout`),
+/// `type: stdout`, or `type: null` (YAML's null and the string "null" both work; `discard` too).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "RawOutput")]
+pub enum OutputConfig {
+    Collector(CollectorOutputConfig),
+    Stdout,
+    Null,
+}
+
+/// The `output:` mapping as written, before its `type` decides what it means. (A plain
+/// internally tagged enum cannot take `type: null`, which YAML reads as null, not "null".)
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutput {
+    /// Absent: `None`; YAML null: `Some(None)`.
+    #[serde(default, rename = "type", deserialize_with = "present")]
+    kind: Option<Option<String>>,
+    #[serde(default)]
+    urls: Option<Vec<String>>,
+    #[serde(default)]
+    mode: Option<UrlMode>,
+    #[serde(default)]
+    timeout: Option<Duration>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+impl TryFrom<RawOutput> for OutputConfig {
+    type Error = String;
+
+    fn try_from(raw: RawOutput) -> Result<Self, String> {
+        let collector_keys = raw.urls.is_some() || raw.mode.is_some() || raw.timeout.is_some();
+        let kind = match &raw.kind {
+            None => return Err("output needs a `type`: collector, stdout or null".to_owned()),
+            Some(None) => "null",
+            Some(Some(k)) => k.as_str(),
+        };
+        match kind {
+            "collector" => {
+                let defaults = CollectorOutputConfig::default();
+                Ok(OutputConfig::Collector(CollectorOutputConfig {
+                    urls: raw.urls.unwrap_or(defaults.urls),
+                    mode: raw.mode.unwrap_or(defaults.mode),
+                    timeout: raw.timeout.unwrap_or(defaults.timeout),
+                }))
+            }
+            "stdout" | "null" | "discard" if collector_keys => Err(format!(
+                "output type {kind} takes no `urls`, `mode` or `timeout` (those are for type collector)"
+            )),
+            "stdout" => Ok(OutputConfig::Stdout),
+            "null" | "discard" => Ok(OutputConfig::Null),
+            other => Err(format!(
+                "unknown output type {other:?}: this agent ships to collector, stdout or null"
+            )),
+        }
+    }
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        OutputConfig::Collector(CollectorOutputConfig::default())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UrlMode {
+    /// Use the first URL until it fails, then the next.
+    #[default]
+    Failover,
+    /// Spread batches over every URL in turn.
+    RoundRobin,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorOutputConfig {
+    pub urls: Vec<String>,
+    #[serde(default)]
+    pub mode: UrlMode,
+    /// Per request.
+    #[serde(default = "default_request_timeout")]
+    pub timeout: Duration,
+}
+
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl Default for CollectorOutputConfig {
+    fn default() -> Self {
+        Self {
+            urls: vec!["http://127.0.0.1:7070".to_owned()],
+            mode: UrlMode::Failover,
+            timeout: default_request_timeout(),
+        }
+    }
+}
+
+/// A config that parses but cannot work. Each variant names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentConfigError {
+    #[error(
+        "agent: no inputs: add at least one under `agent.inputs` (or paths on the command line)"
+    )]
+    NoInputs,
+    #[error("agent input {input:?}: {message}")]
+    Input { input: String, message: String },
+    #[error("agent input {input:?}: bad glob {pattern:?}: {source}")]
+    Glob {
+        input: String,
+        pattern: String,
+        #[source]
+        source: globset::Error,
+    },
+    #[error("agent input {input:?}: bad multiline {which} regex {pattern:?}: {source}")]
+    Regex {
+        input: String,
+        which: &'static str,
+        pattern: String,
+        #[source]
+        source: Box<regex::Error>,
+    },
+    #[error("agent: {0}")]
+    Invalid(String),
+}
+
+/// A multiline rule with its regex compiled.
+#[derive(Debug, Clone)]
+pub enum MultilineMode {
+    Start(Regex),
+    Continuation(Regex),
+}
+
+#[derive(Debug, Clone)]
+pub struct MultilineRule {
+    pub mode: MultilineMode,
+    pub max_lines: usize,
+    pub timeout: std::time::Duration,
+}
+
+/// An input with its globs and regexes compiled.
+#[derive(Debug, Clone)]
+pub struct CompiledInput {
+    pub name: String,
+    pub include_patterns: Vec<String>,
+    pub include: GlobSet,
+    pub exclude: GlobSet,
+    pub read_from: ReadFrom,
+    pub topic: String,
+    pub fields: Vec<Field>,
+    pub multiline: Option<MultilineRule>,
+    pub max_line_bytes: usize,
+    pub line_flush_timeout: std::time::Duration,
+}
+
+impl CompiledInput {
+    /// Whether `path` belongs to this input.
+    pub fn matches(&self, path: &Path) -> bool {
+        self.include.is_match(path) && !self.exclude.is_match(path)
+    }
+}
+
+fn glob(input: &str, pattern: &str) -> Result<Glob, AgentConfigError> {
+    GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .build()
+        .map_err(|source| AgentConfigError::Glob {
+            input: input.to_owned(),
+            pattern: pattern.to_owned(),
+            source,
+        })
+}
+
+fn glob_set(input: &str, patterns: &[String]) -> Result<GlobSet, AgentConfigError> {
+    let mut b = GlobSetBuilder::new();
+    for p in patterns {
+        b.add(glob(input, p)?);
+    }
+    b.build().map_err(|source| AgentConfigError::Glob {
+        input: input.to_owned(),
+        pattern: patterns.join(", "),
+        source,
+    })
+}
+
+/// The parts of `ferry agent`'s command line that configure the agent.
+#[derive(Debug, Clone, Default)]
+pub struct QuickArgs {
+    /// `--collector URL`, repeatable (failover in the order given).
+    pub collectors: Vec<String>,
+    pub topic: Option<String>,
+    /// Files or globs.
+    pub paths: Vec<String>,
+    /// `collector`, `stdout` or `null`.
+    pub output: Option<String>,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl AgentConfig {
+    /// A config from command-line flags alone, or flags layered over `base` (a loaded config):
+    /// paths add one input named `cli`, the other flags replace what they name.
+    pub fn from_quick(
+        base: Option<AgentConfig>,
+        args: &QuickArgs,
+    ) -> Result<Self, AgentConfigError> {
+        let mut cfg = base.unwrap_or_default();
+        if let Some(dir) = &args.data_dir {
+            cfg.data_dir = dir.clone();
+        }
+        if !args.paths.is_empty() {
+            let include = args.paths.iter().map(|p| absolute(p)).collect::<Vec<_>>();
+            cfg.inputs.push(InputConfig {
+                name: "cli".to_owned(),
+                include,
+                exclude: Vec::new(),
+                read_from: ReadFrom::Beginning,
+                topic: args.topic.clone().unwrap_or_else(|| "logs".to_owned()),
+                fields: BTreeMap::new(),
+                multiline: None,
+                max_line_bytes: default_max_line_bytes(),
+                line_flush_timeout: default_line_flush_timeout(),
+            });
+        } else if let Some(topic) = &args.topic {
+            for input in &mut cfg.inputs {
+                input.topic = topic.clone();
+            }
+        }
+        match args.output.as_deref() {
+            None | Some("collector") => {
+                if !args.collectors.is_empty() {
+                    let mut c = match cfg.output {
+                        OutputConfig::Collector(c) => c,
+                        _ => CollectorOutputConfig::default(),
+                    };
+                    c.urls = args.collectors.clone();
+                    cfg.output = OutputConfig::Collector(c);
+                } else if args.output.is_some() && !matches!(cfg.output, OutputConfig::Collector(_))
+                {
+                    cfg.output = OutputConfig::default();
+                }
+            }
+            Some("stdout") => cfg.output = OutputConfig::Stdout,
+            Some("null") | Some("discard") => cfg.output = OutputConfig::Null,
+            Some(other) => {
+                return Err(AgentConfigError::Invalid(format!(
+                    "unknown output {other:?}: this agent ships to `collector`, `stdout` or `null`"
+                )));
+            }
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks everything a parse cannot and compiles the inputs.
+    pub fn validate(&self) -> Result<Vec<CompiledInput>, AgentConfigError> {
+        if self.inputs.is_empty() {
+            return Err(AgentConfigError::NoInputs);
+        }
+        if let Some(id) = &self.id
+            && (id.is_empty() || id.len() > ferry_core::batch::MAX_AGENT_ID_LEN)
+        {
+            return Err(AgentConfigError::Invalid(
+                "`id` must be 1 to 1024 bytes".to_owned(),
+            ));
+        }
+        if self.batch.max_bytes.get() == 0 || self.batch.max_bytes.get() > (64 << 20) {
+            return Err(AgentConfigError::Invalid(
+                "`batch.max_bytes` must be between 1 byte and 64MiB".to_owned(),
+            ));
+        }
+        if self.batch.max_records == 0 {
+            return Err(AgentConfigError::Invalid(
+                "`batch.max_records` must be at least 1".to_owned(),
+            ));
+        }
+        if self.compression.level > 9 {
+            return Err(AgentConfigError::Invalid(format!(
+                "`compression.level` is {}, gzip levels are 0 to 9",
+                self.compression.level
+            )));
+        }
+        if self.buffer_bytes.get() < self.batch.max_bytes.get() {
+            return Err(AgentConfigError::Invalid(format!(
+                "`buffer_bytes` ({}) must be at least `batch.max_bytes` ({})",
+                self.buffer_bytes, self.batch.max_bytes
+            )));
+        }
+        if self.read_budget_bytes.get() == 0 {
+            return Err(AgentConfigError::Invalid(
+                "`read_budget_bytes` must be at least 1".to_owned(),
+            ));
+        }
+        if self.rescan_interval.get().is_zero() {
+            return Err(AgentConfigError::Invalid(
+                "`rescan_interval` must be more than 0".to_owned(),
+            ));
+        }
+        if self.max_in_flight == 0 {
+            return Err(AgentConfigError::Invalid(
+                "`max_in_flight` must be at least 1".to_owned(),
+            ));
+        }
+        if let OutputConfig::Collector(c) = &self.output {
+            if c.urls.is_empty() {
+                return Err(AgentConfigError::Invalid(
+                    "`output.urls` is empty: give at least one collector URL".to_owned(),
+                ));
+            }
+            for u in &c.urls {
+                let parsed = reqwest::Url::parse(u).map_err(|e| {
+                    AgentConfigError::Invalid(format!(
+                        "collector URL {u:?} does not parse ({e}); write e.g. http://127.0.0.1:7070"
+                    ))
+                })?;
+                if parsed.scheme() != "http" {
+                    return Err(AgentConfigError::Invalid(format!(
+                        "collector URL {u:?}: only http:// is supported by this build"
+                    )));
+                }
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        self.inputs.iter().map(|i| i.compile(&mut names)).collect()
+    }
+}
+
+impl InputConfig {
+    fn compile(
+        &self,
+        names: &mut std::collections::HashSet<String>,
+    ) -> Result<CompiledInput, AgentConfigError> {
+        let bad = |message: String| AgentConfigError::Input {
+            input: self.name.clone(),
+            message,
+        };
+        if self.name.is_empty() {
+            return Err(AgentConfigError::Invalid(
+                "an input has an empty `name`".to_owned(),
+            ));
+        }
+        if !names.insert(self.name.clone()) {
+            return Err(bad("two inputs have this name".to_owned()));
+        }
+        if self.include.is_empty() {
+            return Err(bad("`include` is empty: give at least one glob".to_owned()));
+        }
+        for p in &self.include {
+            if !Path::new(p).is_absolute() {
+                return Err(bad(format!(
+                    "include glob {p:?} is relative; write an absolute path"
+                )));
+            }
+        }
+        if self.topic.is_empty() {
+            return Err(bad("`topic` is empty".to_owned()));
+        }
+        if self.max_line_bytes.get() == 0 {
+            return Err(bad("`max_line_bytes` must be at least 1".to_owned()));
+        }
+        let multiline = match &self.multiline {
+            None => None,
+            Some(m) => {
+                let compile = |which: &'static str, pattern: &str| {
+                    Regex::new(pattern).map_err(|e| AgentConfigError::Regex {
+                        input: self.name.clone(),
+                        which,
+                        pattern: pattern.to_owned(),
+                        source: Box::new(e),
+                    })
+                };
+                let mode = match (&m.start_pattern, &m.continuation_pattern) {
+                    (Some(s), None) => MultilineMode::Start(compile("start_pattern", s)?),
+                    (None, Some(c)) => {
+                        MultilineMode::Continuation(compile("continuation_pattern", c)?)
+                    }
+                    _ => {
+                        return Err(bad(
+                            "multiline needs exactly one of `start_pattern` or `continuation_pattern`"
+                                .to_owned(),
+                        ));
+                    }
+                };
+                if m.max_lines == 0 {
+                    return Err(bad("`multiline.max_lines` must be at least 1".to_owned()));
+                }
+                Some(MultilineRule {
+                    mode,
+                    max_lines: m.max_lines,
+                    timeout: m.timeout.get(),
+                })
+            }
+        };
+        Ok(CompiledInput {
+            name: self.name.clone(),
+            include_patterns: self.include.clone(),
+            include: glob_set(&self.name, &self.include)?,
+            exclude: glob_set(&self.name, &self.exclude)?,
+            read_from: self.read_from,
+            topic: self.topic.clone(),
+            fields: self
+                .fields
+                .iter()
+                .map(|(k, v)| Field::new(k.as_str(), v.as_str()))
+                .collect(),
+            multiline,
+            max_line_bytes: self.max_line_bytes.as_usize(),
+            line_flush_timeout: self.line_flush_timeout.get(),
+        })
+    }
+}
+
+fn absolute(p: &str) -> String {
+    let path = Path::new(p);
+    if path.is_absolute() {
+        return p.to_owned();
+    }
+    match std::env::current_dir() {
+        Ok(cwd) => cwd.join(path).to_string_lossy().into_owned(),
+        Err(_) => p.to_owned(),
+    }
+}
+
+/// The host name, for the default agent id.
+pub fn host_name() -> String {
+    for source in ["/proc/sys/kernel/hostname", "/etc/hostname"] {
+        if let Ok(s) = std::fs::read_to_string(source) {
+            let s = s.trim();
+            if !s.is_empty() {
+                return s.to_owned();
+            }
+        }
+    }
+    std::env::var("HOSTNAME").unwrap_or_else(|_| "ferry-agent".to_owned())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<AgentConfig, ferry_core::config::ConfigError> {
+        ferry_core::config::load_str_with_env(text, Path::new("a.yaml"), &|_| None)
+    }
+
+    #[test]
+    fn full_config_parses_and_validates() {
+        let cfg = load(
+            r#"
+id: web-1
+data_dir: /var/lib/ferry
+inputs:
+  - name: app
+    include: ["/var/log/app/*.log"]
+    exclude: ["/var/log/app/debug*.log"]
+    read_from: end
+    topic: app
+    fields: {env: prod}
+    multiline:
+      start_pattern: '^\d{4}-'
+      max_lines: 50
+      timeout: 2s
+    max_line_bytes: 64KiB
+batch: {max_bytes: 512KiB, max_records: 1000, linger: 100ms}
+compression: {codec: none, level: 0}
+output:
+  type: collector
+  urls: ["http://c1:7070", "http://c2:7070"]
+  mode: round_robin
+  timeout: 5s
+buffer_bytes: 8MiB
+rescan_interval: 30s
+read_budget_bytes: 256KiB
+"#,
+        )
+        .unwrap();
+        let inputs = cfg.validate().unwrap();
+        assert_eq!(inputs[0].read_from, ReadFrom::End);
+        assert!(inputs[0].matches(Path::new("/var/log/app/a.log")));
+        assert!(!inputs[0].matches(Path::new("/var/log/app/debug1.log")));
+        assert!(!inputs[0].matches(Path::new("/var/log/app/sub/a.log")));
+        assert_eq!(inputs[0].max_line_bytes, 64 << 10);
+        assert!(matches!(
+            &cfg.output,
+            OutputConfig::Collector(c) if c.mode == UrlMode::RoundRobin && c.urls.len() == 2
+        ));
+        assert_eq!(cfg.compression.codec, Codec::None);
+    }
+
+    #[test]
+    fn null_and_stdout_outputs_parse() {
+        for (text, null) in [
+            ("output: {type: \"null\"}\n", true),
+            ("output:\n  type: null\n", true),
+            ("output: {type: discard}\n", true),
+            ("output: {type: stdout}\n", false),
+        ] {
+            let cfg = load(text).unwrap();
+            assert_eq!(matches!(cfg.output, OutputConfig::Null), null, "{text}");
+        }
+    }
+
+    #[test]
+    fn unknown_output_type_or_key_is_refused() {
+        let err = load("output: {type: kafka}\n").unwrap_err().to_string();
+        assert!(err.contains("unknown output type \"kafka\""), "{err}");
+        assert!(load("output: {type: collector, urls: [\"http://c\"], retries: 3}\n").is_err());
+        assert!(load("output: {type: stdout, urls: [\"http://c\"]}\n").is_err());
+        assert!(
+            load("output: {urls: [\"http://c\"]}\n")
+                .unwrap_err()
+                .to_string()
+                .contains("needs a `type`")
+        );
+        let cfg = load("output: {type: collector, urls: [\"ftp://c\"]}\ninputs: [{name: a, include: [/x], topic: t}]\n").unwrap();
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("only http://")
+        );
+    }
+
+    #[test]
+    fn empty_config_takes_defaults_but_needs_inputs() {
+        let cfg = load("").unwrap();
+        assert_eq!(cfg.batch.max_bytes, ByteSize::mib(1));
+        assert!(matches!(cfg.validate(), Err(AgentConfigError::NoInputs)));
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_its_place() {
+        let err = load("inputs:\n  - name: a\n    include: [/x]\n    topic: t\n    tpoic: u\n")
+            .unwrap_err();
+        assert_eq!(err.location().map(|l| l.0), Some(5), "{err}");
+    }
+
+    #[test]
+    fn bad_regex_names_input_and_pattern() {
+        let cfg = load(
+            "inputs:\n  - name: java\n    include: [/x/*.log]\n    topic: t\n    multiline: {start_pattern: '(unclosed'}\n",
+        )
+        .unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("\"java\"") && err.contains("(unclosed"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_glob_and_relative_glob_are_refused() {
+        let mut cfg = load("inputs:\n  - name: a\n    include: ['/x/[a']\n    topic: t\n").unwrap();
+        assert!(cfg.validate().unwrap_err().to_string().contains("bad glob"));
+        cfg.inputs[0].include = vec!["x/*.log".into()];
+        assert!(cfg.validate().unwrap_err().to_string().contains("relative"));
+    }
+
+    #[test]
+    fn quick_args_build_a_working_config() {
+        let cfg = AgentConfig::from_quick(
+            None,
+            &QuickArgs {
+                collectors: vec!["http://c:7070".into()],
+                topic: Some("web".into()),
+                paths: vec!["/var/log/*.log".into()],
+                output: None,
+                data_dir: Some("/tmp/d".into()),
+            },
+        )
+        .unwrap();
+        assert_eq!(cfg.inputs[0].topic, "web");
+        assert_eq!(cfg.data_dir, PathBuf::from("/tmp/d"));
+        assert!(matches!(&cfg.output, OutputConfig::Collector(c) if c.urls == ["http://c:7070"]));
+        let null = AgentConfig::from_quick(
+            None,
+            &QuickArgs {
+                paths: vec!["/a".into()],
+                output: Some("null".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(matches!(null.output, OutputConfig::Null));
+        let bad = AgentConfig::from_quick(
+            None,
+            &QuickArgs {
+                paths: vec!["/a".into()],
+                output: Some("kafak".into()),
+                ..Default::default()
+            },
+        );
+        assert!(bad.unwrap_err().to_string().contains("kafak"));
+    }
+}

@@ -1,0 +1,81 @@
+//! Where batches go.
+//!
+//! An [`Output`] takes one encoded batch (the core wire format, compressed or not) for a topic
+//! and answers when it is acknowledged — for the collector, durable — or why not: a
+//! [`OutputError`] says whether trying again can help (retryable, possibly after a delay the
+//! server named), whether the batch must be split (too large), or whether it was refused for
+//! good (counted as a drop with reason `rejected`). Retrying, splitting and counting are the
+//! shipper's job ([`crate::shipper`]), the same for every output.
+//!
+//! Outputs: [`null::NullOutput`] (acknowledges at once; benchmarks), [`stdout::StdoutOutput`]
+//! (prints the lines; debugging), [`collector::CollectorOutput`] (HTTP to ferry collectors).
+
+pub mod collector;
+pub mod null;
+pub mod retry;
+pub mod stdout;
+
+use bytes::Bytes;
+use std::future::Future;
+use std::time::Duration;
+
+/// What the shipper knows about a batch it sends, for outputs that want it (logs, splitting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchMeta {
+    pub records: u32,
+    pub first_offset: u64,
+    pub end_offset: u64,
+}
+
+/// An acknowledgement. The collector says how many records it stored and how many it dropped
+/// as replays of records it already had.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ack {
+    pub stored: Option<u64>,
+    pub deduplicated: Option<u64>,
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum OutputError {
+    /// Try again: after `retry_after` if the server said so, else after a backoff.
+    #[error("{reason} (will retry)")]
+    Retryable {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    /// The batch is larger than the output accepts: split it and send the halves.
+    #[error("batch too large for the output")]
+    TooLarge,
+    /// Refused for good (a 4xx other than 413/429): the batch is dropped and counted.
+    #[error("rejected: {reason}")]
+    Rejected { reason: String },
+}
+
+/// A destination for encoded batches.
+pub trait Output: Send + Sync + 'static {
+    /// Sends one encoded batch to `topic`; resolves once it is acknowledged or refused.
+    fn send(
+        &self,
+        topic: &str,
+        batch: Bytes,
+        meta: &BatchMeta,
+    ) -> impl Future<Output = Result<Ack, OutputError>> + Send;
+}
+
+/// The output a config names.
+#[derive(Debug)]
+pub enum AnyOutput {
+    Null(null::NullOutput),
+    Stdout(stdout::StdoutOutput),
+    Collector(collector::CollectorOutput),
+}
+
+impl Output for AnyOutput {
+    async fn send(&self, topic: &str, batch: Bytes, meta: &BatchMeta) -> Result<Ack, OutputError> {
+        match self {
+            AnyOutput::Null(o) => o.send(topic, batch, meta).await,
+            AnyOutput::Stdout(o) => o.send(topic, batch, meta).await,
+            AnyOutput::Collector(o) => o.send(topic, batch, meta).await,
+        }
+    }
+}

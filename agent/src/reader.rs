@@ -1,0 +1,253 @@
+//! The reader thread: drives the [`Tailer`] with file events, rescans and timeouts.
+//!
+//! One OS thread owns every file. Each turn is a few named phases:
+//! 1. `take_events`: drain `notify` events (directory watches) without blocking; a data event
+//!    marks its file for reading, any other event re-checks its path;
+//! 2. `rescan_if_due`: every `rescan_interval` (or after an event queue overflow), expand the
+//!    globs again and stat everything — the fallback for missed events;
+//! 3. `read`: read the files that may have data, each up to the read budget, within the room
+//!    left in the agent's buffer (bytes read but not acknowledged);
+//! 4. `poll_timeouts`: partial lines, multiline records, batch linger, rotated files;
+//! 5. `forward`: hand sealed batches to the compression workers;
+//! 6. `wait`: when nothing was read, block on the event channel until an event, an ack that
+//!    frees buffer room, or the next deadline. With nothing changing, the thread sleeps: no
+//!    per-file polling, whatever the number of files.
+
+use crate::tail::{Emitted, Tailer};
+use crate::{AgentStats, Buffer};
+use notify::event::{EventKind, ModifyKind};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::time::{Duration, Instant};
+
+/// What wakes the reader.
+#[derive(Debug)]
+pub enum ReaderEvent {
+    Fs(notify::Result<notify::Event>),
+    /// Acknowledgements freed buffer room, or shutdown began.
+    Wake,
+}
+
+/// Capacity of the event channel; an overflow means "rescan everything".
+pub const EVENT_QUEUE: usize = 16_384;
+
+pub struct Reader {
+    pub tailer: Tailer,
+    pub events: Receiver<ReaderEvent>,
+    /// Kept to create the notify watcher (its callback sends here).
+    pub events_tx: SyncSender<ReaderEvent>,
+    /// Set when the event channel was full: events were lost.
+    pub overflow: Arc<AtomicBool>,
+    pub workers: Vec<SyncSender<Emitted>>,
+    pub buffer: Arc<Buffer>,
+    pub stop: Arc<AtomicBool>,
+    pub stats: Arc<AgentStats>,
+    pub rescan_interval: Duration,
+    /// Whether to use file events at all (tests of the rescan path turn them off).
+    pub use_events: bool,
+}
+
+struct State {
+    watcher: Option<RecommendedWatcher>,
+    watched: HashSet<PathBuf>,
+    last_scan: Instant,
+    rescan_now: bool,
+    next_worker: usize,
+}
+
+impl Reader {
+    /// Runs until told to stop, then seals open batches and hands them over.
+    pub fn run(mut self) {
+        let mut st = State {
+            watcher: None,
+            watched: HashSet::new(),
+            last_scan: Instant::now(),
+            rescan_now: false,
+            next_worker: 0,
+        };
+        if self.use_events {
+            let tx = self.events_tx.clone();
+            let overflow = self.overflow.clone();
+            match notify::recommended_watcher(move |res| {
+                if let Err(TrySendError::Full(_)) = tx.try_send(ReaderEvent::Fs(res)) {
+                    overflow.store(true, Ordering::Relaxed);
+                }
+            }) {
+                Ok(w) => st.watcher = Some(w),
+                Err(e) => tracing::warn!(error = %e, "file events unavailable; relying on rescans"),
+            }
+        }
+        self.watch_roots(&mut st);
+        self.tailer.scan(Instant::now());
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let now = Instant::now();
+            self.take_events(&mut st, now);
+            self.rescan_if_due(&mut st, now);
+            let room = self.buffer.room(self.tailer.open_bytes());
+            let read = if room > 0 {
+                self.tailer.read_turn(now, room)
+            } else {
+                0
+            };
+            self.tailer.poll_timeouts(now);
+            if !self.forward(&mut st) {
+                return;
+            }
+            self.publish_stats();
+            let busy = room > 0 && (read > 0 || self.tailer.has_work());
+            if !busy {
+                self.wait(&mut st);
+            }
+        }
+        self.tailer.flush_batches();
+        self.forward(&mut st);
+        self.publish_stats();
+    }
+
+    fn watch_roots(&mut self, st: &mut State) {
+        let Some(w) = st.watcher.as_mut() else {
+            return;
+        };
+        for root in self.tailer.roots() {
+            if st.watched.contains(&root.dir) || !root.dir.is_dir() {
+                continue;
+            }
+            let mode = if root.recursive() {
+                RecursiveMode::Recursive
+            } else {
+                RecursiveMode::NonRecursive
+            };
+            match w.watch(&root.dir, mode) {
+                Ok(()) => {
+                    st.watched.insert(root.dir.clone());
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %root.dir.display(), error = %e, "cannot watch directory; relying on rescans")
+                }
+            }
+        }
+    }
+
+    fn take_events(&mut self, st: &mut State, now: Instant) {
+        while let Ok(ev) = self.events.try_recv() {
+            self.handle_event(st, ev, now);
+        }
+        if self.overflow.swap(false, Ordering::Relaxed) {
+            tracing::warn!("file event queue overflowed; rescanning");
+            st.rescan_now = true;
+        }
+    }
+
+    fn handle_event(&mut self, st: &mut State, ev: ReaderEvent, now: Instant) {
+        let ev = match ev {
+            ReaderEvent::Wake => return,
+            ReaderEvent::Fs(Ok(ev)) => ev,
+            ReaderEvent::Fs(Err(e)) => {
+                tracing::debug!(error = %e, "file event error; rescanning");
+                st.rescan_now = true;
+                return;
+            }
+        };
+        if ev.need_rescan() {
+            st.rescan_now = true;
+        }
+        match ev.kind {
+            EventKind::Access(_) => {}
+            EventKind::Modify(ModifyKind::Data(_)) => {
+                for p in &ev.paths {
+                    if !self.tailer.data_event(p) && !self.tailer.path_event(p, now) {
+                        st.rescan_now = true;
+                    }
+                }
+            }
+            _ => {
+                for p in &ev.paths {
+                    if !self.tailer.path_event(p, now) {
+                        st.rescan_now = true;
+                    }
+                }
+            }
+        }
+    }
+
+    fn rescan_if_due(&mut self, st: &mut State, now: Instant) {
+        if !st.rescan_now && now.duration_since(st.last_scan) < self.rescan_interval {
+            return;
+        }
+        st.rescan_now = false;
+        st.last_scan = now;
+        self.watch_roots(st);
+        self.tailer.scan(now);
+        let inputs = self.tailer.inputs();
+        for (input, path, lag) in self.tailer.lags() {
+            metrics::gauge!("ferry_agent_file_lag_bytes", "input" => inputs[input].name.clone(), "path" => path.to_string())
+                .set(lag as f64);
+        }
+        metrics::gauge!("ferry_agent_files_tracked").set(self.tailer.file_count() as f64);
+    }
+
+    /// Hands what the tailer produced to the workers, round robin. False if they are gone.
+    fn forward(&mut self, st: &mut State) -> bool {
+        let n = self.workers.len();
+        for item in self.tailer.take_output() {
+            if let Emitted::Batch { batch, .. } = &item {
+                self.buffer.take(batch.span_bytes());
+            }
+            if self.workers[st.next_worker].send(item).is_err() {
+                return false;
+            }
+            st.next_worker = (st.next_worker + 1) % n;
+        }
+        true
+    }
+
+    fn publish_stats(&mut self) {
+        let stats = self.tailer.take_stats();
+        for (i, s) in stats.iter().enumerate() {
+            if s.lines == 0 && s.unread_bytes == 0 {
+                continue;
+            }
+            let name = self.tailer.inputs()[i].name.clone();
+            metrics::counter!("ferry_agent_lines_read_total", "input" => name.clone())
+                .increment(s.lines);
+            metrics::counter!("ferry_agent_bytes_read_total", "input" => name.clone())
+                .increment(s.bytes);
+            if s.truncated > 0 {
+                metrics::counter!("ferry_agent_truncated_lines_total", "input" => name.clone())
+                    .increment(s.truncated);
+            }
+            self.stats.lines_read.fetch_add(s.lines, Ordering::Relaxed);
+            self.stats.bytes_read.fetch_add(s.bytes, Ordering::Relaxed);
+            self.stats
+                .lines_truncated
+                .fetch_add(s.truncated, Ordering::Relaxed);
+            self.stats
+                .unread_bytes
+                .fetch_add(s.unread_bytes, Ordering::Relaxed);
+        }
+    }
+
+    fn wait(&mut self, st: &mut State) {
+        let now = Instant::now();
+        let mut until = st.last_scan + self.rescan_interval;
+        if let Some(d) = self.tailer.next_deadline() {
+            until = until.min(d);
+        }
+        let timeout = until.saturating_duration_since(now);
+        if timeout.is_zero() {
+            return;
+        }
+        match self.events.recv_timeout(timeout) {
+            Ok(ev) => self.handle_event(st, ev, Instant::now()),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => std::thread::sleep(timeout),
+        }
+    }
+}

@@ -1,0 +1,674 @@
+//! Shipping: deliver each batch until it is acknowledged, then advance the checkpoint.
+//!
+//! The [`Shipper`] receives compressed batches, in the order the reader produced them, from
+//! the compression workers. Per file it keeps a queue and delivers one batch at a time, so a
+//! file's batches reach the collector in offset order (its dedup keeps the highest offset per
+//! origin: a later batch stored first would make an earlier one look like a replay); different
+//! files are delivered concurrently, up to `max_in_flight`. A delivery retries with capped,
+//! jittered exponential backoff (or the server's `Retry-After`) for as long as it takes, splits
+//! a batch the output finds too large, and drops — counted, logged at error — only a batch the
+//! output refuses for good. Then, and only then, the file's checkpoint advances.
+
+use crate::checkpoint::{Checkpointer, Checkpoints, FileCheckpoint};
+use crate::output::retry::Backoff;
+use crate::output::{Ack, BatchMeta, Output, OutputError};
+use crate::tail::{FileKey, FileState};
+use crate::{AgentStats, Buffer};
+use bytes::Bytes;
+use ferry_core::batch::{BatchBuilder, DecodeLimits, decode};
+use ferry_core::record::OriginKey;
+use ferry_core::shutdown::Shutdown;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+/// What reaches the shipper, in the reader's order.
+#[derive(Debug)]
+pub enum Shipment {
+    Batch {
+        input: usize,
+        state: FileState,
+        first_offset: u64,
+        end_offset: u64,
+        records: u32,
+        /// The encoded batch, or why it could not be encoded.
+        encoded: Result<Bytes, String>,
+    },
+    Position {
+        state: FileState,
+        offset: u64,
+    },
+    Released {
+        key: FileKey,
+    },
+}
+
+/// How deliveries retry.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How one batch ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delivery {
+    pub acked_records: u64,
+    /// Records dropped, by reason (`rejected`, `too_large`).
+    pub dropped: Vec<(&'static str, u64)>,
+    pub retries: u64,
+    pub deduplicated: u64,
+}
+
+/// Delivers one encoded batch: retries until acknowledged, splits on "too large", drops on a
+/// refusal. Never gives up on a retryable error; the shipper's shutdown deadline cancels it.
+pub async fn deliver<O: Output>(
+    output: &O,
+    topic: &str,
+    batch: Bytes,
+    meta: BatchMeta,
+    policy: RetryPolicy,
+    gzip_level: u32,
+    stats: &AgentStats,
+) -> Delivery {
+    let mut result = Delivery::default();
+    // Halves of split batches, last first, so they go out in offset order.
+    let mut stack = vec![(batch, meta)];
+    while let Some((b, m)) = stack.pop() {
+        let mut backoff = Backoff::new(policy.base, policy.max);
+        loop {
+            match output.send(topic, b.clone(), &m).await {
+                Ok(Ack { deduplicated, .. }) => {
+                    result.acked_records += u64::from(m.records);
+                    result.deduplicated += deduplicated.unwrap_or(0);
+                    break;
+                }
+                Err(OutputError::Retryable {
+                    reason,
+                    retry_after,
+                }) => {
+                    result.retries += 1;
+                    stats.retries.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("ferry_agent_retries_total").increment(1);
+                    let delay = retry_after
+                        .unwrap_or_else(|| backoff.next_delay())
+                        .min(policy.max);
+                    if backoff.attempts() <= 1 || result.retries % 10 == 0 {
+                        tracing::warn!(topic, %reason, ?delay, attempt = result.retries, "delivery failed; retrying");
+                    }
+                    tokio::time::sleep(delay).await;
+                }
+                Err(OutputError::TooLarge) => match split_batch(&b, gzip_level) {
+                    Ok(((a, ma), (c, mc))) => {
+                        tracing::info!(
+                            topic,
+                            records = m.records,
+                            "batch too large for the output; splitting it"
+                        );
+                        stack.push((c, mc));
+                        stack.push((a, ma));
+                        break;
+                    }
+                    Err(why) => {
+                        tracing::error!(topic, records = m.records, first_offset = m.first_offset, %why, "batch too large and cannot be split; dropping it");
+                        result.dropped.push(("too_large", u64::from(m.records)));
+                        break;
+                    }
+                },
+                Err(OutputError::Rejected { reason }) => {
+                    tracing::error!(topic, records = m.records, first_offset = m.first_offset, end_offset = m.end_offset, %reason, "output rejected a batch; dropping it");
+                    result.dropped.push(("rejected", u64::from(m.records)));
+                    break;
+                }
+            }
+        }
+    }
+    result
+}
+
+/// One half of a split batch: its encoding and what it covers.
+pub type SplitHalf = (Bytes, BatchMeta);
+
+/// Splits an encoded batch into two batches of about half the records each, with the same
+/// origin, codec and creation time; the first covers `[first, mid)`, the second `[mid, end)`.
+pub fn split_batch(encoded: &Bytes, gzip_level: u32) -> Result<(SplitHalf, SplitHalf), String> {
+    let limits = DecodeLimits {
+        max_raw_bytes: u64::from(u32::MAX),
+        max_records: u64::from(u32::MAX),
+    };
+    let batch = decode(encoded, &limits).map_err(|e| e.to_string())?;
+    if batch.records.len() < 2 {
+        return Err("a single record cannot be split".to_owned());
+    }
+    let origin = batch.header.origin.as_ref();
+    let half = batch.records.len() / 2;
+    let mut parts = Vec::with_capacity(2);
+    let mut first = origin.map_or(0, |o| o.first_offset);
+    for recs in [&batch.records[..half], &batch.records[half..]] {
+        let mut b = match origin {
+            Some(o) => BatchBuilder::with_origin(
+                OriginKey {
+                    agent_id: o.key.agent_id.clone(),
+                    file: o.key.file,
+                },
+                first,
+            ),
+            None => BatchBuilder::new(),
+        };
+        for r in recs {
+            b.push(&r.line, r.span, r.event_time_ms, r.truncated, &r.fields);
+        }
+        let end = b.end_offset().unwrap_or(first);
+        let bytes = b
+            .finish(batch.header.codec, gzip_level, batch.header.created_ms)
+            .map_err(|e| e.to_string())?;
+        parts.push((
+            Bytes::from(bytes),
+            BatchMeta {
+                records: recs.len() as u32,
+                first_offset: first,
+                end_offset: end,
+            },
+        ));
+        first = end;
+    }
+    let second = parts.pop().ok_or("split produced no halves")?;
+    let first = parts.pop().ok_or("split produced one half")?;
+    Ok((first, second))
+}
+
+/// Everything the shipper needs besides its channels.
+pub struct ShipperParts<O> {
+    pub output: Arc<O>,
+    pub topics: Vec<Arc<str>>,
+    pub input_names: Vec<String>,
+    pub checkpointer: Checkpointer,
+    pub checkpoints: Checkpoints,
+    pub checkpoint_interval: Duration,
+    pub shutdown_timeout: Duration,
+    pub max_in_flight: usize,
+    pub policy: RetryPolicy,
+    pub gzip_level: u32,
+    pub buffer: Arc<Buffer>,
+    pub stats: Arc<AgentStats>,
+    /// Tells the reader to stop (shutdown) ...
+    pub stop_reader: Box<dyn Fn() + Send>,
+    /// ... or that acknowledgements freed buffer space.
+    pub wake_reader: Box<dyn Fn() + Send>,
+}
+
+struct Done {
+    key: FileKey,
+    input: usize,
+    state: FileState,
+    first_offset: u64,
+    end_offset: u64,
+    delivery: Delivery,
+}
+
+/// The async side of the agent: receives, delivers, acknowledges, checkpoints.
+pub struct Shipper<O> {
+    parts: ShipperParts<O>,
+    rx: Vec<mpsc::Receiver<Shipment>>,
+    /// Which worker's channel holds the next shipment (they are dealt round robin).
+    next_rx: usize,
+    queues: HashMap<FileKey, VecDeque<Shipment>>,
+    /// Files with a delivery in flight.
+    busy: HashSet<FileKey>,
+    /// Files with a batch waiting for a free in-flight slot.
+    waiting: VecDeque<FileKey>,
+    in_flight: JoinSet<Done>,
+    dirty: bool,
+    last_checkpoint: Instant,
+}
+
+impl<O: Output> Shipper<O> {
+    pub fn new(parts: ShipperParts<O>, rx: Vec<mpsc::Receiver<Shipment>>) -> Self {
+        Self {
+            parts,
+            rx,
+            next_rx: 0,
+            queues: HashMap::new(),
+            busy: HashSet::new(),
+            waiting: VecDeque::new(),
+            in_flight: JoinSet::new(),
+            dirty: true,
+            last_checkpoint: Instant::now(),
+        }
+    }
+
+    /// Runs until the reader has stopped and everything it produced was delivered, or until the
+    /// shutdown deadline. Writes the checkpoint last.
+    pub async fn run(mut self, shutdown: Shutdown) -> Checkpoints {
+        let mut tick = tokio::time::interval(self.parts.checkpoint_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut deadline: Option<tokio::time::Instant> = None;
+        let mut input_open = true;
+        loop {
+            if !input_open && self.in_flight.is_empty() && self.queues.is_empty() {
+                break;
+            }
+            tokio::select! {
+                Some(done) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
+                    match done {
+                        Ok(done) => self.complete(done),
+                        Err(e) => tracing::error!(error = %e, "delivery task failed"),
+                    }
+                }
+                item = self.rx[self.next_rx].recv(), if input_open => match item {
+                    Some(s) => {
+                        self.next_rx = (self.next_rx + 1) % self.rx.len();
+                        self.accept(s);
+                    }
+                    None => input_open = false,
+                },
+                _ = tick.tick() => self.checkpoint().await,
+                _ = shutdown.wait(), if deadline.is_none() => {
+                    tracing::info!("agent draining: reading stopped, waiting for acknowledgements");
+                    (self.parts.stop_reader)();
+                    deadline = Some(tokio::time::Instant::now() + self.parts.shutdown_timeout);
+                }
+                _ = sleep_until(deadline), if deadline.is_some() => {
+                    let left: usize = self.queues.values().map(VecDeque::len).sum();
+                    tracing::warn!(in_flight = self.in_flight.len(), queued = left, "shutdown deadline passed; unacknowledged lines will be read again at the next start");
+                    self.in_flight.abort_all();
+                    break;
+                }
+            }
+        }
+        self.dirty = true;
+        self.checkpoint().await;
+        self.parts.checkpoints
+    }
+
+    fn accept(&mut self, s: Shipment) {
+        let key = match &s {
+            Shipment::Batch { state, .. } | Shipment::Position { state, .. } => state.key,
+            Shipment::Released { key } => *key,
+        };
+        self.queues.entry(key).or_default().push_back(s);
+        self.pump(key);
+    }
+
+    /// Applies the file's queued positions and starts its next delivery, if it has none running.
+    fn pump(&mut self, key: FileKey) {
+        if self.busy.contains(&key) {
+            return;
+        }
+        let Some(queue) = self.queues.get_mut(&key) else {
+            return;
+        };
+        while let Some(front) = queue.front() {
+            match front {
+                Shipment::Position { .. } | Shipment::Released { .. } => {
+                    if let Some(s) = queue.pop_front() {
+                        apply_control(&mut self.parts.checkpoints, s);
+                        self.dirty = true;
+                    }
+                }
+                Shipment::Batch { .. } => {
+                    if self.in_flight.len() >= self.parts.max_in_flight {
+                        if !self.waiting.contains(&key) {
+                            self.waiting.push_back(key);
+                        }
+                        return;
+                    }
+                    let Some(Shipment::Batch {
+                        input,
+                        state,
+                        first_offset,
+                        end_offset,
+                        records,
+                        encoded,
+                    }) = queue.pop_front()
+                    else {
+                        return;
+                    };
+                    self.busy.insert(key);
+                    let output = self.parts.output.clone();
+                    let topic = self.parts.topics[input].clone();
+                    let policy = self.parts.policy;
+                    let level = self.parts.gzip_level;
+                    let stats = self.parts.stats.clone();
+                    self.in_flight.spawn(async move {
+                        let meta = BatchMeta {
+                            records,
+                            first_offset,
+                            end_offset,
+                        };
+                        let delivery = match encoded {
+                            Ok(bytes) => {
+                                deliver(&*output, &topic, bytes, meta, policy, level, &stats).await
+                            }
+                            Err(why) => {
+                                tracing::error!(%why, "batch could not be encoded; dropping it");
+                                Delivery {
+                                    dropped: vec![("encode", u64::from(records))],
+                                    ..Delivery::default()
+                                }
+                            }
+                        };
+                        Done {
+                            key,
+                            input,
+                            state,
+                            first_offset,
+                            end_offset,
+                            delivery,
+                        }
+                    });
+                    return;
+                }
+            }
+        }
+        self.queues.remove(&key);
+    }
+
+    fn complete(&mut self, done: Done) {
+        let Done {
+            key,
+            input,
+            state,
+            first_offset,
+            end_offset,
+            delivery,
+        } = done;
+        let span = end_offset - first_offset;
+        let name = self.parts.input_names[input].as_str();
+        metrics::counter!("ferry_agent_lines_shipped_total", "input" => name.to_owned())
+            .increment(delivery.acked_records);
+        metrics::counter!("ferry_agent_bytes_shipped_total", "input" => name.to_owned())
+            .increment(span);
+        if delivery.deduplicated > 0 {
+            metrics::counter!("ferry_agent_deduplicated_records_total", "input" => name.to_owned())
+                .increment(delivery.deduplicated);
+        }
+        let mut dropped_total = 0;
+        for (reason, n) in &delivery.dropped {
+            metrics::counter!("ferry_agent_dropped_records_total", "reason" => *reason, "input" => name.to_owned())
+                .increment(*n);
+            dropped_total += n;
+        }
+        let stats = &self.parts.stats;
+        stats
+            .records_acked
+            .fetch_add(delivery.acked_records, Ordering::Relaxed);
+        stats
+            .records_dropped
+            .fetch_add(dropped_total, Ordering::Relaxed);
+        stats.bytes_acked.fetch_add(span, Ordering::Relaxed);
+        stats.batches_acked.fetch_add(1, Ordering::Relaxed);
+        // Acknowledged or dropped-and-counted: either way this range is done with.
+        self.parts.checkpoints.files.insert(
+            key,
+            FileCheckpoint {
+                path: state.path.to_string(),
+                dev: key.0,
+                inode: key.1,
+                fingerprint: state.fingerprint,
+                generation: state.generation,
+                offset: end_offset,
+                updated_ms: ferry_core::now_ms(),
+            },
+        );
+        self.dirty = true;
+        self.parts.buffer.release(span);
+        (self.parts.wake_reader)();
+        self.busy.remove(&key);
+        self.pump(key);
+        while self.in_flight.len() < self.parts.max_in_flight {
+            let Some(k) = self.waiting.pop_front() else {
+                break;
+            };
+            self.pump(k);
+        }
+    }
+
+    async fn checkpoint(&mut self) {
+        let age = self.last_checkpoint.elapsed().as_secs_f64();
+        metrics::gauge!("ferry_agent_checkpoint_age_seconds").set(age);
+        if !self.dirty {
+            return;
+        }
+        let cps = self.parts.checkpoints.clone();
+        let writer = self.parts.checkpointer.clone();
+        match tokio::task::spawn_blocking(move || writer.store(&cps)).await {
+            Ok(Ok(())) => {
+                self.dirty = false;
+                self.last_checkpoint = Instant::now();
+                self.parts
+                    .stats
+                    .checkpoint_writes
+                    .fetch_add(1, Ordering::Relaxed);
+                metrics::gauge!("ferry_agent_checkpoint_age_seconds").set(0.0);
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot write checkpoint; will retry"),
+            Err(e) => tracing::error!(error = %e, "checkpoint task failed"),
+        }
+    }
+}
+
+fn apply_control(cps: &mut Checkpoints, s: Shipment) {
+    match s {
+        Shipment::Position { state, offset } => {
+            cps.files.insert(
+                state.key,
+                FileCheckpoint {
+                    path: state.path.to_string(),
+                    dev: state.key.0,
+                    inode: state.key.1,
+                    fingerprint: state.fingerprint,
+                    generation: state.generation,
+                    offset,
+                    updated_ms: ferry_core::now_ms(),
+                },
+            );
+        }
+        Shipment::Released { key } => {
+            cps.files.remove(&key);
+        }
+        Shipment::Batch { .. } => {}
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use ferry_core::batch::Codec;
+    use ferry_core::record::FileId;
+    use std::sync::Mutex;
+
+    fn encoded(n: u64, codec: Codec) -> (Bytes, BatchMeta) {
+        let key = OriginKey {
+            agent_id: "a".into(),
+            file: FileId {
+                dev: 1,
+                inode: 2,
+                fingerprint: 3,
+                generation: 0,
+            },
+        };
+        let mut b = BatchBuilder::with_origin(key, 1000);
+        for i in 0..n {
+            let line = format!("line {i}");
+            b.push_line(line.as_bytes(), line.len() as u64 + 1);
+        }
+        let end = b.end_offset().unwrap();
+        (
+            Bytes::from(b.finish(codec, 1, 42).unwrap()),
+            BatchMeta {
+                records: n as u32,
+                first_offset: 1000,
+                end_offset: end,
+            },
+        )
+    }
+
+    #[test]
+    fn split_keeps_origin_ranges_contiguous() {
+        for codec in [Codec::None, Codec::Gzip] {
+            let (b, m) = encoded(5, codec);
+            let ((x, mx), (y, my)) = split_batch(&b, 1).unwrap();
+            assert_eq!((mx.first_offset, mx.records), (1000, 2));
+            assert_eq!(
+                (mx.end_offset, my.first_offset, my.end_offset),
+                (my.first_offset, mx.end_offset, m.end_offset)
+            );
+            for (part, meta) in [(x, mx), (y, my)] {
+                let d = decode(&part, &DecodeLimits::default()).unwrap();
+                let o = d.header.origin.unwrap();
+                assert_eq!(
+                    (o.first_offset, o.end_offset),
+                    (meta.first_offset, meta.end_offset)
+                );
+                assert_eq!(d.header.codec, codec);
+                assert_eq!(d.header.created_ms, 42);
+            }
+        }
+        assert!(split_batch(&encoded(1, Codec::None).0, 1).is_err());
+    }
+
+    /// An output that answers from a script, recording what it was sent: the real shipper
+    /// logic (retry, split, drop) under test, with the replies a collector can give.
+    struct Scripted {
+        replies: Mutex<VecDeque<Result<Ack, OutputError>>>,
+        sent: Mutex<Vec<BatchMeta>>,
+    }
+
+    impl Output for Scripted {
+        async fn send(&self, _t: &str, _b: Bytes, meta: &BatchMeta) -> Result<Ack, OutputError> {
+            self.sent.lock().unwrap().push(*meta);
+            self.replies
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or(Ok(Ack::default()))
+        }
+    }
+
+    fn scripted(replies: Vec<Result<Ack, OutputError>>) -> Scripted {
+        Scripted {
+            replies: Mutex::new(replies.into()),
+            sent: Mutex::new(Vec::new()),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_with_retry_after_then_acks() {
+        let out = scripted(vec![
+            Err(OutputError::Retryable {
+                reason: "503".into(),
+                retry_after: Some(Duration::from_secs(2)),
+            }),
+            Err(OutputError::Retryable {
+                reason: "conn".into(),
+                retry_after: None,
+            }),
+        ]);
+        let (b, m) = encoded(3, Codec::None);
+        let t0 = tokio::time::Instant::now();
+        let d = deliver(
+            &out,
+            "t",
+            b,
+            m,
+            RetryPolicy::default(),
+            1,
+            &AgentStats::default(),
+        )
+        .await;
+        assert_eq!((d.acked_records, d.retries), (3, 2));
+        assert!(d.dropped.is_empty());
+        // 2 s from Retry-After, then a first backoff of 50-100 ms.
+        let waited = t0.elapsed();
+        assert!(
+            waited >= Duration::from_millis(2050) && waited <= Duration::from_millis(2100),
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn too_large_splits_and_sends_halves_in_order() {
+        let out = scripted(vec![Err(OutputError::TooLarge), Err(OutputError::TooLarge)]);
+        let (b, m) = encoded(4, Codec::Gzip);
+        let d = deliver(
+            &out,
+            "t",
+            b,
+            m,
+            RetryPolicy::default(),
+            1,
+            &AgentStats::default(),
+        )
+        .await;
+        assert_eq!(d.acked_records, 4);
+        let sent = out.sent.lock().unwrap().clone();
+        let ranges: Vec<_> = sent.iter().map(|m| (m.first_offset, m.records)).collect();
+        // whole (413) → first half (413) → its quarters → second half
+        assert_eq!(
+            ranges,
+            vec![
+                (1000, 4),
+                (1000, 2),
+                (1000, 1),
+                (sent[3].first_offset, 1),
+                (sent[4].first_offset, 2)
+            ]
+        );
+        assert_eq!(sent[3].first_offset, sent[2].end_offset);
+        assert_eq!(sent[4].end_offset, m.end_offset);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rejected_is_a_counted_drop() {
+        let out = scripted(vec![Err(OutputError::Rejected {
+            reason: "400".into(),
+        })]);
+        let (b, m) = encoded(3, Codec::None);
+        let d = deliver(
+            &out,
+            "t",
+            b,
+            m,
+            RetryPolicy::default(),
+            1,
+            &AgentStats::default(),
+        )
+        .await;
+        assert_eq!(d.dropped, vec![("rejected", 3)]);
+        assert_eq!(d.acked_records, 0);
+        let out = scripted(vec![Err(OutputError::TooLarge)]);
+        let (b, m) = encoded(1, Codec::None);
+        let d = deliver(
+            &out,
+            "t",
+            b,
+            m,
+            RetryPolicy::default(),
+            1,
+            &AgentStats::default(),
+        )
+        .await;
+        assert_eq!(d.dropped, vec![("too_large", 1)]);
+    }
+}

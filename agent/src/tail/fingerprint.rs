@@ -1,0 +1,251 @@
+//! File identity: device + inode, confirmed by a checksum of the file's first bytes.
+//!
+//! dev+inode alone name a file only while it exists: once deleted, its inode may be given to a
+//! new file, whose lines would then be read from the old file's offset. A checksum of the first
+//! bytes tells the two apart.
+//!
+//! # The window, and why it never changes once fixed
+//!
+//! The checksum covers the first `len = min(FINGERPRINT_WINDOW, size)` bytes, where `size` is
+//! the file's size when the agent first reads data from it (or when a checkpoint was written for
+//! it). `len` is stored with the checksum, in memory and in the checkpoint, and the file is
+//! later recognised by hashing exactly its first `len` bytes again. So:
+//!
+//! - an empty file has no fingerprint yet (it is known by dev+inode until it has bytes);
+//! - a file smaller than the window works: its fingerprint covers what it had, and stays valid
+//!   as the file grows, because appending does not change the first `len` bytes;
+//! - the fingerprint is part of every shipped batch's origin ([`ferry_core::record::FileId`]),
+//!   and the collector deduplicates on that origin, so it must not change while lines of the
+//!   file are being shipped: it is not recomputed over a larger window as the file grows;
+//! - a truncation (copytruncate) starts a new generation and fixes a new fingerprint on the new
+//!   content.
+//!
+//! The checksum also covers the file's birth time where the file system records one (ext4,
+//! xfs, btrfs, tmpfs), so a reused inode is a new identity even when the new file begins with
+//! the same bytes. Limits, stated plainly: where there is no birth time, a reused inode whose
+//! new content begins with the same `len` bytes as the old one is taken for the old file (the
+//! smaller `len`, the likelier). Two distinct files with the same first line are always
+//! different files: they have different inodes.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+/// Bytes at the start of a file that its fingerprint covers, at most.
+pub const FINGERPRINT_WINDOW: u64 = 1024;
+
+/// A fixed fingerprint: a checksum of the first `len` bytes (and of the file's birth time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Fingerprint {
+    /// How many leading bytes the checksum covers (1..=FINGERPRINT_WINDOW).
+    pub len: u64,
+    /// FNV-1a 64 of those bytes, mixed with `len` and the birth time.
+    pub checksum: u64,
+}
+
+impl Fingerprint {
+    /// The checksum of `bytes`, a file's first `bytes.len()` bytes, for a file born at
+    /// `birth_ns` (0 where the file system does not record birth times).
+    ///
+    /// Why the birth time: the collector deduplicates on (agent, dev, inode, fingerprint,
+    /// generation) for good, so a deleted file's inode reused by a new file that happens to
+    /// begin with the same bytes (a CSV header, a start-up banner) must still get another
+    /// identity, or the new file's first lines would be dropped as replays. The birth time
+    /// (statx `btime`) differs between the two and never changes during a file's life (renames
+    /// and truncations keep it). Where it is not available the content alone decides.
+    pub fn of(bytes: &[u8], birth_ns: u64) -> Self {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mix = |h: &mut u64, b: u8| {
+            *h ^= u64::from(b);
+            *h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        };
+        for &b in bytes {
+            mix(&mut h, b);
+        }
+        for b in (bytes.len() as u64).to_le_bytes() {
+            mix(&mut h, b);
+        }
+        if birth_ns != 0 {
+            for b in birth_ns.to_le_bytes() {
+                mix(&mut h, b);
+            }
+        }
+        Self {
+            len: bytes.len() as u64,
+            checksum: h,
+        }
+    }
+
+    /// Fixes a fingerprint for `file`, whose size is `size`: `None` if it is empty.
+    pub fn take(file: &File, size: u64) -> io::Result<Option<Self>> {
+        let len = size.min(FINGERPRINT_WINDOW);
+        if len == 0 {
+            return Ok(None);
+        }
+        let mut buf = [0u8; FINGERPRINT_WINDOW as usize];
+        let got = read_full_at(file, &mut buf[..len as usize])?;
+        if got == 0 {
+            return Ok(None);
+        }
+        Ok(Some(Self::of(&buf[..got], birth_ns(file))))
+    }
+
+    /// Whether `file` still begins with the bytes this fingerprint was taken over. A file now
+    /// shorter than `len` does not.
+    pub fn matches(&self, file: &File) -> io::Result<bool> {
+        let mut buf = [0u8; FINGERPRINT_WINDOW as usize];
+        let len = self.len.min(FINGERPRINT_WINDOW) as usize;
+        let got = read_full_at(file, &mut buf[..len])?;
+        Ok(got == len && Self::of(&buf[..len], birth_ns(file)) == *self)
+    }
+}
+
+/// The file's birth time in ns since the epoch, or 0 if the file system does not keep it.
+fn birth_ns(file: &File) -> u64 {
+    file.metadata()
+        .and_then(|m| m.created())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn read_full_at(file: &File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read_at(&mut buf[got..], got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
+
+    fn write(path: &std::path::Path, bytes: &[u8]) -> File {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        f.write_all(bytes).unwrap();
+        File::open(path).unwrap()
+    }
+
+    #[test]
+    fn empty_file_has_no_fingerprint_yet() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = write(&dir.path().join("a"), b"");
+        assert_eq!(Fingerprint::take(&f, 0).unwrap(), None);
+    }
+
+    #[test]
+    fn tiny_file_fingerprint_survives_growth() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a");
+        let f = write(&p, b"hi\n");
+        let fp = Fingerprint::take(&f, 3).unwrap().unwrap();
+        assert_eq!(fp.len, 3);
+        write(&p, &vec![b'x'; 5000]);
+        assert!(
+            fp.matches(&f).unwrap(),
+            "appending must not change identity"
+        );
+        // A fingerprint over the full window of the grown file is a different value, which is
+        // exactly why the window is fixed once taken.
+        let grown = Fingerprint::take(&f, 5003).unwrap().unwrap();
+        assert_eq!(grown.len, FINGERPRINT_WINDOW);
+        assert_ne!(grown, fp);
+    }
+
+    #[test]
+    fn truncated_or_rewritten_file_no_longer_matches() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a");
+        let f = write(&p, b"first line\nsecond\n");
+        let fp = Fingerprint::take(&f, 18).unwrap().unwrap();
+        std::fs::write(&p, b"first").unwrap();
+        assert!(!fp.matches(&f).unwrap(), "shorter than the window");
+        std::fs::write(&p, b"other line\nsecond\n").unwrap();
+        assert!(!fp.matches(&f).unwrap(), "same length, other bytes");
+    }
+
+    #[test]
+    fn inode_reuse_is_caught_by_the_checksum() {
+        // Delete a file and create another until the kernel hands out the same inode (tmpfs and
+        // ext4 both reuse freed inodes promptly); then its fingerprint must differ.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a");
+        let f = write(&p, b"old content\n");
+        let ino = f.metadata().unwrap().ino();
+        let fp = Fingerprint::take(&f, 12).unwrap().unwrap();
+        drop(f);
+        std::fs::remove_file(&p).unwrap();
+        let mut reused = None;
+        for i in 0..50 {
+            let q = dir.path().join(format!("b{i}"));
+            let g = write(&q, b"new content\n");
+            if g.metadata().unwrap().ino() == ino {
+                reused = Some(g);
+                break;
+            }
+        }
+        // The checksum decides regardless of whether this file system reused the inode.
+        let g = reused.unwrap_or_else(|| write(&dir.path().join("c"), b"new content\n"));
+        assert!(!fp.matches(&g).unwrap());
+    }
+
+    #[test]
+    fn same_first_line_is_still_two_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = write(&dir.path().join("a"), b"header\n");
+        let b = write(&dir.path().join("b"), b"header\n");
+        let id = |f: &File| {
+            let m = f.metadata().unwrap();
+            (m.dev(), m.ino(), Fingerprint::take(f, 7).unwrap())
+        };
+        assert_ne!(id(&a), id(&b));
+        // Without birth times the checksums are equal, and dev+inode tell the files apart.
+        assert_eq!(
+            Fingerprint::of(b"header\n", 0),
+            Fingerprint::of(b"header\n", 0)
+        );
+    }
+
+    /// Regression guard for the collector's dedup: a new file on a (likely) reused inode that
+    /// begins with the very same bytes must not take over the old file's identity.
+    #[test]
+    fn reused_inode_with_the_same_first_bytes_is_a_new_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a");
+        let f = write(&p, b"id,name\n");
+        let fp = Fingerprint::take(&f, 8).unwrap().unwrap();
+        let has_birth_times = birth_ns(&f) != 0;
+        drop(f);
+        std::fs::remove_file(&p).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let g = write(&dir.path().join("b"), b"id,name\n");
+        if has_birth_times {
+            assert!(!fp.matches(&g).unwrap());
+        } else {
+            // Documented limit: content alone cannot tell these apart.
+            assert!(fp.matches(&g).unwrap());
+        }
+    }
+
+    #[test]
+    fn birth_time_separates_equal_content() {
+        assert_ne!(
+            Fingerprint::of(b"header\n", 1),
+            Fingerprint::of(b"header\n", 2)
+        );
+        assert_ne!(Fingerprint::of(b"ab", 0), Fingerprint::of(b"ab\0", 0));
+    }
+}

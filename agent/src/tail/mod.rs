@@ -1,0 +1,823 @@
+//! Tailing: which files, where in each, and what their lines become.
+//!
+//! [`Tailer`] is the synchronous core of the agent's reading side, modelled on Vector's file
+//! server: it owns one [`watcher::FileWatcher`] per file (a state machine, no task per file), a
+//! [`Multiline`] joiner and a [`Batcher`] per file, and is driven in turns by the reader thread
+//! ([`crate::reader`]): `scan` (rescan, or one path after an event) → `read_turn` (each file that
+//! may have data, up to a byte budget, so busy files cannot starve quiet ones) →
+//! `poll_timeouts` (partial lines, multiline records, batch linger, releasing rotated files).
+//! What it produces — sealed batches and checkpoint facts — is collected with `take_output`.
+//! Time is passed in, so tests drive it without sleeping.
+
+pub mod fingerprint;
+pub mod watcher;
+
+use crate::batcher::{BatchLimits, Batcher, BuilderPool, SealedBatch};
+use crate::checkpoint::{Checkpoints, FileCheckpoint};
+use crate::config::{CompiledInput, ReadFrom};
+use crate::discovery::{self, GlobRoot};
+use crate::lines::Line;
+use crate::multiline::Multiline;
+use ferry_core::record::FileId;
+use fingerprint::Fingerprint;
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use watcher::{FileWatcher, ReadOutcome, StartAt};
+
+/// (dev, inode).
+pub type FileKey = (u64, u64);
+
+/// What a checkpoint entry needs to know about a file, as of one batch or position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileState {
+    pub key: FileKey,
+    pub path: Arc<str>,
+    pub fingerprint: Option<Fingerprint>,
+    pub generation: u32,
+}
+
+/// What the tailer hands to the shipping side, in order.
+#[derive(Debug)]
+pub enum Emitted {
+    /// Records of one file, ready to compress and ship.
+    Batch {
+        input: usize,
+        state: FileState,
+        batch: SealedBatch,
+    },
+    /// A position to checkpoint without a batch (a file read from its end, or restarted at 0
+    /// after a truncation). Applied after the file's earlier batches are acknowledged.
+    Position { state: FileState, offset: u64 },
+    /// The file was read to its end and closed: forget its checkpoint once its batches are
+    /// acknowledged.
+    Released { key: FileKey },
+}
+
+/// Per-input counts since the last `take_stats`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InputStats {
+    pub lines: u64,
+    pub bytes: u64,
+    pub truncated: u64,
+    pub unread_bytes: u64,
+}
+
+/// Knobs of the tailer.
+#[derive(Debug, Clone)]
+pub struct TailerSettings {
+    pub agent_id: String,
+    /// Most bytes read from one file per turn.
+    pub read_budget: u64,
+    /// Size of one read.
+    pub read_buffer: usize,
+    pub limits: BatchLimits,
+}
+
+#[derive(Debug)]
+struct Tracked {
+    input: usize,
+    watcher: FileWatcher,
+    multiline: Option<Multiline>,
+    batcher: Batcher,
+    /// The last read stopped at its budget: read again next turn.
+    more: bool,
+    /// An orphaned file at EOF is looked at again at this time (EOF backoff).
+    next_poll: Option<Instant>,
+    backoff: Duration,
+}
+
+const ORPHAN_POLL_MIN: Duration = Duration::from_millis(50);
+const ORPHAN_POLL_MAX: Duration = Duration::from_secs(1);
+
+/// The reading side's state: every tracked file and what is pending for it.
+#[derive(Debug)]
+pub struct Tailer {
+    settings: TailerSettings,
+    inputs: Arc<[CompiledInput]>,
+    roots: Vec<GlobRoot>,
+    files: HashMap<FileKey, Tracked>,
+    /// Which file each live path names.
+    paths: HashMap<PathBuf, FileKey>,
+    /// Checkpoints read at startup, by file; an entry is consumed when its file is opened.
+    resume: HashMap<FileKey, FileCheckpoint>,
+    /// Paths the startup checkpoints name (a file found there under another inode was
+    /// recreated while the agent was stopped).
+    startup_paths: HashSet<String>,
+    /// The first scan is done: `read_from` no longer applies.
+    started: bool,
+    /// Files that could not be opened during the current scan.
+    failed_opens: HashSet<FileKey>,
+    /// Files to read this turn (events, rescans).
+    dirty: HashSet<FileKey>,
+    /// Files with something time-driven pending (partial line, multiline record, open batch,
+    /// orphaned), so timeouts do not visit every file.
+    timed: HashSet<FileKey>,
+    pool: BuilderPool,
+    buf: Vec<u8>,
+    sealed: Vec<SealedBatch>,
+    out: Vec<Emitted>,
+    stats: Vec<InputStats>,
+    /// File bytes routed into open batches and not sealed yet.
+    open_bytes: u64,
+    /// File bytes read but not yet in a batch (incomplete lines, multiline records).
+    held_bytes: u64,
+}
+
+impl Tailer {
+    pub fn new(
+        settings: TailerSettings,
+        inputs: Arc<[CompiledInput]>,
+        checkpoints: Checkpoints,
+        pool: BuilderPool,
+    ) -> Self {
+        let roots = discovery::roots(&inputs);
+        Self {
+            buf: vec![0; settings.read_buffer.max(1)],
+            stats: vec![InputStats::default(); inputs.len()],
+            settings,
+            inputs,
+            roots,
+            files: HashMap::new(),
+            paths: HashMap::new(),
+            startup_paths: checkpoints.files.values().map(|c| c.path.clone()).collect(),
+            resume: checkpoints.files.into_iter().collect(),
+            started: false,
+            failed_opens: HashSet::new(),
+            dirty: HashSet::new(),
+            timed: HashSet::new(),
+            pool,
+            sealed: Vec::new(),
+            out: Vec::new(),
+            open_bytes: 0,
+            held_bytes: 0,
+        }
+    }
+
+    /// Directories to watch for events.
+    pub fn roots(&self) -> &[GlobRoot] {
+        &self.roots
+    }
+
+    pub fn file_count(&self) -> usize {
+        self.files.len()
+    }
+
+    /// File bytes read and not yet sealed into a batch (part of the agent's buffer).
+    pub fn open_bytes(&self) -> u64 {
+        self.open_bytes + self.held_bytes
+    }
+
+    /// Whether some file is known to have more to read right now.
+    pub fn has_work(&self) -> bool {
+        !self.dirty.is_empty() || self.files.values().any(|t| t.more)
+    }
+
+    /// Expands every glob and stats every match: new files are opened, renamed ones followed,
+    /// vanished or replaced ones orphaned, grown ones marked for reading.
+    pub fn scan(&mut self, now: Instant) {
+        let found = discovery::scan(&self.inputs, &self.roots);
+        let gone: Vec<PathBuf> = self
+            .paths
+            .keys()
+            .filter(|p| !found.contains_key(*p))
+            .cloned()
+            .collect();
+        for p in gone {
+            self.observe(&p, None, now);
+        }
+        for (path, f) in &found {
+            self.observe(path, Some((f.input, f.meta.clone())), now);
+        }
+        if !self.started {
+            self.started = true;
+            // Entries no file matched: those files are gone (or no longer matched). Files that
+            // exist but could not be opened keep theirs for the next attempt.
+            let failed = std::mem::take(&mut self.failed_opens);
+            self.resume.retain(|key, _| {
+                let keep = failed.contains(key);
+                if !keep {
+                    self.out.push(Emitted::Released { key: *key });
+                }
+                keep
+            });
+            self.startup_paths.clear();
+        }
+        self.failed_opens.clear();
+        // Orphaned files get a look too (a rescan is the fallback for missed events).
+        for (key, t) in &self.files {
+            if t.watcher.is_orphaned() {
+                self.dirty.insert(*key);
+            }
+        }
+    }
+
+    /// An event named `path`: re-check just that path. Returns false if the path is a
+    /// directory (a full scan is then needed to find what is inside).
+    pub fn path_event(&mut self, path: &Path, now: Instant) -> bool {
+        match fs::metadata(path) {
+            Ok(meta) if meta.is_dir() => return false,
+            Ok(meta) if meta.is_file() => {
+                let owner = discovery::owner(&self.inputs, path);
+                self.observe(path, owner.map(|i| (i, meta)), now);
+            }
+            _ => self.observe(path, None, now),
+        }
+        true
+    }
+
+    /// An event says `path` was written: read it next turn. Returns false if the path is not
+    /// tracked (the caller then treats it as a path event).
+    pub fn data_event(&mut self, path: &Path) -> bool {
+        match self.paths.get(path) {
+            Some(key) => {
+                self.dirty.insert(*key);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn observe(&mut self, path: &Path, found: Option<(usize, fs::Metadata)>, now: Instant) {
+        let new_key = found.as_ref().map(|(_, m)| (m.dev(), m.ino()));
+        let old_key = self.paths.get(path).copied();
+        if old_key.is_some() && old_key != new_key {
+            self.paths.remove(path);
+            if let Some(k) = old_key
+                && let Some(t) = self.files.get_mut(&k)
+                && t.watcher.path() == path
+            {
+                t.watcher.orphan(now);
+                self.dirty.insert(k);
+                self.timed.insert(k);
+            }
+        }
+        let Some((input, meta)) = found else {
+            return;
+        };
+        let Some(key) = new_key else {
+            return;
+        };
+        if let Some(t) = self.files.get_mut(&key) {
+            if t.watcher.path() != path {
+                let old_path = t.watcher.path().to_path_buf();
+                if self.paths.get(&old_path) == Some(&key) {
+                    self.paths.remove(&old_path);
+                }
+                t.watcher.set_path(path);
+                tracing::debug!(from = %old_path.display(), to = %path.display(), "file renamed; keeping its position");
+            }
+            if t.watcher.note_size(meta.len()) {
+                self.dirty.insert(key);
+            }
+            self.paths.insert(path.to_path_buf(), key);
+            return;
+        }
+        match self.open_file(path, input, &meta, now) {
+            Ok(()) => {
+                self.paths.insert(path.to_path_buf(), key);
+                self.dirty.insert(key);
+            }
+            Err(e) => {
+                self.failed_opens.insert(key);
+                tracing::warn!(path = %path.display(), error = %e, "cannot open file; will retry at the next scan")
+            }
+        }
+    }
+
+    fn open_file(
+        &mut self,
+        path: &Path,
+        input: usize,
+        meta: &fs::Metadata,
+        now: Instant,
+    ) -> std::io::Result<()> {
+        let key = (meta.dev(), meta.ino());
+        let inp = &self.inputs[input];
+        let path_str = path.to_string_lossy();
+        let mut announce = false;
+        let start = match self.resume.get(&key) {
+            Some(cp) => {
+                let same = match cp.fingerprint {
+                    Some(fp) => fp.matches(&fs::File::open(path)?)?,
+                    None => true,
+                };
+                if same && meta.len() >= cp.offset {
+                    StartAt::Resume {
+                        fingerprint: cp.fingerprint,
+                        generation: cp.generation,
+                        offset: cp.offset,
+                    }
+                } else {
+                    // Truncated while the agent was stopped, or the inode now holds another
+                    // file: from the beginning, as a new generation.
+                    tracing::info!(path = %path.display(), "file changed while the agent was stopped; reading it from the beginning");
+                    announce = true;
+                    StartAt::Beginning {
+                        generation: cp.generation.wrapping_add(1),
+                    }
+                }
+            }
+            None => {
+                // A path that had a checkpoint under another inode was recreated while the
+                // agent was stopped: its lines are new, read them all.
+                let recreated = self.startup_paths.contains(path_str.as_ref());
+                if !self.started && inp.read_from == ReadFrom::End && !recreated {
+                    announce = true;
+                    StartAt::End
+                } else {
+                    StartAt::Beginning { generation: 0 }
+                }
+            }
+        };
+        let watcher =
+            FileWatcher::open(path, start, inp.max_line_bytes, inp.line_flush_timeout, now)?;
+        self.resume.remove(&key);
+        if announce {
+            self.out.push(Emitted::Position {
+                state: state_of(&watcher),
+                offset: watcher.line_pos(),
+            });
+        }
+        tracing::debug!(path = %path.display(), ?start, "tailing file");
+        let multiline = inp
+            .multiline
+            .clone()
+            .map(|rule| Multiline::new(rule, inp.max_line_bytes));
+        self.files.insert(
+            watcher.key(),
+            Tracked {
+                input,
+                watcher,
+                multiline,
+                batcher: Batcher::new(self.settings.limits, self.pool.clone()),
+                more: false,
+                next_poll: None,
+                backoff: ORPHAN_POLL_MIN,
+            },
+        );
+        Ok(())
+    }
+
+    /// Reads every file that may have data, each up to the read budget and at most `allowance`
+    /// bytes in all (the room left in the agent's buffer). Returns the bytes read.
+    pub fn read_turn(&mut self, now: Instant, allowance: u64) -> u64 {
+        let mut due: HashSet<FileKey> = self.dirty.drain().collect();
+        for (k, t) in &self.files {
+            if t.more || t.next_poll.is_some_and(|p| now >= p) {
+                due.insert(*k);
+            }
+        }
+        let keys: Vec<FileKey> = due.into_iter().collect();
+        let mut total = 0;
+        for (i, key) in keys.iter().enumerate() {
+            if total >= allowance {
+                // Out of room: remember the rest for when acknowledgements free some.
+                self.dirty.extend(keys[i..].iter().copied());
+                break;
+            }
+            let budget = self.settings.read_budget.min(allowance - total);
+            total += self.read_file(*key, now, budget);
+        }
+        total
+    }
+
+    fn read_file(&mut self, key: FileKey, now: Instant, budget: u64) -> u64 {
+        let before = self.held_by(key);
+        let (bytes, release) = self.read_file_inner(key, now, budget);
+        if release {
+            self.poll_file_inner(key, now, true);
+        }
+        self.held_bytes = (self.held_bytes + self.held_by(key)).saturating_sub(before);
+        bytes
+    }
+
+    /// Bytes read from `key` and held before a batch: an incomplete line, a multiline record.
+    fn held_by(&self, key: FileKey) -> u64 {
+        self.files.get(&key).map_or(0, |t| {
+            t.watcher.pending_bytes() + t.multiline.as_ref().map_or(0, Multiline::pending_bytes)
+        })
+    }
+
+    fn poll_file(&mut self, key: FileKey, now: Instant, release_all: bool) {
+        let before = self.held_by(key);
+        self.poll_file_inner(key, now, release_all);
+        self.held_bytes = (self.held_bytes + self.held_by(key)).saturating_sub(before);
+    }
+
+    /// Returns the bytes read and whether the file must be released now.
+    fn read_file_inner(&mut self, key: FileKey, now: Instant, budget: u64) -> (u64, bool) {
+        let Self {
+            files,
+            inputs,
+            buf,
+            sealed,
+            out,
+            stats,
+            settings,
+            timed,
+            open_bytes,
+            ..
+        } = self;
+        let Some(t) = files.get_mut(&key) else {
+            return (0, false);
+        };
+        let input = &inputs[t.input];
+        let st = &mut stats[t.input];
+        let mut total = 0;
+        let mut release = false;
+        for _attempt in 0..2 {
+            let Tracked {
+                watcher,
+                multiline,
+                batcher,
+                ..
+            } = t;
+            let mut route = |id: FileId, off: u64, line: Line<'_>| {
+                st.lines += 1;
+                st.bytes += line.span;
+                st.truncated += u64::from(line.truncated);
+                route_line(
+                    multiline,
+                    batcher,
+                    &settings.agent_id,
+                    &input.fields,
+                    id,
+                    off,
+                    line,
+                    now,
+                    sealed,
+                    open_bytes,
+                );
+            };
+            match watcher.read(buf, budget, now, &mut route) {
+                Ok(ReadOutcome::Truncated) => {
+                    // Hand out everything of the old content under its old identity first.
+                    watcher.flush_partial(now, true, &mut route);
+                    if let Some(ml) = multiline.as_mut() {
+                        let id = watcher.file_id();
+                        ml.flush(&mut |o, rec| {
+                            push_batch(
+                                batcher,
+                                &settings.agent_id,
+                                &input.fields,
+                                id,
+                                o,
+                                rec,
+                                now,
+                                sealed,
+                                open_bytes,
+                            )
+                        });
+                    }
+                    if let Some(s) = batcher.flush() {
+                        *open_bytes -= s.span_bytes();
+                        sealed.push(s);
+                    }
+                    if !watcher.truncation_is_ours() {
+                        // A rotated-away file being truncated is being reused for other content
+                        // (e.g. the next copytruncate's copy): its own content is done.
+                        tracing::debug!(path = %watcher.path().display(), "rotated file truncated; releasing it");
+                        release = true;
+                        break;
+                    }
+                    let before = watcher.unread_bytes();
+                    watcher.restart_after_truncation();
+                    let lost = watcher.unread_bytes() - before;
+                    if lost > 0 {
+                        st.unread_bytes += lost;
+                        count_unread(&input.name, watcher.path_str(), lost);
+                    }
+                    tracing::info!(path = %watcher.path().display(), generation = watcher.generation(), "file truncated; reading it again from the start");
+                    drain_sealed(sealed, out, t.input, watcher);
+                    out.push(Emitted::Position {
+                        state: state_of(watcher),
+                        offset: 0,
+                    });
+                    t.more = true;
+                    continue;
+                }
+                Ok(ReadOutcome::More { bytes }) => {
+                    total += bytes;
+                    t.more = true;
+                    t.next_poll = None;
+                }
+                Ok(ReadOutcome::Eof { bytes }) => {
+                    total += bytes;
+                    t.more = false;
+                    // A live file is read again on its next event or rescan. An orphaned one
+                    // gets no events of its own any more: look again with EOF backoff until
+                    // its rotate wait is over.
+                    t.next_poll = None;
+                    if watcher.is_orphaned() {
+                        t.backoff = if bytes > 0 {
+                            ORPHAN_POLL_MIN
+                        } else {
+                            (t.backoff * 2).min(ORPHAN_POLL_MAX)
+                        };
+                        t.next_poll = Some(now + t.backoff);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(path = %watcher.path().display(), error = %e, "read failed; will retry");
+                    t.more = false;
+                    t.next_poll = Some(now + ORPHAN_POLL_MAX);
+                    timed.insert(key);
+                }
+            }
+            break;
+        }
+        drain_sealed(sealed, out, t.input, &t.watcher);
+        if t.watcher.is_orphaned()
+            || t.watcher.partial_deadline().is_some()
+            || t.batcher.deadline().is_some()
+            || t.multiline.as_ref().is_some_and(|m| m.deadline().is_some())
+        {
+            timed.insert(key);
+        }
+        (total, release)
+    }
+
+    /// Ships what timed out (partial lines, multiline records, lingering batches) and releases
+    /// orphaned files that were read to their end and stayed quiet.
+    pub fn poll_timeouts(&mut self, now: Instant) {
+        let keys: Vec<FileKey> = self.timed.iter().copied().collect();
+        for key in keys {
+            // One last read before closing a rotated file: its writer may have added lines
+            // since the last look. If it did, the file is not done yet.
+            if self.files.get(&key).is_some_and(|t| t.watcher.is_done(now)) {
+                self.read_file(key, now, self.settings.read_budget);
+            }
+            self.poll_file(key, now, false);
+        }
+    }
+
+    fn poll_file_inner(&mut self, key: FileKey, now: Instant, release_all: bool) {
+        let Self {
+            files,
+            paths,
+            inputs,
+            sealed,
+            out,
+            settings,
+            timed,
+            open_bytes,
+            stats,
+            ..
+        } = self;
+        let Some(t) = files.get_mut(&key) else {
+            timed.remove(&key);
+            return;
+        };
+        let input = &inputs[t.input];
+        let release = release_all || t.watcher.is_done(now);
+        {
+            let Tracked {
+                watcher,
+                multiline,
+                batcher,
+                ..
+            } = t;
+            let st = &mut stats[t.input];
+            let mut route = |id: FileId, off: u64, line: Line<'_>| {
+                st.lines += 1;
+                st.bytes += line.span;
+                st.truncated += u64::from(line.truncated);
+                route_line(
+                    multiline,
+                    batcher,
+                    &settings.agent_id,
+                    &input.fields,
+                    id,
+                    off,
+                    line,
+                    now,
+                    sealed,
+                    open_bytes,
+                );
+            };
+            watcher.flush_partial(now, release, &mut route);
+            if let Some(ml) = multiline.as_mut() {
+                let id = watcher.file_id();
+                let mut push = |o: u64, rec: Line<'_>| {
+                    push_batch(
+                        batcher,
+                        &settings.agent_id,
+                        &input.fields,
+                        id,
+                        o,
+                        rec,
+                        now,
+                        sealed,
+                        open_bytes,
+                    )
+                };
+                if release {
+                    ml.flush(&mut push);
+                } else {
+                    ml.poll(now, &mut push);
+                }
+            }
+            let s = if release {
+                batcher.flush()
+            } else {
+                batcher.poll(now)
+            };
+            if let Some(s) = s {
+                *open_bytes -= s.span_bytes();
+                sealed.push(s);
+            }
+            drain_sealed(sealed, out, t.input, watcher);
+        }
+        if release {
+            let unread = t.watcher.lag_bytes();
+            if unread > 0 {
+                stats[t.input].unread_bytes += unread;
+                count_unread(&input.name, t.watcher.path_str(), unread);
+            }
+            tracing::debug!(path = %t.watcher.path().display(), "released file");
+            // Its lag gauge would otherwise keep its last value.
+            metrics::gauge!("ferry_agent_file_lag_bytes", "input" => input.name.clone(), "path" => t.watcher.path_str().to_string())
+                .set(0.0);
+            out.push(Emitted::Released { key });
+            if paths.get(t.watcher.path()) == Some(&key) {
+                paths.remove(t.watcher.path());
+            }
+            files.remove(&key);
+            timed.remove(&key);
+            return;
+        }
+        let pending = t.watcher.is_orphaned()
+            || t.watcher.partial_deadline().is_some()
+            || t.batcher.deadline().is_some()
+            || t.multiline.as_ref().is_some_and(|m| m.deadline().is_some());
+        if !pending {
+            timed.remove(&key);
+        }
+    }
+
+    /// The earliest time something pending times out.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.timed
+            .iter()
+            .filter_map(|k| self.files.get(k))
+            .flat_map(|t| {
+                [
+                    t.watcher.partial_deadline(),
+                    t.batcher.deadline(),
+                    t.multiline.as_ref().and_then(|m| m.deadline()),
+                    t.next_poll,
+                ]
+            })
+            .flatten()
+            .min()
+    }
+
+    /// Seals every open batch (shutdown). Incomplete lines and multiline records are left to be
+    /// read again after a restart, since the checkpoint stops before them.
+    pub fn flush_batches(&mut self) {
+        for t in self.files.values_mut() {
+            if let Some(s) = t.batcher.flush() {
+                self.open_bytes -= s.span_bytes();
+                self.sealed.push(s);
+            }
+            drain_sealed(&mut self.sealed, &mut self.out, t.input, &t.watcher);
+        }
+    }
+
+    /// Reads everything and ships everything, releasing files, as if every timeout had passed.
+    /// Used by tests and benchmarks to reach a quiescent state.
+    pub fn release_all(&mut self, now: Instant) {
+        let keys: Vec<FileKey> = self.files.keys().copied().collect();
+        for key in keys {
+            self.poll_file(key, now, true);
+        }
+    }
+
+    /// Takes what was produced since the last call, in order.
+    pub fn take_output(&mut self) -> std::vec::Drain<'_, Emitted> {
+        self.out.drain(..)
+    }
+
+    /// Takes the per-input counts since the last call.
+    pub fn take_stats(&mut self) -> Vec<InputStats> {
+        let n = self.stats.len();
+        std::mem::replace(&mut self.stats, vec![InputStats::default(); n])
+    }
+
+    pub fn inputs(&self) -> &[CompiledInput] {
+        &self.inputs
+    }
+
+    /// (input, path, lag bytes) of every tracked file, for the lag gauges.
+    pub fn lags(&self) -> impl Iterator<Item = (usize, &Arc<str>, u64)> {
+        self.files
+            .values()
+            .map(|t| (t.input, t.watcher.path_str(), t.watcher.lag_bytes()))
+    }
+}
+
+/// Bytes of one file that could not be read, by input and path (rare, so the path label's
+/// cardinality is harmless).
+fn count_unread(input: &str, path: &str, bytes: u64) {
+    tracing::warn!(
+        input,
+        path,
+        bytes,
+        "bytes could not be read before the file changed under them"
+    );
+    metrics::counter!("ferry_agent_unread_bytes_total", "input" => input.to_owned(), "path" => path.to_owned())
+        .increment(bytes);
+}
+
+fn state_of(w: &FileWatcher) -> FileState {
+    FileState {
+        key: w.key(),
+        path: w.path_str().clone(),
+        fingerprint: w.fingerprint(),
+        generation: w.generation(),
+    }
+}
+
+fn drain_sealed(
+    sealed: &mut Vec<SealedBatch>,
+    out: &mut Vec<Emitted>,
+    input: usize,
+    w: &FileWatcher,
+) {
+    for batch in sealed.drain(..) {
+        let mut state = state_of(w);
+        // A batch sealed before a truncation carries the identity it was read under.
+        if batch.file.generation != state.generation {
+            state.generation = batch.file.generation;
+            state.fingerprint = None;
+        }
+        out.push(Emitted::Batch {
+            input,
+            state,
+            batch,
+        });
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn route_line(
+    multiline: &mut Option<Multiline>,
+    batcher: &mut Batcher,
+    agent_id: &str,
+    fields: &[ferry_core::record::Field],
+    id: FileId,
+    off: u64,
+    line: Line<'_>,
+    now: Instant,
+    sealed: &mut Vec<SealedBatch>,
+    open_bytes: &mut u64,
+) {
+    match multiline {
+        Some(ml) => ml.push(off, line, now, &mut |o, rec| {
+            push_batch(
+                batcher, agent_id, fields, id, o, rec, now, sealed, open_bytes,
+            )
+        }),
+        None => push_batch(
+            batcher, agent_id, fields, id, off, line, now, sealed, open_bytes,
+        ),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn push_batch(
+    batcher: &mut Batcher,
+    agent_id: &str,
+    fields: &[ferry_core::record::Field],
+    id: FileId,
+    off: u64,
+    rec: Line<'_>,
+    now: Instant,
+    sealed: &mut Vec<SealedBatch>,
+    open_bytes: &mut u64,
+) {
+    let before = sealed.len();
+    batcher.push(
+        agent_id,
+        id,
+        off,
+        rec.bytes,
+        rec.span,
+        rec.truncated,
+        fields,
+        now,
+        sealed,
+    );
+    *open_bytes += rec.span;
+    for s in &sealed[before..] {
+        *open_bytes -= s.span_bytes();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;

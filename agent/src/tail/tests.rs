@@ -1,0 +1,629 @@
+//! The tailer against a model: random writes, rename-rotations, copytruncates, truncations,
+//! deletions and recreations are applied to real files in a temp dir, read by the real
+//! [`Tailer`] (real watchers, real reads with tiny buffers and budgets), and to a model that
+//! only remembers which lines were written to which file instance. After a final drain, every
+//! written line must have come out exactly once, in order per file instance, and each file
+//! identity's batches must cover its bytes contiguously from 0.
+
+use super::*;
+use crate::config::{AgentConfig, InputConfig};
+use ferry_core::batch::{Codec, DecodeLimits, decode};
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+use std::io::Write;
+
+#[derive(Debug, Clone)]
+enum Action {
+    /// Append `lines` lines of `pad` extra bytes to the file at `path` (creating it if absent),
+    /// first completing a line left incomplete by the previous write; with `partial`, end with
+    /// the first part of one more line. `notify`: deliver a data event as inotify would.
+    Write {
+        path: usize,
+        lines: usize,
+        pad: usize,
+        partial: bool,
+        notify: bool,
+    },
+    /// logrotate `create`: rename to `.1` (replacing the previous `.1`), create a new file.
+    Rotate {
+        path: usize,
+        scan: bool,
+    },
+    /// logrotate `copytruncate`: copy to `.1`, truncate in place.
+    CopyTruncate {
+        path: usize,
+        scan: bool,
+    },
+    /// `> file`.
+    Truncate {
+        path: usize,
+        scan: bool,
+    },
+    Delete {
+        path: usize,
+        scan: bool,
+    },
+    /// One reader turn, then time passes.
+    Turn {
+        advance_ms: u64,
+    },
+    Rescan,
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    let path = 0usize..2;
+    prop_oneof![
+        6 => (path.clone(), 0usize..6, 0usize..60, any::<bool>(), any::<bool>())
+            .prop_map(|(path, lines, pad, partial, notify)| Action::Write { path, lines, pad, partial, notify }),
+        1 => (path.clone(), any::<bool>()).prop_map(|(path, scan)| Action::Rotate { path, scan }),
+        1 => (path.clone(), any::<bool>()).prop_map(|(path, scan)| Action::CopyTruncate { path, scan }),
+        1 => (path.clone(), any::<bool>()).prop_map(|(path, scan)| Action::Truncate { path, scan }),
+        1 => (path.clone(), any::<bool>()).prop_map(|(path, scan)| Action::Delete { path, scan }),
+        4 => (0u64..3000).prop_map(|advance_ms| Action::Turn { advance_ms }),
+        1 => Just(Action::Rescan),
+    ]
+}
+
+/// What was written: per file instance (a file's content from creation or truncation on), the
+/// number of lines. A line whose first part was written counts: if its file ends before the
+/// rest is written, the tailer must still ship the part (never abandon readable bytes).
+#[derive(Default)]
+struct Model {
+    written: Vec<u64>,
+    /// Instances whose last line has no newline yet.
+    open_line: HashSet<usize>,
+    /// The instance each path's current file holds.
+    current: [Option<usize>; 2],
+}
+
+struct Harness {
+    dir: tempfile::TempDir,
+    tailer: Tailer,
+    now: Instant,
+    out: Vec<Emitted>,
+    model: Model,
+}
+
+const NAMES: [&str; 2] = ["a.log", "b.log"];
+
+impl Harness {
+    fn new(read_buffer: usize, read_budget: u64, max_records: u32) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = AgentConfig {
+            inputs: vec![InputConfig {
+                name: "model".into(),
+                include: vec![format!("{}/*.log", dir.path().display())],
+                exclude: vec![],
+                read_from: ReadFrom::Beginning,
+                topic: "t".into(),
+                fields: Default::default(),
+                multiline: None,
+                max_line_bytes: ferry_core::config::ByteSize(4096),
+                // Longer than all the time a case lets pass: an incomplete line waits for its
+                // rest, and is shipped as is only when its file is released.
+                line_flush_timeout: ferry_core::config::Duration::from_secs(3600),
+            }],
+            ..Default::default()
+        };
+        let inputs: Arc<[CompiledInput]> = cfg.validate().unwrap().into();
+        let tailer = Tailer::new(
+            TailerSettings {
+                agent_id: "model".into(),
+                read_budget,
+                read_buffer,
+                limits: BatchLimits {
+                    max_bytes: 1 << 20,
+                    max_records,
+                    linger: Duration::from_millis(200),
+                },
+            },
+            inputs,
+            Checkpoints::default(),
+            BuilderPool::default(),
+        );
+        let mut h = Self {
+            dir,
+            tailer,
+            now: Instant::now(),
+            out: Vec::new(),
+            model: Model::default(),
+        };
+        h.tailer.scan(h.now);
+        h
+    }
+
+    fn path(&self, i: usize) -> PathBuf {
+        self.dir.path().join(NAMES[i])
+    }
+
+    fn collect(&mut self) {
+        self.out.extend(self.tailer.take_output());
+    }
+
+    fn notify(&mut self, i: usize, scan: bool) {
+        if scan {
+            self.tailer.scan(self.now);
+        } else {
+            let p = self.path(i);
+            self.tailer.path_event(&p, self.now);
+        }
+        self.collect();
+    }
+
+    fn new_instance(&mut self, i: usize) {
+        self.model.written.push(0);
+        self.model.current[i] = Some(self.model.written.len() - 1);
+    }
+
+    /// Reads everything there is to read now (no time passes).
+    fn read_all(&mut self) {
+        self.tailer.scan(self.now);
+        while self.tailer.read_turn(self.now, u64::MAX) > 0 || self.tailer.has_work() {}
+        self.tailer.poll_timeouts(self.now);
+        self.collect();
+    }
+
+    fn apply(&mut self, a: &Action) {
+        match *a {
+            Action::Write {
+                path,
+                lines,
+                pad,
+                partial,
+                notify,
+            } => {
+                let p = self.path(path);
+                if self.model.current[path].is_none() {
+                    std::fs::File::create(&p).unwrap();
+                    self.new_instance(path);
+                    self.notify(path, false);
+                }
+                let inst = self.model.current[path].unwrap_or_default();
+                let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+                let mut text = String::new();
+                if self.model.open_line.remove(&inst) {
+                    text.push_str("rest\n");
+                }
+                for _ in 0..lines {
+                    let seq = self.model.written[inst];
+                    text.push_str(&format!("i{inst}-{seq}-{}\n", "x".repeat(pad)));
+                    self.model.written[inst] += 1;
+                }
+                if partial {
+                    let seq = self.model.written[inst];
+                    text.push_str(&format!("i{inst}-{seq}-{}", "y".repeat(pad)));
+                    self.model.written[inst] += 1;
+                    self.model.open_line.insert(inst);
+                }
+                f.write_all(text.as_bytes()).unwrap();
+                if notify {
+                    self.tailer.data_event(&p);
+                }
+            }
+            Action::Rotate { path, scan } => {
+                if self.model.current[path].is_none() {
+                    return;
+                }
+                let p = self.path(path);
+                std::fs::rename(&p, p.with_extension("log.1")).unwrap();
+                std::fs::File::create(&p).unwrap();
+                self.new_instance(path);
+                self.notify(path, scan);
+            }
+            Action::CopyTruncate { path, scan } | Action::Truncate { path, scan } => {
+                if self.model.current[path].is_none() {
+                    return;
+                }
+                // Lines written before a truncation and never read are gone for any tailer
+                // (that race is inherent to copytruncate): the model is of a tailer that kept
+                // up, and the harness drains first.
+                self.read_all();
+                let p = self.path(path);
+                if matches!(a, Action::CopyTruncate { .. }) {
+                    // Like logrotate, the copy is a new file (older rotations were moved on).
+                    let rotated = p.with_extension("log.1");
+                    let _ = std::fs::remove_file(&rotated);
+                    std::fs::copy(&p, &rotated).unwrap();
+                }
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .truncate(true)
+                    .open(&p)
+                    .unwrap();
+                self.new_instance(path);
+                self.notify(path, scan);
+            }
+            Action::Delete { path, scan } => {
+                if self.model.current[path].take().is_none() {
+                    return;
+                }
+                std::fs::remove_file(self.path(path)).unwrap();
+                self.notify(path, scan);
+            }
+            Action::Turn { advance_ms } => {
+                self.tailer.read_turn(self.now, u64::MAX);
+                self.tailer.poll_timeouts(self.now);
+                self.collect();
+                self.now += Duration::from_millis(advance_ms);
+            }
+            Action::Rescan => {
+                self.tailer.scan(self.now);
+                self.collect();
+            }
+        }
+    }
+
+    /// Reads to the end, lets every timeout pass, releases everything.
+    fn drain(&mut self) {
+        for _ in 0..3 {
+            self.read_all();
+            self.now += Duration::from_secs(10);
+            self.tailer.poll_timeouts(self.now);
+            self.collect();
+        }
+        self.read_all();
+        self.tailer.release_all(self.now);
+        self.collect();
+    }
+}
+
+/// Decodes what the tailer emitted into (instance, seq) per line, checking each identity's
+/// batches are contiguous from 0.
+fn shipped(out: &mut [Emitted]) -> Result<BTreeMap<usize, Vec<u64>>, TestCaseError> {
+    let mut lines: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
+    let mut next_offset: HashMap<FileId, u64> = HashMap::new();
+    for e in out.iter_mut() {
+        let Emitted::Batch { batch, .. } = e else {
+            continue;
+        };
+        let want = next_offset.entry(batch.file).or_insert(0);
+        prop_assert_eq!(
+            batch.first_offset,
+            *want,
+            "gap or overlap in {:?}",
+            batch.file
+        );
+        *want = batch.end_offset;
+        let enc = batch.builder.finish(Codec::None, 0, 0).unwrap();
+        let decoded = decode(&enc.into(), &DecodeLimits::default()).unwrap();
+        let origin = decoded.header.origin.unwrap();
+        prop_assert_eq!(origin.key.file, batch.file);
+        for r in &decoded.records {
+            let text = String::from_utf8_lossy(&r.line);
+            let mut parts = text.splitn(3, '-');
+            let parsed = (
+                parts
+                    .next()
+                    .and_then(|s| s.get(1..))
+                    .and_then(|s| s.parse::<usize>().ok()),
+                parts.next().and_then(|s| s.parse::<u64>().ok()),
+            );
+            let (Some(inst), Some(seq)) = parsed else {
+                return Err(TestCaseError::fail(format!(
+                    "line {text:?} was not written as such (batch {:?} at {})",
+                    batch.file, batch.first_offset
+                )));
+            };
+            prop_assert!(!r.truncated);
+            lines.entry(inst).or_default().push(seq);
+        }
+    }
+    Ok(lines)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn tailer_ships_every_written_line_exactly_once_in_order(
+        actions in proptest::collection::vec(action(), 1..40),
+        read_buffer in 8usize..64,
+        read_budget in 16u64..400,
+        max_records in 1u32..8,
+    ) {
+        let mut h = Harness::new(read_buffer, read_budget, max_records);
+        for a in &actions {
+            h.apply(a);
+        }
+        h.drain();
+        let got = shipped(&mut h.out)?;
+        for (inst, &n) in h.model.written.iter().enumerate() {
+            let want: Vec<u64> = (0..n).collect();
+            let empty = Vec::new();
+            let have = got.get(&inst).unwrap_or(&empty);
+            prop_assert_eq!(have, &want, "instance {} (actions {:?})", inst, actions);
+        }
+        prop_assert_eq!(got.keys().filter(|i| **i >= h.model.written.len()).count(), 0);
+        prop_assert_eq!(h.tailer.file_count(), 0, "every file released after the drain");
+        prop_assert_eq!(h.tailer.open_bytes(), 0, "buffer accounting returns to zero");
+    }
+}
+
+/// Regression: a file renamed to a name the glob also matches keeps its position (no re-read).
+#[test]
+fn renamed_into_a_matched_name_keeps_position() {
+    let mut h = Harness::new(64, 1 << 20, 100);
+    let p = h.path(0);
+    std::fs::write(&p, "i0-0-\ni0-1-\n").unwrap();
+    h.model.written.push(2);
+    h.read_all();
+    std::fs::rename(&p, h.path(1)).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(h.path(1))
+        .unwrap();
+    f.write_all(b"i0-2-\n").unwrap();
+    h.model.written[0] = 3;
+    h.tailer.path_event(&p, h.now);
+    h.tailer.path_event(&h.path(1), h.now);
+    h.drain();
+    let got = shipped(&mut h.out).unwrap();
+    assert_eq!(got[&0], vec![0, 1, 2]);
+}
+
+/// Two files with the same first line are two files: different identities, all lines of both.
+#[test]
+fn same_first_line_in_two_files() {
+    let mut h = Harness::new(64, 1 << 20, 100);
+    std::fs::write(h.path(0), "i0-0-same\n").unwrap();
+    std::fs::write(h.path(1), "i1-0-same\n").unwrap();
+    h.drain();
+    let ids: HashSet<FileId> = h
+        .out
+        .iter()
+        .filter_map(|e| match e {
+            Emitted::Batch { batch, .. } => Some(batch.file),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids.len(), 2);
+}
+
+fn harness_with(multiline: Option<crate::config::MultilineConfig>) -> Harness {
+    let mut h = Harness::new(64, 1 << 20, 100);
+    let mut cfg = AgentConfig {
+        inputs: vec![InputConfig {
+            name: "unit".into(),
+            include: vec![format!("{}/*.log", h.dir.path().display())],
+            exclude: vec![],
+            read_from: ReadFrom::Beginning,
+            topic: "t".into(),
+            fields: Default::default(),
+            multiline,
+            max_line_bytes: ferry_core::config::ByteSize(4096),
+            line_flush_timeout: ferry_core::config::Duration::from_secs(1),
+        }],
+        ..Default::default()
+    };
+    cfg.batch.linger = ferry_core::config::Duration::from_millis(200);
+    let inputs: Arc<[CompiledInput]> = cfg.validate().unwrap().into();
+    h.tailer = Tailer::new(
+        TailerSettings {
+            agent_id: "unit".into(),
+            read_budget: 1 << 20,
+            read_buffer: 64,
+            limits: BatchLimits {
+                max_bytes: 1 << 20,
+                max_records: 100,
+                linger: Duration::from_millis(200),
+            },
+        },
+        inputs,
+        Checkpoints::default(),
+        BuilderPool::default(),
+    );
+    h
+}
+
+/// Records (line, span, truncated, generation) of every batch emitted so far.
+fn records(out: &mut [Emitted]) -> Vec<(String, u64, u32)> {
+    let mut v = Vec::new();
+    for e in out.iter_mut() {
+        if let Emitted::Batch { batch, .. } = e {
+            let enc = batch.builder.finish(Codec::None, 0, 0).unwrap();
+            for r in decode(&enc.into(), &DecodeLimits::default())
+                .unwrap()
+                .records
+            {
+                v.push((
+                    String::from_utf8_lossy(&r.line).into_owned(),
+                    r.span,
+                    batch.file.generation,
+                ));
+            }
+        }
+    }
+    v
+}
+
+#[test]
+fn partial_last_line_ships_after_its_flush_timeout() {
+    let mut h = harness_with(None);
+    std::fs::write(h.path(0), "whole\nhalf").unwrap();
+    h.read_all();
+    let t0 = h.now;
+    h.tailer.poll_timeouts(t0 + Duration::from_millis(300));
+    h.collect();
+    assert_eq!(records(&mut h.out), vec![("whole".to_owned(), 6, 0)]);
+    // 1 s after the last data the partial line joins a batch, which then lingers 200 ms.
+    h.tailer.poll_timeouts(t0 + Duration::from_secs(1));
+    h.tailer.poll_timeouts(t0 + Duration::from_millis(1200));
+    h.collect();
+    assert_eq!(records(&mut h.out)[1..], [("half".to_owned(), 4, 0)]);
+}
+
+#[test]
+fn multiline_stack_trace_is_one_record_through_the_tailer() {
+    let mut h = harness_with(Some(crate::config::MultilineConfig {
+        start_pattern: Some(r"^\d{4}-".into()),
+        continuation_pattern: None,
+        max_lines: 100,
+        timeout: ferry_core::config::Duration::from_secs(1),
+    }));
+    let p = h.path(0);
+    std::fs::write(&p, "2026-01-01 ERROR boom\njava.lang.Ill").unwrap();
+    h.read_all();
+    let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+    f.write_all(b"egalState\n\tat a.B(C.java:1)\n2026-01-01 INFO next\n")
+        .unwrap();
+    h.read_all();
+    h.now += Duration::from_secs(5);
+    h.tailer.poll_timeouts(h.now);
+    h.tailer.poll_timeouts(h.now + Duration::from_secs(1));
+    h.collect();
+    let recs = records(&mut h.out);
+    assert_eq!(
+        recs[0].0,
+        "2026-01-01 ERROR boom\njava.lang.IllegalState\n\tat a.B(C.java:1)"
+    );
+    assert_eq!(recs[1].0, "2026-01-01 INFO next");
+    assert_eq!(recs[0].1 + recs[1].1, std::fs::metadata(&p).unwrap().len());
+}
+
+#[test]
+fn truncation_counts_what_it_lost_and_starts_a_new_generation() {
+    let mut h = harness_with(None);
+    let p = h.path(0);
+    std::fs::write(&p, "one\ntwo\n").unwrap();
+    h.read_all();
+    let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+    f.write_all(b"never read\n").unwrap();
+    h.tailer.scan(h.now); // a stat sees the 11 new bytes, nothing reads them
+    std::fs::write(&p, "new\n").unwrap();
+    h.tailer.data_event(&p);
+    h.tailer.read_turn(h.now, u64::MAX);
+    h.tailer.release_all(h.now);
+    h.collect();
+    let recs = records(&mut h.out);
+    assert_eq!(
+        recs,
+        vec![
+            ("one".into(), 4, 0),
+            ("two".into(), 4, 0),
+            ("new".into(), 4, 1)
+        ]
+    );
+    assert_eq!(h.tailer.take_stats()[0].unread_bytes, 11);
+    // The restart at 0 is checkpointed, under the new generation.
+    assert!(
+        h.out
+            .iter()
+            .any(|e| matches!(e, Emitted::Position { state, offset: 0 } if state.generation == 1))
+    );
+}
+
+#[test]
+fn read_turn_stays_within_the_buffer_allowance() {
+    let mut h = harness_with(None);
+    std::fs::write(h.path(0), "x".repeat(1000) + "\n").unwrap();
+    h.tailer.scan(h.now);
+    assert_eq!(h.tailer.read_turn(h.now, 100), 100);
+    assert_eq!(h.tailer.read_turn(h.now, 0), 0);
+    assert!(h.tailer.has_work(), "the rest waits for room");
+    assert_eq!(h.tailer.read_turn(h.now, u64::MAX), 901);
+}
+
+/// Resume decisions at startup, from a checkpoint: same file → resume at its offset; same
+/// file now shorter (truncated while stopped) → from 0 as the next generation, announced.
+#[test]
+fn startup_resumes_or_restarts_from_the_checkpoint() {
+    use crate::checkpoint::FileCheckpoint;
+    use std::os::unix::fs::MetadataExt;
+    let h = harness_with(None);
+    let (a, b) = (h.path(0), h.path(1));
+    std::fs::write(&a, "one\ntwo\nthree\n").unwrap();
+    std::fs::write(&b, "uno\ndos\ntres\n").unwrap();
+    let entry = |p: &Path, offset: u64| {
+        let f = std::fs::File::open(p).unwrap();
+        let m = f.metadata().unwrap();
+        let fp = fingerprint::Fingerprint::take(&f, m.len()).unwrap();
+        FileCheckpoint {
+            path: p.to_string_lossy().into_owned(),
+            dev: m.dev(),
+            inode: m.ino(),
+            fingerprint: fp,
+            generation: 4,
+            offset,
+            updated_ms: 0,
+        }
+    };
+    let mut cps = Checkpoints::default();
+    for e in [entry(&a, 8), entry(&b, 13)] {
+        cps.files.insert((e.dev, e.inode), e);
+    }
+    // b is truncated while the agent is stopped, then gets new lines (same first bytes).
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&b)
+        .unwrap();
+    std::fs::write(&b, "uno\n").unwrap();
+    let mut tailer = Tailer::new(
+        TailerSettings {
+            agent_id: "unit".into(),
+            read_budget: 1 << 20,
+            read_buffer: 64,
+            limits: BatchLimits {
+                max_bytes: 1 << 20,
+                max_records: 100,
+                linger: Duration::ZERO,
+            },
+        },
+        h.tailer.inputs.clone(),
+        cps,
+        BuilderPool::default(),
+    );
+    let now = Instant::now();
+    tailer.scan(now);
+    tailer.read_turn(now, u64::MAX);
+    tailer.poll_timeouts(now);
+    let mut out: Vec<Emitted> = tailer.take_output().collect();
+    let mut recs = records(&mut out);
+    recs.sort();
+    assert_eq!(recs, vec![("three".into(), 6, 4), ("uno".into(), 4, 5)]);
+    assert!(
+        out.iter()
+            .any(|e| matches!(e, Emitted::Position { state, offset: 0 } if state.generation == 5))
+    );
+}
+
+/// A writer that still holds a rotated (here: deleted) file keeps writing; the tailer keeps
+/// looking (EOF backoff, no events needed) and reads it all before closing it.
+#[test]
+fn writer_still_holding_a_deleted_file_is_read_to_the_end() {
+    let mut h = harness_with(None);
+    let p = h.path(0);
+    let mut writer = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&p)
+        .unwrap();
+    writer.write_all(b"before\n").unwrap();
+    h.read_all();
+    std::fs::remove_file(&p).unwrap();
+    h.tailer.path_event(&p, h.now);
+    h.tailer.read_turn(h.now, u64::MAX);
+    writer.write_all(b"after delete\n").unwrap();
+    // Time passes in small steps, with no events and no rescans: the EOF backoff finds it.
+    for _ in 0..20 {
+        h.now += Duration::from_millis(100);
+        h.tailer.read_turn(h.now, u64::MAX);
+        h.tailer.poll_timeouts(h.now);
+    }
+    assert_eq!(h.tailer.file_count(), 1);
+    // Written just before the rotate wait runs out, and no reading turn in between: the last
+    // look before closing finds it, and the wait starts over.
+    for _ in 0..25 {
+        h.now += Duration::from_millis(100);
+        h.tailer.poll_timeouts(h.now);
+    }
+    writer.write_all(b"just before close\n").unwrap();
+    for _ in 0..100 {
+        h.now += Duration::from_millis(100);
+        h.tailer.poll_timeouts(h.now);
+    }
+    h.collect();
+    let lines: Vec<String> = records(&mut h.out).into_iter().map(|r| r.0).collect();
+    assert_eq!(lines, ["before", "after delete", "just before close"]);
+    assert_eq!(h.tailer.file_count(), 0, "released after its rotate wait");
+}

@@ -1,0 +1,502 @@
+//! One tailed file: a plain state machine, no task, no thread.
+//!
+//! A `FileWatcher` holds the open handle of one file (one dev+inode) and knows its identity,
+//! where it reads next, and the incomplete line it waits on. The [`super::Tailer`] decides when
+//! to call it: on a file event, after a rescan, or again next turn when its read budget ran out.
+//!
+//! States:
+//! - **live**: the path it was found at still names it; read as data arrives.
+//! - **orphaned**: the path now names another file or nothing (renamed away by rotation, or
+//!   deleted). The handle stays open and is read to its end, then kept a little longer
+//!   ([`ROTATE_WAIT`]) for a writer that still holds the old file, then released. Nothing
+//!   readable is abandoned.
+//!
+//! Truncation (copytruncate, `> file`): the size drops below the read position. Everything read
+//! so far is handed out, then reading restarts at 0 with `generation + 1`, so the new lines get
+//! a new origin and the collector's dedup by (origin, offset) does not take them for replays.
+//! Bytes written before the truncation that were never read cannot be read any more: they are
+//! counted in `unread_bytes`.
+//!
+//! Invariant: `line_pos <= read_pos`, and `read_pos - line_pos` is the incomplete line held by
+//! the splitter. Every byte in `[start, line_pos)` was handed out in exactly one line.
+
+use super::fingerprint::Fingerprint;
+use crate::lines::{Line, LineSplitter};
+use ferry_core::record::FileId;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long an orphaned file is kept open after it was last found to grow.
+pub const ROTATE_WAIT: Duration = Duration::from_secs(5);
+
+/// Where a newly opened file starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    Beginning {
+        generation: u32,
+    },
+    End,
+    /// Resume from a checkpoint whose fingerprint was verified.
+    Resume {
+        fingerprint: Option<Fingerprint>,
+        generation: u32,
+        offset: u64,
+    },
+}
+
+/// What one call to [`FileWatcher::read`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// Read `bytes` and stopped at the budget: there may be more.
+    More { bytes: u64 },
+    /// Read `bytes` and reached the end of the file.
+    Eof { bytes: u64 },
+    /// The file is now shorter than the read position, or its first bytes changed: call
+    /// [`FileWatcher::restart_after_truncation`] after handing out what is pending.
+    Truncated,
+}
+
+#[derive(Debug)]
+pub struct FileWatcher {
+    path: PathBuf,
+    /// The path as text, shared with every batch's checkpoint info.
+    path_str: Arc<str>,
+    file: File,
+    dev: u64,
+    inode: u64,
+    /// Fixed once the file has bytes; see [`super::fingerprint`].
+    fingerprint: Option<Fingerprint>,
+    generation: u32,
+    /// Next byte to read.
+    read_pos: u64,
+    /// First byte not yet handed out in a line.
+    line_pos: u64,
+    splitter: LineSplitter,
+    /// Size at the last stat.
+    size: u64,
+    /// Largest size any stat saw since the last truncation (to count what a truncation lost).
+    seen_size: u64,
+    /// When the path stopped naming this file.
+    orphaned_at: Option<Instant>,
+    /// When bytes were last read (the partial-line flush timeout and rotate wait count from it).
+    last_data_at: Instant,
+    at_eof: bool,
+    line_flush_timeout: Duration,
+    /// Bytes that were in the file but could not be read (lost to a truncation).
+    unread_bytes: u64,
+    /// A stat saw the size change: verify the fingerprint at the next read.
+    check_identity: bool,
+    /// A stat of its path saw it shorter than the read position while it was live.
+    shrank_live: bool,
+    /// Its last link is gone (deleted; the open handle is all that is left).
+    deleted: bool,
+}
+
+impl FileWatcher {
+    /// Opens `path` (already stat'ed as `dev`/`inode` by the caller, who passes the metadata).
+    pub fn open(
+        path: &Path,
+        start: StartAt,
+        max_line_bytes: usize,
+        line_flush_timeout: Duration,
+        now: Instant,
+    ) -> io::Result<Self> {
+        let file = File::open(path)?;
+        let meta = file.metadata()?;
+        let size = meta.len();
+        let (fingerprint, generation, pos) = match start {
+            StartAt::Beginning { generation } => (None, generation, 0),
+            StartAt::End => (Fingerprint::take(&file, size)?, 0, size),
+            StartAt::Resume {
+                fingerprint,
+                generation,
+                offset,
+            } => (fingerprint, generation, offset),
+        };
+        Ok(Self {
+            path: path.to_owned(),
+            path_str: Arc::from(path.to_string_lossy().as_ref()),
+            file,
+            dev: meta.dev(),
+            inode: meta.ino(),
+            fingerprint,
+            generation,
+            read_pos: pos,
+            line_pos: pos,
+            splitter: LineSplitter::new(max_line_bytes),
+            size,
+            seen_size: size,
+            orphaned_at: None,
+            last_data_at: now,
+            at_eof: false,
+            line_flush_timeout,
+            unread_bytes: 0,
+            check_identity: false,
+            shrank_live: false,
+            deleted: false,
+        })
+    }
+
+    /// (dev, inode): the key the tailer tracks files by.
+    pub fn key(&self) -> (u64, u64) {
+        (self.dev, self.inode)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn path_str(&self) -> &Arc<str> {
+        &self.path_str
+    }
+
+    /// The file was found under another name (renamed, e.g. `app.log` → `app.log.1` with a
+    /// glob matching both): same file, same position.
+    pub fn set_path(&mut self, path: &Path) {
+        self.path = path.to_owned();
+        self.path_str = Arc::from(path.to_string_lossy().as_ref());
+        self.orphaned_at = None;
+    }
+
+    pub fn fingerprint(&self) -> Option<Fingerprint> {
+        self.fingerprint
+    }
+
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// The identity batches of this file carry.
+    pub fn file_id(&self) -> FileId {
+        FileId {
+            dev: self.dev,
+            inode: self.inode,
+            fingerprint: self.fingerprint.map_or(0, |f| f.checksum),
+            generation: self.generation,
+        }
+    }
+
+    /// First byte not yet handed out as a line.
+    pub fn line_pos(&self) -> u64 {
+        self.line_pos
+    }
+
+    /// Bytes read and held as an incomplete line.
+    pub fn pending_bytes(&self) -> u64 {
+        self.read_pos - self.line_pos
+    }
+
+    /// Bytes known to be in the file and not yet handed out (for the lag metric).
+    pub fn lag_bytes(&self) -> u64 {
+        self.size.saturating_sub(self.line_pos)
+    }
+
+    pub fn unread_bytes(&self) -> u64 {
+        self.unread_bytes
+    }
+
+    pub fn is_orphaned(&self) -> bool {
+        self.orphaned_at.is_some()
+    }
+
+    pub fn at_eof(&self) -> bool {
+        self.at_eof
+    }
+
+    /// The path no longer names this file.
+    pub fn orphan(&mut self, now: Instant) {
+        if self.orphaned_at.is_none() {
+            self.orphaned_at = Some(now);
+        }
+    }
+
+    /// Whether a stat of the path (size, as a hint) says there may be new data, or a
+    /// truncation to look at. The recorded size is left to `read`, which compares against it.
+    pub fn note_size(&mut self, size: u64) -> bool {
+        let changed = size != self.size;
+        if size < self.read_pos && self.orphaned_at.is_none() {
+            self.shrank_live = true;
+        }
+        // Seen shrinking or moving: the next read verifies the content is still the same
+        // even if the file has regrown to the same size by then.
+        self.check_identity |= changed;
+        self.seen_size = self.seen_size.max(size);
+        changed || size > self.read_pos
+    }
+
+    /// An orphaned file read to its end and quiet for [`ROTATE_WAIT`] can be closed.
+    pub fn is_done(&self, now: Instant) -> bool {
+        match self.orphaned_at {
+            Some(at) => {
+                self.at_eof
+                    && now.saturating_duration_since(at.max(self.last_data_at)) >= ROTATE_WAIT
+            }
+            None => false,
+        }
+    }
+
+    /// Reads up to `budget` bytes using `buf`, handing each complete line to
+    /// `emit(file_id, offset, line)`.
+    pub fn read(
+        &mut self,
+        buf: &mut [u8],
+        budget: u64,
+        now: Instant,
+        emit: &mut impl FnMut(FileId, u64, Line<'_>),
+    ) -> io::Result<ReadOutcome> {
+        let meta = self.file.metadata()?;
+        let size = meta.len();
+        if meta.nlink() == 0 {
+            self.deleted = true;
+            self.orphan(now);
+        }
+        if size < self.read_pos {
+            return Ok(ReadOutcome::Truncated);
+        }
+        // The size moved since the last look: make sure the content is still the one we
+        // started on (truncated and rewritten past our position between two looks). One pread
+        // of at most 1 KiB, only when the file changed.
+        if (size != self.size || std::mem::take(&mut self.check_identity))
+            && let Some(fp) = self.fingerprint
+            && !fp.matches(&self.file)?
+        {
+            return Ok(ReadOutcome::Truncated);
+        }
+        self.size = size;
+        self.seen_size = self.seen_size.max(size);
+        let mut total = 0u64;
+        while total < budget {
+            let want = (budget - total).min(buf.len() as u64) as usize;
+            let n = match self.file.read_at(&mut buf[..want], self.read_pos) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if n == 0 {
+                self.at_eof = true;
+                return Ok(ReadOutcome::Eof { bytes: total });
+            }
+            self.at_eof = false;
+            self.last_data_at = now;
+            if self.fingerprint.is_none() {
+                self.fingerprint =
+                    Fingerprint::take(&self.file, self.size.max(self.read_pos + n as u64))?;
+            }
+            let id = self.file_id();
+            let line_pos = &mut self.line_pos;
+            self.splitter.feed(&buf[..n], &mut |line| {
+                let at = *line_pos;
+                *line_pos += line.span;
+                emit(id, at, line);
+            });
+            self.read_pos += n as u64;
+            self.size = self.size.max(self.read_pos);
+            total += n as u64;
+        }
+        Ok(ReadOutcome::More { bytes: total })
+    }
+
+    /// When the pending incomplete line is due to be shipped as is.
+    pub fn partial_deadline(&self) -> Option<Instant> {
+        (self.splitter.pending_bytes() > 0).then(|| self.last_data_at + self.line_flush_timeout)
+    }
+
+    /// Hands out the pending incomplete line if its flush timeout passed, or at once if `force`.
+    pub fn flush_partial(
+        &mut self,
+        now: Instant,
+        force: bool,
+        emit: &mut impl FnMut(FileId, u64, Line<'_>),
+    ) -> bool {
+        let due = force || self.partial_deadline().is_some_and(|d| now >= d);
+        if !due {
+            return false;
+        }
+        let id = self.file_id();
+        let line_pos = &mut self.line_pos;
+        self.splitter.flush(&mut |line| {
+            let at = *line_pos;
+            *line_pos += line.span;
+            emit(id, at, line);
+        })
+    }
+
+    /// Whether a truncation reported by `read` is of this file's own stream, to be read again
+    /// from 0: yes while the file is live, or deleted (only its writer can change it), or if it
+    /// was seen shrinking while live. A file renamed away and then truncated is being reused for
+    /// other content (say, the target of the next copytruncate): its own content is over.
+    pub fn truncation_is_ours(&self) -> bool {
+        self.orphaned_at.is_none() || self.deleted || self.shrank_live
+    }
+
+    /// After a truncation was reported and everything pending handed out: restart at 0 as a new
+    /// generation, counting what was lost.
+    pub fn restart_after_truncation(&mut self) {
+        // Bytes seen in the file (by any stat) past what was read were never read.
+        self.unread_bytes += self.seen_size.saturating_sub(self.read_pos);
+        self.seen_size = 0;
+        self.splitter.clear();
+        self.generation = self.generation.wrapping_add(1);
+        self.fingerprint = None;
+        self.read_pos = 0;
+        self.line_pos = 0;
+        self.size = 0;
+        self.at_eof = false;
+        self.shrank_live = false;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn append(path: &Path, bytes: &[u8]) {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        f.write_all(bytes).unwrap();
+    }
+
+    fn read_all(w: &mut FileWatcher, now: Instant) -> (Vec<(FileId, u64, String)>, ReadOutcome) {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 7];
+        let outcome = w
+            .read(&mut buf, 1 << 20, now, &mut |id, off, l| {
+                out.push((id, off, String::from_utf8_lossy(l.bytes).into_owned()))
+            })
+            .unwrap();
+        (out, outcome)
+    }
+
+    #[test]
+    fn truncation_restarts_at_zero_with_a_new_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.log");
+        append(&p, b"one\ntwo\n");
+        let t = Instant::now();
+        let mut w = FileWatcher::open(
+            &p,
+            StartAt::Beginning { generation: 0 },
+            100,
+            Duration::from_secs(1),
+            t,
+        )
+        .unwrap();
+        let (lines, _) = read_all(&mut w, t);
+        assert_eq!(
+            lines.iter().map(|l| l.2.as_str()).collect::<Vec<_>>(),
+            ["one", "two"]
+        );
+        let gen0 = lines[0].0;
+        std::fs::write(&p, b"x\n").unwrap();
+        assert_eq!(read_all(&mut w, t).1, ReadOutcome::Truncated);
+        w.restart_after_truncation();
+        let (lines, _) = read_all(&mut w, t);
+        assert_eq!(lines.len(), 1);
+        assert_eq!((lines[0].1, lines[0].2.as_str()), (0, "x"));
+        assert_eq!(lines[0].0.generation, gen0.generation + 1);
+        assert_ne!(lines[0].0.fingerprint, gen0.fingerprint);
+    }
+
+    #[test]
+    fn partial_line_waits_for_newline_then_flushes_after_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.log");
+        append(&p, b"done\nhalf");
+        let t0 = Instant::now();
+        let mut w = FileWatcher::open(
+            &p,
+            StartAt::Beginning { generation: 0 },
+            100,
+            Duration::from_secs(1),
+            t0,
+        )
+        .unwrap();
+        let (lines, _) = read_all(&mut w, t0);
+        assert_eq!(lines.len(), 1);
+        assert_eq!(w.partial_deadline(), Some(t0 + Duration::from_secs(1)));
+        let mut out = Vec::new();
+        let mut emit = |_: FileId, off: u64, l: Line<'_>| out.push((off, l.bytes.to_vec(), l.span));
+        assert!(!w.flush_partial(t0 + Duration::from_millis(999), false, &mut emit));
+        // The newline arrives in time: one whole line.
+        append(&p, b" more\n");
+        let (lines, _) = read_all(&mut w, t0 + Duration::from_millis(500));
+        assert_eq!((lines[0].1, lines[0].2.as_str()), (5, "half more"));
+        // A new partial line that never gets its newline ships after the timeout.
+        append(&p, b"tail");
+        let t1 = t0 + Duration::from_secs(2);
+        read_all(&mut w, t1);
+        let mut out = Vec::new();
+        let mut emit = |_: FileId, off: u64, l: Line<'_>| out.push((off, l.bytes.to_vec(), l.span));
+        assert!(w.flush_partial(t1 + Duration::from_secs(1), false, &mut emit));
+        assert_eq!(out, vec![(15, b"tail".to_vec(), 4)]);
+        assert_eq!(w.line_pos(), 19);
+    }
+
+    #[test]
+    fn deleted_file_is_read_to_its_end_then_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.log");
+        append(&p, b"a\n");
+        let t = Instant::now();
+        let mut w = FileWatcher::open(
+            &p,
+            StartAt::Beginning { generation: 0 },
+            100,
+            Duration::from_secs(1),
+            t,
+        )
+        .unwrap();
+        append(&p, b"b\n");
+        std::fs::remove_file(&p).unwrap();
+        let (lines, outcome) = read_all(&mut w, t);
+        assert_eq!(lines.len(), 2);
+        assert!(matches!(outcome, ReadOutcome::Eof { bytes: 4 }));
+        assert!(w.is_orphaned());
+        assert!(!w.is_done(t + Duration::from_secs(1)));
+        assert!(w.is_done(t + ROTATE_WAIT));
+    }
+
+    #[test]
+    fn read_from_end_and_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.log");
+        append(&p, b"old\n");
+        let t = Instant::now();
+        let mut w = FileWatcher::open(&p, StartAt::End, 100, Duration::from_secs(1), t).unwrap();
+        append(&p, b"new\n");
+        let (lines, _) = read_all(&mut w, t);
+        assert_eq!((lines[0].1, lines[0].2.as_str()), (4, "new"));
+        let fp = w.fingerprint();
+        assert_eq!(fp.map(|f| f.len), Some(4));
+        let mut r = FileWatcher::open(
+            &p,
+            StartAt::Resume {
+                fingerprint: fp,
+                generation: 3,
+                offset: 4,
+            },
+            100,
+            Duration::from_secs(1),
+            t,
+        )
+        .unwrap();
+        let (lines, _) = read_all(&mut r, t);
+        assert_eq!(
+            lines[0].0,
+            FileId {
+                generation: 3,
+                ..w.file_id()
+            }
+        );
+        assert_eq!(lines[0].2, "new");
+    }
+}

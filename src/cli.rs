@@ -182,6 +182,26 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
             })
             .await
         }
+        Command::Agent {
+            config,
+            collector,
+            data_dir,
+            topic,
+            kafka,
+            output,
+            paths,
+        } => {
+            commands::agent::run(commands::agent::Args {
+                config,
+                collectors: collector,
+                data_dir,
+                topic,
+                kafka,
+                output,
+                paths,
+            })
+            .await
+        }
         Command::Produce { collector, topic } => commands::produce::run(&collector, &topic).await,
         Command::Consume {
             collector,

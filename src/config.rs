@@ -5,9 +5,11 @@
 //! of them. Each section's type lives in its component's crate, so `ferry check` validates a
 //! file with the very types that run it. Unknown keys are errors everywhere.
 
+use ferry_agent::AgentConfig;
 use ferry_collector::CollectorConfig;
 use ferry_core::config::ConfigError;
 use ferry_core::telemetry::TelemetryConfig;
+use ferry_processor::config::ProcessorConfig;
 use serde::Deserialize;
 use std::path::Path;
 
@@ -21,6 +23,15 @@ pub struct FerryConfig {
     /// The central service.
     #[serde(default)]
     pub collector: Option<CollectorConfig>,
+    /// The file tailer and shipper.
+    #[serde(default)]
+    pub agent: Option<AgentConfig>,
+    /// Windowed aggregation pipelines.
+    #[serde(default)]
+    pub processor: Option<ProcessorConfig>,
+    /// `ferry up`'s sample-log generator.
+    #[serde(default)]
+    pub up: Option<crate::up::UpConfig>,
 }
 
 impl FerryConfig {
@@ -40,6 +51,15 @@ impl FerryConfig {
         let mut s = vec!["telemetry"];
         if self.collector.is_some() {
             s.push("collector");
+        }
+        if self.agent.is_some() {
+            s.push("agent");
+        }
+        if self.processor.is_some() {
+            s.push("processor");
+        }
+        if self.up.is_some() {
+            s.push("up");
         }
         s
     }

@@ -1,5 +1,6 @@
 //! One module per subcommand; each exposes an async `run`.
 pub mod admin;
+pub mod agent;
 pub mod collector;
 pub mod consume;
 pub mod produce;

@@ -1,0 +1,66 @@
+//! `ferry agent`: tail files and ship their lines.
+
+use crate::cli::UsageError;
+use crate::config::FerryConfig;
+use ferry_agent::{Agent, AgentConfig, AgentError, QuickArgs};
+use ferry_core::shutdown::Shutdown;
+use std::path::PathBuf;
+
+pub struct Args {
+    pub config: Option<PathBuf>,
+    pub collectors: Vec<String>,
+    pub data_dir: Option<PathBuf>,
+    pub topic: Option<String>,
+    pub kafka: Option<String>,
+    pub output: Option<String>,
+    pub paths: Vec<String>,
+}
+
+/// The `agent:` section of `--config` (if any) with the flags layered on top.
+pub fn resolve(args: &Args) -> anyhow::Result<AgentConfig> {
+    if args.kafka.is_some() || args.output.as_deref() == Some("kafka") {
+        return Err(UsageError(
+            "the agent's Kafka output is not built yet (issue 7); use --output collector, stdout or null".into(),
+        )
+        .into());
+    }
+    let base = match &args.config {
+        Some(path) => Some(FerryConfig::load(path)?.agent.unwrap_or_default()),
+        None => None,
+    };
+    let quick = QuickArgs {
+        collectors: args.collectors.clone(),
+        topic: args.topic.clone(),
+        paths: args.paths.clone(),
+        output: args.output.clone(),
+        data_dir: args.data_dir.clone(),
+    };
+    let config = AgentConfig::from_quick(base, &quick).map_err(|e| UsageError(e.to_string()))?;
+    if config.inputs.is_empty() {
+        return Err(UsageError(
+            "nothing to tail: give files or globs (ferry agent 'logs/*.log') or inputs in --config"
+                .into(),
+        )
+        .into());
+    }
+    config.validate().map_err(|e| UsageError(e.to_string()))?;
+    Ok(config)
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    ferry_core::telemetry::install_metrics();
+    let config = resolve(&args)?;
+    let shutdown = Shutdown::new();
+    shutdown.on_signals();
+    let agent = Agent::new(config).map_err(|e| match e {
+        AgentError::Config(c) => anyhow::Error::from(UsageError(c.to_string())),
+        other => other.into(),
+    })?;
+    let report = agent.run(shutdown).await?;
+    tracing::info!(
+        agent_id = report.agent_id,
+        files = report.files,
+        "agent stopped"
+    );
+    Ok(())
+}

@@ -202,6 +202,9 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
             })
             .await
         }
+        Command::Processor { config, collector } => {
+            commands::processor::run(config, collector).await
+        }
         Command::Produce { collector, topic } => commands::produce::run(&collector, &topic).await,
         Command::Consume {
             collector,

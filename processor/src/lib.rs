@@ -13,6 +13,8 @@
 //!   (results, alerts, late and dead-letter records), offsets.
 //! - [`state`]: the versioned, checksummed snapshot of a pipeline, restored exactly.
 //! - [`sink`]: stdout, file, webhook, and the collector-topic sink behind a producer trait.
+//! - [`runner`]: a pipeline on collector topics as a group member: one instance per assigned
+//!   partition, checkpoints stored in the collector, hand-over on rebalance.
 //! - [`checkpoint`] and [`driver`]: the atomic checkpoint file and the async loop (input batches,
 //!   ticks, sinks, checkpoints) around a pipeline; the source that fetches records is not here.
 //!
@@ -58,6 +60,7 @@ pub mod driver;
 pub mod filter;
 pub mod parse;
 pub mod pipeline;
+pub mod runner;
 pub mod sink;
 pub mod sketch;
 pub mod state;

@@ -3,4 +3,5 @@ pub mod admin;
 pub mod agent;
 pub mod collector;
 pub mod consume;
+pub mod processor;
 pub mod produce;

@@ -1,0 +1,362 @@
+//! Runs a pipeline on collector topics, as a member of a consumer group, with exactly-once
+//! results across restarts and rebalances.
+//!
+//! The unit of state is the input partition: each partition this member is assigned gets its own
+//! [`Pipeline`] instance, and its checkpoint — the instance's snapshot, which carries the input
+//! offset it reflects — is stored in the collector (`PUT /v1/groups/{g}/checkpoints/...`), where
+//! any member can restore it. The collector accepts a checkpoint only from the partition's owner.
+//!
+//! - **Assigned** a partition: restore its checkpoint (if the pipeline starts from `committed`)
+//!   and seek to the checkpoint's offset; records below it are skipped by the pipeline itself.
+//! - **Revoked**: sinks made durable, the partition's checkpoint stored, then the partition
+//!   released; only then does the collector grant it to another member.
+//! - **Every `checkpoint_interval` and at shutdown**: sinks made durable, then every instance's
+//!   checkpoint stored. A crash between the two replays results that carry (pipeline, key,
+//!   window_start), so a sink can drop the repeat; no record is counted twice in any state.
+//!
+//! Because each partition is aggregated on its own, one result per window and key across the
+//! whole topic needs the input partitioned by the group-by key (the collector topic's
+//! `key_field`), or a topic with one partition — as with Kafka Streams, which repartitions by
+//! key before it aggregates. docs/processor.md says so.
+
+use crate::config::{PipelineConfig, StartAt};
+use crate::pipeline::{Emission, PartitionId, Pipeline};
+use crate::sink::{Outputs, SinkError, TopicProducer};
+use bytes::Bytes;
+use ferry_core::client::{ClientError, CollectorClient};
+use ferry_core::consumer::{Consumer, ConsumerConfig, StartPosition};
+use ferry_core::shutdown::Shutdown;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error("pipeline {pipeline}: collector: {source}")]
+    Collector {
+        pipeline: String,
+        #[source]
+        source: ClientError,
+    },
+    #[error("pipeline {pipeline}: {source}")]
+    Sink {
+        pipeline: String,
+        #[source]
+        source: SinkError,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct RunnerOptions {
+    /// Idle-partition checks and early results.
+    pub tick: Duration,
+    /// Sinks synced and checkpoints stored at least this often (and at shutdown).
+    pub checkpoint_interval: Duration,
+    /// Group session timeout.
+    pub session_timeout: Duration,
+}
+
+impl Default for RunnerOptions {
+    fn default() -> Self {
+        Self {
+            tick: Duration::from_millis(500),
+            checkpoint_interval: Duration::from_secs(5),
+            session_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a finished run did.
+#[derive(Debug, Clone, Default)]
+pub struct RunnerReport {
+    pub records: u64,
+    pub checkpoints: u64,
+}
+
+/// The `topic` sink (and late / dead-letter topics) through the collector's HTTP API.
+pub struct CollectorTopicProducer {
+    client: CollectorClient,
+}
+
+impl CollectorTopicProducer {
+    pub fn new(client: CollectorClient) -> Self {
+        Self { client }
+    }
+}
+
+impl TopicProducer for CollectorTopicProducer {
+    fn produce<'a>(
+        &'a self,
+        topic: &'a str,
+        lines: Vec<Bytes>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(async move {
+            let mut body = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
+            for l in &lines {
+                body.extend_from_slice(l);
+                body.push(b'\n');
+            }
+            self.client
+                .post_lines(topic, body, false)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// One partition's pipeline and where it started.
+struct Instance {
+    pipeline: Pipeline,
+    /// Offset reading started from (the checkpoint's, or the group's start).
+    start: u64,
+}
+
+struct Runner {
+    client: CollectorClient,
+    cfg: PipelineConfig,
+    group: String,
+    consumer: Consumer,
+    outputs: Outputs,
+    instances: BTreeMap<(String, u32), Instance>,
+    report: RunnerReport,
+}
+
+/// Runs `cfg` until `shutdown`, then checkpoints every partition and leaves the group.
+pub async fn run(
+    client: CollectorClient,
+    cfg: PipelineConfig,
+    opts: RunnerOptions,
+    shutdown: Shutdown,
+) -> Result<RunnerReport, RunnerError> {
+    let name = cfg.name.clone();
+    let collector = |source| RunnerError::Collector {
+        pipeline: name.clone(),
+        source,
+    };
+    let group = cfg.source.group.clone().unwrap_or_else(|| cfg.name.clone());
+    let (start, reset) = match cfg.source.start {
+        StartAt::Committed => (StartPosition::Earliest, false),
+        StartAt::Earliest => (StartPosition::Earliest, true),
+        StartAt::Latest => (StartPosition::Latest, true),
+        StartAt::Timestamp(t) => (StartPosition::Timestamp(t), true),
+    };
+    let producer: Arc<dyn TopicProducer> = Arc::new(CollectorTopicProducer::new(client.clone()));
+    let outputs = Outputs::new(&cfg, Some(producer))
+        .await
+        .map_err(|source| RunnerError::Sink {
+            pipeline: name.clone(),
+            source,
+        })?;
+    let consumer = Consumer::connect(
+        client.clone(),
+        ConsumerConfig {
+            topics: cfg.source.topics.clone(),
+            group: Some(group.clone()),
+            start,
+            reset_offsets: reset,
+            session_timeout: opts.session_timeout,
+            max_fetch_bytes: 4 << 20,
+            poll_wait: Duration::from_millis(100),
+            manual_release: true,
+        },
+    )
+    .await
+    .map_err(collector)?;
+    tracing::info!(
+        pipeline = name,
+        group,
+        member = consumer.member_id(),
+        "processor pipeline joined its group"
+    );
+    let mut runner = Runner {
+        client,
+        cfg,
+        group,
+        consumer,
+        outputs,
+        instances: BTreeMap::new(),
+        report: RunnerReport::default(),
+    };
+    let result = runner.run_loop(&opts, &shutdown).await;
+    // Whatever ended the loop, store what is consistent and leave, so partitions move on.
+    let last = runner.checkpoint_all().await;
+    let _ = runner.consumer.close().await;
+    result?;
+    last?;
+    Ok(runner.report)
+}
+
+impl Runner {
+    fn err_collector(&self, source: ClientError) -> RunnerError {
+        RunnerError::Collector {
+            pipeline: self.cfg.name.clone(),
+            source,
+        }
+    }
+
+    fn err_sink(&self, source: SinkError) -> RunnerError {
+        RunnerError::Sink {
+            pipeline: self.cfg.name.clone(),
+            source,
+        }
+    }
+
+    async fn run_loop(
+        &mut self,
+        opts: &RunnerOptions,
+        shutdown: &Shutdown,
+    ) -> Result<(), RunnerError> {
+        let mut out: Vec<Emission> = Vec::new();
+        let mut last_tick = Instant::now();
+        let mut last_checkpoint = Instant::now();
+        while !shutdown.is_triggered() {
+            self.take_rebalance().await?;
+            let polled = tokio::select! {
+                r = self.consumer.poll(50_000) => r,
+                _ = shutdown.wait() => break,
+            };
+            let records = polled.map_err(|e| self.err_collector(e))?;
+            let now = ferry_core::now_ms();
+            for r in &records {
+                let key = (r.topic.clone(), r.partition);
+                let Some(inst) = self.instances.get_mut(&key) else {
+                    continue;
+                };
+                let pid = PartitionId::new(r.topic.clone(), r.partition);
+                inst.pipeline
+                    .process(&pid, r.offset, &r.record, r.append_time_ms, now, &mut out);
+            }
+            self.report.records += records.len() as u64;
+            if last_tick.elapsed() >= opts.tick {
+                for inst in self.instances.values_mut() {
+                    inst.pipeline.advance_time(now, &mut out);
+                }
+                last_tick = Instant::now();
+            }
+            if !out.is_empty() {
+                let r = self.outputs.write(&out).await;
+                r.map_err(|e| self.err_sink(e))?;
+                out.clear();
+            }
+            if last_checkpoint.elapsed() >= opts.checkpoint_interval {
+                self.checkpoint_all().await?;
+                last_checkpoint = Instant::now();
+            }
+        }
+        Ok(())
+    }
+
+    /// Restores newly assigned partitions; checkpoints and releases revoked ones.
+    async fn take_rebalance(&mut self) -> Result<(), RunnerError> {
+        let revoked = self.consumer.take_revoked();
+        if !revoked.is_empty() {
+            let r = self.outputs.checkpoint().await;
+            r.map_err(|e| self.err_sink(e))?;
+            for tp in &revoked {
+                self.checkpoint_one(tp).await?;
+                self.instances.remove(tp);
+            }
+            self.consumer
+                .release(&revoked)
+                .await
+                .map_err(|e| self.err_collector(e))?;
+            tracing::info!(pipeline = self.cfg.name, partitions = ?revoked, "partitions handed over");
+        }
+        for (tp, start) in self.consumer.take_assigned() {
+            let restored = if self.cfg.source.start == StartAt::Committed {
+                self.client
+                    .get_checkpoint(&self.group, &tp.0, tp.1)
+                    .await
+                    .map_err(|e| self.err_collector(e))?
+            } else {
+                None
+            };
+            let inst = match restored {
+                Some((offset, state)) => match Pipeline::restore(self.cfg.clone(), &state) {
+                    Ok(p) => {
+                        self.consumer.seek(&tp, offset);
+                        tracing::info!(
+                            pipeline = self.cfg.name,
+                            topic = tp.0,
+                            partition = tp.1,
+                            offset,
+                            "state restored from checkpoint"
+                        );
+                        Instance {
+                            pipeline: p,
+                            start: offset,
+                        }
+                    }
+                    Err(e) => {
+                        // A checkpoint this build cannot read (another version, damage) must not
+                        // be silently replaced: say so loudly and start from the group offset.
+                        tracing::error!(pipeline = self.cfg.name, topic = tp.0, partition = tp.1, error = %e, "checkpoint unreadable; starting from the group's committed offset");
+                        metrics::counter!("ferry_processor_checkpoints_unreadable_total")
+                            .increment(1);
+                        Instance {
+                            pipeline: Pipeline::new(self.cfg.clone()),
+                            start,
+                        }
+                    }
+                },
+                None => Instance {
+                    pipeline: Pipeline::new(self.cfg.clone()),
+                    start,
+                },
+            };
+            self.instances.insert(tp, inst);
+        }
+        Ok(())
+    }
+
+    /// Stores one partition's checkpoint in the collector.
+    async fn checkpoint_one(&mut self, tp: &(String, u32)) -> Result<(), RunnerError> {
+        let Some(inst) = self.instances.get(tp) else {
+            return Ok(());
+        };
+        let pid = PartitionId::new(tp.0.clone(), tp.1);
+        let offset = inst
+            .pipeline
+            .offsets()
+            .into_iter()
+            .find(|(p, _)| *p == pid)
+            .map(|(_, o)| o)
+            .unwrap_or(inst.start);
+        let snapshot = inst.pipeline.snapshot();
+        let member = self.consumer.member_id().unwrap_or_default().to_owned();
+        match self
+            .client
+            .put_checkpoint(&self.group, &member, &tp.0, tp.1, offset, snapshot)
+            .await
+        {
+            Ok(()) => {
+                self.report.checkpoints += 1;
+                Ok(())
+            }
+            // We lost the partition (session expired): its new owner restores the last
+            // checkpoint; what we computed since is recomputed there, not lost.
+            Err(ClientError::Http {
+                status: 404 | 409,
+                message,
+                ..
+            }) => {
+                tracing::warn!(pipeline = self.cfg.name, topic = tp.0, partition = tp.1, %message, "checkpoint refused: partition no longer ours");
+                Ok(())
+            }
+            Err(e) => Err(self.err_collector(e)),
+        }
+    }
+
+    async fn checkpoint_all(&mut self) -> Result<(), RunnerError> {
+        let r = self.outputs.checkpoint().await;
+        r.map_err(|e| self.err_sink(e))?;
+        let keys: Vec<(String, u32)> = self.instances.keys().cloned().collect();
+        for tp in keys {
+            self.checkpoint_one(&tp).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,76 @@
+//! `ferry processor --config FILE [--collector URL]`: runs every pipeline of the config's
+//! `processor:` section against the collector until SIGINT/SIGTERM.
+
+use crate::cli::UsageError;
+use crate::config::FerryConfig;
+use ferry_core::client::CollectorClient;
+use ferry_core::shutdown::Shutdown;
+use ferry_processor::runner::{self, RunnerOptions};
+use std::path::PathBuf;
+
+pub const DEFAULT_COLLECTOR: &str = "http://127.0.0.1:7070";
+
+pub async fn run(config: PathBuf, collector: Option<String>) -> anyhow::Result<()> {
+    ferry_core::telemetry::install_metrics();
+    let file = FerryConfig::load(&config)?;
+    let processor = file
+        .processor
+        .ok_or_else(|| UsageError(format!("{}: no `processor:` section", config.display())))?;
+    if processor.pipelines.is_empty() {
+        return Err(UsageError(format!(
+            "{}: `processor.pipelines` is empty",
+            config.display()
+        ))
+        .into());
+    }
+    let url = collector.unwrap_or_else(|| DEFAULT_COLLECTOR.to_owned());
+    let client = CollectorClient::new(&url).map_err(|e| UsageError(e.to_string()))?;
+    let shutdown = Shutdown::new();
+    shutdown.on_signals();
+    run_pipelines(
+        client,
+        processor.pipelines,
+        RunnerOptions::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// Runs pipelines side by side; the first failure stops the others.
+pub async fn run_pipelines(
+    client: CollectorClient,
+    pipelines: Vec<ferry_processor::config::PipelineConfig>,
+    opts: RunnerOptions,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let mut set = tokio::task::JoinSet::new();
+    for p in pipelines {
+        let (client, opts, shutdown) = (client.clone(), opts.clone(), shutdown.clone());
+        set.spawn(async move { runner::run(client, p, opts, shutdown).await });
+    }
+    let mut first_err = None;
+    while let Some(done) = set.join_next().await {
+        match done {
+            Ok(Ok(report)) => {
+                tracing::info!(
+                    records = report.records,
+                    checkpoints = report.checkpoints,
+                    "pipeline stopped"
+                )
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "pipeline failed");
+                shutdown.trigger();
+                first_err.get_or_insert(anyhow::Error::from(e));
+            }
+            Err(e) => {
+                shutdown.trigger();
+                first_err.get_or_insert(anyhow::anyhow!("pipeline task: {e}"));
+            }
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}

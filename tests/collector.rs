@@ -2,28 +2,13 @@
 
 mod util;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
-use util::{Dir, Service, ferry, free_port, run};
+use util::{Dir, Service, ferry, free_port, produce, run};
 
 fn start(dir: &Dir, name: &str, config: Option<&str>) -> Service {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let data = dir.join(format!("{name}-data"));
-    let mut args: Vec<String> = vec![
-        "collector".into(),
-        "--listen".into(),
-        addr.to_string(),
-        "--data-dir".into(),
-        data.display().to_string(),
-    ];
-    if let Some(yaml) = config {
-        let path = dir.write(&format!("{name}.yaml"), yaml);
-        args.push("--config".into());
-        args.push(path.display().to_string());
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Service::start(name, dir, &args, addr)
+    util::start_collector(dir, name, config)
 }
 
 /// Restarts a collector on the same address and data dir.
@@ -38,14 +23,6 @@ fn restart(dir: &Dir, old: &Service, name: &str) -> Service {
         data.to_str().expect("utf8"),
     ];
     Service::start(name, dir, &args, old.addr)
-}
-
-fn produce(url: &str, topic: &str, lines: &str) {
-    run(
-        ferry().args(["produce", "--collector", url, topic]),
-        lines.as_bytes(),
-        0,
-    );
 }
 
 fn consume(url: &str, topic: &str, extra: &[&str]) -> Vec<String> {

@@ -229,3 +229,122 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
         .unwrap_or_default();
     Ok((status, body))
 }
+
+/// Starts `ferry collector` on a free port with its data in `dir/NAME-data`, and an optional
+/// YAML config written to `dir/NAME.yaml`.
+pub fn start_collector(dir: &Dir, name: &str, config: Option<&str>) -> Service {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let data = dir.join(format!("{name}-data"));
+    let mut args: Vec<String> = vec![
+        "collector".into(),
+        "--listen".into(),
+        addr.to_string(),
+        "--data-dir".into(),
+        data.display().to_string(),
+    ];
+    if let Some(yaml) = config {
+        let path = dir.write(&format!("{name}.yaml"), yaml);
+        args.push("--config".into());
+        args.push(path.display().to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Service::start(name, dir, &args, addr)
+}
+
+/// Runs `ferry produce` with `lines` on stdin; panics unless all are acknowledged.
+pub fn produce(url: &str, topic: &str, lines: &str) {
+    run(
+        ferry().args(["produce", "--collector", url, topic]),
+        lines.as_bytes(),
+        0,
+    );
+}
+
+/// A long-running process that is not an HTTP service (agent, processor): stderr to a file,
+/// killed on drop, stderr printed if the test fails.
+pub struct Proc {
+    pub name: String,
+    pub child: Option<Child>,
+    pub stderr_path: PathBuf,
+}
+
+impl Proc {
+    pub fn start(name: &str, dir: &Dir, args: &[&str]) -> Self {
+        let stderr_path = dir.join(format!("{name}.stderr"));
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&stderr_path)
+            .expect("stderr file");
+        let child = ferry()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn ferry");
+        Proc {
+            name: name.to_owned(),
+            child: Some(child),
+            stderr_path,
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit code.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        panic!(
+            "{} did not exit within {timeout:?} of SIGTERM:\n{}",
+            self.name,
+            self.stderr()
+        );
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!("--- stderr of {}\n{}", self.name, self.stderr());
+        }
+    }
+}
+
+/// Polls `cond` every 50 ms until it holds or `timeout` passes; panics with `what` then.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

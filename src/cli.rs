@@ -30,6 +30,9 @@ pub enum Command {
     Up {
         #[arg(long, default_value = "configs/local.yaml")]
         config: PathBuf,
+        /// Stop by itself after this long (e.g. `30s`), draining as on Ctrl-C.
+        #[arg(long)]
+        run_for: Option<String>,
     },
     /// Run the central service: ingest, routing, the topic store, consumer groups.
     Collector {
@@ -131,9 +134,14 @@ pub fn main() -> ExitCode {
             };
         }
     };
+    // Flags win over the config's `telemetry:` section, which wins over the defaults.
+    let telemetry = config_path(&cli.command)
+        .and_then(|p| crate::config::FerryConfig::load(p).ok())
+        .map(|c| c.telemetry)
+        .unwrap_or_default();
     ferry_core::telemetry::init_logging(
-        cli.log_format.unwrap_or_default(),
-        cli.log_level.as_deref(),
+        cli.log_format.unwrap_or(telemetry.log_format),
+        cli.log_level.as_deref().or(telemetry.log_level.as_deref()),
     );
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -202,6 +210,13 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
             })
             .await
         }
+        Command::Up { config, run_for } => {
+            let run_for = run_for
+                .map(|s| s.parse::<ferry_core::config::Duration>().map(|d| d.get()))
+                .transpose()
+                .map_err(|e| UsageError(format!("--run-for: {e}")))?;
+            crate::up::run(&config, run_for).await
+        }
         Command::Processor { config, collector } => {
             commands::processor::run(config, collector).await
         }
@@ -251,6 +266,15 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
             "`ferry {}` is not built yet: see the open issues (agent: 5, processor: 6, Kafka: 7, up: 8)",
             command_name(&other)
         )),
+    }
+}
+
+/// The config file a command reads, if any.
+fn config_path(c: &Command) -> Option<&std::path::Path> {
+    match c {
+        Command::Up { config, .. } | Command::Processor { config, .. } => Some(config),
+        Command::Collector { config, .. } | Command::Agent { config, .. } => config.as_deref(),
+        _ => None,
     }
 }
 

@@ -63,6 +63,9 @@ pub enum Command {
         /// collector, kafka, stdout or null.
         #[arg(long)]
         output: Option<String>,
+        /// Serve /metrics and /healthz here (e.g. 127.0.0.1:9100).
+        #[arg(long)]
+        metrics_listen: Option<String>,
         /// Files or globs to tail.
         paths: Vec<String>,
     },
@@ -72,6 +75,9 @@ pub enum Command {
         config: PathBuf,
         #[arg(long)]
         collector: Option<String>,
+        /// Serve /metrics and /healthz here (e.g. 127.0.0.1:9101).
+        #[arg(long)]
+        metrics_listen: Option<String>,
     },
     /// Send one record per stdin line to a topic; exit 0 once all are acknowledged.
     Produce {
@@ -198,8 +204,10 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
             kafka,
             output,
             paths,
+            metrics_listen,
         } => {
             commands::agent::run(commands::agent::Args {
+                metrics_listen,
                 config,
                 collectors: collector,
                 data_dir,
@@ -217,9 +225,11 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
                 .map_err(|e| UsageError(format!("--run-for: {e}")))?;
             crate::up::run(&config, run_for).await
         }
-        Command::Processor { config, collector } => {
-            commands::processor::run(config, collector).await
-        }
+        Command::Processor {
+            config,
+            collector,
+            metrics_listen,
+        } => commands::processor::run(config, collector, metrics_listen).await,
         Command::Produce { collector, topic } => commands::produce::run(&collector, &topic).await,
         Command::Consume {
             collector,

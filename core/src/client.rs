@@ -442,12 +442,5 @@ impl CollectorClient {
 
 /// reqwest's Display hides the cause ("error sending request"); users need the chain.
 fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
+    crate::error_chain(e)
 }

@@ -251,7 +251,18 @@ impl Consumer {
     /// Commits the position of these partitions and gives them up; the next heartbeat tells the
     /// collector, which then grants them to their new owner.
     pub async fn release(&mut self, partitions: &[(String, u32)]) -> Result<(), ClientError> {
-        self.commit_partitions(partitions).await?;
+        match self.commit_partitions(partitions).await {
+            // Our session ended meanwhile: the partitions are not ours to commit any more, and
+            // their new owner starts from the last commit or checkpoint.
+            Err(ClientError::Http {
+                status: 404 | 409,
+                message,
+                ..
+            }) => {
+                tracing::warn!(%message, "release: partitions already taken from us");
+            }
+            other => other?,
+        }
         for k in partitions {
             self.positions.remove(k);
             self.committed.remove(k);
@@ -302,6 +313,8 @@ impl Consumer {
                 self.positions.clear();
                 self.committed.clear();
                 self.buffered.clear();
+                self.revoking.clear();
+                self.newly_revoked.clear();
                 let a = self
                     .client
                     .join(

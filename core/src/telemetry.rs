@@ -30,6 +30,10 @@ pub struct TelemetryConfig {
     /// A `tracing` filter, e.g. `info` or `info,ferry_agent=debug`. `RUST_LOG` overrides it.
     #[serde(default)]
     pub log_level: Option<String>,
+    /// Where the agent and the processor serve `GET /metrics` and `GET /healthz` (the collector
+    /// serves them on its API address). Unset: no metrics endpoint.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
 }
 
 /// Installs the stderr log subscriber. Safe to call more than once (later calls do nothing).

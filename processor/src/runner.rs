@@ -34,13 +34,13 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
-    #[error("pipeline {pipeline}: collector: {source}")]
+    #[error("pipeline {pipeline}: collector")]
     Collector {
         pipeline: String,
         #[source]
         source: ClientError,
     },
-    #[error("pipeline {pipeline}: {source}")]
+    #[error("pipeline {pipeline}: sink")]
     Sink {
         pipeline: String,
         #[source]
@@ -121,8 +121,33 @@ struct Runner {
     consumer: Consumer,
     outputs: Outputs,
     instances: BTreeMap<(String, u32), Instance>,
+    /// Revoked partitions not yet checkpointed and released (kept across a failed attempt).
+    pending_revoked: Vec<(String, u32)>,
+    /// Assigned partitions not yet restored (kept across a failed attempt).
+    pending_assigned: Vec<((String, u32), u64)>,
     report: RunnerReport,
 }
+
+/// What one turn of the loop carries over to the next.
+struct Turn {
+    out: Vec<Emission>,
+    last_tick: Instant,
+    last_checkpoint: Instant,
+}
+
+impl RunnerError {
+    /// The collector was unreachable, restarting or busy: worth retrying.
+    fn is_retryable(&self) -> bool {
+        match self {
+            RunnerError::Collector { source, .. } => source.is_retryable(),
+            RunnerError::Sink { .. } => false,
+        }
+    }
+}
+
+/// First retry delay after a retryable failure; doubled up to `MAX_BACKOFF`.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Runs `cfg` until `shutdown`, then checkpoints every partition and leaves the group.
 pub async fn run(
@@ -178,6 +203,8 @@ pub async fn run(
         consumer,
         outputs,
         instances: BTreeMap::new(),
+        pending_revoked: Vec::new(),
+        pending_assigned: Vec::new(),
         report: RunnerReport::default(),
     };
     let result = runner.run_loop(&opts, &shutdown).await;
@@ -204,54 +231,93 @@ impl Runner {
         }
     }
 
+    /// Runs [`Runner::step`] until shutdown; a retryable failure (the collector restarting, down
+    /// or busy) is retried with capped, jittered backoff; anything else ends the run.
     async fn run_loop(
         &mut self,
         opts: &RunnerOptions,
         shutdown: &Shutdown,
     ) -> Result<(), RunnerError> {
-        let mut out: Vec<Emission> = Vec::new();
-        let mut last_tick = Instant::now();
-        let mut last_checkpoint = Instant::now();
+        let mut turn = Turn {
+            out: Vec::new(),
+            last_tick: Instant::now(),
+            last_checkpoint: Instant::now(),
+        };
+        let mut backoff = FIRST_BACKOFF;
         while !shutdown.is_triggered() {
-            self.take_rebalance().await?;
-            let polled = tokio::select! {
-                r = self.consumer.poll(50_000) => r,
-                _ = shutdown.wait() => break,
-            };
-            let records = polled.map_err(|e| self.err_collector(e))?;
-            let now = ferry_core::now_ms();
-            for r in &records {
-                let key = (r.topic.clone(), r.partition);
-                let Some(inst) = self.instances.get_mut(&key) else {
-                    continue;
-                };
-                let pid = PartitionId::new(r.topic.clone(), r.partition);
-                inst.pipeline
-                    .process(&pid, r.offset, &r.record, r.append_time_ms, now, &mut out);
-            }
-            self.report.records += records.len() as u64;
-            if last_tick.elapsed() >= opts.tick {
-                for inst in self.instances.values_mut() {
-                    inst.pipeline.advance_time(now, &mut out);
+            match self.step(opts, shutdown, &mut turn).await {
+                Ok(()) => backoff = FIRST_BACKOFF,
+                Err(e) if e.is_retryable() => {
+                    let wait = backoff / 2 + backoff.mul_f64(rand::random::<f64>() / 2.0);
+                    tracing::warn!(pipeline = self.cfg.name, error = %ferry_core::error_chain(&e), ?wait, "collector unavailable; retrying");
+                    metrics::counter!("ferry_processor_retries_total").increment(1);
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.wait() => break,
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
-                last_tick = Instant::now();
+                Err(e) => return Err(e),
             }
-            if !out.is_empty() {
-                let r = self.outputs.write(&out).await;
-                r.map_err(|e| self.err_sink(e))?;
-                out.clear();
+        }
+        Ok(())
+    }
+
+    /// One turn: pending rebalance work, a poll, processing, ticks, sink writes, and a
+    /// checkpoint when one is due.
+    async fn step(
+        &mut self,
+        opts: &RunnerOptions,
+        shutdown: &Shutdown,
+        turn: &mut Turn,
+    ) -> Result<(), RunnerError> {
+        self.take_rebalance().await?;
+        let polled = tokio::select! {
+            r = self.consumer.poll(50_000) => r,
+            _ = shutdown.wait() => return Ok(()),
+        };
+        let records = polled.map_err(|e| self.err_collector(e))?;
+        let now = ferry_core::now_ms();
+        for r in &records {
+            let key = (r.topic.clone(), r.partition);
+            let Some(inst) = self.instances.get_mut(&key) else {
+                continue;
+            };
+            let pid = PartitionId::new(r.topic.clone(), r.partition);
+            inst.pipeline.process(
+                &pid,
+                r.offset,
+                &r.record,
+                r.append_time_ms,
+                now,
+                &mut turn.out,
+            );
+        }
+        self.report.records += records.len() as u64;
+        if turn.last_tick.elapsed() >= opts.tick {
+            for inst in self.instances.values_mut() {
+                inst.pipeline.advance_time(now, &mut turn.out);
             }
-            if last_checkpoint.elapsed() >= opts.checkpoint_interval {
-                self.checkpoint_all().await?;
-                last_checkpoint = Instant::now();
-            }
+            turn.last_tick = Instant::now();
+        }
+        if !turn.out.is_empty() {
+            let r = self.outputs.write(&turn.out).await;
+            r.map_err(|e| self.err_sink(e))?;
+            turn.out.clear();
+        }
+        if turn.last_checkpoint.elapsed() >= opts.checkpoint_interval {
+            self.checkpoint_all().await?;
+            turn.last_checkpoint = Instant::now();
         }
         Ok(())
     }
 
     /// Restores newly assigned partitions; checkpoints and releases revoked ones.
     async fn take_rebalance(&mut self) -> Result<(), RunnerError> {
-        let revoked = self.consumer.take_revoked();
+        // Pending lists survive a failed attempt, so a retry finishes the hand-over.
+        self.pending_revoked.extend(self.consumer.take_revoked());
+        self.pending_assigned.extend(self.consumer.take_assigned());
+        let revoked = self.pending_revoked.clone();
         if !revoked.is_empty() {
             let r = self.outputs.checkpoint().await;
             r.map_err(|e| self.err_sink(e))?;
@@ -264,8 +330,13 @@ impl Runner {
                 .await
                 .map_err(|e| self.err_collector(e))?;
             tracing::info!(pipeline = self.cfg.name, partitions = ?revoked, "partitions handed over");
+            self.pending_revoked.clear();
         }
-        for (tp, start) in self.consumer.take_assigned() {
+        // Partitions lost with an expired session are neither ours nor revoking: drop them.
+        let held: std::collections::BTreeSet<(String, u32)> =
+            self.consumer.assignment().into_iter().collect();
+        self.instances.retain(|tp, _| held.contains(tp));
+        while let Some((tp, start)) = self.pending_assigned.first().cloned() {
             let restored = if self.cfg.source.start == StartAt::Committed {
                 self.client
                     .get_checkpoint(&self.group, &tp.0, tp.1)
@@ -308,6 +379,7 @@ impl Runner {
                 },
             };
             self.instances.insert(tp, inst);
+            self.pending_assigned.remove(0);
         }
         Ok(())
     }

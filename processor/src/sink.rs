@@ -160,6 +160,23 @@ pub struct FileSink {
 
 impl FileSink {
     pub async fn open(path: PathBuf) -> Result<Self, SinkError> {
+        // A crash mid-write leaves a torn last line; the results after the last checkpoint are
+        // emitted again on restart, so cut the file back to its last complete line first.
+        let p = path.clone();
+        let cut = tokio::task::spawn_blocking(move || truncate_torn_tail(&p))
+            .await
+            .map_err(|e| SinkError::File {
+                path: path.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?
+            .map_err(|source| SinkError::File {
+                path: path.clone(),
+                source,
+            })?;
+        if cut > 0 {
+            tracing::warn!(path = %path.display(), bytes = cut, "results file ended in a torn line; cut it (it is emitted again)");
+            metrics::counter!("ferry_processor_sink_torn_bytes_total").increment(cut);
+        }
         let file = tokio::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -195,6 +212,44 @@ impl FileSink {
             source,
         })
     }
+}
+
+/// Truncates `path` after its last newline; returns the bytes removed (0 if the file is absent,
+/// empty, or ends with a newline).
+fn truncate_torn_tail(path: &std::path::Path) -> std::io::Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let len = f.metadata()?.len();
+    let mut end = len;
+    let mut buf = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        f.seek(SeekFrom::Start(start))?;
+        f.read_exact(chunk)?;
+        if let Some(i) = memchr::memrchr(b'\n', chunk) {
+            let keep = start + i as u64 + 1;
+            if keep < len {
+                f.set_len(keep)?;
+                f.sync_data()?;
+            }
+            return Ok(len - keep);
+        }
+        end = start;
+    }
+    if len > 0 {
+        f.set_len(0)?;
+        f.sync_data()?;
+    }
+    Ok(len)
 }
 
 /// POSTs a JSON array of results; retries connection errors, 429 and 5xx with exponential
@@ -373,6 +428,28 @@ impl Outputs {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn torn_tail_is_cut_back_to_the_last_complete_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.jsonl");
+        assert_eq!(truncate_torn_tail(&p).unwrap(), 0);
+        std::fs::write(&p, "{\"a\":1}\n{\"a\":2}\n{\"a\":").unwrap();
+        assert_eq!(truncate_torn_tail(&p).unwrap(), 5);
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            "{\"a\":1}\n{\"a\":2}\n"
+        );
+        assert_eq!(truncate_torn_tail(&p).unwrap(), 0);
+        std::fs::write(&p, "no newline at all").unwrap();
+        assert_eq!(truncate_torn_tail(&p).unwrap(), 17);
+        assert_eq!(std::fs::read(&p).unwrap(), b"");
+        // A torn line longer than one 64 KiB read.
+        let long = format!("{{\"ok\":1}}\n{}", "x".repeat(200_000));
+        std::fs::write(&p, &long).unwrap();
+        assert_eq!(truncate_torn_tail(&p).unwrap(), 200_000);
+    }
+
     use super::*;
     use crate::config::FileSinkConfig;
     use tokio::io::AsyncReadExt;

@@ -14,6 +14,7 @@ pub struct Args {
     pub kafka: Option<String>,
     pub output: Option<String>,
     pub paths: Vec<String>,
+    pub metrics_listen: Option<String>,
 }
 
 /// The `agent:` section of `--config` (if any) with the flags layered on top.
@@ -52,6 +53,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let config = resolve(&args)?;
     let shutdown = Shutdown::new();
     shutdown.on_signals();
+    let metrics_listen = args.metrics_listen.clone().or(match &args.config {
+        Some(p) => FerryConfig::load(p)?.telemetry.metrics_listen,
+        None => None,
+    });
+    if let Some(addr) = metrics_listen {
+        crate::commands::metrics::serve(&addr, shutdown.clone()).await?;
+    }
     let agent = Agent::new(config).map_err(|e| match e {
         AgentError::Config(c) => anyhow::Error::from(UsageError(c.to_string())),
         other => other.into(),

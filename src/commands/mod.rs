@@ -3,5 +3,6 @@ pub mod admin;
 pub mod agent;
 pub mod collector;
 pub mod consume;
+pub mod metrics;
 pub mod processor;
 pub mod produce;

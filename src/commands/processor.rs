@@ -10,7 +10,11 @@ use std::path::PathBuf;
 
 pub const DEFAULT_COLLECTOR: &str = "http://127.0.0.1:7070";
 
-pub async fn run(config: PathBuf, collector: Option<String>) -> anyhow::Result<()> {
+pub async fn run(
+    config: PathBuf,
+    collector: Option<String>,
+    metrics_listen: Option<String>,
+) -> anyhow::Result<()> {
     ferry_core::telemetry::install_metrics();
     let file = FerryConfig::load(&config)?;
     let processor = file
@@ -27,6 +31,9 @@ pub async fn run(config: PathBuf, collector: Option<String>) -> anyhow::Result<(
     let client = CollectorClient::new(&url).map_err(|e| UsageError(e.to_string()))?;
     let shutdown = Shutdown::new();
     shutdown.on_signals();
+    if let Some(addr) = metrics_listen.or(file.telemetry.metrics_listen) {
+        crate::commands::metrics::serve(&addr, shutdown.clone()).await?;
+    }
     run_pipelines(
         client,
         processor.pipelines,

@@ -97,42 +97,11 @@ fn processor_killed_9_in_a_loop_gives_the_same_results_as_an_uninterrupted_run()
     );
     let url = c.url();
     let n = 6000;
-    // Produce in slices so that the log has many batches to stop between.
-    for s in 0..12 {
-        produce(&url, "app", &events(s * n / 12, (s + 1) * n / 12));
-    }
-    produce(&url, "app", CLOSER);
+    let slices = 30;
     let want = expected(n);
-
-    // The reference: one uninterrupted run.
-    let ref_out = dir.join("reference.jsonl");
-    let ref_cfg = dir.write("ref.yaml", pipeline_yaml("reference", &ref_out));
-    let mut p = Proc::start(
-        "reference",
-        &dir,
-        &[
-            "processor",
-            "--config",
-            ref_cfg.to_str().expect("utf8"),
-            "--collector",
-            &url,
-        ],
-    );
-    wait_until(
-        Duration::from_secs(60),
-        "the reference run's results",
-        || results(&ref_out).len() == want.len(),
-    );
-    assert_eq!(p.terminate(Duration::from_secs(20)), Some(0));
-    assert_eq!(results(&ref_out), want);
-
-    // The same pipeline, killed -9 at varying moments, restarted each time.
-    let out = dir.join("killed.jsonl");
-    let cfg = dir.write("killed.yaml", pipeline_yaml("killed", &out));
-    let mut kills = 0;
-    for i in 0..8u64 {
-        let mut p = Proc::start(
-            &format!("killed-{i}"),
+    let start = |name: &str, cfg: &std::path::Path| {
+        Proc::start(
+            name,
             &dir,
             &[
                 "processor",
@@ -141,30 +110,61 @@ fn processor_killed_9_in_a_loop_gives_the_same_results_as_an_uninterrupted_run()
                 "--collector",
                 &url,
             ],
-        );
-        std::thread::sleep(Duration::from_millis(400 + (i * 373) % 900));
+        )
+    };
+
+    // The pipeline under test runs while the records arrive, in slices over ~5 s, and is killed
+    // with SIGKILL at varying moments and restarted each time.
+    let out = dir.join("killed.jsonl");
+    let cfg = dir.write("killed.yaml", pipeline_yaml("killed", &out));
+    let producer = {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            for s in 0..slices {
+                produce(&url, "app", &events(s * n / slices, (s + 1) * n / slices));
+                std::thread::sleep(Duration::from_millis(150));
+            }
+            produce(&url, "app", CLOSER);
+        })
+    };
+    let mut kills = 0;
+    let mut i = 0u64;
+    while !producer.is_finished() {
+        let mut p = start(&format!("killed-{i}"), &cfg);
+        std::thread::sleep(Duration::from_millis(300 + (i * 373) % 600));
         p.kill9();
         kills += 1;
-        if results(&out).len() == want.len() {
-            break;
-        }
+        i += 1;
     }
-    let mut p = Proc::start(
-        "killed-final",
-        &dir,
-        &[
-            "processor",
-            "--config",
-            cfg.to_str().expect("utf8"),
-            "--collector",
-            &url,
-        ],
-    );
+    producer.join().expect("producer");
+    let mut p = start("killed-final", &cfg);
     wait_until(Duration::from_secs(60), "the killed run's results", || {
         results(&out).len() == want.len()
     });
+    wait_until(
+        Duration::from_secs(30),
+        "the last run to join its group",
+        || p.stderr().contains("joined its group"),
+    );
     assert_eq!(p.terminate(Duration::from_secs(20)), Some(0));
-    assert!(kills >= 1);
+    assert!(kills >= 4, "only {kills} kills");
+
+    // The reference: one uninterrupted run over the same records.
+    let ref_out = dir.join("reference.jsonl");
+    let ref_cfg = dir.write("ref.yaml", pipeline_yaml("reference", &ref_out));
+    let mut p = start("reference", &ref_cfg);
+    wait_until(
+        Duration::from_secs(60),
+        "the reference run's results",
+        || results(&ref_out).len() == want.len(),
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "the reference run to join its group",
+        || p.stderr().contains("joined its group"),
+    );
+    assert_eq!(p.terminate(Duration::from_secs(20)), Some(0));
+    assert_eq!(results(&ref_out), want);
     assert_eq!(
         results(&out),
         want,

@@ -85,8 +85,9 @@ pub struct Consumer {
     handing_over: bool,
     /// Revoked but not yet released (manual release): not fetched, still reported as owned.
     revoking: BTreeSet<(String, u32)>,
-    /// Partitions assigned since the last `take_assigned`.
-    newly_assigned: Vec<(String, u32)>,
+    /// Partitions assigned since the last `take_assigned`, with the offset reading started
+    /// from at that moment (later polls may have moved the position on since).
+    newly_assigned: Vec<((String, u32), u64)>,
     /// Partitions revoked since the last `take_revoked` (manual release).
     newly_revoked: Vec<(String, u32)>,
 }
@@ -227,18 +228,21 @@ impl Consumer {
                 committed.get(&(t.clone(), p)).copied().unwrap_or(u64::MAX),
             );
             self.positions.insert((t.clone(), p), start);
-            self.newly_assigned.push((t, p));
+            self.newly_assigned.push(((t, p), start));
         }
         Ok(())
     }
 
-    /// Partitions assigned since the last call, each with the offset reading starts from (the
-    /// group's committed offset, or the start position). A caller that keeps its own
-    /// checkpoint restores it here and [`Consumer::seek`]s.
+    /// Partitions assigned since the last call, each with the offset reading started from (the
+    /// group's committed offset, or the start position). An assignment can arrive inside
+    /// [`Consumer::poll`], whose records may already include the new partition's: a caller
+    /// that keeps per-partition state must [`Consumer::seek`] each new partition (to this offset,
+    /// or its own checkpoint's) and ignore records of partitions it had not set up yet.
     pub fn take_assigned(&mut self) -> Vec<((String, u32), u64)> {
-        std::mem::take(&mut self.newly_assigned)
+        let taken = std::mem::take(&mut self.newly_assigned);
+        taken
             .into_iter()
-            .filter_map(|k| self.positions.get(&k).map(|&o| (k, o)))
+            .filter(|(k, _)| self.positions.contains_key(k))
             .collect()
     }
 

@@ -280,6 +280,7 @@ impl Runner {
         let now = ferry_core::now_ms();
         for r in &records {
             let key = (r.topic.clone(), r.partition);
+            // A partition assigned during this poll is set up (and sought back) next turn.
             let Some(inst) = self.instances.get_mut(&key) else {
                 continue;
             };
@@ -362,6 +363,7 @@ impl Runner {
                         }
                     }
                     Err(e) => {
+                        self.consumer.seek(&tp, start);
                         // A checkpoint this build cannot read (another version, damage) must not
                         // be silently replaced: say so loudly and start from the group offset.
                         tracing::error!(pipeline = self.cfg.name, topic = tp.0, partition = tp.1, error = %e, "checkpoint unreadable; starting from the group's committed offset");
@@ -373,10 +375,22 @@ impl Runner {
                         }
                     }
                 },
-                None => Instance {
-                    pipeline: Pipeline::new(self.cfg.clone()),
-                    start,
-                },
+                None => {
+                    tracing::info!(
+                        pipeline = self.cfg.name,
+                        topic = tp.0,
+                        partition = tp.1,
+                        offset = start,
+                        "no checkpoint; starting from the group's position"
+                    );
+                    // Records of this partition polled before it was set up were ignored;
+                    // read them again.
+                    self.consumer.seek(&tp, start);
+                    Instance {
+                        pipeline: Pipeline::new(self.cfg.clone()),
+                        start,
+                    }
+                }
             };
             self.instances.insert(tp, inst);
             self.pending_assigned.remove(0);

@@ -1,0 +1,221 @@
+//! [`KafkaSink`]: ferry batches into Kafka topics, acknowledged only when every record is.
+//!
+//! The producer is idempotent with `acks=all`: librdkafka retries a message until
+//! `message.timeout.ms` without duplicating or reordering it within its partition. `send_batch`
+//! enqueues every record of a batch (they travel together, compressed as configured), then
+//! waits for every delivery report. It returns `Ok` only if all of them succeeded; one failure
+//! is an error for the whole batch, and the caller must not acknowledge it (a retry may store
+//! some records twice in Kafka: at-least-once, see docs/kafka.md).
+//!
+//! A full local queue (`queue.buffering.max.*`) is back-pressure, not loss: the enqueue waits
+//! for room, up to the message timeout, and then fails the batch.
+
+use crate::config::KafkaConfig;
+use crate::error::KafkaError;
+use crate::mapping;
+use ferry_core::batch::Batch;
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// How long an enqueue sleeps when the local queue is full before it tries again.
+const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
+
+/// What Kafka acknowledged for one batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliveryReport {
+    pub topic: String,
+    /// Records acknowledged (all of the batch).
+    pub records: u64,
+    /// Value bytes acknowledged.
+    pub bytes: u64,
+    /// Per partition: (records, first offset, last offset).
+    pub partitions: BTreeMap<i32, (u64, i64, i64)>,
+}
+
+pub struct KafkaSink {
+    /// The librdkafka producer; its own thread polls delivery reports into the futures.
+    producer: FutureProducer,
+    /// Longest an enqueue waits for room in a full queue (the message timeout: after that the
+    /// records would have failed anyway).
+    queue_full_wait: Duration,
+}
+
+impl KafkaSink {
+    /// Creates the producer. Nothing is sent until the first record: a wrong broker list shows
+    /// as delivery errors, not here.
+    pub fn new(config: &KafkaConfig) -> Result<Self, KafkaError> {
+        let mut c = config.client_config();
+        c.set("compression.type", config.compression.as_librdkafka())
+            .set(
+                "message.timeout.ms",
+                config.message_timeout.get().as_millis().to_string(),
+            )
+            .set("linger.ms", "5");
+        config.apply_options(&mut c);
+        // The guarantee rests on these two: set last, whatever `options` said.
+        for (k, v) in [("acks", "all"), ("enable.idempotence", "true")] {
+            if c.get(k).is_some_and(|old| old != v) {
+                tracing::warn!(
+                    key = k,
+                    "kafka.options tried to change {k}; ferry keeps {k}={v} (its delivery guarantee needs it)"
+                );
+            }
+            c.set(k, v);
+        }
+        let producer: FutureProducer = c.create().map_err(KafkaError::Config)?;
+        Ok(Self {
+            producer,
+            queue_full_wait: config.message_timeout.get(),
+        })
+    }
+
+    /// The underlying producer (metadata, flush).
+    pub fn producer(&self) -> &FutureProducer {
+        &self.producer
+    }
+
+    /// Produces every record of `batch` to `topic` and returns once all are acknowledged by all
+    /// in-sync replicas; any failure is an error and nothing of the batch may be acknowledged.
+    pub async fn send_batch(
+        &self,
+        topic: &str,
+        batch: &Batch,
+        key_field: Option<&str>,
+    ) -> Result<DeliveryReport, KafkaError> {
+        let origin = batch.header.origin.as_ref().map(|o| &o.key);
+        let created = batch.header.created_ms;
+        let mut pending: Vec<(DeliveryFuture, u64)> = Vec::with_capacity(batch.records.len());
+        let mut enqueue_error = None;
+        let inflight = metrics::gauge!("ferry_kafka_records_in_flight");
+        for rec in &batch.records {
+            let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic)
+                .payload(&rec.line[..])
+                .timestamp(mapping::timestamp_of(rec, created))
+                .headers(mapping::headers_of(origin, rec));
+            if let Some(k) = mapping::key_of(rec, key_field) {
+                record = record.key(k);
+            }
+            match self.enqueue(topic, record).await {
+                Ok(f) => {
+                    inflight.increment(1.0);
+                    pending.push((f, rec.line.len() as u64));
+                }
+                Err(e) => {
+                    enqueue_error = Some(e);
+                    break;
+                }
+            }
+        }
+        // Wait for every report, also after an enqueue error: the records already enqueued are
+        // on their way, and the in-flight gauge must come back down.
+        let mut report = DeliveryReport {
+            topic: topic.to_owned(),
+            ..DeliveryReport::default()
+        };
+        let mut failed = 0u64;
+        let mut first = None;
+        let sent = pending.len() as u64;
+        for (f, bytes) in pending {
+            let outcome = f.await;
+            inflight.decrement(1.0);
+            match outcome {
+                Ok(Ok(d)) => {
+                    report.records += 1;
+                    report.bytes += bytes;
+                    let e = report
+                        .partitions
+                        .entry(d.partition)
+                        .or_insert((0, d.offset, d.offset));
+                    e.0 += 1;
+                    e.1 = e.1.min(d.offset);
+                    e.2 = e.2.max(d.offset);
+                }
+                Ok(Err((e, _msg))) => {
+                    failed += 1;
+                    metrics::counter!("ferry_kafka_delivery_errors_total", "kind" => error_kind(&e))
+                        .increment(1);
+                    first.get_or_insert(e);
+                }
+                Err(_canceled) => {
+                    // The producer dropped the report (it is shutting down): not delivered.
+                    failed += 1;
+                    metrics::counter!("ferry_kafka_delivery_errors_total", "kind" => "canceled")
+                        .increment(1);
+                    first.get_or_insert(rdkafka::error::KafkaError::Canceled);
+                }
+            }
+        }
+        metrics::counter!("ferry_kafka_records_produced_total", "topic" => topic.to_owned())
+            .increment(report.records);
+        metrics::counter!("ferry_kafka_bytes_produced_total").increment(report.bytes);
+        if let Some(e) = enqueue_error {
+            metrics::counter!("ferry_kafka_delivery_errors_total", "kind" => e.kind()).increment(1);
+            return Err(e);
+        }
+        if let Some(first) = first {
+            return Err(KafkaError::Delivery {
+                topic: topic.to_owned(),
+                records: sent,
+                failed,
+                first,
+            });
+        }
+        Ok(report)
+    }
+
+    /// Enqueues one record, waiting (bounded) while the local queue is full.
+    async fn enqueue<'a>(
+        &self,
+        topic: &str,
+        mut record: FutureRecord<'a, str, [u8]>,
+    ) -> Result<DeliveryFuture, KafkaError> {
+        let started = Instant::now();
+        loop {
+            match self.producer.send_result(record) {
+                Ok(f) => return Ok(f),
+                Err((e, back)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
+                    if started.elapsed() >= self.queue_full_wait {
+                        return Err(KafkaError::QueueFull {
+                            topic: topic.to_owned(),
+                            waited: started.elapsed(),
+                        });
+                    }
+                    metrics::counter!("ferry_kafka_queue_full_waits_total").increment(1);
+                    record = back;
+                    tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
+                }
+                Err((e, _)) => {
+                    return Err(KafkaError::Enqueue {
+                        topic: topic.to_owned(),
+                        source: e,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Waits (blocking, on a blocking thread) until everything enqueued is delivered or failed.
+    pub async fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || producer.flush(timeout))
+            .await
+            .map_err(|_| KafkaError::Timeout {
+                what: "flush",
+                timeout,
+            })?
+            .map_err(|_| KafkaError::Timeout {
+                what: "flush",
+                timeout,
+            })
+    }
+}
+
+/// A metrics label for a delivery error: librdkafka's error code name.
+fn error_kind(e: &rdkafka::error::KafkaError) -> String {
+    match e.rdkafka_error_code() {
+        Some(code) => format!("{code:?}"),
+        None => "other".into(),
+    }
+}

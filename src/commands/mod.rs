@@ -2,4 +2,5 @@
 pub mod admin;
 pub mod collector;
 pub mod consume;
+pub mod kafka;
 pub mod produce;

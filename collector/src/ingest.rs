@@ -653,6 +653,20 @@ impl Ingest {
                 .key_field(&ferry_topic)
                 .or_else(|| self.key_field(&ferry_topic))
                 .map(str::to_owned);
+            let mut batch = batch;
+            if let Some(k) = &key_field {
+                // The key field may be in a JSON line rather than among the record's fields
+                // (as routing and the embedded store's partitioning read it): carry it as a
+                // field, so it becomes the message key (and a `ferry.f.` header).
+                for rec in &mut batch.records {
+                    if !rec.fields.iter().any(|f| &*f.key == k.as_str()) {
+                        if let Some(v) = crate::routing::field_value(rec, k) {
+                            rec.fields
+                                .push(ferry_core::record::Field::new(k.as_str(), v));
+                        }
+                    }
+                }
+            }
             set.spawn(async move {
                 let kafka_topic = kafka.config.kafka_topic(&ferry_topic);
                 let r = kafka

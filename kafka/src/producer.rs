@@ -9,14 +9,22 @@
 //!
 //! A full local queue (`queue.buffering.max.*`) is back-pressure, not loss: the enqueue waits
 //! for room, up to the message timeout, and then fails the batch.
+//!
+//! After a failed batch the sink replaces its producer (at most once per message timeout). A
+//! broker that lost its producer state (a restart of a broker without durable state, a cluster
+//! restored from backup) answers the old producer id with `UNKNOWN_PRODUCER_ID` forever, which
+//! librdkafka retries until every message times out; a new producer gets a new id. Batches
+//! already in flight on the old producer finish on it.
 
 use crate::config::KafkaConfig;
 use crate::error::KafkaError;
 use crate::mapping;
 use ferry_core::batch::Batch;
+use rdkafka::ClientConfig;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use std::collections::BTreeMap;
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 /// How long an enqueue sleeps when the local queue is full before it tries again.
@@ -35,8 +43,13 @@ pub struct DeliveryReport {
 }
 
 pub struct KafkaSink {
-    /// The librdkafka producer; its own thread polls delivery reports into the futures.
-    producer: FutureProducer,
+    /// The librdkafka producer; its own thread polls delivery reports into the futures. A std
+    /// lock, never held across an await: senders clone the handle (an `Arc` inside) and go.
+    producer: RwLock<FutureProducer>,
+    /// The configuration the producer was made from, to make a fresh one after a failure.
+    client_config: ClientConfig,
+    /// When the producer was last replaced (replacements are at most one per message timeout).
+    rebuilt: Mutex<Instant>,
     /// Longest an enqueue waits for room in a full queue (the message timeout: after that the
     /// records would have failed anyway).
     queue_full_wait: Duration,
@@ -66,20 +79,62 @@ impl KafkaSink {
         }
         let producer: FutureProducer = c.create().map_err(KafkaError::Config)?;
         Ok(Self {
-            producer,
+            producer: RwLock::new(producer),
+            client_config: c,
+            rebuilt: Mutex::new(Instant::now()),
             queue_full_wait: config.message_timeout.get(),
         })
     }
 
-    /// The underlying producer (metadata, flush).
-    pub fn producer(&self) -> &FutureProducer {
-        &self.producer
+    /// The current producer (metadata, flush).
+    pub fn producer(&self) -> FutureProducer {
+        match self.producer.read() {
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the producer after a failed batch, unless that was done within the last
+    /// message timeout.
+    fn replace_producer(&self) {
+        let Ok(mut last) = self.rebuilt.lock() else {
+            return;
+        };
+        if last.elapsed() < self.queue_full_wait {
+            return;
+        }
+        *last = Instant::now();
+        match self.client_config.create::<FutureProducer>() {
+            Ok(fresh) => {
+                if let Ok(mut p) = self.producer.write() {
+                    *p = fresh;
+                    metrics::counter!("ferry_kafka_producer_replaced_total").increment(1);
+                    tracing::warn!("kafka batch failed; replaced the producer (new producer id)");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not create a new kafka producer"),
+        }
     }
 
     /// Produces every record of `batch` to `topic` and returns once all are acknowledged by all
     /// in-sync replicas; any failure is an error and nothing of the batch may be acknowledged.
     pub async fn send_batch(
         &self,
+        topic: &str,
+        batch: &Batch,
+        key_field: Option<&str>,
+    ) -> Result<DeliveryReport, KafkaError> {
+        let producer = self.producer();
+        let result = self.send_with(&producer, topic, batch, key_field).await;
+        if result.is_err() {
+            self.replace_producer();
+        }
+        result
+    }
+
+    async fn send_with(
+        &self,
+        producer: &FutureProducer,
         topic: &str,
         batch: &Batch,
         key_field: Option<&str>,
@@ -97,7 +152,7 @@ impl KafkaSink {
             if let Some(k) = mapping::key_of(rec, key_field) {
                 record = record.key(k);
             }
-            match self.enqueue(topic, record).await {
+            match self.enqueue(producer, topic, record).await {
                 Ok(f) => {
                     inflight.increment(1.0);
                     pending.push((f, rec.line.len() as u64));
@@ -168,12 +223,13 @@ impl KafkaSink {
     /// Enqueues one record, waiting (bounded) while the local queue is full.
     async fn enqueue<'a>(
         &self,
+        producer: &FutureProducer,
         topic: &str,
         mut record: FutureRecord<'a, str, [u8]>,
     ) -> Result<DeliveryFuture, KafkaError> {
         let started = Instant::now();
         loop {
-            match self.producer.send_result(record) {
+            match producer.send_result(record) {
                 Ok(f) => return Ok(f),
                 Err((e, back)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
                     if started.elapsed() >= self.queue_full_wait {
@@ -198,7 +254,7 @@ impl KafkaSink {
 
     /// Waits (blocking, on a blocking thread) until everything enqueued is delivered or failed.
     pub async fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        let producer = self.producer.clone();
+        let producer = self.producer();
         tokio::task::spawn_blocking(move || producer.flush(timeout))
             .await
             .map_err(|_| KafkaError::Timeout {

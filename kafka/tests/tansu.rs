@@ -99,3 +99,49 @@ async fn records_round_trip_through_a_real_broker_with_every_codec() {
     .await
     .expect("test timed out");
 }
+
+/// The broker restarts empty (memory storage): a batch sent while it is down fails, and once
+/// it is back, resending (as a client after a 503 does) succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_batch_fails_while_the_broker_is_down_and_recovers_after_restart() {
+    let mut broker = Tansu::start();
+    let port = broker.port;
+    let mut config = KafkaConfig::new(broker.brokers());
+    config.message_timeout = ferry_core::config::Duration::from_secs(2);
+    if let Ok(d) = std::env::var("FERRY_TEST_KAFKA_DEBUG") {
+        config.options.insert("debug".into(), d);
+    }
+    let sink = KafkaSink::new(&config).unwrap();
+    let mut b = BatchBuilder::new();
+    for i in 0..100 {
+        b.push_line(format!("r{i}").as_bytes(), 0);
+    }
+    let enc = Bytes::from(b.finish(Codec::None, 0, 1_700_000_000_000).unwrap());
+    let sent = batch::decode(&enc, &DecodeLimits::default()).unwrap();
+    assert_eq!(
+        sink.send_batch("restart", &sent, None)
+            .await
+            .unwrap()
+            .records,
+        100
+    );
+    broker.kill();
+    assert!(sink.send_batch("restart", &sent, None).await.is_err());
+    let _broker = Tansu::start_on(port);
+    let start = Instant::now();
+    loop {
+        match sink.send_batch("restart", &sent, None).await {
+            Ok(r) => {
+                assert_eq!(r.records, 100);
+                break;
+            }
+            Err(e) => {
+                eprintln!("{:?}: {e}", start.elapsed());
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "no recovery: {e}"
+                );
+            }
+        }
+    }
+}

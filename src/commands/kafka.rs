@@ -1,12 +1,18 @@
 //! `ferry consume --kafka BROKERS TOPIC`: prints records of a Kafka topic, as `ferry consume
 //! --collector` does (same flags, same raw and JSON output).
 //!
+//! `--idle-timeout` counts from when the consumer got its partitions (a group join takes a few
+//! seconds), then from the last record.
+//!
 //! Without `--group` the consumer joins a group of its own (`ferry-consume-<random>`) and
 //! commits nothing, like Kafka's console consumer; with one, it commits after printing.
 
 use ferry_kafka::{KafkaConfig, KafkaSource, SourceConfig, StartPosition};
 use std::io::Write;
 use std::time::{Duration, Instant};
+
+/// How long `--idle-timeout` waits for a first assignment before it starts counting.
+const JOIN_GRACE: Duration = Duration::from_secs(30);
 
 pub struct Args {
     pub brokers: String,
@@ -56,8 +62,15 @@ async fn print_loop(
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut printed = 0u64;
+    let started = Instant::now();
     let mut last_record = Instant::now();
+    // Joining a Kafka group takes seconds: --idle-timeout counts from the first assignment.
+    let mut assigned = false;
     loop {
+        if !assigned && source.assignment().is_ok_and(|a| !a.is_empty()) {
+            assigned = true;
+            last_record = Instant::now();
+        }
         let want = args
             .max
             .map(|m| (m - printed) as usize)
@@ -78,9 +91,13 @@ async fn print_loop(
             }
         };
         if records.is_empty() {
-            if args
-                .idle_timeout
-                .is_some_and(|t| last_record.elapsed() >= t)
+            // Until partitions are assigned, idle time does not count (up to JOIN_GRACE: a
+            // topic that does not exist yet never gets any).
+            let waiting_for_join = !assigned && started.elapsed() < JOIN_GRACE;
+            if !waiting_for_join
+                && args
+                    .idle_timeout
+                    .is_some_and(|t| last_record.elapsed() >= t)
             {
                 break;
             }

@@ -243,6 +243,27 @@ mod tests {
         c.validate().unwrap();
     }
 
+    /// Security settings reach librdkafka (and TLS/SCRAM are compiled in): a valid set creates
+    /// a client, a CA file that does not exist and an unknown protocol are refused by name.
+    #[test]
+    fn security_settings_are_passed_to_librdkafka() {
+        let mut c = KafkaConfig::new("127.0.0.1:1");
+        c.security_protocol = Some("sasl_ssl".into());
+        c.sasl_mechanism = Some("SCRAM-SHA-512".into());
+        c.sasl_username = Some("ferry".into());
+        c.sasl_password = Some("secret".into());
+        assert!(crate::KafkaSink::new(&c).is_ok());
+        c.ssl_ca_location = Some("/nonexistent/ferry-test-ca.pem".into());
+        let err = crate::KafkaSink::new(&c).err().expect("missing CA refused");
+        assert!(err.to_string().contains("ssl.ca.location"), "{err}");
+        let mut c = KafkaConfig::new("127.0.0.1:1");
+        c.security_protocol = Some("carrier_pigeon".into());
+        assert!(crate::KafkaSink::new(&c).is_err());
+        let mut c = KafkaConfig::new("127.0.0.1:1");
+        c.options.insert("no.such.property".into(), "1".into());
+        assert!(crate::KafkaSink::new(&c).is_err());
+    }
+
     #[test]
     fn unknown_keys_and_codecs_are_refused() {
         assert!(parse("brokers: a:1\nbroker: b\n").is_err());

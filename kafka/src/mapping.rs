@@ -51,22 +51,41 @@ pub fn timestamp_of(record: &Record, batch_created_ms: i64) -> i64 {
 
 /// The headers of a record: its origin (if any) and its fields.
 pub fn headers_of(origin: Option<&OriginKey>, record: &Record) -> OwnedHeaders {
+    let file = origin.map(|o| o.file.to_string());
+    let origin = origin.zip(file.as_deref()).map(|(o, f)| OriginHeaders {
+        agent: &o.agent_id,
+        file: f,
+    });
+    headers_with(origin.as_ref(), record)
+}
+
+/// The origin header values shared by every record of a batch, formatted once.
+#[derive(Debug, Clone, Copy)]
+pub struct OriginHeaders<'a> {
+    pub agent: &'a str,
+    /// `FileId`'s Display form.
+    pub file: &'a str,
+}
+
+/// [`headers_of`] with the batch's origin strings already formatted.
+pub fn headers_with(origin: Option<&OriginHeaders<'_>>, record: &Record) -> OwnedHeaders {
+    use std::fmt::Write;
     let mut h = OwnedHeaders::new_with_capacity(3 + record.fields.len());
     if let (Some(o), Some(offset)) = (origin, record.offset) {
-        let file = o.file.to_string();
-        let offset = offset.to_string();
+        let mut offset_text = String::with_capacity(20);
+        let _ = write!(offset_text, "{offset}");
         h = h
             .insert(Header {
                 key: HEADER_AGENT,
-                value: Some(o.agent_id.as_bytes()),
+                value: Some(o.agent.as_bytes()),
             })
             .insert(Header {
                 key: HEADER_FILE,
-                value: Some(file.as_bytes()),
+                value: Some(o.file.as_bytes()),
             })
             .insert(Header {
                 key: HEADER_OFFSET,
-                value: Some(offset.as_bytes()),
+                value: Some(offset_text.as_bytes()),
             });
     }
     if record.truncated {
@@ -75,15 +94,17 @@ pub fn headers_of(origin: Option<&OriginKey>, record: &Record) -> OwnedHeaders {
             value: Some(b"1".as_slice()),
         });
     }
-    let mut name = String::new();
-    for f in &record.fields {
-        name.clear();
-        name.push_str(HEADER_FIELD_PREFIX);
-        name.push_str(&f.key);
-        h = h.insert(Header {
-            key: &name,
-            value: Some(f.value.as_bytes()),
-        });
+    if !record.fields.is_empty() {
+        let mut name = String::new();
+        for f in &record.fields {
+            name.clear();
+            name.push_str(HEADER_FIELD_PREFIX);
+            name.push_str(&f.key);
+            h = h.insert(Header {
+                key: &name,
+                value: Some(f.value.as_bytes()),
+            });
+        }
     }
     h
 }

@@ -139,7 +139,16 @@ impl KafkaSink {
         batch: &Batch,
         key_field: Option<&str>,
     ) -> Result<DeliveryReport, KafkaError> {
-        let origin = batch.header.origin.as_ref().map(|o| &o.key);
+        let origin_file = batch.header.origin.as_ref().map(|o| o.key.file.to_string());
+        let origin = batch
+            .header
+            .origin
+            .as_ref()
+            .zip(origin_file.as_deref())
+            .map(|(o, file)| mapping::OriginHeaders {
+                agent: &o.key.agent_id,
+                file,
+            });
         let created = batch.header.created_ms;
         let mut pending: Vec<(DeliveryFuture, u64)> = Vec::with_capacity(batch.records.len());
         let mut enqueue_error = None;
@@ -148,7 +157,7 @@ impl KafkaSink {
             let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic)
                 .payload(&rec.line[..])
                 .timestamp(mapping::timestamp_of(rec, created))
-                .headers(mapping::headers_of(origin, rec));
+                .headers(mapping::headers_with(origin.as_ref(), rec));
             if let Some(k) = mapping::key_of(rec, key_field) {
                 record = record.key(k);
             }

@@ -223,8 +223,7 @@ impl Member {
         let log = std::fs::read_to_string(&self.stderr).unwrap_or_default();
         log.lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["message"] == "kafka partitions assigned")
-            .last()
+            .rfind(|v| v["message"] == "kafka partitions assigned")
             .and_then(|v| v["count"].as_u64())
             .map(|n| n as usize)
     }

@@ -659,11 +659,11 @@ impl Ingest {
                 // (as routing and the embedded store's partitioning read it): carry it as a
                 // field, so it becomes the message key (and a `ferry.f.` header).
                 for rec in &mut batch.records {
-                    if !rec.fields.iter().any(|f| &*f.key == k.as_str()) {
-                        if let Some(v) = crate::routing::field_value(rec, k) {
-                            rec.fields
-                                .push(ferry_core::record::Field::new(k.as_str(), v));
-                        }
+                    if !rec.fields.iter().any(|f| &*f.key == k.as_str())
+                        && let Some(v) = crate::routing::field_value(rec, k)
+                    {
+                        rec.fields
+                            .push(ferry_core::record::Field::new(k.as_str(), v));
                     }
                 }
             }

@@ -39,7 +39,11 @@ fn batches(total_bytes: usize) -> Vec<Batch> {
                 "{{\"ts\":\"2026-11-24T07:00:{:02}.{:03}Z\",\"level\":\"{}\",\"svc\":\"checkout\",\"user\":\"u{}\",\"path\":\"/api/v1/orders/{}\",\"status\":{},\"ms\":{}}}",
                 i % 60,
                 i % 1000,
-                if i % 10 == 0 { "error" } else { "info" },
+                if i.is_multiple_of(10) {
+                    "error"
+                } else {
+                    "info"
+                },
                 i % 5000,
                 i,
                 200 + (i % 5) * 100,

@@ -7,7 +7,7 @@
 //! - [`consumer`]: [`KafkaSource`], a consumer-group member with manual commits.
 //! - [`config`]: the `kafka:` config section ([`KafkaConfig`]), including security settings
 //!   and free-form librdkafka options.
-//! - [`error`]: [`KafkaError`].
+//! - [`error`]: the crate's error type, [`KafkaError`].
 //! - `testing` (feature `testing`): starts a real Kafka-protocol broker (tansu) for tests.
 //!
 //! ```no_run

@@ -305,7 +305,8 @@ mod tests {
         let d = decode_pairs(b"x", None, &good);
         assert_eq!(d.record.offset, Some(10));
         assert_eq!(d.malformed_headers, 0);
-        let cases: Vec<Vec<(&str, Option<&[u8]>)>> = vec![
+        type Pairs<'a> = Vec<(&'a str, Option<&'a [u8]>)>;
+        let cases: Vec<Pairs<'_>> = vec![
             vec![good[0], good[1], ("ferry.offset", Some(b"ten"))],
             vec![good[0], good[1], ("ferry.offset", Some(b"-1"))],
             vec![good[0], good[1], ("ferry.offset", None)],

@@ -119,10 +119,8 @@ impl Tansu {
             .map_err(|e| e.to_string())?;
         let mut last = String::new();
         while start.elapsed() < timeout {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    return Err(format!("tansu exited with {status}"));
-                }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                return Err(format!("tansu exited with {status}"));
             }
             match consumer.fetch_metadata(None, Duration::from_millis(500)) {
                 Ok(md) if !md.brokers().is_empty() => return Ok(()),

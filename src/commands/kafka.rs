@@ -130,12 +130,10 @@ async fn print_loop(
         out.flush()?;
         printed += records.len() as u64;
         // Printed, then committed: at-least-once.
-        if commit {
-            if let Err(e) = source.commit_consumed(&records).await {
-                // A commit refused during a rebalance only means these records may be read
-                // again by the next owner of their partition.
-                tracing::warn!(error = %e, "kafka commit failed; records may be delivered again");
-            }
+        if commit && let Err(e) = source.commit_consumed(&records).await {
+            // A commit refused during a rebalance only means these records may be read again
+            // by the next owner of their partition.
+            tracing::warn!(error = %e, "kafka commit failed; records may be delivered again");
         }
     }
     out.flush()?;

@@ -174,9 +174,7 @@ impl CollectorConfig {
         }
         match (self.backend, &self.kafka) {
             (BackendKind::Kafka, None) => {
-                return Err(
-                    "backend: kafka needs a kafka: section with at least `brokers` (or use --kafka BROKERS)".into(),
-                );
+                return Err("backend: kafka needs a kafka: section with at least `brokers`".into());
             }
             (BackendKind::Kafka, Some(k)) => {
                 k.validate()?;

@@ -7,6 +7,11 @@
 //! is an error for the whole batch, and the caller must not acknowledge it (a retry may store
 //! some records twice in Kafka: at-least-once, see docs/kafka.md).
 //!
+//! Keyless records of one file (a batch with an origin) all go to one partition, chosen from a
+//! stable hash of the file's identity as the embedded store does, so one file's lines keep their
+//! order; keyed records go where their key hashes; records without key or origin are spread by
+//! librdkafka's sticky partitioner.
+//!
 //! A full local queue (`queue.buffering.max.*`) is back-pressure, not loss: the enqueue waits
 //! for room, up to the message timeout, and then fails the batch.
 //!
@@ -20,12 +25,18 @@ use crate::config::KafkaConfig;
 use crate::error::KafkaError;
 use crate::mapping;
 use ferry_core::batch::Batch;
+use ferry_core::record::OriginKey;
+use ferry_core::topic::stable_hash;
 use rdkafka::ClientConfig;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
+
+/// How long a topic's partition count is trusted before it is asked again (partitions can be
+/// added to a topic; a file then moves to its new partition once).
+const PARTITION_COUNT_TTL: Duration = Duration::from_secs(60);
 
 /// How long an enqueue sleeps when the local queue is full before it tries again.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
@@ -50,6 +61,9 @@ pub struct KafkaSink {
     client_config: ClientConfig,
     /// When the producer was last replaced (replacements are at most one per message timeout).
     rebuilt: Mutex<Instant>,
+    /// Partition counts by topic and when they were learnt; a std mutex never held across an
+    /// await.
+    partition_counts: Mutex<HashMap<String, (i32, Instant)>>,
     /// Longest an enqueue waits for room in a full queue (the message timeout: after that the
     /// records would have failed anyway).
     queue_full_wait: Duration,
@@ -82,6 +96,7 @@ impl KafkaSink {
             producer: RwLock::new(producer),
             client_config: c,
             rebuilt: Mutex::new(Instant::now()),
+            partition_counts: Mutex::new(HashMap::new()),
             queue_full_wait: config.message_timeout.get(),
         })
     }
@@ -149,6 +164,12 @@ impl KafkaSink {
                 agent: &o.key.agent_id,
                 file,
             });
+        // One file's keyless records all go to one partition, so they keep their order (as in
+        // the embedded store); keyed records follow their key.
+        let file_partition = match &batch.header.origin {
+            Some(o) => self.partition_for_origin(producer, topic, &o.key).await,
+            None => None,
+        };
         let created = batch.header.created_ms;
         let mut pending: Vec<(DeliveryFuture, u64)> = Vec::with_capacity(batch.records.len());
         let mut enqueue_error = None;
@@ -158,8 +179,13 @@ impl KafkaSink {
                 .payload(&rec.line[..])
                 .timestamp(mapping::timestamp_of(rec, created))
                 .headers(mapping::headers_with(origin.as_ref(), rec));
-            if let Some(k) = mapping::key_of(rec, key_field) {
-                record = record.key(k);
+            match mapping::key_of(rec, key_field) {
+                Some(k) => record = record.key(k),
+                None => {
+                    if let Some(p) = file_partition {
+                        record = record.partition(p);
+                    }
+                }
             }
             match self.enqueue(producer, topic, record).await {
                 Ok(f) => {
@@ -227,6 +253,60 @@ impl KafkaSink {
             });
         }
         Ok(report)
+    }
+
+    /// The partition for keyless records of one file: a stable hash of the file's identity
+    /// modulo the topic's partition count (the embedded store's rule). `None` when the count is
+    /// unknown (metadata failed): librdkafka's partitioner decides, and order is per partition.
+    async fn partition_for_origin(
+        &self,
+        producer: &FutureProducer,
+        topic: &str,
+        origin: &OriginKey,
+    ) -> Option<i32> {
+        let n = self.partition_count(producer, topic).await?;
+        let f = &origin.file;
+        let h = stable_hash(&[
+            origin.agent_id.as_bytes(),
+            &f.dev.to_le_bytes(),
+            &f.inode.to_le_bytes(),
+            &f.fingerprint.to_le_bytes(),
+        ]);
+        i32::try_from(h % u64::try_from(n).ok()?).ok()
+    }
+
+    /// A topic's partition count, from a cache refreshed every [`PARTITION_COUNT_TTL`]. A
+    /// metadata request for a missing topic lets the brokers create it (when they allow it).
+    async fn partition_count(&self, producer: &FutureProducer, topic: &str) -> Option<i32> {
+        if let Ok(cache) = self.partition_counts.lock()
+            && let Some((n, at)) = cache.get(topic)
+            && at.elapsed() < PARTITION_COUNT_TTL
+        {
+            return Some(*n);
+        }
+        let timeout = (self.queue_full_wait / 2).min(Duration::from_secs(5));
+        let (p, t) = (producer.clone(), topic.to_owned());
+        let md = tokio::task::spawn_blocking(move || p.client().fetch_metadata(Some(&t), timeout))
+            .await
+            .ok()?;
+        let md = match md {
+            Ok(md) => md,
+            Err(e) => {
+                tracing::debug!(topic, error = %e, "no partition count for the topic");
+                return None;
+            }
+        };
+        let n = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map(|t| t.partitions().len())
+            .and_then(|n| i32::try_from(n).ok())
+            .filter(|n| *n > 0)?;
+        if let Ok(mut cache) = self.partition_counts.lock() {
+            cache.insert(topic.to_owned(), (n, Instant::now()));
+        }
+        Some(n)
     }
 
     /// Enqueues one record, waiting (bounded) while the local queue is full.

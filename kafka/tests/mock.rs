@@ -245,3 +245,44 @@ async fn broker_down_fails_the_batch_within_the_message_timeout_and_recovery_suc
     })
     .await;
 }
+
+/// Keyless records of one file stay in one partition (so in order), batch after batch, as in
+/// the embedded store; different files spread over the partitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_files_records_stay_in_one_partition() {
+    with_timeout(async {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("files", PARTITIONS, 1).unwrap();
+        let sink = KafkaSink::new(&KafkaConfig::new(mock.bootstrap_servers())).unwrap();
+        let file_batch = |inode: u64, first: u64| {
+            let mut key = origin();
+            key.file.inode = inode;
+            let mut b = BatchBuilder::with_origin(key, first);
+            for i in 0..300 {
+                b.push_line(format!("{inode}:{first}:{i}").as_bytes(), 10);
+            }
+            let enc = Bytes::from(b.finish(Codec::None, 0, 1).unwrap());
+            batch::decode(&enc, &DecodeLimits::default()).unwrap()
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for inode in 0..8u64 {
+            let mut file_partitions = std::collections::BTreeSet::new();
+            for n in 0..3u64 {
+                let r = sink
+                    .send_batch("files", &file_batch(inode, n * 3000), None)
+                    .await
+                    .unwrap();
+                assert_eq!(r.records, 300);
+                file_partitions.extend(r.partitions.keys().copied());
+            }
+            assert_eq!(
+                file_partitions.len(),
+                1,
+                "file {inode}: {file_partitions:?}"
+            );
+            seen.extend(file_partitions);
+        }
+        assert!(seen.len() > 1, "eight files all in partitions {seen:?}");
+    })
+    .await;
+}

@@ -241,13 +241,6 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
             idle_timeout,
             format,
         } => {
-            if kafka.is_some() {
-                return Err(UsageError(
-                    "consuming from Kafka (--kafka) is not built yet: see issue 7".into(),
-                )
-                .into());
-            }
-            let collector = collector.ok_or_else(|| UsageError("give --collector URL".into()))?;
             let json = match format.as_str() {
                 "raw" => false,
                 "json" => true,
@@ -259,6 +252,26 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
                 .map(|s| s.parse::<ferry_core::config::Duration>().map(|d| d.get()))
                 .transpose()
                 .map_err(|e| UsageError(format!("--idle-timeout: {e}")))?;
+            if let Some(brokers) = kafka {
+                if collector.is_some() {
+                    return Err(UsageError(
+                        "give either --collector URL or --kafka BROKERS, not both".into(),
+                    )
+                    .into());
+                }
+                return commands::kafka::run(commands::kafka::Args {
+                    brokers,
+                    topic,
+                    group,
+                    from_beginning,
+                    max,
+                    idle_timeout,
+                    json,
+                })
+                .await;
+            }
+            let collector = collector
+                .ok_or_else(|| UsageError("give --collector URL or --kafka BROKERS".into()))?;
             commands::consume::run(commands::consume::Args {
                 collector,
                 topic,

@@ -19,7 +19,7 @@
 use crate::config::CollectorConfig;
 use crate::coordinator::{Assignment, CoordError, Coordinator, Tp};
 use crate::ingest::{Ingest, IngestError, IngestSummary};
-use crate::store::StoreError;
+use crate::store::{Store, StoreError};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
@@ -74,7 +74,12 @@ impl AppState {
     }
 
     fn partitions_of(&self) -> impl Fn(&str) -> Option<u32> + '_ {
-        |t| self.ingest.store.topic_partitions(t)
+        |t| self.ingest.store().and_then(|s| s.topic_partitions(t))
+    }
+
+    /// The embedded store, or the answer every read/group endpoint gives on the Kafka backend.
+    pub fn store(&self) -> Result<&Store, ApiError> {
+        self.ingest.store().ok_or_else(kafka_backend_error)
     }
 
     /// Removes group members whose session expired (called periodically by the server).
@@ -158,8 +163,21 @@ impl From<(IngestError, u32)> for ApiError {
                 retry_after: Some(retry),
             },
             IngestError::Store(s) => store_error(s, retry),
+            e @ IngestError::Kafka(_) => ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: e.to_string(),
+                retry_after: Some(retry),
+            },
         }
     }
+}
+
+/// What the topic, fetch and group endpoints answer when the collector stores into Kafka.
+fn kafka_backend_error() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "this collector stores records in Kafka; consume from Kafka directly: `ferry consume --kafka BROKERS TOPIC` (topics, offsets and groups live in the Kafka cluster)",
+    )
 }
 
 fn coord_error(e: CoordError) -> ApiError {
@@ -172,7 +190,31 @@ fn coord_error(e: CoordError) -> ApiError {
 
 /// The whole API.
 pub fn app(state: Arc<AppState>) -> axum::Router {
-    let v1 = axum::Router::new()
+    let v1 = if state.ingest.store().is_none() {
+        // Kafka backend: only ingest; everything else is answered by the cluster itself.
+        axum::Router::new()
+            .route("/v1/topics/{topic}/records", post(post_records))
+            .route(
+                "/v1/{*rest}",
+                axum::routing::any(|| async { kafka_backend_error() }),
+            )
+            .layer(middleware::from_fn_with_state(state.clone(), auth))
+    } else {
+        embedded_routes(state.clone())
+    };
+    axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics_text))
+        .merge(v1)
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "no such route; see /v1/topics")
+        })
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+fn embedded_routes(state: Arc<AppState>) -> axum::Router<Arc<AppState>> {
+    axum::Router::new()
         .route("/v1/topics", get(list_topics))
         .route("/v1/topics/{topic}", get(get_topic).put(create_topic))
         .route("/v1/topics/{topic}/records", post(post_records))
@@ -194,16 +236,7 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
             "/v1/groups/{group}/checkpoints/{topic}/{partition}",
             get(get_checkpoint).put(put_checkpoint),
         )
-        .layer(middleware::from_fn_with_state(state.clone(), auth));
-    axum::Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(metrics_text))
-        .merge(v1)
-        .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "no such route; see /v1/topics")
-        })
-        .layer(DefaultBodyLimit::disable())
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(state, auth))
 }
 
 async fn auth(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
@@ -338,10 +371,9 @@ pub struct PartitionView {
     pub last_append_ms: Option<i64>,
 }
 
-fn topic_views(state: &AppState) -> Vec<TopicView> {
-    state
-        .ingest
-        .store
+fn topic_views(state: &AppState) -> Result<Vec<TopicView>, ApiError> {
+    Ok(state
+        .store()?
         .topics()
         .into_iter()
         .map(|t| TopicView {
@@ -365,18 +397,18 @@ fn topic_views(state: &AppState) -> Vec<TopicView> {
                 })
                 .collect(),
         })
-        .collect()
+        .collect())
 }
 
-async fn list_topics(State(state): State<Arc<AppState>>) -> Json<Vec<TopicView>> {
-    Json(topic_views(&state))
+async fn list_topics(State(state): State<Arc<AppState>>) -> Result<Json<Vec<TopicView>>, ApiError> {
+    topic_views(&state).map(Json)
 }
 
 async fn get_topic(
     State(state): State<Arc<AppState>>,
     Path(topic): Path<String>,
 ) -> Result<Json<TopicView>, ApiError> {
-    topic_views(&state)
+    topic_views(&state)?
         .into_iter()
         .find(|t| t.name == topic)
         .map(Json)
@@ -402,11 +434,10 @@ async fn create_topic(
         ));
     }
     let created = state
-        .ingest
-        .store
+        .store()?
         .create_topic(&topic, req.partitions)
         .map_err(|e| store_error(e, 1))?;
-    let view = topic_views(&state)
+    let view = topic_views(&state)?
         .into_iter()
         .find(|t| t.name == topic)
         .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "topic vanished"))?;
@@ -456,7 +487,7 @@ async fn fetch(
     };
     let max_fetch = state.config.limits.max_fetch_bytes.get();
     let max_bytes = q.max_bytes.unwrap_or(1 << 20).min(max_fetch) as usize;
-    let store = &state.ingest.store;
+    let store = state.store()?;
     let mut read = read_blocking(store, &topic, partition, q.offset, max_bytes).await?;
     if read.batches.is_empty() {
         if let Some(wait) = q.wait_ms.filter(|w| *w > 0) {
@@ -554,7 +585,7 @@ async fn offset_for_time(
     query: Result<Query<TimeQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
-    let store = state.ingest.store.clone();
+    let store = state.store()?.clone();
     let offset = tokio::task::spawn_blocking(move || {
         store.offset_for_timestamp(&topic, partition, q.timestamp_ms)
     })
@@ -697,7 +728,7 @@ async fn commit(
                 .map_err(coord_error)?;
         }
     }
-    let store = &state.ingest.store;
+    let store = state.store()?;
     for o in &req.offsets {
         let n = store.topic_partitions(&o.topic).ok_or_else(|| {
             ApiError::new(
@@ -736,11 +767,10 @@ fn validate_group(group: &str) -> Result<(), ApiError> {
 async fn group_offsets(
     State(state): State<Arc<AppState>>,
     Path(group): Path<String>,
-) -> Json<Vec<OffsetEntry>> {
-    Json(
+) -> Result<Json<Vec<OffsetEntry>>, ApiError> {
+    Ok(Json(
         state
-            .ingest
-            .store
+            .store()?
             .committed_offsets(&group)
             .into_iter()
             .map(|(topic, partition, offset)| OffsetEntry {
@@ -749,7 +779,7 @@ async fn group_offsets(
                 offset,
             })
             .collect(),
-    )
+    ))
 }
 
 /// A group as `ferry groups` shows it: members and, per partition, committed offset and lag.
@@ -779,8 +809,8 @@ pub struct LagView {
     pub lag_seconds: f64,
 }
 
-async fn list_groups(State(state): State<Arc<AppState>>) -> Json<Vec<GroupView>> {
-    let store = &state.ingest.store;
+async fn list_groups(State(state): State<Arc<AppState>>) -> Result<Json<Vec<GroupView>>, ApiError> {
+    let store = state.store()?;
     let mut names = store.groups();
     let members: Vec<(String, Vec<MemberView>)> = match state.coordinator.lock() {
         Ok(c) => c
@@ -863,7 +893,7 @@ async fn list_groups(State(state): State<Arc<AppState>>) -> Json<Vec<GroupView>>
             }
         })
         .collect();
-    Json(views)
+    Ok(Json(views))
 }
 
 /// Largest checkpoint a processor may store for one partition.
@@ -913,8 +943,7 @@ async fn put_checkpoint(
             retry_after: Some(1),
         })?;
     state
-        .ingest
-        .store
+        .store()?
         .commit_offsets(&group, &[(topic, partition, offset)])
         .await
         .map_err(|e| store_error(e, 1))?;

@@ -13,6 +13,13 @@ pub struct CollectorConfig {
     /// Address the HTTP API listens on.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Where records are stored: `embedded` (the store in `data_dir`, the default) or `kafka`
+    /// (the `kafka:` section's brokers; nothing is written to `data_dir`).
+    #[serde(default)]
+    pub backend: BackendKind,
+    /// The Kafka cluster, for `backend: kafka`.
+    #[serde(default)]
+    pub kafka: Option<ferry_kafka::KafkaConfig>,
     /// Where the embedded store keeps its topics.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
@@ -51,6 +58,8 @@ impl Default for CollectorConfig {
     fn default() -> Self {
         Self {
             listen: default_listen(),
+            backend: BackendKind::Embedded,
+            kafka: None,
             data_dir: default_data_dir(),
             store: StoreConfig::default(),
             auto_create_topics: true,
@@ -64,6 +73,15 @@ impl Default for CollectorConfig {
             shutdown_timeout: default_drain(),
         }
     }
+}
+
+/// Where the collector stores what it ingests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    #[default]
+    Embedded,
+    Kafka,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -153,6 +171,25 @@ impl CollectorConfig {
             if t.partitions == Some(0) {
                 return Err(format!("topic {name}: partitions must be at least 1"));
             }
+        }
+        match (self.backend, &self.kafka) {
+            (BackendKind::Kafka, None) => {
+                return Err("backend: kafka needs a kafka: section with at least `brokers`".into());
+            }
+            (BackendKind::Kafka, Some(k)) => {
+                k.validate()?;
+                if let Some((name, _)) = self.topics.iter().find(|(_, t)| t.max_records.is_some()) {
+                    return Err(format!(
+                        "topic {name}: max_records is a limit of the embedded store; with backend: kafka use the brokers' retention and quotas instead"
+                    ));
+                }
+            }
+            (BackendKind::Embedded, Some(_)) => {
+                return Err(
+                    "a kafka: section is set but backend is embedded: add `backend: kafka` to store into Kafka".into(),
+                );
+            }
+            (BackendKind::Embedded, None) => {}
         }
         if self.default_partitions == 0 {
             return Err("default_partitions must be at least 1".into());

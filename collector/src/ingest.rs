@@ -12,8 +12,14 @@
 //!    request (429) before anything is stored.
 //! 4. **Append** every sub-batch (concurrently: one group commit covers them) and answer only
 //!    when all are durable.
+//!
+//! With the Kafka backend ([`Backend::Kafka`]), steps 1 and 2 are the same except that Kafka
+//! picks partitions (by message key when the topic has a key field), admission limits are the
+//! brokers', and step 4 produces each destination's records with `KafkaSink::send_batch`: the
+//! reply is sent only after Kafka acknowledged every record of the request (acks=all); any
+//! failure refuses the whole request (503), so the client resends it.
 
-use crate::config::CollectorConfig;
+use crate::config::{BackendKind, CollectorConfig};
 use crate::routing::{Decision, Router};
 use crate::store::{FsyncPolicy, Store, StoreError};
 use bytes::Bytes;
@@ -21,8 +27,8 @@ use ferry_core::batch::{self, Batch, BatchBuilder, BatchHeader, DecodeLimits};
 use ferry_core::topic::stable_hash;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Raw payload size at which a plain body is cut into another batch.
 const PLAIN_BATCH_BYTES: usize = 1 << 20;
@@ -61,12 +67,29 @@ pub enum IngestError {
     Busy(String),
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// Kafka did not acknowledge every record; nothing of the request may be considered stored.
+    #[error("kafka: {0}; the request was not acknowledged, retry it")]
+    Kafka(#[from] ferry_kafka::KafkaError),
+}
+
+/// Where ingested records go.
+pub enum Backend {
+    /// The embedded topic log.
+    Embedded(Store),
+    /// A Kafka cluster.
+    Kafka(Arc<KafkaBackend>),
+}
+
+/// The Kafka backend: the producer and the topic mapping.
+pub struct KafkaBackend {
+    pub sink: ferry_kafka::KafkaSink,
+    pub config: ferry_kafka::KafkaConfig,
 }
 
 /// Everything the ingest path needs; shared by all requests.
 pub struct Ingest {
-    /// The topic log records are appended to.
-    pub store: Store,
+    /// Where records are stored.
+    pub backend: Backend,
     /// Limits, topic settings, codecs.
     pub config: std::sync::Arc<CollectorConfig>,
     /// The routing rules. A std mutex: `route` is synchronous and the lock is never held
@@ -107,15 +130,23 @@ struct Destination {
 }
 
 impl Ingest {
-    pub fn new(store: Store, config: std::sync::Arc<CollectorConfig>) -> Self {
+    pub fn new(backend: Backend, config: std::sync::Arc<CollectorConfig>) -> Self {
         let router = Router::new(config.routes.clone());
         Self {
-            store,
+            backend,
             config,
             router: Mutex::new(router),
             round_robin: AtomicU64::new(0),
             reserved: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The embedded store; `None` on the Kafka backend.
+    pub fn store(&self) -> Option<&Store> {
+        match &self.backend {
+            Backend::Embedded(s) => Some(s),
+            Backend::Kafka(_) => None,
         }
     }
 
@@ -128,7 +159,16 @@ impl Ingest {
 
     /// Creates `topic` if it is missing and allowed; returns its partition count.
     pub fn ensure_topic(&self, topic: &str) -> Result<u32, IngestError> {
-        if let Some(n) = self.store.topic_partitions(topic) {
+        let store = match &self.backend {
+            Backend::Embedded(s) => s,
+            // Kafka creates topics itself (or refuses records for unknown ones): records are
+            // produced without a partition, so the count is not needed here.
+            Backend::Kafka(_) => {
+                ferry_core::topic::validate_name(topic).map_err(IngestError::BadRequest)?;
+                return Ok(1);
+            }
+        };
+        if let Some(n) = store.topic_partitions(topic) {
             return Ok(n);
         }
         ferry_core::topic::validate_name(topic).map_err(IngestError::BadRequest)?;
@@ -139,9 +179,9 @@ impl Ingest {
         let n = configured
             .and_then(|t| t.partitions)
             .unwrap_or(self.config.default_partitions);
-        self.store.create_topic(topic, n)?;
+        store.create_topic(topic, n)?;
         tracing::info!(topic, partitions = n, "topic created");
-        Ok(self.store.topic_partitions(topic).unwrap_or(n))
+        Ok(store.topic_partitions(topic).unwrap_or(n))
     }
 
     /// Handles one `POST /v1/topics/{topic}/records`.
@@ -156,6 +196,9 @@ impl Ingest {
         let _pending = self.enter(topic)?;
         let items = self.parse_body(content_type, content_encoding, body)?;
         let records: u64 = items.iter().map(|(_, b)| b.records.len() as u64).sum();
+        if let Backend::Kafka(kafka) = &self.backend {
+            return self.produce_all(kafka, topic, items, records).await;
+        }
         let (dests, dropped) = self.route(topic, &items)?;
         let reservation = self.admit(&dests)?;
         let result = self.append_all(dests).await;
@@ -476,7 +519,10 @@ impl Ingest {
 
     /// Records a topic holds now (stored and not yet removed by retention).
     pub fn held_records(&self, topic: &str) -> u64 {
-        self.store
+        let Some(store) = self.store() else {
+            return 0;
+        };
+        store
             .topics()
             .into_iter()
             .find(|t| t.name == topic)
@@ -493,10 +539,15 @@ impl Ingest {
         &self,
         dests: Vec<Destination>,
     ) -> Result<(u64, u64, BTreeMap<String, u64>), IngestError> {
+        let Backend::Embedded(store) = &self.backend else {
+            return Err(IngestError::Busy(
+                "internal: embedded append on the Kafka backend".into(),
+            ));
+        };
         let mut set = tokio::task::JoinSet::new();
         for d in dests {
             for b in d.batches {
-                let store = self.store.clone();
+                let store = store.clone();
                 let topic = d.topic.clone();
                 let partition = d.partition;
                 set.spawn(async move {
@@ -527,6 +578,163 @@ impl Ingest {
         match first_err {
             Some(e) => Err(e),
             None => Ok((stored, dedup, routed)),
+        }
+    }
+}
+
+impl Ingest {
+    /// The Kafka backend's step 2 and 4: routes every record to its destination topics and
+    /// produces each destination's records; returns only when Kafka acknowledged all of them.
+    async fn produce_all(
+        &self,
+        kafka: &Arc<KafkaBackend>,
+        topic: &str,
+        items: Vec<(Bytes, Batch)>,
+        records: u64,
+    ) -> Result<IngestSummary, IngestError> {
+        let applies = self
+            .router
+            .lock()
+            .map(|r| r.applies_to(topic))
+            .unwrap_or(true);
+        let mut sends: Vec<(String, Batch)> = Vec::new();
+        let mut dropped = 0u64;
+        for (_, b) in items {
+            if b.records.is_empty() {
+                continue;
+            }
+            if !applies {
+                sends.push((topic.to_owned(), b));
+                continue;
+            }
+            let mut per_topic: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+            {
+                let mut router = self
+                    .router
+                    .lock()
+                    .map_err(|_| IngestError::Busy("router state poisoned".into()))?;
+                for (i, rec) in b.records.iter().enumerate() {
+                    let mut hits: Vec<usize> = Vec::new();
+                    let d = router.route(topic, rec, |i| hits.push(i));
+                    for h in hits {
+                        metrics::counter!("ferry_collector_route_matches_total", "rule" => router.rule(h).name.clone())
+                            .increment(1);
+                    }
+                    let targets: Vec<String> = match d {
+                        Decision::Original => vec![topic.to_owned()],
+                        Decision::Topics(ix) => ix
+                            .iter()
+                            .map(|&t| router.topic_name(t).to_owned())
+                            .collect(),
+                    };
+                    if targets.is_empty() {
+                        dropped += 1;
+                    }
+                    for t in targets {
+                        per_topic.entry(t).or_default().push(i);
+                    }
+                }
+            }
+            for (t, idx) in per_topic {
+                ferry_core::topic::validate_name(&t).map_err(IngestError::BadRequest)?;
+                // The header travels only for its origin and ingest time, which a subset shares.
+                let sub = Batch {
+                    header: b.header.clone(),
+                    records: idx.iter().map(|&i| b.records[i].clone()).collect(),
+                };
+                sends.push((t, sub));
+            }
+        }
+        let mut set = tokio::task::JoinSet::new();
+        for (ferry_topic, batch) in sends {
+            let kafka = kafka.clone();
+            let key_field = kafka
+                .config
+                .key_field(&ferry_topic)
+                .or_else(|| self.key_field(&ferry_topic))
+                .map(str::to_owned);
+            let mut batch = batch;
+            if let Some(k) = &key_field {
+                // The key field may be in a JSON line rather than among the record's fields
+                // (as routing and the embedded store's partitioning read it): carry it as a
+                // field, so it becomes the message key (and a `ferry.f.` header).
+                for rec in &mut batch.records {
+                    if !rec.fields.iter().any(|f| &*f.key == k.as_str())
+                        && let Some(v) = crate::routing::field_value(rec, k)
+                    {
+                        rec.fields
+                            .push(ferry_core::record::Field::new(k.as_str(), v));
+                    }
+                }
+            }
+            set.spawn(async move {
+                let kafka_topic = kafka.config.kafka_topic(&ferry_topic);
+                let r = kafka
+                    .sink
+                    .send_batch(&kafka_topic, &batch, key_field.as_deref())
+                    .await;
+                (ferry_topic, r)
+            });
+        }
+        let mut stored = 0u64;
+        let mut routed: BTreeMap<String, u64> = BTreeMap::new();
+        let mut first_err = None;
+        while let Some(joined) = set.join_next().await {
+            match joined {
+                Ok((t, Ok(report))) => {
+                    stored += report.records;
+                    *routed.entry(t).or_default() += report.records;
+                }
+                Ok((_, Err(e))) => {
+                    first_err.get_or_insert(IngestError::Kafka(e));
+                }
+                Err(e) => {
+                    first_err.get_or_insert(IngestError::Busy(format!("produce task failed: {e}")));
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            metrics::counter!("ferry_collector_refused_total", "reason" => "kafka").increment(1);
+            return Err(e);
+        }
+        metrics::counter!("ferry_collector_records_received_total", "topic" => topic.to_owned())
+            .increment(records);
+        metrics::counter!("ferry_collector_records_dropped_total", "reason" => "route")
+            .increment(dropped);
+        Ok(IngestSummary {
+            topic: topic.to_owned(),
+            records,
+            stored,
+            deduplicated: 0,
+            dropped,
+            routed,
+            fsync: "kafka acks=all".to_owned(),
+        })
+    }
+}
+
+/// Opens the backend the config names: the embedded store (recovering it) or a Kafka producer.
+pub fn open_backend(config: &CollectorConfig) -> anyhow::Result<Backend> {
+    use anyhow::Context;
+    match (config.backend, &config.kafka) {
+        (BackendKind::Kafka, Some(k)) => {
+            let sink = ferry_kafka::KafkaSink::new(k).context("creating the Kafka producer")?;
+            Ok(Backend::Kafka(Arc::new(KafkaBackend {
+                sink,
+                config: k.clone(),
+            })))
+        }
+        (BackendKind::Kafka, None) => Err(anyhow::anyhow!("backend: kafka needs a kafka: section")),
+        (BackendKind::Embedded, _) => {
+            let store = Store::open(&config.data_dir, config.store.clone())
+                .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+            for (name, t) in &config.topics {
+                let n = t.partitions.unwrap_or(config.default_partitions);
+                store
+                    .create_topic(name, n)
+                    .with_context(|| format!("creating topic {name}"))?;
+            }
+            Ok(Backend::Embedded(store))
         }
     }
 }

@@ -7,7 +7,7 @@
 
 use crate::api::{AppState, app};
 use crate::config::CollectorConfig;
-use crate::ingest::Ingest;
+use crate::ingest::{Backend, Ingest, open_backend};
 use crate::store::Store;
 use anyhow::Context;
 use ferry_core::shutdown::Shutdown;
@@ -27,24 +27,18 @@ impl Collector {
         config
             .validate()
             .map_err(|e| anyhow::anyhow!("collector config: {e}"))?;
-        let dir = config.data_dir.clone();
-        let store_cfg = config.store.clone();
-        let store = tokio::task::spawn_blocking(move || Store::open(&dir, store_cfg))
-            .await
-            .context("store open task")?
-            .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
-        for (name, t) in &config.topics {
-            let n = t.partitions.unwrap_or(config.default_partitions);
-            store
-                .create_topic(name, n)
-                .with_context(|| format!("creating topic {name}"))?;
-        }
+        let config = Arc::new(config);
+        let backend = {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || open_backend(&config))
+                .await
+                .context("backend open task")??
+        };
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
-        let config = Arc::new(config);
-        let state = Arc::new(AppState::new(Ingest::new(store, config)));
+        let state = Arc::new(AppState::new(Ingest::new(backend, config)));
         Ok(Self {
             state,
             listener,
@@ -56,8 +50,9 @@ impl Collector {
         self.addr
     }
 
-    pub fn store(&self) -> &Store {
-        &self.state.ingest.store
+    /// The embedded store; `None` on the Kafka backend.
+    pub fn store(&self) -> Option<&Store> {
+        self.state.ingest.store()
     }
 
     /// Serves until `shutdown` fires, then drains and closes the store.
@@ -67,7 +62,14 @@ impl Collector {
             listener,
             addr,
         } = self;
-        tracing::info!(%addr, data_dir = %state.config.data_dir.display(), fsync = ?state.config.store.fsync, "collector listening");
+        match &state.ingest.backend {
+            Backend::Embedded(_) => {
+                tracing::info!(%addr, data_dir = %state.config.data_dir.display(), fsync = ?state.config.store.fsync, "collector listening");
+            }
+            Backend::Kafka(k) => {
+                tracing::info!(%addr, brokers = %k.config.brokers, "collector listening; storing into Kafka");
+            }
+        }
         let expiry = {
             let state = state.clone();
             let shutdown = shutdown.clone();
@@ -97,13 +99,20 @@ impl Collector {
             } => tracing::warn!(?drain_deadline, "in-flight requests did not finish before the deadline"),
         }
         let _ = expiry.await;
-        state
-            .ingest
-            .store
-            .close()
-            .await
-            .context("closing the store")?;
-        tracing::info!("collector stopped; store closed");
+        match &state.ingest.backend {
+            Backend::Embedded(store) => {
+                store.close().await.context("closing the store")?;
+                tracing::info!("collector stopped; store closed");
+            }
+            Backend::Kafka(kafka) => {
+                // Every acknowledged request already waited for its records; this only settles
+                // what requests cut off by the drain deadline left in flight.
+                if let Err(e) = kafka.sink.flush(Duration::from_secs(5)).await {
+                    tracing::warn!(error = %e, "kafka producer did not flush");
+                }
+                tracing::info!("collector stopped; kafka producer flushed");
+            }
+        }
         Ok(())
     }
 }

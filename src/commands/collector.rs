@@ -2,8 +2,10 @@
 
 use crate::cli::UsageError;
 use crate::config::FerryConfig;
+use ferry_collector::config::BackendKind;
 use ferry_collector::{Collector, CollectorConfig};
 use ferry_core::shutdown::Shutdown;
+use ferry_kafka::KafkaConfig;
 use std::path::PathBuf;
 
 pub struct Args {
@@ -25,11 +27,16 @@ pub fn resolve(args: &Args) -> anyhow::Result<CollectorConfig> {
     if let Some(d) = &args.data_dir {
         config.data_dir = d.clone();
     }
-    if args.kafka.is_some() {
-        return Err(UsageError(
-            "the Kafka backend (--kafka) is not built yet: see issue 7; the embedded store is the default".into(),
-        )
-        .into());
+    if let Some(brokers) = &args.kafka {
+        // --kafka BROKERS: store into Kafka; a kafka: section in --config keeps its other
+        // settings (topics, security), with these brokers.
+        let mut kafka = config
+            .kafka
+            .take()
+            .unwrap_or_else(|| KafkaConfig::new(brokers.clone()));
+        kafka.brokers = brokers.clone();
+        config.kafka = Some(kafka);
+        config.backend = BackendKind::Kafka;
     }
     config.validate().map_err(UsageError)?;
     Ok(config)

@@ -91,6 +91,14 @@ impl Multiline {
         }
     }
 
+    /// The pending record's timeout is due but its file may still hold lines that continue it
+    /// (reading was paused by a full buffer or the read budget): count the timeout from `now`.
+    pub fn defer(&mut self, now: Instant) {
+        if self.lines > 0 {
+            self.last_at = Some(now);
+        }
+    }
+
     /// Ships the pending record now.
     pub fn flush(&mut self, emit: &mut impl FnMut(u64, Line<'_>)) {
         if self.lines == 0 {

@@ -617,6 +617,10 @@ impl Tailer {
                 };
                 if release {
                     ml.flush(&mut push);
+                } else if ml.deadline().is_some_and(|d| now >= d) && !watcher.is_idle() {
+                    // Lines that may continue the record are still in the file (or held as an
+                    // incomplete line): it has not timed out, reading is behind.
+                    ml.defer(now);
                 } else {
                     ml.poll(now, &mut push);
                 }

@@ -627,3 +627,51 @@ fn writer_still_holding_a_deleted_file_is_read_to_the_end() {
     assert_eq!(lines, ["before", "after delete", "just before close"]);
     assert_eq!(h.tailer.file_count(), 0, "released after its rotate wait");
 }
+
+/// Regression (found by the collector-outage e2e test): while the agent's buffer was full,
+/// reading paused mid-line, and the line's flush timeout shipped its first part as a line of
+/// its own; the rest became a second line. The timeout must wait while the file holds unread
+/// bytes.
+#[test]
+fn partial_line_is_not_flushed_while_reading_is_paused() {
+    let mut h = harness_with(None);
+    let long = "x".repeat(200);
+    std::fs::write(h.path(0), format!("first\n{long}\nlast\n")).unwrap();
+    h.tailer.scan(h.now);
+    assert_eq!(h.tailer.read_turn(h.now, 50), 50, "stops mid-line: no room");
+    for s in 1..5 {
+        h.tailer.poll_timeouts(h.now + Duration::from_secs(s));
+    }
+    h.now += Duration::from_secs(5);
+    h.read_all();
+    h.tailer.release_all(h.now);
+    h.collect();
+    let lines: Vec<String> = records(&mut h.out).into_iter().map(|r| r.0).collect();
+    assert_eq!(lines, ["first".to_owned(), long, "last".to_owned()]);
+}
+
+/// Same bug for multiline records: a stack trace whose continuation lines were still unread
+/// (buffer full) timed out and was shipped in pieces.
+#[test]
+fn multiline_record_does_not_time_out_while_reading_is_paused() {
+    let mut h = harness_with(Some(crate::config::MultilineConfig {
+        start_pattern: Some(r"^\d{4}-".into()),
+        continuation_pattern: None,
+        max_lines: 100,
+        timeout: ferry_core::config::Duration::from_secs(1),
+    }));
+    let trace = "2026-01-01 ERROR boom\n\tat a.B(B.java:1)\n\tat c.D(D.java:2)";
+    std::fs::write(h.path(0), format!("{trace}\n2026-01-01 INFO next\n")).unwrap();
+    h.tailer.scan(h.now);
+    // The first line and a whole continuation line are read, then the buffer is full.
+    assert_eq!(h.tailer.read_turn(h.now, 42), 42);
+    for s in 1..5 {
+        h.tailer.poll_timeouts(h.now + Duration::from_secs(s));
+    }
+    h.now += Duration::from_secs(5);
+    h.read_all();
+    h.tailer.release_all(h.now);
+    h.collect();
+    let recs: Vec<String> = records(&mut h.out).into_iter().map(|r| r.0).collect();
+    assert_eq!(recs, [trace.to_owned(), "2026-01-01 INFO next".to_owned()]);
+}

@@ -68,8 +68,11 @@ pub struct FileWatcher {
     file: File,
     dev: u64,
     inode: u64,
-    /// Fixed once the file has bytes; see [`super::fingerprint`].
+    /// Fixed once the file has a whole first line; see [`super::fingerprint`].
     fingerprint: Option<Fingerprint>,
+    /// While there is no fingerprint yet (first line incomplete): a checksum of the bytes read,
+    /// to notice a truncation that was rewritten past the read position.
+    probe: Option<Fingerprint>,
     generation: u32,
     /// Next byte to read.
     read_pos: u64,
@@ -94,6 +97,9 @@ pub struct FileWatcher {
     shrank_live: bool,
     /// Its last link is gone (deleted; the open handle is all that is left).
     deleted: bool,
+    /// The pending incomplete line's flush timeout was due while the file held unread bytes
+    /// (reading paused): not before this time.
+    partial_not_before: Option<Instant>,
 }
 
 impl FileWatcher {
@@ -124,6 +130,7 @@ impl FileWatcher {
             dev: meta.dev(),
             inode: meta.ino(),
             fingerprint,
+            probe: None,
             generation,
             read_pos: pos,
             line_pos: pos,
@@ -138,6 +145,7 @@ impl FileWatcher {
             check_identity: false,
             shrank_live: false,
             deleted: false,
+            partial_not_before: None,
         })
     }
 
@@ -261,7 +269,7 @@ impl FileWatcher {
         // started on (truncated and rewritten past our position between two looks). One pread
         // of at most 1 KiB, only when the file changed.
         if (size != self.size || std::mem::take(&mut self.check_identity))
-            && let Some(fp) = self.fingerprint
+            && let Some(fp) = self.fingerprint.or(self.probe)
             && !fp.matches(&self.file)?
         {
             return Ok(ReadOutcome::Truncated);
@@ -283,8 +291,11 @@ impl FileWatcher {
             self.at_eof = false;
             self.last_data_at = now;
             if self.fingerprint.is_none() {
-                self.fingerprint =
-                    Fingerprint::take(&self.file, self.size.max(self.read_pos + n as u64))?;
+                let size = self.size.max(self.read_pos + n as u64);
+                self.fingerprint = Fingerprint::take(&self.file, size)?;
+                if self.fingerprint.is_none() && self.probe.is_none() {
+                    self.probe = Fingerprint::probe(&self.file, size)?;
+                }
             }
             let id = self.file_id();
             let line_pos = &mut self.line_pos;
@@ -302,10 +313,29 @@ impl FileWatcher {
 
     /// When the pending incomplete line is due to be shipped as is.
     pub fn partial_deadline(&self) -> Option<Instant> {
-        (self.splitter.pending_bytes() > 0).then(|| self.last_data_at + self.line_flush_timeout)
+        (self.splitter.pending_bytes() > 0).then(|| {
+            let due = self.last_data_at + self.line_flush_timeout;
+            self.partial_not_before.map_or(due, |t| t.max(due))
+        })
+    }
+
+    /// Whether the file may hold bytes this watcher has not read: the last read stopped before
+    /// the end (budget, or the agent's buffer was full), or the file is longer now. One fstat.
+    pub fn has_unread(&self) -> bool {
+        !self.at_eof || self.file.metadata().is_ok_and(|m| m.len() > self.read_pos)
+    }
+
+    /// Nothing is held and nothing is waiting in the file: a pending multiline record can
+    /// only be continued by lines not written yet.
+    pub fn is_idle(&self) -> bool {
+        self.splitter.pending_bytes() == 0 && !self.has_unread()
     }
 
     /// Hands out the pending incomplete line if its flush timeout passed, or at once if `force`.
+    ///
+    /// The timeout means "the writer left the line unfinished": it does not apply while the
+    /// file holds bytes not read yet (reading paused by a full buffer, say during a collector
+    /// outage), which may well be the rest of the line. The flush then waits a timeout more.
     pub fn flush_partial(
         &mut self,
         now: Instant,
@@ -316,6 +346,11 @@ impl FileWatcher {
         if !due {
             return false;
         }
+        if !force && self.has_unread() {
+            self.partial_not_before = Some(now + self.line_flush_timeout);
+            return false;
+        }
+        self.partial_not_before = None;
         let id = self.file_id();
         let line_pos = &mut self.line_pos;
         self.splitter.flush(&mut |line| {
@@ -342,11 +377,13 @@ impl FileWatcher {
         self.splitter.clear();
         self.generation = self.generation.wrapping_add(1);
         self.fingerprint = None;
+        self.probe = None;
         self.read_pos = 0;
         self.line_pos = 0;
         self.size = 0;
         self.at_eof = false;
         self.shrank_live = false;
+        self.partial_not_before = None;
     }
 }
 

@@ -48,6 +48,11 @@ impl Multiline {
         self.span
     }
 
+    /// Bytes held in memory for the pending record (at most `max_bytes`).
+    pub fn held_bytes(&self) -> u64 {
+        self.buf.len() as u64
+    }
+
     /// When the pending record times out.
     pub fn deadline(&self) -> Option<Instant> {
         self.last_at.map(|t| t + self.rule.timeout)

@@ -395,10 +395,13 @@ impl Tailer {
         bytes
     }
 
-    /// Bytes read from `key` and held before a batch: an incomplete line, a multiline record.
+    /// Bytes read from `key` and held in memory before a batch: an incomplete line, a multiline
+    /// record. Memory, not file span: the skipped tail of an over-long line is not held, and
+    /// counting it filled the buffer with a 10 MiB line nobody kept, so reading stopped until
+    /// the line's flush timeout cut it in two.
     fn held_by(&self, key: FileKey) -> u64 {
         self.files.get(&key).map_or(0, |t| {
-            t.watcher.pending_bytes() + t.multiline.as_ref().map_or(0, Multiline::pending_bytes)
+            t.watcher.held_bytes() + t.multiline.as_ref().map_or(0, Multiline::held_bytes)
         })
     }
 

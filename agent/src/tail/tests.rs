@@ -675,3 +675,40 @@ fn multiline_record_does_not_time_out_while_reading_is_paused() {
     let recs: Vec<String> = records(&mut h.out).into_iter().map(|r| r.0).collect();
     assert_eq!(recs, [trace.to_owned(), "2026-01-01 INFO next".to_owned()]);
 }
+
+/// Regression (found by the 10 MiB-line e2e test): the skipped tail of an over-long line was
+/// counted as held in the agent's buffer, so a line longer than the buffer stopped reading until
+/// its flush timeout shipped it in two truncated pieces. Only the kept bytes take room.
+#[test]
+fn over_long_line_does_not_fill_the_buffer_with_bytes_it_skips() {
+    let mut h = harness_with(None); // max_line_bytes 4096
+    let p = h.path(0);
+    std::fs::write(&p, "x".repeat(10_000)).unwrap();
+    h.tailer.scan(h.now);
+    let limit = 5_000u64;
+    let mut read = 0;
+    loop {
+        let room = limit.saturating_sub(h.tailer.open_bytes());
+        let n = if room > 0 {
+            h.tailer.read_turn(h.now, room)
+        } else {
+            0
+        };
+        if n == 0 {
+            break;
+        }
+        read += n;
+    }
+    assert_eq!(read, 10_000, "the skipped part of the line takes no room");
+    assert!(h.tailer.open_bytes() <= 4096);
+    let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+    f.write_all(b"\nnext\n").unwrap();
+    h.read_all();
+    h.tailer.release_all(h.now);
+    h.collect();
+    let recs = records(&mut h.out);
+    assert_eq!(
+        recs,
+        vec![("x".repeat(4096), 10_001, 0), ("next".to_owned(), 5, 0)]
+    );
+}

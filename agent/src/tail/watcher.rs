@@ -198,6 +198,11 @@ impl FileWatcher {
         self.read_pos - self.line_pos
     }
 
+    /// Bytes of the incomplete line held in memory (the agent's buffer counts these).
+    pub fn held_bytes(&self) -> u64 {
+        self.splitter.held_bytes()
+    }
+
     /// Bytes known to be in the file and not yet handed out (for the lag metric).
     pub fn lag_bytes(&self) -> u64 {
         self.size.saturating_sub(self.line_pos)

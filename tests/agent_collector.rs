@@ -521,9 +521,23 @@ fn agent_sigterm_and_kill9_during_rotation() {
     rig.finish(&written, Duration::from_secs(60));
 }
 
-/// Creates files named `stem.N` next to `path` until the file system hands out `ino`, then
-/// renames that one to `path`. The candidates that did not get it are left in place (deleting
-/// them would free them to be handed out again). Returns whether `ino` was reused.
+/// Whether process `pid` holds an open handle on `path` (deleted or not).
+fn holds_open(pid: u32, path: &Path) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    let want = path.display().to_string();
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .map(|t| t.display().to_string().starts_with(&want))
+            .unwrap_or(false)
+    })
+}
+
+/// Creates files `cand.N` next to `path` until the file system hands out `ino`, then renames
+/// that one to `path`. A candidate that did not get it is deleted at once and the next one
+/// created (ext4 gives a new file the lowest free inode of the group, so the freed one comes
+/// back as soon as nothing else takes it first). Returns whether `ino` was reused.
 fn create_on_inode(path: &Path, ino: u64, content: &[u8], timeout: Duration) -> bool {
     let dir = path.parent().expect("parent");
     let deadline = Instant::now() + timeout;
@@ -539,9 +553,7 @@ fn create_on_inode(path: &Path, ino: u64, content: &[u8], timeout: Duration) -> 
             return true;
         }
         drop(f);
-        // Not freed yet (the agent may still hold the deleted file open): make room and retry.
         std::fs::remove_file(&cand).expect("rm candidate");
-        std::thread::sleep(Duration::from_millis(50));
     }
     false
 }
@@ -566,25 +578,49 @@ fn inode_reuse_while_running_and_while_stopped() {
     write_lines(&mut f, "ino1", 0..300, &mut written);
     drop(f);
     assert!(rig.wait_stored(written.len(), Duration::from_secs(30)));
-    let ino = std::fs::metadata(&p).expect("stat").ino();
 
-    // While running: delete it; once the agent has let go of it, a new file takes its inode.
-    std::fs::remove_file(&p).expect("rm");
-    let mut content = format!("{header}\n");
-    let mut new_lines = vec![header.clone()];
-    for s in 0..500 {
-        let l = line("ino2", s);
-        content.push_str(&l);
-        content.push('\n');
-        new_lines.push(l);
+    // While running: delete it; once the agent has let go of it (read to its end, then kept
+    // open for its rotate wait), a new file takes its inode. Other tests running in parallel
+    // create files too and may take the freed inode first: then the recreated file (a new
+    // inode) is one more generation, and the test tries again, up to 4 times.
+    let pid = rig
+        .agent
+        .as_ref()
+        .and_then(Service::pid)
+        .expect("agent pid");
+    let mut reused_running = false;
+    for attempt in 0..4 {
+        let ino = std::fs::metadata(&p).expect("stat").ino();
+        std::fs::remove_file(&p).expect("rm");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while holds_open(pid, &p) {
+            assert!(
+                Instant::now() < deadline,
+                "the agent never closed the deleted file:\n{}",
+                rig.agent_stderr()
+            );
+            std::thread::yield_now();
+        }
+        let mut content = format!("{header}\n");
+        let mut new_lines = vec![header.clone()];
+        for s in 0..500 {
+            let l = line(&format!("ino2.{attempt}"), s);
+            content.push_str(&l);
+            content.push('\n');
+            new_lines.push(l);
+        }
+        reused_running = create_on_inode(&p, ino, content.as_bytes(), Duration::from_secs(2));
+        if !reused_running {
+            // Not reused: still a deleted-and-recreated file at the same path.
+            std::fs::write(&p, &content).expect("write");
+        }
+        written.extend(new_lines);
+        assert!(rig.wait_stored(written.len(), Duration::from_secs(30)));
+        if reused_running {
+            break;
+        }
+        eprintln!("attempt {attempt}: the freed inode went to another file; again");
     }
-    let reused_running = create_on_inode(&p, ino, content.as_bytes(), Duration::from_secs(20));
-    if !reused_running {
-        // Not reused: the file is still a deleted-and-recreated file at the same path.
-        std::fs::write(&p, &content).expect("write");
-    }
-    written.extend(new_lines);
-    assert!(rig.wait_stored(written.len(), Duration::from_secs(30)));
 
     // While stopped.
     rig.stop_agent();
@@ -689,17 +725,17 @@ fn empty_and_tiny_files() {
     rig.finish(&written, Duration::from_secs(30));
 }
 
-/// 6. copytruncate: `cp app.log app.log.1`, a line `L` written to `app.log` after the copy,
-/// then `truncate app.log`.
+/// 6. copytruncate: `cp app.log app.log.N`, a line `L` written to `app.log` after the copy,
+/// then `truncate app.log`, while the writer keeps its handle (O_APPEND) and goes on writing.
 ///
 /// What "exactly once" can mean here: only `app.log` is tailed (tailing the copies too would
 /// store everything twice: the copy is another file holding the same lines). `L` is in the
-/// original only (the copy was taken before it), so it is stored only if the agent read it
-/// before the truncation erased it; no tailer can do better. The test makes that deterministic
-/// in rounds 1-3 by waiting until `L` is stored before truncating, and asserts then that every
-/// line, `L` included, is stored exactly once. In rounds 4-6 it truncates at once; each such `L`
-/// must be stored at most once, and if it was not, the agent must have counted the bytes it
-/// could not read (its warning names the file).
+/// original only (the copy was taken before it), so it can be stored only if the agent read it
+/// before the truncation erased it; no tailer can do better. Rounds 0-2 make that deterministic
+/// by waiting until `L` is stored before truncating, and assert that every line, `L` included,
+/// is stored exactly once. Rounds 3-5 truncate at once: each such `L` must be stored at most
+/// once (the agent may count it as unread bytes, but only if a stat saw it before the
+/// truncation, so that is not asserted), and every other line exactly once.
 #[test]
 fn copytruncate_with_a_line_written_between_copy_and_truncate() {
     let mut rig = Rig::new("copytruncate", None, true);
@@ -734,15 +770,15 @@ fn copytruncate_with_a_line_written_between_copy_and_truncate() {
     for l in &racy {
         let n = got.iter().filter(|g| *g == l).count();
         assert!(n <= 1, "{l} stored {n} times");
-        if n == 0 {
-            assert!(
-                log.contains("bytes could not be read"),
-                "{l} was lost without the agent counting unread bytes:\n{log}"
-            );
-        } else {
+        if n == 1 {
             strict.push(l.clone());
         }
     }
+    eprintln!(
+        "copytruncate: {} of {} lines written just before an immediate truncation were read in time",
+        strict.len(),
+        racy.len()
+    );
     let mut expected = written;
     expected.extend(strict);
     assert_exactly_once(&expected, &got, &log);

@@ -683,9 +683,10 @@ fn two_files_with_the_same_first_line() {
 }
 
 /// 5. Empty and tiny files: a file that stays empty, one that is empty at first and gets lines
-/// later, a 1-byte file without a newline (shipped as is after `line_flush_timeout`), a line
-/// without its newline that gets it later (in time: one line), and a 2-byte file that grows
-/// across an agent restart (its 2-byte fingerprint must keep recognising it).
+/// later, a 1-byte file without a newline (shipped as is after `line_flush_timeout`; its newline
+/// arrives later, while the agent is stopped), a line without its newline that gets it in time
+/// (one line), one that gets it after its flush timeout (the part shipped, then the next line:
+/// no empty record), and a 2-byte file that grows across an agent restart.
 #[test]
 fn empty_and_tiny_files() {
     let mut rig = Rig::new("tiny", None, true);
@@ -717,10 +718,24 @@ fn empty_and_tiny_files() {
     late.write_all(b"-and-now-it-has-one\n").expect("w");
     written.push("no-newline-yet-and-now-it-has-one".into());
     assert!(rig.wait_stored(written.len(), Duration::from_secs(20)));
+    // A line shipped as is after its flush timeout, whose newline comes later: the newline
+    // ends the shipped line, it is not an empty line of its own.
+    let mut gap = append_file(&rig.log("newline-after-timeout.log"));
+    gap.write_all(b"shipped-before-its-newline").expect("w");
+    written.push("shipped-before-its-newline".into());
+    assert!(rig.wait_stored(written.len(), Duration::from_secs(20)));
+    gap.write_all(b"\nafter-the-late-newline\n").expect("w");
+    written.push("after-the-late-newline".into());
+    assert!(rig.wait_stored(written.len(), Duration::from_secs(20)));
     rig.stop_agent();
     let mut two = append_file(&rig.log("two.log"));
     write_lines(&mut two, "two", 0..50, &mut written);
     write_lines(&mut f, "etl", 100..150, &mut written);
+    // The 1-byte file gets its newline while the agent is stopped: resumed behind the shipped
+    // "x", the agent must know it is in the middle of a line.
+    let mut one = append_file(&rig.log("one-byte.log"));
+    one.write_all(b"\nz\n").expect("w");
+    written.push("z".into());
     rig.start_agent();
     rig.finish(&written, Duration::from_secs(30));
 }

@@ -100,6 +100,10 @@ pub struct FileWatcher {
     /// The pending incomplete line's flush timeout was due while the file held unread bytes
     /// (reading paused): not before this time.
     partial_not_before: Option<Instant>,
+    /// The last thing handed out was an incomplete line shipped as is (flush timeout), or
+    /// reading started in the middle of a line: a newline that comes next only ends a line that
+    /// is already out (or was skipped), and is not an empty line of its own.
+    mid_line: bool,
 }
 
 impl FileWatcher {
@@ -123,6 +127,7 @@ impl FileWatcher {
                 offset,
             } => (fingerprint, generation, offset),
         };
+        let mid_line = pos > 0 && !follows_newline(&file, pos)?;
         Ok(Self {
             path: path.to_owned(),
             path_str: Arc::from(path.to_string_lossy().as_ref()),
@@ -146,6 +151,7 @@ impl FileWatcher {
             shrank_live: false,
             deleted: false,
             partial_not_before: None,
+            mid_line,
         })
     }
 
@@ -304,9 +310,13 @@ impl FileWatcher {
             }
             let id = self.file_id();
             let line_pos = &mut self.line_pos;
+            let mid_line = &mut self.mid_line;
             self.splitter.feed(&buf[..n], &mut |line| {
                 let at = *line_pos;
                 *line_pos += line.span;
+                if std::mem::take(mid_line) && line.span == 1 && line.bytes.is_empty() {
+                    return;
+                }
                 emit(id, at, line);
             });
             self.read_pos += n as u64;
@@ -358,11 +368,13 @@ impl FileWatcher {
         self.partial_not_before = None;
         let id = self.file_id();
         let line_pos = &mut self.line_pos;
-        self.splitter.flush(&mut |line| {
+        let flushed = self.splitter.flush(&mut |line| {
             let at = *line_pos;
             *line_pos += line.span;
             emit(id, at, line);
-        })
+        });
+        self.mid_line |= flushed;
+        flushed
     }
 
     /// Whether a truncation reported by `read` is of this file's own stream, to be read again
@@ -389,6 +401,20 @@ impl FileWatcher {
         self.at_eof = false;
         self.shrank_live = false;
         self.partial_not_before = None;
+        self.mid_line = false;
+    }
+}
+
+/// Whether the byte before `pos` is a newline, i.e. `pos` starts a line.
+fn follows_newline(file: &File, pos: u64) -> io::Result<bool> {
+    let mut b = [0u8; 1];
+    loop {
+        match file.read_at(&mut b, pos - 1) {
+            Ok(0) => return Ok(true),
+            Ok(_) => return Ok(b[0] == b'\n'),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -481,6 +507,40 @@ mod tests {
         assert!(w.flush_partial(t1 + Duration::from_secs(1), false, &mut emit));
         assert_eq!(out, vec![(15, b"tail".to_vec(), 4)]);
         assert_eq!(w.line_pos(), 19);
+    }
+
+    /// Regression (found by the tiny-files e2e test): a line shipped without its newline after
+    /// the flush timeout, whose newline came later, was followed by a spurious empty record —
+    /// also after a restart that resumed right behind the shipped part.
+    #[test]
+    fn newline_ending_a_flushed_partial_line_is_not_an_empty_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.log");
+        append(&p, b"half");
+        let t0 = Instant::now();
+        let start = StartAt::Beginning { generation: 0 };
+        let mut w = FileWatcher::open(&p, start, 100, Duration::from_secs(1), t0).unwrap();
+        read_all(&mut w, t0);
+        let mut out = Vec::new();
+        let mut emit = |_: FileId, off: u64, l: Line<'_>| out.push((off, l.bytes.to_vec()));
+        assert!(w.flush_partial(t0 + Duration::from_secs(2), false, &mut emit));
+        assert_eq!(out, vec![(0, b"half".to_vec())]);
+        append(&p, b"\nnext\n\n");
+        let (lines, _) = read_all(&mut w, t0 + Duration::from_secs(3));
+        let got: Vec<(u64, &str)> = lines.iter().map(|l| (l.1, l.2.as_str())).collect();
+        // A real empty line (the last one) is still a line.
+        assert_eq!(got, [(5, "next"), (10, "")]);
+        assert_eq!(w.line_pos(), 11);
+        // A restart resuming right behind "half" (its checkpoint) knows it is mid-line.
+        let resume = StartAt::Resume {
+            fingerprint: None,
+            generation: 0,
+            offset: 4,
+        };
+        let mut r = FileWatcher::open(&p, resume, 100, Duration::from_secs(1), t0).unwrap();
+        let (lines, _) = read_all(&mut r, t0);
+        let got: Vec<(u64, &str)> = lines.iter().map(|l| (l.1, l.2.as_str())).collect();
+        assert_eq!(got, [(5, "next"), (10, "")]);
     }
 
     #[test]

@@ -303,6 +303,24 @@ fn assert_exactly_once(expected: &[String], got: &[String], agent_log: &str) {
     );
 }
 
+/// The log without its terminal colours.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn short(l: &str) -> String {
     if l.len() > 80 {
         format!("{}… ({} bytes)", &l[..80], l.len())
@@ -990,6 +1008,17 @@ fn ten_mib_line_is_truncated_flagged_and_the_file_keeps_flowing() {
     let cut = truncated[0]["line"].as_str().expect("line");
     assert_eq!(cut.len(), 64 << 10, "cut at max_line_bytes");
     assert!(cut.starts_with("huge-xxx"));
+    // Counted: the agent logs its totals when it stops (it has no metrics port).
+    let log = rig.agent_stderr();
+    let stopped = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("agent stopped") && l.contains("lines_truncated"))
+        .unwrap_or_else(|| panic!("no final totals in the agent's log:\n{log}"));
+    assert!(
+        strip_ansi(stopped).contains("lines_truncated=1 "),
+        "{stopped}"
+    );
     let lines: Vec<String> = recs
         .iter()
         .filter(|r| r["truncated"] != true)

@@ -474,7 +474,7 @@ impl Drop for Writer {
     }
 }
 
-/// 1. Rotation (rename + create) under a burst of writes while the collector is slow: it starts
+/// Case 1: Rotation (rename + create) under a burst of writes while the collector is slow: it starts
 /// only after the burst is well under way (every delivery until then fails and is retried), and
 /// it allows one request per topic at a time (429 with `Retry-After` for the others).
 #[test]
@@ -518,7 +518,7 @@ fn rotation_under_a_burst_while_the_collector_is_late_and_refusing() {
     );
 }
 
-/// 2. SIGTERM and kill -9 of the agent while files are being rotated. The glob matches the
+/// Case 2: SIGTERM and kill -9 of the agent while files are being rotated. The glob matches the
 /// rotated names too (`app.log*`), so a file rotated while the agent is down is found again
 /// under its new name and resumed from its checkpoint.
 #[test]
@@ -602,7 +602,7 @@ fn create_on_inode(path: &Path, ino: u64, content: &[u8], timeout: Duration) -> 
     reused
 }
 
-/// 3. Inode reuse while the agent runs and while it is stopped: a file is deleted and a new file
+/// Case 3: Inode reuse while the agent runs and while it is stopped: a file is deleted and a new file
 /// created on the very same inode (ext4 and tmpfs reuse a freed inode at once; the test loops
 /// until it sees the same `st_ino`), beginning with the same header line as the old one. The
 /// new file's lines are new lines: all must be stored, none taken for replays.
@@ -692,7 +692,7 @@ fn inode_reuse_while_running_and_while_stopped() {
     );
 }
 
-/// 4. Two files whose first line (and more: the first 1 KiB fingerprint window) is the same.
+/// Case 4: Two files whose first line (and more: the first 1 KiB fingerprint window) is the same.
 #[test]
 fn two_files_with_the_same_first_line() {
     let mut rig = Rig::new("same-first", None, true);
@@ -726,7 +726,7 @@ fn two_files_with_the_same_first_line() {
     rig.finish(&written, Duration::from_secs(30));
 }
 
-/// 5. Empty and tiny files: a file that stays empty, one that is empty at first and gets lines
+/// Case 5: Empty and tiny files: a file that stays empty, one that is empty at first and gets lines
 /// later, a 1-byte file without a newline (shipped as is after `line_flush_timeout`; its newline
 /// arrives later, while the agent is stopped), a line without its newline that gets it in time
 /// (one line), one that gets it after its flush timeout (the part shipped, then the next line:
@@ -784,7 +784,7 @@ fn empty_and_tiny_files() {
     rig.finish(&written, Duration::from_secs(30));
 }
 
-/// 6. copytruncate: `cp app.log app.log.N`, a line `L` written to `app.log` after the copy,
+/// Case 6: copytruncate: `cp app.log app.log.N`, a line `L` written to `app.log` after the copy,
 /// then `truncate app.log`, while the writer keeps its handle (O_APPEND) and goes on writing.
 ///
 /// What "exactly once" can mean here: only `app.log` is tailed (tailing the copies too would
@@ -843,7 +843,7 @@ fn copytruncate_with_a_line_written_between_copy_and_truncate() {
     assert_exactly_once(&expected, &got, &log);
 }
 
-/// 7. Truncation while the agent is stopped: one file truncated and rewritten shorter than the
+/// Case 7: Truncation while the agent is stopped: one file truncated and rewritten shorter than the
 /// checkpoint's offset, one rewritten longer (only the first bytes tell it changed).
 #[test]
 fn truncation_while_the_agent_is_stopped() {
@@ -865,7 +865,7 @@ fn truncation_while_the_agent_is_stopped() {
     rig.finish(&written, Duration::from_secs(30));
 }
 
-/// 8. kill -9 of the agent at random moments, seven times, with the writer (rotating) running
+/// Case 8: kill -9 of the agent at random moments, seven times, with the writer (rotating) running
 /// the whole time.
 #[test]
 fn agent_kill9_at_random_moments_while_writing() {
@@ -918,7 +918,7 @@ fn rss_kib(pid: u32, field: &str) -> Option<u64> {
         .ok()
 }
 
-/// 9. The collector killed (-9) mid-stream and down for 30 s while the writer keeps writing
+/// Case 9: The collector killed (-9) mid-stream and down for 30 s while the writer keeps writing
 /// more than the agent's buffer: the agent stops reading (the file is the buffer), its RSS stays
 /// bounded, and once the collector is back nothing is lost and nothing duplicated.
 #[test]
@@ -957,7 +957,7 @@ fn collector_down_30s_with_bounded_agent_memory() {
     eprintln!(
         "outage: {} lines written ({} MiB), agent max VmRSS {} KiB, VmHWM {} KiB",
         written.len(),
-        written.len() * 65 >> 20,
+        (written.len() * 65) >> 20,
         max_rss,
         hwm
     );
@@ -1000,7 +1000,7 @@ fn collector_kill9_mid_stream_no_duplicates_after_restart() {
     rig.finish(&written, Duration::from_secs(60));
 }
 
-/// 10. A 10 MiB line without a newline, then its newline and more lines: stored cut at
+/// Case 10: A 10 MiB line without a newline, then its newline and more lines: stored cut at
 /// `max_line_bytes` and flagged truncated, and the file keeps flowing.
 #[test]
 fn ten_mib_line_is_truncated_flagged_and_the_file_keeps_flowing() {
@@ -1056,7 +1056,7 @@ fn multiline_input(glob: &str) -> String {
     )
 }
 
-/// 11. A multiline stack trace written in pieces with pauses (split mid-line and across reads)
+/// Case 11: A multiline stack trace written in pieces with pauses (split mid-line and across reads)
 /// arrives as one record.
 #[test]
 fn multiline_trace_split_across_reads_is_one_record() {
@@ -1091,7 +1091,7 @@ fn multiline_trace_split_across_reads_is_one_record() {
     assert_exactly_once(&expected, &lines, &rig.agent_stderr());
 }
 
-/// 12. The last multiline event, with no line after it, is shipped once its timeout passes —
+/// Case 12: The last multiline event, with no line after it, is shipped once its timeout passes —
 /// while the agent keeps running (not only at shutdown).
 #[test]
 fn last_multiline_event_is_flushed_after_the_timeout() {

@@ -270,7 +270,7 @@ impl Tailer {
                 t.watcher.set_path(path);
                 tracing::debug!(from = %old_path.display(), to = %path.display(), "file renamed; keeping its position");
             }
-            if t.watcher.note_size(meta.len()) {
+            if t.watcher.note_size(meta.len(), meta.modified().ok()) {
                 self.dirty.insert(key);
             }
             self.paths.insert(path.to_path_buf(), key);

@@ -81,6 +81,9 @@ pub struct FileWatcher {
     splitter: LineSplitter,
     /// Size at the last stat.
     size: u64,
+    /// Modification time at the last read: a file rewritten to the very size it had (truncated,
+    /// then refilled up to the read position between two looks) changes only this.
+    mtime: Option<std::time::SystemTime>,
     /// Largest size any stat saw since the last truncation (to count what a truncation lost).
     seen_size: u64,
     /// When the path stopped naming this file.
@@ -141,6 +144,7 @@ impl FileWatcher {
             line_pos: pos,
             splitter: LineSplitter::new(max_line_bytes),
             size,
+            mtime: meta.modified().ok(),
             seen_size: size,
             orphaned_at: None,
             last_data_at: now,
@@ -233,10 +237,11 @@ impl FileWatcher {
         }
     }
 
-    /// Whether a stat of the path (size, as a hint) says there may be new data, or a
-    /// truncation to look at. The recorded size is left to `read`, which compares against it.
-    pub fn note_size(&mut self, size: u64) -> bool {
-        let changed = size != self.size;
+    /// Whether a stat of the path (size and modification time, as hints) says there may be new
+    /// data, or a truncation to look at. The recorded size and time are left to `read`, which
+    /// compares against them.
+    pub fn note_size(&mut self, size: u64, mtime: Option<std::time::SystemTime>) -> bool {
+        let changed = size != self.size || (mtime.is_some() && mtime != self.mtime);
         if size < self.read_pos && self.orphaned_at.is_none() {
             self.shrank_live = true;
         }
@@ -276,10 +281,12 @@ impl FileWatcher {
         if size < self.read_pos {
             return Ok(ReadOutcome::Truncated);
         }
-        // The size moved since the last look: make sure the content is still the one we
-        // started on (truncated and rewritten past our position between two looks). One pread
-        // of at most 1 KiB, only when the file changed.
-        if (size != self.size || std::mem::take(&mut self.check_identity))
+        // The size or the modification time moved since the last look: make sure the content is
+        // still the one we started on (truncated and rewritten up to or past our position
+        // between two looks). One pread of at most 1 KiB, only when the file changed.
+        let mtime = meta.modified().ok();
+        let touched = mtime != std::mem::replace(&mut self.mtime, mtime);
+        if (size != self.size || touched || std::mem::take(&mut self.check_identity))
             && let Some(fp) = self.fingerprint.or(self.probe)
             && !fp.matches(&self.file)?
         {
@@ -541,6 +548,27 @@ mod tests {
         let (lines, _) = read_all(&mut r, t0);
         let got: Vec<(u64, &str)> = lines.iter().map(|l| (l.1, l.2.as_str())).collect();
         assert_eq!(got, [(5, "next"), (10, "")]);
+    }
+
+    /// Regression (found by the copytruncate e2e test): a file truncated and refilled to exactly
+    /// the size the watcher had last seen looked unchanged, and its new lines were not read.
+    #[test]
+    fn truncated_and_refilled_to_the_same_size_is_a_truncation() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.log");
+        append(&p, b"old-1\nold-2\n");
+        let t = Instant::now();
+        let start = StartAt::Beginning { generation: 0 };
+        let mut w = FileWatcher::open(&p, start, 100, Duration::from_secs(1), t).unwrap();
+        assert_eq!(read_all(&mut w, t).0.len(), 2);
+        // mtime granularity is at worst the kernel tick: make sure it moves.
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(&p, b"new-1\nnew-2\n").unwrap();
+        assert_eq!(read_all(&mut w, t).1, ReadOutcome::Truncated);
+        w.restart_after_truncation();
+        let (lines, _) = read_all(&mut w, t);
+        let got: Vec<&str> = lines.iter().map(|l| l.2.as_str()).collect();
+        assert_eq!(got, ["new-1", "new-2"]);
     }
 
     #[test]

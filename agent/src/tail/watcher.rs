@@ -11,7 +11,10 @@
 //!   ([`ROTATE_WAIT`]) for a writer that still holds the old file, then released. Nothing
 //!   readable is abandoned.
 //!
-//! Truncation (copytruncate, `> file`): the size drops below the read position. Everything read
+//! Truncation (copytruncate, `> file`): the size drops below the read position, or the file's
+//! first bytes no longer match its fingerprint (checked whenever its size or modification time
+//! moved, so a file refilled up to or past the read position between two looks is caught too).
+//! Everything read
 //! so far is handed out, then reading restarts at 0 with `generation + 1`, so the new lines get
 //! a new origin and the collector's dedup by (origin, offset) does not take them for replays.
 //! Bytes written before the truncation that were never read cannot be read any more: they are

@@ -42,6 +42,12 @@ impl LineSplitter {
         self.partial.len() as u64 + self.skipped
     }
 
+    /// Bytes held in memory for the incomplete line (at most `max_line_bytes`; the skipped part
+    /// of an over-long line is counted in [`Self::pending_bytes`] but not kept).
+    pub fn held_bytes(&self) -> u64 {
+        self.partial.len() as u64
+    }
+
     /// Feeds one chunk; calls `emit` for every line it completes, in order.
     pub fn feed(&mut self, chunk: &[u8], emit: &mut impl FnMut(Line<'_>)) {
         let mut start = 0;

@@ -48,6 +48,11 @@ impl Multiline {
         self.span
     }
 
+    /// Bytes held in memory for the pending record (at most `max_bytes`).
+    pub fn held_bytes(&self) -> u64 {
+        self.buf.len() as u64
+    }
+
     /// When the pending record times out.
     pub fn deadline(&self) -> Option<Instant> {
         self.last_at.map(|t| t + self.rule.timeout)
@@ -88,6 +93,14 @@ impl Multiline {
     pub fn poll(&mut self, now: Instant, emit: &mut impl FnMut(u64, Line<'_>)) {
         if self.deadline().is_some_and(|d| now >= d) {
             self.flush(emit);
+        }
+    }
+
+    /// The pending record's timeout is due but its file may still hold lines that continue it
+    /// (reading was paused by a full buffer or the read budget): count the timeout from `now`.
+    pub fn defer(&mut self, now: Instant) {
+        if self.lines > 0 {
+            self.last_at = Some(now);
         }
     }
 

@@ -532,6 +532,7 @@ async fn fetch(
                 let v = serde_json::json!({
                     "offset": offset,
                     "line": String::from_utf8_lossy(&r.line),
+                    "truncated": r.truncated,
                     "event_time_ms": r.event_time_ms,
                     "append_time_ms": b.append_time_ms,
                     "fields": fields,

@@ -64,10 +64,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         AgentError::Config(c) => anyhow::Error::from(UsageError(c.to_string())),
         other => other.into(),
     })?;
+    let stats = agent.stats();
     let report = agent.run(shutdown).await?;
+    // The agent has no HTTP port: its totals go to the log when it stops (the same facts as
+    // the ferry_agent_* metrics).
+    let get = ferry_agent::AgentStats::get;
     tracing::info!(
         agent_id = report.agent_id,
         files = report.files,
+        lines_read = get(&stats.lines_read),
+        lines_truncated = get(&stats.lines_truncated),
+        records_acked = get(&stats.records_acked),
+        records_dropped = get(&stats.records_dropped),
+        unread_bytes = get(&stats.unread_bytes),
+        retries = get(&stats.retries),
         "agent stopped"
     );
     Ok(())

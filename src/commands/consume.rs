@@ -70,6 +70,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     "append_time_ms": r.append_time_ms,
                     "event_time_ms": r.record.event_time_ms,
                     "line": String::from_utf8_lossy(&r.record.line),
+                    "truncated": r.record.truncated,
                     "fields": fields,
                 });
                 writeln!(out, "{v}")?;

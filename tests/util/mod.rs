@@ -135,6 +135,42 @@ impl Service {
         svc
     }
 
+    /// Starts `ferry ARGS` with stderr (appended) to `DIR/NAME.stderr`, without waiting for
+    /// anything: for processes with no HTTP port (the agent). `addr` is unused.
+    pub fn spawn(name: &str, dir: &Dir, args: &[&str]) -> Self {
+        let stderr_path = dir.join(format!("{name}.stderr"));
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&stderr_path)
+            .expect("stderr file");
+        let child = ferry()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn ferry");
+        Service {
+            name: name.to_owned(),
+            child: Some(child),
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            stderr_path,
+        }
+    }
+
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the process exited on its own (and with what), without waiting.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -205,6 +241,31 @@ impl Drop for Service {
             eprintln!("--- stderr of {}\n{}", self.name, self.stderr());
         }
     }
+}
+
+/// Starts `ferry collector` on `addr` with its data in `DIR/NAME-data` (kept across restarts
+/// with the same name) and, if given, `config` written to `DIR/NAME.yaml`.
+pub fn start_collector(dir: &Dir, name: &str, config: Option<&str>, addr: SocketAddr) -> Service {
+    let data = dir.join(format!("{name}-data"));
+    let mut args: Vec<String> = vec![
+        "collector".into(),
+        "--listen".into(),
+        addr.to_string(),
+        "--data-dir".into(),
+        data.display().to_string(),
+    ];
+    if let Some(yaml) = config {
+        let path = dir.write(&format!("{name}.yaml"), yaml);
+        args.push("--config".into());
+        args.push(path.display().to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Service::start(name, dir, &args, addr)
+}
+
+/// A free local address for a service.
+pub fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
 
 /// A minimal HTTP/1.1 GET (no client library needed to probe readiness): (status, body).

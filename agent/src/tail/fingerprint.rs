@@ -4,19 +4,24 @@
 //! new file, whose lines would then be read from the old file's offset. A checksum of the first
 //! bytes tells the two apart.
 //!
-//! # The window, and why it never changes once fixed
+//! # The window, and why it is the same whenever it is taken
 //!
-//! The checksum covers the first `len = min(FINGERPRINT_WINDOW, size)` bytes, where `size` is
-//! the file's size when the agent first reads data from it (or when a checkpoint was written for
-//! it). `len` is stored with the checksum, in memory and in the checkpoint, and the file is
-//! later recognised by hashing exactly its first `len` bytes again. So:
+//! The checksum covers the file's first line, newline included, or its first
+//! `FINGERPRINT_WINDOW` bytes if the first line is longer: `len = min(first newline + 1,
+//! FINGERPRINT_WINDOW)`. Until the file holds a whole first line (or a full window) it has no
+//! fingerprint yet. `len` is stored with the checksum, in memory and in the checkpoint, and the
+//! file is later recognised by hashing exactly its first `len` bytes again. So:
 //!
-//! - an empty file has no fingerprint yet (it is known by dev+inode until it has bytes);
-//! - a file smaller than the window works: its fingerprint covers what it had, and stays valid
-//!   as the file grows, because appending does not change the first `len` bytes;
+//! - an empty file, or one whose first line has no newline yet, has no fingerprint (it is known
+//!   by dev+inode, and its batches carry fingerprint 0, until it has one);
+//! - a file smaller than the window works: its fingerprint covers its first line, and stays
+//!   valid as the file grows, because appending does not change the first `len` bytes;
 //! - the fingerprint is part of every shipped batch's origin ([`ferry_core::record::FileId`]),
-//!   and the collector deduplicates on that origin, so it must not change while lines of the
-//!   file are being shipped: it is not recomputed over a larger window as the file grows;
+//!   and the collector deduplicates on that origin, so it must be the same value every time it
+//!   is taken: by this run of the agent when it first reads the file, or by the next run
+//!   re-reading the file after a crash that came before the file's checkpoint was written. A
+//!   window that depended on the file's size at the first read (the first version did that)
+//!   gave the second run another origin, and the collector stored every re-read line again;
 //! - a truncation (copytruncate) starts a new generation and fixes a new fingerprint on the new
 //!   content.
 //!
@@ -76,8 +81,27 @@ impl Fingerprint {
         }
     }
 
-    /// Fixes a fingerprint for `file`, whose size is `size`: `None` if it is empty.
+    /// Fixes a fingerprint for `file`, whose size is `size`: over its first line (or full
+    /// window), or `None` while it has neither (empty, or a first line without its newline).
     pub fn take(file: &File, size: u64) -> io::Result<Option<Self>> {
+        let len = size.min(FINGERPRINT_WINDOW);
+        if len == 0 {
+            return Ok(None);
+        }
+        let mut buf = [0u8; FINGERPRINT_WINDOW as usize];
+        let got = read_full_at(file, &mut buf[..len as usize])?;
+        let len = match memchr::memchr(b'\n', &buf[..got]) {
+            Some(nl) => nl + 1,
+            None if got as u64 == FINGERPRINT_WINDOW => got,
+            None => return Ok(None),
+        };
+        Ok(Some(Self::of(&buf[..len], birth_ns(file))))
+    }
+
+    /// A checksum of whatever the file begins with, up to the window: not an identity (it
+    /// depends on the size when it is taken), only a way to notice that a file whose first line
+    /// is still incomplete was truncated and rewritten.
+    pub fn probe(file: &File, size: u64) -> io::Result<Option<Self>> {
         let len = size.min(FINGERPRINT_WINDOW);
         if len == 0 {
             return Ok(None);
@@ -144,6 +168,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = write(&dir.path().join("a"), b"");
         assert_eq!(Fingerprint::take(&f, 0).unwrap(), None);
+        let g = write(&dir.path().join("b"), b"x");
+        assert_eq!(
+            Fingerprint::take(&g, 1).unwrap(),
+            None,
+            "first line incomplete"
+        );
     }
 
     #[test]
@@ -158,11 +188,30 @@ mod tests {
             fp.matches(&f).unwrap(),
             "appending must not change identity"
         );
-        // A fingerprint over the full window of the grown file is a different value, which is
-        // exactly why the window is fixed once taken.
-        let grown = Fingerprint::take(&f, 5003).unwrap().unwrap();
-        assert_eq!(grown.len, FINGERPRINT_WINDOW);
-        assert_ne!(grown, fp);
+    }
+
+    /// Regression: the window used to be `min(size, 1 KiB)` at the first read, so an agent
+    /// killed before it checkpointed a young file re-read it under another fingerprint (the
+    /// file had grown), i.e. another origin, and the collector stored its lines twice.
+    #[test]
+    fn fingerprint_is_the_same_whenever_it_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a");
+        let f = write(&p, b"first line\nsecond li");
+        let young = Fingerprint::take(&f, 21).unwrap().unwrap();
+        write(&p, &b"ne\nthird line\n".repeat(200));
+        let size = f.metadata().unwrap().len();
+        assert_eq!(Fingerprint::take(&f, size).unwrap(), Some(young));
+        assert_eq!(young.len, 11, "the first line");
+        // A first line longer than the window: the window, once it is full.
+        let q = dir.path().join("b");
+        let g = write(&q, &[b'y'; 700]);
+        assert_eq!(Fingerprint::take(&g, 700).unwrap(), None, "no newline yet");
+        write(&q, &[b'y'; 700]);
+        let a = Fingerprint::take(&g, 1400).unwrap().unwrap();
+        write(&q, b"\nmore\n");
+        assert_eq!(Fingerprint::take(&g, 1406).unwrap(), Some(a));
+        assert_eq!(a.len, FINGERPRINT_WINDOW);
     }
 
     #[test]

@@ -270,7 +270,7 @@ impl Tailer {
                 t.watcher.set_path(path);
                 tracing::debug!(from = %old_path.display(), to = %path.display(), "file renamed; keeping its position");
             }
-            if t.watcher.note_size(meta.len()) {
+            if t.watcher.note_size(meta.len(), meta.modified().ok()) {
                 self.dirty.insert(key);
             }
             self.paths.insert(path.to_path_buf(), key);
@@ -395,10 +395,13 @@ impl Tailer {
         bytes
     }
 
-    /// Bytes read from `key` and held before a batch: an incomplete line, a multiline record.
+    /// Bytes read from `key` and held in memory before a batch: an incomplete line, a multiline
+    /// record. Memory, not file span: the skipped tail of an over-long line is not held, and
+    /// counting it filled the buffer with a 10 MiB line nobody kept, so reading stopped until
+    /// the line's flush timeout cut it in two.
     fn held_by(&self, key: FileKey) -> u64 {
         self.files.get(&key).map_or(0, |t| {
-            t.watcher.pending_bytes() + t.multiline.as_ref().map_or(0, Multiline::pending_bytes)
+            t.watcher.held_bytes() + t.multiline.as_ref().map_or(0, Multiline::held_bytes)
         })
     }
 
@@ -617,6 +620,10 @@ impl Tailer {
                 };
                 if release {
                     ml.flush(&mut push);
+                } else if ml.deadline().is_some_and(|d| now >= d) && !watcher.is_idle() {
+                    // Lines that may continue the record are still in the file (or held as an
+                    // incomplete line): it has not timed out, reading is behind.
+                    ml.defer(now);
                 } else {
                     ml.poll(now, &mut push);
                 }

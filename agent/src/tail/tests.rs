@@ -627,3 +627,88 @@ fn writer_still_holding_a_deleted_file_is_read_to_the_end() {
     assert_eq!(lines, ["before", "after delete", "just before close"]);
     assert_eq!(h.tailer.file_count(), 0, "released after its rotate wait");
 }
+
+/// Regression (found by the collector-outage e2e test): while the agent's buffer was full,
+/// reading paused mid-line, and the line's flush timeout shipped its first part as a line of
+/// its own; the rest became a second line. The timeout must wait while the file holds unread
+/// bytes.
+#[test]
+fn partial_line_is_not_flushed_while_reading_is_paused() {
+    let mut h = harness_with(None);
+    let long = "x".repeat(200);
+    std::fs::write(h.path(0), format!("first\n{long}\nlast\n")).unwrap();
+    h.tailer.scan(h.now);
+    assert_eq!(h.tailer.read_turn(h.now, 50), 50, "stops mid-line: no room");
+    for s in 1..5 {
+        h.tailer.poll_timeouts(h.now + Duration::from_secs(s));
+    }
+    h.now += Duration::from_secs(5);
+    h.read_all();
+    h.tailer.release_all(h.now);
+    h.collect();
+    let lines: Vec<String> = records(&mut h.out).into_iter().map(|r| r.0).collect();
+    assert_eq!(lines, ["first".to_owned(), long, "last".to_owned()]);
+}
+
+/// Same bug for multiline records: a stack trace whose continuation lines were still unread
+/// (buffer full) timed out and was shipped in pieces.
+#[test]
+fn multiline_record_does_not_time_out_while_reading_is_paused() {
+    let mut h = harness_with(Some(crate::config::MultilineConfig {
+        start_pattern: Some(r"^\d{4}-".into()),
+        continuation_pattern: None,
+        max_lines: 100,
+        timeout: ferry_core::config::Duration::from_secs(1),
+    }));
+    let trace = "2026-01-01 ERROR boom\n\tat a.B(B.java:1)\n\tat c.D(D.java:2)";
+    std::fs::write(h.path(0), format!("{trace}\n2026-01-01 INFO next\n")).unwrap();
+    h.tailer.scan(h.now);
+    // The first line and a whole continuation line are read, then the buffer is full.
+    assert_eq!(h.tailer.read_turn(h.now, 42), 42);
+    for s in 1..5 {
+        h.tailer.poll_timeouts(h.now + Duration::from_secs(s));
+    }
+    h.now += Duration::from_secs(5);
+    h.read_all();
+    h.tailer.release_all(h.now);
+    h.collect();
+    let recs: Vec<String> = records(&mut h.out).into_iter().map(|r| r.0).collect();
+    assert_eq!(recs, [trace.to_owned(), "2026-01-01 INFO next".to_owned()]);
+}
+
+/// Regression (found by the 10 MiB-line e2e test): the skipped tail of an over-long line was
+/// counted as held in the agent's buffer, so a line longer than the buffer stopped reading until
+/// its flush timeout shipped it in two truncated pieces. Only the kept bytes take room.
+#[test]
+fn over_long_line_does_not_fill_the_buffer_with_bytes_it_skips() {
+    let mut h = harness_with(None); // max_line_bytes 4096
+    let p = h.path(0);
+    std::fs::write(&p, "x".repeat(10_000)).unwrap();
+    h.tailer.scan(h.now);
+    let limit = 5_000u64;
+    let mut read = 0;
+    loop {
+        let room = limit.saturating_sub(h.tailer.open_bytes());
+        let n = if room > 0 {
+            h.tailer.read_turn(h.now, room)
+        } else {
+            0
+        };
+        if n == 0 {
+            break;
+        }
+        read += n;
+    }
+    assert_eq!(read, 10_000, "the skipped part of the line takes no room");
+    assert!(h.tailer.open_bytes() <= 4096);
+    let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+    f.write_all(b"\nnext\n").unwrap();
+    h.read_all();
+    h.tailer.release_all(h.now);
+    h.collect();
+    let recs = records(&mut h.out);
+    assert_eq!(
+        recs,
+        vec![("x".repeat(4096), 10_001, 0), ("next".to_owned(), 5, 0)]
+    );
+}

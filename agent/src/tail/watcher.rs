@@ -11,7 +11,10 @@
 //!   ([`ROTATE_WAIT`]) for a writer that still holds the old file, then released. Nothing
 //!   readable is abandoned.
 //!
-//! Truncation (copytruncate, `> file`): the size drops below the read position. Everything read
+//! Truncation (copytruncate, `> file`): the size drops below the read position, or the file's
+//! first bytes no longer match its fingerprint (checked whenever its size or modification time
+//! moved, so a file refilled up to or past the read position between two looks is caught too).
+//! Everything read
 //! so far is handed out, then reading restarts at 0 with `generation + 1`, so the new lines get
 //! a new origin and the collector's dedup by (origin, offset) does not take them for replays.
 //! Bytes written before the truncation that were never read cannot be read any more: they are
@@ -68,8 +71,11 @@ pub struct FileWatcher {
     file: File,
     dev: u64,
     inode: u64,
-    /// Fixed once the file has bytes; see [`super::fingerprint`].
+    /// Fixed once the file has a whole first line; see [`super::fingerprint`].
     fingerprint: Option<Fingerprint>,
+    /// While there is no fingerprint yet (first line incomplete): a checksum of the bytes read,
+    /// to notice a truncation that was rewritten past the read position.
+    probe: Option<Fingerprint>,
     generation: u32,
     /// Next byte to read.
     read_pos: u64,
@@ -78,6 +84,9 @@ pub struct FileWatcher {
     splitter: LineSplitter,
     /// Size at the last stat.
     size: u64,
+    /// Modification time at the last read: a file rewritten to the very size it had (truncated,
+    /// then refilled up to the read position between two looks) changes only this.
+    mtime: Option<std::time::SystemTime>,
     /// Largest size any stat saw since the last truncation (to count what a truncation lost).
     seen_size: u64,
     /// When the path stopped naming this file.
@@ -94,6 +103,13 @@ pub struct FileWatcher {
     shrank_live: bool,
     /// Its last link is gone (deleted; the open handle is all that is left).
     deleted: bool,
+    /// The pending incomplete line's flush timeout was due while the file held unread bytes
+    /// (reading paused): not before this time.
+    partial_not_before: Option<Instant>,
+    /// The last thing handed out was an incomplete line shipped as is (flush timeout), or
+    /// reading started in the middle of a line: a newline that comes next only ends a line that
+    /// is already out (or was skipped), and is not an empty line of its own.
+    mid_line: bool,
 }
 
 impl FileWatcher {
@@ -117,6 +133,7 @@ impl FileWatcher {
                 offset,
             } => (fingerprint, generation, offset),
         };
+        let mid_line = pos > 0 && !follows_newline(&file, pos)?;
         Ok(Self {
             path: path.to_owned(),
             path_str: Arc::from(path.to_string_lossy().as_ref()),
@@ -124,11 +141,13 @@ impl FileWatcher {
             dev: meta.dev(),
             inode: meta.ino(),
             fingerprint,
+            probe: None,
             generation,
             read_pos: pos,
             line_pos: pos,
             splitter: LineSplitter::new(max_line_bytes),
             size,
+            mtime: meta.modified().ok(),
             seen_size: size,
             orphaned_at: None,
             last_data_at: now,
@@ -138,6 +157,8 @@ impl FileWatcher {
             check_identity: false,
             shrank_live: false,
             deleted: false,
+            partial_not_before: None,
+            mid_line,
         })
     }
 
@@ -190,6 +211,11 @@ impl FileWatcher {
         self.read_pos - self.line_pos
     }
 
+    /// Bytes of the incomplete line held in memory (the agent's buffer counts these).
+    pub fn held_bytes(&self) -> u64 {
+        self.splitter.held_bytes()
+    }
+
     /// Bytes known to be in the file and not yet handed out (for the lag metric).
     pub fn lag_bytes(&self) -> u64 {
         self.size.saturating_sub(self.line_pos)
@@ -214,10 +240,11 @@ impl FileWatcher {
         }
     }
 
-    /// Whether a stat of the path (size, as a hint) says there may be new data, or a
-    /// truncation to look at. The recorded size is left to `read`, which compares against it.
-    pub fn note_size(&mut self, size: u64) -> bool {
-        let changed = size != self.size;
+    /// Whether a stat of the path (size and modification time, as hints) says there may be new
+    /// data, or a truncation to look at. The recorded size and time are left to `read`, which
+    /// compares against them.
+    pub fn note_size(&mut self, size: u64, mtime: Option<std::time::SystemTime>) -> bool {
+        let changed = size != self.size || (mtime.is_some() && mtime != self.mtime);
         if size < self.read_pos && self.orphaned_at.is_none() {
             self.shrank_live = true;
         }
@@ -257,11 +284,13 @@ impl FileWatcher {
         if size < self.read_pos {
             return Ok(ReadOutcome::Truncated);
         }
-        // The size moved since the last look: make sure the content is still the one we
-        // started on (truncated and rewritten past our position between two looks). One pread
-        // of at most 1 KiB, only when the file changed.
-        if (size != self.size || std::mem::take(&mut self.check_identity))
-            && let Some(fp) = self.fingerprint
+        // The size or the modification time moved since the last look: make sure the content is
+        // still the one we started on (truncated and rewritten up to or past our position
+        // between two looks). One pread of at most 1 KiB, only when the file changed.
+        let mtime = meta.modified().ok();
+        let touched = mtime != std::mem::replace(&mut self.mtime, mtime);
+        if (size != self.size || touched || std::mem::take(&mut self.check_identity))
+            && let Some(fp) = self.fingerprint.or(self.probe)
             && !fp.matches(&self.file)?
         {
             return Ok(ReadOutcome::Truncated);
@@ -283,14 +312,21 @@ impl FileWatcher {
             self.at_eof = false;
             self.last_data_at = now;
             if self.fingerprint.is_none() {
-                self.fingerprint =
-                    Fingerprint::take(&self.file, self.size.max(self.read_pos + n as u64))?;
+                let size = self.size.max(self.read_pos + n as u64);
+                self.fingerprint = Fingerprint::take(&self.file, size)?;
+                if self.fingerprint.is_none() && self.probe.is_none() {
+                    self.probe = Fingerprint::probe(&self.file, size)?;
+                }
             }
             let id = self.file_id();
             let line_pos = &mut self.line_pos;
+            let mid_line = &mut self.mid_line;
             self.splitter.feed(&buf[..n], &mut |line| {
                 let at = *line_pos;
                 *line_pos += line.span;
+                if std::mem::take(mid_line) && line.span == 1 && line.bytes.is_empty() {
+                    return;
+                }
                 emit(id, at, line);
             });
             self.read_pos += n as u64;
@@ -302,10 +338,29 @@ impl FileWatcher {
 
     /// When the pending incomplete line is due to be shipped as is.
     pub fn partial_deadline(&self) -> Option<Instant> {
-        (self.splitter.pending_bytes() > 0).then(|| self.last_data_at + self.line_flush_timeout)
+        (self.splitter.pending_bytes() > 0).then(|| {
+            let due = self.last_data_at + self.line_flush_timeout;
+            self.partial_not_before.map_or(due, |t| t.max(due))
+        })
+    }
+
+    /// Whether the file may hold bytes this watcher has not read: the last read stopped before
+    /// the end (budget, or the agent's buffer was full), or the file is longer now. One fstat.
+    pub fn has_unread(&self) -> bool {
+        !self.at_eof || self.file.metadata().is_ok_and(|m| m.len() > self.read_pos)
+    }
+
+    /// Nothing is held and nothing is waiting in the file: a pending multiline record can
+    /// only be continued by lines not written yet.
+    pub fn is_idle(&self) -> bool {
+        self.splitter.pending_bytes() == 0 && !self.has_unread()
     }
 
     /// Hands out the pending incomplete line if its flush timeout passed, or at once if `force`.
+    ///
+    /// The timeout means "the writer left the line unfinished": it does not apply while the
+    /// file holds bytes not read yet (reading paused by a full buffer, say during a collector
+    /// outage), which may well be the rest of the line. The flush then waits a timeout more.
     pub fn flush_partial(
         &mut self,
         now: Instant,
@@ -316,13 +371,20 @@ impl FileWatcher {
         if !due {
             return false;
         }
+        if !force && self.has_unread() {
+            self.partial_not_before = Some(now + self.line_flush_timeout);
+            return false;
+        }
+        self.partial_not_before = None;
         let id = self.file_id();
         let line_pos = &mut self.line_pos;
-        self.splitter.flush(&mut |line| {
+        let flushed = self.splitter.flush(&mut |line| {
             let at = *line_pos;
             *line_pos += line.span;
             emit(id, at, line);
-        })
+        });
+        self.mid_line |= flushed;
+        flushed
     }
 
     /// Whether a truncation reported by `read` is of this file's own stream, to be read again
@@ -342,11 +404,27 @@ impl FileWatcher {
         self.splitter.clear();
         self.generation = self.generation.wrapping_add(1);
         self.fingerprint = None;
+        self.probe = None;
         self.read_pos = 0;
         self.line_pos = 0;
         self.size = 0;
         self.at_eof = false;
         self.shrank_live = false;
+        self.partial_not_before = None;
+        self.mid_line = false;
+    }
+}
+
+/// Whether the byte before `pos` is a newline, i.e. `pos` starts a line.
+fn follows_newline(file: &File, pos: u64) -> io::Result<bool> {
+    let mut b = [0u8; 1];
+    loop {
+        match file.read_at(&mut b, pos - 1) {
+            Ok(0) => return Ok(true),
+            Ok(_) => return Ok(b[0] == b'\n'),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -439,6 +517,61 @@ mod tests {
         assert!(w.flush_partial(t1 + Duration::from_secs(1), false, &mut emit));
         assert_eq!(out, vec![(15, b"tail".to_vec(), 4)]);
         assert_eq!(w.line_pos(), 19);
+    }
+
+    /// Regression (found by the tiny-files e2e test): a line shipped without its newline after
+    /// the flush timeout, whose newline came later, was followed by a spurious empty record —
+    /// also after a restart that resumed right behind the shipped part.
+    #[test]
+    fn newline_ending_a_flushed_partial_line_is_not_an_empty_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.log");
+        append(&p, b"half");
+        let t0 = Instant::now();
+        let start = StartAt::Beginning { generation: 0 };
+        let mut w = FileWatcher::open(&p, start, 100, Duration::from_secs(1), t0).unwrap();
+        read_all(&mut w, t0);
+        let mut out = Vec::new();
+        let mut emit = |_: FileId, off: u64, l: Line<'_>| out.push((off, l.bytes.to_vec()));
+        assert!(w.flush_partial(t0 + Duration::from_secs(2), false, &mut emit));
+        assert_eq!(out, vec![(0, b"half".to_vec())]);
+        append(&p, b"\nnext\n\n");
+        let (lines, _) = read_all(&mut w, t0 + Duration::from_secs(3));
+        let got: Vec<(u64, &str)> = lines.iter().map(|l| (l.1, l.2.as_str())).collect();
+        // A real empty line (the last one) is still a line.
+        assert_eq!(got, [(5, "next"), (10, "")]);
+        assert_eq!(w.line_pos(), 11);
+        // A restart resuming right behind "half" (its checkpoint) knows it is mid-line.
+        let resume = StartAt::Resume {
+            fingerprint: None,
+            generation: 0,
+            offset: 4,
+        };
+        let mut r = FileWatcher::open(&p, resume, 100, Duration::from_secs(1), t0).unwrap();
+        let (lines, _) = read_all(&mut r, t0);
+        let got: Vec<(u64, &str)> = lines.iter().map(|l| (l.1, l.2.as_str())).collect();
+        assert_eq!(got, [(5, "next"), (10, "")]);
+    }
+
+    /// Regression (found by the copytruncate e2e test): a file truncated and refilled to exactly
+    /// the size the watcher had last seen looked unchanged, and its new lines were not read.
+    #[test]
+    fn truncated_and_refilled_to_the_same_size_is_a_truncation() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.log");
+        append(&p, b"old-1\nold-2\n");
+        let t = Instant::now();
+        let start = StartAt::Beginning { generation: 0 };
+        let mut w = FileWatcher::open(&p, start, 100, Duration::from_secs(1), t).unwrap();
+        assert_eq!(read_all(&mut w, t).0.len(), 2);
+        // mtime granularity is at worst the kernel tick: make sure it moves.
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(&p, b"new-1\nnew-2\n").unwrap();
+        assert_eq!(read_all(&mut w, t).1, ReadOutcome::Truncated);
+        w.restart_after_truncation();
+        let (lines, _) = read_all(&mut w, t);
+        let got: Vec<&str> = lines.iter().map(|l| l.2.as_str()).collect();
+        assert_eq!(got, ["new-1", "new-2"]);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use util::{Dir, Service, ferry, free_addr, http_get, run, start_collector};
+use util::{Dir, Service, ferry, free_addr, http_get, run, start_collector_on};
 
 const TOPIC: &str = "logs";
 
@@ -103,7 +103,7 @@ impl Rig {
 
     fn start_collector(&mut self) {
         assert!(self.collector.is_none(), "collector already running");
-        self.collector = Some(start_collector(
+        self.collector = Some(start_collector_on(
             &self.dir,
             "collector",
             self.collector_config.as_deref(),

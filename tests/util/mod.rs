@@ -245,7 +245,12 @@ impl Drop for Service {
 
 /// Starts `ferry collector` on `addr` with its data in `DIR/NAME-data` (kept across restarts
 /// with the same name) and, if given, `config` written to `DIR/NAME.yaml`.
-pub fn start_collector(dir: &Dir, name: &str, config: Option<&str>, addr: SocketAddr) -> Service {
+pub fn start_collector_on(
+    dir: &Dir,
+    name: &str,
+    config: Option<&str>,
+    addr: SocketAddr,
+) -> Service {
     let data = dir.join(format!("{name}-data"));
     let mut args: Vec<String> = vec![
         "collector".into(),
@@ -294,22 +299,7 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
 /// Starts `ferry collector` on a free port with its data in `dir/NAME-data`, and an optional
 /// YAML config written to `dir/NAME.yaml`.
 pub fn start_collector(dir: &Dir, name: &str, config: Option<&str>) -> Service {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let data = dir.join(format!("{name}-data"));
-    let mut args: Vec<String> = vec![
-        "collector".into(),
-        "--listen".into(),
-        addr.to_string(),
-        "--data-dir".into(),
-        data.display().to_string(),
-    ];
-    if let Some(yaml) = config {
-        let path = dir.write(&format!("{name}.yaml"), yaml);
-        args.push("--config".into());
-        args.push(path.display().to_string());
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Service::start(name, dir, &args, addr)
+    start_collector_on(dir, name, config, free_addr())
 }
 
 /// Runs `ferry produce` with `lines` on stdin; panics unless all are acknowledged.

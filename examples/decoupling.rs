@@ -214,6 +214,10 @@ async fn main() -> anyhow::Result<()> {
     if let Some(run) = &args.inventory_for_run {
         return inventory_service(&args, run).await;
     }
+    common::interruptible(scenario(args)).await
+}
+
+async fn scenario(args: Args) -> anyhow::Result<()> {
     let client = common::connect(&args.collector).await?;
     common::ensure_topic(&client, TOPIC, 4).await?;
     common::fresh_dir(&args.dir)?;

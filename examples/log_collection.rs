@@ -21,7 +21,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const LEVELS: [&str; 4] = ["debug", "info", "warn", "error"];
-/// Event time of the first line: 2026-01-01T00:00:00Z.
+/// Far ahead of every line's event time (they start at 2026-01-01T00:00:00Z): the processor's
+/// watermark passes every window's end and it emits them all.
 const CLOSER: &str = "{\"ts\":\"2026-01-02T00:00:00Z\",\"level\":\"closer\"}\n";
 
 #[derive(Parser)]
@@ -159,7 +160,10 @@ fn spawn(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    common::interruptible(scenario(Args::parse())).await
+}
+
+async fn scenario(args: Args) -> anyhow::Result<()> {
     let ferry = common::ferry_binary(args.ferry.clone())?;
     let client = common::connect(&args.collector).await?;
     common::fresh_dir(&args.dir)?;

@@ -33,7 +33,7 @@ struct Args {
     says: u32,
 }
 
-/// Polls `consumer` for this run's messages (the `text` field) until `done` says stop.
+/// One poll: appends this run's messages (their `text`) to `into`, then commits.
 async fn receive(consumer: &mut Consumer, run: &str, into: &mut Vec<String>) -> anyhow::Result<()> {
     for r in consumer.poll(100).await? {
         let m: serde_json::Value = serde_json::from_slice(&r.record.line)

@@ -81,6 +81,26 @@ fn consume_all(url: &str, topic: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Processes whose command line mentions `needle` (a path of one test): none may outlive the
+/// example that started them.
+fn processes_mentioning(needle: &Path) -> Vec<String> {
+    let needle = needle.display().to_string();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let pid = e.file_name().to_string_lossy().into_owned();
+        if !pid.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(&needle) {
+                out.push(format!("{pid}: {cmd}"));
+            }
+        }
+    }
+    out
+}
+
 fn lines_of(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -145,7 +165,19 @@ fn decoupling_inventory_killed_then_restarted_loses_no_order() {
     let out = example(
         env!("CARGO_BIN_EXE_example-decoupling"),
         &dir,
-        &["--collector", &c.url(), "--dir", "work", "--initial", "500"],
+        &[
+            "--collector",
+            &c.url(),
+            "--dir",
+            dir.join("work").to_str().expect("utf8"),
+            "--initial",
+            "500",
+        ],
+    );
+    let left = processes_mentioning(&dir.join("work"));
+    assert!(
+        left.is_empty(),
+        "the inventory service outlived the example: {left:?}"
     );
     let down = line(&out, "2. inventory killed");
     assert!(number(down, "lag: ") >= 60.0, "{down}");
@@ -251,6 +283,14 @@ fn log_collection_processor_counts_equal_the_counts_in_the_files() {
         ],
     );
     assert!(out.contains("processor counts equal the files"), "{out}");
+    let left = processes_mentioning(&dir.join("work"));
+    assert!(
+        left.is_empty(),
+        "agents or processor outlived the example: {left:?}"
+    );
+    // (The agents and the processor were started with configs from there.)
+    assert!(dir.join("work/agent-db-1.yaml").exists());
+    assert!(dir.join("work/processor.yaml").exists());
     let mut want: BTreeMap<(String, String), u64> = BTreeMap::new();
     for host in ["web-1", "web-2", "db-1"] {
         for l in lines_of(&dir.join(format!("work/hosts/{host}/app.log"))) {

@@ -135,3 +135,17 @@ pub fn append_line(path: &Path, line: &str) -> anyhow::Result<()> {
 pub fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
+
+/// Runs `work` until it finishes or the process gets SIGINT/SIGTERM; on a signal `work` is
+/// dropped, so the [`ChildGuard`]s it owns kill their processes before the example exits.
+pub async fn interruptible<T>(
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listening for SIGTERM")?;
+    tokio::select! {
+        r = work => r,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted (SIGINT); child processes stopped"),
+        _ = term.recv() => anyhow::bail!("terminated (SIGTERM); child processes stopped"),
+    }
+}

@@ -60,7 +60,7 @@ pub enum IngestError {
     #[error("topic {0:?} does not exist and auto_create_topics is off")]
     UnknownTopic(String),
     #[error(
-        "topic {topic} is full: it holds {held} records and takes at most {max} (max_records); retry after consumers catch up or retention frees space"
+        "topic {topic} is full: it holds {held} records and takes at most {max} (max_records); records count until retention removes them, consumed or not: retry once retention frees space"
     )]
     TopicFull { topic: String, held: u64, max: u64 },
     #[error("{0}")]

@@ -1,14 +1,17 @@
 //! Agent throughput benchmark.
 //!
 //! ```text
-//! cargo run --release -p ferry-agent --bin agent-bench -- [--bytes SIZE] [--dir DIR] [--runs N]
+//! cargo run --release -p ferry-agent --bin agent-bench -- [--bytes SIZE] [--dir DIR] [--runs N] [--collector URL]
 //! cargo run --release -p ferry-agent --bin agent-bench -- --idle-files N [SECS]
 //! ```
-//! (`SIZE` like `1GiB`, default 1 GiB, or `FERRY_BENCH_BYTES`.) Generates a file of ~200-byte
+//! (`SIZE` like `1GiB`, default 1 GiB, or `FERRY_BENCH_BYTES`; `FERRY_BENCH_BATCH_BYTES` sets the
+//! agent's `batch.max_bytes`.) Generates a file of ~200-byte
 //! JSON lines, then measures, each in its own child process so that peak RSS is the run's own:
 //! the agent reading it into the `null` output uncompressed and with gzip (level 1), and `cat`
 //! of the same file into a local TCP socket (a listener thread that discards), the copying
-//! limit. Each figure is the fastest of N runs (default 3; the machine may be shared). Prints a
+//! limit. With `--collector URL` (a running `ferry collector`, fsync before ack), also the agent
+//! shipping the file to it, uncompressed and gzip; CPU and RSS are then the agent's own (the
+//! collector is another process). Each figure is the fastest of N runs (default 3; the machine may be shared). Prints a
 //! markdown table: MiB/s, CPU seconds per GiB (user + system, all threads, from
 //! /proc/self/stat), peak RSS (VmHWM).
 
@@ -51,12 +54,14 @@ fn parent(args: &[String]) -> Res<()> {
         .unwrap_or(ByteSize::gib(1));
     let mut dir: Option<PathBuf> = None;
     let mut runs = 3usize;
+    let mut collector: Option<String> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--bytes" => bytes = it.next().ok_or("--bytes needs a value")?.parse()?,
             "--runs" => runs = it.next().ok_or("--runs needs a value")?.parse()?,
             "--dir" => dir = Some(it.next().ok_or("--dir needs a value")?.into()),
+            "--collector" => collector = Some(it.next().ok_or("--collector needs a URL")?.clone()),
             other => return Err(format!("unknown argument {other:?}").into()),
         }
     }
@@ -65,14 +70,14 @@ fn parent(args: &[String]) -> Res<()> {
         std::env::temp_dir().join(format!("ferry-agent-bench-{}", std::process::id()))
     });
     std::fs::create_dir_all(&dir)?;
-    let result = measure_all(&dir, bytes, runs.max(1));
+    let result = measure_all(&dir, bytes, runs.max(1), collector.as_deref());
     if own_dir {
         let _ = std::fs::remove_dir_all(&dir);
     }
     result
 }
 
-fn measure_all(dir: &Path, bytes: ByteSize, runs: usize) -> Res<()> {
+fn measure_all(dir: &Path, bytes: ByteSize, runs: usize, collector: Option<&str>) -> Res<()> {
     let file = dir.join("bench.log");
     let t = Instant::now();
     let (size, lines) = generate(&file, bytes.get())?;
@@ -95,20 +100,36 @@ fn measure_all(dir: &Path, bytes: ByteSize, runs: usize) -> Res<()> {
         "`cat FILE` → local TCP socket (copying limit)".to_owned(),
         best.ok_or("no run")?,
     ));
-    for (mode, label) in [
+    let mut modes = vec![
         ("none", "agent → null, uncompressed"),
         ("gzip", "agent → null, gzip level 1"),
-    ] {
+    ];
+    if collector.is_some() {
+        modes.push((
+            "collector-none",
+            "agent → collector (fsync before ack), uncompressed",
+        ));
+        modes.push((
+            "collector-gzip",
+            "agent → collector (fsync before ack), gzip level 1",
+        ));
+    }
+    for (mode, label) in modes {
         let mut best: Option<Measure> = None;
         for run in 0..runs {
             let data = dir.join(format!("data-{mode}-{run}"));
             let exe = std::env::current_exe()?;
-            let out = Command::new(exe)
-                .args(["--child", mode])
-                .arg(&file)
-                .arg(&data)
-                .stderr(Stdio::inherit())
-                .output()?;
+            let mut cmd = Command::new(exe);
+            cmd.args(["--child", mode]).arg(&file).arg(&data);
+            if let Some(url) = collector {
+                // A topic per run: the collector would otherwise take the file's second
+                // reading for a replay of the first and store nothing.
+                cmd.env("FERRY_BENCH_COLLECTOR", url).env(
+                    "FERRY_BENCH_TOPIC",
+                    format!("bench-{mode}-{run}-{}", std::process::id()),
+                );
+            }
+            let out = cmd.stderr(Stdio::inherit()).output()?;
             if !out.status.success() {
                 return Err(format!("child {mode} failed: {}", out.status).into());
             }
@@ -254,8 +275,9 @@ fn cat_to_socket(file: &Path) -> Res<Measure> {
 /// One agent run in this process; prints a JSON line.
 fn child(args: &[String]) -> Res<()> {
     let [mode, file, data] = args else {
-        return Err("usage: --child none|gzip FILE DATA_DIR".into());
+        return Err("usage: --child none|gzip|collector-none|collector-gzip FILE DATA_DIR".into());
     };
+    let to_collector = mode.starts_with("collector-");
     let file = PathBuf::from(file);
     let size = std::fs::metadata(&file)?.len();
     let mut cfg = AgentConfig {
@@ -266,7 +288,7 @@ fn child(args: &[String]) -> Res<()> {
             include: vec![file.to_string_lossy().into_owned()],
             exclude: vec![],
             read_from: Default::default(),
-            topic: "bench".into(),
+            topic: std::env::var("FERRY_BENCH_TOPIC").unwrap_or_else(|_| "bench".into()),
             fields: Default::default(),
             multiline: None,
             max_line_bytes: ByteSize::kib(256),
@@ -275,7 +297,7 @@ fn child(args: &[String]) -> Res<()> {
         output: OutputConfig::Null,
         ..Default::default()
     };
-    cfg.compression.codec = if mode == "gzip" {
+    cfg.compression.codec = if mode.ends_with("gzip") {
         Codec::Gzip
     } else {
         Codec::None
@@ -283,9 +305,30 @@ fn child(args: &[String]) -> Res<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    if let Ok(b) = std::env::var("FERRY_BENCH_BATCH_BYTES") {
+        cfg.batch.max_bytes = b.parse()?;
+    }
+    if to_collector {
+        let url = std::env::var("FERRY_BENCH_COLLECTOR")?;
+        cfg.output = OutputConfig::Collector(ferry_agent::config::CollectorOutputConfig {
+            urls: vec![url],
+            ..Default::default()
+        });
+        return run_child(rt, Agent::new(cfg)?, size, || None);
+    }
     let agent = Agent::with_output(cfg, NullOutput::new())?;
-    let stats = agent.stats();
     let output = agent.output();
+    run_child(rt, agent, size, move || Some(output.encoded_bytes()))
+}
+
+/// Runs `agent` until every byte of the file is acknowledged; prints the measurement as JSON.
+fn run_child<O: ferry_agent::output::Output + 'static>(
+    rt: tokio::runtime::Runtime,
+    agent: Agent<O>,
+    size: u64,
+    encoded: impl FnOnce() -> Option<u64> + Send + 'static,
+) -> Res<()> {
+    let stats = agent.stats();
     let cpu0 = cpu_secs();
     let t = Instant::now();
     let (secs, encoded) = rt.block_on(async move {
@@ -307,7 +350,7 @@ fn child(args: &[String]) -> Res<()> {
             Ok(Err(e)) => return Err(e.to_string()),
             Err(e) => return Err(e.to_string()),
         }
-        Ok((secs, output.encoded_bytes()))
+        Ok((secs, encoded()))
     })?;
     let cpu = cpu_secs().zip(cpu0).map(|(a, b)| a - b);
     let rss = peak_rss_kib();

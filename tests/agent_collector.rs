@@ -627,11 +627,7 @@ fn inode_reuse_while_running_and_while_stopped() {
     // open for its rotate wait), a new file takes its inode. Other tests running in parallel
     // create files too and may take the freed inode first: then the recreated file (a new
     // inode) is one more generation, and the test tries again, up to 4 times.
-    let pid = rig
-        .agent
-        .as_ref()
-        .and_then(Service::pid)
-        .expect("agent pid");
+    let pid = rig.agent.as_ref().and_then(|s| s.pid()).expect("agent pid");
     let mut reused_running = false;
     for attempt in 0..4 {
         let ino = std::fs::metadata(&p).expect("stat").ino();
@@ -938,11 +934,7 @@ fn collector_down_30s_with_bounded_agent_memory() {
     );
     writer.wait_written(5_000);
     rig.kill_collector();
-    let pid = rig
-        .agent
-        .as_ref()
-        .and_then(Service::pid)
-        .expect("agent pid");
+    let pid = rig.agent.as_ref().and_then(|s| s.pid()).expect("agent pid");
     let down_at = Instant::now();
     let mut max_rss = 0;
     while down_at.elapsed() < Duration::from_secs(30) {

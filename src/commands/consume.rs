@@ -56,28 +56,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         last_record = Instant::now();
         for r in &records {
-            if args.json {
-                let fields: serde_json::Map<String, serde_json::Value> = r
-                    .record
-                    .fields
-                    .iter()
-                    .map(|f| (f.key.to_string(), serde_json::Value::from(&*f.value)))
-                    .collect();
-                let v = serde_json::json!({
-                    "topic": r.topic,
-                    "partition": r.partition,
-                    "offset": r.offset,
-                    "append_time_ms": r.append_time_ms,
-                    "event_time_ms": r.record.event_time_ms,
-                    "line": String::from_utf8_lossy(&r.record.line),
-                    "truncated": r.record.truncated,
-                    "fields": fields,
-                });
-                writeln!(out, "{v}")?;
-            } else {
-                out.write_all(&r.record.line)?;
-                out.write_all(b"\n")?;
-            }
+            print_record(
+                &mut out,
+                args.json,
+                &r.topic,
+                r.partition,
+                r.offset,
+                Some(r.append_time_ms),
+                &r.record,
+            )?;
         }
         out.flush()?;
         printed += records.len() as u64;
@@ -88,4 +75,37 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     drop(out);
     consumer.close().await?;
     Ok(())
+}
+
+/// Prints one consumed record the way `ferry consume` does, from the collector or from Kafka:
+/// raw (the line as written, then a newline) or one JSON object per line.
+pub fn print_record(
+    out: &mut impl Write,
+    json: bool,
+    topic: &str,
+    partition: u32,
+    offset: u64,
+    append_time_ms: Option<i64>,
+    record: &ferry_core::record::Record,
+) -> std::io::Result<()> {
+    if !json {
+        out.write_all(&record.line)?;
+        return out.write_all(b"\n");
+    }
+    let fields: serde_json::Map<String, serde_json::Value> = record
+        .fields
+        .iter()
+        .map(|f| (f.key.to_string(), serde_json::Value::from(&*f.value)))
+        .collect();
+    let v = serde_json::json!({
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "append_time_ms": append_time_ms,
+        "event_time_ms": record.event_time_ms,
+        "line": String::from_utf8_lossy(&record.line),
+        "truncated": record.truncated,
+        "fields": fields,
+    });
+    writeln!(out, "{v}")
 }

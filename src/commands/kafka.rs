@@ -105,27 +105,15 @@ async fn print_loop(
         }
         last_record = Instant::now();
         for r in &records {
-            if args.json {
-                let fields: serde_json::Map<String, serde_json::Value> = r
-                    .record
-                    .fields
-                    .iter()
-                    .map(|f| (f.key.to_string(), serde_json::Value::from(&*f.value)))
-                    .collect();
-                let v = serde_json::json!({
-                    "topic": r.topic,
-                    "partition": r.partition,
-                    "offset": r.offset,
-                    "append_time_ms": r.timestamp_ms,
-                    "event_time_ms": r.record.event_time_ms,
-                    "line": String::from_utf8_lossy(&r.record.line),
-                    "fields": fields,
-                });
-                writeln!(out, "{v}")?;
-            } else {
-                out.write_all(&r.record.line)?;
-                out.write_all(b"\n")?;
-            }
+            crate::commands::consume::print_record(
+                &mut out,
+                args.json,
+                &r.topic,
+                u32::try_from(r.partition).unwrap_or(0),
+                u64::try_from(r.offset).unwrap_or(0),
+                r.timestamp_ms,
+                &r.record,
+            )?;
         }
         out.flush()?;
         printed += records.len() as u64;

@@ -100,75 +100,45 @@ pub fn free_port() -> u16 {
         .expect("bind port 0")
 }
 
-/// A long-running ferry process.
+/// A long-running ferry process with an HTTP port (collector; agent or processor with
+/// `--metrics-listen`): a [`Proc`] that was waited for until `GET /healthz` answered.
 pub struct Service {
-    pub name: String,
-    pub child: Option<Child>,
+    pub proc: Proc,
     pub addr: SocketAddr,
-    pub stderr_path: PathBuf,
+}
+
+impl std::ops::Deref for Service {
+    type Target = Proc;
+    fn deref(&self) -> &Proc {
+        &self.proc
+    }
+}
+
+impl std::ops::DerefMut for Service {
+    fn deref_mut(&mut self) -> &mut Proc {
+        &mut self.proc
+    }
 }
 
 impl Service {
     /// Starts `ferry ARGS` with stderr to a file in `dir`, and waits until `GET /healthz` on
     /// `addr` answers 200.
     pub fn start(name: &str, dir: &Dir, args: &[&str], addr: SocketAddr) -> Self {
-        let stderr_path = dir.join(format!("{name}.stderr"));
-        let stderr = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&stderr_path)
-            .expect("stderr file");
-        let child = ferry()
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn ferry");
         let mut svc = Service {
-            name: name.to_owned(),
-            child: Some(child),
+            proc: Proc::start(name, dir, args),
             addr,
-            stderr_path,
         };
         svc.wait_healthy(Duration::from_secs(30));
         svc
     }
 
-    /// Starts `ferry ARGS` with stderr (appended) to `DIR/NAME.stderr`, without waiting for
-    /// anything: for processes with no HTTP port (the agent). `addr` is unused.
+    /// Starts `ferry ARGS` without waiting for anything: for processes with no HTTP port (the
+    /// agent). `addr` is unused.
     pub fn spawn(name: &str, dir: &Dir, args: &[&str]) -> Self {
-        let stderr_path = dir.join(format!("{name}.stderr"));
-        let stderr = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&stderr_path)
-            .expect("stderr file");
-        let child = ferry()
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn ferry");
         Service {
-            name: name.to_owned(),
-            child: Some(child),
+            proc: Proc::start(name, dir, args),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            stderr_path,
         }
-    }
-
-    /// The process id while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    /// Whether the process exited on its own (and with what), without waiting.
-    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     pub fn url(&self) -> String {
@@ -178,14 +148,12 @@ impl Service {
     fn wait_healthy(&mut self, timeout: Duration) {
         let start = Instant::now();
         while start.elapsed() < timeout {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!(
-                        "{} exited with {status} before it was ready:\n{}",
-                        self.name,
-                        self.stderr()
-                    );
-                }
+            if let Some(status) = self.exited() {
+                panic!(
+                    "{} exited with {status} before it was ready:\n{}",
+                    self.name,
+                    self.stderr()
+                );
             }
             if matches!(http_get(self.addr, "/healthz"), Ok((200, _))) {
                 return;
@@ -197,49 +165,6 @@ impl Service {
             self.name,
             self.stderr()
         );
-    }
-
-    pub fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
-    }
-
-    /// SIGKILL, no drain.
-    pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// SIGTERM and wait for a clean exit; returns the exit code.
-    pub fn terminate(&mut self, timeout: Duration) -> Option<i32> {
-        let mut c = self.child.take()?;
-        let _ = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status();
-        let start = Instant::now();
-        while start.elapsed() < timeout {
-            if let Ok(Some(status)) = c.try_wait() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = c.kill();
-        let _ = c.wait();
-        panic!(
-            "{} did not exit within {timeout:?} of SIGTERM:\n{}",
-            self.name,
-            self.stderr()
-        );
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        self.kill9();
-        if std::thread::panicking() {
-            eprintln!("--- stderr of {}\n{}", self.name, self.stderr());
-        }
     }
 }
 
@@ -343,6 +268,13 @@ impl Proc {
 
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the process exited on its own (and with what), without waiting.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     pub fn stderr(&self) -> String {

@@ -364,32 +364,36 @@ impl Ingest {
             // Per record: the list of (topic, partition) it goes to.
             let mut per_record: Vec<Vec<(String, u32)>> = Vec::with_capacity(b.records.len());
             let mut batch_partition: HashMap<String, u32> = HashMap::new();
+            // Partition counts of the destinations seen in this batch (one lookup each).
+            let mut counts: HashMap<String, u32> = HashMap::new();
+            // Rule matches of this batch, counted once per rule at the end.
+            let mut hits: Vec<usize> = Vec::new();
+            // Held for the whole batch: routing is synchronous, nothing here awaits.
+            let mut router = self
+                .router
+                .lock()
+                .map_err(|_| IngestError::Busy("router state poisoned".into()))?;
             for rec in &b.records {
-                let decision = {
-                    let mut router = self
-                        .router
-                        .lock()
-                        .map_err(|_| IngestError::Busy("router state poisoned".into()))?;
-                    let mut hits: Vec<usize> = Vec::new();
-                    let d = router.route(topic, rec, |i| hits.push(i));
-                    for i in hits {
-                        metrics::counter!("ferry_collector_route_matches_total", "rule" => router.rule(i).name.clone())
-                            .increment(1);
-                    }
-                    match d {
-                        Decision::Original => vec![topic.to_owned()],
-                        Decision::Topics(ix) => ix
-                            .iter()
-                            .map(|&i| router.topic_name(i).to_owned())
-                            .collect(),
-                    }
+                let decision = match router.route(topic, rec, |i| hits.push(i)) {
+                    Decision::Original => vec![topic.to_owned()],
+                    Decision::Topics(ix) => ix
+                        .iter()
+                        .map(|&i| router.topic_name(i).to_owned())
+                        .collect(),
                 };
                 if decision.is_empty() {
                     dropped += 1;
                 }
                 let mut targets = Vec::with_capacity(decision.len());
                 for t in decision {
-                    let n = self.ensure_topic(&t)?;
+                    let n = match counts.get(&t) {
+                        Some(&n) => n,
+                        None => {
+                            let n = self.ensure_topic(&t)?;
+                            counts.insert(t.clone(), n);
+                            n
+                        }
+                    };
                     let p = match self.key_field(&t) {
                         Some(field) => match crate::routing::field_value(rec, field) {
                             Some(v) => (stable_hash(&[v.as_bytes()]) % u64::from(n)) as u32,
@@ -405,6 +409,15 @@ impl Ingest {
                 }
                 per_record.push(targets);
             }
+            let mut per_rule: BTreeMap<usize, u64> = BTreeMap::new();
+            for i in hits {
+                *per_rule.entry(i).or_default() += 1;
+            }
+            for (i, n) in per_rule {
+                metrics::counter!("ferry_collector_route_matches_total", "rule" => router.rule(i).name.clone())
+                    .increment(n);
+            }
+            drop(router);
             let mut groups: BTreeMap<(String, u32), Vec<usize>> = BTreeMap::new();
             for (i, targets) in per_record.iter().enumerate() {
                 for tp in targets {

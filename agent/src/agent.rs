@@ -74,7 +74,7 @@ impl Agent<AnyOutput> {
             OutputConfig::Null => AnyOutput::Null(NullOutput::new()),
             OutputConfig::Stdout => AnyOutput::Stdout(StdoutOutput::new()),
             OutputConfig::Collector(c) => AnyOutput::Collector(CollectorOutput::new(c)?),
-            OutputConfig::Kafka(k) => AnyOutput::Kafka(KafkaOutput::new(k)?),
+            OutputConfig::Kafka(k) => AnyOutput::Kafka(Box::new(KafkaOutput::new(k)?)),
         };
         Self::with_output(config, output)
     }

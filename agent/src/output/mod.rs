@@ -70,7 +70,7 @@ pub enum AnyOutput {
     Null(null::NullOutput),
     Stdout(stdout::StdoutOutput),
     Collector(collector::CollectorOutput),
-    Kafka(kafka::KafkaOutput),
+    Kafka(Box<kafka::KafkaOutput>),
 }
 
 impl Output for AnyOutput {

@@ -278,6 +278,8 @@ impl RawOutput {
         k.ssl_key_location = self.ssl_key_location;
         k.ssl_key_password = self.ssl_key_password;
         k.options = self.options.unwrap_or_default();
+        // Here as well as in `validate`, so `ferry check` catches it with the file position.
+        k.validate().map_err(|e| format!("output: {e}"))?;
         Ok(k)
     }
 }
@@ -942,12 +944,22 @@ read_budget_bytes: 256KiB
         // Defaults are KafkaConfig's.
         let cfg = load("output: {type: kafka, brokers: k:1}\n").unwrap();
         assert!(matches!(&cfg.output, OutputConfig::Kafka(k) if **k == KafkaConfig::new("k:1")));
-        // What KafkaConfig::validate refuses, the agent refuses.
-        let cfg = load(
-            "inputs: [{name: a, include: [/x], topic: t}]\noutput: {type: kafka, brokers: ' '}\n",
-        )
-        .unwrap();
-        assert!(cfg.validate().unwrap_err().to_string().contains("brokers"));
+        // What KafkaConfig::validate refuses, the agent refuses (already when parsing, so
+        // `ferry check` says so too).
+        let err = load("output: {type: kafka, brokers: ' '}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("brokers is empty"), "{err}");
+        let mut cfg = load("inputs: [{name: a, include: [/x], topic: t}]\n").unwrap();
+        let mut k = KafkaConfig::new("a:1");
+        k.message_timeout = Duration::from_millis(0);
+        cfg.output = OutputConfig::Kafka(Box::new(k));
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("message_timeout")
+        );
         assert!(load("output: {type: kafka, brokers: a, compression: brotli}\n").is_err());
     }
 

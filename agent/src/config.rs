@@ -505,12 +505,14 @@ impl AgentConfig {
                 input.topic = topic.clone();
             }
         }
+        let to_kafka = args.kafka.is_some() || args.output.as_deref() == Some("kafka");
+        if to_kafka && !args.collectors.is_empty() {
+            return Err(AgentConfigError::Invalid(
+                "give either --collector URL or --kafka BROKERS / --output kafka, not both"
+                    .to_owned(),
+            ));
+        }
         if args.kafka.is_some() {
-            if !args.collectors.is_empty() {
-                return Err(AgentConfigError::Invalid(
-                    "give either --collector URL or --kafka BROKERS, not both".to_owned(),
-                ));
-            }
             if let Some(other) = args.output.as_deref().filter(|o| *o != "kafka") {
                 return Err(AgentConfigError::Invalid(format!(
                     "--kafka ships to Kafka, but --output says {other:?}"
@@ -518,7 +520,7 @@ impl AgentConfig {
             }
         }
         match args.output.as_deref() {
-            _ if args.kafka.is_some() || args.output.as_deref() == Some("kafka") => {
+            _ if to_kafka => {
                 let mut k = match cfg.output {
                     OutputConfig::Kafka(k) => *k,
                     _ => match &args.kafka {
@@ -1004,6 +1006,11 @@ read_budget_bytes: 256KiB
         let err = AgentConfig::from_quick(None, &quick(Some("k:1"), None, &["http://c:1"]))
             .unwrap_err()
             .to_string();
+        assert!(err.contains("not both"), "{err}");
+        let err = AgentConfigError::to_string(
+            &AgentConfig::from_quick(None, &quick(None, Some("kafka"), &["http://c:1"]))
+                .unwrap_err(),
+        );
         assert!(err.contains("not both"), "{err}");
     }
 }

@@ -512,12 +512,12 @@ impl AgentConfig {
                     .to_owned(),
             ));
         }
-        if args.kafka.is_some() {
-            if let Some(other) = args.output.as_deref().filter(|o| *o != "kafka") {
-                return Err(AgentConfigError::Invalid(format!(
-                    "--kafka ships to Kafka, but --output says {other:?}"
-                )));
-            }
+        if args.kafka.is_some()
+            && let Some(other) = args.output.as_deref().filter(|o| *o != "kafka")
+        {
+            return Err(AgentConfigError::Invalid(format!(
+                "--kafka ships to Kafka, but --output says {other:?}"
+            )));
         }
         match args.output.as_deref() {
             _ if to_kafka => {

@@ -16,6 +16,7 @@ use crate::batcher::{BatchLimits, BuilderPool};
 use crate::checkpoint::{CheckpointError, Checkpointer};
 use crate::config::{AgentConfig, AgentConfigError, CompiledInput, OutputConfig, host_name};
 use crate::output::collector::{CollectorOutput, CollectorOutputError};
+use crate::output::kafka::KafkaOutput;
 use crate::output::null::NullOutput;
 use crate::output::stdout::StdoutOutput;
 use crate::output::{AnyOutput, Output};
@@ -37,6 +38,9 @@ pub enum AgentError {
     Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
     Output(#[from] CollectorOutputError),
+    /// The Kafka output's producer could not be created (librdkafka refused a setting).
+    #[error(transparent)]
+    Kafka(#[from] ferry_kafka::KafkaError),
     #[error("agent {what} thread failed: {message}")]
     Thread { what: &'static str, message: String },
 }
@@ -70,6 +74,7 @@ impl Agent<AnyOutput> {
             OutputConfig::Null => AnyOutput::Null(NullOutput::new()),
             OutputConfig::Stdout => AnyOutput::Stdout(StdoutOutput::new()),
             OutputConfig::Collector(c) => AnyOutput::Collector(CollectorOutput::new(c)?),
+            OutputConfig::Kafka(k) => AnyOutput::Kafka(Box::new(KafkaOutput::new(k)?)),
         };
         Self::with_output(config, output)
     }

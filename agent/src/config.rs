@@ -7,6 +7,7 @@
 use ferry_core::batch::Codec;
 use ferry_core::config::{ByteSize, Duration};
 use ferry_core::record::Field;
+use ferry_kafka::{Compression, KafkaConfig, KafkaTopicConfig};
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use regex::bytes::Regex;
 use serde::Deserialize;
@@ -177,11 +178,15 @@ impl Default for CompressionConfig {
 }
 
 /// Where batches go. In YAML, `type: collector` (with `urls`, optional `mode` and `timeout`),
-/// `type: stdout`, or `type: null` (YAML's null and the string "null" both work; `discard` too).
+/// `type: kafka` (with `brokers` and the other keys of the `kafka:` section, written flat next
+/// to `type`: `compression`, `message_timeout`, `topic_prefix`, `topics`, the security keys,
+/// `options`; see [`KafkaConfig`]), `type: stdout`, or `type: null` (YAML's null and the string
+/// "null" both work; `discard` too).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(try_from = "RawOutput")]
 pub enum OutputConfig {
     Collector(CollectorOutputConfig),
+    Kafka(Box<KafkaConfig>),
     Stdout,
     Null,
 }
@@ -200,6 +205,83 @@ struct RawOutput {
     mode: Option<UrlMode>,
     #[serde(default)]
     timeout: Option<Duration>,
+    // The kafka output: `KafkaConfig`'s keys, flat (serde's `flatten` cannot be combined with
+    // `deny_unknown_fields`, and unknown keys must stay errors).
+    #[serde(default)]
+    brokers: Option<String>,
+    #[serde(default)]
+    compression: Option<Compression>,
+    #[serde(default)]
+    message_timeout: Option<Duration>,
+    #[serde(default)]
+    topic_prefix: Option<String>,
+    #[serde(default)]
+    topics: Option<BTreeMap<String, KafkaTopicConfig>>,
+    #[serde(default)]
+    security_protocol: Option<String>,
+    #[serde(default)]
+    sasl_mechanism: Option<String>,
+    #[serde(default)]
+    sasl_username: Option<String>,
+    #[serde(default)]
+    sasl_password: Option<String>,
+    #[serde(default)]
+    ssl_ca_location: Option<String>,
+    #[serde(default)]
+    ssl_certificate_location: Option<String>,
+    #[serde(default)]
+    ssl_key_location: Option<String>,
+    #[serde(default)]
+    ssl_key_password: Option<String>,
+    #[serde(default)]
+    options: Option<BTreeMap<String, String>>,
+}
+
+impl RawOutput {
+    /// Whether any key of the kafka output is present.
+    fn has_kafka_keys(&self) -> bool {
+        self.brokers.is_some()
+            || self.compression.is_some()
+            || self.message_timeout.is_some()
+            || self.topic_prefix.is_some()
+            || self.topics.is_some()
+            || self.security_protocol.is_some()
+            || self.sasl_mechanism.is_some()
+            || self.sasl_username.is_some()
+            || self.sasl_password.is_some()
+            || self.ssl_ca_location.is_some()
+            || self.ssl_certificate_location.is_some()
+            || self.ssl_key_location.is_some()
+            || self.ssl_key_password.is_some()
+            || self.options.is_some()
+    }
+
+    fn into_kafka(self) -> Result<KafkaConfig, String> {
+        let brokers = self.brokers.ok_or_else(|| {
+            "output type kafka needs `brokers` (host:port[,host:port...])".to_owned()
+        })?;
+        let mut k = KafkaConfig::new(brokers);
+        if let Some(c) = self.compression {
+            k.compression = c;
+        }
+        if let Some(t) = self.message_timeout {
+            k.message_timeout = t;
+        }
+        k.topic_prefix = self.topic_prefix.unwrap_or_default();
+        k.topics = self.topics.unwrap_or_default();
+        k.security_protocol = self.security_protocol;
+        k.sasl_mechanism = self.sasl_mechanism;
+        k.sasl_username = self.sasl_username;
+        k.sasl_password = self.sasl_password;
+        k.ssl_ca_location = self.ssl_ca_location;
+        k.ssl_certificate_location = self.ssl_certificate_location;
+        k.ssl_key_location = self.ssl_key_location;
+        k.ssl_key_password = self.ssl_key_password;
+        k.options = self.options.unwrap_or_default();
+        // Here as well as in `validate`, so `ferry check` catches it with the file position.
+        k.validate().map_err(|e| format!("output: {e}"))?;
+        Ok(k)
+    }
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
@@ -211,12 +293,25 @@ impl TryFrom<RawOutput> for OutputConfig {
 
     fn try_from(raw: RawOutput) -> Result<Self, String> {
         let collector_keys = raw.urls.is_some() || raw.mode.is_some() || raw.timeout.is_some();
+        let kafka_keys = raw.has_kafka_keys();
         let kind = match &raw.kind {
-            None => return Err("output needs a `type`: collector, stdout or null".to_owned()),
+            None => {
+                return Err("output needs a `type`: collector, kafka, stdout or null".to_owned());
+            }
             Some(None) => "null",
             Some(Some(k)) => k.as_str(),
         };
         match kind {
+            "kafka" if collector_keys => Err(
+                "output type kafka takes no `urls`, `mode` or `timeout` (those are for type collector; \
+                 Kafka's is `message_timeout`)"
+                    .to_owned(),
+            ),
+            "kafka" => Ok(OutputConfig::Kafka(Box::new(raw.into_kafka()?))),
+            "collector" | "stdout" | "null" | "discard" if kafka_keys => Err(format!(
+                "output type {kind} takes no `brokers`, `compression`, `topics` or other Kafka keys \
+                 (those are for type kafka)"
+            )),
             "collector" => {
                 let defaults = CollectorOutputConfig::default();
                 Ok(OutputConfig::Collector(CollectorOutputConfig {
@@ -231,7 +326,7 @@ impl TryFrom<RawOutput> for OutputConfig {
             "stdout" => Ok(OutputConfig::Stdout),
             "null" | "discard" => Ok(OutputConfig::Null),
             other => Err(format!(
-                "unknown output type {other:?}: this agent ships to collector, stdout or null"
+                "unknown output type {other:?}: this agent ships to collector, kafka, stdout or null"
             )),
         }
     }
@@ -373,7 +468,10 @@ pub struct QuickArgs {
     pub topic: Option<String>,
     /// Files or globs.
     pub paths: Vec<String>,
-    /// `collector`, `stdout` or `null`.
+    /// `--kafka BROKERS`: ship to Kafka at these brokers (other settings of a `type: kafka`
+    /// output in the loaded config are kept).
+    pub kafka: Option<String>,
+    /// `collector`, `kafka`, `stdout` or `null`.
     pub output: Option<String>,
     pub data_dir: Option<PathBuf>,
 }
@@ -407,7 +505,40 @@ impl AgentConfig {
                 input.topic = topic.clone();
             }
         }
+        let to_kafka = args.kafka.is_some() || args.output.as_deref() == Some("kafka");
+        if to_kafka && !args.collectors.is_empty() {
+            return Err(AgentConfigError::Invalid(
+                "give either --collector URL or --kafka BROKERS / --output kafka, not both"
+                    .to_owned(),
+            ));
+        }
+        if args.kafka.is_some()
+            && let Some(other) = args.output.as_deref().filter(|o| *o != "kafka")
+        {
+            return Err(AgentConfigError::Invalid(format!(
+                "--kafka ships to Kafka, but --output says {other:?}"
+            )));
+        }
         match args.output.as_deref() {
+            _ if to_kafka => {
+                let mut k = match cfg.output {
+                    OutputConfig::Kafka(k) => *k,
+                    _ => match &args.kafka {
+                        Some(brokers) => KafkaConfig::new(brokers.clone()),
+                        None => {
+                            return Err(AgentConfigError::Invalid(
+                                "--output kafka needs brokers: give --kafka BROKERS, or an \
+                                 `output: {type: kafka, brokers: ...}` in --config"
+                                    .to_owned(),
+                            ));
+                        }
+                    },
+                };
+                if let Some(brokers) = &args.kafka {
+                    k.brokers = brokers.clone();
+                }
+                cfg.output = OutputConfig::Kafka(Box::new(k));
+            }
             None | Some("collector") => {
                 if !args.collectors.is_empty() {
                     let mut c = match cfg.output {
@@ -425,7 +556,7 @@ impl AgentConfig {
             Some("null") | Some("discard") => cfg.output = OutputConfig::Null,
             Some(other) => {
                 return Err(AgentConfigError::Invalid(format!(
-                    "unknown output {other:?}: this agent ships to `collector`, `stdout` or `null`"
+                    "unknown output {other:?}: this agent ships to `collector`, `kafka`, `stdout` or `null`"
                 )));
             }
         }
@@ -481,6 +612,10 @@ impl AgentConfig {
             return Err(AgentConfigError::Invalid(
                 "`max_in_flight` must be at least 1".to_owned(),
             ));
+        }
+        if let OutputConfig::Kafka(k) = &self.output {
+            k.validate()
+                .map_err(|e| AgentConfigError::Invalid(format!("output: {e}")))?;
         }
         if let OutputConfig::Collector(c) = &self.output {
             if c.urls.is_empty() {
@@ -684,7 +819,17 @@ read_budget_bytes: 256KiB
     #[test]
     fn unknown_output_type_or_key_is_refused() {
         let err = load("output: {type: kafka}\n").unwrap_err().to_string();
-        assert!(err.contains("unknown output type \"kafka\""), "{err}");
+        assert!(err.contains("needs `brokers`"), "{err}");
+        let err = load("output: {type: carrier_pigeon}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown output type \"carrier_pigeon\""),
+            "{err}"
+        );
+        assert!(load("output: {type: kafka, brokers: a, urls: [\"http://c\"]}\n").is_err());
+        assert!(load("output: {type: kafka, brokers: a, linger: 5}\n").is_err());
+        assert!(load("output: {type: collector, brokers: a}\n").is_err());
         assert!(load("output: {type: collector, urls: [\"http://c\"], retries: 3}\n").is_err());
         assert!(load("output: {type: stdout, urls: [\"http://c\"]}\n").is_err());
         assert!(
@@ -747,6 +892,7 @@ read_budget_bytes: 256KiB
                 paths: vec!["/var/log/*.log".into()],
                 output: None,
                 data_dir: Some("/tmp/d".into()),
+                kafka: None,
             },
         )
         .unwrap();
@@ -772,5 +918,99 @@ read_budget_bytes: 256KiB
             },
         );
         assert!(bad.unwrap_err().to_string().contains("kafak"));
+    }
+
+    #[test]
+    fn kafka_output_parses_flat_and_validates() {
+        let cfg = load(
+            "inputs: [{name: a, include: [/x], topic: web}]\n\
+             output:\n  type: kafka\n  brokers: k1:9092,k2:9092\n  compression: zstd\n  \
+             message_timeout: 5s\n  topic_prefix: 'ferry.'\n  \
+             topics: {web: {kafka_topic: www, key_field: host}}\n  \
+             security_protocol: sasl_ssl\n  sasl_mechanism: PLAIN\n  sasl_username: u\n  \
+             sasl_password: p\n  options: {linger.ms: '20'}\n",
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        let OutputConfig::Kafka(k) = &cfg.output else {
+            panic!("{:?}", cfg.output)
+        };
+        assert_eq!(k.brokers, "k1:9092,k2:9092");
+        assert_eq!(k.compression, Compression::Zstd);
+        assert_eq!(k.message_timeout.get(), std::time::Duration::from_secs(5));
+        assert_eq!(k.kafka_topic("web"), "www");
+        assert_eq!(k.kafka_topic("other"), "ferry.other");
+        assert_eq!(k.key_field("web"), Some("host"));
+        assert_eq!(k.sasl_password.as_deref(), Some("p"));
+        assert_eq!(k.options.get("linger.ms").map(String::as_str), Some("20"));
+        // Defaults are KafkaConfig's.
+        let cfg = load("output: {type: kafka, brokers: k:1}\n").unwrap();
+        assert!(matches!(&cfg.output, OutputConfig::Kafka(k) if **k == KafkaConfig::new("k:1")));
+        // What KafkaConfig::validate refuses, the agent refuses (already when parsing, so
+        // `ferry check` says so too).
+        let err = load("output: {type: kafka, brokers: ' '}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("brokers is empty"), "{err}");
+        let mut cfg = load("inputs: [{name: a, include: [/x], topic: t}]\n").unwrap();
+        let mut k = KafkaConfig::new("a:1");
+        k.message_timeout = Duration::from_millis(0);
+        cfg.output = OutputConfig::Kafka(Box::new(k));
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("message_timeout")
+        );
+        assert!(load("output: {type: kafka, brokers: a, compression: brotli}\n").is_err());
+    }
+
+    #[test]
+    fn quick_kafka_flags() {
+        let paths = vec!["/a".to_owned()];
+        let quick = |kafka: Option<&str>, output: Option<&str>, collectors: &[&str]| QuickArgs {
+            paths: paths.clone(),
+            topic: Some("t".into()),
+            kafka: kafka.map(str::to_owned),
+            output: output.map(str::to_owned),
+            collectors: collectors.iter().map(|c| (*c).to_owned()).collect(),
+            ..Default::default()
+        };
+        let cfg = AgentConfig::from_quick(None, &quick(Some("k:9092"), None, &[])).unwrap();
+        assert!(matches!(&cfg.output, OutputConfig::Kafka(k) if k.brokers == "k:9092"));
+        let cfg =
+            AgentConfig::from_quick(None, &quick(Some("k:9092"), Some("kafka"), &[])).unwrap();
+        assert!(matches!(&cfg.output, OutputConfig::Kafka(_)));
+        // --output kafka takes the brokers (and the rest) from the config; --kafka replaces
+        // only the brokers.
+        let base = load("output: {type: kafka, brokers: cfg:1, topic_prefix: p.}\n").unwrap();
+        let cfg =
+            AgentConfig::from_quick(Some(base.clone()), &quick(None, Some("kafka"), &[])).unwrap();
+        assert!(matches!(&cfg.output, OutputConfig::Kafka(k) if k.brokers == "cfg:1"));
+        let cfg =
+            AgentConfig::from_quick(Some(base.clone()), &quick(Some("cli:2"), None, &[])).unwrap();
+        assert!(
+            matches!(&cfg.output, OutputConfig::Kafka(k) if k.brokers == "cli:2" && k.topic_prefix == "p.")
+        );
+        // A kafka output in the config stays when no flag names another.
+        let cfg = AgentConfig::from_quick(Some(base), &quick(None, None, &[])).unwrap();
+        assert!(matches!(&cfg.output, OutputConfig::Kafka(_)));
+        let err = AgentConfig::from_quick(None, &quick(None, Some("kafka"), &[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--kafka BROKERS"), "{err}");
+        let err = AgentConfig::from_quick(None, &quick(Some("k:1"), Some("stdout"), &[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("stdout"), "{err}");
+        let err = AgentConfig::from_quick(None, &quick(Some("k:1"), None, &["http://c:1"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not both"), "{err}");
+        let err = AgentConfigError::to_string(
+            &AgentConfig::from_quick(None, &quick(None, Some("kafka"), &["http://c:1"]))
+                .unwrap_err(),
+        );
+        assert!(err.contains("not both"), "{err}");
     }
 }

@@ -11,7 +11,7 @@
 //! - [`reader`]: the reader thread driving the tailer with file events and rescans.
 //! - [`compress`]: worker threads that encode and gzip batches.
 //! - [`shipper`]: delivery with retries, splitting and drops; acknowledgements; checkpoints.
-//! - [`output`]: the `null`, `stdout` and `collector` outputs.
+//! - [`output`]: the `null`, `stdout`, `collector` and `kafka` outputs.
 //! - [`checkpoint`]: the acknowledged offset per file, written atomically.
 //! - [`agent`]: [`Agent::new`] / [`Agent::run`], the wiring of all of the above.
 //!

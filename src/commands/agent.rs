@@ -19,12 +19,6 @@ pub struct Args {
 
 /// The `agent:` section of `--config` (if any) with the flags layered on top.
 pub fn resolve(args: &Args) -> anyhow::Result<AgentConfig> {
-    if args.kafka.is_some() || args.output.as_deref() == Some("kafka") {
-        return Err(UsageError(
-            "the agent's Kafka output is not built yet (issue 7); use --output collector, stdout or null".into(),
-        )
-        .into());
-    }
     let base = match &args.config {
         Some(path) => Some(FerryConfig::load(path)?.agent.unwrap_or_default()),
         None => None,
@@ -33,6 +27,7 @@ pub fn resolve(args: &Args) -> anyhow::Result<AgentConfig> {
         collectors: args.collectors.clone(),
         topic: args.topic.clone(),
         paths: args.paths.clone(),
+        kafka: args.kafka.clone(),
         output: args.output.clone(),
         data_dir: args.data_dir.clone(),
     };
@@ -62,6 +57,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let agent = Agent::new(config).map_err(|e| match e {
         AgentError::Config(c) => anyhow::Error::from(UsageError(c.to_string())),
+        // librdkafka refused a setting of the kafka output: a config error, exit 2.
+        AgentError::Kafka(k) => anyhow::Error::from(UsageError(format!("agent output: {k}"))),
         other => other.into(),
     })?;
     let stats = agent.stats();

@@ -3,7 +3,11 @@
 //! ```text
 //! cargo run --release -p ferry-agent --bin agent-bench -- [--bytes SIZE] [--dir DIR] [--runs N] [--collector URL]
 //! cargo run --release -p ferry-agent --bin agent-bench -- --idle-files N [SECS]
+//! cargo run --release -p ferry-agent --bin agent-bench -- --kafka BROKERS [SIZE]
 //! ```
+//! (`--kafka`: the agent tailing a generated file into Kafka through its `kafka` output, once
+//! per producer compression, each into a new topic; MiB/s of file bytes until every batch is
+//! acknowledged. Default SIZE 96MiB.)
 //! (`SIZE` like `1GiB`, default 1 GiB, or `FERRY_BENCH_BYTES`; `FERRY_BENCH_BATCH_BYTES` sets the
 //! agent's `batch.max_bytes`.) Generates a file of ~200-byte
 //! JSON lines, then measures, each in its own child process so that peak RSS is the run's own:
@@ -32,6 +36,8 @@ fn main() -> ExitCode {
         child(&args[2..])
     } else if args.get(1).map(String::as_str) == Some("--idle-files") {
         idle(&args[2..])
+    } else if args.get(1).map(String::as_str) == Some("--kafka") {
+        kafka(&args[2..])
     } else {
         parent(&args[1..])
     };
@@ -477,4 +483,77 @@ fn human(b: u64) -> String {
     } else {
         format!("{:.0} MiB", mib(b))
     }
+}
+
+/// `--kafka BROKERS [SIZE]`: the whole agent (reader, workers, shipper, `kafka` output) tailing
+/// one generated file into Kafka, per producer compression.
+fn kafka(args: &[String]) -> Res<()> {
+    let brokers = args.first().ok_or("--kafka needs BROKERS")?;
+    let bytes: ByteSize = args
+        .get(1)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(ByteSize::mib(96));
+    let dir = std::env::temp_dir().join(format!("ferry-agent-kafka-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("bench.log");
+    let (size, lines) = generate(&file, bytes.get())?;
+    println!(
+        "{lines} lines, {:.1} MiB, agent -> Kafka at {brokers}\n\n| producer compression | agent -> kafka MiB/s | CPU s |\n| --- | ---: | ---: |",
+        mib(size)
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let run_id = ferry_core::now_ms();
+    for (name, c) in [
+        ("none", ferry_kafka::Compression::None),
+        ("lz4", ferry_kafka::Compression::Lz4),
+        ("zstd", ferry_kafka::Compression::Zstd),
+        ("gzip", ferry_kafka::Compression::Gzip),
+    ] {
+        let mut k = ferry_kafka::KafkaConfig::new(brokers.as_str());
+        k.compression = c;
+        let mut cfg = AgentConfig {
+            id: Some("bench".into()),
+            data_dir: dir.join(format!("data-{name}")),
+            inputs: vec![InputConfig {
+                name: "bench".into(),
+                include: vec![file.to_string_lossy().into_owned()],
+                exclude: vec![],
+                read_from: Default::default(),
+                topic: format!("agent-{name}-{run_id}"),
+                fields: Default::default(),
+                multiline: None,
+                max_line_bytes: ByteSize::kib(256),
+                line_flush_timeout: ferry_core::config::Duration::from_secs(1),
+            }],
+            output: OutputConfig::Kafka(Box::new(k)),
+            ..Default::default()
+        };
+        // The producer compresses; the agent's own gzip would only be undone by the output.
+        cfg.compression.codec = Codec::None;
+        let agent = Agent::new(cfg)?;
+        let stats = agent.stats();
+        let cpu0 = cpu_secs();
+        let t = Instant::now();
+        let secs = rt.block_on(async move {
+            let shutdown = Shutdown::new();
+            let run = tokio::spawn(agent.run(shutdown.clone()));
+            while AgentStats::get(&stats.bytes_acked) < size && !run.is_finished() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let secs = t.elapsed().as_secs_f64();
+            shutdown.trigger();
+            match run.await {
+                Ok(Ok(_)) => Ok(secs),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        })?;
+        let cpu = cpu_secs().zip(cpu0).map_or(0.0, |(a, b)| a - b);
+        println!("| {name} | {:.0} | {cpu:.1} |", mib(size) / secs);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
 }

@@ -8,9 +8,11 @@
 //! shipper's job ([`crate::shipper`]), the same for every output.
 //!
 //! Outputs: [`null::NullOutput`] (acknowledges at once; benchmarks), [`stdout::StdoutOutput`]
-//! (prints the lines; debugging), [`collector::CollectorOutput`] (HTTP to ferry collectors).
+//! (prints the lines; debugging), [`collector::CollectorOutput`] (HTTP to ferry collectors),
+//! [`kafka::KafkaOutput`] (straight into Kafka topics).
 
 pub mod collector;
+pub mod kafka;
 pub mod null;
 pub mod retry;
 pub mod stdout;
@@ -68,6 +70,7 @@ pub enum AnyOutput {
     Null(null::NullOutput),
     Stdout(stdout::StdoutOutput),
     Collector(collector::CollectorOutput),
+    Kafka(Box<kafka::KafkaOutput>),
 }
 
 impl Output for AnyOutput {
@@ -76,6 +79,7 @@ impl Output for AnyOutput {
             AnyOutput::Null(o) => o.send(topic, batch, meta).await,
             AnyOutput::Stdout(o) => o.send(topic, batch, meta).await,
             AnyOutput::Collector(o) => o.send(topic, batch, meta).await,
+            AnyOutput::Kafka(o) => o.send(topic, batch, meta).await,
         }
     }
 }

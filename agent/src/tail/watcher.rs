@@ -454,20 +454,25 @@ mod tests {
         (out, outcome)
     }
 
+    /// A watcher on `p` from its beginning (generation 0, 100-byte lines, 1 s flush timeout).
+    fn open_from_start(p: &Path, t: Instant) -> FileWatcher {
+        FileWatcher::open(
+            p,
+            StartAt::Beginning { generation: 0 },
+            100,
+            Duration::from_secs(1),
+            t,
+        )
+        .unwrap()
+    }
+
     #[test]
     fn truncation_restarts_at_zero_with_a_new_generation() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.log");
         append(&p, b"one\ntwo\n");
         let t = Instant::now();
-        let mut w = FileWatcher::open(
-            &p,
-            StartAt::Beginning { generation: 0 },
-            100,
-            Duration::from_secs(1),
-            t,
-        )
-        .unwrap();
+        let mut w = open_from_start(&p, t);
         let (lines, _) = read_all(&mut w, t);
         assert_eq!(
             lines.iter().map(|l| l.2.as_str()).collect::<Vec<_>>(),
@@ -580,14 +585,7 @@ mod tests {
         let p = dir.path().join("a.log");
         append(&p, b"a\n");
         let t = Instant::now();
-        let mut w = FileWatcher::open(
-            &p,
-            StartAt::Beginning { generation: 0 },
-            100,
-            Duration::from_secs(1),
-            t,
-        )
-        .unwrap();
+        let mut w = open_from_start(&p, t);
         append(&p, b"b\n");
         std::fs::remove_file(&p).unwrap();
         let (lines, outcome) = read_all(&mut w, t);

@@ -164,13 +164,16 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Check { file } => {
-            let report = crate::check::check(&file)?;
-            println!("{}: ok ({})", file.display(), report.sections.join(", "));
-            Ok(())
-        }
+        // `check` needs no runtime: it reads one file.
+        Command::Check { file } => check(&file),
         other => runtime()?.block_on(run_async(other)),
     }
+}
+
+fn check(file: &std::path::Path) -> anyhow::Result<()> {
+    let report = crate::check::check(file)?;
+    println!("{}: ok ({})", file.display(), report.sections.join(", "));
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -285,10 +288,7 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
         }
         Command::Topics { collector, json } => commands::admin::topics(&collector, json).await,
         Command::Groups { collector, json } => commands::admin::groups(&collector, json).await,
-        other => Err(anyhow::anyhow!(
-            "`ferry {}` is not built yet: see the open issues (agent: 5, processor: 6, Kafka: 7, up: 8)",
-            command_name(&other)
-        )),
+        Command::Check { file } => check(&file),
     }
 }
 
@@ -298,19 +298,5 @@ fn config_path(c: &Command) -> Option<&std::path::Path> {
         Command::Up { config, .. } | Command::Processor { config, .. } => Some(config),
         Command::Collector { config, .. } | Command::Agent { config, .. } => config.as_deref(),
         _ => None,
-    }
-}
-
-fn command_name(c: &Command) -> &'static str {
-    match c {
-        Command::Up { .. } => "up",
-        Command::Collector { .. } => "collector",
-        Command::Agent { .. } => "agent",
-        Command::Processor { .. } => "processor",
-        Command::Produce { .. } => "produce",
-        Command::Consume { .. } => "consume",
-        Command::Topics { .. } => "topics",
-        Command::Groups { .. } => "groups",
-        Command::Check { .. } => "check",
     }
 }

@@ -154,6 +154,32 @@ where
     total
 }
 
+/// Every producer posts its pre-encoded batches to `topic` over HTTP (optionally paced to
+/// `rate_batches` per second in total); counts what the collector stored.
+async fn post_batches_run(
+    client: &CollectorClient,
+    batches: &Arc<Vec<Vec<(Bytes, u64, u64)>>>,
+    topic: &'static str,
+    rate_batches: Option<f64>,
+) -> Run {
+    let (client, batches) = (client.clone(), batches.clone());
+    drive(
+        move |p, n| {
+            let (client, batches) = (client.clone(), batches.clone());
+            async move {
+                let b = &batches[p][(n as usize) % batches[p].len()];
+                match client.post_batches(topic, b.0.clone()).await {
+                    Ok(r) => stored(b, r.stored),
+                    Err(_) => (0, 0),
+                }
+            }
+        },
+        rate_batches,
+        Some(BATCHES_PER_PRODUCER),
+    )
+    .await
+}
+
 fn row(name: &str, r: &mut Run, base: f64) -> String {
     let mib = r.mib_s();
     let (p50, p99) = (r.pct(0.5), r.pct(0.99));
@@ -242,24 +268,7 @@ async fn bench() {
     let shutdown = ferry_core::shutdown::Shutdown::new();
     let server = tokio::spawn(collector.run(shutdown.clone()));
     let client = CollectorClient::new(&url).expect("client");
-    let mut http_batches = {
-        let (client, batches) = (client.clone(), batches.clone());
-        drive(
-            move |p, n| {
-                let (client, batches) = (client.clone(), batches.clone());
-                async move {
-                    let b = &batches[p][(n as usize) % batches[p].len()];
-                    match client.post_batches("batches", b.0.clone()).await {
-                        Ok(r) => stored(b, r.stored),
-                        Err(_) => (0, 0),
-                    }
-                }
-            },
-            None,
-            Some(BATCHES_PER_PRODUCER),
-        )
-        .await
-    };
+    let mut http_batches = post_batches_run(&client, &batches, "batches", None).await;
     let mut http_lines = {
         let (client, plain) = (client.clone(), plain.clone());
         drive(
@@ -279,24 +288,7 @@ async fn bench() {
         .await
     };
     let peak_batches_s = http_batches.latencies.len() as f64 / http_batches.elapsed;
-    let mut half = {
-        let (client, batches) = (client.clone(), batches.clone());
-        drive(
-            move |p, n| {
-                let (client, batches) = (client.clone(), batches.clone());
-                async move {
-                    let b = &batches[p][(n as usize) % batches[p].len()];
-                    match client.post_batches("half", b.0.clone()).await {
-                        Ok(r) => stored(b, r.stored),
-                        Err(_) => (0, 0),
-                    }
-                }
-            },
-            Some(peak_batches_s / 2.0),
-            Some(BATCHES_PER_PRODUCER),
-        )
-        .await
-    };
+    let mut half = post_batches_run(&client, &batches, "half", Some(peak_batches_s / 2.0)).await;
     // 5. Consume everything the batch run stored, one consumer, all partitions.
     let consume_start = Instant::now();
     let mut consumed = Run::default();

@@ -199,6 +199,7 @@ impl<O: Output> Agent<O> {
             checkpoint_interval: cfg.checkpoint_interval.get(),
             shutdown_timeout: cfg.shutdown_timeout.get(),
             max_in_flight: cfg.max_in_flight,
+            max_in_flight_per_file: cfg.max_in_flight_per_file,
             policy: RetryPolicy::default(),
             gzip_level: cfg.compression.level,
             buffer,

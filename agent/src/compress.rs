@@ -41,11 +41,19 @@ pub fn encode(item: Emitted, codec: Codec, level: u32, pool: &BuilderPool) -> Sh
             let mut out = Vec::with_capacity(match codec {
                 Codec::None => batch.builder.raw_len() + 256,
                 Codec::Gzip => batch.builder.raw_len() / 3 + 256,
+                // lz4 compresses into a buffer of its worst-case size, then truncates.
+                Codec::Lz4 => batch.builder.raw_len() + batch.builder.raw_len() / 255 + 512,
             });
             let encoded = batch
                 .builder
                 .finish_into(codec, level, ferry_core::now_ms(), &mut out)
-                .map(|()| Bytes::from(out))
+                .map(|()| {
+                    // A batch waits in memory until acknowledged: hold only what it needs.
+                    if out.capacity() > out.len() + out.len() / 4 + 4096 {
+                        out.shrink_to_fit();
+                    }
+                    Bytes::from(out)
+                })
                 .map_err(|e| e.to_string());
             let shipment = Shipment::Batch {
                 input,

@@ -43,9 +43,13 @@ pub struct AgentConfig {
     pub checkpoint_interval: Duration,
     /// On shutdown, how long to wait for outstanding acknowledgements.
     pub shutdown_timeout: Duration,
-    /// Most batches being delivered at once (at most one per file, to keep each file's batches in
-    /// order at the collector).
+    /// Most batches being delivered at once, over all files.
     pub max_in_flight: usize,
+    /// Most batches of one file being delivered at once. The collector output keeps them in
+    /// file order (each is sent as following its predecessor; the collector refuses one that
+    /// arrives first, and it is sent again); the stdout and Kafka outputs always send one at a
+    /// time.
+    pub max_in_flight_per_file: usize,
 }
 
 impl Default for AgentConfig {
@@ -62,7 +66,8 @@ impl Default for AgentConfig {
             read_budget_bytes: ByteSize::mib(1),
             checkpoint_interval: Duration::from_secs(1),
             shutdown_timeout: Duration::from_secs(10),
-            max_in_flight: 4,
+            max_in_flight: 8,
+            max_in_flight_per_file: 4,
         }
     }
 }
@@ -163,8 +168,9 @@ impl Default for BatchConfig {
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CompressionConfig {
+    /// `gzip` (the default), `lz4` (several times faster, less compact) or `none`.
     pub codec: Codec,
-    /// gzip level, 0-9.
+    /// gzip level, 0-9 (lz4 has none).
     pub level: u32,
 }
 
@@ -611,6 +617,11 @@ impl AgentConfig {
         if self.max_in_flight == 0 {
             return Err(AgentConfigError::Invalid(
                 "`max_in_flight` must be at least 1".to_owned(),
+            ));
+        }
+        if self.max_in_flight_per_file == 0 {
+            return Err(AgentConfigError::Invalid(
+                "`max_in_flight_per_file` must be at least 1".to_owned(),
             ));
         }
         if let OutputConfig::Kafka(k) = &self.output {

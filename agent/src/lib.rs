@@ -79,6 +79,8 @@ pub struct AgentStats {
     pub bytes_acked: AtomicU64,
     pub batches_acked: AtomicU64,
     pub retries: AtomicU64,
+    /// Batches the output answered "out of order" (sent again behind their predecessor).
+    pub out_of_order: AtomicU64,
     pub checkpoint_writes: AtomicU64,
 }
 

@@ -1,13 +1,19 @@
 //! Shipping: deliver each batch until it is acknowledged, then advance the checkpoint.
 //!
 //! The [`Shipper`] receives compressed batches, in the order the reader produced them, from
-//! the compression workers. Per file it keeps a queue and delivers one batch at a time, so a
-//! file's batches reach the collector in offset order (its dedup keeps the highest offset per
-//! origin: a later batch stored first would make an earlier one look like a replay); different
-//! files are delivered concurrently, up to `max_in_flight`. A delivery retries with capped,
-//! jittered exponential backoff (or the server's `Retry-After`) for as long as it takes, splits
-//! a batch the output finds too large, and drops — counted, logged at error — only a batch the
-//! output refuses for good. Then, and only then, the file's checkpoint advances.
+//! the compression workers. Per file it keeps a queue and delivers up to
+//! `max_in_flight_per_file` batches at once (over all files, up to `max_in_flight`). A file's
+//! batches must be stored in offset order (the collector's dedup keeps the highest offset per
+//! origin: a later batch stored first would make an earlier one look like a replay), so while a
+//! batch's predecessor is still in flight it is sent with [`BatchMeta::after`]: the collector
+//! stores it only behind that predecessor and otherwise answers "out of order", and the batch
+//! is sent again once the predecessor is acknowledged or dropped. Outputs that cannot keep that
+//! order get one batch per file at a time ([`Output::max_in_flight_per_file`]).
+//!
+//! A delivery retries with capped, jittered exponential backoff (or the server's
+//! `Retry-After`) for as long as it takes, splits a batch the output finds too large, and drops
+//! — counted, logged at error — only a batch the output refuses for good. A file's checkpoint
+//! advances over a batch only once it and every batch before it are done with.
 
 use crate::checkpoint::{Checkpointer, Checkpoints, FileCheckpoint};
 use crate::output::retry::Backoff;
@@ -18,11 +24,11 @@ use bytes::Bytes;
 use ferry_core::batch::{BatchBuilder, DecodeLimits, decode};
 use ferry_core::record::OriginKey;
 use ferry_core::shutdown::Shutdown;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 /// What reaches the shipper, in the reader's order.
@@ -72,13 +78,28 @@ pub struct Delivery {
     pub deduplicated: u64,
 }
 
+/// Whether the batch before this one (of the same file) is still in flight: `false` once it
+/// is done with (acknowledged or dropped) or its delivery was cancelled.
+pub type Predecessor = watch::Receiver<bool>;
+
+fn pending(prev: Option<&Predecessor>) -> bool {
+    prev.is_some_and(|rx| !*rx.borrow() && rx.has_changed().is_ok())
+}
+
+/// Longest wait for a predecessor after an "out of order" answer before trying again anyway.
+const ORDER_WAIT: Duration = Duration::from_secs(1);
+
 /// Delivers one encoded batch: retries until acknowledged, splits on "too large", drops on a
 /// refusal. Never gives up on a retryable error; the shipper's shutdown deadline cancels it.
+/// While `prev` (the file's previous batch) is in flight, each attempt asks the output to
+/// store this batch only behind it ([`BatchMeta::after`]).
+#[allow(clippy::too_many_arguments)]
 pub async fn deliver<O: Output>(
     output: &O,
     topic: &str,
     batch: Bytes,
     meta: BatchMeta,
+    mut prev: Option<Predecessor>,
     policy: RetryPolicy,
     gzip_level: u32,
     stats: &AgentStats,
@@ -86,9 +107,10 @@ pub async fn deliver<O: Output>(
     let mut result = Delivery::default();
     // Halves of split batches, last first, so they go out in offset order.
     let mut stack = vec![(batch, meta)];
-    while let Some((b, m)) = stack.pop() {
+    while let Some((b, mut m)) = stack.pop() {
         let mut backoff = Backoff::new(policy.base, policy.max);
         loop {
+            m.after = pending(prev.as_ref()).then_some(m.first_offset);
             match output.send(topic, b.clone(), &m).await {
                 Ok(Ack { deduplicated, .. }) => {
                     result.acked_records += u64::from(m.records);
@@ -131,6 +153,25 @@ pub async fn deliver<O: Output>(
                     tracing::error!(topic, records = m.records, first_offset = m.first_offset, end_offset = m.end_offset, %reason, "output rejected a batch; dropping it");
                     result.dropped.push(("rejected", u64::from(m.records)));
                     break;
+                }
+                Err(OutputError::OutOfOrder { reason }) => {
+                    stats.out_of_order.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("ferry_agent_out_of_order_total").increment(1);
+                    match prev.as_mut() {
+                        Some(rx) if pending(Some(rx)) => {
+                            // Wait for the predecessor, then send again (without `after` if
+                            // it is done with by then).
+                            let _ =
+                                tokio::time::timeout(ORDER_WAIT, rx.wait_for(|done| *done)).await;
+                        }
+                        _ => {
+                            // Only a batch sent with `after` is answered so; treat a stray one
+                            // as a retryable error.
+                            result.retries += 1;
+                            tracing::warn!(topic, %reason, "out of order without a predecessor in flight; retrying");
+                            tokio::time::sleep(backoff.next_delay().min(policy.max)).await;
+                        }
+                    }
                 }
             }
         }
@@ -180,6 +221,7 @@ pub fn split_batch(encoded: &Bytes, gzip_level: u32) -> Result<(SplitHalf, Split
                 records: recs.len() as u32,
                 first_offset: first,
                 end_offset: end,
+                after: None,
             },
         ));
         first = end;
@@ -199,6 +241,7 @@ pub struct ShipperParts<O> {
     pub checkpoint_interval: Duration,
     pub shutdown_timeout: Duration,
     pub max_in_flight: usize,
+    pub max_in_flight_per_file: usize,
     pub policy: RetryPolicy,
     pub gzip_level: u32,
     pub buffer: Arc<Buffer>,
@@ -211,11 +254,35 @@ pub struct ShipperParts<O> {
 
 struct Done {
     key: FileKey,
+    /// The batch's place among its file's dispatched batches.
+    seq: u64,
     input: usize,
-    state: FileState,
-    first_offset: u64,
-    end_offset: u64,
+    span: u64,
     delivery: Delivery,
+}
+
+/// A dispatched batch of a file, until it and every batch before it are done with.
+struct Flight {
+    seq: u64,
+    state: FileState,
+    end_offset: u64,
+    done: bool,
+}
+
+/// A file's batches in flight, in dispatch (= offset) order.
+#[derive(Default)]
+struct FileFlights {
+    flights: VecDeque<Flight>,
+    next_seq: u64,
+    /// Resolves when the most recently dispatched batch is done with: the next one's
+    /// predecessor.
+    last: Option<Predecessor>,
+}
+
+impl FileFlights {
+    fn in_flight(&self) -> usize {
+        self.flights.iter().filter(|f| !f.done).count()
+    }
 }
 
 /// The async side of the agent: receives, delivers, acknowledges, checkpoints.
@@ -225,8 +292,11 @@ pub struct Shipper<O> {
     /// Which worker's channel holds the next shipment (they are dealt round robin).
     next_rx: usize,
     queues: HashMap<FileKey, VecDeque<Shipment>>,
-    /// Files with a delivery in flight.
-    busy: HashSet<FileKey>,
+    /// Files with batches in flight (or done but behind one still in flight).
+    flights: HashMap<FileKey, FileFlights>,
+    /// Batches of one file in flight at most: the config's, capped by what the output keeps
+    /// in order.
+    per_file: usize,
     /// Files with a batch waiting for a free in-flight slot.
     waiting: VecDeque<FileKey>,
     in_flight: JoinSet<Done>,
@@ -236,12 +306,17 @@ pub struct Shipper<O> {
 
 impl<O: Output> Shipper<O> {
     pub fn new(parts: ShipperParts<O>, rx: Vec<mpsc::Receiver<Shipment>>) -> Self {
+        let per_file = parts
+            .max_in_flight_per_file
+            .min(parts.output.max_in_flight_per_file())
+            .max(1);
         Self {
             parts,
             rx,
             next_rx: 0,
             queues: HashMap::new(),
-            busy: HashSet::new(),
+            flights: HashMap::new(),
+            per_file,
             waiting: VecDeque::new(),
             in_flight: JoinSet::new(),
             dirty: true,
@@ -302,23 +377,29 @@ impl<O: Output> Shipper<O> {
         self.pump(key);
     }
 
-    /// Applies the file's queued positions and starts its next delivery, if it has none running.
+    fn file_in_flight(&self, key: &FileKey) -> usize {
+        self.flights.get(key).map_or(0, FileFlights::in_flight)
+    }
+
+    /// Applies the file's queued positions once nothing of it is in flight, and starts its next
+    /// deliveries while there are free slots.
     fn pump(&mut self, key: FileKey) {
-        if self.busy.contains(&key) {
-            return;
-        }
-        let Some(queue) = self.queues.get_mut(&key) else {
-            return;
-        };
-        while let Some(front) = queue.front() {
+        while let Some(front) = self.queues.get(&key).and_then(VecDeque::front) {
             match front {
                 Shipment::Position { .. } | Shipment::Released { .. } => {
-                    if let Some(s) = queue.pop_front() {
+                    // A position moves the checkpoint past every batch before it.
+                    if self.flights.contains_key(&key) {
+                        return;
+                    }
+                    if let Some(s) = self.queues.get_mut(&key).and_then(VecDeque::pop_front) {
                         apply_control(&mut self.parts.checkpoints, s);
                         self.dirty = true;
                     }
                 }
                 Shipment::Batch { .. } => {
+                    if self.file_in_flight(&key) >= self.per_file {
+                        return;
+                    }
                     if self.in_flight.len() >= self.parts.max_in_flight {
                         if !self.waiting.contains(&key) {
                             self.waiting.push_back(key);
@@ -332,60 +413,92 @@ impl<O: Output> Shipper<O> {
                         end_offset,
                         records,
                         encoded,
-                    }) = queue.pop_front()
+                    }) = self.queues.get_mut(&key).and_then(VecDeque::pop_front)
                     else {
                         return;
                     };
-                    self.busy.insert(key);
-                    let output = self.parts.output.clone();
-                    let topic = self.parts.topics[input].clone();
-                    let policy = self.parts.policy;
-                    let level = self.parts.gzip_level;
-                    let stats = self.parts.stats.clone();
-                    self.in_flight.spawn(async move {
-                        let meta = BatchMeta {
-                            records,
-                            first_offset,
-                            end_offset,
-                        };
-                        let delivery = match encoded {
-                            Ok(bytes) => {
-                                deliver(&*output, &topic, bytes, meta, policy, level, &stats).await
-                            }
-                            Err(why) => {
-                                tracing::error!(%why, "batch could not be encoded; dropping it");
-                                Delivery {
-                                    dropped: vec![("encode", u64::from(records))],
-                                    ..Delivery::default()
-                                }
-                            }
-                        };
-                        Done {
-                            key,
-                            input,
-                            state,
-                            first_offset,
-                            end_offset,
-                            delivery,
-                        }
-                    });
-                    return;
+                    self.dispatch(
+                        key,
+                        input,
+                        state,
+                        first_offset,
+                        end_offset,
+                        records,
+                        encoded,
+                    );
                 }
             }
         }
         self.queues.remove(&key);
     }
 
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch(
+        &mut self,
+        key: FileKey,
+        input: usize,
+        state: FileState,
+        first_offset: u64,
+        end_offset: u64,
+        records: u32,
+        encoded: Result<Bytes, String>,
+    ) {
+        let file = self.flights.entry(key).or_default();
+        let seq = file.next_seq;
+        file.next_seq += 1;
+        // Only a predecessor still in flight matters; one done with is stored (or dropped).
+        let prev = file.last.take().filter(|rx| pending(Some(rx)));
+        let (resolved, rx) = watch::channel(false);
+        file.last = Some(rx);
+        file.flights.push_back(Flight {
+            seq,
+            state,
+            end_offset,
+            done: false,
+        });
+        let output = self.parts.output.clone();
+        let topic = self.parts.topics[input].clone();
+        let policy = self.parts.policy;
+        let level = self.parts.gzip_level;
+        let stats = self.parts.stats.clone();
+        self.in_flight.spawn(async move {
+            let meta = BatchMeta {
+                records,
+                first_offset,
+                end_offset,
+                after: None,
+            };
+            let delivery = match encoded {
+                Ok(bytes) => {
+                    deliver(&*output, &topic, bytes, meta, prev, policy, level, &stats).await
+                }
+                Err(why) => {
+                    tracing::error!(%why, "batch could not be encoded; dropping it");
+                    Delivery {
+                        dropped: vec![("encode", u64::from(records))],
+                        ..Delivery::default()
+                    }
+                }
+            };
+            let _ = resolved.send(true);
+            Done {
+                key,
+                seq,
+                input,
+                span: end_offset - first_offset,
+                delivery,
+            }
+        });
+    }
+
     fn complete(&mut self, done: Done) {
         let Done {
             key,
+            seq,
             input,
-            state,
-            first_offset,
-            end_offset,
+            span,
             delivery,
         } = done;
-        let span = end_offset - first_offset;
         let name = self.parts.input_names[input].as_str();
         metrics::counter!("ferry_agent_lines_shipped_total", "input" => name.to_owned())
             .increment(delivery.acked_records);
@@ -410,23 +523,36 @@ impl<O: Output> Shipper<O> {
             .fetch_add(dropped_total, Ordering::Relaxed);
         stats.bytes_acked.fetch_add(span, Ordering::Relaxed);
         stats.batches_acked.fetch_add(1, Ordering::Relaxed);
-        // Acknowledged or dropped-and-counted: either way this range is done with.
-        self.parts.checkpoints.files.insert(
-            key,
-            FileCheckpoint {
-                path: state.path.to_string(),
-                dev: key.0,
-                inode: key.1,
-                fingerprint: state.fingerprint,
-                generation: state.generation,
-                offset: end_offset,
-                updated_ms: ferry_core::now_ms(),
-            },
-        );
-        self.dirty = true;
+        // Acknowledged or dropped-and-counted: either way this range is done with, and the
+        // checkpoint moves over every done batch that has no undone one before it.
+        if let Some(file) = self.flights.get_mut(&key) {
+            if let Some(f) = file.flights.iter_mut().find(|f| f.seq == seq) {
+                f.done = true;
+            }
+            while file.flights.front().is_some_and(|f| f.done) {
+                let Some(f) = file.flights.pop_front() else {
+                    break;
+                };
+                self.parts.checkpoints.files.insert(
+                    key,
+                    FileCheckpoint {
+                        path: f.state.path.to_string(),
+                        dev: key.0,
+                        inode: key.1,
+                        fingerprint: f.state.fingerprint,
+                        generation: f.state.generation,
+                        offset: f.end_offset,
+                        updated_ms: ferry_core::now_ms(),
+                    },
+                );
+                self.dirty = true;
+            }
+            if file.flights.is_empty() {
+                self.flights.remove(&key);
+            }
+        }
         self.parts.buffer.release(span);
         (self.parts.wake_reader)();
-        self.busy.remove(&key);
         self.pump(key);
         while self.in_flight.len() < self.parts.max_in_flight {
             let Some(k) = self.waiting.pop_front() else {
@@ -520,13 +646,14 @@ mod tests {
                 records: n as u32,
                 first_offset: 1000,
                 end_offset: end,
+                after: None,
             },
         )
     }
 
     #[test]
     fn split_keeps_origin_ranges_contiguous() {
-        for codec in [Codec::None, Codec::Gzip] {
+        for codec in [Codec::None, Codec::Gzip, Codec::Lz4] {
             let (b, m) = encoded(5, codec);
             let ((x, mx), (y, my)) = split_batch(&b, 1).unwrap();
             assert_eq!((mx.first_offset, mx.records), (1000, 2));
@@ -592,6 +719,7 @@ mod tests {
             "t",
             b,
             m,
+            None,
             RetryPolicy::default(),
             1,
             &AgentStats::default(),
@@ -616,6 +744,7 @@ mod tests {
             "t",
             b,
             m,
+            None,
             RetryPolicy::default(),
             1,
             &AgentStats::default(),
@@ -650,6 +779,7 @@ mod tests {
             "t",
             b,
             m,
+            None,
             RetryPolicy::default(),
             1,
             &AgentStats::default(),
@@ -664,11 +794,72 @@ mod tests {
             "t",
             b,
             m,
+            None,
             RetryPolicy::default(),
             1,
             &AgentStats::default(),
         )
         .await;
         assert_eq!(d.dropped, vec![("too_large", 1)]);
+    }
+
+    /// While the predecessor is in flight the batch goes out with `after`; an "out of order"
+    /// answer waits for the predecessor, and once that is done with the batch is sent again
+    /// without `after`. Not counted as a retry.
+    #[tokio::test(start_paused = true)]
+    async fn out_of_order_waits_for_the_predecessor_then_resends() {
+        let out = scripted(vec![
+            Err(OutputError::OutOfOrder {
+                reason: "409".into(),
+            }),
+            Err(OutputError::OutOfOrder {
+                reason: "409".into(),
+            }),
+        ]);
+        let (b, m) = encoded(3, Codec::None);
+        let (resolved, prev) = watch::channel(false);
+        let stats = AgentStats::default();
+        let t0 = tokio::time::Instant::now();
+        let resolver = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            resolved.send(true).unwrap();
+        });
+        let d = deliver(
+            &out,
+            "t",
+            b,
+            m,
+            Some(prev),
+            RetryPolicy::default(),
+            1,
+            &stats,
+        )
+        .await;
+        resolver.await.unwrap();
+        assert_eq!((d.acked_records, d.retries), (3, 0));
+        let sent = out.sent.lock().unwrap().clone();
+        let afters: Vec<_> = sent.iter().map(|m| m.after).collect();
+        // First answer: wait up to 1 s, predecessor still pending → again with `after`;
+        // second: wait until it resolves (at 1.5 s) → without.
+        assert_eq!(afters, vec![Some(1000), Some(1000), None]);
+        assert_eq!(t0.elapsed(), Duration::from_millis(1500));
+        assert_eq!(AgentStats::get(&stats.out_of_order), 2);
+        // A predecessor whose delivery was cancelled (sender dropped) counts as done.
+        let out = scripted(vec![]);
+        let (gone, prev) = watch::channel(false);
+        drop(gone);
+        let (b, m) = encoded(1, Codec::None);
+        deliver(
+            &out,
+            "t",
+            b,
+            m,
+            Some(prev),
+            RetryPolicy::default(),
+            1,
+            &stats,
+        )
+        .await;
+        assert_eq!(out.sent.lock().unwrap()[0].after, None);
     }
 }

@@ -215,6 +215,7 @@ fn one_batch(n: u64) -> (Bytes, BatchMeta) {
         records: u32::try_from(n).unwrap(),
         first_offset: 0,
         end_offset: n * 10,
+        after: None,
     };
     (enc, meta)
 }

@@ -28,7 +28,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
-use ferry_core::batch::DecodeLimits;
+use ferry_core::batch::{AFTER_HEADER as FERRY_AFTER, DecodeLimits};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -139,7 +139,7 @@ fn store_error(e: StoreError, retry_after: u32) -> ApiError {
     let status = match &e {
         StoreError::UnknownTopic(_) | StoreError::UnknownPartition { .. } => StatusCode::NOT_FOUND,
         StoreError::InvalidTopicName { .. } | StoreError::Batch(_) => StatusCode::BAD_REQUEST,
-        StoreError::TopicExists { .. } => StatusCode::CONFLICT,
+        StoreError::TopicExists { .. } | StoreError::OutOfOrder { .. } => StatusCode::CONFLICT,
         StoreError::OffsetOutOfRange { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
         StoreError::Closed => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::SERVICE_UNAVAILABLE,
@@ -327,10 +327,26 @@ async fn post_records(
     let ce = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok());
+    let after = match headers.get(FERRY_AFTER) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        format!(
+                            "{FERRY_AFTER} must be a file offset (an unsigned integer), got {v:?}"
+                        ),
+                    )
+                })?,
+        ),
+    };
     let bytes_in = body.len() as u64;
     let summary = state
         .ingest
-        .ingest(&topic, ct, ce, body)
+        .ingest(&topic, ct, ce, body, after)
         .await
         .map_err(|e| ApiError::from((e, retry)))?;
     metrics::counter!("ferry_collector_bytes_received_total").increment(bytes_in);

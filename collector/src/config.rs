@@ -43,9 +43,14 @@ pub struct CollectorConfig {
     /// Consumer-group settings.
     #[serde(default)]
     pub groups: GroupsConfig,
-    /// How a plain (newline-delimited) body is stored: `gzip` (level 1) or `none`.
+    /// How a plain (newline-delimited) body is stored: `gzip` (level 1), `lz4` or `none`.
     #[serde(default = "default_plain_codec")]
     pub plain_codec: ferry_core::batch::Codec,
+    /// How an agent batch that arrives uncompressed is stored: `lz4` (the default: a few times
+    /// fewer bytes to write and fsync, at about 1 GiB/s of one core), `gzip` (level 1) or
+    /// `none` (as received). Batches that arrive compressed are stored as they are.
+    #[serde(default = "default_store_codec")]
+    pub store_codec: ferry_core::batch::Codec,
     /// Bearer tokens accepted on the API; empty means no authentication.
     #[serde(default)]
     pub auth_tokens: Vec<String>,
@@ -69,6 +74,7 @@ impl Default for CollectorConfig {
             limits: LimitsConfig::default(),
             groups: GroupsConfig::default(),
             plain_codec: default_plain_codec(),
+            store_codec: default_store_codec(),
             auth_tokens: Vec::new(),
             shutdown_timeout: default_drain(),
         }
@@ -218,6 +224,9 @@ fn default_partitions() -> u32 {
 }
 fn default_plain_codec() -> ferry_core::batch::Codec {
     ferry_core::batch::Codec::Gzip
+}
+fn default_store_codec() -> ferry_core::batch::Codec {
+    ferry_core::batch::Codec::Lz4
 }
 fn default_drain() -> Duration {
     Duration::from_secs(10)

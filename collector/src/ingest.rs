@@ -24,6 +24,7 @@ use crate::routing::{Decision, Router};
 use crate::store::{FsyncPolicy, Store, StoreError};
 use bytes::Bytes;
 use ferry_core::batch::{self, Batch, BatchBuilder, BatchHeader, DecodeLimits};
+use ferry_core::record::OriginKey;
 use ferry_core::topic::stable_hash;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
@@ -102,6 +103,24 @@ pub struct Ingest {
     reserved: Mutex<HashMap<String, u64>>,
     /// Requests in flight per topic (`max_pending_per_topic`).
     pending: Mutex<HashMap<String, u32>>,
+    /// Per origin, the highest end offset that landed through the routed or Kafka path, for
+    /// requests that must follow it ([`batch::AFTER_HEADER`]); in memory only.
+    landed: Mutex<HashMap<OriginKey, u64>>,
+    landed_notify: tokio::sync::Notify,
+}
+
+/// How long a routed or Kafka-bound batch waits for its predecessor before a 409.
+const ORDER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// Origins remembered in `landed` before it is cleared.
+const MAX_LANDED: usize = 1 << 16;
+
+/// Each origin of `items` with the end offset of its last batch.
+fn landed_marks(items: &[(Bytes, Batch)]) -> Vec<(OriginKey, u64)> {
+    items
+        .iter()
+        .filter_map(|(_, b)| b.header.origin.as_ref())
+        .map(|o| (o.key.clone(), o.end_offset))
+        .collect()
 }
 
 /// Releases a topic's pending-request slot when a request ends, however it ends.
@@ -139,6 +158,8 @@ impl Ingest {
             round_robin: AtomicU64::new(0),
             reserved: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
+            landed: Mutex::new(HashMap::new()),
+            landed_notify: tokio::sync::Notify::new(),
         }
     }
 
@@ -184,26 +205,64 @@ impl Ingest {
         Ok(store.topic_partitions(topic).unwrap_or(n))
     }
 
-    /// Handles one `POST /v1/topics/{topic}/records`.
+    /// Handles one `POST /v1/topics/{topic}/records`. `after` is the request's
+    /// [`batch::AFTER_HEADER`]: store the (single) batch only once its file's records up to
+    /// that offset are stored, else refuse it with [`StoreError::OutOfOrder`] (409).
     pub async fn ingest(
         &self,
         topic: &str,
         content_type: Option<&str>,
         content_encoding: Option<&str>,
         body: Bytes,
+        after: Option<u64>,
     ) -> Result<IngestSummary, IngestError> {
         ferry_core::topic::validate_name(topic).map_err(IngestError::BadRequest)?;
         let _pending = self.enter(topic)?;
         let items = self.parse_body(content_type, content_encoding, body)?;
+        let ordered = match after {
+            None => None,
+            Some(after) => match items.as_slice() {
+                [(_, b)] if b.header.origin.is_some() => {
+                    b.header.origin.as_ref().map(|o| (o.key.clone(), after))
+                }
+                _ => {
+                    return Err(IngestError::BadRequest(format!(
+                        "{} needs a body of exactly one batch with an origin",
+                        batch::AFTER_HEADER
+                    )));
+                }
+            },
+        };
         let records: u64 = items.iter().map(|(_, b)| b.records.len() as u64).sum();
         if let Backend::Kafka(kafka) = &self.backend {
-            return self.produce_all(kafka, topic, items, records).await;
+            if let Some((key, after)) = &ordered {
+                self.wait_landed(key, *after).await?;
+            }
+            let landed = landed_marks(&items);
+            let summary = self.produce_all(kafka, topic, items, records).await?;
+            self.mark_landed(landed);
+            return Ok(summary);
         }
-        let (dests, dropped) = self.route(topic, &items)?;
+        let whole = !self.needs_look(topic);
+        let (dests, dropped) = self.route(topic, &items, whole)?;
+        // A batch that goes whole to one partition has its order checked by the store, in the
+        // writer's order, so it can share a group commit with its predecessor. A routed batch
+        // is split over partitions: it waits here until its predecessor has landed everywhere.
+        let store_after = match &ordered {
+            Some((_, after)) if whole => Some(*after),
+            Some((key, after)) => {
+                self.wait_landed(key, *after).await?;
+                None
+            }
+            None => None,
+        };
         let reservation = self.admit(&dests)?;
-        let result = self.append_all(dests).await;
+        let result = self.append_all(dests, store_after).await;
         self.release(&reservation);
         let (stored, deduplicated, routed) = result?;
+        if !whole {
+            self.mark_landed(landed_marks(&items));
+        }
         metrics::counter!("ferry_collector_records_received_total", "topic" => topic.to_owned())
             .increment(records);
         metrics::counter!("ferry_collector_records_deduplicated_total").increment(deduplicated);
@@ -218,6 +277,59 @@ impl Ingest {
             routed,
             fsync: fsync_name(self.config.store.fsync).to_owned(),
         })
+    }
+
+    /// Whether records of `topic` must be looked at one by one (routing rules or a key field).
+    fn needs_look(&self, topic: &str) -> bool {
+        self.router
+            .lock()
+            .map(|r| r.applies_to(topic))
+            .unwrap_or(true)
+            || self.key_field(topic).is_some()
+    }
+
+    /// Waits (up to [`ORDER_WAIT`]) until `key`'s records up to `after` have landed through
+    /// this collector's routed or Kafka path.
+    async fn wait_landed(&self, key: &OriginKey, after: u64) -> Result<(), IngestError> {
+        let deadline = tokio::time::Instant::now() + ORDER_WAIT;
+        loop {
+            let notified = self.landed_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let high = self
+                .landed
+                .lock()
+                .map_err(|_| IngestError::Busy("collector state poisoned".into()))?
+                .get(key)
+                .copied();
+            if high.is_some_and(|h| h >= after) {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                metrics::counter!("ferry_collector_refused_total", "reason" => "out_of_order")
+                    .increment(1);
+                return Err(IngestError::Store(StoreError::OutOfOrder { after, high }));
+            }
+        }
+    }
+
+    /// Records that these origins' records up to their end offsets have landed.
+    fn mark_landed(&self, marks: Vec<(OriginKey, u64)>) {
+        if marks.is_empty() {
+            return;
+        }
+        if let Ok(mut landed) = self.landed.lock() {
+            // Forgetting is safe: a waiter then times out with a 409 and its sender resends
+            // once the predecessor is acknowledged, without the header.
+            if landed.len() >= MAX_LANDED {
+                landed.clear();
+            }
+            for (key, end) in marks {
+                let e = landed.entry(key).or_insert(end);
+                *e = (*e).max(end);
+            }
+        }
+        self.landed_notify.notify_waiters();
     }
 
     fn enter(&self, topic: &str) -> Result<PendingGuard<'_>, IngestError> {
@@ -331,22 +443,18 @@ impl Ingest {
         &self,
         topic: &str,
         items: &[(Bytes, Batch)],
+        whole: bool,
     ) -> Result<(Vec<Destination>, u64), IngestError> {
-        let needs_look = self
-            .router
-            .lock()
-            .map(|r| r.applies_to(topic))
-            .unwrap_or(true)
-            || self.key_field(topic).is_some();
         let mut dests: BTreeMap<(String, u32), Destination> = BTreeMap::new();
         let mut dropped = 0u64;
-        if !needs_look {
+        if whole {
             let n = self.ensure_topic(topic)?;
             for (enc, b) in items {
                 if b.records.is_empty() {
                     continue;
                 }
                 let p = self.partition_for_batch(&b.header, n);
+                let enc = self.for_storage(enc, b)?;
                 let d = dests
                     .entry((topic.to_owned(), p))
                     .or_insert_with(|| Destination {
@@ -355,7 +463,7 @@ impl Ingest {
                         batches: Vec::new(),
                         records: 0,
                     });
-                d.batches.push(enc.clone());
+                d.batches.push(enc);
                 d.records += b.records.len() as u64;
             }
             return Ok((dests.into_values().collect(), 0));
@@ -426,11 +534,12 @@ impl Ingest {
             }
             for ((t, p), idx) in groups {
                 let sub = if idx.len() == b.records.len() {
-                    enc.clone()
+                    self.for_storage(enc, b)?
                 } else {
                     let keep: std::collections::HashSet<usize> = idx.iter().copied().collect();
+                    let codec = self.storage_codec(b.header.codec);
                     match b
-                        .encode_subset(|i| keep.contains(&i), b.header.codec, 1)
+                        .encode_subset(|i| keep.contains(&i), codec, 1)
                         .map_err(|e| IngestError::TooLarge(e.to_string()))?
                     {
                         Some(v) => Bytes::from(v),
@@ -448,6 +557,29 @@ impl Ingest {
             }
         }
         Ok((dests.into_values().collect(), dropped))
+    }
+
+    /// The codec a batch received with `codec` is stored with (`store_codec`).
+    fn storage_codec(&self, codec: batch::Codec) -> batch::Codec {
+        match codec {
+            batch::Codec::None => self.config.store_codec,
+            other => other,
+        }
+    }
+
+    /// The bytes to store for a received batch: as received, or compressed with
+    /// `store_codec` if it arrived uncompressed.
+    fn for_storage(&self, enc: &Bytes, b: &Batch) -> Result<Bytes, IngestError> {
+        let codec = self.storage_codec(b.header.codec);
+        if codec == b.header.codec {
+            return Ok(enc.clone());
+        }
+        let raw = &enc[b.header.payload_start..b.header.total_len];
+        let out = batch::recompress(enc, &b.header, raw, codec, 1)
+            .map_err(|e| IngestError::TooLarge(e.to_string()))?;
+        metrics::counter!("ferry_collector_recompressed_bytes_total", "codec" => codec.name())
+            .increment(raw.len() as u64);
+        Ok(Bytes::from(out))
     }
 
     fn key_field(&self, topic: &str) -> Option<&str> {
@@ -548,9 +680,12 @@ impl Ingest {
             .unwrap_or(0)
     }
 
+    /// Appends every destination's batches; `after` (see [`Store::append_after`]) is passed
+    /// with each, which only a request of one batch uses.
     async fn append_all(
         &self,
         dests: Vec<Destination>,
+        after: Option<u64>,
     ) -> Result<(u64, u64, BTreeMap<String, u64>), IngestError> {
         let Backend::Embedded(store) = &self.backend else {
             return Err(IngestError::Busy(
@@ -564,7 +699,7 @@ impl Ingest {
                 let topic = d.topic.clone();
                 let partition = d.partition;
                 set.spawn(async move {
-                    let r = store.append(&topic, partition, b).await;
+                    let r = store.append_after(&topic, partition, b, after).await;
                     (topic, r)
                 });
             }

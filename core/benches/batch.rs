@@ -66,6 +66,7 @@ fn bench(c: &mut Criterion) {
         ("encode_none", Codec::None, 0),
         ("encode_gzip1", Codec::Gzip, 1),
         ("encode_gzip6", Codec::Gzip, 6),
+        ("encode_lz4", Codec::Lz4, 0),
     ] {
         g.bench_function(name, |b| {
             b.iter(|| {
@@ -81,6 +82,7 @@ fn bench(c: &mut Criterion) {
     for (name, codec, level) in [
         ("decode_none", Codec::None, 0),
         ("decode_gzip1", Codec::Gzip, 1),
+        ("decode_lz4", Codec::Lz4, 0),
     ] {
         builder.reset(Some((key(), 0)));
         for l in &lines {

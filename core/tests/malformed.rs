@@ -248,3 +248,78 @@ fn too_many_records_for_the_limit() {
         })
     ));
 }
+
+#[test]
+fn lz4_truncated_at_every_length() {
+    let enc = valid(Codec::Lz4);
+    for n in 0..enc.len() {
+        match err(enc[..n].to_vec()) {
+            WireError::Truncated { .. } => {}
+            other => panic!("cut at {n}: {other}"),
+        }
+    }
+}
+
+#[test]
+fn lz4_block_cut_short_behind_a_valid_crc() {
+    let mut b = BatchBuilder::new();
+    for i in 0..1000 {
+        b.push_line(format!("line number {i}").as_bytes(), 0);
+    }
+    let mut enc = b.finish(Codec::Lz4, 0, 0).unwrap();
+    let cut = enc.len() - 20;
+    enc.truncate(cut);
+    let body_len = (enc.len() - FIXED_HEADER_LEN) as u32;
+    enc[16..20].copy_from_slice(&body_len.to_le_bytes());
+    reseal(&mut enc);
+    assert!(matches!(
+        err(enc),
+        WireError::Decompress(_) | WireError::RawLength { .. }
+    ));
+}
+
+#[test]
+fn lz4_bomb_expanding_past_its_declared_length() {
+    // 64 MiB of zeros is a tiny LZ4 block; the header claims 1 KiB. Decoding writes into a
+    // buffer of exactly the declared size, so this fails without allocating 64 MiB.
+    let payload = lz4_flex::block::compress(&vec![0u8; 64 << 20]);
+    let mut enc = Vec::new();
+    enc.extend_from_slice(b"FRYB");
+    enc.push(1);
+    enc.push(2); // lz4
+    enc.extend_from_slice(&0u16.to_le_bytes());
+    enc.extend_from_slice(&1u32.to_le_bytes());
+    enc.extend_from_slice(&1024u32.to_le_bytes());
+    enc.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    enc.extend_from_slice(&0i64.to_le_bytes());
+    enc.extend_from_slice(&0u32.to_le_bytes());
+    enc.extend_from_slice(&payload);
+    reseal(&mut enc);
+    assert!(matches!(err(enc), WireError::Decompress(_)));
+}
+
+#[test]
+fn lz4_declared_over_limit() {
+    let mut enc = valid(Codec::Lz4);
+    enc[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
+    reseal(&mut enc);
+    assert!(matches!(err(enc), WireError::TooLarge { .. }));
+}
+
+#[test]
+fn garbage_lz4_payload() {
+    let mut enc = valid(Codec::Lz4);
+    let start = enc.len() - 30;
+    for b in &mut enc[start..] {
+        *b = 0xAA;
+    }
+    reseal(&mut enc);
+    assert!(matches!(
+        err(enc),
+        WireError::Decompress(_)
+            | WireError::RawLength { .. }
+            | WireError::Record { .. }
+            | WireError::RecordCount { .. }
+            | WireError::Span { .. }
+    ));
+}

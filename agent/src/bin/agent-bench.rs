@@ -9,13 +9,14 @@
 //! per producer compression, each into a new topic; MiB/s of file bytes until every batch is
 //! acknowledged. Default SIZE 96MiB.)
 //! (`SIZE` like `1GiB`, default 1 GiB, or `FERRY_BENCH_BYTES`; `FERRY_BENCH_BATCH_BYTES` sets the
-//! agent's `batch.max_bytes`.) Generates a file of ~200-byte
+//! agent's `batch.max_bytes`, `FERRY_BENCH_PER_FILE` its `max_in_flight_per_file`.) Generates a file of ~200-byte
 //! JSON lines, then measures, each in its own child process so that peak RSS is the run's own:
 //! the agent reading it into the `null` output uncompressed and with gzip (level 1), and `cat`
 //! of the same file into a local TCP socket (a listener thread that discards), the copying
 //! limit. With `--collector URL` (a running `ferry collector`, fsync before ack), also the agent
 //! shipping the file to it, uncompressed and gzip; CPU and RSS are then the agent's own (the
-//! collector is another process). Each figure is the fastest of N runs (default 3; the machine may be shared). Prints a
+//! collector is another process), and once more uncompressed with one batch in flight per file
+//! (the shipper before pipelining), as the baseline of the same run. Each figure is the fastest of N runs (default 3; the machine may be shared). Prints a
 //! markdown table: MiB/s, CPU seconds per GiB (user + system, all threads, from
 //! /proc/self/stat), peak RSS (VmHWM).
 
@@ -106,11 +107,27 @@ fn measure_all(dir: &Path, bytes: ByteSize, runs: usize, collector: Option<&str>
         "`cat FILE` → local TCP socket (copying limit)".to_owned(),
         best.ok_or("no run")?,
     ));
+    if collector.is_some() {
+        let mut best: Option<Measure> = None;
+        for _ in 0..runs {
+            best = Some(faster(best, write_fsync(&file, dir)?));
+        }
+        rows.push((
+            "file → disk, 4 MiB writes each followed by fdatasync (the fsync'd-write limit)"
+                .to_owned(),
+            best.ok_or("no run")?,
+        ));
+    }
     let mut modes = vec![
         ("none", "agent → null, uncompressed"),
         ("gzip", "agent → null, gzip level 1"),
+        ("lz4", "agent → null, lz4"),
     ];
     if collector.is_some() {
+        modes.push((
+            "collector-none-serial",
+            "agent → collector (fsync before ack), uncompressed, one batch per file in flight (the old shipper)",
+        ));
         modes.push((
             "collector-none",
             "agent → collector (fsync before ack), uncompressed",
@@ -119,11 +136,16 @@ fn measure_all(dir: &Path, bytes: ByteSize, runs: usize, collector: Option<&str>
             "collector-gzip",
             "agent → collector (fsync before ack), gzip level 1",
         ));
+        modes.push(("collector-lz4", "agent → collector (fsync before ack), lz4"));
     }
     for (mode, label) in modes {
         let mut best: Option<Measure> = None;
         for run in 0..runs {
             let data = dir.join(format!("data-{mode}-{run}"));
+            // A checkpoint left by an earlier bench would make the file look read already.
+            if data.exists() {
+                std::fs::remove_dir_all(&data)?;
+            }
             let exe = std::env::current_exe()?;
             let mut cmd = Command::new(exe);
             cmd.args(["--child", mode]).arg(&file).arg(&data);
@@ -241,6 +263,38 @@ fn generate(path: &Path, target: u64) -> Res<(u64, u64)> {
     Ok((size, n))
 }
 
+/// The file copied into a new file in `dir` in 4 MiB writes, each followed by `fdatasync`: what
+/// the disk takes with fsync before ack, the limit of shipping uncompressed bytes into a
+/// collector whose data directory is on the same disk (its group commit writes about that much
+/// per fsync under load).
+fn write_fsync(file: &Path, dir: &Path) -> Res<Measure> {
+    let out_path = dir.join("fsync-baseline.tmp");
+    let mut src = std::fs::File::open(file)?;
+    let mut out = std::fs::File::create(&out_path)?;
+    let mut buf = vec![0u8; 4 << 20];
+    let mut total = 0u64;
+    let t = Instant::now();
+    loop {
+        let n = src.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n])?;
+        out.sync_data()?;
+        total += n as u64;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    drop(out);
+    std::fs::remove_file(&out_path)?;
+    Ok(Measure {
+        bytes: total,
+        secs,
+        cpu_secs: None,
+        rss_kib: None,
+        encoded: None,
+    })
+}
+
 /// `cat FILE` into a TCP connection to a listener thread that discards.
 fn cat_to_socket(file: &Path) -> Res<Measure> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -281,9 +335,11 @@ fn cat_to_socket(file: &Path) -> Res<Measure> {
 /// One agent run in this process; prints a JSON line.
 fn child(args: &[String]) -> Res<()> {
     let [mode, file, data] = args else {
-        return Err("usage: --child none|gzip|collector-none|collector-gzip FILE DATA_DIR".into());
+        return Err("usage: --child none|gzip|lz4|collector-none[-serial]|collector-gzip|collector-lz4 FILE DATA_DIR".into());
     };
     let to_collector = mode.starts_with("collector-");
+    let serial = mode.ends_with("-serial");
+    let mode = mode.trim_end_matches("-serial");
     let file = PathBuf::from(file);
     let size = std::fs::metadata(&file)?.len();
     let mut cfg = AgentConfig {
@@ -305,6 +361,8 @@ fn child(args: &[String]) -> Res<()> {
     };
     cfg.compression.codec = if mode.ends_with("gzip") {
         Codec::Gzip
+    } else if mode.ends_with("lz4") {
+        Codec::Lz4
     } else {
         Codec::None
     };
@@ -313,6 +371,12 @@ fn child(args: &[String]) -> Res<()> {
         .build()?;
     if let Ok(b) = std::env::var("FERRY_BENCH_BATCH_BYTES") {
         cfg.batch.max_bytes = b.parse()?;
+    }
+    if let Ok(n) = std::env::var("FERRY_BENCH_PER_FILE") {
+        cfg.max_in_flight_per_file = n.parse()?;
+    }
+    if serial {
+        cfg.max_in_flight_per_file = 1;
     }
     if to_collector {
         let url = std::env::var("FERRY_BENCH_COLLECTOR")?;

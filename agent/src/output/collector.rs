@@ -86,6 +86,7 @@ pub fn classify(
     match status.as_u16() {
         200..=299 => Ok(parse_ack(body)),
         413 => Err(OutputError::TooLarge),
+        409 => Err(OutputError::OutOfOrder { reason: text() }),
         429 | 503 => Err(OutputError::Retryable {
             reason: text(),
             retry_after: retry_after.and_then(parse_retry_after),
@@ -126,7 +127,7 @@ fn parse_ack(body: &[u8]) -> Ack {
 }
 
 impl Output for CollectorOutput {
-    async fn send(&self, topic: &str, batch: Bytes, _meta: &BatchMeta) -> Result<Ack, OutputError> {
+    async fn send(&self, topic: &str, batch: Bytes, meta: &BatchMeta) -> Result<Ack, OutputError> {
         let index = self.selector.pick();
         let Some(base) = self.urls.get(index) else {
             return Err(OutputError::Rejected {
@@ -134,16 +135,14 @@ impl Output for CollectorOutput {
             });
         };
         let url = Self::records_url(base, topic);
-        let sent = self
-            .client
-            .post(url.clone())
-            .header(
-                reqwest::header::CONTENT_TYPE,
-                ferry_core::batch::CONTENT_TYPE,
-            )
-            .body(batch)
-            .send()
-            .await;
+        let mut request = self.client.post(url.clone()).header(
+            reqwest::header::CONTENT_TYPE,
+            ferry_core::batch::CONTENT_TYPE,
+        );
+        if let Some(after) = meta.after {
+            request = request.header(ferry_core::batch::AFTER_HEADER, after);
+        }
+        let sent = request.body(batch).send().await;
         let resp = match sent {
             Ok(r) => r,
             Err(e) => {
@@ -175,8 +174,16 @@ impl Output for CollectorOutput {
             OutputError::Rejected { reason } => OutputError::Rejected {
                 reason: format!("{url}: {reason}"),
             },
+            OutputError::OutOfOrder { reason } => OutputError::OutOfOrder {
+                reason: format!("{url}: {reason}"),
+            },
             other => other,
         })
+    }
+
+    /// The collector stores a file's batches in order however requests race (`ferry-after`).
+    fn max_in_flight_per_file(&self) -> usize {
+        usize::MAX
     }
 }
 
@@ -260,6 +267,7 @@ mod tests {
             records: 0,
             first_offset: 0,
             end_offset: 0,
+            after: None,
         };
         let err = out
             .send("t", Bytes::from_static(b"x"), &meta)

@@ -27,6 +27,9 @@ pub struct BatchMeta {
     pub records: u32,
     pub first_offset: u64,
     pub end_offset: u64,
+    /// Set while an earlier batch of the same file is still in flight: store this one only
+    /// after the file's records up to this offset (the collector's `ferry-after` header).
+    pub after: Option<u64>,
 }
 
 /// An acknowledgement. The collector says how many records it stored and how many it dropped
@@ -48,9 +51,13 @@ pub enum OutputError {
     /// The batch is larger than the output accepts: split it and send the halves.
     #[error("batch too large for the output")]
     TooLarge,
-    /// Refused for good (a 4xx other than 413/429): the batch is dropped and counted.
+    /// Refused for good (a 4xx other than 409/413/429): the batch is dropped and counted.
     #[error("rejected: {reason}")]
     Rejected { reason: String },
+    /// Sent with [`BatchMeta::after`] before the batch it follows has landed (409): send it
+    /// again once that one is acknowledged or dropped.
+    #[error("out of order: {reason}")]
+    OutOfOrder { reason: String },
 }
 
 /// A destination for encoded batches.
@@ -62,6 +69,13 @@ pub trait Output: Send + Sync + 'static {
         batch: Bytes,
         meta: &BatchMeta,
     ) -> impl Future<Output = Result<Ack, OutputError>> + Send;
+
+    /// How many batches of one file may be in flight at once. More than one only for outputs
+    /// that keep a file's batches in order however their requests race (the collector does,
+    /// through [`BatchMeta::after`]).
+    fn max_in_flight_per_file(&self) -> usize {
+        1
+    }
 }
 
 /// The output a config names.
@@ -80,6 +94,15 @@ impl Output for AnyOutput {
             AnyOutput::Stdout(o) => o.send(topic, batch, meta).await,
             AnyOutput::Collector(o) => o.send(topic, batch, meta).await,
             AnyOutput::Kafka(o) => o.send(topic, batch, meta).await,
+        }
+    }
+
+    fn max_in_flight_per_file(&self) -> usize {
+        match self {
+            AnyOutput::Null(o) => o.max_in_flight_per_file(),
+            AnyOutput::Stdout(o) => o.max_in_flight_per_file(),
+            AnyOutput::Collector(o) => o.max_in_flight_per_file(),
+            AnyOutput::Kafka(o) => o.max_in_flight_per_file(),
         }
     }
 }

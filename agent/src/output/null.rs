@@ -30,4 +30,9 @@ impl Output for NullOutput {
             deduplicated: Some(0),
         })
     }
+
+    /// Nothing is stored, so order cannot matter.
+    fn max_in_flight_per_file(&self) -> usize {
+        usize::MAX
+    }
 }

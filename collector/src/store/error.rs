@@ -39,6 +39,14 @@ pub enum StoreError {
     },
     #[error("the store is closed (or stopped accepting appends after a failed fsync)")]
     Closed,
+    /// The batch was sent as following its origin's records up to `after`, and those are not
+    /// stored (nor staged ahead of it): storing it now would put a file's lines out of order
+    /// and make the earlier batch look like a replay. The sender resends it later.
+    #[error(
+        "out of order: this batch follows offset {after} of its file, but the partition holds that file only up to {}",
+        high.map_or_else(|| "nothing".to_owned(), |h| h.to_string())
+    )]
+    OutOfOrder { after: u64, high: Option<u64> },
 }
 
 impl StoreError {

@@ -440,6 +440,22 @@ impl Store {
         partition: u32,
         batch: Bytes,
     ) -> Result<AppendOutcome, StoreError> {
+        self.append_after(topic, partition, batch, None).await
+    }
+
+    /// [`Store::append`] for a batch that must follow its origin's records up to `after`
+    /// (its file offset): if the partition does not hold them, nor has them staged ahead of
+    /// this batch in the same commit, the append fails with [`StoreError::OutOfOrder`] and
+    /// nothing is stored. This is what lets a sender keep several batches of one file in
+    /// flight: they are stored in file order or refused, never stored out of order (which the
+    /// origin dedup would then take for a replay). A batch without an origin ignores `after`.
+    pub async fn append_after(
+        &self,
+        topic: &str,
+        partition: u32,
+        batch: Bytes,
+        after: Option<u64>,
+    ) -> Result<AppendOutcome, StoreError> {
         let part = self.partition(topic, partition)?;
         if batch.len() > MAX_BATCH_BYTES {
             return Err(WireError::TooLarge {
@@ -479,6 +495,7 @@ impl Store {
                 part,
                 header,
                 batch,
+                after,
                 reply,
                 permit,
             })

@@ -10,6 +10,12 @@
 //! back to where the group started) and reported to exactly the appends of that group; after a
 //! failed fsync the page cache can no longer be trusted, so the store stops accepting appends
 //! (`StoreError::Closed`) until it is reopened, which re-verifies the files.
+//!
+//! Ordered appends (`Store::append_after`): a batch that must follow its origin's records up
+//! to an offset the partition does not hold yet is *parked* (with its reply and permit) instead
+//! of refused, and staged as soon as its predecessor is — in the same group when the two
+//! arrive close together, so a sender's pipelined batches share fsyncs. A parked batch whose
+//! predecessor does not come within [`PARK_WAIT`] is refused with `StoreError::OutOfOrder`.
 
 use super::config::FsyncPolicy;
 use super::error::StoreError;
@@ -27,12 +33,16 @@ use tokio::sync::oneshot;
 
 /// Most threads used to fsync the files of one group in parallel.
 const MAX_SYNC_THREADS: usize = 16;
+/// How long a batch waits for its predecessor before it is refused as out of order.
+pub(crate) const PARK_WAIT: Duration = Duration::from_secs(1);
 
 pub(crate) enum Request {
     Append {
         part: Arc<Partition>,
         header: BatchHeader,
         batch: Bytes,
+        /// Store only if the origin's records up to this offset are stored or staged.
+        after: Option<u64>,
         reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
         permit: tokio::sync::OwnedSemaphorePermit,
     },
@@ -44,6 +54,23 @@ pub(crate) enum Request {
 }
 
 type CloseRequest = (Vec<Arc<Partition>>, oneshot::Sender<Result<(), StoreError>>);
+
+/// An append waiting for its predecessor (see the module docs).
+struct Parked {
+    part: Arc<Partition>,
+    header: BatchHeader,
+    batch: Bytes,
+    after: u64,
+    reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    deadline: Instant,
+}
+
+impl Parked {
+    fn origin(&self) -> Option<&ferry_core::record::OriginKey> {
+        self.header.origin.as_ref().map(|o| &o.key)
+    }
+}
 
 /// Appends gathered for one commit.
 #[derive(Default)]
@@ -63,6 +90,8 @@ pub(crate) struct Writer {
     /// Partitions with written but unsynced data (`interval` and `never`).
     dirty: Vec<Arc<Partition>>,
     dirty_keys: HashSet<usize>,
+    /// Ordered appends waiting for their predecessor, oldest first.
+    parked: Vec<Parked>,
 }
 
 impl Writer {
@@ -79,7 +108,44 @@ impl Writer {
             failed,
             dirty: Vec::new(),
             dirty_keys: HashSet::new(),
+            parked: Vec::new(),
         }
+    }
+
+    /// Refuses every parked append whose wait is over.
+    fn expire_parked(&mut self) {
+        if self.failed.load(Ordering::SeqCst) {
+            self.refuse_parked(|| StoreError::Closed);
+            return;
+        }
+        let now = Instant::now();
+        if self.parked.iter().all(|p| p.deadline > now) {
+            return;
+        }
+        let (due, keep): (Vec<Parked>, Vec<Parked>) = std::mem::take(&mut self.parked)
+            .into_iter()
+            .partition(|p| p.deadline <= now);
+        self.parked = keep;
+        for p in due {
+            let high = p.origin().and_then(|k| p.part.writer().dedup.get(k));
+            metrics::counter!("ferry_store_out_of_order_total", "topic" => p.part.topic.clone())
+                .increment(1);
+            let _ = p.reply.send(Err(StoreError::OutOfOrder {
+                after: p.after,
+                high,
+            }));
+        }
+    }
+
+    fn refuse_parked(&mut self, err: impl Fn() -> StoreError) {
+        for p in self.parked.drain(..) {
+            let _ = p.reply.send(Err(err()));
+        }
+    }
+
+    /// When the next parked append expires.
+    fn next_expiry(&self) -> Option<Instant> {
+        self.parked.iter().map(|p| p.deadline).min()
     }
 
     /// The thread's loop; returns on `Close` or when every sender is gone.
@@ -88,10 +154,16 @@ impl Writer {
         let interval = self.cfg.fsync_interval.get().max(Duration::from_millis(1));
         let mut next_sync = Instant::now() + interval;
         loop {
-            let first = if policy == FsyncPolicy::Interval {
+            self.expire_parked();
+            let wake = match (policy == FsyncPolicy::Interval, self.next_expiry()) {
+                (true, Some(e)) => Some(e.min(next_sync)),
+                (true, None) => Some(next_sync),
+                (false, e) => e,
+            };
+            let first = if let Some(wake) = wake {
                 match self
                     .rx
-                    .recv_timeout(next_sync.saturating_duration_since(Instant::now()))
+                    .recv_timeout(wake.saturating_duration_since(Instant::now()))
                 {
                     Ok(r) => Some(r),
                     Err(RecvTimeoutError::Timeout) => None,
@@ -115,11 +187,13 @@ impl Writer {
             }
             self.commit(&mut group);
             if let Some((parts, reply)) = group.close.take() {
+                self.refuse_parked(|| StoreError::Closed);
                 let _ = reply.send(self.close(&parts));
                 return;
             }
         }
         // The store was dropped without close(): leave nothing unsynced.
+        self.refuse_parked(|| StoreError::Closed);
         self.sync_dirty();
     }
 
@@ -173,6 +247,7 @@ impl Writer {
                 part,
                 header,
                 batch,
+                after,
                 reply,
                 permit,
             } => {
@@ -180,37 +255,79 @@ impl Writer {
                     let _ = reply.send(Err(StoreError::Closed));
                     return;
                 }
-                let len = batch.len();
-                let mut w = part.writer();
-                match part.stage(
-                    &mut w,
-                    &*self.fs,
-                    &self.cfg,
-                    header,
-                    batch,
-                    reply,
-                    Some(permit),
-                ) {
-                    Staged::Queued => {
-                        drop(w);
-                        group.bytes += len;
-                        if group.keys.insert(part.key) {
-                            group.touched.push(part);
-                        }
-                    }
-                    Staged::Failed(e, reply) => {
-                        drop(w);
-                        if matches!(e, StoreError::Io { .. }) {
-                            // Only a segment roll does I/O while staging; its fsync may have
-                            // failed, after which the page cache cannot be trusted.
-                            tracing::error!(topic = %part.topic, partition = part.id, error = %e, "segment roll failed");
-                            self.fail("a segment roll failed");
-                        }
-                        let _ = reply.send(Err(e));
+                if let (Some(after), Some(origin)) = (after, &header.origin) {
+                    let high = part.writer().dedup.get(&origin.key);
+                    if high.is_none_or(|h| h < after) {
+                        self.parked.push(Parked {
+                            part,
+                            header,
+                            batch,
+                            after,
+                            reply,
+                            permit,
+                            deadline: Instant::now() + PARK_WAIT,
+                        });
+                        return;
                     }
                 }
+                self.stage(part, header, batch, reply, permit, group);
             }
             Request::Close { parts, reply } => group.close = Some((parts, reply)),
+        }
+    }
+
+    /// Stages one append into `group`, then any parked appends it was the predecessor of.
+    fn stage(
+        &mut self,
+        part: Arc<Partition>,
+        header: BatchHeader,
+        batch: Bytes,
+        reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        group: &mut Group,
+    ) {
+        let mut next = Some((part, header, batch, reply, permit));
+        while let Some((part, header, batch, reply, permit)) = next.take() {
+            let origin = header.origin.as_ref().map(|o| o.key.clone());
+            let len = batch.len();
+            let mut w = part.writer();
+            match part.stage(
+                &mut w,
+                &*self.fs,
+                &self.cfg,
+                header,
+                batch,
+                reply,
+                Some(permit),
+            ) {
+                Staged::Queued => {
+                    let high = origin.as_ref().and_then(|k| w.dedup.get(k));
+                    drop(w);
+                    group.bytes += len;
+                    if group.keys.insert(part.key) {
+                        group.touched.push(part.clone());
+                    }
+                    // A parked follower of this origin in this partition can go now.
+                    if let (Some(key), Some(high)) = (origin, high)
+                        && let Some(i) = self.parked.iter().position(|p| {
+                            p.part.key == part.key && p.after <= high && p.origin() == Some(&key)
+                        })
+                    {
+                        let p = self.parked.remove(i);
+                        next = Some((p.part, p.header, p.batch, p.reply, p.permit));
+                    }
+                }
+                Staged::Failed(e, reply) => {
+                    drop(w);
+                    if matches!(e, StoreError::Io { .. }) {
+                        // Only a segment roll does I/O while staging; its fsync may have
+                        // failed, after which the page cache cannot be trusted.
+                        tracing::error!(topic = %part.topic, partition = part.id, error = %e, "segment roll failed");
+                        self.fail("a segment roll failed");
+                    }
+                    let _ = reply.send(Err(e));
+                }
+            }
         }
     }
 

@@ -157,6 +157,26 @@ impl TryFrom<RawPipeline> for PipelineConfig {
         if r.source.topics.is_empty() {
             return Err(format!("pipeline {p}: source.topics is empty"));
         }
+        let sinks = r.sinks.unwrap_or_else(|| vec![SinkConfig::Stdout]);
+        let alert_sinks = r.alerts.iter().map(|a| &a.sink);
+        for s in sinks.iter().chain(alert_sinks) {
+            if let SinkConfig::Kafka(k) = s {
+                check_kafka_topic_name(&k.topic, "kafka sink topic")
+                    .map_err(|e| format!("pipeline {p}: {e}"))?;
+                match &k.cluster {
+                    Some(c) => c
+                        .validate()
+                        .map_err(|e| format!("pipeline {p}: kafka sink cluster: {e}"))?,
+                    None if r.source.kafka.is_none() => {
+                        return Err(format!(
+                            "pipeline {p}: the kafka sink to {:?} needs `cluster: {{brokers: ...}}` (the source is the collector, so there is no source.kafka to share)",
+                            k.topic
+                        ));
+                    }
+                    None => {}
+                }
+            }
+        }
         Ok(PipelineConfig {
             source: r.source,
             parse: r.parse,
@@ -167,7 +187,7 @@ impl TryFrom<RawPipeline> for PipelineConfig {
             window: r.window,
             aggregates: r.aggregates,
             max_keys: r.max_keys,
-            sinks: r.sinks.unwrap_or_else(|| vec![SinkConfig::Stdout]),
+            sinks,
             alerts: r.alerts,
             late_topic: r.late_topic,
             name: r.name,
@@ -178,14 +198,109 @@ impl TryFrom<RawPipeline> for PipelineConfig {
 /// Where a pipeline reads from. The driver that fetches from the collector (or Kafka) owns the
 /// connection; this says what to read.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawSource")]
 pub struct SourceConfig {
+    /// ferry topics; on Kafka, mapped to Kafka topics by the `kafka:` section's `topic_prefix`
+    /// and `topics.<t>.kafka_topic`, as the collector and agent map them.
     pub topics: Vec<String>,
     /// Consumer group; processors sharing one split the partitions. Defaults to the pipeline name.
-    #[serde(default)]
     pub group: Option<String>,
-    #[serde(default)]
     pub start: StartAt,
+    /// Read from Kafka (these brokers and settings) instead of the collector.
+    pub kafka: Option<ferry_kafka::KafkaConfig>,
+    /// Kafka topic of this pipeline's checkpoints (a Kafka source only); default
+    /// [`SourceConfig::checkpoint_topic`].
+    pub checkpoint_topic: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    topics: Vec<String>,
+    #[serde(default)]
+    group: Option<String>,
+    #[serde(default)]
+    start: StartAt,
+    #[serde(default)]
+    kafka: Option<ferry_kafka::KafkaConfig>,
+    #[serde(default)]
+    checkpoint_topic: Option<String>,
+}
+
+impl TryFrom<RawSource> for SourceConfig {
+    type Error = String;
+    fn try_from(r: RawSource) -> Result<Self, String> {
+        if let Some(k) = &r.kafka {
+            k.validate().map_err(|e| format!("source.{e}"))?;
+        }
+        match (&r.kafka, &r.checkpoint_topic) {
+            (None, Some(_)) => {
+                return Err(
+                    "source.checkpoint_topic is for a Kafka source; add source.kafka: {brokers: ...} or remove it"
+                        .into(),
+                );
+            }
+            (Some(_), Some(t)) => check_kafka_topic_name(t, "source.checkpoint_topic")?,
+            _ => {}
+        }
+        if r.group.as_deref().is_some_and(|g| g.trim().is_empty()) {
+            return Err("source.group is empty; remove it to use the pipeline name".into());
+        }
+        Ok(SourceConfig {
+            topics: r.topics,
+            group: r.group,
+            start: r.start,
+            kafka: r.kafka,
+            checkpoint_topic: r.checkpoint_topic,
+        })
+    }
+}
+
+impl SourceConfig {
+    /// The consumer group of a pipeline named `pipeline` with this source.
+    pub fn group_or(&self, pipeline: &str) -> String {
+        self.group.clone().unwrap_or_else(|| pipeline.to_owned())
+    }
+
+    /// The Kafka topic of the checkpoints of `group`: `checkpoint_topic` if set, else
+    /// `<topic_prefix>ferry-checkpoints.<group>` with characters Kafka does not allow in topic
+    /// names replaced by `_`. `None` for a collector source.
+    pub fn checkpoint_topic(&self, group: &str) -> Option<String> {
+        let k = self.kafka.as_ref()?;
+        if let Some(t) = &self.checkpoint_topic {
+            return Some(t.clone());
+        }
+        let safe: String = group
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let mut t = format!("{}ferry-checkpoints.{safe}", k.topic_prefix);
+        t.truncate(249);
+        Some(t)
+    }
+}
+
+/// Kafka topic names: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
+fn check_kafka_topic_name(t: &str, what: &str) -> Result<(), String> {
+    let ok = !t.is_empty()
+        && t.len() <= 249
+        && t != "."
+        && t != ".."
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} {t:?} is not a valid Kafka topic name (1 to 249 of a-z A-Z 0-9 . _ -)"
+        ))
+    }
 }
 
 /// Where a group with no committed offset (or `earliest`/`latest`/a time: always) starts.
@@ -500,6 +615,19 @@ pub enum SinkConfig {
     Topic(TopicSinkConfig),
     /// POSTed as a JSON array per flush, retried with capped, jittered backoff.
     Webhook(WebhookSinkConfig),
+    /// Produced to a Kafka topic (acks=all, idempotent), each result keyed by its `key` object.
+    Kafka(Box<KafkaSinkConfig>),
+}
+
+/// `kafka: {topic, cluster}`: results into a Kafka topic.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSinkConfig {
+    /// The Kafka topic, exactly (no `topic_prefix` is applied).
+    pub topic: String,
+    /// The cluster to produce to; default: the pipeline's `source.kafka`.
+    #[serde(default)]
+    pub cluster: Option<ferry_kafka::KafkaConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

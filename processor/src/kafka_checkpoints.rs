@@ -41,7 +41,7 @@ pub const MAX_CHECKPOINT_BYTES: usize = 64 << 20;
 /// A checkpoint that could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointStoreError {
-    #[error("checkpoint topic {topic}: {source}")]
+    #[error("checkpoint topic {topic}")]
     Kafka {
         topic: String,
         #[source]
@@ -130,6 +130,11 @@ impl CheckpointTopic {
         &self,
         admin_config: &ClientConfig,
     ) -> Result<(), CheckpointStoreError> {
+        // Asked first: most starts find it, and some clusters refuse (or, like librdkafka's
+        // mock, do not know) the admin request.
+        if self.exists()? {
+            return Ok(());
+        }
         let admin: AdminClient<DefaultClientContext> =
             admin_config.create().map_err(|e| self.err(e))?;
         let max_bytes = MAX_CHECKPOINT_BYTES.to_string();
@@ -140,7 +145,13 @@ impl CheckpointTopic {
             // Roll segments often and clean early, so the log stays near one value per key.
             .set("segment.ms", "600000")
             .set("min.cleanable.dirty.ratio", "0.1");
-        let opts = AdminOptions::new().operation_timeout(Some(self.timeout));
+        let opts = AdminOptions::new()
+            .operation_timeout(Some(self.timeout))
+            .request_timeout(Some(self.timeout));
+        tracing::debug!(
+            topic = self.topic,
+            "creating the checkpoint topic unless it exists"
+        );
         let outcome = match admin.create_topics([&topic], &opts).await {
             Ok(results) => match results.into_iter().next() {
                 Some(Ok(_)) => {

@@ -11,12 +11,42 @@ use ferry_core::config::Duration;
 use serde::{Deserialize, Deserializer};
 
 /// `processor:`: one or more independent pipelines.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessorConfig {
     /// Each pipeline reads its topics, keeps its own windows and writes its own sinks.
     #[serde(default)]
     pub pipelines: Vec<PipelineConfig>,
+    /// How often every pipeline makes its sinks durable and stores its checkpoints (also on
+    /// hand-over and at shutdown). Shorter: less recomputed after a crash; longer: fewer writes.
+    #[serde(
+        default = "default_checkpoint_interval",
+        deserialize_with = "checkpoint_interval"
+    )]
+    pub checkpoint_interval: Duration,
+}
+
+fn checkpoint_interval<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let v = Duration::deserialize(d)?;
+    if v.get() < std::time::Duration::from_millis(100) {
+        return Err(serde::de::Error::custom(
+            "checkpoint_interval must be at least 100ms (5s is the default)",
+        ));
+    }
+    Ok(v)
+}
+
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Default for ProcessorConfig {
+    fn default() -> Self {
+        Self {
+            pipelines: Vec::new(),
+            checkpoint_interval: default_checkpoint_interval(),
+        }
+    }
 }
 
 /// One pipeline: source → parse → filter → group → window → aggregate → sinks.

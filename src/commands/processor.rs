@@ -45,13 +45,11 @@ pub async fn run(
     if let Some(addr) = metrics_listen.or(file.telemetry.metrics_listen) {
         crate::commands::metrics::serve(&addr, shutdown.clone()).await?;
     }
-    run_pipelines(
-        client,
-        processor.pipelines,
-        RunnerOptions::default(),
-        shutdown,
-    )
-    .await
+    let opts = RunnerOptions {
+        checkpoint_interval: processor.checkpoint_interval.get(),
+        ..RunnerOptions::default()
+    };
+    run_pipelines(client, processor.pipelines, opts, shutdown).await
 }
 
 /// `--kafka BROKERS`: every pipeline reads from Kafka at these brokers; a pipeline that already

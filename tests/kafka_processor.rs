@@ -520,3 +520,103 @@ fn two_processors_in_one_group_split_partitions_and_one_takes_over_after_kill_9(
     );
     assert_eq!(b.terminate(Duration::from_secs(30)), Some(0));
 }
+
+/// TLS really on: a broker reachable only over TLS (tansu behind a TLS-terminating proxy; see
+/// `ferry_kafka::testing::TlsTansu` for why a proxy). `ferry agent` ships into it and `ferry
+/// processor` counts from it, both with `security_protocol: ssl` and the test CA; a processor
+/// that trusts another CA is refused at the handshake, says so in its log, produces nothing,
+/// and stays up.
+#[test]
+fn tls_broker_agent_and_processor_with_ssl_and_a_wrong_ca_is_refused_clearly() {
+    let dir = Dir::new("kproc-tls");
+    let tls = ferry_kafka::testing::TlsTansu::start();
+    let brokers = tls.brokers();
+    let ca = tls.certs.ca.display().to_string();
+    let keys = keys(3);
+    let far = 24 * 3600 * 1000;
+    let mut evs = events(0, 1000, &keys);
+    evs.extend(closers(&keys, far));
+    let text: String = evs.iter().map(|e| e.line() + "\n").collect();
+    let log = dir.write("logs/app.log", &text);
+    let agent_cfg = dir.write(
+        "agent.yaml",
+        format!(
+            "agent:\n  id: tls-agent\n  output: {{type: kafka, brokers: \"{brokers}\", security_protocol: ssl, ssl_ca_location: \"{ca}\"}}\n  inputs: [{{name: app, include: [\"{}\"], topic: app}}]\n",
+            log.display()
+        ),
+    );
+    let agent_addr = free_addr();
+    let mut agent = Service::start(
+        "agent",
+        &dir,
+        &[
+            "agent",
+            "--config",
+            &agent_cfg.display().to_string(),
+            "--data-dir",
+            &dir.join("agent-data").display().to_string(),
+            "--metrics-listen",
+            &agent_addr.to_string(),
+        ],
+        agent_addr,
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "the agent to ship over TLS",
+        || metric(agent_addr, "ferry_agent_lines_shipped_total") >= evs.len() as u64,
+    );
+    assert_eq!(agent.terminate(Duration::from_secs(15)), Some(0));
+
+    let tls_source = |ca: &str| {
+        format!(
+            "        kafka: {{ brokers: \"{brokers}\", security_protocol: ssl, ssl_ca_location: \"{ca}\", options: {{ session.timeout.ms: \"3000\", heartbeat.interval.ms: \"500\" }} }}"
+        )
+    };
+    let yaml = |group: &str, out: &Path, ca: &str| {
+        processor_yaml("unused", group, out, "")
+            .replace(
+                "        # Quicker group joins and take-overs than the 6 s default session.\n",
+                "",
+            )
+            .lines()
+            .map(|l| {
+                if l.trim_start().starts_with("kafka: {") {
+                    tls_source(ca)
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n"
+    };
+    let out = dir.join("tls.jsonl");
+    let cfg = dir.write("tls.yaml", yaml("tls", &out, &ca));
+    let mut p = start_processor(&dir, "processor", &cfg, None);
+    let want = expected(&evs, far);
+    wait_until(Duration::from_secs(60), "every result over TLS", || {
+        results(&out) == want
+    });
+    assert_eq!(p.terminate(Duration::from_secs(30)), Some(0));
+
+    // The wrong CA: refused at the TLS handshake, named in the log, nothing consumed.
+    let wrong_out = dir.join("wrong.jsonl");
+    let wrong_ca = tls.certs.wrong_ca.display().to_string();
+    let cfg = dir.write("wrong.yaml", yaml("wrong", &wrong_out, &wrong_ca));
+    let mut w = start_processor(&dir, "wrong-ca", &cfg, None);
+    wait_until(
+        Duration::from_secs(30),
+        "the handshake failure in the log",
+        || w.stderr().contains("certificate verify failed"),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        w.exited().is_none(),
+        "a refused handshake is retried, not fatal"
+    );
+    assert!(
+        !wrong_out.exists() || lines(&wrong_out) == 0,
+        "nothing read without trust"
+    );
+    assert_eq!(w.terminate(Duration::from_secs(30)), Some(0));
+}

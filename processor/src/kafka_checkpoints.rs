@@ -35,6 +35,11 @@ use std::time::{Duration, Instant};
 /// The partition every checkpoint goes to.
 const PARTITION: i32 = 0;
 
+/// Longest a metadata, watermark or admin request may take. Short, so that the thread asking
+/// (which is also the one that notices shutdown) is never stuck for long on an unreachable
+/// cluster; the caller retries.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Largest snapshot the checkpoint producer sends (and the topic accepts, when ferry creates it).
 pub const MAX_CHECKPOINT_BYTES: usize = 64 << 20;
 
@@ -73,7 +78,8 @@ pub struct CheckpointTopic {
     producer: FutureProducer,
     /// Reads the checkpoint partition by assignment (never subscribes, never commits).
     reader: BaseConsumer,
-    /// Longest one request (metadata, a read window) may take.
+    /// Longest reading one window of checkpoints, or waiting for room in the producer's queue,
+    /// may take.
     timeout: Duration,
 }
 
@@ -125,10 +131,12 @@ impl CheckpointTopic {
     }
 
     /// Creates the topic (compacted, one partition) unless it exists. `admin_config` is the
-    /// cluster's client config (brokers, security, options).
-    pub async fn ensure_topic(
+    /// cluster's client config (brokers, security, options). Blocking: call it from a thread
+    /// that may block, with a runtime `rt` for the admin client's future.
+    pub fn ensure_topic(
         &self,
         admin_config: &ClientConfig,
+        rt: &tokio::runtime::Handle,
     ) -> Result<(), CheckpointStoreError> {
         // Asked first: most starts find it, and some clusters refuse (or, like librdkafka's
         // mock, do not know) the admin request.
@@ -146,13 +154,13 @@ impl CheckpointTopic {
             .set("segment.ms", "600000")
             .set("min.cleanable.dirty.ratio", "0.1");
         let opts = AdminOptions::new()
-            .operation_timeout(Some(self.timeout))
-            .request_timeout(Some(self.timeout));
+            .operation_timeout(Some(REQUEST_TIMEOUT))
+            .request_timeout(Some(REQUEST_TIMEOUT));
         tracing::debug!(
             topic = self.topic,
             "creating the checkpoint topic unless it exists"
         );
-        let outcome = match admin.create_topics([&topic], &opts).await {
+        let outcome = match rt.block_on(admin.create_topics([&topic], &opts)) {
             Ok(results) => match results.into_iter().next() {
                 Some(Ok(_)) => {
                     tracing::info!(
@@ -182,7 +190,7 @@ impl CheckpointTopic {
     fn exists(&self) -> Result<bool, CheckpointStoreError> {
         let md = self
             .reader
-            .fetch_metadata(Some(&self.topic), self.timeout)
+            .fetch_metadata(Some(&self.topic), REQUEST_TIMEOUT)
             .map_err(|e| self.err(e))?;
         Ok(md.topics().iter().any(|t| {
             t.name() == self.topic
@@ -281,7 +289,7 @@ impl CheckpointTopic {
         let wanted: HashSet<&str> = keys.iter().map(String::as_str).collect();
         let (low, high) = self
             .reader
-            .fetch_watermarks(&self.topic, PARTITION, self.timeout)
+            .fetch_watermarks(&self.topic, PARTITION, REQUEST_TIMEOUT)
             .map_err(|e| self.err(e))?;
         // Found keys, with `None` for a tombstone (stop looking further back for it).
         let mut found: HashMap<String, Option<Vec<u8>>> = HashMap::new();

@@ -149,22 +149,6 @@ pub async fn run(
     let checkpoints = CheckpointTopic::new(&kafka, &checkpoint_topic, &group).map_err(kerr)?;
     let mut admin = kafka.client_config();
     kafka.apply_options(&mut admin);
-    // The brokers may not be up yet: wait for them, as for any outage.
-    let mut backoff = FIRST_BACKOFF;
-    loop {
-        match checkpoints.ensure_topic(&admin).await {
-            Ok(()) => break,
-            Err(e) => {
-                tracing::warn!(pipeline = name, error = %ferry_core::error_chain(&e), "checkpoint topic not ready; retrying");
-                metrics::counter!("ferry_processor_retries_total").increment(1);
-                tokio::select! {
-                    _ = tokio::time::sleep(jitter(backoff)) => {}
-                    _ = shutdown.wait() => return Ok(RunnerReport::default()),
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-        }
-    }
     let topics: Vec<String> = cfg
         .source
         .topics
@@ -188,23 +172,12 @@ pub async fn run(
             worker: Mutex::new(worker),
         })
         .map_err(|e| kerr(ferry_kafka::KafkaError::Config(e)))?;
-    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-    consumer
-        .subscribe(&refs)
-        .map_err(|e| kerr(ferry_kafka::KafkaError::Consumer(e)))?;
-    tracing::info!(
-        pipeline = name,
-        group,
-        topics = ?topics,
-        checkpoint_topic,
-        "processor pipeline subscribed to kafka"
-    );
     let (tx, rx) = tokio::sync::oneshot::channel();
     let thread_shutdown = shutdown.clone();
     std::thread::Builder::new()
         .name(format!("kafka-{name}"))
         .spawn(move || {
-            let _ = tx.send(drive(consumer, &thread_shutdown));
+            let _ = tx.send(start_and_drive(consumer, &topics, &admin, &thread_shutdown));
         })
         .map_err(|e| stopped(format!("cannot start the source thread: {e}")))?;
     tokio::pin!(rx);
@@ -216,6 +189,56 @@ pub async fn run(
         },
     };
     outcome.map_err(|_| stopped("the source thread ended without a result".into()))?
+}
+
+/// The source thread, first: the checkpoint topic made sure of (waiting for the brokers, as for
+/// any outage), then the subscription; then [`drive`].
+fn start_and_drive(
+    consumer: BaseConsumer<SourceContext>,
+    topics: &[String],
+    admin: &rdkafka::ClientConfig,
+    shutdown: &Shutdown,
+) -> Result<RunnerReport, RunnerError> {
+    let ctx = consumer.context().clone();
+    let (name, group, checkpoint_topic) = {
+        let w = ctx.worker();
+        (
+            w.cfg.name.clone(),
+            w.group.clone(),
+            w.checkpoints.topic().to_owned(),
+        )
+    };
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let ready = {
+            let w = ctx.worker();
+            w.checkpoints.ensure_topic(admin, &w.rt)
+        };
+        match ready {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(pipeline = name, error = %ferry_core::error_chain(&e), "checkpoint topic not ready; retrying");
+                metrics::counter!("ferry_processor_retries_total").increment(1);
+                if !ctx.worker().sleep(jitter(backoff), None) {
+                    return Ok(RunnerReport::default());
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&refs).map_err(|e| RunnerError::Kafka {
+        pipeline: name.clone(),
+        source: Box::new(ferry_kafka::KafkaError::Consumer(e)),
+    })?;
+    tracing::info!(
+        pipeline = name,
+        group,
+        topics = ?topics,
+        checkpoint_topic,
+        "processor pipeline subscribed to kafka"
+    );
+    drive(consumer, shutdown)
 }
 
 /// The source thread: polls, processes, checkpoints; at shutdown stores the last checkpoints,

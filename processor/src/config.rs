@@ -842,6 +842,106 @@ pipelines:
         }
     }
 
+    const KAFKA: &str = r#"
+pipelines:
+  - name: levels
+    source:
+      topics: [app]
+      group: "team a/levels"
+      kafka:
+        brokers: "k1:9092,k2:9092"
+        topic_prefix: "ferry."
+        security_protocol: ssl
+        ssl_ca_location: /etc/ca.pem
+        options: {session.timeout.ms: "10000"}
+    window: {tumbling: 10s}
+    aggregates: [{name: count, op: count}]
+    sinks:
+      - kafka: {topic: level-counts}
+      - kafka: {topic: elsewhere, cluster: {brokers: "other:9092"}}
+"#;
+
+    #[test]
+    fn kafka_source_and_sinks_load() {
+        let c = load(KAFKA).unwrap();
+        assert_eq!(
+            c.checkpoint_interval.get(),
+            std::time::Duration::from_secs(5)
+        );
+        let p = &c.pipelines[0];
+        let k = p.source.kafka.as_ref().unwrap();
+        assert_eq!(k.brokers, "k1:9092,k2:9092");
+        assert_eq!(k.security_protocol.as_deref(), Some("ssl"));
+        assert_eq!(k.kafka_topic("app"), "ferry.app");
+        let group = p.source.group_or(&p.name);
+        // Characters Kafka refuses in topic names become `_`; the prefix applies.
+        assert_eq!(
+            p.source.checkpoint_topic(&group).as_deref(),
+            Some("ferry.ferry-checkpoints.team_a_levels")
+        );
+        let SinkConfig::Kafka(s) = &p.sinks[1] else {
+            panic!("{:?}", p.sinks[1]);
+        };
+        assert_eq!(s.topic, "elsewhere");
+        assert_eq!(s.cluster.as_ref().unwrap().brokers, "other:9092");
+        let explicit = KAFKA.replace(
+            "      kafka:\n",
+            "      checkpoint_topic: my-checkpoints\n      kafka:\n",
+        );
+        let c = load(&explicit).unwrap();
+        assert_eq!(
+            c.pipelines[0].source.checkpoint_topic("x").as_deref(),
+            Some("my-checkpoints")
+        );
+        // A collector source has no checkpoint topic.
+        let c = load(GOOD).unwrap();
+        assert_eq!(c.pipelines[0].source.checkpoint_topic("g1"), None);
+    }
+
+    #[test]
+    fn kafka_mistakes_name_their_place() {
+        let cases: Vec<(String, &str)> = vec![
+            (KAFKA.replace("topic_prefix", "topic_prefx"), "topic_prefx"),
+            (KAFKA.replace("k1:9092,k2:9092", ""), "brokers is empty"),
+            (
+                KAFKA.replace(
+                    "      kafka:\n",
+                    "      checkpoint_topic: \"a b\"\n      kafka:\n",
+                ),
+                "not a valid Kafka topic name",
+            ),
+            (
+                KAFKA.replace("{topic: level-counts}", "{topic: \"\"}"),
+                "not a valid Kafka topic name",
+            ),
+            (
+                KAFKA.replace("cluster: {brokers: \"other:9092\"}", "cluster: {broker: x}"),
+                "broker",
+            ),
+            (
+                GOOD.replace(
+                    "      - topic: {name: results}",
+                    "      - kafka: {topic: results}",
+                ),
+                "needs `cluster: {brokers: ...}`",
+            ),
+            (
+                GOOD.replace("group: g1,", "group: g1, checkpoint_topic: c,"),
+                "checkpoint_topic is for a Kafka source",
+            ),
+            (
+                format!("checkpoint_interval: 10ms\n{KAFKA}"),
+                "at least 100ms",
+            ),
+        ];
+        for (text, needle) in cases {
+            let (l, c, msg) = err_at(&text);
+            assert!(msg.contains(needle), "{needle}: {msg}");
+            assert!(l > 0 && c > 0, "{needle}: no position in {msg}");
+            assert!(msg.starts_with(&format!("p.yaml:{l}:{c}: ")), "{msg}");
+        }
+    }
+
     #[test]
     fn cross_field_rules() {
         for (from, to, needle) in [

@@ -157,8 +157,16 @@ pub async fn run(
         .collect();
     let mut client =
         ferry_kafka::consumer::group_client_config(&kafka, &group, StartPosition::Earliest);
-    // `options` were applied last inside; these two are the design (see the module docs).
+    // The design (see the module docs), set after `options` on purpose.
     client.set("enable.partition.eof", "false");
+    // A topic created after the processor started (the first producer auto-creates it) is
+    // noticed within seconds, not librdkafka's default 5 minutes; `options` can change it.
+    if !kafka
+        .options
+        .contains_key("topic.metadata.refresh.interval.ms")
+    {
+        client.set("topic.metadata.refresh.interval.ms", "5000");
+    }
     let worker = Worker::new(
         cfg,
         group.clone(),

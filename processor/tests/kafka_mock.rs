@@ -2,6 +2,8 @@
 //! topic, a restart from the checkpoint topic, and broker failures injected on purpose. The real
 //! broker and real processes are in the root `tests/kafka_processor.rs`.
 
+#![allow(clippy::unwrap_used)]
+
 use ferry_core::shutdown::Shutdown;
 use ferry_processor::config::{PipelineConfig, ProcessorConfig};
 use ferry_processor::kafka_source;

@@ -313,3 +313,46 @@ async fn refused_checkpoints_and_a_broker_outage_are_retried_and_nothing_is_lost
     let (_, lines) = results(&out);
     assert_eq!(lines, want.len(), "a window result was emitted twice");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_event_time_the_message_timestamp_places_records_in_windows() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("app", 1, 1).unwrap();
+    mock.create_topic("ferry-checkpoints.g3", 1, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("results.jsonl");
+    // The pipeline of the other tests, without `event_time`.
+    let yaml = format!(
+        "pipelines:\n  - name: levels\n    source: {{topics: [app], group: g3, kafka: {{brokers: \"{brokers}\"}}}}\n    group_by: [level]\n    window: {{tumbling: 10s, allowed_lateness: 0s, idle_timeout: 1h}}\n    aggregates: [{{name: count, op: count}}]\n    sinks: [{{file: {{path: \"{}\"}}}}]\n",
+        out.display()
+    );
+    let c: ProcessorConfig = ferry_core::config::load_str(&yaml, Path::new("ts.yaml")).unwrap();
+    // One record per second of message time (CreateTime) from 2026-01-01T00:00:00Z, then one
+    // 100 s later that closes the first three windows; the lines carry no time at all.
+    let base = 1_767_225_600_000i64;
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    for at in (0..30).map(|s| base + s * 1000).chain([base + 100_000]) {
+        let r: FutureRecord<'_, str, str> = FutureRecord::to("app")
+            .payload("{\"level\":\"info\"}")
+            .timestamp(at);
+        p.send(r, Duration::from_secs(5))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    let (stop, h) = start(c.pipelines[0].clone());
+    let want: BTreeMap<(String, String), u64> = ["00", "10", "20"]
+        .iter()
+        .map(|s| (("info".to_owned(), format!("2026-01-01T00:00:{s}Z")), 10))
+        .collect();
+    wait_for("windows of message time", Duration::from_secs(30), || {
+        results(&out).0 == want
+    })
+    .await;
+    stop.trigger();
+    assert_eq!(h.await.unwrap().records, 31);
+}

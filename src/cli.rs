@@ -75,6 +75,10 @@ pub enum Command {
         config: PathBuf,
         #[arg(long)]
         collector: Option<String>,
+        /// Read every pipeline's topics from Kafka at these brokers (a consumer group per
+        /// pipeline, checkpoints in a Kafka topic).
+        #[arg(long)]
+        kafka: Option<String>,
         /// Serve /metrics and /healthz here (e.g. 127.0.0.1:9101).
         #[arg(long)]
         metrics_listen: Option<String>,
@@ -231,8 +235,9 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
         Command::Processor {
             config,
             collector,
+            kafka,
             metrics_listen,
-        } => commands::processor::run(config, collector, metrics_listen).await,
+        } => commands::processor::run(config, collector, kafka, metrics_listen).await,
         Command::Produce { collector, topic } => commands::produce::run(&collector, &topic).await,
         Command::Consume {
             collector,

@@ -105,3 +105,33 @@ fn check_reports_missing_file_and_garbage() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("wt.yaml:2:15:"), "{stderr}");
 }
+
+/// `ferry processor --kafka` reads every pipeline from Kafka, so `--collector` with it is a
+/// usage error; so is a config whose kafka sink has no cluster to produce to.
+#[test]
+fn processor_kafka_quick_form_usage_errors() {
+    let sample = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/processor.yaml");
+    let out = run(
+        ferry().args(["processor", "--config"]).arg(&sample).args([
+            "--kafka",
+            "127.0.0.1:1",
+            "--collector",
+            "http://127.0.0.1:1",
+        ]),
+        b"",
+        2,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not both"), "{stderr}");
+    let tmp = Dir::new("check-kafka-sink");
+    let bad = tmp.write(
+        "p.yaml",
+        "processor:\n  pipelines:\n    - name: a\n      source: {topics: [app]}\n      window: {tumbling: 10s}\n      aggregates: [{name: count, op: count}]\n      sinks: [{kafka: {topic: out}}]\n",
+    );
+    let out = run(ferry().arg("check").arg(&bad), b"", 2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("p.yaml:") && stderr.contains("needs `cluster"),
+        "{stderr}"
+    );
+}

@@ -80,6 +80,32 @@ fn describe(tpl: &TopicPartitionList) -> String {
         .join(",")
 }
 
+/// The client settings of a consumer-group member: brokers and security from `config`, the
+/// group, manual commits only, fast group timings, the classic protocol; then `options`.
+pub fn group_client_config(
+    config: &KafkaConfig,
+    group: &str,
+    start: StartPosition,
+) -> rdkafka::ClientConfig {
+    let mut c = config.client_config();
+    c.set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set(
+            "auto.offset.reset",
+            match start {
+                StartPosition::Earliest => "earliest",
+                StartPosition::Latest => "latest",
+            },
+        )
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("max.poll.interval.ms", "300000")
+        .set("group.protocol", "classic");
+    config.apply_options(&mut c);
+    c
+}
+
 pub struct KafkaSource {
     /// Shared with blocking threads for commit and close (librdkafka calls that block).
     consumer: Arc<StreamConsumer<GroupLogger>>,
@@ -89,22 +115,7 @@ impl KafkaSource {
     /// Creates the consumer and subscribes to the topics; the group join happens in the
     /// background and the first `poll` waits for it.
     pub fn new(config: &KafkaConfig, source: &SourceConfig) -> Result<Self, KafkaError> {
-        let mut c = config.client_config();
-        c.set("group.id", &source.group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set(
-                "auto.offset.reset",
-                match source.start {
-                    StartPosition::Earliest => "earliest",
-                    StartPosition::Latest => "latest",
-                },
-            )
-            .set("session.timeout.ms", "6000")
-            .set("heartbeat.interval.ms", "1000")
-            .set("max.poll.interval.ms", "300000")
-            .set("group.protocol", "classic");
-        config.apply_options(&mut c);
+        let c = group_client_config(config, &source.group, source.start);
         let consumer: StreamConsumer<GroupLogger> = c
             .create_with_context(GroupLogger)
             .map_err(KafkaError::Config)?;

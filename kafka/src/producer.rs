@@ -139,8 +139,42 @@ impl KafkaSink {
         batch: &Batch,
         key_field: Option<&str>,
     ) -> Result<DeliveryReport, KafkaError> {
+        let origin = batch.header.origin.as_ref().map(|o| &o.key);
+        self.send(
+            topic,
+            origin,
+            batch.header.created_ms,
+            &batch.records,
+            key_field,
+        )
+        .await
+    }
+
+    /// [`KafkaSink::send_batch`] for records that come from no file (no origin headers), e.g.
+    /// a processor's results: each record keyed by its `key_field` field, if any; a record
+    /// without event time gets `created_ms` as its timestamp.
+    pub async fn send_records(
+        &self,
+        topic: &str,
+        records: &[ferry_core::record::Record],
+        key_field: Option<&str>,
+        created_ms: i64,
+    ) -> Result<DeliveryReport, KafkaError> {
+        self.send(topic, None, created_ms, records, key_field).await
+    }
+
+    async fn send(
+        &self,
+        topic: &str,
+        origin: Option<&OriginKey>,
+        created_ms: i64,
+        records: &[ferry_core::record::Record],
+        key_field: Option<&str>,
+    ) -> Result<DeliveryReport, KafkaError> {
         let producer = self.producer();
-        let result = self.send_with(&producer, topic, batch, key_field).await;
+        let result = self
+            .send_with(&producer, topic, origin, created_ms, records, key_field)
+            .await;
         if result.is_err() {
             self.replace_producer();
         }
@@ -151,30 +185,29 @@ impl KafkaSink {
         &self,
         producer: &FutureProducer,
         topic: &str,
-        batch: &Batch,
+        origin_key: Option<&OriginKey>,
+        created: i64,
+        records: &[ferry_core::record::Record],
         key_field: Option<&str>,
     ) -> Result<DeliveryReport, KafkaError> {
-        let origin_file = batch.header.origin.as_ref().map(|o| o.key.file.to_string());
-        let origin = batch
-            .header
-            .origin
-            .as_ref()
-            .zip(origin_file.as_deref())
-            .map(|(o, file)| mapping::OriginHeaders {
-                agent: &o.key.agent_id,
-                file,
-            });
+        let origin_file = origin_key.map(|o| o.file.to_string());
+        let origin =
+            origin_key
+                .zip(origin_file.as_deref())
+                .map(|(o, file)| mapping::OriginHeaders {
+                    agent: &o.agent_id,
+                    file,
+                });
         // One file's keyless records all go to one partition, so they keep their order (as in
         // the embedded store); keyed records follow their key.
-        let file_partition = match &batch.header.origin {
-            Some(o) => self.partition_for_origin(producer, topic, &o.key).await,
+        let file_partition = match origin_key {
+            Some(o) => self.partition_for_origin(producer, topic, o).await,
             None => None,
         };
-        let created = batch.header.created_ms;
-        let mut pending: Vec<(DeliveryFuture, u64)> = Vec::with_capacity(batch.records.len());
+        let mut pending: Vec<(DeliveryFuture, u64)> = Vec::with_capacity(records.len());
         let mut enqueue_error = None;
         let inflight = metrics::gauge!("ferry_kafka_records_in_flight");
-        for rec in &batch.records {
+        for rec in records {
             let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic)
                 .payload(&rec.line[..])
                 .timestamp(mapping::timestamp_of(rec, created))

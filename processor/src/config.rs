@@ -11,12 +11,42 @@ use ferry_core::config::Duration;
 use serde::{Deserialize, Deserializer};
 
 /// `processor:`: one or more independent pipelines.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessorConfig {
     /// Each pipeline reads its topics, keeps its own windows and writes its own sinks.
     #[serde(default)]
     pub pipelines: Vec<PipelineConfig>,
+    /// How often every pipeline makes its sinks durable and stores its checkpoints (also on
+    /// hand-over and at shutdown). Shorter: less recomputed after a crash; longer: fewer writes.
+    #[serde(
+        default = "default_checkpoint_interval",
+        deserialize_with = "checkpoint_interval"
+    )]
+    pub checkpoint_interval: Duration,
+}
+
+fn checkpoint_interval<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let v = Duration::deserialize(d)?;
+    if v.get() < std::time::Duration::from_millis(100) {
+        return Err(serde::de::Error::custom(
+            "checkpoint_interval must be at least 100ms (5s is the default)",
+        ));
+    }
+    Ok(v)
+}
+
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Default for ProcessorConfig {
+    fn default() -> Self {
+        Self {
+            pipelines: Vec::new(),
+            checkpoint_interval: default_checkpoint_interval(),
+        }
+    }
 }
 
 /// One pipeline: source → parse → filter → group → window → aggregate → sinks.
@@ -157,6 +187,26 @@ impl TryFrom<RawPipeline> for PipelineConfig {
         if r.source.topics.is_empty() {
             return Err(format!("pipeline {p}: source.topics is empty"));
         }
+        let sinks = r.sinks.unwrap_or_else(|| vec![SinkConfig::Stdout]);
+        let alert_sinks = r.alerts.iter().map(|a| &a.sink);
+        for s in sinks.iter().chain(alert_sinks) {
+            if let SinkConfig::Kafka(k) = s {
+                check_kafka_topic_name(&k.topic, "kafka sink topic")
+                    .map_err(|e| format!("pipeline {p}: {e}"))?;
+                match &k.cluster {
+                    Some(c) => c
+                        .validate()
+                        .map_err(|e| format!("pipeline {p}: kafka sink cluster: {e}"))?,
+                    None if r.source.kafka.is_none() => {
+                        return Err(format!(
+                            "pipeline {p}: the kafka sink to {:?} needs `cluster: {{brokers: ...}}` (the source is the collector, so there is no source.kafka to share)",
+                            k.topic
+                        ));
+                    }
+                    None => {}
+                }
+            }
+        }
         Ok(PipelineConfig {
             source: r.source,
             parse: r.parse,
@@ -167,7 +217,7 @@ impl TryFrom<RawPipeline> for PipelineConfig {
             window: r.window,
             aggregates: r.aggregates,
             max_keys: r.max_keys,
-            sinks: r.sinks.unwrap_or_else(|| vec![SinkConfig::Stdout]),
+            sinks,
             alerts: r.alerts,
             late_topic: r.late_topic,
             name: r.name,
@@ -178,14 +228,109 @@ impl TryFrom<RawPipeline> for PipelineConfig {
 /// Where a pipeline reads from. The driver that fetches from the collector (or Kafka) owns the
 /// connection; this says what to read.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawSource")]
 pub struct SourceConfig {
+    /// ferry topics; on Kafka, mapped to Kafka topics by the `kafka:` section's `topic_prefix`
+    /// and `topics.<t>.kafka_topic`, as the collector and agent map them.
     pub topics: Vec<String>,
     /// Consumer group; processors sharing one split the partitions. Defaults to the pipeline name.
-    #[serde(default)]
     pub group: Option<String>,
-    #[serde(default)]
     pub start: StartAt,
+    /// Read from Kafka (these brokers and settings) instead of the collector.
+    pub kafka: Option<ferry_kafka::KafkaConfig>,
+    /// Kafka topic of this pipeline's checkpoints (a Kafka source only); default
+    /// [`SourceConfig::checkpoint_topic`].
+    pub checkpoint_topic: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    topics: Vec<String>,
+    #[serde(default)]
+    group: Option<String>,
+    #[serde(default)]
+    start: StartAt,
+    #[serde(default)]
+    kafka: Option<ferry_kafka::KafkaConfig>,
+    #[serde(default)]
+    checkpoint_topic: Option<String>,
+}
+
+impl TryFrom<RawSource> for SourceConfig {
+    type Error = String;
+    fn try_from(r: RawSource) -> Result<Self, String> {
+        if let Some(k) = &r.kafka {
+            k.validate().map_err(|e| format!("source.{e}"))?;
+        }
+        match (&r.kafka, &r.checkpoint_topic) {
+            (None, Some(_)) => {
+                return Err(
+                    "source.checkpoint_topic is for a Kafka source; add source.kafka: {brokers: ...} or remove it"
+                        .into(),
+                );
+            }
+            (Some(_), Some(t)) => check_kafka_topic_name(t, "source.checkpoint_topic")?,
+            _ => {}
+        }
+        if r.group.as_deref().is_some_and(|g| g.trim().is_empty()) {
+            return Err("source.group is empty; remove it to use the pipeline name".into());
+        }
+        Ok(SourceConfig {
+            topics: r.topics,
+            group: r.group,
+            start: r.start,
+            kafka: r.kafka,
+            checkpoint_topic: r.checkpoint_topic,
+        })
+    }
+}
+
+impl SourceConfig {
+    /// The consumer group of a pipeline named `pipeline` with this source.
+    pub fn group_or(&self, pipeline: &str) -> String {
+        self.group.clone().unwrap_or_else(|| pipeline.to_owned())
+    }
+
+    /// The Kafka topic of the checkpoints of `group`: `checkpoint_topic` if set, else
+    /// `<topic_prefix>ferry-checkpoints.<group>` with characters Kafka does not allow in topic
+    /// names replaced by `_`. `None` for a collector source.
+    pub fn checkpoint_topic(&self, group: &str) -> Option<String> {
+        let k = self.kafka.as_ref()?;
+        if let Some(t) = &self.checkpoint_topic {
+            return Some(t.clone());
+        }
+        let safe: String = group
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let mut t = format!("{}ferry-checkpoints.{safe}", k.topic_prefix);
+        t.truncate(249);
+        Some(t)
+    }
+}
+
+/// Kafka topic names: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
+fn check_kafka_topic_name(t: &str, what: &str) -> Result<(), String> {
+    let ok = !t.is_empty()
+        && t.len() <= 249
+        && t != "."
+        && t != ".."
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} {t:?} is not a valid Kafka topic name (1 to 249 of a-z A-Z 0-9 . _ -)"
+        ))
+    }
 }
 
 /// Where a group with no committed offset (or `earliest`/`latest`/a time: always) starts.
@@ -500,6 +645,19 @@ pub enum SinkConfig {
     Topic(TopicSinkConfig),
     /// POSTed as a JSON array per flush, retried with capped, jittered backoff.
     Webhook(WebhookSinkConfig),
+    /// Produced to a Kafka topic (acks=all, idempotent), each result keyed by its `key` object.
+    Kafka(Box<KafkaSinkConfig>),
+}
+
+/// `kafka: {topic, cluster}`: results into a Kafka topic.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSinkConfig {
+    /// The Kafka topic, exactly (no `topic_prefix` is applied).
+    pub topic: String,
+    /// The cluster to produce to; default: the pipeline's `source.kafka`.
+    #[serde(default)]
+    pub cluster: Option<ferry_kafka::KafkaConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -681,6 +839,106 @@ pipelines:
             let (l, _c, msg) = err_at(&text);
             assert!(msg.contains(needle), "{needle}: {msg}");
             assert_eq!(l, line, "{needle}: {msg}");
+        }
+    }
+
+    const KAFKA: &str = r#"
+pipelines:
+  - name: levels
+    source:
+      topics: [app]
+      group: "team a/levels"
+      kafka:
+        brokers: "k1:9092,k2:9092"
+        topic_prefix: "ferry."
+        security_protocol: ssl
+        ssl_ca_location: /etc/ca.pem
+        options: {session.timeout.ms: "10000"}
+    window: {tumbling: 10s}
+    aggregates: [{name: count, op: count}]
+    sinks:
+      - kafka: {topic: level-counts}
+      - kafka: {topic: elsewhere, cluster: {brokers: "other:9092"}}
+"#;
+
+    #[test]
+    fn kafka_source_and_sinks_load() {
+        let c = load(KAFKA).unwrap();
+        assert_eq!(
+            c.checkpoint_interval.get(),
+            std::time::Duration::from_secs(5)
+        );
+        let p = &c.pipelines[0];
+        let k = p.source.kafka.as_ref().unwrap();
+        assert_eq!(k.brokers, "k1:9092,k2:9092");
+        assert_eq!(k.security_protocol.as_deref(), Some("ssl"));
+        assert_eq!(k.kafka_topic("app"), "ferry.app");
+        let group = p.source.group_or(&p.name);
+        // Characters Kafka refuses in topic names become `_`; the prefix applies.
+        assert_eq!(
+            p.source.checkpoint_topic(&group).as_deref(),
+            Some("ferry.ferry-checkpoints.team_a_levels")
+        );
+        let SinkConfig::Kafka(s) = &p.sinks[1] else {
+            panic!("{:?}", p.sinks[1]);
+        };
+        assert_eq!(s.topic, "elsewhere");
+        assert_eq!(s.cluster.as_ref().unwrap().brokers, "other:9092");
+        let explicit = KAFKA.replace(
+            "      kafka:\n",
+            "      checkpoint_topic: my-checkpoints\n      kafka:\n",
+        );
+        let c = load(&explicit).unwrap();
+        assert_eq!(
+            c.pipelines[0].source.checkpoint_topic("x").as_deref(),
+            Some("my-checkpoints")
+        );
+        // A collector source has no checkpoint topic.
+        let c = load(GOOD).unwrap();
+        assert_eq!(c.pipelines[0].source.checkpoint_topic("g1"), None);
+    }
+
+    #[test]
+    fn kafka_mistakes_name_their_place() {
+        let cases: Vec<(String, &str)> = vec![
+            (KAFKA.replace("topic_prefix", "topic_prefx"), "topic_prefx"),
+            (KAFKA.replace("k1:9092,k2:9092", ""), "brokers is empty"),
+            (
+                KAFKA.replace(
+                    "      kafka:\n",
+                    "      checkpoint_topic: \"a b\"\n      kafka:\n",
+                ),
+                "not a valid Kafka topic name",
+            ),
+            (
+                KAFKA.replace("{topic: level-counts}", "{topic: \"\"}"),
+                "not a valid Kafka topic name",
+            ),
+            (
+                KAFKA.replace("cluster: {brokers: \"other:9092\"}", "cluster: {broker: x}"),
+                "broker",
+            ),
+            (
+                GOOD.replace(
+                    "      - topic: {name: results}",
+                    "      - kafka: {topic: results}",
+                ),
+                "needs `cluster: {brokers: ...}`",
+            ),
+            (
+                GOOD.replace("group: g1,", "group: g1, checkpoint_topic: c,"),
+                "checkpoint_topic is for a Kafka source",
+            ),
+            (
+                format!("checkpoint_interval: 10ms\n{KAFKA}"),
+                "at least 100ms",
+            ),
+        ];
+        for (text, needle) in cases {
+            let (l, c, msg) = err_at(&text);
+            assert!(msg.contains(needle), "{needle}: {msg}");
+            assert!(l > 0 && c > 0, "{needle}: no position in {msg}");
+            assert!(msg.starts_with(&format!("p.yaml:{l}:{c}: ")), "{msg}");
         }
     }
 

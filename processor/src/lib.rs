@@ -15,6 +15,8 @@
 //! - [`sink`]: stdout, file, webhook, and the collector-topic sink behind a producer trait.
 //! - [`runner`]: a pipeline on collector topics as a group member: one instance per assigned
 //!   partition, checkpoints stored in the collector, hand-over on rebalance.
+//! - [`kafka_source`] and [`kafka_checkpoints`]: the same on Kafka topics, as a member of a
+//!   Kafka consumer group, with checkpoints in a compacted Kafka topic.
 //! - [`checkpoint`] and [`driver`]: the atomic checkpoint file and the async loop (input batches,
 //!   ticks, sinks, checkpoints) around a pipeline; the source that fetches records is not here.
 //!
@@ -58,6 +60,8 @@ pub mod codec;
 pub mod config;
 pub mod driver;
 pub mod filter;
+pub mod kafka_checkpoints;
+pub mod kafka_source;
 pub mod parse;
 pub mod pipeline;
 pub mod runner;

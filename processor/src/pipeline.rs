@@ -93,17 +93,16 @@ impl WindowResult {
         self.to_json_with(None)
     }
 
-    /// The line with `"alert": NAME` added (for alert sinks).
-    pub fn to_json_with(&self, alert: Option<&str>) -> String {
+    /// The `key` object alone, as in the result line (e.g. `{"level":"error"}`).
+    pub fn key_json(&self) -> String {
+        let mut out = String::with_capacity(32);
+        self.write_key(&mut out);
+        out
+    }
+
+    fn write_key(&self, out: &mut String) {
         let q = |s: &str| serde_json::Value::from(s).to_string();
-        let mut out = String::with_capacity(128);
-        let _ = write!(
-            out,
-            "{{\"pipeline\":{},\"window_start\":\"{}\",\"window_end\":\"{}\",\"key\":{{",
-            q(&self.pipeline),
-            format_rfc3339(self.window_start_ms),
-            format_rfc3339(self.window_end_ms)
-        );
+        out.push('{');
         for (i, (k, v)) in self.key.iter().enumerate() {
             if i > 0 {
                 out.push(',');
@@ -112,6 +111,20 @@ impl WindowResult {
             let _ = write!(out, "{}:{v}", q(k));
         }
         out.push('}');
+    }
+
+    /// The line with `"alert": NAME` added (for alert sinks).
+    pub fn to_json_with(&self, alert: Option<&str>) -> String {
+        let q = |s: &str| serde_json::Value::from(s).to_string();
+        let mut out = String::with_capacity(128);
+        let _ = write!(
+            out,
+            "{{\"pipeline\":{},\"window_start\":\"{}\",\"window_end\":\"{}\",\"key\":",
+            q(&self.pipeline),
+            format_rfc3339(self.window_start_ms),
+            format_rfc3339(self.window_end_ms)
+        );
+        self.write_key(&mut out);
         for (k, v) in &self.values {
             let _ = write!(out, ",{}:{v}", q(k));
         }

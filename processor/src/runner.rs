@@ -46,6 +46,14 @@ pub enum RunnerError {
         #[source]
         source: SinkError,
     },
+    #[error("pipeline {pipeline}: kafka")]
+    Kafka {
+        pipeline: String,
+        #[source]
+        source: Box<ferry_kafka::KafkaError>,
+    },
+    #[error("pipeline {pipeline}: {message}")]
+    Stopped { pipeline: String, message: String },
 }
 
 #[derive(Debug, Clone)]
@@ -140,14 +148,17 @@ impl RunnerError {
     fn is_retryable(&self) -> bool {
         match self {
             RunnerError::Collector { source, .. } => source.is_retryable(),
-            RunnerError::Sink { .. } => false,
+            // A Kafka or collector topic sink that is down: its emissions stay in the turn's
+            // output and are written again on the next attempt.
+            RunnerError::Sink { source, .. } => source.is_retryable(),
+            RunnerError::Kafka { .. } | RunnerError::Stopped { .. } => false,
         }
     }
 }
 
 /// First retry delay after a retryable failure; doubled up to `MAX_BACKOFF`.
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+pub(crate) const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Runs `cfg` until `shutdown`, then checkpoints every partition and leaves the group.
 pub async fn run(

@@ -1,4 +1,4 @@
-//! Where emissions go: stdout, an appended file, a webhook, or a collector topic.
+//! Where emissions go: stdout, an appended file, a webhook, a collector topic, or a Kafka topic.
 //!
 //! [`Outputs`] routes one pipeline's [`Emission`]s: results to its `sinks`, alerts to each alert's
 //! `sink`, late and dead-letter records to their topics. The driver calls [`Outputs::write`] with
@@ -7,13 +7,20 @@
 //! was emitted. A crash between the two replays some results; each carries
 //! (pipeline, key, window_start) so a sink can drop the duplicates.
 //!
-//! The `topic` sink (and late/dead-letter topics) produce through a [`TopicProducer`], which the
-//! collector client implements; this crate does not contain that client. Without a producer,
+//! The `topic` sink (and late/dead-letter topics) produce through a [`TopicProducer`]: the
+//! collector client for a collector source, Kafka for a Kafka source. Without a producer,
 //! [`Outputs::new`] refuses a pipeline that needs one, naming the key.
+//!
+//! The `kafka` sink produces results with [`KafkaSink`] (acks=all, idempotent): a write returns
+//! only once Kafka acknowledged every result, so its results are durable before any checkpoint
+//! that follows. Each result is keyed by its `key` object (as JSON), so one key's results stay
+//! in order in one partition.
 
 use crate::config::{PipelineConfig, SinkConfig, WebhookSinkConfig};
 use crate::pipeline::Emission;
 use bytes::Bytes;
+use ferry_core::record::{Field, Record};
+use ferry_kafka::{KafkaConfig, KafkaSink};
 use rand::Rng;
 use std::future::Future;
 use std::path::PathBuf;
@@ -51,6 +58,30 @@ pub enum SinkError {
     },
     #[error("webhook {url}: only http:// URLs are supported by this build (no TLS)")]
     Https { url: String },
+    #[error(
+        "pipeline {pipeline}: the kafka sink to {topic:?} needs `cluster: {{brokers: ...}}` (the source is not Kafka)"
+    )]
+    NoKafkaCluster { pipeline: String, topic: String },
+    #[error("kafka sink {topic}: {source}")]
+    Kafka {
+        topic: String,
+        #[source]
+        source: Box<ferry_kafka::KafkaError>,
+    },
+}
+
+impl SinkError {
+    /// A sink that may take the same write later (a broker or collector down, busy or
+    /// restarting): the driver retries with backoff instead of stopping.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SinkError::Topic { .. } => true,
+            SinkError::Kafka { source, .. } => {
+                !matches!(**source, ferry_kafka::KafkaError::Config(_))
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Produces lines to a collector (or Kafka) topic. Implemented by the collector client, which
@@ -72,6 +103,10 @@ pub enum Sink {
         topic: String,
         producer: Arc<dyn TopicProducer>,
     },
+    Kafka {
+        topic: String,
+        sink: Arc<KafkaSink>,
+    },
 }
 
 impl std::fmt::Debug for Sink {
@@ -81,15 +116,19 @@ impl std::fmt::Debug for Sink {
             Sink::File(s) => write!(f, "File({})", s.path.display()),
             Sink::Webhook(w) => write!(f, "Webhook({})", w.cfg.url),
             Sink::Topic { topic, .. } => write!(f, "Topic({topic})"),
+            Sink::Kafka { topic, .. } => write!(f, "Kafka({topic})"),
         }
     }
 }
 
 impl Sink {
+    /// Opens the sink `cfg` of `pipeline`. `default_cluster` is the cluster a `kafka` sink
+    /// without its own `cluster` produces to (the pipeline's `source.kafka`).
     pub async fn open(
         cfg: &SinkConfig,
         pipeline: &str,
         producer: Option<&Arc<dyn TopicProducer>>,
+        default_cluster: Option<&KafkaConfig>,
     ) -> Result<Sink, SinkError> {
         Ok(match cfg {
             SinkConfig::Stdout => Sink::Stdout,
@@ -103,7 +142,36 @@ impl Sink {
                     topic: t.name.clone(),
                 })?,
             },
+            SinkConfig::Kafka(k) => {
+                let err = |source| SinkError::Kafka {
+                    topic: k.topic.clone(),
+                    source: Box::new(source),
+                };
+                let cluster = k.cluster.as_ref().or(default_cluster).ok_or_else(|| {
+                    SinkError::NoKafkaCluster {
+                        pipeline: pipeline.to_owned(),
+                        topic: k.topic.clone(),
+                    }
+                })?;
+                Sink::Kafka {
+                    topic: k.topic.clone(),
+                    sink: Arc::new(KafkaSink::new(cluster).map_err(err)?),
+                }
+            }
         })
+    }
+
+    /// Writes result lines, each with its key (`None` for lines that have none); only the
+    /// `kafka` sink uses the keys.
+    pub async fn write_keyed(
+        &mut self,
+        lines: &[String],
+        keys: &[Option<String>],
+    ) -> Result<(), SinkError> {
+        match self {
+            Sink::Kafka { topic, sink } => write_kafka(topic, sink, lines, keys).await,
+            _ => self.write(lines).await,
+        }
     }
 
     /// Writes JSON lines (without newlines).
@@ -131,6 +199,7 @@ impl Sink {
                     topic: topic.clone(),
                     message,
                 }),
+            Sink::Kafka { topic, sink } => write_kafka(topic, sink, lines, &[]).await,
         }
     }
 
@@ -143,6 +212,42 @@ impl Sink {
     }
 }
 
+/// Produces result lines to `topic`, keyed by `keys` (missing keys: no key); returns once Kafka
+/// acknowledged them all.
+async fn write_kafka(
+    topic: &str,
+    sink: &KafkaSink,
+    lines: &[String],
+    keys: &[Option<String>],
+) -> Result<(), SinkError> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let records: Vec<Record> = lines
+        .iter()
+        .zip(keys.iter().chain(std::iter::repeat(&None)))
+        .map(|(l, k)| {
+            let mut r = Record::from_line(l.clone());
+            if let Some(k) = k {
+                r.fields.push(Field::new(RESULT_KEY_FIELD, k.as_str()));
+            }
+            r
+        })
+        .collect();
+    sink.send_records(
+        topic,
+        &records,
+        Some(RESULT_KEY_FIELD),
+        ferry_core::now_ms(),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|source| SinkError::Kafka {
+        topic: topic.to_owned(),
+        source: Box::new(source),
+    })
+}
+
 fn joined(lines: &[String]) -> String {
     let mut s = String::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
     for l in lines {
@@ -151,6 +256,10 @@ fn joined(lines: &[String]) -> String {
     }
     s
 }
+
+/// The record field (and so the message key and header `ferry.f.key`) that carries a result's
+/// `key` object, as JSON, in the `kafka` sink.
+pub const RESULT_KEY_FIELD: &str = "key";
 
 /// Appends JSON lines to a file; fsyncs on checkpoint.
 pub struct FileSink {
@@ -342,13 +451,14 @@ impl Outputs {
         producer: Option<Arc<dyn TopicProducer>>,
     ) -> Result<Self, SinkError> {
         let p = producer.as_ref();
+        let cluster = cfg.source.kafka.as_ref();
         let mut results = Vec::new();
         for s in &cfg.sinks {
-            results.push(Sink::open(s, &cfg.name, p).await?);
+            results.push(Sink::open(s, &cfg.name, p, cluster).await?);
         }
         let mut alerts = Vec::new();
         for a in &cfg.alerts {
-            alerts.push(Sink::open(&a.sink, &cfg.name, p).await?);
+            alerts.push(Sink::open(&a.sink, &cfg.name, p, cluster).await?);
         }
         let topic_sink = |topic: &str, what: &'static str| -> Result<Sink, SinkError> {
             Ok(Sink::Topic {
@@ -378,20 +488,30 @@ impl Outputs {
 
     /// Writes emissions to their sinks (each sink gets one write per call).
     pub async fn write(&mut self, emissions: &[Emission]) -> Result<(), SinkError> {
+        // Keys only for the kafka sink: computed when one is configured.
+        let keyed = self.results.iter().any(|s| matches!(s, Sink::Kafka { .. }))
+            || self.alerts.iter().any(|s| matches!(s, Sink::Kafka { .. }));
+        let key = |r: &crate::pipeline::WindowResult| keyed.then(|| r.key_json());
         let mut results = Vec::new();
-        let mut alerts: Vec<Vec<String>> = vec![Vec::new(); self.alerts.len()];
+        let mut result_keys = Vec::new();
+        let mut alerts: Vec<(Vec<String>, Vec<Option<String>>)> =
+            vec![(Vec::new(), Vec::new()); self.alerts.len()];
         let mut late = Vec::new();
         let mut dead = Vec::new();
         for e in emissions {
             match e {
-                Emission::Result(r) => results.push(r.to_json()),
+                Emission::Result(r) => {
+                    results.push(r.to_json());
+                    result_keys.push(key(r));
+                }
                 Emission::Alert {
                     index,
                     name,
                     result,
                 } => {
-                    if let Some(v) = alerts.get_mut(*index) {
+                    if let Some((v, k)) = alerts.get_mut(*index) {
                         v.push(result.to_json_with(Some(name)));
+                        k.push(key(result));
                     }
                 }
                 Emission::Late { line, .. } => {
@@ -403,10 +523,10 @@ impl Outputs {
             }
         }
         for s in &mut self.results {
-            s.write(&results).await?;
+            s.write_keyed(&results, &result_keys).await?;
         }
-        for (s, lines) in self.alerts.iter_mut().zip(&alerts) {
-            s.write(lines).await?;
+        for (s, (lines, keys)) in self.alerts.iter_mut().zip(&alerts) {
+            s.write_keyed(lines, keys).await?;
         }
         if let Some(s) = &mut self.late {
             s.write(&late).await?;
@@ -464,7 +584,7 @@ mod tests {
             vec!["{\"a\":1}".to_owned()],
             vec!["{\"a\":2}".to_owned(), "{\"a\":3}".to_owned()],
         ] {
-            let mut s = Sink::open(&cfg, "p", None).await.unwrap();
+            let mut s = Sink::open(&cfg, "p", None, None).await.unwrap();
             s.write(&batch).await.unwrap();
             s.checkpoint().await.unwrap();
         }
@@ -475,7 +595,7 @@ mod tests {
     #[tokio::test]
     async fn topic_sink_without_producer_is_refused() {
         let cfg = SinkConfig::Topic(crate::config::TopicSinkConfig { name: "out".into() });
-        let e = Sink::open(&cfg, "p", None).await.unwrap_err();
+        let e = Sink::open(&cfg, "p", None, None).await.unwrap_err();
         assert!(e.to_string().contains("needs the collector client"), "{e}");
     }
 

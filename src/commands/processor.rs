@@ -1,5 +1,6 @@
-//! `ferry processor --config FILE [--collector URL]`: runs every pipeline of the config's
-//! `processor:` section against the collector until SIGINT/SIGTERM.
+//! `ferry processor --config FILE [--collector URL | --kafka BROKERS]`: runs every pipeline of
+//! the config's `processor:` section until SIGINT/SIGTERM, each on its source: the collector, or
+//! Kafka for a pipeline whose `source` has a `kafka:` section (or every pipeline, with `--kafka`).
 
 use crate::cli::UsageError;
 use crate::config::FerryConfig;
@@ -13,11 +14,12 @@ pub const DEFAULT_COLLECTOR: &str = "http://127.0.0.1:7070";
 pub async fn run(
     config: PathBuf,
     collector: Option<String>,
+    kafka: Option<String>,
     metrics_listen: Option<String>,
 ) -> anyhow::Result<()> {
     ferry_core::telemetry::install_metrics();
     let file = FerryConfig::load(&config)?;
-    let processor = file
+    let mut processor = file
         .processor
         .ok_or_else(|| UsageError(format!("{}: no `processor:` section", config.display())))?;
     if processor.pipelines.is_empty() {
@@ -27,6 +29,15 @@ pub async fn run(
         ))
         .into());
     }
+    if let Some(brokers) = kafka {
+        if collector.is_some() {
+            return Err(UsageError(
+                "give either --collector URL or --kafka BROKERS, not both".into(),
+            )
+            .into());
+        }
+        use_kafka(&mut processor.pipelines, &brokers).map_err(UsageError)?;
+    }
     let url = collector.unwrap_or_else(|| DEFAULT_COLLECTOR.to_owned());
     let client = CollectorClient::new(&url).map_err(|e| UsageError(e.to_string()))?;
     let shutdown = Shutdown::new();
@@ -34,16 +45,34 @@ pub async fn run(
     if let Some(addr) = metrics_listen.or(file.telemetry.metrics_listen) {
         crate::commands::metrics::serve(&addr, shutdown.clone()).await?;
     }
-    run_pipelines(
-        client,
-        processor.pipelines,
-        RunnerOptions::default(),
-        shutdown,
-    )
-    .await
+    let opts = RunnerOptions {
+        checkpoint_interval: processor.checkpoint_interval.get(),
+        ..RunnerOptions::default()
+    };
+    run_pipelines(client, processor.pipelines, opts, shutdown).await
 }
 
-/// Runs pipelines side by side; the first failure stops the others.
+/// `--kafka BROKERS`: every pipeline reads from Kafka at these brokers; a pipeline that already
+/// has a `source.kafka` section keeps its other settings (topics, security), with these brokers.
+pub fn use_kafka(
+    pipelines: &mut [ferry_processor::config::PipelineConfig],
+    brokers: &str,
+) -> Result<(), String> {
+    for p in pipelines {
+        let mut k = p
+            .source
+            .kafka
+            .take()
+            .unwrap_or_else(|| ferry_kafka::KafkaConfig::new(brokers));
+        k.brokers = brokers.to_owned();
+        k.validate().map_err(|e| format!("--kafka: {e}"))?;
+        p.source.kafka = Some(k);
+    }
+    Ok(())
+}
+
+/// Runs pipelines side by side, each on its source (Kafka when it has a `kafka:` section, else
+/// the collector); the first failure stops the others.
 pub async fn run_pipelines(
     client: CollectorClient,
     pipelines: Vec<ferry_processor::config::PipelineConfig>,
@@ -53,7 +82,11 @@ pub async fn run_pipelines(
     let mut set = tokio::task::JoinSet::new();
     for p in pipelines {
         let (client, opts, shutdown) = (client.clone(), opts.clone(), shutdown.clone());
-        set.spawn(async move { runner::run(client, p, opts, shutdown).await });
+        if p.source.kafka.is_some() {
+            set.spawn(async move { ferry_processor::kafka_source::run(p, opts, shutdown).await });
+        } else {
+            set.spawn(async move { runner::run(client, p, opts, shutdown).await });
+        }
     }
     let mut first_err = None;
     while let Some(done) = set.join_next().await {

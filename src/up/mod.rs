@@ -44,11 +44,9 @@ pub async fn run(config_path: &Path, run_for: Option<Duration>) -> anyhow::Resul
     let mut agent_cfg: AgentConfig = file.agent.clone().ok_or_else(|| {
         crate::cli::UsageError(format!("{}: no `agent:` section", config_path.display()))
     })?;
-    let pipelines = file
-        .processor
-        .clone()
-        .map(|p| p.pipelines)
-        .unwrap_or_default();
+    let processor = file.processor.clone().unwrap_or_default();
+    let checkpoint_interval = processor.checkpoint_interval.get();
+    let pipelines = processor.pipelines;
     let shutdown = Shutdown::new();
     shutdown.on_signals();
 
@@ -101,7 +99,7 @@ pub async fn run(config_path: &Path, run_for: Option<Duration>) -> anyhow::Resul
         pipelines,
         ferry_processor::runner::RunnerOptions {
             tick: Duration::from_millis(250),
-            checkpoint_interval: Duration::from_secs(5),
+            checkpoint_interval,
             session_timeout: Duration::from_secs(10),
         },
         proc_shutdown.clone(),

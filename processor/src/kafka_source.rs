@@ -1,0 +1,924 @@
+//! Runs a pipeline on Kafka topics as a member of a Kafka consumer group, with exactly-once
+//! results across restarts and rebalances: the Kafka twin of [`crate::runner`].
+//!
+//! The unit of state is the input partition: each partition this member is assigned gets its own
+//! [`Pipeline`], whose checkpoint — the snapshot, which carries the input offset it reflects — is
+//! stored in a Kafka topic ([`crate::kafka_checkpoints`]) where any member of the group finds it.
+//!
+//! - **Assigned** a partition: read its latest checkpoint (with `start: committed`), restore the
+//!   pipeline, and start fetching at the checkpoint's offset; without a checkpoint, at the group's
+//!   committed offset, else at the beginning. Records below the offset are skipped by the pipeline.
+//! - **Revoked** (the classic, eager protocol revokes before anyone else is given the partition):
+//!   pending results written, sinks made durable, the partition's checkpoint stored with
+//!   `acks=all` and its delivery report awaited, the offset committed; only then does the
+//!   rebalance go on. A partition *lost* (our session expired, so someone else may own it
+//!   already) is dropped without a checkpoint: its new owner restores the previous one.
+//! - **Every `checkpoint_interval` and at shutdown**: results written, sinks durable, then every
+//!   partition's checkpoint, then the offsets committed to the group (for Kafka's lag tools; on
+//!   restore the checkpoint wins).
+//!
+//! All of it runs on one dedicated thread that owns a [`BaseConsumer`]: librdkafka calls the
+//! rebalance callback inside `poll`, on that thread, so the callback can reach the per-partition
+//! state (kept in the consumer's context behind a mutex that is never held across `poll`) and
+//! hand over exactly what was processed. Sinks and the checkpoint producer are async; the thread
+//! drives them with the runtime's [`Handle::block_on`].
+//!
+//! Failures: a message error (a broker down, a TLS handshake refused) is logged and counted and
+//! polling goes on (librdkafka reconnects); a record that does not parse is the pipeline's
+//! `on_parse_error`; a Kafka or collector topic sink that fails is retried with capped, jittered
+//! backoff, processing paused meanwhile; a checkpoint that fails is retried at the next turn. None
+//! of these ends the run. What ends it: shutdown, or a sink that cannot succeed (a file that
+//! cannot be written, a webhook that keeps refusing), as with the collector source.
+
+use crate::config::{OnParseError, PipelineConfig, SinkConfig, StartAt};
+use crate::kafka_checkpoints::{self, CheckpointStoreError, CheckpointTopic};
+use crate::pipeline::{Emission, PartitionId, Pipeline};
+use crate::runner::{FIRST_BACKOFF, MAX_BACKOFF, RunnerError, RunnerOptions, RunnerReport};
+use crate::sink::{Outputs, SinkError, TopicProducer};
+use bytes::Bytes;
+use ferry_core::record::Record;
+use ferry_core::shutdown::Shutdown;
+use ferry_kafka::{KafkaConfig, KafkaSink, StartPosition, mapping};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+use tokio::runtime::Handle;
+
+/// How long one `poll` waits when nothing is buffered.
+const POLL_WAIT: Duration = Duration::from_millis(100);
+/// Records processed per turn at most before ticks, sink writes and checkpoints get their turn.
+const MAX_RECORDS_PER_TURN: usize = 50_000;
+/// How long a revocation, or the stop, keeps retrying its checkpoint before it gives up. Giving
+/// up is safe: the next owner restores the previous checkpoint and recomputes from there.
+const HANDOVER_DEADLINE: Duration = Duration::from_secs(30);
+/// How long shutdown waits for the source thread (final checkpoint, leaving the group).
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest a lag lookup (the partition's high watermark) may take.
+const LAG_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The `topic` sink, `late_topic` and `dead_letter_topic` of a Kafka-source pipeline: produced
+/// to the Kafka topic the source's `kafka:` section maps the ferry topic to, each line returning
+/// only once Kafka acknowledged it.
+pub struct KafkaTopicProducer {
+    sink: KafkaSink,
+    kafka: KafkaConfig,
+}
+
+impl KafkaTopicProducer {
+    pub fn new(kafka: &KafkaConfig) -> Result<Self, ferry_kafka::KafkaError> {
+        Ok(Self {
+            sink: KafkaSink::new(kafka)?,
+            kafka: kafka.clone(),
+        })
+    }
+}
+
+impl TopicProducer for KafkaTopicProducer {
+    fn produce<'a>(
+        &'a self,
+        topic: &'a str,
+        lines: Vec<Bytes>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(async move {
+            let records: Vec<Record> = lines.into_iter().map(Record::from_line).collect();
+            self.sink
+                .send_records(
+                    &self.kafka.kafka_topic(topic),
+                    &records,
+                    None,
+                    ferry_core::now_ms(),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| ferry_core::error_chain(&e))
+        })
+    }
+}
+
+/// Whether the pipeline writes to any topic (and so needs a [`TopicProducer`]).
+fn needs_topic_producer(cfg: &PipelineConfig) -> bool {
+    let topic_sink = |s: &SinkConfig| matches!(s, SinkConfig::Topic(_));
+    cfg.sinks.iter().any(topic_sink)
+        || cfg.alerts.iter().any(|a| topic_sink(&a.sink))
+        || cfg.late_topic.is_some()
+        || matches!(cfg.on_parse_error, OnParseError::DeadLetter(_))
+}
+
+/// Runs `cfg` (whose source has a `kafka:` section) until `shutdown`, then writes its results,
+/// checkpoints every partition and leaves the group.
+pub async fn run(
+    cfg: PipelineConfig,
+    opts: RunnerOptions,
+    shutdown: Shutdown,
+) -> Result<RunnerReport, RunnerError> {
+    let name = cfg.name.clone();
+    let stopped = |message: String| RunnerError::Stopped {
+        pipeline: name.clone(),
+        message,
+    };
+    let kerr = |source| RunnerError::Kafka {
+        pipeline: name.clone(),
+        source: Box::new(source),
+    };
+    let kafka = cfg
+        .source
+        .kafka
+        .clone()
+        .ok_or_else(|| stopped("the source has no kafka: section".into()))?;
+    let group = cfg.source.group_or(&cfg.name);
+    let checkpoint_topic = cfg
+        .source
+        .checkpoint_topic(&group)
+        .ok_or_else(|| stopped("the source has no kafka: section".into()))?;
+    let producer: Option<Arc<dyn TopicProducer>> = if needs_topic_producer(&cfg) {
+        Some(Arc::new(KafkaTopicProducer::new(&kafka).map_err(kerr)?))
+    } else {
+        None
+    };
+    let outputs = Outputs::new(&cfg, producer)
+        .await
+        .map_err(|source| RunnerError::Sink {
+            pipeline: name.clone(),
+            source,
+        })?;
+    let checkpoints = CheckpointTopic::new(&kafka, &checkpoint_topic, &group).map_err(kerr)?;
+    let mut admin = kafka.client_config();
+    kafka.apply_options(&mut admin);
+    let topics: Vec<String> = cfg
+        .source
+        .topics
+        .iter()
+        .map(|t| kafka.kafka_topic(t))
+        .collect();
+    let mut client =
+        ferry_kafka::consumer::group_client_config(&kafka, &group, StartPosition::Earliest);
+    // The design (see the module docs), set after `options` on purpose.
+    client.set("enable.partition.eof", "false");
+    // A topic created after the processor started (the first producer auto-creates it) is
+    // noticed within seconds, not librdkafka's default 5 minutes; `options` can change it.
+    if !kafka
+        .options
+        .contains_key("topic.metadata.refresh.interval.ms")
+    {
+        client.set("topic.metadata.refresh.interval.ms", "5000");
+    }
+    let worker = Worker::new(
+        cfg,
+        group.clone(),
+        outputs,
+        checkpoints,
+        opts,
+        shutdown.clone(),
+    );
+    let consumer: BaseConsumer<SourceContext> = client
+        .create_with_context(SourceContext {
+            worker: Mutex::new(worker),
+        })
+        .map_err(|e| kerr(ferry_kafka::KafkaError::Config(e)))?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let thread_shutdown = shutdown.clone();
+    std::thread::Builder::new()
+        .name(format!("kafka-{name}"))
+        .spawn(move || {
+            let _ = tx.send(start_and_drive(consumer, &topics, &admin, &thread_shutdown));
+        })
+        .map_err(|e| stopped(format!("cannot start the source thread: {e}")))?;
+    tokio::pin!(rx);
+    let outcome = tokio::select! {
+        r = &mut rx => r,
+        _ = shutdown.wait() => match tokio::time::timeout(STOP_TIMEOUT, &mut rx).await {
+            Ok(r) => r,
+            Err(_) => return Err(stopped(format!("did not stop within {STOP_TIMEOUT:?}"))),
+        },
+    };
+    outcome.map_err(|_| stopped("the source thread ended without a result".into()))?
+}
+
+/// The source thread, first: the checkpoint topic made sure of (waiting for the brokers, as for
+/// any outage), then the subscription; then [`drive`].
+fn start_and_drive(
+    consumer: BaseConsumer<SourceContext>,
+    topics: &[String],
+    admin: &rdkafka::ClientConfig,
+    shutdown: &Shutdown,
+) -> Result<RunnerReport, RunnerError> {
+    let ctx = consumer.context().clone();
+    let (name, group, checkpoint_topic) = {
+        let w = ctx.worker();
+        (
+            w.cfg.name.clone(),
+            w.group.clone(),
+            w.checkpoints.topic().to_owned(),
+        )
+    };
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let ready = {
+            let w = ctx.worker();
+            w.checkpoints.ensure_topic(admin, &w.rt)
+        };
+        match ready {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(pipeline = name, error = %ferry_core::error_chain(&e), "checkpoint topic not ready; retrying");
+                metrics::counter!("ferry_processor_retries_total").increment(1);
+                if !ctx.worker().sleep(jitter(backoff), None) {
+                    return Ok(RunnerReport::default());
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&refs).map_err(|e| RunnerError::Kafka {
+        pipeline: name.clone(),
+        source: Box::new(ferry_kafka::KafkaError::Consumer(e)),
+    })?;
+    tracing::info!(
+        pipeline = name,
+        group,
+        topics = ?topics,
+        checkpoint_topic,
+        "processor pipeline subscribed to kafka"
+    );
+    drive(consumer, shutdown)
+}
+
+/// The source thread: polls, processes, checkpoints; at shutdown stores the last checkpoints,
+/// leaves the group and closes the consumer.
+fn drive(
+    consumer: BaseConsumer<SourceContext>,
+    shutdown: &Shutdown,
+) -> Result<RunnerReport, RunnerError> {
+    let ctx = consumer.context().clone();
+    let mut result = Ok(());
+    while !shutdown.is_triggered() {
+        let mut wait = POLL_WAIT;
+        for _ in 0..MAX_RECORDS_PER_TURN {
+            // The worker is locked per message, never across `poll`: the rebalance callback
+            // runs inside `poll` and locks it itself.
+            match consumer.poll(wait) {
+                None => break,
+                Some(Ok(m)) => ctx.worker().process(&m),
+                Some(Err(e)) => {
+                    ctx.worker().poll_error(&e);
+                    break;
+                }
+            }
+            wait = Duration::ZERO;
+        }
+        let mut w = ctx.worker();
+        w.turn(&consumer);
+        if let Some(e) = w.fatal.take() {
+            result = Err(e);
+            break;
+        }
+    }
+    let last = ctx.worker().stop(&consumer);
+    let report = ctx.worker().report.clone();
+    // Leaving the group revokes the partitions inside the close below; nothing is left to hand
+    // over by then (stop dropped every instance).
+    consumer.unsubscribe();
+    drop(consumer);
+    tracing::info!(pipeline = ctx.worker().cfg.name, "left the kafka group");
+    result?;
+    last?;
+    Ok(report)
+}
+
+/// The consumer's context: the worker, reachable from the rebalance callback.
+struct SourceContext {
+    /// Locked by the poll loop per message and per turn, and by the rebalance callback, all on
+    /// the source thread: it is never contended, only shared with the callback.
+    worker: Mutex<Worker>,
+}
+
+impl SourceContext {
+    fn worker(&self) -> MutexGuard<'_, Worker> {
+        self.worker.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl ClientContext for SourceContext {}
+
+impl ConsumerContext for SourceContext {
+    /// Replaces rdkafka's default so that newly assigned partitions start at their checkpoint's
+    /// offset (set in the list before it is assigned) and revoked ones are handed over first.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let mut w = self.worker();
+        let done = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                w.assign(consumer, tpl);
+                if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                w.revoke(consumer, tpl);
+                if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                }
+            }
+            other => {
+                let code = rdkafka::error::RDKafkaErrorCode::from(other);
+                tracing::warn!(pipeline = w.cfg.name, error = %code, "kafka rebalance error; giving up the assignment");
+                let all = w.held();
+                w.revoke(consumer, &all);
+                consumer.unassign()
+            }
+        };
+        if let Err(e) = done {
+            // librdkafka refused the (un)assignment: without it we fetch nothing for these
+            // partitions, so drop their state rather than checkpoint it later.
+            tracing::error!(pipeline = w.cfg.name, error = %e, "kafka (un)assign failed");
+            let parts = partitions(tpl);
+            w.instances
+                .retain(|i| !parts.contains(&(i.topic.clone(), i.partition)));
+        }
+    }
+}
+
+/// `(topic, partition)` of each element.
+fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect()
+}
+
+/// One assigned partition and its pipeline.
+struct Instance {
+    topic: String,
+    partition: i32,
+    pid: PartitionId,
+    /// Its checkpoint key (`group/topic/partition`).
+    key: String,
+    pipeline: Pipeline,
+}
+
+impl Instance {
+    /// The offset after the last record processed, once one was.
+    fn next_offset(&self) -> Option<u64> {
+        self.pipeline
+            .offsets()
+            .into_iter()
+            .find(|(p, _)| *p == self.pid)
+            .map(|(_, o)| o)
+    }
+}
+
+/// Why a checkpoint was not stored.
+#[derive(Debug, thiserror::Error)]
+enum CheckpointFailure {
+    #[error("results could not be written to the sinks")]
+    Unwritten,
+    #[error("sinks could not be made durable: {0}")]
+    NotDurable(#[source] Box<SinkError>),
+    #[error("a sink failed for good (the run ends)")]
+    SinkFailed,
+    #[error("the assignment was lost (session expired)")]
+    Lost,
+    #[error(transparent)]
+    Store(#[from] CheckpointStoreError),
+}
+
+/// Everything the source thread keeps between polls (see the module docs).
+struct Worker {
+    cfg: PipelineConfig,
+    group: String,
+    opts: RunnerOptions,
+    shutdown: Shutdown,
+    /// Drives the async sinks and the checkpoint producer from this (non-runtime) thread.
+    rt: Handle,
+    /// The assigned partitions. Few per member, so a vector searched linearly (with the last
+    /// hit tried first) beats a map keyed by owned strings.
+    instances: Vec<Instance>,
+    last_hit: usize,
+    outputs: Outputs,
+    checkpoints: CheckpointTopic,
+    /// Emissions not yet written to the sinks.
+    out: Vec<Emission>,
+    last_tick: Instant,
+    next_checkpoint: Instant,
+    checkpoint_backoff: Duration,
+    /// A sink failure that ends the run, set wherever it happens (also inside the callback).
+    fatal: Option<RunnerError>,
+    report: RunnerReport,
+    /// Cached metric handles.
+    consumed: metrics::Counter,
+    stored: metrics::Counter,
+    checkpoint_errors: metrics::Counter,
+    retries: metrics::Counter,
+}
+
+impl Worker {
+    fn new(
+        cfg: PipelineConfig,
+        group: String,
+        outputs: Outputs,
+        checkpoints: CheckpointTopic,
+        opts: RunnerOptions,
+        shutdown: Shutdown,
+    ) -> Self {
+        let pipeline = cfg.name.clone();
+        Self {
+            consumed: metrics::counter!("ferry_kafka_records_consumed_total"),
+            stored: metrics::counter!("ferry_processor_checkpoints_total", "pipeline" => pipeline.clone()),
+            checkpoint_errors: metrics::counter!("ferry_processor_checkpoint_errors_total", "pipeline" => pipeline),
+            retries: metrics::counter!("ferry_processor_retries_total"),
+            next_checkpoint: Instant::now() + opts.checkpoint_interval,
+            cfg,
+            group,
+            opts,
+            shutdown,
+            rt: Handle::current(),
+            instances: Vec::new(),
+            last_hit: 0,
+            outputs,
+            checkpoints,
+            out: Vec::new(),
+            last_tick: Instant::now(),
+            checkpoint_backoff: FIRST_BACKOFF,
+            fatal: None,
+            report: RunnerReport::default(),
+        }
+    }
+
+    fn find(&mut self, topic: &str, partition: i32) -> Option<usize> {
+        let hit = |i: &Instance| i.partition == partition && i.topic == topic;
+        if self.instances.get(self.last_hit).is_some_and(hit) {
+            return Some(self.last_hit);
+        }
+        let i = self.instances.iter().position(hit)?;
+        self.last_hit = i;
+        Some(i)
+    }
+
+    /// The partitions held now, as a list (for an error rebalance that gives them all up).
+    fn held(&self) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for i in &self.instances {
+            tpl.add_partition(&i.topic, i.partition);
+        }
+        tpl
+    }
+
+    /// One record: decoded (any message is a record), then the partition's pipeline.
+    fn process(&mut self, m: &BorrowedMessage<'_>) {
+        let Some(i) = self.find(m.topic(), m.partition()) else {
+            // Not set up (an assignment made while a checkpoint could not be read at
+            // shutdown): never processed, never checkpointed, so its next owner reads it.
+            tracing::debug!(
+                topic = m.topic(),
+                partition = m.partition(),
+                "record of a partition without state; skipped"
+            );
+            return;
+        };
+        let Ok(offset) = u64::try_from(m.offset()) else {
+            return;
+        };
+        let ts = m.timestamp().to_millis();
+        let decoded = mapping::decode(m.payload(), ts, m.headers());
+        if decoded.malformed_headers > 0 {
+            metrics::counter!("ferry_kafka_malformed_headers_total")
+                .increment(u64::from(decoded.malformed_headers));
+        }
+        let now = ferry_core::now_ms();
+        // The message timestamp is the record's event time when the pipeline has none of its
+        // own (`decode` puts it there); it is also the fallback "ingest" time.
+        let ingest = ts.unwrap_or(now);
+        let inst = &mut self.instances[i];
+        inst.pipeline.process(
+            &inst.pid,
+            offset,
+            &decoded.record,
+            ingest,
+            now,
+            &mut self.out,
+        );
+        self.report.records += 1;
+        self.consumed.increment(1);
+    }
+
+    fn poll_error(&mut self, e: &rdkafka::error::KafkaError) {
+        let kind = e
+            .rdkafka_error_code()
+            .map_or_else(|| "other".to_owned(), |c| format!("{c:?}"));
+        metrics::counter!("ferry_processor_kafka_errors_total", "pipeline" => self.cfg.name.clone(), "kind" => kind)
+            .increment(1);
+        tracing::warn!(pipeline = self.cfg.name, error = %e, "kafka consumer error; still polling");
+    }
+
+    /// After each poll: ticks, results out, a checkpoint when one is due.
+    fn turn(&mut self, consumer: &BaseConsumer<SourceContext>) {
+        if self.last_tick.elapsed() >= self.opts.tick {
+            let now = ferry_core::now_ms();
+            for inst in &mut self.instances {
+                inst.pipeline.advance_time(now, &mut self.out);
+            }
+            self.last_tick = Instant::now();
+        }
+        if !self.flush(None) {
+            return;
+        }
+        if Instant::now() < self.next_checkpoint {
+            return;
+        }
+        match self.checkpoint(consumer, None, CommitMode::Async, None) {
+            Ok(_) => {
+                self.next_checkpoint = Instant::now() + self.opts.checkpoint_interval;
+                self.checkpoint_backoff = FIRST_BACKOFF;
+                self.update_lag();
+            }
+            Err(e) => {
+                tracing::warn!(pipeline = self.cfg.name, error = %ferry_core::error_chain(&e), "checkpoint not stored; retrying");
+                self.checkpoint_errors.increment(1);
+                self.next_checkpoint = Instant::now() + jitter(self.checkpoint_backoff);
+                self.checkpoint_backoff = (self.checkpoint_backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+
+    /// Writes pending emissions. A sink that may recover is retried with capped, jittered
+    /// backoff until it does, until `deadline` if given, else until shutdown; one that cannot
+    /// sets `fatal`. Returns whether everything was written.
+    fn flush(&mut self, deadline: Option<Instant>) -> bool {
+        let mut backoff = FIRST_BACKOFF;
+        while !self.out.is_empty() {
+            let r = self.rt.block_on(self.outputs.write(&self.out));
+            match r {
+                Ok(()) => self.out.clear(),
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(pipeline = self.cfg.name, error = %ferry_core::error_chain(&e), "sink unavailable; retrying");
+                    self.retries.increment(1);
+                    let give_up = match deadline {
+                        Some(d) => Instant::now() >= d,
+                        None => self.shutdown.is_triggered(),
+                    };
+                    if give_up || !self.sleep(jitter(backoff), deadline) {
+                        return false;
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(source) => {
+                    self.fatal.get_or_insert(RunnerError::Sink {
+                        pipeline: self.cfg.name.clone(),
+                        source,
+                    });
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Sleeps `d` in short steps; false if shutdown (without a deadline) or the deadline cut it.
+    fn sleep(&self, d: Duration, deadline: Option<Instant>) -> bool {
+        let until = Instant::now() + d;
+        loop {
+            let now = Instant::now();
+            if now >= until {
+                return true;
+            }
+            match deadline {
+                Some(dl) if now >= dl => return false,
+                None if self.shutdown.is_triggered() => return false,
+                _ => {}
+            }
+            std::thread::sleep(Duration::from_millis(50).min(until - now));
+        }
+    }
+
+    /// Results written, sinks durable, then the checkpoints of `only` (or of every partition)
+    /// stored and acknowledged, then their offsets committed to the group. Returns how many
+    /// checkpoints were stored.
+    fn checkpoint(
+        &mut self,
+        consumer: &BaseConsumer<SourceContext>,
+        only: Option<&[(String, i32)]>,
+        commit: CommitMode,
+        deadline: Option<Instant>,
+    ) -> Result<usize, CheckpointFailure> {
+        if !self.flush(deadline) {
+            return Err(CheckpointFailure::Unwritten);
+        }
+        let r = self.rt.block_on(self.outputs.checkpoint());
+        match r {
+            Ok(()) => {}
+            Err(e) if e.is_retryable() => return Err(CheckpointFailure::NotDurable(Box::new(e))),
+            Err(source) => {
+                self.fatal.get_or_insert(RunnerError::Sink {
+                    pipeline: self.cfg.name.clone(),
+                    source,
+                });
+                return Err(CheckpointFailure::SinkFailed);
+            }
+        }
+        // A member whose session expired may still be running: it must not overwrite what the
+        // partition's new owner stores (see docs/kafka.md on zombies).
+        if consumer.assignment_lost() {
+            return Err(CheckpointFailure::Lost);
+        }
+        let mut items = Vec::new();
+        let mut offsets = TopicPartitionList::new();
+        for inst in &self.instances {
+            if only.is_some_and(|o| {
+                !o.iter()
+                    .any(|(t, p)| *t == inst.topic && *p == inst.partition)
+            }) {
+                continue;
+            }
+            // Nothing processed since it was set up: its stored checkpoint (if any) still holds.
+            let Some(next) = inst.next_offset() else {
+                continue;
+            };
+            items.push((inst.key.clone(), inst.pipeline.snapshot()));
+            if let Ok(o) = i64::try_from(next) {
+                let _ =
+                    offsets.add_partition_offset(&inst.topic, inst.partition, Offset::Offset(o));
+            }
+        }
+        if items.is_empty() {
+            return Ok(0);
+        }
+        let r = self.rt.block_on(self.checkpoints.store(&items));
+        r?;
+        self.report.checkpoints += items.len() as u64;
+        self.stored.increment(items.len() as u64);
+        if let Err(e) = consumer.commit(&offsets, commit) {
+            // Only lag tools read these; the checkpoint just stored is what a restore uses.
+            tracing::debug!(pipeline = self.cfg.name, error = %e, "offset commit failed");
+        }
+        Ok(items.len())
+    }
+
+    /// `ferry_processor_kafka_lag{pipeline,topic,partition}`: records behind the partition's
+    /// end, looked up once per checkpoint (one request for all partitions).
+    fn update_lag(&self) {
+        let held: Vec<(String, i32, u64)> = self
+            .instances
+            .iter()
+            .filter_map(|i| Some((i.topic.clone(), i.partition, i.next_offset()?)))
+            .collect();
+        if held.is_empty() {
+            return;
+        }
+        let parts: Vec<(String, i32)> = held.iter().map(|(t, p, _)| (t.clone(), *p)).collect();
+        let Ok(ends) = self.checkpoints.end_offsets(&parts, LAG_TIMEOUT) else {
+            return;
+        };
+        for ((topic, partition, next), end) in held.into_iter().zip(ends) {
+            let Some(end) = end else {
+                continue;
+            };
+            let lag = (end - i64::try_from(next).unwrap_or(end)).max(0);
+            metrics::gauge!("ferry_processor_kafka_lag", "pipeline" => self.cfg.name.clone(), "topic" => topic, "partition" => partition.to_string())
+                .set(lag as f64);
+        }
+    }
+
+    /// Sets up newly assigned partitions: restores each from its checkpoint and sets the offset
+    /// it starts from in `tpl` (which is then assigned).
+    fn assign(&mut self, consumer: &BaseConsumer<SourceContext>, tpl: &mut TopicPartitionList) {
+        let parts = partitions(tpl);
+        let keys: Vec<String> = parts
+            .iter()
+            .map(|(t, p)| kafka_checkpoints::key(&self.group, t, *p))
+            .collect();
+        let restored = if self.cfg.source.start == StartAt::Committed {
+            match self.load_retrying(&keys) {
+                Some(r) => r,
+                None => {
+                    tracing::warn!(
+                        pipeline = self.cfg.name,
+                        "stopping before the checkpoints could be read; the partitions stay untouched"
+                    );
+                    return;
+                }
+            }
+        } else {
+            Default::default()
+        };
+        for ((topic, partition), key) in parts.into_iter().zip(keys) {
+            if let Some(i) = self.find(&topic, partition) {
+                // Still held (a cooperative rebalance keeps what it does not move): go on.
+                let at = self.instances[i]
+                    .next_offset()
+                    .and_then(|o| i64::try_from(o).ok())
+                    .map_or(Offset::Stored, Offset::Offset);
+                let _ = tpl.set_partition_offset(&topic, partition, at);
+                continue;
+            }
+            let pid = PartitionId::new(topic.clone(), u32::try_from(partition).unwrap_or(0));
+            let (pipeline, at) = match restored.get(&key) {
+                Some(bytes) => match Pipeline::restore(self.cfg.clone(), bytes) {
+                    Ok(p) => {
+                        let next = p
+                            .offsets()
+                            .into_iter()
+                            .find(|(x, _)| *x == pid)
+                            .and_then(|(_, o)| i64::try_from(o).ok());
+                        tracing::info!(
+                            pipeline = self.cfg.name,
+                            topic,
+                            partition,
+                            offset = next,
+                            "state restored from checkpoint"
+                        );
+                        (p, next.map_or(Offset::Stored, Offset::Offset))
+                    }
+                    Err(e) => {
+                        // A checkpoint this build cannot read (another version, another
+                        // window config, damage) must not be silently replaced.
+                        tracing::error!(pipeline = self.cfg.name, topic, partition, error = %e, "checkpoint unreadable; starting from the group's committed offset");
+                        metrics::counter!("ferry_processor_checkpoints_unreadable_total")
+                            .increment(1);
+                        (Pipeline::new(self.cfg.clone()), Offset::Stored)
+                    }
+                },
+                None => {
+                    let at = self.start_offset(consumer, &topic, partition);
+                    tracing::info!(pipeline = self.cfg.name, topic, partition, start = ?at, "no checkpoint; starting from the group's position");
+                    (Pipeline::new(self.cfg.clone()), at)
+                }
+            };
+            let _ = tpl.set_partition_offset(&topic, partition, at);
+            self.instances.push(Instance {
+                topic,
+                partition,
+                pid,
+                key,
+                pipeline,
+            });
+        }
+        tracing::info!(
+            pipeline = self.cfg.name,
+            partitions = self.instances.len(),
+            "kafka partitions assigned"
+        );
+    }
+
+    /// Where a partition without a checkpoint starts.
+    fn start_offset(
+        &self,
+        consumer: &BaseConsumer<SourceContext>,
+        topic: &str,
+        partition: i32,
+    ) -> Offset {
+        match self.cfg.source.start {
+            // The group's committed offset, else (auto.offset.reset) the beginning.
+            StartAt::Committed => Offset::Stored,
+            StartAt::Earliest => Offset::Beginning,
+            StartAt::Latest => Offset::End,
+            StartAt::Timestamp(t) => {
+                let mut q = TopicPartitionList::new();
+                let _ = q.add_partition_offset(topic, partition, Offset::Offset(t));
+                let mut backoff = FIRST_BACKOFF;
+                loop {
+                    match consumer.offsets_for_times(q.clone(), Duration::from_secs(10)) {
+                        Ok(r) => {
+                            return r
+                                .find_partition(topic, partition)
+                                .map(|e| e.offset())
+                                .filter(|o| o.to_raw().is_some_and(|x| x >= 0))
+                                .unwrap_or(Offset::End);
+                        }
+                        Err(e) if !self.shutdown.is_triggered() => {
+                            tracing::warn!(pipeline = self.cfg.name, topic, partition, error = %e, "offset lookup by time failed; retrying");
+                            self.sleep(jitter(backoff), None);
+                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                        }
+                        Err(_) => return Offset::End,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads checkpoints, retrying (a broker outage) until it works or shutdown.
+    fn load_retrying(&self, keys: &[String]) -> Option<std::collections::HashMap<String, Vec<u8>>> {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            match self.checkpoints.load(keys) {
+                Ok(m) => return Some(m),
+                Err(e) => {
+                    tracing::warn!(pipeline = self.cfg.name, error = %ferry_core::error_chain(&e), "checkpoints not readable; retrying");
+                    self.retries.increment(1);
+                    if self.shutdown.is_triggered() || !self.sleep(jitter(backoff), None) {
+                        return None;
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Hands over revoked partitions: checkpointed (unless lost), then dropped.
+    fn revoke(&mut self, consumer: &BaseConsumer<SourceContext>, tpl: &TopicPartitionList) {
+        let held: Vec<(String, i32)> = partitions(tpl)
+            .into_iter()
+            .filter(|(t, p)| {
+                self.instances
+                    .iter()
+                    .any(|i| i.topic == *t && i.partition == *p)
+            })
+            .collect();
+        if held.is_empty() {
+            return;
+        }
+        if consumer.assignment_lost() {
+            tracing::warn!(pipeline = self.cfg.name, partitions = ?held, "kafka partitions lost (session expired): not checkpointed; their new owner restores the last checkpoint");
+            metrics::counter!("ferry_processor_partitions_lost_total", "pipeline" => self.cfg.name.clone())
+                .increment(held.len() as u64);
+        } else {
+            let deadline = Instant::now() + HANDOVER_DEADLINE;
+            let mut backoff = FIRST_BACKOFF;
+            loop {
+                match self.checkpoint(consumer, Some(&held), CommitMode::Sync, Some(deadline)) {
+                    Ok(n) => {
+                        tracing::info!(pipeline = self.cfg.name, partitions = ?held, checkpoints = n, "partitions handed over");
+                        break;
+                    }
+                    Err(e) => {
+                        self.checkpoint_errors.increment(1);
+                        let retry = matches!(e, CheckpointFailure::Store(_))
+                            && self.fatal.is_none()
+                            && self.sleep(jitter(backoff), Some(deadline));
+                        if !retry {
+                            tracing::error!(pipeline = self.cfg.name, partitions = ?held, error = %ferry_core::error_chain(&e), "handing partitions over without a checkpoint: their next owner restores the previous one and recomputes from there (nothing is counted twice)");
+                            break;
+                        }
+                        tracing::warn!(pipeline = self.cfg.name, error = %ferry_core::error_chain(&e), "hand-over checkpoint failed; retrying");
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                }
+            }
+        }
+        self.instances
+            .retain(|i| !held.iter().any(|(t, p)| *t == i.topic && *p == i.partition));
+        self.last_hit = 0;
+    }
+
+    /// At shutdown: results out, sinks durable, every partition checkpointed (retried until
+    /// [`HANDOVER_DEADLINE`]), offsets committed; then the state is dropped.
+    fn stop(&mut self, consumer: &BaseConsumer<SourceContext>) -> Result<(), RunnerError> {
+        let deadline = Instant::now() + HANDOVER_DEADLINE;
+        let mut backoff = FIRST_BACKOFF;
+        let outcome = loop {
+            if self.fatal.is_some() {
+                break Err("a sink failed".to_owned());
+            }
+            match self.checkpoint(consumer, None, CommitMode::Sync, Some(deadline)) {
+                Ok(_) => break Ok(()),
+                Err(e) => {
+                    let msg = ferry_core::error_chain(&e);
+                    let retry = matches!(e, CheckpointFailure::Store(_))
+                        && self.sleep(jitter(backoff), Some(deadline));
+                    if !retry {
+                        break Err(msg);
+                    }
+                    tracing::warn!(
+                        pipeline = self.cfg.name,
+                        error = msg,
+                        "final checkpoint failed; retrying"
+                    );
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        };
+        self.instances.clear();
+        if let Some(e) = self.fatal.take() {
+            return Err(e);
+        }
+        outcome.map_err(|message| RunnerError::Stopped {
+            pipeline: self.cfg.name.clone(),
+            message: format!(
+                "final checkpoint not stored ({message}); the next start resumes from the previous one"
+            ),
+        })
+    }
+}
+
+/// A wait drawn from [d/2, d].
+fn jitter(d: Duration) -> Duration {
+    d / 2 + d.mul_f64(rand::random::<f64>() / 2.0)
+}

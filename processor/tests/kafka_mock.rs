@@ -1,0 +1,358 @@
+//! The Kafka source against librdkafka's in-process mock cluster: exact counts, garbage in the
+//! topic, a restart from the checkpoint topic, and broker failures injected on purpose. The real
+//! broker and real processes are in the root `tests/kafka_processor.rs`.
+
+#![allow(clippy::unwrap_used)]
+
+use ferry_core::shutdown::Shutdown;
+use ferry_processor::config::{PipelineConfig, ProcessorConfig};
+use ferry_processor::kafka_source;
+use ferry_processor::runner::{RunnerOptions, RunnerReport};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const LEVELS: [&str; 3] = ["info", "error", "warn"];
+
+/// Event `i`: 10 per second of event time from 2026-01-01T00:00:00Z, cycling through the levels.
+fn event(i: u64) -> String {
+    let (sec, tenth) = (i / 10, i % 10);
+    format!(
+        "{{\"ts\":\"2026-01-01T{:02}:{:02}:{:02}.{tenth}00Z\",\"level\":\"{}\",\"seq\":{i}}}",
+        sec / 3600,
+        (sec / 60) % 60,
+        sec % 60,
+        LEVELS[(i % 3) as usize]
+    )
+}
+
+/// What the 10-second counts of events `0..n` are, per (level, window start).
+fn expected(n: u64) -> BTreeMap<(String, String), u64> {
+    let mut out = BTreeMap::new();
+    for i in 0..n {
+        let w = (i / 100) * 10;
+        let ws = format!(
+            "2026-01-01T{:02}:{:02}:{:02}Z",
+            w / 3600,
+            (w / 60) % 60,
+            w % 60
+        );
+        *out.entry((LEVELS[(i % 3) as usize].to_owned(), ws))
+            .or_insert(0) += 1;
+    }
+    out
+}
+
+/// The result lines of a file sink: (level, window start) → count, and the number of lines.
+fn results(path: &Path) -> (BTreeMap<(String, String), u64>, usize) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut out = BTreeMap::new();
+    let mut lines = 0;
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let key = (
+            v["key"]["level"].as_str().unwrap().to_owned(),
+            v["window_start"].as_str().unwrap().to_owned(),
+        );
+        let count = v["count"].as_u64().unwrap();
+        if let Some(prev) = out.insert(key.clone(), count) {
+            assert_eq!(prev, count, "result {key:?} changed between emissions");
+        }
+        lines += 1;
+    }
+    (out, lines)
+}
+
+fn pipeline(brokers: &str, group: &str, out: &Path, extra: &str) -> PipelineConfig {
+    let yaml = format!(
+        r#"
+pipelines:
+  - name: levels
+    source:
+      topics: [app]
+      group: {group}
+      kafka: {{brokers: "{brokers}", message_timeout: 5s}}
+    event_time: {{field: ts, format: rfc3339}}
+    group_by: [level]
+    window: {{tumbling: 10s, allowed_lateness: 0s, idle_timeout: 1h}}
+    aggregates: [{{name: count, op: count}}]
+    sinks: [{{file: {{path: "{}"}}}}]
+{extra}"#,
+        out.display()
+    );
+    let c: ProcessorConfig = ferry_core::config::load_str(&yaml, Path::new("mock.yaml")).unwrap();
+    c.pipelines[0].clone()
+}
+
+fn opts() -> RunnerOptions {
+    RunnerOptions {
+        tick: Duration::from_millis(100),
+        checkpoint_interval: Duration::from_millis(500),
+        session_timeout: Duration::from_secs(6),
+    }
+}
+
+/// Produces `(key, value)` messages and waits for every delivery report.
+async fn produce(brokers: &str, topic: &str, messages: &[(Option<String>, Vec<u8>)]) {
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let mut pending = Vec::new();
+    for (k, v) in messages {
+        let mut r: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).payload(v.as_slice());
+        if let Some(k) = k {
+            r = r.key(k.as_str());
+        }
+        pending.push(p.send_result(r).map_err(|(e, _)| e).unwrap());
+    }
+    for f in pending {
+        f.await.unwrap().map_err(|(e, _)| e).unwrap();
+    }
+}
+
+/// Events `from..to`, keyed by level (so one level's records share a partition), then one
+/// closer per level far ahead, which closes every earlier window of its partition.
+fn keyed(from: u64, to: u64, closers: bool) -> Vec<(Option<String>, Vec<u8>)> {
+    let mut v: Vec<(Option<String>, Vec<u8>)> = (from..to)
+        .map(|i| {
+            (
+                Some(LEVELS[(i % 3) as usize].to_owned()),
+                event(i).into_bytes(),
+            )
+        })
+        .collect();
+    if closers {
+        for l in LEVELS {
+            v.push((
+                Some(l.to_owned()),
+                format!("{{\"ts\":\"2026-01-02T00:00:00Z\",\"level\":\"{l}\"}}").into_bytes(),
+            ));
+        }
+    }
+    v
+}
+
+/// Every value of `topic` (all partitions), read from the beginning for `within`.
+fn read_values(brokers: &str, topic: &str, partitions: i32, within: Duration) -> Vec<Vec<u8>> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "test-reader")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let start = Instant::now();
+    let mut out = Vec::new();
+    while start.elapsed() < within {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            out.push(m.payload().unwrap_or_default().to_vec());
+        }
+    }
+    out
+}
+
+async fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < within, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Logs to the test's output (shown when it fails); `RUST_LOG` picks the level.
+fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Runs the pipeline in a task: stop it with the returned `Shutdown`, then await its report.
+fn start(cfg: PipelineConfig) -> (Shutdown, tokio::task::JoinHandle<RunnerReport>) {
+    logs();
+    let shutdown = Shutdown::new();
+    let s = shutdown.clone();
+    let h = tokio::spawn(async move { kafka_source::run(cfg, opts(), s).await.unwrap() });
+    (shutdown, h)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_exactly_dead_letters_garbage_and_resumes_from_its_checkpoint() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("app", 2, 1).unwrap();
+    mock.create_topic("bad", 1, 1).unwrap();
+    // The mock has no CreateTopics: the source finds the topic made here instead.
+    mock.create_topic("ferry-checkpoints.g1", 1, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("results.jsonl");
+    let cfg = pipeline(
+        &brokers,
+        "g1",
+        &out,
+        "    on_parse_error: dead_letter\n    dead_letter_topic: bad\n",
+    );
+
+    // Garbage any producer could write: not JSON, not UTF-8, a JSON array, a number, empty.
+    let garbage: Vec<Vec<u8>> = vec![
+        b"not json at all".to_vec(),
+        vec![0xff, 0xfe, 0x00, 0x9f],
+        b"[1,2,3]".to_vec(),
+        b"42".to_vec(),
+        Vec::new(),
+    ];
+    let mut first = keyed(0, 1500, false);
+    for (i, g) in garbage.iter().enumerate() {
+        first.insert(200 * i + 7, (Some(LEVELS[i % 3].to_owned()), g.clone()));
+    }
+    produce(&brokers, "app", &first).await;
+
+    let (stop, h) = start(cfg.clone());
+    // Windows before the last one of each level close while the first run reads.
+    let want_first: BTreeMap<_, _> = expected(1500)
+        .into_iter()
+        .filter(|((_, ws), _)| ws.as_str() < "2026-01-01T00:02:20Z")
+        .collect();
+    wait_for(
+        "the first run's closed windows",
+        Duration::from_secs(30),
+        || results(&out).0 == want_first,
+    )
+    .await;
+    stop.trigger();
+    let report = h.await.unwrap();
+    assert_eq!(report.records, 1500 + garbage.len() as u64);
+    assert!(report.checkpoints > 0);
+
+    // The second run restores the open windows from the checkpoint topic and goes on.
+    produce(&brokers, "app", &keyed(1500, 3000, true)).await;
+    let (stop, h) = start(cfg);
+    let want = expected(3000);
+    wait_for("every window", Duration::from_secs(30), || {
+        results(&out).0 == want
+    })
+    .await;
+    stop.trigger();
+    let report = h.await.unwrap();
+    assert_eq!(
+        report.records,
+        1500 + 3,
+        "only the new records are read again"
+    );
+    let (got, lines) = results(&out);
+    assert_eq!(got, want);
+    assert_eq!(lines, want.len(), "a window result was emitted twice");
+
+    let mut dead = read_values(&brokers, "bad", 1, Duration::from_secs(2));
+    // A dead-letter line is the record's line as text (invalid UTF-8 replaced).
+    let mut want_dead: Vec<Vec<u8>> = garbage
+        .iter()
+        .map(|g| String::from_utf8_lossy(g).into_owned().into_bytes())
+        .collect();
+    dead.sort();
+    want_dead.sort();
+    assert_eq!(dead, want_dead, "every garbage record dead-lettered once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_checkpoints_and_a_broker_outage_are_retried_and_nothing_is_lost() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("app", 2, 1).unwrap();
+    mock.create_topic("ferry-checkpoints.g2", 1, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("results.jsonl");
+    let cfg = pipeline(&brokers, "g2", &out, "");
+    produce(&brokers, "app", &keyed(0, 1000, false)).await;
+    let (stop, h) = start(cfg);
+    wait_for("the first results", Duration::from_secs(30), || {
+        !results(&out).0.is_empty()
+    })
+    .await;
+
+    // Checkpoints refused for a while (the only produce requests of this pipeline).
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 4],
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    mock.clear_request_errors(RDKafkaApiKey::Produce);
+    // Then the broker goes away and comes back.
+    mock.broker_down(1).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !h.is_finished(),
+        "the source must not stop on a broker outage"
+    );
+    mock.broker_up(1).unwrap();
+    produce(&brokers, "app", &keyed(1000, 2000, true)).await;
+
+    let want = expected(2000);
+    wait_for(
+        "every window after the outage",
+        Duration::from_secs(60),
+        || results(&out).0 == want,
+    )
+    .await;
+    stop.trigger();
+    let report = h.await.unwrap();
+    assert_eq!(report.records, 2000 + 3);
+    let (_, lines) = results(&out);
+    assert_eq!(lines, want.len(), "a window result was emitted twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_event_time_the_message_timestamp_places_records_in_windows() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("app", 1, 1).unwrap();
+    mock.create_topic("ferry-checkpoints.g3", 1, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("results.jsonl");
+    // The pipeline of the other tests, without `event_time`.
+    let yaml = format!(
+        "pipelines:\n  - name: levels\n    source: {{topics: [app], group: g3, kafka: {{brokers: \"{brokers}\"}}}}\n    group_by: [level]\n    window: {{tumbling: 10s, allowed_lateness: 0s, idle_timeout: 1h}}\n    aggregates: [{{name: count, op: count}}]\n    sinks: [{{file: {{path: \"{}\"}}}}]\n",
+        out.display()
+    );
+    let c: ProcessorConfig = ferry_core::config::load_str(&yaml, Path::new("ts.yaml")).unwrap();
+    // One record per second of message time (CreateTime) from 2026-01-01T00:00:00Z, then one
+    // 100 s later that closes the first three windows; the lines carry no time at all.
+    let base = 1_767_225_600_000i64;
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    for at in (0..30).map(|s| base + s * 1000).chain([base + 100_000]) {
+        let r: FutureRecord<'_, str, str> = FutureRecord::to("app")
+            .payload("{\"level\":\"info\"}")
+            .timestamp(at);
+        p.send(r, Duration::from_secs(5))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    let (stop, h) = start(c.pipelines[0].clone());
+    let want: BTreeMap<(String, String), u64> = ["00", "10", "20"]
+        .iter()
+        .map(|s| (("info".to_owned(), format!("2026-01-01T00:00:{s}Z")), 10))
+        .collect();
+    wait_for("windows of message time", Duration::from_secs(30), || {
+        results(&out).0 == want
+    })
+    .await;
+    stop.trigger();
+    assert_eq!(h.await.unwrap().records, 31);
+}

@@ -538,3 +538,159 @@ fn agent_killed_before_its_checkpoint_replays_and_origin_headers_deduplicate() {
         "deduplicated by origin: exactly the lines written"
     );
 }
+
+/// Appends numbered lines to `path` (10 every 20 ms) until `stop`; returns them.
+fn steady_writer(
+    path: PathBuf,
+    tag: &'static str,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<String>> {
+    use std::io::Write;
+    std::thread::spawn(move || {
+        let mut f = std::fs::File::create(&path).expect("create log");
+        let mut written = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let from = written.len();
+            let text: String = (from..from + 10)
+                .map(|i| format!("{tag}-{i:06} {}\n", "y".repeat(i % 30)))
+                .collect();
+            f.write_all(text.as_bytes()).expect("write");
+            written.extend(text.lines().map(str::to_owned));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        written
+    })
+}
+
+/// The lines of a topic with repeats of one origin (agent, file, offset) dropped, sorted.
+fn deduplicated_lines(brokers: &str, topic: &str, at_least: usize) -> (Vec<String>, usize) {
+    let got = read_with_origin(brokers, topic, at_least);
+    let mut seen = BTreeSet::new();
+    let mut lines = Vec::new();
+    for r in &got {
+        let origin = r.origin.as_ref().expect("origin headers");
+        let offset = r.record.offset.expect("offset header");
+        if seen.insert((origin.agent_id.clone(), origin.file, offset)) {
+            lines.push(String::from_utf8_lossy(&r.record.line).into_owned());
+        }
+    }
+    lines.sort();
+    (lines, got.len())
+}
+
+/// The broker stopped (SIGSTOP: it answers nothing, its data stays) for 30 s and resumed,
+/// while two files keep growing: one tailed by `ferry agent --kafka`, one by an agent shipping
+/// to `ferry collector --kafka`. The agents keep the files as their buffer; once the broker is
+/// back, every line written reaches Kafka — none lost; repeats (at-least-once) are only those
+/// an origin already had.
+#[test]
+fn broker_stopped_30s_while_agents_write_loses_no_line() {
+    let dir = Dir::new("kafka-outage");
+    let broker = Tansu::start();
+    let brokers = broker.brokers();
+    let c = collector(
+        &dir,
+        "c",
+        &brokers,
+        Some(
+            "collector:\n  backend: kafka\n  kafka:\n    brokers: unused\n    message_timeout: 5s\n",
+        ),
+    );
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).expect("logs dir");
+    let start_agent = |name: &str, out: &[&str], topic: &str, file: &str| {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let data = dir.join(format!("{name}-data"));
+        let log = logs.join(file);
+        let mut args = vec!["agent"];
+        args.extend_from_slice(out);
+        let (data, addr_s, log) = (
+            data.display().to_string(),
+            addr.to_string(),
+            log.display().to_string(),
+        );
+        args.extend_from_slice(&[
+            "--topic",
+            topic,
+            "--data-dir",
+            &data,
+            "--metrics-listen",
+            &addr_s,
+            &log,
+        ]);
+        Service::start(name, &dir, &args, addr)
+    };
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let direct_writer = steady_writer(logs.join("direct.log"), "direct", stop.clone());
+    let via_writer = steady_writer(logs.join("via.log"), "via", stop.clone());
+    let curl = c.url();
+    let mut direct = start_agent(
+        "agent-direct",
+        &["--kafka", &brokers],
+        "direct",
+        "direct.log",
+    );
+    let mut via = start_agent("agent-via", &["--collector", &curl], "via", "via.log");
+    wait_metric(
+        &direct,
+        "ferry_agent_lines_shipped_total",
+        200,
+        Duration::from_secs(30),
+    );
+    wait_metric(
+        &via,
+        "ferry_agent_lines_shipped_total",
+        200,
+        Duration::from_secs(30),
+    );
+
+    broker.pause();
+    let paused_at = (
+        agent_metric(&direct, "ferry_agent_lines_shipped_total"),
+        agent_metric(&via, "ferry_agent_lines_shipped_total"),
+    );
+    std::thread::sleep(Duration::from_secs(30));
+    // Nothing is acknowledged while the broker is away (a batch in flight at the pause may be).
+    let during = (
+        agent_metric(&direct, "ferry_agent_lines_shipped_total"),
+        agent_metric(&via, "ferry_agent_lines_shipped_total"),
+    );
+    broker.resume();
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let direct_lines = direct_writer.join().expect("writer");
+    let via_lines = via_writer.join().expect("writer");
+    for (agent, n) in [(&direct, direct_lines.len()), (&via, via_lines.len())] {
+        wait_metric(
+            agent,
+            "ferry_agent_lines_shipped_total",
+            n as u64,
+            Duration::from_secs(120),
+        );
+    }
+    assert!(
+        during.0 < direct_lines.len() as u64 && during.1 < via_lines.len() as u64,
+        "the outage held the agents back: shipped {during:?} at its end (from {paused_at:?} at its start)"
+    );
+    assert_eq!(direct.terminate(Duration::from_secs(15)), Some(0));
+    assert_eq!(via.terminate(Duration::from_secs(15)), Some(0));
+    for (topic, written) in [("direct", direct_lines), ("via", via_lines)] {
+        let mut want = written;
+        want.sort();
+        let (got, raw) = deduplicated_lines(&brokers, topic, want.len());
+        eprintln!(
+            "{topic}: {} lines written, {raw} messages in Kafka",
+            want.len()
+        );
+        let missing: Vec<&String> = want
+            .iter()
+            .filter(|l| got.binary_search(l).is_err())
+            .take(5)
+            .collect();
+        assert!(missing.is_empty(), "{topic}: lines lost, e.g. {missing:?}");
+        assert_eq!(
+            got, want,
+            "{topic}: exactly the lines written, after dropping repeats by origin"
+        );
+    }
+}

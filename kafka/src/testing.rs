@@ -103,7 +103,14 @@ impl Tansu {
                 log: log.clone(),
                 _dir: tempfile::tempdir().expect("temp dir"),
             };
-            match t.wait_ready(Duration::from_secs(20)) {
+            let ready = if advertised == port {
+                t.wait_ready(Duration::from_secs(20))
+            } else {
+                // Metadata would send a plaintext client on to the advertised address (a TLS
+                // proxy): wait for the listener itself instead.
+                t.wait_listening(Duration::from_secs(20))
+            };
+            match ready {
                 Ok(()) => {
                     t._dir = dir;
                     return t;
@@ -126,6 +133,23 @@ impl Tansu {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    fn wait_listening(&mut self, timeout: Duration) -> Result<(), String> {
+        let start = Instant::now();
+        let addr: std::net::SocketAddr = self.brokers().parse().map_err(|e| format!("{e}"))?;
+        while start.elapsed() < timeout {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                return Err(format!("tansu exited with {status}"));
+            }
+            if self.log().contains("ready in")
+                && std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
+            {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!("not listening on {addr} after {timeout:?}"))
+    }
+
     fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
         let start = Instant::now();
         let consumer: BaseConsumer = ClientConfig::new()
@@ -146,6 +170,27 @@ impl Tansu {
             std::thread::sleep(Duration::from_millis(50));
         }
         Err(format!("no metadata after {timeout:?}: {last}"))
+    }
+
+    /// SIGSTOP: the broker stops answering — its connections stay open, requests time out —
+    /// until [`Tansu::resume`]; unlike a restart (memory storage) it keeps what it holds. An
+    /// outage with the data intact, as a hung broker or a network partition gives.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`Tansu::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().map(Child::id).expect("tansu running");
+        let status = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap_or_else(|e| panic!("kill {sig} {pid}: {e}"));
+        assert!(status.success(), "kill {sig} {pid}: {status}");
     }
 
     /// SIGKILL: the broker and (memory storage) everything it held are gone.

@@ -5,7 +5,7 @@
 //!    which become batches without an origin. Every batch is fully verified before anything is
 //!    stored; a bad body is refused whole.
 //! 2. **Route**: when no rule looks at the topic and it has no key field, a batch goes as
-//!    received to one partition (chosen by its origin, so one file's lines stay in order and
+//!    received (compressed with `store_codec` if it came uncompressed) to one partition (chosen by its origin, so one file's lines stay in order and
 //!    replays meet their dedup mark). Otherwise each record is routed and partitioned, and each
 //!    destination gets a sub-batch that keeps origin offsets (see `Batch::encode_subset`).
 //! 3. **Admit**: topics are created if allowed; a topic at its `max_records` refuses the whole

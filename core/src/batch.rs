@@ -1,7 +1,8 @@
 //! The batch: ferry's wire format between agent, collector and store.
 //!
 //! A batch is what the agent seals and ships, what the collector acknowledges, and what the
-//! embedded store keeps as received when no routing rule needs to look inside. Everything the
+//! embedded store keeps as received when no routing rule needs to look inside (a batch that
+//! arrives uncompressed is first compressed, see [`recompress`]). Everything the
 //! collector needs to route and deduplicate a batch (record count, origin, byte range) is in the
 //! header, so it never has to decompress the payload to do so.
 //!

@@ -89,38 +89,66 @@ fn pending(prev: Option<&Predecessor>) -> bool {
 /// Longest wait for a predecessor after an "out of order" answer before trying again anyway.
 const ORDER_WAIT: Duration = Duration::from_secs(1);
 
+/// What a delivery knows of its file's other deliveries.
+#[derive(Debug, Default)]
+pub struct Lane {
+    /// The file's previous batch, while it may still be in flight.
+    pub prev: Option<Predecessor>,
+    /// Set while the file's deliveries meet push-back (retryable errors), cleared by a batch
+    /// acknowledged at its first attempt: while set, a batch waits for its predecessor instead
+    /// of being sent alongside it, so a collector that refuses is not asked for more at once.
+    pub congested: Arc<std::sync::atomic::AtomicBool>,
+}
+
 /// Delivers one encoded batch: retries until acknowledged, splits on "too large", drops on a
 /// refusal. Never gives up on a retryable error; the shipper's shutdown deadline cancels it.
-/// While `prev` (the file's previous batch) is in flight, each attempt asks the output to
-/// store this batch only behind it ([`BatchMeta::after`]).
+/// While the file's previous batch (`lane.prev`) is in flight, each attempt asks the output to
+/// store this batch only behind it ([`BatchMeta::after`]); while the file meets push-back
+/// (`lane.congested`), the batch waits for its predecessor instead.
 #[allow(clippy::too_many_arguments)]
 pub async fn deliver<O: Output>(
     output: &O,
     topic: &str,
     batch: Bytes,
     meta: BatchMeta,
-    mut prev: Option<Predecessor>,
+    lane: Lane,
     policy: RetryPolicy,
     gzip_level: u32,
     stats: &AgentStats,
 ) -> Delivery {
+    let Lane {
+        mut prev,
+        congested,
+    } = lane;
     let mut result = Delivery::default();
     // Halves of split batches, last first, so they go out in offset order.
     let mut stack = vec![(batch, meta)];
     while let Some((b, mut m)) = stack.pop() {
         let mut backoff = Backoff::new(policy.base, policy.max);
+        let mut refused = false;
         loop {
+            if congested.load(Ordering::Relaxed)
+                && let Some(rx) = prev.as_mut()
+                && pending(Some(rx))
+            {
+                let _ = rx.wait_for(|done| *done).await;
+            }
             m.after = pending(prev.as_ref()).then_some(m.first_offset);
             match output.send(topic, b.clone(), &m).await {
                 Ok(Ack { deduplicated, .. }) => {
                     result.acked_records += u64::from(m.records);
                     result.deduplicated += deduplicated.unwrap_or(0);
+                    if !refused {
+                        congested.store(false, Ordering::Relaxed);
+                    }
                     break;
                 }
                 Err(OutputError::Retryable {
                     reason,
                     retry_after,
                 }) => {
+                    refused = true;
+                    congested.store(true, Ordering::Relaxed);
                     result.retries += 1;
                     stats.retries.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("ferry_agent_retries_total").increment(1);
@@ -155,6 +183,8 @@ pub async fn deliver<O: Output>(
                     break;
                 }
                 Err(OutputError::OutOfOrder { reason }) => {
+                    refused = true;
+                    congested.store(true, Ordering::Relaxed);
                     stats.out_of_order.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("ferry_agent_out_of_order_total").increment(1);
                     match prev.as_mut() {
@@ -277,6 +307,8 @@ struct FileFlights {
     /// Resolves when the most recently dispatched batch is done with: the next one's
     /// predecessor.
     last: Option<Predecessor>,
+    /// See [`Lane::congested`]; kept for the file's life in the shipper.
+    congested: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl FileFlights {
@@ -447,7 +479,10 @@ impl<O: Output> Shipper<O> {
         let seq = file.next_seq;
         file.next_seq += 1;
         // Only a predecessor still in flight matters; one done with is stored (or dropped).
-        let prev = file.last.take().filter(|rx| pending(Some(rx)));
+        let lane = Lane {
+            prev: file.last.take().filter(|rx| pending(Some(rx))),
+            congested: file.congested.clone(),
+        };
         let (resolved, rx) = watch::channel(false);
         file.last = Some(rx);
         file.flights.push_back(Flight {
@@ -470,7 +505,7 @@ impl<O: Output> Shipper<O> {
             };
             let delivery = match encoded {
                 Ok(bytes) => {
-                    deliver(&*output, &topic, bytes, meta, prev, policy, level, &stats).await
+                    deliver(&*output, &topic, bytes, meta, lane, policy, level, &stats).await
                 }
                 Err(why) => {
                     tracing::error!(%why, "batch could not be encoded; dropping it");
@@ -719,7 +754,7 @@ mod tests {
             "t",
             b,
             m,
-            None,
+            Lane::default(),
             RetryPolicy::default(),
             1,
             &AgentStats::default(),
@@ -744,7 +779,7 @@ mod tests {
             "t",
             b,
             m,
-            None,
+            Lane::default(),
             RetryPolicy::default(),
             1,
             &AgentStats::default(),
@@ -779,7 +814,7 @@ mod tests {
             "t",
             b,
             m,
-            None,
+            Lane::default(),
             RetryPolicy::default(),
             1,
             &AgentStats::default(),
@@ -794,7 +829,7 @@ mod tests {
             "t",
             b,
             m,
-            None,
+            Lane::default(),
             RetryPolicy::default(),
             1,
             &AgentStats::default(),
@@ -804,18 +839,13 @@ mod tests {
     }
 
     /// While the predecessor is in flight the batch goes out with `after`; an "out of order"
-    /// answer waits for the predecessor, and once that is done with the batch is sent again
-    /// without `after`. Not counted as a retry.
+    /// answer makes it wait for the predecessor, and once that is done with the batch is sent
+    /// again without `after`. Not counted as a retry.
     #[tokio::test(start_paused = true)]
     async fn out_of_order_waits_for_the_predecessor_then_resends() {
-        let out = scripted(vec![
-            Err(OutputError::OutOfOrder {
-                reason: "409".into(),
-            }),
-            Err(OutputError::OutOfOrder {
-                reason: "409".into(),
-            }),
-        ]);
+        let out = scripted(vec![Err(OutputError::OutOfOrder {
+            reason: "409".into(),
+        })]);
         let (b, m) = encoded(3, Codec::None);
         let (resolved, prev) = watch::channel(false);
         let stats = AgentStats::default();
@@ -829,7 +859,10 @@ mod tests {
             "t",
             b,
             m,
-            Some(prev),
+            Lane {
+                prev: Some(prev),
+                ..Lane::default()
+            },
             RetryPolicy::default(),
             1,
             &stats,
@@ -839,11 +872,11 @@ mod tests {
         assert_eq!((d.acked_records, d.retries), (3, 0));
         let sent = out.sent.lock().unwrap().clone();
         let afters: Vec<_> = sent.iter().map(|m| m.after).collect();
-        // First answer: wait up to 1 s, predecessor still pending → again with `after`;
-        // second: wait until it resolves (at 1.5 s) → without.
-        assert_eq!(afters, vec![Some(1000), Some(1000), None]);
+        // The answer marks the file congested: the batch then waits for its predecessor (done
+        // at 1.5 s) and goes out again without `after`.
+        assert_eq!(afters, vec![Some(1000), None]);
         assert_eq!(t0.elapsed(), Duration::from_millis(1500));
-        assert_eq!(AgentStats::get(&stats.out_of_order), 2);
+        assert_eq!(AgentStats::get(&stats.out_of_order), 1);
         // A predecessor whose delivery was cancelled (sender dropped) counts as done.
         let out = scripted(vec![]);
         let (gone, prev) = watch::channel(false);
@@ -854,12 +887,60 @@ mod tests {
             "t",
             b,
             m,
-            Some(prev),
+            Lane {
+                prev: Some(prev),
+                ..Lane::default()
+            },
             RetryPolicy::default(),
             1,
             &stats,
         )
         .await;
         assert_eq!(out.sent.lock().unwrap()[0].after, None);
+    }
+
+    /// While the file is congested (a delivery met push-back), a batch with a predecessor in
+    /// flight waits for it and then goes out without `after`; an acknowledgement at the first
+    /// attempt clears the flag.
+    #[tokio::test(start_paused = true)]
+    async fn a_congested_file_sends_one_batch_at_a_time() {
+        let out = scripted(vec![]);
+        let (b, m) = encoded(2, Codec::None);
+        let (resolved, prev) = watch::channel(false);
+        let lane = Lane {
+            prev: Some(prev),
+            ..Lane::default()
+        };
+        lane.congested.store(true, Ordering::Relaxed);
+        let congested = lane.congested.clone();
+        let t0 = tokio::time::Instant::now();
+        let resolver = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            resolved.send(true).unwrap();
+        });
+        let stats = AgentStats::default();
+        let d = deliver(&out, "t", b, m, lane, RetryPolicy::default(), 1, &stats).await;
+        resolver.await.unwrap();
+        assert_eq!(d.acked_records, 2);
+        assert_eq!(
+            t0.elapsed(),
+            Duration::from_millis(700),
+            "sent only after its predecessor"
+        );
+        assert_eq!(out.sent.lock().unwrap()[0].after, None);
+        assert!(
+            !congested.load(Ordering::Relaxed),
+            "cleared by a first-attempt ack"
+        );
+        // A retryable answer sets it.
+        let out = scripted(vec![Err(OutputError::Retryable {
+            reason: "429".into(),
+            retry_after: None,
+        })]);
+        let lane = Lane::default();
+        let congested = lane.congested.clone();
+        let (b, m) = encoded(1, Codec::None);
+        deliver(&out, "t", b, m, lane, RetryPolicy::default(), 1, &stats).await;
+        assert!(congested.load(Ordering::Relaxed));
     }
 }

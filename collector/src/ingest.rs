@@ -217,7 +217,7 @@ impl Ingest {
         after: Option<u64>,
     ) -> Result<IngestSummary, IngestError> {
         ferry_core::topic::validate_name(topic).map_err(IngestError::BadRequest)?;
-        let _pending = self.enter(topic)?;
+        let pending = self.enter(topic)?;
         let items = self.parse_body(content_type, content_encoding, body)?;
         let ordered = match after {
             None => None,
@@ -234,6 +234,14 @@ impl Ingest {
             },
         };
         let records: u64 = items.iter().map(|(_, b)| b.records.len() as u64).sum();
+        // A request that may wait for its predecessor does not hold the topic's pending slot
+        // while it waits: the predecessor may need that slot to arrive.
+        let _pending = if ordered.is_some() {
+            drop(pending);
+            None
+        } else {
+            Some(pending)
+        };
         if let Backend::Kafka(kafka) = &self.backend {
             if let Some((key, after)) = &ordered {
                 self.wait_landed(key, *after).await?;

@@ -13,7 +13,10 @@
 //! file is later recognised by hashing exactly its first `len` bytes again. So:
 //!
 //! - an empty file, or one whose first line has no newline yet, has no fingerprint (it is known
-//!   by dev+inode, and its batches carry fingerprint 0, until it has one);
+//!   by dev+inode until it has one); if a part of its first line is shipped after the flush
+//!   timeout, that batch's origin carries [`unfixed_id`], a checksum of the birth time alone
+//!   (0 without birth times), so that a new file on the inode of a deleted one that was in the
+//!   same state is not taken for a replay of it;
 //! - a file smaller than the window works: its fingerprint covers its first line, and stays
 //!   valid as the file grows, because appending does not change the first `len` bytes;
 //! - the fingerprint is part of every shipped batch's origin ([`ferry_core::record::FileId`]),
@@ -121,6 +124,18 @@ impl Fingerprint {
         let len = self.len.min(FINGERPRINT_WINDOW) as usize;
         let got = read_full_at(file, &mut buf[..len])?;
         Ok(got == len && Self::of(&buf[..len], birth_ns(file)) == *self)
+    }
+}
+
+/// The fingerprint field of the origin of a file that has no fingerprint yet (its first line
+/// is not complete, but a part of it was shipped after the flush timeout): a checksum of its
+/// birth time alone, so that a reused inode is still another identity; 0 where the file system
+/// keeps no birth time. It never changes during the file's life, so an agent that re-reads the
+/// file after a crash ships under the same origin.
+pub fn unfixed_id(file: &File) -> u64 {
+    match birth_ns(file) {
+        0 => 0,
+        birth => Fingerprint::of(&[], birth).checksum,
     }
 }
 

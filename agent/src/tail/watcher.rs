@@ -73,6 +73,8 @@ pub struct FileWatcher {
     inode: u64,
     /// Fixed once the file has a whole first line; see [`super::fingerprint`].
     fingerprint: Option<Fingerprint>,
+    /// The origin's fingerprint field while there is no fingerprint ([`super::fingerprint::unfixed_id`]).
+    unfixed_id: u64,
     /// While there is no fingerprint yet (first line incomplete): a checksum of the bytes read,
     /// to notice a truncation that was rewritten past the read position.
     probe: Option<Fingerprint>,
@@ -134,6 +136,7 @@ impl FileWatcher {
             } => (fingerprint, generation, offset),
         };
         let mid_line = pos > 0 && !follows_newline(&file, pos)?;
+        let unfixed_id = super::fingerprint::unfixed_id(&file);
         Ok(Self {
             path: path.to_owned(),
             path_str: Arc::from(path.to_string_lossy().as_ref()),
@@ -141,6 +144,7 @@ impl FileWatcher {
             dev: meta.dev(),
             inode: meta.ino(),
             fingerprint,
+            unfixed_id,
             probe: None,
             generation,
             read_pos: pos,
@@ -196,7 +200,7 @@ impl FileWatcher {
         FileId {
             dev: self.dev,
             inode: self.inode,
-            fingerprint: self.fingerprint.map_or(0, |f| f.checksum),
+            fingerprint: self.fingerprint.map_or(self.unfixed_id, |f| f.checksum),
             generation: self.generation,
         }
     }

@@ -93,29 +93,12 @@ fn expected(events: &[Event], closed_before_ms: i64) -> BTreeMap<(String, String
     out
 }
 
-/// Result lines (of a file, or printed by `ferry consume`) as (key, window start) → count; a
-/// result repeated after a crash must repeat the same count.
 fn parse_results(text: &str) -> BTreeMap<(String, String), u64> {
-    let mut out: BTreeMap<(String, String), u64> = BTreeMap::new();
-    // A last line without its newline is being written (or torn by a kill -9, and cut by the
-    // next start): not a result yet.
-    let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
-    for line in complete.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).expect("result is JSON");
-        let key = (
-            v["key"]["level"].as_str().unwrap_or("").to_owned(),
-            v["window_start"].as_str().unwrap_or("").to_owned(),
-        );
-        let count = v["count"].as_u64().expect("count");
-        if let Some(prev) = out.insert(key.clone(), count) {
-            assert_eq!(prev, count, "result for {key:?} changed between emissions");
-        }
-    }
-    out
+    util::window_results(text)
 }
 
 fn results(path: &Path) -> BTreeMap<(String, String), u64> {
-    parse_results(&std::fs::read_to_string(path).unwrap_or_default())
+    util::window_results_in(path)
 }
 
 fn lines(path: &Path) -> usize {

@@ -47,23 +47,8 @@ fn pipeline_yaml(group: &str, results: &std::path::Path) -> String {
     )
 }
 
-/// Window results in a file, deduplicated by (key, window_start) as a sink consumer would:
-/// a replay after a crash repeats a result with the same value, never a different one.
 fn results(path: &std::path::Path) -> BTreeMap<(String, String), u64> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let mut out: BTreeMap<(String, String), u64> = BTreeMap::new();
-    for line in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).expect("result is JSON");
-        let key = (
-            v["key"]["level"].as_str().unwrap_or("").to_owned(),
-            v["window_start"].as_str().unwrap_or("").to_owned(),
-        );
-        let count = v["count"].as_u64().expect("count");
-        if let Some(prev) = out.insert(key.clone(), count) {
-            assert_eq!(prev, count, "result for {key:?} changed between emissions");
-        }
-    }
-    out
+    util::window_results_in(path)
 }
 
 /// What the results must be, computed directly from the events.

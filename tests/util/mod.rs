@@ -331,3 +331,30 @@ pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool)
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Window results of a processor (JSON lines, from a file sink or `ferry consume`), keyed by
+/// (the `level` group-by value, window start) → `count`, as a sink consumer deduplicates them:
+/// a result repeated after a crash must repeat the same count (asserted). A last line without
+/// its newline is still being written (or torn by a kill -9, and cut by the next start): not a
+/// result yet.
+pub fn window_results(text: &str) -> std::collections::BTreeMap<(String, String), u64> {
+    let mut out = std::collections::BTreeMap::new();
+    let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+    for line in complete.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("result is JSON");
+        let key = (
+            v["key"]["level"].as_str().unwrap_or("").to_owned(),
+            v["window_start"].as_str().unwrap_or("").to_owned(),
+        );
+        let count = v["count"].as_u64().expect("count");
+        if let Some(prev) = out.insert(key.clone(), count) {
+            assert_eq!(prev, count, "result for {key:?} changed between emissions");
+        }
+    }
+    out
+}
+
+/// [`window_results`] of a file (empty if it does not exist yet).
+pub fn window_results_in(path: &Path) -> std::collections::BTreeMap<(String, String), u64> {
+    window_results(&std::fs::read_to_string(path).unwrap_or_default())
+}

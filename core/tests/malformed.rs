@@ -34,6 +34,24 @@ fn reseal(buf: &mut [u8]) {
     buf[28..32].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// A sealed batch of one record, codec `codec_id`, whose header claims 1 KiB decompressed
+/// whatever `payload` really inflates to.
+fn one_record_claiming_1kib(codec_id: u8, payload: &[u8]) -> Vec<u8> {
+    let mut enc = Vec::new();
+    enc.extend_from_slice(b"FRYB");
+    enc.push(1);
+    enc.push(codec_id);
+    enc.extend_from_slice(&0u16.to_le_bytes());
+    enc.extend_from_slice(&1u32.to_le_bytes());
+    enc.extend_from_slice(&1024u32.to_le_bytes());
+    enc.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    enc.extend_from_slice(&0i64.to_le_bytes());
+    enc.extend_from_slice(&0u32.to_le_bytes());
+    enc.extend_from_slice(payload);
+    reseal(&mut enc);
+    enc
+}
+
 fn limits() -> DecodeLimits {
     DecodeLimits::default()
 }
@@ -151,18 +169,7 @@ fn gzip_bomb_inflating_past_its_declared_length() {
         gz.write_all(&zeros).unwrap();
     }
     let payload = gz.finish().unwrap();
-    let mut enc = Vec::new();
-    enc.extend_from_slice(b"FRYB");
-    enc.push(1);
-    enc.push(1); // gzip
-    enc.extend_from_slice(&0u16.to_le_bytes());
-    enc.extend_from_slice(&1u32.to_le_bytes());
-    enc.extend_from_slice(&1024u32.to_le_bytes());
-    enc.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    enc.extend_from_slice(&0i64.to_le_bytes());
-    enc.extend_from_slice(&0u32.to_le_bytes());
-    enc.extend_from_slice(&payload);
-    reseal(&mut enc);
+    let enc = one_record_claiming_1kib(1, &payload); // gzip
     let started = std::time::Instant::now();
     assert_eq!(
         err(enc),
@@ -277,17 +284,6 @@ fn lz4_bomb_expanding_past_its_declared_length() {
     // 64 MiB of zeros is a tiny LZ4 block; the header claims 1 KiB. Decoding writes into a
     // buffer of exactly the declared size, so this fails without allocating 64 MiB.
     let payload = lz4_flex::block::compress(&vec![0u8; 64 << 20]);
-    let mut enc = Vec::new();
-    enc.extend_from_slice(b"FRYB");
-    enc.push(1);
-    enc.push(2); // lz4
-    enc.extend_from_slice(&0u16.to_le_bytes());
-    enc.extend_from_slice(&1u32.to_le_bytes());
-    enc.extend_from_slice(&1024u32.to_le_bytes());
-    enc.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    enc.extend_from_slice(&0i64.to_le_bytes());
-    enc.extend_from_slice(&0u32.to_le_bytes());
-    enc.extend_from_slice(&payload);
-    reseal(&mut enc);
+    let enc = one_record_claiming_1kib(2, &payload); // lz4
     assert!(matches!(err(enc), WireError::Decompress(_)));
 }

@@ -8,6 +8,7 @@
 //! - [`telemetry`]: `tracing` to stderr and the process's Prometheus registry.
 //! - [`shutdown`]: the drain signal every long-lived loop listens to.
 
+pub mod backoff;
 pub mod batch;
 pub mod client;
 pub mod config;

@@ -36,6 +36,7 @@ use crate::pipeline::{Emission, PartitionId, Pipeline};
 use crate::runner::{FIRST_BACKOFF, MAX_BACKOFF, RunnerError, RunnerOptions, RunnerReport};
 use crate::sink::{Outputs, SinkError, TopicProducer};
 use bytes::Bytes;
+use ferry_core::backoff::Backoff;
 use ferry_core::record::Record;
 use ferry_core::shutdown::Shutdown;
 use ferry_kafka::{KafkaConfig, KafkaSink, StartPosition, mapping};
@@ -216,7 +217,7 @@ fn start_and_drive(
             w.checkpoints.topic().to_owned(),
         )
     };
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
     loop {
         let ready = {
             let w = ctx.worker();
@@ -227,10 +228,9 @@ fn start_and_drive(
             Err(e) => {
                 tracing::warn!(pipeline = name, error = %ferry_core::error_chain(&e), "checkpoint topic not ready; retrying");
                 metrics::counter!("ferry_processor_retries_total").increment(1);
-                if !ctx.worker().sleep(jitter(backoff), None) {
+                if !ctx.worker().sleep(backoff.next_delay(), None) {
                     return Ok(RunnerReport::default());
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }
@@ -418,7 +418,7 @@ struct Worker {
     out: Vec<Emission>,
     last_tick: Instant,
     next_checkpoint: Instant,
-    checkpoint_backoff: Duration,
+    checkpoint_backoff: Backoff,
     /// A sink failure that ends the run, set wherever it happens (also inside the callback).
     fatal: Option<RunnerError>,
     report: RunnerReport,
@@ -456,7 +456,7 @@ impl Worker {
             checkpoints,
             out: Vec::new(),
             last_tick: Instant::now(),
-            checkpoint_backoff: FIRST_BACKOFF,
+            checkpoint_backoff: Backoff::new(FIRST_BACKOFF, MAX_BACKOFF),
             fatal: None,
             report: RunnerReport::default(),
         }
@@ -546,14 +546,13 @@ impl Worker {
         match self.checkpoint(consumer, None, CommitMode::Async, None) {
             Ok(_) => {
                 self.next_checkpoint = Instant::now() + self.opts.checkpoint_interval;
-                self.checkpoint_backoff = FIRST_BACKOFF;
+                self.checkpoint_backoff.reset();
                 self.update_lag();
             }
             Err(e) => {
                 tracing::warn!(pipeline = self.cfg.name, error = %ferry_core::error_chain(&e), "checkpoint not stored; retrying");
                 self.checkpoint_errors.increment(1);
-                self.next_checkpoint = Instant::now() + jitter(self.checkpoint_backoff);
-                self.checkpoint_backoff = (self.checkpoint_backoff * 2).min(MAX_BACKOFF);
+                self.next_checkpoint = Instant::now() + self.checkpoint_backoff.next_delay();
             }
         }
     }
@@ -562,7 +561,7 @@ impl Worker {
     /// backoff until it does, until `deadline` if given, else until shutdown; one that cannot
     /// sets `fatal`. Returns whether everything was written.
     fn flush(&mut self, deadline: Option<Instant>) -> bool {
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
         while !self.out.is_empty() {
             let r = self.rt.block_on(self.outputs.write(&self.out));
             match r {
@@ -574,10 +573,9 @@ impl Worker {
                         Some(d) => Instant::now() >= d,
                         None => self.shutdown.is_triggered(),
                     };
-                    if give_up || !self.sleep(jitter(backoff), deadline) {
+                    if give_up || !self.sleep(backoff.next_delay(), deadline) {
                         return false;
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
                 Err(source) => {
                     self.fatal.get_or_insert(RunnerError::Sink {
@@ -792,7 +790,7 @@ impl Worker {
             StartAt::Timestamp(t) => {
                 let mut q = TopicPartitionList::new();
                 let _ = q.add_partition_offset(topic, partition, Offset::Offset(t));
-                let mut backoff = FIRST_BACKOFF;
+                let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
                 loop {
                     match consumer.offsets_for_times(q.clone(), Duration::from_secs(10)) {
                         Ok(r) => {
@@ -804,8 +802,7 @@ impl Worker {
                         }
                         Err(e) if !self.shutdown.is_triggered() => {
                             tracing::warn!(pipeline = self.cfg.name, topic, partition, error = %e, "offset lookup by time failed; retrying");
-                            self.sleep(jitter(backoff), None);
-                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                            self.sleep(backoff.next_delay(), None);
                         }
                         Err(_) => return Offset::End,
                     }
@@ -816,17 +813,16 @@ impl Worker {
 
     /// Reads checkpoints, retrying (a broker outage) until it works or shutdown.
     fn load_retrying(&self, keys: &[String]) -> Option<std::collections::HashMap<String, Vec<u8>>> {
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
         loop {
             match self.checkpoints.load(keys) {
                 Ok(m) => return Some(m),
                 Err(e) => {
                     tracing::warn!(pipeline = self.cfg.name, error = %ferry_core::error_chain(&e), "checkpoints not readable; retrying");
                     self.retries.increment(1);
-                    if self.shutdown.is_triggered() || !self.sleep(jitter(backoff), None) {
+                    if self.shutdown.is_triggered() || !self.sleep(backoff.next_delay(), None) {
                         return None;
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }
@@ -851,7 +847,7 @@ impl Worker {
                 .increment(held.len() as u64);
         } else {
             let deadline = Instant::now() + HANDOVER_DEADLINE;
-            let mut backoff = FIRST_BACKOFF;
+            let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
             loop {
                 match self.checkpoint(consumer, Some(&held), CommitMode::Sync, Some(deadline)) {
                     Ok(n) => {
@@ -862,13 +858,12 @@ impl Worker {
                         self.checkpoint_errors.increment(1);
                         let retry = matches!(e, CheckpointFailure::Store(_))
                             && self.fatal.is_none()
-                            && self.sleep(jitter(backoff), Some(deadline));
+                            && self.sleep(backoff.next_delay(), Some(deadline));
                         if !retry {
                             tracing::error!(pipeline = self.cfg.name, partitions = ?held, error = %ferry_core::error_chain(&e), "handing partitions over without a checkpoint: their next owner restores the previous one and recomputes from there (nothing is counted twice)");
                             break;
                         }
                         tracing::warn!(pipeline = self.cfg.name, error = %ferry_core::error_chain(&e), "hand-over checkpoint failed; retrying");
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
                     }
                 }
             }
@@ -882,7 +877,7 @@ impl Worker {
     /// [`HANDOVER_DEADLINE`]), offsets committed; then the state is dropped.
     fn stop(&mut self, consumer: &BaseConsumer<SourceContext>) -> Result<(), RunnerError> {
         let deadline = Instant::now() + HANDOVER_DEADLINE;
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
         let outcome = loop {
             if self.fatal.is_some() {
                 break Err("a sink failed".to_owned());
@@ -892,7 +887,7 @@ impl Worker {
                 Err(e) => {
                     let msg = ferry_core::error_chain(&e);
                     let retry = matches!(e, CheckpointFailure::Store(_))
-                        && self.sleep(jitter(backoff), Some(deadline));
+                        && self.sleep(backoff.next_delay(), Some(deadline));
                     if !retry {
                         break Err(msg);
                     }
@@ -901,7 +896,6 @@ impl Worker {
                         error = msg,
                         "final checkpoint failed; retrying"
                     );
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         };
@@ -916,9 +910,4 @@ impl Worker {
             ),
         })
     }
-}
-
-/// A wait drawn from [d/2, d].
-fn jitter(d: Duration) -> Duration {
-    d / 2 + d.mul_f64(rand::random::<f64>() / 2.0)
 }

@@ -23,6 +23,7 @@ use crate::config::{PipelineConfig, StartAt};
 use crate::pipeline::{Emission, PartitionId, Pipeline};
 use crate::sink::{Outputs, SinkError, TopicProducer};
 use bytes::Bytes;
+use ferry_core::backoff::Backoff;
 use ferry_core::client::{ClientError, CollectorClient};
 use ferry_core::consumer::{Consumer, ConsumerConfig, StartPosition};
 use ferry_core::shutdown::Shutdown;
@@ -254,19 +255,18 @@ impl Runner {
             last_tick: Instant::now(),
             last_checkpoint: Instant::now(),
         };
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
         while !shutdown.is_triggered() {
             match self.step(opts, shutdown, &mut turn).await {
-                Ok(()) => backoff = FIRST_BACKOFF,
+                Ok(()) => backoff.reset(),
                 Err(e) if e.is_retryable() => {
-                    let wait = backoff / 2 + backoff.mul_f64(rand::random::<f64>() / 2.0);
+                    let wait = backoff.next_delay();
                     tracing::warn!(pipeline = self.cfg.name, error = %ferry_core::error_chain(&e), ?wait, "collector unavailable; retrying");
                     metrics::counter!("ferry_processor_retries_total").increment(1);
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = shutdown.wait() => break,
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
                 Err(e) => return Err(e),
             }

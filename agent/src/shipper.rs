@@ -86,9 +86,6 @@ fn pending(prev: Option<&Predecessor>) -> bool {
     prev.is_some_and(|rx| !*rx.borrow() && rx.has_changed().is_ok())
 }
 
-/// Longest wait for a predecessor after an "out of order" answer before trying again anyway.
-const ORDER_WAIT: Duration = Duration::from_secs(1);
-
 /// What a delivery knows of its file's other deliveries.
 #[derive(Debug, Default)]
 pub struct Lane {
@@ -188,15 +185,13 @@ pub async fn deliver<O: Output>(
                     stats.out_of_order.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("ferry_agent_out_of_order_total").increment(1);
                     match prev.as_mut() {
+                        // Wait for the predecessor, then send again without `after`.
                         Some(rx) if pending(Some(rx)) => {
-                            // Wait for the predecessor, then send again (without `after` if
-                            // it is done with by then).
-                            let _ =
-                                tokio::time::timeout(ORDER_WAIT, rx.wait_for(|done| *done)).await;
+                            let _ = rx.wait_for(|done| *done).await;
                         }
+                        // Only a batch sent with `after` is answered so: a stray one is
+                        // retried like a retryable error.
                         _ => {
-                            // Only a batch sent with `after` is answered so; treat a stray one
-                            // as a retryable error.
                             result.retries += 1;
                             tracing::warn!(topic, %reason, "out of order without a predecessor in flight; retrying");
                             tokio::time::sleep(backoff.next_delay().min(policy.max)).await;
@@ -307,7 +302,7 @@ struct FileFlights {
     /// Resolves when the most recently dispatched batch is done with: the next one's
     /// predecessor.
     last: Option<Predecessor>,
-    /// See [`Lane::congested`]; kept for the file's life in the shipper.
+    /// See [`Lane::congested`]; kept while the file has batches in flight.
     congested: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -438,43 +433,28 @@ impl<O: Output> Shipper<O> {
                         }
                         return;
                     }
-                    let Some(Shipment::Batch {
-                        input,
-                        state,
-                        first_offset,
-                        end_offset,
-                        records,
-                        encoded,
-                    }) = self.queues.get_mut(&key).and_then(VecDeque::pop_front)
-                    else {
-                        return;
-                    };
-                    self.dispatch(
-                        key,
-                        input,
-                        state,
-                        first_offset,
-                        end_offset,
-                        records,
-                        encoded,
-                    );
+                    if let Some(batch) = self.queues.get_mut(&key).and_then(VecDeque::pop_front) {
+                        self.dispatch(key, batch);
+                    }
                 }
             }
         }
         self.queues.remove(&key);
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn dispatch(
-        &mut self,
-        key: FileKey,
-        input: usize,
-        state: FileState,
-        first_offset: u64,
-        end_offset: u64,
-        records: u32,
-        encoded: Result<Bytes, String>,
-    ) {
+    /// Starts delivering `batch` (a [`Shipment::Batch`]) of file `key`.
+    fn dispatch(&mut self, key: FileKey, batch: Shipment) {
+        let Shipment::Batch {
+            input,
+            state,
+            first_offset,
+            end_offset,
+            records,
+            encoded,
+        } = batch
+        else {
+            return;
+        };
         let file = self.flights.entry(key).or_default();
         let seq = file.next_seq;
         file.next_seq += 1;

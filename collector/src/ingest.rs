@@ -5,8 +5,9 @@
 //!    which become batches without an origin. Every batch is fully verified before anything is
 //!    stored; a bad body is refused whole.
 //! 2. **Route**: when no rule looks at the topic and it has no key field, a batch goes as
-//!    received (compressed with `store_codec` if it came uncompressed) to one partition (chosen by its origin, so one file's lines stay in order and
-//!    replays meet their dedup mark). Otherwise each record is routed and partitioned, and each
+//!    received (compressed with `store_codec` if it came uncompressed) to one partition
+//!    (chosen by its origin, so one file's lines stay in order and replays meet their dedup
+//!    mark). Otherwise each record is routed and partitioned, and each
 //!    destination gets a sub-batch that keeps origin offsets (see `Batch::encode_subset`).
 //! 3. **Admit**: topics are created if allowed; a topic at its `max_records` refuses the whole
 //!    request (429) before anything is stored.
@@ -236,12 +237,7 @@ impl Ingest {
         let records: u64 = items.iter().map(|(_, b)| b.records.len() as u64).sum();
         // A request that may wait for its predecessor does not hold the topic's pending slot
         // while it waits: the predecessor may need that slot to arrive.
-        let _pending = if ordered.is_some() {
-            drop(pending);
-            None
-        } else {
-            Some(pending)
-        };
+        let _pending = ordered.is_none().then_some(pending);
         if let Backend::Kafka(kafka) = &self.backend {
             if let Some((key, after)) = &ordered {
                 self.wait_landed(key, *after).await?;

@@ -491,14 +491,14 @@ impl Store {
         let (reply, rx) = oneshot::channel();
         self.inner
             .tx
-            .send(writer::Request::Append {
+            .send(writer::Request::Append(writer::Append {
                 part,
                 header,
                 batch,
                 after,
                 reply,
                 permit,
-            })
+            }))
             .map_err(|_| StoreError::Closed)?;
         let out = rx.await.map_err(|_| StoreError::Closed)?;
         metrics::histogram!("ferry_store_append_seconds").record(started.elapsed().as_secs_f64());

@@ -36,16 +36,25 @@ const MAX_SYNC_THREADS: usize = 16;
 /// How long a batch waits for its predecessor before it is refused as out of order.
 pub(crate) const PARK_WAIT: Duration = Duration::from_secs(1);
 
+/// One append on its way to the writer.
+pub(crate) struct Append {
+    pub part: Arc<Partition>,
+    pub header: BatchHeader,
+    pub batch: Bytes,
+    /// Store only if the origin's records up to this offset are stored or staged.
+    pub after: Option<u64>,
+    pub reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+    pub permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Append {
+    fn origin(&self) -> Option<&ferry_core::record::OriginKey> {
+        self.header.origin.as_ref().map(|o| &o.key)
+    }
+}
+
 pub(crate) enum Request {
-    Append {
-        part: Arc<Partition>,
-        header: BatchHeader,
-        batch: Bytes,
-        /// Store only if the origin's records up to this offset are stored or staged.
-        after: Option<u64>,
-        reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
-        permit: tokio::sync::OwnedSemaphorePermit,
-    },
+    Append(Append),
     /// Write and fsync everything, answer, and stop.
     Close {
         parts: Vec<Arc<Partition>>,
@@ -57,19 +66,10 @@ type CloseRequest = (Vec<Arc<Partition>>, oneshot::Sender<Result<(), StoreError>
 
 /// An append waiting for its predecessor (see the module docs).
 struct Parked {
-    part: Arc<Partition>,
-    header: BatchHeader,
-    batch: Bytes,
+    append: Append,
+    /// The append's `after`.
     after: u64,
-    reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
-    permit: tokio::sync::OwnedSemaphorePermit,
     deadline: Instant,
-}
-
-impl Parked {
-    fn origin(&self) -> Option<&ferry_core::record::OriginKey> {
-        self.header.origin.as_ref().map(|o| &o.key)
-    }
 }
 
 /// Appends gathered for one commit.
@@ -127,10 +127,11 @@ impl Writer {
             .partition(|p| p.deadline <= now);
         self.parked = keep;
         for p in due {
-            let high = p.origin().and_then(|k| p.part.writer().dedup.get(k));
-            metrics::counter!("ferry_store_out_of_order_total", "topic" => p.part.topic.clone())
+            let a = p.append;
+            let high = a.origin().and_then(|k| a.part.writer().dedup.get(k));
+            metrics::counter!("ferry_store_out_of_order_total", "topic" => a.part.topic.clone())
                 .increment(1);
-            let _ = p.reply.send(Err(StoreError::OutOfOrder {
+            let _ = a.reply.send(Err(StoreError::OutOfOrder {
                 after: p.after,
                 high,
             }));
@@ -139,7 +140,7 @@ impl Writer {
 
     fn refuse_parked(&mut self, err: impl Fn() -> StoreError) {
         for p in self.parked.drain(..) {
-            let _ = p.reply.send(Err(err()));
+            let _ = p.append.reply.send(Err(err()));
         }
     }
 
@@ -243,62 +244,44 @@ impl Writer {
 
     fn handle(&mut self, req: Request, group: &mut Group) {
         match req {
-            Request::Append {
-                part,
-                header,
-                batch,
-                after,
-                reply,
-                permit,
-            } => {
+            Request::Append(a) => {
                 if self.failed.load(Ordering::SeqCst) {
-                    let _ = reply.send(Err(StoreError::Closed));
+                    let _ = a.reply.send(Err(StoreError::Closed));
                     return;
                 }
-                if let (Some(after), Some(origin)) = (after, &header.origin) {
-                    let high = part.writer().dedup.get(&origin.key);
+                if let (Some(after), Some(origin)) = (a.after, a.origin()) {
+                    let high = a.part.writer().dedup.get(origin);
                     if high.is_none_or(|h| h < after) {
                         self.parked.push(Parked {
-                            part,
-                            header,
-                            batch,
+                            append: a,
                             after,
-                            reply,
-                            permit,
                             deadline: Instant::now() + PARK_WAIT,
                         });
                         return;
                     }
                 }
-                self.stage(part, header, batch, reply, permit, group);
+                self.stage(a, group);
             }
             Request::Close { parts, reply } => group.close = Some((parts, reply)),
         }
     }
 
     /// Stages one append into `group`, then any parked appends it was the predecessor of.
-    fn stage(
-        &mut self,
-        part: Arc<Partition>,
-        header: BatchHeader,
-        batch: Bytes,
-        reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
-        permit: tokio::sync::OwnedSemaphorePermit,
-        group: &mut Group,
-    ) {
-        let mut next = Some((part, header, batch, reply, permit));
-        while let Some((part, header, batch, reply, permit)) = next.take() {
-            let origin = header.origin.as_ref().map(|o| o.key.clone());
-            let len = batch.len();
+    fn stage(&mut self, append: Append, group: &mut Group) {
+        let mut next = Some(append);
+        while let Some(a) = next.take() {
+            let origin = a.origin().cloned();
+            let len = a.batch.len();
+            let part = a.part;
             let mut w = part.writer();
             match part.stage(
                 &mut w,
                 &*self.fs,
                 &self.cfg,
-                header,
-                batch,
-                reply,
-                Some(permit),
+                a.header,
+                a.batch,
+                a.reply,
+                Some(a.permit),
             ) {
                 Staged::Queued => {
                     let high = origin.as_ref().and_then(|k| w.dedup.get(k));
@@ -310,11 +293,12 @@ impl Writer {
                     // A parked follower of this origin in this partition can go now.
                     if let (Some(key), Some(high)) = (origin, high)
                         && let Some(i) = self.parked.iter().position(|p| {
-                            p.part.key == part.key && p.after <= high && p.origin() == Some(&key)
+                            p.append.part.key == part.key
+                                && p.after <= high
+                                && p.append.origin() == Some(&key)
                         })
                     {
-                        let p = self.parked.remove(i);
-                        next = Some((p.part, p.header, p.batch, p.reply, p.permit));
+                        next = Some(self.parked.remove(i).append);
                     }
                 }
                 Staged::Failed(e, reply) => {

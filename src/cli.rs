@@ -28,8 +28,19 @@ pub struct Cli {
 pub enum Command {
     /// Run collector (embedded store), agent and processor in one process on a local sample.
     Up {
-        #[arg(long, default_value = "configs/local.yaml")]
-        config: PathBuf,
+        /// A config to run instead of the built-in one (see --print-config).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Where the sample logs, the store and the checkpoints go; every relative path of the
+        /// config is taken from here.
+        #[arg(long, default_value = crate::up::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// The collector's HTTP address, instead of the config's (`127.0.0.1:0`: a free port).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Print the built-in config (or --config's file) and exit.
+        #[arg(long)]
+        print_config: bool,
         /// Stop by itself after this long (e.g. `30s`), draining as on Ctrl-C.
         #[arg(long)]
         run_for: Option<String>,
@@ -145,10 +156,7 @@ pub fn main() -> ExitCode {
         }
     };
     // Flags win over the config's `telemetry:` section, which wins over the defaults.
-    let telemetry = config_path(&cli.command)
-        .and_then(|p| crate::config::FerryConfig::load(p).ok())
-        .map(|c| c.telemetry)
-        .unwrap_or_default();
+    let telemetry = telemetry_of(&cli.command);
     ferry_core::telemetry::init_logging(
         cli.log_format.unwrap_or(telemetry.log_format),
         cli.log_level.as_deref().or(telemetry.log_level.as_deref()),
@@ -160,7 +168,14 @@ pub fn main() -> ExitCode {
                 || err
                     .downcast_ref::<ferry_core::config::ConfigError>()
                     .is_some();
-            eprintln!("ferry: {err:#}");
+            match err.downcast_ref::<ferry_core::config::ConfigError>() {
+                // Several problems: one per line, as `file:line:col: …`, then how many.
+                Some(c) if c.count() > 1 => {
+                    eprintln!("{c}");
+                    eprintln!("ferry: {} problems; nothing was started", c.count());
+                }
+                _ => eprintln!("ferry: {}", render_error(&err)),
+            }
             ExitCode::from(if usage { 2 } else { 1 })
         }
     }
@@ -225,12 +240,27 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
             })
             .await
         }
-        Command::Up { config, run_for } => {
+        Command::Up {
+            config,
+            data_dir,
+            listen,
+            print_config,
+            run_for,
+        } => {
+            if print_config {
+                return print_up_config(config.as_deref());
+            }
             let run_for = run_for
                 .map(|s| s.parse::<ferry_core::config::Duration>().map(|d| d.get()))
                 .transpose()
                 .map_err(|e| UsageError(format!("--run-for: {e}")))?;
-            crate::up::run(&config, run_for).await
+            crate::up::run(crate::up::UpArgs {
+                config,
+                data_dir: Some(data_dir),
+                listen,
+                run_for,
+            })
+            .await
         }
         Command::Processor {
             config,
@@ -297,11 +327,54 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// The config file a command reads, if any.
-fn config_path(c: &Command) -> Option<&std::path::Path> {
-    match c {
-        Command::Up { config, .. } | Command::Processor { config, .. } => Some(config),
-        Command::Collector { config, .. } | Command::Agent { config, .. } => config.as_deref(),
+/// The `telemetry:` section of the config a command reads (the built-in one for `ferry up`
+/// without --config), or the defaults. A config that does not load is reported by the command.
+fn telemetry_of(c: &Command) -> ferry_core::telemetry::TelemetryConfig {
+    use crate::config::FerryConfig;
+    let loaded = match c {
+        Command::Up { config: None, .. } => {
+            ferry_core::config::load_str::<FerryConfig>(crate::up::BUILTIN_CONFIG, "up".as_ref())
+                .ok()
+        }
+        Command::Up {
+            config: Some(p), ..
+        }
+        | Command::Processor { config: p, .. } => ferry_core::config::load_file(p).ok(),
+        Command::Collector {
+            config: Some(p), ..
+        }
+        | Command::Agent {
+            config: Some(p), ..
+        } => ferry_core::config::load_file(p).ok(),
         _ => None,
+    };
+    loaded.map(|c: FerryConfig| c.telemetry).unwrap_or_default()
+}
+
+/// `ferry up --print-config`: the config `ferry up` would run, as written.
+fn print_up_config(config: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let text = match config {
+        None => crate::up::BUILTIN_CONFIG.to_owned(),
+        Some(p) => std::fs::read_to_string(p)
+            .map_err(|e| UsageError(format!("{}: cannot read: {e}", p.display())))?,
+    };
+    print!("{text}");
+    Ok(())
+}
+
+/// An error with its causes, `: `-separated, leaving out a cause whose text the message already
+/// holds (many errors include their source's text), so nothing is said twice.
+pub fn render_error(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
     }
+    out
 }

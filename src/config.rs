@@ -7,7 +7,7 @@
 
 use ferry_agent::AgentConfig;
 use ferry_collector::CollectorConfig;
-use ferry_core::config::ConfigError;
+use ferry_core::config::{ConfigError, Problems};
 use ferry_core::telemetry::TelemetryConfig;
 use ferry_processor::config::ProcessorConfig;
 use serde::Deserialize;
@@ -35,15 +35,44 @@ pub struct FerryConfig {
 }
 
 impl FerryConfig {
-    /// Loads and validates a file: syntax and types (with file:line:col), then each section's
-    /// own rules (named by section).
+    /// Loads a file and runs every component's checks on it: a parse error stops at its
+    /// position; the checks' problems are all reported, each at its own `file:line:col`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let config: FerryConfig = ferry_core::config::load_file(path)?;
-        if let Some(c) = &config.collector {
-            c.validate()
-                .map_err(|message| section_error(path, "collector", message))?;
+        ferry_core::config::load_file_checked(path, |c: &FerryConfig, p| c.check(p))
+    }
+
+    /// [`FerryConfig::load`] on a text (the built-in `ferry up` config); `name` is for messages.
+    pub fn load_str(text: &str, name: &Path) -> Result<Self, ConfigError> {
+        ferry_core::config::load_str_checked(text, name, |c: &FerryConfig, p| c.check(p))
+    }
+
+    /// What each component checks at start, for every section present. A file with an `up:`
+    /// section is `ferry up`'s: its relative paths are taken from the data directory, as
+    /// `ferry up` does, so they are checked that way.
+    pub fn check(&self, p: &mut Problems) {
+        if let Some(c) = &self.collector {
+            p.nested("collector", |p| c.check(p));
         }
-        Ok(config)
+        if self.up.is_some() {
+            if self.agent.is_none() {
+                p.add_hint(
+                    "up",
+                    "ferry up needs an `agent:` section",
+                    "see `ferry up --print-config` for a complete one",
+                );
+            }
+            let mut placed = FerryConfig {
+                agent: self.agent.clone(),
+                up: self.up.clone(),
+                ..FerryConfig::default()
+            };
+            crate::up::place_under(&mut placed, Path::new("/ferry-data"));
+            if let Some(a) = &placed.agent {
+                p.nested("agent", |p| a.check(p));
+            }
+        } else if let Some(a) = &self.agent {
+            p.nested("agent", |p| a.check(p));
+        }
     }
 
     /// The sections present in the file, for `ferry check`'s summary.
@@ -62,21 +91,5 @@ impl FerryConfig {
             s.push("up");
         }
         s
-    }
-}
-
-/// A semantic error in a section: points at the section's line in the file.
-fn section_error(path: &Path, section: &str, message: String) -> ConfigError {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let line = text
-        .lines()
-        .position(|l| l.starts_with(&format!("{section}:")))
-        .map(|i| i as u64 + 1)
-        .unwrap_or(1);
-    ConfigError::Invalid {
-        path: path.to_owned(),
-        line,
-        column: 1,
-        message: format!("{section}: {message}"),
     }
 }

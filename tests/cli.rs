@@ -135,3 +135,77 @@ fn processor_kafka_quick_form_usage_errors() {
         "{stderr}"
     );
 }
+
+/// What parses but cannot run is reported all at once, each problem at its own file:line:col,
+/// by `ferry check` and by the component that would run the file (here `ferry agent`).
+#[test]
+fn check_reports_every_semantic_problem_with_its_position() {
+    let tmp = Dir::new("check-semantic");
+    let bad = tmp.write(
+        "agent.yaml",
+        "agent:\n\
+         \x20 inputs:\n\
+         \x20   - name: app\n\
+         \x20     include: [\"logs/app.log*\"]\n\
+         \x20     topic: app\n\
+         \x20     multiline:\n\
+         \x20       start_pattern: '^(\\d{4'\n\
+         \x20   - name: app\n\
+         \x20     include: [\"/var/log/[x.log\"]\n\
+         \x20     topic: other\n\
+         \x20 batch:\n\
+         \x20   max_records: 0\n\
+         collector:\n\
+         \x20 topics:\n\
+         \x20   orders: {partitions: 0}\n",
+    );
+    let path = bad.display().to_string();
+    let want = [
+        (4, 17, "is relative"),
+        (7, 24, "bad multiline start_pattern regex"),
+        (8, 13, "two inputs have this name"),
+        (9, 17, "bad glob"),
+        (12, 18, "max_records"),
+        (15, 26, "partitions must be at least 1"),
+    ];
+    for cmd in [
+        vec!["check", path.as_str()],
+        vec!["agent", "--config", path.as_str()],
+    ] {
+        let out = run(ferry().args(&cmd), b"", 2);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if cmd[0] == "agent" {
+            // The agent checks its own section only.
+            for (line, col, what) in want.iter().filter(|w| w.0 < 13) {
+                let at = format!("{path}:{line}:{col}: ");
+                assert!(
+                    stderr.lines().any(|l| l.contains(&at) && l.contains(what)),
+                    "ferry agent: want {at}…{what} in:\n{stderr}"
+                );
+            }
+            continue;
+        }
+        for (line, col, what) in want {
+            let at = format!("{path}:{line}:{col}: ");
+            assert!(
+                stderr.lines().any(|l| l.contains(&at) && l.contains(what)),
+                "want {at}…{what} in:\n{stderr}"
+            );
+        }
+        assert!(stderr.contains("hint: write an absolute path"), "{stderr}");
+        assert!(stderr.contains("6 problems"), "{stderr}");
+    }
+}
+
+/// An error is said once: the cause is not repeated after the message that already holds it.
+#[test]
+fn errors_do_not_repeat_their_cause() {
+    let tmp = Dir::new("check-repeat");
+    let out = run(
+        ferry().args(["up", "--config"]).arg(tmp.join("nope.yaml")),
+        b"",
+        2,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("No such file").count(), 1, "{stderr}");
+}

@@ -147,7 +147,7 @@ impl<O: Output> Agent<O> {
             let (stx, srx) = mpsc::channel(WORKER_QUEUE);
             worker_tx.push(tx);
             ship_rx.push(srx);
-            let (codec, level, pool) = (cfg.compression.codec, cfg.compression.level, pool.clone());
+            let (codec, level, pool) = (cfg.codec(), cfg.compression.level, pool.clone());
             threads.push(spawn_thread(format!("ferry-compress-{i}"), move || {
                 crate::compress::run_worker(rx, stx, codec, level, pool)
             })?);

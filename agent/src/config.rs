@@ -5,7 +5,7 @@
 //! (globs and regexes compiled once) and says, naming the input, what is wrong when it cannot.
 
 use ferry_core::batch::Codec;
-use ferry_core::config::{ByteSize, Duration};
+use ferry_core::config::{ByteSize, Duration, Problem, Problems};
 use ferry_core::record::Field;
 use ferry_kafka::{Compression, KafkaConfig, KafkaTopicConfig};
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
@@ -168,8 +168,10 @@ impl Default for BatchConfig {
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CompressionConfig {
-    /// `gzip` (the default), `lz4` (several times faster, less compact) or `none`.
-    pub codec: Codec,
+    /// `gzip`, `lz4` (several times faster, less compact) or `none`. Unset, it follows the
+    /// output: gzip over the network (collector, kafka), none for `stdout` and `null`, where a
+    /// batch would only be compressed to be decoded again.
+    pub codec: Option<Codec>,
     /// gzip level, 0-9 (lz4 has none).
     pub level: u32,
 }
@@ -177,9 +179,19 @@ pub struct CompressionConfig {
 impl Default for CompressionConfig {
     fn default() -> Self {
         Self {
-            codec: Codec::Gzip,
+            codec: None,
             level: 1,
         }
+    }
+}
+
+impl AgentConfig {
+    /// The batch codec: `compression.codec` if set, else what suits the output.
+    pub fn codec(&self) -> Codec {
+        self.compression.codec.unwrap_or(match self.output {
+            OutputConfig::Stdout | OutputConfig::Null => Codec::None,
+            OutputConfig::Collector(_) | OutputConfig::Kafka(_) => Codec::Gzip,
+        })
     }
 }
 
@@ -386,25 +398,19 @@ pub enum AgentConfigError {
         "agent: no inputs: add at least one under `agent.inputs` (or paths on the command line)"
     )]
     NoInputs,
-    #[error("agent input {input:?}: {message}")]
-    Input { input: String, message: String },
-    #[error("agent input {input:?}: bad glob {pattern:?}: {source}")]
-    Glob {
-        input: String,
-        pattern: String,
-        #[source]
-        source: globset::Error,
-    },
-    #[error("agent input {input:?}: bad multiline {which} regex {pattern:?}: {source}")]
-    Regex {
-        input: String,
-        which: &'static str,
-        pattern: String,
-        #[source]
-        source: Box<regex::Error>,
-    },
+    /// What [`AgentConfig::check`] found, every problem (paths relative to `agent:`).
+    #[error("{}", render_problems(.0))]
+    Problems(Vec<Problem>),
     #[error("agent: {0}")]
     Invalid(String),
+}
+
+fn render_problems(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("agent.{p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A multiline rule with its regex compiled.
@@ -443,27 +449,38 @@ impl CompiledInput {
     }
 }
 
-fn glob(input: &str, pattern: &str) -> Result<Glob, AgentConfigError> {
-    GlobBuilder::new(pattern)
-        .literal_separator(true)
-        .build()
-        .map_err(|source| AgentConfigError::Glob {
-            input: input.to_owned(),
-            pattern: pattern.to_owned(),
-            source,
-        })
+fn glob(pattern: &str) -> Result<Glob, globset::Error> {
+    GlobBuilder::new(pattern).literal_separator(true).build()
 }
 
-fn glob_set(input: &str, patterns: &[String]) -> Result<GlobSet, AgentConfigError> {
+/// Compiles `patterns` (the input's `key` list), recording a problem for each bad one.
+fn glob_set(input: &str, key: &str, patterns: &[String], p: &mut Problems) -> Option<GlobSet> {
     let mut b = GlobSetBuilder::new();
-    for p in patterns {
-        b.add(glob(input, p)?);
+    let mut ok = true;
+    for (i, pat) in patterns.iter().enumerate() {
+        match glob(pat) {
+            Ok(g) => {
+                b.add(g);
+            }
+            Err(e) => {
+                ok = false;
+                p.add(
+                    &format!("{key}[{i}]"),
+                    format!("input {input:?}: bad glob {pat:?}: {}", e.kind()),
+                );
+            }
+        }
     }
-    b.build().map_err(|source| AgentConfigError::Glob {
-        input: input.to_owned(),
-        pattern: patterns.join(", "),
-        source,
-    })
+    if !ok {
+        return None;
+    }
+    match b.build() {
+        Ok(set) => Some(set),
+        Err(e) => {
+            p.add(key, format!("input {input:?}: bad globs: {e}"));
+            None
+        }
+    }
 }
 
 /// The parts of `ferry agent`'s command line that configure the agent.
@@ -570,159 +587,214 @@ impl AgentConfig {
         Ok(cfg)
     }
 
-    /// Checks everything a parse cannot and compiles the inputs.
+    /// Checks everything a parse cannot and compiles the inputs; the error lists every problem.
     pub fn validate(&self) -> Result<Vec<CompiledInput>, AgentConfigError> {
         if self.inputs.is_empty() {
             return Err(AgentConfigError::NoInputs);
         }
+        let mut problems = Problems::new();
+        let inputs = self.compile(&mut problems);
+        if problems.is_empty() {
+            Ok(inputs)
+        } else {
+            Err(AgentConfigError::Problems(problems.into_vec()))
+        }
+    }
+
+    /// Records every problem of this section under paths relative to it (`inputs[0].include[1]`),
+    /// for `ferry check` and the components to report with file positions. Having no inputs is
+    /// not one: `ferry agent` may take its paths from the command line.
+    pub fn check(&self, problems: &mut Problems) {
+        let _ = self.compile(problems);
+    }
+
+    fn compile(&self, p: &mut Problems) -> Vec<CompiledInput> {
         if let Some(id) = &self.id
             && (id.is_empty() || id.len() > ferry_core::batch::MAX_AGENT_ID_LEN)
         {
-            return Err(AgentConfigError::Invalid(
-                "`id` must be 1 to 1024 bytes".to_owned(),
-            ));
+            p.add("id", "`id` must be 1 to 1024 bytes");
         }
         if self.batch.max_bytes.get() == 0 || self.batch.max_bytes.get() > (64 << 20) {
-            return Err(AgentConfigError::Invalid(
-                "`batch.max_bytes` must be between 1 byte and 64MiB".to_owned(),
-            ));
+            p.add(
+                "batch.max_bytes",
+                "`batch.max_bytes` must be between 1 byte and 64MiB",
+            );
         }
         if self.batch.max_records == 0 {
-            return Err(AgentConfigError::Invalid(
-                "`batch.max_records` must be at least 1".to_owned(),
-            ));
+            p.add(
+                "batch.max_records",
+                "`batch.max_records` must be at least 1",
+            );
         }
         if self.compression.level > 9 {
-            return Err(AgentConfigError::Invalid(format!(
-                "`compression.level` is {}, gzip levels are 0 to 9",
-                self.compression.level
-            )));
+            p.add_hint(
+                "compression.level",
+                format!(
+                    "`compression.level` is {}, gzip levels are 0 to 9",
+                    self.compression.level
+                ),
+                "1 is fast, 6 is compact",
+            );
         }
         if self.buffer_bytes.get() < self.batch.max_bytes.get() {
-            return Err(AgentConfigError::Invalid(format!(
-                "`buffer_bytes` ({}) must be at least `batch.max_bytes` ({})",
-                self.buffer_bytes, self.batch.max_bytes
-            )));
+            p.add(
+                "buffer_bytes",
+                format!(
+                    "`buffer_bytes` ({}) must be at least `batch.max_bytes` ({})",
+                    self.buffer_bytes, self.batch.max_bytes
+                ),
+            );
         }
         if self.read_budget_bytes.get() == 0 {
-            return Err(AgentConfigError::Invalid(
-                "`read_budget_bytes` must be at least 1".to_owned(),
-            ));
+            p.add(
+                "read_budget_bytes",
+                "`read_budget_bytes` must be at least 1",
+            );
         }
         if self.rescan_interval.get().is_zero() {
-            return Err(AgentConfigError::Invalid(
-                "`rescan_interval` must be more than 0".to_owned(),
-            ));
+            p.add("rescan_interval", "`rescan_interval` must be more than 0");
         }
         if self.max_in_flight == 0 {
-            return Err(AgentConfigError::Invalid(
-                "`max_in_flight` must be at least 1".to_owned(),
-            ));
+            p.add("max_in_flight", "`max_in_flight` must be at least 1");
         }
         if self.max_in_flight_per_file == 0 {
-            return Err(AgentConfigError::Invalid(
-                "`max_in_flight_per_file` must be at least 1".to_owned(),
-            ));
+            p.add(
+                "max_in_flight_per_file",
+                "`max_in_flight_per_file` must be at least 1",
+            );
         }
-        if let OutputConfig::Kafka(k) = &self.output {
-            k.validate()
-                .map_err(|e| AgentConfigError::Invalid(format!("output: {e}")))?;
+        if let OutputConfig::Kafka(k) = &self.output
+            && let Err(e) = k.validate()
+        {
+            p.add("output", format!("output: {e}"));
         }
         if let OutputConfig::Collector(c) = &self.output {
             if c.urls.is_empty() {
-                return Err(AgentConfigError::Invalid(
-                    "`output.urls` is empty: give at least one collector URL".to_owned(),
-                ));
+                p.add_hint(
+                    "output.urls",
+                    "`output.urls` is empty",
+                    "give at least one collector URL, e.g. http://127.0.0.1:7070",
+                );
             }
-            for u in &c.urls {
-                let parsed = reqwest::Url::parse(u).map_err(|e| {
-                    AgentConfigError::Invalid(format!(
-                        "collector URL {u:?} does not parse ({e}); write e.g. http://127.0.0.1:7070"
-                    ))
-                })?;
-                if parsed.scheme() != "http" {
-                    return Err(AgentConfigError::Invalid(format!(
-                        "collector URL {u:?}: only http:// is supported by this build"
-                    )));
+            for (i, u) in c.urls.iter().enumerate() {
+                let at = format!("output.urls[{i}]");
+                match reqwest::Url::parse(u) {
+                    Err(e) => p.add_hint(
+                        &at,
+                        format!("collector URL {u:?} does not parse ({e})"),
+                        "write e.g. http://127.0.0.1:7070",
+                    ),
+                    Ok(parsed) if parsed.scheme() != "http" => p.add(
+                        &at,
+                        format!("collector URL {u:?}: only http:// is supported by this build"),
+                    ),
+                    Ok(_) => {}
                 }
             }
         }
         let mut names = std::collections::HashSet::new();
-        self.inputs.iter().map(|i| i.compile(&mut names)).collect()
+        let mut compiled = Vec::with_capacity(self.inputs.len());
+        for (i, input) in self.inputs.iter().enumerate() {
+            if let Some(c) = p.nested(&format!("inputs[{i}]"), |p| input.compile(&mut names, p)) {
+                compiled.push(c);
+            }
+        }
+        compiled
     }
 }
 
 impl InputConfig {
+    /// Compiles globs and regexes, recording every problem; `None` if there was one.
     fn compile(
         &self,
         names: &mut std::collections::HashSet<String>,
-    ) -> Result<CompiledInput, AgentConfigError> {
-        let bad = |message: String| AgentConfigError::Input {
-            input: self.name.clone(),
-            message,
-        };
+        p: &mut Problems,
+    ) -> Option<CompiledInput> {
+        let before = p.len();
+        let me = &self.name;
         if self.name.is_empty() {
-            return Err(AgentConfigError::Invalid(
-                "an input has an empty `name`".to_owned(),
-            ));
-        }
-        if !names.insert(self.name.clone()) {
-            return Err(bad("two inputs have this name".to_owned()));
+            p.add("name", "an input has an empty `name`");
+        } else if !names.insert(self.name.clone()) {
+            p.add("name", format!("input {me:?}: two inputs have this name"));
         }
         if self.include.is_empty() {
-            return Err(bad("`include` is empty: give at least one glob".to_owned()));
+            p.add_hint(
+                "include",
+                format!("input {me:?}: `include` is empty"),
+                "give at least one glob, e.g. /var/log/app/*.log",
+            );
         }
-        for p in &self.include {
-            if !Path::new(p).is_absolute() {
-                return Err(bad(format!(
-                    "include glob {p:?} is relative; write an absolute path"
-                )));
+        for (i, g) in self.include.iter().enumerate() {
+            if !Path::new(g).is_absolute() {
+                p.add_hint(
+                    &format!("include[{i}]"),
+                    format!("input {me:?}: include glob {g:?} is relative"),
+                    "write an absolute path (the agent may run from any directory)",
+                );
             }
         }
         if self.topic.is_empty() {
-            return Err(bad("`topic` is empty".to_owned()));
+            p.add("topic", format!("input {me:?}: `topic` is empty"));
         }
         if self.max_line_bytes.get() == 0 {
-            return Err(bad("`max_line_bytes` must be at least 1".to_owned()));
+            p.add(
+                "max_line_bytes",
+                format!("input {me:?}: `max_line_bytes` must be at least 1"),
+            );
         }
-        let multiline = match &self.multiline {
-            None => None,
-            Some(m) => {
-                let compile = |which: &'static str, pattern: &str| {
-                    Regex::new(pattern).map_err(|e| AgentConfigError::Regex {
-                        input: self.name.clone(),
-                        which,
-                        pattern: pattern.to_owned(),
-                        source: Box::new(e),
-                    })
+        let multiline = self.multiline.as_ref().and_then(|m| {
+            p.nested("multiline", |p| {
+                let mut compile = |which: &'static str, pattern: &str| {
+                    Regex::new(pattern)
+                        .map_err(|e| {
+                            p.add(
+                                which,
+                                format!(
+                                    "input {me:?}: bad multiline {which} regex {pattern:?}: {}",
+                                    one_line(&e.to_string())
+                                ),
+                            )
+                        })
+                        .ok()
                 };
                 let mode = match (&m.start_pattern, &m.continuation_pattern) {
-                    (Some(s), None) => MultilineMode::Start(compile("start_pattern", s)?),
+                    (Some(s), None) => compile("start_pattern", s).map(MultilineMode::Start),
                     (None, Some(c)) => {
-                        MultilineMode::Continuation(compile("continuation_pattern", c)?)
+                        compile("continuation_pattern", c).map(MultilineMode::Continuation)
                     }
                     _ => {
-                        return Err(bad(
-                            "multiline needs exactly one of `start_pattern` or `continuation_pattern`"
-                                .to_owned(),
-                        ));
+                        p.add(
+                            "",
+                            format!(
+                                "input {me:?}: multiline needs exactly one of `start_pattern` or `continuation_pattern`"
+                            ),
+                        );
+                        None
                     }
                 };
                 if m.max_lines == 0 {
-                    return Err(bad("`multiline.max_lines` must be at least 1".to_owned()));
+                    p.add(
+                        "max_lines",
+                        format!("input {me:?}: `multiline.max_lines` must be at least 1"),
+                    );
                 }
-                Some(MultilineRule {
+                mode.map(|mode| MultilineRule {
                     mode,
                     max_lines: m.max_lines,
                     timeout: m.timeout.get(),
                 })
-            }
-        };
-        Ok(CompiledInput {
+            })
+        });
+        let include = glob_set(me, "include", &self.include, p);
+        let exclude = glob_set(me, "exclude", &self.exclude, p);
+        if p.len() > before {
+            return None;
+        }
+        Some(CompiledInput {
             name: self.name.clone(),
             include_patterns: self.include.clone(),
-            include: glob_set(&self.name, &self.include)?,
-            exclude: glob_set(&self.name, &self.exclude)?,
+            include: include?,
+            exclude: exclude?,
             read_from: self.read_from,
             topic: self.topic.clone(),
             fields: self
@@ -735,6 +807,16 @@ impl InputConfig {
             line_flush_timeout: self.line_flush_timeout.get(),
         })
     }
+}
+
+/// The regex crate's errors draw a multi-line picture; one line is enough next to a position.
+fn one_line(s: &str) -> String {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.chars().all(|c| c == '^' || c == ' '))
+        .last()
+        .unwrap_or(s)
+        .to_owned()
 }
 
 fn absolute(p: &str) -> String {
@@ -811,7 +893,7 @@ read_budget_bytes: 256KiB
             &cfg.output,
             OutputConfig::Collector(c) if c.mode == UrlMode::RoundRobin && c.urls.len() == 2
         ));
-        assert_eq!(cfg.compression.codec, Codec::None);
+        assert_eq!(cfg.codec(), Codec::None);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use crate::routing::RouteConfig;
 use crate::store::StoreConfig;
-use ferry_core::config::{ByteSize, Duration};
+use ferry_core::config::{ByteSize, Duration, Problems};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -170,43 +170,73 @@ impl Default for GroupsConfig {
 
 impl CollectorConfig {
     /// Checks what serde cannot: route actions, topic names, limits that contradict each other.
+    /// The error lists every problem, one per line.
     pub fn validate(&self) -> Result<(), String> {
-        crate::routing::validate(&self.routes)?;
+        let mut problems = Problems::new();
+        self.check(&mut problems);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.to_lines())
+        }
+    }
+
+    /// Records every problem under paths relative to `collector:` (for `ferry check`).
+    pub fn check(&self, p: &mut Problems) {
+        for (i, r) in self.routes.iter().enumerate() {
+            p.nested(&format!("routes[{i}]"), |p| crate::routing::check(r, p));
+        }
         for (name, t) in &self.topics {
-            ferry_core::topic::validate_name(name)?;
+            let at = format!("topics.{name}");
+            if let Err(e) = ferry_core::topic::validate_name(name) {
+                p.add(&at, e);
+            }
             if t.partitions == Some(0) {
-                return Err(format!("topic {name}: partitions must be at least 1"));
+                p.add(
+                    &format!("{at}.partitions"),
+                    format!("topic {name}: partitions must be at least 1"),
+                );
             }
         }
         match (self.backend, &self.kafka) {
-            (BackendKind::Kafka, None) => {
-                return Err("backend: kafka needs a kafka: section with at least `brokers`".into());
-            }
+            (BackendKind::Kafka, None) => p.add(
+                "backend",
+                "backend: kafka needs a kafka: section with at least `brokers`",
+            ),
             (BackendKind::Kafka, Some(k)) => {
-                k.validate()?;
-                if let Some((name, _)) = self.topics.iter().find(|(_, t)| t.max_records.is_some()) {
-                    return Err(format!(
-                        "topic {name}: max_records is a limit of the embedded store; with backend: kafka use the brokers' retention and quotas instead"
-                    ));
+                if let Err(e) = k.validate() {
+                    p.add("kafka", e);
+                }
+                for (name, _) in self.topics.iter().filter(|(_, t)| t.max_records.is_some()) {
+                    p.add_hint(
+                        &format!("topics.{name}.max_records"),
+                        format!("topic {name}: max_records is a limit of the embedded store"),
+                        "with backend: kafka use the brokers' retention and quotas instead",
+                    );
                 }
             }
-            (BackendKind::Embedded, Some(_)) => {
-                return Err(
-                    "a kafka: section is set but backend is embedded: add `backend: kafka` to store into Kafka".into(),
-                );
-            }
+            (BackendKind::Embedded, Some(_)) => p.add_hint(
+                "kafka",
+                "a kafka: section is set but backend is embedded",
+                "add `backend: kafka` to store into Kafka",
+            ),
             (BackendKind::Embedded, None) => {}
         }
         if self.default_partitions == 0 {
-            return Err("default_partitions must be at least 1".into());
+            p.add(
+                "default_partitions",
+                "default_partitions must be at least 1",
+            );
         }
         if self.limits.max_inflight_bytes < self.limits.max_body_bytes {
-            return Err(format!(
-                "limits.max_inflight_bytes ({}) is smaller than limits.max_body_bytes ({}): no request could ever be accepted",
-                self.limits.max_inflight_bytes, self.limits.max_body_bytes
-            ));
+            p.add(
+                "limits.max_inflight_bytes",
+                format!(
+                    "limits.max_inflight_bytes ({}) is smaller than limits.max_body_bytes ({}): no request could ever be accepted",
+                    self.limits.max_inflight_bytes, self.limits.max_body_bytes
+                ),
+            );
         }
-        Ok(())
     }
 }
 

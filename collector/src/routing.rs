@@ -77,22 +77,37 @@ fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
     })
 }
 
-/// Checks the rules as a whole (each has exactly one action, topics are valid names).
+/// Checks the rules as a whole (each has exactly one action, topics are valid names); the
+/// error names the first problem. [`check`] records all of them.
 pub fn validate(routes: &[RouteConfig]) -> Result<(), String> {
+    let mut p = ferry_core::config::Problems::new();
     for r in routes {
-        let actions =
-            usize::from(!r.to.is_empty()) + usize::from(!r.copy.is_empty()) + usize::from(r.drop);
-        if actions != 1 {
-            return Err(format!(
+        check(r, &mut p);
+    }
+    match p.iter().next() {
+        Some(first) => Err(first.message.clone()),
+        None => Ok(()),
+    }
+}
+
+/// Records every problem of one rule.
+pub fn check(r: &RouteConfig, p: &mut ferry_core::config::Problems) {
+    let actions =
+        usize::from(!r.to.is_empty()) + usize::from(!r.copy.is_empty()) + usize::from(r.drop);
+    if actions != 1 {
+        p.add(
+            "",
+            format!(
                 "route {:?}: give exactly one of `to`, `copy` or `drop: true`",
                 r.name
-            ));
-        }
-        for t in r.to.iter().chain(&r.copy).chain(&r.matcher.topic) {
-            ferry_core::topic::validate_name(t).map_err(|e| format!("route {:?}: {e}", r.name))?;
+            ),
+        );
+    }
+    for t in r.to.iter().chain(&r.copy).chain(&r.matcher.topic) {
+        if let Err(e) = ferry_core::topic::validate_name(t) {
+            p.add("", format!("route {:?}: {e}", r.name));
         }
     }
-    Ok(())
 }
 
 /// Where one record goes.

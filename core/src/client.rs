@@ -100,12 +100,19 @@ pub struct Fetch {
     pub batches: Vec<FetchedBatch>,
 }
 
+/// How long a request may take by default before the client gives up and says what it waited
+/// for (a fetch may take its long-poll wait on top).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A client for one collector.
 #[derive(Debug, Clone)]
 pub struct CollectorClient {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
+    /// Every request's deadline, so that a collector that accepts a connection and never
+    /// answers cannot hang a command.
+    timeout: Duration,
 }
 
 impl CollectorClient {
@@ -134,7 +141,18 @@ impl CollectorClient {
             http,
             base,
             token: None,
+            timeout: DEFAULT_REQUEST_TIMEOUT,
         })
+    }
+
+    /// Gives up on a request after `timeout` (default [`DEFAULT_REQUEST_TIMEOUT`]).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Sends `Authorization: Bearer TOKEN` with every request.
@@ -156,10 +174,32 @@ impl CollectorClient {
     }
 
     async fn send(&self, rb: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
-        let resp = rb.send().await.map_err(|e| ClientError::Transport {
+        self.send_within(rb, self.timeout).await
+    }
+
+    /// Sends with a deadline; a request that times out says what it waited for and how long.
+    async fn send_within(
+        &self,
+        rb: reqwest::RequestBuilder,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, ClientError> {
+        let req = rb.timeout(timeout).build().map_err(|e| ClientError::Url {
             url: self.base.clone(),
             message: error_chain(&e),
         })?;
+        let what = format!("{} {}", req.method(), req.url().path());
+        let resp = self
+            .http
+            .execute(req)
+            .await
+            .map_err(|e| ClientError::Transport {
+                url: self.base.clone(),
+                message: if e.is_timeout() {
+                    format!("no answer to {what} within {timeout:?}")
+                } else {
+                    error_chain(&e)
+                },
+            })?;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
@@ -279,7 +319,7 @@ impl CollectorClient {
                 wait.as_millis()
             ),
         );
-        let resp = self.send(rb).await?;
+        let resp = self.send_within(rb, wait + self.timeout).await?;
         let header = |name: &str| {
             resp.headers()
                 .get(name)

@@ -6,21 +6,25 @@
 //! `ferry check` can print it as is. Durations ("200ms", "7d") and byte sizes ("1MiB") have
 //! their own types here so that every component spells them the same way.
 
+pub use crate::problems::{Locations, Problem, Problems};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-/// A config that could not be loaded. Display gives `file:line:col: message`.
+/// A config that could not be loaded. Display gives `file:line:col: message`, one line per
+/// problem.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: cannot read: {source}")]
+    /// The I/O error is part of the message, not a `source`, so that printing the error with its
+    /// causes (`{:#}`) does not say it twice.
+    #[error("{path}: cannot read: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
+    /// The file does not parse into the schema (syntax, types, unknown keys): parsing stops here.
     #[error("{path}:{line}:{column}: {message}")]
     Invalid {
         path: PathBuf,
@@ -28,24 +32,105 @@ pub enum ConfigError {
         column: u64,
         message: String,
     },
+    /// The file parsed, and the components' checks found these problems (every one of them).
+    #[error("{}", render_located(path, problems))]
+    Problems {
+        path: PathBuf,
+        problems: Vec<LocatedProblem>,
+    },
+}
+
+/// A [`Problem`] with its place in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocatedProblem {
+    pub line: u64,
+    pub column: u64,
+    pub problem: Problem,
+}
+
+fn render_located(path: &Path, problems: &[LocatedProblem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("{}:{}:{}: {}", path.display(), p.line, p.column, p.problem))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 impl ConfigError {
-    /// Where in the file the problem is, when known.
+    /// Where in the file the (first) problem is, when known.
     pub fn location(&self) -> Option<(u64, u64)> {
         match self {
             ConfigError::Invalid { line, column, .. } => Some((*line, *column)),
+            ConfigError::Problems { problems, .. } => problems.first().map(|p| (p.line, p.column)),
             ConfigError::Io { .. } => None,
+        }
+    }
+
+    /// How many problems the error reports.
+    pub fn count(&self) -> usize {
+        match self {
+            ConfigError::Problems { problems, .. } => problems.len(),
+            _ => 1,
         }
     }
 }
 
+/// Reads, substitutes and deserializes the YAML config at `path`, then runs `check` on it; the
+/// problems `check` records are located in the text and returned all together.
+pub fn load_file_checked<T: DeserializeOwned>(
+    path: &Path,
+    check: impl FnOnce(&T, &mut Problems),
+) -> Result<T, ConfigError> {
+    let text = read(path)?;
+    load_str_checked(&text, path, check)
+}
+
+/// [`load_file_checked`] on a text; `path` is used in messages only.
+pub fn load_str_checked<T: DeserializeOwned>(
+    text: &str,
+    path: &Path,
+    check: impl FnOnce(&T, &mut Problems),
+) -> Result<T, ConfigError> {
+    let value: T = load_str(text, path)?;
+    let mut problems = Problems::new();
+    check(&value, &mut problems);
+    if problems.is_empty() {
+        return Ok(value);
+    }
+    // Locate in the substituted text, the one that was parsed (lines are the same).
+    let substituted =
+        substitute_env(text, &|name| std::env::var(name).ok()).unwrap_or_else(|_| text.to_owned());
+    let locations = Locations::of(&substituted);
+    let mut located: Vec<LocatedProblem> = problems
+        .into_vec()
+        .into_iter()
+        .map(|problem| {
+            let (line, column) = locations.find(&problem.path);
+            LocatedProblem {
+                line,
+                column,
+                problem,
+            }
+        })
+        .collect();
+    // In file order, as a reader goes through them.
+    located.sort_by_key(|p| (p.line, p.column));
+    Err(ConfigError::Problems {
+        path: path.to_owned(),
+        problems: located,
+    })
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|error| ConfigError::Io {
+        path: path.to_owned(),
+        error,
+    })
+}
+
 /// Reads, substitutes and deserializes the YAML config at `path`.
 pub fn load_file<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text = read(path)?;
     load_str(&text, path)
 }
 

@@ -5,6 +5,7 @@
 //!   travel from agent to collector and rest in the embedded store; its decoder never panics.
 //! - [`config`]: YAML loading with `${ENV}` substitution, durations, byte sizes, and errors
 //!   that name `file:line:col`.
+//! - [`problems`]: every problem a component's checks find after parsing, located in the file.
 //! - [`telemetry`]: `tracing` to stderr and the process's Prometheus registry.
 //! - [`shutdown`]: the drain signal every long-lived loop listens to.
 
@@ -14,6 +15,7 @@ pub mod client;
 pub mod config;
 pub mod consumer;
 pub mod fetch;
+pub mod problems;
 pub mod record;
 pub mod shutdown;
 pub mod telemetry;

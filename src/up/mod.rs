@@ -29,34 +29,104 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// The topic the pipelines of `configs/local.yaml` write their results to, which the live table
+/// The topic the pipelines of the built-in config write their results to, which the live table
 /// reads back through the collector like any consumer.
 pub const RESULTS_TOPIC: &str = "results";
 
+/// `ferry up`'s built-in config: configs/local.yaml, compiled in, so `ferry up` needs no file
+/// around it (`ferry up --print-config` prints it).
+pub const BUILTIN_CONFIG: &str = include_str!("../../configs/local.yaml");
+
+/// Where `ferry up` keeps its data when `--data-dir` is not given, relative to where it runs.
+pub const DEFAULT_DATA_DIR: &str = "ferry-data";
+
+/// What `ferry up` was asked to run.
+#[derive(Debug, Clone, Default)]
+pub struct UpArgs {
+    /// A config that replaces the built-in one.
+    pub config: Option<PathBuf>,
+    /// Every relative path of the config is taken from here.
+    pub data_dir: Option<PathBuf>,
+    /// Replaces `collector.listen` (e.g. `127.0.0.1:0` for a free port).
+    pub listen: Option<String>,
+    /// Stop by itself after this long, draining as on Ctrl-C (for tests and demos).
+    pub run_for: Option<Duration>,
+}
+
+/// The config `ferry up` runs: `--config FILE`, or the built-in one.
+pub fn load_config(args: &UpArgs) -> Result<FerryConfig, ferry_core::config::ConfigError> {
+    match &args.config {
+        Some(path) => FerryConfig::load(path),
+        None => FerryConfig::load_str(BUILTIN_CONFIG, Path::new("<built-in ferry up config>")),
+    }
+}
+
+/// Makes every relative path of `ferry up`'s sections absolute under `data_dir`: the sample
+/// logs, the collector's and the agent's data directories, and the agent's globs. `ferry check`
+/// runs the same on a placeholder directory, so it checks what `ferry up` will run.
+pub fn place_under(file: &mut FerryConfig, data_dir: &Path) {
+    let under = |p: &mut PathBuf| {
+        if p.is_relative() {
+            *p = data_dir.join(&*p);
+        }
+    };
+    let up = file.up.get_or_insert_with(UpConfig::default);
+    under(&mut up.generator.dir);
+    if let Some(c) = &mut file.collector {
+        under(&mut c.data_dir);
+    }
+    if let Some(a) = &mut file.agent {
+        under(&mut a.data_dir);
+        for input in &mut a.inputs {
+            for g in input.include.iter_mut().chain(input.exclude.iter_mut()) {
+                if Path::new(g.as_str()).is_relative() {
+                    *g = data_dir.join(&*g).display().to_string();
+                }
+            }
+        }
+    }
+}
+
 /// Runs collector, agent, processor and the sample generator in one process, printing live
-/// window results until SIGINT/SIGTERM (or `run_for`, for tests), then drains in order:
-/// generator, agent (flush and checkpoint), processor (checkpoint), collector (fsync).
-pub async fn run(config_path: &Path, run_for: Option<Duration>) -> anyhow::Result<()> {
+/// window results until SIGINT/SIGTERM (or `run_for`), then drains in order: the generator
+/// stops; the agent (stop reading, ship, checkpoint) and the processor (close, sink, checkpoint)
+/// drain side by side while the collector still serves them; then the collector stops
+/// accepting, finishes what is in flight and fsyncs. A second signal exits at once.
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     ferry_core::telemetry::install_metrics();
-    let file = FerryConfig::load(config_path)?;
+    let mut file = load_config(&args)?;
+    let cwd = std::env::current_dir().context("reading the current directory")?;
+    let data_dir = cwd.join(
+        args.data_dir
+            .as_deref()
+            .unwrap_or(Path::new(DEFAULT_DATA_DIR)),
+    );
+    place_under(&mut file, &data_dir);
     let up = file.up.clone().unwrap_or_default();
-    let collector_cfg: CollectorConfig = file.collector.clone().unwrap_or_default();
-    let mut agent_cfg: AgentConfig = file.agent.clone().ok_or_else(|| {
-        crate::cli::UsageError(format!("{}: no `agent:` section", config_path.display()))
+    let mut collector_cfg: CollectorConfig = file.collector.clone().unwrap_or_default();
+    if let Some(listen) = &args.listen {
+        collector_cfg.listen = listen.clone();
+    }
+    let agent_cfg: AgentConfig = file.agent.clone().ok_or_else(|| {
+        crate::cli::UsageError("ferry up needs an `agent:` section in its config".to_owned())
     })?;
     let processor = file.processor.clone().unwrap_or_default();
     let checkpoint_interval = processor.checkpoint_interval.get();
     let pipelines = processor.pipelines;
-    let shutdown = Shutdown::new();
-    shutdown.on_signals();
+    // The signal only stops the table; each part has its own token so that the drain goes in
+    // order, the collector last.
+    let signals = Shutdown::new();
+    signals.on_signals();
 
     // 1. The collector, on the configured address (port 0 picks a free one).
     let collector = Collector::bind(collector_cfg).await?;
     let url = format!("http://{}", collector.local_addr());
-    let collector_task = tokio::spawn(collector.run(shutdown.child()));
+    let collector_shutdown = Shutdown::new();
+    let collector_task = tokio::spawn(collector.run(collector_shutdown.clone()));
     let client = CollectorClient::new(&url)?;
     eprintln!(
-        "ferry up: collector on {url}; sample logs in {}",
+        "ferry up: collector on {url}; data in {}; sample logs in {}",
+        data_dir.display(),
         up.generator.dir.display()
     );
 
@@ -72,15 +142,7 @@ pub async fn run(config_path: &Path, run_for: Option<Duration>) -> anyhow::Resul
     };
 
     // 3. The agent tails them into the collector.
-    let cwd = std::env::current_dir()?;
-    for input in &mut agent_cfg.inputs {
-        for g in input.include.iter_mut().chain(input.exclude.iter_mut()) {
-            if Path::new(g.as_str()).is_relative() {
-                *g = cwd.join(&*g).display().to_string();
-            }
-        }
-    }
-    agent_cfg = AgentConfig::from_quick(
+    let agent_cfg = AgentConfig::from_quick(
         Some(agent_cfg),
         &ferry_agent::QuickArgs {
             collectors: vec![url.clone()],
@@ -111,23 +173,36 @@ pub async fn run(config_path: &Path, run_for: Option<Duration>) -> anyhow::Resul
         .map(|d| d.get())
         .unwrap_or(Duration::from_secs(2));
     let started = Instant::now();
-    let table_result =
-        show_results(&client, &agent_stats, refresh, &shutdown, run_for, started).await;
+    let table_result = show_results(
+        &client,
+        &agent_stats,
+        refresh,
+        &signals,
+        args.run_for,
+        started,
+    )
+    .await;
 
-    // Drain in order: what is written is read, shipped, processed, stored.
+    // Drain in order: what is written is read and shipped, what is stored is processed and
+    // checkpointed, and only then does the collector stop.
     eprintln!("ferry up: draining…");
+    let drain_started = Instant::now();
     stop_gen.store(true, Ordering::Relaxed);
-    let generated = generator
-        .join()
+    let generated = tokio::task::spawn_blocking(move || generator.join())
+        .await
+        .context("generator thread")?
         .map_err(|_| anyhow::anyhow!("generator thread panicked"))??;
     agent_shutdown.trigger();
-    let agent_report = agent_task.await.context("agent task")??;
     proc_shutdown.trigger();
-    proc_task.await.context("processor task")??;
-    shutdown.trigger();
-    collector_task.await.context("collector task")??;
+    let (agent_done, proc_done) = tokio::join!(agent_task, proc_task);
+    collector_shutdown.trigger();
+    let collector_done = collector_task.await.context("collector task");
+    let agent_report = agent_done.context("agent task")??;
+    proc_done.context("processor task")??;
+    collector_done??;
     eprintln!(
-        "ferry up: stopped. {generated} requests generated, {} lines read, {} records acknowledged, {} files checkpointed",
+        "ferry up: stopped in {:.1}s. {generated} requests generated, {} lines read, {} records acknowledged, {} files checkpointed",
+        drain_started.elapsed().as_secs_f64(),
         agent_stats.lines_read.load(Ordering::Relaxed),
         agent_stats.records_acked.load(Ordering::Relaxed),
         agent_report.files
@@ -182,9 +257,4 @@ async fn show_results(
         }
     }
     Ok(())
-}
-
-/// `data/...` paths in the default config are relative to where `ferry up` runs.
-pub fn default_config() -> PathBuf {
-    PathBuf::from("configs/local.yaml")
 }

@@ -359,13 +359,13 @@ fn child(args: &[String]) -> Res<()> {
         output: OutputConfig::Null,
         ..Default::default()
     };
-    cfg.compression.codec = if mode.ends_with("gzip") {
+    cfg.compression.codec = Some(if mode.ends_with("gzip") {
         Codec::Gzip
     } else if mode.ends_with("lz4") {
         Codec::Lz4
     } else {
         Codec::None
-    };
+    });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -596,7 +596,7 @@ fn kafka(args: &[String]) -> Res<()> {
             ..Default::default()
         };
         // The producer compresses; the agent's own gzip would only be undone by the output.
-        cfg.compression.codec = Codec::None;
+        cfg.compression.codec = Some(Codec::None);
         let agent = Agent::new(cfg)?;
         let stats = agent.stats();
         let cpu0 = cpu_secs();

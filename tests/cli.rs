@@ -209,3 +209,41 @@ fn errors_do_not_repeat_their_cause() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.matches("No such file").count(), 1, "{stderr}");
 }
+
+/// A collector that accepts a connection and never answers cannot hang a command: the request
+/// times out (`FERRY_REQUEST_TIMEOUT`, default 30 s) and the error says what it waited for.
+#[test]
+fn a_silent_collector_times_out_with_what_was_waited_for() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    // Accept and hold connections without a byte of reply.
+    let _holder = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming().take(8) {
+            held.push(s);
+        }
+    });
+    let url = format!("http://{addr}");
+    let start = std::time::Instant::now();
+    let out = run(
+        ferry()
+            .env("FERRY_REQUEST_TIMEOUT", "1s")
+            .args(["topics", "--collector", &url]),
+        b"",
+        1,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no answer to GET /v1/topics within 1s"),
+        "{stderr}"
+    );
+    assert!(start.elapsed() < std::time::Duration::from_secs(10));
+    let out = run(
+        ferry()
+            .env("FERRY_REQUEST_TIMEOUT", "soon")
+            .args(["topics", "--collector", &url]),
+        b"",
+        2,
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("FERRY_REQUEST_TIMEOUT"));
+}

@@ -132,7 +132,8 @@ fn agent_sigterm_ships_what_it_holds_and_resumes_without_a_replay() {
     });
     terminate_cleanly(&mut agent);
     assert_eq!(stored(&url, "app"), 60_000);
-    let replayed = metric(collector.addr, "ferry_collector_records_deduplicated_total") - dedup_before;
+    let replayed =
+        metric(collector.addr, "ferry_collector_records_deduplicated_total") - dedup_before;
     assert_eq!(
         replayed, 0.0,
         "the restarted agent re-sent {replayed} acknowledged lines"

@@ -733,8 +733,8 @@ impl InputConfig {
                 );
             }
         }
-        if self.topic.is_empty() {
-            p.add("topic", format!("input {me:?}: `topic` is empty"));
+        if let Err(e) = ferry_core::topic::validate_name(&self.topic) {
+            p.add("topic", format!("input {me:?}: {e}"));
         }
         if self.max_line_bytes.get() == 0 {
             p.add(
@@ -937,6 +937,23 @@ read_budget_bytes: 256KiB
                 .unwrap_err()
                 .to_string()
                 .contains("only http://")
+        );
+    }
+
+    #[test]
+    fn compression_follows_the_output_unless_set() {
+        let codec = |yaml: &str| load(yaml).expect("config").codec();
+        assert_eq!(codec("output: {type: stdout}\n"), Codec::None);
+        assert_eq!(codec("output: {type: null}\n"), Codec::None);
+        assert_eq!(codec("output: {type: collector}\n"), Codec::Gzip);
+        assert_eq!(codec(""), Codec::Gzip);
+        assert_eq!(
+            codec("output: {type: stdout}\ncompression: {codec: gzip}\n"),
+            Codec::Gzip
+        );
+        assert_eq!(
+            codec("output: {type: collector}\ncompression: {codec: lz4}\n"),
+            Codec::Lz4
         );
     }
 

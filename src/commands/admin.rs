@@ -3,7 +3,7 @@
 use ferry_core::client::CollectorClient;
 
 fn client(url: &str) -> anyhow::Result<CollectorClient> {
-    CollectorClient::new(url).map_err(|e| crate::cli::UsageError(e.to_string()).into())
+    super::client(url)
 }
 
 pub async fn topics(url: &str, json: bool) -> anyhow::Result<()> {

@@ -1,6 +1,5 @@
 //! `ferry consume`: prints records of a topic, alone or as a member of a group.
 
-use ferry_core::client::CollectorClient;
 use ferry_core::consumer::{Consumer, ConsumerConfig, StartPosition};
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -16,8 +15,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let client =
-        CollectorClient::new(&args.collector).map_err(|e| crate::cli::UsageError(e.to_string()))?;
+    let client = super::client(&args.collector)?;
     let mut config = ConsumerConfig::new(vec![args.topic.clone()]);
     config.group = args.group.clone();
     config.start = if args.from_beginning {

@@ -39,7 +39,7 @@ pub async fn run(
         use_kafka(&mut processor.pipelines, &brokers).map_err(UsageError)?;
     }
     let url = collector.unwrap_or_else(|| DEFAULT_COLLECTOR.to_owned());
-    let client = CollectorClient::new(&url).map_err(|e| UsageError(e.to_string()))?;
+    let client = super::client(&url)?;
     let shutdown = Shutdown::new();
     shutdown.on_signals();
     if let Some(addr) = metrics_listen.or(file.telemetry.metrics_listen) {

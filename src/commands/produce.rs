@@ -13,8 +13,7 @@ const GIVE_UP_AFTER: Duration = Duration::from_secs(120);
 
 pub async fn run(collector: &str, topic: &str) -> anyhow::Result<()> {
     ferry_core::topic::validate_name(topic).map_err(crate::cli::UsageError)?;
-    let client =
-        CollectorClient::new(collector).map_err(|e| crate::cli::UsageError(e.to_string()))?;
+    let client = super::client(collector)?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     // stdin is read on a blocking thread; chunks go through a bounded channel.
     let reader = tokio::task::spawn_blocking(move || -> std::io::Result<()> {

@@ -38,18 +38,30 @@ impl FerryConfig {
     /// Loads a file and runs every component's checks on it: a parse error stops at its
     /// position; the checks' problems are all reported, each at its own `file:line:col`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        ferry_core::config::load_file_checked(path, |c: &FerryConfig, p| c.check(p))
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Io {
+            path: path.to_owned(),
+            error,
+        })?;
+        Self::load_str(&text, path)
     }
 
     /// [`FerryConfig::load`] on a text (the built-in `ferry up` config); `name` is for messages.
     pub fn load_str(text: &str, name: &Path) -> Result<Self, ConfigError> {
-        ferry_core::config::load_str_checked(text, name, |c: &FerryConfig, p| c.check(p))
+        match ferry_core::config::load_str_checked(text, name, |c: &FerryConfig, p| c.check(p)) {
+            Err(parse @ ConfigError::Invalid { .. }) => {
+                Err(every_pipeline_problem(text, name).unwrap_or(parse))
+            }
+            other => other,
+        }
     }
 
     /// What each component checks at start, for every section present. A file with an `up:`
     /// section is `ferry up`'s: its relative paths are taken from the data directory, as
     /// `ferry up` does, so they are checked that way.
     pub fn check(&self, p: &mut Problems) {
+        if let Some(pr) = &self.processor {
+            p.nested("processor", |p| pr.check(p));
+        }
         if let Some(c) = &self.collector {
             p.nested("collector", |p| c.check(p));
         }
@@ -92,4 +104,28 @@ impl FerryConfig {
         }
         s
     }
+}
+
+/// A processor pipeline's cross-key rules stop the parse at the first one; when that is what
+/// failed, the file is read again with the pipelines as written, to list every pipeline's
+/// problems at their keys. `None` when that reading fails too (the error is elsewhere).
+fn every_pipeline_problem(text: &str, name: &Path) -> Option<ConfigError> {
+    use serde::de::IgnoredAny;
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct View {
+        telemetry: Option<IgnoredAny>,
+        collector: Option<IgnoredAny>,
+        agent: Option<IgnoredAny>,
+        processor: Option<ferry_processor::config::ProcessorCheckView>,
+        up: Option<IgnoredAny>,
+    }
+    ferry_core::config::load_str_checked(text, name, |v: &View, p| {
+        if let Some(pr) = &v.processor {
+            p.nested("processor", |p| pr.check(p));
+        }
+    })
+    .err()
+    .filter(|e| matches!(e, ConfigError::Problems { .. }))
 }

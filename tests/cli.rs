@@ -247,3 +247,62 @@ fn a_silent_collector_times_out_with_what_was_waited_for() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("FERRY_REQUEST_TIMEOUT"));
 }
+
+/// Two pipelines, each with problems between its keys: every one is listed at its key.
+#[test]
+fn check_lists_every_pipeline_problem() {
+    let tmp = Dir::new("check-pipelines");
+    let bad = tmp.write(
+        "p.yaml",
+        "processor:\n\
+         \x20 pipelines:\n\
+         \x20   - name: a\n\
+         \x20     source: {topics: []}\n\
+         \x20     window: {tumbling: 10s}\n\
+         \x20     aggregates:\n\
+         \x20       - {name: count, op: count}\n\
+         \x20       - {name: count, op: count}\n\
+         \x20   - name: b\n\
+         \x20     source: {topics: [app]}\n\
+         \x20     window: {tumbling: 10s}\n\
+         \x20     max_keys: 0\n\
+         \x20     aggregates: [{name: key, op: count}]\n\
+         \x20   - name: b\n\
+         \x20     source: {topics: [app]}\n\
+         \x20     window: {tumbling: 10s}\n\
+         \x20     aggregates: [{name: n, op: count}]\n",
+    );
+    let out = run(ferry().arg("check").arg(&bad), b"", 2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let path = bad.display().to_string();
+    for (line, col, what) in [
+        (4, 24, "source.topics is empty"),
+        (8, 18, "two aggregates are named"),
+        (12, 17, "max_keys must be at least 1"),
+        (13, 27, "is reserved"),
+    ] {
+        let at = format!("{path}:{line}:{col}: ");
+        assert!(
+            stderr.lines().any(|l| l.contains(&at) && l.contains(what)),
+            "want {at}…{what} in:\n{stderr}"
+        );
+    }
+    // With the pipelines fixed, the names that repeat are the problem left.
+    let fixed = std::fs::read_to_string(&bad)
+        .expect("read")
+        .replace("topics: []", "topics: [app]")
+        .replace(
+            "- {name: count, op: count}\n        - {name: count, op: count}",
+            "- {name: count, op: count}",
+        )
+        .replace("max_keys: 0", "max_keys: 10")
+        .replace("name: key,", "name: n,");
+    let good = tmp.write("q.yaml", fixed);
+    let out = run(ferry().arg("check").arg(&good), b"", 2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{}:13:13: ", good.display()))
+            && stderr.contains("two pipelines are named \"b\""),
+        "{stderr}"
+    );
+}

@@ -2,12 +2,13 @@
 //!
 //! Everything that can be checked without running is checked while deserializing (expressions,
 //! regexes, time formats, durations, cross-field rules), so `ferry check` reports a bad pipeline
-//! as `file:line:col: message`. Rules that span several keys of one mapping are checked when
-//! that mapping ends, so their location is the end of the mapping (serde-saphyr's behaviour).
+//! as `file:line:col: message`. A pipeline's rules that span several of its keys stop the parse
+//! at the first one; [`ProcessorCheckView`] reads the pipelines as written and records every
+//! such problem at its own key, which is what `ferry check` and the components print.
 
 use crate::filter::Filter;
 use crate::time::TimeFormat;
-use ferry_core::config::Duration;
+use ferry_core::config::{Duration, Problems};
 use serde::{Deserialize, Deserializer};
 
 /// `processor:`: one or more independent pipelines.
@@ -116,97 +117,146 @@ fn default_max_keys() -> usize {
     100_000
 }
 
-impl TryFrom<RawPipeline> for PipelineConfig {
-    type Error = String;
-    fn try_from(r: RawPipeline) -> Result<Self, String> {
-        let p = &r.name;
-        if r.name.trim().is_empty() {
-            return Err("pipeline name must not be empty".into());
+impl RawPipeline {
+    /// The rules that span several keys of a pipeline, every problem recorded at the key it is
+    /// about (paths relative to the pipeline).
+    fn check(&self, pr: &mut Problems) {
+        let p = &self.name;
+        if self.name.trim().is_empty() {
+            pr.add("name", "pipeline name must not be empty");
         }
-        if r.aggregates.is_empty() {
-            return Err(format!(
-                "pipeline {p}: `aggregates` is empty; add at least one, e.g. {{name: count, op: count}}"
-            ));
+        if self.aggregates.is_empty() {
+            pr.add_hint(
+                "aggregates",
+                format!("pipeline {p}: `aggregates` is empty"),
+                "add at least one, e.g. {name: count, op: count}",
+            );
         }
         let mut names: Vec<&str> = Vec::new();
-        for a in &r.aggregates {
+        for (i, a) in self.aggregates.iter().enumerate() {
+            let at = format!("aggregates[{i}].name");
             if RESERVED_NAMES.contains(&a.name.as_str()) {
-                return Err(format!(
-                    "pipeline {p}: aggregate name {:?} is reserved for the result line; choose another",
-                    a.name
-                ));
-            }
-            if names.contains(&a.name.as_str()) {
-                return Err(format!(
-                    "pipeline {p}: two aggregates are named {:?}",
-                    a.name
-                ));
+                pr.add_hint(
+                    &at,
+                    format!(
+                        "pipeline {p}: aggregate name {:?} is reserved for the result line",
+                        a.name
+                    ),
+                    "choose another name",
+                );
+            } else if names.contains(&a.name.as_str()) {
+                pr.add(
+                    &at,
+                    format!("pipeline {p}: two aggregates are named {:?}", a.name),
+                );
             }
             names.push(&a.name);
         }
-        for g in &r.group_by {
+        for (i, g) in self.group_by.iter().enumerate() {
             if g.is_empty() {
-                return Err(format!("pipeline {p}: empty field name in group_by"));
+                pr.add(
+                    &format!("group_by[{i}]"),
+                    format!("pipeline {p}: empty field name in group_by"),
+                );
             }
         }
-        if r.max_keys == 0 {
-            return Err(format!("pipeline {p}: max_keys must be at least 1"));
+        if self.max_keys == 0 {
+            pr.add(
+                "max_keys",
+                format!("pipeline {p}: max_keys must be at least 1"),
+            );
         }
-        let on_parse_error = match (r.on_parse_error, r.dead_letter_topic) {
-            (OnParseErrorKind::Skip, None) => OnParseError::Skip,
-            (OnParseErrorKind::Skip, Some(_)) => {
-                return Err(format!(
-                    "pipeline {p}: dead_letter_topic is set but on_parse_error is skip; set on_parse_error: dead_letter"
-                ));
-            }
-            (OnParseErrorKind::DeadLetter, Some(t)) if !t.is_empty() => OnParseError::DeadLetter(t),
-            (OnParseErrorKind::DeadLetter, _) => {
-                return Err(format!(
-                    "pipeline {p}: on_parse_error: dead_letter needs dead_letter_topic"
-                ));
-            }
-        };
-        if r.alerts.len() > 64 {
-            return Err(format!("pipeline {p}: at most 64 alerts per pipeline"));
+        match (self.on_parse_error, &self.dead_letter_topic) {
+            (OnParseErrorKind::Skip, Some(_)) => pr.add_hint(
+                "dead_letter_topic",
+                format!("pipeline {p}: dead_letter_topic is set but on_parse_error is skip"),
+                "set on_parse_error: dead_letter",
+            ),
+            (OnParseErrorKind::DeadLetter, t) if t.as_deref().is_none_or(str::is_empty) => pr.add(
+                "on_parse_error",
+                format!("pipeline {p}: on_parse_error: dead_letter needs dead_letter_topic"),
+            ),
+            _ => {}
         }
-        for alert in &r.alerts {
+        if self.alerts.len() > 64 {
+            pr.add(
+                "alerts",
+                format!("pipeline {p}: at most 64 alerts per pipeline"),
+            );
+        }
+        for (i, alert) in self.alerts.iter().enumerate() {
             for f in alert.when.fields() {
                 let known = names.contains(&f.as_str())
-                    || r.group_by.iter().any(|g| g == f)
+                    || self.group_by.iter().any(|g| g == f)
                     || f.strip_prefix("key.")
-                        .is_some_and(|k| r.group_by.iter().any(|g| g == k));
+                        .is_some_and(|k| self.group_by.iter().any(|g| g == k));
                 if !known {
-                    return Err(format!(
-                        "pipeline {p}: alert {:?} reads {f:?}, which is neither an aggregate ({}) nor a group_by field",
-                        alert.name,
-                        names.join(", ")
-                    ));
+                    pr.add(
+                        &format!("alerts[{i}].when"),
+                        format!(
+                            "pipeline {p}: alert {:?} reads {f:?}, which is neither an aggregate ({}) nor a group_by field",
+                            alert.name,
+                            names.join(", ")
+                        ),
+                    );
                 }
             }
         }
-        if r.source.topics.is_empty() {
-            return Err(format!("pipeline {p}: source.topics is empty"));
+        if self.source.topics.is_empty() {
+            pr.add(
+                "source.topics",
+                format!("pipeline {p}: source.topics is empty"),
+            );
         }
-        let sinks = r.sinks.unwrap_or_else(|| vec![SinkConfig::Stdout]);
-        let alert_sinks = r.alerts.iter().map(|a| &a.sink);
-        for s in sinks.iter().chain(alert_sinks) {
+        let sinks = self
+            .sinks
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, s)| (format!("sinks[{i}]"), s));
+        let alert_sinks = self
+            .alerts
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (format!("alerts[{i}].sink"), &a.sink));
+        for (at, s) in sinks.chain(alert_sinks) {
             if let SinkConfig::Kafka(k) = s {
-                check_kafka_topic_name(&k.topic, "kafka sink topic")
-                    .map_err(|e| format!("pipeline {p}: {e}"))?;
+                if let Err(e) = check_kafka_topic_name(&k.topic, "kafka sink topic") {
+                    pr.add(&at, format!("pipeline {p}: {e}"));
+                }
                 match &k.cluster {
-                    Some(c) => c
-                        .validate()
-                        .map_err(|e| format!("pipeline {p}: kafka sink cluster: {e}"))?,
-                    None if r.source.kafka.is_none() => {
-                        return Err(format!(
+                    Some(c) => {
+                        if let Err(e) = c.validate() {
+                            pr.add(&at, format!("pipeline {p}: kafka sink cluster: {e}"));
+                        }
+                    }
+                    None if self.source.kafka.is_none() => pr.add(
+                        &at,
+                        format!(
                             "pipeline {p}: the kafka sink to {:?} needs `cluster: {{brokers: ...}}` (the source is the collector, so there is no source.kafka to share)",
                             k.topic
-                        ));
-                    }
+                        ),
+                    ),
                     None => {}
                 }
             }
         }
+    }
+}
+
+impl TryFrom<RawPipeline> for PipelineConfig {
+    type Error = String;
+    /// Parsing stops at the first problem ([`ProcessorCheckView`] lists them all).
+    fn try_from(r: RawPipeline) -> Result<Self, String> {
+        let mut problems = Problems::new();
+        r.check(&mut problems);
+        if let Some(first) = problems.into_vec().into_iter().next() {
+            return Err(first.message);
+        }
+        let on_parse_error = match (r.on_parse_error, r.dead_letter_topic) {
+            (OnParseErrorKind::DeadLetter, Some(t)) => OnParseError::DeadLetter(t),
+            _ => OnParseError::Skip,
+        };
         Ok(PipelineConfig {
             source: r.source,
             parse: r.parse,
@@ -217,11 +267,49 @@ impl TryFrom<RawPipeline> for PipelineConfig {
             window: r.window,
             aggregates: r.aggregates,
             max_keys: r.max_keys,
-            sinks,
+            sinks: r.sinks.unwrap_or_else(|| vec![SinkConfig::Stdout]),
             alerts: r.alerts,
             late_topic: r.late_topic,
             name: r.name,
         })
+    }
+}
+
+/// The `processor:` section with each pipeline as written, before its cross-key rules: what
+/// `ferry check` reads, when the section does not parse, to list every pipeline's problems
+/// (each at its key) instead of the first one.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessorCheckView {
+    #[serde(default)]
+    pipelines: Vec<RawPipeline>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    checkpoint_interval: Option<serde::de::IgnoredAny>,
+}
+
+impl ProcessorCheckView {
+    /// Every problem of every pipeline, paths relative to `processor:`.
+    pub fn check(&self, pr: &mut Problems) {
+        for (i, r) in self.pipelines.iter().enumerate() {
+            pr.nested(&format!("pipelines[{i}]"), |pr| r.check(pr));
+        }
+    }
+}
+
+impl ProcessorConfig {
+    /// The rules between pipelines (each pipeline's own were checked as it parsed).
+    pub fn check(&self, pr: &mut Problems) {
+        let mut seen = std::collections::HashSet::new();
+        for (i, p) in self.pipelines.iter().enumerate() {
+            if !seen.insert(p.name.as_str()) {
+                pr.add_hint(
+                    &format!("pipelines[{i}].name"),
+                    format!("two pipelines are named {:?}", p.name),
+                    "each pipeline needs its own name (it is the default consumer group)",
+                );
+            }
+        }
     }
 }
 

@@ -132,6 +132,31 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A live sample of the records arriving on a topic, filtered and rate-limited, without
+    /// joining any consumer group.
+    Tap {
+        #[arg(long)]
+        collector: String,
+        topic: String,
+        /// Keep only records matching this expression (the processor's filter language),
+        /// e.g. `level == "error" and latency_ms > 500`.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Most records printed per second; the rest are counted as skipped.
+        #[arg(long, default_value_t = 100)]
+        rate: u32,
+        /// Stop after printing this many records.
+        #[arg(long)]
+        max: Option<u64>,
+        /// Stop after this long without a record (e.g. `5s`).
+        #[arg(long)]
+        idle_timeout: Option<String>,
+        /// Start from the oldest records instead of the newest.
+        #[arg(long)]
+        from_beginning: bool,
+        #[arg(long, default_value = "raw")]
+        format: String,
+    },
     /// Validate a ferry config; a bad one exits 2 naming file:line:col.
     Check { file: PathBuf },
 }
@@ -317,6 +342,39 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
                 from_beginning,
                 max,
                 idle_timeout,
+                json,
+            })
+            .await
+        }
+        Command::Tap {
+            collector,
+            topic,
+            filter,
+            rate,
+            max,
+            idle_timeout,
+            from_beginning,
+            format,
+        } => {
+            let json = match format.as_str() {
+                "raw" => false,
+                "json" => true,
+                other => {
+                    return Err(UsageError(format!("--format {other:?}: use raw or json")).into());
+                }
+            };
+            let idle_timeout = idle_timeout
+                .map(|s| s.parse::<ferry_core::config::Duration>().map(|d| d.get()))
+                .transpose()
+                .map_err(|e| UsageError(format!("--idle-timeout: {e}")))?;
+            commands::tap::run(commands::tap::Args {
+                collector,
+                topic,
+                filter,
+                rate,
+                max,
+                idle_timeout,
+                from_beginning,
                 json,
             })
             .await

@@ -16,6 +16,7 @@ fn help_lists_every_subcommand() {
         "consume",
         "topics",
         "groups",
+        "tap",
         "check",
     ] {
         assert!(

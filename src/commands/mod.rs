@@ -8,6 +8,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod processor;
 pub mod produce;
+pub mod tap;
 
 /// The environment variable that sets every collector request's deadline (default 30 s).
 pub const REQUEST_TIMEOUT_ENV: &str = "FERRY_REQUEST_TIMEOUT";

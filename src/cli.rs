@@ -157,6 +157,18 @@ pub enum Command {
         #[arg(long, default_value = "raw")]
         format: String,
     },
+    /// Topics, consumer groups and the collector's health in the terminal, refreshed in place;
+    /// `q` or Ctrl-C quits.
+    Top {
+        #[arg(long)]
+        collector: String,
+        /// Time between refreshes.
+        #[arg(long, default_value = "1s")]
+        interval: String,
+        /// Draw this many screens, then exit.
+        #[arg(long)]
+        iterations: Option<u64>,
+    },
     /// Validate a ferry config; a bad one exits 2 naming file:line:col.
     Check { file: PathBuf },
 }
@@ -376,6 +388,23 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
                 idle_timeout,
                 from_beginning,
                 json,
+            })
+            .await
+        }
+        Command::Top {
+            collector,
+            interval,
+            iterations,
+        } => {
+            let interval = interval
+                .parse::<ferry_core::config::Duration>()
+                .map_err(|e| UsageError(format!("--interval: {e}")))?
+                .get()
+                .max(std::time::Duration::from_millis(100));
+            commands::top::run(commands::top::Args {
+                collector,
+                interval,
+                iterations,
             })
             .await
         }

@@ -17,6 +17,7 @@ fn help_lists_every_subcommand() {
         "topics",
         "groups",
         "tap",
+        "top",
         "check",
     ] {
         assert!(

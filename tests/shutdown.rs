@@ -149,7 +149,8 @@ fn processor_sigterm_checkpoints_and_the_next_run_repeats_no_result() {
         Some("collector:\n  topics:\n    app: {partitions: 1}\n"),
     );
     // Ten-second windows over two minutes of event time: 12 windows per level.
-    let base = 1_700_000_000_000i64 - 1_700_000_000_000i64 % 10_000;
+    // A window boundary (1_700_000_000_000 ms is a multiple of 10 s).
+    let base = 1_700_000_000_000i64;
     let mut lines = String::new();
     for i in 0..12_000i64 {
         let ts = chrono::DateTime::from_timestamp_millis(base + i * 10)

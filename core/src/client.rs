@@ -473,6 +473,17 @@ impl CollectorClient {
             .await
     }
 
+    /// The collector's `/metrics` (Prometheus text).
+    pub async fn metrics_text(&self) -> Result<String, ClientError> {
+        let resp = self
+            .send(self.req(reqwest::Method::GET, "/metrics"))
+            .await?;
+        resp.text().await.map_err(|e| ClientError::Transport {
+            url: self.base.clone(),
+            message: error_chain(&e),
+        })
+    }
+
     fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::RequestBuilder {
         self.req(reqwest::Method::POST, path)
             .header(reqwest::header::CONTENT_TYPE, "application/json")

@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod processor;
 pub mod produce;
 pub mod tap;
+pub mod top;
 
 /// The environment variable that sets every collector request's deadline (default 30 s).
 pub const REQUEST_TIMEOUT_ENV: &str = "FERRY_REQUEST_TIMEOUT";

@@ -1,0 +1,299 @@
+//! `ferry top --collector URL`: the collector's topics, consumer groups and health in the
+//! terminal, refreshed in place (like `vector top`), until `q` or Ctrl-C.
+//!
+//! Each refresh reads `GET /v1/topics`, `GET /v1/groups` and `GET /metrics`; rates are the
+//! difference from the previous refresh. On a terminal, stdin is put in non-canonical mode
+//! without echo so that a single `q` quits (Ctrl-C still signals); the mode is restored on
+//! exit, whatever ends the loop. Without a terminal (a pipe), a line `q` quits.
+
+use ferry_core::client::{CollectorClient, TopicInfo};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::time::{Duration, Instant};
+
+pub struct Args {
+    pub collector: String,
+    pub interval: Duration,
+    /// Draw this many screens, then exit (for scripts; default: until `q`).
+    pub iterations: Option<u64>,
+}
+
+/// One look at the collector.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub topics: Vec<TopicInfo>,
+    pub groups: serde_json::Value,
+    /// Selected series of `/metrics`, by name with labels.
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// The series of `/metrics` that `top` shows, and the sums it needs.
+fn pick_metrics(text: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(v) = value.parse::<f64>() else {
+            continue;
+        };
+        let base = name.split('{').next().unwrap_or(name);
+        match base {
+            "ferry_collector_ack_seconds" => {
+                out.insert(name.to_owned(), v);
+            }
+            "ferry_collector_refused_total"
+            | "ferry_collector_records_dropped_total"
+            | "ferry_collector_records_deduplicated_total"
+            | "ferry_collector_http_errors_total" => {
+                *out.entry(base.to_owned()).or_default() += v;
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+async fn snapshot(client: &CollectorClient) -> anyhow::Result<Snapshot> {
+    let (topics, groups, metrics) =
+        tokio::join!(client.topics(), client.groups(), client.metrics_text());
+    Ok(Snapshot {
+        topics: topics?,
+        groups: groups?,
+        metrics: pick_metrics(&metrics?),
+    })
+}
+
+fn human_bytes(n: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{v:.0} {}", UNITS[u])
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// The screen for `now`, with rates against `prev` taken `dt` earlier.
+pub fn render(url: &str, now: &Snapshot, prev: Option<(&Snapshot, Duration)>) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "ferry top — {url} — q or Ctrl-C to quit");
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "{:<32} {:>5} {:>12} {:>12} {:>12}",
+        "TOPIC", "PARTS", "RECORDS", "BYTES", "IN rec/s"
+    );
+    for t in &now.topics {
+        let rate = prev
+            .and_then(|(p, dt)| {
+                let before = p.topics.iter().find(|x| x.name == t.name)?.records;
+                let secs = dt.as_secs_f64();
+                (secs > 0.0).then(|| t.records.saturating_sub(before) as f64 / secs)
+            })
+            .map_or_else(|| "-".to_owned(), |r| format!("{r:.0}"));
+        let _ = writeln!(
+            s,
+            "{:<32} {:>5} {:>12} {:>12} {:>12}",
+            t.name,
+            t.partitions.len(),
+            t.records,
+            human_bytes(t.size_bytes as f64),
+            rate
+        );
+    }
+    if now.topics.is_empty() {
+        let _ = writeln!(s, "(no topics yet)");
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "{:<24} {:>7} {:>12} {:>10}",
+        "GROUP", "MEMBERS", "LAG rec", "LAG s"
+    );
+    let groups = now.groups.as_array().cloned().unwrap_or_default();
+    for g in &groups {
+        let lag_s = g["partitions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["lag_seconds"].as_f64())
+            .fold(0.0f64, f64::max);
+        let _ = writeln!(
+            s,
+            "{:<24} {:>7} {:>12} {:>10.1}",
+            g["group"].as_str().unwrap_or("?"),
+            g["members"].as_array().map_or(0, Vec::len),
+            g["lag_records"].as_u64().unwrap_or(0),
+            lag_s
+        );
+    }
+    if groups.is_empty() {
+        let _ = writeln!(s, "(no consumer groups)");
+    }
+    let _ = writeln!(s);
+    let q = |q: &str| {
+        now.metrics
+            .get(&format!("ferry_collector_ack_seconds{{quantile=\"{q}\"}}"))
+            .map_or_else(|| "-".to_owned(), |v| format!("{:.1} ms", v * 1000.0))
+    };
+    let total = |name: &str| now.metrics.get(name).copied().unwrap_or(0.0);
+    let _ = writeln!(
+        s,
+        "collector: ack p50 {}  p99 {}  refused {}  dropped {}  deduplicated {}  http errors {}",
+        q("0.5"),
+        q("0.99"),
+        total("ferry_collector_refused_total"),
+        total("ferry_collector_records_dropped_total"),
+        total("ferry_collector_records_deduplicated_total"),
+        total("ferry_collector_http_errors_total"),
+    );
+    s
+}
+
+/// Puts a terminal's stdin in non-canonical mode without echo; restores it on drop.
+struct RawStdin {
+    saved: Option<rustix::termios::Termios>,
+}
+
+impl RawStdin {
+    fn enable() -> Self {
+        let stdin = std::io::stdin();
+        let saved = rustix::termios::tcgetattr(&stdin).ok();
+        if let Some(orig) = &saved {
+            let mut raw = orig.clone();
+            raw.local_modes
+                .remove(rustix::termios::LocalModes::ICANON | rustix::termios::LocalModes::ECHO);
+            let _ = rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &raw);
+        }
+        Self { saved }
+    }
+}
+
+impl Drop for RawStdin {
+    fn drop(&mut self) {
+        if let Some(orig) = &self.saved {
+            let _ = rustix::termios::tcsetattr(
+                std::io::stdin(),
+                rustix::termios::OptionalActions::Now,
+                orig,
+            );
+        }
+    }
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let client = super::client(&args.collector)?;
+    let shutdown = ferry_core::shutdown::Shutdown::new();
+    shutdown.on_signals();
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdin());
+    let _raw = tty.then(RawStdin::enable);
+    // `q` on stdin quits; the reader thread lives as long as stdin is open.
+    let (quit_tx, mut quit_rx) = tokio::sync::mpsc::channel::<()>(1);
+    std::thread::Builder::new()
+        .name("ferry-top-keys".into())
+        .spawn(move || {
+            use std::io::Read;
+            let mut byte = [0u8; 1];
+            let mut stdin = std::io::stdin();
+            while let Ok(1) = stdin.read(&mut byte) {
+                if byte[0] == b'q' || byte[0] == b'Q' {
+                    let _ = quit_tx.blocking_send(());
+                    return;
+                }
+            }
+        })?;
+    let mut prev: Option<(Snapshot, Instant)> = None;
+    let mut drawn = 0u64;
+    let stdout = std::io::stdout();
+    loop {
+        let now = match snapshot(&client).await {
+            Ok(s) => s,
+            Err(e) => {
+                // A collector that went away is shown, not fatal: it may come back.
+                let mut out = stdout.lock();
+                let _ = writeln!(
+                    out,
+                    "\x1b[H\x1b[2Jferry top — {} — cannot read the collector: {}",
+                    args.collector,
+                    crate::cli::render_error(&e)
+                );
+                let _ = out.flush();
+                Snapshot::default()
+            }
+        };
+        let screen = render(
+            &args.collector,
+            &now,
+            prev.as_ref().map(|(p, at)| (p, at.elapsed())),
+        );
+        {
+            let mut out = stdout.lock();
+            // Home and clear, then the screen: refreshed in place.
+            write!(out, "\x1b[H\x1b[2J{screen}")?;
+            out.flush()?;
+        }
+        drawn += 1;
+        prev = Some((now, Instant::now()));
+        if args.iterations.is_some_and(|n| drawn >= n) {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(args.interval) => {}
+            _ = quit_rx.recv() => break,
+            _ = shutdown.wait() => break,
+        }
+    }
+    // Leave the last screen visible and the cursor on a fresh line.
+    println!();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn screen_shows_topics_rates_groups_and_health() {
+        let topic = |records| TopicInfo {
+            name: "app".into(),
+            records,
+            size_bytes: 3 << 20,
+            partitions: vec![],
+        };
+        let prev = Snapshot {
+            topics: vec![topic(1_000)],
+            ..Default::default()
+        };
+        let now = Snapshot {
+            topics: vec![topic(3_000)],
+            groups: serde_json::json!([{"group": "errors", "members": [{}, {}], "lag_records": 42,
+                "partitions": [{"lag_seconds": 1.5}, {"lag_seconds": 0.2}]}]),
+            metrics: pick_metrics(
+                "# HELP x\nferry_collector_ack_seconds{quantile=\"0.5\"} 0.002\n\
+                 ferry_collector_ack_seconds{quantile=\"0.99\"} 0.011\n\
+                 ferry_collector_refused_total{reason=\"topic_full\"} 3\n\
+                 ferry_collector_refused_total{reason=\"inflight_bytes\"} 4\n",
+            ),
+        };
+        let s = render("http://c", &now, Some((&prev, Duration::from_secs(2))));
+        assert!(s.contains("app"), "{s}");
+        assert!(s.contains("3.0 MiB"), "{s}");
+        assert!(s.contains(" 1000\n"), "rate of 2,000 records in 2 s:\n{s}");
+        assert!(
+            s.contains("errors") && s.contains(" 42 ") && s.contains("1.5"),
+            "{s}"
+        );
+        assert!(s.contains("p50 2.0 ms") && s.contains("p99 11.0 ms"), "{s}");
+        assert!(s.contains("refused 7"), "{s}");
+    }
+}

@@ -48,7 +48,7 @@ impl Default for GeneratorConfig {
 }
 
 fn default_dir() -> PathBuf {
-    PathBuf::from("data/sample-logs")
+    PathBuf::from("sample-logs")
 }
 fn default_rate() -> u32 {
     2000

@@ -119,7 +119,20 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     signals.on_signals();
 
     // 1. The collector, on the configured address (port 0 picks a free one).
-    let collector = Collector::bind(collector_cfg).await?;
+    let listen = collector_cfg.listen.clone();
+    let collector = Collector::bind(collector_cfg).await.map_err(|e| {
+        let in_use = e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
+        });
+        if in_use {
+            anyhow::anyhow!(
+                "{listen} is in use (another ferry up or collector?); `ferry up --listen 127.0.0.1:0` picks a free port"
+            )
+        } else {
+            e
+        }
+    })?;
     let url = format!("http://{}", collector.local_addr());
     let collector_shutdown = Shutdown::new();
     let collector_task = tokio::spawn(collector.run(collector_shutdown.clone()));

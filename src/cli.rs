@@ -77,6 +77,9 @@ pub enum Command {
         /// Serve /metrics and /healthz here (e.g. 127.0.0.1:9100).
         #[arg(long)]
         metrics_listen: Option<String>,
+        /// Ship stdin to `--topic` until EOF, then exit 0 once every line is acknowledged.
+        #[arg(long, conflicts_with = "paths")]
+        stdin: bool,
         /// Files or globs to tail.
         paths: Vec<String>,
     },
@@ -264,8 +267,10 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
             output,
             paths,
             metrics_listen,
+            stdin,
         } => {
             commands::agent::run(commands::agent::Args {
+                stdin,
                 metrics_listen,
                 config,
                 collectors: collector,

@@ -70,14 +70,19 @@ pub struct Agent<O = AnyOutput> {
 impl Agent<AnyOutput> {
     /// An agent shipping to the output its config names.
     pub fn new(config: AgentConfig) -> Result<Self, AgentError> {
-        let output = match &config.output {
-            OutputConfig::Null => AnyOutput::Null(NullOutput::new()),
-            OutputConfig::Stdout => AnyOutput::Stdout(StdoutOutput::new()),
-            OutputConfig::Collector(c) => AnyOutput::Collector(CollectorOutput::new(c)?),
-            OutputConfig::Kafka(k) => AnyOutput::Kafka(Box::new(KafkaOutput::new(k)?)),
-        };
+        let output = output_of(&config)?;
         Self::with_output(config, output)
     }
+}
+
+/// The output a config names, ready to send.
+pub fn output_of(config: &AgentConfig) -> Result<AnyOutput, AgentError> {
+    Ok(match &config.output {
+        OutputConfig::Null => AnyOutput::Null(NullOutput::new()),
+        OutputConfig::Stdout => AnyOutput::Stdout(StdoutOutput::new()),
+        OutputConfig::Collector(c) => AnyOutput::Collector(CollectorOutput::new(c)?),
+        OutputConfig::Kafka(k) => AnyOutput::Kafka(Box::new(KafkaOutput::new(k)?)),
+    })
 }
 
 impl<O: Output> Agent<O> {

@@ -497,6 +497,8 @@ pub struct QuickArgs {
     /// `collector`, `kafka`, `stdout` or `null`.
     pub output: Option<String>,
     pub data_dir: Option<PathBuf>,
+    /// `--stdin`: no file is tailed, so having no inputs is fine.
+    pub stdin: bool,
 }
 
 impl AgentConfig {
@@ -583,7 +585,15 @@ impl AgentConfig {
                 )));
             }
         }
-        cfg.validate()?;
+        if args.stdin {
+            let mut problems = Problems::new();
+            cfg.check(&mut problems);
+            if !problems.is_empty() {
+                return Err(AgentConfigError::Problems(problems.into_vec()));
+            }
+        } else {
+            cfg.validate()?;
+        }
         Ok(cfg)
     }
 

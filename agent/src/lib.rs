@@ -13,6 +13,7 @@
 //! - [`shipper`]: delivery with retries, splitting and drops; acknowledgements; checkpoints.
 //! - [`output`]: the `null`, `stdout`, `collector` and `kafka` outputs.
 //! - [`checkpoint`]: the acknowledged offset per file, written atomically.
+//! - [`stdin`]: `ferry agent --stdin`, a pipe shipped to its end with the same origins and acks.
 //! - [`agent`]: [`Agent::new`] / [`Agent::run`], the wiring of all of the above.
 //!
 //! # Metrics (`metrics` crate, rendered by the process's Prometheus registry)
@@ -58,6 +59,7 @@ pub mod multiline;
 pub mod output;
 pub mod reader;
 pub mod shipper;
+pub mod stdin;
 pub mod tail;
 
 pub use agent::{Agent, AgentError, AgentReport};

@@ -7,6 +7,8 @@ use ferry_core::shutdown::Shutdown;
 use std::path::PathBuf;
 
 pub struct Args {
+    /// Ship stdin instead of tailing files.
+    pub stdin: bool,
     pub config: Option<PathBuf>,
     pub collectors: Vec<String>,
     pub data_dir: Option<PathBuf>,
@@ -30,8 +32,13 @@ pub fn resolve(args: &Args) -> anyhow::Result<AgentConfig> {
         kafka: args.kafka.clone(),
         output: args.output.clone(),
         data_dir: args.data_dir.clone(),
+        stdin: args.stdin,
     };
     let config = AgentConfig::from_quick(base, &quick).map_err(|e| UsageError(e.to_string()))?;
+    if args.stdin {
+        // Checked by from_quick; the inputs of --config are not tailed.
+        return Ok(config);
+    }
     if config.inputs.is_empty() {
         return Err(UsageError(
             "nothing to tail: give files or globs (ferry agent 'logs/*.log') or inputs in --config"
@@ -46,6 +53,9 @@ pub fn resolve(args: &Args) -> anyhow::Result<AgentConfig> {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     ferry_core::telemetry::install_metrics();
     let config = resolve(&args)?;
+    if args.stdin {
+        return run_stdin(&args, config).await;
+    }
     let shutdown = Shutdown::new();
     shutdown.on_signals();
     let metrics_listen = args.metrics_listen.clone().or(match &args.config {
@@ -77,5 +87,45 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         retries = get(&stats.retries),
         "agent stopped"
     );
+    Ok(())
+}
+
+/// `ferry agent --stdin --topic T`: ships stdin until EOF (or a signal), exit 0 once every line
+/// read is acknowledged.
+async fn run_stdin(args: &Args, config: AgentConfig) -> anyhow::Result<()> {
+    let topic = args
+        .topic
+        .clone()
+        .ok_or_else(|| UsageError("--stdin needs --topic T: the topic to ship to".into()))?;
+    ferry_core::topic::validate_name(&topic).map_err(|e| UsageError(format!("--topic: {e}")))?;
+    let output = ferry_agent::agent::output_of(&config).map_err(|e| match e {
+        AgentError::Kafka(k) => anyhow::Error::from(UsageError(format!("agent output: {k}"))),
+        other => other.into(),
+    })?;
+    let shutdown = Shutdown::new();
+    shutdown.on_signals();
+    let stats = std::sync::Arc::new(ferry_agent::AgentStats::default());
+    let started = std::time::Instant::now();
+    let report = ferry_agent::stdin::ship(
+        &config,
+        output,
+        &topic,
+        std::io::stdin(),
+        stats,
+        shutdown.clone(),
+    )
+    .await?;
+    eprintln!(
+        "ferry agent: {} lines ({} bytes) from stdin, {} acknowledged ({} deduplicated), {} dropped, to {topic} in {:.2}s",
+        report.lines,
+        report.bytes,
+        report.acknowledged,
+        report.deduplicated,
+        report.dropped,
+        started.elapsed().as_secs_f64()
+    );
+    if report.dropped > 0 {
+        anyhow::bail!("{} lines were refused by the output", report.dropped);
+    }
     Ok(())
 }

@@ -292,10 +292,7 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
             if print_config {
                 return print_up_config(config.as_deref());
             }
-            let run_for = run_for
-                .map(|s| s.parse::<ferry_core::config::Duration>().map(|d| d.get()))
-                .transpose()
-                .map_err(|e| UsageError(format!("--run-for: {e}")))?;
+            let run_for = duration_flag("--run-for", run_for.as_deref())?;
             crate::up::run(crate::up::UpArgs {
                 config,
                 data_dir: Some(data_dir),
@@ -321,17 +318,8 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
             idle_timeout,
             format,
         } => {
-            let json = match format.as_str() {
-                "raw" => false,
-                "json" => true,
-                other => {
-                    return Err(UsageError(format!("--format {other:?}: use raw or json")).into());
-                }
-            };
-            let idle_timeout = idle_timeout
-                .map(|s| s.parse::<ferry_core::config::Duration>().map(|d| d.get()))
-                .transpose()
-                .map_err(|e| UsageError(format!("--idle-timeout: {e}")))?;
+            let json = json_format(&format)?;
+            let idle_timeout = duration_flag("--idle-timeout", idle_timeout.as_deref())?;
             if let Some(brokers) = kafka {
                 if collector.is_some() {
                     return Err(UsageError(
@@ -373,17 +361,8 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
             from_beginning,
             format,
         } => {
-            let json = match format.as_str() {
-                "raw" => false,
-                "json" => true,
-                other => {
-                    return Err(UsageError(format!("--format {other:?}: use raw or json")).into());
-                }
-            };
-            let idle_timeout = idle_timeout
-                .map(|s| s.parse::<ferry_core::config::Duration>().map(|d| d.get()))
-                .transpose()
-                .map_err(|e| UsageError(format!("--idle-timeout: {e}")))?;
+            let json = json_format(&format)?;
+            let idle_timeout = duration_flag("--idle-timeout", idle_timeout.as_deref())?;
             commands::tap::run(commands::tap::Args {
                 collector,
                 topic,
@@ -441,6 +420,26 @@ fn telemetry_of(c: &Command) -> ferry_core::telemetry::TelemetryConfig {
         _ => None,
     };
     loaded.map(|c: FerryConfig| c.telemetry).unwrap_or_default()
+}
+
+/// `--format raw|json` of the commands that print records: whether it is json.
+fn json_format(format: &str) -> Result<bool, UsageError> {
+    match format {
+        "raw" => Ok(false),
+        "json" => Ok(true),
+        other => Err(UsageError(format!("--format {other:?}: use raw or json"))),
+    }
+}
+
+/// A duration flag (`200ms`, `5s`), if given.
+fn duration_flag(
+    flag: &str,
+    value: Option<&str>,
+) -> Result<Option<std::time::Duration>, UsageError> {
+    value
+        .map(|s| s.parse::<ferry_core::config::Duration>().map(|d| d.get()))
+        .transpose()
+        .map_err(|e| UsageError(format!("{flag}: {e}")))
 }
 
 /// `ferry up --print-config`: the config `ferry up` would run, as written.

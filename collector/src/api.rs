@@ -205,6 +205,8 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
     axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics_text))
+        .route("/", get(crate::console::page))
+        .route("/console", get(crate::console::page))
         .merge(v1)
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "no such route; see /v1/topics")

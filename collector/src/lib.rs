@@ -6,12 +6,14 @@
 //! - [`checkpoints`]: processor checkpoints (state + offset per group and partition), fenced.
 //! - [`coordinator`]: consumer-group membership and server-side partition assignment.
 //! - [`api`]: the HTTP API as an axum `Router` (`app(state)`), errors as `ApiError`.
+//! - [`console`]: the web console at `/`, a static page over the JSON API.
 //! - [`server`]: the process: bind, serve, drain, close.
 //! - [`config`]: the `collector:` config section.
 
 pub mod api;
 pub mod checkpoints;
 pub mod config;
+pub mod console;
 pub mod coordinator;
 pub mod ingest;
 pub mod routing;

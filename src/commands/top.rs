@@ -43,8 +43,11 @@ fn pick_metrics(text: &str) -> BTreeMap<String, f64> {
         };
         let base = name.split('{').next().unwrap_or(name);
         match base {
-            "ferry_collector_ack_seconds" => {
-                out.insert(name.to_owned(), v);
+            // Buckets, summed over any other labels: `le` → cumulative count.
+            "ferry_collector_ack_seconds_bucket" => {
+                if let Some(le) = label(name, "le") {
+                    *out.entry(format!("ack_le:{le}")).or_default() += v;
+                }
             }
             "ferry_collector_refused_total"
             | "ferry_collector_records_dropped_total"
@@ -56,6 +59,54 @@ fn pick_metrics(text: &str) -> BTreeMap<String, f64> {
         }
     }
     out
+}
+
+/// The value of label `key` in a series name like `x{a="1",le="0.5"}`.
+fn label<'a>(series: &'a str, key: &str) -> Option<&'a str> {
+    let inner = series.split_once('{')?.1.strip_suffix('}')?;
+    inner.split(',').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k.trim() == key).then(|| v.trim().trim_matches('"'))
+    })
+}
+
+/// The `q` quantile of the acknowledgement latency from its histogram buckets, interpolated
+/// within the bucket as Prometheus' `histogram_quantile` does; `None` before any request.
+pub fn ack_quantile(metrics: &BTreeMap<String, f64>, q: f64) -> Option<f64> {
+    let mut buckets: Vec<(f64, f64)> = metrics
+        .iter()
+        .filter_map(|(k, v)| {
+            let le = k.strip_prefix("ack_le:")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, *v))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let (mut prev_le, mut prev_count) = (0.0, 0.0);
+    for (le, count) in buckets {
+        if count >= rank {
+            if le.is_infinite() {
+                return Some(prev_le);
+            }
+            let within = if count > prev_count {
+                (rank - prev_count) / (count - prev_count)
+            } else {
+                1.0
+            };
+            return Some(prev_le + (le - prev_le) * within);
+        }
+        (prev_le, prev_count) = (le, count);
+    }
+    Some(prev_le)
 }
 
 async fn snapshot(client: &CollectorClient) -> anyhow::Result<Snapshot> {
@@ -141,17 +192,16 @@ pub fn render(url: &str, now: &Snapshot, prev: Option<(&Snapshot, Duration)>) ->
         let _ = writeln!(s, "(no consumer groups)");
     }
     let _ = writeln!(s);
-    let q = |q: &str| {
-        now.metrics
-            .get(&format!("ferry_collector_ack_seconds{{quantile=\"{q}\"}}"))
+    let q = |q: f64| {
+        ack_quantile(&now.metrics, q)
             .map_or_else(|| "-".to_owned(), |v| format!("{:.1} ms", v * 1000.0))
     };
     let total = |name: &str| now.metrics.get(name).copied().unwrap_or(0.0);
     let _ = writeln!(
         s,
         "collector: ack p50 {}  p99 {}  refused {}  dropped {}  deduplicated {}  http errors {}",
-        q("0.5"),
-        q("0.99"),
+        q(0.5),
+        q(0.99),
         total("ferry_collector_refused_total"),
         total("ferry_collector_records_dropped_total"),
         total("ferry_collector_records_deduplicated_total"),
@@ -279,8 +329,11 @@ mod tests {
             groups: serde_json::json!([{"group": "errors", "members": [{}, {}], "lag_records": 42,
                 "partitions": [{"lag_seconds": 1.5}, {"lag_seconds": 0.2}]}]),
             metrics: pick_metrics(
-                "# HELP x\nferry_collector_ack_seconds{quantile=\"0.5\"} 0.002\n\
-                 ferry_collector_ack_seconds{quantile=\"0.99\"} 0.011\n\
+                "# HELP x\nferry_collector_ack_seconds_bucket{le=\"0.001\"} 0\n\
+                 ferry_collector_ack_seconds_bucket{le=\"0.0025\"} 100\n\
+                 ferry_collector_ack_seconds_bucket{le=\"0.01\"} 190\n\
+                 ferry_collector_ack_seconds_bucket{le=\"0.025\"} 200\n\
+                 ferry_collector_ack_seconds_bucket{le=\"+Inf\"} 200\n\
                  ferry_collector_refused_total{reason=\"topic_full\"} 3\n\
                  ferry_collector_refused_total{reason=\"inflight_bytes\"} 4\n",
             ),
@@ -293,7 +346,8 @@ mod tests {
             s.contains("errors") && s.contains(" 42 ") && s.contains("1.5"),
             "{s}"
         );
-        assert!(s.contains("p50 2.0 ms") && s.contains("p99 11.0 ms"), "{s}");
+        // p50: rank 100 ends the (1, 2.5] ms bucket; p99: rank 198 is 8/10 into (10, 25] ms.
+        assert!(s.contains("p50 2.5 ms") && s.contains("p99 22.0 ms"), "{s}");
         assert!(s.contains("refused 7"), "{s}");
     }
 }

@@ -129,6 +129,30 @@ pub struct LimitsConfig {
     /// Largest fetch response a consumer may ask for.
     #[serde(default = "default_max_fetch")]
     pub max_fetch_bytes: ByteSize,
+    /// Topics the collector holds at most; creating one more (auto-creation or
+    /// `PUT /v1/topics/T`) is refused with 429 before anything touches the disk.
+    #[serde(default = "default_max_topics")]
+    pub max_topics: u32,
+    /// Partitions a topic may have at most (`PUT /v1/topics/T`, `default_partitions`,
+    /// `topics.T.partitions`). Each partition holds open files.
+    #[serde(default = "default_max_partitions")]
+    pub max_partitions_per_topic: u32,
+    /// Topics auto-created per second at most (a burst of as many is allowed): a flood of
+    /// posts to new names is refused with 429 instead of filling the disk with directories.
+    #[serde(default = "default_creations_per_sec")]
+    pub topic_creations_per_sec: u32,
+    /// Open client connections at most; a connection past it is answered 503 and closed
+    /// (counted in `ferry_collector_connections_refused_total`).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// Time a connection has to send a request's headers, counted from when it opened or its
+    /// previous response was sent: closes slow-header clients and idle keep-alive connections.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: Duration,
+    /// Largest processor checkpoint (state of one partition): 413 past it. Read only after
+    /// the sender is known to own the partition, and counted in `max_inflight_bytes`.
+    #[serde(default = "default_max_checkpoint")]
+    pub max_checkpoint_bytes: ByteSize,
 }
 
 impl Default for LimitsConfig {
@@ -141,6 +165,12 @@ impl Default for LimitsConfig {
             max_pending_per_topic: default_topic_queue(),
             retry_after_secs: default_retry_after(),
             max_fetch_bytes: default_max_fetch(),
+            max_checkpoint_bytes: default_max_checkpoint(),
+            max_connections: default_max_connections(),
+            max_topics: default_max_topics(),
+            max_partitions_per_topic: default_max_partitions(),
+            topic_creations_per_sec: default_creations_per_sec(),
+            header_read_timeout: default_header_read_timeout(),
         }
     }
 }
@@ -200,6 +230,42 @@ impl CollectorConfig {
         if self.default_partitions == 0 {
             return Err("default_partitions must be at least 1".into());
         }
+        let max_parts = self.limits.max_partitions_per_topic;
+        if max_parts == 0 || max_parts > crate::store::MAX_PARTITIONS {
+            return Err(format!(
+                "limits.max_partitions_per_topic must be 1 to {}",
+                crate::store::MAX_PARTITIONS
+            ));
+        }
+        if self.default_partitions > max_parts {
+            return Err(format!(
+                "default_partitions ({}) is over limits.max_partitions_per_topic ({max_parts})",
+                self.default_partitions
+            ));
+        }
+        if let Some((name, t)) = self
+            .topics
+            .iter()
+            .find(|(_, t)| t.partitions.is_some_and(|n| n > max_parts))
+        {
+            return Err(format!(
+                "topic {name}: partitions ({}) is over limits.max_partitions_per_topic ({max_parts})",
+                t.partitions.unwrap_or_default()
+            ));
+        }
+        if self.topics.len() > self.limits.max_topics as usize {
+            return Err(format!(
+                "{} topics are configured, over limits.max_topics ({})",
+                self.topics.len(),
+                self.limits.max_topics
+            ));
+        }
+        if self.limits.max_connections == 0 {
+            return Err("limits.max_connections must be at least 1".into());
+        }
+        if self.limits.header_read_timeout.get().is_zero() {
+            return Err("limits.header_read_timeout must be more than 0s".into());
+        }
         if self.limits.max_inflight_bytes < self.limits.max_body_bytes {
             return Err(format!(
                 "limits.max_inflight_bytes ({}) is smaller than limits.max_body_bytes ({}): no request could ever be accepted",
@@ -251,6 +317,24 @@ fn default_retry_after() -> u32 {
 }
 fn default_max_fetch() -> ByteSize {
     ByteSize::mib(16)
+}
+fn default_max_topics() -> u32 {
+    1000
+}
+fn default_max_partitions() -> u32 {
+    256
+}
+fn default_creations_per_sec() -> u32 {
+    20
+}
+fn default_max_connections() -> u32 {
+    1024
+}
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_checkpoint() -> ByteSize {
+    ByteSize::mib(64)
 }
 fn default_session() -> Duration {
     Duration::from_secs(10)

@@ -221,6 +221,39 @@ impl CollectorClient {
         self.json(rb.body(body)).await
     }
 
+    /// [`CollectorClient::post_lines`] as producer `producer_id`, the body's first line being
+    /// number `first_seq` of that producer's lines ([`crate::batch::PRODUCER_ID_HEADER`]): a
+    /// body resent after an error or a collector crash is then stored once.
+    pub async fn post_lines_as(
+        &self,
+        topic: &str,
+        body: Vec<u8>,
+        gzip: bool,
+        producer_id: &str,
+        first_seq: u64,
+    ) -> Result<IngestReply, ClientError> {
+        let mut rb = self
+            .req(
+                reqwest::Method::POST,
+                &format!("/v1/topics/{topic}/records"),
+            )
+            .header(reqwest::header::CONTENT_TYPE, "text/plain")
+            .header(crate::batch::PRODUCER_ID_HEADER, producer_id)
+            .header(crate::batch::PRODUCER_SEQ_HEADER, first_seq);
+        let body = if gzip {
+            use std::io::Write;
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            enc.write_all(&body)
+                .map_err(|e| ClientError::Decode(e.to_string()))?;
+            rb = rb.header(reqwest::header::CONTENT_ENCODING, "gzip");
+            enc.finish()
+                .map_err(|e| ClientError::Decode(e.to_string()))?
+        } else {
+            body
+        };
+        self.json(rb.body(body)).await
+    }
+
     /// Posts encoded ferry batches (one, or several back to back).
     pub async fn post_batches(&self, topic: &str, body: Bytes) -> Result<IngestReply, ClientError> {
         let rb = self
@@ -260,6 +293,13 @@ impl CollectorClient {
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(serde_json::json!({ "partitions": partitions }).to_string());
         self.json(rb).await
+    }
+
+    /// Deletes a topic and its records (`DELETE /v1/topics/{topic}`).
+    pub async fn delete_topic(&self, topic: &str) -> Result<(), ClientError> {
+        self.send(self.req(reqwest::Method::DELETE, &format!("/v1/topics/{topic}")))
+            .await
+            .map(drop)
     }
 
     /// Fetches stored batches of a partition from `offset`; waits up to `wait` for new ones if

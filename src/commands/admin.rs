@@ -28,6 +28,14 @@ pub async fn topics(url: &str, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `ferry topics delete T`: deletes the topic and its records.
+pub async fn delete_topic(url: &str, topic: &str) -> anyhow::Result<()> {
+    ferry_core::topic::validate_name(topic).map_err(crate::cli::UsageError)?;
+    client(url)?.delete_topic(topic).await?;
+    eprintln!("ferry topics: deleted {topic}");
+    Ok(())
+}
+
 pub async fn groups(url: &str, json: bool) -> anyhow::Result<()> {
     let groups = client(url)?.groups().await?;
     if json {

@@ -582,6 +582,14 @@ impl Ingest {
             Some(p) => (Some(p.origin_key()), 1),
             None => (None, 0),
         };
+        // A producer's body stays one batch: the batches of one request are appended
+        // concurrently, and a later batch of an origin landing first would make the earlier
+        // one look like a replay to the dedup. (Bodies are bounded by max_raw_bytes anyway.)
+        let cut_at = if key.is_some() {
+            usize::MAX
+        } else {
+            PLAIN_BATCH_BYTES
+        };
         let mut builder = BatchBuilder::new();
         builder.reset(key.clone().zip(producer.map(|p| p.first_seq)));
         let seal =
@@ -618,7 +626,7 @@ impl Ingest {
                 )));
             }
             builder.push_line(line, span);
-            if builder.raw_len() >= PLAIN_BATCH_BYTES {
+            if builder.raw_len() >= cut_at {
                 seal(&mut builder, &mut out)?;
             }
             start = end + 1;

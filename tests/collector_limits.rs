@@ -407,3 +407,47 @@ fn produce_stores_every_line_exactly_once_across_collector_sigkills() {
     assert_eq!(twice, 0, "lines stored more than once");
     assert_eq!(distinct, total, "lines lost");
 }
+
+/// `ferry topics delete T` (DESIGN.md's contract): the topic and its records go; the name can
+/// be used again from scratch.
+#[test]
+fn ferry_topics_delete_removes_a_topic_and_its_files() {
+    let dir = Dir::new("topics-delete");
+    let c = start_collector(&dir, "c", None);
+    let url = c.url();
+    util::produce(&url, "doomed", "a\nb\nc\n");
+    util::produce(&url, "kept", "x\n");
+    let topic_dir = dir.join("c-data/topics/doomed");
+    assert!(topic_dir.exists());
+    run(
+        ferry().args(["topics", "delete", "doomed", "--collector", &url]),
+        b"",
+        0,
+    );
+    let out = run(
+        ferry().args(["topics", "--collector", &url, "--json"]),
+        b"",
+        0,
+    );
+    let topics: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let names: Vec<&str> = topics
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(names, ["kept"]);
+    assert!(
+        !topic_dir.exists(),
+        "deleted topic's directory is still there"
+    );
+    // Deleting it again names the problem and exits 1.
+    let out = run(
+        ferry().args(["topics", "delete", "doomed", "--collector", &url]),
+        b"",
+        1,
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown topic"));
+    util::produce(&url, "doomed", "fresh\n");
+    assert_eq!(topic_records(c.addr, "doomed"), 1);
+}

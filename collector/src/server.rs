@@ -210,8 +210,7 @@ impl Listener {
                     self.header_read_timeout,
                     shutdown.clone(),
                 ));
-                metrics::gauge!("ferry_collector_connections_open")
-                    .set((self.max_connections - self.connections.available_permits()) as f64);
+                metrics::gauge!("ferry_collector_connections_open").increment(1.0);
             }
             Err(_) => {
                 metrics::counter!("ferry_collector_connections_refused_total", "reason" => "max_connections")
@@ -267,6 +266,7 @@ async fn serve_connection(
             }
         }
     }
+    metrics::gauge!("ferry_collector_connections_open").decrement(1.0);
 }
 
 /// Answers a connection past `max_connections` with a 503 and closes it. What the client

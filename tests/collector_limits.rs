@@ -28,13 +28,14 @@ fn topic_records(addr: SocketAddr, topic: &str) -> u64 {
 /// A plain POST over a raw socket; returns (status, body).
 fn post_lines(addr: SocketAddr, topic: &str, body: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("read timeout");
     write!(
         s,
         "POST /v1/topics/{topic}/records HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
-    .unwrap();
+    .expect("send request");
     let mut out = String::new();
     s.read_to_string(&mut out).expect("read reply");
     let status = out
@@ -96,7 +97,7 @@ fn a_client_closing_mid_post_does_not_leak_the_topics_capacity() {
             "POST /v1/topics/capped/records HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         )
-        .unwrap();
+        .expect("send request");
         std::thread::sleep(Duration::from_micros(rng.random_range(0..5_000)));
         drop(s);
         sent += n;
@@ -142,7 +143,8 @@ fn send_big(
 ) -> (Option<u16>, Duration) {
     let started = Instant::now();
     let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("read timeout");
     let framing = match declared {
         Some(n) => format!("Content-Length: {n}\r\n"),
         None => "Transfer-Encoding: chunked\r\n".to_owned(),
@@ -151,7 +153,7 @@ fn send_big(
         s,
         "{head}\r\nHost: x\r\nContent-Type: application/json\r\n{framing}\r\n"
     )
-    .unwrap();
+    .expect("send head");
     let mut w = s.try_clone().expect("clone");
     let chunked = declared.is_none();
     let writer = std::thread::spawn(move || {
@@ -257,7 +259,7 @@ fn slow_header_connections_are_closed_and_new_clients_are_answered_at_the_cap() 
     let mut conns: Vec<(TcpStream, bool)> = (0..300)
         .map(|_| {
             let s = TcpStream::connect(c.addr).expect("connect");
-            s.set_nonblocking(true).unwrap();
+            s.set_nonblocking(true).expect("nonblocking");
             (s, false)
         })
         .collect();

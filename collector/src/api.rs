@@ -325,18 +325,18 @@ async fn post_records(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if let Some(n) = declared {
-        if n > max_body {
-            metrics::counter!("ferry_collector_refused_total", "reason" => "body_too_large")
-                .increment(1);
-            // Read (and discard) what the client is sending, so it sees the 413 instead of a
-            // connection reset mid-upload; past a bound, the connection is simply closed.
-            drain(body, max_body.saturating_mul(4)).await;
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("body is {n} bytes, over max_body_bytes ({max_body})"),
-            ));
-        }
+    if let Some(n) = declared
+        && n > max_body
+    {
+        metrics::counter!("ferry_collector_refused_total", "reason" => "body_too_large")
+            .increment(1);
+        // Read (and discard) what the client is sending, so it sees the 413 instead of a
+        // connection reset mid-upload; past a bound, the connection is simply closed.
+        drain(body, max_body.saturating_mul(4)).await;
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body is {n} bytes, over max_body_bytes ({max_body})"),
+        ));
     }
     let _permit = state.inflight_permit(declared.unwrap_or(max_body))?;
     let body = axum::body::to_bytes(body, max_body as usize)
@@ -666,12 +666,12 @@ async fn fetch(
     let max_bytes = q.max_bytes.unwrap_or(1 << 20).min(max_fetch) as usize;
     let store = state.store()?;
     let mut read = read_blocking(store, &topic, partition, q.offset, max_bytes).await?;
-    if read.batches.is_empty() {
-        if let Some(wait) = q.wait_ms.filter(|w| *w > 0) {
-            let wait = Duration::from_millis(wait).min(MAX_WAIT);
-            store.wait_for_data(&topic, partition, q.offset, wait).await;
-            read = read_blocking(store, &topic, partition, q.offset, max_bytes).await?;
-        }
+    if read.batches.is_empty()
+        && let Some(wait) = q.wait_ms.filter(|w| *w > 0)
+    {
+        let wait = Duration::from_millis(wait).min(MAX_WAIT);
+        store.wait_for_data(&topic, partition, q.offset, wait).await;
+        read = read_blocking(store, &topic, partition, q.offset, max_bytes).await?;
     }
     let mut headers = HeaderMap::new();
     headers.insert(

@@ -216,13 +216,13 @@ struct PendingGuard {
 
 impl Drop for PendingGuard {
     fn drop(&mut self) {
-        if let Ok(mut p) = self.ingest.pending.lock() {
-            if let Some(n) = p.get_mut(&self.topic) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    // Keyed by request topic: without this, every name ever posted stays.
-                    p.remove(&self.topic);
-                }
+        if let Ok(mut p) = self.ingest.pending.lock()
+            && let Some(n) = p.get_mut(&self.topic)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                // Keyed by request topic: without this, every name ever posted stays.
+                p.remove(&self.topic);
             }
         }
     }

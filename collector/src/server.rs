@@ -315,13 +315,13 @@ impl RateLimitedLog {
 fn raise_fd_limit(max_connections: u32) {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let before = getrlimit(Resource::Nofile);
-    let mut want = before.clone();
+    let mut want = before;
     want.current = before.maximum;
     let after = match setrlimit(Resource::Nofile, want) {
         Ok(()) => getrlimit(Resource::Nofile),
         Err(e) => {
             tracing::warn!(error = %e, soft = ?before.current, hard = ?before.maximum, "could not raise the open-files limit");
-            before.clone()
+            before
         }
     };
     let soft = after.current.unwrap_or(u64::MAX);

@@ -16,29 +16,29 @@ use tower::ServiceExt;
 fn state(dir: &Path, extra: &str) -> Arc<AppState> {
     let yaml = format!("data_dir: {}\n{extra}", dir.display());
     let c: CollectorConfig =
-        ferry_core::config::load_str(&yaml, Path::new("collector.yaml")).unwrap();
-    c.validate().unwrap();
-    let backend = open_backend(&c).unwrap();
+        ferry_core::config::load_str(&yaml, Path::new("collector.yaml")).expect("test setup");
+    c.validate().expect("test setup");
+    let backend = open_backend(&c).expect("test setup");
     Arc::new(AppState::new(Ingest::new(backend, Arc::new(c))))
 }
 
 async fn call(app: &axum::Router, req: Request<Body>) -> (StatusCode, Option<String>, String) {
-    let resp = app.clone().oneshot(req).await.unwrap();
+    let resp = app.clone().oneshot(req).await.expect("test setup");
     let status = resp.status();
     let retry = resp
         .headers()
         .get("retry-after")
-        .map(|v| v.to_str().unwrap().to_owned());
+        .map(|v| v.to_str().expect("test setup").to_owned());
     let body = axum::body::to_bytes(resp.into_body(), 16 << 20)
         .await
-        .unwrap();
+        .expect("test setup");
     (status, retry, String::from_utf8_lossy(&body).into_owned())
 }
 
 fn post(topic: &str, body: impl Into<Body>) -> Request<Body> {
     Request::post(format!("/v1/topics/{topic}/records"))
         .body(body.into())
-        .unwrap()
+        .expect("test setup")
 }
 
 fn json(method: &str, path: &str, body: impl Into<Body>) -> Request<Body> {
@@ -47,7 +47,7 @@ fn json(method: &str, path: &str, body: impl Into<Body>) -> Request<Body> {
         .uri(path)
         .header("content-type", "application/json")
         .body(body.into())
-        .unwrap()
+        .expect("test setup")
 }
 
 fn lines(prefix: &str, n: usize) -> String {
@@ -64,7 +64,7 @@ fn held(state: &AppState, topic: &str) -> u64 {
 /// given back on drop.
 #[tokio::test]
 async fn a_request_dropped_mid_append_gives_back_its_reservation_and_pending_slot() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("test setup");
     let state = state(
         dir.path(),
         "topics:\n  capped:\n    partitions: 1\n    max_records: 1000\n",
@@ -125,7 +125,7 @@ async fn a_request_dropped_mid_append_gives_back_its_reservation_and_pending_slo
 /// Regression (issue 16, repro 2): the JSON routes read bodies of any size before answering.
 #[tokio::test]
 async fn json_routes_refuse_bodies_over_their_limit_with_413() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("test setup");
     let state = state(dir.path(), "");
     let app = app(state);
     let big = vec![b' '; MAX_JSON_BODY_BYTES + 1];
@@ -151,7 +151,7 @@ async fn json_routes_refuse_bodies_over_their_limit_with_413() {
             .uri(path)
             .header("content-length", (2u64 << 30).to_string())
             .body(Body::from("{}"))
-            .unwrap();
+            .expect("test setup");
         let (status, _, body) = call(&app, req).await;
         assert_eq!(
             status,
@@ -169,7 +169,7 @@ async fn json_routes_refuse_bodies_over_their_limit_with_413() {
 /// creation left its directory behind; there was no way to delete a topic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topics_and_partitions_are_bounded_refusals_leave_nothing_and_topics_can_be_deleted() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("test setup");
     let state = state(
         dir.path(),
         "default_partitions: 2\nlimits:\n  max_topics: 3\n  max_partitions_per_topic: 8\n  topic_creations_per_sec: 2\n",
@@ -177,8 +177,13 @@ async fn topics_and_partitions_are_bounded_refusals_leave_nothing_and_topics_can
     let app = app(state.clone());
     let topic_dirs = || -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(dir.path().join("topics"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .expect("test setup")
+            .map(|e| {
+                e.expect("test setup")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
             .collect();
         v.sort();
         v
@@ -211,13 +216,15 @@ async fn topics_and_partitions_are_bounded_refusals_leave_nothing_and_topics_can
     let del = |t: &str| {
         Request::delete(format!("/v1/topics/{t}"))
             .body(Body::empty())
-            .unwrap()
+            .expect("test setup")
     };
     let (status, _, body) = call(&app, del("a")).await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
     let (status, _, _) = call(
         &app,
-        Request::get("/v1/topics/a").body(Body::empty()).unwrap(),
+        Request::get("/v1/topics/a")
+            .body(Body::empty())
+            .expect("test setup"),
     )
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -225,7 +232,7 @@ async fn topics_and_partitions_are_bounded_refusals_leave_nothing_and_topics_can
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     assert_eq!(topic_dirs(), ["b", "c"]);
     let trash: Vec<_> = std::fs::read_dir(dir.path().join("trash"))
-        .unwrap()
+        .expect("test setup")
         .collect();
     assert!(
         trash.is_empty(),
@@ -245,7 +252,7 @@ async fn topics_and_partitions_are_bounded_refusals_leave_nothing_and_topics_can
 /// checkpoint ("File name too long").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_longest_topic_name_can_checkpoint() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("test setup");
     let state = state(dir.path(), "default_partitions: 1\n");
     let app = app(state);
     let topic = "t".repeat(ferry_core::topic::MAX_TOPIC_LEN);
@@ -262,22 +269,24 @@ async fn the_longest_topic_name_can_checkpoint() {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let member: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let member = member["member_id"].as_str().unwrap().to_owned();
+    let member: serde_json::Value = serde_json::from_str(&body).expect("test setup");
+    let member = member["member_id"].as_str().expect("test setup").to_owned();
     let path = format!("/v1/groups/{group}/checkpoints/{topic}/0");
     let put = Request::put(format!("{path}?member_id={member}&offset=1"))
         .body(Body::from("state"))
-        .unwrap();
+        .expect("test setup");
     let (status, _, body) = call(&app, put).await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
     let resp = app
         .clone()
-        .oneshot(Request::get(&path).body(Body::empty()).unwrap())
+        .oneshot(Request::get(&path).body(Body::empty()).expect("test setup"))
         .await
-        .unwrap();
+        .expect("test setup");
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()["x-ferry-offset"], "1");
-    let body = axum::body::to_bytes(resp.into_body(), 1024).await.unwrap();
+    let body = axum::body::to_bytes(resp.into_body(), 1024)
+        .await
+        .expect("test setup");
     assert_eq!(&body[..], b"state");
 }
 
@@ -285,7 +294,7 @@ async fn the_longest_topic_name_can_checkpoint() {
 /// leave the details to the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn io_errors_do_not_show_server_paths() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("test setup");
     let state = state(dir.path(), "default_partitions: 1\n");
     let app = app(state);
     let (status, _, body) = call(&app, post("t", "x\n")).await;
@@ -295,15 +304,15 @@ async fn io_errors_do_not_show_server_paths() {
         json("POST", "/v1/groups/g/join", r#"{"topics":["t"]}"#),
     )
     .await;
-    let member: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let member = member["member_id"].as_str().unwrap().to_owned();
+    let member: serde_json::Value = serde_json::from_str(&body).expect("test setup");
+    let member = member["member_id"].as_str().expect("test setup").to_owned();
     // A file where the checkpoints directory should be: every checkpoint write fails.
-    std::fs::write(dir.path().join("checkpoints"), b"in the way").unwrap();
+    std::fs::write(dir.path().join("checkpoints"), b"in the way").expect("test setup");
     let put = Request::put(format!(
         "/v1/groups/g/checkpoints/t/0?member_id={member}&offset=1"
     ))
     .body(Body::from("state"))
-    .unwrap();
+    .expect("test setup");
     let (status, retry, body) = call(&app, put).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(retry.is_some());
@@ -323,7 +332,7 @@ async fn io_errors_do_not_show_server_paths() {
 /// stored once; one that overlaps what is stored keeps only the new lines.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resent_body_with_a_producer_id_is_stored_once() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("test setup");
     let state = state(dir.path(), "default_partitions: 3\n");
     let app = app(state.clone());
     let send = |body: String, id: &str, seq: u64| {
@@ -331,24 +340,24 @@ async fn a_resent_body_with_a_producer_id_is_stored_once() {
             .header("ferry-producer-id", id)
             .header("ferry-producer-seq", seq.to_string())
             .body(Body::from(body))
-            .unwrap()
+            .expect("test setup")
     };
     let first: String = (0..100).map(|i| format!("line {i}\n")).collect();
     let (status, _, body) = call(&app, send(first.clone(), "prod-1", 0)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let s: IngestSummary = serde_json::from_str(&body).unwrap();
+    let s: IngestSummary = serde_json::from_str(&body).expect("test setup");
     assert_eq!((s.stored, s.deduplicated), (100, 0));
     let (_, _, body) = call(&app, send(first, "prod-1", 0)).await;
-    let s: IngestSummary = serde_json::from_str(&body).unwrap();
+    let s: IngestSummary = serde_json::from_str(&body).expect("test setup");
     assert_eq!((s.stored, s.deduplicated), (0, 100), "resend stored again");
     // Lines 50..150: the first 50 are replays.
     let overlap: String = (50..150).map(|i| format!("line {i}\n")).collect();
     let (_, _, body) = call(&app, send(overlap.clone(), "prod-1", 50)).await;
-    let s: IngestSummary = serde_json::from_str(&body).unwrap();
+    let s: IngestSummary = serde_json::from_str(&body).expect("test setup");
     assert_eq!((s.stored, s.deduplicated), (50, 50));
     // Another producer's lines with the same numbers are its own.
     let (_, _, body) = call(&app, send(overlap, "prod-2", 50)).await;
-    let s: IngestSummary = serde_json::from_str(&body).unwrap();
+    let s: IngestSummary = serde_json::from_str(&body).expect("test setup");
     assert_eq!((s.stored, s.deduplicated), (100, 0));
     assert_eq!(held(&state, "p"), 250);
     // A body past the size at which plain bodies are cut into batches is stored whole: no
@@ -360,21 +369,21 @@ async fn a_resent_body_with_a_producer_id_is_stored_once() {
     assert!(large.len() > 2 << 20);
     let (status, _, body) = call(&app, send(large, "prod-3", 0)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let s: IngestSummary = serde_json::from_str(&body).unwrap();
+    let s: IngestSummary = serde_json::from_str(&body).expect("test setup");
     assert_eq!((s.stored, s.deduplicated), (40_000, 0));
     // Malformed headers are refused, naming the header.
     let bad = Request::post("/v1/topics/p/records")
         .header("ferry-producer-id", "no spaces please")
         .header("ferry-producer-seq", "1")
         .body(Body::from("x\n"))
-        .unwrap();
+        .expect("test setup");
     let (status, _, body) = call(&app, bad).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(body.contains("ferry-producer-id"), "{body}");
     let half = Request::post("/v1/topics/p/records")
         .header("ferry-producer-seq", "1")
         .body(Body::from("x\n"))
-        .unwrap();
+        .expect("test setup");
     let (status, _, body) = call(&app, half).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(Producer::parse("ok-id", "x").is_err());

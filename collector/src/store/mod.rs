@@ -382,10 +382,10 @@ impl Store {
             Err(e) => {
                 // Nothing of a topic that was not created stays on disk: its partitions'
                 // files are closed (dropped with the error path) and its directory removed.
-                if let Err(rm) = self.inner.fs.remove_dir_all(&tdir) {
-                    if rm.kind() != std::io::ErrorKind::NotFound {
-                        tracing::warn!(topic, dir = %tdir.display(), error = %rm, "could not remove a topic that failed to be created");
-                    }
+                if let Err(rm) = self.inner.fs.remove_dir_all(&tdir)
+                    && rm.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(topic, dir = %tdir.display(), error = %rm, "could not remove a topic that failed to be created");
                 }
                 return Err(e);
             }

@@ -453,3 +453,55 @@ fn ferry_topics_delete_removes_a_topic_and_its_files() {
     util::produce(&url, "doomed", "fresh\n");
     assert_eq!(topic_records(c.addr, "doomed"), 1);
 }
+
+/// Repro 4: 10,000 one-line POSTs to new topic names left 10,000 topic directories on disk
+/// (7,502 of them answered 503 EMFILE), and one `PUT {"partitions":4096}` opened 8,192 files.
+/// Now creation is paced and capped before anything touches the disk: every directory on disk
+/// is a topic the collector lists, and no more than `max_topics`.
+#[test]
+fn a_flood_of_new_topic_names_is_capped_and_leaves_nothing_behind() {
+    let dir = Dir::new("topic-flood");
+    let c = start_collector(
+        &dir,
+        "c",
+        Some(
+            "collector:\n  default_partitions: 1\n  limits:\n    max_topics: 50\n    topic_creations_per_sec: 1000\n",
+        ),
+    );
+    let (mut ok, mut refused) = (0, 0);
+    for i in 0..300 {
+        match post_lines(c.addr, &format!("flood-{i}"), "x\n") {
+            (200, _) => ok += 1,
+            (429, body) => {
+                assert!(body.contains("max_topics"), "{body}");
+                refused += 1;
+            }
+            other => panic!("post {i}: {other:?}"),
+        }
+    }
+    let on_disk = std::fs::read_dir(dir.join("c-data/topics"))
+        .expect("topics dir")
+        .count();
+    let (_, listed) = http_get(c.addr, "/v1/topics").expect("topics");
+    let listed = serde_json::from_str::<serde_json::Value>(&listed).expect("json");
+    let listed = listed.as_array().map_or(0, Vec::len);
+    eprintln!(
+        "300 posts to new names: {ok} created, {refused} refused; {on_disk} directories, {listed} topics listed"
+    );
+    assert_eq!((ok, refused), (50, 250));
+    assert_eq!(on_disk, 50);
+    assert_eq!(listed, 50);
+    // A topic with more partitions than allowed is refused before a file is opened.
+    let mut s = TcpStream::connect(c.addr).expect("connect");
+    let body = r#"{"partitions":4096}"#;
+    write!(
+        s,
+        "PUT /v1/topics/wide HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).expect("reply");
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(!dir.join("c-data/topics/wide").exists());
+}

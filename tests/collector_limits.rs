@@ -505,3 +505,195 @@ fn a_flood_of_new_topic_names_is_capped_and_leaves_nothing_behind() {
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
     assert!(!dir.join("c-data/topics/wide").exists());
 }
+
+/// The bounded chaos test (issue 16): producers running while the collector is SIGKILLed three
+/// times, with slow-header connections, oversized JSON bodies and a flood of new topic names
+/// hitting it all along. At the end every line is stored exactly once; while the collector was
+/// up `/healthz` answered within 1 s, and its RSS and open files stayed under the bounds below.
+#[test]
+fn chaos_kills_slow_clients_big_bodies_and_topic_floods_at_once() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    const MAX_RSS_KIB: u64 = 256 << 10;
+    const MAX_FDS: usize = 1024;
+    let seed = seed();
+    let dir = Dir::new("chaos");
+    let config = "collector:\n  default_partitions: 2\n  limits:\n    max_connections: 200\n    header_read_timeout: 1s\n    max_topics: 60\n    topic_creations_per_sec: 50\n";
+    let mut c = start_collector(&dir, "c", Some(config));
+    let addr = c.addr;
+    let url = c.url();
+    let stop = Arc::new(AtomicBool::new(false));
+    let abuse = Arc::new(AtomicU64::new(0));
+    let mut threads = Vec::new();
+    // Slow-header clients: up to 150 connections dripping a header byte now and then.
+    {
+        let (stop, abuse) = (stop.clone(), abuse.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut conns: Vec<TcpStream> = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                while conns.len() < 150 {
+                    match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                        Ok(s) => {
+                            let _ = s.set_nonblocking(true);
+                            conns.push(s);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                conns.retain_mut(|s| {
+                    let mut b = [0u8; 64];
+                    match s.read(&mut b) {
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => s.write_all(b"G").is_ok(),
+                        _ => false,
+                    }
+                });
+                abuse.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }));
+    }
+    // Oversized bodies to a JSON route, and posts to ever new topic names.
+    {
+        let (stop, abuse) = (stop.clone(), abuse.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                    let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
+                    let _ = write!(
+                        s,
+                        "POST /v1/groups/g/heartbeat HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+                        64u64 << 20
+                    );
+                    let block = vec![b' '; 1 << 20];
+                    for _ in 0..64 {
+                        if s.write_all(&block).is_err() {
+                            break;
+                        }
+                    }
+                }
+                if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                    let _ = write!(
+                        s,
+                        "POST /v1/topics/flood-{seed}-{i}/records HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nx\n"
+                    );
+                    let mut sink = Vec::new();
+                    let _ = s.read_to_end(&mut sink);
+                }
+                i += 1;
+                abuse.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }));
+    }
+    let producers = 3;
+    let per = 150_000u64;
+    let mut children = Vec::new();
+    for p in 0..producers {
+        let lines: String = (0..per)
+            .map(|i| format!("chaos-{p} line-{i:07} {}\n", "y".repeat(40)))
+            .collect();
+        let path = dir.write(&format!("in-{p}.txt"), lines);
+        children.push(
+            ferry()
+                .args(["produce", "--collector", &url, "chaos"])
+                .stdin(std::fs::File::open(&path).expect("input"))
+                .stdout(std::process::Stdio::null())
+                .stderr(
+                    std::fs::File::create(dir.join(format!("produce-{p}.stderr"))).expect("stderr"),
+                )
+                .spawn()
+                .expect("spawn produce"),
+        );
+    }
+    let total = producers * per;
+    let (mut worst_health, mut max_rss, mut max_fds) = (Duration::ZERO, 0u64, 0usize);
+    // Probes the running collector until `done` holds: /healthz, RSS, open files.
+    let mut watch = |c: &Service, done: &mut dyn FnMut() -> bool, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            let t = Instant::now();
+            let r = http_get(c.addr, "/healthz");
+            let took = t.elapsed();
+            assert!(
+                matches!(r, Ok((200 | 503, _))) && took < Duration::from_secs(1),
+                "/healthz during chaos: {r:?} after {took:?}"
+            );
+            worst_health = worst_health.max(took);
+            let pid = c.pid().expect("pid");
+            max_rss = max_rss.max(status_kib(pid, "VmRSS:"));
+            let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+            max_fds = max_fds.max(fds);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let records = |addr: SocketAddr| {
+        http_get(addr, "/v1/topics/chaos")
+            .ok()
+            .and_then(|(s, b)| (s == 200).then_some(b))
+            .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["records"].as_u64())
+            .unwrap_or(0)
+    };
+    for kill in 1..=3u64 {
+        let at = total * kill / 4;
+        watch(&c, &mut || records(addr) >= at, "records to arrive");
+        c.kill9();
+        c = restart(&dir, &c, "c");
+    }
+    let mut exited = vec![false; children.len()];
+    watch(
+        &c,
+        &mut || {
+            for (i, ch) in children.iter_mut().enumerate() {
+                if let Ok(Some(status)) = ch.try_wait() {
+                    assert!(
+                        status.success(),
+                        "produce {i}: {}",
+                        std::fs::read_to_string(dir.join(format!("produce-{i}.stderr")))
+                            .unwrap_or_default()
+                    );
+                    exited[i] = true;
+                }
+            }
+            exited.iter().all(|e| *e)
+        },
+        "the producers to finish",
+    );
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().expect("abuse thread");
+    }
+    let out = run(
+        ferry().args([
+            "consume",
+            "--collector",
+            &c.url(),
+            "chaos",
+            "--from-beginning",
+            "--idle-timeout",
+            "2s",
+        ]),
+        b"",
+        0,
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut seen = std::collections::HashMap::<&str, u32>::new();
+    for l in text.lines() {
+        *seen.entry(l).or_default() += 1;
+    }
+    let twice = seen.values().filter(|&&n| n > 1).count();
+    let topics = std::fs::read_dir(dir.join("c-data/topics")).map_or(0, |d| d.count());
+    eprintln!(
+        "chaos: {total} lines, {} distinct stored, {twice} twice; {} abuse rounds; worst /healthz {worst_health:?}; max RSS {max_rss} KiB; max fds {max_fds}; {topics} topic dirs",
+        seen.len(),
+        abuse.load(Ordering::Relaxed)
+    );
+    assert_eq!(twice, 0, "lines stored more than once");
+    assert_eq!(seen.len() as u64, total, "lines lost");
+    assert!(max_rss < MAX_RSS_KIB, "RSS {max_rss} KiB");
+    assert!(max_fds < MAX_FDS, "{max_fds} open files");
+    assert!(topics <= 60, "{topics} topics on disk, max_topics is 60");
+}

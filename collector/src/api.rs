@@ -6,11 +6,16 @@
 //! | `POST /v1/topics/{topic}/records` | ingest; 200 once durable, with an [`IngestSummary`] |
 //! | `GET /v1/topics`, `GET /v1/topics/{topic}` | topics with partitions, offsets, sizes |
 //! | `PUT /v1/topics/{topic}` | create with `{"partitions": N}` |
+//! | `DELETE /v1/topics/{topic}` | delete the topic and its records |
 //! | `GET /v1/topics/{topic}/partitions/{p}/records` | fetch: `offset`, `max_bytes`, `wait_ms` (long-poll), `format=batch\|json` |
 //! | `GET /v1/topics/{topic}/partitions/{p}/offset` | `timestamp_ms` → first offset at or after it |
 //! | `POST /v1/groups/{group}/join` · `heartbeat` · `leave` · `commit` | consumer groups |
 //! | `GET /v1/groups`, `GET /v1/groups/{group}/offsets` | groups with members and lag |
 //! | `GET /healthz`, `GET /metrics` | liveness, Prometheus text |
+//!
+//! Bodies are bounded per route: ingest by `limits.max_body_bytes`, the JSON routes by
+//! [`MAX_JSON_BODY_BYTES`] ([`JsonBody`]), checkpoints by `limits.max_checkpoint_bytes` and only
+//! after the ownership check. File-system work runs on the blocking pool ([`blocking`]).
 //!
 //! Every error is a JSON `{"error": "..."}` with a status that says whose problem it is: 400
 //! malformed, 401/403 auth, 404 unknown, 409 not the owner, 413 too large, 416 offset out of
@@ -418,23 +423,8 @@ async fn drain(body: Body, limit: u64) {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-pub struct TopicView {
-    pub name: String,
-    pub records: u64,
-    pub size_bytes: u64,
-    pub partitions: Vec<PartitionView>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct PartitionView {
-    pub partition: u32,
-    pub log_start: u64,
-    pub end_offset: u64,
-    pub size_bytes: u64,
-    pub segments: u32,
-    pub last_append_ms: Option<i64>,
-}
+/// The wire contract's topic views, shared with every client (`ferry_core::client`).
+pub use ferry_core::client::{PartitionInfo as PartitionView, TopicInfo as TopicView};
 
 fn topic_views(state: &AppState) -> Result<Vec<TopicView>, ApiError> {
     Ok(state
@@ -952,32 +942,8 @@ async fn group_offsets(
     ))
 }
 
-/// A group as `ferry groups` shows it: members and, per partition, committed offset and lag.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct GroupView {
-    pub group: String,
-    pub members: Vec<MemberView>,
-    pub partitions: Vec<LagView>,
-    pub lag_records: u64,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct MemberView {
-    pub member_id: String,
-    pub topics: Vec<String>,
-    pub partitions: Vec<Tp>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct LagView {
-    pub topic: String,
-    pub partition: u32,
-    pub committed: u64,
-    pub end_offset: u64,
-    pub lag_records: u64,
-    /// Age of the oldest record not yet committed, in seconds (0 with no lag).
-    pub lag_seconds: f64,
-}
+/// The wire contract's group views, shared with every client (`ferry groups` reads them typed).
+pub use ferry_core::client::{GroupView, LagView, MemberView};
 
 async fn list_groups(State(state): State<Arc<AppState>>) -> Result<Json<Vec<GroupView>>, ApiError> {
     state.store()?;

@@ -85,6 +85,35 @@ pub struct TopicInfo {
     pub partitions: Vec<PartitionInfo>,
 }
 
+/// A group as `GET /v1/groups` answers it (and `ferry groups` shows it): members and, per
+/// partition, committed offset and lag. The collector serializes these very types.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GroupView {
+    pub group: String,
+    pub members: Vec<MemberView>,
+    pub partitions: Vec<LagView>,
+    pub lag_records: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MemberView {
+    pub member_id: String,
+    pub topics: Vec<String>,
+    /// `(topic, partition)` pairs it is assigned.
+    pub partitions: Vec<(String, u32)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LagView {
+    pub topic: String,
+    pub partition: u32,
+    pub committed: u64,
+    pub end_offset: u64,
+    pub lag_records: u64,
+    /// Age of the oldest record not yet committed, in seconds (0 with no lag).
+    pub lag_seconds: f64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CommittedOffset {
     pub topic: String,
@@ -468,7 +497,7 @@ impl CollectorClient {
     }
 
     /// Every group with its members and lag, as the collector reports it.
-    pub async fn groups(&self) -> Result<serde_json::Value, ClientError> {
+    pub async fn groups(&self) -> Result<Vec<GroupView>, ClientError> {
         self.json(self.req(reqwest::Method::GET, "/v1/groups"))
             .await
     }

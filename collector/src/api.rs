@@ -15,7 +15,7 @@
 //!
 //! Bodies are bounded per route: ingest by `limits.max_body_bytes`, the JSON routes by
 //! [`MAX_JSON_BODY_BYTES`] ([`JsonBody`]), checkpoints by `limits.max_checkpoint_bytes` and only
-//! after the ownership check. File-system work runs on the blocking pool ([`blocking`]).
+//! after the ownership check. File-system work runs on the blocking pool (`blocking`).
 //!
 //! Every error is a JSON `{"error": "..."}` with a status that says whose problem it is: 400
 //! malformed, 401/403 auth, 404 unknown, 409 not the owner, 413 too large, 416 offset out of

@@ -225,8 +225,25 @@ impl Store {
                 continue;
             };
             let meta = tdir.join(TOPIC_META_FILE);
-            let count = match fs
-                .read_file(&meta)
+            let read = fs.read_file(&meta);
+            if read
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+            {
+                // The metadata file is written last and a topic takes appends only after it:
+                // without it, this is a creation cut off by a crash, holding no records.
+                let note = format!(
+                    "{}: topic {name:?} was never fully created (no {TOPIC_META_FILE}); removed",
+                    tdir.display()
+                );
+                tracing::warn!("{note}");
+                report.notes.push(note);
+                if let Err(e) = fs.remove_dir_all(&tdir) {
+                    tracing::warn!(dir = %tdir.display(), error = %e, "could not remove an incomplete topic");
+                }
+                continue;
+            }
+            let count = match read
                 .map_err(|e| e.to_string())
                 .and_then(|b| decode_meta(&b))
             {

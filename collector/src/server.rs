@@ -127,9 +127,9 @@ impl Collector {
     }
 }
 
-/// Connections past `max_connections` that may be answered a 503 at once; beyond that they
-/// are closed without a word (answering is a courtesy, not something to queue for).
-const MAX_REFUSING: usize = 64;
+/// Refused connections (past `max_connections`) closed cleanly at once; beyond that they are
+/// dropped right after their 503 (a courtesy, not something to queue for).
+const MAX_REFUSING: usize = 256;
 /// How often a repeated accept problem (refused at the cap, accept errors such as EMFILE) is
 /// logged; the counters count every one.
 const LOG_EVERY: Duration = Duration::from_secs(10);
@@ -146,7 +146,7 @@ struct Listener {
     /// connection's task and is given back when the connection closes.
     connections: Arc<Semaphore>,
     max_connections: usize,
-    /// Permits to answer refused connections with a 503 ([`MAX_REFUSING`]).
+    /// Permits to close refused connections cleanly ([`MAX_REFUSING`]).
     refusing: Arc<Semaphore>,
     header_read_timeout: Duration,
     /// Every connection task, awaited before `run` returns (the drain).
@@ -223,8 +223,11 @@ impl Listener {
                         "refusing connections: at max_connections"
                     );
                 }
+                // The answer goes out at once (a fresh socket's send buffer has room for it);
+                // a task then closes the connection cleanly, if one may be spared.
+                let _ = stream.try_write(REFUSAL);
                 if let Ok(permit) = self.refusing.clone().try_acquire_owned() {
-                    self.tasks.spawn(refuse(stream, permit));
+                    self.tasks.spawn(close_refused(stream, permit));
                 }
             }
         }
@@ -269,16 +272,21 @@ async fn serve_connection(
     metrics::gauge!("ferry_collector_connections_open").decrement(1.0);
 }
 
-/// Answers a connection past `max_connections` with a 503 and closes it. What the client
-/// already sent is read first (briefly), so that closing does not reset the connection before
-/// it reads the answer.
-async fn refuse(mut stream: tokio::net::TcpStream, _permit: OwnedSemaphorePermit) {
-    const REPLY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 78\r\n\r\n{\"error\":\"the collector is at max_connections; retry in a moment\",\"retry\":1}\n";
+/// The answer to a connection past `max_connections`.
+const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 67\r\n\r\n{\"error\":\"the collector is at max_connections; retry in a moment\"}\n";
+
+/// Closes a refused connection (its 503 already sent) without resetting it: our side is shut
+/// down, and what the client still sends is read and dropped for up to a second, so that the
+/// client reads the answer instead of a reset.
+async fn close_refused(mut stream: tokio::net::TcpStream, _permit: OwnedSemaphorePermit) {
+    let _ = stream.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         let mut buf = [0u8; 4096];
-        let _ = tokio::time::timeout(Duration::from_millis(100), stream.read(&mut buf)).await;
-        let _ = stream.write_all(REPLY).await;
-        let _ = stream.shutdown().await;
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
     })
     .await;
 }

@@ -121,12 +121,14 @@ pub enum Command {
         #[arg(long, default_value = "raw")]
         format: String,
     },
-    /// List topics with their partitions and sizes.
+    /// List topics with their partitions and sizes (`ferry topics delete T` deletes one).
     Topics {
-        #[arg(long)]
-        collector: String,
+        #[arg(long, global = true)]
+        collector: Option<String>,
         #[arg(long)]
         json: bool,
+        #[command(subcommand)]
+        action: Option<TopicsAction>,
     },
     /// List consumer groups with their lag.
     Groups {
@@ -174,6 +176,12 @@ pub enum Command {
     },
     /// Validate a ferry config; a bad one exits 2 naming file:line:col.
     Check { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopicsAction {
+    /// Delete a topic and all its records.
+    Delete { topic: String },
 }
 
 /// An error that is the user's to fix (bad flags, bad config): exit code 2.
@@ -392,7 +400,20 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
             })
             .await
         }
-        Command::Topics { collector, json } => commands::admin::topics(&collector, json).await,
+        Command::Topics {
+            collector,
+            json,
+            action,
+        } => {
+            let collector =
+                collector.ok_or_else(|| UsageError("ferry topics needs --collector URL".into()))?;
+            match action {
+                None => commands::admin::topics(&collector, json).await,
+                Some(TopicsAction::Delete { topic }) => {
+                    commands::admin::delete_topic(&collector, &topic).await
+                }
+            }
+        }
         Command::Groups { collector, json } => commands::admin::groups(&collector, json).await,
         Command::Check { file } => check(&file),
     }

@@ -6,11 +6,16 @@
 //! | `POST /v1/topics/{topic}/records` | ingest; 200 once durable, with an [`IngestSummary`] |
 //! | `GET /v1/topics`, `GET /v1/topics/{topic}` | topics with partitions, offsets, sizes |
 //! | `PUT /v1/topics/{topic}` | create with `{"partitions": N}` |
+//! | `DELETE /v1/topics/{topic}` | delete the topic and its records |
 //! | `GET /v1/topics/{topic}/partitions/{p}/records` | fetch: `offset`, `max_bytes`, `wait_ms` (long-poll), `format=batch\|json` |
 //! | `GET /v1/topics/{topic}/partitions/{p}/offset` | `timestamp_ms` → first offset at or after it |
 //! | `POST /v1/groups/{group}/join` · `heartbeat` · `leave` · `commit` | consumer groups |
 //! | `GET /v1/groups`, `GET /v1/groups/{group}/offsets` | groups with members and lag |
 //! | `GET /healthz`, `GET /metrics` | liveness, Prometheus text |
+//!
+//! Bodies are bounded per route: ingest by `limits.max_body_bytes`, the JSON routes by
+//! [`MAX_JSON_BODY_BYTES`] ([`JsonBody`]), checkpoints by `limits.max_checkpoint_bytes` and only
+//! after the ownership check. File-system work runs on the blocking pool (`blocking`).
 //!
 //! Every error is a JSON `{"error": "..."}` with a status that says whose problem it is: 400
 //! malformed, 401/403 auth, 404 unknown, 409 not the owner, 413 too large, 416 offset out of
@@ -18,17 +23,20 @@
 
 use crate::config::CollectorConfig;
 use crate::coordinator::{Assignment, CoordError, Coordinator, Tp};
-use crate::ingest::{Ingest, IngestError, IngestSummary};
+use crate::ingest::{Ingest, IngestError, IngestSummary, Producer};
 use crate::store::{Store, StoreError};
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
-use ferry_core::batch::{AFTER_HEADER as FERRY_AFTER, DecodeLimits};
+use ferry_core::batch::{
+    AFTER_HEADER as FERRY_AFTER, DecodeLimits, PRODUCER_ID_HEADER as PRODUCER_ID,
+    PRODUCER_SEQ_HEADER as PRODUCER_SEQ,
+};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,8 +47,9 @@ const MAX_WAIT: Duration = Duration::from_secs(30);
 
 /// What every handler shares.
 pub struct AppState {
-    /// The ingest path (and through it the store).
-    pub ingest: Ingest,
+    /// The ingest path (and through it the store); an `Arc` so that a request's blocking
+    /// steps can take it to the blocking pool.
+    pub ingest: Arc<Ingest>,
     /// Group membership; a std mutex never held across an await.
     pub coordinator: Mutex<Coordinator>,
     /// Origin of the coordinator's monotonic clock.
@@ -59,7 +68,7 @@ impl AppState {
         let config = ingest.config.clone();
         let kib = (config.limits.max_inflight_bytes.get() / 1024).clamp(1, u64::from(u32::MAX));
         Self {
-            ingest,
+            ingest: Arc::new(ingest),
             coordinator: Mutex::new(Coordinator::new()),
             started: Instant::now(),
             inflight: Semaphore::new(kib as usize),
@@ -67,6 +76,21 @@ impl AppState {
             checkpoints: crate::checkpoints::Checkpoints::new(&config.data_dir),
             config,
         }
+    }
+
+    /// Counts `bytes` of a request body against `max_inflight_bytes` for as long as the permit
+    /// lives; 503 when the collector is at the limit.
+    fn inflight_permit(&self, bytes: u64) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+        let kib = (bytes / 1024 + 1).min(u64::from(self.inflight_kib)) as u32;
+        self.inflight.try_acquire_many(kib).map_err(|_| {
+            metrics::counter!("ferry_collector_refused_total", "reason" => "inflight_bytes")
+                .increment(1);
+            ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: "collector is at max_inflight_bytes; retry later".into(),
+                retry_after: Some(self.config.limits.retry_after_secs),
+            }
+        })
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -141,11 +165,32 @@ fn store_error(e: StoreError, retry_after: u32) -> ApiError {
         StoreError::InvalidTopicName { .. } | StoreError::Batch(_) => StatusCode::BAD_REQUEST,
         StoreError::TopicExists { .. } | StoreError::OutOfOrder { .. } => StatusCode::CONFLICT,
         StoreError::OffsetOutOfRange { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
-        StoreError::Closed => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::SERVICE_UNAVAILABLE,
+        StoreError::TooManyTopics { .. } => StatusCode::TOO_MANY_REQUESTS,
+        StoreError::Closed | StoreError::Io { .. } | StoreError::Corruption { .. } => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
     };
-    let mut err = ApiError::new(status, e.to_string());
-    if status == StatusCode::SERVICE_UNAVAILABLE {
+    let message = match &e {
+        // The details (file paths, OS errors) are the operator's: they go to the log, the
+        // client gets what it can act on.
+        StoreError::Io { source, .. } => {
+            tracing::error!(error = %e, "store I/O error");
+            format!(
+                "the collector could not store or read the data ({}); retry later, details are in the collector's log",
+                source.kind()
+            )
+        }
+        StoreError::Corruption { .. } => {
+            tracing::error!(error = %e, "store corruption");
+            "the collector found corrupt data; details are in the collector's log".to_owned()
+        }
+        _ => e.to_string(),
+    };
+    let mut err = ApiError::new(status, message);
+    if matches!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+    ) {
         err.retry_after = Some(retry_after);
     }
     err
@@ -211,14 +256,16 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "no such route; see /v1/topics")
         })
-        .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
 
 fn embedded_routes(state: Arc<AppState>) -> axum::Router<Arc<AppState>> {
     axum::Router::new()
         .route("/v1/topics", get(list_topics))
-        .route("/v1/topics/{topic}", get(get_topic).put(create_topic))
+        .route(
+            "/v1/topics/{topic}",
+            get(get_topic).put(create_topic).delete(delete_topic),
+        )
         .route("/v1/topics/{topic}/records", post(post_records))
         .route(
             "/v1/topics/{topic}/partitions/{partition}/records",
@@ -285,29 +332,20 @@ async fn post_records(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if let Some(n) = declared {
-        if n > max_body {
-            metrics::counter!("ferry_collector_refused_total", "reason" => "body_too_large")
-                .increment(1);
-            // Read (and discard) what the client is sending, so it sees the 413 instead of a
-            // connection reset mid-upload; past a bound, the connection is simply closed.
-            drain(body, max_body.saturating_mul(4)).await;
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("body is {n} bytes, over max_body_bytes ({max_body})"),
-            ));
-        }
-    }
-    let kib = (declared.unwrap_or(max_body) / 1024 + 1).min(u64::from(state.inflight_kib)) as u32;
-    let _permit = state.inflight.try_acquire_many(kib).map_err(|_| {
-        metrics::counter!("ferry_collector_refused_total", "reason" => "inflight_bytes")
+    if let Some(n) = declared
+        && n > max_body
+    {
+        metrics::counter!("ferry_collector_refused_total", "reason" => "body_too_large")
             .increment(1);
-        ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            message: "collector is at max_inflight_bytes; retry later".into(),
-            retry_after: Some(retry),
-        }
-    })?;
+        // Read (and discard) what the client is sending, so it sees the 413 instead of a
+        // connection reset mid-upload; past a bound, the connection is simply closed.
+        drain(body, max_body.saturating_mul(4)).await;
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body is {n} bytes, over max_body_bytes ({max_body})"),
+        ));
+    }
+    let _permit = state.inflight_permit(declared.unwrap_or(max_body))?;
     let body = axum::body::to_bytes(body, max_body as usize)
         .await
         .map_err(|e| {
@@ -345,10 +383,26 @@ async fn post_records(
                 })?,
         ),
     };
+    let producer = match (headers.get(PRODUCER_ID), headers.get(PRODUCER_SEQ)) {
+        (None, None) => None,
+        (Some(id), Some(seq)) => Some(
+            Producer::parse(
+                id.to_str().unwrap_or("(not ASCII)"),
+                seq.to_str().unwrap_or("(not ASCII)"),
+            )
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?,
+        ),
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("{PRODUCER_ID} and {PRODUCER_SEQ} go together: send both or neither"),
+            ));
+        }
+    };
     let bytes_in = body.len() as u64;
     let summary = state
         .ingest
-        .ingest(&topic, ct, ce, body, after)
+        .ingest(&topic, ct, ce, body, after, producer)
         .await
         .map_err(|e| ApiError::from((e, retry)))?;
     metrics::counter!("ferry_collector_bytes_received_total").increment(bytes_in);
@@ -371,23 +425,8 @@ async fn drain(body: Body, limit: u64) {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-pub struct TopicView {
-    pub name: String,
-    pub records: u64,
-    pub size_bytes: u64,
-    pub partitions: Vec<PartitionView>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct PartitionView {
-    pub partition: u32,
-    pub log_start: u64,
-    pub end_offset: u64,
-    pub size_bytes: u64,
-    pub segments: u32,
-    pub last_append_ms: Option<i64>,
-}
+/// The wire contract's topic views, shared with every client (`ferry_core::client`).
+pub use ferry_core::client::{PartitionInfo as PartitionView, TopicInfo as TopicView};
 
 fn topic_views(state: &AppState) -> Result<Vec<TopicView>, ApiError> {
     Ok(state
@@ -442,19 +481,22 @@ struct CreateTopic {
 async fn create_topic(
     State(state): State<Arc<AppState>>,
     Path(topic): Path<String>,
-    body: Bytes,
+    JsonBody(req): JsonBody<CreateTopic>,
 ) -> Result<(StatusCode, Json<TopicView>), ApiError> {
-    let req: CreateTopic = parse_json(&body)?;
-    if req.partitions == 0 || req.partitions > 4096 {
+    let limits = &state.config.limits;
+    let max = limits.max_partitions_per_topic;
+    if req.partitions == 0 || req.partitions > max {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "partitions must be between 1 and 4096",
+            format!("partitions must be between 1 and {max} (limits.max_partitions_per_topic)"),
         ));
     }
-    let created = state
-        .store()?
-        .create_topic(&topic, req.partitions)
-        .map_err(|e| store_error(e, 1))?;
+    let store = state.store()?.clone();
+    let max_topics = limits.max_topics as usize;
+    let name = topic.clone();
+    let created = blocking(move || store.create_topic_bounded(&name, req.partitions, max_topics))
+        .await?
+        .map_err(|e| store_error(e, state.config.limits.retry_after_secs))?;
     let view = topic_views(&state)?
         .into_iter()
         .find(|t| t.name == topic)
@@ -469,10 +511,119 @@ async fn create_topic(
     ))
 }
 
+/// Deletes a topic and all its records: 204, or 404 if there is none.
+async fn delete_topic(
+    State(state): State<Arc<AppState>>,
+    Path(topic): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let store = state.store()?.clone();
+    let name = topic.clone();
+    let deleted = blocking(move || store.delete_topic(&name))
+        .await?
+        .map_err(|e| store_error(e, 1))?;
+    if deleted {
+        metrics::counter!("ferry_collector_topics_deleted_total").increment(1);
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("unknown topic {topic:?}"),
+        ))
+    }
+}
+
+/// Runs file-system work on the blocking pool, never on the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        tracing::error!(error = %e, "blocking task failed");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error; see the collector log",
+        )
+    })
+}
+
 /// Parses a JSON request body, answering 400 with serde's message (which names the field).
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+}
+
+/// Largest body of a JSON route (topic creation, join, heartbeat, leave, commit): their
+/// requests are a few hundred bytes; a larger body is refused (413) after at most this many
+/// bytes were read.
+pub const MAX_JSON_BODY_BYTES: usize = 64 << 10;
+
+/// A JSON request body of at most [`MAX_JSON_BODY_BYTES`], parsed: 413 past the limit (without
+/// reading the rest), 400 naming the field when it does not parse.
+pub struct JsonBody<T>(pub T);
+
+impl<T, S> axum::extract::FromRequest<S> for JsonBody<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        let declared = content_length(req.headers());
+        let body =
+            read_limited(req.into_body(), declared, MAX_JSON_BODY_BYTES, "JSON body").await?;
+        parse_json(&body).map(JsonBody)
+    }
+}
+
+/// The request's `Content-Length`, if it sent a valid one.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// Reads a body of at most `limit` bytes. A body declared larger is refused before a byte of
+/// it is read; one that turns out larger (chunked) is refused as soon as it passes the limit.
+/// Either way the rest is never read: the connection is closed after the 413.
+async fn read_limited(
+    body: Body,
+    declared: Option<u64>,
+    limit: usize,
+    what: &str,
+) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        metrics::counter!("ferry_collector_refused_total", "reason" => "body_too_large")
+            .increment(1);
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("{what} is over its limit of {limit} bytes"),
+        )
+    };
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if is_length_limit(&e) {
+            too_large()
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("could not read the {what}: {e}"),
+            )
+        }
+    })
+}
+
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    e.to_string().contains("length limit")
 }
 
 #[derive(Debug, Deserialize)]
@@ -507,12 +658,12 @@ async fn fetch(
     let max_bytes = q.max_bytes.unwrap_or(1 << 20).min(max_fetch) as usize;
     let store = state.store()?;
     let mut read = read_blocking(store, &topic, partition, q.offset, max_bytes).await?;
-    if read.batches.is_empty() {
-        if let Some(wait) = q.wait_ms.filter(|w| *w > 0) {
-            let wait = Duration::from_millis(wait).min(MAX_WAIT);
-            store.wait_for_data(&topic, partition, q.offset, wait).await;
-            read = read_blocking(store, &topic, partition, q.offset, max_bytes).await?;
-        }
+    if read.batches.is_empty()
+        && let Some(wait) = q.wait_ms.filter(|w| *w > 0)
+    {
+        let wait = Duration::from_millis(wait).min(MAX_WAIT);
+        store.wait_for_data(&topic, partition, q.offset, wait).await;
+        read = read_blocking(store, &topic, partition, q.offset, max_bytes).await?;
     }
     let mut headers = HeaderMap::new();
     headers.insert(
@@ -586,9 +737,8 @@ async fn read_blocking(
 ) -> Result<crate::store::ReadBatches, ApiError> {
     let store = store.clone();
     let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || store.read(&topic, partition, offset, max_bytes))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    blocking(move || store.read(&topic, partition, offset, max_bytes))
+        .await?
         .map_err(|e| store_error(e, 1))
 }
 
@@ -605,12 +755,9 @@ async fn offset_for_time(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     let store = state.store()?.clone();
-    let offset = tokio::task::spawn_blocking(move || {
-        store.offset_for_timestamp(&topic, partition, q.timestamp_ms)
-    })
-    .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-    .map_err(|e| store_error(e, 1))?;
+    let offset = blocking(move || store.offset_for_timestamp(&topic, partition, q.timestamp_ms))
+        .await?
+        .map_err(|e| store_error(e, 1))?;
     Ok(Json(serde_json::json!({ "offset": offset })))
 }
 
@@ -627,9 +774,8 @@ pub struct JoinRequest {
 async fn join(
     State(state): State<Arc<AppState>>,
     Path(group): Path<String>,
-    body: Bytes,
+    JsonBody(req): JsonBody<JoinRequest>,
 ) -> Result<Json<Assignment>, ApiError> {
-    let req: JoinRequest = parse_json(&body)?;
     validate_group(&group)?;
     if req.topics.is_empty() {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "topics is empty"));
@@ -678,9 +824,8 @@ pub struct HeartbeatRequest {
 async fn heartbeat(
     State(state): State<Arc<AppState>>,
     Path(group): Path<String>,
-    body: Bytes,
+    JsonBody(req): JsonBody<HeartbeatRequest>,
 ) -> Result<Json<Assignment>, ApiError> {
-    let req: HeartbeatRequest = parse_json(&body)?;
     let now = state.now_ms();
     let parts = state.partitions_of();
     let mut c = state
@@ -701,9 +846,8 @@ pub struct LeaveRequest {
 async fn leave(
     State(state): State<Arc<AppState>>,
     Path(group): Path<String>,
-    body: Bytes,
+    JsonBody(req): JsonBody<LeaveRequest>,
 ) -> Result<StatusCode, ApiError> {
-    let req: LeaveRequest = parse_json(&body)?;
     let parts = state.partitions_of();
     let mut c = state
         .coordinator
@@ -734,9 +878,8 @@ pub struct CommitRequest {
 async fn commit(
     State(state): State<Arc<AppState>>,
     Path(group): Path<String>,
-    body: Bytes,
+    JsonBody(req): JsonBody<CommitRequest>,
 ) -> Result<StatusCode, ApiError> {
-    let req: CommitRequest = parse_json(&body)?;
     validate_group(&group)?;
     if let Some(member) = &req.member_id {
         let c = state.coordinator.lock().map_err(|_| {
@@ -801,34 +944,16 @@ async fn group_offsets(
     ))
 }
 
-/// A group as `ferry groups` shows it: members and, per partition, committed offset and lag.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct GroupView {
-    pub group: String,
-    pub members: Vec<MemberView>,
-    pub partitions: Vec<LagView>,
-    pub lag_records: u64,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct MemberView {
-    pub member_id: String,
-    pub topics: Vec<String>,
-    pub partitions: Vec<Tp>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct LagView {
-    pub topic: String,
-    pub partition: u32,
-    pub committed: u64,
-    pub end_offset: u64,
-    pub lag_records: u64,
-    /// Age of the oldest record not yet committed, in seconds (0 with no lag).
-    pub lag_seconds: f64,
-}
+/// The wire contract's group views, shared with every client (`ferry groups` reads them typed).
+pub use ferry_core::client::{GroupView, LagView, MemberView};
 
 async fn list_groups(State(state): State<Arc<AppState>>) -> Result<Json<Vec<GroupView>>, ApiError> {
+    state.store()?;
+    // Lag in seconds reads a batch of every partition with lag: on the blocking pool.
+    blocking(move || group_views(&state)).await?.map(Json)
+}
+
+fn group_views(state: &AppState) -> Result<Vec<GroupView>, ApiError> {
     let store = state.store()?;
     let mut names = store.groups();
     let members: Vec<(String, Vec<MemberView>)> = match state.coordinator.lock() {
@@ -912,11 +1037,8 @@ async fn list_groups(State(state): State<Arc<AppState>>) -> Result<Json<Vec<Grou
             }
         })
         .collect();
-    Ok(Json(views))
+    Ok(views)
 }
-
-/// Largest checkpoint a processor may store for one partition.
-const MAX_CHECKPOINT_BYTES: usize = 256 << 20;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -931,6 +1053,7 @@ async fn put_checkpoint(
     State(state): State<Arc<AppState>>,
     Path((group, topic, partition)): Path<(String, String, u32)>,
     query: Result<Query<PutCheckpointQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
@@ -942,25 +1065,18 @@ async fn put_checkpoint(
         c.check_owner(&group, &q.member_id, &topic, partition)
             .map_err(coord_error)?;
     }
-    let blob = axum::body::to_bytes(body, MAX_CHECKPOINT_BYTES)
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("checkpoint body: {e}"),
-            )
-        })?;
+    // Only the owner gets this far: the body is read now, bounded by max_checkpoint_bytes and
+    // counted against max_inflight_bytes like an ingest body.
+    let limit = state.config.limits.max_checkpoint_bytes.as_usize();
+    let declared = content_length(&headers);
+    let _permit = state.inflight_permit(declared.unwrap_or(limit as u64).min(limit as u64))?;
+    let blob = read_limited(body, declared, limit, "checkpoint").await?;
     let checkpoints = state.checkpoints.clone();
     let (g, t) = (group.clone(), topic.clone());
     let offset = q.offset;
-    tokio::task::spawn_blocking(move || checkpoints.put(&g, &t, partition, offset, &blob))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            message: e.to_string(),
-            retry_after: Some(1),
-        })?;
+    blocking(move || checkpoints.put(&g, &t, partition, offset, &blob))
+        .await?
+        .map_err(checkpoint_error)?;
     state
         .store()?
         .commit_offsets(&group, &[(topic, partition, offset)])
@@ -968,6 +1084,28 @@ async fn put_checkpoint(
         .map_err(|e| store_error(e, 1))?;
     metrics::counter!("ferry_collector_checkpoints_stored_total").increment(1);
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A checkpoint that could not be written or read: the path and OS error go to the log, the
+/// client learns what kind of failure it was.
+fn checkpoint_error(e: crate::checkpoints::CheckpointError) -> ApiError {
+    tracing::error!(error = %e, "checkpoint");
+    let message = match &e {
+        crate::checkpoints::CheckpointError::Io { source, .. } => format!(
+            "the collector could not store or read the checkpoint ({}); retry later, details are in the collector's log",
+            source.kind()
+        ),
+        crate::checkpoints::CheckpointError::Corrupt { reason, .. } => {
+            format!(
+                "the stored checkpoint is corrupt ({reason}); details are in the collector's log"
+            )
+        }
+    };
+    ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        message,
+        retry_after: Some(1),
+    }
 }
 
 /// The stored checkpoint: the state as the body, its input offset in `x-ferry-offset`.
@@ -978,10 +1116,9 @@ async fn get_checkpoint(
     validate_group(&group)?;
     let checkpoints = state.checkpoints.clone();
     let (g, t) = (group.clone(), topic.clone());
-    let found = tokio::task::spawn_blocking(move || checkpoints.get(&g, &t, partition))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let found = blocking(move || checkpoints.get(&g, &t, partition))
+        .await?
+        .map_err(checkpoint_error)?;
     match found {
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,

@@ -8,7 +8,11 @@
 //! partition (the API checks), which fences off a member that lost the partition and does not
 //! know it yet.
 //!
-//! # File layout (`checkpoints/{group}/{topic}.{partition}.ckpt`, integers little-endian)
+//! # File layout (`checkpoints/{group}/{topic}/{partition}.ckpt`, integers little-endian)
+//!
+//! (Earlier releases wrote `checkpoints/{group}/{topic}.{partition}.ckpt`, which does not fit
+//! a 249-byte topic name; such files are still read, and replaced by the new layout at the
+//! next write.)
 //!
 //! | offset | size | field                                         |
 //! |-------:|-----:|-----------------------------------------------|
@@ -60,7 +64,18 @@ impl Checkpoints {
     }
 
     fn path(&self, group: &str, topic: &str, partition: u32) -> PathBuf {
-        // Group and topic names are validated ([A-Za-z0-9._-]), so they are safe file names.
+        // Group and topic names are validated ([A-Za-z0-9._-], at most 249 bytes), so each is
+        // a safe file name on its own; `{topic}.{partition}.ckpt.tmp` would not be (a 249-byte
+        // topic makes it longer than the 255 bytes a file name may have), hence a directory
+        // per topic.
+        self.dir
+            .join(group)
+            .join(topic)
+            .join(format!("{partition}.ckpt"))
+    }
+
+    /// Where releases before the per-topic directories kept a checkpoint; still read.
+    fn legacy_path(&self, group: &str, topic: &str, partition: u32) -> PathBuf {
         self.dir
             .join(group)
             .join(format!("{topic}.{partition}.ckpt"))
@@ -104,8 +119,28 @@ impl Checkpoints {
         topic: &str,
         partition: u32,
     ) -> Result<Option<Checkpoint>, CheckpointError> {
-        let path = self.path(group, topic, partition);
-        let buf = match std::fs::read(&path) {
+        let mut path = self.path(group, topic, partition);
+        let mut read = std::fs::read(&path);
+        if read
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+        {
+            let legacy = self.legacy_path(group, topic, partition);
+            match std::fs::read(&legacy) {
+                // A name too long for the old layout cannot have a checkpoint there.
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::NotFound
+                        || e.kind() == std::io::ErrorKind::InvalidFilename =>
+                {
+                    return Ok(None);
+                }
+                r => {
+                    path = legacy;
+                    read = r;
+                }
+            }
+        }
+        let buf = match read {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(CheckpointError::Io { path, source }),
@@ -162,7 +197,7 @@ mod tests {
             })
         );
         assert_eq!(c.get("g", "t", 1).unwrap().unwrap().offset, 3);
-        let path = dir.path().join("checkpoints/g/t.0.ckpt");
+        let path = dir.path().join("checkpoints/g/t/0.ckpt");
         let mut raw = std::fs::read(&path).unwrap();
         let last = raw.len() - 1;
         raw[last] ^= 1;
@@ -176,5 +211,26 @@ mod tests {
             c.get("g", "t", 0),
             Err(CheckpointError::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn longest_topic_name_checkpoints_and_legacy_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Checkpoints::new(dir.path());
+        let long = "t".repeat(ferry_core::topic::MAX_TOPIC_LEN);
+        let group = "g".repeat(ferry_core::topic::MAX_TOPIC_LEN);
+        c.put(&group, &long, 4_000_000_000, 7, b"s").unwrap();
+        assert_eq!(
+            c.get(&group, &long, 4_000_000_000).unwrap().unwrap().offset,
+            7
+        );
+        assert_eq!(c.get(&group, &long, 1).unwrap(), None);
+        // A checkpoint in the old layout is still found, and a new write takes precedence.
+        c.put("g", "old", 0, 3, b"x").unwrap();
+        let new_path = dir.path().join("checkpoints/g/old/0.ckpt");
+        std::fs::rename(&new_path, dir.path().join("checkpoints/g/old.0.ckpt")).unwrap();
+        assert_eq!(c.get("g", "old", 0).unwrap().unwrap().offset, 3);
+        c.put("g", "old", 0, 9, b"y").unwrap();
+        assert_eq!(c.get("g", "old", 0).unwrap().unwrap().offset, 9);
     }
 }

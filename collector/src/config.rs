@@ -129,6 +129,30 @@ pub struct LimitsConfig {
     /// Largest fetch response a consumer may ask for.
     #[serde(default = "default_max_fetch")]
     pub max_fetch_bytes: ByteSize,
+    /// Topics the collector holds at most; creating one more (auto-creation or
+    /// `PUT /v1/topics/T`) is refused with 429 before anything touches the disk.
+    #[serde(default = "default_max_topics")]
+    pub max_topics: u32,
+    /// Partitions a topic may have at most (`PUT /v1/topics/T`, `default_partitions`,
+    /// `topics.T.partitions`). Each partition holds open files.
+    #[serde(default = "default_max_partitions")]
+    pub max_partitions_per_topic: u32,
+    /// Topics auto-created per second at most (a burst of as many is allowed): a flood of
+    /// posts to new names is refused with 429 instead of filling the disk with directories.
+    #[serde(default = "default_creations_per_sec")]
+    pub topic_creations_per_sec: u32,
+    /// Open client connections at most; a connection past it is answered 503 and closed
+    /// (counted in `ferry_collector_connections_refused_total`).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// Time a connection has to send a request's headers, counted from when it opened or its
+    /// previous response was sent: closes slow-header clients and idle keep-alive connections.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: Duration,
+    /// Largest processor checkpoint (state of one partition): 413 past it. Read only after
+    /// the sender is known to own the partition, and counted in `max_inflight_bytes`.
+    #[serde(default = "default_max_checkpoint")]
+    pub max_checkpoint_bytes: ByteSize,
 }
 
 impl Default for LimitsConfig {
@@ -141,6 +165,12 @@ impl Default for LimitsConfig {
             max_pending_per_topic: default_topic_queue(),
             retry_after_secs: default_retry_after(),
             max_fetch_bytes: default_max_fetch(),
+            max_checkpoint_bytes: default_max_checkpoint(),
+            max_connections: default_max_connections(),
+            max_topics: default_max_topics(),
+            max_partitions_per_topic: default_max_partitions(),
+            topic_creations_per_sec: default_creations_per_sec(),
+            header_read_timeout: default_header_read_timeout(),
         }
     }
 }
@@ -228,6 +258,57 @@ impl CollectorConfig {
                 "default_partitions must be at least 1",
             );
         }
+        let max_parts = self.limits.max_partitions_per_topic;
+        if max_parts == 0 || max_parts > crate::store::MAX_PARTITIONS {
+            p.add(
+                "limits.max_partitions_per_topic",
+                format!(
+                    "limits.max_partitions_per_topic must be 1 to {}",
+                    crate::store::MAX_PARTITIONS
+                ),
+            );
+        }
+        if self.default_partitions > max_parts {
+            p.add(
+                "default_partitions",
+                format!(
+                    "default_partitions ({}) is over limits.max_partitions_per_topic ({max_parts})",
+                    self.default_partitions
+                ),
+            );
+        }
+        for (name, t) in &self.topics {
+            if let Some(n) = t.partitions.filter(|&n| n > max_parts) {
+                p.add(
+                    &format!("topics.{name}.partitions"),
+                    format!(
+                        "topic {name}: partitions ({n}) is over limits.max_partitions_per_topic ({max_parts})"
+                    ),
+                );
+            }
+        }
+        if self.topics.len() > self.limits.max_topics as usize {
+            p.add(
+                "topics",
+                format!(
+                    "{} topics are configured, over limits.max_topics ({})",
+                    self.topics.len(),
+                    self.limits.max_topics
+                ),
+            );
+        }
+        if self.limits.max_connections == 0 {
+            p.add(
+                "limits.max_connections",
+                "limits.max_connections must be at least 1",
+            );
+        }
+        if self.limits.header_read_timeout.get().is_zero() {
+            p.add(
+                "limits.header_read_timeout",
+                "limits.header_read_timeout must be more than 0s",
+            );
+        }
         if self.limits.max_inflight_bytes < self.limits.max_body_bytes {
             p.add(
                 "limits.max_inflight_bytes",
@@ -281,6 +362,24 @@ fn default_retry_after() -> u32 {
 }
 fn default_max_fetch() -> ByteSize {
     ByteSize::mib(16)
+}
+fn default_max_topics() -> u32 {
+    1000
+}
+fn default_max_partitions() -> u32 {
+    256
+}
+fn default_creations_per_sec() -> u32 {
+    20
+}
+fn default_max_connections() -> u32 {
+    1024
+}
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_checkpoint() -> ByteSize {
+    ByteSize::mib(64)
 }
 fn default_session() -> Duration {
     Duration::from_secs(10)

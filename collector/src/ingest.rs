@@ -108,6 +108,43 @@ pub struct Ingest {
     /// requests that must follow it ([`batch::AFTER_HEADER`]); in memory only.
     landed: Mutex<HashMap<OriginKey, u64>>,
     landed_notify: tokio::sync::Notify,
+    /// Paces auto-creation of topics (`topic_creations_per_sec`). A std mutex, never held
+    /// across an await.
+    creations: Mutex<TokenBucket>,
+}
+
+/// A token bucket: `rate` tokens a second, at most `rate` saved up. Time is passed in.
+#[derive(Debug)]
+pub struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    last: Option<std::time::Instant>,
+}
+
+impl TokenBucket {
+    pub fn new(per_sec: u32) -> Self {
+        let rate = f64::from(per_sec.max(1));
+        Self {
+            rate,
+            tokens: rate,
+            last: None,
+        }
+    }
+
+    /// Takes a token if one is there at `now`.
+    pub fn take(&mut self, now: std::time::Instant) -> bool {
+        if let Some(last) = self.last {
+            let earned = now.saturating_duration_since(last).as_secs_f64() * self.rate;
+            self.tokens = (self.tokens + earned).min(self.rate);
+        }
+        self.last = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// How long a routed or Kafka-bound batch waits for its predecessor before a 409.
@@ -124,17 +161,95 @@ fn landed_marks(items: &[(Bytes, Batch)]) -> Vec<(OriginKey, u64)> {
         .collect()
 }
 
+/// A plain body's producer ([`batch::PRODUCER_ID_HEADER`], [`batch::PRODUCER_SEQ_HEADER`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Producer {
+    pub id: String,
+    /// Sequence number of the body's first line.
+    pub first_seq: u64,
+}
+
+/// Longest producer id.
+pub const MAX_PRODUCER_ID_LEN: usize = 64;
+
+impl Producer {
+    /// From the two headers' values; the error names the header and what is wrong.
+    pub fn parse(id: &str, seq: &str) -> Result<Self, String> {
+        if id.is_empty()
+            || id.len() > MAX_PRODUCER_ID_LEN
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            return Err(format!(
+                "{} must be 1 to {MAX_PRODUCER_ID_LEN} of [A-Za-z0-9._-], got {id:?}",
+                batch::PRODUCER_ID_HEADER
+            ));
+        }
+        let first_seq = seq.trim().parse::<u64>().map_err(|_| {
+            format!(
+                "{} must be the sequence number of the body's first line (an unsigned integer), got {seq:?}",
+                batch::PRODUCER_SEQ_HEADER
+            )
+        })?;
+        Ok(Self {
+            id: id.to_owned(),
+            first_seq,
+        })
+    }
+
+    /// The origin its lines are stored under: `producer/ID` as the agent id, with the all-zero
+    /// file identity that no file an agent reads has.
+    fn origin_key(&self) -> OriginKey {
+        OriginKey {
+            agent_id: format!("producer/{}", self.id),
+            file: ferry_core::record::FileId::default(),
+        }
+    }
+}
+
 /// Releases a topic's pending-request slot when a request ends, however it ends.
-struct PendingGuard<'a> {
-    ingest: &'a Ingest,
+struct PendingGuard {
+    ingest: Arc<Ingest>,
     topic: String,
 }
 
-impl Drop for PendingGuard<'_> {
+impl Drop for PendingGuard {
     fn drop(&mut self) {
-        if let Ok(mut p) = self.ingest.pending.lock() {
-            if let Some(n) = p.get_mut(&self.topic) {
-                *n = n.saturating_sub(1);
+        if let Ok(mut p) = self.ingest.pending.lock()
+            && let Some(n) = p.get_mut(&self.topic)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                // Keyed by request topic: without this, every name ever posted stays.
+                p.remove(&self.topic);
+            }
+        }
+    }
+}
+
+/// Room reserved under `max_records` for an admitted request, given back on drop: whether the
+/// append finished, failed, or the request's future was dropped half-way (a client that closes
+/// its socket makes hyper drop the handler at whatever await it was in).
+struct Admission {
+    ingest: Arc<Ingest>,
+    /// (topic, records) reserved.
+    taken: Vec<(String, u64)>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if self.taken.is_empty() {
+            return;
+        }
+        if let Ok(mut reserved) = self.ingest.reserved.lock() {
+            for (t, n) in &self.taken {
+                if let Some(v) = reserved.get_mut(t) {
+                    *v = v.saturating_sub(*n);
+                    if *v == 0 {
+                        reserved.remove(t);
+                    }
+                }
             }
         }
     }
@@ -152,6 +267,7 @@ struct Destination {
 impl Ingest {
     pub fn new(backend: Backend, config: std::sync::Arc<CollectorConfig>) -> Self {
         let router = Router::new(config.routes.clone());
+        let creations = TokenBucket::new(config.limits.topic_creations_per_sec);
         Self {
             backend,
             config,
@@ -161,6 +277,7 @@ impl Ingest {
             pending: Mutex::new(HashMap::new()),
             landed: Mutex::new(HashMap::new()),
             landed_notify: tokio::sync::Notify::new(),
+            creations: Mutex::new(creations),
         }
     }
 
@@ -201,7 +318,28 @@ impl Ingest {
         let n = configured
             .and_then(|t| t.partitions)
             .unwrap_or(self.config.default_partitions);
-        store.create_topic(topic, n)?;
+        let limits = &self.config.limits;
+        if store.topic_count() >= limits.max_topics as usize {
+            metrics::counter!("ferry_collector_refused_total", "reason" => "max_topics")
+                .increment(1);
+            return Err(IngestError::Store(StoreError::TooManyTopics {
+                max: limits.max_topics as usize,
+            }));
+        }
+        let admitted = self
+            .creations
+            .lock()
+            .map(|mut b| b.take(std::time::Instant::now()))
+            .unwrap_or(false);
+        if !admitted {
+            metrics::counter!("ferry_collector_refused_total", "reason" => "topic_creation_rate")
+                .increment(1);
+            return Err(IngestError::Busy(format!(
+                "topic {topic} does not exist and topics are being created faster than limits.topic_creations_per_sec ({}); retry later",
+                limits.topic_creations_per_sec
+            )));
+        }
+        store.create_topic_bounded(topic, n, limits.max_topics as usize)?;
         tracing::info!(topic, partitions = n, "topic created");
         Ok(store.topic_partitions(topic).unwrap_or(n))
     }
@@ -210,16 +348,26 @@ impl Ingest {
     /// [`batch::AFTER_HEADER`]: store the (single) batch only once its file's records up to
     /// that offset are stored, else refuse it with [`StoreError::OutOfOrder`] (409).
     pub async fn ingest(
-        &self,
+        self: &Arc<Self>,
         topic: &str,
         content_type: Option<&str>,
         content_encoding: Option<&str>,
         body: Bytes,
         after: Option<u64>,
+        producer: Option<Producer>,
     ) -> Result<IngestSummary, IngestError> {
         ferry_core::topic::validate_name(topic).map_err(IngestError::BadRequest)?;
         let pending = self.enter(topic)?;
-        let items = self.parse_body(content_type, content_encoding, body)?;
+        // Gunzip, CRC checks and decoding burn CPU: on the blocking pool, not the async workers.
+        let items = {
+            let this = self.clone();
+            let (ct, ce) = (
+                content_type.map(str::to_owned),
+                content_encoding.map(str::to_owned),
+            );
+            run_blocking(move || this.parse_body(ct.as_deref(), ce.as_deref(), body, producer))
+                .await??
+        };
         let ordered = match after {
             None => None,
             Some(after) => match items.as_slice() {
@@ -237,7 +385,7 @@ impl Ingest {
         let records: u64 = items.iter().map(|(_, b)| b.records.len() as u64).sum();
         // A request that may wait for its predecessor does not hold the topic's pending slot
         // while it waits: the predecessor may need that slot to arrive.
-        let _pending = ordered.is_none().then_some(pending);
+        let pending_slot = ordered.is_none().then_some(pending);
         if let Backend::Kafka(kafka) = &self.backend {
             if let Some((key, after)) = &ordered {
                 self.wait_landed(key, *after).await?;
@@ -248,7 +396,17 @@ impl Ingest {
             return Ok(summary);
         }
         let whole = !self.needs_look(topic);
-        let (dests, dropped) = self.route(topic, &items, whole)?;
+        // Routing may create topics (mkdir, fsync) and recompress: on the blocking pool too.
+        let (items, routed) = {
+            let this = self.clone();
+            let topic = topic.to_owned();
+            run_blocking(move || {
+                let r = this.route(&topic, &items, whole);
+                (items, r)
+            })
+            .await?
+        };
+        let (dests, dropped) = routed?;
         // A batch that goes whole to one partition has its order checked by the store, in the
         // writer's order, so it can share a group commit with its predecessor. A routed batch
         // is split over partitions: it waits here until its predecessor has landed everywhere.
@@ -260,10 +418,22 @@ impl Ingest {
             }
             None => None,
         };
-        let reservation = self.admit(&dests)?;
-        let result = self.append_all(dests, store_after).await;
-        self.release(&reservation);
-        let (stored, deduplicated, routed) = result?;
+        // The admission ticket (the reservation) and the pending slot go with the append into
+        // a task of its own: if this request's future is dropped (its client went away), the
+        // appends it started still finish, and only then is the room given back, so the
+        // topic's count can never pass max_records nor keep room nobody uses.
+        let ticket = self.admit(&dests)?;
+        let appending = {
+            let this = self.clone();
+            tokio::spawn(async move {
+                let _held = (ticket, pending_slot);
+                this.append_all(dests, store_after).await
+            })
+        };
+        let (stored, deduplicated, routed) = appending.await.map_err(|e| {
+            tracing::error!(error = %e, "append task failed");
+            IngestError::Busy("internal error; see the collector log".into())
+        })??;
         if !whole {
             self.mark_landed(landed_marks(&items));
         }
@@ -336,7 +506,7 @@ impl Ingest {
         self.landed_notify.notify_waiters();
     }
 
-    fn enter(&self, topic: &str) -> Result<PendingGuard<'_>, IngestError> {
+    fn enter(self: &Arc<Self>, topic: &str) -> Result<PendingGuard, IngestError> {
         let mut p = self
             .pending
             .lock()
@@ -351,7 +521,7 @@ impl Ingest {
         }
         *n += 1;
         Ok(PendingGuard {
-            ingest: self,
+            ingest: self.clone(),
             topic: topic.to_owned(),
         })
     }
@@ -362,6 +532,7 @@ impl Ingest {
         content_type: Option<&str>,
         content_encoding: Option<&str>,
         body: Bytes,
+        producer: Option<Producer>,
     ) -> Result<Vec<(Bytes, Batch)>, IngestError> {
         let mime = content_type
             .and_then(|c| c.split(';').next())
@@ -373,6 +544,12 @@ impl Ingest {
                     "ferry batches carry their own compression: send them without Content-Encoding"
                         .into(),
                 ));
+            }
+            if producer.is_some() {
+                return Err(IngestError::BadRequest(format!(
+                    "{} is for plain bodies: ferry batches carry their own origin",
+                    batch::PRODUCER_ID_HEADER
+                )));
             }
             return split_batches(&body, &limits);
         }
@@ -386,19 +563,35 @@ impl Ingest {
                 )));
             }
         };
-        self.plain_batches(&raw, &limits)
+        self.plain_batches(&raw, &limits, producer)
     }
 
     fn plain_batches(
         &self,
         raw: &Bytes,
         limits: &DecodeLimits,
+        producer: Option<Producer>,
     ) -> Result<Vec<(Bytes, Batch)>, IngestError> {
         let max_line = self.config.limits.max_line_bytes.as_usize();
         let now = ferry_core::now_ms();
         let codec = self.config.plain_codec;
         let mut out = Vec::new();
+        // With a producer, line `i` of the body is origin offset `first_seq + i` (span 1): the
+        // store's origin dedup then drops a resent line like a re-read file line.
+        let (key, span) = match &producer {
+            Some(p) => (Some(p.origin_key()), 1),
+            None => (None, 0),
+        };
+        // A producer's body stays one batch: the batches of one request are appended
+        // concurrently, and a later batch of an origin landing first would make the earlier
+        // one look like a replay to the dedup. (Bodies are bounded by max_raw_bytes anyway.)
+        let cut_at = if key.is_some() {
+            usize::MAX
+        } else {
+            PLAIN_BATCH_BYTES
+        };
         let mut builder = BatchBuilder::new();
+        builder.reset(key.clone().zip(producer.map(|p| p.first_seq)));
         let seal =
             |b: &mut BatchBuilder, out: &mut Vec<(Bytes, Batch)>| -> Result<(), IngestError> {
                 if b.is_empty() {
@@ -411,7 +604,8 @@ impl Ingest {
                 let decoded = batch::decode(&enc, limits)
                     .map_err(|e| IngestError::BadRequest(e.to_string()))?;
                 out.push((enc, decoded));
-                b.reset(None);
+                let next = key.clone().zip(b.end_offset());
+                b.reset(next);
                 Ok(())
             };
         let mut start = 0usize;
@@ -431,8 +625,8 @@ impl Ingest {
                     line.len()
                 )));
             }
-            builder.push_line(line, 0);
-            if builder.raw_len() >= PLAIN_BATCH_BYTES {
+            builder.push_line(line, span);
+            if builder.raw_len() >= cut_at {
                 seal(&mut builder, &mut out)?;
             }
             start = end + 1;
@@ -613,8 +807,8 @@ impl Ingest {
     }
 
     /// Refuses the request if a destination topic would exceed its `max_records`; otherwise
-    /// reserves room for it. Returns the reservation to release after the append.
-    fn admit(&self, dests: &[Destination]) -> Result<Vec<(String, u64)>, IngestError> {
+    /// reserves room for it. The reservation lasts as long as the returned ticket.
+    fn admit(self: &Arc<Self>, dests: &[Destination]) -> Result<Admission, IngestError> {
         let mut incoming: BTreeMap<&str, u64> = BTreeMap::new();
         for d in dests {
             *incoming.entry(d.topic.as_str()).or_default() += d.records;
@@ -623,9 +817,8 @@ impl Ingest {
             .reserved
             .lock()
             .map_err(|_| IngestError::Busy("collector state poisoned".into()))?;
-        let mut taken = Vec::new();
         for (topic, n) in &incoming {
-            let Some(max) = self.config.topics.get(*topic).and_then(|t| t.max_records) else {
+            let Some(max) = self.max_records(topic) else {
                 continue;
             };
             let held = self.held_records(topic) + reserved.get(*topic).copied().unwrap_or(0);
@@ -641,29 +834,37 @@ impl Ingest {
                 });
             }
         }
+        let mut taken = Vec::new();
         for (topic, n) in incoming {
-            if self
-                .config
-                .topics
-                .get(topic)
-                .and_then(|t| t.max_records)
-                .is_some()
-            {
+            if self.max_records(topic).is_some() {
                 *reserved.entry(topic.to_owned()).or_default() += n;
                 taken.push((topic.to_owned(), n));
             }
         }
-        Ok(taken)
+        Ok(Admission {
+            ingest: self.clone(),
+            taken,
+        })
     }
 
-    fn release(&self, reservation: &[(String, u64)]) {
-        if let Ok(mut reserved) = self.reserved.lock() {
-            for (t, n) in reservation {
-                if let Some(v) = reserved.get_mut(t) {
-                    *v = v.saturating_sub(*n);
-                }
-            }
-        }
+    fn max_records(&self, topic: &str) -> Option<u64> {
+        self.config.topics.get(topic).and_then(|t| t.max_records)
+    }
+
+    /// Records reserved by admitted requests that have not finished, for `topic`.
+    pub fn reserved_records(&self, topic: &str) -> u64 {
+        self.reserved
+            .lock()
+            .map(|r| r.get(topic).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    /// Requests in flight for `topic` (holding a `max_pending_per_topic` slot).
+    pub fn pending_requests(&self, topic: &str) -> u32 {
+        self.pending
+            .lock()
+            .map(|p| p.get(topic).copied().unwrap_or(0))
+            .unwrap_or(0)
     }
 
     /// Records a topic holds now (stored and not yet removed by retention).
@@ -891,6 +1092,17 @@ pub fn open_backend(config: &CollectorConfig) -> anyhow::Result<Backend> {
     }
 }
 
+/// Runs CPU- or disk-bound work of a request on the blocking pool. If the request is dropped
+/// meanwhile the work still finishes (nothing it holds is left half-done), its result unused.
+async fn run_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, IngestError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        tracing::error!(error = %e, "ingest task failed");
+        IngestError::Busy("internal error; see the collector log".into())
+    })
+}
+
 fn fsync_name(p: FsyncPolicy) -> &'static str {
     match p {
         FsyncPolicy::Always => "always",
@@ -939,4 +1151,24 @@ fn gunzip(body: &[u8], limit: u64) -> Result<Bytes, IngestError> {
         )));
     }
     Ok(Bytes::from(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn token_bucket_allows_a_burst_then_the_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(3);
+        assert!((0..3).all(|_| b.take(t0)));
+        assert!(!b.take(t0));
+        assert!(!b.take(t0 + Duration::from_millis(300)));
+        assert!(b.take(t0 + Duration::from_millis(400)));
+        // Idle time saves up at most one burst.
+        let later = t0 + Duration::from_secs(60);
+        assert!((0..3).all(|_| b.take(later)));
+        assert!(!b.take(later));
+    }
 }

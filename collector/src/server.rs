@@ -4,16 +4,29 @@
 //! learns the address before serving); [`Collector::run`] serves until the shutdown fires, then
 //! stops accepting, lets in-flight requests finish (up to `shutdown_timeout`), and closes the
 //! store, which fsyncs everything.
+//!
+//! The accept loop is ours (not `axum::serve`) so that connections are bounded: a permit of
+//! `max_connections` is taken for every accepted connection and moved into its task; past the
+//! cap a connection gets a short `503` and is closed, counted and logged (rate-limited). Each
+//! connection must send a request's headers within `header_read_timeout`, counted from when it
+//! opened or from the end of its previous response, so slow-header clients and idle
+//! keep-alive connections are closed alike. At start the open-files limit is raised to its
+//! hard limit, and what it got is logged.
 
 use crate::api::{AppState, app};
 use crate::config::CollectorConfig;
+use crate::config::LimitsConfig;
 use crate::ingest::{Backend, Ingest, open_backend};
 use crate::store::Store;
 use anyhow::Context;
 use ferry_core::shutdown::Shutdown;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
 
 pub struct Collector {
     state: Arc<AppState>,
@@ -34,6 +47,7 @@ impl Collector {
                 .await
                 .context("backend open task")??
         };
+        raise_fd_limit(config.limits.max_connections);
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
@@ -84,15 +98,11 @@ impl Collector {
             })
         };
         let drain_deadline = state.config.shutdown_timeout.get();
-        let serve = axum::serve(listener, app(state.clone()))
-            .with_graceful_shutdown({
-                let shutdown = shutdown.clone();
-                async move { shutdown.wait().await }
-            })
-            .into_future();
+        let serve =
+            Listener::new(listener, app(state.clone()), &state.config).run(shutdown.clone());
         let mut serve = std::pin::pin!(serve);
         tokio::select! {
-            r = &mut serve => r.context("serving HTTP")?,
+            () = &mut serve => {}
             _ = async {
                 shutdown.wait().await;
                 tokio::time::sleep(drain_deadline).await;
@@ -114,5 +124,226 @@ impl Collector {
             }
         }
         Ok(())
+    }
+}
+
+/// Refused connections (past `max_connections`) closed cleanly at once; beyond that they are
+/// dropped right after their 503 (a courtesy, not something to queue for).
+const MAX_REFUSING: usize = 256;
+/// How often a repeated accept problem (refused at the cap, accept errors such as EMFILE) is
+/// logged; the counters count every one.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+/// Pause after an accept error (EMFILE, ENFILE, ENOBUFS) before accepting again: the error
+/// repeats at once otherwise, spinning a worker.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// The accept loop: owns the listening socket and the connection tasks.
+struct Listener {
+    listener: tokio::net::TcpListener,
+    /// The API; cloned into every connection.
+    app: axum::Router,
+    /// One permit per open connection (`max_connections`); a permit lives in its
+    /// connection's task and is given back when the connection closes.
+    connections: Arc<Semaphore>,
+    max_connections: usize,
+    /// Permits to close refused connections cleanly ([`MAX_REFUSING`]).
+    refusing: Arc<Semaphore>,
+    header_read_timeout: Duration,
+    /// Every connection task, awaited before `run` returns (the drain).
+    tasks: JoinSet<()>,
+    refused_log: RateLimitedLog,
+    accept_error_log: RateLimitedLog,
+}
+
+impl Listener {
+    fn new(listener: tokio::net::TcpListener, app: axum::Router, config: &CollectorConfig) -> Self {
+        let LimitsConfig {
+            max_connections,
+            header_read_timeout,
+            ..
+        } = &config.limits;
+        let max_connections = (*max_connections).max(1) as usize;
+        Self {
+            listener,
+            app,
+            connections: Arc::new(Semaphore::new(max_connections)),
+            max_connections,
+            refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
+            header_read_timeout: header_read_timeout.get(),
+            tasks: JoinSet::new(),
+            refused_log: RateLimitedLog::new(),
+            accept_error_log: RateLimitedLog::new(),
+        }
+    }
+
+    /// Accepts until `shutdown` fires, then stops accepting (the socket is closed), tells every
+    /// connection to finish its request in flight and close, and waits for them.
+    async fn run(mut self, shutdown: Shutdown) {
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => break,
+                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, peer)) => self.admit(stream, peer, &shutdown),
+                    Err(e) => {
+                        metrics::counter!("ferry_collector_accept_errors_total").increment(1);
+                        if let Some(suppressed) = self.accept_error_log.ready() {
+                            tracing::error!(error = %e, suppressed, "accepting a connection failed (out of file descriptors?); retrying");
+                        }
+                        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    }
+                },
+            }
+        }
+        drop(self.listener);
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    fn admit(&mut self, stream: tokio::net::TcpStream, peer: SocketAddr, shutdown: &Shutdown) {
+        match self.connections.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let _ = stream.set_nodelay(true);
+                self.tasks.spawn(serve_connection(
+                    stream,
+                    permit,
+                    self.app.clone(),
+                    self.header_read_timeout,
+                    shutdown.clone(),
+                ));
+                metrics::gauge!("ferry_collector_connections_open").increment(1.0);
+            }
+            Err(_) => {
+                metrics::counter!("ferry_collector_connections_refused_total", "reason" => "max_connections")
+                    .increment(1);
+                if let Some(suppressed) = self.refused_log.ready() {
+                    tracing::warn!(
+                        %peer,
+                        suppressed,
+                        max_connections = self.max_connections,
+                        "refusing connections: at max_connections"
+                    );
+                }
+                // The answer goes out at once (a fresh socket's send buffer has room for it);
+                // a task then closes the connection cleanly, if one may be spared.
+                let _ = stream.try_write(REFUSAL);
+                if let Ok(permit) = self.refusing.clone().try_acquire_owned() {
+                    self.tasks.spawn(close_refused(stream, permit));
+                }
+            }
+        }
+    }
+}
+
+/// Serves one connection until it closes, or until shutdown lets its request in flight finish.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    _permit: OwnedSemaphorePermit,
+    app: axum::Router,
+    header_read_timeout: Duration,
+    shutdown: Shutdown,
+) {
+    // The router takes any body type, hyper's `Incoming` included.
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .keep_alive(true);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    if e.is_timeout() {
+                        metrics::counter!("ferry_collector_connections_closed_total", "reason" => "header_timeout").increment(1);
+                    }
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            _ = shutdown.wait(), if !stopping => {
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+    metrics::gauge!("ferry_collector_connections_open").decrement(1.0);
+}
+
+/// The answer to a connection past `max_connections`.
+const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 67\r\n\r\n{\"error\":\"the collector is at max_connections; retry in a moment\"}\n";
+
+/// Closes a refused connection (its 503 already sent) without resetting it: our side is shut
+/// down, and what the client still sends is read and dropped for up to a second, so that the
+/// client reads the answer instead of a reset.
+async fn close_refused(mut stream: tokio::net::TcpStream, _permit: OwnedSemaphorePermit) {
+    let _ = stream.shutdown().await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Logs a repeated event at most once per [`LOG_EVERY`], saying how many were not logged.
+struct RateLimitedLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimitedLog {
+    fn new() -> Self {
+        Self {
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(events suppressed since the last log)` when this one should be logged.
+    fn ready(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        if self.last.is_some_and(|t| now.duration_since(t) < LOG_EVERY) {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+/// Raises the soft open-files limit to the hard limit and logs what it got: every connection,
+/// segment and index is a file descriptor, and the default soft limit (often 1,024) is reached
+/// long before memory or CPU run out.
+fn raise_fd_limit(max_connections: u32) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let before = getrlimit(Resource::Nofile);
+    let mut want = before;
+    want.current = before.maximum;
+    let after = match setrlimit(Resource::Nofile, want) {
+        Ok(()) => getrlimit(Resource::Nofile),
+        Err(e) => {
+            tracing::warn!(error = %e, soft = ?before.current, hard = ?before.maximum, "could not raise the open-files limit");
+            before
+        }
+    };
+    let soft = after.current.unwrap_or(u64::MAX);
+    tracing::info!(
+        soft = ?after.current,
+        hard = ?after.maximum,
+        was = ?before.current,
+        "open-files limit (RLIMIT_NOFILE)"
+    );
+    if soft < u64::from(max_connections).saturating_mul(2) {
+        tracing::warn!(
+            soft,
+            max_connections,
+            "the open-files limit is less than twice max_connections: connections may take the descriptors that partitions need; lower limits.max_connections or raise the limit"
+        );
     }
 }

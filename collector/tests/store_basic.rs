@@ -333,3 +333,51 @@ fn store_and_its_futures_are_send() {
     let close = store.close();
     is_send(&close);
 }
+
+/// A topic creation cut off by a crash (directories made, no `topic.meta` yet) leaves nothing
+/// behind after the next open; a topic whose metadata is there but corrupt is kept (and
+/// reported), since it may hold records. Deleted topics are gone for good across a reopen.
+#[tokio::test]
+async fn incomplete_creations_are_removed_on_open_and_deletes_stick() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+    store.create_topic("kept", 1).unwrap();
+    store.create_topic("gone", 2).unwrap();
+    store
+        .append("kept", 0, plain_batch(&lines("k", 0..3)))
+        .await
+        .unwrap();
+    assert!(store.delete_topic("gone").unwrap());
+    assert!(!store.delete_topic("gone").unwrap());
+    assert!(matches!(
+        store
+            .append("gone", 0, plain_batch(&lines("g", 0..1)))
+            .await,
+        Err(StoreError::UnknownTopic(_))
+    ));
+    store.close().await.unwrap();
+    drop(store);
+    let topics = dir.path().join("topics");
+    std::fs::create_dir_all(topics.join("half/0")).unwrap();
+    std::fs::write(topics.join("half/0/00000000000000000000.log"), b"").unwrap();
+    std::fs::create_dir_all(topics.join("broken/0")).unwrap();
+    std::fs::write(topics.join("broken/topic.meta"), b"garbage").unwrap();
+    let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+    let names: Vec<String> = store.topics().into_iter().map(|t| t.name).collect();
+    assert_eq!(names, ["kept"]);
+    assert!(
+        !topics.join("half").exists(),
+        "incomplete topic left behind"
+    );
+    assert!(!topics.join("gone").exists());
+    assert!(
+        topics.join("broken").exists(),
+        "a topic with corrupt metadata was removed"
+    );
+    let notes = &store.recovery_report().notes;
+    assert!(
+        notes.iter().any(|n| n.contains("never fully created")),
+        "{notes:?}"
+    );
+    assert_eq!(store.read("kept", 0, 0, 1 << 20).unwrap().end_offset, 3);
+}

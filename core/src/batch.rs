@@ -51,6 +51,15 @@ pub const CONTENT_TYPE: &str = "application/x-ferry-batch";
 /// them in file order, or answers `409 Conflict` for one whose predecessor has not landed yet
 /// and stores nothing of it. The body must then be one batch with an origin.
 pub const AFTER_HEADER: &str = "ferry-after";
+/// HTTP request header on `POST /v1/topics/{t}/records` with a plain (newline-delimited) body:
+/// the sender's producer id, 1-64 of `[A-Za-z0-9._-]`, unique per producer (a random one per
+/// process is fine). With [`PRODUCER_SEQ_HEADER`] it makes the body's lines records with an
+/// origin, so a resent body is stored once (like Kafka's idempotent producer).
+pub const PRODUCER_ID_HEADER: &str = "ferry-producer-id";
+/// The sequence number of the body's first line: the count of lines this producer sent before
+/// it (line `i` of the body is number `seq + i`). The collector keeps, per producer and
+/// partition, the highest number stored and drops lines at or below it, across its own crashes.
+pub const PRODUCER_SEQ_HEADER: &str = "ferry-producer-seq";
 
 const FLAG_ORIGIN: u16 = 1;
 const REC_EVENT_TIME: u8 = 1;

@@ -85,6 +85,35 @@ pub struct TopicInfo {
     pub partitions: Vec<PartitionInfo>,
 }
 
+/// A group as `GET /v1/groups` answers it (and `ferry groups` shows it): members and, per
+/// partition, committed offset and lag. The collector serializes these very types.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GroupView {
+    pub group: String,
+    pub members: Vec<MemberView>,
+    pub partitions: Vec<LagView>,
+    pub lag_records: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MemberView {
+    pub member_id: String,
+    pub topics: Vec<String>,
+    /// `(topic, partition)` pairs it is assigned.
+    pub partitions: Vec<(String, u32)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LagView {
+    pub topic: String,
+    pub partition: u32,
+    pub committed: u64,
+    pub end_offset: u64,
+    pub lag_records: u64,
+    /// Age of the oldest record not yet committed, in seconds (0 with no lag).
+    pub lag_seconds: f64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CommittedOffset {
     pub topic: String,
@@ -131,7 +160,9 @@ impl CollectorClient {
         }
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
-            .pool_idle_timeout(Duration::from_secs(30))
+            // Below the collector's 10 s idle close (`limits.header_read_timeout`), so a pooled
+            // connection is not reused just as the server closes it.
+            .pool_idle_timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| ClientError::Url {
                 url: url.to_owned(),
@@ -261,6 +292,39 @@ impl CollectorClient {
         self.json(rb.body(body)).await
     }
 
+    /// [`CollectorClient::post_lines`] as producer `producer_id`, the body's first line being
+    /// number `first_seq` of that producer's lines ([`crate::batch::PRODUCER_ID_HEADER`]): a
+    /// body resent after an error or a collector crash is then stored once.
+    pub async fn post_lines_as(
+        &self,
+        topic: &str,
+        body: Vec<u8>,
+        gzip: bool,
+        producer_id: &str,
+        first_seq: u64,
+    ) -> Result<IngestReply, ClientError> {
+        let mut rb = self
+            .req(
+                reqwest::Method::POST,
+                &format!("/v1/topics/{topic}/records"),
+            )
+            .header(reqwest::header::CONTENT_TYPE, "text/plain")
+            .header(crate::batch::PRODUCER_ID_HEADER, producer_id)
+            .header(crate::batch::PRODUCER_SEQ_HEADER, first_seq);
+        let body = if gzip {
+            use std::io::Write;
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            enc.write_all(&body)
+                .map_err(|e| ClientError::Decode(e.to_string()))?;
+            rb = rb.header(reqwest::header::CONTENT_ENCODING, "gzip");
+            enc.finish()
+                .map_err(|e| ClientError::Decode(e.to_string()))?
+        } else {
+            body
+        };
+        self.json(rb.body(body)).await
+    }
+
     /// Posts encoded ferry batches (one, or several back to back).
     pub async fn post_batches(&self, topic: &str, body: Bytes) -> Result<IngestReply, ClientError> {
         let rb = self
@@ -300,6 +364,13 @@ impl CollectorClient {
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(serde_json::json!({ "partitions": partitions }).to_string());
         self.json(rb).await
+    }
+
+    /// Deletes a topic and its records (`DELETE /v1/topics/{topic}`).
+    pub async fn delete_topic(&self, topic: &str) -> Result<(), ClientError> {
+        self.send(self.req(reqwest::Method::DELETE, &format!("/v1/topics/{topic}")))
+            .await
+            .map(drop)
     }
 
     /// Fetches stored batches of a partition from `offset`; waits up to `wait` for new ones if
@@ -468,7 +539,7 @@ impl CollectorClient {
     }
 
     /// Every group with its members and lag, as the collector reports it.
-    pub async fn groups(&self) -> Result<serde_json::Value, ClientError> {
+    pub async fn groups(&self) -> Result<Vec<GroupView>, ClientError> {
         self.json(self.req(reqwest::Method::GET, "/v1/groups"))
             .await
     }

@@ -28,6 +28,14 @@ pub async fn topics(url: &str, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `ferry topics delete T`: deletes the topic and its records.
+pub async fn delete_topic(url: &str, topic: &str) -> anyhow::Result<()> {
+    ferry_core::topic::validate_name(topic).map_err(crate::cli::UsageError)?;
+    client(url)?.delete_topic(topic).await?;
+    eprintln!("ferry topics: deleted {topic}");
+    Ok(())
+}
+
 pub async fn groups(url: &str, json: bool) -> anyhow::Result<()> {
     let groups = client(url)?.groups().await?;
     if json {
@@ -38,27 +46,25 @@ pub async fn groups(url: &str, json: bool) -> anyhow::Result<()> {
         "{:<24} {:>7} {:<24} {:>9} {:>12} {:>12} {:>10} {:>9}",
         "GROUP", "MEMBERS", "TOPIC", "PARTITION", "COMMITTED", "END", "LAG", "LAG_SECS"
     );
-    for g in groups.as_array().into_iter().flatten() {
-        let name = g["group"].as_str().unwrap_or("");
-        let members = g["members"].as_array().map_or(0, Vec::len);
-        let parts = g["partitions"].as_array().cloned().unwrap_or_default();
-        if parts.is_empty() {
+    for g in groups {
+        let members = g.members.len();
+        if g.partitions.is_empty() {
             println!(
-                "{name:<24} {members:>7} {:<24} {:>9} {:>12} {:>12} {:>10} {:>9}",
-                "-", "-", "-", "-", "-", "-"
+                "{:<24} {members:>7} {:<24} {:>9} {:>12} {:>12} {:>10} {:>9}",
+                g.group, "-", "-", "-", "-", "-", "-"
             );
         }
-        for p in parts {
+        for p in &g.partitions {
             println!(
                 "{:<24} {:>7} {:<24} {:>9} {:>12} {:>12} {:>10} {:>9.1}",
-                name,
+                g.group,
                 members,
-                p["topic"].as_str().unwrap_or(""),
-                p["partition"].to_string(),
-                p["committed"].to_string(),
-                p["end_offset"].to_string(),
-                p["lag_records"].to_string(),
-                p["lag_seconds"].as_f64().unwrap_or(0.0)
+                p.topic,
+                p.partition,
+                p.committed,
+                p.end_offset,
+                p.lag_records,
+                p.lag_seconds
             );
         }
     }

@@ -1,6 +1,11 @@
 //! `ferry produce --collector URL TOPIC`: one record per stdin line; exits 0 once every line is
 //! acknowledged (durable). Lines are sent in chunks; a chunk refused with a retryable status
 //! (429, 503, connection refused) is resent after a capped, jittered backoff.
+//!
+//! Exactly once across collector crashes: each run is a producer with a random id, and every
+//! chunk says which line number it starts at (`ferry-producer-id`, `ferry-producer-seq`), so
+//! a chunk the collector stored but whose reply was lost (it crashed, the connection broke) is
+//! recognised when it is resent and not stored again.
 
 use ferry_core::client::{ClientError, CollectorClient};
 use std::io::BufRead;
@@ -15,6 +20,9 @@ pub async fn run(collector: &str, topic: &str) -> anyhow::Result<()> {
     ferry_core::topic::validate_name(topic).map_err(crate::cli::UsageError)?;
     let client = super::client(collector)?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let producer_id = format!("produce-{:016x}", rand::random::<u64>());
+    // Lines sent before the next chunk: the chunk's first sequence number.
+    let mut next_seq = 0u64;
     // stdin is read on a blocking thread; chunks go through a bounded channel.
     let reader = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
         let stdin = std::io::stdin();
@@ -46,7 +54,9 @@ pub async fn run(collector: &str, topic: &str) -> anyhow::Result<()> {
     let (mut records, mut stored, mut dedup) = (0u64, 0u64, 0u64);
     let mut last_progress = Instant::now();
     while let Some(chunk) = rx.recv().await {
-        let reply = send_with_retry(&client, topic, chunk).await?;
+        let lines = line_count(&chunk);
+        let reply = send_with_retry(&client, topic, chunk, &producer_id, next_seq).await?;
+        next_seq += lines;
         records += reply.records;
         stored += reply.stored;
         dedup += reply.deduplicated;
@@ -63,16 +73,29 @@ pub async fn run(collector: &str, topic: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Lines in a chunk (every line of a chunk ends with a newline).
+fn line_count(chunk: &[u8]) -> u64 {
+    chunk.iter().filter(|&&b| b == b'\n').count() as u64
+}
+
 async fn send_with_retry(
     client: &CollectorClient,
     topic: &str,
     chunk: Vec<u8>,
+    producer_id: &str,
+    first_seq: u64,
 ) -> anyhow::Result<ferry_core::client::IngestReply> {
     let first_try = Instant::now();
     let mut backoff = Duration::from_millis(100);
     loop {
         match client
-            .post_lines(topic, chunk.clone(), chunk.len() > 64 * 1024)
+            .post_lines_as(
+                topic,
+                chunk.clone(),
+                chunk.len() > 64 * 1024,
+                producer_id,
+                first_seq,
+            )
             .await
         {
             Ok(r) => return Ok(r),

@@ -6,7 +6,7 @@
 //! without echo so that a single `q` quits (Ctrl-C still signals); the mode is restored on
 //! exit, whatever ends the loop. Without a terminal (a pipe), a line `q` quits.
 
-use ferry_core::client::{CollectorClient, TopicInfo};
+use ferry_core::client::{CollectorClient, GroupView, TopicInfo};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -23,7 +23,7 @@ pub struct Args {
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub topics: Vec<TopicInfo>,
-    pub groups: serde_json::Value,
+    pub groups: Vec<GroupView>,
     /// Selected series of `/metrics`, by name with labels.
     pub metrics: BTreeMap<String, f64>,
 }
@@ -171,24 +171,22 @@ pub fn render(url: &str, now: &Snapshot, prev: Option<(&Snapshot, Duration)>) ->
         "{:<24} {:>7} {:>12} {:>10}",
         "GROUP", "MEMBERS", "LAG rec", "LAG s"
     );
-    let groups = now.groups.as_array().cloned().unwrap_or_default();
-    for g in &groups {
-        let lag_s = g["partitions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|p| p["lag_seconds"].as_f64())
+    for g in &now.groups {
+        let lag_s = g
+            .partitions
+            .iter()
+            .map(|p| p.lag_seconds)
             .fold(0.0f64, f64::max);
         let _ = writeln!(
             s,
             "{:<24} {:>7} {:>12} {:>10.1}",
-            g["group"].as_str().unwrap_or("?"),
-            g["members"].as_array().map_or(0, Vec::len),
-            g["lag_records"].as_u64().unwrap_or(0),
+            g.group,
+            g.members.len(),
+            g.lag_records,
             lag_s
         );
     }
-    if groups.is_empty() {
+    if now.groups.is_empty() {
         let _ = writeln!(s, "(no consumer groups)");
     }
     let _ = writeln!(s);
@@ -312,6 +310,25 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    fn member() -> ferry_core::client::MemberView {
+        ferry_core::client::MemberView {
+            member_id: "m".into(),
+            topics: vec!["app".into()],
+            partitions: vec![],
+        }
+    }
+
+    fn lag(seconds: f64) -> ferry_core::client::LagView {
+        ferry_core::client::LagView {
+            topic: "app".into(),
+            partition: 0,
+            committed: 0,
+            end_offset: 21,
+            lag_records: 21,
+            lag_seconds: seconds,
+        }
+    }
+
     #[test]
     fn screen_shows_topics_rates_groups_and_health() {
         let topic = |records| TopicInfo {
@@ -326,8 +343,12 @@ mod tests {
         };
         let now = Snapshot {
             topics: vec![topic(3_000)],
-            groups: serde_json::json!([{"group": "errors", "members": [{}, {}], "lag_records": 42,
-                "partitions": [{"lag_seconds": 1.5}, {"lag_seconds": 0.2}]}]),
+            groups: vec![GroupView {
+                group: "errors".into(),
+                members: vec![member(), member()],
+                partitions: vec![lag(1.5), lag(0.2)],
+                lag_records: 42,
+            }],
             metrics: pick_metrics(
                 "# HELP x\nferry_collector_ack_seconds_bucket{le=\"0.001\"} 0\n\
                  ferry_collector_ack_seconds_bucket{le=\"0.0025\"} 100\n\

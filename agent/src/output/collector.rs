@@ -53,7 +53,8 @@ impl CollectorOutput {
         let client = reqwest::Client::builder()
             .timeout(cfg.timeout.get())
             .connect_timeout(cfg.timeout.get().min(Duration::from_secs(10)))
-            .pool_idle_timeout(Duration::from_secs(60))
+            // Below the collector's 10 s idle close, so a pooled connection is not reused as it closes.
+            .pool_idle_timeout(Duration::from_secs(5))
             .build()?;
         Ok(Self {
             client,

@@ -11,6 +11,10 @@ pub enum StoreError {
     UnknownPartition { topic: String, partition: u32 },
     #[error("invalid topic name {name:?}: {reason}")]
     InvalidTopicName { name: String, reason: &'static str },
+    #[error(
+        "the store holds {max} topics, the most it may (limits.max_topics): delete one (DELETE /v1/topics/T, `ferry topics delete T`) or raise the limit"
+    )]
+    TooManyTopics { max: usize },
     #[error("topic {topic:?} already exists with {partitions} partitions")]
     TopicExists { topic: String, partitions: u32 },
     #[error(

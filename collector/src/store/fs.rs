@@ -57,6 +57,8 @@ pub trait FileSystem: Send + Sync + 'static {
     fn read_file(&self, path: &Path) -> io::Result<Vec<u8>>;
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Removes a directory and everything in it.
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()>;
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
     /// Bytes available to an unprivileged user on the file system holding `path`.
     fn free_bytes(&self, path: &Path) -> io::Result<u64>;
@@ -143,6 +145,9 @@ impl FileSystem for StdFs {
     }
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         std::fs::remove_file(path)
+    }
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_dir_all(path)
     }
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         File::open(path)?.sync_all()
@@ -240,6 +245,9 @@ impl FileSystem for FaultyFs {
     }
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         StdFs.remove_file(path)
+    }
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_dir_all(path)
     }
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         if self.faults.fail_syncs.load(Ordering::SeqCst) {

@@ -7,6 +7,7 @@
 //! ```text
 //! DIR/
 //!   groups.offsets                      consumer-group offsets (groups.rs)
+//!   trash/                              deleted topics' directories, removed soon after
 //!   topics/TOPIC/topic.meta             partition count, checksummed (this file)
 //!   topics/TOPIC/P/00000000000000000000.log        segment (segment.rs)
 //!   topics/TOPIC/P/00000000000000000000.index      sparse offset index (index.rs)
@@ -72,6 +73,10 @@ use tokio::sync::{Semaphore, oneshot};
 pub const MAX_BATCH_BYTES: usize = 256 << 20;
 const TOPIC_META_MAGIC: [u8; 4] = *b"FRYM";
 const TOPIC_META_FILE: &str = "topic.meta";
+/// Where deleted topics' directories wait to be removed (`DIR/trash/`).
+const TRASH_DIR: &str = "trash";
+/// Most partitions a topic may have.
+pub const MAX_PARTITIONS: u32 = 10_000;
 
 /// What an append did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,6 +214,7 @@ impl Store {
         let topics_dir = dir.join("topics");
         fs.create_dir_all(&topics_dir).at(&topics_dir)?;
         let lock = lock_dir(dir)?;
+        empty_trash(&*fs, &dir.join(TRASH_DIR));
         let mut report = RecoveryReport::default();
         let mut topics = BTreeMap::new();
         let next_key = AtomicUsize::new(0);
@@ -219,8 +225,25 @@ impl Store {
                 continue;
             };
             let meta = tdir.join(TOPIC_META_FILE);
-            let count = match fs
-                .read_file(&meta)
+            let read = fs.read_file(&meta);
+            if read
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+            {
+                // The metadata file is written last and a topic takes appends only after it:
+                // without it, this is a creation cut off by a crash, holding no records.
+                let note = format!(
+                    "{}: topic {name:?} was never fully created (no {TOPIC_META_FILE}); removed",
+                    tdir.display()
+                );
+                tracing::warn!("{note}");
+                report.notes.push(note);
+                if let Err(e) = fs.remove_dir_all(&tdir) {
+                    tracing::warn!(dir = %tdir.display(), error = %e, "could not remove an incomplete topic");
+                }
+                continue;
+            }
+            let count = match read
                 .map_err(|e| e.to_string())
                 .and_then(|b| decode_meta(&b))
             {
@@ -331,8 +354,22 @@ impl Store {
 
     /// Creates a topic; `Ok(false)` if it exists with the same partition count.
     pub fn create_topic(&self, topic: &str, partitions: u32) -> Result<bool, StoreError> {
+        self.create_topic_bounded(topic, partitions, usize::MAX)
+    }
+
+    /// [`Store::create_topic`], refused with [`StoreError::TooManyTopics`] when the store
+    /// already holds `max_topics` topics. Checked before anything touches the disk; a creation
+    /// that fails half-way (no space, out of file descriptors) removes what it made, so a
+    /// refused topic leaves nothing behind. Blocking (mkdir, fsync): call it from the
+    /// blocking pool.
+    pub fn create_topic_bounded(
+        &self,
+        topic: &str,
+        partitions: u32,
+        max_topics: usize,
+    ) -> Result<bool, StoreError> {
         validate_topic_name(topic)?;
-        if partitions == 0 || partitions > 10_000 {
+        if partitions == 0 || partitions > MAX_PARTITIONS {
             return Err(StoreError::InvalidTopicName {
                 name: topic.to_owned(),
                 reason: "partition count must be 1 to 10000",
@@ -353,9 +390,40 @@ impl Store {
                 })
             };
         }
-        let fs = &*self.inner.fs;
+        if self.topic_count() >= max_topics {
+            return Err(StoreError::TooManyTopics { max: max_topics });
+        }
         let tdir = self.inner.dir.join("topics").join(topic);
-        fs.create_dir_all(&tdir).at(&tdir)?;
+        let parts = match self.make_topic(topic, partitions, &tdir) {
+            Ok(parts) => parts,
+            Err(e) => {
+                // Nothing of a topic that was not created stays on disk: its partitions'
+                // files are closed (dropped with the error path) and its directory removed.
+                if let Err(rm) = self.inner.fs.remove_dir_all(&tdir)
+                    && rm.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(topic, dir = %tdir.display(), error = %rm, "could not remove a topic that failed to be created");
+                }
+                return Err(e);
+            }
+        };
+        self.inner
+            .topics
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(topic.to_owned(), Arc::new(Topic { partitions: parts }));
+        tracing::info!(topic, partitions, "created topic");
+        Ok(true)
+    }
+
+    fn make_topic(
+        &self,
+        topic: &str,
+        partitions: u32,
+        tdir: &Path,
+    ) -> Result<Vec<Arc<Partition>>, StoreError> {
+        let fs = &*self.inner.fs;
+        fs.create_dir_all(tdir).at(tdir)?;
         let mut parts = Vec::with_capacity(partitions as usize);
         for p in 0..partitions {
             let pdir = tdir.join(p.to_string());
@@ -380,13 +448,57 @@ impl Store {
         fs::write_file_atomic(fs, &meta, &encode_meta(partitions)).at(&meta)?;
         let parent = self.inner.dir.join("topics");
         fs.sync_dir(&parent).at(&parent)?;
-        self.inner
+        Ok(parts)
+    }
+
+    /// Deletes a topic and its records; `Ok(false)` if there is no such topic. The topic
+    /// leaves the store at once (later appends and reads get [`StoreError::UnknownTopic`]);
+    /// its directory is moved to `DIR/trash` (one rename, so a crash leaves the topic either
+    /// whole or gone) and removed from there, here or at the next open. Committed group
+    /// offsets of the topic are kept. Blocking: call it from the blocking pool.
+    pub fn delete_topic(&self, topic: &str) -> Result<bool, StoreError> {
+        let _creating = self
+            .inner
+            .create_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let removed = self
+            .inner
             .topics
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(topic.to_owned(), Arc::new(Topic { partitions: parts }));
-        tracing::info!(topic, partitions, "created topic");
+            .remove(topic);
+        let Some(removed) = removed else {
+            return Ok(false);
+        };
+        let fs = &*self.inner.fs;
+        let topics_dir = self.inner.dir.join("topics");
+        let tdir = topics_dir.join(topic);
+        let trash = self.inner.dir.join(TRASH_DIR);
+        fs.create_dir_all(&trash).at(&trash)?;
+        let gone = trash.join(format!(
+            "{}-{}",
+            ferry_core::now_ms(),
+            self.inner.next_key.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs.rename(&tdir, &gone).at(&tdir)?;
+        fs.sync_dir(&topics_dir).at(&topics_dir)?;
+        // The partitions' files close as the last reader or pending append lets them go.
+        drop(removed);
+        if let Err(e) = fs.remove_dir_all(&gone) {
+            tracing::warn!(topic, dir = %gone.display(), error = %e, "deleted topic's files not removed yet; retried at the next start");
+        }
+        tracing::info!(topic, "deleted topic");
         Ok(true)
+    }
+
+    /// Topics the store holds.
+    pub fn topic_count(&self) -> usize {
+        self.inner
+            .topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     pub fn topic_partitions(&self, topic: &str) -> Option<u32> {
@@ -652,6 +764,18 @@ impl Store {
         .await;
         tracing::info!(dir = %self.inner.dir.display(), "store closed");
         result
+    }
+}
+
+/// Removes what deleted topics left in `trash` (a crash between the rename and the removal).
+fn empty_trash(fs: &dyn FileSystem, trash: &Path) {
+    let Ok(entries) = fs.list_dir(trash) else {
+        return;
+    };
+    for e in entries {
+        if let Err(err) = fs.remove_dir_all(&e) {
+            tracing::warn!(dir = %e.display(), error = %err, "could not remove a deleted topic's files");
+        }
     }
 }
 

@@ -170,8 +170,16 @@ fn two_processors_in_one_group_emit_each_window_result_once() {
     let url = c.url();
     let out_a = dir.join("a.jsonl");
     let out_b = dir.join("b.jsonl");
-    let cfg_a = dir.write("a.yaml", pipeline_yaml("shared", &out_a));
-    let cfg_b = dir.write("b.yaml", pipeline_yaml("shared", &out_b));
+    // The topic is keyed by the group-by field, and the pipeline says so: each member emits the
+    // results of the partitions it holds.
+    let keyed = |yaml: String| {
+        yaml.replace(
+            "start: committed }",
+            "start: committed, partitioned_by_key: true }",
+        )
+    };
+    let cfg_a = dir.write("a.yaml", keyed(pipeline_yaml("shared", &out_a)));
+    let cfg_b = dir.write("b.yaml", keyed(pipeline_yaml("shared", &out_b)));
     let mut a = Proc::start(
         "a",
         &dir,
@@ -479,9 +487,11 @@ fn sample_pipeline_on_a_default_topic_prints_one_exact_result_per_window_and_key
             }
         })
     };
-    // Mid-way, twice: once results are coming out and a checkpoint was stored, kill -9 at a
-    // random moment between two checkpoints (every second) and start again at once; then again while the new member
-    // catches up, just after it restored the checkpoints.
+    // Mid-way, three times: (1) once results are coming out and a checkpoint was stored, at a
+    // random moment between two checkpoints (every second); (2) the next processor as soon as
+    // it joined, so that a dead member still holds partitions while the third gets only some of
+    // them; (3) the third just after it took over, while it catches up. Each kill -9 is followed
+    // by a new start at once.
     let mut stderr = String::new();
     wait_until(Duration::from_secs(60), "results to come out", || {
         printed(&out).len() >= 10
@@ -491,8 +501,16 @@ fn sample_pipeline_on_a_default_topic_prints_one_exact_result_per_window_and_key
     stderr.push_str(&p.stderr());
     p = start("processor-2");
     wait_until(
+        Duration::from_secs(30),
+        "the second processor to join",
+        || p.stderr().contains("joined its group"),
+    );
+    p.kill9();
+    stderr.push_str(&p.stderr());
+    p = start("processor-3");
+    wait_until(
         Duration::from_secs(60),
-        "the second processor to take over",
+        "the third processor to take over",
         || {
             let e = p.stderr();
             e.contains("state restored from checkpoint") || e.contains("no checkpoint;")
@@ -501,7 +519,7 @@ fn sample_pipeline_on_a_default_topic_prints_one_exact_result_per_window_and_key
     std::thread::sleep(Duration::from_millis(rng.next() % 500));
     p.kill9();
     stderr.push_str(&p.stderr());
-    p = start("processor-3");
+    p = start("processor-4");
     producer.join().expect("producer");
     wait_until(Duration::from_secs(120), "every window's result", || {
         printed(&out).len() >= want.len()

@@ -141,6 +141,10 @@ struct Runner {
     merge: Merge,
     /// Where the results files stood at the last sink checkpoint (for the checkpoints' note).
     marks: Vec<crate::sink::FileMark>,
+    /// Partition count of each input topic, as of the last assignment.
+    topic_partitions: BTreeMap<String, u32>,
+    /// The last "waiting for every partition" warning (logged at most every 10 s).
+    warned_incomplete: Option<Instant>,
     /// The results files were cut back to the newest checkpoint's marks (once, at the first
     /// assignment, before anything is written).
     rewound: bool,
@@ -232,6 +236,8 @@ pub async fn run(
         instances: BTreeMap::new(),
         merge,
         marks: Vec::new(),
+        topic_partitions: BTreeMap::new(),
+        warned_incomplete: None,
         rewound: false,
         pending_revoked: Vec::new(),
         pending_assigned: Vec::new(),
@@ -344,8 +350,31 @@ impl Runner {
         Ok(())
     }
 
-    /// Emits what the merged watermark closed (and, on a tick, early results).
+    /// Emits what the merged watermark closed (and, on a tick, early results), once this
+    /// member holds every partition of its topics (or the topics are partitioned by key).
     fn merge_step(&mut self, now_ms: i64, tick: bool, out: &mut Vec<Emission>) {
+        if !self.cfg.source.partitioned_by_key {
+            let total: u32 = self.topic_partitions.values().sum();
+            if total == 0 || self.instances.len() < total as usize {
+                // A partial of the topic must not go out as a final result: hold the windows
+                // (they are in the checkpoints) until one member has them all — e.g. a member
+                // that died still holds some until its session expires.
+                if total > 0
+                    && self
+                        .warned_incomplete
+                        .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+                {
+                    tracing::warn!(
+                        pipeline = self.cfg.name,
+                        held = self.instances.len(),
+                        partitions = total,
+                        "results wait until this member holds every partition (several members of one group on one topic need it partitioned by the group-by key: source.partitioned_by_key)"
+                    );
+                    self.warned_incomplete = Some(Instant::now());
+                }
+                return;
+            }
+        }
         let mut parts: Vec<Part<'_>> = self
             .instances
             .values_mut()
@@ -371,7 +400,13 @@ impl Runner {
                 .topic(&topic)
                 .await
                 .map_err(|e| self.err_collector(e))?;
-            for p in info.map(|i| i.partitions).unwrap_or_default() {
+            let partitions = info.map(|i| i.partitions).unwrap_or_default();
+            self.topic_partitions
+                .insert(topic.clone(), partitions.len() as u32);
+            if self.cfg.source.start != StartAt::Committed {
+                continue;
+            }
+            for p in partitions {
                 let got = self
                     .client
                     .get_checkpoint(&self.group, &topic, p.partition)
@@ -387,7 +422,7 @@ impl Runner {
                 }
             }
         }
-        if !self.rewound {
+        if !self.rewound && self.cfg.source.start == StartAt::Committed {
             let r = self.outputs.rewind_files(&marks).await;
             r.map_err(|e| self.err_sink(e))?;
             self.rewound = true;
@@ -420,7 +455,7 @@ impl Runner {
         let held: std::collections::BTreeSet<(String, u32)> =
             self.consumer.assignment().into_iter().collect();
         self.instances.retain(|tp, _| held.contains(tp));
-        if !self.pending_assigned.is_empty() && self.cfg.source.start == StartAt::Committed {
+        if !self.pending_assigned.is_empty() {
             self.learn_notes().await?;
         }
         let since_ms = ferry_core::now_ms();

@@ -19,8 +19,6 @@
 //!   assigned partition, merged; checkpoints stored in the collector, hand-over on rebalance.
 //! - [`kafka_source`] and [`kafka_checkpoints`]: the same on Kafka topics, as a member of a
 //!   Kafka consumer group, with checkpoints in a compacted Kafka topic.
-//! - [`checkpoint`] and [`driver`]: the atomic checkpoint file and the async loop (input batches,
-//!   ticks, sinks, checkpoints) around a pipeline; the source that fetches records is not here.
 //!
 //! ```
 //! use ferry_processor::{config::ProcessorConfig, pipeline::{Pipeline, PartitionId}};
@@ -57,10 +55,8 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod aggregate;
-pub mod checkpoint;
 pub mod codec;
 pub mod config;
-pub mod driver;
 pub mod filter;
 pub mod kafka_checkpoints;
 pub mod kafka_source;

@@ -620,7 +620,7 @@ pipelines:
 
     fn run(c: &Case) -> Result<(), TestCaseError> {
         let keys = |choice: u16| -> String {
-            if c.hot_key && choice % 10 != 0 {
+            if c.hot_key && !choice.is_multiple_of(10) {
                 "hot".to_owned()
             } else {
                 format!("k{}", choice % if c.hot_key { 20 } else { 300 })
@@ -684,7 +684,7 @@ pipelines:
                     members[m as usize] = fresh;
                 }
             }
-            if step % c.every == 0 {
+            if step.is_multiple_of(c.every) {
                 for m in &members {
                     m.checkpoint(&mut store, usize::MAX);
                 }

@@ -170,8 +170,16 @@ fn two_processors_in_one_group_emit_each_window_result_once() {
     let url = c.url();
     let out_a = dir.join("a.jsonl");
     let out_b = dir.join("b.jsonl");
-    let cfg_a = dir.write("a.yaml", pipeline_yaml("shared", &out_a));
-    let cfg_b = dir.write("b.yaml", pipeline_yaml("shared", &out_b));
+    // The topic is keyed by the group-by field, and the pipeline says so: each member emits the
+    // results of the partitions it holds.
+    let keyed = |yaml: String| {
+        yaml.replace(
+            "start: committed }",
+            "start: committed, partitioned_by_key: true }",
+        )
+    };
+    let cfg_a = dir.write("a.yaml", keyed(pipeline_yaml("shared", &out_a)));
+    let cfg_b = dir.write("b.yaml", keyed(pipeline_yaml("shared", &out_b)));
     let mut a = Proc::start(
         "a",
         &dir,
@@ -255,4 +263,300 @@ fn two_processors_in_one_group_emit_each_window_result_once() {
     all.extend(rb);
     assert_eq!(all, want);
     assert_eq!(total(), want.len(), "a window result was emitted twice");
+}
+
+/// Issue 13: `parse: syslog` panicked on a month name with a multi-byte character, and the
+/// processor exited 1 and crash-looped on every restart, `on_parse_error: skip` or not. The line
+/// is now a parse error like any other: skipped, counted, and every other line is counted.
+#[test]
+fn syslog_line_with_a_multibyte_month_is_skipped_and_the_rest_counted() {
+    let dir = Dir::new("proc-syslog");
+    let c = start_collector(
+        &dir,
+        "c",
+        Some("collector:\n  topics:\n    sys: { partitions: 1 }\n"),
+    );
+    let url = c.url();
+    let out = dir.join("sys.jsonl");
+    let cfg = dir.write(
+        "sys.yaml",
+        format!(
+            r#"processor:
+  pipelines:
+    - name: sys
+      source: {{ topics: [sys] }}
+      parse: syslog
+      on_parse_error: skip
+      event_time: {{ field: timestamp, format: rfc3339 }}
+      group_by: [severity]
+      window: {{ tumbling: 10s, allowed_lateness: 0s, idle_timeout: 1h }}
+      aggregates:
+        - {{ name: count, op: count }}
+      sinks:
+        - file: {{ path: "{}" }}
+"#,
+            out.display()
+        ),
+    );
+    let mut p = Proc::start(
+        "processor",
+        &dir,
+        &[
+            "processor",
+            "--config",
+            cfg.to_str().expect("utf8"),
+            "--collector",
+            &url,
+        ],
+    );
+    wait_until(Duration::from_secs(30), "the processor to join", || {
+        p.stderr().contains("joined its group")
+    });
+    // 30 good lines (severity from PRI 13: user.notice; 11: user.err) around the bad one, in
+    // the window 00:00:00-00:00:10, then one that closes it.
+    let mut lines = String::new();
+    for i in 0..30 {
+        let pri = if i % 3 == 0 { 11 } else { 13 };
+        if i == 15 {
+            lines.push_str("<13>Jaé 11 22:14:15 host t: m\n");
+        }
+        lines.push_str(&format!(
+            "<{pri}>1 2026-01-01T00:00:0{}Z host app - - - line {i}\n",
+            i % 10
+        ));
+    }
+    lines.push_str("<13>1 2026-01-01T01:00:00Z host app - - - closer\n");
+    produce(&url, "sys", &lines);
+    wait_until(Duration::from_secs(30), "the window's results", || {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .count()
+            >= 2
+    });
+    assert!(
+        p.exited().is_none(),
+        "the processor exited:\n{}",
+        p.stderr()
+    );
+    let text = std::fs::read_to_string(&out).expect("results");
+    let mut counts = BTreeMap::new();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("JSON result");
+        counts.insert(
+            v["key"]["severity"].as_str().unwrap_or("").to_owned(),
+            v["count"].as_u64().unwrap_or(0),
+        );
+    }
+    assert_eq!(
+        counts,
+        BTreeMap::from([("err".to_owned(), 10), ("notice".to_owned(), 20)])
+    );
+    assert!(!p.stderr().contains("panicked"), "{}", p.stderr());
+    assert_eq!(p.terminate(Duration::from_secs(20)), Some(0));
+}
+
+/// A small deterministic generator for the test inputs (the seed is printed).
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn seed() -> u64 {
+    let s = std::env::var("FERRY_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        })
+        | 1;
+    eprintln!("seed: {s} (FERRY_TEST_SEED={s} repeats this run)");
+    s
+}
+
+/// The sample `configs/processor.yaml` as it is, except that results go to a file (which a
+/// restart cuts back to its last complete line) and checkpoints are taken every second.
+fn sample_config(results: &std::path::Path) -> String {
+    let sample = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/processor.yaml"),
+    )
+    .expect("configs/processor.yaml");
+    let sinks = "      sinks:\n        - stdout\n";
+    assert!(sample.contains(sinks), "the sample's sinks changed");
+    let sample = sample.replace(
+        sinks,
+        &format!(
+            "      sinks:\n        - file: {{ path: \"{}\" }}\n",
+            results.display()
+        ),
+    );
+    format!("{sample}  checkpoint_interval: 1s\n")
+}
+
+/// Every result line of a file, as (level, window start) → the counts printed for it.
+fn printed(path: &std::path::Path) -> BTreeMap<(String, String), Vec<u64>> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+    let mut out: BTreeMap<(String, String), Vec<u64>> = BTreeMap::new();
+    for line in complete.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("result is JSON");
+        out.entry((
+            v["key"]["level"].as_str().unwrap_or("").to_owned(),
+            v["window_start"].as_str().unwrap_or("").to_owned(),
+        ))
+        .or_default()
+        .push(v["count"].as_u64().expect("count"));
+    }
+    out
+}
+
+/// Issue 13: the sample pipeline on a topic with the default 4 partitions printed each (window,
+/// level) three or four times, each a partial count. Now one member holding every partition
+/// merges them: one result per window and level, equal to the count in the input, across a
+/// SIGKILL of the processor in the middle and a restart.
+#[test]
+fn sample_pipeline_on_a_default_topic_prints_one_exact_result_per_window_and_key_across_kill_9() {
+    let mut rng = XorShift(seed());
+    let dir = Dir::new("proc-merge");
+    // No topic config: `app` is created on first produce with the default partition count.
+    let c = start_collector(&dir, "c", None);
+    let url = c.url();
+    let out = dir.join("results.jsonl");
+    let cfg = dir.write("processor.yaml", sample_config(&out));
+    let start = |name: &str| {
+        Proc::start(
+            name,
+            &dir,
+            &[
+                "processor",
+                "--config",
+                cfg.to_str().expect("utf8"),
+                "--collector",
+                &url,
+            ],
+        )
+    };
+
+    // 60,000 records, 100 per second of event time from 2026-01-01T00:00:00Z, each up to 2 s
+    // earlier than its place in the stream (allowed_lateness is 2s), levels skewed.
+    let n = 60_000u64;
+    let levels = ["info", "info", "info", "warn", "error", "debug"];
+    let base_ms: i64 = 1_767_225_600_000;
+    let mut lines = Vec::with_capacity(n as usize);
+    let mut want: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for i in 0..n {
+        let ts = base_ms + i as i64 * 10 - (rng.next() % 2000) as i64;
+        let level = levels[(rng.next() % levels.len() as u64) as usize];
+        let window = ts - ts.rem_euclid(10_000);
+        let ws = ferry_processor::time::format_rfc3339(window);
+        *want.entry((level.to_owned(), ws)).or_default() += 1;
+        let t = ferry_processor::time::format_rfc3339(ts);
+        lines.push(format!(
+            "{{\"ts\":\"{t}\",\"level\":\"{level}\",\"seq\":{i}}}\n"
+        ));
+    }
+    // Closers, far ahead, in one batch per partition (batches are spread round-robin), so
+    // every partition's watermark passes the last window. Their own window stays open.
+    let closers: Vec<String> = (0..4)
+        .map(|_| "{\"ts\":\"2026-01-02T00:00:00Z\",\"level\":\"closer\"}\n".to_owned())
+        .collect();
+
+    let mut p = start("processor-1");
+    wait_until(Duration::from_secs(30), "the processor to join", || {
+        p.stderr().contains("joined its group")
+    });
+    // The records arrive in 60 batches of 1,000 over ~6 s while the processor runs.
+    let chunks: Vec<String> = lines.chunks(1000).map(|c| c.concat()).collect();
+    let producer = {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            for chunk in &chunks {
+                produce(&url, "app", chunk);
+                std::thread::sleep(Duration::from_millis(60));
+            }
+            for closer in &closers {
+                produce(&url, "app", closer);
+            }
+        })
+    };
+    // Mid-way, three times: (1) once results are coming out and a checkpoint was stored, at a
+    // random moment between two checkpoints (every second); (2) the next processor as soon as
+    // it joined, so that a dead member still holds partitions while the third gets only some of
+    // them; (3) the third just after it took over, while it catches up. Each kill -9 is followed
+    // by a new start at once.
+    let mut stderr = String::new();
+    wait_until(Duration::from_secs(60), "results to come out", || {
+        printed(&out).len() >= 10
+    });
+    std::thread::sleep(Duration::from_millis(1000 + rng.next() % 1000));
+    p.kill9();
+    stderr.push_str(&p.stderr());
+    p = start("processor-2");
+    wait_until(
+        Duration::from_secs(30),
+        "the second processor to join",
+        || p.stderr().contains("joined its group"),
+    );
+    p.kill9();
+    stderr.push_str(&p.stderr());
+    p = start("processor-3");
+    wait_until(
+        Duration::from_secs(60),
+        "the third processor to take over",
+        || {
+            let e = p.stderr();
+            e.contains("state restored from checkpoint") || e.contains("no checkpoint;")
+        },
+    );
+    std::thread::sleep(Duration::from_millis(rng.next() % 500));
+    p.kill9();
+    stderr.push_str(&p.stderr());
+    p = start("processor-4");
+    producer.join().expect("producer");
+    wait_until(Duration::from_secs(120), "every window's result", || {
+        printed(&out).len() >= want.len()
+    });
+    wait_until(
+        Duration::from_secs(30),
+        "the last processor to join",
+        || p.stderr().contains("joined its group"),
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "the last processor to join",
+        || p.stderr().contains("joined its group"),
+    );
+    stderr.push_str(&p.stderr());
+    eprintln!(
+        "{} restores from checkpoints, results files cut back {} times",
+        stderr.matches("state restored from checkpoint").count(),
+        stderr.matches("results file cut back").count()
+    );
+    assert!(
+        stderr.contains("state restored from checkpoint"),
+        "the restarted processors restored no checkpoint:\n{stderr}"
+    );
+    // A duplicate or a stray partial would come out with the windows around it; those are out.
+    assert_eq!(p.terminate(Duration::from_secs(20)), Some(0));
+    let got = printed(&out);
+    let mut wrong = Vec::new();
+    for (k, counts) in &got {
+        let w = want.get(k).copied().unwrap_or(0);
+        if counts.iter().any(|c| *c != w) {
+            wrong.push(format!("{k:?}: printed {counts:?}, input has {w}"));
+        }
+    }
+    assert!(wrong.is_empty(), "wrong results:\n{}", wrong.join("\n"));
+    let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).collect();
+    assert!(missing.is_empty(), "no result for {missing:?}");
+    let repeated: Vec<_> = got.iter().filter(|(_, c)| c.len() > 1).collect();
+    assert!(repeated.is_empty(), "printed more than once: {repeated:?}");
 }

@@ -9,6 +9,7 @@
 use bytes::Bytes;
 use ferry_core::record::Record;
 use ferry_processor::config::ProcessorConfig;
+use ferry_processor::merge::{Merge, Part};
 use ferry_processor::pipeline::{PartitionId, Pipeline};
 use ferry_processor::time::format_rfc3339;
 use std::hint::black_box;
@@ -80,6 +81,47 @@ pipelines:
     Pipeline::new(cfg.pipelines[0].clone())
 }
 
+/// The records spread over `n` input partitions in batches of `BATCH` (round-robin, as the
+/// collector spreads batches without a key), one pipeline instance per partition. `merged`:
+/// the instances are partials of one [`Merge`], advanced after every batch as the runner does
+/// after every poll; otherwise each instance emits its own (partial) results.
+fn run_partitioned(records: &[Record], aggregates: &str, n: usize, merged: bool) -> (f64, usize) {
+    measure(|| {
+        let ids: Vec<PartitionId> = (0..n as u32).map(|p| PartitionId::new("app", p)).collect();
+        let mut parts: Vec<Pipeline> = (0..n)
+            .map(|_| {
+                let p = pipeline(aggregates);
+                if merged { p.into_partial() } else { p }
+            })
+            .collect();
+        let mut merge = Merge::new(pipeline(aggregates).config().clone());
+        let mut next = vec![0u64; n];
+        let mut out = Vec::new();
+        let mut emitted = 0;
+        for (i, chunk) in records.chunks(BATCH).enumerate() {
+            let p = i % n;
+            parts[p].process_batch(&ids[p], next[p], chunk, 0, 0, &mut out);
+            next[p] += chunk.len() as u64;
+            if merged {
+                let mut view: Vec<Part<'_>> = ids
+                    .iter()
+                    .zip(parts.iter_mut())
+                    .map(|(id, pipeline)| Part {
+                        id,
+                        pipeline,
+                        since_ms: 0,
+                    })
+                    .collect();
+                merge.advance(0, &mut view, &mut out);
+            }
+            emitted += out.len();
+            out.clear();
+        }
+        black_box(&out);
+        emitted
+    })
+}
+
 /// Best of `ROUNDS` runs of `f` over all records; returns records per second.
 fn measure(mut f: impl FnMut() -> usize) -> (f64, usize) {
     let mut best = f64::MAX;
@@ -148,6 +190,18 @@ fn main() {
     let count = "[{name: count, op: count}]";
     let (rate, n) = run_pipeline(&records, count);
     rows.push(("pipeline: JSON + count by level, 1m tumbling", rate, n));
+    let (rate, n) = run_partitioned(&records, count, 4, false);
+    rows.push((
+        "4 input partitions, each its own results (partials, not merged)",
+        rate,
+        n,
+    ));
+    let (rate, n) = run_partitioned(&records, count, 4, true);
+    rows.push((
+        "4 input partitions, partials merged: one result per window and key",
+        rate,
+        n,
+    ));
     let p99 = "[{name: count, op: count}, {name: p99, op: percentile, field: latency_ms, q: 0.99}]";
     let (rate, n) = run_pipeline(&records, p99);
     rows.push(("pipeline: + p99 of latency_ms (DDSketch)", rate, n));

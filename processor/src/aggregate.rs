@@ -82,6 +82,39 @@ impl AggState {
         }
     }
 
+    /// Adds what `other` aggregated (the same op, from another partition or member) to this
+    /// state: the result is the state of both inputs together (exactly, except for the sketches'
+    /// stated error bounds). A state of another op is ignored: states of one key and window
+    /// are made from one config, so that would be a bug, not an input.
+    pub fn merge(&mut self, other: &AggState) {
+        match (self, other) {
+            (AggState::Count(a), AggState::Count(b)) => *a += b,
+            (AggState::Sum(a), AggState::Sum(b)) => *a += b,
+            (AggState::Min(a), AggState::Min(b)) => {
+                *a = match (*a, *b) {
+                    (Some(x), Some(y)) => Some(x.min(y)),
+                    (x, y) => x.or(y),
+                }
+            }
+            (AggState::Max(a), AggState::Max(b)) => {
+                *a = match (*a, *b) {
+                    (Some(x), Some(y)) => Some(x.max(y)),
+                    (x, y) => x.or(y),
+                }
+            }
+            (AggState::Avg { sum, count }, AggState::Avg { sum: s2, count: c2 }) => {
+                *sum += s2;
+                *count += c2;
+            }
+            (AggState::Percentile(_, a), AggState::Percentile(_, b)) => a.merge(b),
+            (AggState::Distinct(a), AggState::Distinct(b)) => a.merge(b),
+            (AggState::TopK(a), AggState::TopK(b)) => a.merge(b),
+            (a, b) => {
+                debug_assert!(false, "merge of {a:?} with {b:?}");
+            }
+        }
+    }
+
     /// The value as a number, for alert rules (`None` for top-K and empty states).
     pub fn number(&self) -> Option<f64> {
         match self {
@@ -249,5 +282,38 @@ mod tests {
             assert_eq!(&AggState::decode(&mut Dec::new(&e.buf), op).unwrap(), s);
             assert!(AggState::decode(&mut Dec::new(&e.buf), AggOp::Percentile(0.9)).is_err());
         }
+    }
+
+    /// Any split of the values over partitions, merged in any order, gives the state of the
+    /// whole (integers: sums are exact in f64; few distinct values: every sketch is exact).
+    #[test]
+    fn merged_partials_equal_the_whole() {
+        use proptest::prelude::*;
+        let ops = [
+            AggOp::Count,
+            AggOp::Sum,
+            AggOp::Min,
+            AggOp::Max,
+            AggOp::Avg,
+            AggOp::Percentile(0.9),
+            AggOp::Distinct,
+            AggOp::TopK(3),
+        ];
+        proptest!(|(vals in proptest::collection::vec((0u8..4, -30i32..30), 0..200))| {
+            for op in ops {
+                let mut whole = AggState::new(op);
+                let mut parts: Vec<AggState> = (0..4).map(|_| AggState::new(op)).collect();
+                for (p, v) in &vals {
+                    let v = v.to_string();
+                    whole.update(Some(&v));
+                    parts[*p as usize].update(Some(&v));
+                }
+                let mut merged = AggState::new(op);
+                for p in parts.iter().rev() {
+                    merged.merge(p);
+                }
+                prop_assert_eq!(merged.result(), whole.result(), "{:?}", op);
+            }
+        });
     }
 }

@@ -329,6 +329,11 @@ pub struct SourceConfig {
     /// Kafka topic of this pipeline's checkpoints (a Kafka source only); default
     /// [`SourceConfig::checkpoint_topic`].
     pub checkpoint_topic: Option<String>,
+    /// The topics are partitioned by the group-by fields (e.g. the collector topic's
+    /// `key_field` is the one group-by field), so each key lives on one partition: a member
+    /// holding some partitions emits their results. Otherwise (the default) a member emits only
+    /// while it holds every partition of the topics, so that no partial result goes out as final.
+    pub partitioned_by_key: bool,
 }
 
 #[derive(Deserialize)]
@@ -343,6 +348,8 @@ struct RawSource {
     kafka: Option<ferry_kafka::KafkaConfig>,
     #[serde(default)]
     checkpoint_topic: Option<String>,
+    #[serde(default)]
+    partitioned_by_key: bool,
 }
 
 impl TryFrom<RawSource> for SourceConfig {
@@ -370,6 +377,7 @@ impl TryFrom<RawSource> for SourceConfig {
             start: r.start,
             kafka: r.kafka,
             checkpoint_topic: r.checkpoint_topic,
+            partitioned_by_key: r.partitioned_by_key,
         })
     }
 }

@@ -13,12 +13,12 @@
 //!   (results, alerts, late and dead-letter records), offsets.
 //! - [`state`]: the versioned, checksummed snapshot of a pipeline, restored exactly.
 //! - [`sink`]: stdout, file, webhook, and the collector-topic sink behind a producer trait.
-//! - [`runner`]: a pipeline on collector topics as a group member: one instance per assigned
-//!   partition, checkpoints stored in the collector, hand-over on rebalance.
+//! - [`merge`]: one result per window and key over several input partitions: per-partition
+//!   partials, closed on the minimum watermark, merged, and exactly once across crashes.
+//! - [`runner`]: a pipeline on collector topics as a group member: one partial instance per
+//!   assigned partition, merged; checkpoints stored in the collector, hand-over on rebalance.
 //! - [`kafka_source`] and [`kafka_checkpoints`]: the same on Kafka topics, as a member of a
 //!   Kafka consumer group, with checkpoints in a compacted Kafka topic.
-//! - [`checkpoint`] and [`driver`]: the atomic checkpoint file and the async loop (input batches,
-//!   ticks, sinks, checkpoints) around a pipeline; the source that fetches records is not here.
 //!
 //! ```
 //! use ferry_processor::{config::ProcessorConfig, pipeline::{Pipeline, PartitionId}};
@@ -55,13 +55,12 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod aggregate;
-pub mod checkpoint;
 pub mod codec;
 pub mod config;
-pub mod driver;
 pub mod filter;
 pub mod kafka_checkpoints;
 pub mod kafka_source;
+pub mod merge;
 pub mod parse;
 pub mod pipeline;
 pub mod runner;

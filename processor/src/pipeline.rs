@@ -252,6 +252,9 @@ pub struct Pipeline {
     key_buf: Vec<u8>,
     /// Scratch: windows closed by the last watermark advance.
     closed: Vec<ClosedWindow>,
+    /// One partial of a merged pipeline ([`Pipeline::into_partial`]): closed windows and early
+    /// results are the merge's to emit, not this instance's.
+    partial: bool,
 }
 
 impl Pipeline {
@@ -336,9 +339,21 @@ impl Pipeline {
             meters: Meters::new(&name),
             key_buf: Vec::with_capacity(64),
             closed: Vec::new(),
+            partial: false,
             name,
             cfg,
         }
+    }
+
+    /// This pipeline as one partial of a merged pipeline (`merge.rs`): it aggregates its input
+    /// and decides, by its own watermark, which records are late, exactly as alone; but the
+    /// windows its watermark passes are kept for the merge to take, and it emits no results,
+    /// alerts or early results itself. Not part of the snapshot: set it again after
+    /// [`Pipeline::restore`].
+    pub fn into_partial(mut self) -> Self {
+        self.partial = true;
+        self.windows.hold_closed();
+        self
     }
 
     pub fn name(&self) -> &str {
@@ -547,7 +562,7 @@ impl Pipeline {
     /// passes close, and with `emit: early` the keys that changed since the last tick are emitted.
     pub fn advance_time(&mut self, now_ms: i64, out: &mut Vec<Emission>) {
         self.advance_windows(now_ms, out);
-        if self.early {
+        if self.early && !self.partial {
             self.emit_early(out);
         }
         self.report();
@@ -556,7 +571,10 @@ impl Pipeline {
             .open_windows
             .set(self.windows.open_windows() as f64);
         self.meters.open_keys.set(self.windows.open_keys() as f64);
-        if let Some(wm) = self.windows.watermark() {
+        // A partial's watermark is its own; the merge sets the pipeline's.
+        if let Some(wm) = self.windows.watermark()
+            && !self.partial
+        {
             self.meters.watermark_ms.set(wm as f64);
         }
     }
@@ -573,7 +591,7 @@ impl Pipeline {
         self.report();
     }
 
-    fn emit_closed(&mut self, w: ClosedWindow, out: &mut Vec<Emission>) {
+    pub(crate) fn emit_closed(&mut self, w: ClosedWindow, out: &mut Vec<Emission>) {
         tracing::debug!(pipeline = %self.name, start = w.start_ms, keys = w.keys.len(), "window closed");
         for (key, mut ks) in w.keys {
             let r = self.shape.result(w.start_ms, &key, &ks, false, w.evicted);
@@ -581,6 +599,31 @@ impl Pipeline {
             out.push(Emission::Result(r));
             self.stats.results += 1;
         }
+    }
+
+    /// One key's result, with the alert rules evaluated on it (by the merge, for merged
+    /// states).
+    pub(crate) fn emit_result(
+        &mut self,
+        start: i64,
+        key: &[u8],
+        ks: &mut KeyState,
+        early: bool,
+        evicted: u64,
+        out: &mut Vec<Emission>,
+    ) {
+        let r = self.shape.result(start, key, ks, early, evicted);
+        fire_alerts(&self.alerts, &mut self.stats, &r, ks, out);
+        out.push(Emission::Result(r));
+        self.stats.results += 1;
+    }
+
+    pub(crate) fn is_early(&self) -> bool {
+        self.early
+    }
+
+    pub(crate) fn set_watermark_gauge(&self, wm: i64) {
+        self.meters.watermark_ms.set(wm as f64);
     }
 
     fn emit_early(&mut self, out: &mut Vec<Emission>) {
@@ -600,7 +643,7 @@ impl Pipeline {
     }
 
     /// Adds what happened since the last call to the process's metrics.
-    fn report(&mut self) {
+    pub(crate) fn report(&mut self) {
         let (s, r, m) = (&self.stats, &mut self.reported, &self.meters);
         m.records_in.increment(s.records_in - r.records_in);
         m.parse_errors.increment(s.parse_errors - r.parse_errors);

@@ -14,12 +14,16 @@
 //!   checkpoint stored. A crash between the two replays results that carry (pipeline, key,
 //!   window_start), so a sink can drop the repeat; no record is counted twice in any state.
 //!
-//! Because each partition is aggregated on its own, one result per window and key across the
-//! whole topic needs the input partitioned by the group-by key (the collector topic's
-//! `key_field`), or a topic with one partition — as with Kafka Streams, which repartitions by
-//! key before it aggregates. docs/processor.md says so.
+//! The partitions' instances are partials of one [`Merge`]: windows close on the minimum
+//! watermark over this member's partitions and each (window, key) is emitted once, with every
+//! partition's partial merged (`merge.rs`). Every checkpoint carries the merge's note of which
+//! windows were emitted with which partition's partial, so partitions restored from checkpoints
+//! of different moments emit nothing twice. With several members, each merges what it holds:
+//! one result per window and key across the topic then needs the input partitioned by the
+//! group-by key (the collector topic's `key_field`). docs/processor.md says so.
 
 use crate::config::{PipelineConfig, StartAt};
+use crate::merge::{Merge, Note, Part, unwrap_checkpoint, wrap_checkpoint};
 use crate::pipeline::{Emission, PartitionId, Pipeline};
 use crate::sink::{Outputs, SinkError, TopicProducer};
 use bytes::Bytes;
@@ -116,11 +120,14 @@ impl TopicProducer for CollectorTopicProducer {
     }
 }
 
-/// One partition's pipeline and where it started.
+/// One partition's pipeline (a partial of the merge) and where it started.
 struct Instance {
+    id: PartitionId,
     pipeline: Pipeline,
     /// Offset reading started from (the checkpoint's, or the group's start).
     start: u64,
+    /// Processing time the partition was assigned (for the merge's idle timeout).
+    since_ms: i64,
 }
 
 struct Runner {
@@ -130,6 +137,17 @@ struct Runner {
     consumer: Consumer,
     outputs: Outputs,
     instances: BTreeMap<(String, u32), Instance>,
+    /// Merges the instances' partials into one result per window and key.
+    merge: Merge,
+    /// Where the results files stood at the last sink checkpoint (for the checkpoints' note).
+    marks: Vec<crate::sink::FileMark>,
+    /// Partition count of each input topic, as of the last assignment.
+    topic_partitions: BTreeMap<String, u32>,
+    /// The last "waiting for every partition" warning (logged at most every 10 s).
+    warned_incomplete: Option<Instant>,
+    /// The results files were cut back to the newest checkpoint's marks (once, at the first
+    /// assignment, before anything is written).
+    rewound: bool,
     /// Revoked partitions not yet checkpointed and released (kept across a failed attempt).
     pending_revoked: Vec<(String, u32)>,
     /// Assigned partitions not yet restored (kept across a failed attempt).
@@ -208,6 +226,7 @@ pub async fn run(
         member = consumer.member_id(),
         "processor pipeline joined its group"
     );
+    let merge = Merge::new(cfg.clone());
     let mut runner = Runner {
         client,
         cfg,
@@ -215,6 +234,11 @@ pub async fn run(
         consumer,
         outputs,
         instances: BTreeMap::new(),
+        merge,
+        marks: Vec::new(),
+        topic_partitions: BTreeMap::new(),
+        warned_incomplete: None,
+        rewound: false,
         pending_revoked: Vec::new(),
         pending_assigned: Vec::new(),
         report: RunnerReport::default(),
@@ -306,12 +330,14 @@ impl Runner {
             );
         }
         self.report.records += records.len() as u64;
-        if turn.last_tick.elapsed() >= opts.tick {
+        let tick = turn.last_tick.elapsed() >= opts.tick;
+        if tick {
             for inst in self.instances.values_mut() {
                 inst.pipeline.advance_time(now, &mut turn.out);
             }
             turn.last_tick = Instant::now();
         }
+        self.merge_step(now, tick, &mut turn.out);
         if !turn.out.is_empty() {
             let r = self.outputs.write(&turn.out).await;
             r.map_err(|e| self.err_sink(e))?;
@@ -320,6 +346,86 @@ impl Runner {
         if turn.last_checkpoint.elapsed() >= opts.checkpoint_interval {
             self.checkpoint_all().await?;
             turn.last_checkpoint = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Emits what the merged watermark closed (and, on a tick, early results), once this
+    /// member holds every partition of its topics (or the topics are partitioned by key).
+    fn merge_step(&mut self, now_ms: i64, tick: bool, out: &mut Vec<Emission>) {
+        if !self.cfg.source.partitioned_by_key {
+            let total: u32 = self.topic_partitions.values().sum();
+            if total == 0 || self.instances.len() < total as usize {
+                // A partial of the topic must not go out as a final result: hold the windows
+                // (they are in the checkpoints) until one member has them all — e.g. a member
+                // that died still holds some until its session expires.
+                if total > 0
+                    && self
+                        .warned_incomplete
+                        .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+                {
+                    tracing::warn!(
+                        pipeline = self.cfg.name,
+                        held = self.instances.len(),
+                        partitions = total,
+                        "results wait until this member holds every partition (several members of one group on one topic need it partitioned by the group-by key: source.partitioned_by_key)"
+                    );
+                    self.warned_incomplete = Some(Instant::now());
+                }
+                return;
+            }
+        }
+        let mut parts: Vec<Part<'_>> = self
+            .instances
+            .values_mut()
+            .map(|i| Part {
+                id: &i.id,
+                pipeline: &mut i.pipeline,
+                since_ms: i.since_ms,
+            })
+            .collect();
+        self.merge.advance(now_ms, &mut parts, out);
+        if tick {
+            self.merge.emit_early(&mut parts, out);
+        }
+    }
+
+    /// Reads the merge's note from every checkpoint of the pipeline's topics, so partitions
+    /// restored from older checkpoints do not emit windows again (see `merge.rs`).
+    async fn learn_notes(&mut self) -> Result<(), RunnerError> {
+        let mut marks = Vec::new();
+        for topic in self.cfg.source.topics.clone() {
+            let info = self
+                .client
+                .topic(&topic)
+                .await
+                .map_err(|e| self.err_collector(e))?;
+            let partitions = info.map(|i| i.partitions).unwrap_or_default();
+            self.topic_partitions
+                .insert(topic.clone(), partitions.len() as u32);
+            if self.cfg.source.start != StartAt::Committed {
+                continue;
+            }
+            for p in partitions {
+                let got = self
+                    .client
+                    .get_checkpoint(&self.group, &topic, p.partition)
+                    .await
+                    .map_err(|e| self.err_collector(e))?;
+                if let Some((_, blob)) = got
+                    && let Ok((note, _)) = unwrap_checkpoint(&blob)
+                {
+                    for (pid, start) in note.emitted {
+                        self.merge.learn(pid, start);
+                    }
+                    marks.extend(note.files);
+                }
+            }
+        }
+        if !self.rewound && self.cfg.source.start == StartAt::Committed {
+            let r = self.outputs.rewind_files(&marks).await;
+            r.map_err(|e| self.err_sink(e))?;
+            self.rewound = true;
         }
         Ok(())
     }
@@ -333,6 +439,7 @@ impl Runner {
         if !revoked.is_empty() {
             let r = self.outputs.checkpoint().await;
             r.map_err(|e| self.err_sink(e))?;
+            self.marks = self.outputs.file_marks();
             for tp in &revoked {
                 self.checkpoint_one(tp).await?;
                 self.instances.remove(tp);
@@ -348,6 +455,10 @@ impl Runner {
         let held: std::collections::BTreeSet<(String, u32)> =
             self.consumer.assignment().into_iter().collect();
         self.instances.retain(|tp, _| held.contains(tp));
+        if !self.pending_assigned.is_empty() {
+            self.learn_notes().await?;
+        }
+        let since_ms = ferry_core::now_ms();
         while let Some((tp, start)) = self.pending_assigned.first().cloned() {
             let restored = if self.cfg.source.start == StartAt::Committed {
                 self.client
@@ -357,8 +468,11 @@ impl Runner {
             } else {
                 None
             };
+            let id = PartitionId::new(tp.0.clone(), tp.1);
             let inst = match restored {
-                Some((offset, state)) => match Pipeline::restore(self.cfg.clone(), &state) {
+                Some((offset, state)) => match unwrap_checkpoint(&state)
+                    .and_then(|(_, snap)| Pipeline::restore(self.cfg.clone(), snap))
+                {
                     Ok(p) => {
                         self.consumer.seek(&tp, offset);
                         tracing::info!(
@@ -369,8 +483,10 @@ impl Runner {
                             "state restored from checkpoint"
                         );
                         Instance {
-                            pipeline: p,
+                            id,
+                            pipeline: p.into_partial(),
                             start: offset,
+                            since_ms,
                         }
                     }
                     Err(e) => {
@@ -381,8 +497,10 @@ impl Runner {
                         metrics::counter!("ferry_processor_checkpoints_unreadable_total")
                             .increment(1);
                         Instance {
-                            pipeline: Pipeline::new(self.cfg.clone()),
+                            id,
+                            pipeline: Pipeline::new(self.cfg.clone()).into_partial(),
                             start,
+                            since_ms,
                         }
                     }
                 },
@@ -398,8 +516,10 @@ impl Runner {
                     // read them again.
                     self.consumer.seek(&tp, start);
                     Instance {
-                        pipeline: Pipeline::new(self.cfg.clone()),
+                        id,
+                        pipeline: Pipeline::new(self.cfg.clone()).into_partial(),
                         start,
+                        since_ms,
                     }
                 }
             };
@@ -422,7 +542,11 @@ impl Runner {
             .find(|(p, _)| *p == pid)
             .map(|(_, o)| o)
             .unwrap_or(inst.start);
-        let snapshot = inst.pipeline.snapshot();
+        let note = Note {
+            emitted: self.merge.emitted().clone(),
+            files: self.marks.clone(),
+        };
+        let snapshot = wrap_checkpoint(&note, &inst.pipeline.snapshot());
         let member = self.consumer.member_id().unwrap_or_default().to_owned();
         match self
             .client
@@ -450,6 +574,7 @@ impl Runner {
     async fn checkpoint_all(&mut self) -> Result<(), RunnerError> {
         let r = self.outputs.checkpoint().await;
         r.map_err(|e| self.err_sink(e))?;
+        self.marks = self.outputs.file_marks();
         let keys: Vec<(String, u32)> = self.instances.keys().cloned().collect();
         for tp in keys {
             self.checkpoint_one(&tp).await?;

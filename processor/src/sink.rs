@@ -261,10 +261,27 @@ fn joined(lines: &[String]) -> String {
 /// `key` object, as JSON, in the `kafka` sink.
 pub const RESULT_KEY_FIELD: &str = "key";
 
+/// Where a results file stood when a checkpoint was stored. The file is named by its identity
+/// (device and inode), not its path: two hosts may use one path for two files, and a file
+/// replaced at that path is a new file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileMark {
+    pub dev: u64,
+    pub ino: u64,
+    /// Bytes in the file, all fsynced, when the checkpoint was stored.
+    pub len: u64,
+}
+
 /// Appends JSON lines to a file; fsyncs on checkpoint.
 pub struct FileSink {
     path: PathBuf,
     file: tokio::fs::File,
+    dev: u64,
+    ino: u64,
+    /// Bytes in the file: its length at open plus what was written since.
+    len: u64,
+    /// Something was written since the file was opened (then it is never rewound).
+    written: bool,
 }
 
 impl FileSink {
@@ -295,15 +312,62 @@ impl FileSink {
                 path: path.clone(),
                 source,
             })?;
-        Ok(Self { path, file })
+        let meta = file.metadata().await.map_err(|source| SinkError::File {
+            path: path.clone(),
+            source,
+        })?;
+        use std::os::unix::fs::MetadataExt as _;
+        Ok(Self {
+            path,
+            file,
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            written: false,
+        })
+    }
+
+    /// Where the file stands (call after [`FileSink::sync`]).
+    pub fn mark(&self) -> FileMark {
+        FileMark {
+            dev: self.dev,
+            ino: self.ino,
+            len: self.len,
+        }
+    }
+
+    /// Cuts the file back to `len` bytes if it is longer and nothing was written since it was
+    /// opened; returns the bytes removed. The results past the newest checkpoint's mark are
+    /// emitted again after a crash, so cutting them keeps each in the file once.
+    pub async fn rewind(&mut self, len: u64) -> Result<u64, SinkError> {
+        if self.written || self.len <= len {
+            return Ok(0);
+        }
+        let cut = self.len - len;
+        let r = async {
+            self.file.set_len(len).await?;
+            self.file.sync_data().await
+        }
+        .await;
+        r.map_err(|source| SinkError::File {
+            path: self.path.clone(),
+            source,
+        })?;
+        self.len = len;
+        Ok(cut)
     }
 
     async fn write(&mut self, lines: &[String]) -> Result<(), SinkError> {
+        let text = joined(lines);
+        self.written = true;
         let r = async {
-            self.file.write_all(joined(lines).as_bytes()).await?;
+            self.file.write_all(text.as_bytes()).await?;
             self.file.flush().await
         }
         .await;
+        if r.is_ok() {
+            self.len += text.len() as u64;
+        }
         r.map_err(|source| SinkError::File {
             path: self.path.clone(),
             source,
@@ -543,6 +607,42 @@ impl Outputs {
             s.checkpoint().await?;
         }
         Ok(())
+    }
+
+    /// Where each results file stands (after [`Outputs::checkpoint`]), for the checkpoint.
+    pub fn file_marks(&self) -> Vec<FileMark> {
+        self.results
+            .iter()
+            .chain(&self.alerts)
+            .filter_map(|s| match s {
+                Sink::File(f) => Some(f.mark()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// At start, before anything is written: cuts each results file back to its newest mark
+    /// among `marks` (read from the checkpoints), so that the results emitted after the last
+    /// checkpoint, which are emitted again, are in the file once. Returns the bytes cut.
+    pub async fn rewind_files(&mut self, marks: &[FileMark]) -> Result<u64, SinkError> {
+        let mut cut = 0;
+        for s in self.results.iter_mut().chain(self.alerts.iter_mut()) {
+            let Sink::File(f) = s else { continue };
+            let newest = marks
+                .iter()
+                .filter(|m| m.dev == f.dev && m.ino == f.ino)
+                .map(|m| m.len)
+                .max();
+            if let Some(len) = newest {
+                let n = f.rewind(len).await?;
+                if n > 0 {
+                    tracing::info!(path = %f.path.display(), bytes = n, "results file cut back to the last checkpoint (those results are emitted again)");
+                    metrics::counter!("ferry_processor_sink_rewound_bytes_total").increment(n);
+                }
+                cut += n;
+            }
+        }
+        Ok(cut)
     }
 }
 

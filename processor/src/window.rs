@@ -85,12 +85,17 @@ pub struct Windows {
     idle_timeout_ms: i64,
     max_keys: usize,
     ops: Vec<AggOp>,
-    /// Open windows by start. Invariant: every window here has `end + grace > watermark`.
+    /// Open windows by start. Invariant: every window here has `end + grace > watermark`,
+    /// unless `hold_closed`.
     open: BTreeMap<i64, Window>,
     /// Indexed by the caller's partition number.
     partitions: Vec<PartitionClock>,
     /// `i64::MIN` until the first record with an event time.
     watermark: i64,
+    /// Windows the watermark passed stay in `open` (no longer taking records) until a merge
+    /// takes them with [`Windows::take_closed`]: set when this is one partial of a merged
+    /// pipeline (see `merge.rs`). Not part of the snapshot: the driver sets it again.
+    hold_closed: bool,
 }
 
 impl Windows {
@@ -106,6 +111,50 @@ impl Windows {
             open: BTreeMap::new(),
             partitions: Vec::new(),
             watermark: i64::MIN,
+            hold_closed: false,
+        }
+    }
+
+    /// Keeps closed windows for [`Windows::take_closed`] instead of closing them on
+    /// [`Windows::advance`]; records of such a window are late all the same.
+    pub fn hold_closed(&mut self) {
+        self.hold_closed = true;
+    }
+
+    pub fn grace_ms(&self) -> i64 {
+        self.grace_ms
+    }
+
+    pub fn idle_timeout_ms(&self) -> i64 {
+        self.idle_timeout_ms
+    }
+
+    /// Processing time of the last record of any partition, if one was seen.
+    pub fn last_active_ms(&self) -> Option<i64> {
+        self.partitions.iter().map(|p| p.last_active_ms).max()
+    }
+
+    /// Moves the watermark up to `wm` (never back): a merge does this to a partition that went
+    /// idle, so what it holds of the windows the others passed can be taken, and its records
+    /// for those windows are late from now on, as in every other partition.
+    pub fn raise_watermark(&mut self, wm: i64) {
+        self.watermark = self.watermark.max(wm);
+    }
+
+    /// Removes and returns, in start order, the windows with `end + grace <= through` (with
+    /// `hold_closed`, the closed windows kept for the merge).
+    pub fn take_closed(&mut self, through: i64, out: &mut Vec<(i64, Window)>) {
+        while let Some((&start, _)) = self.open.first_key_value() {
+            if start
+                .saturating_add(self.size_ms)
+                .saturating_add(self.grace_ms)
+                > through
+            {
+                break;
+            }
+            if let Some(w) = self.open.pop_first() {
+                out.push(w);
+            }
         }
     }
 
@@ -124,6 +173,11 @@ impl Windows {
     /// Mutable access to open windows (for early emission).
     pub fn open_mut(&mut self) -> impl Iterator<Item = (i64, &mut Window)> {
         self.open.iter_mut().map(|(s, w)| (*s, w))
+    }
+
+    /// The open window starting at `start`, if any.
+    pub fn window_mut(&mut self, start: i64) -> Option<&mut Window> {
+        self.open.get_mut(&start)
     }
 
     pub fn size_ms(&self) -> i64 {
@@ -220,7 +274,9 @@ impl Windows {
             && wm > self.watermark
         {
             self.watermark = wm;
-            self.close_passed(closed);
+            if !self.hold_closed {
+                self.close_passed(closed);
+            }
         }
     }
 

@@ -142,24 +142,25 @@ fn sd_end(s: &str) -> Option<usize> {
 }
 
 fn rfc3164(line: &[u8], r: &str, out: &mut FieldSlots) -> Result<(), ParseError> {
-    // "Mmm dd hh:mm:ss" (day space-padded), 15 bytes.
+    // "Mmm dd hh:mm:ss" (day space-padded), 15 bytes. Checked as bytes: the line may have a
+    // multi-byte character anywhere in them (`Jaé 11 ...`), where a `str` slice would panic.
+    // Once they are all ASCII, bytes 15 and 16 are char boundaries.
     let b = r.as_bytes();
     let ok = b.len() > 16
-        && r.is_char_boundary(15)
         && matches!(
-            &r[..3],
-            "Jan"
-                | "Feb"
-                | "Mar"
-                | "Apr"
-                | "May"
-                | "Jun"
-                | "Jul"
-                | "Aug"
-                | "Sep"
-                | "Oct"
-                | "Nov"
-                | "Dec"
+            &b[..3],
+            b"Jan"
+                | b"Feb"
+                | b"Mar"
+                | b"Apr"
+                | b"May"
+                | b"Jun"
+                | b"Jul"
+                | b"Aug"
+                | b"Sep"
+                | b"Oct"
+                | b"Nov"
+                | b"Dec"
         )
         && b[3] == b' '
         && (b[4] == b' ' || b[4].is_ascii_digit())
@@ -174,8 +175,10 @@ fn rfc3164(line: &[u8], r: &str, out: &mut FieldSlots) -> Result<(), ParseError>
     if !ok {
         return Err(err("RFC 3164: expected a timestamp like `Oct 11 22:14:15`"));
     }
-    out.set_sub(b"timestamp", line, &r[..15]);
-    let rest = &r[16..];
+    let (Some(ts), Some(rest)) = (r.get(..15), r.get(16..)) else {
+        return Err(err("RFC 3164: expected a timestamp like `Oct 11 22:14:15`"));
+    };
+    out.set_sub(b"timestamp", line, ts);
     let (host, rest) = rest
         .split_once(' ')
         .ok_or_else(|| err("RFC 3164: missing hostname"))?;
@@ -325,6 +328,13 @@ mod tests {
             "<34>Foo 11 22:14:15 host x: y",
             "<34>Oct 11 22:14:15 host x[12: y",
             "<3x>Oct 11 22:14:15 host x: y",
+            // Multi-byte characters where the timestamp's ASCII bytes are expected.
+            "<13>Jaé 11 22:14:15 host t: m",
+            "Jaé 11 22:14:15 host t: m",
+            "<13>Jan é1 22:14:15 host t: m",
+            "<13>Jan 11 22:14:1é host t: m",
+            "<13>é",
+            "<é>Jan 11 22:14:15 host t: m",
         ] {
             assert!(
                 fields(&Parser::Syslog, bad, &["message"]).is_err(),

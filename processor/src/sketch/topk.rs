@@ -46,6 +46,22 @@ impl SpaceSaving {
         }
     }
 
+    /// Adds `other`'s counters to these (a mergeable summary, Agarwal et al. 2012): counts of
+    /// one value add up; beyond `capacity` counters, the smallest are dropped (ties: the
+    /// greatest value), so the result is exact while the distinct values of both fit, and the
+    /// order of merging does not change the counts that are kept.
+    pub fn merge(&mut self, other: &SpaceSaving) {
+        for (v, c) in &other.counts {
+            *self.counts.entry(v.clone()).or_insert(0) += c;
+        }
+        if self.counts.len() > self.capacity {
+            let mut all: Vec<(String, u64)> = self.counts.drain().collect();
+            all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            all.truncate(self.capacity);
+            self.counts = all.into_iter().collect();
+        }
+    }
+
     /// The `k` most frequent values, by count descending then value ascending.
     pub fn top(&self) -> Vec<(&str, u64)> {
         let mut all: Vec<(&str, u64)> = self.counts.iter().map(|(v, c)| (v.as_str(), *c)).collect();

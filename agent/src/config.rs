@@ -1012,6 +1012,7 @@ read_budget_bytes: 256KiB
                 output: None,
                 data_dir: Some("/tmp/d".into()),
                 kafka: None,
+                stdin: false,
             },
         )
         .unwrap();

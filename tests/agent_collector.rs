@@ -1176,3 +1176,118 @@ fn pipelined_batches_of_one_file_stay_in_file_order() {
         refused
     );
 }
+
+/// Starts the rig's agent under `prlimit --nofile=SOFT:HARD` (util-linux), as a shell's
+/// `ulimit -n` would: `prlimit` sets the limit and execs the agent, so the pid is the agent's.
+fn start_agent_with_nofile(rig: &mut Rig, soft: u64, hard: u64) {
+    assert!(rig.agent.is_none(), "agent already running");
+    rig.agent_starts += 1;
+    let stderr_path = rig.dir.join("agent.stderr");
+    let stderr = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&stderr_path)
+        .expect("stderr file");
+    let child = std::process::Command::new("prlimit")
+        .arg(format!("--nofile={soft}:{hard}"))
+        .arg(util::ferry_bin())
+        .args(["agent", "--config", &rig.agent_config.display().to_string()])
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn prlimit (util-linux) with ferry agent");
+    rig.agent = Some(Service {
+        proc: util::Proc {
+            name: "agent".into(),
+            child: Some(child),
+            stderr_path,
+        },
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+    });
+}
+
+/// Descriptors process `pid` holds now.
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Regression (issue 12): under the common default `ulimit -n 1024`, an agent tailing 2,000
+/// files opened 1,024 of them, then could not open a socket to the collector: nothing was
+/// shipped, and the log filled with a WARN per file per attempt. Now: 5,000 files under a soft
+/// limit of 512 and a hard one of 1,024 (raised at start), every line stored exactly once, the
+/// agent's descriptors stay under the limit, files whose handle was given back are reopened
+/// when they grow, one renamed away while closed (to a name the glob does not match) is found
+/// and read to its end, and the log stays short.
+#[test]
+fn five_thousand_files_within_a_1024_descriptor_limit() {
+    const FILES: usize = 5_000;
+    const HARD: u64 = 1024;
+    let mut rig = Rig::new("fd-limit", None, true);
+    let mut written = Vec::new();
+    for i in 0..FILES {
+        let mut f = append_file(&rig.log(&format!("f{i:04}.log")));
+        write_lines(&mut f, &format!("f{i:04}"), 0..2, &mut written);
+    }
+    rig.configure_agent(&[input("many", "f*.log", "")], "");
+    start_agent_with_nofile(&mut rig, 512, HARD);
+    let pid = rig.agent.as_ref().and_then(|a| a.pid()).expect("agent pid");
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let sampler = {
+        let (stop, peak) = (stop.clone(), peak.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                peak.fetch_max(fd_count(pid), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    assert!(
+        rig.wait_stored(written.len(), Duration::from_secs(120)),
+        "the first lines of every file"
+    );
+    // A file read long ago gave its handle back (the budget is far below 5,000): it grows,
+    // is renamed away by a rotation (its writer adds one more line to it), and a new file takes
+    // its name.
+    let rotated = rig.log("f0007.log");
+    assert!(
+        !holds_open(pid, &rotated),
+        "f0007.log should have given its handle back"
+    );
+    let mut f = append_file(&rotated);
+    write_lines(&mut f, "f0007", 2..3, &mut written);
+    std::fs::rename(&rotated, rig.log("f0007.log.1")).expect("rotate");
+    write_lines(&mut f, "f0007", 3..4, &mut written);
+    drop(f);
+    let mut f = append_file(&rotated);
+    write_lines(&mut f, "f0007-new", 0..2, &mut written);
+    // Many closed files grow: each is reopened by path.
+    for i in (100..FILES).step_by(17) {
+        let mut f = append_file(&rig.log(&format!("f{i:04}.log")));
+        write_lines(&mut f, &format!("f{i:04}"), 2..3, &mut written);
+    }
+    rig.finish(&written, Duration::from_secs(120));
+    stop.store(true, Ordering::Relaxed);
+    sampler.join().expect("fd sampler");
+    let peak = peak.load(Ordering::Relaxed);
+    let log = strip_ansi(&rig.agent_stderr());
+    assert!(
+        peak < HARD as usize,
+        "agent held {peak} descriptors, limit {HARD}"
+    );
+    // The soft limit was raised and the budget came from the raised one: more handles than
+    // the soft limit it started with were in use at some point.
+    assert!(
+        log.contains("open-files limit") && log.contains("soft=Some(1024)"),
+        "{log}"
+    );
+    assert!(peak > 512, "peak {peak}: the raised limit was not used");
+    let warns = log.lines().filter(|l| l.contains("WARN")).count();
+    let lines = log.lines().count();
+    assert!(
+        warns == 0 && lines <= 30,
+        "{lines} log lines, {warns} warnings:\n{log}"
+    );
+}

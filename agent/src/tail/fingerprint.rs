@@ -148,7 +148,7 @@ fn birth_ns(file: &File) -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-fn read_full_at(file: &File, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn read_full_at(file: &File, buf: &mut [u8]) -> io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {
         match file.read_at(&mut buf[got..], got as u64) {

@@ -18,15 +18,16 @@ use crate::config::{CompiledInput, ReadFrom};
 use crate::discovery::{self, GlobRoot};
 use crate::lines::Line;
 use crate::multiline::Multiline;
+use ferry_core::backoff::Backoff;
 use ferry_core::record::FileId;
 use fingerprint::Fingerprint;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use watcher::{FileWatcher, ReadOutcome, StartAt};
+use watcher::{FileWatcher, ReadOutcome, Reopened, StartAt};
 
 /// (dev, inode).
 pub type FileKey = (u64, u64);
@@ -75,7 +76,37 @@ pub struct TailerSettings {
     /// Size of one read.
     pub read_buffer: usize,
     pub limits: BatchLimits,
+    /// Most tail handles open at once (`max_open_files`, see [`crate::fdlimit`]).
+    pub max_open_files: usize,
 }
+
+/// A file found by a scan that has no handle yet: descriptors were scarce (the budget was
+/// spent, or the process ran out), or opening it failed. Opened, in order, as handles free up;
+/// failures are retried with backoff.
+#[derive(Debug)]
+struct Waiting {
+    input: usize,
+    key: FileKey,
+    /// Where to start if there is no checkpoint for it, decided when it was found (a file
+    /// present at startup with `read_from: end` starts at its end even if it is opened later).
+    fresh: StartAt,
+    /// The last attempt failed with an error other than "no descriptor": not before this time.
+    retry_at: Option<Instant>,
+    backoff: Backoff,
+    error: Option<String>,
+}
+
+/// What the last "files waiting" report said, so the log gets one line when it changes
+/// rather than one per file per attempt.
+#[derive(Debug, Default)]
+struct WaitReport {
+    at: Option<Instant>,
+    budget: usize,
+    failed: usize,
+}
+
+/// How often the waiting report repeats while nothing changes.
+const WAIT_REPORT_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 struct Tracked {
@@ -85,6 +116,9 @@ struct Tracked {
     batcher: Batcher,
     /// The last read stopped at its budget: read again next turn.
     more: bool,
+    /// Its first bytes say it is compressed: released without reading (and remembered, so
+    /// that later scans do not open it again).
+    compressed: Option<watcher::Compression>,
     /// An orphaned file at EOF is looked at again at this time (EOF backoff).
     next_poll: Option<Instant>,
     backoff: Duration,
@@ -92,6 +126,9 @@ struct Tracked {
 
 const ORPHAN_POLL_MIN: Duration = Duration::from_millis(50);
 const ORPHAN_POLL_MAX: Duration = Duration::from_secs(1);
+/// Retry of a file that could not be opened (permissions, say): capped backoff.
+const OPEN_RETRY_MIN: Duration = Duration::from_millis(250);
+const OPEN_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// The reading side's state: every tracked file and what is pending for it.
 #[derive(Debug)]
@@ -109,8 +146,17 @@ pub struct Tailer {
     startup_paths: HashSet<String>,
     /// The first scan is done: `read_from` no longer applies.
     started: bool,
-    /// Files that could not be opened during the current scan.
-    failed_opens: HashSet<FileKey>,
+    /// Files found but not open yet (no descriptor to spare, or opening failed), by path, in
+    /// the order they were found.
+    waiting: BTreeMap<PathBuf, Waiting>,
+    /// Tracked files whose handle was given back and that need it again to be read.
+    want_handle: VecDeque<FileKey>,
+    /// Tail handles open now (watchers with a file, tracked or not).
+    open_handles: usize,
+    last_wait_report: WaitReport,
+    /// Files skipped for being compressed, by identity, with the size they had: not opened
+    /// again while they stay (a scan that no longer finds one forgets it).
+    skipped: HashMap<FileKey, u64>,
     /// Files to read this turn (events, rescans).
     dirty: HashSet<FileKey>,
     /// Files with something time-driven pending (partial line, multiline record, open batch,
@@ -146,7 +192,11 @@ impl Tailer {
             startup_paths: checkpoints.files.values().map(|c| c.path.clone()).collect(),
             resume: checkpoints.files.into_iter().collect(),
             started: false,
-            failed_opens: HashSet::new(),
+            waiting: BTreeMap::new(),
+            want_handle: VecDeque::new(),
+            open_handles: 0,
+            last_wait_report: WaitReport::default(),
+            skipped: HashMap::new(),
             dirty: HashSet::new(),
             timed: HashSet::new(),
             pool,
@@ -164,6 +214,16 @@ impl Tailer {
 
     pub fn file_count(&self) -> usize {
         self.files.len()
+    }
+
+    /// Tail handles open now.
+    pub fn open_handles(&self) -> usize {
+        self.open_handles
+    }
+
+    /// Files found but without a handle yet (waiting for a descriptor, or failing to open).
+    pub fn waiting_count(&self) -> usize {
+        self.waiting.len()
     }
 
     /// File bytes read and not yet sealed into a batch (part of the agent's buffer).
@@ -189,16 +249,22 @@ impl Tailer {
         for p in gone {
             self.observe(&p, None, now);
         }
+        self.waiting.retain(|p, _| found.contains_key(p));
+        let keys: HashSet<FileKey> = found
+            .values()
+            .map(|f| (f.meta.dev(), f.meta.ino()))
+            .collect();
+        self.skipped.retain(|k, _| keys.contains(k));
         for (path, f) in &found {
             self.observe(path, Some((f.input, f.meta.clone())), now);
         }
         if !self.started {
             self.started = true;
             // Entries no file matched: those files are gone (or no longer matched). Files that
-            // exist but could not be opened keep theirs for the next attempt.
-            let failed = std::mem::take(&mut self.failed_opens);
+            // exist but are not open yet keep theirs for when they are.
+            let waiting: HashSet<FileKey> = self.waiting.values().map(|w| w.key).collect();
             self.resume.retain(|key, _| {
-                let keep = failed.contains(key);
+                let keep = waiting.contains(key);
                 if !keep {
                     self.out.push(Emitted::Released { key: *key });
                 }
@@ -206,7 +272,9 @@ impl Tailer {
             });
             self.startup_paths.clear();
         }
-        self.failed_opens.clear();
+        self.give_back_idle(now);
+        self.open_waiting(now);
+        self.report_waiting(now);
         // Orphaned files get a look too (a rescan is the fallback for missed events).
         for (key, t) in &self.files {
             if t.watcher.is_orphaned() {
@@ -276,16 +344,298 @@ impl Tailer {
             self.paths.insert(path.to_path_buf(), key);
             return;
         }
-        match self.open_file(path, input, &meta, now) {
+        // Skipped as compressed, and not rewritten since (a smaller size: a new file on its
+        // inode, or truncated to be reused).
+        if let Some(size) = self.skipped.get(&key) {
+            if meta.len() >= *size {
+                return;
+            }
+            self.skipped.remove(&key);
+        }
+        // A new file: it waits for a handle (at once, if one is free).
+        if let Some(w) = self.waiting.get_mut(path) {
+            if w.key != key {
+                // Replaced before it could be opened: the new file is read from its start.
+                w.key = key;
+                w.fresh = StartAt::Beginning { generation: 0 };
+            }
+            w.input = input;
+        } else {
+            let fresh = self.fresh_start(path, input);
+            self.waiting.insert(
+                path.to_path_buf(),
+                Waiting {
+                    input,
+                    key,
+                    fresh,
+                    retry_at: None,
+                    backoff: Backoff::new(OPEN_RETRY_MIN, OPEN_RETRY_MAX),
+                    error: None,
+                },
+            );
+        }
+        self.try_open(path, now);
+    }
+
+    /// Where a file without a checkpoint starts, as of now.
+    fn fresh_start(&self, path: &Path, input: usize) -> StartAt {
+        // A path that had a checkpoint under another inode was recreated while the agent was
+        // stopped: its lines are new, read them all.
+        let recreated = self.startup_paths.contains(path.to_string_lossy().as_ref());
+        if !self.started && self.inputs[input].read_from == ReadFrom::End && !recreated {
+            StartAt::End
+        } else {
+            StartAt::Beginning { generation: 0 }
+        }
+    }
+
+    /// Opens the waiting file at `path` if a handle is free and its retry time has come.
+    /// Returns whether it is open now.
+    fn try_open(&mut self, path: &Path, now: Instant) -> bool {
+        let Some(w) = self.waiting.get(path) else {
+            return false;
+        };
+        if w.retry_at.is_some_and(|t| now < t) || self.open_handles >= self.settings.max_open_files
+        {
+            return false;
+        }
+        let meta = match fs::metadata(path) {
+            Ok(m) if m.is_file() => m,
+            // Gone (or no longer a file) since the scan: nothing to open.
+            _ => {
+                self.waiting.remove(path);
+                return false;
+            }
+        };
+        let (input, mut fresh) = (w.input, w.fresh);
+        let key = (meta.dev(), meta.ino());
+        if key != w.key {
+            fresh = StartAt::Beginning { generation: 0 };
+        }
+        match self.open_file(path, input, &meta, fresh, now) {
             Ok(()) => {
+                self.waiting.remove(path);
                 self.paths.insert(path.to_path_buf(), key);
                 self.dirty.insert(key);
+                true
+            }
+            Err(e) if crate::fdlimit::is_out_of_descriptors(&e) => {
+                self.out_of_descriptors();
+                false
             }
             Err(e) => {
-                self.failed_opens.insert(key);
-                tracing::warn!(path = %path.display(), error = %e, "cannot open file; will retry at the next scan")
+                if let Some(w) = self.waiting.get_mut(path) {
+                    w.key = key;
+                    w.retry_at = Some(now + w.backoff.next_delay());
+                    w.error = Some(e.to_string());
+                }
+                false
             }
         }
+    }
+
+    /// The process ran out of descriptors below the tail-handle budget (something else holds
+    /// more than the reserve allowed for): the budget shrinks to what is open now, once, with
+    /// one warning.
+    fn out_of_descriptors(&mut self) {
+        let lowered = self.open_handles.max(1);
+        if lowered < self.settings.max_open_files {
+            tracing::warn!(
+                max_open_files = self.settings.max_open_files,
+                lowered,
+                "out of file descriptors before `max_open_files` was reached; lowering it"
+            );
+            self.settings.max_open_files = lowered;
+        }
+    }
+
+    /// Hands free handles out: first to tracked files that gave theirs back and have data to
+    /// read, then to files waiting to be opened, in path order.
+    fn open_waiting(&mut self, now: Instant) {
+        while self.open_handles < self.settings.max_open_files
+            && let Some(key) = self.want_handle.pop_front()
+        {
+            if self.reopen(key, now) {
+                self.dirty.insert(key);
+            }
+        }
+        let free = self
+            .settings
+            .max_open_files
+            .saturating_sub(self.open_handles);
+        if free == 0 || self.waiting.is_empty() {
+            return;
+        }
+        let due: Vec<PathBuf> = self
+            .waiting
+            .iter()
+            .filter(|(_, w)| w.retry_at.is_none_or(|t| now >= t))
+            .map(|(p, _)| p.clone())
+            .take(free)
+            .collect();
+        for p in due {
+            if self.open_handles >= self.settings.max_open_files {
+                break;
+            }
+            self.try_open(&p, now);
+        }
+    }
+
+    /// Whether some file waits for a handle (and could take one now).
+    fn has_waiters(&self) -> bool {
+        !self.want_handle.is_empty() || self.waiting.values().any(|w| w.retry_at.is_none())
+    }
+
+    /// When files wait for handles and none is free: idle files (live, read to their end) give
+    /// theirs back, the longest idle first, as many as are waited for.
+    fn give_back_idle(&mut self, now: Instant) {
+        let wanted = self.want_handle.len()
+            + self
+                .waiting
+                .values()
+                .filter(|w| w.retry_at.is_none_or(|t| now >= t))
+                .count();
+        let free = self
+            .settings
+            .max_open_files
+            .saturating_sub(self.open_handles);
+        if wanted <= free {
+            return;
+        }
+        let mut idle: Vec<(Instant, FileKey)> = self
+            .files
+            .iter()
+            .filter(|(_, t)| !t.more && t.watcher.can_close())
+            .map(|(k, t)| (t.watcher.last_data_at(), *k))
+            .collect();
+        idle.sort_unstable();
+        for (_, key) in idle.into_iter().take(wanted - free) {
+            self.close(key);
+        }
+    }
+
+    /// Gives `key`'s handle back.
+    fn close(&mut self, key: FileKey) {
+        if let Some(t) = self.files.get_mut(&key)
+            && t.watcher.is_open()
+        {
+            t.watcher.close();
+            self.open_handles -= 1;
+        }
+    }
+
+    /// Gets a handle for a tracked file that gave its own back. Returns whether it is open now;
+    /// if not, it waits for one (or was released: deleted or moved away while closed).
+    fn reopen(&mut self, key: FileKey, now: Instant) -> bool {
+        let Some(t) = self.files.get_mut(&key) else {
+            return false;
+        };
+        if t.watcher.is_open() {
+            return true;
+        }
+        if self.open_handles >= self.settings.max_open_files {
+            if !self.want_handle.contains(&key) {
+                self.want_handle.push_back(key);
+            }
+            return false;
+        }
+        let old_path = t.watcher.path().to_path_buf();
+        match t.watcher.reopen() {
+            Ok(Reopened::Same) => {
+                self.open_handles += 1;
+                true
+            }
+            Ok(Reopened::Moved(path)) => {
+                self.open_handles += 1;
+                if self.paths.get(&old_path) == Some(&key) {
+                    self.paths.remove(&old_path);
+                }
+                if discovery::owner(&self.inputs, &path).is_some() {
+                    t.watcher.set_path(&path);
+                    self.paths.insert(path.clone(), key);
+                } else {
+                    t.watcher.orphan(now);
+                    self.timed.insert(key);
+                }
+                tracing::debug!(from = %old_path.display(), to = %path.display(), "file renamed while its handle was given back; found it");
+                true
+            }
+            Ok(Reopened::Gone) => {
+                // Deleted (or moved out of its directory) while closed: what it held past the
+                // last read cannot be read; releasing counts it.
+                tracing::debug!(path = %old_path.display(), "file gone while its handle was given back");
+                t.watcher.orphan(now);
+                self.poll_file(key, now, true);
+                false
+            }
+            Err(e) if crate::fdlimit::is_out_of_descriptors(&e) => {
+                self.out_of_descriptors();
+                if !self.want_handle.contains(&key) {
+                    self.want_handle.push_back(key);
+                }
+                false
+            }
+            Err(e) => {
+                tracing::debug!(path = %old_path.display(), error = %e, "cannot reopen file; will retry");
+                t.next_poll = Some(now + ORPHAN_POLL_MAX);
+                self.timed.insert(key);
+                false
+            }
+        }
+    }
+
+    /// One log line when the set of files waiting for a handle changes (or every
+    /// [`WAIT_REPORT_EVERY`] while it does not), never one per file per attempt; the gauge
+    /// `ferry_agent_files_waiting` says the same at every scan.
+    fn report_waiting(&mut self, now: Instant) {
+        let failed = self.waiting.values().filter(|w| w.error.is_some()).count();
+        let budget = self.waiting.len() - failed;
+        metrics::gauge!("ferry_agent_files_waiting").set(self.waiting.len() as f64);
+        metrics::gauge!("ferry_agent_files_open").set(self.open_handles as f64);
+        let last = &self.last_wait_report;
+        let was = (last.budget, last.failed);
+        if (budget, failed) == (0, 0) {
+            if was != (0, 0) {
+                tracing::info!("every file found is open");
+                self.last_wait_report = WaitReport::default();
+            }
+            return;
+        }
+        let due = last
+            .at
+            .is_none_or(|t| now.saturating_duration_since(t) >= WAIT_REPORT_EVERY);
+        // Repeat at once only when more files fail than before (a new problem to look at).
+        if !due && failed <= last.failed && (was.0 > 0) == (budget > 0) {
+            return;
+        }
+        if failed > 0 {
+            let (path, error) = self
+                .waiting
+                .iter()
+                .find_map(|(p, w)| w.error.as_ref().map(|e| (p, e)))
+                .map_or((String::new(), String::new()), |(p, e)| {
+                    (p.display().to_string(), e.clone())
+                });
+            tracing::warn!(
+                files = failed,
+                first = %path,
+                error = %error,
+                "files cannot be opened; retrying with backoff"
+            );
+        }
+        if budget > 0 {
+            tracing::info!(
+                files = budget,
+                open = self.open_handles,
+                max_open_files = self.settings.max_open_files,
+                "files wait for a descriptor; idle files give theirs back"
+            );
+        }
+        self.last_wait_report = WaitReport {
+            at: Some(now),
+            budget,
+            failed,
+        };
     }
 
     fn open_file(
@@ -293,11 +643,11 @@ impl Tailer {
         path: &Path,
         input: usize,
         meta: &fs::Metadata,
+        fresh: StartAt,
         now: Instant,
     ) -> std::io::Result<()> {
         let key = (meta.dev(), meta.ino());
         let inp = &self.inputs[input];
-        let path_str = path.to_string_lossy();
         let mut announce = false;
         let start = match self.resume.get(&key) {
             Some(cp) => {
@@ -322,15 +672,8 @@ impl Tailer {
                 }
             }
             None => {
-                // A path that had a checkpoint under another inode was recreated while the
-                // agent was stopped: its lines are new, read them all.
-                let recreated = self.startup_paths.contains(path_str.as_ref());
-                if !self.started && inp.read_from == ReadFrom::End && !recreated {
-                    announce = true;
-                    StartAt::End
-                } else {
-                    StartAt::Beginning { generation: 0 }
-                }
+                announce = fresh == StartAt::End;
+                fresh
             }
         };
         let watcher =
@@ -355,16 +698,22 @@ impl Tailer {
                 multiline,
                 batcher: Batcher::new(self.settings.limits, self.pool.clone()),
                 more: false,
+                compressed: None,
                 next_poll: None,
                 backoff: ORPHAN_POLL_MIN,
             },
         );
+        self.open_handles += 1;
         Ok(())
     }
 
     /// Reads every file that may have data, each up to the read budget and at most `allowance`
     /// bytes in all (the room left in the agent's buffer). Returns the bytes read.
     pub fn read_turn(&mut self, now: Instant, allowance: u64) -> u64 {
+        if self.has_waiters() {
+            self.give_back_idle(now);
+            self.open_waiting(now);
+        }
         let mut due: HashSet<FileKey> = self.dirty.drain().collect();
         for (k, t) in &self.files {
             if t.more || t.next_poll.is_some_and(|p| now >= p) {
@@ -382,14 +731,30 @@ impl Tailer {
             let budget = self.settings.read_budget.min(allowance - total);
             total += self.read_file(*key, now, budget);
         }
+        // Files read to their end gave their handles back: the waiting ones get them now
+        // (and are marked to be read, so the caller's loop goes on).
+        if self.has_waiters() {
+            self.open_waiting(now);
+        }
         total
     }
 
     fn read_file(&mut self, key: FileKey, now: Instant, budget: u64) -> u64 {
+        if !self.reopen(key, now) {
+            return 0;
+        }
         let before = self.held_by(key);
         let (bytes, release) = self.read_file_inner(key, now, budget);
         if release {
             self.poll_file_inner(key, now, true);
+        } else if self.has_waiters()
+            && self
+                .files
+                .get(&key)
+                .is_some_and(|t| !t.more && t.watcher.can_close())
+        {
+            // Read to its end while others wait for a handle: give this one back.
+            self.close(key);
         }
         self.held_bytes = (self.held_bytes + self.held_by(key)).saturating_sub(before);
         bytes
@@ -508,6 +873,11 @@ impl Tailer {
                     t.more = true;
                     t.next_poll = None;
                 }
+                Ok(ReadOutcome::Compressed(kind)) => {
+                    tracing::debug!(path = %watcher.path().display(), format = kind.name(), "compressed file; skipping it");
+                    t.compressed = Some(kind);
+                    release = true;
+                }
                 Ok(ReadOutcome::Eof { bytes }) => {
                     total += bytes;
                     t.more = false;
@@ -569,6 +939,8 @@ impl Tailer {
             timed,
             open_bytes,
             stats,
+            open_handles,
+            skipped,
             ..
         } = self;
         let Some(t) = files.get_mut(&key) else {
@@ -640,7 +1012,16 @@ impl Tailer {
             drain_sealed(sealed, out, t.input, watcher);
         }
         if release {
-            let unread = t.watcher.lag_bytes();
+            let unread = if t.compressed.is_some() {
+                0
+            } else {
+                t.watcher.lag_bytes()
+            };
+            if let Some(kind) = t.compressed {
+                metrics::counter!("ferry_agent_files_skipped_total", "reason" => "compressed", "input" => input.name.clone(), "format" => kind.name())
+                    .increment(1);
+                skipped.insert(key, t.watcher.lag_bytes());
+            }
             if unread > 0 {
                 stats[t.input].unread_bytes += unread;
                 count_unread(&input.name, t.watcher.path_str(), unread);
@@ -652,6 +1033,9 @@ impl Tailer {
             out.push(Emitted::Released { key });
             if paths.get(t.watcher.path()) == Some(&key) {
                 paths.remove(t.watcher.path());
+            }
+            if t.watcher.is_open() {
+                *open_handles -= 1;
             }
             files.remove(&key);
             timed.remove(&key);

@@ -51,6 +51,17 @@ pub enum StartAt {
     },
 }
 
+/// Where [`FileWatcher::reopen`] found the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reopened {
+    /// At its path.
+    Same,
+    /// Renamed while closed: found at this path, in the same directory.
+    Moved(PathBuf),
+    /// Neither: deleted, or moved out of its directory, while its handle was given back.
+    Gone,
+}
+
 /// What one call to [`FileWatcher::read`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadOutcome {
@@ -61,6 +72,71 @@ pub enum ReadOutcome {
     /// The file is now shorter than the read position, or its first bytes changed: call
     /// [`FileWatcher::restart_after_truncation`] after handing out what is pending.
     Truncated,
+    /// The file begins with the magic bytes of a compressed format (a rotated copy compressed
+    /// by logrotate, whatever its name): not text; nothing was read.
+    Compressed(Compression),
+}
+
+/// A compressed format recognised by its magic bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    Gzip,
+    Zstd,
+    Bzip2,
+    Xz,
+}
+
+impl Compression {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Gzip => "gzip",
+            Self::Zstd => "zstd",
+            Self::Bzip2 => "bzip2",
+            Self::Xz => "xz",
+        }
+    }
+}
+
+/// Bytes [`sniff`] needs to decide.
+pub const SNIFF_BYTES: usize = 10;
+
+/// What the first bytes of a file say: `Some(Ok(format))` compressed, `Some(Err(()))` text (or
+/// anything else), `None` too few bytes yet to tell (they begin like a magic number).
+pub fn sniff(head: &[u8]) -> Option<Result<Compression, ()>> {
+    // bzip2: "BZh", the block size '1'..'9', then the block magic (pi): text may well start
+    // with "BZh", so all ten bytes must match.
+    let bz2 = |b: &[u8]| {
+        b.iter().enumerate().all(|(i, &c)| match i {
+            0 => c == b'B',
+            1 => c == b'Z',
+            2 => c == b'h',
+            3 => (b'1'..=b'9').contains(&c),
+            _ => c == [0x31, 0x41, 0x59, 0x26, 0x53, 0x59][i - 4],
+        })
+    };
+    let magics: [(&[u8], Compression); 3] = [
+        (&[0x1f, 0x8b, 0x08], Compression::Gzip),
+        (&[0x28, 0xb5, 0x2f, 0xfd], Compression::Zstd),
+        (&[0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00], Compression::Xz),
+    ];
+    let mut undecided = false;
+    for (magic, kind) in magics {
+        let n = head.len().min(magic.len());
+        if head[..n] == magic[..n] {
+            if n == magic.len() {
+                return Some(Ok(kind));
+            }
+            undecided = true;
+        }
+    }
+    let n = head.len().min(SNIFF_BYTES);
+    if bz2(&head[..n]) {
+        if n == SNIFF_BYTES {
+            return Some(Ok(Compression::Bzip2));
+        }
+        undecided = true;
+    }
+    if undecided { None } else { Some(Err(())) }
 }
 
 #[derive(Debug)]
@@ -68,7 +144,9 @@ pub struct FileWatcher {
     path: PathBuf,
     /// The path as text, shared with every batch's checkpoint info.
     path_str: Arc<str>,
-    file: File,
+    /// The open handle; `None` while the file gave it back (idle, descriptors scarce): it is
+    /// reopened by path, and its identity checked again, before the next read.
+    file: Option<File>,
     dev: u64,
     inode: u64,
     /// Fixed once the file has a whole first line; see [`super::fingerprint`].
@@ -101,6 +179,9 @@ pub struct FileWatcher {
     unread_bytes: u64,
     /// A stat saw the size change: verify the fingerprint at the next read.
     check_identity: bool,
+    /// The first bytes still have to be checked for a compressed format (a file read from its
+    /// beginning, until it holds enough bytes to tell).
+    sniff: bool,
     /// A stat of its path saw it shorter than the read position while it was live.
     shrank_live: bool,
     /// Its last link is gone (deleted; the open handle is all that is left).
@@ -140,7 +221,7 @@ impl FileWatcher {
         Ok(Self {
             path: path.to_owned(),
             path_str: Arc::from(path.to_string_lossy().as_ref()),
-            file,
+            file: Some(file),
             dev: meta.dev(),
             inode: meta.ino(),
             fingerprint,
@@ -159,6 +240,7 @@ impl FileWatcher {
             line_flush_timeout,
             unread_bytes: 0,
             check_identity: false,
+            sniff: pos == 0,
             shrank_live: false,
             deleted: false,
             partial_not_before: None,
@@ -279,11 +361,16 @@ impl FileWatcher {
         now: Instant,
         emit: &mut impl FnMut(FileId, u64, Line<'_>),
     ) -> io::Result<ReadOutcome> {
-        let meta = self.file.metadata()?;
+        let Some(file) = self.file.as_ref() else {
+            return Err(io::Error::other(
+                "file handle was given back; reopen it first",
+            ));
+        };
+        let meta = file.metadata()?;
         let size = meta.len();
         if meta.nlink() == 0 {
             self.deleted = true;
-            self.orphan(now);
+            self.orphaned_at.get_or_insert(now);
         }
         if size < self.read_pos {
             return Ok(ReadOutcome::Truncated);
@@ -295,16 +382,29 @@ impl FileWatcher {
         let touched = mtime != std::mem::replace(&mut self.mtime, mtime);
         if (size != self.size || touched || std::mem::take(&mut self.check_identity))
             && let Some(fp) = self.fingerprint.or(self.probe)
-            && !fp.matches(&self.file)?
+            && !fp.matches(file)?
         {
             return Ok(ReadOutcome::Truncated);
         }
         self.size = size;
         self.seen_size = self.seen_size.max(size);
+        if self.sniff {
+            let mut head = [0u8; SNIFF_BYTES];
+            let got = super::fingerprint::read_full_at(file, &mut head)?;
+            match sniff(&head[..got]) {
+                Some(Ok(kind)) => return Ok(ReadOutcome::Compressed(kind)),
+                Some(Err(())) => self.sniff = false,
+                // Begins like a magic number: wait for the bytes that tell.
+                None => {
+                    self.at_eof = true;
+                    return Ok(ReadOutcome::Eof { bytes: 0 });
+                }
+            }
+        }
         let mut total = 0u64;
         while total < budget {
             let want = (budget - total).min(buf.len() as u64) as usize;
-            let n = match self.file.read_at(&mut buf[..want], self.read_pos) {
+            let n = match file.read_at(&mut buf[..want], self.read_pos) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
@@ -317,9 +417,9 @@ impl FileWatcher {
             self.last_data_at = now;
             if self.fingerprint.is_none() {
                 let size = self.size.max(self.read_pos + n as u64);
-                self.fingerprint = Fingerprint::take(&self.file, size)?;
+                self.fingerprint = Fingerprint::take(file, size)?;
                 if self.fingerprint.is_none() && self.probe.is_none() {
-                    self.probe = Fingerprint::probe(&self.file, size)?;
+                    self.probe = Fingerprint::probe(file, size)?;
                 }
             }
             let id = self.file_id();
@@ -351,7 +451,11 @@ impl FileWatcher {
     /// Whether the file may hold bytes this watcher has not read: the last read stopped before
     /// the end (budget, or the agent's buffer was full), or the file is longer now. One fstat.
     pub fn has_unread(&self) -> bool {
-        !self.at_eof || self.file.metadata().is_ok_and(|m| m.len() > self.read_pos)
+        match &self.file {
+            Some(f) => !self.at_eof || f.metadata().is_ok_and(|m| m.len() > self.read_pos),
+            // Closed only at its end; a stat of its path since then may have seen it grow.
+            None => !self.at_eof || self.seen_size > self.read_pos,
+        }
     }
 
     /// Nothing is held and nothing is waiting in the file: a pending multiline record can
@@ -391,6 +495,78 @@ impl FileWatcher {
         flushed
     }
 
+    /// Whether the watcher holds an open handle.
+    pub fn is_open(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// Whether the handle may be given back now without abandoning anything: the file is live
+    /// (a rotated-away file keeps its handle until it is read and released, since its path no
+    /// longer leads to it) and was read to its end.
+    pub fn can_close(&self) -> bool {
+        self.file.is_some() && self.orphaned_at.is_none() && !self.has_unread()
+    }
+
+    /// Gives the handle back. The position, identity and any held incomplete line stay.
+    pub fn close(&mut self) {
+        self.file = None;
+    }
+
+    /// When bytes were last read from the file.
+    pub fn last_data_at(&self) -> Instant {
+        self.last_data_at
+    }
+
+    /// Opens the file again after [`close`](Self::close): by its path if that still names the
+    /// same dev+inode, else by a look through the path's directory for it (renamed while
+    /// closed, e.g. `app.log` → `app.log.1` by a rotation, even to a name no glob matches).
+    /// The next read verifies the content with the fingerprint (copytruncate while closed).
+    pub fn reopen(&mut self) -> io::Result<Reopened> {
+        if self.file.is_some() {
+            return Ok(Reopened::Same);
+        }
+        if let Some(f) = self.open_if_same(&self.path.clone())? {
+            self.file = Some(f);
+            self.check_identity = true;
+            return Ok(Reopened::Same);
+        }
+        let dir = self
+            .path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Reopened::Gone),
+            Err(e) => return Err(e),
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_file() && (meta.dev(), meta.ino()) == (self.dev, self.inode) {
+                let path = entry.path();
+                if let Some(f) = self.open_if_same(&path)? {
+                    self.file = Some(f);
+                    self.check_identity = true;
+                    self.path_str = Arc::from(path.to_string_lossy().as_ref());
+                    self.path = path.clone();
+                    return Ok(Reopened::Moved(path));
+                }
+            }
+        }
+        Ok(Reopened::Gone)
+    }
+
+    /// `path` opened, if it still names this file's dev+inode.
+    fn open_if_same(&self, path: &Path) -> io::Result<Option<File>> {
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let meta = file.metadata()?;
+        Ok(((meta.dev(), meta.ino()) == (self.dev, self.inode)).then_some(file))
+    }
+
     /// Whether a truncation reported by `read` is of this file's own stream, to be read again
     /// from 0: yes while the file is live, or deleted (only its writer can change it), or if it
     /// was seen shrinking while live. A file renamed away and then truncated is being reused for
@@ -416,6 +592,7 @@ impl FileWatcher {
         self.shrank_live = false;
         self.partial_not_before = None;
         self.mid_line = false;
+        self.sniff = true;
     }
 }
 
@@ -598,6 +775,52 @@ mod tests {
         assert!(w.is_orphaned());
         assert!(!w.is_done(t + Duration::from_secs(1)));
         assert!(w.is_done(t + ROTATE_WAIT));
+    }
+
+    #[test]
+    fn compressed_formats_are_recognised_by_their_magic_bytes() {
+        assert_eq!(
+            sniff(&[0x1f, 0x8b, 0x08, 0, 0]),
+            Some(Ok(Compression::Gzip))
+        );
+        assert_eq!(
+            sniff(&[0x28, 0xb5, 0x2f, 0xfd, 1]),
+            Some(Ok(Compression::Zstd))
+        );
+        assert_eq!(
+            sniff(&[0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00, 0]),
+            Some(Ok(Compression::Xz))
+        );
+        assert_eq!(sniff(b"BZh91AY&SY\x00"), Some(Ok(Compression::Bzip2)));
+        assert_eq!(
+            sniff(b"BZh9 is a line\n"),
+            Some(Err(())),
+            "text starting like bzip2"
+        );
+        assert_eq!(sniff(b"hello\n"), Some(Err(())));
+        assert_eq!(sniff(&[0x1f]), None, "too short to tell");
+        assert_eq!(sniff(b"BZh"), None);
+        assert_eq!(sniff(b""), None, "empty: nothing to tell yet");
+    }
+
+    #[test]
+    fn compressed_file_is_not_read_as_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.log.2");
+        append(&p, &[0x1f]);
+        let t = Instant::now();
+        let mut w = open_from_start(&p, t);
+        let (lines, outcome) = read_all(&mut w, t);
+        assert!(lines.is_empty());
+        assert_eq!(
+            outcome,
+            ReadOutcome::Eof { bytes: 0 },
+            "waits for the bytes that tell"
+        );
+        append(&p, &[0x8b, 0x08, 0, 0, 0, 0, 0, 0, 3, b'\n']);
+        let (lines, outcome) = read_all(&mut w, t);
+        assert!(lines.is_empty());
+        assert_eq!(outcome, ReadOutcome::Compressed(Compression::Gzip));
     }
 
     #[test]

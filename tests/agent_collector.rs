@@ -1286,8 +1286,108 @@ fn five_thousand_files_within_a_1024_descriptor_limit() {
     assert!(peak > 512, "peak {peak}: the raised limit was not used");
     let warns = log.lines().filter(|l| l.contains("WARN")).count();
     let lines = log.lines().count();
+    eprintln!(
+        "{FILES} files, {} lines stored once each; peak {peak} descriptors (limit {HARD}); {lines} log lines",
+        written.len()
+    );
     assert!(
         warns == 0 && lines <= 30,
         "{lines} log lines, {warns} warnings:\n{log}"
     );
+}
+
+/// The sum of an agent metric's samples (`name{...labels matching filter} value`).
+fn metric_sum(addr: SocketAddr, name: &str, filter: &str) -> f64 {
+    let Ok((200, body)) = http_get(addr, "/metrics") else {
+        return 0.0;
+    };
+    body.lines()
+        .filter(|l| l.starts_with(name) && l.contains(filter))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Compressed rotations matched by the glob (`app.log*` also matches `app.log.2.gz`) are
+/// recognised by their magic bytes, whatever their name, skipped and counted: never shipped as
+/// garbage lines. Made with the real tools: gzip, zstd, bzip2, xz (one renamed to a name
+/// without an extension).
+#[test]
+fn compressed_rotations_are_skipped_and_counted() {
+    let mut rig = Rig::new("compressed", None, true);
+    let mut written = Vec::new();
+    write_lines(
+        &mut append_file(&rig.log("app.log")),
+        "cur",
+        0..50,
+        &mut written,
+    );
+    write_lines(
+        &mut append_file(&rig.log("app.log.1")),
+        "rot",
+        0..50,
+        &mut written,
+    );
+    let mut unused = Vec::new();
+    for (i, (tool, args)) in [
+        ("gzip", &[][..]),
+        ("zstd", &["-q", "--rm"][..]),
+        ("bzip2", &[][..]),
+        ("xz", &[][..]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let p = rig.log(&format!("app.log.{}", i + 2));
+        write_lines(&mut append_file(&p), tool, 0..200, &mut unused);
+        let status = std::process::Command::new(tool)
+            .args(args)
+            .arg(&p)
+            .status()
+            .unwrap_or_else(|e| panic!("run {tool}: {e}"));
+        assert!(status.success(), "{tool} failed");
+    }
+    std::fs::rename(rig.log("app.log.5.xz"), rig.log("app.log.5")).expect("rename");
+    rig.configure_agent(&[input("app", "app.log*", "")], "");
+    let metrics = free_addr();
+    let config = rig.agent_config.display().to_string();
+    rig.agent = Some(Service::start(
+        "agent",
+        &rig.dir,
+        &[
+            "agent",
+            "--config",
+            &config,
+            "--metrics-listen",
+            &metrics.to_string(),
+        ],
+        metrics,
+    ));
+    let skipped = || {
+        metric_sum(
+            metrics,
+            "ferry_agent_files_skipped_total",
+            "reason=\"compressed\"",
+        )
+    };
+    util::wait_until(
+        Duration::from_secs(30),
+        "4 compressed files skipped",
+        || skipped() >= 4.0,
+    );
+    assert!(rig.wait_stored(written.len(), Duration::from_secs(30)));
+    // Several rescans later (every 250 ms), still counted once each.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(skipped(), 4.0);
+    for format in ["gzip", "zstd", "bzip2", "xz"] {
+        assert_eq!(
+            metric_sum(
+                metrics,
+                "ferry_agent_files_skipped_total",
+                &format!("format=\"{format}\"")
+            ),
+            1.0,
+            "{format}"
+        );
+    }
+    rig.finish(&written, Duration::from_secs(30));
 }

@@ -39,6 +39,21 @@ pub struct FileState {
     pub path: Arc<str>,
     pub fingerprint: Option<Fingerprint>,
     pub generation: u32,
+    /// The identity its lines ship under when it is not the file's own: a copy made by
+    /// copytruncate, read on from where the original stopped under the original's origin.
+    pub origin: Option<FileId>,
+    /// The last bytes before the position, hashed (see [`fingerprint::TailPrint`]).
+    pub tail: Option<fingerprint::TailPrint>,
+    /// Hash of the first line's content alone (no birth time): what a copy shares.
+    pub head: Option<u64>,
+}
+
+impl FileState {
+    /// The shipper's lane: batches of one origin are delivered in order, whichever file (the
+    /// original, or its copy) they were read from.
+    pub fn lane(&self) -> FileKey {
+        self.origin.map_or(self.key, |o| (o.dev, o.inode))
+    }
 }
 
 /// What the tailer hands to the shipping side, in order.
@@ -55,7 +70,7 @@ pub enum Emitted {
     Position { state: FileState, offset: u64 },
     /// The file was read to its end and closed: forget its checkpoint once its batches are
     /// acknowledged.
-    Released { key: FileKey },
+    Released { key: FileKey, lane: FileKey },
 }
 
 /// Per-input counts since the last `take_stats`.
@@ -105,6 +120,28 @@ struct WaitReport {
     failed: usize,
 }
 
+/// A truncated file whose content may survive in a copy (copytruncate).
+#[derive(Debug)]
+struct CopyWanted {
+    original: FileKey,
+    /// The identity its lines were shipped under, before the truncation.
+    origin: FileId,
+    head: u64,
+    head_len: u64,
+    tail: Option<fingerprint::TailPrint>,
+    /// Where the copy is to be read on from: the first byte not handed out.
+    from: u64,
+    dir: PathBuf,
+    input: usize,
+    path: Arc<str>,
+    /// Bytes lost if no copy holds them.
+    lost: u64,
+}
+
+/// How long a new file whose first line is incomplete is held back from reading while it
+/// may still turn out to be a copy being written.
+const CLASSIFY_WAIT: Duration = Duration::from_secs(1);
+
 /// How often the waiting report repeats while nothing changes.
 const WAIT_REPORT_EVERY: Duration = Duration::from_secs(60);
 
@@ -116,6 +153,13 @@ struct Tracked {
     batcher: Batcher,
     /// The last read stopped at its budget: read again next turn.
     more: bool,
+    /// A new file (no checkpoint, read from 0) not yet checked for being a copy of a tracked
+    /// file: it is not read until it is.
+    unclassified: bool,
+    /// Found to be a copy of this tracked file (same first line, same bytes as far as both
+    /// go): not read while the original is, since everything in it is in the original. If the
+    /// original is truncated, the copy is read on from where the original stopped.
+    parked: Option<FileKey>,
     /// Its first bytes say it is compressed: released without reading (and remembered, so
     /// that later scans do not open it again).
     compressed: Option<watcher::Compression>,
@@ -154,6 +198,8 @@ pub struct Tailer {
     /// Tail handles open now (watchers with a file, tracked or not).
     open_handles: usize,
     last_wait_report: WaitReport,
+    /// Truncated files whose copy (copytruncate) is to be looked for, after the current read.
+    copies_wanted: Vec<CopyWanted>,
     /// Files skipped for being compressed, by identity, with the size they had: not opened
     /// again while they stay (a scan that no longer finds one forgets it).
     skipped: HashMap<FileKey, u64>,
@@ -197,6 +243,7 @@ impl Tailer {
             open_handles: 0,
             last_wait_report: WaitReport::default(),
             skipped: HashMap::new(),
+            copies_wanted: Vec::new(),
             dirty: HashSet::new(),
             timed: HashSet::new(),
             pool,
@@ -263,10 +310,11 @@ impl Tailer {
             // Entries no file matched: those files are gone (or no longer matched). Files that
             // exist but are not open yet keep theirs for when they are.
             let waiting: HashSet<FileKey> = self.waiting.values().map(|w| w.key).collect();
-            self.resume.retain(|key, _| {
+            self.resume.retain(|key, cp| {
                 let keep = waiting.contains(key);
                 if !keep {
-                    self.out.push(Emitted::Released { key: *key });
+                    let lane = cp.origin.map_or(*key, |o| (o.dev, o.inode));
+                    self.out.push(Emitted::Released { key: *key, lane });
                 }
                 keep
             });
@@ -584,6 +632,229 @@ impl Tailer {
         }
     }
 
+    /// A new file is checked, before anything is read from it, for being a copy of a file
+    /// already tracked in the same directory (copytruncate copies before it truncates): same
+    /// first line, and the same bytes as far as both go. A copy is parked (not read: the
+    /// original holds everything in it) until the original is truncated, then read on from
+    /// where the original stopped ([`Self::find_copy`]). Returns whether to read the file now.
+    fn classify(&mut self, key: FileKey, now: Instant) -> bool {
+        let Some(t) = self.files.get(&key) else {
+            return false;
+        };
+        if !t.unclassified && t.parked.is_none() {
+            return true;
+        }
+        let Some(file) = t.watcher.handle() else {
+            return false;
+        };
+        let size = file.metadata().map_or(0, |m| m.len());
+        let fp = Fingerprint::take(file, size).ok().flatten();
+        let Some(fp) = fp else {
+            // No whole first line yet: maybe a copy being written, if what it holds so far is
+            // how a tracked file in its directory begins (empty: nothing to read anyway).
+            // Held back, but not for long.
+            if size == 0 {
+                // A read finds nothing (and lets the file count as idle); it stays to be
+                // classified when it has bytes.
+                return true;
+            }
+            if self.begins_like_another(key, size)
+                && now.saturating_duration_since(t.watcher.last_data_at()) < CLASSIFY_WAIT
+            {
+                let t = self.files.get_mut(&key).expect("looked up above");
+                t.next_poll = Some(now + ORPHAN_POLL_MIN);
+                self.timed.insert(key);
+                return false;
+            }
+            return self.unpark(key);
+        };
+        let head = fingerprint::head_of(file, fp.len).ok().flatten();
+        let dir = t.watcher.path().parent().map(Path::to_path_buf);
+        let wanted = t.parked;
+        let mut copy_of = None;
+        for (k, o) in &self.files {
+            if *k == key
+                || o.parked.is_some()
+                || o.unclassified
+                || o.watcher.head().is_none()
+                || o.watcher.head() != head
+                || o.watcher.path().parent().map(Path::to_path_buf) != dir
+                || wanted.is_some_and(|w| w != *k)
+            {
+                continue;
+            }
+            // Compare the bytes before the end of the shorter of the two.
+            let Some(orig) = o.watcher.handle() else {
+                continue;
+            };
+            let osize = orig.metadata().map_or(0, |m| m.len());
+            let m = size.min(osize);
+            let same = m > 0
+                && matches!(
+                    (fingerprint::TailPrint::take(file, m), fingerprint::TailPrint::take(orig, m)),
+                    (Ok(Some(a)), Ok(Some(b))) if a == b
+                );
+            if same {
+                copy_of = Some(*k);
+                break;
+            }
+        }
+        match copy_of {
+            Some(orig) => {
+                let t = self.files.get_mut(&key).expect("looked up above");
+                if t.parked.is_none() {
+                    tracing::debug!(path = %t.watcher.path().display(), "new file is a copy of a tracked one; not reading it while the original is");
+                }
+                t.parked = Some(orig);
+                t.unclassified = false;
+                false
+            }
+            None if wanted.is_some() && !self.files.contains_key(&wanted.unwrap_or_default()) => {
+                // Its original was read to its end and released: everything in the copy was
+                // read from there. It goes on from its end, as itself.
+                let t = self.files.get_mut(&key).expect("looked up above");
+                t.parked = None;
+                if t.watcher.skip_to(size).is_ok() {
+                    self.out.push(Emitted::Position {
+                        state: state_of(&t.watcher),
+                        offset: size,
+                    });
+                }
+                true
+            }
+            None => self.unpark(key),
+        }
+    }
+
+    /// Whether the first `size` bytes of `key` (less than a first line) are also how another
+    /// tracked, open file in the same directory begins.
+    fn begins_like_another(&self, key: FileKey, size: u64) -> bool {
+        let Some(t) = self.files.get(&key) else {
+            return false;
+        };
+        let Some(file) = t.watcher.handle() else {
+            return false;
+        };
+        let n = size.min(fingerprint::FINGERPRINT_WINDOW);
+        let Ok(Some(mine)) = fingerprint::head_of(file, n) else {
+            return false;
+        };
+        let dir = t.watcher.path().parent();
+        self.files.iter().any(|(k, o)| {
+            *k != key
+                && !o.unclassified
+                && o.parked.is_none()
+                && o.watcher.path().parent() == dir
+                && o.watcher
+                    .handle()
+                    .is_some_and(|f| fingerprint::head_of(f, n).ok().flatten() == Some(mine))
+        })
+    }
+
+    /// Not a copy (or no longer one): read it as itself, from 0.
+    fn unpark(&mut self, key: FileKey) -> bool {
+        if let Some(t) = self.files.get_mut(&key) {
+            t.unclassified = false;
+            t.parked = None;
+        }
+        true
+    }
+
+    /// After `w.original` was truncated: its old content may survive in a copy in the same
+    /// directory (copytruncate), under any name, in a glob or not. A copy is recognised by its
+    /// first line and by the bytes before the original's last tail print; it is then read on
+    /// from where the original stopped, under the original's origin, so that what the
+    /// original had not read yet is not lost, and what it had is not shipped again.
+    fn find_copy(&mut self, w: CopyWanted, now: Instant) {
+        let found = self.look_for_copy(&w);
+        let Some((path, meta)) = found else {
+            if w.lost > 0 {
+                self.stats[w.input].unread_bytes += w.lost;
+                count_unread(&self.inputs[w.input].name, &w.path, w.lost);
+            }
+            return;
+        };
+        let ckey = (meta.dev(), meta.ino());
+        if !self.files.contains_key(&ckey) {
+            if self
+                .open_file(
+                    &path,
+                    w.input,
+                    &meta,
+                    StartAt::Beginning { generation: 0 },
+                    now,
+                )
+                .is_err()
+            {
+                self.stats[w.input].unread_bytes += w.lost;
+                count_unread(&self.inputs[w.input].name, &w.path, w.lost);
+                return;
+            }
+            if discovery::owner(&self.inputs, &path).is_some() {
+                self.paths.insert(path.clone(), ckey);
+            } else if let Some(t) = self.files.get_mut(&ckey) {
+                // Outside every glob: read to its end, then released like a rotated file.
+                t.watcher.orphan(now);
+                self.timed.insert(ckey);
+            }
+        }
+        let Some(t) = self.files.get_mut(&ckey) else {
+            return;
+        };
+        t.unclassified = false;
+        t.parked = None;
+        let size = meta.len();
+        let (offset, origin) = if size > w.from {
+            (w.from, Some(w.origin))
+        } else {
+            // The original was read past everything the copy holds.
+            (size, None)
+        };
+        if t.watcher.skip_to(offset).is_err() {
+            return;
+        }
+        t.watcher.set_origin(origin);
+        tracing::info!(path = %path.display(), original = %w.path, from = offset, "copy of a truncated file found; reading it on from where the original stopped");
+        self.out.push(Emitted::Position {
+            state: state_of(&t.watcher),
+            offset,
+        });
+        self.dirty.insert(ckey);
+        // What the original held past the copy's end and was never read is gone.
+        let lost = w.lost.saturating_sub(size.saturating_sub(w.from));
+        if lost > 0 {
+            self.stats[w.input].unread_bytes += lost;
+            count_unread(&self.inputs[w.input].name, &w.path, lost);
+        }
+    }
+
+    /// A file in `w.dir` other than the original, not read as a file of its own yet, with the
+    /// original's first line and tail print.
+    fn look_for_copy(&self, w: &CopyWanted) -> Option<(PathBuf, fs::Metadata)> {
+        let tail = w.tail?;
+        let entries = fs::read_dir(&w.dir).ok()?;
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            let k = (meta.dev(), meta.ino());
+            if !meta.is_file() || k == w.original || meta.len() < tail.offset {
+                continue;
+            }
+            if let Some(t) = self.files.get(&k)
+                && !(t.unclassified || t.parked == Some(w.original))
+            {
+                continue;
+            }
+            let Ok(file) = fs::File::open(entry.path()) else {
+                continue;
+            };
+            let head = fingerprint::head_of(&file, w.head_len).ok().flatten();
+            if head == Some(w.head) && tail.matches(&file).unwrap_or(false) {
+                return Some((entry.path(), meta));
+            }
+        }
+        None
+    }
+
     /// One log line when the set of files waiting for a handle changes (or every
     /// [`WAIT_REPORT_EVERY`] while it does not), never one per file per attempt; the gauge
     /// `ferry_agent_files_waiting` says the same at every scan.
@@ -676,8 +947,15 @@ impl Tailer {
                 fresh
             }
         };
-        let watcher =
+        let mut watcher =
             FileWatcher::open(path, start, inp.max_line_bytes, inp.line_flush_timeout, now)?;
+        let unclassified = matches!(start, StartAt::Beginning { generation: 0 })
+            && !self.resume.contains_key(&key);
+        if let Some(cp) = self.resume.get(&key)
+            && matches!(start, StartAt::Resume { .. })
+        {
+            watcher.set_origin(cp.origin.map(Into::into));
+        }
         self.resume.remove(&key);
         if announce {
             self.out.push(Emitted::Position {
@@ -698,6 +976,8 @@ impl Tailer {
                 multiline,
                 batcher: Batcher::new(self.settings.limits, self.pool.clone()),
                 more: false,
+                unclassified,
+                parked: None,
                 compressed: None,
                 next_poll: None,
                 backoff: ORPHAN_POLL_MIN,
@@ -743,6 +1023,9 @@ impl Tailer {
         if !self.reopen(key, now) {
             return 0;
         }
+        if !self.classify(key, now) {
+            return 0;
+        }
         let before = self.held_by(key);
         let (bytes, release) = self.read_file_inner(key, now, budget);
         if release {
@@ -757,6 +1040,9 @@ impl Tailer {
             self.close(key);
         }
         self.held_bytes = (self.held_bytes + self.held_by(key)).saturating_sub(before);
+        for w in std::mem::take(&mut self.copies_wanted) {
+            self.find_copy(w, now);
+        }
         bytes
     }
 
@@ -788,6 +1074,7 @@ impl Tailer {
             settings,
             timed,
             open_bytes,
+            copies_wanted,
             ..
         } = self;
         let Some(t) = files.get_mut(&key) else {
@@ -823,7 +1110,13 @@ impl Tailer {
             };
             match watcher.read(buf, budget, now, &mut route) {
                 Ok(ReadOutcome::Truncated) => {
-                    // Hand out everything of the old content under its old identity first.
+                    // A copy of the old content may be next to it (copytruncate): it can be
+                    // recognised if the file has a head and a tail print.
+                    let copyable = watcher.truncation_is_ours()
+                        && watcher.head().is_some()
+                        && watcher.tail().is_some();
+                    // Hand out everything of the old content under its old identity first (an
+                    // incomplete last line too: the copy, if found, is read on right after it).
                     watcher.flush_partial(now, true, &mut route);
                     if let Some(ml) = multiline.as_mut() {
                         let id = watcher.file_id();
@@ -853,9 +1146,30 @@ impl Tailer {
                         break;
                     }
                     let before = watcher.unread_bytes();
+                    let from = watcher.line_pos();
+                    let wanted = copyable.then(|| CopyWanted {
+                        original: key,
+                        origin: watcher.file_id(),
+                        head: watcher.head().unwrap_or_default(),
+                        head_len: watcher.fingerprint().map_or(0, |f| f.len),
+                        tail: watcher.tail(),
+                        from,
+                        dir: watcher
+                            .path()
+                            .parent()
+                            .map(Path::to_path_buf)
+                            .unwrap_or_default(),
+                        input: t.input,
+                        path: watcher.path_str().clone(),
+                        lost: 0,
+                    });
                     watcher.restart_after_truncation();
                     let lost = watcher.unread_bytes() - before;
-                    if lost > 0 {
+                    if let Some(mut w) = wanted {
+                        // Counted once it is known what the copy holds.
+                        w.lost = lost;
+                        copies_wanted.push(w);
+                    } else if lost > 0 {
                         st.unread_bytes += lost;
                         count_unread(&input.name, watcher.path_str(), lost);
                     }
@@ -1030,7 +1344,8 @@ impl Tailer {
             // Its lag gauge would otherwise keep its last value.
             metrics::gauge!("ferry_agent_file_lag_bytes", "input" => input.name.clone(), "path" => t.watcher.path_str().to_string())
                 .set(0.0);
-            out.push(Emitted::Released { key });
+            let lane = t.watcher.origin().map_or(key, |o| (o.dev, o.inode));
+            out.push(Emitted::Released { key, lane });
             if paths.get(t.watcher.path()) == Some(&key) {
                 paths.remove(t.watcher.path());
             }
@@ -1130,6 +1445,9 @@ fn state_of(w: &FileWatcher) -> FileState {
         path: w.path_str().clone(),
         fingerprint: w.fingerprint(),
         generation: w.generation(),
+        origin: w.origin(),
+        tail: w.tail(),
+        head: w.head(),
     }
 }
 
@@ -1142,9 +1460,12 @@ fn drain_sealed(
     for batch in sealed.drain(..) {
         let mut state = state_of(w);
         // A batch sealed before a truncation carries the identity it was read under.
-        if batch.file.generation != state.generation {
+        if batch.file != w.file_id() {
             state.generation = batch.file.generation;
             state.fingerprint = None;
+            state.tail = None;
+            state.head = None;
+            state.origin = ((batch.file.dev, batch.file.inode) != state.key).then_some(batch.file);
         }
         out.push(Emitted::Batch {
             input,

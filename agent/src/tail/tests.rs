@@ -599,6 +599,9 @@ fn startup_resumes_or_restarts_from_the_checkpoint() {
             generation: 4,
             offset,
             updated_ms: 0,
+            origin: None,
+            tail: None,
+            head: None,
         }
     };
     let mut cps = Checkpoints::default();

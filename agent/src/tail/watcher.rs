@@ -23,7 +23,7 @@
 //! Invariant: `line_pos <= read_pos`, and `read_pos - line_pos` is the incomplete line held by
 //! the splitter. Every byte in `[start, line_pos)` was handed out in exactly one line.
 
-use super::fingerprint::Fingerprint;
+use super::fingerprint::{Fingerprint, TailPrint, head_of};
 use crate::lines::{Line, LineSplitter};
 use ferry_core::record::FileId;
 use std::fs::File;
@@ -151,6 +151,13 @@ pub struct FileWatcher {
     inode: u64,
     /// Fixed once the file has a whole first line; see [`super::fingerprint`].
     fingerprint: Option<Fingerprint>,
+    /// Hash of the first line's content alone (what a copy of this file shares with it).
+    head: Option<u64>,
+    /// Hash of the last bytes before `line_pos`, as of the last read that reached the end.
+    tail: Option<TailPrint>,
+    /// The identity lines ship under instead of this file's own: set for a copytruncate copy
+    /// read on under its original's origin. Cleared by a truncation of the copy itself.
+    origin: Option<FileId>,
     /// The origin's fingerprint field while there is no fingerprint ([`super::fingerprint::unfixed_id`]).
     unfixed_id: u64,
     /// While there is no fingerprint yet (first line incomplete): a checksum of the bytes read,
@@ -218,10 +225,17 @@ impl FileWatcher {
         };
         let mid_line = pos > 0 && !follows_newline(&file, pos)?;
         let unfixed_id = super::fingerprint::unfixed_id(&file);
+        let head = match fingerprint {
+            Some(fp) => head_of(&file, fp.len)?,
+            None => None,
+        };
         Ok(Self {
             path: path.to_owned(),
             path_str: Arc::from(path.to_string_lossy().as_ref()),
             file: Some(file),
+            head,
+            tail: None,
+            origin: None,
             dev: meta.dev(),
             inode: meta.ino(),
             fingerprint,
@@ -273,12 +287,42 @@ impl FileWatcher {
         self.fingerprint
     }
 
+    pub fn head(&self) -> Option<u64> {
+        self.head
+    }
+
+    pub fn tail(&self) -> Option<TailPrint> {
+        self.tail
+    }
+
+    pub fn origin(&self) -> Option<FileId> {
+        self.origin
+    }
+
+    /// Ship this file's lines under `origin` (a copy read on under its original's identity).
+    pub fn set_origin(&mut self, origin: Option<FileId>) {
+        self.origin = origin;
+    }
+
+    /// The open handle, if any.
+    pub fn handle(&self) -> Option<&File> {
+        self.file.as_ref()
+    }
+
     pub fn generation(&self) -> u32 {
         self.generation
     }
 
     /// The identity batches of this file carry.
     pub fn file_id(&self) -> FileId {
+        if let Some(o) = self.origin {
+            return o;
+        }
+        self.own_id()
+    }
+
+    /// The file's own identity (whatever its lines ship under).
+    pub fn own_id(&self) -> FileId {
         FileId {
             dev: self.dev,
             inode: self.inode,
@@ -411,6 +455,11 @@ impl FileWatcher {
             };
             if n == 0 {
                 self.at_eof = true;
+                // Keep the tail print current: a copy of this file, should it be truncated,
+                // is recognised by it (one pread of at most 4 KiB, only when lines moved).
+                if self.line_pos > 0 && self.tail.is_none_or(|t| t.offset != self.line_pos) {
+                    self.tail = TailPrint::take(file, self.line_pos)?;
+                }
                 return Ok(ReadOutcome::Eof { bytes: total });
             }
             self.at_eof = false;
@@ -418,6 +467,9 @@ impl FileWatcher {
             if self.fingerprint.is_none() {
                 let size = self.size.max(self.read_pos + n as u64);
                 self.fingerprint = Fingerprint::take(file, size)?;
+                if let Some(fp) = self.fingerprint {
+                    self.head = head_of(file, fp.len)?;
+                }
                 if self.fingerprint.is_none() && self.probe.is_none() {
                     self.probe = Fingerprint::probe(file, size)?;
                 }
@@ -567,6 +619,37 @@ impl FileWatcher {
         Ok(((meta.dev(), meta.ino()) == (self.dev, self.inode)).then_some(file))
     }
 
+    /// Starts reading at `offset` instead (a copy read on from where its original stopped, or
+    /// a copy whose content was all read from the original). Fixes the fingerprint first.
+    pub fn skip_to(&mut self, offset: u64) -> io::Result<()> {
+        let Some(file) = self.file.as_ref() else {
+            return Err(io::Error::other(
+                "file handle was given back; reopen it first",
+            ));
+        };
+        let size = file.metadata()?.len();
+        if self.fingerprint.is_none() {
+            self.fingerprint = Fingerprint::take(file, size)?;
+            if let Some(fp) = self.fingerprint {
+                self.head = head_of(file, fp.len)?;
+            }
+        }
+        self.mid_line = offset > 0 && !follows_newline(file, offset)?;
+        self.splitter.clear();
+        self.read_pos = offset;
+        self.line_pos = offset;
+        self.size = size;
+        self.seen_size = self.seen_size.max(size);
+        self.sniff = false;
+        self.at_eof = false;
+        Ok(())
+    }
+
+    /// Largest size any stat saw since the last truncation.
+    pub fn seen_size(&self) -> u64 {
+        self.seen_size
+    }
+
     /// Whether a truncation reported by `read` is of this file's own stream, to be read again
     /// from 0: yes while the file is live, or deleted (only its writer can change it), or if it
     /// was seen shrinking while live. A file renamed away and then truncated is being reused for
@@ -584,6 +667,9 @@ impl FileWatcher {
         self.splitter.clear();
         self.generation = self.generation.wrapping_add(1);
         self.fingerprint = None;
+        self.head = None;
+        self.tail = None;
+        self.origin = None;
         self.probe = None;
         self.read_pos = 0;
         self.line_pos = 0;

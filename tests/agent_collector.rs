@@ -1391,3 +1391,115 @@ fn compressed_rotations_are_skipped_and_counted() {
     }
     rig.finish(&written, Duration::from_secs(30));
 }
+
+/// Shifts `app.log.N` to `app.log.N+1` (oldest first), as logrotate does before a rotation.
+fn shift_rotated(logs: &Path) {
+    let mut n = 1;
+    while logs.join(format!("app.log.{n}")).exists() {
+        n += 1;
+    }
+    for k in (1..n).rev() {
+        std::fs::rename(
+            logs.join(format!("app.log.{k}")),
+            logs.join(format!("app.log.{}", k + 1)),
+        )
+        .expect("shift rotated file");
+    }
+}
+
+/// The scenario of issue 12, through real processes: an application writes 300,000 numbered
+/// lines to `logs/app.log` while logrotate alternates `rename` (create) and `copytruncate`
+/// every 40,000 lines (4 renames, 3 copytruncates), and the agent is killed with SIGKILL now
+/// and then. Before: with `app.log*` every copy was read again from its first byte (120,000
+/// duplicates). Now the copy is recognised (its first line and the bytes before where the
+/// original stopped) and read on from there under the original's origin.
+///
+/// With the glob `app.log*`: every line stored exactly once. With `app.log` alone: no line
+/// stored twice, and lines are missing only where no tailer can read them from a matched path
+/// — the tail of a file renamed away while the agent was down (the rename rotation, with the
+/// agent killed between the last read and the rename) — their number is printed.
+fn logrotate_alternating_rename_and_copytruncate_with_kill9(glob: &str, strict: bool) {
+    const TOTAL: usize = 300_000;
+    const EVERY: usize = 40_000;
+    const CHUNK: usize = 1_000;
+    let mut rig = Rig::new("logrotate-mix", None, true);
+    rig.configure_agent(&[input("app", glob, "")], "");
+    rig.start_agent();
+    let logs = rig.logs();
+    let progress = Arc::new(AtomicUsize::new(0));
+    let p = progress.clone();
+    let writer = std::thread::spawn(move || {
+        let path = logs.join("app.log");
+        let mut file = append_file(&path);
+        let mut written = Vec::with_capacity(TOTAL);
+        let mut rotations = 0;
+        while written.len() < TOTAL {
+            let from = written.len();
+            write_lines(&mut file, "lr", from..from + CHUNK, &mut written);
+            p.store(written.len(), Ordering::Relaxed);
+            if written.len() % EVERY == 0 && written.len() < TOTAL {
+                rotations += 1;
+                shift_rotated(&logs);
+                if rotations % 2 == 1 {
+                    std::fs::rename(&path, logs.join("app.log.1")).expect("rename");
+                    file = append_file(&path);
+                } else {
+                    std::fs::copy(&path, logs.join("app.log.1")).expect("copy");
+                    file.set_len(0).expect("truncate");
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        written
+    });
+    let mut rng = 0x9e37_79b9_u64;
+    let mut kills = 0;
+    while progress.load(Ordering::Relaxed) < TOTAL {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        std::thread::sleep(Duration::from_millis(700 + rng % 1500));
+        if progress.load(Ordering::Relaxed) >= TOTAL {
+            break;
+        }
+        rig.kill_agent();
+        rig.start_agent();
+        kills += 1;
+    }
+    let written = writer.join().expect("writer");
+    rig.wait_stored(written.len(), Duration::from_secs(90));
+    rig.stop_agent();
+    let got = rig.consume();
+    let mut seen = std::collections::HashSet::with_capacity(got.len());
+    let dups: Vec<&String> = got.iter().filter(|l| !seen.insert(l.as_str())).collect();
+    let missing = written
+        .iter()
+        .filter(|l| !seen.contains(l.as_str()))
+        .count();
+    eprintln!(
+        "glob {glob}: {} written, {} stored, {} duplicates, {missing} missing, {kills} kills",
+        written.len(),
+        got.len(),
+        dups.len()
+    );
+    if strict {
+        assert_exactly_once(&written, &got, &rig.agent_stderr());
+    } else {
+        assert!(
+            dups.is_empty(),
+            "{} duplicates, e.g. {:?}",
+            dups.len(),
+            dups.first()
+        );
+    }
+}
+
+#[test]
+fn logrotate_rename_and_copytruncate_with_kill9_wide_glob() {
+    logrotate_alternating_rename_and_copytruncate_with_kill9("app.log*", true);
+}
+
+#[test]
+fn logrotate_rename_and_copytruncate_with_kill9_narrow_glob() {
+    logrotate_alternating_rename_and_copytruncate_with_kill9("app.log", false);
+}

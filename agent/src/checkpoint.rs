@@ -121,6 +121,22 @@ impl FileCheckpoint {
     }
 }
 
+impl FileCheckpoint {
+    /// Without a tail print of its own (the latest one lies past the acknowledged offset),
+    /// the previous entry's, if it is of the same content and generation.
+    pub fn keeping_tail_of(mut self, prev: Option<&FileCheckpoint>) -> Self {
+        if self.tail.is_none()
+            && let Some(p) = prev
+            && p.generation == self.generation
+            && p.fingerprint == self.fingerprint
+            && p.origin == self.origin
+        {
+            self.tail = p.tail.filter(|t| t.offset <= self.offset);
+        }
+        self
+    }
+}
+
 /// Version 1 of an entry: no origin, tail or head.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -550,10 +550,9 @@ impl<O: Output> Shipper<O> {
                 let Some(f) = file.flights.pop_front() else {
                     break;
                 };
-                self.parts
-                    .checkpoints
-                    .files
-                    .insert(f.state.key, FileCheckpoint::of(&f.state, f.end_offset));
+                let prev = self.parts.checkpoints.files.get(&f.state.key);
+                let cp = FileCheckpoint::of(&f.state, f.end_offset).keeping_tail_of(prev);
+                self.parts.checkpoints.files.insert(f.state.key, cp);
                 self.dirty = true;
             }
             if file.flights.is_empty() {
@@ -598,8 +597,8 @@ impl<O: Output> Shipper<O> {
 fn apply_control(cps: &mut Checkpoints, s: Shipment) {
     match s {
         Shipment::Position { state, offset } => {
-            cps.files
-                .insert(state.key, FileCheckpoint::of(&state, offset));
+            let cp = FileCheckpoint::of(&state, offset).keeping_tail_of(cps.files.get(&state.key));
+            cps.files.insert(state.key, cp);
         }
         Shipment::Released { key, .. } => {
             cps.files.remove(&key);

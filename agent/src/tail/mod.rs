@@ -320,6 +320,7 @@ impl Tailer {
             });
             self.startup_paths.clear();
         }
+        self.find_copies(now);
         self.give_back_idle(now);
         self.open_waiting(now);
         self.report_waiting(now);
@@ -683,7 +684,16 @@ impl Tailer {
             {
                 continue;
             }
-            // Compare the bytes before the end of the shorter of the two.
+            // The bytes before where the original was last read to its end: what the copy
+            // must hold at the same place (the original may be truncated already, unnoticed).
+            if let Some(tp) = o.watcher.tail()
+                && size >= tp.offset
+                && tp.matches(file).unwrap_or(false)
+            {
+                copy_of = Some(*k);
+                break;
+            }
+            // Else compare the bytes before the end of the shorter of the two.
             let Some(orig) = o.watcher.handle() else {
                 continue;
             };
@@ -937,6 +947,29 @@ impl Tailer {
                     // file: from the beginning, as a new generation.
                     tracing::info!(path = %path.display(), "file changed while the agent was stopped; reading it from the beginning");
                     announce = true;
+                    // Its old content may survive in a copy (copytruncate while stopped).
+                    if let (Some(fp), Some(head), Some(tail)) = (cp.fingerprint, cp.head, cp.tail) {
+                        self.copies_wanted.push(CopyWanted {
+                            original: key,
+                            origin: cp.origin.map_or(
+                                FileId {
+                                    dev: cp.dev,
+                                    inode: cp.inode,
+                                    fingerprint: fp.checksum,
+                                    generation: cp.generation,
+                                },
+                                Into::into,
+                            ),
+                            head,
+                            head_len: fp.len,
+                            tail: Some(tail),
+                            from: cp.offset,
+                            dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+                            input,
+                            path: Arc::from(path.to_string_lossy().as_ref()),
+                            lost: 0,
+                        });
+                    }
                     StartAt::Beginning {
                         generation: cp.generation.wrapping_add(1),
                     }
@@ -1040,10 +1073,14 @@ impl Tailer {
             self.close(key);
         }
         self.held_bytes = (self.held_bytes + self.held_by(key)).saturating_sub(before);
+        self.find_copies(now);
+        bytes
+    }
+
+    fn find_copies(&mut self, now: Instant) {
         for w in std::mem::take(&mut self.copies_wanted) {
             self.find_copy(w, now);
         }
-        bytes
     }
 
     /// Bytes read from `key` and held in memory before a batch: an incomplete line, a multiline

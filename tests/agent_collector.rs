@@ -1503,3 +1503,26 @@ fn logrotate_rename_and_copytruncate_with_kill9_wide_glob() {
 fn logrotate_rename_and_copytruncate_with_kill9_narrow_glob() {
     logrotate_alternating_rename_and_copytruncate_with_kill9("app.log", false);
 }
+
+/// Two files whose first 10 lines are the same header, then different content: both stored
+/// whole. The second one appears while the first is tracked and, while it holds only the
+/// header, looks like a copy of the first (held back); once it differs it is read as itself.
+#[test]
+fn same_ten_line_header_then_different_content() {
+    let mut rig = Rig::new("same-header", None, true);
+    let header: String = (0..10).map(|i| format!("# header line {i}\n")).collect();
+    let mut written: Vec<String> = Vec::new();
+    let mut a = append_file(&rig.log("a.log"));
+    a.write_all(header.as_bytes()).expect("header");
+    written.extend(header.lines().map(str::to_owned));
+    write_lines(&mut a, "a", 0..100, &mut written);
+    rig.configure_agent(&[input("app", "*.log*", "")], "");
+    rig.start_agent();
+    assert!(rig.wait_stored(written.len(), Duration::from_secs(30)));
+    let mut b = append_file(&rig.log("b.log"));
+    b.write_all(header.as_bytes()).expect("header");
+    written.extend(header.lines().map(str::to_owned));
+    std::thread::sleep(Duration::from_millis(300));
+    write_lines(&mut b, "b", 0..100, &mut written);
+    rig.finish(&written, Duration::from_secs(30));
+}

@@ -185,7 +185,7 @@ pub fn unfixed_id(file: &File) -> u64 {
 }
 
 /// The file's birth time in ns since the epoch, or 0 if the file system does not keep it.
-fn birth_ns(file: &File) -> u64 {
+pub(crate) fn birth_ns(file: &File) -> u64 {
     file.metadata()
         .and_then(|m| m.created())
         .ok()

@@ -153,6 +153,9 @@ pub struct FileWatcher {
     fingerprint: Option<Fingerprint>,
     /// Hash of the first line's content alone (what a copy of this file shares with it).
     head: Option<u64>,
+    /// Birth time (0 where not recorded): with the handle given back, the inode may be freed
+    /// and reused; a file found on it again must also have been born at the same time.
+    birth: u64,
     /// Hash of the last bytes before `line_pos`, as of the last read that reached the end.
     tail: Option<TailPrint>,
     /// The identity lines ship under instead of this file's own: set for a copytruncate copy
@@ -232,6 +235,7 @@ impl FileWatcher {
         Ok(Self {
             path: path.to_owned(),
             path_str: Arc::from(path.to_string_lossy().as_ref()),
+            birth: super::fingerprint::birth_ns(&file),
             file: Some(file),
             head,
             tail: None,
@@ -616,7 +620,9 @@ impl FileWatcher {
             Err(e) => return Err(e),
         };
         let meta = file.metadata()?;
-        Ok(((meta.dev(), meta.ino()) == (self.dev, self.inode)).then_some(file))
+        let same = (meta.dev(), meta.ino()) == (self.dev, self.inode)
+            && super::fingerprint::birth_ns(&file) == self.birth;
+        Ok(same.then_some(file))
     }
 
     /// Starts reading at `offset` instead (a copy read on from where its original stopped, or

@@ -135,6 +135,18 @@ impl<O: Output> Agent<O> {
         checkpoints.agent_id = Some(agent_id.clone());
         tracing::info!(agent_id, inputs = self.inputs.len(), data_dir = %cfg.data_dir.display(), files = checkpoints.files.len(), "agent starting");
 
+        let fds = crate::fdlimit::FdLimit::raise();
+        let max_open_files = fds.max_open_files(cfg.max_open_files);
+        tracing::info!(
+            soft_before = ?fds.soft_before,
+            soft = ?fds.soft,
+            hard = ?fds.hard,
+            in_use = fds.in_use,
+            reserve = fds.reserve(),
+            max_open_files,
+            "open-files limit"
+        );
+
         let pool = BuilderPool::default();
         let buffer = Arc::new(Buffer::new(cfg.buffer_bytes.get()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -168,6 +180,7 @@ impl<O: Output> Agent<O> {
                     max_records: cfg.batch.max_records,
                     linger: cfg.batch.linger.get(),
                 },
+                max_open_files,
             },
             self.inputs.clone(),
             checkpoints.clone(),

@@ -10,9 +10,10 @@
 //! `DATA_DIR/checkpoints.json`, a versioned serde enum (tag `"version"`), written to
 //! `checkpoints.json.tmp`, fsync'ed, renamed over the old file, then the directory fsync'ed, so
 //! a crash at any point leaves either the old or the new file whole. A format change adds a
-//! variant (`"2"`) and keeps reading `"1"`; the golden test pins the bytes of version 1.
+//! variant and keeps reading the old ones: version `"2"` is written, `"1"` still read (its
+//! entries get no `origin`, `tail` or `head`); golden tests pin the bytes of both.
 //!
-//! | field (v1)     | meaning                                                         |
+//! | field          | meaning                                                         |
 //! |----------------|-----------------------------------------------------------------|
 //! | `agent_id`     | the id batches were shipped under, reused when none is configured |
 //! | `files[]`      | one entry per file identity (dev, inode) being tailed            |
@@ -22,8 +23,13 @@
 //! | `.generation`  | truncations seen so far (part of the batches' origin)            |
 //! | `.offset`      | acknowledged byte offset: reading resumes here                   |
 //! | `.updated_ms`  | when this entry last advanced, Unix ms                           |
+//! | `.origin` (v2) | `{dev, inode, fingerprint, generation}` its lines ship under when not its own (a copytruncate copy read on under the original's origin); absent otherwise |
+//! | `.tail` (v2)   | `{offset, len, checksum}`: hash of the `len` bytes before `offset` (≤ 4 KiB), to recognise a copy of this file after it was truncated |
+//! | `.head` (v2)   | hash of the first line's content alone (no birth time)          |
 
-use crate::tail::fingerprint::Fingerprint;
+use crate::tail::FileState;
+use crate::tail::fingerprint::{Fingerprint, TailPrint};
+use ferry_core::record::FileId;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -45,7 +51,7 @@ pub enum CheckpointError {
     Corruption { path: PathBuf, message: String },
 }
 
-/// One file's acknowledged position.
+/// One file's acknowledged position (the in-memory form, and version 2 on disk).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileCheckpoint {
@@ -56,6 +62,92 @@ pub struct FileCheckpoint {
     pub generation: u32,
     pub offset: u64,
     pub updated_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<OriginV2>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail: Option<TailPrint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<u64>,
+}
+
+/// The origin a copy's lines ship under (the original's identity).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OriginV2 {
+    pub dev: u64,
+    pub inode: u64,
+    pub fingerprint: u64,
+    pub generation: u32,
+}
+
+impl From<FileId> for OriginV2 {
+    fn from(f: FileId) -> Self {
+        Self {
+            dev: f.dev,
+            inode: f.inode,
+            fingerprint: f.fingerprint,
+            generation: f.generation,
+        }
+    }
+}
+
+impl From<OriginV2> for FileId {
+    fn from(o: OriginV2) -> Self {
+        Self {
+            dev: o.dev,
+            inode: o.inode,
+            fingerprint: o.fingerprint,
+            generation: o.generation,
+        }
+    }
+}
+
+impl FileCheckpoint {
+    /// The entry for `state` acknowledged up to `offset`. The tail print is kept only if it
+    /// was taken at or before `offset` (bytes a restart would read again are not vouched for).
+    pub fn of(state: &FileState, offset: u64) -> Self {
+        Self {
+            path: state.path.to_string(),
+            dev: state.key.0,
+            inode: state.key.1,
+            fingerprint: state.fingerprint,
+            generation: state.generation,
+            offset,
+            updated_ms: ferry_core::now_ms(),
+            origin: state.origin.map(OriginV2::from),
+            tail: state.tail.filter(|t| t.offset <= offset),
+            head: state.head,
+        }
+    }
+}
+
+impl FileCheckpoint {
+    /// Without a tail print of its own (the latest one lies past the acknowledged offset),
+    /// the previous entry's, if it is of the same content and generation.
+    pub fn keeping_tail_of(mut self, prev: Option<&FileCheckpoint>) -> Self {
+        if self.tail.is_none()
+            && let Some(p) = prev
+            && p.generation == self.generation
+            && p.fingerprint == self.fingerprint
+            && p.origin == self.origin
+        {
+            self.tail = p.tail.filter(|t| t.offset <= self.offset);
+        }
+        self
+    }
+}
+
+/// Version 1 of an entry: no origin, tail or head.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCheckpointV1 {
+    path: String,
+    dev: u64,
+    inode: u64,
+    fingerprint: Option<Fingerprint>,
+    generation: u32,
+    offset: u64,
+    updated_ms: i64,
 }
 
 /// The checkpoint file, versioned.
@@ -64,11 +156,20 @@ pub struct FileCheckpoint {
 enum CheckpointFile {
     #[serde(rename = "1")]
     V1(CheckpointsV1),
+    #[serde(rename = "2")]
+    V2(CheckpointsV2),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CheckpointsV1 {
+    agent_id: Option<String>,
+    files: Vec<FileCheckpointV1>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckpointsV2 {
     agent_id: Option<String>,
     files: Vec<FileCheckpoint>,
 }
@@ -87,7 +188,7 @@ impl Checkpoints {
     }
 
     fn to_file(&self) -> CheckpointFile {
-        CheckpointFile::V1(CheckpointsV1 {
+        CheckpointFile::V2(CheckpointsV2 {
             agent_id: self.agent_id.clone(),
             files: self.files.values().cloned().collect(),
         })
@@ -98,6 +199,28 @@ impl Checkpoints {
             CheckpointFile::V1(v1) => Self {
                 agent_id: v1.agent_id,
                 files: v1
+                    .files
+                    .into_iter()
+                    .map(|c| {
+                        let c = FileCheckpoint {
+                            path: c.path,
+                            dev: c.dev,
+                            inode: c.inode,
+                            fingerprint: c.fingerprint,
+                            generation: c.generation,
+                            offset: c.offset,
+                            updated_ms: c.updated_ms,
+                            origin: None,
+                            tail: None,
+                            head: None,
+                        };
+                        ((c.dev, c.inode), c)
+                    })
+                    .collect(),
+            },
+            CheckpointFile::V2(v2) => Self {
+                agent_id: v2.agent_id,
+                files: v2
                     .files
                     .into_iter()
                     .map(|c| ((c.dev, c.inode), c))
@@ -206,6 +329,9 @@ mod tests {
                 generation: 2,
                 offset: 4096,
                 updated_ms: 1_700_000_000_000,
+                origin: None,
+                tail: None,
+                head: None,
             },
         );
         c.files.insert(
@@ -218,6 +344,9 @@ mod tests {
                 generation: 0,
                 offset: 0,
                 updated_ms: 1_700_000_000_001,
+                origin: None,
+                tail: None,
+                head: None,
             },
         );
         c
@@ -251,17 +380,118 @@ mod tests {
   ]
 }"#;
 
-    /// The on-disk format of version 1 must not change: an agent upgraded in place reads the
-    /// checkpoints its previous version wrote.
+    /// Version 1, as the previous agent wrote it, must still load: an agent upgraded in place
+    /// reads the checkpoints its previous version wrote (it now writes version 2).
     #[test]
-    fn golden_v1_format() {
-        assert_eq!(String::from_utf8(sample().encode()).unwrap(), GOLDEN_V1);
+    fn golden_v1_format_still_loads() {
         assert_eq!(Checkpoints::decode(GOLDEN_V1.as_bytes()).unwrap(), sample());
+    }
+
+    /// A copy read on under its original's origin, with the tail and head prints.
+    fn sample_v2() -> Checkpoints {
+        let mut c = sample();
+        c.files.insert(
+            (2049, 79),
+            FileCheckpoint {
+                path: "/var/log/app.log.1".into(),
+                dev: 2049,
+                inode: 79,
+                fingerprint: Some(Fingerprint {
+                    len: 12,
+                    checksum: 42,
+                }),
+                generation: 0,
+                offset: 8192,
+                updated_ms: 1_700_000_000_002,
+                origin: Some(OriginV2 {
+                    dev: 2049,
+                    inode: 77,
+                    fingerprint: 81985529216486895,
+                    generation: 2,
+                }),
+                tail: Some(TailPrint {
+                    offset: 8192,
+                    len: 4096,
+                    checksum: 7,
+                }),
+                head: Some(9),
+            },
+        );
+        c
+    }
+
+    const GOLDEN_V2: &str = r#"{
+  "version": "2",
+  "agent_id": "host-a",
+  "files": [
+    {
+      "path": "/var/log/app.log",
+      "dev": 2049,
+      "inode": 77,
+      "fingerprint": {
+        "len": 1024,
+        "checksum": 81985529216486895
+      },
+      "generation": 2,
+      "offset": 4096,
+      "updated_ms": 1700000000000
+    },
+    {
+      "path": "/var/log/empty.log",
+      "dev": 2049,
+      "inode": 78,
+      "fingerprint": null,
+      "generation": 0,
+      "offset": 0,
+      "updated_ms": 1700000000001
+    },
+    {
+      "path": "/var/log/app.log.1",
+      "dev": 2049,
+      "inode": 79,
+      "fingerprint": {
+        "len": 12,
+        "checksum": 42
+      },
+      "generation": 0,
+      "offset": 8192,
+      "updated_ms": 1700000000002,
+      "origin": {
+        "dev": 2049,
+        "inode": 77,
+        "fingerprint": 81985529216486895,
+        "generation": 2
+      },
+      "tail": {
+        "offset": 8192,
+        "len": 4096,
+        "checksum": 7
+      },
+      "head": 9
+    }
+  ]
+}"#;
+
+    /// The on-disk format of version 2 must not change.
+    #[test]
+    fn golden_v2_format() {
+        assert_eq!(String::from_utf8(sample_v2().encode()).unwrap(), GOLDEN_V2);
+        assert_eq!(
+            Checkpoints::decode(GOLDEN_V2.as_bytes()).unwrap(),
+            sample_v2()
+        );
     }
 
     #[test]
     fn unknown_version_and_garbage_are_refused() {
         assert!(Checkpoints::decode(br#"{"version":"9","files":[]}"#).is_err());
+        // Version 1 entries do not take version 2 fields.
+        assert!(
+            Checkpoints::decode(
+                br#"{"version":"1","agent_id":null,"files":[{"path":"a","dev":1,"inode":2,"fingerprint":null,"generation":0,"offset":0,"updated_ms":0,"head":1}]}"#
+            )
+            .is_err()
+        );
         assert!(Checkpoints::decode(b"{\"version\":\"1\",\"agent_id\":null,\"fil").is_err());
     }
 

@@ -67,6 +67,6 @@ pub fn encode(item: Emitted, codec: Codec, level: u32, pool: &BuilderPool) -> Sh
             shipment
         }
         Emitted::Position { state, offset } => Shipment::Position { state, offset },
-        Emitted::Released { key } => Shipment::Released { key },
+        Emitted::Released { key, lane } => Shipment::Released { key, lane },
     }
 }

@@ -50,6 +50,11 @@ pub struct AgentConfig {
     /// arrives first, and it is sent again); the stdout and Kafka outputs always send one at a
     /// time.
     pub max_in_flight_per_file: usize,
+    /// Most tail handles (open files) held at once. Default: what the process's open-files
+    /// limit leaves after a reserve for outputs, the checkpoint and the metrics listener (the
+    /// soft limit is raised to the hard one at start). Beyond it, idle files give their handle
+    /// back and are reopened by path when they change, their identity checked again.
+    pub max_open_files: Option<usize>,
 }
 
 impl Default for AgentConfig {
@@ -68,6 +73,7 @@ impl Default for AgentConfig {
             shutdown_timeout: Duration::from_secs(10),
             max_in_flight: 8,
             max_in_flight_per_file: 4,
+            max_open_files: None,
         }
     }
 }
@@ -667,6 +673,12 @@ impl AgentConfig {
         if self.max_in_flight == 0 {
             p.add("max_in_flight", "`max_in_flight` must be at least 1");
         }
+        if self.max_open_files == Some(0) {
+            p.add(
+                "max_open_files",
+                "`max_open_files` must be at least 1 (or left out for the default)",
+            );
+        }
         if self.max_in_flight_per_file == 0 {
             p.add(
                 "max_in_flight_per_file",
@@ -889,6 +901,7 @@ output:
 buffer_bytes: 8MiB
 rescan_interval: 30s
 read_budget_bytes: 256KiB
+max_open_files: 500
 "#,
         )
         .unwrap();
@@ -903,6 +916,7 @@ read_budget_bytes: 256KiB
             OutputConfig::Collector(c) if c.mode == UrlMode::RoundRobin && c.urls.len() == 2
         ));
         assert_eq!(cfg.codec(), Codec::None);
+        assert_eq!(cfg.max_open_files, Some(500));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! Module map, in the order a line travels:
 //! - [`config`]: the `agent:` config section, its validation, the quick form from CLI flags.
 //! - [`discovery`]: glob expansion and the directories to watch.
+//! - [`fdlimit`]: the open-files limit raised at start, and the tail-handle budget under it.
 //! - [`tail`]: the [`tail::Tailer`] (all files, in turns) and per file a
 //!   [`tail::watcher::FileWatcher`] state machine and its [`tail::fingerprint`] identity.
 //! - [`lines`]: splitting reads into lines (memchr, no per-line allocation, long-line cut).
@@ -30,7 +31,10 @@
 //! | `ferry_agent_retries_total` | | delivery attempts that will be retried |
 //! | `ferry_agent_unread_bytes_total` | input, path | bytes that could not be read (lost to a truncation before they were read) |
 //! | `ferry_agent_file_lag_bytes` | input, path | bytes in the file not yet read (gauge, updated at each rescan) |
-//! | `ferry_agent_files_tracked` | | open files (gauge) |
+//! | `ferry_agent_files_tracked` | | files being tailed (gauge) |
+//! | `ferry_agent_files_open` | | tail handles open now, at most `max_open_files` (gauge) |
+//! | `ferry_agent_files_waiting` | | files found but not open yet: waiting for a descriptor, or failing to open and retried with backoff (gauge) |
+//! | `ferry_agent_files_skipped_total` | reason, format, input | files not read: `compressed` (gzip, zstd, bzip2, xz by magic bytes) |
 //! | `ferry_agent_checkpoint_age_seconds` | | time since the checkpoint file was last written (gauge) |
 //!
 //! ```no_run
@@ -54,6 +58,7 @@ pub mod checkpoint;
 pub mod compress;
 pub mod config;
 pub mod discovery;
+pub mod fdlimit;
 pub mod lines;
 pub mod multiline;
 pub mod output;

@@ -49,6 +49,8 @@ pub enum Shipment {
     },
     Released {
         key: FileKey,
+        /// See [`FileState::lane`].
+        lane: FileKey,
     },
 }
 
@@ -397,8 +399,8 @@ impl<O: Output> Shipper<O> {
 
     fn accept(&mut self, s: Shipment) {
         let key = match &s {
-            Shipment::Batch { state, .. } | Shipment::Position { state, .. } => state.key,
-            Shipment::Released { key } => *key,
+            Shipment::Batch { state, .. } | Shipment::Position { state, .. } => state.lane(),
+            Shipment::Released { lane, .. } => *lane,
         };
         self.queues.entry(key).or_default().push_back(s);
         self.pump(key);
@@ -548,18 +550,9 @@ impl<O: Output> Shipper<O> {
                 let Some(f) = file.flights.pop_front() else {
                     break;
                 };
-                self.parts.checkpoints.files.insert(
-                    key,
-                    FileCheckpoint {
-                        path: f.state.path.to_string(),
-                        dev: key.0,
-                        inode: key.1,
-                        fingerprint: f.state.fingerprint,
-                        generation: f.state.generation,
-                        offset: f.end_offset,
-                        updated_ms: ferry_core::now_ms(),
-                    },
-                );
+                let prev = self.parts.checkpoints.files.get(&f.state.key);
+                let cp = FileCheckpoint::of(&f.state, f.end_offset).keeping_tail_of(prev);
+                self.parts.checkpoints.files.insert(f.state.key, cp);
                 self.dirty = true;
             }
             if file.flights.is_empty() {
@@ -604,20 +597,10 @@ impl<O: Output> Shipper<O> {
 fn apply_control(cps: &mut Checkpoints, s: Shipment) {
     match s {
         Shipment::Position { state, offset } => {
-            cps.files.insert(
-                state.key,
-                FileCheckpoint {
-                    path: state.path.to_string(),
-                    dev: state.key.0,
-                    inode: state.key.1,
-                    fingerprint: state.fingerprint,
-                    generation: state.generation,
-                    offset,
-                    updated_ms: ferry_core::now_ms(),
-                },
-            );
+            let cp = FileCheckpoint::of(&state, offset).keeping_tail_of(cps.files.get(&state.key));
+            cps.files.insert(state.key, cp);
         }
-        Shipment::Released { key } => {
+        Shipment::Released { key, .. } => {
             cps.files.remove(&key);
         }
         Shipment::Batch { .. } => {}

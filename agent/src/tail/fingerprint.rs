@@ -127,6 +127,51 @@ impl Fingerprint {
     }
 }
 
+/// Most bytes a [`TailPrint`] covers.
+pub const TAIL_WINDOW: u64 = 4096;
+
+/// A hash of the last bytes before an offset of a file (at most [`TAIL_WINDOW`]): the part of
+/// a copy's identity that distinguishes it from another file with the same first line. A file
+/// whose bytes before `offset` hash the same holds what the original held there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TailPrint {
+    /// The position the hashed bytes end at.
+    pub offset: u64,
+    /// How many bytes before `offset` are hashed.
+    pub len: u64,
+    pub checksum: u64,
+}
+
+impl TailPrint {
+    /// The print of `file`'s bytes before `offset`; `None` if the file is shorter.
+    pub fn take(file: &File, offset: u64) -> io::Result<Option<Self>> {
+        let len = offset.min(TAIL_WINDOW);
+        let mut buf = [0u8; TAIL_WINDOW as usize];
+        let got = read_full_at_from(file, &mut buf[..len as usize], offset - len)?;
+        if got as u64 != len {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            offset,
+            len,
+            checksum: Fingerprint::of(&buf[..got], 0).checksum,
+        }))
+    }
+
+    /// Whether `file` holds the same bytes before `self.offset`.
+    pub fn matches(&self, file: &File) -> io::Result<bool> {
+        Ok(Self::take(file, self.offset)? == Some(*self))
+    }
+}
+
+/// A hash of the file's first `len` bytes alone (no birth time): equal for a file and its copy.
+pub fn head_of(file: &File, len: u64) -> io::Result<Option<u64>> {
+    let len = len.min(FINGERPRINT_WINDOW) as usize;
+    let mut buf = [0u8; FINGERPRINT_WINDOW as usize];
+    let got = read_full_at(file, &mut buf[..len])?;
+    Ok((got == len && len > 0).then(|| Fingerprint::of(&buf[..len], 0).checksum))
+}
+
 /// The fingerprint field of the origin of a file that has no fingerprint yet (its first line
 /// is not complete, but a part of it was shipped after the flush timeout): a checksum of its
 /// birth time alone, so that a reused inode is still another identity; 0 where the file system
@@ -140,7 +185,7 @@ pub fn unfixed_id(file: &File) -> u64 {
 }
 
 /// The file's birth time in ns since the epoch, or 0 if the file system does not keep it.
-fn birth_ns(file: &File) -> u64 {
+pub(crate) fn birth_ns(file: &File) -> u64 {
     file.metadata()
         .and_then(|m| m.created())
         .ok()
@@ -148,10 +193,14 @@ fn birth_ns(file: &File) -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-fn read_full_at(file: &File, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn read_full_at(file: &File, buf: &mut [u8]) -> io::Result<usize> {
+    read_full_at_from(file, buf, 0)
+}
+
+fn read_full_at_from(file: &File, buf: &mut [u8], at: u64) -> io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {
-        match file.read_at(&mut buf[got..], got as u64) {
+        match file.read_at(&mut buf[got..], at + got as u64) {
             Ok(0) => break,
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

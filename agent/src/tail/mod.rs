@@ -18,15 +18,16 @@ use crate::config::{CompiledInput, ReadFrom};
 use crate::discovery::{self, GlobRoot};
 use crate::lines::Line;
 use crate::multiline::Multiline;
+use ferry_core::backoff::Backoff;
 use ferry_core::record::FileId;
 use fingerprint::Fingerprint;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use watcher::{FileWatcher, ReadOutcome, StartAt};
+use watcher::{FileWatcher, ReadOutcome, Reopened, StartAt};
 
 /// (dev, inode).
 pub type FileKey = (u64, u64);
@@ -38,6 +39,21 @@ pub struct FileState {
     pub path: Arc<str>,
     pub fingerprint: Option<Fingerprint>,
     pub generation: u32,
+    /// The identity its lines ship under when it is not the file's own: a copy made by
+    /// copytruncate, read on from where the original stopped under the original's origin.
+    pub origin: Option<FileId>,
+    /// The last bytes before the position, hashed (see [`fingerprint::TailPrint`]).
+    pub tail: Option<fingerprint::TailPrint>,
+    /// Hash of the first line's content alone (no birth time): what a copy shares.
+    pub head: Option<u64>,
+}
+
+impl FileState {
+    /// The shipper's lane: batches of one origin are delivered in order, whichever file (the
+    /// original, or its copy) they were read from.
+    pub fn lane(&self) -> FileKey {
+        self.origin.map_or(self.key, |o| (o.dev, o.inode))
+    }
 }
 
 /// What the tailer hands to the shipping side, in order.
@@ -54,7 +70,7 @@ pub enum Emitted {
     Position { state: FileState, offset: u64 },
     /// The file was read to its end and closed: forget its checkpoint once its batches are
     /// acknowledged.
-    Released { key: FileKey },
+    Released { key: FileKey, lane: FileKey },
 }
 
 /// Per-input counts since the last `take_stats`.
@@ -75,7 +91,59 @@ pub struct TailerSettings {
     /// Size of one read.
     pub read_buffer: usize,
     pub limits: BatchLimits,
+    /// Most tail handles open at once (`max_open_files`, see [`crate::fdlimit`]).
+    pub max_open_files: usize,
 }
+
+/// A file found by a scan that has no handle yet: descriptors were scarce (the budget was
+/// spent, or the process ran out), or opening it failed. Opened, in order, as handles free up;
+/// failures are retried with backoff.
+#[derive(Debug)]
+struct Waiting {
+    input: usize,
+    key: FileKey,
+    /// Where to start if there is no checkpoint for it, decided when it was found (a file
+    /// present at startup with `read_from: end` starts at its end even if it is opened later).
+    fresh: StartAt,
+    /// The last attempt failed with an error other than "no descriptor": not before this time.
+    retry_at: Option<Instant>,
+    backoff: Backoff,
+    error: Option<String>,
+}
+
+/// What the last "files waiting" report said, so the log gets one line when it changes
+/// rather than one per file per attempt.
+#[derive(Debug, Default)]
+struct WaitReport {
+    at: Option<Instant>,
+    budget: usize,
+    failed: usize,
+}
+
+/// A truncated file whose content may survive in a copy (copytruncate).
+#[derive(Debug)]
+struct CopyWanted {
+    original: FileKey,
+    /// The identity its lines were shipped under, before the truncation.
+    origin: FileId,
+    head: u64,
+    head_len: u64,
+    tail: Option<fingerprint::TailPrint>,
+    /// Where the copy is to be read on from: the first byte not handed out.
+    from: u64,
+    dir: PathBuf,
+    input: usize,
+    path: Arc<str>,
+    /// Bytes lost if no copy holds them.
+    lost: u64,
+}
+
+/// How long a new file whose first line is incomplete is held back from reading while it
+/// may still turn out to be a copy being written.
+const CLASSIFY_WAIT: Duration = Duration::from_secs(1);
+
+/// How often the waiting report repeats while nothing changes.
+const WAIT_REPORT_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 struct Tracked {
@@ -85,6 +153,16 @@ struct Tracked {
     batcher: Batcher,
     /// The last read stopped at its budget: read again next turn.
     more: bool,
+    /// A new file (no checkpoint, read from 0) not yet checked for being a copy of a tracked
+    /// file: it is not read until it is.
+    unclassified: bool,
+    /// Found to be a copy of this tracked file (same first line, same bytes as far as both
+    /// go): not read while the original is, since everything in it is in the original. If the
+    /// original is truncated, the copy is read on from where the original stopped.
+    parked: Option<FileKey>,
+    /// Its first bytes say it is compressed: released without reading (and remembered, so
+    /// that later scans do not open it again).
+    compressed: Option<watcher::Compression>,
     /// An orphaned file at EOF is looked at again at this time (EOF backoff).
     next_poll: Option<Instant>,
     backoff: Duration,
@@ -92,6 +170,9 @@ struct Tracked {
 
 const ORPHAN_POLL_MIN: Duration = Duration::from_millis(50);
 const ORPHAN_POLL_MAX: Duration = Duration::from_secs(1);
+/// Retry of a file that could not be opened (permissions, say): capped backoff.
+const OPEN_RETRY_MIN: Duration = Duration::from_millis(250);
+const OPEN_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// The reading side's state: every tracked file and what is pending for it.
 #[derive(Debug)]
@@ -109,8 +190,19 @@ pub struct Tailer {
     startup_paths: HashSet<String>,
     /// The first scan is done: `read_from` no longer applies.
     started: bool,
-    /// Files that could not be opened during the current scan.
-    failed_opens: HashSet<FileKey>,
+    /// Files found but not open yet (no descriptor to spare, or opening failed), by path, in
+    /// the order they were found.
+    waiting: BTreeMap<PathBuf, Waiting>,
+    /// Tracked files whose handle was given back and that need it again to be read.
+    want_handle: VecDeque<FileKey>,
+    /// Tail handles open now (watchers with a file, tracked or not).
+    open_handles: usize,
+    last_wait_report: WaitReport,
+    /// Truncated files whose copy (copytruncate) is to be looked for, after the current read.
+    copies_wanted: Vec<CopyWanted>,
+    /// Files skipped for being compressed, by identity, with the size they had: not opened
+    /// again while they stay (a scan that no longer finds one forgets it).
+    skipped: HashMap<FileKey, u64>,
     /// Files to read this turn (events, rescans).
     dirty: HashSet<FileKey>,
     /// Files with something time-driven pending (partial line, multiline record, open batch,
@@ -146,7 +238,12 @@ impl Tailer {
             startup_paths: checkpoints.files.values().map(|c| c.path.clone()).collect(),
             resume: checkpoints.files.into_iter().collect(),
             started: false,
-            failed_opens: HashSet::new(),
+            waiting: BTreeMap::new(),
+            want_handle: VecDeque::new(),
+            open_handles: 0,
+            last_wait_report: WaitReport::default(),
+            skipped: HashMap::new(),
+            copies_wanted: Vec::new(),
             dirty: HashSet::new(),
             timed: HashSet::new(),
             pool,
@@ -164,6 +261,16 @@ impl Tailer {
 
     pub fn file_count(&self) -> usize {
         self.files.len()
+    }
+
+    /// Tail handles open now.
+    pub fn open_handles(&self) -> usize {
+        self.open_handles
+    }
+
+    /// Files found but without a handle yet (waiting for a descriptor, or failing to open).
+    pub fn waiting_count(&self) -> usize {
+        self.waiting.len()
     }
 
     /// File bytes read and not yet sealed into a batch (part of the agent's buffer).
@@ -189,24 +296,34 @@ impl Tailer {
         for p in gone {
             self.observe(&p, None, now);
         }
+        self.waiting.retain(|p, _| found.contains_key(p));
+        let keys: HashSet<FileKey> = found
+            .values()
+            .map(|f| (f.meta.dev(), f.meta.ino()))
+            .collect();
+        self.skipped.retain(|k, _| keys.contains(k));
         for (path, f) in &found {
             self.observe(path, Some((f.input, f.meta.clone())), now);
         }
         if !self.started {
             self.started = true;
             // Entries no file matched: those files are gone (or no longer matched). Files that
-            // exist but could not be opened keep theirs for the next attempt.
-            let failed = std::mem::take(&mut self.failed_opens);
-            self.resume.retain(|key, _| {
-                let keep = failed.contains(key);
+            // exist but are not open yet keep theirs for when they are.
+            let waiting: HashSet<FileKey> = self.waiting.values().map(|w| w.key).collect();
+            self.resume.retain(|key, cp| {
+                let keep = waiting.contains(key);
                 if !keep {
-                    self.out.push(Emitted::Released { key: *key });
+                    let lane = cp.origin.map_or(*key, |o| (o.dev, o.inode));
+                    self.out.push(Emitted::Released { key: *key, lane });
                 }
                 keep
             });
             self.startup_paths.clear();
         }
-        self.failed_opens.clear();
+        self.find_copies(now);
+        self.give_back_idle(now);
+        self.open_waiting(now);
+        self.report_waiting(now);
         // Orphaned files get a look too (a rescan is the fallback for missed events).
         for (key, t) in &self.files {
             if t.watcher.is_orphaned() {
@@ -276,16 +393,530 @@ impl Tailer {
             self.paths.insert(path.to_path_buf(), key);
             return;
         }
-        match self.open_file(path, input, &meta, now) {
+        // Skipped as compressed, and not rewritten since (a smaller size: a new file on its
+        // inode, or truncated to be reused).
+        if let Some(size) = self.skipped.get(&key) {
+            if meta.len() >= *size {
+                return;
+            }
+            self.skipped.remove(&key);
+        }
+        // A new file: it waits for a handle (at once, if one is free).
+        if let Some(w) = self.waiting.get_mut(path) {
+            if w.key != key {
+                // Replaced before it could be opened: the new file is read from its start.
+                w.key = key;
+                w.fresh = StartAt::Beginning { generation: 0 };
+            }
+            w.input = input;
+        } else {
+            let fresh = self.fresh_start(path, input);
+            self.waiting.insert(
+                path.to_path_buf(),
+                Waiting {
+                    input,
+                    key,
+                    fresh,
+                    retry_at: None,
+                    backoff: Backoff::new(OPEN_RETRY_MIN, OPEN_RETRY_MAX),
+                    error: None,
+                },
+            );
+        }
+        self.try_open(path, now);
+    }
+
+    /// Where a file without a checkpoint starts, as of now.
+    fn fresh_start(&self, path: &Path, input: usize) -> StartAt {
+        // A path that had a checkpoint under another inode was recreated while the agent was
+        // stopped: its lines are new, read them all.
+        let recreated = self.startup_paths.contains(path.to_string_lossy().as_ref());
+        if !self.started && self.inputs[input].read_from == ReadFrom::End && !recreated {
+            StartAt::End
+        } else {
+            StartAt::Beginning { generation: 0 }
+        }
+    }
+
+    /// Opens the waiting file at `path` if a handle is free and its retry time has come.
+    /// Returns whether it is open now.
+    fn try_open(&mut self, path: &Path, now: Instant) -> bool {
+        let Some(w) = self.waiting.get(path) else {
+            return false;
+        };
+        if w.retry_at.is_some_and(|t| now < t) || self.open_handles >= self.settings.max_open_files
+        {
+            return false;
+        }
+        let meta = match fs::metadata(path) {
+            Ok(m) if m.is_file() => m,
+            // Gone (or no longer a file) since the scan: nothing to open.
+            _ => {
+                self.waiting.remove(path);
+                return false;
+            }
+        };
+        let (input, mut fresh) = (w.input, w.fresh);
+        let key = (meta.dev(), meta.ino());
+        if key != w.key {
+            fresh = StartAt::Beginning { generation: 0 };
+        }
+        match self.open_file(path, input, &meta, fresh, now) {
             Ok(()) => {
+                self.waiting.remove(path);
                 self.paths.insert(path.to_path_buf(), key);
                 self.dirty.insert(key);
+                true
+            }
+            Err(e) if crate::fdlimit::is_out_of_descriptors(&e) => {
+                self.out_of_descriptors();
+                false
             }
             Err(e) => {
-                self.failed_opens.insert(key);
-                tracing::warn!(path = %path.display(), error = %e, "cannot open file; will retry at the next scan")
+                if let Some(w) = self.waiting.get_mut(path) {
+                    w.key = key;
+                    w.retry_at = Some(now + w.backoff.next_delay());
+                    w.error = Some(e.to_string());
+                }
+                false
             }
         }
+    }
+
+    /// The process ran out of descriptors below the tail-handle budget (something else holds
+    /// more than the reserve allowed for): the budget shrinks to what is open now, once, with
+    /// one warning.
+    fn out_of_descriptors(&mut self) {
+        let lowered = self.open_handles.max(1);
+        if lowered < self.settings.max_open_files {
+            tracing::warn!(
+                max_open_files = self.settings.max_open_files,
+                lowered,
+                "out of file descriptors before `max_open_files` was reached; lowering it"
+            );
+            self.settings.max_open_files = lowered;
+        }
+    }
+
+    /// Hands free handles out: first to tracked files that gave theirs back and have data to
+    /// read, then to files waiting to be opened, in path order.
+    fn open_waiting(&mut self, now: Instant) {
+        while self.open_handles < self.settings.max_open_files
+            && let Some(key) = self.want_handle.pop_front()
+        {
+            if self.reopen(key, now) {
+                self.dirty.insert(key);
+            }
+        }
+        let free = self
+            .settings
+            .max_open_files
+            .saturating_sub(self.open_handles);
+        if free == 0 || self.waiting.is_empty() {
+            return;
+        }
+        let due: Vec<PathBuf> = self
+            .waiting
+            .iter()
+            .filter(|(_, w)| w.retry_at.is_none_or(|t| now >= t))
+            .map(|(p, _)| p.clone())
+            .take(free)
+            .collect();
+        for p in due {
+            if self.open_handles >= self.settings.max_open_files {
+                break;
+            }
+            self.try_open(&p, now);
+        }
+    }
+
+    /// Whether some file waits for a handle (and could take one now).
+    fn has_waiters(&self) -> bool {
+        !self.want_handle.is_empty() || self.waiting.values().any(|w| w.retry_at.is_none())
+    }
+
+    /// When files wait for handles and none is free: idle files (live, read to their end) give
+    /// theirs back, the longest idle first, as many as are waited for.
+    fn give_back_idle(&mut self, now: Instant) {
+        let wanted = self.want_handle.len()
+            + self
+                .waiting
+                .values()
+                .filter(|w| w.retry_at.is_none_or(|t| now >= t))
+                .count();
+        let free = self
+            .settings
+            .max_open_files
+            .saturating_sub(self.open_handles);
+        if wanted <= free {
+            return;
+        }
+        let mut idle: Vec<(Instant, FileKey)> = self
+            .files
+            .iter()
+            .filter(|(_, t)| !t.more && t.watcher.can_close())
+            .map(|(k, t)| (t.watcher.last_data_at(), *k))
+            .collect();
+        idle.sort_unstable();
+        for (_, key) in idle.into_iter().take(wanted - free) {
+            self.close(key);
+        }
+    }
+
+    /// Gives `key`'s handle back.
+    fn close(&mut self, key: FileKey) {
+        if let Some(t) = self.files.get_mut(&key)
+            && t.watcher.is_open()
+        {
+            t.watcher.close();
+            self.open_handles -= 1;
+        }
+    }
+
+    /// Gets a handle for a tracked file that gave its own back. Returns whether it is open now;
+    /// if not, it waits for one (or was released: deleted or moved away while closed).
+    fn reopen(&mut self, key: FileKey, now: Instant) -> bool {
+        let Some(t) = self.files.get_mut(&key) else {
+            return false;
+        };
+        if t.watcher.is_open() {
+            return true;
+        }
+        if self.open_handles >= self.settings.max_open_files {
+            if !self.want_handle.contains(&key) {
+                self.want_handle.push_back(key);
+            }
+            return false;
+        }
+        let old_path = t.watcher.path().to_path_buf();
+        match t.watcher.reopen() {
+            Ok(Reopened::Same) => {
+                self.open_handles += 1;
+                true
+            }
+            Ok(Reopened::Moved(path)) => {
+                self.open_handles += 1;
+                if self.paths.get(&old_path) == Some(&key) {
+                    self.paths.remove(&old_path);
+                }
+                if discovery::owner(&self.inputs, &path).is_some() {
+                    t.watcher.set_path(&path);
+                    self.paths.insert(path.clone(), key);
+                } else {
+                    t.watcher.orphan(now);
+                    self.timed.insert(key);
+                }
+                tracing::debug!(from = %old_path.display(), to = %path.display(), "file renamed while its handle was given back; found it");
+                true
+            }
+            Ok(Reopened::Gone) => {
+                // Deleted (or moved out of its directory) while closed: what it held past the
+                // last read cannot be read; releasing counts it.
+                tracing::debug!(path = %old_path.display(), "file gone while its handle was given back");
+                t.watcher.orphan(now);
+                self.poll_file(key, now, true);
+                false
+            }
+            Err(e) if crate::fdlimit::is_out_of_descriptors(&e) => {
+                self.out_of_descriptors();
+                if !self.want_handle.contains(&key) {
+                    self.want_handle.push_back(key);
+                }
+                false
+            }
+            Err(e) => {
+                tracing::debug!(path = %old_path.display(), error = %e, "cannot reopen file; will retry");
+                t.next_poll = Some(now + ORPHAN_POLL_MAX);
+                self.timed.insert(key);
+                false
+            }
+        }
+    }
+
+    /// A new file is checked, before anything is read from it, for being a copy of a file
+    /// already tracked in the same directory (copytruncate copies before it truncates): same
+    /// first line, and the same bytes as far as both go. A copy is parked (not read: the
+    /// original holds everything in it) until the original is truncated, then read on from
+    /// where the original stopped ([`Self::find_copy`]). Returns whether to read the file now.
+    fn classify(&mut self, key: FileKey, now: Instant) -> bool {
+        let Some(t) = self.files.get(&key) else {
+            return false;
+        };
+        if !t.unclassified && t.parked.is_none() {
+            return true;
+        }
+        let Some(file) = t.watcher.handle() else {
+            return false;
+        };
+        let size = file.metadata().map_or(0, |m| m.len());
+        let fp = Fingerprint::take(file, size).ok().flatten();
+        let Some(fp) = fp else {
+            // No whole first line yet: maybe a copy being written, if what it holds so far is
+            // how a tracked file in its directory begins (empty: nothing to read anyway).
+            // Held back, but not for long.
+            if size == 0 {
+                // A read finds nothing (and lets the file count as idle); it stays to be
+                // classified when it has bytes.
+                return true;
+            }
+            if self.begins_like_another(key, size)
+                && now.saturating_duration_since(t.watcher.last_data_at()) < CLASSIFY_WAIT
+            {
+                let t = self.files.get_mut(&key).expect("looked up above");
+                t.next_poll = Some(now + ORPHAN_POLL_MIN);
+                self.timed.insert(key);
+                return false;
+            }
+            return self.unpark(key);
+        };
+        let head = fingerprint::head_of(file, fp.len).ok().flatten();
+        let dir = t.watcher.path().parent().map(Path::to_path_buf);
+        let wanted = t.parked;
+        let mut copy_of = None;
+        for (k, o) in &self.files {
+            if *k == key
+                || o.parked.is_some()
+                || o.unclassified
+                || o.watcher.head().is_none()
+                || o.watcher.head() != head
+                || o.watcher.path().parent().map(Path::to_path_buf) != dir
+                || wanted.is_some_and(|w| w != *k)
+            {
+                continue;
+            }
+            // The bytes before where the original was last read to its end: what the copy
+            // must hold at the same place (the original may be truncated already, unnoticed).
+            if let Some(tp) = o.watcher.tail()
+                && size >= tp.offset
+                && tp.matches(file).unwrap_or(false)
+            {
+                copy_of = Some(*k);
+                break;
+            }
+            // Else compare the bytes before the end of the shorter of the two.
+            let Some(orig) = o.watcher.handle() else {
+                continue;
+            };
+            let osize = orig.metadata().map_or(0, |m| m.len());
+            let m = size.min(osize);
+            let same = m > 0
+                && matches!(
+                    (fingerprint::TailPrint::take(file, m), fingerprint::TailPrint::take(orig, m)),
+                    (Ok(Some(a)), Ok(Some(b))) if a == b
+                );
+            if same {
+                copy_of = Some(*k);
+                break;
+            }
+        }
+        match copy_of {
+            Some(orig) => {
+                let t = self.files.get_mut(&key).expect("looked up above");
+                if t.parked.is_none() {
+                    tracing::debug!(path = %t.watcher.path().display(), "new file is a copy of a tracked one; not reading it while the original is");
+                }
+                t.parked = Some(orig);
+                t.unclassified = false;
+                false
+            }
+            None if wanted.is_some() && !self.files.contains_key(&wanted.unwrap_or_default()) => {
+                // Its original was read to its end and released: everything in the copy was
+                // read from there. It goes on from its end, as itself.
+                let t = self.files.get_mut(&key).expect("looked up above");
+                t.parked = None;
+                if t.watcher.skip_to(size).is_ok() {
+                    self.out.push(Emitted::Position {
+                        state: state_of(&t.watcher),
+                        offset: size,
+                    });
+                }
+                true
+            }
+            None => self.unpark(key),
+        }
+    }
+
+    /// Whether the first `size` bytes of `key` (less than a first line) are also how another
+    /// tracked, open file in the same directory begins.
+    fn begins_like_another(&self, key: FileKey, size: u64) -> bool {
+        let Some(t) = self.files.get(&key) else {
+            return false;
+        };
+        let Some(file) = t.watcher.handle() else {
+            return false;
+        };
+        let n = size.min(fingerprint::FINGERPRINT_WINDOW);
+        let Ok(Some(mine)) = fingerprint::head_of(file, n) else {
+            return false;
+        };
+        let dir = t.watcher.path().parent();
+        self.files.iter().any(|(k, o)| {
+            *k != key
+                && !o.unclassified
+                && o.parked.is_none()
+                && o.watcher.path().parent() == dir
+                && o.watcher
+                    .handle()
+                    .is_some_and(|f| fingerprint::head_of(f, n).ok().flatten() == Some(mine))
+        })
+    }
+
+    /// Not a copy (or no longer one): read it as itself, from 0.
+    fn unpark(&mut self, key: FileKey) -> bool {
+        if let Some(t) = self.files.get_mut(&key) {
+            t.unclassified = false;
+            t.parked = None;
+        }
+        true
+    }
+
+    /// After `w.original` was truncated: its old content may survive in a copy in the same
+    /// directory (copytruncate), under any name, in a glob or not. A copy is recognised by its
+    /// first line and by the bytes before the original's last tail print; it is then read on
+    /// from where the original stopped, under the original's origin, so that what the
+    /// original had not read yet is not lost, and what it had is not shipped again.
+    fn find_copy(&mut self, w: CopyWanted, now: Instant) {
+        let found = self.look_for_copy(&w);
+        let Some((path, meta)) = found else {
+            if w.lost > 0 {
+                self.stats[w.input].unread_bytes += w.lost;
+                count_unread(&self.inputs[w.input].name, &w.path, w.lost);
+            }
+            return;
+        };
+        let ckey = (meta.dev(), meta.ino());
+        if !self.files.contains_key(&ckey) {
+            if self
+                .open_file(
+                    &path,
+                    w.input,
+                    &meta,
+                    StartAt::Beginning { generation: 0 },
+                    now,
+                )
+                .is_err()
+            {
+                self.stats[w.input].unread_bytes += w.lost;
+                count_unread(&self.inputs[w.input].name, &w.path, w.lost);
+                return;
+            }
+            if discovery::owner(&self.inputs, &path).is_some() {
+                self.paths.insert(path.clone(), ckey);
+            } else if let Some(t) = self.files.get_mut(&ckey) {
+                // Outside every glob: read to its end, then released like a rotated file.
+                t.watcher.orphan(now);
+                self.timed.insert(ckey);
+            }
+        }
+        let Some(t) = self.files.get_mut(&ckey) else {
+            return;
+        };
+        t.unclassified = false;
+        t.parked = None;
+        let size = meta.len();
+        let (offset, origin) = if size > w.from {
+            (w.from, Some(w.origin))
+        } else {
+            // The original was read past everything the copy holds.
+            (size, None)
+        };
+        if t.watcher.skip_to(offset).is_err() {
+            return;
+        }
+        t.watcher.set_origin(origin);
+        tracing::info!(path = %path.display(), original = %w.path, from = offset, "copy of a truncated file found; reading it on from where the original stopped");
+        self.out.push(Emitted::Position {
+            state: state_of(&t.watcher),
+            offset,
+        });
+        self.dirty.insert(ckey);
+        // What the original held past the copy's end and was never read is gone.
+        let lost = w.lost.saturating_sub(size.saturating_sub(w.from));
+        if lost > 0 {
+            self.stats[w.input].unread_bytes += lost;
+            count_unread(&self.inputs[w.input].name, &w.path, lost);
+        }
+    }
+
+    /// A file in `w.dir` other than the original, not read as a file of its own yet, with the
+    /// original's first line and tail print.
+    fn look_for_copy(&self, w: &CopyWanted) -> Option<(PathBuf, fs::Metadata)> {
+        let tail = w.tail?;
+        let entries = fs::read_dir(&w.dir).ok()?;
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            let k = (meta.dev(), meta.ino());
+            if !meta.is_file() || k == w.original || meta.len() < tail.offset {
+                continue;
+            }
+            if let Some(t) = self.files.get(&k)
+                && !(t.unclassified || t.parked == Some(w.original))
+            {
+                continue;
+            }
+            let Ok(file) = fs::File::open(entry.path()) else {
+                continue;
+            };
+            let head = fingerprint::head_of(&file, w.head_len).ok().flatten();
+            if head == Some(w.head) && tail.matches(&file).unwrap_or(false) {
+                return Some((entry.path(), meta));
+            }
+        }
+        None
+    }
+
+    /// One log line when the set of files waiting for a handle changes (or every
+    /// [`WAIT_REPORT_EVERY`] while it does not), never one per file per attempt; the gauge
+    /// `ferry_agent_files_waiting` says the same at every scan.
+    fn report_waiting(&mut self, now: Instant) {
+        let failed = self.waiting.values().filter(|w| w.error.is_some()).count();
+        let budget = self.waiting.len() - failed;
+        metrics::gauge!("ferry_agent_files_waiting").set(self.waiting.len() as f64);
+        metrics::gauge!("ferry_agent_files_open").set(self.open_handles as f64);
+        let last = &self.last_wait_report;
+        let was = (last.budget, last.failed);
+        if (budget, failed) == (0, 0) {
+            if was != (0, 0) {
+                tracing::info!("every file found is open");
+                self.last_wait_report = WaitReport::default();
+            }
+            return;
+        }
+        let due = last
+            .at
+            .is_none_or(|t| now.saturating_duration_since(t) >= WAIT_REPORT_EVERY);
+        // Repeat at once only when more files fail than before (a new problem to look at).
+        if !due && failed <= last.failed && (was.0 > 0) == (budget > 0) {
+            return;
+        }
+        if failed > 0 {
+            let (path, error) = self
+                .waiting
+                .iter()
+                .find_map(|(p, w)| w.error.as_ref().map(|e| (p, e)))
+                .map_or((String::new(), String::new()), |(p, e)| {
+                    (p.display().to_string(), e.clone())
+                });
+            tracing::warn!(
+                files = failed,
+                first = %path,
+                error = %error,
+                "files cannot be opened; retrying with backoff"
+            );
+        }
+        if budget > 0 {
+            tracing::info!(
+                files = budget,
+                open = self.open_handles,
+                max_open_files = self.settings.max_open_files,
+                "files wait for a descriptor; idle files give theirs back"
+            );
+        }
+        self.last_wait_report = WaitReport {
+            at: Some(now),
+            budget,
+            failed,
+        };
     }
 
     fn open_file(
@@ -293,11 +924,11 @@ impl Tailer {
         path: &Path,
         input: usize,
         meta: &fs::Metadata,
+        fresh: StartAt,
         now: Instant,
     ) -> std::io::Result<()> {
         let key = (meta.dev(), meta.ino());
         let inp = &self.inputs[input];
-        let path_str = path.to_string_lossy();
         let mut announce = false;
         let start = match self.resume.get(&key) {
             Some(cp) => {
@@ -316,25 +947,48 @@ impl Tailer {
                     // file: from the beginning, as a new generation.
                     tracing::info!(path = %path.display(), "file changed while the agent was stopped; reading it from the beginning");
                     announce = true;
+                    // Its old content may survive in a copy (copytruncate while stopped).
+                    if let (Some(fp), Some(head), Some(tail)) = (cp.fingerprint, cp.head, cp.tail) {
+                        self.copies_wanted.push(CopyWanted {
+                            original: key,
+                            origin: cp.origin.map_or(
+                                FileId {
+                                    dev: cp.dev,
+                                    inode: cp.inode,
+                                    fingerprint: fp.checksum,
+                                    generation: cp.generation,
+                                },
+                                Into::into,
+                            ),
+                            head,
+                            head_len: fp.len,
+                            tail: Some(tail),
+                            from: cp.offset,
+                            dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+                            input,
+                            path: Arc::from(path.to_string_lossy().as_ref()),
+                            lost: 0,
+                        });
+                    }
                     StartAt::Beginning {
                         generation: cp.generation.wrapping_add(1),
                     }
                 }
             }
             None => {
-                // A path that had a checkpoint under another inode was recreated while the
-                // agent was stopped: its lines are new, read them all.
-                let recreated = self.startup_paths.contains(path_str.as_ref());
-                if !self.started && inp.read_from == ReadFrom::End && !recreated {
-                    announce = true;
-                    StartAt::End
-                } else {
-                    StartAt::Beginning { generation: 0 }
-                }
+                announce = fresh == StartAt::End;
+                fresh
             }
         };
-        let watcher =
+        let mut watcher =
             FileWatcher::open(path, start, inp.max_line_bytes, inp.line_flush_timeout, now)?;
+        let unclassified = matches!(start, StartAt::Beginning { generation: 0 })
+            && !self.resume.contains_key(&key);
+        if let Some(cp) = self.resume.get(&key)
+            && matches!(start, StartAt::Resume { .. })
+        {
+            watcher.set_origin(cp.origin.map(Into::into));
+        }
         self.resume.remove(&key);
         if announce {
             self.out.push(Emitted::Position {
@@ -355,16 +1009,24 @@ impl Tailer {
                 multiline,
                 batcher: Batcher::new(self.settings.limits, self.pool.clone()),
                 more: false,
+                unclassified,
+                parked: None,
+                compressed: None,
                 next_poll: None,
                 backoff: ORPHAN_POLL_MIN,
             },
         );
+        self.open_handles += 1;
         Ok(())
     }
 
     /// Reads every file that may have data, each up to the read budget and at most `allowance`
     /// bytes in all (the room left in the agent's buffer). Returns the bytes read.
     pub fn read_turn(&mut self, now: Instant, allowance: u64) -> u64 {
+        if self.has_waiters() {
+            self.give_back_idle(now);
+            self.open_waiting(now);
+        }
         let mut due: HashSet<FileKey> = self.dirty.drain().collect();
         for (k, t) in &self.files {
             if t.more || t.next_poll.is_some_and(|p| now >= p) {
@@ -382,17 +1044,43 @@ impl Tailer {
             let budget = self.settings.read_budget.min(allowance - total);
             total += self.read_file(*key, now, budget);
         }
+        // Files read to their end gave their handles back: the waiting ones get them now
+        // (and are marked to be read, so the caller's loop goes on).
+        if self.has_waiters() {
+            self.open_waiting(now);
+        }
         total
     }
 
     fn read_file(&mut self, key: FileKey, now: Instant, budget: u64) -> u64 {
+        if !self.reopen(key, now) {
+            return 0;
+        }
+        if !self.classify(key, now) {
+            return 0;
+        }
         let before = self.held_by(key);
         let (bytes, release) = self.read_file_inner(key, now, budget);
         if release {
             self.poll_file_inner(key, now, true);
+        } else if self.has_waiters()
+            && self
+                .files
+                .get(&key)
+                .is_some_and(|t| !t.more && t.watcher.can_close())
+        {
+            // Read to its end while others wait for a handle: give this one back.
+            self.close(key);
         }
         self.held_bytes = (self.held_bytes + self.held_by(key)).saturating_sub(before);
+        self.find_copies(now);
         bytes
+    }
+
+    fn find_copies(&mut self, now: Instant) {
+        for w in std::mem::take(&mut self.copies_wanted) {
+            self.find_copy(w, now);
+        }
     }
 
     /// Bytes read from `key` and held in memory before a batch: an incomplete line, a multiline
@@ -423,6 +1111,7 @@ impl Tailer {
             settings,
             timed,
             open_bytes,
+            copies_wanted,
             ..
         } = self;
         let Some(t) = files.get_mut(&key) else {
@@ -458,7 +1147,13 @@ impl Tailer {
             };
             match watcher.read(buf, budget, now, &mut route) {
                 Ok(ReadOutcome::Truncated) => {
-                    // Hand out everything of the old content under its old identity first.
+                    // A copy of the old content may be next to it (copytruncate): it can be
+                    // recognised if the file has a head and a tail print.
+                    let copyable = watcher.truncation_is_ours()
+                        && watcher.head().is_some()
+                        && watcher.tail().is_some();
+                    // Hand out everything of the old content under its old identity first (an
+                    // incomplete last line too: the copy, if found, is read on right after it).
                     watcher.flush_partial(now, true, &mut route);
                     if let Some(ml) = multiline.as_mut() {
                         let id = watcher.file_id();
@@ -488,9 +1183,30 @@ impl Tailer {
                         break;
                     }
                     let before = watcher.unread_bytes();
+                    let from = watcher.line_pos();
+                    let wanted = copyable.then(|| CopyWanted {
+                        original: key,
+                        origin: watcher.file_id(),
+                        head: watcher.head().unwrap_or_default(),
+                        head_len: watcher.fingerprint().map_or(0, |f| f.len),
+                        tail: watcher.tail(),
+                        from,
+                        dir: watcher
+                            .path()
+                            .parent()
+                            .map(Path::to_path_buf)
+                            .unwrap_or_default(),
+                        input: t.input,
+                        path: watcher.path_str().clone(),
+                        lost: 0,
+                    });
                     watcher.restart_after_truncation();
                     let lost = watcher.unread_bytes() - before;
-                    if lost > 0 {
+                    if let Some(mut w) = wanted {
+                        // Counted once it is known what the copy holds.
+                        w.lost = lost;
+                        copies_wanted.push(w);
+                    } else if lost > 0 {
                         st.unread_bytes += lost;
                         count_unread(&input.name, watcher.path_str(), lost);
                     }
@@ -507,6 +1223,11 @@ impl Tailer {
                     total += bytes;
                     t.more = true;
                     t.next_poll = None;
+                }
+                Ok(ReadOutcome::Compressed(kind)) => {
+                    tracing::debug!(path = %watcher.path().display(), format = kind.name(), "compressed file; skipping it");
+                    t.compressed = Some(kind);
+                    release = true;
                 }
                 Ok(ReadOutcome::Eof { bytes }) => {
                     total += bytes;
@@ -569,6 +1290,8 @@ impl Tailer {
             timed,
             open_bytes,
             stats,
+            open_handles,
+            skipped,
             ..
         } = self;
         let Some(t) = files.get_mut(&key) else {
@@ -640,7 +1363,16 @@ impl Tailer {
             drain_sealed(sealed, out, t.input, watcher);
         }
         if release {
-            let unread = t.watcher.lag_bytes();
+            let unread = if t.compressed.is_some() {
+                0
+            } else {
+                t.watcher.lag_bytes()
+            };
+            if let Some(kind) = t.compressed {
+                metrics::counter!("ferry_agent_files_skipped_total", "reason" => "compressed", "input" => input.name.clone(), "format" => kind.name())
+                    .increment(1);
+                skipped.insert(key, t.watcher.lag_bytes());
+            }
             if unread > 0 {
                 stats[t.input].unread_bytes += unread;
                 count_unread(&input.name, t.watcher.path_str(), unread);
@@ -649,9 +1381,13 @@ impl Tailer {
             // Its lag gauge would otherwise keep its last value.
             metrics::gauge!("ferry_agent_file_lag_bytes", "input" => input.name.clone(), "path" => t.watcher.path_str().to_string())
                 .set(0.0);
-            out.push(Emitted::Released { key });
+            let lane = t.watcher.origin().map_or(key, |o| (o.dev, o.inode));
+            out.push(Emitted::Released { key, lane });
             if paths.get(t.watcher.path()) == Some(&key) {
                 paths.remove(t.watcher.path());
+            }
+            if t.watcher.is_open() {
+                *open_handles -= 1;
             }
             files.remove(&key);
             timed.remove(&key);
@@ -746,6 +1482,9 @@ fn state_of(w: &FileWatcher) -> FileState {
         path: w.path_str().clone(),
         fingerprint: w.fingerprint(),
         generation: w.generation(),
+        origin: w.origin(),
+        tail: w.tail(),
+        head: w.head(),
     }
 }
 
@@ -758,9 +1497,12 @@ fn drain_sealed(
     for batch in sealed.drain(..) {
         let mut state = state_of(w);
         // A batch sealed before a truncation carries the identity it was read under.
-        if batch.file.generation != state.generation {
+        if batch.file != w.file_id() {
             state.generation = batch.file.generation;
             state.fingerprint = None;
+            state.tail = None;
+            state.head = None;
+            state.origin = ((batch.file.dev, batch.file.inode) != state.key).then_some(batch.file);
         }
         out.push(Emitted::Batch {
             input,

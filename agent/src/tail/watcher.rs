@@ -23,7 +23,7 @@
 //! Invariant: `line_pos <= read_pos`, and `read_pos - line_pos` is the incomplete line held by
 //! the splitter. Every byte in `[start, line_pos)` was handed out in exactly one line.
 
-use super::fingerprint::Fingerprint;
+use super::fingerprint::{Fingerprint, TailPrint, head_of};
 use crate::lines::{Line, LineSplitter};
 use ferry_core::record::FileId;
 use std::fs::File;
@@ -51,6 +51,17 @@ pub enum StartAt {
     },
 }
 
+/// Where [`FileWatcher::reopen`] found the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reopened {
+    /// At its path.
+    Same,
+    /// Renamed while closed: found at this path, in the same directory.
+    Moved(PathBuf),
+    /// Neither: deleted, or moved out of its directory, while its handle was given back.
+    Gone,
+}
+
 /// What one call to [`FileWatcher::read`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadOutcome {
@@ -61,6 +72,71 @@ pub enum ReadOutcome {
     /// The file is now shorter than the read position, or its first bytes changed: call
     /// [`FileWatcher::restart_after_truncation`] after handing out what is pending.
     Truncated,
+    /// The file begins with the magic bytes of a compressed format (a rotated copy compressed
+    /// by logrotate, whatever its name): not text; nothing was read.
+    Compressed(Compression),
+}
+
+/// A compressed format recognised by its magic bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    Gzip,
+    Zstd,
+    Bzip2,
+    Xz,
+}
+
+impl Compression {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Gzip => "gzip",
+            Self::Zstd => "zstd",
+            Self::Bzip2 => "bzip2",
+            Self::Xz => "xz",
+        }
+    }
+}
+
+/// Bytes [`sniff`] needs to decide.
+pub const SNIFF_BYTES: usize = 10;
+
+/// What the first bytes of a file say: `Some(Ok(format))` compressed, `Some(Err(()))` text (or
+/// anything else), `None` too few bytes yet to tell (they begin like a magic number).
+pub fn sniff(head: &[u8]) -> Option<Result<Compression, ()>> {
+    // bzip2: "BZh", the block size '1'..'9', then the block magic (pi): text may well start
+    // with "BZh", so all ten bytes must match.
+    let bz2 = |b: &[u8]| {
+        b.iter().enumerate().all(|(i, &c)| match i {
+            0 => c == b'B',
+            1 => c == b'Z',
+            2 => c == b'h',
+            3 => (b'1'..=b'9').contains(&c),
+            _ => c == [0x31, 0x41, 0x59, 0x26, 0x53, 0x59][i - 4],
+        })
+    };
+    let magics: [(&[u8], Compression); 3] = [
+        (&[0x1f, 0x8b, 0x08], Compression::Gzip),
+        (&[0x28, 0xb5, 0x2f, 0xfd], Compression::Zstd),
+        (&[0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00], Compression::Xz),
+    ];
+    let mut undecided = false;
+    for (magic, kind) in magics {
+        let n = head.len().min(magic.len());
+        if head[..n] == magic[..n] {
+            if n == magic.len() {
+                return Some(Ok(kind));
+            }
+            undecided = true;
+        }
+    }
+    let n = head.len().min(SNIFF_BYTES);
+    if bz2(&head[..n]) {
+        if n == SNIFF_BYTES {
+            return Some(Ok(Compression::Bzip2));
+        }
+        undecided = true;
+    }
+    if undecided { None } else { Some(Err(())) }
 }
 
 #[derive(Debug)]
@@ -68,11 +144,23 @@ pub struct FileWatcher {
     path: PathBuf,
     /// The path as text, shared with every batch's checkpoint info.
     path_str: Arc<str>,
-    file: File,
+    /// The open handle; `None` while the file gave it back (idle, descriptors scarce): it is
+    /// reopened by path, and its identity checked again, before the next read.
+    file: Option<File>,
     dev: u64,
     inode: u64,
     /// Fixed once the file has a whole first line; see [`super::fingerprint`].
     fingerprint: Option<Fingerprint>,
+    /// Hash of the first line's content alone (what a copy of this file shares with it).
+    head: Option<u64>,
+    /// Birth time (0 where not recorded): with the handle given back, the inode may be freed
+    /// and reused; a file found on it again must also have been born at the same time.
+    birth: u64,
+    /// Hash of the last bytes before `line_pos`, as of the last read that reached the end.
+    tail: Option<TailPrint>,
+    /// The identity lines ship under instead of this file's own: set for a copytruncate copy
+    /// read on under its original's origin. Cleared by a truncation of the copy itself.
+    origin: Option<FileId>,
     /// The origin's fingerprint field while there is no fingerprint ([`super::fingerprint::unfixed_id`]).
     unfixed_id: u64,
     /// While there is no fingerprint yet (first line incomplete): a checksum of the bytes read,
@@ -101,6 +189,9 @@ pub struct FileWatcher {
     unread_bytes: u64,
     /// A stat saw the size change: verify the fingerprint at the next read.
     check_identity: bool,
+    /// The first bytes still have to be checked for a compressed format (a file read from its
+    /// beginning, until it holds enough bytes to tell).
+    sniff: bool,
     /// A stat of its path saw it shorter than the read position while it was live.
     shrank_live: bool,
     /// Its last link is gone (deleted; the open handle is all that is left).
@@ -137,10 +228,18 @@ impl FileWatcher {
         };
         let mid_line = pos > 0 && !follows_newline(&file, pos)?;
         let unfixed_id = super::fingerprint::unfixed_id(&file);
+        let head = match fingerprint {
+            Some(fp) => head_of(&file, fp.len)?,
+            None => None,
+        };
         Ok(Self {
             path: path.to_owned(),
             path_str: Arc::from(path.to_string_lossy().as_ref()),
-            file,
+            birth: super::fingerprint::birth_ns(&file),
+            file: Some(file),
+            head,
+            tail: None,
+            origin: None,
             dev: meta.dev(),
             inode: meta.ino(),
             fingerprint,
@@ -159,6 +258,7 @@ impl FileWatcher {
             line_flush_timeout,
             unread_bytes: 0,
             check_identity: false,
+            sniff: pos == 0,
             shrank_live: false,
             deleted: false,
             partial_not_before: None,
@@ -191,12 +291,42 @@ impl FileWatcher {
         self.fingerprint
     }
 
+    pub fn head(&self) -> Option<u64> {
+        self.head
+    }
+
+    pub fn tail(&self) -> Option<TailPrint> {
+        self.tail
+    }
+
+    pub fn origin(&self) -> Option<FileId> {
+        self.origin
+    }
+
+    /// Ship this file's lines under `origin` (a copy read on under its original's identity).
+    pub fn set_origin(&mut self, origin: Option<FileId>) {
+        self.origin = origin;
+    }
+
+    /// The open handle, if any.
+    pub fn handle(&self) -> Option<&File> {
+        self.file.as_ref()
+    }
+
     pub fn generation(&self) -> u32 {
         self.generation
     }
 
     /// The identity batches of this file carry.
     pub fn file_id(&self) -> FileId {
+        if let Some(o) = self.origin {
+            return o;
+        }
+        self.own_id()
+    }
+
+    /// The file's own identity (whatever its lines ship under).
+    pub fn own_id(&self) -> FileId {
         FileId {
             dev: self.dev,
             inode: self.inode,
@@ -279,11 +409,16 @@ impl FileWatcher {
         now: Instant,
         emit: &mut impl FnMut(FileId, u64, Line<'_>),
     ) -> io::Result<ReadOutcome> {
-        let meta = self.file.metadata()?;
+        let Some(file) = self.file.as_ref() else {
+            return Err(io::Error::other(
+                "file handle was given back; reopen it first",
+            ));
+        };
+        let meta = file.metadata()?;
         let size = meta.len();
         if meta.nlink() == 0 {
             self.deleted = true;
-            self.orphan(now);
+            self.orphaned_at.get_or_insert(now);
         }
         if size < self.read_pos {
             return Ok(ReadOutcome::Truncated);
@@ -295,31 +430,52 @@ impl FileWatcher {
         let touched = mtime != std::mem::replace(&mut self.mtime, mtime);
         if (size != self.size || touched || std::mem::take(&mut self.check_identity))
             && let Some(fp) = self.fingerprint.or(self.probe)
-            && !fp.matches(&self.file)?
+            && !fp.matches(file)?
         {
             return Ok(ReadOutcome::Truncated);
         }
         self.size = size;
         self.seen_size = self.seen_size.max(size);
+        if self.sniff {
+            let mut head = [0u8; SNIFF_BYTES];
+            let got = super::fingerprint::read_full_at(file, &mut head)?;
+            match sniff(&head[..got]) {
+                Some(Ok(kind)) => return Ok(ReadOutcome::Compressed(kind)),
+                Some(Err(())) => self.sniff = false,
+                // Begins like a magic number: wait for the bytes that tell.
+                None => {
+                    self.at_eof = true;
+                    return Ok(ReadOutcome::Eof { bytes: 0 });
+                }
+            }
+        }
         let mut total = 0u64;
         while total < budget {
             let want = (budget - total).min(buf.len() as u64) as usize;
-            let n = match self.file.read_at(&mut buf[..want], self.read_pos) {
+            let n = match file.read_at(&mut buf[..want], self.read_pos) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
             if n == 0 {
                 self.at_eof = true;
+                // Keep the tail print current: a copy of this file, should it be truncated,
+                // is recognised by it (one pread of at most 4 KiB, only when lines moved).
+                if self.line_pos > 0 && self.tail.is_none_or(|t| t.offset != self.line_pos) {
+                    self.tail = TailPrint::take(file, self.line_pos)?;
+                }
                 return Ok(ReadOutcome::Eof { bytes: total });
             }
             self.at_eof = false;
             self.last_data_at = now;
             if self.fingerprint.is_none() {
                 let size = self.size.max(self.read_pos + n as u64);
-                self.fingerprint = Fingerprint::take(&self.file, size)?;
+                self.fingerprint = Fingerprint::take(file, size)?;
+                if let Some(fp) = self.fingerprint {
+                    self.head = head_of(file, fp.len)?;
+                }
                 if self.fingerprint.is_none() && self.probe.is_none() {
-                    self.probe = Fingerprint::probe(&self.file, size)?;
+                    self.probe = Fingerprint::probe(file, size)?;
                 }
             }
             let id = self.file_id();
@@ -351,7 +507,11 @@ impl FileWatcher {
     /// Whether the file may hold bytes this watcher has not read: the last read stopped before
     /// the end (budget, or the agent's buffer was full), or the file is longer now. One fstat.
     pub fn has_unread(&self) -> bool {
-        !self.at_eof || self.file.metadata().is_ok_and(|m| m.len() > self.read_pos)
+        match &self.file {
+            Some(f) => !self.at_eof || f.metadata().is_ok_and(|m| m.len() > self.read_pos),
+            // Closed only at its end; a stat of its path since then may have seen it grow.
+            None => !self.at_eof || self.seen_size > self.read_pos,
+        }
     }
 
     /// Nothing is held and nothing is waiting in the file: a pending multiline record can
@@ -391,6 +551,111 @@ impl FileWatcher {
         flushed
     }
 
+    /// Whether the watcher holds an open handle.
+    pub fn is_open(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// Whether the handle may be given back now without abandoning anything: the file is live
+    /// (a rotated-away file keeps its handle until it is read and released, since its path no
+    /// longer leads to it) and was read to its end.
+    pub fn can_close(&self) -> bool {
+        self.file.is_some() && self.orphaned_at.is_none() && !self.has_unread()
+    }
+
+    /// Gives the handle back. The position, identity and any held incomplete line stay.
+    pub fn close(&mut self) {
+        self.file = None;
+    }
+
+    /// When bytes were last read from the file.
+    pub fn last_data_at(&self) -> Instant {
+        self.last_data_at
+    }
+
+    /// Opens the file again after [`close`](Self::close): by its path if that still names the
+    /// same dev+inode, else by a look through the path's directory for it (renamed while
+    /// closed, e.g. `app.log` → `app.log.1` by a rotation, even to a name no glob matches).
+    /// The next read verifies the content with the fingerprint (copytruncate while closed).
+    pub fn reopen(&mut self) -> io::Result<Reopened> {
+        if self.file.is_some() {
+            return Ok(Reopened::Same);
+        }
+        if let Some(f) = self.open_if_same(&self.path.clone())? {
+            self.file = Some(f);
+            self.check_identity = true;
+            return Ok(Reopened::Same);
+        }
+        let dir = self
+            .path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Reopened::Gone),
+            Err(e) => return Err(e),
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_file() && (meta.dev(), meta.ino()) == (self.dev, self.inode) {
+                let path = entry.path();
+                if let Some(f) = self.open_if_same(&path)? {
+                    self.file = Some(f);
+                    self.check_identity = true;
+                    self.path_str = Arc::from(path.to_string_lossy().as_ref());
+                    self.path = path.clone();
+                    return Ok(Reopened::Moved(path));
+                }
+            }
+        }
+        Ok(Reopened::Gone)
+    }
+
+    /// `path` opened, if it still names this file's dev+inode.
+    fn open_if_same(&self, path: &Path) -> io::Result<Option<File>> {
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let meta = file.metadata()?;
+        let same = (meta.dev(), meta.ino()) == (self.dev, self.inode)
+            && super::fingerprint::birth_ns(&file) == self.birth;
+        Ok(same.then_some(file))
+    }
+
+    /// Starts reading at `offset` instead (a copy read on from where its original stopped, or
+    /// a copy whose content was all read from the original). Fixes the fingerprint first.
+    pub fn skip_to(&mut self, offset: u64) -> io::Result<()> {
+        let Some(file) = self.file.as_ref() else {
+            return Err(io::Error::other(
+                "file handle was given back; reopen it first",
+            ));
+        };
+        let size = file.metadata()?.len();
+        if self.fingerprint.is_none() {
+            self.fingerprint = Fingerprint::take(file, size)?;
+            if let Some(fp) = self.fingerprint {
+                self.head = head_of(file, fp.len)?;
+            }
+        }
+        self.mid_line = offset > 0 && !follows_newline(file, offset)?;
+        self.splitter.clear();
+        self.read_pos = offset;
+        self.line_pos = offset;
+        self.size = size;
+        self.seen_size = self.seen_size.max(size);
+        self.sniff = false;
+        self.at_eof = false;
+        Ok(())
+    }
+
+    /// Largest size any stat saw since the last truncation.
+    pub fn seen_size(&self) -> u64 {
+        self.seen_size
+    }
+
     /// Whether a truncation reported by `read` is of this file's own stream, to be read again
     /// from 0: yes while the file is live, or deleted (only its writer can change it), or if it
     /// was seen shrinking while live. A file renamed away and then truncated is being reused for
@@ -408,6 +673,9 @@ impl FileWatcher {
         self.splitter.clear();
         self.generation = self.generation.wrapping_add(1);
         self.fingerprint = None;
+        self.head = None;
+        self.tail = None;
+        self.origin = None;
         self.probe = None;
         self.read_pos = 0;
         self.line_pos = 0;
@@ -416,6 +684,7 @@ impl FileWatcher {
         self.shrank_live = false;
         self.partial_not_before = None;
         self.mid_line = false;
+        self.sniff = true;
     }
 }
 
@@ -598,6 +867,52 @@ mod tests {
         assert!(w.is_orphaned());
         assert!(!w.is_done(t + Duration::from_secs(1)));
         assert!(w.is_done(t + ROTATE_WAIT));
+    }
+
+    #[test]
+    fn compressed_formats_are_recognised_by_their_magic_bytes() {
+        assert_eq!(
+            sniff(&[0x1f, 0x8b, 0x08, 0, 0]),
+            Some(Ok(Compression::Gzip))
+        );
+        assert_eq!(
+            sniff(&[0x28, 0xb5, 0x2f, 0xfd, 1]),
+            Some(Ok(Compression::Zstd))
+        );
+        assert_eq!(
+            sniff(&[0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00, 0]),
+            Some(Ok(Compression::Xz))
+        );
+        assert_eq!(sniff(b"BZh91AY&SY\x00"), Some(Ok(Compression::Bzip2)));
+        assert_eq!(
+            sniff(b"BZh9 is a line\n"),
+            Some(Err(())),
+            "text starting like bzip2"
+        );
+        assert_eq!(sniff(b"hello\n"), Some(Err(())));
+        assert_eq!(sniff(&[0x1f]), None, "too short to tell");
+        assert_eq!(sniff(b"BZh"), None);
+        assert_eq!(sniff(b""), None, "empty: nothing to tell yet");
+    }
+
+    #[test]
+    fn compressed_file_is_not_read_as_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.log.2");
+        append(&p, &[0x1f]);
+        let t = Instant::now();
+        let mut w = open_from_start(&p, t);
+        let (lines, outcome) = read_all(&mut w, t);
+        assert!(lines.is_empty());
+        assert_eq!(
+            outcome,
+            ReadOutcome::Eof { bytes: 0 },
+            "waits for the bytes that tell"
+        );
+        append(&p, &[0x8b, 0x08, 0, 0, 0, 0, 0, 0, 3, b'\n']);
+        let (lines, outcome) = read_all(&mut w, t);
+        assert!(lines.is_empty());
+        assert_eq!(outcome, ReadOutcome::Compressed(Compression::Gzip));
     }
 
     #[test]

@@ -324,16 +324,24 @@ fn slow_header_connections_are_closed_and_new_clients_are_answered_at_the_cap() 
 }
 
 /// Restarts a collector on the same address and data dir.
+/// Starts the collector `name` again on its address and data, with the config it was first
+/// started with (`DIR/NAME.yaml`, if any): a restart must not change its limits.
 fn restart(dir: &Dir, old: &Service, name: &str) -> Service {
     let data = dir.join(format!("{name}-data"));
     let addr = old.addr.to_string();
-    let args = [
-        "collector",
-        "--listen",
-        &addr,
-        "--data-dir",
-        data.to_str().expect("utf8"),
+    let config = dir.join(format!("{name}.yaml"));
+    let mut args = vec![
+        "collector".to_owned(),
+        "--listen".to_owned(),
+        addr,
+        "--data-dir".to_owned(),
+        data.to_str().expect("utf8").to_owned(),
     ];
+    if config.exists() {
+        args.push("--config".to_owned());
+        args.push(config.to_str().expect("utf8").to_owned());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Service::start(name, dir, &args, old.addr)
 }
 

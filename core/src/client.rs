@@ -272,24 +272,7 @@ impl CollectorClient {
         body: Vec<u8>,
         gzip: bool,
     ) -> Result<IngestReply, ClientError> {
-        let mut rb = self
-            .req(
-                reqwest::Method::POST,
-                &format!("/v1/topics/{topic}/records"),
-            )
-            .header(reqwest::header::CONTENT_TYPE, "text/plain");
-        let body = if gzip {
-            use std::io::Write;
-            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            enc.write_all(&body)
-                .map_err(|e| ClientError::Decode(e.to_string()))?;
-            rb = rb.header(reqwest::header::CONTENT_ENCODING, "gzip");
-            enc.finish()
-                .map_err(|e| ClientError::Decode(e.to_string()))?
-        } else {
-            body
-        };
-        self.json(rb.body(body)).await
+        self.post_plain(topic, body, gzip, None).await
     }
 
     /// [`CollectorClient::post_lines`] as producer `producer_id`, the body's first line being
@@ -303,14 +286,29 @@ impl CollectorClient {
         producer_id: &str,
         first_seq: u64,
     ) -> Result<IngestReply, ClientError> {
+        self.post_plain(topic, body, gzip, Some((producer_id, first_seq)))
+            .await
+    }
+
+    /// A plain-lines POST, with the producer headers when `producer` is given.
+    async fn post_plain(
+        &self,
+        topic: &str,
+        body: Vec<u8>,
+        gzip: bool,
+        producer: Option<(&str, u64)>,
+    ) -> Result<IngestReply, ClientError> {
         let mut rb = self
             .req(
                 reqwest::Method::POST,
                 &format!("/v1/topics/{topic}/records"),
             )
-            .header(reqwest::header::CONTENT_TYPE, "text/plain")
-            .header(crate::batch::PRODUCER_ID_HEADER, producer_id)
-            .header(crate::batch::PRODUCER_SEQ_HEADER, first_seq);
+            .header(reqwest::header::CONTENT_TYPE, "text/plain");
+        if let Some((id, seq)) = producer {
+            rb = rb
+                .header(crate::batch::PRODUCER_ID_HEADER, id)
+                .header(crate::batch::PRODUCER_SEQ_HEADER, seq);
+        }
         let body = if gzip {
             use std::io::Write;
             let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());

@@ -57,6 +57,34 @@ pub struct CollectorConfig {
     /// How long a graceful shutdown may take to finish in-flight requests.
     #[serde(default = "default_drain")]
     pub shutdown_timeout: Duration,
+    /// OTLP/HTTP logs (`POST /v1/logs`): which topic each log record goes to.
+    #[serde(default)]
+    pub otlp: OtlpConfig,
+}
+
+/// The `collector.otlp:` section: where OTLP log records are stored.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpConfig {
+    /// A resource attribute whose value names the topic (e.g. `service.name`): each
+    /// resource's records go to that topic. Records of a resource without it go to
+    /// `default_topic`; a value that is not a valid topic name rejects that resource's records
+    /// (counted in the response's `partial_success`).
+    #[serde(default)]
+    pub topic_attribute: Option<String>,
+    /// The topic of records whose resource has no `topic_attribute` (or of every record when
+    /// `topic_attribute` is not set).
+    #[serde(default = "default_otlp_topic")]
+    pub default_topic: String,
+}
+
+impl Default for OtlpConfig {
+    fn default() -> Self {
+        Self {
+            topic_attribute: None,
+            default_topic: default_otlp_topic(),
+        }
+    }
 }
 
 impl Default for CollectorConfig {
@@ -77,6 +105,7 @@ impl Default for CollectorConfig {
             store_codec: default_store_codec(),
             auth_tokens: Vec::new(),
             shutdown_timeout: default_drain(),
+            otlp: OtlpConfig::default(),
         }
     }
 }
@@ -297,6 +326,16 @@ impl CollectorConfig {
                 ),
             );
         }
+        if let Err(e) = ferry_core::topic::validate_name(&self.otlp.default_topic) {
+            p.add("otlp.default_topic", e);
+        }
+        if self.otlp.topic_attribute.as_deref() == Some("") {
+            p.add_hint(
+                "otlp.topic_attribute",
+                "otlp.topic_attribute is empty",
+                "name a resource attribute such as service.name, or leave the key out",
+            );
+        }
         if self.limits.max_connections == 0 {
             p.add(
                 "limits.max_connections",
@@ -341,6 +380,9 @@ fn default_store_codec() -> ferry_core::batch::Codec {
 }
 fn default_drain() -> Duration {
     Duration::from_secs(10)
+}
+fn default_otlp_topic() -> String {
+    "otlp".into()
 }
 fn default_max_body() -> ByteSize {
     ByteSize::mib(16)

@@ -368,6 +368,72 @@ impl Ingest {
             run_blocking(move || this.parse_body(ct.as_deref(), ce.as_deref(), body, producer))
                 .await??
         };
+        self.store_items(topic, pending, items, after).await
+    }
+
+    /// Stores records that arrived in another shape than a ferry body (OTLP log records) to
+    /// `topic`, through the same admission, routing and append as [`Ingest::ingest`]: they
+    /// become batches without an origin (as a plain body's lines), cut at 1 MiB of payload.
+    pub async fn ingest_records(
+        self: &Arc<Self>,
+        topic: &str,
+        records: Vec<ferry_core::record::Record>,
+    ) -> Result<IngestSummary, IngestError> {
+        ferry_core::topic::validate_name(topic).map_err(IngestError::BadRequest)?;
+        let pending = self.enter(topic)?;
+        let items = {
+            let this = self.clone();
+            run_blocking(move || {
+                let limits = this.limits();
+                let now = ferry_core::now_ms();
+                let mut out = Vec::new();
+                let mut builder = BatchBuilder::new();
+                for r in &records {
+                    builder.push(&r.line, 0, r.event_time_ms, r.truncated, &r.fields);
+                    if builder.raw_len() >= PLAIN_BATCH_BYTES {
+                        out.push(this.seal(&mut builder, None, &limits, now)?);
+                    }
+                }
+                if !builder.is_empty() {
+                    out.push(this.seal(&mut builder, None, &limits, now)?);
+                }
+                Ok::<_, IngestError>(out)
+            })
+            .await??
+        };
+        self.store_items(topic, pending, items, None).await
+    }
+
+    /// Seals `builder`'s records into a verified batch stored with `plain_codec`, and resets it
+    /// for the next batch (starting at `next_origin`).
+    fn seal(
+        &self,
+        builder: &mut BatchBuilder,
+        next_origin: Option<OriginKey>,
+        limits: &DecodeLimits,
+        now: i64,
+    ) -> Result<(Bytes, Batch), IngestError> {
+        let enc = Bytes::from(
+            builder
+                .finish(self.config.plain_codec, 1, now)
+                .map_err(|e| IngestError::TooLarge(e.to_string()))?,
+        );
+        let decoded =
+            batch::decode(&enc, limits).map_err(|e| IngestError::BadRequest(e.to_string()))?;
+        let next = next_origin.zip(builder.end_offset());
+        builder.reset(next);
+        Ok((enc, decoded))
+    }
+
+    /// Steps 2 to 4 for a parsed request: routes, admits and appends `items`, holding the
+    /// topic's pending slot (taken by [`Ingest::enter`]) until the end.
+    async fn store_items(
+        self: &Arc<Self>,
+        topic: &str,
+        pending: PendingGuard,
+        items: Vec<(Bytes, Batch)>,
+        after: Option<u64>,
+    ) -> Result<IngestSummary, IngestError> {
         let ordered = match after {
             None => None,
             Some(after) => match items.as_slice() {
@@ -574,7 +640,6 @@ impl Ingest {
     ) -> Result<Vec<(Bytes, Batch)>, IngestError> {
         let max_line = self.config.limits.max_line_bytes.as_usize();
         let now = ferry_core::now_ms();
-        let codec = self.config.plain_codec;
         let mut out = Vec::new();
         // With a producer, line `i` of the body is origin offset `first_seq + i` (span 1): the
         // store's origin dedup then drops a resent line like a re-read file line.
@@ -594,18 +659,9 @@ impl Ingest {
         builder.reset(key.clone().zip(producer.map(|p| p.first_seq)));
         let seal =
             |b: &mut BatchBuilder, out: &mut Vec<(Bytes, Batch)>| -> Result<(), IngestError> {
-                if b.is_empty() {
-                    return Ok(());
+                if !b.is_empty() {
+                    out.push(self.seal(b, key.clone(), limits, now)?);
                 }
-                let enc = Bytes::from(
-                    b.finish(codec, 1, now)
-                        .map_err(|e| IngestError::TooLarge(e.to_string()))?,
-                );
-                let decoded = batch::decode(&enc, limits)
-                    .map_err(|e| IngestError::BadRequest(e.to_string()))?;
-                out.push((enc, decoded));
-                let next = key.clone().zip(b.end_offset());
-                b.reset(next);
                 Ok(())
             };
         let mut start = 0usize;
@@ -1140,7 +1196,7 @@ fn split_batches(body: &Bytes, limits: &DecodeLimits) -> Result<Vec<(Bytes, Batc
 }
 
 /// Inflates a gzip body, refusing (413) past `limit` bytes without inflating the rest.
-fn gunzip(body: &[u8], limit: u64) -> Result<Bytes, IngestError> {
+pub(crate) fn gunzip(body: &[u8], limit: u64) -> Result<Bytes, IngestError> {
     let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit as usize));
     let mut dec = flate2::read::MultiGzDecoder::new(body).take(limit + 1);
     dec.read_to_end(&mut out)

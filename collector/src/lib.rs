@@ -3,6 +3,7 @@
 //! - [`store`]: the embedded, durable topic log (segments, indexes, recovery, retention, dedup).
 //! - [`routing`]: YAML routing rules (to / copy / drop), a pure router.
 //! - [`ingest`]: request body → verified batches → routed, partitioned sub-batches → appends.
+//! - [`otlp`]: OTLP logs (`POST /v1/logs`, protobuf or JSON) → records per topic, and the reply.
 //! - [`checkpoints`]: processor checkpoints (state + offset per group and partition), fenced.
 //! - [`coordinator`]: consumer-group membership and server-side partition assignment.
 //! - [`api`]: the HTTP API as an axum `Router` (`app(state)`), a module per resource, errors as
@@ -17,6 +18,7 @@ pub mod config;
 pub mod console;
 pub mod coordinator;
 pub mod ingest;
+pub mod otlp;
 pub mod routing;
 pub mod server;
 pub mod store;

@@ -4,6 +4,7 @@
 //! | route | what | module |
 //! | --- | --- | --- |
 //! | `POST /v1/topics/{topic}/records` | ingest; 200 once durable, with an [`IngestSummary`](crate::ingest::IngestSummary) | [`records`] |
+//! | `POST /v1/logs` | OTLP/HTTP logs (protobuf or JSON); records per topic, an `ExportLogsServiceResponse` | [`otlp`] |
 //! | `GET /v1/topics/{topic}/partitions/{p}/records` | fetch: `offset`, `max_bytes`, `wait_ms` (long-poll), `format=batch\|json` | [`records`] |
 //! | `GET /v1/topics/{topic}/partitions/{p}/offset` | `timestamp_ms` → first offset at or after it | [`records`] |
 //! | `GET /v1/topics`, `GET /v1/topics/{topic}` | topics with partitions, offsets, sizes | [`topics`] |
@@ -29,6 +30,7 @@ mod body;
 mod checkpoints;
 mod error;
 mod groups;
+mod otlp;
 mod records;
 mod state;
 mod topics;
@@ -56,6 +58,7 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
         // Kafka backend: only ingest; everything else is answered by the cluster itself.
         axum::Router::new()
             .route("/v1/topics/{topic}/records", post(records::post_records))
+            .route(crate::otlp::LOGS_PATH, post(otlp::post_logs))
             .route("/v1/{*rest}", any(|| async { ApiError::kafka_backend() }))
     } else {
         embedded_routes()
@@ -81,6 +84,7 @@ fn embedded_routes() -> axum::Router<Arc<AppState>> {
                 .delete(topics::delete_topic),
         )
         .route("/v1/topics/{topic}/records", post(records::post_records))
+        .route(crate::otlp::LOGS_PATH, post(otlp::post_logs))
         .route(
             "/v1/topics/{topic}/partitions/{partition}/records",
             get(records::fetch),

@@ -12,6 +12,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use ferry_core::batch::{
     AFTER_HEADER as FERRY_AFTER, DecodeLimits, PRODUCER_ID_HEADER as PRODUCER_ID,
     PRODUCER_SEQ_HEADER as PRODUCER_SEQ,
@@ -31,31 +32,8 @@ pub(super) async fn post_records(
     body: Body,
 ) -> Result<Json<IngestSummary>, ApiError> {
     let started = Instant::now();
-    let limits = &state.config.limits;
-    let retry = limits.retry_after_secs;
-    let max_body = limits.max_body_bytes.get();
-    let declared = content_length(&headers);
-    if let Some(n) = declared
-        && n > max_body
-    {
-        let err = too_large(format!(
-            "body is {n} bytes, over max_body_bytes ({max_body})"
-        ));
-        // Read (and discard) what the client is sending, so it sees the 413 instead of a
-        // connection reset mid-upload; past a bound, the connection is simply closed.
-        drain(body, max_body.saturating_mul(4)).await;
-        return Err(err);
-    }
-    let _permit = state.inflight_permit(declared.unwrap_or(max_body))?;
-    let body = axum::body::to_bytes(body, max_body as usize)
-        .await
-        .map_err(|e| {
-            if is_length_limit(&e) {
-                too_large(format!("body is over max_body_bytes ({max_body})"))
-            } else {
-                ApiError::bad_request(format!("could not read body: {e}"))
-            }
-        })?;
+    let retry = state.config.limits.retry_after_secs;
+    let (_permit, body) = read_ingest_body(&state, &headers, body).await?;
     let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
     let (ct, ce) = (
         header(header::CONTENT_TYPE),
@@ -72,6 +50,40 @@ pub(super) async fn post_records(
     metrics::counter!("ferry_collector_bytes_received_total").increment(bytes_in);
     metrics::histogram!("ferry_collector_ack_seconds").record(started.elapsed().as_secs_f64());
     Ok(Json(summary))
+}
+
+/// Reads an ingest body (`POST .../records`, `POST /v1/logs`) of at most `max_body_bytes`,
+/// counted against `max_inflight_bytes` for as long as the returned permit lives. A body
+/// declared too large is answered 413 after draining what the client sends, so it sees the
+/// answer instead of a connection reset mid-upload.
+pub(super) async fn read_ingest_body<'a>(
+    state: &'a AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(tokio::sync::SemaphorePermit<'a>, Bytes), ApiError> {
+    let max_body = state.config.limits.max_body_bytes.get();
+    let declared = content_length(headers);
+    if let Some(n) = declared
+        && n > max_body
+    {
+        let err = too_large(format!(
+            "body is {n} bytes, over max_body_bytes ({max_body})"
+        ));
+        // Past a bound, the connection is simply closed.
+        drain(body, max_body.saturating_mul(4)).await;
+        return Err(err);
+    }
+    let permit = state.inflight_permit(declared.unwrap_or(max_body))?;
+    let body = axum::body::to_bytes(body, max_body as usize)
+        .await
+        .map_err(|e| {
+            if is_length_limit(&e) {
+                too_large(format!("body is over max_body_bytes ({max_body})"))
+            } else {
+                ApiError::bad_request(format!("could not read body: {e}"))
+            }
+        })?;
+    Ok((permit, body))
 }
 
 /// `ferry-after: OFFSET`, the predecessor an agent's batch must follow.

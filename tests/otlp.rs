@@ -8,7 +8,7 @@
 
 mod util;
 use std::path::PathBuf;
-use util::{Dir, ferry, run, start_collector};
+use util::{Dir, consume_json, ferry, run, start_collector};
 
 fn python() -> PathBuf {
     let python = std::env::var_os("FERRY_OTEL_PYTHON")
@@ -31,29 +31,6 @@ fn python() -> PathBuf {
         python.display()
     );
     python
-}
-
-/// Every record of `topic` as the JSON objects `ferry consume --format json` prints.
-fn consume_json(url: &str, topic: &str) -> Vec<serde_json::Value> {
-    let out = run(
-        ferry().args([
-            "consume",
-            "--collector",
-            url,
-            topic,
-            "--from-beginning",
-            "--idle-timeout",
-            "2s",
-            "--format",
-            "json",
-        ]),
-        b"",
-        0,
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
-        .collect()
 }
 
 fn http() -> reqwest::blocking::Client {

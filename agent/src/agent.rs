@@ -135,6 +135,30 @@ impl<O: Output> Agent<O> {
         checkpoints.agent_id = Some(agent_id.clone());
         tracing::info!(agent_id, inputs = self.inputs.len(), data_dir = %cfg.data_dir.display(), files = checkpoints.files.len(), "agent starting");
 
+        // Bound first: an address in use fails the start, before any file is read.
+        let mut syslog_inputs = Vec::with_capacity(cfg.syslog.len());
+        for s in &cfg.syslog {
+            syslog_inputs.push(crate::syslog::SyslogInput::bind(s.clone()).await?);
+        }
+        let mut syslog_tasks = tokio::task::JoinSet::new();
+        for input in syslog_inputs {
+            let limits = BatchLimits {
+                max_bytes: cfg.batch.max_bytes.as_usize(),
+                max_records: cfg.batch.max_records,
+                linger: cfg.batch.linger.get(),
+            };
+            syslog_tasks.spawn(input.run(
+                agent_id.clone(),
+                limits,
+                cfg.codec(),
+                cfg.compression.level,
+                self.output.clone(),
+                self.stats.clone(),
+                shutdown.clone(),
+                cfg.shutdown_timeout.get(),
+            ));
+        }
+
         let fds = crate::fdlimit::FdLimit::raise();
         let max_open_files = fds.max_open_files(cfg.max_open_files);
         tracing::info!(
@@ -231,6 +255,13 @@ impl<O: Output> Agent<O> {
             }),
         };
         let final_cps = Shipper::new(parts, ship_rx).run(shutdown).await;
+        while let Some(done) = syslog_tasks.join_next().await {
+            match done {
+                Ok(Ok(report)) => tracing::info!(?report, "syslog input stopped"),
+                Ok(Err(e)) => tracing::error!(error = %e, "syslog input failed"),
+                Err(e) => tracing::error!(error = %e, "syslog input panicked"),
+            }
+        }
 
         // The shipper returns once every channel closed (threads done) or at the deadline
         // (threads finishing their last item; the shipper's receivers are dropped, so they do).

@@ -20,6 +20,17 @@ pub struct BatchLimits {
     pub linger: Duration,
 }
 
+/// One record for [`Batcher::push_line`].
+#[derive(Debug, Clone, Copy)]
+pub struct Line<'a> {
+    pub line: &'a [u8],
+    /// Source bytes it consumed (line, newline, and whatever framing it stands for).
+    pub span: u64,
+    pub event_time_ms: Option<i64>,
+    pub truncated: bool,
+    pub fields: &'a [Field],
+}
+
 /// A batch ready to compress and ship.
 #[derive(Debug)]
 pub struct SealedBatch {
@@ -108,6 +119,34 @@ impl Batcher {
         now: Instant,
         out: &mut Vec<SealedBatch>,
     ) {
+        let rec = Line {
+            line,
+            span,
+            event_time_ms: None,
+            truncated,
+            fields,
+        };
+        self.push_line(agent_id, file, offset, rec, now, out);
+    }
+
+    /// [`Batcher::push`] for a record that may carry its event time (container runtimes and
+    /// syslog stamp their lines).
+    pub fn push_line(
+        &mut self,
+        agent_id: &str,
+        file: FileId,
+        offset: u64,
+        rec: Line<'_>,
+        now: Instant,
+        out: &mut Vec<SealedBatch>,
+    ) {
+        let Line {
+            line,
+            span,
+            event_time_ms,
+            truncated,
+            fields,
+        } = rec;
         if let Some(open) = &self.open {
             let room = open.builder.raw_len() + line.len() + 16 <= self.limits.max_bytes;
             if open.file != file || open.end_offset != offset || !room {
@@ -127,10 +166,11 @@ impl Batcher {
             end_offset: offset,
             opened_at: now,
         });
-        if !truncated && fields.is_empty() {
+        if !truncated && fields.is_empty() && event_time_ms.is_none() {
             open.builder.push_line(line, span);
         } else {
-            open.builder.push(line, span, None, truncated, fields);
+            open.builder
+                .push(line, span, event_time_ms, truncated, fields);
         }
         open.end_offset += span;
         if open.builder.record_count() >= self.limits.max_records

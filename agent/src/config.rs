@@ -25,6 +25,8 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// What to tail.
     pub inputs: Vec<InputConfig>,
+    /// Syslog listeners (UDP and/or TCP): each ships the messages it receives to its topic.
+    pub syslog: Vec<SyslogInputConfig>,
     /// When a batch is sealed.
     pub batch: BatchConfig,
     /// How sealed batches are compressed.
@@ -63,6 +65,7 @@ impl Default for AgentConfig {
             id: None,
             data_dir: PathBuf::from("data/agent"),
             inputs: Vec::new(),
+            syslog: Vec::new(),
             batch: BatchConfig::default(),
             compression: CompressionConfig::default(),
             output: OutputConfig::default(),
@@ -114,6 +117,16 @@ pub struct InputConfig {
     /// A last line without its newline is shipped as is after this long without new data.
     #[serde(default = "default_line_flush_timeout")]
     pub line_flush_timeout: Duration,
+    /// Files written by a container runtime: `cri` (containerd, CRI-O), `docker` (json-file)
+    /// or `auto` (per line). Each line is decoded, the pieces of a long line merged back into
+    /// one record, `stream` kept as a field and the runtime's timestamp as the event time.
+    /// Absent: lines are records as written.
+    #[serde(default)]
+    pub format: Option<crate::container::ContainerFormat>,
+    /// With `format`: add `namespace`, `pod`, `pod_uid` and `container` from the kubelet's
+    /// path of each file (`/var/log/pods/...`, `/var/log/containers/...`).
+    #[serde(default)]
+    pub kubernetes: bool,
 }
 
 fn default_max_line_bytes() -> ByteSize {
@@ -122,6 +135,87 @@ fn default_max_line_bytes() -> ByteSize {
 
 fn default_line_flush_timeout() -> Duration {
     Duration::from_secs(1)
+}
+
+/// A syslog listener (`agent.syslog[]`): RFC 5424 and RFC 3164 messages over UDP (one per
+/// datagram) and TCP (octet counting, `LEN SP MSG`, or one per line), shipped to `topic` with
+/// `host`, `app`, `severity` and `facility` as fields.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyslogInputConfig {
+    /// Name used in metrics and logs.
+    pub name: String,
+    /// `host:port` to receive UDP datagrams on.
+    #[serde(default)]
+    pub udp: Option<String>,
+    /// `host:port` to accept TCP connections on.
+    #[serde(default)]
+    pub tcp: Option<String>,
+    /// Topic the messages are shipped to.
+    pub topic: String,
+    /// Static fields attached to every record of this input.
+    #[serde(default)]
+    pub fields: BTreeMap<String, String>,
+    /// Longest message: a longer one is cut to this many bytes, flagged truncated, and counted.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: ByteSize,
+    /// TCP connections held at once; more wait in the listen backlog until one closes.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_max_message_bytes() -> ByteSize {
+    ByteSize::kib(64)
+}
+
+fn default_max_connections() -> usize {
+    256
+}
+
+impl SyslogInputConfig {
+    /// Records every problem (paths relative to this listener).
+    fn check(&self, names: &mut std::collections::HashSet<String>, p: &mut Problems) {
+        let me = &self.name;
+        if self.name.is_empty() {
+            p.add("name", "a syslog input has an empty `name`");
+        } else if !names.insert(self.name.clone()) {
+            p.add("name", format!("input {me:?}: two inputs have this name"));
+        }
+        if self.udp.is_none() && self.tcp.is_none() {
+            p.add_hint(
+                "udp",
+                format!("syslog input {me:?} listens nowhere"),
+                "give `udp: 127.0.0.1:5514`, `tcp: 127.0.0.1:5514`, or both",
+            );
+        }
+        for (key, addr) in [("udp", &self.udp), ("tcp", &self.tcp)] {
+            if let Some(a) = addr
+                && a.parse::<std::net::SocketAddr>().is_err()
+            {
+                p.add_hint(
+                    key,
+                    format!("syslog input {me:?}: {key} address {a:?} is not host:port"),
+                    "write an IP address and a port, e.g. 0.0.0.0:514 or 127.0.0.1:5514",
+                );
+            }
+        }
+        if let Err(e) = ferry_core::topic::validate_name(&self.topic) {
+            p.add("topic", format!("input {me:?}: {e}"));
+        }
+        let max = self.max_message_bytes.get();
+        if max < 64 || max > (16 << 20) {
+            p.add(
+                "max_message_bytes",
+                format!("syslog input {me:?}: `max_message_bytes` must be 64 bytes to 16MiB"),
+            );
+        }
+        if self.max_connections == 0 {
+            p.add(
+                "max_connections",
+                format!("syslog input {me:?}: `max_connections` must be at least 1"),
+            );
+        }
+    }
 }
 
 /// Joins several lines into one record (e.g. a stack trace).
@@ -446,6 +540,8 @@ pub struct CompiledInput {
     pub multiline: Option<MultilineRule>,
     pub max_line_bytes: usize,
     pub line_flush_timeout: std::time::Duration,
+    pub format: Option<crate::container::ContainerFormat>,
+    pub kubernetes: bool,
 }
 
 impl CompiledInput {
@@ -530,6 +626,8 @@ impl AgentConfig {
                 multiline: None,
                 max_line_bytes: default_max_line_bytes(),
                 line_flush_timeout: default_line_flush_timeout(),
+                format: None,
+                kubernetes: false,
             });
         } else if let Some(topic) = &args.topic {
             for input in &mut cfg.inputs {
@@ -605,7 +703,7 @@ impl AgentConfig {
 
     /// Checks everything a parse cannot and compiles the inputs; the error lists every problem.
     pub fn validate(&self) -> Result<Vec<CompiledInput>, AgentConfigError> {
-        if self.inputs.is_empty() {
+        if self.inputs.is_empty() && self.syslog.is_empty() {
             return Err(AgentConfigError::NoInputs);
         }
         let mut problems = Problems::new();
@@ -721,6 +819,9 @@ impl AgentConfig {
                 compiled.push(c);
             }
         }
+        for (i, input) in self.syslog.iter().enumerate() {
+            p.nested(&format!("syslog[{i}]"), |p| input.check(&mut names, p));
+        }
         compiled
     }
 }
@@ -807,6 +908,21 @@ impl InputConfig {
                 })
             })
         });
+        if self.kubernetes && self.format.is_none() {
+            p.add_hint(
+                "kubernetes",
+                format!("input {me:?}: `kubernetes: true` needs a container `format`"),
+                "add `format: cri` (containerd, CRI-O), `docker` or `auto`",
+            );
+        }
+        if self.format.is_some() && self.multiline.is_some() {
+            p.add(
+                "multiline",
+                format!(
+                    "input {me:?}: `multiline` cannot be combined with a container `format` yet (the runtime's partial lines are merged; join records in a processor)"
+                ),
+            );
+        }
         let include = glob_set(me, "include", &self.include, p);
         let exclude = glob_set(me, "exclude", &self.exclude, p);
         if p.len() > before {
@@ -827,6 +943,8 @@ impl InputConfig {
             multiline,
             max_line_bytes: self.max_line_bytes.as_usize(),
             line_flush_timeout: self.line_flush_timeout.get(),
+            format: self.format,
+            kubernetes: self.kubernetes,
         })
     }
 }

@@ -7,6 +7,8 @@
 //! - [`tail`]: the [`tail::Tailer`] (all files, in turns) and per file a
 //!   [`tail::watcher::FileWatcher`] state machine and its [`tail::fingerprint`] identity.
 //! - [`lines`]: splitting reads into lines (memchr, no per-line allocation, long-line cut).
+//! - [`container`]: CRI and docker json-file lines, their partial pieces merged; Kubernetes
+//!   metadata from the kubelet's paths.
 //! - [`multiline`]: joining lines into records (stack traces).
 //! - [`batcher`]: sealing records into batches by bytes, records and linger.
 //! - [`reader`]: the reader thread driving the tailer with file events and rescans.
@@ -15,6 +17,8 @@
 //! - [`output`]: the `null`, `stdout`, `collector` and `kafka` outputs.
 //! - [`checkpoint`]: the acknowledged offset per file, written atomically.
 //! - [`stdin`]: `ferry agent --stdin`, a pipe shipped to its end with the same origins and acks.
+//! - [`syslog`]: the syslog input: UDP and TCP listeners (RFC 5424 and 3164, octet counting
+//!   or newline framing), shipped like stdin.
 //! - [`agent`]: [`Agent::new`] / [`Agent::run`], the wiring of all of the above.
 //!
 //! # Metrics (`metrics` crate, rendered by the process's Prometheus registry)
@@ -57,6 +61,7 @@ pub mod batcher;
 pub mod checkpoint;
 pub mod compress;
 pub mod config;
+pub mod container;
 pub mod discovery;
 pub mod fdlimit;
 pub mod lines;
@@ -65,6 +70,7 @@ pub mod output;
 pub mod reader;
 pub mod shipper;
 pub mod stdin;
+pub mod syslog;
 pub mod tail;
 
 pub use agent::{Agent, AgentError, AgentReport};

@@ -77,18 +77,67 @@ pub async fn ship(
     };
     tracing::info!(agent_id, topic, stream = %stream, "shipping stdin");
     let mut report = StdinReport::default();
-    let codec = config.codec();
-    let level = config.compression.level;
-    loop {
-        let batch = tokio::select! {
-            b = rx.recv() => b,
+    let mut shipping = std::pin::pin!(ship_batches(
+        &output,
+        topic,
+        "stdin",
+        &mut rx,
+        config.codec(),
+        config.compression.level,
+        &stats,
+    ));
+    let shipped = loop {
+        tokio::select! {
+            done = &mut shipping => break done?,
             _ = shutdown.wait(), if !stop.load(Ordering::Relaxed) => {
                 // Stop reading; what was read is still shipped.
                 stop.store(true, Ordering::Relaxed);
-                continue;
             }
-        };
-        let Some(batch) = batch else { break };
+        }
+    };
+    report.acknowledged = shipped.acknowledged;
+    report.deduplicated = shipped.deduplicated;
+    report.dropped = shipped.dropped;
+    let (lines, bytes, read_error) = reader.join().map_err(|_| AgentError::Thread {
+        what: "stdin",
+        message: "panicked".to_owned(),
+    })?;
+    report.lines = lines;
+    report.bytes = bytes;
+    if let Some(e) = read_error {
+        return Err(AgentError::Thread {
+            what: "stdin read",
+            message: e.to_string(),
+        });
+    }
+    Ok(report)
+}
+
+/// What [`ship_batches`] delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Shipped {
+    pub acknowledged: u64,
+    pub deduplicated: u64,
+    pub dropped: u64,
+}
+
+/// Ships every batch `batches` yields, one at a time (so a stream's batches are stored in
+/// order), until the channel closes: encodes it, sends it to `topic`, retries what may be
+/// retried (capped, jittered backoff; the output's `Retry-After` when it gives one) and counts
+/// refusals as dropped. Shared by the inputs that read a stream once (stdin, syslog): their
+/// records carry a per-run stream origin, so a batch resent after a lost answer is a replay
+/// the collector drops.
+pub async fn ship_batches<O: Output>(
+    output: &O,
+    topic: &str,
+    input: &str,
+    batches: &mut tokio::sync::mpsc::Receiver<SealedBatch>,
+    codec: ferry_core::batch::Codec,
+    level: u32,
+    stats: &AgentStats,
+) -> Result<Shipped, AgentError> {
+    let mut report = Shipped::default();
+    while let Some(batch) = batches.recv().await {
         let meta = BatchMeta {
             records: batch.records,
             first_offset: batch.first_offset,
@@ -101,7 +150,7 @@ pub async fn ship(
             .builder
             .finish_into(codec, level, ferry_core::now_ms(), &mut encoded)
             .map_err(|e| AgentError::Thread {
-                what: "stdin encode",
+                what: "stream encode",
                 message: e.to_string(),
             })?;
         let encoded = bytes::Bytes::from(encoded);
@@ -112,7 +161,7 @@ pub async fn ship(
                     report.acknowledged += records;
                     report.deduplicated += ack.deduplicated.unwrap_or(0);
                     stats.records_acked.fetch_add(records, Ordering::Relaxed);
-                    metrics::counter!("ferry_agent_lines_shipped_total", "input" => "stdin")
+                    metrics::counter!("ferry_agent_lines_shipped_total", "input" => input.to_owned())
                         .increment(records);
                     break;
                 }
@@ -121,34 +170,22 @@ pub async fn ship(
                     retry_after,
                 }) => {
                     let wait = retry_after.unwrap_or_else(|| backoff.next_delay());
-                    tracing::debug!(reason, ?wait, "stdin batch: retrying");
+                    tracing::debug!(input, reason, ?wait, "batch: retrying");
                     stats.retries.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("ferry_agent_retries_total").increment(1);
                     tokio::time::sleep(wait).await;
                 }
                 // One batch in flight, never split across requests: these are refusals.
                 Err(e) => {
-                    tracing::error!(error = %e, records, "stdin batch refused; its lines are dropped");
+                    tracing::error!(input, error = %e, records, "batch refused; its records are dropped");
                     report.dropped += records;
                     stats.records_dropped.fetch_add(records, Ordering::Relaxed);
-                    metrics::counter!("ferry_agent_dropped_records_total", "reason" => "rejected", "input" => "stdin")
+                    metrics::counter!("ferry_agent_dropped_records_total", "reason" => "rejected", "input" => input.to_owned())
                         .increment(records);
                     break;
                 }
             }
         }
-    }
-    let (lines, bytes, read_error) = reader.join().map_err(|_| AgentError::Thread {
-        what: "stdin",
-        message: "panicked".to_owned(),
-    })?;
-    report.lines = lines;
-    report.bytes = bytes;
-    if let Some(e) = read_error {
-        return Err(AgentError::Thread {
-            what: "stdin read",
-            message: e.to_string(),
-        });
     }
     Ok(report)
 }

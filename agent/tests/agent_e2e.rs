@@ -50,6 +50,8 @@ fn config(dir: &Path, read_from: ReadFrom) -> AgentConfig {
             multiline: None,
             max_line_bytes: ByteSize::kib(64),
             line_flush_timeout: CfgDuration::from_secs(60),
+            format: None,
+            kubernetes: false,
         }],
         output: OutputConfig::Stdout,
         ..Default::default()

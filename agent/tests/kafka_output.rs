@@ -44,6 +44,8 @@ fn agent_config(dir: &Path, brokers: &str, message_timeout: CfgDuration) -> Agen
             multiline: None,
             max_line_bytes: ByteSize::kib(64),
             line_flush_timeout: CfgDuration::from_secs(60),
+            format: None,
+            kubernetes: false,
         }],
         output: OutputConfig::Kafka(Box::new(kafka)),
         ..Default::default()

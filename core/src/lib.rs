@@ -7,6 +7,8 @@
 //!   that name `file:line:col`.
 //! - [`problems`]: every problem a component's checks find after parsing, located in the file.
 //! - [`telemetry`]: `tracing` to stderr and the process's Prometheus registry.
+//! - [`time`]: RFC 3339 timestamps to Unix milliseconds.
+//! - [`syslog`]: RFC 5424 and RFC 3164 messages parsed into their parts; never panics.
 //! - [`shutdown`]: the drain signal every long-lived loop listens to.
 
 pub mod backoff;
@@ -18,7 +20,9 @@ pub mod fetch;
 pub mod problems;
 pub mod record;
 pub mod shutdown;
+pub mod syslog;
 pub mod telemetry;
+pub mod time;
 pub mod topic;
 
 /// Milliseconds since the Unix epoch, now.

@@ -39,9 +39,9 @@ pub fn resolve(args: &Args) -> anyhow::Result<AgentConfig> {
         // Checked by from_quick; the inputs of --config are not tailed.
         return Ok(config);
     }
-    if config.inputs.is_empty() {
+    if config.inputs.is_empty() && config.syslog.is_empty() {
         return Err(UsageError(
-            "nothing to tail: give files or globs (ferry agent 'logs/*.log') or inputs in --config"
+            "nothing to tail: give files or globs (ferry agent 'logs/*.log') or inputs (or syslog listeners) in --config"
                 .into(),
         )
         .into());

@@ -227,6 +227,30 @@ pub fn start_collector(dir: &Dir, name: &str, config: Option<&str>) -> Service {
     start_collector_on(dir, name, config, free_addr())
 }
 
+/// Every record of `topic` from its beginning, as the JSON objects `ferry consume --format json`
+/// prints (it stops after 2 s without a new record).
+pub fn consume_json(url: &str, topic: &str) -> Vec<serde_json::Value> {
+    let out = run(
+        ferry().args([
+            "consume",
+            "--collector",
+            url,
+            topic,
+            "--from-beginning",
+            "--idle-timeout",
+            "2s",
+            "--format",
+            "json",
+        ]),
+        b"",
+        0,
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect()
+}
+
 /// Runs `ferry produce` with `lines` on stdin; panics unless all are acknowledged.
 pub fn produce(url: &str, topic: &str, lines: &str) {
     run(

@@ -355,6 +355,8 @@ fn child(args: &[String]) -> Res<()> {
             multiline: None,
             max_line_bytes: ByteSize::kib(256),
             line_flush_timeout: ferry_core::config::Duration::from_secs(1),
+            format: None,
+            kubernetes: false,
         }],
         output: OutputConfig::Null,
         ..Default::default()
@@ -460,6 +462,8 @@ fn idle(args: &[String]) -> Res<()> {
                 multiline: None,
                 max_line_bytes: ByteSize::kib(256),
                 line_flush_timeout: ferry_core::config::Duration::from_secs(1),
+                format: None,
+                kubernetes: false,
             }],
             output: OutputConfig::Null,
             ..Default::default()
@@ -591,6 +595,8 @@ fn kafka(args: &[String]) -> Res<()> {
                 multiline: None,
                 max_line_bytes: ByteSize::kib(256),
                 line_flush_timeout: ferry_core::config::Duration::from_secs(1),
+                format: None,
+                kubernetes: false,
             }],
             output: OutputConfig::Kafka(Box::new(k)),
             ..Default::default()

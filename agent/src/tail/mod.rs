@@ -2,7 +2,7 @@
 //!
 //! [`Tailer`] is the synchronous core of the agent's reading side, modelled on Vector's file
 //! server: it owns one [`watcher::FileWatcher`] per file (a state machine, no task per file), a
-//! [`Multiline`] joiner and a [`Batcher`] per file, and is driven in turns by the reader thread
+//! [`Joiner`] (multiline rule or container format) and a [`Batcher`] per file, and is driven in turns by the reader thread
 //! ([`crate::reader`]): `scan` (rescan, or one path after an event) → `read_turn` (each file that
 //! may have data, up to a byte budget, so busy files cannot starve quiet ones) →
 //! `poll_timeouts` (partial lines, multiline records, batch linger, releasing rotated files).
@@ -15,9 +15,9 @@ pub mod watcher;
 use crate::batcher::{BatchLimits, Batcher, BuilderPool, SealedBatch};
 use crate::checkpoint::{Checkpoints, FileCheckpoint};
 use crate::config::{CompiledInput, ReadFrom};
+use crate::container::{Extra, Joiner};
 use crate::discovery::{self, GlobRoot};
 use crate::lines::Line;
-use crate::multiline::Multiline;
 use ferry_core::backoff::Backoff;
 use ferry_core::record::FileId;
 use fingerprint::Fingerprint;
@@ -149,7 +149,9 @@ const WAIT_REPORT_EVERY: Duration = Duration::from_secs(60);
 struct Tracked {
     input: usize,
     watcher: FileWatcher,
-    multiline: Option<Multiline>,
+    /// Lines into records when they are not records as written (multiline rule, container
+    /// format).
+    multiline: Option<Joiner>,
     batcher: Batcher,
     /// The last read stopped at its budget: read again next turn.
     more: bool,
@@ -997,10 +999,7 @@ impl Tailer {
             });
         }
         tracing::debug!(path = %path.display(), ?start, "tailing file");
-        let multiline = inp
-            .multiline
-            .clone()
-            .map(|rule| Multiline::new(rule, inp.max_line_bytes));
+        let multiline = Joiner::for_input(inp, &path);
         self.files.insert(
             watcher.key(),
             Tracked {
@@ -1089,7 +1088,7 @@ impl Tailer {
     /// the line's flush timeout cut it in two.
     fn held_by(&self, key: FileKey) -> u64 {
         self.files.get(&key).map_or(0, |t| {
-            t.watcher.held_bytes() + t.multiline.as_ref().map_or(0, Multiline::held_bytes)
+            t.watcher.held_bytes() + t.multiline.as_ref().map_or(0, Joiner::held_bytes)
         })
     }
 
@@ -1157,7 +1156,7 @@ impl Tailer {
                     watcher.flush_partial(now, true, &mut route);
                     if let Some(ml) = multiline.as_mut() {
                         let id = watcher.file_id();
-                        ml.flush(&mut |o, rec| {
+                        ml.flush(&mut |o, rec, extra| {
                             push_batch(
                                 batcher,
                                 &settings.agent_id,
@@ -1165,6 +1164,7 @@ impl Tailer {
                                 id,
                                 o,
                                 rec,
+                                extra,
                                 now,
                                 sealed,
                                 open_bytes,
@@ -1328,7 +1328,7 @@ impl Tailer {
             watcher.flush_partial(now, release, &mut route);
             if let Some(ml) = multiline.as_mut() {
                 let id = watcher.file_id();
-                let mut push = |o: u64, rec: Line<'_>| {
+                let mut push = |o: u64, rec: Line<'_>, extra: Extra<'_>| {
                     push_batch(
                         batcher,
                         &settings.agent_id,
@@ -1336,6 +1336,7 @@ impl Tailer {
                         id,
                         o,
                         rec,
+                        extra,
                         now,
                         sealed,
                         open_bytes,
@@ -1514,7 +1515,7 @@ fn drain_sealed(
 
 #[allow(clippy::too_many_arguments)]
 fn route_line(
-    multiline: &mut Option<Multiline>,
+    multiline: &mut Option<Joiner>,
     batcher: &mut Batcher,
     agent_id: &str,
     fields: &[ferry_core::record::Field],
@@ -1526,13 +1527,22 @@ fn route_line(
     open_bytes: &mut u64,
 ) {
     match multiline {
-        Some(ml) => ml.push(off, line, now, &mut |o, rec| {
+        Some(ml) => ml.push(off, line, now, &mut |o, rec, extra| {
             push_batch(
-                batcher, agent_id, fields, id, o, rec, now, sealed, open_bytes,
+                batcher, agent_id, fields, id, o, rec, extra, now, sealed, open_bytes,
             )
         }),
         None => push_batch(
-            batcher, agent_id, fields, id, off, line, now, sealed, open_bytes,
+            batcher,
+            agent_id,
+            fields,
+            id,
+            off,
+            line,
+            Extra::default(),
+            now,
+            sealed,
+            open_bytes,
         ),
     }
 }
@@ -1545,22 +1555,28 @@ fn push_batch(
     id: FileId,
     off: u64,
     rec: Line<'_>,
+    extra: Extra<'_>,
     now: Instant,
     sealed: &mut Vec<SealedBatch>,
     open_bytes: &mut u64,
 ) {
     let before = sealed.len();
-    batcher.push(
-        agent_id,
-        id,
-        off,
-        rec.bytes,
-        rec.span,
-        rec.truncated,
+    // A joiner's own fields (a container line's stream and pod) come after the input's.
+    let joined: Vec<ferry_core::record::Field>;
+    let fields = if extra.fields.is_empty() {
+        fields
+    } else {
+        joined = fields.iter().chain(extra.fields).cloned().collect();
+        &joined
+    };
+    let line = crate::batcher::Line {
+        line: rec.bytes,
+        span: rec.span,
+        event_time_ms: extra.event_time_ms,
+        truncated: rec.truncated,
         fields,
-        now,
-        sealed,
-    );
+    };
+    batcher.push_line(agent_id, id, off, line, now, sealed);
     *open_bytes += rec.span;
     for s in &sealed[before..] {
         *open_bytes -= s.span_bytes();

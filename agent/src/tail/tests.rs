@@ -113,6 +113,8 @@ impl Harness {
                 // Longer than all the time a case lets pass: an incomplete line waits for its
                 // rest, and is shipped as is only when its file is released.
                 line_flush_timeout: ferry_core::config::Duration::from_secs(3600),
+                format: None,
+                kubernetes: false,
             }],
             ..Default::default()
         };
@@ -445,6 +447,8 @@ fn harness_with(multiline: Option<crate::config::MultilineConfig>) -> Harness {
             multiline,
             max_line_bytes: ferry_core::config::ByteSize(4096),
             line_flush_timeout: ferry_core::config::Duration::from_secs(1),
+            format: None,
+            kubernetes: false,
         }],
         ..Default::default()
     };

@@ -7,204 +7,32 @@
 //! lines, as in files written by rsyslog (`Nov 24 06:46:50 host sshd[42]: ...`).
 
 use super::{FieldSlots, ParseError, Span, utf8};
+use ferry_core::syslog::Message;
 
 const FORMAT: &str = "syslog";
 
-const FACILITIES: [&str; 24] = [
-    "kern",
-    "user",
-    "mail",
-    "daemon",
-    "auth",
-    "syslog",
-    "lpr",
-    "news",
-    "uucp",
-    "cron",
-    "authpriv",
-    "ftp",
-    "ntp",
-    "security",
-    "console",
-    "solaris-cron",
-    "local0",
-    "local1",
-    "local2",
-    "local3",
-    "local4",
-    "local5",
-    "local6",
-    "local7",
-];
-const SEVERITIES: [&str; 8] = [
-    "emerg", "alert", "crit", "err", "warning", "notice", "info", "debug",
-];
-
-fn err(what: impl Into<String>) -> ParseError {
-    ParseError::new(FORMAT, what)
-}
-
 pub fn parse(line: &[u8], out: &mut FieldSlots) -> Result<(), ParseError> {
     let s = utf8(FORMAT, line)?;
-    let (pri, rest) = match s.strip_prefix('<') {
-        Some(r) => {
-            let end = r
-                .find('>')
-                .filter(|&e| (1..=3).contains(&e))
-                .ok_or_else(|| err("bad <PRI>"))?;
-            let digits = &r[..end];
-            let pri: u8 = digits
-                .parse()
-                .ok()
-                .filter(|p| *p <= 191 && digits.bytes().all(|b| b.is_ascii_digit()))
-                .ok_or_else(|| err(format!("bad priority {digits:?}")))?;
-            out.set_sub(b"pri", line, digits);
-            (Some(pri), &r[end + 1..])
-        }
-        None => (None, s),
-    };
-    if let Some(p) = pri {
-        out.set_named(b"facility", Span::Static(FACILITIES[(p >> 3) as usize]));
-        out.set_named(b"severity", Span::Static(SEVERITIES[(p & 7) as usize]));
-    }
-    match (pri, rest.strip_prefix("1 ")) {
-        (Some(_), Some(r)) => rfc5424(line, r, out),
-        _ => rfc3164(line, rest, out),
-    }
-}
-
-fn set_nil(out: &mut FieldSlots, line: &[u8], name: &str, v: &str) {
-    if v != "-" {
-        out.set_sub(name.as_bytes(), line, v);
-    }
-}
-
-fn rfc5424(line: &[u8], r: &str, out: &mut FieldSlots) -> Result<(), ParseError> {
-    let mut it = r.splitn(6, ' ');
-    let mut next = |what: &str| {
-        it.next()
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| err(format!("RFC 5424: missing {what}")))
-    };
-    let ts = next("TIMESTAMP")?;
-    if ts != "-" && crate::time::parse_rfc3339(ts).is_none() {
-        return Err(err(format!("RFC 5424: bad timestamp {ts:?}")));
-    }
-    set_nil(out, line, "timestamp", ts);
-    set_nil(out, line, "hostname", next("HOSTNAME")?);
-    set_nil(out, line, "appname", next("APP-NAME")?);
-    set_nil(out, line, "procid", next("PROCID")?);
-    set_nil(out, line, "msgid", next("MSGID")?);
-    let rest = next("STRUCTURED-DATA")?;
-    let (sd, msg) = if let Some(after) = rest.strip_prefix('-') {
-        ("-", after)
-    } else if rest.starts_with('[') {
-        let end = sd_end(rest).ok_or_else(|| err("RFC 5424: unterminated STRUCTURED-DATA"))?;
-        (&rest[..end], &rest[end..])
-    } else {
-        return Err(err(
-            "RFC 5424: STRUCTURED-DATA must be `-` or start with `[`",
-        ));
-    };
-    set_nil(out, line, "structured_data", sd);
-    let msg = match msg.strip_prefix(' ') {
-        Some(m) => m.strip_prefix('\u{feff}').unwrap_or(m),
-        None if msg.is_empty() => msg,
-        None => return Err(err("RFC 5424: expected a space after STRUCTURED-DATA")),
-    };
-    out.set_sub(b"message", line, msg);
-    Ok(())
-}
-
-/// Length of the run of `[...]` elements at the start of `s`, honouring `\]` and quoted values.
-fn sd_end(s: &str) -> Option<usize> {
-    let b = s.as_bytes();
-    let mut i = 0;
-    while b.get(i) == Some(&b'[') {
-        let mut in_quotes = false;
-        i += 1;
-        loop {
-            match *b.get(i)? {
-                b'\\' if in_quotes => i += 2,
-                b'"' => {
-                    in_quotes = !in_quotes;
-                    i += 1;
-                }
-                b']' if !in_quotes => {
-                    i += 1;
-                    break;
-                }
-                _ => i += 1,
-            }
+    let m: Message<'_> = ferry_core::syslog::parse(s).map_err(|e| ParseError::new(FORMAT, e.0))?;
+    let parts = [
+        ("pri", m.pri),
+        ("timestamp", m.timestamp),
+        ("hostname", m.hostname),
+        ("appname", m.appname),
+        ("procid", m.procid),
+        ("msgid", m.msgid),
+        ("structured_data", m.structured_data),
+        ("message", Some(m.message)),
+    ];
+    for (name, v) in parts {
+        if let Some(v) = v {
+            out.set_sub(name.as_bytes(), line, v);
         }
     }
-    Some(i)
-}
-
-fn rfc3164(line: &[u8], r: &str, out: &mut FieldSlots) -> Result<(), ParseError> {
-    // "Mmm dd hh:mm:ss" (day space-padded), 15 bytes. Checked as bytes: the line may have a
-    // multi-byte character anywhere in them (`Jaé 11 ...`), where a `str` slice would panic.
-    // Once they are all ASCII, bytes 15 and 16 are char boundaries.
-    let b = r.as_bytes();
-    let ok = b.len() > 16
-        && matches!(
-            &b[..3],
-            b"Jan"
-                | b"Feb"
-                | b"Mar"
-                | b"Apr"
-                | b"May"
-                | b"Jun"
-                | b"Jul"
-                | b"Aug"
-                | b"Sep"
-                | b"Oct"
-                | b"Nov"
-                | b"Dec"
-        )
-        && b[3] == b' '
-        && (b[4] == b' ' || b[4].is_ascii_digit())
-        && b[5].is_ascii_digit()
-        && b[6] == b' '
-        && b[9] == b':'
-        && b[12] == b':'
-        && [7, 8, 10, 11, 13, 14]
-            .iter()
-            .all(|&k| b[k].is_ascii_digit())
-        && b[15] == b' ';
-    if !ok {
-        return Err(err("RFC 3164: expected a timestamp like `Oct 11 22:14:15`"));
-    }
-    let (Some(ts), Some(rest)) = (r.get(..15), r.get(16..)) else {
-        return Err(err("RFC 3164: expected a timestamp like `Oct 11 22:14:15`"));
-    };
-    out.set_sub(b"timestamp", line, ts);
-    let (host, rest) = rest
-        .split_once(' ')
-        .ok_or_else(|| err("RFC 3164: missing hostname"))?;
-    if host.is_empty() {
-        return Err(err("RFC 3164: missing hostname"));
-    }
-    out.set_sub(b"hostname", line, host);
-    // TAG[PID]: MSG — the tag is optional; without a colon the whole rest is the message.
-    let tag_end = rest.find([':', '[', ' ']).unwrap_or(rest.len());
-    let tag = &rest[..tag_end];
-    let after = &rest[tag_end..];
-    let (procid, after) = match after.strip_prefix('[') {
-        Some(p) => match p.split_once(']') {
-            Some((pid, a)) => (Some(pid), a),
-            None => return Err(err("RFC 3164: unterminated [pid]")),
-        },
-        None => (None, after),
-    };
-    if let (false, Some(msg)) = (tag.is_empty(), after.strip_prefix(':')) {
-        out.set_sub(b"appname", line, tag);
-        if let Some(pid) = procid {
-            out.set_sub(b"procid", line, pid);
+    for (name, v) in [("facility", m.facility), ("severity", m.severity)] {
+        if let Some(v) = v {
+            out.set_named(name.as_bytes(), Span::Static(v));
         }
-        out.set_sub(b"message", line, msg.strip_prefix(' ').unwrap_or(msg));
-    } else {
-        out.set_sub(b"message", line, rest);
     }
     Ok(())
 }

@@ -1,0 +1,121 @@
+//! The agent's syslog input with util-linux `logger` as the real client: UDP and TCP, RFC 3164
+//! and RFC 5424, newline framing and octet counting; every message once, with `host`, `app`,
+//! `severity` and `facility` as fields.
+
+mod util;
+use std::time::Duration;
+use util::{Dir, Service, consume_json, ferry, free_port, run, start_collector, wait_until};
+
+/// `logger` from util-linux; scripts/test and .ci/run install it (package bsdutils) if missing.
+fn logger(port: u16, mode: &[&str], tag: &str, prio: &str, lines: &str) {
+    let port = port.to_string();
+    let mut args = vec![
+        "--server",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "-t",
+        tag,
+        "-p",
+        prio,
+    ];
+    args.extend_from_slice(mode);
+    let mut cmd = std::process::Command::new("logger");
+    cmd.args(&args);
+    run(&mut cmd, lines.as_bytes(), 0);
+}
+
+#[test]
+fn logger_over_udp_and_tcp_in_both_formats_arrives_once_with_fields() {
+    let dir = Dir::new("syslog");
+    let c = start_collector(&dir, "collector", None);
+    let port = free_port();
+    let config = format!(
+        "agent:\n  data_dir: {data}\n  batch:\n    linger: 50ms\n  output:\n    type: collector\n    urls: [\"{url}\"]\n  syslog:\n    - name: net\n      udp: 127.0.0.1:{port}\n      tcp: 127.0.0.1:{port}\n      topic: syslog\n      fields:\n        site: lab\n",
+        data = dir.join("agent-data").display(),
+        url = c.url(),
+    );
+    let path = dir.write("agent.yaml", &config);
+    let path = path.display().to_string();
+    let _agent = Service::spawn("agent", &dir, &["agent", "--config", &path]);
+    wait_until(Duration::from_secs(30), "the syslog TCP listener", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+
+    let n = 100;
+    let modes: [(&str, &[&str], &str, &str, &str); 4] = [
+        (
+            "udp3164",
+            &["--udp", "--rfc3164"],
+            "local3.warning",
+            "local3",
+            "warning",
+        ),
+        (
+            "udp5424",
+            &["--udp", "--rfc5424"],
+            "user.info",
+            "user",
+            "info",
+        ),
+        (
+            "tcp3164",
+            &["--tcp", "--rfc3164"],
+            "daemon.err",
+            "daemon",
+            "err",
+        ),
+        (
+            "tcp5424oc",
+            &["--tcp", "--rfc5424", "--octet-count"],
+            "local7.debug",
+            "local7",
+            "debug",
+        ),
+    ];
+    for (tag, mode, prio, _, _) in &modes {
+        let lines: String = (0..n).map(|i| format!("{tag} message {i}\n")).collect();
+        logger(port, mode, tag, prio, &lines);
+    }
+    let total = n * modes.len();
+    let mut records = Vec::new();
+    wait_until(Duration::from_secs(60), "every message stored", || {
+        records = consume_json(&c.url(), "syslog");
+        records.len() >= total
+    });
+    let mut seen = std::collections::HashSet::new();
+    for r in &records {
+        let line = r["line"].as_str().expect("line");
+        assert!(seen.insert(line.to_owned()), "{line:?} stored twice");
+        let tag = line.split(' ').next().unwrap_or_default();
+        let (_, _, _, facility, severity) = modes
+            .iter()
+            .find(|m| m.0 == tag)
+            .unwrap_or_else(|| panic!("unexpected record {r}"));
+        let f = &r["fields"];
+        assert_eq!(f["app"], tag, "{r}");
+        assert_eq!(f["facility"], *facility, "{r}");
+        assert_eq!(f["severity"], *severity, "{r}");
+        assert_eq!(f["site"], "lab", "{r}");
+        assert!(f["host"].as_str().is_some_and(|h| !h.is_empty()), "{r}");
+        if tag.contains("5424") {
+            assert!(r["event_time_ms"].as_i64().is_some(), "{r}");
+        }
+    }
+    assert_eq!(records.len(), total, "each message exactly once");
+}
+
+#[test]
+fn a_bad_syslog_config_is_refused_with_where_and_why() {
+    let dir = Dir::new("syslog-check");
+    let path = dir.write(
+        "agent.yaml",
+        "agent:\n  syslog:\n    - name: s\n      udp: nowhere\n      topic: t\n      max_connections: 0\n",
+    );
+    let out = run(ferry().args(["check", &path.display().to_string()]), b"", 2);
+    let err =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(err.contains("agent.syslog[0].udp"), "{err}");
+    assert!(err.contains("not host:port"), "{err}");
+    assert!(err.contains("agent.syslog[0].max_connections"), "{err}");
+}

@@ -39,6 +39,8 @@
 //! | `ferry_agent_files_open` | | tail handles open now, at most `max_open_files` (gauge) |
 //! | `ferry_agent_files_waiting` | | files found but not open yet: waiting for a descriptor, or failing to open and retried with backoff (gauge) |
 //! | `ferry_agent_files_skipped_total` | reason, format, input | files not read: `compressed` (gzip, zstd, bzip2, xz by magic bytes) |
+//! | `ferry_agent_syslog_unparsed_total` | input | syslog messages that were not RFC 5424 or 3164, shipped as they came |
+//! | `ferry_agent_syslog_framing_errors_total` | input | TCP syslog connections closed on a bad octet count |
 //! | `ferry_agent_checkpoint_age_seconds` | | time since the checkpoint file was last written (gauge) |
 //!
 //! ```no_run

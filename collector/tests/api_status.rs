@@ -310,6 +310,118 @@ async fn post_records() {
     call(&app, post("t", "x\n")).await.is(StatusCode::OK, "");
 }
 
+/// An OTLP/HTTP log export: `lines` as string bodies of one resource with `service.name`.
+fn post_logs(service: &str, lines: &[&str]) -> Request<Body> {
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use prost::Message;
+    let string = |s: &str| {
+        Some(AnyValue {
+            value: Some(Value::StringValue(s.to_owned())),
+        })
+    };
+    let request = ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(Resource {
+                attributes: vec![KeyValue {
+                    key: "service.name".into(),
+                    value: string(service),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            scope_logs: vec![ScopeLogs {
+                log_records: lines
+                    .iter()
+                    .map(|l| LogRecord {
+                        body: string(l),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    Request::post("/v1/logs")
+        .header("content-type", "application/x-protobuf")
+        .body(Body::from(request.encode_to_vec()))
+        .expect("test setup")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_logs_otlp() {
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
+    use prost::Message;
+    let dir = tempfile::tempdir().expect("test setup");
+    let state = state(
+        dir.path(),
+        "default_partitions: 1\nlimits:\n  max_body_bytes: 64KiB\n  max_inflight_bytes: 64KiB\n  max_line_bytes: 16\ntopics:\n  capped:\n    partitions: 1\n    max_records: 2\notlp:\n  topic_attribute: service.name\n",
+    );
+    let app = app(state.clone());
+    // 200: stored; a body over max_line_bytes and a service name that is no topic are
+    // rejected one by one, counted in partial_success.
+    // The answer is protobuf: read as bytes, not through `call`'s text.
+    let answer = |req: Request<Body>| {
+        let app = app.clone();
+        async move {
+            let resp = app.oneshot(req).await.expect("test setup");
+            assert_eq!(resp.status(), StatusCode::OK);
+            let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .expect("test setup");
+            ExportLogsServiceResponse::decode(body).expect("an ExportLogsServiceResponse")
+        }
+    };
+    let r = answer(post_logs("shop", &["a", "b", "far too long for the limit"])).await;
+    let partial = r.partial_success.expect("partial_success");
+    assert_eq!(partial.rejected_log_records, 1);
+    assert!(
+        partial.error_message.contains("max_line_bytes"),
+        "{partial:?}"
+    );
+    assert_eq!(state.ingest.held_records("shop"), 2);
+    let r = answer(post_logs("no/such topic", &["x"])).await;
+    assert_eq!(r.partial_success.expect("partial").rejected_log_records, 1);
+    // 429 with Retry-After: the exporter resends.
+    call(&app, post_logs("capped", &["1", "2", "3"]))
+        .await
+        .is(StatusCode::TOO_MANY_REQUESTS, "max_records");
+    // 400: not protobuf, not OTLP JSON, bad gzip.
+    let bad = |ct: &str, ce: Option<&str>, body: &'static [u8]| {
+        let mut b = Request::post("/v1/logs").header("content-type", ct);
+        if let Some(ce) = ce {
+            b = b.header("content-encoding", ce);
+        }
+        b.body(Body::from(body)).expect("test setup")
+    };
+    call(&app, bad("application/x-protobuf", None, b"\x0a\xff\x01"))
+        .await
+        .is(StatusCode::BAD_REQUEST, "protobuf");
+    call(&app, bad("application/json", None, b"[1,2]"))
+        .await
+        .is(StatusCode::BAD_REQUEST, "OTLP JSON");
+    call(&app, bad("application/json", Some("gzip"), b"nope"))
+        .await
+        .is(StatusCode::BAD_REQUEST, "gzip");
+    // 415: another content type.
+    call(&app, bad("text/plain", None, b"hi"))
+        .await
+        .is(StatusCode::UNSUPPORTED_MEDIA_TYPE, "application/x-protobuf");
+    // 413: over max_body_bytes.
+    let big = vec![b'x'; 65 << 10];
+    let req = Request::post("/v1/logs")
+        .header("content-type", "application/x-protobuf")
+        .header("content-length", big.len())
+        .body(Body::from(big))
+        .expect("test setup");
+    call(&app, req)
+        .await
+        .is(StatusCode::PAYLOAD_TOO_LARGE, "max_body_bytes");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_records_to_an_unknown_topic_without_auto_creation_or_a_busy_topic() {
     let dir = tempfile::tempdir().expect("test setup");

@@ -119,3 +119,65 @@ fn a_bad_syslog_config_is_refused_with_where_and_why() {
     assert!(err.contains("not host:port"), "{err}");
     assert!(err.contains("agent.syslog[0].max_connections"), "{err}");
 }
+
+#[test]
+fn message_size_and_connection_count_are_bounded() {
+    use std::io::Write;
+    let dir = Dir::new("syslog-limits");
+    let c = start_collector(&dir, "collector", None);
+    let port = free_port();
+    let config = format!(
+        "agent:\n  data_dir: {data}\n  batch:\n    linger: 50ms\n  output:\n    type: collector\n    urls: [\"{url}\"]\n  syslog:\n    - name: net\n      tcp: 127.0.0.1:{port}\n      topic: limits\n      max_message_bytes: 1KiB\n      max_connections: 2\n",
+        data = dir.join("agent-data").display(),
+        url = c.url(),
+    );
+    let path = dir.write("agent.yaml", &config);
+    let path = path.display().to_string();
+    let _agent = Service::spawn("agent", &dir, &["agent", "--config", &path]);
+    // Two connections hold both permits; the readiness probe's own connection is closed
+    // first (it gives its permit back).
+    wait_until(Duration::from_secs(30), "the syslog TCP listener", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let connect = || std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let mut first = connect();
+    let long = format!("<13>1 - h app - - - {}", "x".repeat(5000));
+    write!(first, "{} {long}", long.len()).expect("send");
+    first.flush().expect("flush");
+    let stored = |n: usize| consume_json(&c.url(), "limits").len() >= n;
+    wait_until(Duration::from_secs(30), "the long message", || stored(1));
+    let _second = connect();
+    // A third connection waits in the backlog: accepted only once a permit is free.
+    let mut third = connect();
+    third
+        .write_all(b"<13>1 - h app - - - from the third\n")
+        .expect("send");
+    third.flush().expect("flush");
+    // The agent holds two connections and is not reading the third: in two full consume
+    // rounds (each waits 2 s for records), nothing new arrives.
+    assert_eq!(
+        consume_json(&c.url(), "limits").len(),
+        1,
+        "a third connection was read"
+    );
+    assert_eq!(
+        consume_json(&c.url(), "limits").len(),
+        1,
+        "a third connection was read"
+    );
+    drop(first);
+    wait_until(
+        Duration::from_secs(30),
+        "the third connection's message",
+        || stored(2),
+    );
+    let records = consume_json(&c.url(), "limits");
+    let long_rec = &records[0];
+    assert_eq!(long_rec["truncated"], true, "{long_rec}");
+    assert_eq!(
+        long_rec["line"].as_str().map(str::len),
+        Some(1024 - 20),
+        "{long_rec}"
+    );
+    assert_eq!(records[1]["line"], "from the third");
+}

@@ -206,7 +206,8 @@ impl Merger {
 
     /// File bytes read but not yet in a record.
     pub fn pending_bytes(&self) -> u64 {
-        self.read_end - self.emitted_end.unwrap_or(self.read_end)
+        self.read_end
+            .saturating_sub(self.emitted_end.unwrap_or(self.read_end))
     }
 
     /// When a pending line times out.
@@ -229,6 +230,12 @@ impl Merger {
         now: Instant,
         emit: &mut impl FnMut(Merged),
     ) {
+        if self.emitted_end.is_some() && offset != self.read_end {
+            // Reading goes on elsewhere (a truncation restarts at 0, a copy is read on): what
+            // is pending belongs to what was read before.
+            self.flush(emit);
+            self.emitted_end = None;
+        }
         if self.emitted_end.is_none() {
             self.emitted_end = Some(offset);
         }
@@ -285,7 +292,7 @@ impl Merger {
     fn hand_out(&mut self, mut record: Merged, emit: &mut impl FnMut(Merged)) {
         let start = self.emitted_end.unwrap_or(self.read_end);
         record.offset = start;
-        record.span = self.read_end - start;
+        record.span = self.read_end.saturating_sub(start);
         self.emitted_end = Some(self.read_end);
         emit(record);
     }
@@ -582,6 +589,25 @@ mod tests {
     }
 
     #[test]
+    fn reading_elsewhere_hands_out_what_is_pending_and_starts_over() {
+        let now = Instant::now();
+        let mut m = Merger::new(ContainerFormat::Cri, 100, Duration::from_secs(1));
+        let mut out = Vec::new();
+        let p = b"2026-12-03T10:00:00Z stdout P old";
+        let f = b"2026-12-03T10:00:00Z stdout F new";
+        m.push(100, p, p.len() as u64 + 1, false, now, &mut |r| out.push(r));
+        // Truncated: reading starts over at 0.
+        m.push(0, f, f.len() as u64 + 1, false, now, &mut |r| out.push(r));
+        let got: Vec<(u64, u64, &[u8])> = out
+            .iter()
+            .map(|r| (r.offset, r.span, &r.text[..]))
+            .collect();
+        let (np, nf) = (p.len() as u64 + 1, f.len() as u64 + 1);
+        assert_eq!(got, [(100, np, &b"old"[..]), (0, nf, &b"new"[..])]);
+        assert!(out[0].field.value.as_ref() == "stdout" && !out[0].truncated);
+    }
+
+    #[test]
     fn a_pending_piece_times_out() {
         let t0 = Instant::now();
         let mut m = Merger::new(ContainerFormat::Cri, 100, Duration::from_secs(1));
@@ -655,7 +681,10 @@ mod tests {
         /// whole lines) merge back into the original lines, and the spans add up to the file.
         #[test]
         fn random_splits_merge_back(
-            lines in proptest::collection::vec(("[a-zA-Z0-9 {}\"é]{0,60}", any::<bool>(), proptest::collection::vec(0usize..64, 0..4)), 1..20),
+            lines in proptest::collection::vec(
+                ("[a-zA-Z0-9 {}\"é]{0,60}", any::<bool>(), proptest::collection::vec(0usize..64, 0..4)),
+                1..20,
+            ),
             docker in any::<bool>(),
         ) {
             let mut file = Vec::new();
@@ -669,7 +698,10 @@ mod tests {
             let out = run(&mut m, &file);
             let got: Vec<(String, &str)> = out
                 .iter()
-                .map(|r| (String::from_utf8(r.text.clone()).unwrap(), if &*r.field.value == "stderr" { "stderr" } else { "stdout" }))
+                .map(|r| {
+                    let stream = if &*r.field.value == "stderr" { "stderr" } else { "stdout" };
+                    (String::from_utf8(r.text.clone()).unwrap(), stream)
+                })
                 .collect();
             prop_assert!(out.iter().all(|r| &*r.field.key == "stream"));
             prop_assert_eq!(got, want);

@@ -25,22 +25,32 @@ fn logger(port: u16, mode: &[&str], tag: &str, prio: &str, lines: &str) {
     run(&mut cmd, lines.as_bytes(), 0);
 }
 
+/// Starts an agent whose only input is the syslog listener `listener` (YAML keys after
+/// `name`, at the list item's indentation) shipping to `collector`; waits until it accepts TCP
+/// connections on `port`.
+fn start_syslog_agent(dir: &Dir, collector: &str, port: u16, listener: &str) -> Service {
+    let config = format!(
+        "agent:\n  data_dir: {data}\n  batch:\n    linger: 50ms\n  output:\n    type: collector\n    urls: [\"{collector}\"]\n  syslog:\n    - name: net\n{listener}",
+        data = dir.join("agent-data").display(),
+    );
+    let path = dir.write("agent.yaml", &config);
+    let path = path.display().to_string();
+    let agent = Service::spawn("agent", dir, &["agent", "--config", &path]);
+    wait_until(Duration::from_secs(30), "the syslog TCP listener", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    agent
+}
+
 #[test]
 fn logger_over_udp_and_tcp_in_both_formats_arrives_once_with_fields() {
     let dir = Dir::new("syslog");
     let c = start_collector(&dir, "collector", None);
     let port = free_port();
-    let config = format!(
-        "agent:\n  data_dir: {data}\n  batch:\n    linger: 50ms\n  output:\n    type: collector\n    urls: [\"{url}\"]\n  syslog:\n    - name: net\n      udp: 127.0.0.1:{port}\n      tcp: 127.0.0.1:{port}\n      topic: syslog\n      fields:\n        site: lab\n",
-        data = dir.join("agent-data").display(),
-        url = c.url(),
+    let listener = format!(
+        "      udp: 127.0.0.1:{port}\n      tcp: 127.0.0.1:{port}\n      topic: syslog\n      fields:\n        site: lab\n"
     );
-    let path = dir.write("agent.yaml", &config);
-    let path = path.display().to_string();
-    let _agent = Service::spawn("agent", &dir, &["agent", "--config", &path]);
-    wait_until(Duration::from_secs(30), "the syslog TCP listener", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    let _agent = start_syslog_agent(&dir, &c.url(), port, &listener);
 
     let n = 100;
     let modes: [(&str, &[&str], &str, &str, &str); 4] = [
@@ -126,19 +136,12 @@ fn message_size_and_connection_count_are_bounded() {
     let dir = Dir::new("syslog-limits");
     let c = start_collector(&dir, "collector", None);
     let port = free_port();
-    let config = format!(
-        "agent:\n  data_dir: {data}\n  batch:\n    linger: 50ms\n  output:\n    type: collector\n    urls: [\"{url}\"]\n  syslog:\n    - name: net\n      tcp: 127.0.0.1:{port}\n      topic: limits\n      max_message_bytes: 1KiB\n      max_connections: 2\n",
-        data = dir.join("agent-data").display(),
-        url = c.url(),
+    let listener = format!(
+        "      tcp: 127.0.0.1:{port}\n      topic: limits\n      max_message_bytes: 1KiB\n      max_connections: 2\n"
     );
-    let path = dir.write("agent.yaml", &config);
-    let path = path.display().to_string();
-    let _agent = Service::spawn("agent", &dir, &["agent", "--config", &path]);
-    // Two connections hold both permits; the readiness probe's own connection is closed
-    // first (it gives its permit back).
-    wait_until(Duration::from_secs(30), "the syslog TCP listener", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    // The readiness probe's connection is closed at once (its permit given back); then two
+    // connections hold both permits.
+    let _agent = start_syslog_agent(&dir, &c.url(), port, &listener);
     let connect = || std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
     let mut first = connect();
     let long = format!("<13>1 - h app - - - {}", "x".repeat(5000));

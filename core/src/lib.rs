@@ -8,6 +8,7 @@
 //! - [`problems`]: every problem a component's checks find after parsing, located in the file.
 //! - [`telemetry`]: `tracing` to stderr and the process's Prometheus registry.
 //! - [`shutdown`]: the drain signal every long-lived loop listens to.
+//! - [`registry`]: what agents report to the collector's registry, and what it shows of them.
 
 pub mod backoff;
 pub mod batch;
@@ -17,6 +18,7 @@ pub mod consumer;
 pub mod fetch;
 pub mod problems;
 pub mod record;
+pub mod registry;
 pub mod shutdown;
 pub mod telemetry;
 pub mod topic;

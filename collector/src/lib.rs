@@ -6,7 +6,8 @@
 //! - [`checkpoints`]: processor checkpoints (state + offset per group and partition), fenced.
 //! - [`registry`]: the registry of agents (heartbeats, stale and stopped agents), bounded.
 //! - [`coordinator`]: consumer-group membership and server-side partition assignment.
-//! - [`api`]: the HTTP API as an axum `Router` (`app(state)`), errors as `ApiError`.
+//! - [`api`]: the HTTP API as an axum `Router` (`app(state)`), a module per resource, errors as
+//!   one `ApiError`.
 //! - [`console`]: the web console at `/`, a static page over the JSON API.
 //! - [`server`]: the process: bind, serve, drain, close.
 //! - [`config`]: the `collector:` config section.

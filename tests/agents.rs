@@ -166,15 +166,14 @@ fn two_agents_register_then_a_killed_one_turns_stale_and_a_stopped_one_says_so()
         let a = agents(&url);
         field(a.get("web-2"), "status") == "stale" && field(a.get("web-1"), "status") == "running"
     });
-    let metrics = util::http_get(collector.addr, "/metrics")
-        .expect("metrics")
-        .1;
-    assert!(
+    wait_until(Duration::from_secs(10), "the stale gauge at 1", || {
+        let metrics = util::http_get(collector.addr, "/metrics")
+            .map(|r| r.1)
+            .unwrap_or_default();
         metrics
             .lines()
-            .any(|l| l.starts_with("ferry_collector_agents{status=\"stale\"} 1")),
-        "{metrics}"
-    );
+            .any(|l| l.starts_with("ferry_collector_agents{status=\"stale\"} 1"))
+    });
 
     // web-1 stops cleanly: its last heartbeat says so.
     assert_eq!(started[0].3.terminate(Duration::from_secs(10)), Some(0));

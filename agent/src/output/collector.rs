@@ -468,6 +468,37 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn only_a_name_with_several_addresses_is_split_into_targets() {
+        for url in [
+            "http://127.0.0.1:7070",
+            "http://[::1]:7070",
+            "https://10.1.2.3",
+        ] {
+            assert_eq!(
+                resolve_all(&Url::parse(url).unwrap()).await,
+                vec![None],
+                "{url}"
+            );
+        }
+        // A name: one target per address when it has several, else one resolved again by
+        // the client per connection.
+        use std::net::ToSocketAddrs;
+        let mut addrs: Vec<SocketAddr> = ("localhost", 7070).to_socket_addrs().unwrap().collect();
+        addrs.sort();
+        addrs.dedup();
+        let want: Vec<Option<SocketAddr>> = if addrs.len() > 1 {
+            addrs.into_iter().map(Some).collect()
+        } else {
+            vec![None]
+        };
+        let got = resolve_all(&Url::parse("http://localhost:7070").unwrap()).await;
+        assert_eq!(got, want);
+        // Does not resolve now: kept as it is, so it is tried (and fails over) like any other.
+        let none = resolve_all(&Url::parse("http://no-such-host.invalid:7070").unwrap()).await;
+        assert_eq!(none, vec![None]);
+    }
+
     /// A refused connection is a retryable error and moves failover to the next URL. (The
     /// first URL's port was just bound and released, so nothing listens there.)
     #[tokio::test]

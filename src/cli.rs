@@ -137,6 +137,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the agents that report to the collector: host, status (running, stale,
+    /// stopped), files, bytes behind, drops.
+    Agents {
+        #[arg(long)]
+        collector: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// A live sample of the records arriving on a topic, filtered and rate-limited, without
     /// joining any consumer group.
     Tap {
@@ -415,6 +423,7 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Groups { collector, json } => commands::admin::groups(&collector, json).await,
+        Command::Agents { collector, json } => commands::admin::agents(&collector, json).await,
         Command::Check { file } => check(&file),
     }
 }

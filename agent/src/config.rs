@@ -57,6 +57,28 @@ pub struct AgentConfig {
     /// soft limit is raised to the hard one at start). Beyond it, idle files give their handle
     /// back and are reopened by path when they change, their identity checked again.
     pub max_open_files: Option<usize>,
+    /// Heartbeats to the collector's registry of agents (`GET /v1/agents`, `ferry agents`).
+    pub registry: RegistryConfig,
+}
+
+/// The agent's heartbeat to the collector's registry (collector output only).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Report to the registry at all.
+    pub enabled: bool,
+    /// How often: the collector shows an agent as stale after its `agents.stale_after`
+    /// (default 30s) without one.
+    pub heartbeat_interval: Duration,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            heartbeat_interval: Duration::from_secs(10),
+        }
+    }
 }
 
 impl Default for AgentConfig {
@@ -77,6 +99,7 @@ impl Default for AgentConfig {
             max_in_flight: 8,
             max_in_flight_per_file: 4,
             max_open_files: None,
+            registry: RegistryConfig::default(),
         }
     }
 }
@@ -323,6 +346,10 @@ struct RawOutput {
     mode: Option<UrlMode>,
     #[serde(default)]
     timeout: Option<Duration>,
+    #[serde(default)]
+    discover: Option<bool>,
+    #[serde(default)]
+    refresh_interval: Option<Duration>,
     // The kafka output: `KafkaConfig`'s keys, flat (serde's `flatten` cannot be combined with
     // `deny_unknown_fields`, and unknown keys must stay errors).
     #[serde(default)]
@@ -410,7 +437,11 @@ impl TryFrom<RawOutput> for OutputConfig {
     type Error = String;
 
     fn try_from(raw: RawOutput) -> Result<Self, String> {
-        let collector_keys = raw.urls.is_some() || raw.mode.is_some() || raw.timeout.is_some();
+        let collector_keys = raw.urls.is_some()
+            || raw.mode.is_some()
+            || raw.timeout.is_some()
+            || raw.discover.is_some()
+            || raw.refresh_interval.is_some();
         let kafka_keys = raw.has_kafka_keys();
         let kind = match &raw.kind {
             None => {
@@ -421,7 +452,7 @@ impl TryFrom<RawOutput> for OutputConfig {
         };
         match kind {
             "kafka" if collector_keys => Err(
-                "output type kafka takes no `urls`, `mode` or `timeout` (those are for type collector; \
+                "output type kafka takes no `urls`, `mode`, `timeout`, `discover` or `refresh_interval` (those are for type collector; \
                  Kafka's is `message_timeout`)"
                     .to_owned(),
             ),
@@ -436,10 +467,12 @@ impl TryFrom<RawOutput> for OutputConfig {
                     urls: raw.urls.unwrap_or(defaults.urls),
                     mode: raw.mode.unwrap_or(defaults.mode),
                     timeout: raw.timeout.unwrap_or(defaults.timeout),
+                    discover: raw.discover.unwrap_or(defaults.discover),
+                    refresh_interval: raw.refresh_interval.unwrap_or(defaults.refresh_interval),
                 }))
             }
             "stdout" | "null" | "discard" if collector_keys => Err(format!(
-                "output type {kind} takes no `urls`, `mode` or `timeout` (those are for type collector)"
+                "output type {kind} takes no `urls`, `mode`, `timeout`, `discover` or `refresh_interval` (those are for type collector)"
             )),
             "stdout" => Ok(OutputConfig::Stdout),
             "null" | "discard" => Ok(OutputConfig::Null),
@@ -475,6 +508,22 @@ pub struct CollectorOutputConfig {
     /// Per request.
     #[serde(default = "default_request_timeout")]
     pub timeout: Duration,
+    /// Learn the other collectors from `GET /v1/collectors` of the ones configured (failover
+    /// and round robin then include them).
+    #[serde(default = "yes")]
+    pub discover: bool,
+    /// How often the collectors are asked again and host names resolved again (a name that
+    /// resolves to several addresses is one collector per address).
+    #[serde(default = "default_refresh_interval")]
+    pub refresh_interval: Duration,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_refresh_interval() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_request_timeout() -> Duration {
@@ -487,6 +536,8 @@ impl Default for CollectorOutputConfig {
             urls: vec!["http://127.0.0.1:7070".to_owned()],
             mode: UrlMode::Failover,
             timeout: default_request_timeout(),
+            discover: true,
+            refresh_interval: default_refresh_interval(),
         }
     }
 }
@@ -728,6 +779,13 @@ impl AgentConfig {
         {
             p.add("id", "`id` must be 1 to 1024 bytes");
         }
+        if self.registry.enabled && self.registry.heartbeat_interval.get().is_zero() {
+            p.add_hint(
+                "registry.heartbeat_interval",
+                "registry.heartbeat_interval must be more than 0s",
+                "set `registry.enabled: false` to send no heartbeats",
+            );
+        }
         if self.batch.max_bytes.get() == 0 || self.batch.max_bytes.get() > (64 << 20) {
             p.add(
                 "batch.max_bytes",
@@ -789,6 +847,12 @@ impl AgentConfig {
             p.add("output", format!("output: {e}"));
         }
         if let OutputConfig::Collector(c) = &self.output {
+            if c.refresh_interval.get().is_zero() {
+                p.add(
+                    "output.refresh_interval",
+                    "`output.refresh_interval` must be more than 0s",
+                );
+            }
             if c.urls.is_empty() {
                 p.add_hint(
                     "output.urls",

@@ -5,6 +5,7 @@
 //! - [`ingest`]: request body → verified batches → routed, partitioned sub-batches → appends.
 //! - [`otlp`]: OTLP logs (`POST /v1/logs`, protobuf or JSON) → records per topic, and the reply.
 //! - [`checkpoints`]: processor checkpoints (state + offset per group and partition), fenced.
+//! - [`registry`]: the registry of agents (heartbeats, stale and stopped agents), bounded.
 //! - [`coordinator`]: consumer-group membership and server-side partition assignment.
 //! - [`api`]: the HTTP API as an axum `Router` (`app(state)`), a module per resource, errors as
 //!   one `ApiError`.
@@ -19,6 +20,7 @@ pub mod console;
 pub mod coordinator;
 pub mod ingest;
 pub mod otlp;
+pub mod registry;
 pub mod routing;
 pub mod server;
 pub mod store;

@@ -53,6 +53,7 @@ impl Collector {
             .with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
         let state = Arc::new(AppState::new(Ingest::new(backend, config)));
+        state.set_bound(addr);
         Ok(Self {
             state,
             listener,
@@ -92,7 +93,10 @@ impl Collector {
                 loop {
                     tokio::select! {
                         _ = shutdown.wait() => break,
-                        _ = tick.tick() => state.expire_members(),
+                        _ = tick.tick() => {
+                            state.expire_members();
+                            state.tend_registry();
+                        }
                     }
                 }
             })

@@ -10,6 +10,7 @@
 //! - [`time`]: RFC 3339 timestamps to Unix milliseconds.
 //! - [`syslog`]: RFC 5424 and RFC 3164 messages parsed into their parts; never panics.
 //! - [`shutdown`]: the drain signal every long-lived loop listens to.
+//! - [`registry`]: what agents report to the collector's registry, and what it shows of them.
 
 pub mod backoff;
 pub mod batch;
@@ -19,6 +20,7 @@ pub mod consumer;
 pub mod fetch;
 pub mod problems;
 pub mod record;
+pub mod registry;
 pub mod shutdown;
 pub mod syslog;
 pub mod telemetry;

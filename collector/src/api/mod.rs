@@ -13,6 +13,7 @@
 //! | `POST /v1/groups/{group}/join` · `heartbeat` · `leave` · `commit` | consumer groups | [`groups`] |
 //! | `GET /v1/groups`, `GET /v1/groups/{group}/offsets` | groups with members and lag | [`groups`] |
 //! | `PUT`/`GET /v1/groups/{g}/checkpoints/{t}/{p}` | processor checkpoints | [`checkpoints`] |
+//! | `PUT /v1/agents/{id}`, `GET /v1/agents`, `GET /v1/collectors` | the registry of agents, the collectors to use | [`agents`] |
 //! | `GET /healthz`, `GET /metrics`, `GET /` | liveness, Prometheus text, the console | here |
 //!
 //! Every `/v1` route passes [`auth`] first. Bodies are bounded per route ([`body`]): ingest by
@@ -26,6 +27,7 @@
 //! backend for what Kafka serves itself. docs/collector.md has the table of which route answers
 //! which status; collector/tests/api_status.rs calls each row.
 
+mod agents;
 mod body;
 mod checkpoints;
 mod error;
@@ -48,7 +50,7 @@ use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{any, get, post, put};
 use state::blocking;
 use std::sync::Arc;
 
@@ -56,7 +58,7 @@ use std::sync::Arc;
 pub fn app(state: Arc<AppState>) -> axum::Router {
     let v1 = if state.ingest.store().is_none() {
         // Kafka backend: only ingest; everything else is answered by the cluster itself.
-        axum::Router::new()
+        registry_routes()
             .route("/v1/topics/{topic}/records", post(records::post_records))
             .route(crate::otlp::LOGS_PATH, post(otlp::post_logs))
             .route("/v1/{*rest}", any(|| async { ApiError::kafka_backend() }))
@@ -73,9 +75,17 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
         .with_state(state)
 }
 
+/// The registry's routes, on either backend.
+fn registry_routes() -> axum::Router<Arc<AppState>> {
+    axum::Router::new()
+        .route("/v1/agents", get(agents::list_agents))
+        .route("/v1/agents/{id}", put(agents::put_agent))
+        .route("/v1/collectors", get(agents::list_collectors))
+}
+
 /// The `/v1` routes of the embedded store.
 fn embedded_routes() -> axum::Router<Arc<AppState>> {
-    axum::Router::new()
+    registry_routes()
         .route("/v1/topics", get(topics::list_topics))
         .route(
             "/v1/topics/{topic}",

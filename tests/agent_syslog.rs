@@ -184,3 +184,33 @@ fn message_size_and_connection_count_are_bounded() {
     );
     assert_eq!(records[1]["line"], "from the third");
 }
+
+#[test]
+fn sigterm_with_the_collector_gone_stops_within_the_shutdown_timeout() {
+    use std::io::Write;
+    let dir = Dir::new("syslog-stop");
+    let mut c = start_collector(&dir, "collector", None);
+    let port = free_port();
+    let listener = format!("      tcp: 127.0.0.1:{port}\n      topic: stop\n");
+    let mut agent = start_syslog_agent(&dir, &c.url(), port, &listener);
+    c.kill9();
+    // Messages the agent cannot deliver: it retries until SIGTERM, then for at most
+    // shutdown_timeout (10 s by default), and exits. Sent in rounds further apart than the
+    // 50 ms linger, so that they make more sealed batches than the shipper's queue holds.
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    for round in 0..10 {
+        for i in 0..10 {
+            writeln!(conn, "<13>1 - h app - - - undeliverable {round}.{i}").expect("send");
+        }
+        conn.flush().expect("flush");
+        std::thread::sleep(Duration::from_millis(120));
+    }
+    let started = std::time::Instant::now();
+    let code = agent.terminate(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{}", agent.stderr());
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "took {:?}",
+        started.elapsed()
+    );
+}

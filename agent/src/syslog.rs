@@ -395,6 +395,8 @@ impl SyslogInput {
                         input = name,
                         "syslog input: messages not acknowledged by the shutdown deadline are lost"
                     );
+                    // It may be waiting for room in the channel the shipper no longer reads.
+                    batching.abort();
                     Default::default()
                 }
             },
@@ -432,6 +434,8 @@ async fn receive_udp(
                 Ok((n, _)) => n,
                 Err(e) => {
                     tracing::warn!(input = name, error = %e, "syslog udp receive failed");
+                    // Not a busy loop if the error persists.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },

@@ -8,7 +8,7 @@
 
 mod util;
 use std::path::PathBuf;
-use util::{Dir, consume_json, ferry, run, start_collector};
+use util::{Dir, consume_json, run, start_collector};
 
 fn python() -> PathBuf {
     let python = std::env::var_os("FERRY_OTEL_PYTHON")
@@ -132,7 +132,8 @@ fn otlp_json_is_taken_and_rejected_records_are_counted_as_partial_success() {
     let records = consume_json(&c.url(), "otel-misc");
     assert_eq!(records.len(), 1, "{records:?}");
     let r = &records[0];
-    let line: serde_json::Value = serde_json::from_str(r["line"].as_str().expect("line")).unwrap();
+    let line: serde_json::Value =
+        serde_json::from_str(r["line"].as_str().expect("line")).expect("the body as JSON");
     assert_eq!(line, serde_json::json!({"msg": "hi", "n": 7}));
     assert_eq!(r["event_time_ms"], 1_700_000_000_123i64);
     let f = &r["fields"];
@@ -155,7 +156,9 @@ fn malformed_bodies_get_400_with_a_message_and_the_collector_stays_up() {
         e.write_all(b).expect("gzip");
         e.finish().expect("gzip")
     };
-    let cases: Vec<(&str, Option<&str>, Vec<u8>, u16, &str)> = vec![
+    // (content type, content encoding, body, status, what the error says)
+    type Case<'a> = (&'a str, Option<&'a str>, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case<'_>> = vec![
         // Field 1 (resource_logs) as a length-delimited field running past the end.
         (
             "application/x-protobuf",

@@ -226,7 +226,7 @@ impl SyslogInputConfig {
             p.add("topic", format!("input {me:?}: {e}"));
         }
         let max = self.max_message_bytes.get();
-        if max < 64 || max > (16 << 20) {
+        if !(64..=(16 << 20)).contains(&max) {
             p.add(
                 "max_message_bytes",
                 format!("syslog input {me:?}: `max_message_bytes` must be 64 bytes to 16MiB"),

@@ -336,6 +336,8 @@ async fn checkpoint_advances_only_on_acknowledgement() {
         urls: vec![format!("http://127.0.0.1:{port}")],
         mode: Default::default(),
         timeout: CfgDuration::from_secs(1),
+        discover: false,
+        refresh_interval: CfgDuration::from_secs(30),
     });
     cfg.shutdown_timeout = CfgDuration::from_millis(300);
     let agent = Agent::new(cfg).unwrap();
@@ -383,6 +385,8 @@ async fn reading_pauses_when_the_buffer_is_full() {
         urls: vec![format!("http://127.0.0.1:{port}")],
         mode: Default::default(),
         timeout: CfgDuration::from_secs(1),
+        discover: false,
+        refresh_interval: CfgDuration::from_secs(30),
     });
     cfg.batch.max_bytes = ByteSize::kib(64);
     cfg.batch.max_records = 100_000;

@@ -213,7 +213,7 @@ pub fn convert(
                     lr.observed_time_unix_nano
                 };
                 let mut record = Record::from_line(line);
-                record.event_time_ms = (nanos != 0).then(|| (nanos / 1_000_000) as i64);
+                record.event_time_ms = (nanos != 0).then_some((nanos / 1_000_000) as i64);
                 record.fields = fields;
                 out.topics.entry(topic.clone()).or_default().push(record);
             }

@@ -999,7 +999,7 @@ impl Tailer {
             });
         }
         tracing::debug!(path = %path.display(), ?start, "tailing file");
-        let multiline = Joiner::for_input(inp, &path);
+        let multiline = Joiner::for_input(inp, path);
         self.files.insert(
             watcher.key(),
             Tracked {

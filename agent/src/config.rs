@@ -7,6 +7,7 @@
 use ferry_core::batch::Codec;
 use ferry_core::config::{ByteSize, Duration, Problem, Problems};
 use ferry_core::record::Field;
+use ferry_core::security::ClientSecurity;
 use ferry_kafka::{Compression, KafkaConfig, KafkaTopicConfig};
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use regex::bytes::Regex;
@@ -229,6 +230,17 @@ struct RawOutput {
     mode: Option<UrlMode>,
     #[serde(default)]
     timeout: Option<Duration>,
+    // The collector output's TLS and token (`ClientSecurity`'s keys, flat).
+    #[serde(default)]
+    ca: Option<PathBuf>,
+    #[serde(default)]
+    cert: Option<PathBuf>,
+    #[serde(default)]
+    key: Option<PathBuf>,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    token_file: Option<PathBuf>,
     // The kafka output: `KafkaConfig`'s keys, flat (serde's `flatten` cannot be combined with
     // `deny_unknown_fields`, and unknown keys must stay errors).
     #[serde(default)]
@@ -316,7 +328,14 @@ impl TryFrom<RawOutput> for OutputConfig {
     type Error = String;
 
     fn try_from(raw: RawOutput) -> Result<Self, String> {
-        let collector_keys = raw.urls.is_some() || raw.mode.is_some() || raw.timeout.is_some();
+        let collector_keys = raw.urls.is_some()
+            || raw.mode.is_some()
+            || raw.timeout.is_some()
+            || raw.ca.is_some()
+            || raw.cert.is_some()
+            || raw.key.is_some()
+            || raw.token.is_some()
+            || raw.token_file.is_some();
         let kafka_keys = raw.has_kafka_keys();
         let kind = match &raw.kind {
             None => {
@@ -327,8 +346,9 @@ impl TryFrom<RawOutput> for OutputConfig {
         };
         match kind {
             "kafka" if collector_keys => Err(
-                "output type kafka takes no `urls`, `mode` or `timeout` (those are for type collector; \
-                 Kafka's is `message_timeout`)"
+                "output type kafka takes no `urls`, `mode`, `timeout`, `ca`, `cert`, `key`, `token` or \
+                 `token_file` (those are for type collector; Kafka's are `message_timeout` and the \
+                 ssl_*/sasl_* keys)"
                     .to_owned(),
             ),
             "kafka" => Ok(OutputConfig::Kafka(Box::new(raw.into_kafka()?))),
@@ -342,10 +362,17 @@ impl TryFrom<RawOutput> for OutputConfig {
                     urls: raw.urls.unwrap_or(defaults.urls),
                     mode: raw.mode.unwrap_or(defaults.mode),
                     timeout: raw.timeout.unwrap_or(defaults.timeout),
+                    security: ClientSecurity {
+                        ca: raw.ca,
+                        cert: raw.cert,
+                        key: raw.key,
+                        token: raw.token,
+                        token_file: raw.token_file,
+                    },
                 }))
             }
             "stdout" | "null" | "discard" if collector_keys => Err(format!(
-                "output type {kind} takes no `urls`, `mode` or `timeout` (those are for type collector)"
+                "output type {kind} takes no `urls`, `mode`, `timeout` or TLS/token keys (those are for type collector)"
             )),
             "stdout" => Ok(OutputConfig::Stdout),
             "null" | "discard" => Ok(OutputConfig::Null),
@@ -381,6 +408,10 @@ pub struct CollectorOutputConfig {
     /// Per request.
     #[serde(default = "default_request_timeout")]
     pub timeout: Duration,
+    /// CA, client certificate and token (written flat: `ca`, `cert`, `key`, `token`,
+    /// `token_file`).
+    #[serde(skip)]
+    pub security: ClientSecurity,
 }
 
 fn default_request_timeout() -> Duration {
@@ -393,6 +424,7 @@ impl Default for CollectorOutputConfig {
             urls: vec!["http://127.0.0.1:7070".to_owned()],
             mode: UrlMode::Failover,
             timeout: default_request_timeout(),
+            security: ClientSecurity::default(),
         }
     }
 }
@@ -505,6 +537,8 @@ pub struct QuickArgs {
     pub data_dir: Option<PathBuf>,
     /// `--stdin`: no file is tailed, so having no inputs is fine.
     pub stdin: bool,
+    /// `--ca`, `--cert`/`--key`, `--token`/`--token-file`: over the collector output's keys.
+    pub security: ClientSecurity,
 }
 
 impl AgentConfig {
@@ -581,6 +615,9 @@ impl AgentConfig {
                 } else if args.output.is_some() && !matches!(cfg.output, OutputConfig::Collector(_))
                 {
                     cfg.output = OutputConfig::default();
+                }
+                if let OutputConfig::Collector(c) = &mut cfg.output {
+                    c.security = c.security.overlay(&args.security);
                 }
             }
             Some("stdout") => cfg.output = OutputConfig::Stdout,
@@ -706,13 +743,15 @@ impl AgentConfig {
                         format!("collector URL {u:?} does not parse ({e})"),
                         "write e.g. http://127.0.0.1:7070",
                     ),
-                    Ok(parsed) if parsed.scheme() != "http" => p.add(
-                        &at,
-                        format!("collector URL {u:?}: only http:// is supported by this build"),
-                    ),
+                    Ok(parsed) if !matches!(parsed.scheme(), "http" | "https") => {
+                        p.add(&at, format!("collector URL {u:?}: use http:// or https://"))
+                    }
                     Ok(_) => {}
                 }
             }
+        }
+        if let OutputConfig::Collector(c) = &self.output {
+            p.nested("output", |p| c.security.check(p));
         }
         let mut names = std::collections::HashSet::new();
         let mut compiled = Vec::with_capacity(self.inputs.len());
@@ -1027,6 +1066,7 @@ max_open_files: 500
                 data_dir: Some("/tmp/d".into()),
                 kafka: None,
                 stdin: false,
+                security: Default::default(),
             },
         )
         .unwrap();

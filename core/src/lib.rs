@@ -8,6 +8,7 @@
 //! - [`problems`]: every problem a component's checks find after parsing, located in the file.
 //! - [`telemetry`]: `tracing` to stderr and the process's Prometheus registry.
 //! - [`shutdown`]: the drain signal every long-lived loop listens to.
+//! - [`security`]: a client's CA, client certificate and token (flags and YAML keys alike).
 
 pub mod backoff;
 pub mod batch;
@@ -17,6 +18,7 @@ pub mod consumer;
 pub mod fetch;
 pub mod problems;
 pub mod record;
+pub mod security;
 pub mod shutdown;
 pub mod telemetry;
 pub mod topic;

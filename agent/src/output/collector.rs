@@ -20,6 +20,8 @@ pub struct CollectorOutput {
     /// Base URLs, as configured.
     urls: Vec<Url>,
     selector: UrlSelector,
+    /// Sent as `Authorization: Bearer` with every batch.
+    token: Option<String>,
 }
 
 /// The collector output could not be built.
@@ -29,6 +31,8 @@ pub enum CollectorOutputError {
     Url { url: String, message: String },
     #[error("cannot build the HTTP client: {0}")]
     Client(#[from] reqwest::Error),
+    #[error("collector output: {0}")]
+    Security(#[from] ferry_core::security::SecurityError),
 }
 
 impl CollectorOutput {
@@ -50,7 +54,10 @@ impl CollectorOutput {
                 Ok(url)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let client = reqwest::Client::builder()
+        let token = cfg.security.resolve_token()?;
+        let client = cfg
+            .security
+            .http_client()?
             .timeout(cfg.timeout.get())
             .connect_timeout(cfg.timeout.get().min(Duration::from_secs(10)))
             // Below the collector's 10 s idle close, so a pooled connection is not reused as it closes.
@@ -60,6 +67,7 @@ impl CollectorOutput {
             client,
             selector: UrlSelector::new(urls.len(), cfg.mode),
             urls,
+            token,
         })
     }
 
@@ -143,13 +151,20 @@ impl Output for CollectorOutput {
         if let Some(after) = meta.after {
             request = request.header(ferry_core::batch::AFTER_HEADER, after);
         }
+        if let Some(t) = &self.token {
+            request = request.bearer_auth(t);
+        }
         let sent = request.body(batch).send().await;
         let resp = match sent {
             Ok(r) => r,
             Err(e) => {
                 self.selector.failed(index);
+                // A certificate problem does not mend by itself, but the operator may fix it
+                // (a new CA file, a SIGHUP'd collector): retried, and said plainly in the log.
+                let reason = ferry_core::security::explain_tls(&e)
+                    .unwrap_or_else(|| ferry_core::error_chain(&e));
                 return Err(OutputError::Retryable {
-                    reason: format!("{url}: {e}"),
+                    reason: format!("{url}: {reason}"),
                     retry_after: None,
                 });
             }
@@ -262,6 +277,7 @@ mod tests {
             ],
             mode: crate::config::UrlMode::Failover,
             timeout: ferry_core::config::Duration::from_secs(2),
+            security: Default::default(),
         })
         .unwrap();
         let meta = BatchMeta {

@@ -314,7 +314,34 @@ pub fn explain_tls(e: &(dyn std::error::Error + 'static)) -> Option<String> {
                 other => format!("TLS: {other}"),
             });
         }
+        if let Some(sentence) = explain_text(&err.to_string()) {
+            return Some(sentence);
+        }
         cur = err.source();
     }
     None
+}
+
+/// [`explain_tls`] from an error's text, for when the rustls error is wrapped in a type it
+/// cannot be downcast through (the HTTP client's connector boxes it).
+fn explain_text(text: &str) -> Option<String> {
+    let has = |needles: &[&str]| needles.iter().any(|n| text.contains(n));
+    let sentence = if has(&["UnknownIssuer", "unknown issuer", "BadSignature"]) {
+        "the collector's certificate is not signed by a trusted CA; give the CA that signed it with --ca (or `ca:` in the config)"
+    } else if has(&["Expired", "certificate expired"]) {
+        "the collector's certificate has expired; the collector needs a renewed certificate (then SIGHUP it)"
+    } else if has(&["NotValidYet", "not valid yet", "not valid before"]) {
+        "the collector's certificate is not valid yet; check the clocks, or the certificate's start date"
+    } else if has(&["NotValidForName", "not valid for name"]) {
+        "the collector's certificate is not for this host name; use a URL with a name the certificate lists"
+    } else if has(&["CertificateRequired"]) {
+        "the collector requires a client certificate (mutual TLS); give --cert and --key"
+    } else if has(&["UnknownCA", "BadCertificate", "CertificateUnknown"]) {
+        "the collector refused our client certificate; it must be signed by the collector's client_ca"
+    } else if has(&["InvalidContentType", "corrupt message"]) {
+        "the collector did not answer TLS; is it plain HTTP? use http://"
+    } else {
+        return None;
+    };
+    Some(format!("TLS: {sentence} ({})", text.trim()))
 }

@@ -738,3 +738,298 @@ fn permission_matrix_over_real_http() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     drop(svc);
 }
+
+/// A blocking HTTPS client that trusts only `ca` (and keeps its connections open).
+fn https_client(ca: &Path) -> reqwest::blocking::Client {
+    let pem = std::fs::read(ca).expect("read CA");
+    reqwest::blocking::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("CA pem"))
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
+#[test]
+fn sighup_swaps_the_certificate_and_open_connections_keep_working() {
+    let dir = Dir::new("tls-sighup");
+    let a = Ca::new(&dir, "a");
+    let b = Ca::new(&dir, "b");
+    let (cert, key) = a.leaf("server", "collector-a", true, Validity::Now);
+    let addr = free_addr();
+    let c = start(&dir, "collector", &tls_yaml(&cert, &key, None), addr);
+    let url = format!("https://{addr}/v1/topics");
+    let old = https_client(&a.ca_path());
+    assert_eq!(old.get(&url).send().expect("GET over A").status(), 200);
+
+    // The files now hold a certificate of another CA; SIGHUP.
+    b.leaf("server", "collector-b", true, Validity::Now);
+    let pid = c.pid().expect("pid").to_string();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("kill -HUP");
+    assert!(hup.success());
+    wait_until(Duration::from_secs(30), "the TLS reload", || {
+        c.stderr().contains("TLS certificate and key reloaded")
+    });
+
+    // New handshakes see the new certificate: a client trusting only A is refused, one
+    // trusting B gets through.
+    let err = https_client(&a.ca_path())
+        .get(&url)
+        .send()
+        .expect_err("A's CA must not verify B's certificate");
+    assert!(
+        ferry_core_chain(&err).contains("UnknownIssuer"),
+        "{}",
+        ferry_core_chain(&err)
+    );
+    assert_eq!(
+        https_client(&b.ca_path())
+            .get(&url)
+            .send()
+            .expect("GET over B")
+            .status(),
+        200
+    );
+    // The connection opened before the swap still works (a new one would be refused, as just
+    // seen: so this request went over the old connection).
+    assert_eq!(
+        old.get(&url)
+            .send()
+            .expect("GET on the old connection")
+            .status(),
+        200
+    );
+    // A reload that fails (a key that is not PEM) keeps the certificate in force.
+    std::fs::write(&key, "not a key").expect("break key");
+    std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("kill -HUP");
+    wait_until(Duration::from_secs(30), "the failed reload", || {
+        c.stderr().contains("TLS reload failed")
+    });
+    assert_eq!(
+        https_client(&b.ca_path())
+            .get(&url)
+            .send()
+            .expect("GET after a failed reload")
+            .status(),
+        200
+    );
+}
+
+fn ferry_core_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// The line with sequence number `seq`: event times 100 ms apart.
+fn log_line(seq: u64) -> String {
+    let t = seq / 10;
+    format!(
+        "{{\"ts\":\"2026-01-01T{:02}:{:02}:{:02}.{}00Z\",\"level\":\"{}\",\"seq\":{seq}}}",
+        t / 3600,
+        (t / 60) % 60,
+        t % 60,
+        seq % 10,
+        ["info", "warn", "error"][(seq % 3) as usize],
+    )
+}
+
+#[test]
+fn agent_collector_processor_over_mutual_tls_with_least_privilege_principals() {
+    let dir = Dir::new("tls-pipeline");
+    let ca = Ca::new(&dir, "main");
+    let (cert, key) = ca.leaf("server", "collector", true, Validity::Now);
+    let (agent_cert, agent_key) = ca.leaf("agent", "agent-1", false, Validity::Now);
+    // The processor's certificate names no principal: it is who it is by its token.
+    let (proc_cert, proc_key) = ca.leaf("processor", "reader-host", false, Validity::Now);
+    let (admin_cert, admin_key) = ca.leaf("admin", "ops", false, Validity::Now);
+    let token = dir.write("processor.token", "s3cret-processor-token\n");
+    let addr = free_addr();
+    let yaml = format!(
+        "{}  topics:\n    app: {{ partitions: 2 }}\n  auth:\n    principals:\n      - {{ name: agent, cert_cn: agent-1, produce: [app] }}\n      - {{ name: processor, token_file: {}, consume: [app], groups: [levels] }}\n      - {{ name: ops, cert_cn: ops, admin: true }}\n",
+        tls_yaml(&cert, &key, Some(&ca.ca_path())),
+        s(&token)
+    );
+    let _collector = start(&dir, "collector", &yaml, addr);
+    let url = format!("https://{addr}");
+
+    let total = 3000u64;
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).expect("logs dir");
+    let mut text: String = (0..total).map(|i| log_line(i) + "\n").collect();
+    // Closes the last windows (its own window never closes, so it is never counted).
+    text.push_str("{\"ts\":\"2026-01-01T05:00:00Z\",\"level\":\"closer\",\"seq\":999999}\n");
+    std::fs::write(logs.join("app.log"), &text).expect("write log");
+
+    let agent_cfg = dir.write(
+        "agent.yaml",
+        format!(
+            "agent:\n  id: host-1\n  data_dir: {}\n  inputs:\n    - {{ name: app, include: [\"{}/app.log\"], topic: app }}\n  batch: {{ linger: 50ms, max_records: 500 }}\n  output:\n    type: collector\n    urls: [\"{url}\"]\n    ca: {}\n    cert: {}\n    key: {}\n",
+            dir.join("agent-data").display(),
+            logs.display(),
+            s(&ca.ca_path()),
+            s(&agent_cert),
+            s(&agent_key)
+        ),
+    );
+    let run_check = |cfg: &Path| run(ferry().args(["check", s(cfg)]), b"", 0);
+    run_check(&agent_cfg);
+    let _agent = util::Proc::start("agent", &dir, &["agent", "--config", s(&agent_cfg)]);
+
+    let results = dir.join("results.jsonl");
+    let proc_cfg = dir.write(
+        "processor.yaml",
+        format!(
+            r#"processor:
+  collector:
+    url: "{url}"
+    ca: {}
+    cert: {}
+    key: {}
+    token_file: {}
+  pipelines:
+    - name: levels
+      source: {{ topics: [app], group: levels }}
+      parse: json
+      event_time: {{ field: ts, format: rfc3339 }}
+      group_by: [level]
+      window: {{ tumbling: 10s, allowed_lateness: 2s }}
+      aggregates:
+        - {{ name: count, op: count }}
+      sinks:
+        - file: {{ path: "{}" }}
+"#,
+            s(&ca.ca_path()),
+            s(&proc_cert),
+            s(&proc_key),
+            s(&token),
+            results.display()
+        ),
+    );
+    run_check(&proc_cfg);
+    let _processor = util::Proc::start("processor", &dir, &["processor", "--config", s(&proc_cfg)]);
+
+    // What the files say: per (level, 10 s window) counts.
+    let mut expected = std::collections::BTreeMap::new();
+    for seq in 0..total {
+        let v: serde_json::Value = serde_json::from_str(&log_line(seq)).expect("json");
+        let ts = v["ts"].as_str().expect("ts");
+        let ws = format!("{}0Z", &ts[..18]);
+        *expected
+            .entry((v["level"].as_str().expect("level").to_owned(), ws))
+            .or_insert(0u64) += 1;
+    }
+    wait_until(Duration::from_secs(90), "every window result", || {
+        util::window_results_in(&results).len() >= expected.len()
+    });
+    assert_eq!(util::window_results_in(&results), expected);
+
+    // Every line stored exactly once, read back by the admin over mTLS.
+    let out = run(
+        ferry().args([
+            "consume",
+            "--collector",
+            &url,
+            "--ca",
+            s(&ca.ca_path()),
+            "--cert",
+            s(&admin_cert),
+            "--key",
+            s(&admin_key),
+            "app",
+            "--from-beginning",
+            "--idle-timeout",
+            "1s",
+        ]),
+        b"",
+        0,
+    );
+    let mut seen = std::collections::BTreeMap::new();
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        let v: serde_json::Value = serde_json::from_str(l).expect("stored line");
+        *seen.entry(v["seq"].as_u64().expect("seq")).or_insert(0u32) += 1;
+    }
+    seen.remove(&999_999);
+    assert_eq!(seen.len() as u64, total, "lines stored");
+    assert!(seen.values().all(|&n| n == 1), "a line stored twice");
+
+    // Least privilege: the agent's certificate may not read, the processor's token may not
+    // write.
+    let (code, err) = topics(
+        &url,
+        &[
+            "--ca",
+            s(&ca.ca_path()),
+            "--cert",
+            s(&agent_cert),
+            "--key",
+            s(&agent_key),
+        ],
+    );
+    assert_eq!(
+        code,
+        Some(0),
+        "listing topics needs only a principal: {err}"
+    );
+    let out = run(
+        ferry().args([
+            "consume",
+            "--collector",
+            &url,
+            "--ca",
+            s(&ca.ca_path()),
+            "--cert",
+            s(&agent_cert),
+            "--key",
+            s(&agent_key),
+            "app",
+            "--from-beginning",
+            "--max",
+            "1",
+        ]),
+        b"",
+        1,
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("lacks the consume permission"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(
+        ferry()
+            .args([
+                "produce",
+                "--collector",
+                &url,
+                "--ca",
+                s(&ca.ca_path()),
+                "--cert",
+                s(&proc_cert),
+                "--key",
+                s(&proc_key),
+                "--token-file",
+                s(&token),
+                "app",
+            ])
+            .env_remove("FERRY_TOKEN"),
+        b"x\n",
+        1,
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("lacks the produce permission"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

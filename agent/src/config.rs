@@ -998,8 +998,21 @@ max_open_files: 500
             cfg.validate()
                 .unwrap_err()
                 .to_string()
-                .contains("only http://")
+                .contains("use http:// or https://")
         );
+        // The collector output's TLS and token keys, flat next to `urls`; checked for a cert
+        // without its key, and files that cannot be read.
+        let cfg = load("output: {type: collector, urls: [\"https://c\"], ca: /nonexistent/ca.pem, cert: /x.pem, token: t}\ninputs: [{name: a, include: [/x], topic: t}]\n").unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("output.ca") && err.contains("/nonexistent/ca.pem"),
+            "{err}"
+        );
+        assert!(
+            err.contains("output.cert") && err.contains("needs its private key"),
+            "{err}"
+        );
+        assert!(load("output: {type: stdout, token: t}\n").is_err());
     }
 
     #[test]

@@ -1033,3 +1033,36 @@ fn agent_collector_processor_over_mutual_tls_with_least_privilege_principals() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn security_config_problems_are_reported_at_file_line_col() {
+    let dir = Dir::new("security-check");
+    let cfg = dir.write(
+        "bad.yaml",
+        "collector:\n  tls:\n    cert: /nonexistent/collector.pem\n    key: /nonexistent/collector.key\n  auth:\n    principals:\n      - name: a\n        token_env: FERRY_TEST_UNSET_VARIABLE\n        cert_cn: host-a\n      - name: b\n        token: same\n      - name: c\n        token: same\n      - name: d\n        produce: [x]\nagent:\n  inputs: [{name: a, include: [/x], topic: t}]\n  output:\n    type: collector\n    urls: [\"https://c:7070\"]\n    cert: /nonexistent/agent.pem\n",
+    );
+    let out = run(
+        ferry()
+            .args(["check", s(&cfg)])
+            .env_remove("FERRY_TEST_UNSET_VARIABLE"),
+        b"",
+        2,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    let at = |line: u32| format!("bad.yaml:{line}:");
+    for (line, says) in [
+        (3, "/nonexistent/collector.pem"),
+        (8, "FERRY_TEST_UNSET_VARIABLE is not set"),
+        (9, "cert_cn needs client certificates"),
+        (14, "has no way to authenticate"),
+        (21, "needs its private key"),
+    ] {
+        assert!(
+            err.lines()
+                .any(|l| l.contains(&at(line)) && l.contains(says)),
+            "line {line} should say {says:?}:\n{err}"
+        );
+    }
+    assert!(err.contains("same token as another principal"), "{err}");
+    assert!(!err.contains("same\""), "a token is never printed:\n{err}");
+}

@@ -331,7 +331,8 @@ mod tests {
             let key = rcgen::KeyPair::generate().unwrap();
             let cert = rcgen::CertificateParams::new(vec!["h".into()]).unwrap().self_signed(&key).unwrap();
             let mut der = cert.der().to_vec();
-            if let Some(b) = der.get_mut(flip % der.len()) {
+            let at = flip % der.len();
+            if let Some(b) = der.get_mut(at) {
                 *b ^= 1 << bit;
             }
             der.truncate(cut.min(der.len()));

@@ -253,7 +253,9 @@ impl Authorizer {
                         );
                     }
                 }
-                if token.is_none() && pc.cert_cn.is_none() && p.is_empty() {
+                let no_token_given =
+                    pc.token.is_none() && pc.token_file.is_none() && pc.token_env.is_none();
+                if token.is_none() && no_token_given && pc.cert_cn.is_none() {
                     p.add_hint(
                         "name",
                         format!("principal {:?} has no way to authenticate", pc.name),

@@ -27,8 +27,8 @@
 //! | `GET`, `PUT /v1/groups/{g}/checkpoints/{t}/{p}` | `groups` on g and `consume` on t |
 //! | `GET /v1/topics`, `GET /v1/groups`, any other route | a principal |
 
+use crate::api::AppState;
 use crate::config::CollectorConfig;
-use crate::ingest::Ingest;
 use crate::tls::PeerIdentity;
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -475,21 +475,13 @@ pub fn need(method: &Method, path: &str) -> Need {
     }
 }
 
-/// What the layer needs besides the principals: whether a topic exists (auto-creation).
-pub struct AuthState {
-    pub authorizer: Authorizer,
-    pub ingest: Arc<Ingest>,
-}
-
-impl AuthState {
-    /// Whether posting to `topic` would create it.
-    fn would_create(&self, topic: &str) -> bool {
-        self.ingest.config.auto_create_topics
-            && self
-                .ingest
-                .store()
-                .is_some_and(|s| s.topic_partitions(topic).is_none())
-    }
+/// Whether posting to `topic` would create it.
+fn would_create(state: &AppState, topic: &str) -> bool {
+    state.config.auto_create_topics
+        && state
+            .ingest
+            .store()
+            .is_some_and(|s| s.topic_partitions(topic).is_none())
 }
 
 fn forbid(p: &Principal, permission: Permission, kind: &'static str, on: &str) -> Denied {
@@ -533,8 +525,8 @@ fn body_topics(body: &[u8]) -> Option<Vec<String>> {
 }
 
 /// The layer: authenticates, looks the route up, authorises, then runs the handler.
-pub async fn layer(State(state): State<Arc<AuthState>>, req: Request, next: Next) -> Response {
-    let auth = &state.authorizer;
+pub async fn layer(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let auth = &state.auth;
     if !auth.enabled() {
         return next.run(req).await;
     }
@@ -556,7 +548,7 @@ pub async fn layer(State(state): State<Arc<AuthState>>, req: Request, next: Next
     let checked = match &need {
         Need::Open | Need::Metrics | Need::Principal => Ok(()),
         Need::Produce(t) => require(principal, Permission::Produce, "topic", t).and_then(|()| {
-            if state.would_create(t) && !principal.may(Permission::AutoCreate, t) {
+            if would_create(&state, t) && !principal.may(Permission::AutoCreate, t) {
                 Err(forbid(principal, Permission::AutoCreate, "topic", t))
             } else {
                 Ok(())

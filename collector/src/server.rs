@@ -42,8 +42,6 @@ pub struct Collector {
     addr: SocketAddr,
     /// TLS of the listener, when configured.
     tls: Option<Arc<TlsState>>,
-    /// Principals and permissions, applied as one layer around the API.
-    auth: Arc<crate::auth::AuthState>,
 }
 
 impl Collector {
@@ -70,13 +68,7 @@ impl Collector {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
-        let authorizer =
-            crate::auth::Authorizer::resolve(&config, &mut ferry_core::problems::Problems::new());
         let state = Arc::new(AppState::new(Ingest::new(backend, config)));
-        let auth = Arc::new(crate::auth::AuthState {
-            authorizer,
-            ingest: state.ingest.clone(),
-        });
         if let Some(tls) = &tls {
             watch_sighup(tls.clone())?;
         }
@@ -85,7 +77,6 @@ impl Collector {
             listener,
             addr,
             tls,
-            auth,
         })
     }
 
@@ -105,7 +96,6 @@ impl Collector {
             listener,
             addr,
             tls,
-            auth,
         } = self;
         match &state.ingest.backend {
             Backend::Embedded(_) => {
@@ -129,11 +119,8 @@ impl Collector {
             })
         };
         let drain_deadline = state.config.shutdown_timeout.get();
-        let api = app(state.clone()).layer(axum::middleware::from_fn_with_state(
-            auth,
-            crate::auth::layer,
-        ));
-        let serve = Listener::new(listener, api, tls, &state.config).run(shutdown.clone());
+        let serve =
+            Listener::new(listener, app(state.clone()), tls, &state.config).run(shutdown.clone());
         let mut serve = std::pin::pin!(serve);
         tokio::select! {
             () = &mut serve => {}

@@ -7,6 +7,7 @@
 use ferry_core::batch::Codec;
 use ferry_core::config::{ByteSize, Duration, Problem, Problems};
 use ferry_core::record::Field;
+use ferry_core::security::ClientSecurity;
 use ferry_kafka::{Compression, KafkaConfig, KafkaTopicConfig};
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use regex::bytes::Regex;
@@ -256,6 +257,17 @@ struct RawOutput {
     discover: Option<bool>,
     #[serde(default)]
     refresh_interval: Option<Duration>,
+    // The collector output's TLS and token (`ClientSecurity`'s keys, flat).
+    #[serde(default)]
+    ca: Option<PathBuf>,
+    #[serde(default)]
+    cert: Option<PathBuf>,
+    #[serde(default)]
+    key: Option<PathBuf>,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    token_file: Option<PathBuf>,
     // The kafka output: `KafkaConfig`'s keys, flat (serde's `flatten` cannot be combined with
     // `deny_unknown_fields`, and unknown keys must stay errors).
     #[serde(default)]
@@ -347,7 +359,12 @@ impl TryFrom<RawOutput> for OutputConfig {
             || raw.mode.is_some()
             || raw.timeout.is_some()
             || raw.discover.is_some()
-            || raw.refresh_interval.is_some();
+            || raw.refresh_interval.is_some()
+            || raw.ca.is_some()
+            || raw.cert.is_some()
+            || raw.key.is_some()
+            || raw.token.is_some()
+            || raw.token_file.is_some();
         let kafka_keys = raw.has_kafka_keys();
         let kind = match &raw.kind {
             None => {
@@ -358,8 +375,9 @@ impl TryFrom<RawOutput> for OutputConfig {
         };
         match kind {
             "kafka" if collector_keys => Err(
-                "output type kafka takes no `urls`, `mode`, `timeout`, `discover` or `refresh_interval` (those are for type collector; \
-                 Kafka's is `message_timeout`)"
+                "output type kafka takes no `urls`, `mode`, `timeout`, `discover`, `refresh_interval`, \
+                 `ca`, `cert`, `key`, `token` or `token_file` (those are for type collector; Kafka's \
+                 are `message_timeout` and the ssl_*/sasl_* keys)"
                     .to_owned(),
             ),
             "kafka" => Ok(OutputConfig::Kafka(Box::new(raw.into_kafka()?))),
@@ -375,10 +393,17 @@ impl TryFrom<RawOutput> for OutputConfig {
                     timeout: raw.timeout.unwrap_or(defaults.timeout),
                     discover: raw.discover.unwrap_or(defaults.discover),
                     refresh_interval: raw.refresh_interval.unwrap_or(defaults.refresh_interval),
+                    security: ClientSecurity {
+                        ca: raw.ca,
+                        cert: raw.cert,
+                        key: raw.key,
+                        token: raw.token,
+                        token_file: raw.token_file,
+                    },
                 }))
             }
             "stdout" | "null" | "discard" if collector_keys => Err(format!(
-                "output type {kind} takes no `urls`, `mode`, `timeout`, `discover` or `refresh_interval` (those are for type collector)"
+                "output type {kind} takes no `urls`, `mode`, `timeout`, `discover`, `refresh_interval` or TLS/token keys (those are for type collector)"
             )),
             "stdout" => Ok(OutputConfig::Stdout),
             "null" | "discard" => Ok(OutputConfig::Null),
@@ -422,6 +447,10 @@ pub struct CollectorOutputConfig {
     /// resolves to several addresses is one collector per address).
     #[serde(default = "default_refresh_interval")]
     pub refresh_interval: Duration,
+    /// CA, client certificate and token (written flat: `ca`, `cert`, `key`, `token`,
+    /// `token_file`).
+    #[serde(skip)]
+    pub security: ClientSecurity,
 }
 
 fn yes() -> bool {
@@ -444,6 +473,7 @@ impl Default for CollectorOutputConfig {
             timeout: default_request_timeout(),
             discover: true,
             refresh_interval: default_refresh_interval(),
+            security: ClientSecurity::default(),
         }
     }
 }
@@ -556,6 +586,8 @@ pub struct QuickArgs {
     pub data_dir: Option<PathBuf>,
     /// `--stdin`: no file is tailed, so having no inputs is fine.
     pub stdin: bool,
+    /// `--ca`, `--cert`/`--key`, `--token`/`--token-file`: over the collector output's keys.
+    pub security: ClientSecurity,
 }
 
 impl AgentConfig {
@@ -632,6 +664,9 @@ impl AgentConfig {
                 } else if args.output.is_some() && !matches!(cfg.output, OutputConfig::Collector(_))
                 {
                     cfg.output = OutputConfig::default();
+                }
+                if let OutputConfig::Collector(c) = &mut cfg.output {
+                    c.security = c.security.overlay(&args.security);
                 }
             }
             Some("stdout") => cfg.output = OutputConfig::Stdout,
@@ -770,13 +805,15 @@ impl AgentConfig {
                         format!("collector URL {u:?} does not parse ({e})"),
                         "write e.g. http://127.0.0.1:7070",
                     ),
-                    Ok(parsed) if parsed.scheme() != "http" => p.add(
-                        &at,
-                        format!("collector URL {u:?}: only http:// is supported by this build"),
-                    ),
+                    Ok(parsed) if !matches!(parsed.scheme(), "http" | "https") => {
+                        p.add(&at, format!("collector URL {u:?}: use http:// or https://"))
+                    }
                     Ok(_) => {}
                 }
             }
+        }
+        if let OutputConfig::Collector(c) = &self.output {
+            p.nested("output", |p| c.security.check(p));
         }
         let mut names = std::collections::HashSet::new();
         let mut compiled = Vec::with_capacity(self.inputs.len());
@@ -1023,8 +1060,21 @@ max_open_files: 500
             cfg.validate()
                 .unwrap_err()
                 .to_string()
-                .contains("only http://")
+                .contains("use http:// or https://")
         );
+        // The collector output's TLS and token keys, flat next to `urls`; checked for a cert
+        // without its key, and files that cannot be read.
+        let cfg = load("output: {type: collector, urls: [\"https://c\"], ca: /nonexistent/ca.pem, cert: /x.pem, token: t}\ninputs: [{name: a, include: [/x], topic: t}]\n").unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("output.ca") && err.contains("/nonexistent/ca.pem"),
+            "{err}"
+        );
+        assert!(
+            err.contains("output.cert") && err.contains("needs its private key"),
+            "{err}"
+        );
+        assert!(load("output: {type: stdout, token: t}\n").is_err());
     }
 
     #[test]
@@ -1091,6 +1141,7 @@ max_open_files: 500
                 data_dir: Some("/tmp/d".into()),
                 kafka: None,
                 stdin: false,
+                security: Default::default(),
             },
         )
         .unwrap();

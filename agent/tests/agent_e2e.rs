@@ -334,6 +334,7 @@ async fn checkpoint_advances_only_on_acknowledgement() {
         urls: vec![format!("http://127.0.0.1:{port}")],
         mode: Default::default(),
         timeout: CfgDuration::from_secs(1),
+        ..Default::default()
     });
     cfg.shutdown_timeout = CfgDuration::from_millis(300);
     let agent = Agent::new(cfg).unwrap();
@@ -381,6 +382,7 @@ async fn reading_pauses_when_the_buffer_is_full() {
         urls: vec![format!("http://127.0.0.1:{port}")],
         mode: Default::default(),
         timeout: CfgDuration::from_secs(1),
+        ..Default::default()
     });
     cfg.batch.max_bytes = ByteSize::kib(64);
     cfg.batch.max_records = 100_000;

@@ -210,9 +210,11 @@ async fn any_v1_route_with_auth_tokens() {
             .header("authorization", "Bearer open")
             .body(Body::from("x\n"))
             .expect("test setup");
+        // A token no principal has is no principal: 401, like none (403 is for a principal
+        // without the permission; tests/security.rs has the whole matrix).
         call(&app, wrong)
             .await
-            .is(StatusCode::FORBIDDEN, "token not accepted");
+            .is(StatusCode::UNAUTHORIZED, "token not accepted");
     }
     let right = Request::get("/v1/topics")
         .header("authorization", "Bearer sesame")

@@ -9,6 +9,7 @@
 //! - [`telemetry`]: `tracing` to stderr and the process's Prometheus registry.
 //! - [`shutdown`]: the drain signal every long-lived loop listens to.
 //! - [`registry`]: what agents report to the collector's registry, and what it shows of them.
+//! - [`security`]: a client's CA, client certificate and token (flags and YAML keys alike).
 
 pub mod backoff;
 pub mod batch;
@@ -19,6 +20,7 @@ pub mod fetch;
 pub mod problems;
 pub mod record;
 pub mod registry;
+pub mod security;
 pub mod shutdown;
 pub mod telemetry;
 pub mod topic;

@@ -705,3 +705,95 @@ fn chaos_kills_slow_clients_big_bodies_and_topic_floods_at_once() {
     assert!(max_fds < MAX_FDS, "{max_fds} open files");
     assert!(topics <= 60, "{topics} topics on disk, max_topics is 60");
 }
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Issue 16: every partition held its segment files open for as long as the collector ran
+/// (two descriptors each, one more per sealed segment), so 10,000 partitions needed 20,000
+/// descriptors. Now segments are opened on demand behind a bounded cache
+/// (`store.max_open_files`): 2,048 partitions (32 topics × 64), each written and read, then
+/// again after a restart, with the collector's open descriptors counted all along.
+#[test]
+fn many_partitions_are_written_and_read_through_a_bounded_number_of_descriptors() {
+    const TOPICS: usize = 32;
+    const PARTITIONS: usize = 64;
+    const MAX_OPEN_FILES: usize = 64;
+    let dir = Dir::new("many-partitions");
+    let config = format!(
+        "collector:\n  default_partitions: {PARTITIONS}\n  store:\n    max_open_files: {MAX_OPEN_FILES}\n    fsync: never\n  limits:\n    topic_creations_per_sec: 1000\n"
+    );
+    let mut c = start_collector(&dir, "c", Some(&config));
+    let pid = c.pid().expect("pid");
+    let baseline = open_fds(pid);
+    let mut max_fds = baseline;
+    // Plain posts go round-robin over partitions, one batch each: PARTITIONS posts in a row
+    // to a topic put one line into every partition of it.
+    let writer = {
+        let addr = c.addr;
+        std::thread::spawn(move || {
+            for t in 0..TOPICS {
+                for i in 0..PARTITIONS {
+                    let (status, body) =
+                        post_lines(addr, &format!("many-{t}"), &format!("t{t} line {i}\n"));
+                    assert_eq!(status, 200, "{body}");
+                }
+            }
+        })
+    };
+    while !writer.is_finished() {
+        max_fds = max_fds.max(open_fds(pid));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    writer.join().expect("producer thread");
+    let written = open_fds(pid);
+    // Reads every partition of every topic; each holds exactly its one line.
+    let read_all = |c: &Service, max_fds: &mut usize| {
+        let pid = c.pid().expect("pid");
+        for t in 0..TOPICS {
+            let mut lines = Vec::new();
+            for p in 0..PARTITIONS {
+                let (status, body) = http_get(
+                    c.addr,
+                    &format!("/v1/topics/many-{t}/partitions/{p}/records?offset=0&format=json"),
+                )
+                .expect("fetch");
+                assert_eq!(status, 200, "many-{t}/{p}: {body}");
+                let got: Vec<serde_json::Value> = body
+                    .lines()
+                    .map(|l| serde_json::from_str(l).expect("json line"))
+                    .collect();
+                assert_eq!(got.len(), 1, "many-{t}/{p}: {body}");
+                lines.push(got[0]["line"].as_str().expect("line").to_owned());
+                if p % 16 == 0 {
+                    *max_fds = (*max_fds).max(open_fds(pid));
+                }
+            }
+            lines.sort();
+            let mut want: Vec<String> = (0..PARTITIONS).map(|i| format!("t{t} line {i}")).collect();
+            want.sort();
+            assert_eq!(lines, want, "topic many-{t}");
+        }
+    };
+    read_all(&c, &mut max_fds);
+    eprintln!(
+        "{} partitions: {baseline} fds at start, {written} after writing, at most {max_fds} while writing and reading (store.max_open_files {MAX_OPEN_FILES})",
+        TOPICS * PARTITIONS
+    );
+    // Connections come and go (the writer's, a probe's): the bound is the cache plus a margin
+    // for them, far below the 2 descriptors per partition (4,096) it took before.
+    let bound = baseline + MAX_OPEN_FILES + 32;
+    assert!(max_fds <= bound, "{max_fds} fds open, bound {bound}");
+    // A restart recovers every partition without keeping them open, and reads reopen them.
+    c.terminate(Duration::from_secs(30));
+    c = restart(&dir, &c, "c");
+    let pid = c.pid().expect("pid");
+    let mut after_restart = open_fds(pid);
+    read_all(&c, &mut after_restart);
+    eprintln!("after a restart: at most {after_restart} fds while reading every partition");
+    assert!(
+        after_restart <= bound,
+        "{after_restart} fds open after restart, bound {bound}"
+    );
+}

@@ -41,13 +41,14 @@ impl Collector {
             .validate()
             .map_err(|e| anyhow::anyhow!("collector config: {e}"))?;
         let config = Arc::new(config);
+        // Before the store opens: its default `max_open_files` is derived from the limit.
+        raise_fd_limit(config.limits.max_connections);
         let backend = {
             let config = config.clone();
             tokio::task::spawn_blocking(move || open_backend(&config))
                 .await
                 .context("backend open task")??
         };
-        raise_fd_limit(config.limits.max_connections);
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;

@@ -439,6 +439,28 @@ impl Partition {
         max_bytes: usize,
         slack: u64,
     ) -> Result<ReadBatches, StoreError> {
+        let mut attempt = 0;
+        loop {
+            match self.read_once(offset, max_bytes, slack) {
+                // A segment retention removed after this read planned it, whose handle the
+                // cache had closed (see `store::handles`): plan again from the view, which
+                // no longer has it (the answer is then 416 or the data after it).
+                Err(StoreError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound && attempt < 2 =>
+                {
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn read_once(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        slack: u64,
+    ) -> Result<ReadBatches, StoreError> {
         struct Plan {
             file: Arc<dyn ReadableFile>,
             path: PathBuf,

@@ -16,7 +16,7 @@
 use crate::api::{AppState, app};
 use crate::config::CollectorConfig;
 use crate::config::LimitsConfig;
-use crate::ingest::{Backend, Ingest, open_backend};
+use crate::ingest::{Ingest, open_backend};
 use crate::store::Store;
 use anyhow::Context;
 use ferry_core::shutdown::Shutdown;
@@ -77,13 +77,10 @@ impl Collector {
             listener,
             addr,
         } = self;
-        match &state.ingest.backend {
-            Backend::Embedded(_) => {
-                tracing::info!(%addr, data_dir = %state.config.data_dir.display(), fsync = ?state.config.store.fsync, "collector listening");
-            }
-            Backend::Kafka(k) => {
-                tracing::info!(%addr, brokers = %k.config.brokers, "collector listening; storing into Kafka");
-            }
+        if state.ingest.store().is_some() {
+            tracing::info!(%addr, data_dir = %state.config.data_dir.display(), fsync = ?state.config.store.fsync, "collector listening");
+        } else {
+            tracing::info!(%addr, into = %state.ingest.backend.describe(), "collector listening; storing into Kafka");
         }
         let expiry = {
             let state = state.clone();
@@ -110,20 +107,7 @@ impl Collector {
             } => tracing::warn!(?drain_deadline, "in-flight requests did not finish before the deadline"),
         }
         let _ = expiry.await;
-        match &state.ingest.backend {
-            Backend::Embedded(store) => {
-                store.close().await.context("closing the store")?;
-                tracing::info!("collector stopped; store closed");
-            }
-            Backend::Kafka(kafka) => {
-                // Every acknowledged request already waited for its records; this only settles
-                // what requests cut off by the drain deadline left in flight.
-                if let Err(e) = kafka.sink.flush(Duration::from_secs(5)).await {
-                    tracing::warn!(error = %e, "kafka producer did not flush");
-                }
-                tracing::info!("collector stopped; kafka producer flushed");
-            }
-        }
+        state.ingest.backend.close().await?;
         Ok(())
     }
 }

@@ -486,6 +486,11 @@ impl Store {
         let Some(removed) = removed else {
             return Ok(false);
         };
+        // Before the files move: the writer does no more I/O on them (see
+        // `WriterState::deleted`).
+        for p in &removed.partitions {
+            p.writer().deleted = true;
+        }
         let fs = &*self.inner.fs;
         let topics_dir = self.inner.dir.join("topics");
         let tdir = topics_dir.join(topic);

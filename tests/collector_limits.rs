@@ -25,6 +25,20 @@ fn topic_records(addr: SocketAddr, topic: &str) -> u64 {
     v["records"].as_u64().expect("records")
 }
 
+/// An HTTP/1.1 reply as (status, body); status 0 if it is not one.
+fn split_reply(out: &str) -> (u16, String) {
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
 /// A plain POST over a raw socket; returns (status, body).
 fn post_lines(addr: SocketAddr, topic: &str, body: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect");
@@ -38,16 +52,7 @@ fn post_lines(addr: SocketAddr, topic: &str, body: &str) -> (u16, String) {
     .expect("send request");
     let mut out = String::new();
     s.read_to_string(&mut out).expect("read reply");
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    split_reply(&out)
 }
 
 fn metric(addr: SocketAddr, name: &str) -> f64 {
@@ -843,16 +848,7 @@ fn send_body(
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     let out = String::from_utf8_lossy(&out).into_owned();
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    split_reply(&out)
 }
 
 /// Issue 16: a checkpoint PUT was read whole into memory (up to max_checkpoint_bytes) before

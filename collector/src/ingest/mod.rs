@@ -365,8 +365,7 @@ impl Ingest {
         }
     }
 
-    /// Refuses the request if a destination topic would exceed its `max_records`; otherwise
-
+    /// A topic's `max_records`, if it has one.
     fn max_records(&self, topic: &str) -> Option<u64> {
         self.config.topics.get(topic).and_then(|t| t.max_records)
     }

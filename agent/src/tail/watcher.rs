@@ -24,6 +24,7 @@
 //! the splitter. Every byte in `[start, line_pos)` was handed out in exactly one line.
 
 use super::fingerprint::{Fingerprint, TailPrint, head_of};
+use crate::checkpoint::PendingCopy;
 use crate::lines::{Line, LineSplitter};
 use ferry_core::record::FileId;
 use std::fs::File;
@@ -161,6 +162,9 @@ pub struct FileWatcher {
     /// The identity lines ship under instead of this file's own: set for a copytruncate copy
     /// read on under its original's origin. Cleared by a truncation of the copy itself.
     origin: Option<FileId>,
+    /// This file's previous content (before its last truncation) while its copy is waited
+    /// for: kept in the checkpoint with the file, so a restarted agent still waits for it.
+    pending: Option<PendingCopy>,
     /// The origin's fingerprint field while there is no fingerprint ([`super::fingerprint::unfixed_id`]).
     unfixed_id: u64,
     /// While there is no fingerprint yet (first line incomplete): a checksum of the bytes read,
@@ -240,6 +244,7 @@ impl FileWatcher {
             head,
             tail: None,
             origin: None,
+            pending: None,
             dev: meta.dev(),
             inode: meta.ino(),
             fingerprint,
@@ -308,6 +313,15 @@ impl FileWatcher {
         self.origin = origin;
     }
 
+    pub fn pending(&self) -> Option<PendingCopy> {
+        self.pending
+    }
+
+    /// Remember (or forget) the previous content whose copy is waited for.
+    pub fn set_pending(&mut self, pending: Option<PendingCopy>) {
+        self.pending = pending;
+    }
+
     /// The open handle, if any.
     pub fn handle(&self) -> Option<&File> {
         self.file.as_ref()
@@ -357,6 +371,16 @@ impl FileWatcher {
 
     pub fn unread_bytes(&self) -> u64 {
         self.unread_bytes
+    }
+
+    /// Its last link is gone (deleted), as far as the watcher knows.
+    pub fn is_deleted(&self) -> bool {
+        self.deleted
+    }
+
+    /// Found gone while its handle was given back (deleted, or moved out of its directory).
+    pub fn mark_deleted(&mut self) {
+        self.deleted = true;
     }
 
     pub fn is_orphaned(&self) -> bool {

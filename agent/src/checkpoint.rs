@@ -27,7 +27,7 @@
 //! | `.origin` (v2) | `{dev, inode, fingerprint, generation}` its lines ship under when not its own (a copytruncate copy read on under the original's origin); absent otherwise |
 //! | `.tail` (v2)   | `{offset, len, checksum}`: hash of the `len` bytes before `offset` (≤ 4 KiB), to recognise a copy of this file after it was truncated |
 //! | `.head` (v2)   | hash of the first line's content alone (no birth time)          |
-//! | `.pending` (v3) | the content this file had before its last truncation, whose copy (copytruncate) has not been found yet: `{origin, head, head_len, tail, from, lost, until_ms}` — the copy is read on from `from` under `origin` if it appears before `until_ms`; else `lost` bytes are counted as unread |
+//! | `.pending` (v3) | the contents this file had before its truncations whose copy (copytruncate) has not been found yet, each `{origin, head, head_len, tail, from, lost, until_ms}` — the copy is read on from `from` under `origin` if it appears before `until_ms`; else `lost` bytes are counted as unread |
 
 use crate::tail::FileState;
 use crate::tail::fingerprint::{Fingerprint, TailPrint};
@@ -70,8 +70,8 @@ pub struct FileCheckpoint {
     pub tail: Option<TailPrint>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pending: Option<PendingCopy>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<PendingCopy>,
 }
 
 /// A truncated file's previous content, waiting (up to `rotate_wait`) for its copy to appear:
@@ -141,7 +141,7 @@ impl FileCheckpoint {
             origin: state.origin.map(OriginV2::from),
             tail: state.tail.filter(|t| t.offset <= offset),
             head: state.head,
-            pending: state.pending,
+            pending: state.pending.clone(),
         }
     }
 }
@@ -240,7 +240,7 @@ impl Checkpoints {
                             origin: None,
                             tail: None,
                             head: None,
-                            pending: None,
+                            pending: Vec::new(),
                         };
                         ((c.dev, c.inode), c)
                     })
@@ -360,7 +360,7 @@ mod tests {
                 origin: None,
                 tail: None,
                 head: None,
-                pending: None,
+                pending: Vec::new(),
             },
         );
         c.files.insert(
@@ -376,7 +376,7 @@ mod tests {
                 origin: None,
                 tail: None,
                 head: None,
-                pending: None,
+                pending: Vec::new(),
             },
         );
         c
@@ -445,7 +445,7 @@ mod tests {
                     checksum: 7,
                 }),
                 head: Some(9),
-                pending: None,
+                pending: Vec::new(),
             },
         );
         c
@@ -516,7 +516,7 @@ mod tests {
     fn sample_v3() -> Checkpoints {
         let mut c = sample_v2();
         if let Some(e) = c.files.get_mut(&(2049, 77)) {
-            e.pending = Some(PendingCopy {
+            e.pending = vec![PendingCopy {
                 origin: OriginV2 {
                     dev: 2049,
                     inode: 77,
@@ -533,7 +533,7 @@ mod tests {
                 from: 6100,
                 lost: 300,
                 until_ms: 1_700_000_030_000,
-            });
+            }];
         }
         c
     }
@@ -553,24 +553,26 @@ mod tests {
       "generation": 2,
       "offset": 4096,
       "updated_ms": 1700000000000,
-      "pending": {
-        "origin": {
-          "dev": 2049,
-          "inode": 77,
-          "fingerprint": 5,
-          "generation": 1
-        },
-        "head": 9,
-        "head_len": 12,
-        "tail": {
-          "offset": 6000,
-          "len": 4096,
-          "checksum": 11
-        },
-        "from": 6100,
-        "lost": 300,
-        "until_ms": 1700000030000
-      }
+      "pending": [
+        {
+          "origin": {
+            "dev": 2049,
+            "inode": 77,
+            "fingerprint": 5,
+            "generation": 1
+          },
+          "head": 9,
+          "head_len": 12,
+          "tail": {
+            "offset": 6000,
+            "len": 4096,
+            "checksum": 11
+          },
+          "from": 6100,
+          "lost": 300,
+          "until_ms": 1700000030000
+        }
+      ]
     },
     {
       "path": "/var/log/empty.log",

@@ -190,6 +190,10 @@ impl Reader {
             metrics::gauge!("ferry_agent_file_lag_bytes", "input" => inputs[input].name.clone(), "path" => path.to_string())
                 .set(lag as f64);
         }
+        for (input, path, size) in self.tailer.sizes() {
+            metrics::gauge!("ferry_agent_file_size_bytes", "input" => inputs[input].name.clone(), "path" => path.to_string())
+                .set(size as f64);
+        }
         metrics::gauge!("ferry_agent_files_tracked").set(self.tailer.file_count() as f64);
     }
 

@@ -637,12 +637,9 @@ fn apply_control(cps: &mut Checkpoints, s: Shipment) -> Option<(usize, Arc<str>,
             path,
             ..
         } => {
-            if let Some(cp) = cps.files.get_mut(&key)
-                && cp
-                    .pending
-                    .is_some_and(|p| ferry_core::record::FileId::from(p.origin) == origin)
-            {
-                cp.pending = None;
+            if let Some(cp) = cps.files.get_mut(&key) {
+                cp.pending
+                    .retain(|p| ferry_core::record::FileId::from(p.origin) != origin);
             }
             return (lost > 0).then_some((input, path, lost));
         }

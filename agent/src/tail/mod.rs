@@ -47,7 +47,7 @@ pub struct FileState {
     /// Hash of the first line's content alone (no birth time): what a copy shares.
     pub head: Option<u64>,
     /// The content the file had before its last truncation, while its copy is waited for.
-    pub pending: Option<PendingCopy>,
+    pub pending: Vec<PendingCopy>,
 }
 
 impl FileState {
@@ -165,7 +165,10 @@ fn print_of(w: &FileWatcher, from: u64, lost: u64, wait: Duration) -> Option<Pen
         origin: w.file_id().into(),
         head: w.head()?,
         head_len: w.fingerprint()?.len,
-        tail: w.tail()?,
+        // Nothing handed out yet: any copy holds the same (nothing) before where it starts.
+        tail: w
+            .tail()
+            .or((from == 0).then_some(fingerprint::TailPrint::EMPTY))?,
         from,
         lost,
         until_ms: ferry_core::now_ms().saturating_add(wait.as_millis() as i64),
@@ -269,8 +272,8 @@ impl Tailer {
         let pending_copies = checkpoints
             .files
             .iter()
-            .filter_map(|(key, cp)| {
-                let print = cp.pending?;
+            .flat_map(|(key, cp)| cp.pending.iter().map(move |print| (key, cp, *print)))
+            .filter_map(|(key, cp, print)| {
                 let left = u64::try_from(print.until_ms.saturating_sub(now_ms)).unwrap_or(0);
                 let path = Path::new(&cp.path);
                 Some(CopyWanted {
@@ -394,10 +397,11 @@ impl Tailer {
 
     /// A checkpointed file no glob matched at start: renamed out of the glob while the agent
     /// was stopped (a rotation with a glob that matches only the live name), or deleted. A
-    /// file on its dev+inode in the same directory that still begins with its fingerprint and
-    /// holds at least its checkpointed offset is read on from there to its end, then released
-    /// like a file rotated away while the agent ran. Otherwise its content may survive in a
-    /// copy (copytruncate, then the original deleted), looked for during `rotate_wait`.
+    /// file on its dev+inode in the same directory is read on from the checkpoint (if it still
+    /// begins with its fingerprint and holds the checkpointed offset; else from 0 as its next
+    /// generation) to its end, then released like a file rotated away while the agent ran.
+    /// Otherwise its content may survive in a copy (copytruncate, then the original deleted),
+    /// looked for during `rotate_wait`.
     fn startup_unmatched(&mut self, key: FileKey, now: Instant) {
         let Some(cp) = self.resume.get(&key).cloned() else {
             return;
@@ -849,6 +853,17 @@ impl Tailer {
                 continue;
             };
             let osize = orig.metadata().map_or(0, |m| m.len());
+            // Held back as its copy, and the original has been truncated since (shorter than
+            // what was read, or other first bytes) without the agent noticing yet: still its
+            // copy; the original's next read notices the truncation and reads the copy on.
+            let truncated = osize < o.watcher.line_pos()
+                || o.watcher
+                    .fingerprint()
+                    .is_some_and(|fp| !fp.matches(orig).unwrap_or(true));
+            if wanted == Some(*k) && truncated {
+                copy_of = Some(*k);
+                break;
+            }
             let m = size.min(osize);
             let same = m > 0
                 && matches!(
@@ -1003,10 +1018,8 @@ impl Tailer {
     /// `lost` bytes are counted — by the shipper once the checkpoint that forgets it is
     /// written, if it was in the checkpoint; at once otherwise.
     fn resolve(&mut self, w: CopyWanted, lost: u64) {
-        if let Some(t) = self.files.get_mut(&w.original)
-            && t.watcher.pending() == Some(w.print)
-        {
-            t.watcher.set_pending(None);
+        if let Some(t) = self.files.get_mut(&w.original) {
+            t.watcher.remove_pending(&w.print);
         }
         if w.persisted {
             self.out.push(Emitted::CopyResolved {
@@ -1101,19 +1114,29 @@ impl Tailer {
         for entry in entries.flatten() {
             let Ok(meta) = entry.metadata() else { continue };
             let k = (meta.dev(), meta.ino());
-            if !meta.is_file() || k == w.original || meta.len() < tail.offset {
+            if !meta.is_file() || k == w.original {
                 continue;
             }
-            if let Some(t) = self.files.get(&k)
+            let tracked = self.files.get(&k);
+            if let Some(t) = tracked
                 && !(t.unclassified || t.parked == Some(w.original))
             {
+                continue;
+            }
+            // Shorter than the tail print: the original's lines written after the copy was
+            // made were read before the truncation. Such a copy is known only if the agent saw
+            // it appear — held back as a copy of this original (its bytes compared while the
+            // original was whole), or new and not read yet with the original's first line — and
+            // holds nothing that was not read from the original.
+            let short = meta.len() < tail.offset;
+            if short && tracked.is_none() {
                 continue;
             }
             let Ok(file) = fs::File::open(entry.path()) else {
                 continue;
             };
             let head = fingerprint::head_of(&file, w.print.head_len).ok().flatten();
-            if head == Some(w.print.head) && tail.matches(&file).unwrap_or(false) {
+            if head == Some(w.print.head) && (short || tail.matches(&file).unwrap_or(false)) {
                 return Some((entry.path(), meta));
             }
         }
@@ -1252,10 +1275,18 @@ impl Tailer {
         {
             watcher.set_origin(cp.origin.map(Into::into));
             // A copy of its content before an earlier truncation is still waited for.
-            watcher.set_pending(cp.pending);
+            for p in &cp.pending {
+                watcher.add_pending(*p);
+            }
         }
-        if print.is_some() {
-            watcher.set_pending(print);
+        if let Some(p) = print {
+            // Earlier contents still waited for stay with the file too.
+            if let Some(cp) = self.resume.get(&key) {
+                for p in &cp.pending {
+                    watcher.add_pending(*p);
+                }
+            }
+            watcher.add_pending(p);
         }
         self.resume.remove(&key);
         if announce {
@@ -1417,9 +1448,10 @@ impl Tailer {
                 Ok(ReadOutcome::Truncated) => {
                     // A copy of the old content may be next to it (copytruncate): it can be
                     // recognised if the file has a head and a tail print.
+                    // (Nothing read from it: its copy is read from 0.)
                     let copyable = watcher.truncation_is_ours()
                         && watcher.head().is_some()
-                        && watcher.tail().is_some();
+                        && (watcher.tail().is_some() || watcher.line_pos() == 0);
                     // Hand out everything of the old content under its old identity first (an
                     // incomplete last line too: the copy, if found, is read on right after it).
                     watcher.flush_partial(now, true, &mut route);
@@ -1461,7 +1493,7 @@ impl Tailer {
                         print.lost = lost;
                         // Counted once it is known what the copy holds (kept with the file's
                         // checkpoint meanwhile, so a restart still waits for the copy).
-                        watcher.set_pending(Some(print));
+                        watcher.add_pending(print);
                         copies_wanted.push(CopyWanted {
                             original: key,
                             print,
@@ -1757,25 +1789,31 @@ impl Tailer {
             .values()
             .map(|t| (t.input, t.watcher.path_str(), t.watcher.lag_bytes()))
     }
+
+    /// (input, path, size) of every file live at its path, its size as the last stat or read
+    /// saw it: for the size gauge (what a truncation now would count as unread is this less
+    /// what was read).
+    pub fn sizes(&self) -> impl Iterator<Item = (usize, &Arc<str>, u64)> {
+        self.files
+            .values()
+            .filter(|t| !t.watcher.is_orphaned())
+            .map(|t| (t.input, t.watcher.path_str(), t.watcher.seen_size()))
+    }
 }
 
-/// The file a checkpoint entry names, found on its dev+inode in the directory it was in, if it
-/// still begins with the entry's fingerprint and holds at least the checkpointed offset.
+/// The file a checkpoint entry names, found on its dev+inode in the directory it was in
+/// (renamed). Whether it is still the same content (its fingerprint, its size) is for
+/// [`Tailer::open_file`] to say, as for any checkpointed file: truncated while the agent was
+/// stopped and then renamed, it is read from 0 as its next generation, and its old content's
+/// copy looked for.
 fn find_renamed(cp: &FileCheckpoint) -> Option<(PathBuf, fs::Metadata)> {
-    let fp = cp.fingerprint?;
+    cp.fingerprint?;
     let dir = Path::new(&cp.path).parent()?;
-    for entry in fs::read_dir(dir).ok()?.flatten() {
-        let Ok(meta) = entry.metadata() else { continue };
-        if !meta.is_file() || (meta.dev(), meta.ino()) != (cp.dev, cp.inode) {
-            continue;
-        }
-        let path = entry.path();
-        let same = fs::File::open(&path)
-            .and_then(|f| fp.matches(&f))
-            .unwrap_or(false);
-        return (same && meta.len() >= cp.offset).then_some((path, meta));
-    }
-    None
+    fs::read_dir(dir).ok()?.flatten().find_map(|entry| {
+        let meta = entry.metadata().ok()?;
+        (meta.is_file() && (meta.dev(), meta.ino()) == (cp.dev, cp.inode))
+            .then(|| (entry.path(), meta))
+    })
 }
 
 /// Bytes of one file that could not be read, by input and path (rare, so the path label's
@@ -1800,7 +1838,7 @@ fn state_of(w: &FileWatcher) -> FileState {
         origin: w.origin(),
         tail: w.tail(),
         head: w.head(),
-        pending: w.pending(),
+        pending: w.pending().to_vec(),
     }
 }
 
@@ -1818,7 +1856,7 @@ fn drain_sealed(
             state.fingerprint = None;
             state.tail = None;
             state.head = None;
-            state.pending = None;
+            state.pending = Vec::new();
             state.origin = ((batch.file.dev, batch.file.inode) != state.key).then_some(batch.file);
         }
         out.push(Emitted::Batch {

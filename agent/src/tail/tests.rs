@@ -561,8 +561,12 @@ fn truncation_counts_what_it_lost_and_starts_a_new_generation() {
     );
     // The restart at 0 is checkpointed, under the new generation, with the old content's
     // print: the 11 bytes are pending, not counted yet (a copy may still appear).
-    assert!(h.out.iter().any(|e| matches!(e, Emitted::Position { state, offset: 0 }
-            if state.generation == 1 && state.pending.is_some_and(|p| p.lost == 11 && p.from == 8))));
+    assert!(
+        h.out
+            .iter()
+            .any(|e| matches!(e, Emitted::Position { state, offset: 0 }
+            if state.generation == 1 && state.pending.iter().any(|p| p.lost == 11 && p.from == 8)))
+    );
     assert_eq!(h.tailer.take_stats()[0].unread_bytes, 0);
     assert!(
         !h.out
@@ -627,7 +631,7 @@ fn startup_resumes_or_restarts_from_the_checkpoint() {
             origin: None,
             tail: None,
             head: None,
-            pending: None,
+            pending: Vec::new(),
         }
     };
     let mut cps = Checkpoints::default();
@@ -1023,7 +1027,7 @@ fn copy_appearing_after_a_restart_is_read_on_from_the_checkpointed_print() {
         cps.files.insert(key, FileCheckpoint::of(&state, offset));
     }
     let entry = cps.files.values().next().unwrap();
-    assert!(entry.pending.is_some_and(|p| p.lost == 11), "{entry:?}");
+    assert!(entry.pending.iter().any(|p| p.lost == 11), "{entry:?}");
     h.out.clear();
     h.tailer = restarted(&h, cps);
     h.now += Duration::from_secs(5);
@@ -1055,14 +1059,14 @@ fn pending_copy_from_the_checkpoint_expires_and_counts_what_was_lost() {
         .out
         .iter()
         .find_map(|e| match e {
-            Emitted::Position { state, offset: 0 } if state.pending.is_some() => {
+            Emitted::Position { state, offset: 0 } if !state.pending.is_empty() => {
                 Some(state.clone())
             }
             _ => None,
         })
         .unwrap();
     let mut cp = FileCheckpoint::of(&state, 0);
-    if let Some(p) = cp.pending.as_mut() {
+    if let Some(p) = cp.pending.first_mut() {
         p.until_ms = ferry_core::now_ms() + 2_000; // 2 s of the wait left
     }
     let mut cps = Checkpoints::default();
@@ -1109,4 +1113,115 @@ fn copy_of_a_deleted_file_appearing_later_is_not_read_again() {
     h.drain();
     let lines: Vec<String> = records(&mut h.out).into_iter().map(|r| r.0).collect();
     assert_eq!(lines, ["one", "two", "three"]);
+}
+
+/// With a glob matching only the live name: a file renamed out of it while the agent was
+/// stopped is found at start by its dev+inode in the same directory (its fingerprint checked),
+/// read on from the checkpoint to its end under its own identity, then released.
+#[test]
+fn file_renamed_out_of_the_glob_while_stopped_is_read_on_from_the_checkpoint() {
+    let mut h = harness_with(None);
+    let p = h.path(0);
+    std::fs::write(&p, "one\ntwo\n").unwrap();
+    h.read_all();
+    h.tailer.release_all(h.now);
+    h.collect();
+    let (state, offset) = h
+        .out
+        .iter()
+        .find_map(|e| match e {
+            Emitted::Batch { state, batch, .. } => Some((state.clone(), batch.end_offset)),
+            _ => None,
+        })
+        .unwrap();
+    let first = records_by_origin(&mut h.out)[0].1;
+    let mut cps = Checkpoints::default();
+    cps.files
+        .insert(state.key, FileCheckpoint::of(&state, offset));
+    // While stopped: two more lines, then the rotation renames it away and a new file starts.
+    let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+    f.write_all(b"three\nfour\n").unwrap();
+    std::fs::rename(&p, p.with_extension("log.1")).unwrap();
+    std::fs::write(&p, "new\n").unwrap();
+    h.out.clear();
+    h.tailer = restarted(&h, cps);
+    h.drain();
+    let recs = records_by_origin(&mut h.out);
+    let mut got: Vec<(&str, bool, u64)> = recs
+        .iter()
+        .map(|(l, id, off)| (l.as_str(), *id == first, *off))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [("four", true, 14), ("new", false, 0), ("three", true, 8)]
+    );
+    assert_eq!(h.tailer.file_count(), 0, "released once read to its end");
+}
+
+/// Regression (found by the rotation model test, `app.log*`): lines written between the copy
+/// and the truncation were read before the truncation, so the tail print lay past the copy's
+/// end; the copy, held back as a copy, was then not recognised and was read again from its
+/// first byte (every line of it stored twice).
+#[test]
+fn copy_shorter_than_what_was_read_before_the_truncation_is_not_read_again() {
+    let mut h = harness_with(None);
+    let p = h.path(0);
+    std::fs::write(&p, "one\ntwo\n").unwrap();
+    h.read_all();
+    std::fs::copy(&p, h.path(1)).unwrap(); // b.log: matched by the glob
+    h.read_all(); // held back: a copy of a.log
+    let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+    f.write_all(b"between\n").unwrap();
+    h.read_all(); // read; the tail print is now past b.log's end
+    f.set_len(0).unwrap();
+    f.write_all(b"after\n").unwrap();
+    h.read_all();
+    h.drain();
+    let lines: Vec<String> = records(&mut h.out).into_iter().map(|r| r.0).collect();
+    assert_eq!(lines, ["one", "two", "between", "after"]);
+    assert_eq!(resolved_lost(&h.out), [0]);
+}
+
+/// Regression (found by the rotation model test): a file truncated and refilled past the old
+/// size before the agent read again: a stat saw the new size and it was counted as bytes the
+/// old content held unread (more lost than there ever was).
+#[test]
+fn truncation_refilled_before_the_next_read_counts_only_what_the_old_content_held() {
+    let mut h = harness_with(None);
+    let p = h.path(0);
+    std::fs::write(&p, "one\ntwo\n").unwrap();
+    h.read_all();
+    let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+    f.write_all(b"x\n").unwrap();
+    h.tailer.scan(h.now); // seen: 10 bytes, 2 of them unread
+    f.set_len(0).unwrap();
+    f.write_all(b"a much longer line than before\n").unwrap();
+    h.tailer.scan(h.now); // a stat sees 31 bytes of other content
+    h.read_all();
+    h.now += Duration::from_secs(31);
+    h.tailer.poll_timeouts(h.now);
+    h.collect();
+    assert_eq!(resolved_lost(&h.out), [2]);
+}
+
+/// Regression (found by the rotation model test): a file seen by a stat but not read yet
+/// (reading paused: the agent's buffer was full), truncated and refilled past its old size,
+/// was read on as if it were the old content: the truncation went unnoticed and the bytes it
+/// destroyed were not counted. Its first line is now fixed when it is first seen.
+#[test]
+fn truncation_of_a_file_not_read_yet_is_noticed_and_counted() {
+    let mut h = harness_with(None);
+    let p = h.path(0);
+    std::fs::write(&p, "first\n").unwrap();
+    h.tailer.scan(h.now); // found and opened; nothing read (no room)
+    std::fs::write(&p, "second, longer\n").unwrap();
+    h.tailer.scan(h.now);
+    h.read_all();
+    h.now += Duration::from_secs(31);
+    h.tailer.poll_timeouts(h.now);
+    h.collect();
+    let lines: Vec<String> = records(&mut h.out).into_iter().map(|r| r.0).collect();
+    assert_eq!(lines, ["second, longer"]);
+    assert_eq!(resolved_lost(&h.out), [6]);
 }

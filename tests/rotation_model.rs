@@ -24,7 +24,7 @@
 //! truncation destroyed with it; the next run cannot know the old size). See docs/agent.md.
 //!
 //! Seeds 1..=50 per glob shape, several at once; `FERRY_SEED=N` runs only seed N (both
-//! shapes), and the seed of any failure is printed.
+//! shapes; `FERRY_SEED=3,17` a list), and the seed of any failure is printed.
 
 mod util;
 
@@ -106,6 +106,9 @@ struct Case {
     /// A copy made aside by a copytruncate, not moved into `logs/` yet, and when.
     late_copy: Option<(PathBuf, Instant)>,
     unsettled: Option<Unsettled>,
+    /// Files deleted (or compressed away) while the agent held them, (inode, size): what it
+    /// has not acknowledged of them dies with it if it is killed, so a kill waits for them.
+    gone: Vec<(u64, u64)>,
     kills: u64,
     /// What was done, for the failure message.
     trace: Vec<String>,
@@ -130,8 +133,8 @@ impl Case {
   rescan_interval: 100ms
   checkpoint_interval: 100ms
   shutdown_timeout: 20s
-  buffer_bytes: 64KiB
-  batch: {{max_bytes: 16KiB, max_records: 40, linger: 50ms}}
+  buffer_bytes: 2KiB
+  batch: {{max_bytes: 1KiB, max_records: 20, linger: 50ms}}
   output:
     type: collector
     urls: [\"http://{addr}\"]
@@ -162,6 +165,7 @@ impl Case {
             partial: None,
             late_copy: None,
             unsettled: None,
+            gone: Vec::new(),
             kills: 0,
             trace: Vec::new(),
             dir,
@@ -309,6 +313,16 @@ impl Case {
     /// later generation and at the file's end (the old content's copy, if still waited for, is
     /// waited for by the next run too: the checkpoint keeps its print).
     fn settle(&mut self) {
+        if !self.gone.is_empty() {
+            self.signal_collector(false);
+            self.start_agent();
+            let gone = std::mem::take(&mut self.gone);
+            self.wait("deleted files read and acknowledged", |c| {
+                let cp = c.checkpoint();
+                gone.iter()
+                    .all(|(ino, size)| cp.get(ino).is_none_or(|e| e.1 == *size))
+            });
+        }
         let Some(u) = self.unsettled else {
             return;
         };
@@ -326,6 +340,18 @@ impl Case {
                     .is_some_and(|&(g, off, _)| g > u.generation_before && off == meta.len())
         });
         self.unsettled = None;
+    }
+
+    /// A file of `size` bytes is about to be deleted: the agent must know it (have it in its
+    /// checkpoint), so that "no entry" later means "read and released".
+    fn going(&mut self, inode: u64, size: u64) {
+        if size > 0 && !self.checkpoint().contains_key(&inode) {
+            self.signal_collector(false);
+            self.wait("the agent to record the file", |c| {
+                c.checkpoint().contains_key(&inode)
+            });
+        }
+        self.gone.push((inode, size));
     }
 
     // --- the writer ------------------------------------------------------------------------
@@ -445,6 +471,13 @@ impl Case {
         }
         let exists = self.app().exists();
         let running = self.agent.is_some();
+        // While the agent is stopped, `app.log` is rotated only if the agent's checkpoint
+        // knows it: a file no run recorded (killed before reading it), renamed away or
+        // copied and truncated meanwhile, is unknown to the next run.
+        let known = running
+            || std::fs::metadata(self.app())
+                .is_ok_and(|m| m.len() == 0 || self.checkpoint().contains_key(&m.ino()));
+        let exists = exists && known;
         match self.rng.below(100) {
             0..=39 => {
                 let n = self.rng.below(12) as usize;
@@ -505,6 +538,8 @@ impl Case {
             }
             69..=72 if exists && running => {
                 self.before_rotation();
+                let meta = std::fs::metadata(self.app()).expect("app.log");
+                self.going(meta.ino(), meta.len());
                 std::fs::remove_file(self.app()).expect("delete app.log");
                 self.note("delete");
             }
@@ -516,6 +551,12 @@ impl Case {
                     .find(|p| p.exists());
                 if let Some(p) = oldest {
                     self.settle();
+                    // Tracked (in the checkpoint): what it holds unacknowledged must be
+                    // acknowledged before a kill. Untracked: read and released already.
+                    let meta = std::fs::metadata(&p).expect("rotated file");
+                    if self.checkpoint().contains_key(&meta.ino()) {
+                        self.gone.push((meta.ino(), meta.len()));
+                    }
                     let ok = std::process::Command::new("gzip")
                         .arg(&p)
                         .status()
@@ -777,7 +818,14 @@ fn run_seed(seed: u64, glob: &'static str) -> Result<Outcome, String> {
 
 fn model_test(glob: &'static str) {
     let seeds: Vec<u64> = match std::env::var("FERRY_SEED") {
-        Ok(s) => vec![s.trim().parse().expect("FERRY_SEED is a number")],
+        Ok(s) => s
+            .split(',')
+            .map(|n| {
+                n.trim()
+                    .parse()
+                    .expect("FERRY_SEED is a number (or a list: 3,17,40)")
+            })
+            .collect(),
         Err(_) => (1..=SEEDS).collect(),
     };
     let started = Instant::now();

@@ -434,8 +434,11 @@ impl Tailer {
         self.resume.remove(&key);
         let lane = cp.origin.map_or(key, |o| (o.dev, o.inode));
         self.out.push(Emitted::Released { key, lane });
+        let tail = cp
+            .tail
+            .or((cp.offset == 0).then_some(fingerprint::TailPrint::EMPTY));
         let (Some(input), Some(fp), Some(head), Some(tail)) =
-            (input, cp.fingerprint, cp.head, cp.tail)
+            (input, cp.fingerprint, cp.head, tail)
         else {
             return;
         };
@@ -930,6 +933,16 @@ impl Tailer {
     /// Not a copy (or no longer one): read it as itself, from 0.
     fn unpark(&mut self, key: FileKey) -> bool {
         if let Some(t) = self.files.get_mut(&key) {
+            // A new file read from its start is in the checkpoint from now on (its identity,
+            // offset 0), not only once a batch of it is acknowledged: an agent killed before
+            // that finds it again at start — renamed out of the glob, or truncated after a copy
+            // was made, while the agent was stopped.
+            if t.unclassified && t.watcher.line_pos() == 0 && t.watcher.generation() == 0 {
+                self.out.push(Emitted::Position {
+                    state: state_of(&t.watcher),
+                    offset: 0,
+                });
+            }
             t.unclassified = false;
             t.parked = None;
         }
@@ -1229,7 +1242,10 @@ impl Tailer {
                     // Its old content may survive in a copy (copytruncate while stopped).
                     // What it held past the checkpoint is unknown (not counted); it is kept
                     // with the file's checkpoint while the copy is waited for.
-                    if let (Some(fp), Some(head), Some(tail)) = (cp.fingerprint, cp.head, cp.tail) {
+                    let tail = cp
+                        .tail
+                        .or((cp.offset == 0).then_some(fingerprint::TailPrint::EMPTY));
+                    if let (Some(fp), Some(head), Some(tail)) = (cp.fingerprint, cp.head, tail) {
                         let p = PendingCopy {
                             origin: cp.origin.unwrap_or(crate::checkpoint::OriginV2 {
                                 dev: cp.dev,
@@ -1807,7 +1823,6 @@ impl Tailer {
 /// stopped and then renamed, it is read from 0 as its next generation, and its old content's
 /// copy looked for.
 fn find_renamed(cp: &FileCheckpoint) -> Option<(PathBuf, fs::Metadata)> {
-    cp.fingerprint?;
     let dir = Path::new(&cp.path).parent()?;
     fs::read_dir(dir).ok()?.flatten().find_map(|entry| {
         let meta = entry.metadata().ok()?;
@@ -1858,6 +1873,11 @@ fn drain_sealed(
             state.head = None;
             state.pending = Vec::new();
             state.origin = ((batch.file.dev, batch.file.inode) != state.key).then_some(batch.file);
+        } else if state.tail.is_none_or(|t| t.offset > batch.end_offset) {
+            // The checkpoint of this batch's end gets a tail print at that very offset (one
+            // pread of at most 4 KiB per batch): a restart that finds the file truncated
+            // recognises its copy by it, however far reading ran ahead of acknowledgements.
+            state.tail = w.tail_at(batch.end_offset);
         }
         out.push(Emitted::Batch {
             input,

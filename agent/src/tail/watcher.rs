@@ -308,6 +308,11 @@ impl FileWatcher {
         self.tail
     }
 
+    /// A print of the bytes before `offset`, if the handle is open and the file holds them.
+    pub fn tail_at(&self, offset: u64) -> Option<TailPrint> {
+        TailPrint::take(self.file.as_ref()?, offset).ok().flatten()
+    }
+
     pub fn origin(&self) -> Option<FileId> {
         self.origin
     }

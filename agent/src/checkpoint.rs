@@ -27,6 +27,7 @@
 //! | `.origin` (v2) | `{dev, inode, fingerprint, generation}` its lines ship under when not its own (a copytruncate copy read on under the original's origin); absent otherwise |
 //! | `.tail` (v2)   | `{offset, len, checksum}`: hash of the `len` bytes before `offset` (≤ 4 KiB), to recognise a copy of this file after it was truncated |
 //! | `.head` (v2)   | hash of the first line's content alone (no birth time)          |
+//! | `.birth` (v3) | the file's birth time in ns, where the file system keeps one: a file found on the inode with another birth time is another file (the inode was reused while the agent was stopped) |
 //! | `.pending` (v3) | the contents this file had before its truncations whose copy (copytruncate) has not been found yet, each `{origin, head, head_len, tail, from, lost, until_ms}` — the copy is read on from `from` under `origin` if it appears before `until_ms`; else `lost` bytes are counted as unread |
 
 use crate::tail::FileState;
@@ -72,6 +73,8 @@ pub struct FileCheckpoint {
     pub head: Option<u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending: Vec<PendingCopy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub birth: Option<u64>,
 }
 
 /// A truncated file's previous content, waiting (up to `rotate_wait`) for its copy to appear:
@@ -142,6 +145,7 @@ impl FileCheckpoint {
             tail: state.tail.filter(|t| t.offset <= offset),
             head: state.head,
             pending: state.pending.clone(),
+            birth: (state.birth != 0).then_some(state.birth),
         }
     }
 }
@@ -241,6 +245,7 @@ impl Checkpoints {
                             tail: None,
                             head: None,
                             pending: Vec::new(),
+                            birth: None,
                         };
                         ((c.dev, c.inode), c)
                     })
@@ -361,6 +366,7 @@ mod tests {
                 tail: None,
                 head: None,
                 pending: Vec::new(),
+                birth: None,
             },
         );
         c.files.insert(
@@ -377,6 +383,7 @@ mod tests {
                 tail: None,
                 head: None,
                 pending: Vec::new(),
+                birth: None,
             },
         );
         c
@@ -446,6 +453,7 @@ mod tests {
                 }),
                 head: Some(9),
                 pending: Vec::new(),
+                birth: None,
             },
         );
         c
@@ -516,6 +524,7 @@ mod tests {
     fn sample_v3() -> Checkpoints {
         let mut c = sample_v2();
         if let Some(e) = c.files.get_mut(&(2049, 77)) {
+            e.birth = Some(1_699_999_999_123_456_789);
             e.pending = vec![PendingCopy {
                 origin: OriginV2 {
                     dev: 2049,
@@ -572,7 +581,8 @@ mod tests {
           "lost": 300,
           "until_ms": 1700000030000
         }
-      ]
+      ],
+      "birth": 1699999999123456789
     },
     {
       "path": "/var/log/empty.log",

@@ -46,8 +46,11 @@ pub struct FileState {
     pub tail: Option<fingerprint::TailPrint>,
     /// Hash of the first line's content alone (no birth time): what a copy shares.
     pub head: Option<u64>,
-    /// The content the file had before its last truncation, while its copy is waited for.
+    /// The contents the file had before its truncations, while their copies are waited for.
     pub pending: Vec<PendingCopy>,
+    /// Birth time (ns; 0 where not recorded): an inode reused while the agent was stopped is
+    /// another file.
+    pub birth: u64,
 }
 
 impl FileState {
@@ -431,7 +434,18 @@ impl Tailer {
                 }
             }
         }
-        self.resume.remove(&key);
+        self.forget_checkpointed(key, now);
+    }
+
+    /// A checkpointed file that is gone (deleted, moved away, or its inode now another file's):
+    /// its entry is released, and what it held past the checkpoint is looked for in a copy
+    /// during `rotate_wait` (copytruncate, then the original deleted).
+    fn forget_checkpointed(&mut self, key: FileKey, now: Instant) {
+        let Some(cp) = self.resume.remove(&key) else {
+            return;
+        };
+        let old = Path::new(&cp.path);
+        let input = discovery::owner(&self.inputs, old);
         let lane = cp.origin.map_or(key, |o| (o.dev, o.inode));
         self.out.push(Emitted::Released { key, lane });
         let tail = cp
@@ -1219,6 +1233,15 @@ impl Tailer {
         now: Instant,
     ) -> std::io::Result<()> {
         let key = (meta.dev(), meta.ino());
+        // Its inode was freed and given to another file while the agent was stopped (another
+        // birth time): that file is new, and the checkpointed one is gone.
+        if let Some(cp) = self.resume.get(&key)
+            && let Some(birth) = cp.birth
+            && birth != fingerprint::birth_ns(&fs::File::open(path)?)
+        {
+            tracing::info!(path = %path.display(), was = %cp.path, "inode of a checkpointed file reused by a new file while the agent was stopped");
+            self.forget_checkpointed(key, now);
+        }
         let inp = &self.inputs[input];
         let mut announce = false;
         let mut print = None;
@@ -1854,6 +1877,7 @@ fn state_of(w: &FileWatcher) -> FileState {
         tail: w.tail(),
         head: w.head(),
         pending: w.pending().to_vec(),
+        birth: w.birth(),
     }
 }
 

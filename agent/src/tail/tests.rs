@@ -632,6 +632,7 @@ fn startup_resumes_or_restarts_from_the_checkpoint() {
             tail: None,
             head: None,
             pending: Vec::new(),
+            birth: None,
         }
     };
     let mut cps = Checkpoints::default();
@@ -1224,4 +1225,60 @@ fn truncation_of_a_file_not_read_yet_is_noticed_and_counted() {
     let lines: Vec<String> = records(&mut h.out).into_iter().map(|r| r.0).collect();
     assert_eq!(lines, ["second, longer"]);
     assert_eq!(resolved_lost(&h.out), [6]);
+}
+
+/// Regression (found by the rotation model test, `app.log*`): a deleted file's inode, still
+/// in the checkpoint, was given to a new file (here: a copytruncate copy) while the agent was
+/// stopped; the new file was taken for the old one truncated, read from 0 as its next
+/// generation, and — not being held back as the copy it was — its lines were stored twice.
+/// The birth time in the checkpoint tells the two apart.
+#[test]
+fn inode_reused_while_stopped_is_a_new_file_not_a_truncation() {
+    use std::os::unix::fs::MetadataExt;
+    let mut h = harness_with(None);
+    let p = h.path(0);
+    std::fs::write(&p, "old one\nold two\n").unwrap();
+    h.read_all();
+    h.tailer.release_all(h.now);
+    h.collect();
+    let (state, offset) = h
+        .out
+        .iter()
+        .find_map(|e| match e {
+            Emitted::Batch { state, batch, .. } => Some((state.clone(), batch.end_offset)),
+            _ => None,
+        })
+        .unwrap();
+    if state.birth == 0 {
+        eprintln!("no birth times on this file system: nothing to tell apart");
+        return;
+    }
+    let mut cps = Checkpoints::default();
+    cps.files
+        .insert(state.key, FileCheckpoint::of(&state, offset));
+    std::fs::remove_file(&p).unwrap();
+    // Files until one gets the freed inode (tmpfs and ext4 reuse them promptly).
+    let mut reused = None;
+    for i in 0..200 {
+        let q = h.dir.path().join(format!("n{i}.log"));
+        std::fs::write(&q, format!("new {i}\n")).unwrap();
+        if std::fs::metadata(&q).unwrap().ino() == state.key.1 {
+            reused = Some(i);
+            break;
+        }
+        std::fs::remove_file(&q).unwrap();
+    }
+    let Some(i) = reused else {
+        eprintln!("the inode was not reused here");
+        return;
+    };
+    h.out.clear();
+    h.tailer = restarted(&h, cps);
+    h.drain();
+    let recs = records_by_origin(&mut h.out);
+    let got: Vec<(&str, u32)> = recs
+        .iter()
+        .map(|(l, id, _)| (l.as_str(), id.generation))
+        .collect();
+    assert_eq!(got, [(format!("new {i}").as_str(), 0)]);
 }

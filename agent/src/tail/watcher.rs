@@ -313,6 +313,11 @@ impl FileWatcher {
         TailPrint::take(self.file.as_ref()?, offset).ok().flatten()
     }
 
+    /// Birth time in ns (0 where the file system keeps none).
+    pub fn birth(&self) -> u64 {
+        self.birth
+    }
+
     pub fn origin(&self) -> Option<FileId> {
         self.origin
     }

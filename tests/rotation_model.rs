@@ -36,7 +36,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use util::{Dir, Service, ferry, free_addr, http_get, run, start_collector_on};
+use util::{
+    Dir, Service, ferry, free_addr, http_get, run, start_collector_on, strip_ansi,
+    unread_bytes_in_log,
+};
 
 const SEEDS: u64 = 50;
 const STEPS: usize = 24;
@@ -658,16 +661,9 @@ impl Case {
 
     /// Bytes the agent counted as unread, over all its runs (from its log).
     fn lost_bytes(&self) -> u64 {
-        let log = std::fs::read_to_string(self.dir.join("agent.stderr")).unwrap_or_default();
-        strip_ansi(&log)
-            .lines()
-            .filter(|l| l.contains("bytes could not be read"))
-            .filter_map(|l| {
-                l.split_whitespace()
-                    .find_map(|kv| kv.strip_prefix("bytes="))
-                    .and_then(|v| v.parse::<u64>().ok())
-            })
-            .sum()
+        unread_bytes_in_log(
+            &std::fs::read_to_string(self.dir.join("agent.stderr")).unwrap_or_default(),
+        )
     }
 
     /// Compares what was stored with what was written; returns the figures or what is wrong.
@@ -749,24 +745,6 @@ impl Case {
         }
         Ok(outcome)
     }
-}
-
-/// The log without its terminal colours.
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Runs one seed; on failure the steps taken, the agent's checkpoint and log tail go with

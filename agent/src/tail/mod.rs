@@ -448,12 +448,7 @@ impl Tailer {
         let input = discovery::owner(&self.inputs, old);
         let lane = cp.origin.map_or(key, |o| (o.dev, o.inode));
         self.out.push(Emitted::Released { key, lane });
-        let tail = cp
-            .tail
-            .or((cp.offset == 0).then_some(fingerprint::TailPrint::EMPTY));
-        let (Some(input), Some(fp), Some(head), Some(tail)) =
-            (input, cp.fingerprint, cp.head, tail)
-        else {
+        let (Some(input), Some(print)) = (input, checkpointed_print(&cp, Duration::ZERO)) else {
             return;
         };
         // Deleted (or moved away): what it held past the checkpoint survives only in a copy.
@@ -461,18 +456,8 @@ impl Tailer {
         self.copies_wanted.push(CopyWanted {
             original: key,
             print: PendingCopy {
-                origin: cp.origin.unwrap_or(crate::checkpoint::OriginV2 {
-                    dev: cp.dev,
-                    inode: cp.inode,
-                    fingerprint: fp.checksum,
-                    generation: cp.generation,
-                }),
-                head,
-                head_len: fp.len,
-                tail,
-                from: cp.offset,
-                lost: 0,
-                until_ms: ferry_core::now_ms().saturating_add(wait.as_millis() as i64),
+                until_ms: print.until_ms.saturating_add(wait.as_millis() as i64),
+                ..print
             },
             until: now + wait,
             dir: old.parent().map(Path::to_path_buf).unwrap_or_default(),
@@ -1265,25 +1250,7 @@ impl Tailer {
                     // Its old content may survive in a copy (copytruncate while stopped).
                     // What it held past the checkpoint is unknown (not counted); it is kept
                     // with the file's checkpoint while the copy is waited for.
-                    let tail = cp
-                        .tail
-                        .or((cp.offset == 0).then_some(fingerprint::TailPrint::EMPTY));
-                    if let (Some(fp), Some(head), Some(tail)) = (cp.fingerprint, cp.head, tail) {
-                        let p = PendingCopy {
-                            origin: cp.origin.unwrap_or(crate::checkpoint::OriginV2 {
-                                dev: cp.dev,
-                                inode: cp.inode,
-                                fingerprint: fp.checksum,
-                                generation: cp.generation,
-                            }),
-                            head,
-                            head_len: fp.len,
-                            tail,
-                            from: cp.offset,
-                            lost: 0,
-                            until_ms: ferry_core::now_ms()
-                                .saturating_add(inp.rotate_wait.as_millis() as i64),
-                        };
+                    if let Some(p) = checkpointed_print(cp, inp.rotate_wait) {
                         print = Some(p);
                         self.copies_wanted.push(CopyWanted {
                             original: key,
@@ -1838,6 +1805,29 @@ impl Tailer {
             .filter(|t| !t.watcher.is_orphaned())
             .map(|t| (t.input, t.watcher.path_str(), t.watcher.seen_size()))
     }
+}
+
+/// The print of a checkpointed file's content (a copy of it is read on from the checkpoint),
+/// waited for `wait` from now; what it held past the checkpoint is unknown (not counted).
+fn checkpointed_print(cp: &FileCheckpoint, wait: Duration) -> Option<PendingCopy> {
+    let fp = cp.fingerprint?;
+    Some(PendingCopy {
+        origin: cp.origin.unwrap_or(crate::checkpoint::OriginV2 {
+            dev: cp.dev,
+            inode: cp.inode,
+            fingerprint: fp.checksum,
+            generation: cp.generation,
+        }),
+        head: cp.head?,
+        head_len: fp.len,
+        // Nothing acknowledged yet: any copy holds the same (nothing) before offset 0.
+        tail: cp
+            .tail
+            .or((cp.offset == 0).then_some(fingerprint::TailPrint::EMPTY))?,
+        from: cp.offset,
+        lost: 0,
+        until_ms: ferry_core::now_ms().saturating_add(wait.as_millis() as i64),
+    })
 }
 
 /// The file a checkpoint entry names, found on its dev+inode in the directory it was in

@@ -940,6 +940,16 @@ fn records_by_origin(out: &mut [Emitted]) -> Vec<(String, FileId, u64)> {
     v
 }
 
+/// The state and end offset of the first batch emitted (what its acknowledgement checkpoints).
+fn first_batch_end(out: &[Emitted]) -> (FileState, u64) {
+    out.iter()
+        .find_map(|e| match e {
+            Emitted::Batch { state, batch, .. } => Some((state.clone(), batch.end_offset)),
+            _ => None,
+        })
+        .unwrap()
+}
+
 /// The bytes counted lost by `CopyResolved` facts emitted so far.
 fn resolved_lost(out: &[Emitted]) -> Vec<u64> {
     out.iter()
@@ -1127,14 +1137,7 @@ fn file_renamed_out_of_the_glob_while_stopped_is_read_on_from_the_checkpoint() {
     h.read_all();
     h.tailer.release_all(h.now);
     h.collect();
-    let (state, offset) = h
-        .out
-        .iter()
-        .find_map(|e| match e {
-            Emitted::Batch { state, batch, .. } => Some((state.clone(), batch.end_offset)),
-            _ => None,
-        })
-        .unwrap();
+    let (state, offset) = first_batch_end(&h.out);
     let first = records_by_origin(&mut h.out)[0].1;
     let mut cps = Checkpoints::default();
     cps.files
@@ -1241,14 +1244,7 @@ fn inode_reused_while_stopped_is_a_new_file_not_a_truncation() {
     h.read_all();
     h.tailer.release_all(h.now);
     h.collect();
-    let (state, offset) = h
-        .out
-        .iter()
-        .find_map(|e| match e {
-            Emitted::Batch { state, batch, .. } => Some((state.clone(), batch.end_offset)),
-            _ => None,
-        })
-        .unwrap();
+    let (state, offset) = first_batch_end(&h.out);
     if state.birth == 0 {
         eprintln!("no birth times on this file system: nothing to tell apart");
         return;

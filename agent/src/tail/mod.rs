@@ -1280,6 +1280,7 @@ impl Tailer {
             && matches!(start, StartAt::Resume { .. })
         {
             watcher.set_origin(cp.origin.map(Into::into));
+            watcher.set_tail(cp.tail.filter(|t| t.offset <= cp.offset));
             // A copy of its content before an earlier truncation is still waited for.
             for p in &cp.pending {
                 watcher.add_pending(*p);

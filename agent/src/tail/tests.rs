@@ -1278,3 +1278,29 @@ fn inode_reused_while_stopped_is_a_new_file_not_a_truncation() {
         .collect();
     assert_eq!(got, [(format!("new {i}").as_str(), 0)]);
 }
+
+/// Regression (found by the pinned logrotate test, glob `app.log`, under load): a restarted
+/// agent reading a file far behind never reached its end, so it had no tail print; the
+/// copytruncate then found no copy, and what the original held past the position was lost.
+/// A print is taken while reading on, and the checkpoint's is restored at start.
+#[test]
+fn truncation_of_a_file_never_read_to_its_end_finds_its_copy() {
+    let mut h = harness_with(None);
+    let p = h.path(0);
+    let text: String = (0..20).map(|i| format!("line {i:02}\n")).collect();
+    std::fs::write(&p, &text).unwrap();
+    h.tailer.scan(h.now);
+    assert_eq!(h.tailer.read_turn(h.now, 40), 40, "not to its end");
+    std::fs::copy(&p, p.with_extension("log.1")).unwrap(); // outside the glob
+    std::fs::write(&p, "after\n").unwrap();
+    h.read_all();
+    h.drain();
+    let lines: Vec<String> = records(&mut h.out).into_iter().map(|r| r.0).collect();
+    let mut want: Vec<String> = (0..20).map(|i| format!("line {i:02}")).collect();
+    want.push("after".into());
+    let mut got = lines.clone();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "{lines:?}");
+    assert_eq!(resolved_lost(&h.out), [0]);
+}

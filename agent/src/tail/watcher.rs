@@ -313,6 +313,12 @@ impl FileWatcher {
         TailPrint::take(self.file.as_ref()?, offset).ok().flatten()
     }
 
+    /// The tail print a checkpoint kept (a restarted agent recognises a copy by it until it
+    /// takes its own).
+    pub fn set_tail(&mut self, tail: Option<TailPrint>) {
+        self.tail = tail;
+    }
+
     /// Birth time in ns (0 where the file system keeps none).
     pub fn birth(&self) -> u64 {
         self.birth
@@ -569,6 +575,11 @@ impl FileWatcher {
             self.read_pos += n as u64;
             self.size = self.size.max(self.read_pos);
             total += n as u64;
+        }
+        // Read on without reaching the end (a file far behind, or written faster than it is
+        // read): a tail print all the same, or a truncation now could not find its copy.
+        if self.line_pos > 0 && self.tail.is_none() {
+            self.tail = TailPrint::take(file, self.line_pos)?;
         }
         Ok(ReadOutcome::More { bytes: total })
     }

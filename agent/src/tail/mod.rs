@@ -855,14 +855,15 @@ impl Tailer {
                 continue;
             };
             let osize = orig.metadata().map_or(0, |m| m.len());
-            // Held back as its copy, and the original has been truncated since (shorter than
-            // what was read, or other first bytes) without the agent noticing yet: still its
-            // copy; the original's next read notices the truncation and reads the copy on.
+            // The original has been truncated (shorter than what was read, or other first
+            // bytes) without the agent noticing yet: a file with its first line that appears
+            // now (or was held back as its copy) is its copy; the original's next read notices
+            // the truncation and reads the copy on from where the original stopped.
             let truncated = osize < o.watcher.line_pos()
                 || o.watcher
                     .fingerprint()
                     .is_some_and(|fp| !fp.matches(orig).unwrap_or(true));
-            if wanted == Some(*k) && truncated {
+            if truncated {
                 copy_of = Some(*k);
                 break;
             }

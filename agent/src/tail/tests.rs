@@ -1304,3 +1304,29 @@ fn truncation_of_a_file_never_read_to_its_end_finds_its_copy() {
     assert_eq!(got, want, "{lines:?}");
     assert_eq!(resolved_lost(&h.out), [0]);
 }
+
+/// Regression (found by the rotation model test, `app.log*`): the copy was first looked at
+/// after its original had been truncated and refilled (not noticed yet), and after the agent
+/// had read past the copy's end: nothing to compare it with any more, so it was read as a new
+/// file, every line of it a second time. A new file with the first line of a file truncated
+/// under the agent is its copy.
+#[test]
+fn copy_first_seen_after_its_original_was_truncated_is_not_read_again() {
+    let mut h = harness_with(None);
+    let p = h.path(0);
+    std::fs::write(&p, "one\ntwo\n").unwrap();
+    h.read_all();
+    std::fs::copy(&p, h.path(1)).unwrap(); // b.log, not seen yet
+    let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+    f.write_all(b"three\n").unwrap();
+    h.tailer.data_event(&p);
+    h.tailer.read_turn(h.now, u64::MAX); // read past the copy's end
+    f.set_len(0).unwrap();
+    f.write_all(b"four\n").unwrap();
+    h.tailer.path_event(&h.path(1), h.now); // the copy appears, before the truncation is seen
+    h.tailer.read_turn(h.now, u64::MAX);
+    h.read_all();
+    h.drain();
+    let lines: Vec<String> = records(&mut h.out).into_iter().map(|r| r.0).collect();
+    assert_eq!(lines, ["one", "two", "three", "four"]);
+}

@@ -737,9 +737,12 @@ impl Case {
             kills: self.kills,
         };
         if bytes != stored_bytes + lost_bytes {
+            let missing: Vec<usize> = (0..self.lines.len())
+                .filter(|&i| whole[i] == 0 && parts[i] == 0)
+                .collect();
             return Err(format!(
                 "written {bytes} bytes, stored {stored_bytes}, counted unread {lost_bytes}: \
-                 {} bytes unaccounted ({outcome:?})",
+                 {} bytes unaccounted ({outcome:?}); lines not stored: {missing:?}",
                 bytes as i64 - stored_bytes as i64 - lost_bytes as i64
             ));
         }

@@ -50,6 +50,7 @@ fn config(dir: &Path, read_from: ReadFrom) -> AgentConfig {
             multiline: None,
             max_line_bytes: ByteSize::kib(64),
             line_flush_timeout: CfgDuration::from_secs(60),
+            rotate_wait: CfgDuration::from_secs(30),
         }],
         output: OutputConfig::Stdout,
         ..Default::default()

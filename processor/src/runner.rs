@@ -785,7 +785,9 @@ impl Runner {
                 reset_offsets: false,
                 session_timeout: self.session_timeout,
                 max_fetch_bytes: 4 << 20,
-                poll_wait: Duration::from_millis(50),
+                // Never waits: the input's poll paces the loop (it waits when idle), and a
+                // busy input must not wait on a quiet repartition topic.
+                poll_wait: Duration::ZERO,
                 manual_release: true,
             },
         )

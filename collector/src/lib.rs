@@ -5,7 +5,8 @@
 //! - [`ingest`]: request body → verified batches → routed, partitioned sub-batches → appends.
 //! - [`checkpoints`]: processor checkpoints (state + offset per group and partition), fenced.
 //! - [`coordinator`]: consumer-group membership and server-side partition assignment.
-//! - [`api`]: the HTTP API as an axum `Router` (`app(state)`), errors as `ApiError`.
+//! - [`api`]: the HTTP API as an axum `Router` (`app(state)`), a module per resource, errors as
+//!   one `ApiError`.
 //! - [`console`]: the web console at `/`, a static page over the JSON API.
 //! - [`server`]: the process: bind, serve, drain, close.
 //! - [`config`]: the `collector:` config section.

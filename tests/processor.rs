@@ -401,6 +401,47 @@ fn sample_config(results: &std::path::Path) -> String {
     format!("{sample}  checkpoint_interval: 1s\n")
 }
 
+/// `n` records of the sample's shape, 100 per second of event time from 2026-01-01T00:00:00Z,
+/// each up to 2 s earlier than its place in the stream, levels skewed; and the count per
+/// (level, window start) they must give.
+fn sample_input(rng: &mut XorShift, n: u64) -> (Vec<String>, BTreeMap<(String, String), u64>) {
+    let levels = ["info", "info", "info", "warn", "error", "debug"];
+    let base_ms: i64 = 1_767_225_600_000;
+    let mut lines = Vec::with_capacity(n as usize);
+    let mut want: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for i in 0..n {
+        let ts = base_ms + i as i64 * 10 - (rng.next() % 2000) as i64;
+        let level = levels[(rng.next() % levels.len() as u64) as usize];
+        let window = ts - ts.rem_euclid(10_000);
+        let ws = ferry_processor::time::format_rfc3339(window);
+        *want.entry((level.to_owned(), ws)).or_default() += 1;
+        let t = ferry_processor::time::format_rfc3339(ts);
+        lines.push(format!(
+            "{{\"ts\":\"{t}\",\"level\":\"{level}\",\"seq\":{i}}}\n"
+        ));
+    }
+    (lines, want)
+}
+
+/// Every (level, window) of `want` printed exactly once, with its count.
+fn assert_each_printed_once(
+    got: &BTreeMap<(String, String), Vec<u64>>,
+    want: &BTreeMap<(String, String), u64>,
+) {
+    let mut wrong = Vec::new();
+    for (k, counts) in got {
+        let w = want.get(k).copied().unwrap_or(0);
+        if counts.iter().any(|c| *c != w) {
+            wrong.push(format!("{k:?}: printed {counts:?}, input has {w}"));
+        }
+    }
+    assert!(wrong.is_empty(), "wrong results:\n{}", wrong.join("\n"));
+    let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).collect();
+    assert!(missing.is_empty(), "no result for {missing:?}");
+    let repeated: Vec<_> = got.iter().filter(|(_, c)| c.len() > 1).collect();
+    assert!(repeated.is_empty(), "printed more than once: {repeated:?}");
+}
+
 /// Every result line of a file, as (level, window start) → the counts printed for it.
 fn printed(path: &std::path::Path) -> BTreeMap<(String, String), Vec<u64>> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -447,22 +488,7 @@ fn sample_pipeline_on_a_default_topic_prints_one_exact_result_per_window_and_key
 
     // 60,000 records, 100 per second of event time from 2026-01-01T00:00:00Z, each up to 2 s
     // earlier than its place in the stream (allowed_lateness is 2s), levels skewed.
-    let n = 60_000u64;
-    let levels = ["info", "info", "info", "warn", "error", "debug"];
-    let base_ms: i64 = 1_767_225_600_000;
-    let mut lines = Vec::with_capacity(n as usize);
-    let mut want: BTreeMap<(String, String), u64> = BTreeMap::new();
-    for i in 0..n {
-        let ts = base_ms + i as i64 * 10 - (rng.next() % 2000) as i64;
-        let level = levels[(rng.next() % levels.len() as u64) as usize];
-        let window = ts - ts.rem_euclid(10_000);
-        let ws = ferry_processor::time::format_rfc3339(window);
-        *want.entry((level.to_owned(), ws)).or_default() += 1;
-        let t = ferry_processor::time::format_rfc3339(ts);
-        lines.push(format!(
-            "{{\"ts\":\"{t}\",\"level\":\"{level}\",\"seq\":{i}}}\n"
-        ));
-    }
+    let (lines, want) = sample_input(&mut rng, 60_000);
     // Closers, far ahead, in one batch per partition (batches are spread round-robin), so
     // every partition's watermark passes the last window. Their own window stays open.
     let closers: Vec<String> = (0..4)
@@ -547,18 +573,7 @@ fn sample_pipeline_on_a_default_topic_prints_one_exact_result_per_window_and_key
     // A duplicate or a stray partial would come out with the windows around it; those are out.
     assert_eq!(p.terminate(Duration::from_secs(20)), Some(0));
     let got = printed(&out);
-    let mut wrong = Vec::new();
-    for (k, counts) in &got {
-        let w = want.get(k).copied().unwrap_or(0);
-        if counts.iter().any(|c| *c != w) {
-            wrong.push(format!("{k:?}: printed {counts:?}, input has {w}"));
-        }
-    }
-    assert!(wrong.is_empty(), "wrong results:\n{}", wrong.join("\n"));
-    let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).collect();
-    assert!(missing.is_empty(), "no result for {missing:?}");
-    let repeated: Vec<_> = got.iter().filter(|(_, c)| c.len() > 1).collect();
-    assert!(repeated.is_empty(), "printed more than once: {repeated:?}");
+    assert_each_printed_once(&got, &want);
 }
 
 /// Issue 13: two processors in one group on an unkeyed topic. A member holding only some of the
@@ -592,22 +607,7 @@ fn sample_pipeline_on_two_members_prints_each_window_and_key_once_across_two_kil
     };
 
     // 40,000 records, 100 per second of event time, up to 2 s out of order, levels skewed.
-    let n = 40_000u64;
-    let levels = ["info", "info", "info", "warn", "error", "debug"];
-    let base_ms: i64 = 1_767_225_600_000;
-    let mut lines = Vec::with_capacity(n as usize);
-    let mut want: BTreeMap<(String, String), u64> = BTreeMap::new();
-    for i in 0..n {
-        let ts = base_ms + i as i64 * 10 - (rng.next() % 2000) as i64;
-        let level = levels[(rng.next() % levels.len() as u64) as usize];
-        let window = ts - ts.rem_euclid(10_000);
-        let ws = ferry_processor::time::format_rfc3339(window);
-        *want.entry((level.to_owned(), ws)).or_default() += 1;
-        let t = ferry_processor::time::format_rfc3339(ts);
-        lines.push(format!(
-            "{{\"ts\":\"{t}\",\"level\":\"{level}\",\"seq\":{i}}}\n"
-        ));
-    }
+    let (lines, want) = sample_input(&mut rng, 40_000);
     let closers: Vec<String> = (0..4)
         .map(|_| "{\"ts\":\"2026-01-02T00:00:00Z\",\"level\":\"closer\"}\n".to_owned())
         .collect();
@@ -687,16 +687,5 @@ fn sample_pipeline_on_two_members_prints_each_window_and_key_once_across_two_kil
         pb.len()
     );
     let got = union(&out_a, &out_b);
-    let mut wrong = Vec::new();
-    for (k, counts) in &got {
-        let w = want.get(k).copied().unwrap_or(0);
-        if counts.iter().any(|c| *c != w) {
-            wrong.push(format!("{k:?}: printed {counts:?}, input has {w}"));
-        }
-    }
-    assert!(wrong.is_empty(), "wrong results:\n{}", wrong.join("\n"));
-    let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).collect();
-    assert!(missing.is_empty(), "no result for {missing:?}");
-    let repeated: Vec<_> = got.iter().filter(|(_, c)| c.len() > 1).collect();
-    assert!(repeated.is_empty(), "printed more than once: {repeated:?}");
+    assert_each_printed_once(&got, &want);
 }

@@ -374,15 +374,10 @@ pub fn decode_line(line: &[u8], ops: &[AggOp]) -> Result<PartialLine, DecodeErro
             what: "not a repartition line (magic)".into(),
         });
     }
-    let (body, crc) = raw.split_at(raw.len() - 4);
-    let mut c = [0u8; 4];
-    c.copy_from_slice(crc);
-    if crc32c::crc32c(body) != u32::from_le_bytes(c) {
-        return Err(DecodeError {
-            at: body.len(),
-            what: "repartition line checksum mismatch".into(),
-        });
-    }
+    let body = crate::codec::strip_crc(&raw).ok_or_else(|| DecodeError {
+        at: raw.len(),
+        what: "repartition line checksum mismatch".into(),
+    })?;
     let mut d = Dec::new(body);
     d.u32()?;
     let v = d.u8()?;
@@ -527,12 +522,7 @@ pub fn decode_parts(
     if !bytes.starts_with(&PARTS_MAGIC) || bytes.len() < 9 {
         return Err(StateError::BadMagic);
     }
-    let (body, crc) = bytes.split_at(bytes.len() - 4);
-    let mut c = [0u8; 4];
-    c.copy_from_slice(crc);
-    if crc32c::crc32c(body) != u32::from_le_bytes(c) {
-        return Err(StateError::Checksum);
-    }
+    let body = crate::codec::strip_crc(bytes).ok_or(StateError::Checksum)?;
     let mut d = Dec::new(body);
     d.u32()?;
     let v = d.u8()?;

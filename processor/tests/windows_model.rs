@@ -440,15 +440,34 @@ proptest! {
 // Merged partitions: one exact result per (window, key) whatever the partitioning, across a
 // crash that leaves the partitions' checkpoints from different moments.
 
+/// Result lines as (window start, key) → every (count, sum) printed for it.
+fn printed<'a>(
+    lines: impl Iterator<Item = &'a String>,
+) -> BTreeMap<(i64, String), Vec<(u64, i64)>> {
+    let mut got: BTreeMap<(i64, String), Vec<(u64, i64)>> = BTreeMap::new();
+    for line in lines {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let start =
+            ferry_processor::time::parse_rfc3339(v["window_start"].as_str().unwrap()).unwrap();
+        got.entry((start, v["key"]["k"].as_str().unwrap().to_owned()))
+            .or_default()
+            .push((
+                v["count"].as_u64().unwrap(),
+                v["sum"].as_f64().unwrap() as i64,
+            ));
+    }
+    got
+}
+
 mod merged {
     use super::*;
     use ferry_processor::merge::{Merge, Note, Part, unwrap_checkpoint, wrap_checkpoint};
     use ferry_processor::sink::FileMark;
 
-    const WINDOW_MS: i64 = 1000;
-    const LATENESS_MS: i64 = 500;
+    pub(super) const WINDOW_MS: i64 = 1000;
+    pub(super) const LATENESS_MS: i64 = 500;
 
-    fn config() -> ferry_processor::config::PipelineConfig {
+    pub(super) fn config() -> ferry_processor::config::PipelineConfig {
         let yaml = format!(
             r#"
 pipelines:
@@ -696,21 +715,7 @@ pipelines:
             next.insert(p, offset + 1);
             step += 1;
         }
-        let mut got: BTreeMap<(i64, String), Vec<(u64, i64)>> = BTreeMap::new();
-        for m in &members {
-            for line in &m.file {
-                let v: Value = serde_json::from_str(line).unwrap();
-                let start =
-                    ferry_processor::time::parse_rfc3339(v["window_start"].as_str().unwrap())
-                        .unwrap();
-                got.entry((start, v["key"]["k"].as_str().unwrap().to_owned()))
-                    .or_default()
-                    .push((
-                        v["count"].as_u64().unwrap(),
-                        v["sum"].as_f64().unwrap() as i64,
-                    ));
-            }
-        }
+        let got = printed(members.iter().flat_map(|m| &m.file));
         let want: BTreeMap<(i64, String), Vec<(u64, i64)>> =
             want.into_iter().map(|(k, v)| (k, vec![v])).collect();
         prop_assert_eq!(got, want);
@@ -745,28 +750,7 @@ mod repartitioned {
     use ferry_processor::sink::FileMark;
     use std::collections::HashMap;
 
-    const WINDOW_MS: i64 = 1000;
-    const LATENESS_MS: i64 = 500;
-
-    fn config() -> ferry_processor::config::PipelineConfig {
-        let yaml = format!(
-            r#"
-pipelines:
-  - name: rep
-    source: {{topics: [t]}}
-    event_time: {{field: ts, format: unix_ms}}
-    group_by: [k]
-    window: {{tumbling: {WINDOW_MS}ms, allowed_lateness: {LATENESS_MS}ms, idle_timeout: 1h}}
-    aggregates:
-      - {{name: count, op: count}}
-      - {{name: sum, op: sum, field: v}}
-      - {{name: users, op: distinct, field: v}}
-"#
-        );
-        let cfg: ProcessorConfig =
-            ferry_core::config::load_str(&yaml, "rep.yaml".as_ref()).expect("config");
-        cfg.pipelines[0].clone()
-    }
+    use super::merged::{LATENESS_MS, WINDOW_MS, config};
 
     #[derive(Debug, Clone)]
     struct Case {
@@ -1142,21 +1126,7 @@ pipelines:
         for m in members.iter_mut() {
             m.merge(&col);
         }
-        let mut got: BTreeMap<(i64, String), Vec<(u64, i64)>> = BTreeMap::new();
-        for m in &members {
-            for line in &m.file {
-                let v: Value = serde_json::from_str(line).unwrap();
-                let start =
-                    ferry_processor::time::parse_rfc3339(v["window_start"].as_str().unwrap())
-                        .unwrap();
-                got.entry((start, v["key"]["k"].as_str().unwrap().to_owned()))
-                    .or_default()
-                    .push((
-                        v["count"].as_u64().unwrap(),
-                        v["sum"].as_f64().unwrap() as i64,
-                    ));
-            }
-        }
+        let got = printed(members.iter().flat_map(|m| &m.file));
         let want: BTreeMap<(i64, String), Vec<(u64, i64)>> =
             want.into_iter().map(|(k, v)| (k, vec![v])).collect();
         prop_assert_eq!(got, want);

@@ -134,9 +134,15 @@ fn processor_killed_9_in_a_loop_gives_the_same_results_as_an_uninterrupted_run()
     assert_eq!(p.terminate(Duration::from_secs(20)), Some(0));
     assert!(kills >= 4, "only {kills} kills");
 
-    // The reference: one uninterrupted run over the same records.
+    // The reference: one uninterrupted run over the same records, with the partials merged
+    // in-process (`repartition: false`): the repartitioned, killed run must give the same.
     let ref_out = dir.join("reference.jsonl");
-    let ref_cfg = dir.write("ref.yaml", pipeline_yaml("reference", &ref_out));
+    let ref_yaml = pipeline_yaml("reference", &ref_out).replace(
+        "start: committed }",
+        "start: committed, repartition: false }",
+    );
+    assert!(ref_yaml.contains("repartition: false"));
+    let ref_cfg = dir.write("ref.yaml", ref_yaml);
     let mut p = start("reference", &ref_cfg);
     wait_until(
         Duration::from_secs(60),

@@ -34,7 +34,6 @@ use admission::{PendingGuard, TokenBucket};
 use bytes::Bytes;
 use ferry_core::batch::{self, Batch, BatchHeader, DecodeLimits};
 use ferry_core::record::OriginKey;
-use ferry_core::topic::stable_hash;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -185,10 +184,7 @@ impl Producer {
     /// The origin its lines are stored under: `producer/ID` as the agent id, with the all-zero
     /// file identity that no file an agent reads has.
     fn origin_key(&self) -> OriginKey {
-        OriginKey {
-            agent_id: format!("producer/{}", self.id),
-            file: ferry_core::record::FileId::default(),
-        }
+        ferry_core::topic::producer_origin(&self.id)
     }
 }
 
@@ -351,16 +347,7 @@ impl Ingest {
     fn partition_for_batch(&self, header: &BatchHeader, partitions: u32) -> u32 {
         let n = u64::from(partitions.max(1));
         match &header.origin {
-            Some(o) => {
-                let f = &o.key.file;
-                let h = stable_hash(&[
-                    o.key.agent_id.as_bytes(),
-                    &f.dev.to_le_bytes(),
-                    &f.inode.to_le_bytes(),
-                    &f.fingerprint.to_le_bytes(),
-                ]);
-                (h % n) as u32
-            }
+            Some(o) => ferry_core::topic::origin_partition(&o.key, partitions),
             None => (self.round_robin.fetch_add(1, Ordering::Relaxed) % n) as u32,
         }
     }

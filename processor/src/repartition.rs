@@ -254,17 +254,15 @@ impl Outbox {
         let Some(lines) = self.lines.get(&target) else {
             return out;
         };
-        let mut seq = self.seq();
         let mut body: Vec<u8> = Vec::new();
-        let mut first = seq;
-        for l in lines {
+        let mut first = self.seq();
+        for (seq, l) in (self.seq()..).zip(lines) {
             if !body.is_empty() && body.len() + l.len() + 1 > MAX_BODY_BYTES {
                 out.push((first, std::mem::take(&mut body)));
                 first = seq;
             }
             body.extend_from_slice(l);
             body.push(b'\n');
-            seq += 1;
         }
         if !body.is_empty() {
             out.push((first, body));

@@ -18,9 +18,16 @@
 //! watermark over this member's partitions and each (window, key) is emitted once, with every
 //! partition's partial merged (`merge.rs`). Every checkpoint carries the merge's note of which
 //! windows were emitted with which partition's partial, so partitions restored from checkpoints
-//! of different moments emit nothing twice. With several members, each merges what it holds:
-//! one result per window and key across the topic then needs the input partitioned by the
-//! group-by key (the collector topic's `key_field`). docs/processor.md says so.
+//! of different moments emit nothing twice. That in-process merge is used with
+//! `source.repartition: false` (a member emits only while it holds every partition) and with
+//! `source.partitioned_by_key`.
+//!
+//! With repartition (the default), the instances are upstreams instead: every
+//! `flush_interval` each one's deltas are stored with its checkpoint and then posted, keyed by
+//! the group key, to the collector topic `{group}.{pipeline}.repartition`; this member also
+//! joins the group `{group}.repartition` and, for each of that topic's partitions it owns, merges
+//! the parts of every upstream with that partition's own [`Merge`] (`repartition.rs`, and the
+//! second `impl Runner` below).
 
 use crate::config::{PipelineConfig, StartAt};
 use crate::merge::{Merge, Note, Part, unwrap_checkpoint, wrap_checkpoint};

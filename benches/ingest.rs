@@ -9,6 +9,9 @@
 //! 3. **http lines**: newline-delimited JSON bodies (as `ferry produce` sends), same setup.
 //! 4. **half load**: the batch path paced at half of the peak measured in 2, for its p99.
 //! 5. **consume**: one consumer reading everything back through the fetch API.
+//! 6. **https**: 2 and 3 again against a second collector with `tls:` (a certificate made here
+//!    with rcgen, TLS 1.3, connections kept alive), next to a plain-HTTP rerun of the same
+//!    posts to a fresh topic, so the TLS/plain ratio compares runs made seconds apart.
 //!
 //! Data and store live in a temp dir under `target/` (`FERRY_BENCH_DIR` overrides it).
 
@@ -269,24 +272,7 @@ async fn bench() {
     let server = tokio::spawn(collector.run(shutdown.clone()));
     let client = CollectorClient::new(&url).expect("client");
     let mut http_batches = post_batches_run(&client, &batches, "batches", None).await;
-    let mut http_lines = {
-        let (client, plain) = (client.clone(), plain.clone());
-        drive(
-            move |p, n| {
-                let (client, plain) = (client.clone(), plain.clone());
-                async move {
-                    let b = &plain[p][(n as usize) % plain[p].len()];
-                    match client.post_lines("lines", b.0.clone(), false).await {
-                        Ok(r) => (b.1, r.stored),
-                        Err(_) => (0, 0),
-                    }
-                }
-            },
-            None,
-            None,
-        )
-        .await
-    };
+    let mut http_lines = lines_run(&client, &plain).await;
     let peak_batches_s = http_batches.latencies.len() as f64 / http_batches.elapsed;
     let mut half = post_batches_run(&client, &batches, "half", Some(peak_batches_s / 2.0)).await;
     // 5. Consume everything the batch run stored, one consumer, all partitions.
@@ -317,8 +303,32 @@ async fn bench() {
         }
     }
     consumed.elapsed = consume_start.elapsed().as_secs_f64();
+
+    // 6. The same posts over TLS to a second collector, and again over plain HTTP.
+    let (tls_cfg, ca_pem) = tls_files(tmp.path());
+    let mut cfg = CollectorConfig::default();
+    cfg.listen = "127.0.0.1:0".into();
+    cfg.data_dir = tmp.path().join("collector-tls");
+    cfg.default_partitions = 4;
+    cfg.tls = Some(tls_cfg);
+    let tls_collector = Collector::bind(cfg).await.expect("TLS collector");
+    let tls_url = format!("https://localhost:{}", tls_collector.local_addr().port());
+    let tls_server = tokio::spawn(tls_collector.run(shutdown.clone()));
+    let tls_client = CollectorClient::with_security(
+        &tls_url,
+        &ferry_core::security::ClientSecurity {
+            ca: Some(ca_pem),
+            ..Default::default()
+        },
+    )
+    .expect("TLS client");
+    let mut https_batches = post_batches_run(&tls_client, &batches, "batches", None).await;
+    let mut http_batches_again = post_batches_run(&client, &batches, "batches-again", None).await;
+    let mut https_lines = lines_run(&tls_client, &plain).await;
+    let mut http_lines_again = lines_run(&client, &plain).await;
     shutdown.trigger();
     let _ = server.await;
+    let _ = tls_server.await;
 
     let base = store_run.mib_s();
     println!(
@@ -354,4 +364,71 @@ async fn bench() {
         consumed.rec_s(),
         mib / base
     );
+    println!("\nTLS (rustls, TLS 1.3, ring) against plain HTTP, each pair run back to back:\n");
+    println!("| run | MiB/s (lines) | records/s | p50 ms | p99 ms | vs store |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    let ratio_batches = https_batches.mib_s() / http_batches_again.mib_s().max(f64::MIN_POSITIVE);
+    let ratio_lines = https_lines.mib_s() / http_lines_again.mib_s().max(f64::MIN_POSITIVE);
+    for (name, r) in [
+        ("HTTP, agent batches (gzip)", &mut http_batches_again),
+        ("HTTPS, agent batches (gzip)", &mut https_batches),
+        ("HTTP, plain JSON lines", &mut http_lines_again),
+        ("HTTPS, plain JSON lines", &mut https_lines),
+    ] {
+        println!("{}", row(name, r, base));
+    }
+    println!(
+        "\nHTTPS / HTTP: agent batches {ratio_batches:.2}x, plain lines {ratio_lines:.2}x (target >= 0.85x)"
+    );
+}
+
+/// Every producer posts newline-delimited bodies (as `ferry produce` does) to `lines`.
+async fn lines_run(client: &CollectorClient, plain: &Arc<Vec<Vec<(Vec<u8>, u64, u64)>>>) -> Run {
+    let (client, plain) = (client.clone(), plain.clone());
+    drive(
+        move |p, n| {
+            let (client, plain) = (client.clone(), plain.clone());
+            async move {
+                let b = &plain[p][(n as usize) % plain[p].len()];
+                match client.post_lines("lines", b.0.clone(), false).await {
+                    Ok(r) => (b.1, r.stored),
+                    Err(_) => (0, 0),
+                }
+            }
+        },
+        None,
+        None,
+    )
+    .await
+}
+
+/// A CA and a collector certificate for `localhost`, written under `dir`: the `tls:` section
+/// and the CA file a client trusts.
+fn tls_files(dir: &std::path::Path) -> (ferry_collector::tls::TlsConfig, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca.self_signed(&ca_key).expect("CA");
+    let key = KeyPair::generate().expect("key");
+    let cert = CertificateParams::new(vec!["localhost".to_owned()])
+        .expect("params")
+        .signed_by(&key, &ca, &ca_key)
+        .expect("cert");
+    let (ca_path, cert_path, key_path) = (
+        dir.join("ca.pem"),
+        dir.join("collector.pem"),
+        dir.join("collector.key"),
+    );
+    std::fs::write(&ca_path, ca.pem()).expect("write CA");
+    std::fs::write(&cert_path, cert.pem()).expect("write cert");
+    std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+    (
+        ferry_collector::tls::TlsConfig {
+            cert: cert_path,
+            key: key_path,
+            client_ca: None,
+        },
+        ca_path,
+    )
 }

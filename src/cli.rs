@@ -3,6 +3,7 @@
 //! 2 usage or config error.
 
 use clap::{Parser, Subcommand};
+use ferry_core::security::ClientSecurity;
 use ferry_core::telemetry::LogFormat;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -80,6 +81,9 @@ pub enum Command {
         /// Ship stdin to `--topic` until EOF, then exit 0 once every line is acknowledged.
         #[arg(long, conflicts_with = "paths")]
         stdin: bool,
+        /// TLS and token for the collector output (over `output`'s keys in --config).
+        #[command(flatten)]
+        security: ClientSecurity,
         /// Files or globs to tail.
         paths: Vec<String>,
     },
@@ -96,12 +100,17 @@ pub enum Command {
         /// Serve /metrics and /healthz here (e.g. 127.0.0.1:9101).
         #[arg(long)]
         metrics_listen: Option<String>,
+        /// TLS and token for the collector (over `processor.collector`'s keys).
+        #[command(flatten)]
+        security: ClientSecurity,
     },
     /// Send one record per stdin line to a topic; exit 0 once all are acknowledged.
     Produce {
         #[arg(long)]
         collector: String,
         topic: String,
+        #[command(flatten)]
+        security: ClientSecurity,
     },
     /// Print records of a topic.
     Consume {
@@ -120,6 +129,8 @@ pub enum Command {
         idle_timeout: Option<String>,
         #[arg(long, default_value = "raw")]
         format: String,
+        #[command(flatten)]
+        security: ClientSecurity,
     },
     /// List topics with their partitions and sizes (`ferry topics delete T` deletes one).
     Topics {
@@ -129,6 +140,8 @@ pub enum Command {
         json: bool,
         #[command(subcommand)]
         action: Option<TopicsAction>,
+        #[command(flatten)]
+        security: ClientSecurity,
     },
     /// List consumer groups with their lag.
     Groups {
@@ -136,6 +149,8 @@ pub enum Command {
         collector: String,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        security: ClientSecurity,
     },
     /// List the agents that report to the collector: host, status (running, stale,
     /// stopped), files, bytes behind, drops.
@@ -144,6 +159,8 @@ pub enum Command {
         collector: String,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        security: ClientSecurity,
     },
     /// A live sample of the records arriving on a topic, filtered and rate-limited, without
     /// joining any consumer group.
@@ -169,6 +186,8 @@ pub enum Command {
         from_beginning: bool,
         #[arg(long, default_value = "raw")]
         format: String,
+        #[command(flatten)]
+        security: ClientSecurity,
     },
     /// Topics, consumer groups and the collector's health in the terminal, refreshed in place;
     /// `q` or Ctrl-C quits.
@@ -181,6 +200,8 @@ pub enum Command {
         /// Draw this many screens, then exit.
         #[arg(long)]
         iterations: Option<u64>,
+        #[command(flatten)]
+        security: ClientSecurity,
     },
     /// Validate a ferry config; a bad one exits 2 naming file:line:col.
     Check { file: PathBuf },
@@ -284,8 +305,10 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
             paths,
             metrics_listen,
             stdin,
+            security,
         } => {
             commands::agent::run(commands::agent::Args {
+                security,
                 stdin,
                 metrics_listen,
                 config,
@@ -322,8 +345,22 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
             collector,
             kafka,
             metrics_listen,
-        } => commands::processor::run(config, collector, kafka, metrics_listen).await,
-        Command::Produce { collector, topic } => commands::produce::run(&collector, &topic).await,
+            security,
+        } => {
+            commands::processor::run(commands::processor::Args {
+                config,
+                collector,
+                kafka,
+                metrics_listen,
+                security,
+            })
+            .await
+        }
+        Command::Produce {
+            collector,
+            topic,
+            security,
+        } => commands::produce::run(commands::client(&collector, &security)?, &topic).await,
         Command::Consume {
             collector,
             kafka,
@@ -333,6 +370,7 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
             max,
             idle_timeout,
             format,
+            security,
         } => {
             let json = json_format(&format)?;
             let idle_timeout = duration_flag("--idle-timeout", idle_timeout.as_deref())?;
@@ -358,6 +396,7 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
                 .ok_or_else(|| UsageError("give --collector URL or --kafka BROKERS".into()))?;
             commands::consume::run(commands::consume::Args {
                 collector,
+                security,
                 topic,
                 group,
                 from_beginning,
@@ -376,11 +415,13 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
             idle_timeout,
             from_beginning,
             format,
+            security,
         } => {
             let json = json_format(&format)?;
             let idle_timeout = duration_flag("--idle-timeout", idle_timeout.as_deref())?;
             commands::tap::run(commands::tap::Args {
                 collector,
+                security,
                 topic,
                 filter,
                 rate,
@@ -395,6 +436,7 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
             collector,
             interval,
             iterations,
+            security,
         } => {
             let interval = interval
                 .parse::<ferry_core::config::Duration>()
@@ -403,6 +445,7 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
                 .max(std::time::Duration::from_millis(100));
             commands::top::run(commands::top::Args {
                 collector,
+                security,
                 interval,
                 iterations,
             })
@@ -412,18 +455,28 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
             collector,
             json,
             action,
+            security,
         } => {
             let collector =
                 collector.ok_or_else(|| UsageError("ferry topics needs --collector URL".into()))?;
+            let client = commands::client(&collector, &security)?;
             match action {
-                None => commands::admin::topics(&collector, json).await,
+                None => commands::admin::topics(&client, json).await,
                 Some(TopicsAction::Delete { topic }) => {
-                    commands::admin::delete_topic(&collector, &topic).await
+                    commands::admin::delete_topic(&client, &topic).await
                 }
             }
         }
-        Command::Groups { collector, json } => commands::admin::groups(&collector, json).await,
-        Command::Agents { collector, json } => commands::admin::agents(&collector, json).await,
+        Command::Agents {
+            collector,
+            json,
+            security,
+        } => commands::admin::agents(&commands::client(&collector, &security)?, json).await,
+        Command::Groups {
+            collector,
+            json,
+            security,
+        } => commands::admin::groups(&commands::client(&collector, &security)?, json).await,
         Command::Check { file } => check(&file),
     }
 }

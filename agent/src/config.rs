@@ -7,6 +7,7 @@
 use ferry_core::batch::Codec;
 use ferry_core::config::{ByteSize, Duration, Problem, Problems};
 use ferry_core::record::Field;
+use ferry_core::security::ClientSecurity;
 use ferry_kafka::{Compression, KafkaConfig, KafkaTopicConfig};
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use regex::bytes::Regex;
@@ -150,7 +151,19 @@ pub struct InputConfig {
     /// path of each file (`/var/log/pods/...`, `/var/log/containers/...`).
     #[serde(default)]
     pub kubernetes: bool,
+    /// How long the content of a file truncated (or deleted) before its copy was seen is
+    /// remembered: a copy (copytruncate) that appears within it is read on from where the
+    /// original stopped; after it, what the original held unread is counted as lost.
+    #[serde(default = "default_rotate_wait")]
+    pub rotate_wait: Duration,
 }
+
+fn default_rotate_wait() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// Longest `rotate_wait` accepted: a copy is made within moments of its truncation.
+const MAX_ROTATE_WAIT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 fn default_max_line_bytes() -> ByteSize {
     ByteSize::kib(256)
@@ -350,6 +363,17 @@ struct RawOutput {
     discover: Option<bool>,
     #[serde(default)]
     refresh_interval: Option<Duration>,
+    // The collector output's TLS and token (`ClientSecurity`'s keys, flat).
+    #[serde(default)]
+    ca: Option<PathBuf>,
+    #[serde(default)]
+    cert: Option<PathBuf>,
+    #[serde(default)]
+    key: Option<PathBuf>,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    token_file: Option<PathBuf>,
     // The kafka output: `KafkaConfig`'s keys, flat (serde's `flatten` cannot be combined with
     // `deny_unknown_fields`, and unknown keys must stay errors).
     #[serde(default)]
@@ -441,7 +465,12 @@ impl TryFrom<RawOutput> for OutputConfig {
             || raw.mode.is_some()
             || raw.timeout.is_some()
             || raw.discover.is_some()
-            || raw.refresh_interval.is_some();
+            || raw.refresh_interval.is_some()
+            || raw.ca.is_some()
+            || raw.cert.is_some()
+            || raw.key.is_some()
+            || raw.token.is_some()
+            || raw.token_file.is_some();
         let kafka_keys = raw.has_kafka_keys();
         let kind = match &raw.kind {
             None => {
@@ -452,8 +481,9 @@ impl TryFrom<RawOutput> for OutputConfig {
         };
         match kind {
             "kafka" if collector_keys => Err(
-                "output type kafka takes no `urls`, `mode`, `timeout`, `discover` or `refresh_interval` (those are for type collector; \
-                 Kafka's is `message_timeout`)"
+                "output type kafka takes no `urls`, `mode`, `timeout`, `discover`, `refresh_interval`, \
+                 `ca`, `cert`, `key`, `token` or `token_file` (those are for type collector; Kafka's \
+                 are `message_timeout` and the ssl_*/sasl_* keys)"
                     .to_owned(),
             ),
             "kafka" => Ok(OutputConfig::Kafka(Box::new(raw.into_kafka()?))),
@@ -469,10 +499,17 @@ impl TryFrom<RawOutput> for OutputConfig {
                     timeout: raw.timeout.unwrap_or(defaults.timeout),
                     discover: raw.discover.unwrap_or(defaults.discover),
                     refresh_interval: raw.refresh_interval.unwrap_or(defaults.refresh_interval),
+                    security: ClientSecurity {
+                        ca: raw.ca,
+                        cert: raw.cert,
+                        key: raw.key,
+                        token: raw.token,
+                        token_file: raw.token_file,
+                    },
                 }))
             }
             "stdout" | "null" | "discard" if collector_keys => Err(format!(
-                "output type {kind} takes no `urls`, `mode`, `timeout`, `discover` or `refresh_interval` (those are for type collector)"
+                "output type {kind} takes no `urls`, `mode`, `timeout`, `discover`, `refresh_interval` or TLS/token keys (those are for type collector)"
             )),
             "stdout" => Ok(OutputConfig::Stdout),
             "null" | "discard" => Ok(OutputConfig::Null),
@@ -516,6 +553,10 @@ pub struct CollectorOutputConfig {
     /// resolves to several addresses is one collector per address).
     #[serde(default = "default_refresh_interval")]
     pub refresh_interval: Duration,
+    /// CA, client certificate and token (written flat: `ca`, `cert`, `key`, `token`,
+    /// `token_file`).
+    #[serde(skip)]
+    pub security: ClientSecurity,
 }
 
 fn yes() -> bool {
@@ -538,6 +579,7 @@ impl Default for CollectorOutputConfig {
             timeout: default_request_timeout(),
             discover: true,
             refresh_interval: default_refresh_interval(),
+            security: ClientSecurity::default(),
         }
     }
 }
@@ -593,6 +635,7 @@ pub struct CompiledInput {
     pub line_flush_timeout: std::time::Duration,
     pub format: Option<crate::container::ContainerFormat>,
     pub kubernetes: bool,
+    pub rotate_wait: std::time::Duration,
 }
 
 impl CompiledInput {
@@ -652,6 +695,8 @@ pub struct QuickArgs {
     pub data_dir: Option<PathBuf>,
     /// `--stdin`: no file is tailed, so having no inputs is fine.
     pub stdin: bool,
+    /// `--ca`, `--cert`/`--key`, `--token`/`--token-file`: over the collector output's keys.
+    pub security: ClientSecurity,
 }
 
 impl AgentConfig {
@@ -679,6 +724,7 @@ impl AgentConfig {
                 line_flush_timeout: default_line_flush_timeout(),
                 format: None,
                 kubernetes: false,
+                rotate_wait: default_rotate_wait(),
             });
         } else if let Some(topic) = &args.topic {
             for input in &mut cfg.inputs {
@@ -730,6 +776,9 @@ impl AgentConfig {
                 } else if args.output.is_some() && !matches!(cfg.output, OutputConfig::Collector(_))
                 {
                     cfg.output = OutputConfig::default();
+                }
+                if let OutputConfig::Collector(c) = &mut cfg.output {
+                    c.security = c.security.overlay(&args.security);
                 }
             }
             Some("stdout") => cfg.output = OutputConfig::Stdout,
@@ -868,13 +917,15 @@ impl AgentConfig {
                         format!("collector URL {u:?} does not parse ({e})"),
                         "write e.g. http://127.0.0.1:7070",
                     ),
-                    Ok(parsed) if parsed.scheme() != "http" => p.add(
-                        &at,
-                        format!("collector URL {u:?}: only http:// is supported by this build"),
-                    ),
+                    Ok(parsed) if !matches!(parsed.scheme(), "http" | "https") => {
+                        p.add(&at, format!("collector URL {u:?}: use http:// or https://"))
+                    }
                     Ok(_) => {}
                 }
             }
+        }
+        if let OutputConfig::Collector(c) = &self.output {
+            p.nested("output", |p| c.security.check(p));
         }
         let mut names = std::collections::HashSet::new();
         let mut compiled = Vec::with_capacity(self.inputs.len());
@@ -927,6 +978,16 @@ impl InputConfig {
             p.add(
                 "max_line_bytes",
                 format!("input {me:?}: `max_line_bytes` must be at least 1"),
+            );
+        }
+        if self.rotate_wait.get() > MAX_ROTATE_WAIT {
+            p.add_hint(
+                "rotate_wait",
+                format!(
+                    "input {me:?}: `rotate_wait` is {}, at most 24h",
+                    self.rotate_wait
+                ),
+                "a copy appears within moments of its truncation; 30s (the default) is plenty",
             );
         }
         let multiline = self.multiline.as_ref().and_then(|m| {
@@ -1009,6 +1070,7 @@ impl InputConfig {
             line_flush_timeout: self.line_flush_timeout.get(),
             format: self.format,
             kubernetes: self.kubernetes,
+            rotate_wait: self.rotate_wait.get(),
         })
     }
 }
@@ -1141,8 +1203,21 @@ max_open_files: 500
             cfg.validate()
                 .unwrap_err()
                 .to_string()
-                .contains("only http://")
+                .contains("use http:// or https://")
         );
+        // The collector output's TLS and token keys, flat next to `urls`; checked for a cert
+        // without its key, and files that cannot be read.
+        let cfg = load("output: {type: collector, urls: [\"https://c\"], ca: /nonexistent/ca.pem, cert: /x.pem, token: t}\ninputs: [{name: a, include: [/x], topic: t}]\n").unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("output.ca") && err.contains("/nonexistent/ca.pem"),
+            "{err}"
+        );
+        assert!(
+            err.contains("output.cert") && err.contains("needs its private key"),
+            "{err}"
+        );
+        assert!(load("output: {type: stdout, token: t}\n").is_err());
     }
 
     #[test]
@@ -1174,6 +1249,28 @@ max_open_files: 500
         let err = load("inputs:\n  - name: a\n    include: [/x]\n    topic: t\n    tpoic: u\n")
             .unwrap_err();
         assert_eq!(err.location().map(|l| l.0), Some(5), "{err}");
+    }
+
+    #[test]
+    fn rotate_wait_defaults_to_30s_and_is_bounded() {
+        let cfg = load("inputs:\n  - name: a\n    include: [/x]\n    topic: t\n").unwrap();
+        assert_eq!(
+            cfg.validate().unwrap()[0].rotate_wait,
+            std::time::Duration::from_secs(30)
+        );
+        let cfg =
+            load("inputs:\n  - name: a\n    include: [/x]\n    topic: t\n    rotate_wait: 0s\n")
+                .unwrap();
+        assert!(cfg.validate().unwrap()[0].rotate_wait.is_zero());
+        let cfg =
+            load("inputs:\n  - name: a\n    include: [/x]\n    topic: t\n    rotate_wait: 2d\n")
+                .unwrap();
+        let mut problems = Problems::new();
+        cfg.check(&mut problems);
+        let v = problems.into_vec();
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].path, "inputs[0].rotate_wait");
+        assert!(v[0].message.contains("at most 24h"), "{v:?}");
     }
 
     #[test]
@@ -1209,6 +1306,7 @@ max_open_files: 500
                 data_dir: Some("/tmp/d".into()),
                 kafka: None,
                 stdin: false,
+                security: Default::default(),
             },
         )
         .unwrap();

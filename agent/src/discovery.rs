@@ -206,6 +206,7 @@ mod tests {
                 line_flush_timeout: ferry_core::config::Duration::from_secs(1),
                 format: None,
                 kubernetes: false,
+                rotate_wait: ferry_core::config::Duration::from_secs(30),
             }],
             ..Default::default()
         };

@@ -14,6 +14,7 @@ use ferry_core::client::CollectorClient;
 use ferry_core::registry::{
     AgentFileStatus, AgentHeartbeat, AgentRunState, MAX_REPORTED_FILES, MAX_REPORTED_STRING,
 };
+use ferry_core::security::ClientSecurity;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -22,12 +23,10 @@ use tokio::sync::oneshot;
 /// Longest a heartbeat may take before it is given up (the next tick tries again).
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn client(url: &str, token: Option<String>, interval: Duration) -> Option<CollectorClient> {
-    let c = CollectorClient::new(url).ok()?;
-    Some(
-        c.with_timeout(HEARTBEAT_TIMEOUT.min(interval.max(Duration::from_secs(1))))
-            .with_token(token),
-    )
+/// A client for one collector, with the output's CA, client certificate and token.
+fn client(url: &str, security: &ClientSecurity, interval: Duration) -> Option<CollectorClient> {
+    let c = CollectorClient::with_security(url, security).ok()?;
+    Some(c.with_timeout(HEARTBEAT_TIMEOUT.min(interval.max(Duration::from_secs(1)))))
 }
 
 /// Reports one agent to its collectors' registry.
@@ -37,7 +36,8 @@ pub struct Heartbeat {
     clients: std::sync::Mutex<Vec<CollectorClient>>,
     /// The collector the output ships to now, if it knows.
     current: Box<dyn Fn() -> Option<String> + Send + Sync>,
-    token: Option<String>,
+    /// The output's TLS settings and token, for clients made as collectors are learned.
+    security: ClientSecurity,
     agent_id: String,
     /// What does not change during a run: host, version, inputs, start time.
     base: AgentHeartbeat,
@@ -50,7 +50,7 @@ impl Heartbeat {
     /// `None` when none of `urls` makes a client (the output then fails loudly on its own).
     pub fn new(
         urls: &[String],
-        token: Option<String>,
+        security: ClientSecurity,
         current: Box<dyn Fn() -> Option<String> + Send + Sync>,
         agent_id: String,
         input_names: Vec<String>,
@@ -59,7 +59,7 @@ impl Heartbeat {
     ) -> Option<Self> {
         let clients: Vec<CollectorClient> = urls
             .iter()
-            .filter_map(|u| client(u, token.clone(), interval))
+            .filter_map(|u| client(u, &security, interval))
             .collect();
         if clients.is_empty() {
             return None;
@@ -82,7 +82,7 @@ impl Heartbeat {
         Some(Self {
             clients: std::sync::Mutex::new(clients),
             current,
-            token,
+            security,
             agent_id,
             base,
             input_names,
@@ -152,7 +152,7 @@ impl Heartbeat {
                     clients.insert(0, c);
                 }
                 None => {
-                    if let Some(c) = client(&url, self.token.clone(), self.interval) {
+                    if let Some(c) = client(&url, &self.security, self.interval) {
                         clients.insert(0, c);
                     }
                 }

@@ -46,6 +46,7 @@ fn agent_config(dir: &Path, brokers: &str, message_timeout: CfgDuration) -> Agen
             line_flush_timeout: CfgDuration::from_secs(60),
             format: None,
             kubernetes: false,
+            rotate_wait: CfgDuration::from_secs(30),
         }],
         output: OutputConfig::Kafka(Box::new(kafka)),
         ..Default::default()

@@ -63,9 +63,16 @@ pub struct CollectorConfig {
     /// `none` (as received). Batches that arrive compressed are stored as they are.
     #[serde(default = "default_store_codec")]
     pub store_codec: ferry_core::batch::Codec,
-    /// Bearer tokens accepted on the API; empty means no authentication.
+    /// Bearer tokens accepted on the API, each a principal with every permission (the
+    /// `auth.principals` of before principals). Empty, with no principals: no authentication.
     #[serde(default)]
-    pub auth_tokens: Vec<String>,
+    pub auth_tokens: Vec<crate::auth::Secret>,
+    /// Principals and their permissions (docs/security.md).
+    #[serde(default)]
+    pub auth: crate::auth::AuthConfig,
+    /// TLS on the listener: `{cert, key, client_ca?}` (with `client_ca`: mutual TLS).
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsConfig>,
     /// How long a graceful shutdown may take to finish in-flight requests.
     #[serde(default = "default_drain")]
     pub shutdown_timeout: Duration,
@@ -119,6 +126,8 @@ impl Default for CollectorConfig {
             plain_codec: default_plain_codec(),
             store_codec: default_store_codec(),
             auth_tokens: Vec::new(),
+            auth: Default::default(),
+            tls: None,
             shutdown_timeout: default_drain(),
             otlp: OtlpConfig::default(),
         }
@@ -312,6 +321,10 @@ impl CollectorConfig {
 
     /// Records every problem under paths relative to `collector:` (for `ferry check`).
     pub fn check(&self, p: &mut Problems) {
+        if let Some(tls) = &self.tls {
+            p.nested("tls", |p| tls.check(p));
+        }
+        crate::auth::Authorizer::resolve(self, p);
         for (i, r) in self.routes.iter().enumerate() {
             p.nested(&format!("routes[{i}]"), |p| crate::routing::check(r, p));
         }

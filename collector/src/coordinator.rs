@@ -82,7 +82,12 @@ pub struct MemberInfo {
 #[derive(Debug, Default)]
 pub struct Coordinator {
     groups: HashMap<String, Group>,
-    next_member: u64,
+}
+
+/// A new member id: the group's name and 128 random bits, so that no client can guess another
+/// member's id (and commit or checkpoint as it).
+fn new_member_id(group: &str) -> String {
+    format!("{group}-{:032x}", rand::random::<u128>())
 }
 
 impl Coordinator {
@@ -90,8 +95,10 @@ impl Coordinator {
         Self::default()
     }
 
-    /// Adds (or re-adds) a member. `partitions_of` gives a topic's partition count (`None` for a
-    /// topic that does not exist yet: it is assigned once it does).
+    /// Adds a member, or re-adds `member_id` if it is a live member of the group. Any other
+    /// `member_id` (one that expired or left, or one a client made up) is not taken: the member
+    /// gets a fresh id, chosen here (the answer's `member_id`). `partitions_of` gives a topic's
+    /// partition count (`None` for a topic that does not exist yet: it is assigned once it does).
     pub fn join(
         &mut self,
         group: &str,
@@ -101,14 +108,11 @@ impl Coordinator {
         now_ms: u64,
         partitions_of: &dyn Fn(&str) -> Option<u32>,
     ) -> Assignment {
-        let id = match member_id {
-            Some(id) if !id.is_empty() => id.to_owned(),
-            _ => {
-                self.next_member += 1;
-                format!("{group}-{}-{now_ms:x}", self.next_member)
-            }
-        };
         let g = self.groups.entry(group.to_owned()).or_default();
+        let id = match member_id {
+            Some(id) if g.members.contains_key(id) => id.to_owned(),
+            _ => new_member_id(group),
+        };
         g.members.insert(
             id.clone(),
             Member {
@@ -372,68 +376,99 @@ mod tests {
     #[test]
     fn second_member_gets_half_only_after_the_first_releases() {
         let mut c = Coordinator::new();
-        let a = c.join("g", Some("a"), vec!["app".into()], 10_000, 0, &four);
+        let a = c.join("g", None, vec!["app".into()], 10_000, 0, &four);
         assert_eq!(a.partitions, tps(&[0, 1, 2, 3]));
-        let b = c.join("g", Some("b"), vec!["app".into()], 10_000, 1, &four);
-        // b's targets are 1 and 3, still owned by a.
+        let b = c.join("g", None, vec!["app".into()], 10_000, 1, &four);
+        let (ma, mb) = (a.member_id.clone(), b.member_id.clone());
+        let (a_id, b_id) = (ma.as_str(), mb.as_str());
+        // Partitions are dealt in member-id order: the first id gets 0 and 2.
+        let (keep, give) = if a_id < b_id {
+            ([0, 2], [1, 3])
+        } else {
+            ([1, 3], [0, 2])
+        };
+        // b's targets are still owned by a.
         assert!(b.partitions.is_empty());
         assert!(b.generation > a.generation);
-        // a learns it must give up 1 and 3.
+        // a learns it must give them up.
         let a2 = c
-            .heartbeat("g", "a", &tps(&[0, 1, 2, 3]), 2, &four)
+            .heartbeat("g", a_id, &tps(&[0, 1, 2, 3]), 2, &four)
             .unwrap();
-        assert_eq!(a2.partitions, tps(&[0, 2]));
+        assert_eq!(a2.partitions, tps(&keep));
         // b still waits: a has not released yet.
         assert!(
-            c.heartbeat("g", "b", &[], 3, &four)
+            c.heartbeat("g", b_id, &[], 3, &four)
                 .unwrap()
                 .partitions
                 .is_empty()
         );
         assert!(
-            c.check_owner("g", "a", "app", 1).is_ok(),
+            c.check_owner("g", a_id, "app", give[0]).is_ok(),
             "a may commit its final offset"
         );
-        c.heartbeat("g", "a", &tps(&[0, 2]), 4, &four).unwrap();
+        c.heartbeat("g", a_id, &tps(&keep), 4, &four).unwrap();
         assert_eq!(
-            c.heartbeat("g", "b", &[], 5, &four).unwrap().partitions,
-            tps(&[1, 3])
+            c.heartbeat("g", b_id, &[], 5, &four).unwrap().partitions,
+            tps(&give)
         );
-        assert!(c.check_owner("g", "a", "app", 1).is_err());
+        assert!(c.check_owner("g", a_id, "app", give[0]).is_err());
     }
 
     #[test]
     fn expired_and_departed_members_release_partitions() {
         let mut c = Coordinator::new();
-        c.join("g", Some("a"), vec!["app".into()], 1_000, 0, &four);
-        c.join("g", Some("b"), vec!["app".into()], 1_000, 0, &four);
-        c.heartbeat("g", "a", &tps(&[0, 1, 2, 3]), 10, &four)
-            .unwrap();
-        c.heartbeat("g", "a", &tps(&[0, 2]), 500, &four).unwrap();
-        c.heartbeat("g", "b", &tps(&[1, 3]), 500, &four).unwrap();
+        let a = c
+            .join("g", None, vec!["app".into()], 1_000, 0, &four)
+            .member_id;
+        let b = c
+            .join("g", None, vec!["app".into()], 1_000, 0, &four)
+            .member_id;
+        // Ids are sorted for assignment: name them so that the test reads "a" first.
+        let (a, b) = if a < b { (a, b) } else { (b, a) };
+        let (a, b) = (a.as_str(), b.as_str());
+        c.heartbeat("g", a, &tps(&[0, 1, 2, 3]), 10, &four).unwrap();
+        c.heartbeat("g", a, &tps(&[0, 2]), 500, &four).unwrap();
+        c.heartbeat("g", b, &tps(&[1, 3]), 500, &four).unwrap();
         // b stops heartbeating; a keeps going.
-        c.heartbeat("g", "a", &tps(&[0, 2]), 1_400, &four).unwrap();
-        assert_eq!(c.expire(1_600, &four), vec![("g".into(), "b".into())]);
-        let a = c.heartbeat("g", "a", &tps(&[0, 2]), 1_700, &four).unwrap();
-        assert_eq!(a.partitions, tps(&[0, 1, 2, 3]));
+        c.heartbeat("g", a, &tps(&[0, 2]), 1_400, &four).unwrap();
+        assert_eq!(c.expire(1_600, &four), vec![("g".into(), b.to_owned())]);
+        let after = c.heartbeat("g", a, &tps(&[0, 2]), 1_700, &four).unwrap();
+        assert_eq!(after.partitions, tps(&[0, 1, 2, 3]));
         assert_eq!(
-            c.heartbeat("g", "b", &[], 1_800, &four),
+            c.heartbeat("g", b, &[], 1_800, &four),
             Err(CoordError::UnknownMember {
                 group: "g".into(),
-                member: "b".into()
+                member: b.to_owned()
             })
         );
-        c.leave("g", "a", &four).unwrap();
-        assert!(c.leave("g", "a", &four).is_err());
+        c.leave("g", a, &four).unwrap();
+        assert!(c.leave("g", a, &four).is_err());
+    }
+
+    #[test]
+    fn member_ids_are_chosen_by_the_collector_and_unguessable() {
+        let mut c = Coordinator::new();
+        let a = c.join("g", Some("made-up"), vec!["app".into()], 1_000, 0, &four);
+        assert_ne!(a.member_id, "made-up", "a client may not choose its id");
+        assert_eq!(a.member_id.len(), "g-".len() + 32, "{}", a.member_id);
+        // A live member rejoining keeps its id; another join gets a different one.
+        let again = c.join("g", Some(&a.member_id), vec!["app".into()], 1_000, 1, &four);
+        assert_eq!(again.member_id, a.member_id);
+        let b = c.join("g", None, vec!["app".into()], 1_000, 2, &four);
+        assert_ne!(b.member_id, a.member_id);
+        // Once a member left, its id is not taken back.
+        c.leave("g", &b.member_id, &four).unwrap();
+        let c2 = c.join("g", Some(&b.member_id), vec!["app".into()], 1_000, 3, &four);
+        assert_ne!(c2.member_id, b.member_id);
     }
 
     #[test]
     fn topic_created_after_join_is_assigned() {
         let mut c = Coordinator::new();
-        let a = c.join("g", Some("a"), vec!["late".into()], 1_000, 0, &|_| None);
+        let a = c.join("g", None, vec!["late".into()], 1_000, 0, &|_| None);
         assert!(a.partitions.is_empty());
         let a = c
-            .heartbeat("g", "a", &[], 10, &|t| (t == "late").then_some(2))
+            .heartbeat("g", &a.member_id, &[], 10, &|t| (t == "late").then_some(2))
             .unwrap();
         assert_eq!(a.partitions.len(), 2);
     }
@@ -446,14 +481,21 @@ mod tests {
         fn never_two_owners_and_settles(ops in proptest::collection::vec((0u8..4, 0usize..4), 1..60)) {
             let mut c = Coordinator::new();
             let mut owned: BTreeMap<String, Vec<Tp>> = BTreeMap::new();
+            // The id the collector gave each of the four clients (they rejoin with it).
+            let mut ids: BTreeMap<usize, String> = BTreeMap::new();
             let mut now = 0u64;
             for (op, m) in ops {
                 now += 100;
-                let id = format!("m{m}");
+                let id = ids.get(&m).cloned().unwrap_or_default();
                 match op {
                     0 => {
                         let a = c.join("g", Some(&id), vec!["app".into()], 1_000, now, &four);
-                        owned.insert(id, a.partitions);
+                        if a.member_id != id {
+                            // A fresh id (the old one expired or left, or there was none).
+                            owned.remove(&id);
+                        }
+                        ids.insert(m, a.member_id.clone());
+                        owned.insert(a.member_id, a.partitions);
                     }
                     1 => {
                         if c.leave("g", &id, &four).is_ok() {

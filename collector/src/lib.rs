@@ -9,11 +9,14 @@
 //! - [`coordinator`]: consumer-group membership and server-side partition assignment.
 //! - [`api`]: the HTTP API as an axum `Router` (`app(state)`), a module per resource, errors as
 //!   one `ApiError`.
+//! - [`auth`]: principals, the route → permission table, the one layer that enforces it.
+//! - [`tls`]: TLS on the listener (rustls), reloaded on SIGHUP; the client certificate's CN.
 //! - [`console`]: the web console at `/`, a static page over the JSON API.
 //! - [`server`]: the process: bind, serve, drain, close.
 //! - [`config`]: the `collector:` config section.
 
 pub mod api;
+pub mod auth;
 pub mod checkpoints;
 pub mod config;
 pub mod console;
@@ -24,6 +27,7 @@ pub mod registry;
 pub mod routing;
 pub mod server;
 pub mod store;
+pub mod tls;
 
 pub use config::CollectorConfig;
 pub use server::Collector;

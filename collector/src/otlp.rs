@@ -74,7 +74,9 @@ pub fn decode(
     let raw = match content_encoding.map(|e| e.trim().to_ascii_lowercase()) {
         None => body,
         Some(e) if e.is_empty() || e == "identity" => body,
-        Some(e) if e == "gzip" || e == "x-gzip" => crate::ingest::gunzip(&body, max_raw_bytes)?,
+        Some(e) if e == "gzip" || e == "x-gzip" => {
+            crate::ingest::body::gunzip(&body, max_raw_bytes)?
+        }
         Some(other) => {
             return Err(IngestError::BadRequest(format!(
                 "unsupported Content-Encoding {other:?} (use gzip or none)"

@@ -12,12 +12,20 @@
 //! opened or from the end of its previous response, so slow-header clients and idle
 //! keep-alive connections are closed alike. At start the open-files limit is raised to its
 //! hard limit, and what it got is logged.
+//!
+//! With `tls:`, each connection's first byte is peeked: a TLS handshake is accepted (within
+//! `header_read_timeout`) with the certificate in force at that moment, anything else is a
+//! plain-HTTP client and gets a `400` saying to use https://. SIGHUP re-reads the certificate
+//! files ([`crate::tls::TlsState::reload`]); open connections keep theirs. The verified client
+//! certificate's CN goes into every request of its connection as a
+//! [`crate::tls::PeerIdentity`], and the [`crate::auth`] layer wraps the whole API.
 
 use crate::api::{AppState, app};
 use crate::config::CollectorConfig;
 use crate::config::LimitsConfig;
-use crate::ingest::{Backend, Ingest, open_backend};
+use crate::ingest::{Ingest, open_backend};
 use crate::store::Store;
+use crate::tls::{PeerIdentity, TlsState};
 use anyhow::Context;
 use ferry_core::shutdown::Shutdown;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -32,6 +40,8 @@ pub struct Collector {
     state: Arc<AppState>,
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
+    /// TLS of the listener, when configured.
+    tls: Option<Arc<TlsState>>,
 }
 
 impl Collector {
@@ -41,23 +51,34 @@ impl Collector {
             .validate()
             .map_err(|e| anyhow::anyhow!("collector config: {e}"))?;
         let config = Arc::new(config);
+        // Before the store opens: its default `max_open_files` is derived from the limit.
+        raise_fd_limit(config.limits.max_connections);
         let backend = {
             let config = config.clone();
             tokio::task::spawn_blocking(move || open_backend(&config))
                 .await
                 .context("backend open task")??
         };
-        raise_fd_limit(config.limits.max_connections);
+        let tls = match &config.tls {
+            Some(t) => Some(Arc::new(
+                TlsState::new(t.clone()).map_err(|e| anyhow::anyhow!("collector.tls: {e}"))?,
+            )),
+            None => None,
+        };
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
         let state = Arc::new(AppState::new(Ingest::new(backend, config)));
         state.set_bound(addr);
+        if let Some(tls) = &tls {
+            watch_sighup(tls.clone())?;
+        }
         Ok(Self {
             state,
             listener,
             addr,
+            tls,
         })
     }
 
@@ -76,14 +97,12 @@ impl Collector {
             state,
             listener,
             addr,
+            tls,
         } = self;
-        match &state.ingest.backend {
-            Backend::Embedded(_) => {
-                tracing::info!(%addr, data_dir = %state.config.data_dir.display(), fsync = ?state.config.store.fsync, "collector listening");
-            }
-            Backend::Kafka(k) => {
-                tracing::info!(%addr, brokers = %k.config.brokers, "collector listening; storing into Kafka");
-            }
+        if state.ingest.store().is_some() {
+            tracing::info!(%addr, tls = tls.is_some(), data_dir = %state.config.data_dir.display(), fsync = ?state.config.store.fsync, "collector listening");
+        } else {
+            tracing::info!(%addr, tls = tls.is_some(), into = %state.ingest.backend.describe(), "collector listening; storing into Kafka");
         }
         let expiry = {
             let state = state.clone();
@@ -103,7 +122,7 @@ impl Collector {
         };
         let drain_deadline = state.config.shutdown_timeout.get();
         let serve =
-            Listener::new(listener, app(state.clone()), &state.config).run(shutdown.clone());
+            Listener::new(listener, app(state.clone()), tls, &state.config).run(shutdown.clone());
         let mut serve = std::pin::pin!(serve);
         tokio::select! {
             () = &mut serve => {}
@@ -113,20 +132,7 @@ impl Collector {
             } => tracing::warn!(?drain_deadline, "in-flight requests did not finish before the deadline"),
         }
         let _ = expiry.await;
-        match &state.ingest.backend {
-            Backend::Embedded(store) => {
-                store.close().await.context("closing the store")?;
-                tracing::info!("collector stopped; store closed");
-            }
-            Backend::Kafka(kafka) => {
-                // Every acknowledged request already waited for its records; this only settles
-                // what requests cut off by the drain deadline left in flight.
-                if let Err(e) = kafka.sink.flush(Duration::from_secs(5)).await {
-                    tracing::warn!(error = %e, "kafka producer did not flush");
-                }
-                tracing::info!("collector stopped; kafka producer flushed");
-            }
-        }
+        state.ingest.backend.close().await?;
         Ok(())
     }
 }
@@ -153,6 +159,8 @@ struct Listener {
     /// Permits to close refused connections cleanly ([`MAX_REFUSING`]).
     refusing: Arc<Semaphore>,
     header_read_timeout: Duration,
+    /// TLS of the listener; `None`: plain HTTP.
+    tls: Option<Arc<TlsState>>,
     /// Every connection task, awaited before `run` returns (the drain).
     tasks: JoinSet<()>,
     refused_log: RateLimitedLog,
@@ -160,7 +168,12 @@ struct Listener {
 }
 
 impl Listener {
-    fn new(listener: tokio::net::TcpListener, app: axum::Router, config: &CollectorConfig) -> Self {
+    fn new(
+        listener: tokio::net::TcpListener,
+        app: axum::Router,
+        tls: Option<Arc<TlsState>>,
+        config: &CollectorConfig,
+    ) -> Self {
         let LimitsConfig {
             max_connections,
             header_read_timeout,
@@ -174,6 +187,7 @@ impl Listener {
             max_connections,
             refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
             header_read_timeout: header_read_timeout.get(),
+            tls,
             tasks: JoinSet::new(),
             refused_log: RateLimitedLog::new(),
             accept_error_log: RateLimitedLog::new(),
@@ -211,6 +225,7 @@ impl Listener {
                     stream,
                     permit,
                     self.app.clone(),
+                    self.tls.clone(),
                     self.header_read_timeout,
                     shutdown.clone(),
                 ));
@@ -238,22 +253,96 @@ impl Listener {
     }
 }
 
-/// Serves one connection until it closes, or until shutdown lets its request in flight finish.
+/// Serves one connection until it closes, or until shutdown lets its request in flight finish;
+/// over TLS when the listener has it (the handshake first).
 async fn serve_connection(
     stream: tokio::net::TcpStream,
     _permit: OwnedSemaphorePermit,
     app: axum::Router,
+    tls: Option<Arc<TlsState>>,
     header_read_timeout: Duration,
     shutdown: Shutdown,
 ) {
-    // The router takes any body type, hyper's `Incoming` included.
-    let service = hyper_util::service::TowerToHyperService::new(app);
+    match tls {
+        None => {
+            serve_http(stream, app, None, header_read_timeout, shutdown).await;
+        }
+        Some(tls) => {
+            let handshake = tokio::time::timeout(header_read_timeout, tls_accept(stream, &tls));
+            match handshake.await {
+                Ok(Some((stream, peer))) => {
+                    serve_http(stream, app, Some(peer), header_read_timeout, shutdown).await;
+                }
+                Ok(None) => {}
+                Err(_) => {
+                    metrics::counter!("ferry_collector_connections_closed_total", "reason" => "tls_handshake_timeout").increment(1);
+                }
+            }
+        }
+    }
+    metrics::gauge!("ferry_collector_connections_open").decrement(1.0);
+}
+
+/// The TLS handshake of a new connection, with the config in force now; `None` when the
+/// connection is not TLS (it was told so) or the handshake failed (counted and logged).
+async fn tls_accept(
+    mut stream: tokio::net::TcpStream,
+    tls: &TlsState,
+) -> Option<(
+    tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    PeerIdentity,
+)> {
+    let mut first = [0u8; 1];
+    match stream.peek(&mut first).await {
+        Ok(1) if first[0] == crate::tls::TLS_HANDSHAKE => {}
+        Ok(1) => {
+            metrics::counter!("ferry_collector_connections_closed_total", "reason" => "plain_http_on_tls").increment(1);
+            tracing::debug!("plain HTTP on the TLS port: answered 400");
+            let _ = stream.write_all(crate::tls::PLAIN_ON_TLS_PORT).await;
+            let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().ok()?;
+            close_refused(stream, permit).await;
+            return None;
+        }
+        _ => return None,
+    }
+    match tls.acceptor().accept(stream).await {
+        Ok(s) => {
+            let cert_cn = s
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| crate::tls::common_name(c));
+            Some((s, PeerIdentity { cert_cn }))
+        }
+        Err(e) => {
+            metrics::counter!("ferry_collector_connections_closed_total", "reason" => "tls_handshake").increment(1);
+            tracing::info!(error = %e, "TLS handshake failed");
+            None
+        }
+    }
+}
+
+/// HTTP/1.1 on an accepted (and, with TLS, handshaken) connection.
+async fn serve_http<I>(
+    io: I,
+    app: axum::Router,
+    peer: Option<PeerIdentity>,
+    header_read_timeout: Duration,
+    shutdown: Shutdown,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = WithPeer {
+        app,
+        peer: peer.map(Arc::new),
+    };
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout)
         .keep_alive(true);
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
     let mut conn = std::pin::pin!(conn);
     let mut stopping = false;
     loop {
@@ -273,7 +362,53 @@ async fn serve_connection(
             }
         }
     }
-    metrics::gauge!("ferry_collector_connections_open").decrement(1.0);
+}
+
+/// The API as a hyper service that puts the connection's [`PeerIdentity`] (if any) into every
+/// request's extensions.
+#[derive(Clone)]
+struct WithPeer {
+    app: axum::Router,
+    peer: Option<Arc<PeerIdentity>>,
+}
+
+impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for WithPeer {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = axum::routing::future::RouteFuture<std::convert::Infallible>;
+
+    fn call(&self, mut req: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        if let Some(peer) = &self.peer {
+            req.extensions_mut().insert(PeerIdentity::clone(peer));
+        }
+        let mut app = self.app.clone();
+        tower_service::Service::call(&mut app, req)
+    }
+}
+
+/// Re-reads the TLS files on every SIGHUP, for as long as the process runs.
+fn watch_sighup(tls: Arc<TlsState>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).context("listening for SIGHUP")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => {
+                    metrics::counter!("ferry_collector_tls_reloads_total", "result" => "ok")
+                        .increment(1);
+                    tracing::info!(
+                        "SIGHUP: TLS certificate and key reloaded; new connections use them"
+                    );
+                }
+                Err(e) => {
+                    metrics::counter!("ferry_collector_tls_reloads_total", "result" => "error")
+                        .increment(1);
+                    tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the certificate in force");
+                }
+            }
+        }
+    });
+    Ok(())
 }
 
 /// The answer to a connection past `max_connections`.

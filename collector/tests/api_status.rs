@@ -210,9 +210,11 @@ async fn any_v1_route_with_auth_tokens() {
             .header("authorization", "Bearer open")
             .body(Body::from("x\n"))
             .expect("test setup");
+        // A token no principal has is no principal: 401, like none (403 is for a principal
+        // without the permission; tests/security.rs has the whole matrix).
         call(&app, wrong)
             .await
-            .is(StatusCode::FORBIDDEN, "token not accepted");
+            .is(StatusCode::UNAUTHORIZED, "token not accepted");
     }
     let right = Request::get("/v1/topics")
         .header("authorization", "Bearer sesame")
@@ -420,6 +422,36 @@ async fn post_logs_otlp() {
     call(&app, req)
         .await
         .is(StatusCode::PAYLOAD_TOO_LARGE, "max_body_bytes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_logs_with_principals() {
+    let dir = tempfile::tempdir().expect("test setup");
+    let state = state(
+        dir.path(),
+        "default_partitions: 1\notlp:\n  topic_attribute: service.name\nauth:\n  principals:\n    - name: shop-app\n      token: shop-token\n      produce: [\"shop*\"]\n      auto_create: [\"shop*\"]\n",
+    );
+    let app = app(state.clone());
+    let with_token = |mut r: Request<Body>, token: &str| {
+        r.headers_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("test setup"),
+        );
+        r
+    };
+    // 401 without a token.
+    call(&app, post_logs("shop", &["a"]))
+        .await
+        .is(StatusCode::UNAUTHORIZED, "");
+    // 200 on its own topics, 403 (nothing stored) when a record goes to another.
+    call(&app, with_token(post_logs("shop-eu", &["a"]), "shop-token"))
+        .await
+        .is(StatusCode::OK, "");
+    assert_eq!(state.ingest.held_records("shop-eu"), 1);
+    call(&app, with_token(post_logs("billing", &["b"]), "shop-token"))
+        .await
+        .is(StatusCode::FORBIDDEN, "billing");
+    assert_eq!(state.ingest.held_records("billing"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

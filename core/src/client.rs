@@ -4,6 +4,7 @@
 
 use crate::batch::DecodeLimits;
 use crate::fetch::{self, FetchedBatch};
+use crate::security::{ClientSecurity, explain_tls};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -23,6 +24,13 @@ pub enum ClientError {
     Decode(String),
     #[error("invalid collector URL {url:?}: {message}")]
     Url { url: String, message: String },
+    /// The CA, client certificate or token could not be used.
+    #[error("{0}")]
+    Security(String),
+    /// The TLS handshake failed on a certificate (wrong CA, expired, refused): trying again
+    /// will not help until a certificate or the settings change.
+    #[error("cannot reach the collector at {url}: {message}")]
+    Tls { url: String, message: String },
 }
 
 impl ClientError {
@@ -32,7 +40,10 @@ impl ClientError {
         match self {
             ClientError::Http { status, .. } => *status == 429 || *status >= 500,
             ClientError::Transport { .. } => true,
-            ClientError::Decode(_) | ClientError::Url { .. } => false,
+            ClientError::Decode(_)
+            | ClientError::Url { .. }
+            | ClientError::Security(_)
+            | ClientError::Tls { .. } => false,
         }
     }
 
@@ -147,31 +158,38 @@ pub struct CollectorClient {
 impl CollectorClient {
     /// `url` is the collector's base URL, e.g. `http://127.0.0.1:7070`.
     pub fn new(url: &str) -> Result<Self, ClientError> {
+        Self::with_security(url, &ClientSecurity::default())
+    }
+
+    /// A client for `url` (`http://` or `https://`) with a CA, a client certificate and a
+    /// token as `security` says.
+    pub fn with_security(url: &str, security: &ClientSecurity) -> Result<Self, ClientError> {
         let base = url.trim_end_matches('/').to_owned();
-        let parsed = reqwest::Url::parse(&base).map_err(|e| ClientError::Url {
+        let bad = |message: String| ClientError::Url {
             url: url.to_owned(),
-            message: e.to_string(),
-        })?;
-        if parsed.scheme() != "http" {
-            return Err(ClientError::Url {
-                url: url.to_owned(),
-                message: "only http:// is supported by this build".into(),
-            });
+            message,
+        };
+        let parsed = reqwest::Url::parse(&base).map_err(|e| bad(e.to_string()))?;
+        match parsed.scheme() {
+            "http" | "https" => {}
+            other => return Err(bad(format!("scheme {other}:// is not http:// or https://"))),
         }
-        let http = reqwest::Client::builder()
+        let token = security
+            .resolve_token()
+            .map_err(|e| ClientError::Security(e.to_string()))?;
+        let http = security
+            .http_client()
+            .map_err(|e| ClientError::Security(e.to_string()))?
             .connect_timeout(Duration::from_secs(5))
             // Below the collector's 10 s idle close (`limits.header_read_timeout`), so a pooled
             // connection is not reused just as the server closes it.
             .pool_idle_timeout(Duration::from_secs(5))
             .build()
-            .map_err(|e| ClientError::Url {
-                url: url.to_owned(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| bad(error_chain(&e)))?;
         Ok(Self {
             http,
             base,
-            token: None,
+            token,
             timeout: DEFAULT_REQUEST_TIMEOUT,
         })
     }
@@ -219,18 +237,22 @@ impl CollectorClient {
             message: error_chain(&e),
         })?;
         let what = format!("{} {}", req.method(), req.url().path());
-        let resp = self
-            .http
-            .execute(req)
-            .await
-            .map_err(|e| ClientError::Transport {
-                url: self.base.clone(),
-                message: if e.is_timeout() {
-                    format!("no answer to {what} within {timeout:?}")
-                } else {
-                    error_chain(&e)
+        let resp = self.http.execute(req).await.map_err(|e| {
+            let url = self.base.clone();
+            if e.is_timeout() {
+                return ClientError::Transport {
+                    url,
+                    message: format!("no answer to {what} within {timeout:?}"),
+                };
+            }
+            match explain_tls(&e) {
+                Some(message) => ClientError::Tls { url, message },
+                None => ClientError::Transport {
+                    url,
+                    message: error_chain(&e),
                 },
-            })?;
+            }
+        })?;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);

@@ -175,6 +175,8 @@ impl Consumer {
     /// Takes a new assignment: commits and drops revoked partitions, seeks new ones to their
     /// committed offset (or the start position).
     async fn apply_assignment(&mut self, a: Assignment) -> Result<(), ClientError> {
+        // A rejoin after the session expired gets a fresh id from the collector.
+        self.member_id = Some(a.member_id.clone());
         self.generation = a.generation;
         self.handing_over = false;
         let new: BTreeSet<(String, u32)> = a.partitions.into_iter().collect();

@@ -11,6 +11,7 @@
 //! - [`syslog`]: RFC 5424 and RFC 3164 messages parsed into their parts; never panics.
 //! - [`shutdown`]: the drain signal every long-lived loop listens to.
 //! - [`registry`]: what agents report to the collector's registry, and what it shows of them.
+//! - [`security`]: a client's CA, client certificate and token (flags and YAML keys alike).
 
 pub mod backoff;
 pub mod batch;
@@ -21,6 +22,7 @@ pub mod fetch;
 pub mod problems;
 pub mod record;
 pub mod registry;
+pub mod security;
 pub mod shutdown;
 pub mod syslog;
 pub mod telemetry;

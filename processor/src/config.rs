@@ -25,6 +25,62 @@ pub struct ProcessorConfig {
         deserialize_with = "checkpoint_interval"
     )]
     pub checkpoint_interval: Duration,
+    /// The collector every collector-sourced pipeline reads from: URL, TLS and token.
+    #[serde(default)]
+    pub collector: Option<CollectorConnection>,
+}
+
+/// `processor.collector:` — where the collector is and how to reach it (`--collector` and the
+/// security flags override these keys).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorConnection {
+    /// e.g. `https://collector.internal:7070` (default `http://127.0.0.1:7070`).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// PEM CA file that signs the collector's certificate.
+    #[serde(default)]
+    pub ca: Option<std::path::PathBuf>,
+    /// PEM client certificate and key, for mutual TLS.
+    #[serde(default)]
+    pub cert: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub key: Option<std::path::PathBuf>,
+    /// Bearer token (or `${ENV}`), or a file holding it.
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+impl CollectorConnection {
+    pub fn security(&self) -> ferry_core::security::ClientSecurity {
+        ferry_core::security::ClientSecurity {
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            token: self.token.clone(),
+            token_file: self.token_file.clone(),
+        }
+    }
+
+    fn check(&self, p: &mut Problems) {
+        if let Some(u) = &self.url {
+            match reqwest::Url::parse(u) {
+                Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
+                Ok(_) => p.add(
+                    "url",
+                    format!("collector URL {u:?}: use http:// or https://"),
+                ),
+                Err(e) => p.add_hint(
+                    "url",
+                    format!("collector URL {u:?} does not parse ({e})"),
+                    "write e.g. https://collector:7070",
+                ),
+            }
+        }
+        self.security().check(p);
+    }
 }
 
 fn checkpoint_interval<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -46,6 +102,7 @@ impl Default for ProcessorConfig {
         Self {
             pipelines: Vec::new(),
             checkpoint_interval: default_checkpoint_interval(),
+            collector: None,
         }
     }
 }
@@ -286,6 +343,9 @@ pub struct ProcessorCheckView {
     #[serde(default)]
     #[allow(dead_code)]
     checkpoint_interval: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    collector: Option<serde::de::IgnoredAny>,
 }
 
 impl ProcessorCheckView {
@@ -309,6 +369,9 @@ impl ProcessorConfig {
                     "each pipeline needs its own name (it is the default consumer group)",
                 );
             }
+        }
+        if let Some(c) = &self.collector {
+            pr.nested("collector", |p| c.check(p));
         }
     }
 }
@@ -334,6 +397,12 @@ pub struct SourceConfig {
     /// holding some partitions emits their results. Otherwise (the default) a member emits only
     /// while it holds every partition of the topics, so that no partial result goes out as final.
     pub partitioned_by_key: bool,
+    /// On the collector source, with the topics not partitioned by key: each input partition's
+    /// partials go through the repartition topic, keyed by the group key, to the member owning
+    /// the key's partition, so any number of members give one result per window and key
+    /// (`repartition.rs`). `false`: partials are merged in-process, and a member emits only
+    /// while it holds every partition.
+    pub repartition: bool,
 }
 
 #[derive(Deserialize)]
@@ -350,6 +419,12 @@ struct RawSource {
     checkpoint_topic: Option<String>,
     #[serde(default)]
     partitioned_by_key: bool,
+    #[serde(default = "yes")]
+    repartition: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl TryFrom<RawSource> for SourceConfig {
@@ -378,6 +453,7 @@ impl TryFrom<RawSource> for SourceConfig {
             kafka: r.kafka,
             checkpoint_topic: r.checkpoint_topic,
             partitioned_by_key: r.partitioned_by_key,
+            repartition: r.repartition,
         })
     }
 }

@@ -3,12 +3,8 @@
 
 use ferry_core::client::CollectorClient;
 
-fn client(url: &str) -> anyhow::Result<CollectorClient> {
-    super::client(url)
-}
-
-pub async fn topics(url: &str, json: bool) -> anyhow::Result<()> {
-    let topics = client(url)?.topics().await?;
+pub async fn topics(client: &CollectorClient, json: bool) -> anyhow::Result<()> {
+    let topics = client.topics().await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&topics)?);
         return Ok(());
@@ -30,15 +26,15 @@ pub async fn topics(url: &str, json: bool) -> anyhow::Result<()> {
 }
 
 /// `ferry topics delete T`: deletes the topic and its records.
-pub async fn delete_topic(url: &str, topic: &str) -> anyhow::Result<()> {
+pub async fn delete_topic(client: &CollectorClient, topic: &str) -> anyhow::Result<()> {
     ferry_core::topic::validate_name(topic).map_err(crate::cli::UsageError)?;
-    client(url)?.delete_topic(topic).await?;
+    client.delete_topic(topic).await?;
     eprintln!("ferry topics: deleted {topic}");
     Ok(())
 }
 
-pub async fn groups(url: &str, json: bool) -> anyhow::Result<()> {
-    let groups = client(url)?.groups().await?;
+pub async fn groups(client: &CollectorClient, json: bool) -> anyhow::Result<()> {
+    let groups = client.groups().await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&groups)?);
         return Ok(());
@@ -72,8 +68,8 @@ pub async fn groups(url: &str, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn agents(url: &str, json: bool) -> anyhow::Result<()> {
-    let agents = client(url)?.agents().await?;
+pub async fn agents(client: &CollectorClient, json: bool) -> anyhow::Result<()> {
+    let agents = client.agents().await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&agents)?);
         return Ok(());

@@ -17,6 +17,8 @@ pub struct Args {
     pub output: Option<String>,
     pub paths: Vec<String>,
     pub metrics_listen: Option<String>,
+    /// TLS and token flags, over the collector output's keys.
+    pub security: ferry_core::security::ClientSecurity,
 }
 
 /// The `agent:` section of `--config` (if any) with the flags layered on top.
@@ -33,6 +35,7 @@ pub fn resolve(args: &Args) -> anyhow::Result<AgentConfig> {
         output: args.output.clone(),
         data_dir: args.data_dir.clone(),
         stdin: args.stdin,
+        security: args.security.clone(),
     };
     let config = AgentConfig::from_quick(base, &quick).map_err(|e| UsageError(e.to_string()))?;
     if args.stdin {

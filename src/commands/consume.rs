@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 pub struct Args {
     pub collector: String,
+    pub security: ferry_core::security::ClientSecurity,
     pub topic: String,
     pub group: Option<String>,
     pub from_beginning: bool,
@@ -15,7 +16,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let client = super::client(&args.collector)?;
+    let client = super::client(&args.collector, &args.security)?;
     let mut config = ConsumerConfig::new(vec![args.topic.clone()]);
     config.group = args.group.clone();
     config.start = if args.from_beginning {

@@ -14,11 +14,16 @@ pub mod top;
 /// The environment variable that sets every collector request's deadline (default 30 s).
 pub const REQUEST_TIMEOUT_ENV: &str = "FERRY_REQUEST_TIMEOUT";
 
-/// A client for the collector at `url`, with the request timeout of `FERRY_REQUEST_TIMEOUT`
-/// (e.g. `5s`) or the default. A bad URL or timeout is a usage error.
-pub fn client(url: &str) -> anyhow::Result<ferry_core::client::CollectorClient> {
+/// A client for the collector at `url` (`http://` or `https://`) with `security`'s CA, client
+/// certificate and token, and the request timeout of `FERRY_REQUEST_TIMEOUT` (e.g. `5s`) or the
+/// default. A bad URL, unreadable certificate or bad timeout is a usage error.
+pub fn client(
+    url: &str,
+    security: &ferry_core::security::ClientSecurity,
+) -> anyhow::Result<ferry_core::client::CollectorClient> {
     use crate::cli::UsageError;
-    let c = ferry_core::client::CollectorClient::new(url).map_err(|e| UsageError(e.to_string()))?;
+    let c = ferry_core::client::CollectorClient::with_security(url, security)
+        .map_err(|e| UsageError(e.to_string()))?;
     Ok(match std::env::var(REQUEST_TIMEOUT_ENV) {
         Ok(v) => {
             let d: ferry_core::config::Duration = v

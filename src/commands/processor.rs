@@ -5,18 +5,30 @@
 use crate::cli::UsageError;
 use crate::config::FerryConfig;
 use ferry_core::client::CollectorClient;
+use ferry_core::security::ClientSecurity;
 use ferry_core::shutdown::Shutdown;
 use ferry_processor::runner::{self, RunnerOptions};
 use std::path::PathBuf;
 
 pub const DEFAULT_COLLECTOR: &str = "http://127.0.0.1:7070";
 
-pub async fn run(
-    config: PathBuf,
-    collector: Option<String>,
-    kafka: Option<String>,
-    metrics_listen: Option<String>,
-) -> anyhow::Result<()> {
+pub struct Args {
+    pub config: PathBuf,
+    pub collector: Option<String>,
+    pub kafka: Option<String>,
+    pub metrics_listen: Option<String>,
+    /// The flags' TLS and token, over `processor.collector`'s.
+    pub security: ClientSecurity,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let Args {
+        config,
+        collector,
+        kafka,
+        metrics_listen,
+        security,
+    } = args;
     ferry_core::telemetry::install_metrics();
     let file = FerryConfig::load(&config)?;
     let mut processor = file
@@ -38,8 +50,11 @@ pub async fn run(
         }
         use_kafka(&mut processor.pipelines, &brokers).map_err(UsageError)?;
     }
-    let url = collector.unwrap_or_else(|| DEFAULT_COLLECTOR.to_owned());
-    let client = super::client(&url)?;
+    let section = processor.collector.clone().unwrap_or_default();
+    let url = collector
+        .or(section.url.clone())
+        .unwrap_or_else(|| DEFAULT_COLLECTOR.to_owned());
+    let client = super::client(&url, &section.security().overlay(&security))?;
     let shutdown = Shutdown::new();
     shutdown.on_signals();
     if let Some(addr) = metrics_listen.or(file.telemetry.metrics_listen) {

@@ -16,9 +16,8 @@ const CHUNK_BYTES: usize = 1 << 20;
 /// How long a chunk may keep failing with retryable errors before produce gives up.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(120);
 
-pub async fn run(collector: &str, topic: &str) -> anyhow::Result<()> {
+pub async fn run(client: CollectorClient, topic: &str) -> anyhow::Result<()> {
     ferry_core::topic::validate_name(topic).map_err(crate::cli::UsageError)?;
-    let client = super::client(collector)?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     let producer_id = format!("produce-{:016x}", rand::random::<u64>());
     // Lines sent before the next chunk: the chunk's first sequence number.

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 pub struct Args {
     pub collector: String,
+    pub security: ferry_core::security::ClientSecurity,
     pub topic: String,
     pub filter: Option<String>,
     /// Most records printed per second.
@@ -119,7 +120,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.rate == 0 {
         return Err(UsageError("--rate must be at least 1 record a second".into()).into());
     }
-    let client = super::client(&args.collector)?;
+    let client = super::client(&args.collector, &args.security)?;
     let partitions = match client.topic(&args.topic).await? {
         Some(t) => t.partitions.len(),
         None => {

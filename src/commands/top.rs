@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 pub struct Args {
     pub collector: String,
+    pub security: ferry_core::security::ClientSecurity,
     pub interval: Duration,
     /// Draw this many screens, then exit (for scripts; default: until `q`).
     pub iterations: Option<u64>,
@@ -288,7 +289,7 @@ impl Drop for RawStdin {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let client = super::client(&args.collector)?;
+    let client = super::client(&args.collector, &args.security)?;
     let shutdown = ferry_core::shutdown::Shutdown::new();
     shutdown.on_signals();
     let tty = std::io::IsTerminal::is_terminal(&std::io::stdin());

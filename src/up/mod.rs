@@ -111,6 +111,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         crate::cli::UsageError("ferry up needs an `agent:` section in its config".to_owned())
     })?;
     let processor = file.processor.clone().unwrap_or_default();
+    // With `collector.tls`, the agent and pipelines speak https to it, with the processor
+    // section's CA, certificate and token (the agent's are its output's).
+    let tls = collector_cfg.tls.is_some();
+    let client_security = processor
+        .collector
+        .as_ref()
+        .map(|c| c.security())
+        .unwrap_or_default();
     let checkpoint_interval = processor.checkpoint_interval.get();
     let pipelines = processor.pipelines;
     // The signal only stops the table; each part has its own token so that the drain goes in
@@ -133,10 +141,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             e
         }
     })?;
-    let url = format!("http://{}", collector.local_addr());
+    let scheme = if tls { "https" } else { "http" };
+    let url = format!("{scheme}://{}", collector.local_addr());
     let collector_shutdown = Shutdown::new();
     let collector_task = tokio::spawn(collector.run(collector_shutdown.clone()));
-    let client = CollectorClient::new(&url)?;
+    let client = CollectorClient::with_security(&url, &client_security)?;
     eprintln!(
         "ferry up: collector on {url}; data in {}; sample logs in {}",
         data_dir.display(),
@@ -176,6 +185,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             tick: Duration::from_millis(250),
             checkpoint_interval,
             session_timeout: Duration::from_secs(10),
+            flush_interval: Duration::from_millis(250),
         },
         proc_shutdown.clone(),
     ));

@@ -357,6 +357,7 @@ fn child(args: &[String]) -> Res<()> {
             line_flush_timeout: ferry_core::config::Duration::from_secs(1),
             format: None,
             kubernetes: false,
+            rotate_wait: ferry_core::config::Duration::from_secs(30),
         }],
         output: OutputConfig::Null,
         ..Default::default()
@@ -464,6 +465,7 @@ fn idle(args: &[String]) -> Res<()> {
                 line_flush_timeout: ferry_core::config::Duration::from_secs(1),
                 format: None,
                 kubernetes: false,
+                rotate_wait: ferry_core::config::Duration::from_secs(30),
             }],
             output: OutputConfig::Null,
             ..Default::default()
@@ -597,6 +599,7 @@ fn kafka(args: &[String]) -> Res<()> {
                 line_flush_timeout: ferry_core::config::Duration::from_secs(1),
                 format: None,
                 kubernetes: false,
+                rotate_wait: ferry_core::config::Duration::from_secs(30),
             }],
             output: OutputConfig::Kafka(Box::new(k)),
             ..Default::default()

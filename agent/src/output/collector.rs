@@ -27,6 +27,8 @@ pub struct CollectorOutput {
     /// Base URLs as configured: always kept, and asked first for the others.
     configured: Vec<Url>,
     cfg: CollectorOutputConfig,
+    /// Sent as `Authorization: Bearer` with every batch.
+    token: Option<String>,
 }
 
 /// One set of collectors to ship to.
@@ -66,6 +68,8 @@ pub enum CollectorOutputError {
     Url { url: String, message: String },
     #[error("cannot build the HTTP client: {0}")]
     Client(#[from] reqwest::Error),
+    #[error("collector output: {0}")]
+    Security(#[from] ferry_core::security::SecurityError),
 }
 
 fn parse_base(u: &str) -> Result<Url, CollectorOutputError> {
@@ -106,6 +110,7 @@ impl CollectorOutput {
             })),
             configured,
             cfg: cfg.clone(),
+            token: cfg.security.resolve_token()?,
         })
     }
 
@@ -114,7 +119,9 @@ impl CollectorOutput {
         cfg: &CollectorOutputConfig,
         pin: Option<(&str, SocketAddr)>,
     ) -> Result<reqwest::Client, CollectorOutputError> {
-        let mut b = reqwest::Client::builder()
+        let mut b = cfg
+            .security
+            .http_client()?
             .timeout(cfg.timeout.get())
             .connect_timeout(cfg.timeout.get().min(Duration::from_secs(10)))
             // Below the collector's 10 s idle close, so a pooled connection is not reused as it closes.
@@ -213,12 +220,14 @@ impl CollectorOutput {
             if let Ok(mut segs) = url.path_segments_mut() {
                 segs.pop_if_empty().extend(["v1", "collectors"]);
             }
-            let reply = t
+            let mut request = t
                 .client
                 .get(url)
-                .timeout(self.cfg.timeout.get().min(Duration::from_secs(5)))
-                .send()
-                .await;
+                .timeout(self.cfg.timeout.get().min(Duration::from_secs(5)));
+            if let Some(token) = &self.token {
+                request = request.bearer_auth(token);
+            }
+            let reply = request.send().await;
             let Ok(resp) = reply else { continue };
             if !resp.status().is_success() {
                 continue;
@@ -317,6 +326,9 @@ impl Output for CollectorOutput {
             reqwest::header::CONTENT_TYPE,
             ferry_core::batch::CONTENT_TYPE,
         );
+        if let Some(t) = &self.token {
+            request = request.bearer_auth(t);
+        }
         if let Some(after) = meta.after {
             request = request.header(ferry_core::batch::AFTER_HEADER, after);
         }
@@ -325,8 +337,12 @@ impl Output for CollectorOutput {
             Ok(r) => r,
             Err(e) => {
                 targets.selector.failed(index);
+                // A certificate problem does not mend by itself, but the operator may fix it
+                // (a new CA file, a SIGHUP'd collector): retried, and said plainly in the log.
+                let reason = ferry_core::security::explain_tls(&e)
+                    .unwrap_or_else(|| ferry_core::error_chain(&e));
                 return Err(OutputError::Retryable {
-                    reason: format!("{url}: {e}"),
+                    reason: format!("{url}: {reason}"),
                     retry_after: None,
                 });
             }

@@ -16,7 +16,8 @@
 //! | `PUT /v1/agents/{id}`, `GET /v1/agents`, `GET /v1/collectors` | the registry of agents, the collectors to use | [`agents`] |
 //! | `GET /healthz`, `GET /metrics`, `GET /` | liveness, Prometheus text, the console | here |
 //!
-//! Every `/v1` route passes [`auth`] first. Bodies are bounded per route ([`body`]): ingest by
+//! Every route passes [`crate::auth::layer`] first (principals and the route → permission
+//! table). Bodies are bounded per route ([`body`]): ingest by
 //! `limits.max_body_bytes`, the JSON routes by [`MAX_JSON_BODY_BYTES`] ([`JsonBody`]),
 //! checkpoints by `limits.max_checkpoint_bytes` and only after the ownership check. File-system
 //! and CPU work runs on the blocking pool (`state::blocking`).
@@ -46,10 +47,9 @@ pub use groups::{
 pub use state::AppState;
 pub use topics::{PartitionView, TopicView};
 
-use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::http::header;
+use axum::middleware;
+use axum::response::IntoResponse;
 use axum::routing::{any, get, post, put};
 use state::blocking;
 use std::sync::Arc;
@@ -70,8 +70,13 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
         .route("/metrics", get(metrics_text))
         .route("/", get(crate::console::page))
         .route("/console", get(crate::console::page))
-        .merge(v1.layer(middleware::from_fn_with_state(state.clone(), auth)))
+        .merge(v1)
         .fallback(|| async { ApiError::not_found("no such route; see /v1/topics") })
+        // Who may do what, for every route (the fallback included): one layer, one table.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::layer,
+        ))
         .with_state(state)
 }
 
@@ -113,28 +118,6 @@ fn embedded_routes() -> axum::Router<Arc<AppState>> {
             "/v1/groups/{group}/checkpoints/{topic}/{partition}",
             get(checkpoints::get_checkpoint).put(checkpoints::put_checkpoint),
         )
-}
-
-/// Who may call `/v1`: anyone when `auth_tokens` is empty, else a bearer of one of them
-/// (401 without a token, 403 with another).
-async fn auth(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    if state.config.auth_tokens.is_empty() {
-        return next.run(req).await;
-    }
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        None => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "missing `Authorization: Bearer <token>`",
-        )
-        .into_response(),
-        Some(t) if state.config.auth_tokens.iter().any(|k| k == t) => next.run(req).await,
-        Some(_) => ApiError::new(StatusCode::FORBIDDEN, "token not accepted").into_response(),
-    }
 }
 
 async fn metrics_text() -> impl IntoResponse {

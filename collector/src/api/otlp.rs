@@ -9,6 +9,8 @@
 //! encoding once every stored record is durable, its `partial_success` counting the records
 //! refused for good (a topic attribute that names no valid topic, a body over `max_line_bytes`,
 //! a topic that does not exist with `auto_create_topics: false`); those are not to be resent.
+//! With principals (auth), each topic needs `produce` (and `auto_create` to be created): a
+//! topic not allowed refuses the whole request with 403 before anything is stored.
 //! 400 for a body that does not decode, 415 for another content type, 413 past a size limit;
 //! 429 or 503 with `Retry-After` when a limit is reached for now: the exporter resends the whole
 //! request, so records of the request's other topics that were already stored are stored again
@@ -27,6 +29,7 @@ use std::time::Instant;
 
 pub(super) async fn post_logs(
     State(state): State<Arc<AppState>>,
+    principal: Option<axum::Extension<crate::auth::Principal>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -65,6 +68,16 @@ pub(super) async fn post_logs(
     .await?
     .map_err(|e| ApiError::ingest(e, retry))?;
     let topics = std::mem::take(&mut converted.topics);
+    // With principals configured, the auth layer leaves the check to here, where the topics
+    // are known: each needs `produce` (and `auto_create` to be created); nothing is stored
+    // unless all are allowed.
+    if let Some(axum::Extension(p)) = &principal {
+        for topic in topics.keys() {
+            if let Err(denied) = crate::auth::may_produce(&state, p, topic) {
+                return Ok(denied.into_response());
+            }
+        }
+    }
     for (topic, records) in topics {
         let n = records.len() as u64;
         match state.ingest.ingest_records(&topic, records).await {

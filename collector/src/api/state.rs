@@ -33,6 +33,9 @@ pub struct AppState {
     /// What `GET /v1/collectors` lists: this collector first, then its peers. Set once the
     /// listener is bound ([`AppState::set_bound`]); until then from the config alone.
     collectors: std::sync::OnceLock<Vec<String>>,
+    /// Principals and their permissions (tokens resolved from files and the environment at
+    /// start; the config was checked before, so problems here were already reported).
+    pub auth: crate::auth::Authorizer,
 }
 
 impl AppState {
@@ -48,6 +51,10 @@ impl AppState {
             checkpoints: crate::checkpoints::Checkpoints::new(&config.data_dir),
             registry: Mutex::new(crate::registry::Registry::new(config.agents.limits())),
             collectors: std::sync::OnceLock::new(),
+            auth: crate::auth::Authorizer::resolve(
+                &config,
+                &mut ferry_core::problems::Problems::new(),
+            ),
             config,
         }
     }

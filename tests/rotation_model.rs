@@ -681,6 +681,10 @@ impl Case {
         let mut parts = vec![0u32; self.lines.len()];
         let mut stored_bytes = 0u64;
         let mut fragments = 0u64;
+        // Whole lines and first parts (they name their line) first; then the rests, each given
+        // to a line ending with it that is not stored whole (the padding repeats, so a short
+        // rest may end several lines).
+        let mut rests = Vec::new();
         for r in &got {
             if let Some(&id) = by_text.get(r.as_str()) {
                 whole[id] += 1;
@@ -698,12 +702,16 @@ impl Case {
                 stored_bytes += r.len() as u64;
                 continue;
             }
+            rests.push(r);
+        }
+        for r in rests {
             // A suffix: the rest of such a line, read on from a copy (with its newline).
-            let as_suffix = self
-                .lines
-                .iter()
-                .position(|l| !r.is_empty() && l.ends_with(r.as_str()));
-            match as_suffix {
+            let ends = |l: &String| !r.is_empty() && l.ends_with(r.as_str());
+            let id = (0..self.lines.len())
+                .find(|&i| ends(&self.lines[i]) && whole[i] == 0 && parts[i] == 1)
+                .or_else(|| (0..self.lines.len()).find(|&i| ends(&self.lines[i]) && whole[i] == 0))
+                .or_else(|| self.lines.iter().position(ends));
+            match id {
                 Some(id) => {
                     parts[id] += 1;
                     stored_bytes += r.len() as u64 + 1;

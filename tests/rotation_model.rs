@@ -449,8 +449,22 @@ impl Case {
         self.append(n, false);
     }
 
+    /// The generation `app.log`'s checkpoint entry has — 0 if the entry is of an earlier file
+    /// whose inode `app.log` got (another birth time): the agent takes it for a new file.
     fn generation_of(&self, inode: u64) -> u64 {
-        self.checkpoint().get(&inode).map_or(0, |e| e.0)
+        let birth = std::fs::metadata(self.app())
+            .and_then(|m| m.created())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos() as u64);
+        let text = std::fs::read_to_string(self.data.join("checkpoints.json")).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        v["files"]
+            .as_array()
+            .and_then(|fs| fs.iter().find(|f| f["inode"].as_u64() == Some(inode)))
+            .filter(|f| f["birth"].as_u64().is_none() || f["birth"].as_u64() == birth)
+            .and_then(|f| f["generation"].as_u64())
+            .unwrap_or(0)
     }
 
     fn truncate_app(&self) {

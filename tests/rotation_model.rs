@@ -449,20 +449,27 @@ impl Case {
         self.append(n, false);
     }
 
-    /// The generation `app.log`'s checkpoint entry has — 0 if the entry is of an earlier file
-    /// whose inode `app.log` got (another birth time): the agent takes it for a new file.
-    fn generation_of(&self, inode: u64) -> u64 {
+    /// `app.log`'s checkpoint entry — not one of an earlier file whose inode `app.log` got
+    /// (another birth time: the agent takes `app.log` for a new file).
+    fn entry_of_app(&self, inode: u64) -> Option<serde_json::Value> {
         let birth = std::fs::metadata(self.app())
             .and_then(|m| m.created())
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map(|d| d.as_nanos() as u64);
-        let text = std::fs::read_to_string(self.data.join("checkpoints.json")).unwrap_or_default();
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        let text = std::fs::read_to_string(self.data.join("checkpoints.json")).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
         v["files"]
-            .as_array()
-            .and_then(|fs| fs.iter().find(|f| f["inode"].as_u64() == Some(inode)))
+            .as_array()?
+            .iter()
+            .find(|f| f["inode"].as_u64() == Some(inode))
             .filter(|f| f["birth"].as_u64().is_none() || f["birth"].as_u64() == birth)
+            .cloned()
+    }
+
+    /// The generation of `app.log`'s checkpoint entry (0 without one).
+    fn generation_of(&self, inode: u64) -> u64 {
+        self.entry_of_app(inode)
             .and_then(|f| f["generation"].as_u64())
             .unwrap_or(0)
     }
@@ -494,7 +501,7 @@ impl Case {
         // copied and truncated meanwhile, is unknown to the next run.
         let known = running
             || std::fs::metadata(self.app())
-                .is_ok_and(|m| m.len() == 0 || self.checkpoint().contains_key(&m.ino()));
+                .is_ok_and(|m| m.len() == 0 || self.entry_of_app(m.ino()).is_some());
         let exists = exists && known;
         match self.rng.below(100) {
             0..=39 => {

@@ -449,8 +449,29 @@ impl Case {
         self.append(n, false);
     }
 
+    /// `app.log`'s checkpoint entry — not one of an earlier file whose inode `app.log` got
+    /// (another birth time: the agent takes `app.log` for a new file).
+    fn entry_of_app(&self, inode: u64) -> Option<serde_json::Value> {
+        let birth = std::fs::metadata(self.app())
+            .and_then(|m| m.created())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos() as u64);
+        let text = std::fs::read_to_string(self.data.join("checkpoints.json")).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        v["files"]
+            .as_array()?
+            .iter()
+            .find(|f| f["inode"].as_u64() == Some(inode))
+            .filter(|f| f["birth"].as_u64().is_none() || f["birth"].as_u64() == birth)
+            .cloned()
+    }
+
+    /// The generation of `app.log`'s checkpoint entry (0 without one).
     fn generation_of(&self, inode: u64) -> u64 {
-        self.checkpoint().get(&inode).map_or(0, |e| e.0)
+        self.entry_of_app(inode)
+            .and_then(|f| f["generation"].as_u64())
+            .unwrap_or(0)
     }
 
     fn truncate_app(&self) {
@@ -480,7 +501,7 @@ impl Case {
         // copied and truncated meanwhile, is unknown to the next run.
         let known = running
             || std::fs::metadata(self.app())
-                .is_ok_and(|m| m.len() == 0 || self.checkpoint().contains_key(&m.ino()));
+                .is_ok_and(|m| m.len() == 0 || self.entry_of_app(m.ino()).is_some());
         let exists = exists && known;
         match self.rng.below(100) {
             0..=39 => {
@@ -681,6 +702,10 @@ impl Case {
         let mut parts = vec![0u32; self.lines.len()];
         let mut stored_bytes = 0u64;
         let mut fragments = 0u64;
+        // Whole lines and first parts (they name their line) first; then the rests, each given
+        // to a line ending with it that is not stored whole (the padding repeats, so a short
+        // rest may end several lines).
+        let mut rests = Vec::new();
         for r in &got {
             if let Some(&id) = by_text.get(r.as_str()) {
                 whole[id] += 1;
@@ -698,12 +723,16 @@ impl Case {
                 stored_bytes += r.len() as u64;
                 continue;
             }
+            rests.push(r);
+        }
+        for r in rests {
             // A suffix: the rest of such a line, read on from a copy (with its newline).
-            let as_suffix = self
-                .lines
-                .iter()
-                .position(|l| !r.is_empty() && l.ends_with(r.as_str()));
-            match as_suffix {
+            let ends = |l: &String| !r.is_empty() && l.ends_with(r.as_str());
+            let id = (0..self.lines.len())
+                .find(|&i| ends(&self.lines[i]) && whole[i] == 0 && parts[i] == 1)
+                .or_else(|| (0..self.lines.len()).find(|&i| ends(&self.lines[i]) && whole[i] == 0))
+                .or_else(|| self.lines.iter().position(ends));
+            match id {
                 Some(id) => {
                     parts[id] += 1;
                     stored_bytes += r.len() as u64 + 1;

@@ -310,9 +310,14 @@ struct Flight {
 struct FileFlights {
     flights: VecDeque<Flight>,
     next_seq: u64,
-    /// Resolves when the most recently dispatched batch is done with: the next one's
-    /// predecessor.
-    last: Option<Predecessor>,
+    /// Per origin the batches ship under ((dev, inode, generation) of the identity the
+    /// collector deduplicates on): resolves when the most recently dispatched batch of it is
+    /// done with — the next one's predecessor. Per origin, not per lane: a lane carries a
+    /// copytruncate copy (under the original's old origin) and the original's next generation
+    /// together, and a batch of one must not count as the predecessor of the other (the
+    /// second batch of a generation was stored before its first, which the collector then
+    /// dropped as a replay: found by the rotation model test).
+    last: HashMap<(u64, u64, u32), Predecessor>,
     /// See [`Lane::congested`]; kept while the file has batches in flight.
     congested: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -478,12 +483,17 @@ impl<O: Output> Shipper<O> {
         let seq = file.next_seq;
         file.next_seq += 1;
         // Only a predecessor still in flight matters; one done with is stored (or dropped).
+        let origin = state
+            .origin
+            .map_or((state.key.0, state.key.1, state.generation), |o| {
+                (o.dev, o.inode, o.generation)
+            });
         let lane = Lane {
-            prev: file.last.take().filter(|rx| pending(Some(rx))),
+            prev: file.last.remove(&origin).filter(|rx| pending(Some(rx))),
             congested: file.congested.clone(),
         };
         let (resolved, rx) = watch::channel(false);
-        file.last = Some(rx);
+        file.last.insert(origin, rx);
         file.flights.push_back(Flight {
             seq,
             state,

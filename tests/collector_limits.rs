@@ -527,134 +527,117 @@ fn a_flood_of_new_topic_names_is_capped_and_leaves_nothing_behind() {
 /// from the group's committed offsets after the restart, while the test holds every member's
 /// commits back (`paused`) so that nobody else can commit that partition first.
 struct GroupConsumers {
-    /// Set by the test before a kill; members commit nothing while it is set.
-    paused: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    /// Bumped by the test after each restart.
-    epoch: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    /// Per member, the last epoch it has noticed (and resolved its cut-off commit in).
-    seen: std::sync::Arc<Vec<std::sync::atomic::AtomicU64>>,
-    /// Per member, what it is doing (for the message of a test that times out).
-    doing: std::sync::Arc<Vec<std::sync::Mutex<&'static str>>>,
-    /// Lines consumed (committed), by all members.
-    consumed: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    /// Commits refused by the collector, and commits a kill cut off.
-    outcomes: std::sync::Arc<[std::sync::atomic::AtomicU64; 2]>,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    shared: std::sync::Arc<GroupShared>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What the test and the members share.
+struct GroupShared {
+    /// Set by the test before a kill; members commit nothing while it is set.
+    paused: std::sync::atomic::AtomicBool,
+    /// Bumped by the test after each restart.
+    epoch: std::sync::atomic::AtomicU64,
+    /// Per member, the last epoch it has noticed (and resolved its cut-off commit in).
+    seen: Vec<std::sync::atomic::AtomicU64>,
+    /// Per member, what it is doing (for the message of a test that times out).
+    doing: Vec<std::sync::Mutex<&'static str>>,
+    /// Lines consumed (committed), by all members.
+    consumed: std::sync::Mutex<Vec<String>>,
+    /// Commits refused by the collector.
+    refused: std::sync::atomic::AtomicU64,
+    /// Commits a kill cut off (resolved after the restart).
+    cut_off: std::sync::atomic::AtomicU64,
+    stop: std::sync::atomic::AtomicBool,
 }
 
 impl GroupConsumers {
     fn start(url: &str, topic: &str, group: &str, members: usize) -> Self {
-        use std::sync::Arc;
         use std::sync::atomic::{AtomicBool, AtomicU64};
-        let paused = Arc::new(AtomicBool::new(false));
-        let epoch = Arc::new(AtomicU64::new(0));
-        let seen = Arc::new((0..members).map(|_| AtomicU64::new(0)).collect::<Vec<_>>());
-        let doing = Arc::new(
-            (0..members)
+        let shared = std::sync::Arc::new(GroupShared {
+            paused: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
+            seen: (0..members).map(|_| AtomicU64::new(0)).collect(),
+            doing: (0..members)
                 .map(|_| std::sync::Mutex::new("starting"))
-                .collect::<Vec<_>>(),
-        );
-        let consumed = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let outcomes = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (paused, epoch, seen, doing, consumed, outcomes, stop) = (
-                paused.clone(),
-                epoch.clone(),
-                seen.clone(),
-                doing.clone(),
-                consumed.clone(),
-                outcomes.clone(),
-                stop.clone(),
-            );
-            let (url, topic, group) = (url.to_owned(), topic.to_owned(), group.to_owned());
-            std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime");
-                rt.block_on(async move {
-                    let mut tasks = Vec::new();
-                    for m in 0..members {
-                        let member = Member {
-                            index: m,
-                            client: ferry_core::client::CollectorClient::new(&url).expect("client"),
-                            topic: topic.clone(),
-                            group: group.clone(),
-                            paused: paused.clone(),
-                            epoch: epoch.clone(),
-                            seen: seen.clone(),
-                            doing: doing.clone(),
-                            consumed: consumed.clone(),
-                            outcomes: outcomes.clone(),
-                            stop: stop.clone(),
-                        };
-                        tasks.push(tokio::spawn(member.run()));
-                    }
-                    for t in tasks {
-                        t.await.expect("member task");
-                    }
-                });
+                .collect(),
+            consumed: std::sync::Mutex::new(Vec::new()),
+            refused: AtomicU64::new(0),
+            cut_off: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        });
+        let members: Vec<Member> = (0..members)
+            .map(|index| Member {
+                index,
+                client: ferry_core::client::CollectorClient::new(url).expect("client"),
+                topic: topic.to_owned(),
+                group: group.to_owned(),
+                shared: shared.clone(),
             })
-        };
+            .collect();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let tasks: Vec<_> = members.into_iter().map(|m| tokio::spawn(m.run())).collect();
+                for t in tasks {
+                    t.await.expect("member task");
+                }
+            });
+        });
         Self {
-            paused,
-            epoch,
-            seen,
-            doing,
-            consumed,
-            outcomes,
-            stop,
+            shared,
             thread: Some(thread),
         }
     }
 
     fn pause(&self) {
-        self.paused.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shared
+            .paused
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// After a restart: every member notices it (and resolves a commit the kill cut off),
     /// then all go on.
     fn resume_after_restart(&self) {
         use std::sync::atomic::Ordering;
-        let now = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        let g = &self.shared;
+        let now = g.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         let start = Instant::now();
-        while !self.seen.iter().all(|s| s.load(Ordering::SeqCst) >= now) {
-            let doing: Vec<&str> = self
-                .doing
-                .iter()
-                .map(|d| *d.lock().expect("doing"))
-                .collect();
+        while !g.seen.iter().all(|s| s.load(Ordering::SeqCst) >= now) {
+            let doing: Vec<&str> = g.doing.iter().map(|d| *d.lock().expect("doing")).collect();
             assert!(
                 start.elapsed() < Duration::from_secs(90),
                 "members did not notice restart {now} in 90 s: seen {:?}, doing {doing:?}",
-                self.seen
+                g.seen
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        self.paused.store(false, Ordering::SeqCst);
+        g.paused.store(false, Ordering::SeqCst);
     }
 
     fn consumed(&self) -> usize {
-        self.consumed.lock().map_or(0, |c| c.len())
+        self.shared.consumed.lock().map_or(0, |c| c.len())
     }
 
     /// (commits refused, commits cut off by a kill).
     fn outcomes(&self) -> (u64, u64) {
-        let o = &self.outcomes;
+        use std::sync::atomic::Ordering;
         (
-            o[0].load(std::sync::atomic::Ordering::SeqCst),
-            o[1].load(std::sync::atomic::Ordering::SeqCst),
+            self.shared.refused.load(Ordering::SeqCst),
+            self.shared.cut_off.load(Ordering::SeqCst),
         )
     }
 
     fn finish(mut self) -> Vec<String> {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shared
+            .stop
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             t.join().expect("consumer thread");
         }
-        std::mem::take(&mut *self.consumed.lock().expect("consumed"))
+        std::mem::take(&mut *self.shared.consumed.lock().expect("consumed"))
     }
 }
 
@@ -664,32 +647,36 @@ struct Member {
     client: ferry_core::client::CollectorClient,
     topic: String,
     group: String,
-    paused: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    epoch: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    seen: std::sync::Arc<Vec<std::sync::atomic::AtomicU64>>,
-    doing: std::sync::Arc<Vec<std::sync::Mutex<&'static str>>>,
-    consumed: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    outcomes: std::sync::Arc<[std::sync::atomic::AtomicU64; 2]>,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    shared: std::sync::Arc<GroupShared>,
 }
 
 impl Member {
     fn doing(&self, what: &'static str) {
-        if let Ok(mut d) = self.doing[self.index].lock() {
+        if let Ok(mut d) = self.shared.doing[self.index].lock() {
             *d = what;
         }
+    }
+
+    fn consumed(&self, records: impl IntoIterator<Item = ferry_core::consumer::ConsumedRecord>) {
+        let mut out = self.shared.consumed.lock().expect("consumed");
+        out.extend(
+            records
+                .into_iter()
+                .map(|r| String::from_utf8_lossy(&r.record.line).into_owned()),
+        );
     }
 
     async fn run(self) {
         use ferry_core::client::ClientError;
         use ferry_core::consumer::{Consumer, ConsumerConfig, StartPosition};
         use std::sync::atomic::Ordering;
+        let g = self.shared.clone();
         let mut my_epoch = 0u64;
         // Records whose commit a kill cut off: stored or not, to be found out.
         let mut cut_off: Vec<ferry_core::consumer::ConsumedRecord> = Vec::new();
-        while !self.stop.load(Ordering::SeqCst) {
-            let epoch = self.epoch.load(Ordering::SeqCst);
-            if self.paused.load(Ordering::SeqCst) && epoch == my_epoch {
+        while !g.stop.load(Ordering::SeqCst) {
+            let epoch = g.epoch.load(Ordering::SeqCst);
+            if g.paused.load(Ordering::SeqCst) && epoch == my_epoch {
                 self.doing("waiting for the restart");
                 // A kill is coming or happening: wait for the restart.
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -704,24 +691,26 @@ impl Member {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         continue;
                     };
-                    let mut out = self.consumed.lock().expect("consumed");
-                    for r in cut_off.drain(..) {
-                        let stored = committed.iter().any(|o| {
-                            o.topic == r.topic && o.partition == r.partition && o.offset > r.offset
-                        });
-                        if stored {
-                            out.push(String::from_utf8_lossy(&r.record.line).into_owned());
-                        }
-                    }
+                    let stored: Vec<_> = cut_off
+                        .drain(..)
+                        .filter(|r| {
+                            committed.iter().any(|o| {
+                                o.topic == r.topic
+                                    && o.partition == r.partition
+                                    && o.offset > r.offset
+                            })
+                        })
+                        .collect();
+                    self.consumed(stored);
                 }
                 my_epoch = epoch;
-                self.seen[self.index].store(epoch, Ordering::SeqCst);
+                g.seen[self.index].store(epoch, Ordering::SeqCst);
                 self.doing("waiting to go on");
                 // Until the test lets every member go on, or already killed the collector
                 // again (then the next epoch begins at the top).
-                while self.paused.load(Ordering::SeqCst)
-                    && !self.stop.load(Ordering::SeqCst)
-                    && self.epoch.load(Ordering::SeqCst) == my_epoch
+                while g.paused.load(Ordering::SeqCst)
+                    && !g.stop.load(Ordering::SeqCst)
+                    && g.epoch.load(Ordering::SeqCst) == my_epoch
                 {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
@@ -737,8 +726,8 @@ impl Member {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
-            'polling: while !self.stop.load(Ordering::SeqCst)
-                && self.epoch.load(Ordering::SeqCst) == my_epoch
+            'polling: while !g.stop.load(Ordering::SeqCst)
+                && g.epoch.load(Ordering::SeqCst) == my_epoch
             {
                 self.doing("polling");
                 let Ok(records) = consumer.poll(2000).await else {
@@ -748,8 +737,8 @@ impl Member {
                     continue;
                 }
                 self.doing("holding a commit while paused");
-                while self.paused.load(Ordering::SeqCst) {
-                    if self.epoch.load(Ordering::SeqCst) != my_epoch {
+                while g.paused.load(Ordering::SeqCst) {
+                    if g.epoch.load(Ordering::SeqCst) != my_epoch {
                         // Never committed: they come again.
                         break 'polling;
                     }
@@ -757,21 +746,14 @@ impl Member {
                 }
                 self.doing("committing");
                 match consumer.commit().await {
-                    Ok(()) => {
-                        let mut out = self.consumed.lock().expect("consumed");
-                        out.extend(
-                            records
-                                .iter()
-                                .map(|r| String::from_utf8_lossy(&r.record.line).into_owned()),
-                        );
-                    }
+                    Ok(()) => self.consumed(records),
                     // Refused: not stored.
                     Err(ClientError::Http { .. }) => {
-                        self.outcomes[0].fetch_add(1, Ordering::SeqCst);
+                        g.refused.fetch_add(1, Ordering::SeqCst);
                         break;
                     }
                     Err(_) => {
-                        self.outcomes[1].fetch_add(1, Ordering::SeqCst);
+                        g.cut_off.fetch_add(1, Ordering::SeqCst);
                         cut_off = records;
                         break;
                     }

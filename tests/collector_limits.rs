@@ -519,10 +519,255 @@ fn a_flood_of_new_topic_names_is_capped_and_leaves_nothing_behind() {
     assert!(!dir.join("c-data/topics/wide").exists());
 }
 
-/// The bounded chaos test (issue 16): producers running while the collector is SIGKILLed three
-/// times, with slow-header connections, oversized JSON bodies and a flood of new topic names
-/// hitting it all along. At the end every line is stored exactly once; while the collector was
-/// up `/healthz` answered within 1 s, and its RSS and open files stayed under the bounds below.
+/// Members of one consumer group, each a `ferry_core::consumer::Consumer` in its own task, run
+/// against a collector that the test SIGKILLs: they count a record as consumed exactly when
+/// its commit is known to have been stored. A commit refused by the collector (an HTTP error:
+/// the member is unknown after a restart, or not the owner) did not happen: its records come
+/// again. A commit cut off by a kill may or may not have been stored: the member resolves it
+/// from the group's committed offsets after the restart, while the test holds every member's
+/// commits back (`paused`) so that nobody else can commit that partition first.
+struct GroupConsumers {
+    shared: std::sync::Arc<GroupShared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What the test and the members share.
+struct GroupShared {
+    /// Set by the test before a kill; members commit nothing while it is set.
+    paused: std::sync::atomic::AtomicBool,
+    /// Bumped by the test after each restart.
+    epoch: std::sync::atomic::AtomicU64,
+    /// Per member, the last epoch it has noticed (and resolved its cut-off commit in).
+    seen: Vec<std::sync::atomic::AtomicU64>,
+    /// Per member, what it is doing (for the message of a test that times out).
+    doing: Vec<std::sync::Mutex<&'static str>>,
+    /// Lines consumed (committed), by all members.
+    consumed: std::sync::Mutex<Vec<String>>,
+    /// Commits refused by the collector.
+    refused: std::sync::atomic::AtomicU64,
+    /// Commits a kill cut off (resolved after the restart).
+    cut_off: std::sync::atomic::AtomicU64,
+    stop: std::sync::atomic::AtomicBool,
+}
+
+impl GroupConsumers {
+    fn start(url: &str, topic: &str, group: &str, members: usize) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicU64};
+        let shared = std::sync::Arc::new(GroupShared {
+            paused: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
+            seen: (0..members).map(|_| AtomicU64::new(0)).collect(),
+            doing: (0..members)
+                .map(|_| std::sync::Mutex::new("starting"))
+                .collect(),
+            consumed: std::sync::Mutex::new(Vec::new()),
+            refused: AtomicU64::new(0),
+            cut_off: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        });
+        let members: Vec<Member> = (0..members)
+            .map(|index| Member {
+                index,
+                client: ferry_core::client::CollectorClient::new(url).expect("client"),
+                topic: topic.to_owned(),
+                group: group.to_owned(),
+                shared: shared.clone(),
+            })
+            .collect();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let tasks: Vec<_> = members.into_iter().map(|m| tokio::spawn(m.run())).collect();
+                for t in tasks {
+                    t.await.expect("member task");
+                }
+            });
+        });
+        Self {
+            shared,
+            thread: Some(thread),
+        }
+    }
+
+    fn pause(&self) {
+        self.shared
+            .paused
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// After a restart: every member notices it (and resolves a commit the kill cut off),
+    /// then all go on.
+    fn resume_after_restart(&self) {
+        use std::sync::atomic::Ordering;
+        let g = &self.shared;
+        let now = g.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        let start = Instant::now();
+        while !g.seen.iter().all(|s| s.load(Ordering::SeqCst) >= now) {
+            let doing: Vec<&str> = g.doing.iter().map(|d| *d.lock().expect("doing")).collect();
+            assert!(
+                start.elapsed() < Duration::from_secs(90),
+                "members did not notice restart {now} in 90 s: seen {:?}, doing {doing:?}",
+                g.seen
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        g.paused.store(false, Ordering::SeqCst);
+    }
+
+    fn consumed(&self) -> usize {
+        self.shared.consumed.lock().map_or(0, |c| c.len())
+    }
+
+    /// (commits refused, commits cut off by a kill).
+    fn outcomes(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering;
+        (
+            self.shared.refused.load(Ordering::SeqCst),
+            self.shared.cut_off.load(Ordering::SeqCst),
+        )
+    }
+
+    fn finish(mut self) -> Vec<String> {
+        self.shared
+            .stop
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("consumer thread");
+        }
+        std::mem::take(&mut *self.shared.consumed.lock().expect("consumed"))
+    }
+}
+
+/// One member of [`GroupConsumers`].
+struct Member {
+    index: usize,
+    client: ferry_core::client::CollectorClient,
+    topic: String,
+    group: String,
+    shared: std::sync::Arc<GroupShared>,
+}
+
+impl Member {
+    fn doing(&self, what: &'static str) {
+        if let Ok(mut d) = self.shared.doing[self.index].lock() {
+            *d = what;
+        }
+    }
+
+    fn consumed(&self, records: impl IntoIterator<Item = ferry_core::consumer::ConsumedRecord>) {
+        let mut out = self.shared.consumed.lock().expect("consumed");
+        out.extend(
+            records
+                .into_iter()
+                .map(|r| String::from_utf8_lossy(&r.record.line).into_owned()),
+        );
+    }
+
+    async fn run(self) {
+        use ferry_core::client::ClientError;
+        use ferry_core::consumer::{Consumer, ConsumerConfig, StartPosition};
+        use std::sync::atomic::Ordering;
+        let g = self.shared.clone();
+        let mut my_epoch = 0u64;
+        // Records whose commit a kill cut off: stored or not, to be found out.
+        let mut cut_off: Vec<ferry_core::consumer::ConsumedRecord> = Vec::new();
+        while !g.stop.load(Ordering::SeqCst) {
+            let epoch = g.epoch.load(Ordering::SeqCst);
+            if g.paused.load(Ordering::SeqCst) && epoch == my_epoch {
+                self.doing("waiting for the restart");
+                // A kill is coming or happening: wait for the restart.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+            if epoch != my_epoch || !cut_off.is_empty() {
+                if !cut_off.is_empty() {
+                    // Nobody commits while paused: the committed offsets say whether ours
+                    // was stored.
+                    self.doing("resolving a cut-off commit");
+                    let Ok(committed) = self.client.committed(&self.group).await else {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    };
+                    let stored: Vec<_> = cut_off
+                        .drain(..)
+                        .filter(|r| {
+                            committed.iter().any(|o| {
+                                o.topic == r.topic
+                                    && o.partition == r.partition
+                                    && o.offset > r.offset
+                            })
+                        })
+                        .collect();
+                    self.consumed(stored);
+                }
+                my_epoch = epoch;
+                g.seen[self.index].store(epoch, Ordering::SeqCst);
+                self.doing("waiting to go on");
+                // Until the test lets every member go on, or already killed the collector
+                // again (then the next epoch begins at the top).
+                while g.paused.load(Ordering::SeqCst)
+                    && !g.stop.load(Ordering::SeqCst)
+                    && g.epoch.load(Ordering::SeqCst) == my_epoch
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                continue;
+            }
+            let mut config = ConsumerConfig::new(vec![self.topic.clone()]);
+            config.group = Some(self.group.clone());
+            config.start = StartPosition::Earliest;
+            config.poll_wait = Duration::from_millis(200);
+            config.session_timeout = Duration::from_secs(6);
+            self.doing("joining");
+            let Ok(mut consumer) = Consumer::connect(self.client.clone(), config).await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            'polling: while !g.stop.load(Ordering::SeqCst)
+                && g.epoch.load(Ordering::SeqCst) == my_epoch
+            {
+                self.doing("polling");
+                let Ok(records) = consumer.poll(2000).await else {
+                    break;
+                };
+                if records.is_empty() {
+                    continue;
+                }
+                self.doing("holding a commit while paused");
+                while g.paused.load(Ordering::SeqCst) {
+                    if g.epoch.load(Ordering::SeqCst) != my_epoch {
+                        // Never committed: they come again.
+                        break 'polling;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                self.doing("committing");
+                match consumer.commit().await {
+                    Ok(()) => self.consumed(records),
+                    // Refused: not stored.
+                    Err(ClientError::Http { .. }) => {
+                        g.refused.fetch_add(1, Ordering::SeqCst);
+                        break;
+                    }
+                    Err(_) => {
+                        g.cut_off.fetch_add(1, Ordering::SeqCst);
+                        cut_off = records;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The bounded chaos test (issue 16): producers and a consumer group of two running while the
+/// collector is SIGKILLed three times, with slow-header connections, oversized JSON bodies and a
+/// flood of new topic names hitting it all along. At the end every line is stored exactly once
+/// and consumed exactly once by the group ([`GroupConsumers`]); while the collector was up
+/// `/healthz` answered within 1 s, and its RSS and open files stayed under the bounds below.
 #[test]
 fn chaos_kills_slow_clients_big_bodies_and_topic_floods_at_once() {
     use std::sync::Arc;
@@ -621,6 +866,7 @@ fn chaos_kills_slow_clients_big_bodies_and_topic_floods_at_once() {
         );
     }
     let total = producers * per;
+    let group = GroupConsumers::start(&url, "chaos", "chaos-readers", 2);
     let (mut worst_health, mut max_rss, mut max_fds) = (Duration::ZERO, 0u64, 0usize);
     // Probes the running collector until `done` holds: /healthz, RSS, open files.
     let mut watch = |c: &Service, done: &mut dyn FnMut() -> bool, what: &str| {
@@ -653,8 +899,10 @@ fn chaos_kills_slow_clients_big_bodies_and_topic_floods_at_once() {
     for kill in 1..=3u64 {
         let at = total * kill / 4;
         watch(&c, &mut || records(addr) >= at, "records to arrive");
+        group.pause();
         c.kill9();
         c = restart(&dir, &c, "c");
+        group.resume_after_restart();
     }
     let mut exited = vec![false; children.len()];
     watch(
@@ -709,6 +957,40 @@ fn chaos_kills_slow_clients_big_bodies_and_topic_floods_at_once() {
     assert!(max_rss < MAX_RSS_KIB, "RSS {max_rss} KiB");
     assert!(max_fds < MAX_FDS, "{max_fds} open files");
     assert!(topics <= 60, "{topics} topics on disk, max_topics is 60");
+    // The group read along through the kills: once it has caught up (consumed as many as
+    // are stored, and nothing left to read), every stored line was consumed exactly once.
+    wait_until(Duration::from_secs(120), "the group to catch up", || {
+        group.consumed() as u64 >= total && group_lag(c.addr, "chaos-readers") == Some(0)
+    });
+    let (refused, cut) = group.outcomes();
+    let consumed = group.finish();
+    let mut times = std::collections::HashMap::<&str, u32>::new();
+    for l in &consumed {
+        *times.entry(l.as_str()).or_default() += 1;
+    }
+    let again = times.values().filter(|&&n| n > 1).count();
+    let missing = seen.keys().filter(|l| !times.contains_key(*l)).count();
+    eprintln!(
+        "chaos: the group of 2 consumed {} lines, {} distinct, {again} more than once, {missing} stored lines never; {refused} commits refused, {cut} cut off by a kill",
+        consumed.len(),
+        times.len()
+    );
+    assert_eq!(again, 0, "lines consumed more than once by the group");
+    assert_eq!(missing, 0, "stored lines the group never consumed");
+    assert_eq!(consumed.len() as u64, total);
+}
+
+/// The group's lag in records (`GET /v1/groups`), if the group is listed.
+fn group_lag(addr: SocketAddr, group: &str) -> Option<u64> {
+    let (status, body) = http_get(addr, "/v1/groups").ok()?;
+    if status != 200 {
+        return None;
+    }
+    let groups: Vec<ferry_core::client::GroupView> = serde_json::from_str(&body).ok()?;
+    groups
+        .into_iter()
+        .find(|g| g.group == group)
+        .map(|g| g.lag_records)
 }
 
 fn open_fds(pid: u32) -> usize {

@@ -550,7 +550,15 @@ impl Runner {
         let member = self.consumer.member_id().unwrap_or_default().to_owned();
         match self
             .client
-            .put_checkpoint(&self.group, &member, &tp.0, tp.1, offset, snapshot)
+            .put_checkpoint(
+                &self.group,
+                &member,
+                self.consumer.generation(),
+                &tp.0,
+                tp.1,
+                offset,
+                snapshot,
+            )
             .await
         {
             Ok(()) => {

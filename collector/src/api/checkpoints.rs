@@ -18,6 +18,10 @@ use std::sync::Arc;
 pub(super) struct PutCheckpointQuery {
     member_id: String,
     offset: u64,
+    /// The generation of the member's assignment (a write from before the member lost and
+    /// regained the partition is refused).
+    #[serde(default)]
+    generation: Option<u64>,
 }
 
 /// Stores a processor's state for a partition together with the input offset it reflects, and
@@ -33,13 +37,19 @@ pub(super) async fn put_checkpoint(
     validate_group(&group)?;
     state
         .coordinator()?
-        .check_owner(&group, &q.member_id, &topic, partition)?;
+        .check_owner(&group, &q.member_id, &topic, partition, q.generation)?;
     // Only the owner gets this far: the body is read now, bounded by max_checkpoint_bytes and
     // counted against max_inflight_bytes like an ingest body.
     let limit = state.config.limits.max_checkpoint_bytes.as_usize();
     let declared = content_length(&headers);
     let _permit = state.inflight_permit(declared.unwrap_or(limit as u64).min(limit as u64))?;
     let blob = read_limited(body, declared, limit, "checkpoint").await?;
+    // The body is in; now check again under the group's lock, held until both writes are
+    // durable, so that the partition cannot change hands between the check and the writes.
+    let _group = state.group_locks.lock(&group).await;
+    state
+        .coordinator()?
+        .check_owner(&group, &q.member_id, &topic, partition, q.generation)?;
     let checkpoints = state.checkpoints.clone();
     let (g, t) = (group.clone(), topic.clone());
     let offset = q.offset;

@@ -31,6 +31,8 @@ pub struct AppState {
     /// Principals and their permissions (tokens resolved from files and the environment at
     /// start; the config was checked before, so problems here were already reported).
     pub auth: crate::auth::Authorizer,
+    /// Makes "check the owner, write the commit or checkpoint" one step per group.
+    pub group_locks: crate::coordinator::GroupLocks,
 }
 
 impl AppState {
@@ -48,6 +50,7 @@ impl AppState {
                 &config,
                 &mut ferry_core::problems::Problems::new(),
             ),
+            group_locks: Default::default(),
             config,
         }
     }
@@ -95,8 +98,9 @@ impl AppState {
     pub fn expire_members(&self) {
         let now = self.now_ms();
         let parts = self.partitions_of();
+        let busy = |g: &str| self.group_locks.is_locked(g);
         if let Ok(mut c) = self.coordinator.lock() {
-            for (group, member) in c.expire(now, &parts) {
+            for (group, member) in c.expire(now, &parts, &busy) {
                 tracing::info!(group, member, "group member expired");
                 metrics::counter!("ferry_collector_group_members_expired_total").increment(1);
             }

@@ -348,6 +348,28 @@ fn row(method: &'static str, path: &str, body: Option<&str>, expect: &[(Who, u16
     }
 }
 
+/// A row for a route that needs a permission: no token and a wrong token get 401, `without`
+/// (a principal lacking it) 403, and `with` (a principal having it) the status given.
+fn guarded(
+    method: &'static str,
+    path: &str,
+    body: Option<&str>,
+    without: &'static str,
+    with: (&'static str, u16),
+) -> Row {
+    row(
+        method,
+        path,
+        body,
+        &[
+            (Who::NoToken, 401),
+            (Who::WrongToken, 401),
+            (Who::Without(without), 403),
+            (Who::With(with.0), with.1),
+        ],
+    )
+}
+
 fn send(
     http: &reqwest::blocking::Client,
     base: &str,
@@ -485,16 +507,12 @@ fn permission_matrix_over_real_http() {
                 (With(CONSUMER), 200),
             ],
         ),
-        row(
+        guarded(
             "GET",
             "/v1/topics/web-1/partitions/0/records?offset=0",
             None,
-            &[
-                (NoToken, 401),
-                (WrongToken, 401),
-                (Without(PRODUCER), 403),
-                (With(CONSUMER), 200),
-            ],
+            PRODUCER,
+            (CONSUMER, 200),
         ),
         row(
             "GET",
@@ -502,49 +520,27 @@ fn permission_matrix_over_real_http() {
             None,
             &[(Without(CONSUMER), 403), (With(ADMIN), 200)],
         ),
-        row(
+        guarded(
             "GET",
             "/v1/topics/web-1/partitions/0/offset?timestamp_ms=0",
             None,
-            &[
-                (NoToken, 401),
-                (WrongToken, 401),
-                (Without(PRODUCER), 403),
-                (With(CONSUMER), 200),
-            ],
+            PRODUCER,
+            (CONSUMER, 200),
         ),
-        row(
+        guarded(
             "PUT",
             "/v1/topics/made",
             Some(r#"{"partitions":1}"#),
-            &[
-                (NoToken, 401),
-                (WrongToken, 401),
-                (Without(PRODUCER), 403),
-                (With(ADMIN), 201),
-            ],
+            PRODUCER,
+            (ADMIN, 201),
         ),
-        row(
-            "DELETE",
-            "/v1/topics/made",
-            None,
-            &[
-                (NoToken, 401),
-                (WrongToken, 401),
-                (Without(CONSUMER), 403),
-                (With(ADMIN), 204),
-            ],
-        ),
-        row(
+        guarded("DELETE", "/v1/topics/made", None, CONSUMER, (ADMIN, 204)),
+        guarded(
             "POST",
             "/v1/groups/g-1/join",
             Some(r#"{"topics":["web-1"]}"#),
-            &[
-                (NoToken, 401),
-                (WrongToken, 401),
-                (Without(PRODUCER), 403),
-                (With(CONSUMER), 200),
-            ],
+            PRODUCER,
+            (CONSUMER, 200),
         ),
         // groups on g-1 but not consume on api-1.
         row(
@@ -566,27 +562,19 @@ fn permission_matrix_over_real_http() {
             None,
             &[(NoToken, 401), (WrongToken, 401), (With(NOBODY), 200)],
         ),
-        row(
+        guarded(
             "GET",
             "/v1/groups/g-1/offsets",
             None,
-            &[
-                (NoToken, 401),
-                (WrongToken, 401),
-                (Without(PRODUCER), 403),
-                (With(CONSUMER), 200),
-            ],
+            PRODUCER,
+            (CONSUMER, 200),
         ),
-        row(
+        guarded(
             "POST",
             "/v1/groups/g-1/commit",
             Some(r#"{"offsets":[{"topic":"web-1","partition":0,"offset":1}]}"#),
-            &[
-                (NoToken, 401),
-                (WrongToken, 401),
-                (Without(PRODUCER), 403),
-                (With(CONSUMER), 204),
-            ],
+            PRODUCER,
+            (CONSUMER, 204),
         ),
         row(
             "POST",
@@ -595,16 +583,12 @@ fn permission_matrix_over_real_http() {
             &[(Without(CONSUMER), 403)],
         ),
         // 404: allowed, and there is no checkpoint yet.
-        row(
+        guarded(
             "GET",
             "/v1/groups/g-1/checkpoints/web-1/0",
             None,
-            &[
-                (NoToken, 401),
-                (WrongToken, 401),
-                (Without(PRODUCER), 403),
-                (With(CONSUMER), 404),
-            ],
+            PRODUCER,
+            (CONSUMER, 404),
         ),
         row(
             "GET",
@@ -791,19 +775,6 @@ fn ferry_core_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// The line with sequence number `seq`: event times 100 ms apart.
-fn log_line(seq: u64) -> String {
-    let t = seq / 10;
-    format!(
-        "{{\"ts\":\"2026-01-01T{:02}:{:02}:{:02}.{}00Z\",\"level\":\"{}\",\"seq\":{seq}}}",
-        t / 3600,
-        (t / 60) % 60,
-        t % 60,
-        seq % 10,
-        ["info", "warn", "error"][(seq % 3) as usize],
-    )
-}
-
 #[test]
 fn agent_collector_processor_over_mutual_tls_with_least_privilege_principals() {
     let dir = Dir::new("tls-pipeline");
@@ -826,7 +797,7 @@ fn agent_collector_processor_over_mutual_tls_with_least_privilege_principals() {
     let total = 3000u64;
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs).expect("logs dir");
-    let mut text: String = (0..total).map(|i| log_line(i) + "\n").collect();
+    let mut text: String = (0..total).map(|i| util::json_log_line(i) + "\n").collect();
     // Closes the last windows (its own window never closes, so it is never counted).
     text.push_str("{\"ts\":\"2026-01-01T05:00:00Z\",\"level\":\"closer\",\"seq\":999999}\n");
     std::fs::write(logs.join("app.log"), &text).expect("write log");
@@ -882,7 +853,7 @@ fn agent_collector_processor_over_mutual_tls_with_least_privilege_principals() {
     // What the files say: per (level, 10 s window) counts.
     let mut expected = std::collections::BTreeMap::new();
     for seq in 0..total {
-        let v: serde_json::Value = serde_json::from_str(&log_line(seq)).expect("json");
+        let v: serde_json::Value = serde_json::from_str(&util::json_log_line(seq)).expect("json");
         let ts = v["ts"].as_str().expect("ts");
         let ws = format!("{}0Z", &ts[..18]);
         *expected

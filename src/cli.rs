@@ -152,6 +152,16 @@ pub enum Command {
         #[command(flatten)]
         security: ClientSecurity,
     },
+    /// List the agents that report to the collector: host, status (running, stale,
+    /// stopped), files, bytes behind, drops.
+    Agents {
+        #[arg(long)]
+        collector: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        security: ClientSecurity,
+    },
     /// A live sample of the records arriving on a topic, filtered and rate-limited, without
     /// joining any consumer group.
     Tap {
@@ -462,6 +472,11 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
             json,
             security,
         } => commands::admin::groups(&commands::client(&collector, &security)?, json).await,
+        Command::Agents {
+            collector,
+            json,
+            security,
+        } => commands::admin::agents(&commands::client(&collector, &security)?, json).await,
         Command::Check { file } => check(&file),
     }
 }

@@ -1,11 +1,13 @@
 //! The collector's web console in a real headless browser (Debian's chromium): the page loads
-//! without a console message, shows a topic just produced to and its group's lag, and the lag
-//! falls after a consumer reads. A screenshot is written to the test's directory.
+//! without a console message, shows a topic just produced to, its group's lag and the agent
+//! shipping to it, and the lag falls after a consumer reads. A screenshot is written to the
+//! test's directory.
 
 mod util;
 use std::path::Path;
 use std::process::Command;
-use util::{Dir, produce, run, start_collector};
+use std::time::Duration;
+use util::{Dir, Service, produce, run, start_collector, wait_until};
 
 /// Loads `url` in headless chromium, lets the page run for five seconds of virtual time, and
 /// returns the DOM and the browser's log.
@@ -88,6 +90,27 @@ fn console_shows_topics_and_group_lag_live_in_a_browser() {
         )
     };
     consume("100");
+    // An agent shipping to it, registered.
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).expect("logs");
+    std::fs::write(logs.join("app.log"), "hello\nworld\n").expect("log");
+    let cfg = dir.write(
+        "agent.yaml",
+        format!(
+            "agent:\n  id: edge-7\n  data_dir: {}\n  inputs:\n    - name: main\n      include: [\"{}/*.log\"]\n      topic: app\n  registry:\n    heartbeat_interval: 200ms\n  output:\n    type: collector\n    urls: [\"{}\"]\n",
+            dir.join("agent-data").display(),
+            logs.display(),
+            c.url()
+        ),
+    );
+    let _agent = Service::spawn(
+        "agent",
+        &dir,
+        &["agent", "--config", &cfg.display().to_string()],
+    );
+    wait_until(Duration::from_secs(30), "the agent registered", || {
+        util::http_get(c.addr, "/v1/agents").is_ok_and(|(_, b)| b.contains("\"records_acked\":2"))
+    });
     let url = format!("{}/", c.url());
     let (dom, log) = load(&dir, &url, None);
     assert!(console_messages(&log).is_empty(), "console:\n{log}");
@@ -99,6 +122,8 @@ fn console_shows_topics_and_group_lag_live_in_a_browser() {
         billing.contains(">400<"),
         "lag 400 before reading: {billing}"
     );
+    let agent = row(&dom, "agents", "edge-7");
+    assert!(agent.contains(">running<"), "{agent}");
     // The ingest requests above were acknowledged: the latency has a value.
     assert!(
         dom.contains(" ms</b>ack p50") && dom.contains(" ms</b>ack p99"),

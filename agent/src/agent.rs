@@ -230,7 +230,54 @@ impl<O: Output> Agent<O> {
                 let _ = wake_tx.try_send(ReaderEvent::Wake);
             }),
         };
+        // The registry heartbeat runs beside the shipper and says goodbye after it.
+        let heartbeat = match (&cfg.output, cfg.registry.enabled) {
+            (OutputConfig::Collector(c), true) => crate::registry::Heartbeat::new(
+                &c.urls,
+                &c.security,
+                {
+                    let output = self.output.clone();
+                    Box::new(move || output.current_url())
+                },
+                agent_id.clone(),
+                self.inputs.iter().map(|i| i.name.clone()).collect(),
+                self.stats.clone(),
+                cfg.registry.heartbeat_interval.get(),
+            ),
+            _ => None,
+        }
+        .map(|hb| {
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            (stop, tokio::spawn(hb.run(stopped)))
+        });
+
+        // The output learns its destinations again now and then (collectors listed by
+        // `GET /v1/collectors`, host names resolved again).
+        let refresher = self.output.refresh_interval().map(|every| {
+            let output = self.output.clone();
+            let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = &mut stopped => break,
+                        _ = tick.tick() => output.refresh().await,
+                    }
+                }
+            });
+            (stop, task)
+        });
+
         let final_cps = Shipper::new(parts, ship_rx).run(shutdown).await;
+        if let Some((stop, task)) = refresher {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
+        if let Some((stop, task)) = heartbeat {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
 
         // The shipper returns once every channel closed (threads done) or at the deadline
         // (threads finishing their last item; the shipper's receivers are dropped, so they do).

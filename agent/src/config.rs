@@ -56,6 +56,28 @@ pub struct AgentConfig {
     /// soft limit is raised to the hard one at start). Beyond it, idle files give their handle
     /// back and are reopened by path when they change, their identity checked again.
     pub max_open_files: Option<usize>,
+    /// Heartbeats to the collector's registry of agents (`GET /v1/agents`, `ferry agents`).
+    pub registry: RegistryConfig,
+}
+
+/// The agent's heartbeat to the collector's registry (collector output only).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Report to the registry at all.
+    pub enabled: bool,
+    /// How often: the collector shows an agent as stale after its `agents.stale_after`
+    /// (default 30s) without one.
+    pub heartbeat_interval: Duration,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            heartbeat_interval: Duration::from_secs(10),
+        }
+    }
 }
 
 impl Default for AgentConfig {
@@ -75,6 +97,7 @@ impl Default for AgentConfig {
             max_in_flight: 8,
             max_in_flight_per_file: 4,
             max_open_files: None,
+            registry: RegistryConfig::default(),
         }
     }
 }
@@ -241,6 +264,10 @@ struct RawOutput {
     token: Option<String>,
     #[serde(default)]
     token_file: Option<PathBuf>,
+    #[serde(default)]
+    discover: Option<bool>,
+    #[serde(default)]
+    refresh_interval: Option<Duration>,
     // The kafka output: `KafkaConfig`'s keys, flat (serde's `flatten` cannot be combined with
     // `deny_unknown_fields`, and unknown keys must stay errors).
     #[serde(default)]
@@ -335,7 +362,9 @@ impl TryFrom<RawOutput> for OutputConfig {
             || raw.cert.is_some()
             || raw.key.is_some()
             || raw.token.is_some()
-            || raw.token_file.is_some();
+            || raw.token_file.is_some()
+            || raw.discover.is_some()
+            || raw.refresh_interval.is_some();
         let kafka_keys = raw.has_kafka_keys();
         let kind = match &raw.kind {
             None => {
@@ -346,9 +375,9 @@ impl TryFrom<RawOutput> for OutputConfig {
         };
         match kind {
             "kafka" if collector_keys => Err(
-                "output type kafka takes no `urls`, `mode`, `timeout`, `ca`, `cert`, `key`, `token` or \
-                 `token_file` (those are for type collector; Kafka's are `message_timeout` and the \
-                 ssl_*/sasl_* keys)"
+                "output type kafka takes no `urls`, `mode`, `timeout`, `discover`, `refresh_interval`, \
+                 `ca`, `cert`, `key`, `token` or `token_file` (those are for type collector; Kafka's \
+                 are `message_timeout` and the ssl_*/sasl_* keys)"
                     .to_owned(),
             ),
             "kafka" => Ok(OutputConfig::Kafka(Box::new(raw.into_kafka()?))),
@@ -362,6 +391,8 @@ impl TryFrom<RawOutput> for OutputConfig {
                     urls: raw.urls.unwrap_or(defaults.urls),
                     mode: raw.mode.unwrap_or(defaults.mode),
                     timeout: raw.timeout.unwrap_or(defaults.timeout),
+                    discover: raw.discover.unwrap_or(defaults.discover),
+                    refresh_interval: raw.refresh_interval.unwrap_or(defaults.refresh_interval),
                     security: ClientSecurity {
                         ca: raw.ca,
                         cert: raw.cert,
@@ -372,7 +403,7 @@ impl TryFrom<RawOutput> for OutputConfig {
                 }))
             }
             "stdout" | "null" | "discard" if collector_keys => Err(format!(
-                "output type {kind} takes no `urls`, `mode`, `timeout` or TLS/token keys (those are for type collector)"
+                "output type {kind} takes no `urls`, `mode`, `timeout`, `discover`, `refresh_interval` or TLS/token keys (those are for type collector)"
             )),
             "stdout" => Ok(OutputConfig::Stdout),
             "null" | "discard" => Ok(OutputConfig::Null),
@@ -412,6 +443,22 @@ pub struct CollectorOutputConfig {
     /// `token_file`).
     #[serde(skip)]
     pub security: ClientSecurity,
+    /// Learn the other collectors from `GET /v1/collectors` of the ones configured (failover
+    /// and round robin then include them).
+    #[serde(default = "yes")]
+    pub discover: bool,
+    /// How often the collectors are asked again and host names resolved again (a name that
+    /// resolves to several addresses is one collector per address).
+    #[serde(default = "default_refresh_interval")]
+    pub refresh_interval: Duration,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_refresh_interval() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_request_timeout() -> Duration {
@@ -425,6 +472,8 @@ impl Default for CollectorOutputConfig {
             mode: UrlMode::Failover,
             timeout: default_request_timeout(),
             security: ClientSecurity::default(),
+            discover: true,
+            refresh_interval: default_refresh_interval(),
         }
     }
 }
@@ -667,6 +716,13 @@ impl AgentConfig {
         {
             p.add("id", "`id` must be 1 to 1024 bytes");
         }
+        if self.registry.enabled && self.registry.heartbeat_interval.get().is_zero() {
+            p.add_hint(
+                "registry.heartbeat_interval",
+                "registry.heartbeat_interval must be more than 0s",
+                "set `registry.enabled: false` to send no heartbeats",
+            );
+        }
         if self.batch.max_bytes.get() == 0 || self.batch.max_bytes.get() > (64 << 20) {
             p.add(
                 "batch.max_bytes",
@@ -728,6 +784,12 @@ impl AgentConfig {
             p.add("output", format!("output: {e}"));
         }
         if let OutputConfig::Collector(c) = &self.output {
+            if c.refresh_interval.get().is_zero() {
+                p.add(
+                    "output.refresh_interval",
+                    "`output.refresh_interval` must be more than 0s",
+                );
+            }
             if c.urls.is_empty() {
                 p.add_hint(
                     "output.urls",

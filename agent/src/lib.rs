@@ -15,6 +15,7 @@
 //! - [`output`]: the `null`, `stdout`, `collector` and `kafka` outputs.
 //! - [`checkpoint`]: the acknowledged offset per file, written atomically.
 //! - [`stdin`]: `ferry agent --stdin`, a pipe shipped to its end with the same origins and acks.
+//! - [`registry`]: heartbeats to the collector's registry of agents.
 //! - [`agent`]: [`Agent::new`] / [`Agent::run`], the wiring of all of the above.
 //!
 //! # Metrics (`metrics` crate, rendered by the process's Prometheus registry)
@@ -63,6 +64,7 @@ pub mod lines;
 pub mod multiline;
 pub mod output;
 pub mod reader;
+pub mod registry;
 pub mod shipper;
 pub mod stdin;
 pub mod tail;
@@ -89,12 +91,31 @@ pub struct AgentStats {
     /// Batches the output answered "out of order" (sent again behind their predecessor).
     pub out_of_order: AtomicU64,
     pub checkpoint_writes: AtomicU64,
+    /// When the output last acknowledged a batch, in ms since the Unix epoch (0: never).
+    pub last_ack_ms: AtomicU64,
+    /// Records given up on, by reason (what `ferry_agent_dropped_records_total` counts).
+    /// A std mutex, never held across an await.
+    pub drops: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// Per file: its acknowledged offset and the bytes not yet read (for the registry).
+    pub files: std::sync::Mutex<FileTable>,
 }
 
 impl AgentStats {
     pub fn get(v: &AtomicU64) -> u64 {
         v.load(Ordering::Relaxed)
     }
+}
+
+/// What the agent knows of each file it tails, by path: the reader sets `behind` at each
+/// rescan (and forgets the files it no longer tails), the shipper sets `acked` as batches are
+/// acknowledged. Read by the registry heartbeat.
+pub type FileTable = std::collections::BTreeMap<std::sync::Arc<str>, FileRow>;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FileRow {
+    pub input: usize,
+    pub acked: u64,
+    pub behind: u64,
 }
 
 /// The agent's buffer: file bytes read but not yet acknowledged. When it is full the reader

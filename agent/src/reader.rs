@@ -186,9 +186,24 @@ impl Reader {
         self.watch_roots(st);
         self.tailer.scan(now);
         let inputs = self.tailer.inputs();
+        let mut seen = crate::FileTable::new();
         for (input, path, lag) in self.tailer.lags() {
             metrics::gauge!("ferry_agent_file_lag_bytes", "input" => inputs[input].name.clone(), "path" => path.to_string())
                 .set(lag as f64);
+            seen.insert(
+                path.clone(),
+                crate::FileRow {
+                    input,
+                    acked: 0,
+                    behind: lag,
+                },
+            );
+        }
+        if let Ok(mut files) = self.stats.files.lock() {
+            for (path, row) in &mut seen {
+                row.acked = files.get(path).map_or(0, |r| r.acked);
+            }
+            *files = seen;
         }
         metrics::gauge!("ferry_agent_files_tracked").set(self.tailer.file_count() as f64);
     }

@@ -526,12 +526,20 @@ impl<O: Output> Shipper<O> {
                 .increment(delivery.deduplicated);
         }
         let mut dropped_total = 0;
+        let stats = &self.parts.stats;
         for (reason, n) in &delivery.dropped {
             metrics::counter!("ferry_agent_dropped_records_total", "reason" => *reason, "input" => name.to_owned())
                 .increment(*n);
             dropped_total += n;
+            if let Ok(mut drops) = stats.drops.lock() {
+                *drops.entry(*reason).or_default() += n;
+            }
         }
-        let stats = &self.parts.stats;
+        if delivery.acked_records > 0 {
+            stats
+                .last_ack_ms
+                .store(ferry_core::now_ms().max(0) as u64, Ordering::Relaxed);
+        }
         stats
             .records_acked
             .fetch_add(delivery.acked_records, Ordering::Relaxed);
@@ -552,6 +560,11 @@ impl<O: Output> Shipper<O> {
                 };
                 let prev = self.parts.checkpoints.files.get(&f.state.key);
                 let cp = FileCheckpoint::of(&f.state, f.end_offset).keeping_tail_of(prev);
+                if let Ok(mut files) = self.parts.stats.files.lock() {
+                    let row = files.entry(f.state.path.clone()).or_default();
+                    row.input = input;
+                    row.acked = f.end_offset;
+                }
                 self.parts.checkpoints.files.insert(f.state.key, cp);
                 self.dirty = true;
             }

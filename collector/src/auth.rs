@@ -25,6 +25,7 @@
 //! | `POST /v1/groups/{g}/commit` | `groups` on g and `consume` on each topic of the body |
 //! | `POST /v1/groups/{g}/heartbeat`, `leave`, `GET .../offsets` | `groups` on g |
 //! | `GET`, `PUT /v1/groups/{g}/checkpoints/{t}/{p}` | `groups` on g and `consume` on t |
+//! | `PUT /v1/agents/{id}`, `GET /v1/agents`, `GET /v1/collectors` | a principal |
 //! | `GET /v1/topics`, `GET /v1/groups`, any other route | a principal |
 
 use crate::api::AppState;

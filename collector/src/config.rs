@@ -43,6 +43,18 @@ pub struct CollectorConfig {
     /// Consumer-group settings.
     #[serde(default)]
     pub groups: GroupsConfig,
+    /// The registry of agents (`GET /v1/agents`).
+    #[serde(default)]
+    pub agents: AgentsConfig,
+    /// The URL agents should use for this collector, listed by `GET /v1/collectors` (default:
+    /// `http://` and the address it listens on).
+    #[serde(default)]
+    pub advertise_url: Option<String>,
+    /// Other collectors agents may ship to (base URLs), listed by `GET /v1/collectors`, so an
+    /// agent given one collector learns the rest: typically the collectors that share a Kafka
+    /// backend, where every collector is interchangeable.
+    #[serde(default)]
+    pub peers: Vec<String>,
     /// How a plain (newline-delimited) body is stored: `gzip` (level 1), `lz4` or `none`.
     #[serde(default = "default_plain_codec")]
     pub plain_codec: ferry_core::batch::Codec,
@@ -80,6 +92,9 @@ impl Default for CollectorConfig {
             routes: Vec::new(),
             limits: LimitsConfig::default(),
             groups: GroupsConfig::default(),
+            agents: AgentsConfig::default(),
+            advertise_url: None,
+            peers: Vec::new(),
             plain_codec: default_plain_codec(),
             store_codec: default_store_codec(),
             auth_tokens: Vec::new(),
@@ -207,7 +222,62 @@ impl Default for GroupsConfig {
     }
 }
 
+/// The registry of agents (`collector.agents`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentsConfig {
+    /// An agent silent for longer than this is shown as stale (three missed heartbeats at the
+    /// agent's default `registry.heartbeat_interval` of 10s).
+    #[serde(default = "default_stale_after")]
+    pub stale_after: Duration,
+    /// An agent silent for longer than this is forgotten.
+    #[serde(default = "default_forget_after")]
+    pub forget_after: Duration,
+    /// Most agents the registry holds (a new one past it takes the place of the longest silent
+    /// stale or stopped one, or is refused with 429).
+    #[serde(default = "default_max_agents")]
+    pub max_agents: u32,
+}
+
+impl Default for AgentsConfig {
+    fn default() -> Self {
+        Self {
+            stale_after: default_stale_after(),
+            forget_after: default_forget_after(),
+            max_agents: default_max_agents(),
+        }
+    }
+}
+
+impl AgentsConfig {
+    pub fn limits(&self) -> crate::registry::RegistryLimits {
+        crate::registry::RegistryLimits {
+            stale_after: self.stale_after.get(),
+            forget_after: self.forget_after.get(),
+            max_agents: self.max_agents as usize,
+        }
+    }
+}
+
 impl CollectorConfig {
+    /// The collectors agents may ship to: this one first (its advertised URL, or `http://` and
+    /// the address it is bound to), then its peers.
+    pub fn collector_urls(&self, bound: Option<std::net::SocketAddr>) -> Vec<String> {
+        let own = self.advertise_url.clone().unwrap_or_else(|| match bound {
+            Some(a) => format!("http://{a}"),
+            None => format!("http://{}", self.listen),
+        });
+        let own = own.trim_end_matches('/').to_owned();
+        let mut urls = vec![own];
+        for p in &self.peers {
+            let p = p.trim_end_matches('/').to_owned();
+            if !urls.contains(&p) {
+                urls.push(p);
+            }
+        }
+        urls
+    }
+
     /// Checks what serde cannot: route actions, topic names, limits that contradict each other.
     /// The error lists every problem, one per line.
     pub fn validate(&self) -> Result<(), String> {
@@ -310,6 +380,35 @@ impl CollectorConfig {
                 ),
             );
         }
+        for (at, url) in self
+            .advertise_url
+            .iter()
+            .map(|u| ("advertise_url".to_owned(), u))
+            .chain(
+                self.peers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, u)| (format!("peers[{i}]"), u)),
+            )
+        {
+            match url.split_once("://") {
+                Some(("http" | "https", rest)) if !rest.is_empty() => {}
+                _ => p.add_hint(
+                    &at,
+                    format!("{url:?} is not a collector URL"),
+                    "write it as http://HOST:PORT or https://HOST:PORT",
+                ),
+            }
+        }
+        if self.agents.max_agents == 0 {
+            p.add("agents.max_agents", "agents.max_agents must be at least 1");
+        }
+        if self.agents.stale_after.get().is_zero() {
+            p.add(
+                "agents.stale_after",
+                "agents.stale_after must be more than 0s",
+            );
+        }
         if self.limits.max_connections == 0 {
             p.add(
                 "limits.max_connections",
@@ -393,6 +492,15 @@ fn default_header_read_timeout() -> Duration {
 }
 fn default_max_checkpoint() -> ByteSize {
     ByteSize::mib(64)
+}
+fn default_stale_after() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_forget_after() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_max_agents() -> u32 {
+    10_000
 }
 fn default_session() -> Duration {
     Duration::from_secs(10)

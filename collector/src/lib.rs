@@ -4,6 +4,7 @@
 //! - [`routing`]: YAML routing rules (to / copy / drop), a pure router.
 //! - [`ingest`]: request body → verified batches → routed, partitioned sub-batches → appends.
 //! - [`checkpoints`]: processor checkpoints (state + offset per group and partition), fenced.
+//! - [`registry`]: the registry of agents (heartbeats, stale and stopped agents), bounded.
 //! - [`coordinator`]: consumer-group membership and server-side partition assignment.
 //! - [`api`]: the HTTP API as an axum `Router` (`app(state)`), a module per resource, errors as
 //!   one `ApiError`.
@@ -20,6 +21,7 @@ pub mod config;
 pub mod console;
 pub mod coordinator;
 pub mod ingest;
+pub mod registry;
 pub mod routing;
 pub mod server;
 pub mod store;

@@ -72,6 +72,7 @@ impl Collector {
         if let Some(tls) = &tls {
             watch_sighup(tls.clone())?;
         }
+        state.set_bound(addr);
         Ok(Self {
             state,
             listener,
@@ -113,7 +114,10 @@ impl Collector {
                 loop {
                     tokio::select! {
                         _ = shutdown.wait() => break,
-                        _ = tick.tick() => state.expire_members(),
+                        _ = tick.tick() => {
+                            state.expire_members();
+                            state.tend_registry();
+                        }
                     }
                 }
             })

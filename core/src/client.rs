@@ -573,6 +573,35 @@ impl CollectorClient {
             .await
     }
 
+    /// Reports an agent's state to the registry (`PUT /v1/agents/{id}`).
+    pub async fn agent_heartbeat(
+        &self,
+        id: &str,
+        report: &crate::registry::AgentHeartbeat,
+    ) -> Result<(), ClientError> {
+        let body = serde_json::to_vec(report).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let path = format!("/v1/agents/{id}");
+        self.send(
+            self.req(reqwest::Method::PUT, &path)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Every agent the collector has heard from, with its status.
+    pub async fn agents(&self) -> Result<Vec<crate::registry::AgentView>, ClientError> {
+        self.json(self.req(reqwest::Method::GET, "/v1/agents"))
+            .await
+    }
+
+    /// The collectors an agent may ship to, as this collector knows them.
+    pub async fn collectors(&self) -> Result<Vec<crate::registry::CollectorView>, ClientError> {
+        self.json(self.req(reqwest::Method::GET, "/v1/collectors"))
+            .await
+    }
+
     /// The collector's `/metrics` (Prometheus text).
     pub async fn metrics_text(&self) -> Result<String, ClientError> {
         let resp = self

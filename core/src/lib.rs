@@ -9,6 +9,7 @@
 //! - [`telemetry`]: `tracing` to stderr and the process's Prometheus registry.
 //! - [`shutdown`]: the drain signal every long-lived loop listens to.
 //! - [`security`]: a client's CA, client certificate and token (flags and YAML keys alike).
+//! - [`registry`]: what agents report to the collector's registry, and what it shows of them.
 
 pub mod backoff;
 pub mod batch;
@@ -18,6 +19,7 @@ pub mod consumer;
 pub mod fetch;
 pub mod problems;
 pub mod record;
+pub mod registry;
 pub mod security;
 pub mod shutdown;
 pub mod telemetry;

@@ -1,4 +1,5 @@
-//! `ferry topics` and `ferry groups`: what the collector holds, as a table or JSON.
+//! `ferry topics`, `ferry groups` and `ferry agents`: what the collector holds and who ships
+//! to it, as a table or JSON.
 
 use ferry_core::client::CollectorClient;
 
@@ -63,6 +64,43 @@ pub async fn groups(client: &CollectorClient, json: bool) -> anyhow::Result<()> 
                 p.lag_seconds
             );
         }
+    }
+    Ok(())
+}
+
+pub async fn agents(client: &CollectorClient, json: bool) -> anyhow::Result<()> {
+    let agents = client.agents().await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&agents)?);
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:<20} {:<8} {:>9} {:>6} {:>12} {:>14} {:>12} {:>8}  COLLECTOR",
+        "AGENT",
+        "HOST",
+        "STATUS",
+        "SILENT_S",
+        "FILES",
+        "LINES_READ",
+        "RECORDS_ACKED",
+        "BEHIND",
+        "DROPPED"
+    );
+    for a in agents {
+        let r = &a.report;
+        println!(
+            "{:<24} {:<20} {:<8} {:>9.1} {:>6} {:>12} {:>14} {:>12} {:>8}  {}",
+            a.id,
+            r.host,
+            a.status.as_str(),
+            a.silent_seconds,
+            r.files_total,
+            r.lines_read,
+            r.records_acked,
+            r.bytes_behind,
+            r.drops.values().sum::<u64>(),
+            r.collector
+        );
     }
     Ok(())
 }

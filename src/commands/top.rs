@@ -1,7 +1,7 @@
 //! `ferry top --collector URL`: the collector's topics, consumer groups and health in the
 //! terminal, refreshed in place (like `vector top`), until `q` or Ctrl-C.
 //!
-//! Each refresh reads `GET /v1/topics`, `GET /v1/groups` and `GET /metrics`; rates are the
+//! Each refresh reads `GET /v1/topics`, `GET /v1/groups`, `GET /v1/agents` and `GET /metrics`; rates are the
 //! difference from the previous refresh. On a terminal, stdin is put in non-canonical mode
 //! without echo so that a single `q` quits (Ctrl-C still signals); the mode is restored on
 //! exit, whatever ends the loop. Without a terminal (a pipe), a line `q` quits.
@@ -25,6 +25,8 @@ pub struct Args {
 pub struct Snapshot {
     pub topics: Vec<TopicInfo>,
     pub groups: Vec<GroupView>,
+    /// The registry of agents (empty from a collector without one).
+    pub agents: Vec<ferry_core::registry::AgentView>,
     /// Selected series of `/metrics`, by name with labels.
     pub metrics: BTreeMap<String, f64>,
 }
@@ -111,11 +113,16 @@ pub fn ack_quantile(metrics: &BTreeMap<String, f64>, q: f64) -> Option<f64> {
 }
 
 async fn snapshot(client: &CollectorClient) -> anyhow::Result<Snapshot> {
-    let (topics, groups, metrics) =
-        tokio::join!(client.topics(), client.groups(), client.metrics_text());
+    let (topics, groups, agents, metrics) = tokio::join!(
+        client.topics(),
+        client.groups(),
+        client.agents(),
+        client.metrics_text()
+    );
     Ok(Snapshot {
         topics: topics?,
         groups: groups?,
+        agents: agents.unwrap_or_default(),
         metrics: pick_metrics(&metrics?),
     })
 }
@@ -189,6 +196,47 @@ pub fn render(url: &str, now: &Snapshot, prev: Option<(&Snapshot, Duration)>) ->
     }
     if now.groups.is_empty() {
         let _ = writeln!(s, "(no consumer groups)");
+    }
+    let _ = writeln!(s);
+    let count = |st: ferry_core::registry::AgentStatus| {
+        now.agents.iter().filter(|a| a.status == st).count()
+    };
+    use ferry_core::registry::AgentStatus;
+    let _ = writeln!(
+        s,
+        "{:<24} {:<20} {:<8} {:>9} {:>6} {:>12} {:>8}   agents: {} running, {} stale, {} stopped",
+        "AGENT",
+        "HOST",
+        "STATUS",
+        "SILENT s",
+        "FILES",
+        "BEHIND",
+        "DROPPED",
+        count(AgentStatus::Running),
+        count(AgentStatus::Stale),
+        count(AgentStatus::Stopped)
+    );
+    // Stale agents first: those are what an operator looks for.
+    let mut agents: Vec<_> = now.agents.iter().collect();
+    agents.sort_by_key(|a| (a.status != AgentStatus::Stale, a.id.clone()));
+    for a in agents.iter().take(20) {
+        let _ = writeln!(
+            s,
+            "{:<24} {:<20} {:<8} {:>9.1} {:>6} {:>12} {:>8}",
+            a.id,
+            a.report.host,
+            a.status.as_str(),
+            a.silent_seconds,
+            a.report.files_total,
+            human_bytes(a.report.bytes_behind as f64),
+            a.report.drops.values().sum::<u64>()
+        );
+    }
+    if now.agents.len() > 20 {
+        let _ = writeln!(s, "(and {} more: ferry agents)", now.agents.len() - 20);
+    }
+    if now.agents.is_empty() {
+        let _ = writeln!(s, "(no agents have reported)");
     }
     let _ = writeln!(s);
     let q = |q: f64| {
@@ -350,6 +398,18 @@ mod tests {
                 partitions: vec![lag(1.5), lag(0.2)],
                 lag_records: 42,
             }],
+            agents: vec![ferry_core::registry::AgentView {
+                id: "web-9".into(),
+                status: ferry_core::registry::AgentStatus::Stale,
+                last_seen_ms: 0,
+                silent_seconds: 45.0,
+                report: ferry_core::registry::AgentHeartbeat {
+                    host: "web-9.example".into(),
+                    files_total: 3,
+                    bytes_behind: 2 << 20,
+                    ..Default::default()
+                },
+            }],
             metrics: pick_metrics(
                 "# HELP x\nferry_collector_ack_seconds_bucket{le=\"0.001\"} 0\n\
                  ferry_collector_ack_seconds_bucket{le=\"0.0025\"} 100\n\
@@ -371,5 +431,11 @@ mod tests {
         // p50: rank 100 ends the (1, 2.5] ms bucket; p99: rank 198 is 8/10 into (10, 25] ms.
         assert!(s.contains("p50 2.5 ms") && s.contains("p99 22.0 ms"), "{s}");
         assert!(s.contains("refused 7"), "{s}");
+        assert!(s.contains("0 running, 1 stale, 0 stopped"), "{s}");
+        assert!(
+            s.lines()
+                .any(|l| l.starts_with("web-9") && l.contains("stale") && l.contains("2.0 MiB")),
+            "{s}"
+        );
     }
 }

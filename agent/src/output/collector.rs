@@ -12,16 +12,53 @@ use super::{Ack, BatchMeta, Output, OutputError};
 use crate::config::CollectorOutputConfig;
 use bytes::Bytes;
 use reqwest::{StatusCode, Url};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+/// Ships to one or more collectors. The set can grow and change while the agent runs
+/// ([`CollectorOutput::refresh`]): collectors learned from `GET /v1/collectors`, and one target
+/// per address of a host name that resolves to several.
 #[derive(Debug)]
 pub struct CollectorOutput {
-    client: reqwest::Client,
-    /// Base URLs, as configured.
-    urls: Vec<Url>,
-    selector: UrlSelector,
-    /// Sent as `Authorization: Bearer` with every batch.
+    /// The targets in use and the selector over them, swapped whole by `refresh`; a std lock
+    /// never held across an await (a request clones the `Arc` and lets go).
+    targets: std::sync::RwLock<Arc<Targets>>,
+    /// Base URLs as configured: always kept, and asked first for the others.
+    configured: Vec<Url>,
+    cfg: CollectorOutputConfig,
+    /// Sent as `Authorization: Bearer` with every batch and discovery request.
     token: Option<String>,
+}
+
+/// One set of collectors to ship to.
+#[derive(Debug)]
+struct Targets {
+    list: Vec<Target>,
+    selector: UrlSelector,
+}
+
+/// One collector: a base URL, and the address its host name is pinned to when the name
+/// resolves to several.
+#[derive(Debug, Clone)]
+struct Target {
+    base: Url,
+    addr: Option<SocketAddr>,
+    client: reqwest::Client,
+}
+
+impl Target {
+    fn key(&self) -> (String, Option<SocketAddr>) {
+        (self.base.to_string(), self.addr)
+    }
+
+    /// The URL as shown in errors and the registry: the base, and the address it is pinned to.
+    fn label(&self) -> String {
+        match self.addr {
+            Some(a) => format!("{} ({a})", self.base),
+            None => self.base.to_string(),
+        }
+    }
 }
 
 /// The collector output could not be built.
@@ -35,40 +72,181 @@ pub enum CollectorOutputError {
     Security(#[from] ferry_core::security::SecurityError),
 }
 
+fn parse_base(u: &str) -> Result<Url, CollectorOutputError> {
+    let url = Url::parse(u).map_err(|e| CollectorOutputError::Url {
+        url: u.to_owned(),
+        message: e.to_string(),
+    })?;
+    if url.cannot_be_a_base() || url.host_str().is_none() {
+        return Err(CollectorOutputError::Url {
+            url: u.to_owned(),
+            message: "not a base URL".to_owned(),
+        });
+    }
+    Ok(url)
+}
+
 impl CollectorOutput {
     pub fn new(cfg: &CollectorOutputConfig) -> Result<Self, CollectorOutputError> {
-        let urls = cfg
+        let configured = cfg
             .urls
             .iter()
-            .map(|u| {
-                let url = Url::parse(u).map_err(|e| CollectorOutputError::Url {
-                    url: u.clone(),
-                    message: e.to_string(),
-                })?;
-                if url.cannot_be_a_base() {
-                    return Err(CollectorOutputError::Url {
-                        url: u.clone(),
-                        message: "not a base URL".to_owned(),
-                    });
-                }
-                Ok(url)
-            })
+            .map(|u| parse_base(u))
             .collect::<Result<Vec<_>, _>>()?;
-        let token = cfg.security.resolve_token()?;
-        let client = cfg
+        let list = configured
+            .iter()
+            .map(|base| {
+                Ok(Target {
+                    base: base.clone(),
+                    addr: None,
+                    client: Self::client(cfg, None)?,
+                })
+            })
+            .collect::<Result<Vec<_>, CollectorOutputError>>()?;
+        Ok(Self {
+            token: cfg.security.resolve_token()?,
+            targets: std::sync::RwLock::new(Arc::new(Targets {
+                selector: UrlSelector::new(list.len(), cfg.mode),
+                list,
+            })),
+            configured,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// An HTTP client for one target (with the output's CA and client certificate); `pin`
+    /// sends the host name's requests to one address.
+    fn client(
+        cfg: &CollectorOutputConfig,
+        pin: Option<(&str, SocketAddr)>,
+    ) -> Result<reqwest::Client, CollectorOutputError> {
+        let mut b = cfg
             .security
             .http_client()?
             .timeout(cfg.timeout.get())
             .connect_timeout(cfg.timeout.get().min(Duration::from_secs(10)))
             // Below the collector's 10 s idle close, so a pooled connection is not reused as it closes.
-            .pool_idle_timeout(Duration::from_secs(5))
-            .build()?;
-        Ok(Self {
-            client,
-            selector: UrlSelector::new(urls.len(), cfg.mode),
-            urls,
-            token,
-        })
+            .pool_idle_timeout(Duration::from_secs(5));
+        if let Some((host, addr)) = pin {
+            b = b.resolve(host, addr);
+        }
+        Ok(b.build()?)
+    }
+
+    fn current(&self) -> Arc<Targets> {
+        match self.targets.read() {
+            Ok(t) => t.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The base URLs in use now (with the address a name is pinned to), in selector order.
+    pub fn targets(&self) -> Vec<String> {
+        self.current().list.iter().map(Target::label).collect()
+    }
+
+    /// Learns the collectors again: the configured ones, those they list on
+    /// `GET /v1/collectors` (with `discover`), each host name resolved (one target per address
+    /// when it has several). Keeps the targets as they are when nothing changed, and keeps the
+    /// one failover is on when it is still there.
+    pub async fn refresh(&self) {
+        let mut bases = self.configured.clone();
+        if self.cfg.discover {
+            for url in self.discovered().await {
+                if !bases.contains(&url) {
+                    bases.push(url);
+                }
+            }
+        }
+        let mut wanted: Vec<(Url, Option<SocketAddr>)> = Vec::new();
+        for base in bases {
+            for addr in resolve_all(&base).await {
+                wanted.push((base.clone(), addr));
+            }
+        }
+        let now = self.current();
+        let same = wanted.len() == now.list.len()
+            && wanted
+                .iter()
+                .zip(&now.list)
+                .all(|((b, a), t)| (b.to_string(), *a) == t.key());
+        if same || wanted.is_empty() {
+            return;
+        }
+        let mut list = Vec::with_capacity(wanted.len());
+        for (base, addr) in wanted {
+            let existing = now
+                .list
+                .iter()
+                .find(|t| t.key() == (base.to_string(), addr));
+            let target = match existing {
+                Some(t) => t.clone(),
+                None => {
+                    let pin = match (addr, base.host_str()) {
+                        (Some(a), Some(h)) => Some((h, a)),
+                        _ => None,
+                    };
+                    match Self::client(&self.cfg, pin) {
+                        Ok(client) => Target { base, addr, client },
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot build a client for a collector; skipping it");
+                            continue;
+                        }
+                    }
+                }
+            };
+            list.push(target);
+        }
+        let selector = UrlSelector::new(list.len(), self.cfg.mode);
+        // Failover stays on the collector it was on, if that one is still listed.
+        let on = now.list.get(now.selector.pick_peek()).map(Target::key);
+        if let Some(i) = on.and_then(|k| list.iter().position(|t| t.key() == k)) {
+            selector.set(i);
+        }
+        let labels: Vec<String> = list.iter().map(Target::label).collect();
+        tracing::info!(collectors = ?labels, "collectors to ship to");
+        metrics::gauge!("ferry_agent_collectors").set(list.len() as f64);
+        let next = Arc::new(Targets { list, selector });
+        match self.targets.write() {
+            Ok(mut t) => *t = next,
+            Err(poisoned) => *poisoned.into_inner() = next,
+        }
+    }
+
+    /// The collectors the configured ones list (the first that answers), as base URLs.
+    async fn discovered(&self) -> Vec<Url> {
+        let now = self.current();
+        for t in &now.list {
+            let mut url = t.base.clone();
+            if let Ok(mut segs) = url.path_segments_mut() {
+                segs.pop_if_empty().extend(["v1", "collectors"]);
+            }
+            let mut request = t
+                .client
+                .get(url)
+                .timeout(self.cfg.timeout.get().min(Duration::from_secs(5)));
+            if let Some(token) = &self.token {
+                request = request.bearer_auth(token);
+            }
+            let reply = request.send().await;
+            let Ok(resp) = reply else { continue };
+            if !resp.status().is_success() {
+                continue;
+            }
+            let Ok(body) = resp.bytes().await else {
+                continue;
+            };
+            let Ok(views) =
+                serde_json::from_slice::<Vec<ferry_core::registry::CollectorView>>(&body)
+            else {
+                continue;
+            };
+            return views
+                .into_iter()
+                .filter_map(|v| parse_base(&v.url).ok())
+                .collect();
+        }
+        Vec::new()
     }
 
     /// `{base}/v1/topics/{topic}/records`, the topic percent-encoded as one path segment.
@@ -137,14 +315,15 @@ fn parse_ack(body: &[u8]) -> Ack {
 
 impl Output for CollectorOutput {
     async fn send(&self, topic: &str, batch: Bytes, meta: &BatchMeta) -> Result<Ack, OutputError> {
-        let index = self.selector.pick();
-        let Some(base) = self.urls.get(index) else {
+        let targets = self.current();
+        let index = targets.selector.pick();
+        let Some(target) = targets.list.get(index) else {
             return Err(OutputError::Rejected {
                 reason: "no collector URL configured".to_owned(),
             });
         };
-        let url = Self::records_url(base, topic);
-        let mut request = self.client.post(url.clone()).header(
+        let url = Self::records_url(&target.base, topic);
+        let mut request = target.client.post(url.clone()).header(
             reqwest::header::CONTENT_TYPE,
             ferry_core::batch::CONTENT_TYPE,
         );
@@ -158,7 +337,7 @@ impl Output for CollectorOutput {
         let resp = match sent {
             Ok(r) => r,
             Err(e) => {
-                self.selector.failed(index);
+                targets.selector.failed(index);
                 // A certificate problem does not mend by itself, but the operator may fix it
                 // (a new CA file, a SIGHUP'd collector): retried, and said plainly in the log.
                 let reason = ferry_core::security::explain_tls(&e)
@@ -177,7 +356,7 @@ impl Output for CollectorOutput {
             .map(str::to_owned);
         let body = resp.bytes().await.unwrap_or_default();
         if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
-            self.selector.failed(index);
+            targets.selector.failed(index);
         }
         classify(status, retry_after.as_deref(), &body).map_err(|e| match e {
             OutputError::Retryable {
@@ -200,6 +379,49 @@ impl Output for CollectorOutput {
     /// The collector stores a file's batches in order however requests race (`ferry-after`).
     fn max_in_flight_per_file(&self) -> usize {
         usize::MAX
+    }
+
+    async fn refresh(&self) {
+        CollectorOutput::refresh(self).await;
+    }
+
+    fn refresh_interval(&self) -> Option<Duration> {
+        Some(self.cfg.refresh_interval.get())
+    }
+
+    fn current_url(&self) -> Option<String> {
+        let t = self.current();
+        t.list
+            .get(t.selector.pick_peek())
+            .map(|t| t.base.as_str().trim_end_matches('/').to_owned())
+    }
+}
+
+/// Every address of the base URL's host when it is a name with several (one target each);
+/// `[None]` for an IP literal, a name with one address, or one that does not resolve now (the
+/// client resolves it again per connection).
+async fn resolve_all(base: &Url) -> Vec<Option<SocketAddr>> {
+    let (Some(host), Some(port)) = (base.host_str(), base.port_or_known_default()) else {
+        return vec![None];
+    };
+    if host.starts_with('[') || host.parse::<std::net::IpAddr>().is_ok() {
+        return vec![None];
+    }
+    match tokio::net::lookup_host((host, port)).await {
+        Ok(addrs) => {
+            let mut addrs: Vec<SocketAddr> = addrs.collect();
+            addrs.sort();
+            addrs.dedup();
+            if addrs.len() > 1 {
+                addrs.into_iter().map(Some).collect()
+            } else {
+                vec![None]
+            }
+        }
+        Err(e) => {
+            tracing::debug!(host, error = %e, "cannot resolve a collector's host name now");
+            vec![None]
+        }
     }
 }
 
@@ -263,6 +485,37 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn only_a_name_with_several_addresses_is_split_into_targets() {
+        for url in [
+            "http://127.0.0.1:7070",
+            "http://[::1]:7070",
+            "https://10.1.2.3",
+        ] {
+            assert_eq!(
+                resolve_all(&Url::parse(url).unwrap()).await,
+                vec![None],
+                "{url}"
+            );
+        }
+        // A name: one target per address when it has several, else one resolved again by
+        // the client per connection.
+        use std::net::ToSocketAddrs;
+        let mut addrs: Vec<SocketAddr> = ("localhost", 7070).to_socket_addrs().unwrap().collect();
+        addrs.sort();
+        addrs.dedup();
+        let want: Vec<Option<SocketAddr>> = if addrs.len() > 1 {
+            addrs.into_iter().map(Some).collect()
+        } else {
+            vec![None]
+        };
+        let got = resolve_all(&Url::parse("http://localhost:7070").unwrap()).await;
+        assert_eq!(got, want);
+        // Does not resolve now: kept as it is, so it is tried (and fails over) like any other.
+        let none = resolve_all(&Url::parse("http://no-such-host.invalid:7070").unwrap()).await;
+        assert_eq!(none, vec![None]);
+    }
+
     /// A refused connection is a retryable error and moves failover to the next URL. (The
     /// first URL's port was just bound and released, so nothing listens there.)
     #[tokio::test]
@@ -277,7 +530,7 @@ mod tests {
             ],
             mode: crate::config::UrlMode::Failover,
             timeout: ferry_core::config::Duration::from_secs(2),
-            security: Default::default(),
+            ..Default::default()
         })
         .unwrap();
         let meta = BatchMeta {
@@ -291,6 +544,6 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, OutputError::Retryable { .. }), "{err}");
-        assert_eq!(out.selector.pick(), 1);
+        assert_eq!(out.current().selector.pick(), 1);
     }
 }

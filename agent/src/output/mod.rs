@@ -76,6 +76,21 @@ pub trait Output: Send + Sync + 'static {
     fn max_in_flight_per_file(&self) -> usize {
         1
     }
+
+    /// Learns its destinations again (the collector output: `GET /v1/collectors` and DNS).
+    fn refresh(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// How often [`Output::refresh`] should run; `None` when it does nothing.
+    fn refresh_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// The collector base URL requests go to now (failover's current one), if it has one.
+    fn current_url(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The output a config names.
@@ -103,6 +118,26 @@ impl Output for AnyOutput {
             AnyOutput::Stdout(o) => o.max_in_flight_per_file(),
             AnyOutput::Collector(o) => o.max_in_flight_per_file(),
             AnyOutput::Kafka(o) => o.max_in_flight_per_file(),
+        }
+    }
+
+    async fn refresh(&self) {
+        if let AnyOutput::Collector(o) = self {
+            o.refresh().await;
+        }
+    }
+
+    fn refresh_interval(&self) -> Option<Duration> {
+        match self {
+            AnyOutput::Collector(o) => Output::refresh_interval(o),
+            _ => None,
+        }
+    }
+
+    fn current_url(&self) -> Option<String> {
+        match self {
+            AnyOutput::Collector(o) => Output::current_url(o),
+            _ => None,
         }
     }
 }

@@ -30,6 +30,16 @@ impl UrlSelector {
         }
     }
 
+    /// The URL failover is on (or round robin will use next), without moving it.
+    pub fn pick_peek(&self) -> usize {
+        self.current.load(Ordering::Relaxed) % self.count
+    }
+
+    /// Puts failover on the URL at `index`.
+    pub fn set(&self, index: usize) {
+        self.current.store(index % self.count, Ordering::Relaxed);
+    }
+
     /// The URL at `index` failed (connection error, 5xx). In failover mode the next URL takes
     /// over, unless another request already moved on.
     pub fn failed(&self, index: usize) {

@@ -29,9 +29,17 @@ where
         let declared = content_length(req.headers());
         let body =
             read_limited(req.into_body(), declared, MAX_JSON_BODY_BYTES, "JSON body").await?;
-        serde_json::from_slice(&body)
-            .map(JsonBody)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+        let mut de = serde_json::Deserializer::from_slice(&body);
+        let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let at = e.path().to_string();
+            match at.as_str() {
+                "" | "." => ApiError::bad_request(format!("invalid JSON body: {}", e.inner())),
+                _ => ApiError::bad_request(format!("invalid JSON body at `{at}`: {}", e.inner())),
+            }
+        })?;
+        de.end()
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+        Ok(JsonBody(value))
     }
 }
 

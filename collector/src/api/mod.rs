@@ -12,6 +12,7 @@
 //! | `POST /v1/groups/{group}/join` · `heartbeat` · `leave` · `commit` | consumer groups | [`groups`] |
 //! | `GET /v1/groups`, `GET /v1/groups/{group}/offsets` | groups with members and lag | [`groups`] |
 //! | `PUT`/`GET /v1/groups/{g}/checkpoints/{t}/{p}` | processor checkpoints | [`checkpoints`] |
+//! | `PUT /v1/agents/{id}`, `GET /v1/agents`, `GET /v1/collectors` | the registry of agents, the collectors to use | [`agents`] |
 //! | `GET /healthz`, `GET /metrics`, `GET /` | liveness, Prometheus text, the console | here |
 //!
 //! Every route passes [`crate::auth::layer`] first (principals and the route → permission
@@ -26,6 +27,7 @@
 //! backend for what Kafka serves itself. docs/collector.md has the table of which route answers
 //! which status; collector/tests/api_status.rs calls each row.
 
+mod agents;
 mod body;
 mod checkpoints;
 mod error;
@@ -46,7 +48,7 @@ pub use topics::{PartitionView, TopicView};
 use axum::http::header;
 use axum::middleware;
 use axum::response::IntoResponse;
-use axum::routing::{any, get, post};
+use axum::routing::{any, get, post, put};
 use state::blocking;
 use std::sync::Arc;
 
@@ -54,7 +56,7 @@ use std::sync::Arc;
 pub fn app(state: Arc<AppState>) -> axum::Router {
     let v1 = if state.ingest.store().is_none() {
         // Kafka backend: only ingest; everything else is answered by the cluster itself.
-        axum::Router::new()
+        registry_routes()
             .route("/v1/topics/{topic}/records", post(records::post_records))
             .route("/v1/{*rest}", any(|| async { ApiError::kafka_backend() }))
     } else {
@@ -75,9 +77,17 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
         .with_state(state)
 }
 
+/// The registry's routes, on either backend.
+fn registry_routes() -> axum::Router<Arc<AppState>> {
+    axum::Router::new()
+        .route("/v1/agents", get(agents::list_agents))
+        .route("/v1/agents/{id}", put(agents::put_agent))
+        .route("/v1/collectors", get(agents::list_collectors))
+}
+
 /// The `/v1` routes of the embedded store.
 fn embedded_routes() -> axum::Router<Arc<AppState>> {
-    axum::Router::new()
+    registry_routes()
         .route("/v1/topics", get(topics::list_topics))
         .route(
             "/v1/topics/{topic}",

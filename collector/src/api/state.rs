@@ -33,6 +33,11 @@ pub struct AppState {
     pub auth: crate::auth::Authorizer,
     /// Makes "check the owner, write the commit or checkpoint" one step per group.
     pub group_locks: crate::coordinator::GroupLocks,
+    /// The registry of agents; a std mutex never held across an await.
+    pub registry: Mutex<crate::registry::Registry>,
+    /// What `GET /v1/collectors` lists: this collector first, then its peers. Set once the
+    /// listener is bound ([`AppState::set_bound`]); until then from the config alone.
+    collectors: std::sync::OnceLock<Vec<String>>,
 }
 
 impl AppState {
@@ -51,7 +56,41 @@ impl AppState {
                 &mut ferry_core::problems::Problems::new(),
             ),
             group_locks: Default::default(),
+            registry: Mutex::new(crate::registry::Registry::new(config.agents.limits())),
+            collectors: std::sync::OnceLock::new(),
             config,
+        }
+    }
+
+    /// Records the address the listener is bound to (for `GET /v1/collectors`).
+    pub fn set_bound(&self, addr: std::net::SocketAddr) {
+        let _ = self.collectors.set(self.config.collector_urls(Some(addr)));
+    }
+
+    /// This collector's URL, then its peers'.
+    pub fn collector_urls(&self) -> Vec<String> {
+        match self.collectors.get() {
+            Some(urls) => urls.clone(),
+            None => self.config.collector_urls(None),
+        }
+    }
+
+    /// The registry, locked; never held across an await.
+    pub(super) fn registry(&self) -> Result<MutexGuard<'_, crate::registry::Registry>, ApiError> {
+        self.registry
+            .lock()
+            .map_err(|_| ApiError::internal("the registry's lock was poisoned"))
+    }
+
+    /// Forgets long-silent agents and counts agents by status (called periodically).
+    pub fn tend_registry(&self) {
+        let now = ferry_core::now_ms().max(0) as u64;
+        if let Ok(mut r) = self.registry.lock() {
+            r.forget_old(now);
+            for (status, n) in r.counts(now) {
+                metrics::gauge!("ferry_collector_agents", "status" => status.as_str())
+                    .set(n as f64);
+            }
         }
     }
 

@@ -678,6 +678,34 @@ fn permission_matrix_over_real_http() {
     }
     eprintln!("permission matrix:\n{}", matrix.join("\n"));
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // The clients send the token from --token, FERRY_TOKEN or --token-file.
+    let topics_as = |args: &[&str], env: Option<&str>| {
+        let mut cmd = ferry();
+        cmd.args(["topics", "--collector", &base]).args(args);
+        match env {
+            Some(t) => cmd.env("FERRY_TOKEN", t),
+            None => cmd.env_remove("FERRY_TOKEN"),
+        };
+        let out = cmd.output().expect("ferry topics");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = topics_as(&[], None);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("401") && err.contains("not authenticated"),
+        "{err}"
+    );
+    assert_eq!(topics_as(&["--token", NOBODY], None).0, Some(0));
+    assert_eq!(topics_as(&[], Some(NOBODY)).0, Some(0));
+    let file = dir.write("nobody.token", format!("  {NOBODY}\n"));
+    assert_eq!(topics_as(&["--token-file", s(&file)], None).0, Some(0));
+    // A flag wins over the environment.
+    let (code, err) = topics_as(&["--token", "wrong"], Some(NOBODY));
+    assert_eq!(code, Some(1), "{err}");
     drop(svc);
 }
 

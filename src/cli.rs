@@ -467,16 +467,16 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Groups {
-            collector,
-            json,
-            security,
-        } => commands::admin::groups(&commands::client(&collector, &security)?, json).await,
         Command::Agents {
             collector,
             json,
             security,
         } => commands::admin::agents(&commands::client(&collector, &security)?, json).await,
+        Command::Groups {
+            collector,
+            json,
+            security,
+        } => commands::admin::groups(&commands::client(&collector, &security)?, json).await,
         Command::Check { file } => check(&file),
     }
 }

@@ -134,9 +134,15 @@ fn processor_killed_9_in_a_loop_gives_the_same_results_as_an_uninterrupted_run()
     assert_eq!(p.terminate(Duration::from_secs(20)), Some(0));
     assert!(kills >= 4, "only {kills} kills");
 
-    // The reference: one uninterrupted run over the same records.
+    // The reference: one uninterrupted run over the same records, with the partials merged
+    // in-process (`repartition: false`): the repartitioned, killed run must give the same.
     let ref_out = dir.join("reference.jsonl");
-    let ref_cfg = dir.write("ref.yaml", pipeline_yaml("reference", &ref_out));
+    let ref_yaml = pipeline_yaml("reference", &ref_out).replace(
+        "start: committed }",
+        "start: committed, repartition: false }",
+    );
+    assert!(ref_yaml.contains("repartition: false"));
+    let ref_cfg = dir.write("ref.yaml", ref_yaml);
     let mut p = start("reference", &ref_cfg);
     wait_until(
         Duration::from_secs(60),
@@ -401,6 +407,47 @@ fn sample_config(results: &std::path::Path) -> String {
     format!("{sample}  checkpoint_interval: 1s\n")
 }
 
+/// `n` records of the sample's shape, 100 per second of event time from 2026-01-01T00:00:00Z,
+/// each up to 2 s earlier than its place in the stream, levels skewed; and the count per
+/// (level, window start) they must give.
+fn sample_input(rng: &mut XorShift, n: u64) -> (Vec<String>, BTreeMap<(String, String), u64>) {
+    let levels = ["info", "info", "info", "warn", "error", "debug"];
+    let base_ms: i64 = 1_767_225_600_000;
+    let mut lines = Vec::with_capacity(n as usize);
+    let mut want: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for i in 0..n {
+        let ts = base_ms + i as i64 * 10 - (rng.next() % 2000) as i64;
+        let level = levels[(rng.next() % levels.len() as u64) as usize];
+        let window = ts - ts.rem_euclid(10_000);
+        let ws = ferry_processor::time::format_rfc3339(window);
+        *want.entry((level.to_owned(), ws)).or_default() += 1;
+        let t = ferry_processor::time::format_rfc3339(ts);
+        lines.push(format!(
+            "{{\"ts\":\"{t}\",\"level\":\"{level}\",\"seq\":{i}}}\n"
+        ));
+    }
+    (lines, want)
+}
+
+/// Every (level, window) of `want` printed exactly once, with its count.
+fn assert_each_printed_once(
+    got: &BTreeMap<(String, String), Vec<u64>>,
+    want: &BTreeMap<(String, String), u64>,
+) {
+    let mut wrong = Vec::new();
+    for (k, counts) in got {
+        let w = want.get(k).copied().unwrap_or(0);
+        if counts.iter().any(|c| *c != w) {
+            wrong.push(format!("{k:?}: printed {counts:?}, input has {w}"));
+        }
+    }
+    assert!(wrong.is_empty(), "wrong results:\n{}", wrong.join("\n"));
+    let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).collect();
+    assert!(missing.is_empty(), "no result for {missing:?}");
+    let repeated: Vec<_> = got.iter().filter(|(_, c)| c.len() > 1).collect();
+    assert!(repeated.is_empty(), "printed more than once: {repeated:?}");
+}
+
 /// Every result line of a file, as (level, window start) → the counts printed for it.
 fn printed(path: &std::path::Path) -> BTreeMap<(String, String), Vec<u64>> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -447,22 +494,7 @@ fn sample_pipeline_on_a_default_topic_prints_one_exact_result_per_window_and_key
 
     // 60,000 records, 100 per second of event time from 2026-01-01T00:00:00Z, each up to 2 s
     // earlier than its place in the stream (allowed_lateness is 2s), levels skewed.
-    let n = 60_000u64;
-    let levels = ["info", "info", "info", "warn", "error", "debug"];
-    let base_ms: i64 = 1_767_225_600_000;
-    let mut lines = Vec::with_capacity(n as usize);
-    let mut want: BTreeMap<(String, String), u64> = BTreeMap::new();
-    for i in 0..n {
-        let ts = base_ms + i as i64 * 10 - (rng.next() % 2000) as i64;
-        let level = levels[(rng.next() % levels.len() as u64) as usize];
-        let window = ts - ts.rem_euclid(10_000);
-        let ws = ferry_processor::time::format_rfc3339(window);
-        *want.entry((level.to_owned(), ws)).or_default() += 1;
-        let t = ferry_processor::time::format_rfc3339(ts);
-        lines.push(format!(
-            "{{\"ts\":\"{t}\",\"level\":\"{level}\",\"seq\":{i}}}\n"
-        ));
-    }
+    let (lines, want) = sample_input(&mut rng, 60_000);
     // Closers, far ahead, in one batch per partition (batches are spread round-robin), so
     // every partition's watermark passes the last window. Their own window stays open.
     let closers: Vec<String> = (0..4)
@@ -547,16 +579,119 @@ fn sample_pipeline_on_a_default_topic_prints_one_exact_result_per_window_and_key
     // A duplicate or a stray partial would come out with the windows around it; those are out.
     assert_eq!(p.terminate(Duration::from_secs(20)), Some(0));
     let got = printed(&out);
-    let mut wrong = Vec::new();
-    for (k, counts) in &got {
-        let w = want.get(k).copied().unwrap_or(0);
-        if counts.iter().any(|c| *c != w) {
-            wrong.push(format!("{k:?}: printed {counts:?}, input has {w}"));
-        }
+    assert_each_printed_once(&got, &want);
+}
+
+/// Issue 13: two processors in one group on an unkeyed topic. A member holding only some of the
+/// default 4 partitions held its windows forever; now each input partition's partials go
+/// through the repartition topic to the member owning their key. The sample pipeline, two
+/// members each writing its own results file, one of them killed with SIGKILL twice and
+/// restarted each time: every (window, level) is printed exactly once across both files, equal
+/// to the count in the input.
+#[test]
+fn sample_pipeline_on_two_members_prints_each_window_and_key_once_across_two_kill_9s() {
+    let mut rng = XorShift(seed());
+    let dir = Dir::new("proc-repart");
+    let c = start_collector(&dir, "c", None);
+    let url = c.url();
+    let out_a = dir.join("a.jsonl");
+    let out_b = dir.join("b.jsonl");
+    let cfg_a = dir.write("a.yaml", sample_config(&out_a));
+    let cfg_b = dir.write("b.yaml", sample_config(&out_b));
+    let start = |name: &str, cfg: &std::path::Path| {
+        Proc::start(
+            name,
+            &dir,
+            &[
+                "processor",
+                "--config",
+                cfg.to_str().expect("utf8"),
+                "--collector",
+                &url,
+            ],
+        )
+    };
+
+    // 40,000 records, 100 per second of event time, up to 2 s out of order, levels skewed.
+    let (lines, want) = sample_input(&mut rng, 40_000);
+    let closers: Vec<String> = (0..4)
+        .map(|_| "{\"ts\":\"2026-01-02T00:00:00Z\",\"level\":\"closer\"}\n".to_owned())
+        .collect();
+
+    let mut a = start("a", &cfg_a);
+    let mut b = start("b-1", &cfg_b);
+    for p in [&a, &b] {
+        wait_until(Duration::from_secs(30), "both members to join", || {
+            p.stderr().contains("joined its group")
+        });
     }
-    assert!(wrong.is_empty(), "wrong results:\n{}", wrong.join("\n"));
-    let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).collect();
-    assert!(missing.is_empty(), "no result for {missing:?}");
-    let repeated: Vec<_> = got.iter().filter(|(_, c)| c.len() > 1).collect();
-    assert!(repeated.is_empty(), "printed more than once: {repeated:?}");
+    let chunks: Vec<String> = lines.chunks(1000).map(|c| c.concat()).collect();
+    let producer = {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            for chunk in &chunks {
+                produce(&url, "app", chunk);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            for closer in &closers {
+                produce(&url, "app", closer);
+            }
+        })
+    };
+    let union = |a: &std::path::Path, b: &std::path::Path| {
+        let mut all = printed(a);
+        for (k, mut v) in printed(b) {
+            all.entry(k).or_default().append(&mut v);
+        }
+        all
+    };
+    // (1) Once both members' results are coming out, at a random moment between checkpoints.
+    wait_until(Duration::from_secs(90), "results from both members", || {
+        !printed(&out_a).is_empty() && !printed(&out_b).is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(500 + rng.next() % 1500));
+    b.kill9();
+    let mut stderr = b.stderr();
+    // (2) The restarted member, once it holds repartition partitions again (its state restored
+    // while the survivor may still be replaying what the first one shipped).
+    b = start("b-2", &cfg_b);
+    wait_until(
+        Duration::from_secs(60),
+        "the restarted member to merge again",
+        || {
+            b.stderr()
+                .contains("repartition: state restored from checkpoint")
+        },
+    );
+    std::thread::sleep(Duration::from_millis(rng.next() % 1500));
+    b.kill9();
+    stderr.push_str(&b.stderr());
+    b = start("b-3", &cfg_b);
+    producer.join().expect("producer");
+    wait_until(Duration::from_secs(120), "every window's result", || {
+        union(&out_a, &out_b).len() >= want.len()
+    });
+    wait_until(Duration::from_secs(60), "the last member to merge", || {
+        b.stderr().contains("repartition: joined the merge group")
+    });
+    stderr.push_str(&b.stderr());
+    stderr.push_str(&a.stderr());
+    eprintln!(
+        "{} repartition restores, results files cut back {} times",
+        stderr
+            .matches("repartition: state restored from checkpoint")
+            .count(),
+        stderr.matches("results file cut back").count()
+    );
+    assert_eq!(a.terminate(Duration::from_secs(20)), Some(0));
+    assert_eq!(b.terminate(Duration::from_secs(20)), Some(0));
+    let (pa, pb) = (printed(&out_a), printed(&out_b));
+    assert!(
+        !pa.is_empty() && !pb.is_empty(),
+        "one member did all the work: a={} b={}",
+        pa.len(),
+        pb.len()
+    );
+    let got = union(&out_a, &out_b);
+    assert_each_printed_once(&got, &want);
 }

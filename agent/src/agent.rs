@@ -234,7 +234,7 @@ impl<O: Output> Agent<O> {
         let heartbeat = match (&cfg.output, cfg.registry.enabled) {
             (OutputConfig::Collector(c), true) => crate::registry::Heartbeat::new(
                 &c.urls,
-                &c.security,
+                c.security.clone(),
                 {
                     let output = self.output.clone();
                     Box::new(move || output.current_url())

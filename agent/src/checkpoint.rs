@@ -10,8 +10,9 @@
 //! `DATA_DIR/checkpoints.json`, a versioned serde enum (tag `"version"`), written to
 //! `checkpoints.json.tmp`, fsync'ed, renamed over the old file, then the directory fsync'ed, so
 //! a crash at any point leaves either the old or the new file whole. A format change adds a
-//! variant and keeps reading the old ones: version `"2"` is written, `"1"` still read (its
-//! entries get no `origin`, `tail` or `head`); golden tests pin the bytes of both.
+//! variant and keeps reading the old ones: version `"3"` is written, `"2"` and `"1"` still read
+//! (version 2 entries have no `pending`; version 1 entries no `origin`, `tail` or `head`
+//! either); golden tests pin the bytes of each.
 //!
 //! | field          | meaning                                                         |
 //! |----------------|-----------------------------------------------------------------|
@@ -26,6 +27,8 @@
 //! | `.origin` (v2) | `{dev, inode, fingerprint, generation}` its lines ship under when not its own (a copytruncate copy read on under the original's origin); absent otherwise |
 //! | `.tail` (v2)   | `{offset, len, checksum}`: hash of the `len` bytes before `offset` (≤ 4 KiB), to recognise a copy of this file after it was truncated |
 //! | `.head` (v2)   | hash of the first line's content alone (no birth time)          |
+//! | `.birth` (v3) | the file's birth time in ns, where the file system keeps one: a file found on the inode with another birth time is another file (the inode was reused while the agent was stopped) |
+//! | `.pending` (v3) | the contents this file had before its truncations whose copy (copytruncate) has not been found yet, each `{origin, head, head_len, tail, from, lost, until_ms}` — the copy is read on from `from` under `origin` if it appears before `until_ms`; else `lost` bytes are counted as unread |
 
 use crate::tail::FileState;
 use crate::tail::fingerprint::{Fingerprint, TailPrint};
@@ -68,6 +71,30 @@ pub struct FileCheckpoint {
     pub tail: Option<TailPrint>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<PendingCopy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub birth: Option<u64>,
+}
+
+/// A truncated file's previous content, waiting (up to `rotate_wait`) for its copy to appear:
+/// what recognises the copy, where to read it on from, and what is lost if none appears.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PendingCopy {
+    /// The identity the previous content's lines shipped under (the copy's lines ship under it).
+    pub origin: OriginV2,
+    /// Hash of the previous content's first line, and its length.
+    pub head: u64,
+    pub head_len: u64,
+    /// Hash of the bytes before where it was last read to its end.
+    pub tail: TailPrint,
+    /// The first byte of the previous content not handed out: the copy is read on from here.
+    pub from: u64,
+    /// Bytes past `from` a stat saw in it: lost if no copy holds them.
+    pub lost: u64,
+    /// Wall-clock deadline (Unix ms) for the copy to appear.
+    pub until_ms: i64,
 }
 
 /// The origin a copy's lines ship under (the original's identity).
@@ -117,6 +144,8 @@ impl FileCheckpoint {
             origin: state.origin.map(OriginV2::from),
             tail: state.tail.filter(|t| t.offset <= offset),
             head: state.head,
+            pending: state.pending.clone(),
+            birth: (state.birth != 0).then_some(state.birth),
         }
     }
 }
@@ -158,6 +187,8 @@ enum CheckpointFile {
     V1(CheckpointsV1),
     #[serde(rename = "2")]
     V2(CheckpointsV2),
+    #[serde(rename = "3")]
+    V3(CheckpointsV2),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,7 +219,7 @@ impl Checkpoints {
     }
 
     fn to_file(&self) -> CheckpointFile {
-        CheckpointFile::V2(CheckpointsV2 {
+        CheckpointFile::V3(CheckpointsV2 {
             agent_id: self.agent_id.clone(),
             files: self.files.values().cloned().collect(),
         })
@@ -213,12 +244,14 @@ impl Checkpoints {
                             origin: None,
                             tail: None,
                             head: None,
+                            pending: Vec::new(),
+                            birth: None,
                         };
                         ((c.dev, c.inode), c)
                     })
                     .collect(),
             },
-            CheckpointFile::V2(v2) => Self {
+            CheckpointFile::V2(v2) | CheckpointFile::V3(v2) => Self {
                 agent_id: v2.agent_id,
                 files: v2
                     .files
@@ -332,6 +365,8 @@ mod tests {
                 origin: None,
                 tail: None,
                 head: None,
+                pending: Vec::new(),
+                birth: None,
             },
         );
         c.files.insert(
@@ -347,6 +382,8 @@ mod tests {
                 origin: None,
                 tail: None,
                 head: None,
+                pending: Vec::new(),
+                birth: None,
             },
         );
         c
@@ -381,7 +418,7 @@ mod tests {
 }"#;
 
     /// Version 1, as the previous agent wrote it, must still load: an agent upgraded in place
-    /// reads the checkpoints its previous version wrote (it now writes version 2).
+    /// reads the checkpoints its previous version wrote (it now writes version 3).
     #[test]
     fn golden_v1_format_still_loads() {
         assert_eq!(Checkpoints::decode(GOLDEN_V1.as_bytes()).unwrap(), sample());
@@ -415,6 +452,8 @@ mod tests {
                     checksum: 7,
                 }),
                 head: Some(9),
+                pending: Vec::new(),
+                birth: None,
             },
         );
         c
@@ -472,13 +511,122 @@ mod tests {
   ]
 }"#;
 
-    /// The on-disk format of version 2 must not change.
+    /// Version 2, as the previous agent wrote it, must still load.
     #[test]
-    fn golden_v2_format() {
-        assert_eq!(String::from_utf8(sample_v2().encode()).unwrap(), GOLDEN_V2);
+    fn golden_v2_format_still_loads() {
         assert_eq!(
             Checkpoints::decode(GOLDEN_V2.as_bytes()).unwrap(),
             sample_v2()
+        );
+    }
+
+    /// A truncated file whose copy has not appeared yet.
+    fn sample_v3() -> Checkpoints {
+        let mut c = sample_v2();
+        if let Some(e) = c.files.get_mut(&(2049, 77)) {
+            e.birth = Some(1_699_999_999_123_456_789);
+            e.pending = vec![PendingCopy {
+                origin: OriginV2 {
+                    dev: 2049,
+                    inode: 77,
+                    fingerprint: 5,
+                    generation: 1,
+                },
+                head: 9,
+                head_len: 12,
+                tail: TailPrint {
+                    offset: 6000,
+                    len: 4096,
+                    checksum: 11,
+                },
+                from: 6100,
+                lost: 300,
+                until_ms: 1_700_000_030_000,
+            }];
+        }
+        c
+    }
+
+    const GOLDEN_V3: &str = r#"{
+  "version": "3",
+  "agent_id": "host-a",
+  "files": [
+    {
+      "path": "/var/log/app.log",
+      "dev": 2049,
+      "inode": 77,
+      "fingerprint": {
+        "len": 1024,
+        "checksum": 81985529216486895
+      },
+      "generation": 2,
+      "offset": 4096,
+      "updated_ms": 1700000000000,
+      "pending": [
+        {
+          "origin": {
+            "dev": 2049,
+            "inode": 77,
+            "fingerprint": 5,
+            "generation": 1
+          },
+          "head": 9,
+          "head_len": 12,
+          "tail": {
+            "offset": 6000,
+            "len": 4096,
+            "checksum": 11
+          },
+          "from": 6100,
+          "lost": 300,
+          "until_ms": 1700000030000
+        }
+      ],
+      "birth": 1699999999123456789
+    },
+    {
+      "path": "/var/log/empty.log",
+      "dev": 2049,
+      "inode": 78,
+      "fingerprint": null,
+      "generation": 0,
+      "offset": 0,
+      "updated_ms": 1700000000001
+    },
+    {
+      "path": "/var/log/app.log.1",
+      "dev": 2049,
+      "inode": 79,
+      "fingerprint": {
+        "len": 12,
+        "checksum": 42
+      },
+      "generation": 0,
+      "offset": 8192,
+      "updated_ms": 1700000000002,
+      "origin": {
+        "dev": 2049,
+        "inode": 77,
+        "fingerprint": 81985529216486895,
+        "generation": 2
+      },
+      "tail": {
+        "offset": 8192,
+        "len": 4096,
+        "checksum": 7
+      },
+      "head": 9
+    }
+  ]
+}"#;
+
+    /// The on-disk format of version 3 must not change.
+    #[test]
+    fn golden_v3_format() {
+        assert_eq!(String::from_utf8(sample_v3().encode()).unwrap(), GOLDEN_V3);
+        assert_eq!(
+            Checkpoints::decode(GOLDEN_V3.as_bytes()).unwrap(),
+            sample_v3()
         );
     }
 

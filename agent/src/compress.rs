@@ -68,5 +68,20 @@ pub fn encode(item: Emitted, codec: Codec, level: u32, pool: &BuilderPool) -> Sh
         }
         Emitted::Position { state, offset } => Shipment::Position { state, offset },
         Emitted::Released { key, lane } => Shipment::Released { key, lane },
+        Emitted::CopyResolved {
+            key,
+            lane,
+            origin,
+            lost,
+            input,
+            path,
+        } => Shipment::CopyResolved {
+            key,
+            lane,
+            origin,
+            lost,
+            input,
+            path,
+        },
     }
 }

@@ -138,7 +138,19 @@ pub struct InputConfig {
     /// A last line without its newline is shipped as is after this long without new data.
     #[serde(default = "default_line_flush_timeout")]
     pub line_flush_timeout: Duration,
+    /// How long the content of a file truncated (or deleted) before its copy was seen is
+    /// remembered: a copy (copytruncate) that appears within it is read on from where the
+    /// original stopped; after it, what the original held unread is counted as lost.
+    #[serde(default = "default_rotate_wait")]
+    pub rotate_wait: Duration,
 }
+
+fn default_rotate_wait() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// Longest `rotate_wait` accepted: a copy is made within moments of its truncation.
+const MAX_ROTATE_WAIT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 fn default_max_line_bytes() -> ByteSize {
     ByteSize::kib(256)
@@ -253,6 +265,10 @@ struct RawOutput {
     mode: Option<UrlMode>,
     #[serde(default)]
     timeout: Option<Duration>,
+    #[serde(default)]
+    discover: Option<bool>,
+    #[serde(default)]
+    refresh_interval: Option<Duration>,
     // The collector output's TLS and token (`ClientSecurity`'s keys, flat).
     #[serde(default)]
     ca: Option<PathBuf>,
@@ -264,10 +280,6 @@ struct RawOutput {
     token: Option<String>,
     #[serde(default)]
     token_file: Option<PathBuf>,
-    #[serde(default)]
-    discover: Option<bool>,
-    #[serde(default)]
-    refresh_interval: Option<Duration>,
     // The kafka output: `KafkaConfig`'s keys, flat (serde's `flatten` cannot be combined with
     // `deny_unknown_fields`, and unknown keys must stay errors).
     #[serde(default)]
@@ -358,13 +370,13 @@ impl TryFrom<RawOutput> for OutputConfig {
         let collector_keys = raw.urls.is_some()
             || raw.mode.is_some()
             || raw.timeout.is_some()
+            || raw.discover.is_some()
+            || raw.refresh_interval.is_some()
             || raw.ca.is_some()
             || raw.cert.is_some()
             || raw.key.is_some()
             || raw.token.is_some()
-            || raw.token_file.is_some()
-            || raw.discover.is_some()
-            || raw.refresh_interval.is_some();
+            || raw.token_file.is_some();
         let kafka_keys = raw.has_kafka_keys();
         let kind = match &raw.kind {
             None => {
@@ -439,10 +451,6 @@ pub struct CollectorOutputConfig {
     /// Per request.
     #[serde(default = "default_request_timeout")]
     pub timeout: Duration,
-    /// CA, client certificate and token (written flat: `ca`, `cert`, `key`, `token`,
-    /// `token_file`).
-    #[serde(skip)]
-    pub security: ClientSecurity,
     /// Learn the other collectors from `GET /v1/collectors` of the ones configured (failover
     /// and round robin then include them).
     #[serde(default = "yes")]
@@ -451,6 +459,10 @@ pub struct CollectorOutputConfig {
     /// resolves to several addresses is one collector per address).
     #[serde(default = "default_refresh_interval")]
     pub refresh_interval: Duration,
+    /// CA, client certificate and token (written flat: `ca`, `cert`, `key`, `token`,
+    /// `token_file`).
+    #[serde(skip)]
+    pub security: ClientSecurity,
 }
 
 fn yes() -> bool {
@@ -471,9 +483,9 @@ impl Default for CollectorOutputConfig {
             urls: vec!["http://127.0.0.1:7070".to_owned()],
             mode: UrlMode::Failover,
             timeout: default_request_timeout(),
-            security: ClientSecurity::default(),
             discover: true,
             refresh_interval: default_refresh_interval(),
+            security: ClientSecurity::default(),
         }
     }
 }
@@ -527,6 +539,7 @@ pub struct CompiledInput {
     pub multiline: Option<MultilineRule>,
     pub max_line_bytes: usize,
     pub line_flush_timeout: std::time::Duration,
+    pub rotate_wait: std::time::Duration,
 }
 
 impl CompiledInput {
@@ -613,6 +626,7 @@ impl AgentConfig {
                 multiline: None,
                 max_line_bytes: default_max_line_bytes(),
                 line_flush_timeout: default_line_flush_timeout(),
+                rotate_wait: default_rotate_wait(),
             });
         } else if let Some(topic) = &args.topic {
             for input in &mut cfg.inputs {
@@ -865,6 +879,16 @@ impl InputConfig {
                 format!("input {me:?}: `max_line_bytes` must be at least 1"),
             );
         }
+        if self.rotate_wait.get() > MAX_ROTATE_WAIT {
+            p.add_hint(
+                "rotate_wait",
+                format!(
+                    "input {me:?}: `rotate_wait` is {}, at most 24h",
+                    self.rotate_wait
+                ),
+                "a copy appears within moments of its truncation; 30s (the default) is plenty",
+            );
+        }
         let multiline = self.multiline.as_ref().and_then(|m| {
             p.nested("multiline", |p| {
                 let mut compile = |which: &'static str, pattern: &str| {
@@ -928,6 +952,7 @@ impl InputConfig {
             multiline,
             max_line_bytes: self.max_line_bytes.as_usize(),
             line_flush_timeout: self.line_flush_timeout.get(),
+            rotate_wait: self.rotate_wait.get(),
         })
     }
 }
@@ -1106,6 +1131,28 @@ max_open_files: 500
         let err = load("inputs:\n  - name: a\n    include: [/x]\n    topic: t\n    tpoic: u\n")
             .unwrap_err();
         assert_eq!(err.location().map(|l| l.0), Some(5), "{err}");
+    }
+
+    #[test]
+    fn rotate_wait_defaults_to_30s_and_is_bounded() {
+        let cfg = load("inputs:\n  - name: a\n    include: [/x]\n    topic: t\n").unwrap();
+        assert_eq!(
+            cfg.validate().unwrap()[0].rotate_wait,
+            std::time::Duration::from_secs(30)
+        );
+        let cfg =
+            load("inputs:\n  - name: a\n    include: [/x]\n    topic: t\n    rotate_wait: 0s\n")
+                .unwrap();
+        assert!(cfg.validate().unwrap()[0].rotate_wait.is_zero());
+        let cfg =
+            load("inputs:\n  - name: a\n    include: [/x]\n    topic: t\n    rotate_wait: 2d\n")
+                .unwrap();
+        let mut problems = Problems::new();
+        cfg.check(&mut problems);
+        let v = problems.into_vec();
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].path, "inputs[0].rotate_wait");
+        assert!(v[0].message.contains("at most 24h"), "{v:?}");
     }
 
     #[test]

@@ -204,6 +204,7 @@ mod tests {
                 multiline: None,
                 max_line_bytes: ferry_core::config::ByteSize(100),
                 line_flush_timeout: ferry_core::config::Duration::from_secs(1),
+                rotate_wait: ferry_core::config::Duration::from_secs(30),
             }],
             ..Default::default()
         };

@@ -205,6 +205,10 @@ impl Reader {
             }
             *files = seen;
         }
+        for (input, path, size) in self.tailer.sizes() {
+            metrics::gauge!("ferry_agent_file_size_bytes", "input" => inputs[input].name.clone(), "path" => path.to_string())
+                .set(size as f64);
+        }
         metrics::gauge!("ferry_agent_files_tracked").set(self.tailer.file_count() as f64);
     }
 

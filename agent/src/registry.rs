@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 /// Longest a heartbeat may take before it is given up (the next tick tries again).
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A client with the output's CA, client certificate and token.
+/// A client for one collector, with the output's CA, client certificate and token.
 fn client(url: &str, security: &ClientSecurity, interval: Duration) -> Option<CollectorClient> {
     let c = CollectorClient::with_security(url, security).ok()?;
     Some(c.with_timeout(HEARTBEAT_TIMEOUT.min(interval.max(Duration::from_secs(1)))))
@@ -36,7 +36,7 @@ pub struct Heartbeat {
     clients: std::sync::Mutex<Vec<CollectorClient>>,
     /// The collector the output ships to now, if it knows.
     current: Box<dyn Fn() -> Option<String> + Send + Sync>,
-    /// The collector output's TLS and token settings, for clients made later.
+    /// The output's TLS settings and token, for clients made as collectors are learned.
     security: ClientSecurity,
     agent_id: String,
     /// What does not change during a run: host, version, inputs, start time.
@@ -50,7 +50,7 @@ impl Heartbeat {
     /// `None` when none of `urls` makes a client (the output then fails loudly on its own).
     pub fn new(
         urls: &[String],
-        security: &ClientSecurity,
+        security: ClientSecurity,
         current: Box<dyn Fn() -> Option<String> + Send + Sync>,
         agent_id: String,
         input_names: Vec<String>,
@@ -59,7 +59,7 @@ impl Heartbeat {
     ) -> Option<Self> {
         let clients: Vec<CollectorClient> = urls
             .iter()
-            .filter_map(|u| client(u, security, interval))
+            .filter_map(|u| client(u, &security, interval))
             .collect();
         if clients.is_empty() {
             return None;
@@ -82,7 +82,7 @@ impl Heartbeat {
         Some(Self {
             clients: std::sync::Mutex::new(clients),
             current,
-            security: security.clone(),
+            security,
             agent_id,
             base,
             input_names,

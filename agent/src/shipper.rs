@@ -52,6 +52,15 @@ pub enum Shipment {
         /// See [`FileState::lane`].
         lane: FileKey,
     },
+    /// See [`crate::tail::Emitted::CopyResolved`].
+    CopyResolved {
+        key: FileKey,
+        lane: FileKey,
+        origin: ferry_core::record::FileId,
+        lost: u64,
+        input: usize,
+        path: Arc<str>,
+    },
 }
 
 /// How deliveries retry.
@@ -331,6 +340,9 @@ pub struct Shipper<O> {
     in_flight: JoinSet<Done>,
     dirty: bool,
     last_checkpoint: Instant,
+    /// Bytes lost to truncations whose copy never appeared, (input, path, bytes): counted once
+    /// the checkpoint that no longer waits for the copy is written.
+    uncounted: Vec<(usize, Arc<str>, u64)>,
 }
 
 impl<O: Output> Shipper<O> {
@@ -350,6 +362,7 @@ impl<O: Output> Shipper<O> {
             in_flight: JoinSet::new(),
             dirty: true,
             last_checkpoint: Instant::now(),
+            uncounted: Vec::new(),
         }
     }
 
@@ -400,7 +413,7 @@ impl<O: Output> Shipper<O> {
     fn accept(&mut self, s: Shipment) {
         let key = match &s {
             Shipment::Batch { state, .. } | Shipment::Position { state, .. } => state.lane(),
-            Shipment::Released { lane, .. } => *lane,
+            Shipment::Released { lane, .. } | Shipment::CopyResolved { lane, .. } => *lane,
         };
         self.queues.entry(key).or_default().push_back(s);
         self.pump(key);
@@ -415,13 +428,17 @@ impl<O: Output> Shipper<O> {
     fn pump(&mut self, key: FileKey) {
         while let Some(front) = self.queues.get(&key).and_then(VecDeque::front) {
             match front {
-                Shipment::Position { .. } | Shipment::Released { .. } => {
+                Shipment::Position { .. }
+                | Shipment::Released { .. }
+                | Shipment::CopyResolved { .. } => {
                     // A position moves the checkpoint past every batch before it.
                     if self.flights.contains_key(&key) {
                         return;
                     }
                     if let Some(s) = self.queues.get_mut(&key).and_then(VecDeque::pop_front) {
-                        apply_control(&mut self.parts.checkpoints, s);
+                        if let Some(lost) = apply_control(&mut self.parts.checkpoints, s) {
+                            self.uncounted.push(lost);
+                        }
                         self.dirty = true;
                     }
                 }
@@ -594,6 +611,14 @@ impl<O: Output> Shipper<O> {
         match tokio::task::spawn_blocking(move || writer.store(&cps)).await {
             Ok(Ok(())) => {
                 self.dirty = false;
+                for (input, path, bytes) in self.uncounted.drain(..) {
+                    let name = self.parts.input_names.get(input).map_or("", String::as_str);
+                    crate::tail::count_unread(name, &path, bytes);
+                    self.parts
+                        .stats
+                        .unread_bytes
+                        .fetch_add(bytes, Ordering::Relaxed);
+                }
                 self.last_checkpoint = Instant::now();
                 self.parts
                     .stats
@@ -607,7 +632,8 @@ impl<O: Output> Shipper<O> {
     }
 }
 
-fn apply_control(cps: &mut Checkpoints, s: Shipment) {
+/// Applies a checkpoint fact; returns bytes to count as unread once it is written.
+fn apply_control(cps: &mut Checkpoints, s: Shipment) -> Option<(usize, Arc<str>, u64)> {
     match s {
         Shipment::Position { state, offset } => {
             let cp = FileCheckpoint::of(&state, offset).keeping_tail_of(cps.files.get(&state.key));
@@ -616,8 +642,23 @@ fn apply_control(cps: &mut Checkpoints, s: Shipment) {
         Shipment::Released { key, .. } => {
             cps.files.remove(&key);
         }
+        Shipment::CopyResolved {
+            key,
+            origin,
+            lost,
+            input,
+            path,
+            ..
+        } => {
+            if let Some(cp) = cps.files.get_mut(&key) {
+                cp.pending
+                    .retain(|p| ferry_core::record::FileId::from(p.origin) != origin);
+            }
+            return (lost > 0).then_some((input, path, lost));
+        }
         Shipment::Batch { .. } => {}
     }
+    None
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

@@ -50,6 +50,7 @@ fn config(dir: &Path, read_from: ReadFrom) -> AgentConfig {
             multiline: None,
             max_line_bytes: ByteSize::kib(64),
             line_flush_timeout: CfgDuration::from_secs(60),
+            rotate_wait: CfgDuration::from_secs(30),
         }],
         output: OutputConfig::Stdout,
         ..Default::default()
@@ -334,7 +335,7 @@ async fn checkpoint_advances_only_on_acknowledgement() {
         urls: vec![format!("http://127.0.0.1:{port}")],
         mode: Default::default(),
         timeout: CfgDuration::from_secs(1),
-        security: Default::default(),
+        ..Default::default()
     });
     cfg.shutdown_timeout = CfgDuration::from_millis(300);
     let agent = Agent::new(cfg).unwrap();
@@ -382,7 +383,7 @@ async fn reading_pauses_when_the_buffer_is_full() {
         urls: vec![format!("http://127.0.0.1:{port}")],
         mode: Default::default(),
         timeout: CfgDuration::from_secs(1),
-        security: Default::default(),
+        ..Default::default()
     });
     cfg.batch.max_bytes = ByteSize::kib(64);
     cfg.batch.max_records = 100_000;

@@ -44,6 +44,7 @@ fn agent_config(dir: &Path, brokers: &str, message_timeout: CfgDuration) -> Agen
             multiline: None,
             max_line_bytes: ByteSize::kib(64),
             line_flush_timeout: CfgDuration::from_secs(60),
+            rotate_wait: CfgDuration::from_secs(30),
         }],
         output: OutputConfig::Kafka(Box::new(kafka)),
         ..Default::default()

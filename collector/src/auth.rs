@@ -25,7 +25,8 @@
 //! | `POST /v1/groups/{g}/commit` | `groups` on g and `consume` on each topic of the body |
 //! | `POST /v1/groups/{g}/heartbeat`, `leave`, `GET .../offsets` | `groups` on g |
 //! | `GET`, `PUT /v1/groups/{g}/checkpoints/{t}/{p}` | `groups` on g and `consume` on t |
-//! | `PUT /v1/agents/{id}`, `GET /v1/agents`, `GET /v1/collectors` | a principal |
+//! | `GET /v1/agents` (every host and file path) | `admin` |
+//! | `PUT /v1/agents/{id}` (an agent's heartbeat), `GET /v1/collectors` | a principal |
 //! | `GET /v1/topics`, `GET /v1/groups`, any other route | a principal |
 
 use crate::api::AppState;
@@ -457,6 +458,9 @@ pub fn need(method: &Method, path: &str) -> Need {
         }
         ["v1", "topics", t] if m == Method::GET => Need::Describe(s(t)),
         ["v1", "topics", _] if m == Method::PUT || m == Method::DELETE => Need::Admin,
+        // The registry shows every host's name and file paths: operators only. Reporting to
+        // it (`PUT /v1/agents/{id}`) and `GET /v1/collectors` need any principal (an agent's).
+        ["v1", "agents"] if m == Method::GET => Need::Admin,
         ["v1", "groups", g, "join" | "commit"] if m == Method::POST => Need::GroupWithBody(s(g)),
         ["v1", "groups", g, "heartbeat" | "leave"] if m == Method::POST => Need::Group {
             group: s(g),
@@ -567,8 +571,16 @@ pub async fn layer(State(state): State<Arc<AppState>>, req: Request, next: Next)
             if principal.admin {
                 Ok(())
             } else {
-                let topic = req.uri().path().rsplit('/').next().unwrap_or_default();
-                Err(forbid(principal, Permission::Admin, "topic", topic))
+                // A topic route names its topic; the registry's listing names none.
+                match req.uri().path().strip_prefix("/v1/topics/") {
+                    Some(topic) => Err(forbid(principal, Permission::Admin, "topic", topic)),
+                    None => Err(Denied::Forbidden {
+                        principal: principal.name.clone(),
+                        permission: Permission::Admin,
+                        kind: "topic",
+                        on: None,
+                    }),
+                }
             }
         }
         Need::Group { group, topic } => require(principal, Permission::Groups, "group", group)
@@ -734,6 +746,9 @@ mod tests {
             Need::Consume("app".into())
         );
         assert_eq!(need(&Method::PUT, "/v1/topics/app"), Need::Admin);
+        assert_eq!(need(&g, "/v1/agents"), Need::Admin);
+        assert_eq!(need(&Method::PUT, "/v1/agents/web-1"), Need::Principal);
+        assert_eq!(need(&g, "/v1/collectors"), Need::Principal);
         assert_eq!(need(&Method::DELETE, "/v1/topics/app"), Need::Admin);
         assert_eq!(
             need(&p, "/v1/groups/g/join"),

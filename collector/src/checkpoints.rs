@@ -24,7 +24,6 @@
 //! | 20     | 4    | CRC32C of bytes `[0, 20)` and the state       |
 //! | 24     | n    | the processor's state, opaque here            |
 
-use crate::store::fs::{FileSystem, StdFs, write_file_atomic};
 use bytes::Bytes;
 use std::path::{Path, PathBuf};
 
@@ -54,6 +53,87 @@ pub struct Checkpoints {
 pub struct Checkpoint {
     pub offset: u64,
     pub state: Bytes,
+}
+
+/// A checkpoint being written ([`Checkpoints::writer`]): its state goes to a temporary file
+/// as it comes; `finish` writes the header, fsyncs and renames it over the old one.
+pub struct CheckpointWriter {
+    path: PathBuf,
+    /// The temporary file, removed on drop unless `finish` renamed it.
+    tmp: Option<PathBuf>,
+    file: std::fs::File,
+    offset: u64,
+    /// State bytes written so far, and their CRC32C.
+    len: u64,
+    crc: u32,
+}
+
+impl CheckpointWriter {
+    fn io(&self, source: std::io::Error) -> CheckpointError {
+        CheckpointError::Io {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Appends `data` to the state. Blocking.
+    pub fn write(&mut self, data: &[u8]) -> Result<(), CheckpointError> {
+        std::io::Write::write_all(&mut self.file, data).map_err(|e| self.io(e))?;
+        self.crc = crc32c::crc32c_append(self.crc, data);
+        self.len += data.len() as u64;
+        Ok(())
+    }
+
+    /// State bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Writes the header, fsyncs, and replaces the checkpoint (rename, fsync of the
+    /// directory). Blocking.
+    pub fn finish(mut self) -> Result<(), CheckpointError> {
+        use std::io::{Seek, Write};
+        let len = u32::try_from(self.len)
+            .map_err(|_| self.io(std::io::Error::other("state larger than 4 GiB")))?;
+        let mut head = [0u8; HEADER];
+        head[..4].copy_from_slice(&MAGIC);
+        head[4] = 1;
+        head[8..16].copy_from_slice(&self.offset.to_le_bytes());
+        head[16..20].copy_from_slice(&len.to_le_bytes());
+        // The CRC covers the header's first 20 bytes, then the state: combined from the
+        // state's CRC, computed as it came.
+        let crc = crc32c::crc32c_combine(crc32c::crc32c(&head[..20]), self.crc, self.len as usize);
+        head[20..].copy_from_slice(&crc.to_le_bytes());
+        let written = self
+            .file
+            .seek(std::io::SeekFrom::Start(0))
+            .and_then(|_| self.file.write_all(&head))
+            .and_then(|()| self.file.sync_data());
+        written.map_err(|e| self.io(e))?;
+        let Some(tmp) = self.tmp.take() else {
+            return Ok(());
+        };
+        let renamed = std::fs::rename(&tmp, &self.path).and_then(|()| match self.path.parent() {
+            Some(dir) => std::fs::File::open(dir)?.sync_all(),
+            None => Ok(()),
+        });
+        if renamed.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        renamed.map_err(|e| self.io(e))
+    }
+}
+
+impl Drop for CheckpointWriter {
+    fn drop(&mut self) {
+        if let Some(tmp) = self.tmp.take() {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
 }
 
 impl Checkpoints {
@@ -91,7 +171,27 @@ impl Checkpoints {
         offset: u64,
         state: &[u8],
     ) -> Result<(), CheckpointError> {
+        let mut w = self.writer(group, topic, partition, offset)?;
+        w.write(state)?;
+        w.finish()
+    }
+
+    /// Starts replacing the checkpoint of `group` for `topic/partition` with a state written
+    /// piece by piece (a request body streamed to disk, never held whole): the old checkpoint
+    /// stays until [`CheckpointWriter::finish`]; a writer dropped before that leaves nothing.
+    /// Blocking: call from the blocking pool.
+    pub fn writer(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+    ) -> Result<CheckpointWriter, CheckpointError> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let path = self.path(group, topic, partition);
+        // One temporary file per writer: two writes of one checkpoint never share it.
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = path.with_extension(format!("ckpt.{}.{n}.tmp", std::process::id()));
         let io = |source| CheckpointError::Io {
             path: path.clone(),
             source,
@@ -99,17 +199,17 @@ impl Checkpoints {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
-        let mut buf = Vec::with_capacity(HEADER + state.len());
-        buf.extend_from_slice(&MAGIC);
-        buf.extend_from_slice(&[1, 0, 0, 0]);
-        buf.extend_from_slice(&offset.to_le_bytes());
-        let len = u32::try_from(state.len())
-            .map_err(|_| io(std::io::Error::other("state larger than 4 GiB")))?;
-        buf.extend_from_slice(&len.to_le_bytes());
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&buf[..20]), state);
-        buf.extend_from_slice(&crc.to_le_bytes());
-        buf.extend_from_slice(state);
-        write_file_atomic(&StdFs as &dyn FileSystem, &path, &buf).map_err(io)
+        let mut file = std::fs::File::create(&tmp).map_err(io)?;
+        // The header is written again by `finish`, once the state's length and CRC are known.
+        std::io::Write::write_all(&mut file, &[0u8; HEADER]).map_err(io)?;
+        Ok(CheckpointWriter {
+            path,
+            tmp: Some(tmp),
+            file,
+            offset,
+            len: 0,
+            crc: 0,
+        })
     }
 
     /// The checkpoint of `group` for `topic/partition`, if one was written. Blocking.
@@ -211,6 +311,34 @@ mod tests {
             c.get("g", "t", 0),
             Err(CheckpointError::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn a_streamed_state_reads_back_and_an_unfinished_one_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Checkpoints::new(dir.path());
+        c.put("g", "t", 0, 1, b"old").unwrap();
+        let mut w = c.writer("g", "t", 0, 42).unwrap();
+        let mut want = Vec::new();
+        for i in 0..100u32 {
+            let piece = format!("piece {i};").repeat(i as usize % 7);
+            w.write(piece.as_bytes()).unwrap();
+            want.extend_from_slice(piece.as_bytes());
+        }
+        // Not finished: the old checkpoint is still the one.
+        assert_eq!(c.get("g", "t", 0).unwrap().unwrap().offset, 1);
+        w.finish().unwrap();
+        let got = c.get("g", "t", 0).unwrap().unwrap();
+        assert_eq!((got.offset, &got.state[..]), (42, &want[..]));
+        let mut w = c.writer("g", "t", 0, 99).unwrap();
+        w.write(b"abandoned").unwrap();
+        drop(w);
+        assert_eq!(c.get("g", "t", 0).unwrap().unwrap().offset, 42);
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("checkpoints/g/t"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["0.ckpt"]);
     }
 
     #[test]

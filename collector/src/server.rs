@@ -23,7 +23,7 @@
 use crate::api::{AppState, app};
 use crate::config::CollectorConfig;
 use crate::config::LimitsConfig;
-use crate::ingest::{Backend, Ingest, open_backend};
+use crate::ingest::{Ingest, open_backend};
 use crate::store::Store;
 use crate::tls::{PeerIdentity, TlsState};
 use anyhow::Context;
@@ -51,6 +51,8 @@ impl Collector {
             .validate()
             .map_err(|e| anyhow::anyhow!("collector config: {e}"))?;
         let config = Arc::new(config);
+        // Before the store opens: its default `max_open_files` is derived from the limit.
+        raise_fd_limit(config.limits.max_connections);
         let backend = {
             let config = config.clone();
             tokio::task::spawn_blocking(move || open_backend(&config))
@@ -63,16 +65,15 @@ impl Collector {
             )),
             None => None,
         };
-        raise_fd_limit(config.limits.max_connections);
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
         let state = Arc::new(AppState::new(Ingest::new(backend, config)));
+        state.set_bound(addr);
         if let Some(tls) = &tls {
             watch_sighup(tls.clone())?;
         }
-        state.set_bound(addr);
         Ok(Self {
             state,
             listener,
@@ -98,13 +99,10 @@ impl Collector {
             addr,
             tls,
         } = self;
-        match &state.ingest.backend {
-            Backend::Embedded(_) => {
-                tracing::info!(%addr, tls = tls.is_some(), data_dir = %state.config.data_dir.display(), fsync = ?state.config.store.fsync, "collector listening");
-            }
-            Backend::Kafka(k) => {
-                tracing::info!(%addr, brokers = %k.config.brokers, "collector listening; storing into Kafka");
-            }
+        if state.ingest.store().is_some() {
+            tracing::info!(%addr, tls = tls.is_some(), data_dir = %state.config.data_dir.display(), fsync = ?state.config.store.fsync, "collector listening");
+        } else {
+            tracing::info!(%addr, tls = tls.is_some(), into = %state.ingest.backend.describe(), "collector listening; storing into Kafka");
         }
         let expiry = {
             let state = state.clone();
@@ -134,20 +132,7 @@ impl Collector {
             } => tracing::warn!(?drain_deadline, "in-flight requests did not finish before the deadline"),
         }
         let _ = expiry.await;
-        match &state.ingest.backend {
-            Backend::Embedded(store) => {
-                store.close().await.context("closing the store")?;
-                tracing::info!("collector stopped; store closed");
-            }
-            Backend::Kafka(kafka) => {
-                // Every acknowledged request already waited for its records; this only settles
-                // what requests cut off by the drain deadline left in flight.
-                if let Err(e) = kafka.sink.flush(Duration::from_secs(5)).await {
-                    tracing::warn!(error = %e, "kafka producer did not flush");
-                }
-                tracing::info!("collector stopped; kafka producer flushed");
-            }
-        }
+        state.ingest.backend.close().await?;
         Ok(())
     }
 }

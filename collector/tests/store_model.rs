@@ -62,6 +62,9 @@ struct Model {
 fn config(policy: FsyncPolicy) -> StoreConfig {
     let mut c = small_config(policy);
     c.segment_bytes = ByteSize(2048);
+    // The fewest open segment handles allowed: nearly every append and read reopens a
+    // segment the cache closed, and retention removes segments whose handles are closed.
+    c.max_open_files = Some(4);
     c.retention = RetentionConfig {
         max_age: None,
         max_bytes: Some(ByteSize(6000)),

@@ -8,8 +8,8 @@
 //! - [`problems`]: every problem a component's checks find after parsing, located in the file.
 //! - [`telemetry`]: `tracing` to stderr and the process's Prometheus registry.
 //! - [`shutdown`]: the drain signal every long-lived loop listens to.
-//! - [`security`]: a client's CA, client certificate and token (flags and YAML keys alike).
 //! - [`registry`]: what agents report to the collector's registry, and what it shows of them.
+//! - [`security`]: a client's CA, client certificate and token (flags and YAML keys alike).
 
 pub mod backoff;
 pub mod batch;

@@ -50,6 +50,30 @@ pub fn stable_hash(parts: &[&[u8]]) -> u64 {
     h
 }
 
+/// The partition of `partitions` that the collector stores a batch with this origin in, when
+/// the topic has no `key_field` and no routing rule splits it: one origin's records stay in one
+/// partition, in order, and a replay meets that partition's dedup mark.
+pub fn origin_partition(key: &crate::record::OriginKey, partitions: u32) -> u32 {
+    let f = &key.file;
+    let h = stable_hash(&[
+        key.agent_id.as_bytes(),
+        &f.dev.to_le_bytes(),
+        &f.inode.to_le_bytes(),
+        &f.fingerprint.to_le_bytes(),
+    ]);
+    (h % u64::from(partitions.max(1))) as u32
+}
+
+/// The origin a plain post's lines are stored under when it names its producer
+/// (`ferry-producer-id: id`): `producer/ID` as the agent id, with the all-zero file identity
+/// that no file an agent reads has.
+pub fn producer_origin(id: &str) -> crate::record::OriginKey {
+    crate::record::OriginKey {
+        agent_id: format!("producer/{id}"),
+        file: crate::record::FileId::default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -122,6 +122,80 @@ fn run_partitioned(records: &[Record], aggregates: &str, n: usize, merged: bool)
     })
 }
 
+/// The repartition path without the network: `n` upstream instances (one per input
+/// partition, batches round-robin) flush their deltas every `FLUSH_BATCHES` batches of theirs
+/// into `n` in-memory repartition logs (lines encoded as they are posted); `n` owners decode
+/// each line, merge it into its upstream's part and advance their own merge, as the runner does.
+/// Leaves out the HTTP posts, the collector's storage and the checkpoint writes.
+fn run_repartitioned(records: &[Record], aggregates: &str, n: usize) -> (f64, usize) {
+    use ferry_processor::repartition;
+    const FLUSH_BATCHES: usize = 10;
+    measure(|| {
+        let ids: Vec<PartitionId> = (0..n as u32).map(|p| PartitionId::new("app", p)).collect();
+        let cfg = pipeline(aggregates).config().clone();
+        let mut ups: Vec<Pipeline> = (0..n)
+            .map(|_| pipeline(aggregates).into_partial())
+            .collect();
+        type Parts = Vec<(PartitionId, Pipeline)>;
+        let mut owners: Vec<(Merge, Parts)> = (0..n as u32)
+            .map(|r| {
+                let parts = ids
+                    .iter()
+                    .map(|id| {
+                        (
+                            repartition::part_id(r, id),
+                            Pipeline::new(cfg.clone()).into_partial(),
+                        )
+                    })
+                    .collect();
+                (Merge::new(cfg.clone()), parts)
+            })
+            .collect();
+        let ops = owners[0].0.ops().to_vec();
+        let mut next = vec![0u64; n];
+        let mut out = Vec::new();
+        let mut emitted = 0;
+        let batches = records.chunks(BATCH).count();
+        for (i, chunk) in records.chunks(BATCH).enumerate() {
+            let p = i % n;
+            ups[p].process_batch(&ids[p], next[p], chunk, 0, 0, &mut out);
+            next[p] += chunk.len() as u64;
+            let last = i + 1 == batches;
+            if !(i / n + 1).is_multiple_of(FLUSH_BATCHES) && !last {
+                continue;
+            }
+            let flushing: Vec<usize> = if last { (0..n).collect() } else { vec![p] };
+            for p in flushing {
+                let outbox = repartition::flush(&mut ups[p], &ids[p], next[p], n as u32);
+                for (t, lines) in &outbox.lines {
+                    let (merge, parts) = &mut owners[*t as usize];
+                    for l in lines {
+                        let line = repartition::decode_line(l, &ops).unwrap();
+                        repartition::absorb(
+                            &mut parts[line.upstream.partition as usize].1,
+                            line,
+                            0,
+                        );
+                    }
+                    let mut view: Vec<Part<'_>> = parts
+                        .iter_mut()
+                        .map(|(id, pipeline)| Part {
+                            id,
+                            pipeline,
+                            since_ms: 0,
+                        })
+                        .collect();
+                    merge.advance(0, &mut view, &mut out);
+                }
+            }
+            emitted += out.len();
+            out.clear();
+        }
+        black_box(&out);
+        emitted
+    })
+}
+
 /// Best of `ROUNDS` runs of `f` over all records; returns records per second.
 fn measure(mut f: impl FnMut() -> usize) -> (f64, usize) {
     let mut best = f64::MAX;
@@ -199,6 +273,12 @@ fn main() {
     let (rate, n) = run_partitioned(&records, count, 4, true);
     rows.push((
         "4 input partitions, partials merged: one result per window and key",
+        rate,
+        n,
+    ));
+    let (rate, n) = run_repartitioned(&records, count, 4);
+    rows.push((
+        "4 input partitions, repartitioned (deltas encoded, decoded, merged by 4 owners; no network)",
         rate,
         n,
     ));

@@ -124,3 +124,13 @@ impl<'a> Dec<'a> {
         std::str::from_utf8(b).map_err(|_| self.err("invalid UTF-8 in a string"))
     }
 }
+
+/// `bytes` without its trailing CRC32C (little-endian, of every byte before it), if it has one
+/// and it matches.
+pub fn strip_crc(bytes: &[u8]) -> Option<&[u8]> {
+    let cut = bytes.len().checked_sub(4)?;
+    let (body, crc) = bytes.split_at(cut);
+    let mut c = [0u8; 4];
+    c.copy_from_slice(crc);
+    (crc32c::crc32c(body) == u32::from_le_bytes(c)).then_some(body)
+}

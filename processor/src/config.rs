@@ -397,6 +397,12 @@ pub struct SourceConfig {
     /// holding some partitions emits their results. Otherwise (the default) a member emits only
     /// while it holds every partition of the topics, so that no partial result goes out as final.
     pub partitioned_by_key: bool,
+    /// On the collector source, with the topics not partitioned by key: each input partition's
+    /// partials go through the repartition topic, keyed by the group key, to the member owning
+    /// the key's partition, so any number of members give one result per window and key
+    /// (`repartition.rs`). `false`: partials are merged in-process, and a member emits only
+    /// while it holds every partition.
+    pub repartition: bool,
 }
 
 #[derive(Deserialize)]
@@ -413,6 +419,12 @@ struct RawSource {
     checkpoint_topic: Option<String>,
     #[serde(default)]
     partitioned_by_key: bool,
+    #[serde(default = "yes")]
+    repartition: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl TryFrom<RawSource> for SourceConfig {
@@ -441,6 +453,7 @@ impl TryFrom<RawSource> for SourceConfig {
             kafka: r.kafka,
             checkpoint_topic: r.checkpoint_topic,
             partitioned_by_key: r.partitioned_by_key,
+            repartition: r.repartition,
         })
     }
 }

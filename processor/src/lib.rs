@@ -15,6 +15,8 @@
 //! - [`sink`]: stdout, file, webhook, and the collector-topic sink behind a producer trait.
 //! - [`merge`]: one result per window and key over several input partitions: per-partition
 //!   partials, closed on the minimum watermark, merged, and exactly once across crashes.
+//! - [`repartition`]: one result per window and key when several members split the input:
+//!   upstream instances ship keyed partials through a collector topic to the merge's owners.
 //! - [`runner`]: a pipeline on collector topics as a group member: one partial instance per
 //!   assigned partition, merged; checkpoints stored in the collector, hand-over on rebalance.
 //! - [`kafka_source`] and [`kafka_checkpoints`]: the same on Kafka topics, as a member of a
@@ -63,6 +65,7 @@ pub mod kafka_source;
 pub mod merge;
 pub mod parse;
 pub mod pipeline;
+pub mod repartition;
 pub mod runner;
 pub mod sink;
 pub mod sketch;

@@ -89,6 +89,11 @@ impl Merge {
         (self.watermark != i64::MIN).then_some(self.watermark)
     }
 
+    /// The pipeline's aggregate operators, in config order.
+    pub fn ops(&self) -> &[crate::config::AggOp] {
+        self.head.windows.ops()
+    }
+
     /// Per partition, the start of the last window emitted with its partial.
     pub fn emitted(&self) -> &BTreeMap<PartitionId, i64> {
         &self.emitted
@@ -236,7 +241,8 @@ fn merge_key(into: &mut KeyState, from: &KeyState) {
     into.dirty |= from.dirty;
 }
 
-fn merge_window(into: &mut Window, from: Window) {
+/// Merges `from` into `into`, key by key.
+pub(crate) fn merge_window(into: &mut Window, from: Window) {
     into.evicted += from.evicted;
     for (k, ks) in from.keys {
         match into.keys.entry(k) {

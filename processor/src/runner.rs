@@ -18,14 +18,23 @@
 //! watermark over this member's partitions and each (window, key) is emitted once, with every
 //! partition's partial merged (`merge.rs`). Every checkpoint carries the merge's note of which
 //! windows were emitted with which partition's partial, so partitions restored from checkpoints
-//! of different moments emit nothing twice. With several members, each merges what it holds:
-//! one result per window and key across the topic then needs the input partitioned by the
-//! group-by key (the collector topic's `key_field`). docs/processor.md says so.
+//! of different moments emit nothing twice. That in-process merge is used with
+//! `source.repartition: false` (a member emits only while it holds every partition) and with
+//! `source.partitioned_by_key`.
+//!
+//! With repartition (the default), the instances are upstreams instead: every
+//! `flush_interval` each one's deltas are stored with its checkpoint and then posted, keyed by
+//! the group key, to the collector topic `{group}.{pipeline}.repartition`; this member also
+//! joins the group `{group}.repartition` and, for each of that topic's partitions it owns, merges
+//! the parts of every upstream with that partition's own [`Merge`] (`repartition.rs`, and the
+//! second `impl Runner` below).
 
 use crate::config::{PipelineConfig, StartAt};
 use crate::merge::{Merge, Note, Part, unwrap_checkpoint, wrap_checkpoint};
 use crate::pipeline::{Emission, PartitionId, Pipeline};
+use crate::repartition::{self, Outbox};
 use crate::sink::{Outputs, SinkError, TopicProducer};
+use crate::state::StateError;
 use bytes::Bytes;
 use ferry_core::backoff::Backoff;
 use ferry_core::client::{ClientError, CollectorClient};
@@ -69,6 +78,9 @@ pub struct RunnerOptions {
     pub checkpoint_interval: Duration,
     /// Group session timeout.
     pub session_timeout: Duration,
+    /// With repartition: how often each input partition's partials are shipped (each flush
+    /// stores that partition's checkpoint first).
+    pub flush_interval: Duration,
 }
 
 impl Default for RunnerOptions {
@@ -77,6 +89,7 @@ impl Default for RunnerOptions {
             tick: Duration::from_millis(500),
             checkpoint_interval: Duration::from_secs(5),
             session_timeout: Duration::from_secs(10),
+            flush_interval: Duration::from_secs(1),
         }
     }
 }
@@ -128,6 +141,70 @@ struct Instance {
     start: u64,
     /// Processing time the partition was assigned (for the merge's idle timeout).
     since_ms: i64,
+    /// With repartition: the last flush's partials until every target acknowledged them.
+    outbox: Option<Outbox>,
+    /// With repartition: the checkpoint (offset, bytes) holding `outbox`, until stored; the
+    /// outbox is not posted before (a member that lost the partition must not post).
+    unstored: Option<(u64, Vec<u8>)>,
+    /// With repartition: the input offset of the last flush built.
+    flushed: u64,
+}
+
+impl Instance {
+    fn new(id: PartitionId, pipeline: Pipeline, start: u64, since_ms: i64) -> Self {
+        Self {
+            id,
+            pipeline,
+            start,
+            since_ms,
+            outbox: None,
+            unstored: None,
+            flushed: start,
+        }
+    }
+
+    /// The input offset the instance has consumed up to.
+    fn next_offset(&self) -> u64 {
+        self.pipeline
+            .offsets()
+            .into_iter()
+            .find(|(p, _)| *p == self.id)
+            .map_or(self.start, |(_, o)| o)
+    }
+}
+
+/// The downstream half of a repartitioned pipeline: the repartition topic's partitions this
+/// member owns, each merging the partials every upstream instance shipped to it.
+struct Repart {
+    topic: String,
+    group: String,
+    partitions: u32,
+    consumer: Consumer,
+    owners: BTreeMap<u32, Owner>,
+    /// Producer id per (upstream, target), computed once.
+    producers: std::collections::HashMap<(PartitionId, u32), String>,
+    pending_revoked: Vec<(String, u32)>,
+    pending_assigned: Vec<((String, u32), u64)>,
+    /// Results files' marks read from the owners' checkpoints: carried into ours, so that a
+    /// member whose partitions moved while it was down still finds its file's mark.
+    learned_marks: Vec<crate::sink::FileMark>,
+    /// Windows emitted, per part (`repartition::part_id`), read from every owner's checkpoint:
+    /// each owner's merge learns its own parts' entries, and every checkpoint carries them all
+    /// (with every owner's own), so the note and the files' marks always agree.
+    learned: BTreeMap<PartitionId, i64>,
+}
+
+/// One owned repartition partition.
+struct Owner {
+    /// Its own merge: its watermark is the minimum over *its* parts, so a partition taken over
+    /// mid-stream (its parts behind) never closes a window early.
+    merge: Merge,
+    /// Per upstream input partition: its part's name in the merge and its merged partials.
+    parts: BTreeMap<PartitionId, (PartitionId, Pipeline)>,
+    /// Offset in the repartition partition to read from next.
+    next_offset: u64,
+    /// Processing time it was assigned (parts silent since then for `idle_timeout` are idle).
+    since_ms: i64,
 }
 
 struct Runner {
@@ -152,6 +229,12 @@ struct Runner {
     pending_revoked: Vec<(String, u32)>,
     /// Assigned partitions not yet restored (kept across a failed attempt).
     pending_assigned: Vec<((String, u32), u64)>,
+    /// Partials go through the repartition topic (`repartition.rs`); `rep` is set up once the
+    /// input topics exist.
+    repartition: bool,
+    rep: Option<Repart>,
+    last_rep_attempt: Option<Instant>,
+    session_timeout: Duration,
     report: RunnerReport,
 }
 
@@ -160,6 +243,7 @@ struct Turn {
     out: Vec<Emission>,
     last_tick: Instant,
     last_checkpoint: Instant,
+    last_flush: Instant,
 }
 
 impl RunnerError {
@@ -227,6 +311,7 @@ pub async fn run(
         "processor pipeline joined its group"
     );
     let merge = Merge::new(cfg.clone());
+    let repartition = cfg.source.repartition && !cfg.source.partitioned_by_key;
     let mut runner = Runner {
         client,
         cfg,
@@ -241,12 +326,22 @@ pub async fn run(
         rewound: false,
         pending_revoked: Vec::new(),
         pending_assigned: Vec::new(),
+        repartition,
+        rep: None,
+        last_rep_attempt: None,
+        session_timeout: opts.session_timeout,
         report: RunnerReport::default(),
     };
     let result = runner.run_loop(&opts, &shutdown).await;
     // Whatever ended the loop, store what is consistent and leave, so partitions move on.
-    let last = runner.checkpoint_all().await;
+    let mut last = runner.flush_all().await;
+    if last.is_ok() {
+        last = runner.checkpoint_all().await;
+    }
     let _ = runner.consumer.close().await;
+    if let Some(rep) = runner.rep.take() {
+        let _ = rep.consumer.close().await;
+    }
     result?;
     last?;
     Ok(runner.report)
@@ -278,6 +373,7 @@ impl Runner {
             out: Vec::new(),
             last_tick: Instant::now(),
             last_checkpoint: Instant::now(),
+            last_flush: Instant::now(),
         };
         let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
         while !shutdown.is_triggered() {
@@ -307,6 +403,10 @@ impl Runner {
         turn: &mut Turn,
     ) -> Result<(), RunnerError> {
         self.take_rebalance().await?;
+        if self.repartition {
+            self.ensure_repart(false).await?;
+            self.take_merge_rebalance().await?;
+        }
         let polled = tokio::select! {
             r = self.consumer.poll(50_000) => r,
             _ = shutdown.wait() => return Ok(()),
@@ -337,11 +437,20 @@ impl Runner {
             }
             turn.last_tick = Instant::now();
         }
-        self.merge_step(now, tick, &mut turn.out);
+        if self.repartition {
+            self.merge_poll(shutdown).await?;
+            self.rep_merge_step(ferry_core::now_ms(), tick, &mut turn.out);
+        } else {
+            self.merge_step(now, tick, &mut turn.out);
+        }
         if !turn.out.is_empty() {
             let r = self.outputs.write(&turn.out).await;
             r.map_err(|e| self.err_sink(e))?;
             turn.out.clear();
+        }
+        if self.repartition && turn.last_flush.elapsed() >= opts.flush_interval {
+            self.flush_all().await?;
+            turn.last_flush = Instant::now();
         }
         if turn.last_checkpoint.elapsed() >= opts.checkpoint_interval {
             self.checkpoint_all().await?;
@@ -441,7 +550,12 @@ impl Runner {
             r.map_err(|e| self.err_sink(e))?;
             self.marks = self.outputs.file_marks();
             for tp in &revoked {
-                self.checkpoint_one(tp).await?;
+                if self.repartition {
+                    // Ships what it holds and stores its checkpoint (the flush does both).
+                    self.flush_one(tp).await?;
+                } else {
+                    self.checkpoint_one(tp).await?;
+                }
                 self.instances.remove(tp);
             }
             self.consumer
@@ -456,7 +570,11 @@ impl Runner {
             self.consumer.assignment().into_iter().collect();
         self.instances.retain(|tp, _| held.contains(tp));
         if !self.pending_assigned.is_empty() {
-            self.learn_notes().await?;
+            if self.repartition {
+                self.learn_partition_counts().await?;
+            } else {
+                self.learn_notes().await?;
+            }
         }
         let since_ms = ferry_core::now_ms();
         while let Some((tp, start)) = self.pending_assigned.first().cloned() {
@@ -470,10 +588,8 @@ impl Runner {
             };
             let id = PartitionId::new(tp.0.clone(), tp.1);
             let inst = match restored {
-                Some((offset, state)) => match unwrap_checkpoint(&state)
-                    .and_then(|(_, snap)| Pipeline::restore(self.cfg.clone(), snap))
-                {
-                    Ok(p) => {
+                Some((offset, state)) => match self.restore_instance(&state) {
+                    Ok((p, outbox)) => {
                         self.consumer.seek(&tp, offset);
                         tracing::info!(
                             pipeline = self.cfg.name,
@@ -482,12 +598,9 @@ impl Runner {
                             offset,
                             "state restored from checkpoint"
                         );
-                        Instance {
-                            id,
-                            pipeline: p.into_partial(),
-                            start: offset,
-                            since_ms,
-                        }
+                        let mut i = Instance::new(id, p.into_partial(), offset, since_ms);
+                        i.outbox = outbox;
+                        i
                     }
                     Err(e) => {
                         self.consumer.seek(&tp, start);
@@ -496,12 +609,12 @@ impl Runner {
                         tracing::error!(pipeline = self.cfg.name, topic = tp.0, partition = tp.1, error = %e, "checkpoint unreadable; starting from the group's committed offset");
                         metrics::counter!("ferry_processor_checkpoints_unreadable_total")
                             .increment(1);
-                        Instance {
+                        Instance::new(
                             id,
-                            pipeline: Pipeline::new(self.cfg.clone()).into_partial(),
+                            Pipeline::new(self.cfg.clone()).into_partial(),
                             start,
                             since_ms,
-                        }
+                        )
                     }
                 },
                 None => {
@@ -515,12 +628,12 @@ impl Runner {
                     // Records of this partition polled before it was set up were ignored;
                     // read them again.
                     self.consumer.seek(&tp, start);
-                    Instance {
+                    Instance::new(
                         id,
-                        pipeline: Pipeline::new(self.cfg.clone()).into_partial(),
+                        Pipeline::new(self.cfg.clone()).into_partial(),
                         start,
                         since_ms,
-                    }
+                    )
                 }
             };
             self.instances.insert(tp, inst);
@@ -583,10 +696,554 @@ impl Runner {
         let r = self.outputs.checkpoint().await;
         r.map_err(|e| self.err_sink(e))?;
         self.marks = self.outputs.file_marks();
+        if self.repartition {
+            // Upstream instances store theirs at each flush.
+            let owned: Vec<u32> = self
+                .rep
+                .as_ref()
+                .map(|r| r.owners.keys().copied().collect())
+                .unwrap_or_default();
+            for r in owned {
+                self.checkpoint_owner(r).await?;
+            }
+            return Ok(());
+        }
         let keys: Vec<(String, u32)> = self.instances.keys().cloned().collect();
         for tp in keys {
             self.checkpoint_one(&tp).await?;
         }
         Ok(())
+    }
+
+    /// A stored checkpoint as an instance's pipeline (and, with repartition, its outbox).
+    fn restore_instance(&self, state: &[u8]) -> Result<(Pipeline, Option<Outbox>), StateError> {
+        if self.repartition {
+            let (outbox, snap) = repartition::unwrap_upstream(state)?;
+            Ok((Pipeline::restore(self.cfg.clone(), snap)?, outbox))
+        } else {
+            let (_, snap) = unwrap_checkpoint(state)?;
+            Ok((Pipeline::restore(self.cfg.clone(), snap)?, None))
+        }
+    }
+}
+
+/// The repartition path (`repartition.rs`): upstream flushes, and the downstream owners of the
+/// repartition topic's partitions.
+impl Runner {
+    /// Refreshes the input topics' partition counts.
+    async fn learn_partition_counts(&mut self) -> Result<(), RunnerError> {
+        for topic in self.cfg.source.topics.clone() {
+            let info = self
+                .client
+                .topic(&topic)
+                .await
+                .map_err(|e| self.err_collector(e))?;
+            if let Some(i) = info {
+                self.topic_partitions
+                    .insert(topic.clone(), i.partitions.len() as u32);
+            }
+        }
+        Ok(())
+    }
+
+    /// Once every input topic exists: creates the repartition topic (as many partitions as the
+    /// input topics together) if needed and joins the merge group. Tried at most every 500 ms.
+    async fn ensure_repart(&mut self, now: bool) -> Result<(), RunnerError> {
+        if self.rep.is_some()
+            || (!now
+                && self
+                    .last_rep_attempt
+                    .is_some_and(|t| t.elapsed() < Duration::from_millis(500)))
+        {
+            return Ok(());
+        }
+        self.last_rep_attempt = Some(Instant::now());
+        self.learn_partition_counts().await?;
+        // Its partition count is fixed when it is created: as many as the input topics that
+        // exist by then have together.
+        if self.topic_partitions.is_empty() {
+            return Ok(());
+        }
+        let group = self.cfg.source.group_or(&self.cfg.name);
+        let topic = repartition::topic_name(&group, &self.cfg.name);
+        let want: u32 = self.topic_partitions.values().sum::<u32>().max(1);
+        let info = match self
+            .client
+            .topic(&topic)
+            .await
+            .map_err(|e| self.err_collector(e))?
+        {
+            Some(i) => i,
+            None => match self.client.create_topic(&topic, want).await {
+                Ok(i) => i,
+                // Another member created it meanwhile.
+                Err(ClientError::Http { status: 409, .. }) => self
+                    .client
+                    .topic(&topic)
+                    .await
+                    .map_err(|e| self.err_collector(e))?
+                    .ok_or_else(|| RunnerError::Stopped {
+                        pipeline: self.cfg.name.clone(),
+                        message: format!("repartition topic {topic} vanished"),
+                    })?,
+                Err(e) => return Err(self.err_collector(e)),
+            },
+        };
+        let partitions = (info.partitions.len() as u32).max(1);
+        let merge_group = repartition::merge_group(&group);
+        let consumer = Consumer::connect(
+            self.client.clone(),
+            ConsumerConfig {
+                topics: vec![topic.clone()],
+                group: Some(merge_group.clone()),
+                start: StartPosition::Earliest,
+                reset_offsets: false,
+                session_timeout: self.session_timeout,
+                max_fetch_bytes: 4 << 20,
+                // Never waits: the input's poll paces the loop (it waits when idle), and a
+                // busy input must not wait on a quiet repartition topic.
+                poll_wait: Duration::ZERO,
+                manual_release: true,
+            },
+        )
+        .await
+        .map_err(|e| self.err_collector(e))?;
+        tracing::info!(
+            pipeline = self.cfg.name,
+            topic,
+            partitions,
+            group = merge_group,
+            member = consumer.member_id(),
+            "repartition: joined the merge group"
+        );
+        self.rep = Some(Repart {
+            topic,
+            group: merge_group,
+            partitions,
+            consumer,
+            owners: BTreeMap::new(),
+            producers: std::collections::HashMap::new(),
+            pending_revoked: Vec::new(),
+            pending_assigned: Vec::new(),
+            learned_marks: Vec::new(),
+            learned: BTreeMap::new(),
+        });
+        Ok(())
+    }
+
+    /// Ships every instance's partials (see [`Runner::flush_one`]).
+    async fn flush_all(&mut self) -> Result<(), RunnerError> {
+        if !self.repartition {
+            return Ok(());
+        }
+        let keys: Vec<(String, u32)> = self.instances.keys().cloned().collect();
+        for tp in keys {
+            self.flush_one(&tp).await?;
+        }
+        Ok(())
+    }
+
+    /// One upstream flush: a pending outbox is stored (if it was not) and posted; then, if the
+    /// instance read records since its last flush, its windows are taken as a new outbox, which
+    /// is stored with the instance's checkpoint and then posted. A refused checkpoint means the
+    /// partition is no longer ours: its outbox is dropped unposted.
+    async fn flush_one(&mut self, tp: &(String, u32)) -> Result<(), RunnerError> {
+        if !self.instances.contains_key(tp) {
+            return Ok(());
+        }
+        if self.rep.is_none() {
+            // We hold a partition of every input topic... or its topic exists, at least.
+            self.ensure_repart(true).await?;
+        }
+        if self.rep.is_none() {
+            return Err(RunnerError::Stopped {
+                pipeline: self.cfg.name.clone(),
+                message: "the repartition topic cannot be set up: no input topic exists".into(),
+            });
+        }
+        let Some(inst) = self.instances.get_mut(tp) else {
+            return Ok(());
+        };
+        if inst.unstored.is_none() && inst.outbox.is_none() {
+            let next = inst.next_offset();
+            if next == inst.flushed {
+                return Ok(());
+            }
+            let partitions = self.rep.as_ref().map_or(1, |r| r.partitions);
+            let outbox = repartition::flush(&mut inst.pipeline, &inst.id, next, partitions);
+            let blob = repartition::wrap_upstream(Some(&outbox), &inst.pipeline.snapshot());
+            inst.unstored = Some((next, blob));
+            inst.outbox = Some(outbox);
+            inst.flushed = next;
+        }
+        if let Some((offset, blob)) = inst.unstored.clone() {
+            let member = self.consumer.member_id().unwrap_or_default().to_owned();
+            match self
+                .client
+                .put_checkpoint(
+                    &self.group,
+                    &member,
+                    self.consumer.generation(),
+                    &tp.0,
+                    tp.1,
+                    offset,
+                    blob,
+                )
+                .await
+            {
+                Ok(()) => {
+                    self.report.checkpoints += 1;
+                    if let Some(i) = self.instances.get_mut(tp) {
+                        i.unstored = None;
+                    }
+                }
+                Err(ClientError::Http {
+                    status: 404 | 409,
+                    message,
+                    ..
+                }) => {
+                    tracing::warn!(pipeline = self.cfg.name, topic = tp.0, partition = tp.1, %message, "checkpoint refused: partition no longer ours; its partials are not shipped");
+                    self.instances.remove(tp);
+                    return Ok(());
+                }
+                Err(e) => return Err(self.err_collector(e)),
+            }
+        }
+        let Some(outbox) = self.instances.get(tp).and_then(|i| i.outbox.clone()) else {
+            return Ok(());
+        };
+        self.post_outbox(tp, &outbox).await?;
+        if let Some(i) = self.instances.get_mut(tp) {
+            i.outbox = None;
+        }
+        Ok(())
+    }
+
+    /// Posts an outbox's lines to their targets, as the (upstream, target) producers.
+    async fn post_outbox(
+        &mut self,
+        tp: &(String, u32),
+        outbox: &Outbox,
+    ) -> Result<(), RunnerError> {
+        let Some(rep) = self.rep.as_mut() else {
+            return Ok(());
+        };
+        let up = PartitionId::new(tp.0.clone(), tp.1);
+        let group = self.cfg.source.group_or(&self.cfg.name);
+        let partitions = rep.partitions;
+        for &target in outbox.lines.keys() {
+            let id = rep
+                .producers
+                .entry((up.clone(), target))
+                .or_insert_with(|| {
+                    repartition::producer_id(&group, &self.cfg.name, &up, target, partitions)
+                })
+                .clone();
+            for (seq, body) in outbox.bodies(target) {
+                self.client
+                    .post_lines_as(&rep.topic, body, false, &id, seq)
+                    .await
+                    .map_err(|source| RunnerError::Collector {
+                        pipeline: self.cfg.name.clone(),
+                        source,
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Restores newly assigned repartition partitions; checkpoints and releases revoked ones.
+    async fn take_merge_rebalance(&mut self) -> Result<(), RunnerError> {
+        let Some(rep) = self.rep.as_mut() else {
+            return Ok(());
+        };
+        rep.pending_revoked.extend(rep.consumer.take_revoked());
+        rep.pending_assigned.extend(rep.consumer.take_assigned());
+        let revoked = rep.pending_revoked.clone();
+        if !revoked.is_empty() {
+            let r = self.outputs.checkpoint().await;
+            r.map_err(|e| self.err_sink(e))?;
+            self.marks = self.outputs.file_marks();
+            for (_, r) in &revoked {
+                self.checkpoint_owner(*r).await?;
+                if let Some(rep) = self.rep.as_mut() {
+                    rep.owners.remove(r);
+                }
+            }
+            if let Some(rep) = self.rep.as_mut() {
+                rep.consumer
+                    .release(&revoked)
+                    .await
+                    .map_err(|source| RunnerError::Collector {
+                        pipeline: self.cfg.name.clone(),
+                        source,
+                    })?;
+                rep.pending_revoked.clear();
+            }
+            tracing::info!(pipeline = self.cfg.name, partitions = ?revoked, "repartition: partitions handed over");
+        }
+        let Some(rep) = self.rep.as_mut() else {
+            return Ok(());
+        };
+        let held: std::collections::BTreeSet<u32> = rep
+            .consumer
+            .assignment()
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect();
+        rep.owners.retain(|r, _| held.contains(r));
+        if rep.pending_assigned.is_empty() {
+            return Ok(());
+        }
+        self.learn_merge_notes().await?;
+        let since_ms = ferry_core::now_ms();
+        loop {
+            let Some(rep) = self.rep.as_ref() else {
+                return Ok(());
+            };
+            let Some(((topic, r), start)) = rep.pending_assigned.first().cloned() else {
+                break;
+            };
+            let got = self
+                .client
+                .get_checkpoint(&rep.group, &topic, r)
+                .await
+                .map_err(|e| self.err_collector(e))?;
+            let mut owner = Owner {
+                merge: Merge::new(self.cfg.clone()),
+                parts: BTreeMap::new(),
+                next_offset: start,
+                since_ms,
+            };
+            if let Some((offset, blob)) = got {
+                match unwrap_checkpoint(&blob)
+                    .and_then(|(_, rest)| repartition::decode_parts(&self.cfg, rest))
+                {
+                    Ok(parts) => {
+                        owner.next_offset = offset;
+                        owner.parts = parts
+                            .into_iter()
+                            .map(|(up, p)| (up.clone(), (repartition::part_id(r, &up), p)))
+                            .collect();
+                        tracing::info!(
+                            pipeline = self.cfg.name,
+                            topic,
+                            partition = r,
+                            offset,
+                            "repartition: state restored from checkpoint"
+                        );
+                    }
+                    Err(e) => {
+                        tracing::error!(pipeline = self.cfg.name, topic, partition = r, error = %e, "repartition checkpoint unreadable; starting from the group's committed offset");
+                        metrics::counter!("ferry_processor_checkpoints_unreadable_total")
+                            .increment(1);
+                    }
+                }
+            }
+            // Every upstream input partition has a part from now on, so one that has shipped
+            // nothing yet holds the watermark until `idle_timeout`.
+            for (t, n) in &self.topic_partitions {
+                for p in 0..*n {
+                    let up = PartitionId::new(t.clone(), p);
+                    owner.parts.entry(up.clone()).or_insert_with(|| {
+                        (
+                            repartition::part_id(r, &up),
+                            Pipeline::new(self.cfg.clone()).into_partial(),
+                        )
+                    });
+                }
+            }
+            let Some(rep) = self.rep.as_mut() else {
+                return Ok(());
+            };
+            for (id, _) in owner.parts.values() {
+                if let Some(&start) = rep.learned.get(id) {
+                    owner.merge.learn(id.clone(), start);
+                }
+            }
+            rep.consumer.seek(&(topic, r), owner.next_offset);
+            rep.owners.insert(r, owner);
+            rep.pending_assigned.remove(0);
+        }
+        Ok(())
+    }
+
+    /// Reads the merge's note from every checkpoint of the repartition topic (windows emitted,
+    /// results files' lengths), and at the first assignment cuts the results files back.
+    async fn learn_merge_notes(&mut self) -> Result<(), RunnerError> {
+        let Some(rep) = self.rep.as_ref() else {
+            return Ok(());
+        };
+        let (group, topic, n) = (rep.group.clone(), rep.topic.clone(), rep.partitions);
+        let mut marks = Vec::new();
+        for p in 0..n {
+            let got = self
+                .client
+                .get_checkpoint(&group, &topic, p)
+                .await
+                .map_err(|e| self.err_collector(e))?;
+            if let Some((_, blob)) = got
+                && let Ok((note, _)) = unwrap_checkpoint(&blob)
+            {
+                if let Some(rep) = self.rep.as_mut() {
+                    for (pid, start) in note.emitted {
+                        let e = rep.learned.entry(pid).or_insert(start);
+                        *e = (*e).max(start);
+                    }
+                }
+                marks.extend(note.files);
+            }
+        }
+        if let Some(rep) = self.rep.as_mut() {
+            for owner in rep.owners.values_mut() {
+                for (id, _) in owner.parts.values() {
+                    if let Some(&start) = rep.learned.get(id) {
+                        owner.merge.learn(id.clone(), start);
+                    }
+                }
+            }
+            for m in &marks {
+                match rep
+                    .learned_marks
+                    .iter_mut()
+                    .find(|l| l.dev == m.dev && l.ino == m.ino)
+                {
+                    Some(l) => l.len = l.len.max(m.len),
+                    None => rep.learned_marks.push(*m),
+                }
+            }
+        }
+        if !self.rewound {
+            let r = self.outputs.rewind_files(&marks).await;
+            r.map_err(|e| self.err_sink(e))?;
+            self.rewound = true;
+        }
+        Ok(())
+    }
+
+    /// Reads the owned repartition partitions and merges each line into its upstream's part.
+    async fn merge_poll(&mut self, shutdown: &Shutdown) -> Result<(), RunnerError> {
+        let Some(rep) = self.rep.as_mut() else {
+            return Ok(());
+        };
+        let polled = tokio::select! {
+            r = rep.consumer.poll(50_000) => r,
+            _ = shutdown.wait() => return Ok(()),
+        };
+        let records = polled.map_err(|source| RunnerError::Collector {
+            pipeline: self.cfg.name.clone(),
+            source,
+        })?;
+        let now = ferry_core::now_ms();
+        let ops = self.merge.ops().to_vec();
+        for rec in &records {
+            let Some(owner) = rep.owners.get_mut(&rec.partition) else {
+                continue;
+            };
+            if rec.offset < owner.next_offset {
+                continue;
+            }
+            owner.next_offset = rec.offset + 1;
+            let line = match repartition::decode_line(&rec.record.line, &ops) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(pipeline = self.cfg.name, topic = rep.topic, partition = rec.partition, offset = rec.offset, error = %e, "repartition: unreadable line skipped");
+                    metrics::counter!("ferry_processor_repartition_unreadable_total").increment(1);
+                    continue;
+                }
+            };
+            let r = rec.partition;
+            let (_, part) = owner.parts.entry(line.upstream.clone()).or_insert_with(|| {
+                (
+                    repartition::part_id(r, &line.upstream),
+                    Pipeline::new(self.cfg.clone()).into_partial(),
+                )
+            });
+            let late = repartition::absorb(part, line, now);
+            if late > 0 {
+                metrics::counter!("ferry_processor_late_partials_total").increment(late);
+            }
+        }
+        Ok(())
+    }
+
+    /// Each owned partition's merge over its parts: one result per (window, key).
+    fn rep_merge_step(&mut self, now_ms: i64, tick: bool, out: &mut Vec<Emission>) {
+        let Some(rep) = self.rep.as_mut() else {
+            return;
+        };
+        for owner in rep.owners.values_mut() {
+            let since_ms = owner.since_ms;
+            let mut parts: Vec<Part<'_>> = owner
+                .parts
+                .values_mut()
+                .map(|(id, pipeline)| Part {
+                    id,
+                    pipeline,
+                    since_ms,
+                })
+                .collect();
+            owner.merge.advance(now_ms, &mut parts, out);
+            if tick {
+                owner.merge.emit_early(&mut parts, out);
+            }
+        }
+    }
+
+    /// Stores an owned repartition partition's checkpoint: the merge's note (with the results
+    /// files' marks, ours and those learned) and its parts.
+    async fn checkpoint_owner(&mut self, r: u32) -> Result<(), RunnerError> {
+        let Some(rep) = self.rep.as_ref() else {
+            return Ok(());
+        };
+        let Some(owner) = rep.owners.get(&r) else {
+            return Ok(());
+        };
+        let mut files = self.marks.clone();
+        for m in &rep.learned_marks {
+            if !files.iter().any(|f| f.dev == m.dev && f.ino == m.ino) {
+                files.push(*m);
+            }
+        }
+        let mut emitted = rep.learned.clone();
+        for o in rep.owners.values() {
+            for (id, start) in o.merge.emitted() {
+                let e = emitted.entry(id.clone()).or_insert(*start);
+                *e = (*e).max(*start);
+            }
+        }
+        let note = Note { emitted, files };
+        let parts: Vec<(&PartitionId, &Pipeline)> =
+            owner.parts.iter().map(|(up, (_, p))| (up, p)).collect();
+        let blob = wrap_checkpoint(&note, &repartition::encode_parts(&parts));
+        let member = rep.consumer.member_id().unwrap_or_default().to_owned();
+        let offset = owner.next_offset;
+        match self
+            .client
+            .put_checkpoint(
+                &rep.group,
+                &member,
+                rep.consumer.generation(),
+                &rep.topic,
+                r,
+                offset,
+                blob,
+            )
+            .await
+        {
+            Ok(()) => {
+                self.report.checkpoints += 1;
+                Ok(())
+            }
+            Err(ClientError::Http {
+                status: 404 | 409,
+                message,
+                ..
+            }) => {
+                tracing::warn!(pipeline = self.cfg.name, partition = r, %message, "repartition checkpoint refused: partition no longer ours");
+                Ok(())
+            }
+            Err(e) => Err(self.err_collector(e)),
+        }
     }
 }

@@ -116,12 +116,7 @@ impl Pipeline {
         if bytes[4] != VERSION {
             return Err(StateError::UnsupportedVersion(bytes[4]));
         }
-        let (body, crc) = bytes.split_at(bytes.len() - 4);
-        let mut c = [0u8; 4];
-        c.copy_from_slice(crc);
-        if crc32c::crc32c(body) != u32::from_le_bytes(c) {
-            return Err(StateError::Checksum);
-        }
+        let body = crate::codec::strip_crc(bytes).ok_or(StateError::Checksum)?;
         let mut d = Dec::new(body);
         d.u32()?; // magic, checked
         d.u8()?; // version, checked

@@ -45,6 +45,52 @@ pub struct Window {
     pub evicted: u64,
 }
 
+impl Window {
+    /// Evicted count, then the keys in key order with their states (the snapshot's layout, and
+    /// a shipped partial's: `repartition.rs`).
+    pub fn encode(&self, e: &mut Enc) {
+        e.u64(self.evicted);
+        let mut keys: Vec<_> = self.keys.iter().collect();
+        keys.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        e.len(keys.len());
+        for (k, ks) in keys {
+            e.bytes(k);
+            e.bool(ks.dirty);
+            e.u64(ks.alerted);
+            for a in &ks.aggs {
+                a.encode(e);
+            }
+        }
+    }
+
+    /// Reads what [`Window::encode`] wrote, with these operators.
+    pub fn decode(d: &mut Dec<'_>, ops: &[AggOp]) -> Result<Self, DecodeError> {
+        let mut w = Window {
+            evicted: d.u64()?,
+            ..Window::default()
+        };
+        let nk = d.len(13)?;
+        for _ in 0..nk {
+            let k: Box<[u8]> = d.bytes()?.into();
+            let dirty = d.bool()?;
+            let alerted = d.u64()?;
+            let mut aggs = Vec::with_capacity(ops.len());
+            for op in ops {
+                aggs.push(AggState::decode(d, *op)?);
+            }
+            w.keys.insert(
+                k,
+                KeyState {
+                    aggs,
+                    dirty,
+                    alerted,
+                },
+            );
+        }
+        Ok(w)
+    }
+}
+
 /// Per-partition progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartitionClock {
@@ -160,6 +206,29 @@ impl Windows {
 
     pub fn watermark(&self) -> Option<i64> {
         (self.watermark != i64::MIN).then_some(self.watermark)
+    }
+
+    /// Removes and returns every window, open or closed, in start order: an upstream instance
+    /// of a repartitioned pipeline ships them as deltas (`repartition.rs`). The watermark and
+    /// clocks stay, so a later record of a window the watermark passed is late all the same.
+    pub fn take_all(&mut self, out: &mut Vec<(i64, Window)>) {
+        out.extend(std::mem::take(&mut self.open));
+    }
+
+    /// Merges `w`, a partial of the window starting at `start` shipped by an upstream instance,
+    /// into this window set. `false` (and nothing merged) if the watermark already passed it:
+    /// the partial is late.
+    pub fn absorb(&mut self, start: i64, w: Window) -> bool {
+        if self.closed(start) {
+            return false;
+        }
+        crate::merge::merge_window(self.open.entry(start).or_default(), w);
+        true
+    }
+
+    /// The set's operators, in config order (to decode shipped partials).
+    pub fn ops(&self) -> &[AggOp] {
+        &self.ops
     }
 
     pub fn open_windows(&self) -> usize {
@@ -321,18 +390,7 @@ impl Windows {
         e.len(self.open.len());
         for (start, w) in &self.open {
             e.i64(*start);
-            e.u64(w.evicted);
-            let mut keys: Vec<_> = w.keys.iter().collect();
-            keys.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            e.len(keys.len());
-            for (k, ks) in keys {
-                e.bytes(k);
-                e.bool(ks.dirty);
-                e.u64(ks.alerted);
-                for a in &ks.aggs {
-                    a.encode(e);
-                }
-            }
+            w.encode(e);
         }
     }
 
@@ -357,28 +415,7 @@ impl Windows {
             if start.rem_euclid(self.advance_ms) != 0 {
                 return Err(d.err("window start not aligned to the configured advance"));
             }
-            let mut w = Window {
-                evicted: d.u64()?,
-                ..Window::default()
-            };
-            let nk = d.len(13)?;
-            for _ in 0..nk {
-                let k: Box<[u8]> = d.bytes()?.into();
-                let dirty = d.bool()?;
-                let alerted = d.u64()?;
-                let mut aggs = Vec::with_capacity(self.ops.len());
-                for op in &self.ops {
-                    aggs.push(AggState::decode(d, *op)?);
-                }
-                w.keys.insert(
-                    k,
-                    KeyState {
-                        aggs,
-                        dirty,
-                        alerted,
-                    },
-                );
-            }
+            let w = Window::decode(d, &self.ops)?;
             self.open.insert(start, w);
         }
         Ok(())

@@ -200,3 +200,19 @@ fn damaged_or_foreign_state_is_refused() {
         Err(StateError::Incompatible { .. })
     ));
 }
+
+/// Issue 13: the sample repartitions by default (any number of members give one result per
+/// window and key); `repartition: false` keeps the in-process merge.
+#[test]
+fn sample_repartitions_by_default_and_it_can_be_turned_off() {
+    let s = sample();
+    assert!(s.source.repartition && !s.source.partitioned_by_key);
+    let text = std::fs::read_to_string(repo().join("configs/processor.yaml")).unwrap();
+    let off = text.replace(
+        "start: committed\n",
+        "start: committed\n        repartition: false\n",
+    );
+    assert_ne!(off, text);
+    let f: File = ferry_core::config::load_str(&off, Path::new("off.yaml")).unwrap();
+    assert!(!f.processor.pipelines[0].source.repartition);
+}

@@ -95,6 +95,7 @@ fn opts() -> RunnerOptions {
         tick: Duration::from_millis(100),
         checkpoint_interval: Duration::from_millis(500),
         session_timeout: Duration::from_secs(6),
+        ..RunnerOptions::default()
     }
 }
 

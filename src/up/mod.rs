@@ -185,6 +185,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             tick: Duration::from_millis(250),
             checkpoint_interval,
             session_timeout: Duration::from_secs(10),
+            flush_interval: Duration::from_millis(250),
         },
         proc_shutdown.clone(),
     ));

@@ -359,6 +359,38 @@ pub fn window_results_in(path: &Path) -> std::collections::BTreeMap<(String, Str
     window_results(&std::fs::read_to_string(path).unwrap_or_default())
 }
 
+/// A log without its terminal colours.
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Bytes an agent counted as unread (`ferry_agent_unread_bytes_total`), summed from the WARN
+/// lines of its log: over all its runs, including those killed with SIGKILL.
+pub fn unread_bytes_in_log(log: &str) -> u64 {
+    strip_ansi(log)
+        .lines()
+        .filter(|l| l.contains("bytes could not be read"))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|kv| kv.strip_prefix("bytes="))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .sum()
+}
+
 /// JSON log line number `seq`: `ts` 100 ms apart (so 100 lines per 10 s window), `level`
 /// cycling info/warn/error, the `seq` itself and some padding.
 pub fn json_log_line(seq: u64) -> String {

@@ -355,6 +355,7 @@ fn child(args: &[String]) -> Res<()> {
             multiline: None,
             max_line_bytes: ByteSize::kib(256),
             line_flush_timeout: ferry_core::config::Duration::from_secs(1),
+            rotate_wait: ferry_core::config::Duration::from_secs(30),
         }],
         output: OutputConfig::Null,
         ..Default::default()
@@ -460,6 +461,7 @@ fn idle(args: &[String]) -> Res<()> {
                 multiline: None,
                 max_line_bytes: ByteSize::kib(256),
                 line_flush_timeout: ferry_core::config::Duration::from_secs(1),
+                rotate_wait: ferry_core::config::Duration::from_secs(30),
             }],
             output: OutputConfig::Null,
             ..Default::default()
@@ -591,6 +593,7 @@ fn kafka(args: &[String]) -> Res<()> {
                 multiline: None,
                 max_line_bytes: ByteSize::kib(256),
                 line_flush_timeout: ferry_core::config::Duration::from_secs(1),
+                rotate_wait: ferry_core::config::Duration::from_secs(30),
             }],
             output: OutputConfig::Kafka(Box::new(k)),
             ..Default::default()

@@ -27,7 +27,7 @@ pub struct CollectorOutput {
     /// Base URLs as configured: always kept, and asked first for the others.
     configured: Vec<Url>,
     cfg: CollectorOutputConfig,
-    /// Sent as `Authorization: Bearer` with every batch and discovery request.
+    /// Sent as `Authorization: Bearer` with every batch.
     token: Option<String>,
 }
 
@@ -104,18 +104,17 @@ impl CollectorOutput {
             })
             .collect::<Result<Vec<_>, CollectorOutputError>>()?;
         Ok(Self {
-            token: cfg.security.resolve_token()?,
             targets: std::sync::RwLock::new(Arc::new(Targets {
                 selector: UrlSelector::new(list.len(), cfg.mode),
                 list,
             })),
             configured,
             cfg: cfg.clone(),
+            token: cfg.security.resolve_token()?,
         })
     }
 
-    /// An HTTP client for one target (with the output's CA and client certificate); `pin`
-    /// sends the host name's requests to one address.
+    /// An HTTP client for one target; `pin` sends the host name's requests to one address.
     fn client(
         cfg: &CollectorOutputConfig,
         pin: Option<(&str, SocketAddr)>,
@@ -327,11 +326,11 @@ impl Output for CollectorOutput {
             reqwest::header::CONTENT_TYPE,
             ferry_core::batch::CONTENT_TYPE,
         );
-        if let Some(after) = meta.after {
-            request = request.header(ferry_core::batch::AFTER_HEADER, after);
-        }
         if let Some(t) = &self.token {
             request = request.bearer_auth(t);
+        }
+        if let Some(after) = meta.after {
+            request = request.header(ferry_core::batch::AFTER_HEADER, after);
         }
         let sent = request.body(batch).send().await;
         let resp = match sent {

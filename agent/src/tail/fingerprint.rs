@@ -127,6 +127,18 @@ impl Fingerprint {
     }
 }
 
+/// `Fingerprint::of(&[], 0).checksum`, computed at compile time.
+const EMPTY_CHECKSUM: u64 = {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < 8 {
+        h ^= 0;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        i += 1;
+    }
+    h
+};
+
 /// Most bytes a [`TailPrint`] covers.
 pub const TAIL_WINDOW: u64 = 4096;
 
@@ -143,6 +155,14 @@ pub struct TailPrint {
 }
 
 impl TailPrint {
+    /// The print of no bytes (before offset 0): every file holds them.
+    pub const EMPTY: Self = Self {
+        offset: 0,
+        len: 0,
+        // FNV-1a 64 of nothing, mixed with the length 0 (as `Fingerprint::of(&[], 0)`).
+        checksum: EMPTY_CHECKSUM,
+    };
+
     /// The print of `file`'s bytes before `offset`; `None` if the file is shorter.
     pub fn take(file: &File, offset: u64) -> io::Result<Option<Self>> {
         let len = offset.min(TAIL_WINDOW);
@@ -351,6 +371,14 @@ mod tests {
             // Documented limit: content alone cannot tell these apart.
             assert!(fp.matches(&g).unwrap());
         }
+    }
+
+    #[test]
+    fn empty_tail_print_is_what_take_gives_before_offset_0() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = write(&dir.path().join("a"), b"x\n");
+        assert_eq!(TailPrint::take(&f, 0).unwrap(), Some(TailPrint::EMPTY));
+        assert!(TailPrint::EMPTY.matches(&f).unwrap());
     }
 
     #[test]

@@ -13,7 +13,7 @@ pub mod fingerprint;
 pub mod watcher;
 
 use crate::batcher::{BatchLimits, Batcher, BuilderPool, SealedBatch};
-use crate::checkpoint::{Checkpoints, FileCheckpoint};
+use crate::checkpoint::{Checkpoints, FileCheckpoint, PendingCopy};
 use crate::config::{CompiledInput, ReadFrom};
 use crate::discovery::{self, GlobRoot};
 use crate::lines::Line;
@@ -46,6 +46,11 @@ pub struct FileState {
     pub tail: Option<fingerprint::TailPrint>,
     /// Hash of the first line's content alone (no birth time): what a copy shares.
     pub head: Option<u64>,
+    /// The contents the file had before its truncations, while their copies are waited for.
+    pub pending: Vec<PendingCopy>,
+    /// Birth time (ns; 0 where not recorded): an inode reused while the agent was stopped is
+    /// another file.
+    pub birth: u64,
 }
 
 impl FileState {
@@ -71,6 +76,18 @@ pub enum Emitted {
     /// The file was read to its end and closed: forget its checkpoint once its batches are
     /// acknowledged.
     Released { key: FileKey, lane: FileKey },
+    /// The copy of `key`'s content before a truncation (the checkpoint's `pending`, with
+    /// `origin`) was found, or its wait is over: clear it from the checkpoint, and count `lost`
+    /// bytes as unread once the checkpoint that says so is written (so a crash in between
+    /// neither loses nor repeats the count).
+    CopyResolved {
+        key: FileKey,
+        lane: FileKey,
+        origin: FileId,
+        lost: u64,
+        input: usize,
+        path: Arc<str>,
+    },
 }
 
 /// Per-input counts since the last `take_stats`.
@@ -120,22 +137,45 @@ struct WaitReport {
     failed: usize,
 }
 
-/// A truncated file whose content may survive in a copy (copytruncate).
+/// A truncated (or deleted) file whose content may survive in a copy (copytruncate), looked
+/// for until `until` (`rotate_wait` after the truncation was seen).
 #[derive(Debug)]
 struct CopyWanted {
     original: FileKey,
-    /// The identity its lines were shipped under, before the truncation.
-    origin: FileId,
-    head: u64,
-    head_len: u64,
-    tail: Option<fingerprint::TailPrint>,
-    /// Where the copy is to be read on from: the first byte not handed out.
-    from: u64,
+    /// What recognises the copy, where to read it on from, what is lost without one.
+    print: PendingCopy,
+    /// `print.until_ms` on this process's clock.
+    until: Instant,
     dir: PathBuf,
     input: usize,
     path: Arc<str>,
-    /// Bytes lost if no copy holds them.
-    lost: u64,
+    /// The print is in the checkpoint (the original's entry): its outcome is counted by the
+    /// shipper once the checkpoint that clears it is written. Otherwise counted at once.
+    persisted: bool,
+}
+
+impl CopyWanted {
+    /// The lane the copy's lines, and the resolution, travel in (the origin's).
+    fn lane(&self) -> FileKey {
+        (self.print.origin.dev, self.print.origin.inode)
+    }
+}
+
+/// The print of a file's content as of now, about to be truncated: its copy is read on from
+/// `from` (the first byte not handed out); `lost` bytes past it are gone unless a copy holds them.
+fn print_of(w: &FileWatcher, from: u64, lost: u64, wait: Duration) -> Option<PendingCopy> {
+    Some(PendingCopy {
+        origin: w.file_id().into(),
+        head: w.head()?,
+        head_len: w.fingerprint()?.len,
+        // Nothing handed out yet: any copy holds the same (nothing) before where it starts.
+        tail: w
+            .tail()
+            .or((from == 0).then_some(fingerprint::TailPrint::EMPTY))?,
+        from,
+        lost,
+        until_ms: ferry_core::now_ms().saturating_add(wait.as_millis() as i64),
+    })
 }
 
 /// How long a new file whose first line is incomplete is held back from reading while it
@@ -200,6 +240,9 @@ pub struct Tailer {
     last_wait_report: WaitReport,
     /// Truncated files whose copy (copytruncate) is to be looked for, after the current read.
     copies_wanted: Vec<CopyWanted>,
+    /// Truncated or deleted files whose copy was not found yet: looked for again at each scan,
+    /// when a new file appears next to them, and once more when their wait is over.
+    pending_copies: Vec<CopyWanted>,
     /// Files skipped for being compressed, by identity, with the size they had: not opened
     /// again while they stay (a scan that no longer finds one forgets it).
     skipped: HashMap<FileKey, u64>,
@@ -227,7 +270,28 @@ impl Tailer {
         pool: BuilderPool,
     ) -> Self {
         let roots = discovery::roots(&inputs);
+        // Copies still waited for when the last run stopped: waited for on.
+        let (now, now_ms) = (Instant::now(), ferry_core::now_ms());
+        let pending_copies = checkpoints
+            .files
+            .iter()
+            .flat_map(|(key, cp)| cp.pending.iter().map(move |print| (key, cp, *print)))
+            .filter_map(|(key, cp, print)| {
+                let left = u64::try_from(print.until_ms.saturating_sub(now_ms)).unwrap_or(0);
+                let path = Path::new(&cp.path);
+                Some(CopyWanted {
+                    original: *key,
+                    print,
+                    until: now + Duration::from_millis(left),
+                    dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+                    input: discovery::owner(&inputs, path).or((!inputs.is_empty()).then_some(0))?,
+                    path: Arc::from(cp.path.as_str()),
+                    persisted: true,
+                })
+            })
+            .collect();
         Self {
+            pending_copies,
             buf: vec![0; settings.read_buffer.max(1)],
             stats: vec![InputStats::default(); inputs.len()],
             settings,
@@ -310,17 +374,19 @@ impl Tailer {
             // Entries no file matched: those files are gone (or no longer matched). Files that
             // exist but are not open yet keep theirs for when they are.
             let waiting: HashSet<FileKey> = self.waiting.values().map(|w| w.key).collect();
-            self.resume.retain(|key, cp| {
-                let keep = waiting.contains(key);
-                if !keep {
-                    let lane = cp.origin.map_or(*key, |o| (o.dev, o.inode));
-                    self.out.push(Emitted::Released { key: *key, lane });
-                }
-                keep
-            });
+            let unmatched: Vec<FileKey> = self
+                .resume
+                .keys()
+                .filter(|k| !waiting.contains(k))
+                .copied()
+                .collect();
+            for key in unmatched {
+                self.startup_unmatched(key, now);
+            }
             self.startup_paths.clear();
         }
         self.find_copies(now);
+        self.retry_pending(now, None);
         self.give_back_idle(now);
         self.open_waiting(now);
         self.report_waiting(now);
@@ -332,6 +398,75 @@ impl Tailer {
         }
     }
 
+    /// A checkpointed file no glob matched at start: renamed out of the glob while the agent
+    /// was stopped (a rotation with a glob that matches only the live name), or deleted. A
+    /// file on its dev+inode in the same directory is read on from the checkpoint (if it still
+    /// begins with its fingerprint and holds the checkpointed offset; else from 0 as its next
+    /// generation) to its end, then released like a file rotated away while the agent ran.
+    /// Otherwise its content may survive in a copy (copytruncate, then the original deleted),
+    /// looked for during `rotate_wait`.
+    fn startup_unmatched(&mut self, key: FileKey, now: Instant) {
+        let Some(cp) = self.resume.get(&key).cloned() else {
+            return;
+        };
+        let old = Path::new(&cp.path);
+        let input = discovery::owner(&self.inputs, old);
+        if let (Some(input), Some((path, meta))) = (input, find_renamed(&cp)) {
+            match self.open_file(
+                &path,
+                input,
+                &meta,
+                StartAt::Beginning { generation: 0 },
+                now,
+            ) {
+                Ok(()) => {
+                    if let Some(t) = self.files.get_mut(&key) {
+                        tracing::info!(from = %cp.path, to = %path.display(), offset = cp.offset, "file renamed out of the glob while the agent was stopped; reading it on to its end");
+                        t.watcher.set_path(&path);
+                        t.watcher.orphan(now);
+                    }
+                    self.timed.insert(key);
+                    self.dirty.insert(key);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot open a file renamed while the agent was stopped");
+                }
+            }
+        }
+        self.forget_checkpointed(key, now);
+    }
+
+    /// A checkpointed file that is gone (deleted, moved away, or its inode now another file's):
+    /// its entry is released, and what it held past the checkpoint is looked for in a copy
+    /// during `rotate_wait` (copytruncate, then the original deleted).
+    fn forget_checkpointed(&mut self, key: FileKey, now: Instant) {
+        let Some(cp) = self.resume.remove(&key) else {
+            return;
+        };
+        let old = Path::new(&cp.path);
+        let input = discovery::owner(&self.inputs, old);
+        let lane = cp.origin.map_or(key, |o| (o.dev, o.inode));
+        self.out.push(Emitted::Released { key, lane });
+        let (Some(input), Some(print)) = (input, checkpointed_print(&cp, Duration::ZERO)) else {
+            return;
+        };
+        // Deleted (or moved away): what it held past the checkpoint survives only in a copy.
+        let wait = self.inputs[input].rotate_wait;
+        self.copies_wanted.push(CopyWanted {
+            original: key,
+            print: PendingCopy {
+                until_ms: print.until_ms.saturating_add(wait.as_millis() as i64),
+                ..print
+            },
+            until: now + wait,
+            dir: old.parent().map(Path::to_path_buf).unwrap_or_default(),
+            input,
+            path: Arc::from(cp.path.as_str()),
+            persisted: false,
+        });
+    }
+
     /// An event named `path`: re-check just that path. Returns false if the path is a
     /// directory (a full scan is then needed to find what is inside).
     pub fn path_event(&mut self, path: &Path, now: Instant) -> bool {
@@ -339,6 +474,10 @@ impl Tailer {
             Ok(meta) if meta.is_dir() => return false,
             Ok(meta) if meta.is_file() => {
                 let owner = discovery::owner(&self.inputs, path);
+                if owner.is_none() {
+                    // Maybe the copy of a truncated file, under a name no glob matches.
+                    self.retry_pending(now, path.parent());
+                }
                 self.observe(path, owner.map(|i| (i, meta)), now);
             }
             _ => self.observe(path, None, now),
@@ -613,6 +752,7 @@ impl Tailer {
                 // Deleted (or moved out of its directory) while closed: what it held past the
                 // last read cannot be read; releasing counts it.
                 tracing::debug!(path = %old_path.display(), "file gone while its handle was given back");
+                t.watcher.mark_deleted();
                 t.watcher.orphan(now);
                 self.poll_file(key, now, true);
                 false
@@ -645,6 +785,23 @@ impl Tailer {
         if !t.unclassified && t.parked.is_none() {
             return true;
         }
+        // The copy of a file truncated (or deleted) before its copy appeared?
+        if t.unclassified && !self.pending_copies.is_empty() {
+            match self.match_pending(key, now) {
+                Some(true) => return true,
+                Some(false) => {
+                    if let Some(t) = self.files.get_mut(&key) {
+                        t.next_poll = Some(now + ORPHAN_POLL_MIN);
+                    }
+                    self.timed.insert(key);
+                    return false;
+                }
+                None => {}
+            }
+        }
+        let Some(t) = self.files.get(&key) else {
+            return false;
+        };
         let Some(file) = t.watcher.handle() else {
             return false;
         };
@@ -698,6 +855,18 @@ impl Tailer {
                 continue;
             };
             let osize = orig.metadata().map_or(0, |m| m.len());
+            // The original has been truncated (shorter than what was read, or other first
+            // bytes) without the agent noticing yet: a file with its first line that appears
+            // now (or was held back as its copy) is its copy; the original's next read notices
+            // the truncation and reads the copy on from where the original stopped.
+            let truncated = osize < o.watcher.line_pos()
+                || o.watcher
+                    .fingerprint()
+                    .is_some_and(|fp| !fp.matches(orig).unwrap_or(true));
+            if truncated {
+                copy_of = Some(*k);
+                break;
+            }
             let m = size.min(osize);
             let same = m > 0
                 && matches!(
@@ -764,44 +933,65 @@ impl Tailer {
     /// Not a copy (or no longer one): read it as itself, from 0.
     fn unpark(&mut self, key: FileKey) -> bool {
         if let Some(t) = self.files.get_mut(&key) {
+            // A new file read from its start is in the checkpoint from now on (its identity,
+            // offset 0), not only once a batch of it is acknowledged: an agent killed before
+            // that finds it again at start — renamed out of the glob, or truncated after a copy
+            // was made, while the agent was stopped.
+            if t.unclassified && t.watcher.line_pos() == 0 && t.watcher.generation() == 0 {
+                self.out.push(Emitted::Position {
+                    state: state_of(&t.watcher),
+                    offset: 0,
+                });
+            }
             t.unclassified = false;
             t.parked = None;
         }
         true
     }
 
-    /// After `w.original` was truncated: its old content may survive in a copy in the same
-    /// directory (copytruncate), under any name, in a glob or not. A copy is recognised by its
-    /// first line and by the bytes before the original's last tail print; it is then read on
-    /// from where the original stopped, under the original's origin, so that what the
-    /// original had not read yet is not lost, and what it had is not shipped again.
+    /// After `w.original` was truncated (or deleted): its old content may survive in a copy
+    /// in the same directory (copytruncate), under any name, in a glob or not. A copy is
+    /// recognised by its first line and by the bytes before the original's last tail print;
+    /// it is then read on from where the original stopped, under the original's origin, so
+    /// that what the original had not read yet is not lost, and what it had is not shipped
+    /// again. Not found yet: waited for until `w.until` (`rotate_wait`), then what the
+    /// original held unread is counted as lost.
     fn find_copy(&mut self, w: CopyWanted, now: Instant) {
-        let found = self.look_for_copy(&w);
-        let Some((path, meta)) = found else {
-            if w.lost > 0 {
-                self.stats[w.input].unread_bytes += w.lost;
-                count_unread(&self.inputs[w.input].name, &w.path, w.lost);
+        match self.look_for_copy(&w) {
+            Some((path, meta)) => self.adopt_copy(w, &path, &meta, now),
+            None if now < w.until => {
+                if !self.pending_copies.iter().any(|p| p.print == w.print) {
+                    tracing::debug!(path = %w.path, "no copy of the truncated file yet; waiting for one");
+                    self.pending_copies.push(w);
+                }
             }
-            return;
-        };
+            None => {
+                let lost = w.print.lost;
+                self.resolve(w, lost);
+            }
+        }
+    }
+
+    /// Reads the copy at `path` on from where the original stopped, under its origin.
+    fn adopt_copy(&mut self, w: CopyWanted, path: &Path, meta: &fs::Metadata, now: Instant) {
         let ckey = (meta.dev(), meta.ino());
+        let lost_all = w.print.lost;
         if !self.files.contains_key(&ckey) {
             if self
                 .open_file(
-                    &path,
+                    path,
                     w.input,
-                    &meta,
+                    meta,
                     StartAt::Beginning { generation: 0 },
                     now,
                 )
                 .is_err()
             {
-                self.stats[w.input].unread_bytes += w.lost;
-                count_unread(&self.inputs[w.input].name, &w.path, w.lost);
+                self.resolve(w, lost_all);
                 return;
             }
-            if discovery::owner(&self.inputs, &path).is_some() {
-                self.paths.insert(path.clone(), ckey);
+            if discovery::owner(&self.inputs, path).is_some() {
+                self.paths.insert(path.to_path_buf(), ckey);
             } else if let Some(t) = self.files.get_mut(&ckey) {
                 // Outside every glob: read to its end, then released like a rotated file.
                 t.watcher.orphan(now);
@@ -814,13 +1004,15 @@ impl Tailer {
         t.unclassified = false;
         t.parked = None;
         let size = meta.len();
-        let (offset, origin) = if size > w.from {
-            (w.from, Some(w.origin))
+        let from = w.print.from;
+        let (offset, origin) = if size > from {
+            (from, Some(FileId::from(w.print.origin)))
         } else {
             // The original was read past everything the copy holds.
             (size, None)
         };
         if t.watcher.skip_to(offset).is_err() {
+            self.resolve(w, lost_all);
             return;
         }
         t.watcher.set_origin(origin);
@@ -831,34 +1023,133 @@ impl Tailer {
         });
         self.dirty.insert(ckey);
         // What the original held past the copy's end and was never read is gone.
-        let lost = w.lost.saturating_sub(size.saturating_sub(w.from));
-        if lost > 0 {
+        let lost = lost_all.saturating_sub(size.saturating_sub(from));
+        self.resolve(w, lost);
+    }
+
+    /// The wait for `w`'s copy is over (found, or timed out): the original forgets it, and
+    /// `lost` bytes are counted — by the shipper once the checkpoint that forgets it is
+    /// written, if it was in the checkpoint; at once otherwise.
+    fn resolve(&mut self, w: CopyWanted, lost: u64) {
+        if let Some(t) = self.files.get_mut(&w.original) {
+            t.watcher.remove_pending(&w.print);
+        }
+        if w.persisted {
+            self.out.push(Emitted::CopyResolved {
+                key: w.original,
+                lane: w.lane(),
+                origin: w.print.origin.into(),
+                lost,
+                input: w.input,
+                path: w.path,
+            });
+        } else if lost > 0 {
             self.stats[w.input].unread_bytes += lost;
             count_unread(&self.inputs[w.input].name, &w.path, lost);
         }
     }
 
+    /// Looks for the copies still waited for once more; those whose wait is over after that
+    /// are resolved as lost. With `dir`, only those of that directory.
+    fn retry_pending(&mut self, now: Instant, dir: Option<&Path>) {
+        if self.pending_copies.is_empty() {
+            return;
+        }
+        let (mine, others): (Vec<CopyWanted>, Vec<CopyWanted>) =
+            std::mem::take(&mut self.pending_copies)
+                .into_iter()
+                .partition(|w| dir.is_none_or(|d| w.dir == d));
+        self.pending_copies = others;
+        for w in mine {
+            self.find_copy(w, now);
+        }
+    }
+
+    /// Copies whose wait is over get a last look, then are resolved.
+    fn expire_pending(&mut self, now: Instant) {
+        if !self.pending_copies.iter().any(|w| now >= w.until) {
+            return;
+        }
+        let (due, rest): (Vec<CopyWanted>, Vec<CopyWanted>) =
+            std::mem::take(&mut self.pending_copies)
+                .into_iter()
+                .partition(|w| now >= w.until);
+        self.pending_copies = rest;
+        for w in due {
+            self.find_copy(w, now);
+        }
+    }
+
+    /// Whether a new file `key` (not read yet) is the copy of a truncated or deleted file
+    /// whose copy is waited for: `Some(true)` it was adopted (read it on), `Some(false)` it
+    /// may still become one (a copy being written: held back for a moment), `None` it is not.
+    fn match_pending(&mut self, key: FileKey, now: Instant) -> Option<bool> {
+        let t = self.files.get(&key)?;
+        let file = t.watcher.handle()?;
+        let dir = t.watcher.path().parent()?.to_path_buf();
+        let meta = file.metadata().ok()?;
+        let size = meta.len();
+        let young = now.saturating_duration_since(t.watcher.last_data_at()) < CLASSIFY_WAIT;
+        let mut hold = false;
+        for i in 0..self.pending_copies.len() {
+            let w = &self.pending_copies[i];
+            if w.dir != dir {
+                continue;
+            }
+            // Its first line decides, once it is whole (a copy's first write holds it: a copy
+            // is not held back before that, and a new file need not wait).
+            match Fingerprint::take(file, size).ok().flatten() {
+                None => continue,
+                Some(fp) => {
+                    if fp.len != w.print.head_len
+                        || fingerprint::head_of(file, fp.len).ok().flatten() != Some(w.print.head)
+                    {
+                        continue;
+                    }
+                }
+            }
+            if size >= w.print.tail.offset && w.print.tail.matches(file).unwrap_or(false) {
+                let w = self.pending_copies.swap_remove(i);
+                let path = self.files.get(&key)?.watcher.path().to_path_buf();
+                self.adopt_copy(w, &path, &meta, now);
+                return Some(true);
+            }
+            hold |= young && size < w.print.tail.offset;
+        }
+        hold.then_some(false)
+    }
+
     /// A file in `w.dir` other than the original, not read as a file of its own yet, with the
     /// original's first line and tail print.
     fn look_for_copy(&self, w: &CopyWanted) -> Option<(PathBuf, fs::Metadata)> {
-        let tail = w.tail?;
+        let tail = w.print.tail;
         let entries = fs::read_dir(&w.dir).ok()?;
         for entry in entries.flatten() {
             let Ok(meta) = entry.metadata() else { continue };
             let k = (meta.dev(), meta.ino());
-            if !meta.is_file() || k == w.original || meta.len() < tail.offset {
+            if !meta.is_file() || k == w.original {
                 continue;
             }
-            if let Some(t) = self.files.get(&k)
+            let tracked = self.files.get(&k);
+            if let Some(t) = tracked
                 && !(t.unclassified || t.parked == Some(w.original))
             {
+                continue;
+            }
+            // Shorter than the tail print: the original's lines written after the copy was
+            // made were read before the truncation. Such a copy is known only if the agent saw
+            // it appear — held back as a copy of this original (its bytes compared while the
+            // original was whole), or new and not read yet with the original's first line — and
+            // holds nothing that was not read from the original.
+            let short = meta.len() < tail.offset;
+            if short && tracked.is_none() {
                 continue;
             }
             let Ok(file) = fs::File::open(entry.path()) else {
                 continue;
             };
-            let head = fingerprint::head_of(&file, w.head_len).ok().flatten();
-            if head == Some(w.head) && tail.matches(&file).unwrap_or(false) {
+            let head = fingerprint::head_of(&file, w.print.head_len).ok().flatten();
+            if head == Some(w.print.head) && (short || tail.matches(&file).unwrap_or(false)) {
                 return Some((entry.path(), meta));
             }
         }
@@ -928,8 +1219,18 @@ impl Tailer {
         now: Instant,
     ) -> std::io::Result<()> {
         let key = (meta.dev(), meta.ino());
+        // Its inode was freed and given to another file while the agent was stopped (another
+        // birth time): that file is new, and the checkpointed one is gone.
+        if let Some(cp) = self.resume.get(&key)
+            && let Some(birth) = cp.birth
+            && birth != fingerprint::birth_ns(&fs::File::open(path)?)
+        {
+            tracing::info!(path = %path.display(), was = %cp.path, "inode of a checkpointed file reused by a new file while the agent was stopped");
+            self.forget_checkpointed(key, now);
+        }
         let inp = &self.inputs[input];
         let mut announce = false;
+        let mut print = None;
         let start = match self.resume.get(&key) {
             Some(cp) => {
                 let same = match cp.fingerprint {
@@ -948,26 +1249,18 @@ impl Tailer {
                     tracing::info!(path = %path.display(), "file changed while the agent was stopped; reading it from the beginning");
                     announce = true;
                     // Its old content may survive in a copy (copytruncate while stopped).
-                    if let (Some(fp), Some(head), Some(tail)) = (cp.fingerprint, cp.head, cp.tail) {
+                    // What it held past the checkpoint is unknown (not counted); it is kept
+                    // with the file's checkpoint while the copy is waited for.
+                    if let Some(p) = checkpointed_print(cp, inp.rotate_wait) {
+                        print = Some(p);
                         self.copies_wanted.push(CopyWanted {
                             original: key,
-                            origin: cp.origin.map_or(
-                                FileId {
-                                    dev: cp.dev,
-                                    inode: cp.inode,
-                                    fingerprint: fp.checksum,
-                                    generation: cp.generation,
-                                },
-                                Into::into,
-                            ),
-                            head,
-                            head_len: fp.len,
-                            tail: Some(tail),
-                            from: cp.offset,
+                            print: p,
+                            until: now + inp.rotate_wait,
                             dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
                             input,
                             path: Arc::from(path.to_string_lossy().as_ref()),
-                            lost: 0,
+                            persisted: true,
                         });
                     }
                     StartAt::Beginning {
@@ -988,6 +1281,20 @@ impl Tailer {
             && matches!(start, StartAt::Resume { .. })
         {
             watcher.set_origin(cp.origin.map(Into::into));
+            watcher.set_tail(cp.tail.filter(|t| t.offset <= cp.offset));
+            // A copy of its content before an earlier truncation is still waited for.
+            for p in &cp.pending {
+                watcher.add_pending(*p);
+            }
+        }
+        if let Some(p) = print {
+            // Earlier contents still waited for stay with the file too.
+            if let Some(cp) = self.resume.get(&key) {
+                for p in &cp.pending {
+                    watcher.add_pending(*p);
+                }
+            }
+            watcher.add_pending(p);
         }
         self.resume.remove(&key);
         if announce {
@@ -1149,9 +1456,10 @@ impl Tailer {
                 Ok(ReadOutcome::Truncated) => {
                     // A copy of the old content may be next to it (copytruncate): it can be
                     // recognised if the file has a head and a tail print.
+                    // (Nothing read from it: its copy is read from 0.)
                     let copyable = watcher.truncation_is_ours()
                         && watcher.head().is_some()
-                        && watcher.tail().is_some();
+                        && (watcher.tail().is_some() || watcher.line_pos() == 0);
                     // Hand out everything of the old content under its old identity first (an
                     // incomplete last line too: the copy, if found, is read on right after it).
                     watcher.flush_partial(now, true, &mut route);
@@ -1184,28 +1492,29 @@ impl Tailer {
                     }
                     let before = watcher.unread_bytes();
                     let from = watcher.line_pos();
-                    let wanted = copyable.then(|| CopyWanted {
-                        original: key,
-                        origin: watcher.file_id(),
-                        head: watcher.head().unwrap_or_default(),
-                        head_len: watcher.fingerprint().map_or(0, |f| f.len),
-                        tail: watcher.tail(),
-                        from,
-                        dir: watcher
-                            .path()
-                            .parent()
-                            .map(Path::to_path_buf)
-                            .unwrap_or_default(),
-                        input: t.input,
-                        path: watcher.path_str().clone(),
-                        lost: 0,
-                    });
+                    let print = copyable
+                        .then(|| print_of(watcher, from, 0, input.rotate_wait))
+                        .flatten();
                     watcher.restart_after_truncation();
                     let lost = watcher.unread_bytes() - before;
-                    if let Some(mut w) = wanted {
-                        // Counted once it is known what the copy holds.
-                        w.lost = lost;
-                        copies_wanted.push(w);
+                    if let Some(mut print) = print {
+                        print.lost = lost;
+                        // Counted once it is known what the copy holds (kept with the file's
+                        // checkpoint meanwhile, so a restart still waits for the copy).
+                        watcher.add_pending(print);
+                        copies_wanted.push(CopyWanted {
+                            original: key,
+                            print,
+                            until: now + input.rotate_wait,
+                            dir: watcher
+                                .path()
+                                .parent()
+                                .map(Path::to_path_buf)
+                                .unwrap_or_default(),
+                            input: t.input,
+                            path: watcher.path_str().clone(),
+                            persisted: true,
+                        });
                     } else if lost > 0 {
                         st.unread_bytes += lost;
                         count_unread(&input.name, watcher.path_str(), lost);
@@ -1268,6 +1577,7 @@ impl Tailer {
     /// Ships what timed out (partial lines, multiline records, lingering batches) and releases
     /// orphaned files that were read to their end and stayed quiet.
     pub fn poll_timeouts(&mut self, now: Instant) {
+        self.expire_pending(now);
         let keys: Vec<FileKey> = self.timed.iter().copied().collect();
         for key in keys {
             // One last read before closing a rotated file: its writer may have added lines
@@ -1292,6 +1602,7 @@ impl Tailer {
             stats,
             open_handles,
             skipped,
+            pending_copies,
             ..
         } = self;
         let Some(t) = files.get_mut(&key) else {
@@ -1373,7 +1684,30 @@ impl Tailer {
                     .increment(1);
                 skipped.insert(key, t.watcher.lag_bytes());
             }
-            if unread > 0 {
+            // Deleted: its content may survive in a copy (copied, then the original deleted),
+            // which may appear within `rotate_wait`; what it held unread is counted then.
+            let print = (t.compressed.is_none() && t.watcher.is_deleted())
+                .then(|| print_of(&t.watcher, t.watcher.line_pos(), unread, input.rotate_wait))
+                .flatten();
+            if let Some(print) = print {
+                let w = CopyWanted {
+                    original: key,
+                    print,
+                    until: now + input.rotate_wait,
+                    dir: t
+                        .watcher
+                        .path()
+                        .parent()
+                        .map(Path::to_path_buf)
+                        .unwrap_or_default(),
+                    input: t.input,
+                    path: t.watcher.path_str().clone(),
+                    persisted: false,
+                };
+                if !pending_copies.iter().any(|p| p.print == w.print) {
+                    pending_copies.push(w);
+                }
+            } else if unread > 0 {
                 stats[t.input].unread_bytes += unread;
                 count_unread(&input.name, t.watcher.path_str(), unread);
             }
@@ -1404,6 +1738,7 @@ impl Tailer {
 
     /// The earliest time something pending times out.
     pub fn next_deadline(&self) -> Option<Instant> {
+        let pending = self.pending_copies.iter().map(|w| w.until).min();
         self.timed
             .iter()
             .filter_map(|k| self.files.get(k))
@@ -1416,6 +1751,7 @@ impl Tailer {
                 ]
             })
             .flatten()
+            .chain(pending)
             .min()
     }
 
@@ -1461,11 +1797,58 @@ impl Tailer {
             .values()
             .map(|t| (t.input, t.watcher.path_str(), t.watcher.lag_bytes()))
     }
+
+    /// (input, path, size) of every file live at its path, its size as the last stat or read
+    /// saw it: for the size gauge (what a truncation now would count as unread is this less
+    /// what was read).
+    pub fn sizes(&self) -> impl Iterator<Item = (usize, &Arc<str>, u64)> {
+        self.files
+            .values()
+            .filter(|t| !t.watcher.is_orphaned())
+            .map(|t| (t.input, t.watcher.path_str(), t.watcher.seen_size()))
+    }
+}
+
+/// The print of a checkpointed file's content (a copy of it is read on from the checkpoint),
+/// waited for `wait` from now; what it held past the checkpoint is unknown (not counted).
+fn checkpointed_print(cp: &FileCheckpoint, wait: Duration) -> Option<PendingCopy> {
+    let fp = cp.fingerprint?;
+    Some(PendingCopy {
+        origin: cp.origin.unwrap_or(crate::checkpoint::OriginV2 {
+            dev: cp.dev,
+            inode: cp.inode,
+            fingerprint: fp.checksum,
+            generation: cp.generation,
+        }),
+        head: cp.head?,
+        head_len: fp.len,
+        // Nothing acknowledged yet: any copy holds the same (nothing) before offset 0.
+        tail: cp
+            .tail
+            .or((cp.offset == 0).then_some(fingerprint::TailPrint::EMPTY))?,
+        from: cp.offset,
+        lost: 0,
+        until_ms: ferry_core::now_ms().saturating_add(wait.as_millis() as i64),
+    })
+}
+
+/// The file a checkpoint entry names, found on its dev+inode in the directory it was in
+/// (renamed). Whether it is still the same content (its fingerprint, its size) is for
+/// [`Tailer::open_file`] to say, as for any checkpointed file: truncated while the agent was
+/// stopped and then renamed, it is read from 0 as its next generation, and its old content's
+/// copy looked for.
+fn find_renamed(cp: &FileCheckpoint) -> Option<(PathBuf, fs::Metadata)> {
+    let dir = Path::new(&cp.path).parent()?;
+    fs::read_dir(dir).ok()?.flatten().find_map(|entry| {
+        let meta = entry.metadata().ok()?;
+        (meta.is_file() && (meta.dev(), meta.ino()) == (cp.dev, cp.inode))
+            .then(|| (entry.path(), meta))
+    })
 }
 
 /// Bytes of one file that could not be read, by input and path (rare, so the path label's
 /// cardinality is harmless).
-fn count_unread(input: &str, path: &str, bytes: u64) {
+pub(crate) fn count_unread(input: &str, path: &str, bytes: u64) {
     tracing::warn!(
         input,
         path,
@@ -1485,6 +1868,8 @@ fn state_of(w: &FileWatcher) -> FileState {
         origin: w.origin(),
         tail: w.tail(),
         head: w.head(),
+        pending: w.pending().to_vec(),
+        birth: w.birth(),
     }
 }
 
@@ -1502,7 +1887,13 @@ fn drain_sealed(
             state.fingerprint = None;
             state.tail = None;
             state.head = None;
+            state.pending = Vec::new();
             state.origin = ((batch.file.dev, batch.file.inode) != state.key).then_some(batch.file);
+        } else if state.tail.is_none_or(|t| t.offset > batch.end_offset) {
+            // The checkpoint of this batch's end gets a tail print at that very offset (one
+            // pread of at most 4 KiB per batch): a restart that finds the file truncated
+            // recognises its copy by it, however far reading ran ahead of acknowledgements.
+            state.tail = w.tail_at(batch.end_offset);
         }
         out.push(Emitted::Batch {
             input,

@@ -24,6 +24,7 @@
 //! the splitter. Every byte in `[start, line_pos)` was handed out in exactly one line.
 
 use super::fingerprint::{Fingerprint, TailPrint, head_of};
+use crate::checkpoint::PendingCopy;
 use crate::lines::{Line, LineSplitter};
 use ferry_core::record::FileId;
 use std::fs::File;
@@ -161,6 +162,9 @@ pub struct FileWatcher {
     /// The identity lines ship under instead of this file's own: set for a copytruncate copy
     /// read on under its original's origin. Cleared by a truncation of the copy itself.
     origin: Option<FileId>,
+    /// This file's previous content (before its last truncation) while its copy is waited
+    /// for: kept in the checkpoint with the file, so a restarted agent still waits for it.
+    pending: Vec<PendingCopy>,
     /// The origin's fingerprint field while there is no fingerprint ([`super::fingerprint::unfixed_id`]).
     unfixed_id: u64,
     /// While there is no fingerprint yet (first line incomplete): a checksum of the bytes read,
@@ -232,7 +236,7 @@ impl FileWatcher {
             Some(fp) => head_of(&file, fp.len)?,
             None => None,
         };
-        Ok(Self {
+        let mut w = Self {
             path: path.to_owned(),
             path_str: Arc::from(path.to_string_lossy().as_ref()),
             birth: super::fingerprint::birth_ns(&file),
@@ -240,6 +244,7 @@ impl FileWatcher {
             head,
             tail: None,
             origin: None,
+            pending: Vec::new(),
             dev: meta.dev(),
             inode: meta.ino(),
             fingerprint,
@@ -263,7 +268,11 @@ impl FileWatcher {
             deleted: false,
             partial_not_before: None,
             mid_line,
-        })
+        };
+        if matches!(start, StartAt::Beginning { .. }) {
+            w.fix_identity(size)?;
+        }
+        Ok(w)
     }
 
     /// (dev, inode): the key the tailer tracks files by.
@@ -299,6 +308,22 @@ impl FileWatcher {
         self.tail
     }
 
+    /// A print of the bytes before `offset`, if the handle is open and the file holds them.
+    pub fn tail_at(&self, offset: u64) -> Option<TailPrint> {
+        TailPrint::take(self.file.as_ref()?, offset).ok().flatten()
+    }
+
+    /// The tail print a checkpoint kept (a restarted agent recognises a copy by it until it
+    /// takes its own).
+    pub fn set_tail(&mut self, tail: Option<TailPrint>) {
+        self.tail = tail;
+    }
+
+    /// Birth time in ns (0 where the file system keeps none).
+    pub fn birth(&self) -> u64 {
+        self.birth
+    }
+
     pub fn origin(&self) -> Option<FileId> {
         self.origin
     }
@@ -306,6 +331,22 @@ impl FileWatcher {
     /// Ship this file's lines under `origin` (a copy read on under its original's identity).
     pub fn set_origin(&mut self, origin: Option<FileId>) {
         self.origin = origin;
+    }
+
+    pub fn pending(&self) -> &[PendingCopy] {
+        &self.pending
+    }
+
+    /// Remember a previous content whose copy is waited for.
+    pub fn add_pending(&mut self, print: PendingCopy) {
+        if !self.pending.contains(&print) {
+            self.pending.push(print);
+        }
+    }
+
+    /// Forget a previous content's print (its copy was found, or its wait is over).
+    pub fn remove_pending(&mut self, print: &PendingCopy) {
+        self.pending.retain(|p| p != print);
     }
 
     /// The open handle, if any.
@@ -359,6 +400,16 @@ impl FileWatcher {
         self.unread_bytes
     }
 
+    /// Its last link is gone (deleted), as far as the watcher knows.
+    pub fn is_deleted(&self) -> bool {
+        self.deleted
+    }
+
+    /// Found gone while its handle was given back (deleted, or moved out of its directory).
+    pub fn mark_deleted(&mut self) {
+        self.deleted = true;
+    }
+
     pub fn is_orphaned(&self) -> bool {
         self.orphaned_at.is_some()
     }
@@ -385,8 +436,40 @@ impl FileWatcher {
         // Seen shrinking or moving: the next read verifies the content is still the same
         // even if the file has regrown to the same size by then.
         self.check_identity |= changed;
-        self.seen_size = self.seen_size.max(size);
+        // Only bytes of the content being read count as seen: a file truncated and refilled
+        // since the last look (its first bytes changed) is a truncation for the next read to
+        // handle, and its new size says nothing about what the old content held.
+        let same = match (self.file.as_ref(), self.fingerprint.or(self.probe)) {
+            (Some(f), Some(fp)) if changed => fp.matches(f).unwrap_or(true),
+            _ => true,
+        };
+        if same {
+            self.seen_size = self.seen_size.max(size);
+        }
+        if changed
+            && same
+            && let Err(e) = self.fix_identity(size)
+        {
+            tracing::debug!(path = %self.path.display(), error = %e, "cannot read the first bytes");
+        }
         changed || size > self.read_pos
+    }
+
+    /// Fixes the fingerprint (and head) as soon as the file has a whole first line, or else
+    /// takes a probe of what it begins with — also before anything is read: bytes a stat saw
+    /// and a truncation then destroyed unread are a truncation to notice and count (and to
+    /// look for a copy of), even if the file is refilled past that size before the next read.
+    fn fix_identity(&mut self, size: u64) -> io::Result<()> {
+        let Some(file) = self.file.as_ref() else {
+            return Ok(());
+        };
+        identify(
+            file,
+            size,
+            &mut self.fingerprint,
+            &mut self.head,
+            &mut self.probe,
+        )
     }
 
     /// An orphaned file read to its end and quiet for [`ROTATE_WAIT`] can be closed.
@@ -470,13 +553,13 @@ impl FileWatcher {
             self.last_data_at = now;
             if self.fingerprint.is_none() {
                 let size = self.size.max(self.read_pos + n as u64);
-                self.fingerprint = Fingerprint::take(file, size)?;
-                if let Some(fp) = self.fingerprint {
-                    self.head = head_of(file, fp.len)?;
-                }
-                if self.fingerprint.is_none() && self.probe.is_none() {
-                    self.probe = Fingerprint::probe(file, size)?;
-                }
+                identify(
+                    file,
+                    size,
+                    &mut self.fingerprint,
+                    &mut self.head,
+                    &mut self.probe,
+                )?;
             }
             let id = self.file_id();
             let line_pos = &mut self.line_pos;
@@ -492,6 +575,11 @@ impl FileWatcher {
             self.read_pos += n as u64;
             self.size = self.size.max(self.read_pos);
             total += n as u64;
+        }
+        // Read on without reaching the end (a file far behind, or written faster than it is
+        // read): a tail print all the same, or a truncation now could not find its copy.
+        if self.line_pos > 0 && self.tail.is_none() {
+            self.tail = TailPrint::take(file, self.line_pos)?;
         }
         Ok(ReadOutcome::More { bytes: total })
     }
@@ -686,6 +774,27 @@ impl FileWatcher {
         self.mid_line = false;
         self.sniff = true;
     }
+}
+
+/// Fixes `fingerprint` (and `head`) of `file`, `size` bytes long, if its first line is whole;
+/// else takes a `probe` of what it begins with, once.
+fn identify(
+    file: &File,
+    size: u64,
+    fingerprint: &mut Option<Fingerprint>,
+    head: &mut Option<u64>,
+    probe: &mut Option<Fingerprint>,
+) -> io::Result<()> {
+    if fingerprint.is_some() || size == 0 {
+        return Ok(());
+    }
+    *fingerprint = Fingerprint::take(file, size)?;
+    match *fingerprint {
+        Some(fp) => *head = head_of(file, fp.len)?,
+        None if probe.is_none() => *probe = Fingerprint::probe(file, size)?,
+        None => {}
+    }
+    Ok(())
 }
 
 /// Whether the byte before `pos` is a newline, i.e. `pos` starts a line.

@@ -28,9 +28,6 @@ pub struct AppState {
     pub config: Arc<CollectorConfig>,
     /// Processor checkpoints (state + offset per group and partition).
     pub checkpoints: crate::checkpoints::Checkpoints,
-    /// Principals and their permissions (tokens resolved from files and the environment at
-    /// start; the config was checked before, so problems here were already reported).
-    pub auth: crate::auth::Authorizer,
     /// Makes "check the owner, write the commit or checkpoint" one step per group.
     pub group_locks: crate::coordinator::GroupLocks,
     /// The registry of agents; a std mutex never held across an await.
@@ -38,6 +35,9 @@ pub struct AppState {
     /// What `GET /v1/collectors` lists: this collector first, then its peers. Set once the
     /// listener is bound ([`AppState::set_bound`]); until then from the config alone.
     collectors: std::sync::OnceLock<Vec<String>>,
+    /// Principals and their permissions (tokens resolved from files and the environment at
+    /// start; the config was checked before, so problems here were already reported).
+    pub auth: crate::auth::Authorizer,
 }
 
 impl AppState {
@@ -51,13 +51,13 @@ impl AppState {
             inflight: Semaphore::new(kib as usize),
             inflight_kib: kib as u32,
             checkpoints: crate::checkpoints::Checkpoints::new(&config.data_dir),
+            registry: Mutex::new(crate::registry::Registry::new(config.agents.limits())),
+            collectors: std::sync::OnceLock::new(),
             auth: crate::auth::Authorizer::resolve(
                 &config,
                 &mut ferry_core::problems::Problems::new(),
             ),
             group_locks: Default::default(),
-            registry: Mutex::new(crate::registry::Registry::new(config.agents.limits())),
-            collectors: std::sync::OnceLock::new(),
             config,
         }
     }

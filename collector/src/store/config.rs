@@ -45,6 +45,11 @@ pub struct StoreConfig {
     /// Bytes of appends accepted but not yet written; further `append` calls wait (default
     /// 64MiB). This bounds the writer's queue in bytes.
     pub max_inflight_bytes: ByteSize,
+    /// Segment files held open at most (for appending and reading, over all partitions);
+    /// more are opened on demand and the least recently used closed. Default: derived from
+    /// the open-files limit (`RLIMIT_NOFILE`), a quarter of it (64 to 2,048) kept for
+    /// connections and everything else, at most 4,096 (see `store::handles`).
+    pub max_open_files: Option<usize>,
 }
 
 /// Retention: the oldest sealed segments of a partition are deleted when any limit is exceeded.
@@ -81,6 +86,7 @@ impl Default for StoreConfig {
             retention_check_interval: Duration::from_secs(30),
             index_interval_bytes: ByteSize::kib(4),
             max_inflight_bytes: ByteSize::mib(64),
+            max_open_files: None,
         }
     }
 }

@@ -16,6 +16,8 @@
 //! ```
 //!
 //! - [`fs`]: the file-system trait every disk access goes through (fault injection in tests).
+//! - [`handles`]: segments opened on demand behind a bounded cache (`max_open_files`), so the
+//!   descriptors the store holds do not grow with the number of partitions.
 //! - [`segment`]: segment files and batch framing; scanning with torn-tail / corruption handling.
 //! - [`index`]: sparse offset and time indexes.
 //! - [`partition`]: a partition's published view (for readers) and writer state.
@@ -45,6 +47,7 @@ pub mod dedup;
 pub mod error;
 pub mod fs;
 pub mod groups;
+pub mod handles;
 pub mod index;
 pub mod partition;
 pub mod recovery;
@@ -139,6 +142,8 @@ struct Inner {
     dir: PathBuf,
     cfg: StoreConfig,
     fs: Arc<dyn FileSystem>,
+    /// The bounded cache of open segment handles behind `fs`.
+    handles: Arc<handles::HandleCache>,
     /// Shared with the retention thread.
     topics: Arc<Topics>,
     /// Serializes topic creation (file I/O) without blocking lookups on `topics`.
@@ -211,6 +216,15 @@ impl Store {
         config: StoreConfig,
         fs: Arc<dyn FileSystem>,
     ) -> Result<Store, StoreError> {
+        let max_open = config
+            .max_open_files
+            .unwrap_or_else(handles::default_max_open_files);
+        let handles = handles::HandleCache::new(fs, max_open);
+        tracing::info!(
+            max_open_files = handles.max_open(),
+            "store: segments are opened on demand, at most this many at once"
+        );
+        let fs: Arc<dyn FileSystem> = Arc::new(handles::CachedFs(handles.clone()));
         let topics_dir = dir.join("topics");
         fs.create_dir_all(&topics_dir).at(&topics_dir)?;
         let lock = lock_dir(dir)?;
@@ -324,6 +338,7 @@ impl Store {
                 dir: dir.to_owned(),
                 cfg: config,
                 fs,
+                handles,
                 topics,
                 create_lock: Mutex::new(()),
                 tx,
@@ -471,6 +486,11 @@ impl Store {
         let Some(removed) = removed else {
             return Ok(false);
         };
+        // Before the files move: the writer does no more I/O on them (see
+        // `WriterState::deleted`).
+        for p in &removed.partitions {
+            p.writer().deleted = true;
+        }
         let fs = &*self.inner.fs;
         let topics_dir = self.inner.dir.join("topics");
         let tdir = topics_dir.join(topic);
@@ -493,6 +513,11 @@ impl Store {
     }
 
     /// Topics the store holds.
+    /// Segment handles open now, and the most that may be (`max_open_files`).
+    pub fn open_files(&self) -> (usize, usize) {
+        (self.inner.handles.open_now(), self.inner.handles.max_open())
+    }
+
     pub fn topic_count(&self) -> usize {
         self.inner
             .topics

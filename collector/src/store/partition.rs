@@ -99,6 +99,12 @@ pub(crate) struct WriterState {
     pub last_time_ms: i64,
     pub last_index_pos: Option<u64>,
     pub dedup: DedupMap,
+    /// Set by `Store::delete_topic` (under this lock) before the topic's directory moves to
+    /// the trash: from then on the partition does no file I/O. New appends are refused with
+    /// `UnknownTopic` (before, one that rolled a segment created it in a directory no longer
+    /// there, and that I/O error stopped the whole store); appends staged before the delete
+    /// are answered as stored, as they were when their writes went to the moved file.
+    pub deleted: bool,
     pub pending: Pending,
 }
 
@@ -176,6 +182,9 @@ impl Partition {
         reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
         permit: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Staged {
+        if w.deleted {
+            return Staged::Failed(StoreError::UnknownTopic(self.topic.clone()), reply);
+        }
         let decision = match w.dedup.decide(&header, &batch) {
             Ok(d) => d,
             Err(e) => return Staged::Failed(e.into(), reply),
@@ -262,7 +271,7 @@ impl Partition {
 
     /// Writes the staged frames to the active file (no fsync).
     pub fn write_pending(&self, w: &mut WriterState) -> Result<(), StoreError> {
-        if w.pending.buf.is_empty() || w.pending.written {
+        if w.pending.buf.is_empty() || w.pending.written || w.deleted {
             return Ok(());
         }
         let WriterState {
@@ -279,7 +288,7 @@ impl Partition {
 
     /// fsyncs the active file if it holds unsynced bytes.
     pub fn sync(w: &mut WriterState) -> Result<(), StoreError> {
-        if w.synced_len == w.len {
+        if w.synced_len == w.len || w.deleted {
             return Ok(());
         }
         let started = std::time::Instant::now();
@@ -334,7 +343,9 @@ impl Partition {
     pub fn rollback(&self, w: &mut WriterState, err: &StoreError) -> bool {
         let p = std::mem::take(&mut w.pending);
         let mut clean = true;
-        if p.written || w.len != p.start_len {
+        if w.deleted {
+            // Nothing to cut back: the files are gone with the topic.
+        } else if p.written || w.len != p.start_len {
             clean = w.active.truncate(p.start_len).is_ok();
             w.len = p.start_len;
             w.synced_len = w.synced_len.min(p.start_len);
@@ -434,6 +445,28 @@ impl Partition {
 
     /// Reads whole stored batches from `offset` on, up to `max_bytes` (at least one).
     pub fn read(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        slack: u64,
+    ) -> Result<ReadBatches, StoreError> {
+        let mut attempt = 0;
+        loop {
+            match self.read_once(offset, max_bytes, slack) {
+                // A segment retention removed after this read planned it, whose handle the
+                // cache had closed (see `store::handles`): plan again from the view, which
+                // no longer has it (the answer is then 416 or the data after it).
+                Err(StoreError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound && attempt < 2 =>
+                {
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn read_once(
         &self,
         offset: u64,
         max_bytes: usize,

@@ -183,6 +183,7 @@ pub(crate) fn open_partition(
         last_time_ms: last_time.unwrap_or(i64::MIN),
         last_index_pos: active.index.entries.last().map(|e| e.pos),
         dedup,
+        deleted: false,
         pending: Pending {
             start_offset: active.next_offset,
             start_len: active.size,

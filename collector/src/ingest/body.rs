@@ -1,0 +1,218 @@
+//! Step 1, pure: a request body becomes verified batches. Either the agent's batch format
+//! (`application/x-ferry-batch`, one or more batches back to back), or newline-delimited lines
+//! (plain text or JSON, optionally gzip) which become batches, without an origin or with a
+//! producer's. Every batch is fully verified before anything is stored; a bad body is refused
+//! whole. No runtime, no shared state: the driver runs this on the blocking pool.
+
+use super::{IngestError, Producer};
+use bytes::Bytes;
+use ferry_core::batch::{self, Batch, BatchBuilder, BatchHeader, Codec, DecodeLimits};
+use std::io::Read;
+
+/// Raw payload size at which a plain body is cut into another batch.
+const PLAIN_BATCH_BYTES: usize = 1 << 20;
+
+/// What bounds and shapes a body's batches (from `limits` and `plain_codec`).
+#[derive(Debug, Clone)]
+pub struct BodyRules {
+    /// Largest body after gzip, and largest decoded batch.
+    pub decode: DecodeLimits,
+    /// Longest line of a plain body.
+    pub max_line_bytes: usize,
+    /// How plain lines are stored.
+    pub plain_codec: Codec,
+    /// Ingest time of plain lines, Unix ms.
+    pub now_ms: i64,
+}
+
+/// Turns a body into verified batches: (encoded bytes, decoded batch).
+pub fn parse(
+    rules: &BodyRules,
+    content_type: Option<&str>,
+    content_encoding: Option<&str>,
+    body: Bytes,
+    producer: Option<Producer>,
+) -> Result<Vec<(Bytes, Batch)>, IngestError> {
+    let mime = content_type
+        .and_then(|c| c.split(';').next())
+        .map(|c| c.trim().to_ascii_lowercase());
+    if mime.as_deref() == Some(batch::CONTENT_TYPE) {
+        if content_encoding.is_some_and(|e| !e.eq_ignore_ascii_case("identity")) {
+            return Err(IngestError::BadRequest(
+                "ferry batches carry their own compression: send them without Content-Encoding"
+                    .into(),
+            ));
+        }
+        if producer.is_some() {
+            return Err(IngestError::BadRequest(format!(
+                "{} is for plain bodies: ferry batches carry their own origin",
+                batch::PRODUCER_ID_HEADER
+            )));
+        }
+        return split_batches(&body, &rules.decode);
+    }
+    let raw = match content_encoding.map(|e| e.trim().to_ascii_lowercase()) {
+        None => body,
+        Some(e) if e == "identity" => body,
+        Some(e) if e == "gzip" || e == "x-gzip" => gunzip(&body, rules.decode.max_raw_bytes)?,
+        Some(other) => {
+            return Err(IngestError::BadRequest(format!(
+                "unsupported Content-Encoding {other:?} (use gzip or none)"
+            )));
+        }
+    };
+    plain_batches(rules, &raw, producer)
+}
+
+/// Newline-delimited lines as batches of about [`PLAIN_BATCH_BYTES`] (one batch for a
+/// producer's body).
+fn plain_batches(
+    rules: &BodyRules,
+    raw: &Bytes,
+    producer: Option<Producer>,
+) -> Result<Vec<(Bytes, Batch)>, IngestError> {
+    let max_line = rules.max_line_bytes;
+    let (now, codec, limits) = (rules.now_ms, rules.plain_codec, &rules.decode);
+    let mut out = Vec::new();
+    // With a producer, line `i` of the body is origin offset `first_seq + i` (span 1): the
+    // store's origin dedup then drops a resent line like a re-read file line.
+    let (key, span) = match &producer {
+        Some(p) => (Some(p.origin_key()), 1),
+        None => (None, 0),
+    };
+    // A producer's body stays one batch: the batches of one request are appended
+    // concurrently, and a later batch of an origin landing first would make the earlier
+    // one look like a replay to the dedup. (Bodies are bounded by max_raw_bytes anyway.)
+    let cut_at = if key.is_some() {
+        usize::MAX
+    } else {
+        PLAIN_BATCH_BYTES
+    };
+    let mut builder = BatchBuilder::new();
+    builder.reset(key.clone().zip(producer.map(|p| p.first_seq)));
+    let seal = |b: &mut BatchBuilder, out: &mut Vec<(Bytes, Batch)>| -> Result<(), IngestError> {
+        if b.is_empty() {
+            return Ok(());
+        }
+        let enc = Bytes::from(
+            b.finish(codec, 1, now)
+                .map_err(|e| IngestError::TooLarge(e.to_string()))?,
+        );
+        let decoded =
+            batch::decode(&enc, limits).map_err(|e| IngestError::BadRequest(e.to_string()))?;
+        out.push((enc, decoded));
+        let next = key.clone().zip(b.end_offset());
+        b.reset(next);
+        Ok(())
+    };
+    let mut start = 0usize;
+    let mut lineno = 0u64;
+    while start < raw.len() {
+        lineno += 1;
+        let end = memchr::memchr(b'\n', &raw[start..])
+            .map(|i| start + i)
+            .unwrap_or(raw.len());
+        let mut line = &raw[start..end];
+        if line.last() == Some(&b'\r') {
+            line = &line[..line.len() - 1];
+        }
+        if line.len() > max_line {
+            return Err(IngestError::TooLarge(format!(
+                "line {lineno} is {} bytes, over max_line_bytes ({max_line})",
+                line.len()
+            )));
+        }
+        builder.push_line(line, span);
+        if builder.raw_len() >= cut_at {
+            seal(&mut builder, &mut out)?;
+        }
+        start = end + 1;
+    }
+    seal(&mut builder, &mut out)?;
+    Ok(out)
+}
+
+/// Splits a body of back-to-back ferry batches and verifies each one completely.
+fn split_batches(body: &Bytes, limits: &DecodeLimits) -> Result<Vec<(Bytes, Batch)>, IngestError> {
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    if body.is_empty() {
+        return Err(IngestError::BadRequest(
+            "empty body: expected a ferry batch".into(),
+        ));
+    }
+    while pos < body.len() {
+        let n = out.len();
+        let header = BatchHeader::parse(&body[pos..])
+            .map_err(|e| IngestError::BadRequest(format!("batch {n} (at byte {pos}): {e}")))?;
+        let enc = body.slice(pos..pos + header.total_len);
+        let decoded = batch::decode(&enc, limits).map_err(|e| match e {
+            ferry_core::batch::WireError::TooLarge { .. }
+            | ferry_core::batch::WireError::TooManyRecords { .. } => {
+                IngestError::TooLarge(format!("batch {n}: {e}"))
+            }
+            other => IngestError::BadRequest(format!("batch {n} (at byte {pos}): {other}")),
+        })?;
+        pos += header.total_len;
+        out.push((enc, decoded));
+    }
+    Ok(out)
+}
+
+/// Inflates a gzip body, refusing (413) past `limit` bytes without inflating the rest.
+fn gunzip(body: &[u8], limit: u64) -> Result<Bytes, IngestError> {
+    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit as usize));
+    let mut dec = flate2::read::MultiGzDecoder::new(body).take(limit + 1);
+    dec.read_to_end(&mut out)
+        .map_err(|e| IngestError::BadRequest(format!("body is not valid gzip: {e}")))?;
+    if out.len() as u64 > limit {
+        return Err(IngestError::TooLarge(format!(
+            "body inflates past max_raw_bytes ({limit} bytes)"
+        )));
+    }
+    Ok(Bytes::from(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn rules() -> BodyRules {
+        BodyRules {
+            decode: DecodeLimits {
+                max_raw_bytes: 1 << 16,
+                max_records: 1 << 16,
+            },
+            max_line_bytes: 64,
+            plain_codec: Codec::None,
+            now_ms: 1,
+        }
+    }
+
+    #[test]
+    fn plain_lines_become_one_batch_and_limits_name_the_line() {
+        let items = parse(&rules(), None, None, Bytes::from("a\r\nb\n\nc"), None).expect("ok");
+        let lines: Vec<&[u8]> = items[0].1.records.iter().map(|r| &r.line[..]).collect();
+        assert_eq!(lines, [&b"a"[..], b"b", b"", b"c"]);
+        let long = format!("ok\n{}\n", "x".repeat(65));
+        match parse(&rules(), None, None, Bytes::from(long), None) {
+            Err(IngestError::TooLarge(m)) => assert!(m.contains("line 2"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        match parse(&rules(), None, Some("gzip"), Bytes::from("nope"), None) {
+            Err(IngestError::BadRequest(m)) => assert!(m.contains("gzip"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    proptest! {
+        /// Any body, any headers: an answer, never a panic.
+        #[test]
+        fn parse_never_panics(body in proptest::collection::vec(any::<u8>(), 0..512), batch_ct in any::<bool>(), gz in any::<bool>()) {
+            let ct = batch_ct.then_some(batch::CONTENT_TYPE);
+            let ce = gz.then_some("gzip");
+            let _ = parse(&rules(), ct, ce, Bytes::from(body), None);
+        }
+    }
+}

@@ -527,6 +527,13 @@ fn permission_matrix_over_real_http() {
             PRODUCER,
             (CONSUMER, 200),
         ),
+        // auto_create also allows creating the topic outright (a processor's repartition topic).
+        row(
+            "PUT",
+            "/v1/topics/web-auto-2",
+            Some(r#"{"partitions":1}"#),
+            &[(Without(NOBODY), 403), (With(PRODUCER), 201)],
+        ),
         guarded(
             "PUT",
             "/v1/topics/made",
@@ -815,7 +822,7 @@ fn agent_collector_processor_over_mutual_tls_with_least_privilege_principals() {
     let token = dir.write("processor.token", "s3cret-processor-token\n");
     let addr = free_addr();
     let yaml = format!(
-        "{}  topics:\n    app: {{ partitions: 2 }}\n  auth:\n    principals:\n      - {{ name: agent, cert_cn: agent-1, produce: [app] }}\n      - {{ name: processor, token_file: {}, consume: [app], groups: [levels] }}\n      - {{ name: ops, cert_cn: ops, admin: true }}\n",
+        "{}  topics:\n    app: {{ partitions: 2 }}\n  auth:\n    principals:\n      - {{ name: agent, cert_cn: agent-1, produce: [app] }}\n      - {{ name: processor, token_file: {}, consume: [app, \"levels.*\"], groups: [levels, \"levels.*\"], produce: [\"levels.*\"], auto_create: [\"levels.*\"] }}\n      - {{ name: ops, cert_cn: ops, admin: true }}\n",
         tls_yaml(&cert, &key, Some(&ca.ca_path())),
         s(&token)
     );

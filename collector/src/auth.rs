@@ -4,8 +4,8 @@
 //!   token from `token`, `token_file` or `token_env`; and/or the common name of its client
 //!   certificate, `cert_cn`, under mutual TLS), and what it may do: `produce`, `consume` and
 //!   `groups` as lists of name patterns (`*` matches any run of characters: `web-*`), `admin`
-//!   (create and delete topics; everything else too), `auto_create` (topic patterns a post may
-//!   create). The old `auth_tokens` are principals with every permission.
+//!   (create and delete topics; everything else too), `auto_create` (topic patterns it may
+//!   create, by posting to one or with `PUT`). The old `auth_tokens` are principals with every permission.
 //! - **The route table** ([`need`]): from (method, path) to the permission a request needs and
 //!   the topic or group it names. Handlers know nothing of it.
 //! - **The layer** ([`layer`]): 401 when the request is not authenticated (no token, a token
@@ -20,7 +20,8 @@
 //! | `POST /v1/topics/{t}/records` | `produce` on t (and `auto_create` on t or `admin` when t does not exist yet) |
 //! | `GET /v1/topics/{t}/partitions/{p}/records`, `.../offset` | `consume` on t |
 //! | `GET /v1/topics/{t}` | `produce` or `consume` on t |
-//! | `PUT`, `DELETE /v1/topics/{t}` | `admin` |
+//! | `PUT /v1/topics/{t}` | `auto_create` on t (or `admin`) |
+//! | `DELETE /v1/topics/{t}` | `admin` |
 //! | `POST /v1/groups/{g}/join` | `groups` on g and `consume` on each topic of the body |
 //! | `POST /v1/groups/{g}/commit` | `groups` on g and `consume` on each topic of the body |
 //! | `POST /v1/groups/{g}/heartbeat`, `leave`, `GET .../offsets` | `groups` on g |
@@ -96,7 +97,8 @@ pub struct PrincipalConfig {
     /// Consumer-group patterns it may join, commit and checkpoint in.
     #[serde(default)]
     pub groups: Vec<String>,
-    /// Topic patterns a post may create (when `auto_create_topics` is on).
+    /// Topic patterns it may create: by posting to one (when `auto_create_topics` is on) or
+    /// with `PUT /v1/topics/{t}`.
     #[serde(default)]
     pub auto_create: Vec<String>,
     /// Create and delete topics, and everything else.
@@ -435,6 +437,9 @@ pub enum Need {
     /// Produce or consume on the topic.
     Describe(String),
     Admin,
+    /// `auto_create` on the topic (or `admin`): creating a topic (a processor creates its
+    /// repartition topic so).
+    Create(String),
     /// `groups` on the group, and `consume` on the topic if one is named.
     Group {
         group: String,
@@ -457,7 +462,8 @@ pub fn need(method: &Method, path: &str) -> Need {
             Need::Consume(s(t))
         }
         ["v1", "topics", t] if m == Method::GET => Need::Describe(s(t)),
-        ["v1", "topics", _] if m == Method::PUT || m == Method::DELETE => Need::Admin,
+        ["v1", "topics", t] if m == Method::PUT => Need::Create(s(t)),
+        ["v1", "topics", _] if m == Method::DELETE => Need::Admin,
         // The registry shows every host's name and file paths: operators only. Reporting to
         // it (`PUT /v1/agents/{id}`) and `GET /v1/collectors` need any principal (an agent's).
         ["v1", "agents"] if m == Method::GET => Need::Admin,
@@ -560,6 +566,7 @@ pub async fn layer(State(state): State<Arc<AppState>>, req: Request, next: Next)
             }
         }),
         Need::Consume(t) => require(principal, Permission::Consume, "topic", t),
+        Need::Create(t) => require(principal, Permission::AutoCreate, "topic", t),
         Need::Describe(t) => {
             if principal.may(Permission::Consume, t) {
                 Ok(())
@@ -745,7 +752,10 @@ mod tests {
             need(&g, "/v1/topics/app/partitions/0/records"),
             Need::Consume("app".into())
         );
-        assert_eq!(need(&Method::PUT, "/v1/topics/app"), Need::Admin);
+        assert_eq!(
+            need(&Method::PUT, "/v1/topics/app"),
+            Need::Create("app".into())
+        );
         assert_eq!(need(&g, "/v1/agents"), Need::Admin);
         assert_eq!(need(&Method::PUT, "/v1/agents/web-1"), Need::Principal);
         assert_eq!(need(&g, "/v1/collectors"), Need::Principal);

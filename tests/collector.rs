@@ -535,16 +535,19 @@ fn processor_checkpoints_are_fenced_by_ownership_and_survive_restart() {
     let url = c.url();
     produce(&url, "in", &numbered(0, 10));
     let client = http();
-    let join = |id: &str| -> serde_json::Value {
+    // Member ids are the collector's: each join without one gets a fresh, unguessable id.
+    let join = || -> serde_json::Value {
         client
             .post(format!("{url}/v1/groups/p/join"))
-            .body(format!(r#"{{"topics":["in"],"member_id":"{id}"}}"#))
+            .body(r#"{"topics":["in"]}"#)
             .send()
             .expect("join")
             .json()
             .expect("json")
     };
-    assert_eq!(join("a")["partitions"][0][0], "in");
+    let joined = join();
+    assert_eq!(joined["partitions"][0][0], "in");
+    let a = joined["member_id"].as_str().expect("member id").to_owned();
     let put = |member: &str, offset: u64, body: &'static [u8]| {
         client
             .put(format!(
@@ -556,10 +559,10 @@ fn processor_checkpoints_are_fenced_by_ownership_and_survive_restart() {
             .status()
             .as_u16()
     };
-    assert_eq!(put("a", 7, b"window state at 7"), 204);
+    assert_eq!(put(&a, 7, b"window state at 7"), 204);
     // b joins: it is not the owner until a releases, so its write is refused.
-    join("b");
-    assert_eq!(put("b", 9, b"zombie"), 409);
+    let b = join()["member_id"].as_str().expect("member id").to_owned();
+    assert_eq!(put(&b, 9, b"zombie"), 409);
     assert_eq!(put("nobody", 9, b"zombie"), 404);
     let r = client
         .get(format!("{url}/v1/groups/p/checkpoints/in/0"))

@@ -10,23 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use util::json_log_line as line;
 use util::{Dir, Proc, Service, ferry, run, wait_until};
-
-const LEVELS: [&str; 3] = ["info", "warn", "error"];
-
-/// The line with sequence number `seq`: event time 100 ms apart, so 100 lines per 10 s window.
-fn line(seq: u64) -> String {
-    let t = seq / 10;
-    format!(
-        "{{\"ts\":\"2026-01-01T{:02}:{:02}:{:02}.{}00Z\",\"level\":\"{}\",\"seq\":{seq},\"pad\":\"{}\"}}",
-        t / 3600,
-        (t / 60) % 60,
-        t % 60,
-        seq % 10,
-        LEVELS[(seq % 3) as usize],
-        "x".repeat((seq % 50) as usize)
-    )
-}
 
 /// Writes `total` lines to `dir/app.log` in bursts, rotating by rename every `rotate_every`
 /// lines (app.log → app.log.N), like logrotate.

@@ -145,8 +145,18 @@ fn tls_yaml(cert: &Path, key: &Path, client_ca: Option<&Path>) -> String {
     y
 }
 
+/// `--ca CA`, and `--cert CERT --key KEY` when a client identity is given.
+fn tls_args(ca: &Path, identity: Option<(&Path, &Path)>) -> Vec<String> {
+    let mut a = vec!["--ca".to_owned(), s(ca).to_owned()];
+    if let Some((cert, key)) = identity {
+        a.extend(["--cert".to_owned(), s(cert).to_owned()]);
+        a.extend(["--key".to_owned(), s(key).to_owned()]);
+    }
+    a
+}
+
 /// `ferry topics` against `url` with `extra` flags: (exit code, stderr).
-fn topics(url: &str, extra: &[&str]) -> (Option<i32>, String) {
+fn topics(url: &str, extra: &[String]) -> (Option<i32>, String) {
     let out = ferry()
         .args(["topics", "--collector", url])
         .args(extra)
@@ -171,40 +181,29 @@ fn tls_handshake_and_what_each_client_says_when_a_certificate_is_wrong() {
     let url = format!("https://{addr}");
 
     // The right CA: a handshake, and the topics listed.
-    let (code, err) = topics(&url, &["--ca", s(&ca.ca_path())]);
+    let (code, err) = topics(&url, &tls_args(&ca.ca_path(), None));
     assert_eq!(code, Some(0), "{err}");
     // produce and consume over TLS too.
     run(
-        ferry().args([
-            "produce",
-            "--collector",
-            &url,
-            "--ca",
-            s(&ca.ca_path()),
-            "t",
-        ]),
+        ferry()
+            .args(["produce", "--collector", &url])
+            .args(tls_args(&ca.ca_path(), None))
+            .args(["t"]),
         b"one\ntwo\n",
         0,
     );
     let out = run(
-        ferry().args([
-            "consume",
-            "--collector",
-            &url,
-            "--ca",
-            s(&ca.ca_path()),
-            "t",
-            "--from-beginning",
-            "--max",
-            "2",
-        ]),
+        ferry()
+            .args(["consume", "--collector", &url])
+            .args(tls_args(&ca.ca_path(), None))
+            .args(["t", "--from-beginning", "--max", "2"]),
         b"",
         0,
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "one\ntwo\n");
 
     // Another CA: refused by the client, saying so.
-    let (code, err) = topics(&url, &["--ca", s(&other.ca_path())]);
+    let (code, err) = topics(&url, &tls_args(&other.ca_path(), None));
     assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("not signed by a trusted CA") && err.contains("--ca"),
@@ -233,7 +232,7 @@ fn tls_handshake_and_what_each_client_says_when_a_certificate_is_wrong() {
         let (cert, key) = ca.leaf(name, "collector", true, validity);
         let addr = free_addr();
         let _c = start(&dir, name, &tls_yaml(&cert, &key, None), addr);
-        let (code, err) = topics(&format!("https://{addr}"), &["--ca", s(&ca.ca_path())]);
+        let (code, err) = topics(&format!("https://{addr}"), &tls_args(&ca.ca_path(), None));
         assert_eq!(code, Some(1), "{err}");
         assert!(err.contains(says), "{name}: {err}");
     }
@@ -256,24 +255,16 @@ fn mutual_tls_refuses_missing_and_foreign_client_certificates_and_maps_the_cn() 
     let _c = start(&dir, "collector", &yaml, addr);
     let url = format!("https://{addr}");
     let ca_path = ca.ca_path();
-    let ca_flag = ["--ca", s(&ca_path)];
 
     // No client certificate: the handshake is refused, and the client says what is missing.
-    let (code, err) = topics(&url, &ca_flag);
+    let (code, err) = topics(&url, &tls_args(&ca_path, None));
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("client certificate"), "{err}");
 
     // A client certificate from another CA: refused.
     let (code, err) = topics(
         &url,
-        &[
-            "--ca",
-            s(&ca.ca_path()),
-            "--cert",
-            s(&foreign_cert),
-            "--key",
-            s(&foreign_key),
-        ],
+        &tls_args(&ca_path, Some((&foreign_cert, &foreign_key))),
     );
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("refused our client certificate"), "{err}");
@@ -281,39 +272,25 @@ fn mutual_tls_refuses_missing_and_foreign_client_certificates_and_maps_the_cn() 
     // A good certificate whose CN is no principal: authenticated by TLS, not by auth (401).
     let (code, err) = topics(
         &url,
-        &[
-            "--ca",
-            s(&ca.ca_path()),
-            "--cert",
-            s(&stranger_cert),
-            "--key",
-            s(&stranger_key),
-        ],
+        &tls_args(&ca_path, Some((&stranger_cert, &stranger_key))),
     );
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("401"), "{err}");
 
     // The CN agent-web is the principal web: may produce to web-1, not to api-1 (403 naming
     // the principal, the permission and the topic).
-    let web = [
-        "--ca",
-        s(&ca_path),
-        "--cert",
-        s(&web_cert),
-        "--key",
-        s(&web_key),
-    ];
+    let web = tls_args(&ca_path, Some((&web_cert, &web_key)));
     run(
         ferry()
             .args(["produce", "--collector", &url, "web-1"])
-            .args(web),
+            .args(&web),
         b"hello\n",
         0,
     );
     let out = run(
         ferry()
             .args(["produce", "--collector", &url, "api-1"])
-            .args(web),
+            .args(&web),
         b"hello\n",
         1,
     );
@@ -360,6 +337,37 @@ struct Row {
     body: Option<String>,
     /// (credential, expected status), in the order sent.
     expect: Vec<(Who, u16)>,
+}
+
+fn row(method: &'static str, path: &str, body: Option<&str>, expect: &[(Who, u16)]) -> Row {
+    Row {
+        method,
+        path: path.to_owned(),
+        body: body.map(str::to_owned),
+        expect: expect.to_vec(),
+    }
+}
+
+/// A row for a route that needs a permission: no token and a wrong token get 401, `without`
+/// (a principal lacking it) 403, and `with` (a principal having it) the status given.
+fn guarded(
+    method: &'static str,
+    path: &str,
+    body: Option<&str>,
+    without: &'static str,
+    with: (&'static str, u16),
+) -> Row {
+    row(
+        method,
+        path,
+        body,
+        &[
+            (Who::NoToken, 401),
+            (Who::WrongToken, 401),
+            (Who::Without(without), 403),
+            (Who::With(with.0), with.1),
+        ],
+    )
 }
 
 fn send(
@@ -436,218 +444,165 @@ fn permission_matrix_over_real_http() {
     let base = format!("http://{addr}");
     let http = reqwest::blocking::Client::new();
     use Who::*;
-    let post = |path: &str, body: &str| (path.to_owned(), Some(body.to_owned()));
     let rows = vec![
-        Row {
-            method: "GET",
-            path: "/healthz".into(),
-            body: None,
-            expect: vec![(NoToken, 200), (WrongToken, 200), (With(NOBODY), 200)],
-        },
-        Row {
-            method: "GET",
-            path: "/metrics".into(),
-            body: None,
-            expect: vec![(NoToken, 401), (WrongToken, 401), (With(NOBODY), 200)],
-        },
-        Row {
-            method: "POST",
-            path: "/v1/topics/web-1/records".into(),
-            body: Some("a line\n".into()),
-            expect: vec![
+        row(
+            "GET",
+            "/healthz",
+            None,
+            &[(NoToken, 200), (WrongToken, 200), (With(NOBODY), 200)],
+        ),
+        row(
+            "GET",
+            "/metrics",
+            None,
+            &[(NoToken, 401), (WrongToken, 401), (With(NOBODY), 200)],
+        ),
+        row(
+            "POST",
+            "/v1/topics/web-1/records",
+            Some("a line\n"),
+            &[
                 (NoToken, 401),
                 (WrongToken, 401),
                 (Without(CONSUMER), 403),
                 (With(PRODUCER), 200),
                 (With(ADMIN), 200),
             ],
-        },
+        ),
         // The pattern web-* allows web-1 (above) and refuses api-1.
-        Row {
-            method: "POST",
-            path: "/v1/topics/api-1/records".into(),
-            body: Some("a line\n".into()),
-            expect: vec![(Without(PRODUCER), 403), (With(ADMIN), 200)],
-        },
+        row(
+            "POST",
+            "/v1/topics/api-1/records",
+            Some("a line\n"),
+            &[(Without(PRODUCER), 403), (With(ADMIN), 200)],
+        ),
         // A topic that does not exist yet: produce alone does not create it.
-        Row {
-            method: "POST",
-            path: "/v1/topics/web-new/records".into(),
-            body: Some("a line\n".into()),
-            expect: vec![(Without(PRODUCER), 403)],
-        },
-        Row {
-            method: "POST",
-            path: "/v1/topics/web-auto-1/records".into(),
-            body: Some("a line\n".into()),
-            expect: vec![(Without(NOBODY), 403), (With(PRODUCER), 200)],
-        },
-        Row {
-            method: "GET",
-            path: "/v1/topics".into(),
-            body: None,
-            expect: vec![(NoToken, 401), (WrongToken, 401), (With(NOBODY), 200)],
-        },
-        Row {
-            method: "GET",
-            path: "/v1/topics/web-1".into(),
-            body: None,
-            expect: vec![
+        row(
+            "POST",
+            "/v1/topics/web-new/records",
+            Some("a line\n"),
+            &[(Without(PRODUCER), 403)],
+        ),
+        row(
+            "POST",
+            "/v1/topics/web-auto-1/records",
+            Some("a line\n"),
+            &[(Without(NOBODY), 403), (With(PRODUCER), 200)],
+        ),
+        row(
+            "GET",
+            "/v1/topics",
+            None,
+            &[(NoToken, 401), (WrongToken, 401), (With(NOBODY), 200)],
+        ),
+        row(
+            "GET",
+            "/v1/topics/web-1",
+            None,
+            &[
                 (NoToken, 401),
                 (WrongToken, 401),
                 (Without(NOBODY), 403),
                 (With(PRODUCER), 200),
                 (With(CONSUMER), 200),
             ],
-        },
-        Row {
-            method: "GET",
-            path: "/v1/topics/web-1/partitions/0/records?offset=0".into(),
-            body: None,
-            expect: vec![
-                (NoToken, 401),
-                (WrongToken, 401),
-                (Without(PRODUCER), 403),
-                (With(CONSUMER), 200),
-            ],
-        },
-        Row {
-            method: "GET",
-            path: "/v1/topics/api-1/partitions/0/records?offset=0".into(),
-            body: None,
-            expect: vec![(Without(CONSUMER), 403), (With(ADMIN), 200)],
-        },
-        Row {
-            method: "GET",
-            path: "/v1/topics/web-1/partitions/0/offset?timestamp_ms=0".into(),
-            body: None,
-            expect: vec![
-                (NoToken, 401),
-                (WrongToken, 401),
-                (Without(PRODUCER), 403),
-                (With(CONSUMER), 200),
-            ],
-        },
-        Row {
-            method: "PUT",
-            path: "/v1/topics/made".into(),
-            body: Some(r#"{"partitions":1}"#.into()),
-            expect: vec![
-                (NoToken, 401),
-                (WrongToken, 401),
-                (Without(PRODUCER), 403),
-                (With(ADMIN), 201),
-            ],
-        },
-        Row {
-            method: "DELETE",
-            path: "/v1/topics/made".into(),
-            body: None,
-            expect: vec![
-                (NoToken, 401),
-                (WrongToken, 401),
-                (Without(CONSUMER), 403),
-                (With(ADMIN), 204),
-            ],
-        },
-        {
-            let (path, body) = post("/v1/groups/g-1/join", r#"{"topics":["web-1"]}"#);
-            Row {
-                method: "POST",
-                path,
-                body,
-                expect: vec![
-                    (NoToken, 401),
-                    (WrongToken, 401),
-                    (Without(PRODUCER), 403),
-                    (With(CONSUMER), 200),
-                ],
-            }
-        },
+        ),
+        guarded(
+            "GET",
+            "/v1/topics/web-1/partitions/0/records?offset=0",
+            None,
+            PRODUCER,
+            (CONSUMER, 200),
+        ),
+        row(
+            "GET",
+            "/v1/topics/api-1/partitions/0/records?offset=0",
+            None,
+            &[(Without(CONSUMER), 403), (With(ADMIN), 200)],
+        ),
+        guarded(
+            "GET",
+            "/v1/topics/web-1/partitions/0/offset?timestamp_ms=0",
+            None,
+            PRODUCER,
+            (CONSUMER, 200),
+        ),
+        // auto_create also allows creating the topic outright (a processor's repartition topic).
+        row(
+            "PUT",
+            "/v1/topics/web-auto-2",
+            Some(r#"{"partitions":1}"#),
+            &[(Without(NOBODY), 403), (With(PRODUCER), 201)],
+        ),
+        guarded(
+            "PUT",
+            "/v1/topics/made",
+            Some(r#"{"partitions":1}"#),
+            PRODUCER,
+            (ADMIN, 201),
+        ),
+        guarded("DELETE", "/v1/topics/made", None, CONSUMER, (ADMIN, 204)),
+        guarded(
+            "POST",
+            "/v1/groups/g-1/join",
+            Some(r#"{"topics":["web-1"]}"#),
+            PRODUCER,
+            (CONSUMER, 200),
+        ),
         // groups on g-1 but not consume on api-1.
-        {
-            let (path, body) = post("/v1/groups/g-1/join", r#"{"topics":["api-1"]}"#);
-            Row {
-                method: "POST",
-                path,
-                body,
-                expect: vec![(Without(CONSUMER), 403)],
-            }
-        },
+        row(
+            "POST",
+            "/v1/groups/g-1/join",
+            Some(r#"{"topics":["api-1"]}"#),
+            &[(Without(CONSUMER), 403)],
+        ),
         // consume on web-1 but not groups on other-g.
-        {
-            let (path, body) = post("/v1/groups/other-g/join", r#"{"topics":["web-1"]}"#);
-            Row {
-                method: "POST",
-                path,
-                body,
-                expect: vec![(Without(CONSUMER), 403)],
-            }
-        },
-        Row {
-            method: "GET",
-            path: "/v1/groups".into(),
-            body: None,
-            expect: vec![(NoToken, 401), (WrongToken, 401), (With(NOBODY), 200)],
-        },
-        Row {
-            method: "GET",
-            path: "/v1/groups/g-1/offsets".into(),
-            body: None,
-            expect: vec![
-                (NoToken, 401),
-                (WrongToken, 401),
-                (Without(PRODUCER), 403),
-                (With(CONSUMER), 200),
-            ],
-        },
-        {
-            let (path, body) = post(
-                "/v1/groups/g-1/commit",
-                r#"{"offsets":[{"topic":"web-1","partition":0,"offset":1}]}"#,
-            );
-            Row {
-                method: "POST",
-                path,
-                body,
-                expect: vec![
-                    (NoToken, 401),
-                    (WrongToken, 401),
-                    (Without(PRODUCER), 403),
-                    (With(CONSUMER), 204),
-                ],
-            }
-        },
-        {
-            let (path, body) = post(
-                "/v1/groups/g-1/commit",
-                r#"{"offsets":[{"topic":"api-1","partition":0,"offset":1}]}"#,
-            );
-            Row {
-                method: "POST",
-                path,
-                body,
-                expect: vec![(Without(CONSUMER), 403)],
-            }
-        },
-        Row {
-            method: "GET",
-            path: "/v1/groups/g-1/checkpoints/web-1/0".into(),
-            body: None,
-            // 404: allowed, and there is no checkpoint yet.
-            expect: vec![
-                (NoToken, 401),
-                (WrongToken, 401),
-                (Without(PRODUCER), 403),
-                (With(CONSUMER), 404),
-            ],
-        },
-        Row {
-            method: "GET",
-            path: "/v1/groups/g-1/checkpoints/api-1/0".into(),
-            body: None,
-            expect: vec![(Without(CONSUMER), 403)],
-        },
+        row(
+            "POST",
+            "/v1/groups/other-g/join",
+            Some(r#"{"topics":["web-1"]}"#),
+            &[(Without(CONSUMER), 403)],
+        ),
+        row(
+            "GET",
+            "/v1/groups",
+            None,
+            &[(NoToken, 401), (WrongToken, 401), (With(NOBODY), 200)],
+        ),
+        guarded(
+            "GET",
+            "/v1/groups/g-1/offsets",
+            None,
+            PRODUCER,
+            (CONSUMER, 200),
+        ),
+        guarded(
+            "POST",
+            "/v1/groups/g-1/commit",
+            Some(r#"{"offsets":[{"topic":"web-1","partition":0,"offset":1}]}"#),
+            PRODUCER,
+            (CONSUMER, 204),
+        ),
+        row(
+            "POST",
+            "/v1/groups/g-1/commit",
+            Some(r#"{"offsets":[{"topic":"api-1","partition":0,"offset":1}]}"#),
+            &[(Without(CONSUMER), 403)],
+        ),
+        // 404: allowed, and there is no checkpoint yet.
+        guarded(
+            "GET",
+            "/v1/groups/g-1/checkpoints/web-1/0",
+            None,
+            PRODUCER,
+            (CONSUMER, 404),
+        ),
+        row(
+            "GET",
+            "/v1/groups/g-1/checkpoints/api-1/0",
+            None,
+            &[(Without(CONSUMER), 403)],
+        ),
     ];
     let mut matrix = Vec::new();
     let mut failures = Vec::new();
@@ -679,12 +634,12 @@ fn permission_matrix_over_real_http() {
     let (_, joined) = send(
         &http,
         &base,
-        &Row {
-            method: "POST",
-            path: "/v1/groups/g-1/join".into(),
-            body: Some(r#"{"topics":["web-1"]}"#.into()),
-            expect: vec![],
-        },
+        &row(
+            "POST",
+            "/v1/groups/g-1/join",
+            Some(r#"{"topics":["web-1"]}"#),
+            &[],
+        ),
         With(CONSUMER),
     );
     let member = joined["member_id"].as_str().expect("member id").to_owned();
@@ -720,13 +675,7 @@ fn permission_matrix_over_real_http() {
             204,
         ),
     ] {
-        let row = Row {
-            method: "POST",
-            path: path.to_owned(),
-            body: Some(body),
-            expect: vec![],
-        };
-        let (got, body) = send(&http, &base, &row, who);
+        let (got, body) = send(&http, &base, &row("POST", path, Some(&body), &[]), who);
         matrix.push(format!("POST {path} × {who:?} → {got}"));
         if got != want {
             failures.push(format!(
@@ -736,6 +685,34 @@ fn permission_matrix_over_real_http() {
     }
     eprintln!("permission matrix:\n{}", matrix.join("\n"));
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // The clients send the token from --token, FERRY_TOKEN or --token-file.
+    let topics_as = |args: &[&str], env: Option<&str>| {
+        let mut cmd = ferry();
+        cmd.args(["topics", "--collector", &base]).args(args);
+        match env {
+            Some(t) => cmd.env("FERRY_TOKEN", t),
+            None => cmd.env_remove("FERRY_TOKEN"),
+        };
+        let out = cmd.output().expect("ferry topics");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = topics_as(&[], None);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("401") && err.contains("not authenticated"),
+        "{err}"
+    );
+    assert_eq!(topics_as(&["--token", NOBODY], None).0, Some(0));
+    assert_eq!(topics_as(&[], Some(NOBODY)).0, Some(0));
+    let file = dir.write("nobody.token", format!("  {NOBODY}\n"));
+    assert_eq!(topics_as(&["--token-file", s(&file)], None).0, Some(0));
+    // A flag wins over the environment.
+    let (code, err) = topics_as(&["--token", "wrong"], Some(NOBODY));
+    assert_eq!(code, Some(1), "{err}");
     drop(svc);
 }
 
@@ -833,19 +810,6 @@ fn ferry_core_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// The line with sequence number `seq`: event times 100 ms apart.
-fn log_line(seq: u64) -> String {
-    let t = seq / 10;
-    format!(
-        "{{\"ts\":\"2026-01-01T{:02}:{:02}:{:02}.{}00Z\",\"level\":\"{}\",\"seq\":{seq}}}",
-        t / 3600,
-        (t / 60) % 60,
-        t % 60,
-        seq % 10,
-        ["info", "warn", "error"][(seq % 3) as usize],
-    )
-}
-
 #[test]
 fn agent_collector_processor_over_mutual_tls_with_least_privilege_principals() {
     let dir = Dir::new("tls-pipeline");
@@ -858,7 +822,7 @@ fn agent_collector_processor_over_mutual_tls_with_least_privilege_principals() {
     let token = dir.write("processor.token", "s3cret-processor-token\n");
     let addr = free_addr();
     let yaml = format!(
-        "{}  topics:\n    app: {{ partitions: 2 }}\n  auth:\n    principals:\n      - {{ name: agent, cert_cn: agent-1, produce: [app] }}\n      - {{ name: processor, token_file: {}, consume: [app], groups: [levels] }}\n      - {{ name: ops, cert_cn: ops, admin: true }}\n",
+        "{}  topics:\n    app: {{ partitions: 2 }}\n  auth:\n    principals:\n      - {{ name: agent, cert_cn: agent-1, produce: [app] }}\n      - {{ name: processor, token_file: {}, consume: [app, \"levels.*\"], groups: [levels, \"levels.*\"], produce: [\"levels.*\"], auto_create: [\"levels.*\"] }}\n      - {{ name: ops, cert_cn: ops, admin: true }}\n",
         tls_yaml(&cert, &key, Some(&ca.ca_path())),
         s(&token)
     );
@@ -868,7 +832,7 @@ fn agent_collector_processor_over_mutual_tls_with_least_privilege_principals() {
     let total = 3000u64;
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs).expect("logs dir");
-    let mut text: String = (0..total).map(|i| log_line(i) + "\n").collect();
+    let mut text: String = (0..total).map(|i| util::json_log_line(i) + "\n").collect();
     // Closes the last windows (its own window never closes, so it is never counted).
     text.push_str("{\"ts\":\"2026-01-01T05:00:00Z\",\"level\":\"closer\",\"seq\":999999}\n");
     std::fs::write(logs.join("app.log"), &text).expect("write log");
@@ -924,7 +888,7 @@ fn agent_collector_processor_over_mutual_tls_with_least_privilege_principals() {
     // What the files say: per (level, 10 s window) counts.
     let mut expected = std::collections::BTreeMap::new();
     for seq in 0..total {
-        let v: serde_json::Value = serde_json::from_str(&log_line(seq)).expect("json");
+        let v: serde_json::Value = serde_json::from_str(&util::json_log_line(seq)).expect("json");
         let ts = v["ts"].as_str().expect("ts");
         let ws = format!("{}0Z", &ts[..18]);
         *expected
@@ -938,21 +902,10 @@ fn agent_collector_processor_over_mutual_tls_with_least_privilege_principals() {
 
     // Every line stored exactly once, read back by the admin over mTLS.
     let out = run(
-        ferry().args([
-            "consume",
-            "--collector",
-            &url,
-            "--ca",
-            s(&ca.ca_path()),
-            "--cert",
-            s(&admin_cert),
-            "--key",
-            s(&admin_key),
-            "app",
-            "--from-beginning",
-            "--idle-timeout",
-            "1s",
-        ]),
+        ferry()
+            .args(["consume", "--collector", &url])
+            .args(tls_args(&ca.ca_path(), Some((&admin_cert, &admin_key))))
+            .args(["app", "--from-beginning", "--idle-timeout", "1s"]),
         b"",
         0,
     );
@@ -969,14 +922,7 @@ fn agent_collector_processor_over_mutual_tls_with_least_privilege_principals() {
     // write.
     let (code, err) = topics(
         &url,
-        &[
-            "--ca",
-            s(&ca.ca_path()),
-            "--cert",
-            s(&agent_cert),
-            "--key",
-            s(&agent_key),
-        ],
+        &tls_args(&ca.ca_path(), Some((&agent_cert, &agent_key))),
     );
     assert_eq!(
         code,
@@ -984,21 +930,10 @@ fn agent_collector_processor_over_mutual_tls_with_least_privilege_principals() {
         "listing topics needs only a principal: {err}"
     );
     let out = run(
-        ferry().args([
-            "consume",
-            "--collector",
-            &url,
-            "--ca",
-            s(&ca.ca_path()),
-            "--cert",
-            s(&agent_cert),
-            "--key",
-            s(&agent_key),
-            "app",
-            "--from-beginning",
-            "--max",
-            "1",
-        ]),
+        ferry()
+            .args(["consume", "--collector", &url])
+            .args(tls_args(&ca.ca_path(), Some((&agent_cert, &agent_key))))
+            .args(["app", "--from-beginning", "--max", "1"]),
         b"",
         1,
     );
@@ -1013,16 +948,11 @@ fn agent_collector_processor_over_mutual_tls_with_least_privilege_principals() {
                 "produce",
                 "--collector",
                 &url,
-                "--ca",
-                s(&ca.ca_path()),
-                "--cert",
-                s(&proc_cert),
-                "--key",
-                s(&proc_key),
                 "--token-file",
                 s(&token),
                 "app",
             ])
+            .args(tls_args(&ca.ca_path(), Some((&proc_cert, &proc_key))))
             .env_remove("FERRY_TOKEN"),
         b"x\n",
         1,

@@ -4,8 +4,8 @@
 //!   token from `token`, `token_file` or `token_env`; and/or the common name of its client
 //!   certificate, `cert_cn`, under mutual TLS), and what it may do: `produce`, `consume` and
 //!   `groups` as lists of name patterns (`*` matches any run of characters: `web-*`), `admin`
-//!   (create and delete topics; everything else too), `auto_create` (topic patterns a post may
-//!   create). The old `auth_tokens` are principals with every permission.
+//!   (create and delete topics; everything else too), `auto_create` (topic patterns it may
+//!   create, by posting to one or with `PUT`). The old `auth_tokens` are principals with every permission.
 //! - **The route table** ([`need`]): from (method, path) to the permission a request needs and
 //!   the topic or group it names. Handlers know nothing of it.
 //! - **The layer** ([`layer`]): 401 when the request is not authenticated (no token, a token
@@ -21,11 +21,14 @@
 //! | `POST /v1/logs` (OTLP) | the same on each topic the body's records go to (checked by the handler, which knows them; 403 for the whole request) |
 //! | `GET /v1/topics/{t}/partitions/{p}/records`, `.../offset` | `consume` on t |
 //! | `GET /v1/topics/{t}` | `produce` or `consume` on t |
-//! | `PUT`, `DELETE /v1/topics/{t}` | `admin` |
+//! | `PUT /v1/topics/{t}` | `auto_create` on t (or `admin`) |
+//! | `DELETE /v1/topics/{t}` | `admin` |
 //! | `POST /v1/groups/{g}/join` | `groups` on g and `consume` on each topic of the body |
 //! | `POST /v1/groups/{g}/commit` | `groups` on g and `consume` on each topic of the body |
 //! | `POST /v1/groups/{g}/heartbeat`, `leave`, `GET .../offsets` | `groups` on g |
 //! | `GET`, `PUT /v1/groups/{g}/checkpoints/{t}/{p}` | `groups` on g and `consume` on t |
+//! | `GET /v1/agents` (every host and file path) | `admin` |
+//! | `PUT /v1/agents/{id}` (an agent's heartbeat), `GET /v1/collectors` | a principal |
 //! | `GET /v1/topics`, `GET /v1/groups`, any other route | a principal |
 
 use crate::api::AppState;
@@ -95,7 +98,8 @@ pub struct PrincipalConfig {
     /// Consumer-group patterns it may join, commit and checkpoint in.
     #[serde(default)]
     pub groups: Vec<String>,
-    /// Topic patterns a post may create (when `auto_create_topics` is on).
+    /// Topic patterns it may create: by posting to one (when `auto_create_topics` is on) or
+    /// with `PUT /v1/topics/{t}`.
     #[serde(default)]
     pub auto_create: Vec<String>,
     /// Create and delete topics, and everything else.
@@ -437,6 +441,9 @@ pub enum Need {
     /// it gets the [`Principal`] as an extension and calls [`may_produce`].
     ProduceFromBody,
     Admin,
+    /// `auto_create` on the topic (or `admin`): creating a topic (a processor creates its
+    /// repartition topic so).
+    Create(String),
     /// `groups` on the group, and `consume` on the topic if one is named.
     Group {
         group: String,
@@ -460,7 +467,8 @@ pub fn need(method: &Method, path: &str) -> Need {
             Need::Consume(s(t))
         }
         ["v1", "topics", t] if m == Method::GET => Need::Describe(s(t)),
-        ["v1", "topics", _] if m == Method::PUT || m == Method::DELETE => Need::Admin,
+        ["v1", "topics", t] if m == Method::PUT => Need::Create(s(t)),
+        ["v1", "topics", _] if m == Method::DELETE => Need::Admin,
         // The registry shows every host's name and file paths: operators only. Reporting to
         // it (`PUT /v1/agents/{id}`) and `GET /v1/collectors` need any principal (an agent's).
         ["v1", "agents"] if m == Method::GET => Need::Admin,
@@ -576,6 +584,7 @@ pub async fn layer(State(state): State<Arc<AppState>>, req: Request, next: Next)
             return next.run(req).await;
         }
         Need::Consume(t) => require(principal, Permission::Consume, "topic", t),
+        Need::Create(t) => require(principal, Permission::AutoCreate, "topic", t),
         Need::Describe(t) => {
             if principal.may(Permission::Consume, t) {
                 Ok(())
@@ -587,8 +596,16 @@ pub async fn layer(State(state): State<Arc<AppState>>, req: Request, next: Next)
             if principal.admin {
                 Ok(())
             } else {
-                let topic = req.uri().path().rsplit('/').next().unwrap_or_default();
-                Err(forbid(principal, Permission::Admin, "topic", topic))
+                // A topic route names its topic; the registry's listing names none.
+                match req.uri().path().strip_prefix("/v1/topics/") {
+                    Some(topic) => Err(forbid(principal, Permission::Admin, "topic", topic)),
+                    None => Err(Denied::Forbidden {
+                        principal: principal.name.clone(),
+                        permission: Permission::Admin,
+                        kind: "topic",
+                        on: None,
+                    }),
+                }
             }
         }
         Need::Group { group, topic } => require(principal, Permission::Groups, "group", group)
@@ -753,7 +770,10 @@ mod tests {
             need(&g, "/v1/topics/app/partitions/0/records"),
             Need::Consume("app".into())
         );
-        assert_eq!(need(&Method::PUT, "/v1/topics/app"), Need::Admin);
+        assert_eq!(
+            need(&Method::PUT, "/v1/topics/app"),
+            Need::Create("app".into())
+        );
         assert_eq!(need(&Method::POST, "/v1/logs"), Need::ProduceFromBody);
         assert_eq!(need(&g, "/v1/agents"), Need::Admin);
         assert_eq!(need(&Method::PUT, "/v1/agents/web-1"), Need::Principal);

@@ -292,9 +292,12 @@ impl CollectorConfig {
     /// The collectors agents may ship to: this one first (its advertised URL, or `http://` and
     /// the address it is bound to), then its peers.
     pub fn collector_urls(&self, bound: Option<std::net::SocketAddr>) -> Vec<String> {
+        // With `tls:`, this collector speaks https (an http:// URL would get the 400 of the
+        // TLS port).
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         let own = self.advertise_url.clone().unwrap_or_else(|| match bound {
-            Some(a) => format!("http://{a}"),
-            None => format!("http://{}", self.listen),
+            Some(a) => format!("{scheme}://{a}"),
+            None => format!("{scheme}://{}", self.listen),
         });
         let own = own.trim_end_matches('/').to_owned();
         let mut urls = vec![own];

@@ -20,6 +20,45 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 /// A topic partition.
 pub type Tp = (String, u32);
 
+/// One async lock per group, held by a commit or checkpoint from its ownership check until its
+/// write is durable, and by every change of the group's membership (join, heartbeat, leave;
+/// expiry skips a group whose lock is held). So "check the owner, then write" is one step: no
+/// partition changes hands between the two.
+#[derive(Debug, Default)]
+pub struct GroupLocks {
+    /// A std mutex held only to find or insert a group's lock, never across an await.
+    locks: std::sync::Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Locks kept for idle groups before unused ones are dropped.
+const MAX_IDLE_GROUP_LOCKS: usize = 1024;
+
+impl GroupLocks {
+    /// Waits for `group`'s lock.
+    pub async fn lock(&self, group: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = match self.locks.lock() {
+                Ok(l) => l,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            if locks.len() > MAX_IDLE_GROUP_LOCKS {
+                locks.retain(|_, l| std::sync::Arc::strong_count(l) > 1);
+            }
+            locks.entry(group.to_owned()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
+    /// Whether `group`'s lock is held now.
+    pub fn is_locked(&self, group: &str) -> bool {
+        let locks = match self.locks.lock() {
+            Ok(l) => l,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        locks.get(group).is_some_and(|l| l.try_lock().is_err())
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CoordError {
     #[error(
@@ -34,6 +73,17 @@ pub enum CoordError {
         member: String,
         topic: String,
         partition: u32,
+    },
+    #[error(
+        "member {member} of group {group} writes {topic}/{partition} with generation {given}, but was granted it again in generation {granted}: a stale write, refused"
+    )]
+    StaleGeneration {
+        group: String,
+        member: String,
+        topic: String,
+        partition: u32,
+        given: u64,
+        granted: u64,
     },
 }
 
@@ -50,6 +100,9 @@ struct Slot {
     owner: Option<String>,
     /// The member the current generation assigns it to.
     target: Option<String>,
+    /// The generation in which `owner` was granted the partition: a write from the owner that
+    /// carries an older generation was made before it lost and regained it, and is stale.
+    granted_generation: u64,
 }
 
 #[derive(Debug, Default)]
@@ -191,14 +244,21 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Removes members whose session timed out; returns (group, member) for each.
+    /// Removes members whose session timed out; returns (group, member) for each. A group for
+    /// which `busy` is true (a commit or checkpoint of it is being written) is left for the
+    /// next round, so that a write checked against an owner never lands after the owner was
+    /// expired and its partition handed on.
     pub fn expire(
         &mut self,
         now_ms: u64,
         partitions_of: &dyn Fn(&str) -> Option<u32>,
+        busy: &dyn Fn(&str) -> bool,
     ) -> Vec<(String, String)> {
         let mut gone = Vec::new();
         for (name, g) in self.groups.iter_mut() {
+            if busy(name) {
+                continue;
+            }
             let dead: Vec<String> = g
                 .members
                 .iter()
@@ -218,13 +278,16 @@ impl Coordinator {
         gone
     }
 
-    /// Whether `member_id` may commit offsets for `topic/partition` (it must own it).
+    /// Whether `member_id` may commit offsets for `topic/partition`: it must own it, and, when
+    /// the write says which `generation` it was made in, not have lost and regained the
+    /// partition since.
     pub fn check_owner(
         &self,
         group: &str,
         member_id: &str,
         topic: &str,
         partition: u32,
+        generation: Option<u64>,
     ) -> Result<(), CoordError> {
         let g = self
             .groups
@@ -239,12 +302,24 @@ impl Coordinator {
                 member: member_id.to_owned(),
             });
         }
-        let owns = g
+        let slot = g
             .slots
             .get(&(topic.to_owned(), partition))
-            .is_some_and(|s| s.owner.as_deref() == Some(member_id));
-        if owns {
-            Ok(())
+            .filter(|s| s.owner.as_deref() == Some(member_id));
+        if let Some(slot) = slot {
+            match generation {
+                Some(given) if given < slot.granted_generation => {
+                    Err(CoordError::StaleGeneration {
+                        group: group.to_owned(),
+                        member: member_id.to_owned(),
+                        topic: topic.to_owned(),
+                        partition,
+                        given,
+                        granted: slot.granted_generation,
+                    })
+                }
+                _ => Ok(()),
+            }
         } else {
             Err(CoordError::NotOwner {
                 group: group.to_owned(),
@@ -329,6 +404,7 @@ fn rebalance(g: &mut Group, partitions_of: &dyn Fn(&str) -> Option<u32>) {
             Slot {
                 owner: None,
                 target: Some(target),
+                granted_generation: 0,
             }
         });
     }
@@ -351,6 +427,7 @@ fn grant(g: &mut Group, member: &str) -> Vec<Tp> {
         match slot.owner.as_deref() {
             None => {
                 slot.owner = Some(member.to_owned());
+                slot.granted_generation = g.generation;
                 out.push(tp.clone());
             }
             Some(o) if o == member => out.push(tp.clone()),
@@ -403,7 +480,7 @@ mod tests {
                 .is_empty()
         );
         assert!(
-            c.check_owner("g", a_id, "app", give[0]).is_ok(),
+            c.check_owner("g", a_id, "app", give[0], None).is_ok(),
             "a may commit its final offset"
         );
         c.heartbeat("g", a_id, &tps(&keep), 4, &four).unwrap();
@@ -411,7 +488,7 @@ mod tests {
             c.heartbeat("g", b_id, &[], 5, &four).unwrap().partitions,
             tps(&give)
         );
-        assert!(c.check_owner("g", a_id, "app", give[0]).is_err());
+        assert!(c.check_owner("g", a_id, "app", give[0], None).is_err());
     }
 
     #[test]
@@ -431,7 +508,10 @@ mod tests {
         c.heartbeat("g", b, &tps(&[1, 3]), 500, &four).unwrap();
         // b stops heartbeating; a keeps going.
         c.heartbeat("g", a, &tps(&[0, 2]), 1_400, &four).unwrap();
-        assert_eq!(c.expire(1_600, &four), vec![("g".into(), b.to_owned())]);
+        assert_eq!(
+            c.expire(1_600, &four, &|_| false),
+            vec![("g".into(), b.to_owned())]
+        );
         let after = c.heartbeat("g", a, &tps(&[0, 2]), 1_700, &four).unwrap();
         assert_eq!(after.partitions, tps(&[0, 1, 2, 3]));
         assert_eq!(
@@ -460,6 +540,56 @@ mod tests {
         c.leave("g", &b.member_id, &four).unwrap();
         let c2 = c.join("g", Some(&b.member_id), vec!["app".into()], 1_000, 3, &four);
         assert_ne!(c2.member_id, b.member_id);
+    }
+
+    #[test]
+    fn a_write_from_before_the_partition_came_back_is_stale() {
+        let mut c = Coordinator::new();
+        let a = c.join("g", None, vec!["app".into()], 10_000, 0, &four);
+        let first = a.generation;
+        assert!(
+            c.check_owner("g", &a.member_id, "app", 0, Some(first))
+                .is_ok()
+        );
+        // b joins: a gives up half, then b leaves and a gets everything back, in a later
+        // generation.
+        let b = c.join("g", None, vec!["app".into()], 10_000, 1, &four);
+        let kept = c
+            .heartbeat("g", &a.member_id, &tps(&[0, 1, 2, 3]), 2, &four)
+            .unwrap()
+            .partitions;
+        c.heartbeat("g", &a.member_id, &kept, 3, &four).unwrap();
+        c.leave("g", &b.member_id, &four).unwrap();
+        let back = c.heartbeat("g", &a.member_id, &kept, 4, &four).unwrap();
+        assert_eq!(back.partitions, tps(&[0, 1, 2, 3]));
+        let given_up = (0..4)
+            .find(|p| !kept.contains(&("app".to_owned(), *p)))
+            .unwrap();
+        // A write of a partition it regained, made in the first generation: stale (409).
+        assert!(matches!(
+            c.check_owner("g", &a.member_id, "app", given_up, Some(first)),
+            Err(CoordError::StaleGeneration { .. })
+        ));
+        // The same with the current generation, or of a partition it never gave up: fine.
+        assert!(
+            c.check_owner("g", &a.member_id, "app", given_up, Some(back.generation))
+                .is_ok()
+        );
+        assert!(
+            c.check_owner("g", &a.member_id, "app", kept[0].1, Some(first))
+                .is_ok()
+        );
+    }
+
+    #[tokio::test]
+    async fn group_locks_are_per_group_and_seen_held() {
+        let locks = GroupLocks::default();
+        let g = locks.lock("a").await;
+        assert!(locks.is_locked("a"));
+        assert!(!locks.is_locked("b"));
+        let _other = locks.lock("b").await;
+        drop(g);
+        assert!(!locks.is_locked("a"));
     }
 
     #[test]
@@ -503,7 +633,7 @@ mod tests {
                         }
                     }
                     2 => {
-                        for (g, gone) in c.expire(now + 2_000, &four) {
+                        for (g, gone) in c.expire(now + 2_000, &four, &|_| false) {
                             prop_assert_eq!(g, "g");
                             owned.remove(&gone);
                         }

@@ -246,7 +246,7 @@ impl Listener {
                 // a task then closes the connection cleanly, if one may be spared.
                 let _ = stream.try_write(REFUSAL);
                 if let Ok(permit) = self.refusing.clone().try_acquire_owned() {
-                    self.tasks.spawn(close_refused(stream, permit));
+                    self.tasks.spawn(close_refused(stream, Some(permit)));
                 }
             }
         }
@@ -299,8 +299,7 @@ async fn tls_accept(
             metrics::counter!("ferry_collector_connections_closed_total", "reason" => "plain_http_on_tls").increment(1);
             tracing::debug!("plain HTTP on the TLS port: answered 400");
             let _ = stream.write_all(crate::tls::PLAIN_ON_TLS_PORT).await;
-            let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().ok()?;
-            close_refused(stream, permit).await;
+            close_refused(stream, None).await;
             return None;
         }
         _ => return None,
@@ -414,10 +413,11 @@ fn watch_sighup(tls: Arc<TlsState>) -> anyhow::Result<()> {
 /// The answer to a connection past `max_connections`.
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 67\r\n\r\n{\"error\":\"the collector is at max_connections; retry in a moment\"}\n";
 
-/// Closes a refused connection (its 503 already sent) without resetting it: our side is shut
-/// down, and what the client still sends is read and dropped for up to a second, so that the
-/// client reads the answer instead of a reset.
-async fn close_refused(mut stream: tokio::net::TcpStream, _permit: OwnedSemaphorePermit) {
+/// Closes a refused connection (its 503, or the 400 of plain HTTP on the TLS port, already
+/// sent) without resetting it: our side is shut down, and what the client still sends is read
+/// and dropped for up to a second, so that the client reads the answer instead of a reset.
+/// `_permit`, if any, is one of [`MAX_REFUSING`], given back when the connection is closed.
+async fn close_refused(mut stream: tokio::net::TcpStream, _permit: Option<OwnedSemaphorePermit>) {
     let _ = stream.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         let mut buf = [0u8; 4096];

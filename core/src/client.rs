@@ -489,15 +489,21 @@ impl CollectorClient {
             .map(|_| ())
     }
 
-    /// Commits `offsets` (the next offset to read, per partition). With `member_id`, the
-    /// collector checks that the member owns each partition (409 if not).
+    /// Commits `offsets` (the next offset to read, per partition). With `member` (its id and
+    /// the generation of the assignment the offsets were read in), the collector checks that
+    /// the member owns each partition and has not lost and regained it since (409 if not), and
+    /// writes in the same step.
     pub async fn commit(
         &self,
         group: &str,
-        member_id: Option<&str>,
+        member: Option<(&str, u64)>,
         offsets: &[CommittedOffset],
     ) -> Result<(), ClientError> {
-        let body = serde_json::json!({ "member_id": member_id, "offsets": offsets });
+        let body = serde_json::json!({
+            "member_id": member.map(|m| m.0),
+            "generation": member.map(|m| m.1),
+            "offsets": offsets,
+        });
         self.send(self.post_json(&format!("/v1/groups/{group}/commit"), &body))
             .await
             .map(|_| ())
@@ -509,11 +515,14 @@ impl CollectorClient {
     }
 
     /// Stores a processor checkpoint: `state` built from `topic/partition` up to (not including)
-    /// `offset`. The collector accepts it only from the member owning the partition (409).
+    /// `offset`. The collector accepts it only from the member owning the partition since
+    /// `generation` (409).
+    #[allow(clippy::too_many_arguments)] // the route's own parameters, each a path or query part
     pub async fn put_checkpoint(
         &self,
         group: &str,
         member_id: &str,
+        generation: u64,
         topic: &str,
         partition: u32,
         offset: u64,
@@ -522,7 +531,7 @@ impl CollectorClient {
         let rb = self
             .req(
                 reqwest::Method::PUT,
-                &format!("/v1/groups/{group}/checkpoints/{topic}/{partition}?member_id={member_id}&offset={offset}"),
+                &format!("/v1/groups/{group}/checkpoints/{topic}/{partition}?member_id={member_id}&generation={generation}&offset={offset}"),
             )
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .body(state);

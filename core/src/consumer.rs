@@ -131,6 +131,11 @@ impl Consumer {
         self.member_id.as_deref()
     }
 
+    /// The generation of the assignment in force (sent with commits and checkpoints).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// The partitions this consumer reads now.
     pub fn assignment(&self) -> Vec<(String, u32)> {
         self.positions.keys().cloned().collect()
@@ -447,7 +452,11 @@ impl Consumer {
             return Ok(());
         }
         self.client
-            .commit(&group, self.member_id.as_deref(), &offsets)
+            .commit(
+                &group,
+                self.member_id.as_deref().map(|m| (m, self.generation)),
+                &offsets,
+            )
             .await?;
         for o in offsets {
             self.committed.insert((o.topic, o.partition), o.offset);

@@ -663,7 +663,15 @@ impl Runner {
         let member = self.consumer.member_id().unwrap_or_default().to_owned();
         match self
             .client
-            .put_checkpoint(&self.group, &member, &tp.0, tp.1, offset, snapshot)
+            .put_checkpoint(
+                &self.group,
+                &member,
+                self.consumer.generation(),
+                &tp.0,
+                tp.1,
+                offset,
+                snapshot,
+            )
             .await
         {
             Ok(()) => {
@@ -872,7 +880,15 @@ impl Runner {
             let member = self.consumer.member_id().unwrap_or_default().to_owned();
             match self
                 .client
-                .put_checkpoint(&self.group, &member, &tp.0, tp.1, offset, blob)
+                .put_checkpoint(
+                    &self.group,
+                    &member,
+                    self.consumer.generation(),
+                    &tp.0,
+                    tp.1,
+                    offset,
+                    blob,
+                )
                 .await
             {
                 Ok(()) => {
@@ -1204,7 +1220,15 @@ impl Runner {
         let offset = owner.next_offset;
         match self
             .client
-            .put_checkpoint(&rep.group, &member, &rep.topic, r, offset, blob)
+            .put_checkpoint(
+                &rep.group,
+                &member,
+                rep.consumer.generation(),
+                &rep.topic,
+                r,
+                offset,
+                blob,
+            )
             .await
         {
             Ok(()) => {

@@ -414,3 +414,18 @@ pub fn unread_bytes_in_log(log: &str) -> u64 {
         })
         .sum()
 }
+
+/// JSON log line number `seq`: `ts` 100 ms apart (so 100 lines per 10 s window), `level`
+/// cycling info/warn/error, the `seq` itself and some padding.
+pub fn json_log_line(seq: u64) -> String {
+    let t = seq / 10;
+    format!(
+        "{{\"ts\":\"2026-01-01T{:02}:{:02}:{:02}.{}00Z\",\"level\":\"{}\",\"seq\":{seq},\"pad\":\"{}\"}}",
+        t / 3600,
+        (t / 60) % 60,
+        t % 60,
+        seq % 10,
+        ["info", "warn", "error"][(seq % 3) as usize],
+        "x".repeat((seq % 50) as usize)
+    )
+}

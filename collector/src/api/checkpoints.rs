@@ -20,6 +20,10 @@ use std::sync::Arc;
 pub(super) struct PutCheckpointQuery {
     member_id: String,
     offset: u64,
+    /// The generation of the member's assignment (a write from before the member lost and
+    /// regained the partition is refused).
+    #[serde(default)]
+    generation: Option<u64>,
 }
 
 /// Stores a processor's state for a partition together with the input offset it reflects, and
@@ -35,7 +39,7 @@ pub(super) async fn put_checkpoint(
     validate_group(&group)?;
     state
         .coordinator()?
-        .check_owner(&group, &q.member_id, &topic, partition)?;
+        .check_owner(&group, &q.member_id, &topic, partition, q.generation)?;
     // Only the owner gets this far: the body is read now, bounded by max_checkpoint_bytes,
     // counted against max_inflight_bytes like an ingest body, and streamed to disk in pieces
     // of at most STREAM_CHUNK_BYTES (never held whole).
@@ -52,6 +56,13 @@ pub(super) async fn put_checkpoint(
         blocking(move || checkpoints.writer(&g, &t, partition, offset)).await??
     };
     let writer = stream_to(writer, body, limit).await?;
+    // The body is in (not yet in place); now check again under the group's lock, held until
+    // both writes are durable, so that the partition cannot change hands between the check and
+    // the writes.
+    let _group = state.group_locks.lock(&group).await;
+    state
+        .coordinator()?
+        .check_owner(&group, &q.member_id, &topic, partition, q.generation)?;
     blocking(move || writer.finish()).await??;
     state
         .store()?

@@ -161,7 +161,9 @@ impl From<CoordError> for ApiError {
     fn from(e: CoordError) -> Self {
         let status = match e {
             CoordError::UnknownMember { .. } | CoordError::UnknownGroup(_) => StatusCode::NOT_FOUND,
-            CoordError::NotOwner { .. } => StatusCode::CONFLICT,
+            CoordError::NotOwner { .. } | CoordError::StaleGeneration { .. } => {
+                StatusCode::CONFLICT
+            }
         };
         ApiError::new(status, e.to_string())
     }

@@ -48,6 +48,7 @@ pub(super) async fn join(
         .map(Duration::from_millis)
         .unwrap_or(g.session_timeout.get())
         .clamp(g.min_session_timeout.get(), g.max_session_timeout.get());
+    let _group = state.group_locks.lock(&group).await;
     let now = state.now_ms();
     let parts = state.partitions_of();
     let a = state.coordinator()?.join(
@@ -81,6 +82,7 @@ pub(super) async fn heartbeat(
     Path(group): Path<String>,
     JsonBody(req): JsonBody<HeartbeatRequest>,
 ) -> Result<Json<Assignment>, ApiError> {
+    let _group = state.group_locks.lock(&group).await;
     let now = state.now_ms();
     let parts = state.partitions_of();
     let a = state
@@ -101,6 +103,7 @@ pub(super) async fn leave(
     Path(group): Path<String>,
     JsonBody(req): JsonBody<LeaveRequest>,
 ) -> Result<StatusCode, ApiError> {
+    let _group = state.group_locks.lock(&group).await;
     let parts = state.partitions_of();
     state.coordinator()?.leave(&group, &req.member_id, &parts)?;
     tracing::info!(group, member = req.member_id, "member left");
@@ -120,6 +123,10 @@ pub struct OffsetEntry {
 pub struct CommitRequest {
     #[serde(default)]
     pub member_id: Option<String>,
+    /// The generation of the member's assignment the offsets were read in: a commit from
+    /// before the member lost and regained a partition is refused (409).
+    #[serde(default)]
+    pub generation: Option<u64>,
     pub offsets: Vec<OffsetEntry>,
 }
 
@@ -130,10 +137,12 @@ pub(super) async fn commit(
     JsonBody(req): JsonBody<CommitRequest>,
 ) -> Result<StatusCode, ApiError> {
     validate_group(&group)?;
+    // Held until the offsets are durable: ownership cannot change between check and write.
+    let _group = state.group_locks.lock(&group).await;
     if let Some(member) = &req.member_id {
         let c = state.coordinator()?;
         for o in &req.offsets {
-            c.check_owner(&group, member, &o.topic, o.partition)?;
+            c.check_owner(&group, member, &o.topic, o.partition, req.generation)?;
         }
     }
     let store = state.store()?;

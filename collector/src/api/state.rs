@@ -28,6 +28,8 @@ pub struct AppState {
     pub config: Arc<CollectorConfig>,
     /// Processor checkpoints (state + offset per group and partition).
     pub checkpoints: crate::checkpoints::Checkpoints,
+    /// Makes "check the owner, write the commit or checkpoint" one step per group.
+    pub group_locks: crate::coordinator::GroupLocks,
     /// The registry of agents; a std mutex never held across an await.
     pub registry: Mutex<crate::registry::Registry>,
     /// What `GET /v1/collectors` lists: this collector first, then its peers. Set once the
@@ -55,6 +57,7 @@ impl AppState {
                 &config,
                 &mut ferry_core::problems::Problems::new(),
             ),
+            group_locks: Default::default(),
             config,
         }
     }
@@ -134,8 +137,9 @@ impl AppState {
     pub fn expire_members(&self) {
         let now = self.now_ms();
         let parts = self.partitions_of();
+        let busy = |g: &str| self.group_locks.is_locked(g);
         if let Ok(mut c) = self.coordinator.lock() {
-            for (group, member) in c.expire(now, &parts) {
+            for (group, member) in c.expire(now, &parts, &busy) {
                 tracing::info!(group, member, "group member expired");
                 metrics::counter!("ferry_collector_group_members_expired_total").increment(1);
             }

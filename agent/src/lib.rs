@@ -163,4 +163,8 @@ impl Buffer {
     pub fn used(&self) -> u64 {
         self.used.load(Ordering::Acquire)
     }
+
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
 }

@@ -92,7 +92,11 @@ fn start(cfg: AgentConfig, events: bool) -> Running {
 
 impl Running {
     async fn wait_lines(&self, n: usize) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        self.wait_lines_within(n, Duration::from_secs(20)).await;
+    }
+
+    async fn wait_lines_within(&self, n: usize, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
         while self.out.lines().len() < n {
             assert!(
                 tokio::time::Instant::now() < deadline,
@@ -409,4 +413,39 @@ async fn reading_pauses_when_the_buffer_is_full() {
     );
     shutdown.trigger();
     task.await.unwrap().unwrap();
+}
+
+/// Many files present at start, each smaller than a batch: every read ends in an open batch,
+/// and open batches count against the buffer. Once they fill half of it, they are sealed at
+/// once rather than after the linger, so the agent never waits on a timer while holding the
+/// very bytes that block it; only the last batches (the files' tails) wait out their linger.
+/// Each line arrives exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_small_files_filling_the_buffer_do_not_wait_out_the_linger() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = logs(dir.path());
+    let mut want = Vec::new();
+    for f in 0..80 {
+        let lines = numbered(&format!("f{f:02}"), 0..2_000); // about 72 KiB each
+        append(&logs.join(format!("f{f:02}.log")), lines.iter().cloned());
+        want.extend(lines);
+    }
+    let mut cfg = config(dir.path(), ReadFrom::Beginning);
+    cfg.batch.linger = CfgDuration::from_secs(5);
+    cfg.batch.max_bytes = ByteSize::kib(512);
+    cfg.batch.max_records = 100_000;
+    cfg.buffer_bytes = ByteSize::mib(1);
+    let run = start(cfg, true);
+    // 5.8 MiB through a 1 MiB buffer: were full buffers left to linger, that would be about six
+    // lingers (30 s); sealed for room, it is one (the tails) and the reading.
+    let t = std::time::Instant::now();
+    run.wait_lines_within(want.len(), Duration::from_secs(40))
+        .await;
+    let took = t.elapsed();
+    let mut got = run.stop().await;
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    got.sort();
+    want.sort();
+    assert_eq!(got.len(), want.len(), "every line exactly once");
+    assert!(got == want, "the lines shipped are the lines written");
 }

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run --release -p ferry-agent --bin agent-bench -- [--bytes SIZE] [--dir DIR] [--runs N] [--collector URL]
+//! cargo run --release -p ferry-agent --bin agent-bench -- --files N [--bytes SIZE] [--runs N] [--collector URL]
 //! cargo run --release -p ferry-agent --bin agent-bench -- --idle-files N [SECS]
 //! cargo run --release -p ferry-agent --bin agent-bench -- --kafka BROKERS [SIZE]
 //! ```
@@ -19,6 +20,11 @@
 //! (the shipper before pipelining), as the baseline of the same run. Each figure is the fastest of N runs (default 3; the machine may be shared). Prints a
 //! markdown table: MiB/s, CPU seconds per GiB (user + system, all threads, from
 //! /proc/self/stat), peak RSS (VmHWM).
+//!
+//! `--files N`: the same bytes split over N files of equal size, all present at start (a node
+//! with many containers), tailed with one glob; measured beside the single file of the same bytes
+//! and `cat` of the N files into the socket, uncompressed (and into the collector with
+//! `--collector`). The many-files target is a ratio to the single file of the same run.
 
 use ferry_agent::config::{AgentConfig, InputConfig, OutputConfig};
 use ferry_agent::output::null::NullOutput;
@@ -62,6 +68,7 @@ fn parent(args: &[String]) -> Res<()> {
     let mut dir: Option<PathBuf> = None;
     let mut runs = 3usize;
     let mut collector: Option<String> = None;
+    let mut files = 1usize;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -69,6 +76,7 @@ fn parent(args: &[String]) -> Res<()> {
             "--runs" => runs = it.next().ok_or("--runs needs a value")?.parse()?,
             "--dir" => dir = Some(it.next().ok_or("--dir needs a value")?.into()),
             "--collector" => collector = Some(it.next().ok_or("--collector needs a URL")?.clone()),
+            "--files" => files = it.next().ok_or("--files needs a count")?.parse()?,
             other => return Err(format!("unknown argument {other:?}").into()),
         }
     }
@@ -77,7 +85,11 @@ fn parent(args: &[String]) -> Res<()> {
         std::env::temp_dir().join(format!("ferry-agent-bench-{}", std::process::id()))
     });
     std::fs::create_dir_all(&dir)?;
-    let result = measure_all(&dir, bytes, runs.max(1), collector.as_deref());
+    let result = if files > 1 {
+        measure_many(&dir, bytes, files, runs.max(1), collector.as_deref())
+    } else {
+        measure_all(&dir, bytes, runs.max(1), collector.as_deref())
+    };
     if own_dir {
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -101,7 +113,7 @@ fn measure_all(dir: &Path, bytes: ByteSize, runs: usize, collector: Option<&str>
     let mut rows = Vec::new();
     let mut best: Option<Measure> = None;
     for _ in 0..runs {
-        best = Some(faster(best, cat_to_socket(&file)?));
+        best = Some(faster(best, cat_to_socket(std::slice::from_ref(&file))?));
     }
     rows.push((
         "`cat FILE` → local TCP socket (copying limit)".to_owned(),
@@ -139,37 +151,16 @@ fn measure_all(dir: &Path, bytes: ByteSize, runs: usize, collector: Option<&str>
         modes.push(("collector-lz4", "agent → collector (fsync before ack), lz4"));
     }
     for (mode, label) in modes {
-        let mut best: Option<Measure> = None;
-        for run in 0..runs {
-            let data = dir.join(format!("data-{mode}-{run}"));
-            // A checkpoint left by an earlier bench would make the file look read already.
-            if data.exists() {
-                std::fs::remove_dir_all(&data)?;
-            }
-            let exe = std::env::current_exe()?;
-            let mut cmd = Command::new(exe);
-            cmd.args(["--child", mode]).arg(&file).arg(&data);
-            if let Some(url) = collector {
-                // A topic per run: the collector would otherwise take the file's second
-                // reading for a replay of the first and store nothing.
-                cmd.env("FERRY_BENCH_COLLECTOR", url).env(
-                    "FERRY_BENCH_TOPIC",
-                    format!("bench-{mode}-{run}-{}", std::process::id()),
-                );
-            }
-            let out = cmd.stderr(Stdio::inherit()).output()?;
-            if !out.status.success() {
-                return Err(format!("child {mode} failed: {}", out.status).into());
-            }
-            let m = parse_measure(&String::from_utf8_lossy(&out.stdout))?;
-            eprintln!(
-                "{label}: {:.0} MiB/s, {:.2} CPU s",
-                mib(m.bytes) / m.secs,
-                m.cpu_secs.unwrap_or(0.0)
-            );
-            best = Some(faster(best, m));
-        }
-        rows.push((label.to_owned(), best.ok_or("no run")?));
+        let m = run_agent(
+            dir,
+            mode,
+            &file.to_string_lossy(),
+            size,
+            runs,
+            collector,
+            label,
+        )?;
+        rows.push((label.to_owned(), m));
     }
     println!(
         "\n{} of ~200-byte JSON lines ({lines} lines), page cache warm, {} cores\n",
@@ -178,6 +169,159 @@ fn measure_all(dir: &Path, bytes: ByteSize, runs: usize, collector: Option<&str>
             .map(|n| n.get())
             .unwrap_or(0)
     );
+    print_rows(rows);
+    Ok(())
+}
+
+/// The fastest of `runs` agent runs of `mode` over `include` (a file or a glob of `size` bytes),
+/// each in its own child process.
+fn run_agent(
+    dir: &Path,
+    mode: &str,
+    include: &str,
+    size: u64,
+    runs: usize,
+    collector: Option<&str>,
+    label: &str,
+) -> Res<Measure> {
+    let mut best: Option<Measure> = None;
+    for run in 0..runs {
+        let data = dir.join(format!("data-{mode}-{run}"));
+        // A checkpoint left by an earlier bench would make the file look read already.
+        if data.exists() {
+            std::fs::remove_dir_all(&data)?;
+        }
+        let exe = std::env::current_exe()?;
+        let mut cmd = Command::new(exe);
+        cmd.args(["--child", mode])
+            .arg(include)
+            .arg(&data)
+            .env("FERRY_BENCH_SIZE", size.to_string());
+        if let Some(url) = collector {
+            // A topic per run: the collector would otherwise take the file's second
+            // reading for a replay of the first and store nothing.
+            cmd.env("FERRY_BENCH_COLLECTOR", url).env(
+                "FERRY_BENCH_TOPIC",
+                format!("bench-{mode}-{run}-{}", std::process::id()),
+            );
+        }
+        let out = cmd.stderr(Stdio::inherit()).output()?;
+        if !out.status.success() {
+            return Err(format!("child {mode} failed: {}", out.status).into());
+        }
+        let m = parse_measure(&String::from_utf8_lossy(&out.stdout))?;
+        eprintln!(
+            "{label}: {:.0} MiB/s, {:.2} CPU s",
+            mib(m.bytes) / m.secs,
+            m.cpu_secs.unwrap_or(0.0)
+        );
+        best = Some(faster(best, m));
+    }
+    best.ok_or_else(|| "no run".into())
+}
+
+/// `--files N`: the bytes split over N files, against one file of the same bytes.
+fn measure_many(
+    dir: &Path,
+    bytes: ByteSize,
+    n: usize,
+    runs: usize,
+    collector: Option<&str>,
+) -> Res<()> {
+    let t = Instant::now();
+    let single = dir.join("bench.log");
+    let (size, lines) = generate(&single, bytes.get())?;
+    let many = dir.join("many");
+    std::fs::create_dir_all(&many)?;
+    let mut paths = Vec::with_capacity(n);
+    let (mut many_size, mut many_lines) = (0, 0);
+    for i in 0..n {
+        let p = many.join(format!("app-{i:05}.log"));
+        let (s, l) = generate_salted(&p, bytes.get() / n as u64, i as u64 + 1)?;
+        many_size += s;
+        many_lines += l;
+        paths.push(p);
+    }
+    eprintln!(
+        "generated one file of {:.1} MiB and {n} files of {:.1} MiB in all ({many_lines} lines) in {:.1}s",
+        mib(size),
+        mib(many_size),
+        t.elapsed().as_secs_f64()
+    );
+    let glob = format!("{}/*.log", many.display());
+    let mut rows = Vec::new();
+    let (mut cat1, mut catn) = (None, None);
+    for _ in 0..runs {
+        cat1 = Some(faster(cat1, cat_to_socket(std::slice::from_ref(&single))?));
+        catn = Some(faster(catn, cat_to_socket(&paths)?));
+    }
+    rows.push((
+        "`cat FILE` → local TCP socket, one file".to_owned(),
+        cat1.ok_or("no run")?,
+    ));
+    rows.push((
+        format!("`cat` of the {n} files → local TCP socket"),
+        catn.ok_or("no run")?,
+    ));
+    let one = run_agent(
+        dir,
+        "none",
+        &single.to_string_lossy(),
+        size,
+        runs,
+        None,
+        "agent → null, one file",
+    )?;
+    let label = format!("agent → null, {n} files");
+    let all = run_agent(dir, "none", &glob, many_size, runs, None, &label)?;
+    let ratio = (mib(all.bytes) / all.secs) / (mib(one.bytes) / one.secs);
+    rows.push(("agent → null, one file, uncompressed".to_owned(), one));
+    rows.push((format!("{label}, uncompressed"), all));
+    let mut ratios = vec![format!("{n} files / one file → null: **{ratio:.2}x**")];
+    if collector.is_some() {
+        let one = run_agent(
+            dir,
+            "collector-none",
+            &single.to_string_lossy(),
+            size,
+            runs,
+            collector,
+            "agent → collector, one file",
+        )?;
+        let label = format!("agent → collector (fsync before ack), {n} files, uncompressed");
+        let all = run_agent(
+            dir,
+            "collector-none",
+            &glob,
+            many_size,
+            runs,
+            collector,
+            &label,
+        )?;
+        let ratio = (mib(all.bytes) / all.secs) / (mib(one.bytes) / one.secs);
+        rows.push((
+            "agent → collector (fsync before ack), one file, uncompressed".to_owned(),
+            one,
+        ));
+        rows.push((label, all));
+        ratios.push(format!("{n} files / one file → collector: **{ratio:.2}x**"));
+    }
+    println!(
+        "\n{} of ~200-byte JSON lines ({lines} lines) in one file, and the same split over {n} files, page cache warm, {} cores\n",
+        human(size),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+    print_rows(rows);
+    println!();
+    for r in ratios {
+        println!("{r}");
+    }
+    Ok(())
+}
+
+fn print_rows(rows: Vec<(String, Measure)>) {
     println!("| run | MiB/s | CPU s/GiB | peak RSS MiB | output MiB |");
     println!("| --- | ---: | ---: | ---: | ---: |");
     for (label, m) in rows {
@@ -193,7 +337,6 @@ fn measure_all(dir: &Path, bytes: ByteSize, runs: usize, collector: Option<&str>
                 .map_or("–".to_owned(), |e| format!("{:.0}", mib(e))),
         );
     }
-    Ok(())
 }
 
 fn faster(best: Option<Measure>, m: Measure) -> Measure {
@@ -230,6 +373,12 @@ fn parse_measure(s: &str) -> Res<Measure> {
 
 /// Writes JSON lines of about 200 bytes until `target` bytes.
 fn generate(path: &Path, target: u64) -> Res<(u64, u64)> {
+    generate_salted(path, target, 0)
+}
+
+/// [`generate`] with `salt` mixed into every trace id: files of distinct content (files with the
+/// same first line and the same bytes would be taken for copies of each other).
+fn generate_salted(path: &Path, target: u64, salt: u64) -> Res<(u64, u64)> {
     let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
     let levels = ["INFO", "WARN", "ERROR", "DEBUG"];
     let paths = [
@@ -253,7 +402,7 @@ fn generate(path: &Path, target: u64) -> Res<(u64, u64)> {
             paths[(n / 4 % 4) as usize],
             200 + (n % 7) * 50,
             n % 997,
-            n.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            n.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ salt.wrapping_mul(0xd6e8_feb8_6659_fd93),
         );
         w.write_all(line.as_bytes())?;
         size += line.len() as u64;
@@ -295,8 +444,8 @@ fn write_fsync(file: &Path, dir: &Path) -> Res<Measure> {
     })
 }
 
-/// `cat FILE` into a TCP connection to a listener thread that discards.
-fn cat_to_socket(file: &Path) -> Res<Measure> {
+/// `cat FILES...` into a TCP connection to a listener thread that discards.
+fn cat_to_socket(files: &[PathBuf]) -> Res<Measure> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let sink = std::thread::spawn(move || -> std::io::Result<u64> {
@@ -315,7 +464,7 @@ fn cat_to_socket(file: &Path) -> Res<Measure> {
     let fd: std::os::fd::OwnedFd = stream.into();
     let t = Instant::now();
     let status = Command::new("cat")
-        .arg(file)
+        .args(files)
         .stdout(Stdio::from(fd))
         .status()?;
     let total = sink.join().map_err(|_| "sink thread panicked")??;
@@ -340,8 +489,12 @@ fn child(args: &[String]) -> Res<()> {
     let to_collector = mode.starts_with("collector-");
     let serial = mode.ends_with("-serial");
     let mode = mode.trim_end_matches("-serial");
+    // FILE may be a glob (`--files`); the parent then says how many bytes it matches.
     let file = PathBuf::from(file);
-    let size = std::fs::metadata(&file)?.len();
+    let size = match std::env::var("FERRY_BENCH_SIZE") {
+        Ok(s) => s.parse()?,
+        Err(_) => std::fs::metadata(&file)?.len(),
+    };
     let mut cfg = AgentConfig {
         id: Some("bench".into()),
         data_dir: PathBuf::from(data),
@@ -407,9 +560,19 @@ fn run_child<O: ferry_agent::output::Output + 'static>(
     let (secs, encoded) = rt.block_on(async move {
         let shutdown = Shutdown::new();
         let run = tokio::spawn(agent.run(shutdown.clone()));
-        while AgentStats::get(&stats.bytes_acked) < size {
-            if run.is_finished() {
+        // A run that stops making progress is an error to report, not a bench to wait for.
+        let (mut last, mut moved) = (0, Instant::now());
+        loop {
+            let acked = AgentStats::get(&stats.bytes_acked);
+            if acked >= size || run.is_finished() {
                 break;
+            }
+            if acked != last {
+                (last, moved) = (acked, Instant::now());
+            } else if moved.elapsed() > Duration::from_secs(60) {
+                return Err(format!(
+                    "stalled: {acked} of {size} bytes acknowledged, none for 60 s"
+                ));
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }

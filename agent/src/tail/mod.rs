@@ -1756,16 +1756,20 @@ impl Tailer {
             .min()
     }
 
-    /// Seals every open batch (shutdown). Incomplete lines and multiline records are left to be
+    /// Seals every open batch (shutdown, or the buffer is full of open batches). Incomplete lines and multiline records are left to be
     /// read again after a restart, since the checkpoint stops before them.
-    pub fn flush_batches(&mut self) {
+    /// Returns how many it sealed.
+    pub fn flush_batches(&mut self) -> usize {
+        let mut n = 0;
         for t in self.files.values_mut() {
             if let Some(s) = t.batcher.flush() {
                 self.open_bytes -= s.span_bytes();
                 self.sealed.push(s);
+                n += 1;
             }
             drain_sealed(&mut self.sealed, &mut self.out, t.input, &t.watcher);
         }
+        n
     }
 
     /// Reads everything and ships everything, releasing files, as if every timeout had passed.

@@ -334,7 +334,16 @@ impl CheckpointTopic {
             }
             match self.reader.poll(Duration::from_millis(200)) {
                 None => continue,
-                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break Ok(()),
+                // The watermarks said the log holds `end - 1`, and a log's last record is never
+                // compacted away: an end of partition before it is stale (left in the queue
+                // from before an outage) or early (a leader that has not caught up), not the
+                // end. Reading goes on, bounded by the deadline.
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => continue,
+                // Connection trouble the client retries by itself, often reported long ago:
+                // the reader is polled only here, so every error of an outage waits in its
+                // queue. Failing the read on each cost a backoff per queued error (half a
+                // minute after a few seconds of outage); the deadline still bounds the read.
+                Some(Err(e)) if client_retries(&e) => continue,
                 Some(Err(e)) => break Err(self.err(e)),
                 Some(Ok(m)) => {
                     if m.offset() >= end {
@@ -354,4 +363,19 @@ impl CheckpointTopic {
         let _ = self.reader.unassign();
         result.map(|()| out)
     }
+}
+
+/// Errors librdkafka reports about connections it keeps retrying on its own (a broker down,
+/// refused or unresolvable, a request timed out): not a reason to give up a read.
+fn client_retries(e: &rdkafka::error::KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::Resolve
+                | RDKafkaErrorCode::OperationTimedOut
+                | RDKafkaErrorCode::RequestTimedOut
+        )
+    )
 }

@@ -843,17 +843,16 @@ impl Tailer {
             {
                 continue;
             }
-            // The bytes before where the original was last read to its end: what the copy
-            // must hold at the same place (the original may be truncated already, unnoticed).
-            if let Some(tp) = o.watcher.tail()
-                && size >= tp.offset
-                && tp.matches(file).unwrap_or(false)
-            {
-                copy_of = Some(*k);
-                break;
-            }
-            // Else compare the bytes before the end of the shorter of the two.
             let Some(orig) = o.watcher.handle() else {
+                // The original's handle was given back (descriptor budget): the bytes before
+                // where it was last read to its end are what a copy must hold at that place.
+                if let Some(tp) = o.watcher.tail()
+                    && size >= tp.offset
+                    && tp.matches(file).unwrap_or(false)
+                {
+                    copy_of = Some(*k);
+                    break;
+                }
                 continue;
             };
             let osize = orig.metadata().map_or(0, |m| m.len());
@@ -861,18 +860,25 @@ impl Tailer {
             // bytes) without the agent noticing yet: a file with its first line that appears
             // now (or was held back as its copy) is its copy; the original's next read notices
             // the truncation and reads the copy on from where the original stopped.
+            // So has one that no longer holds the bytes it was last read to its end with
+            // (truncated and refilled past that, with the same first line).
             let truncated = osize < o.watcher.line_pos()
                 || o.watcher
                     .fingerprint()
-                    .is_some_and(|fp| !fp.matches(orig).unwrap_or(true));
+                    .is_some_and(|fp| !fp.matches(orig).unwrap_or(true))
+                || o.watcher
+                    .tail()
+                    .is_some_and(|tp| !tp.matches(orig).unwrap_or(true));
             if truncated {
                 copy_of = Some(*k);
                 break;
             }
-            let m = size.min(osize);
-            let same = m > 0
+            // The original as it is: a copy holds what it holds, no more (a file longer than
+            // an untruncated original, or with other bytes, is another file that began the
+            // same way — two workers' logs with the same banner — and is read as itself).
+            let same = size <= osize
                 && matches!(
-                    (fingerprint::TailPrint::take(file, m), fingerprint::TailPrint::take(orig, m)),
+                    (fingerprint::TailPrint::take(file, size), fingerprint::TailPrint::take(orig, size)),
                     (Ok(Some(a)), Ok(Some(b))) if a == b
                 );
             if same {

@@ -435,6 +435,42 @@ fn same_first_line_in_two_files() {
     assert_eq!(ids.len(), 2);
 }
 
+/// Two files of one directory that begin with the same bytes (two workers' logs with the same
+/// banner) look like a file and its copy while they are identical; once the second gets lines
+/// the first does not have, it is read whole as itself: nothing is held back as a "copy" of a
+/// file that was never truncated.
+#[test]
+fn a_file_that_began_like_another_is_read_whole_once_it_differs() {
+    let mut h = harness_with(None);
+    let (a, b) = (
+        h.dir.path().join("worker-1.log"),
+        h.dir.path().join("worker-2.log"),
+    );
+    std::fs::write(&a, "starting worker\nready\n").unwrap();
+    h.catch_up();
+    // The second worker starts: the same banner, for now all it holds.
+    std::fs::write(&b, "starting worker\nready\n").unwrap();
+    h.tailer.path_event(&b, h.now);
+    h.catch_up();
+    let mut f = std::fs::OpenOptions::new().append(true).open(&b).unwrap();
+    f.write_all(b"job 2 done\n").unwrap();
+    h.tailer.data_event(&b);
+    h.catch_up();
+    h.collect();
+    let mut got: Vec<String> = records(&mut h.out).into_iter().map(|r| r.0).collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "job 2 done",
+            "ready",
+            "ready",
+            "starting worker",
+            "starting worker"
+        ]
+    );
+}
+
 fn harness_with(multiline: Option<crate::config::MultilineConfig>) -> Harness {
     let mut h = Harness::new(64, 1 << 20, 100);
     let mut cfg = AgentConfig {

@@ -1015,6 +1015,7 @@ impl Runner {
                 next_offset: start,
                 since_ms,
             };
+            let fresh = got.is_none();
             if let Some((offset, blob)) = got {
                 match unwrap_checkpoint(&blob)
                     .and_then(|(_, rest)| repartition::decode_parts(&self.cfg, rest))
@@ -1064,6 +1065,15 @@ impl Runner {
             rep.consumer.seek(&(topic, r), owner.next_offset);
             rep.owners.insert(r, owner);
             rep.pending_assigned.remove(0);
+            if fresh {
+                // A partition never checkpointed gets its first checkpoint before it emits:
+                // it carries where the results files stand now, so a member killed before its
+                // next checkpoint cuts them back to here and emits those results once, not twice.
+                let r2 = self.outputs.checkpoint().await;
+                r2.map_err(|e| self.err_sink(e))?;
+                self.marks = self.outputs.file_marks();
+                self.checkpoint_owner(r).await?;
+            }
         }
         Ok(())
     }

@@ -926,6 +926,11 @@ mod repartitioned {
                 }
                 m.owners.insert(r, owner);
             }
+            // As the runner does: a repartition partition never checkpointed gets its first
+            // checkpoint at once, with where the results file stands.
+            if m.targets.iter().any(|r| !c.owners.contains_key(r)) {
+                m.checkpoint_owners(c);
+            }
             (m, next)
         }
 

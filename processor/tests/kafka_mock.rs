@@ -275,29 +275,58 @@ async fn counts_exactly_dead_letters_garbage_and_resumes_from_its_checkpoint() {
     assert_eq!(dead, want_dead, "every garbage record dead-lettered once");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refused_checkpoints_and_a_broker_outage_are_retried_and_nothing_is_lost() {
+/// A pipeline of group `group` on a mock cluster's 2-partition topic `app`, running with `opts`.
+struct Running {
+    mock: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    brokers: String,
+    dir: tempfile::TempDir,
+    out: std::path::PathBuf,
+    stop: Shutdown,
+    h: tokio::task::JoinHandle<RunnerReport>,
+}
+
+/// The first 1,000 events produced and the pipeline started, once its first results are out.
+async fn first_results(group: &str, opts: RunnerOptions) -> Running {
     let mock = MockCluster::new(1).unwrap();
     mock.create_topic("app", 2, 1).unwrap();
-    mock.create_topic("ferry-checkpoints.g2", 1, 1).unwrap();
+    mock.create_topic(&format!("ferry-checkpoints.{group}"), 1, 1)
+        .unwrap();
     let brokers = mock.bootstrap_servers();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("results.jsonl");
-    let cfg = pipeline(&brokers, "g2", &out, "");
+    let cfg = pipeline(&brokers, group, &out, "");
     produce(&brokers, "app", &keyed(0, 1000, false)).await;
-    // A session that outlasts the outage even on a loaded machine: this test is about retries
-    // while the member keeps its partitions (losing them is the next test).
-    let (stop, h) = start_with(
-        cfg,
-        RunnerOptions {
-            session_timeout: Duration::from_secs(30),
-            ..opts()
-        },
-    );
+    let (stop, h) = start_with(cfg, opts);
     wait_for("the first results", Duration::from_secs(30), || {
         !results(&out).0.is_empty()
     })
     .await;
+    Running {
+        mock,
+        brokers,
+        dir,
+        out,
+        stop,
+        h,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_checkpoints_and_a_broker_outage_are_retried_and_nothing_is_lost() {
+    // A session that outlasts the outage even on a loaded machine: this test is about retries
+    // while the member keeps its partitions (losing them is the next test).
+    let opts = RunnerOptions {
+        session_timeout: Duration::from_secs(30),
+        ..opts()
+    };
+    let Running {
+        mock,
+        brokers,
+        dir: _dir,
+        out,
+        stop,
+        h,
+    } = first_results("g2", opts).await;
 
     // Checkpoints refused for a while (the only produce requests of this pipeline).
     mock.request_errors(
@@ -337,19 +366,14 @@ async fn refused_checkpoints_and_a_broker_outage_are_retried_and_nothing_is_lost
 /// results emitted after the last stored checkpoint may be emitted again (docs/processor.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_lost_in_a_broker_outage_is_rejoined_promptly_and_nothing_is_lost() {
-    let mock = MockCluster::new(1).unwrap();
-    mock.create_topic("app", 2, 1).unwrap();
-    mock.create_topic("ferry-checkpoints.g5", 1, 1).unwrap();
-    let brokers = mock.bootstrap_servers();
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("results.jsonl");
-    let cfg = pipeline(&brokers, "g5", &out, "");
-    produce(&brokers, "app", &keyed(0, 1000, false)).await;
-    let (stop, h) = start(cfg);
-    wait_for("the first results", Duration::from_secs(30), || {
-        !results(&out).0.is_empty()
-    })
-    .await;
+    let Running {
+        mock,
+        brokers,
+        dir: _dir,
+        out,
+        stop,
+        h,
+    } = first_results("g5", opts()).await;
     mock.broker_down(1).unwrap();
     // Past the 6 s session timeout of `opts()`.
     tokio::time::sleep(Duration::from_secs(9)).await;

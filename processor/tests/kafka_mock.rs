@@ -311,6 +311,35 @@ async fn first_results(group: &str, opts: RunnerOptions) -> Running {
     }
 }
 
+/// The broker down for `outage` (the pipeline must keep running), then up, then events
+/// 1,000..2,000 and a closer per level: returns how long after the broker came back every
+/// window's count was right.
+async fn outage_then_the_rest(
+    mock: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    brokers: &str,
+    out: &Path,
+    h: &tokio::task::JoinHandle<RunnerReport>,
+    outage: Duration,
+) -> Duration {
+    mock.broker_down(1).unwrap();
+    tokio::time::sleep(outage).await;
+    assert!(
+        !h.is_finished(),
+        "the source must not stop on a broker outage"
+    );
+    mock.broker_up(1).unwrap();
+    let back = Instant::now();
+    produce(brokers, "app", &keyed(1000, 2000, true)).await;
+    let want = expected(2000);
+    wait_for(
+        "every window after the outage",
+        Duration::from_secs(60),
+        || results(out).0 == want,
+    )
+    .await;
+    back.elapsed()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_checkpoints_and_a_broker_outage_are_retried_and_nothing_is_lost() {
     // A session that outlasts the outage even on a loaded machine: this test is about retries
@@ -336,22 +365,8 @@ async fn refused_checkpoints_and_a_broker_outage_are_retried_and_nothing_is_lost
     tokio::time::sleep(Duration::from_secs(2)).await;
     mock.clear_request_errors(RDKafkaApiKey::Produce);
     // Then the broker goes away and comes back.
-    mock.broker_down(1).unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(
-        !h.is_finished(),
-        "the source must not stop on a broker outage"
-    );
-    mock.broker_up(1).unwrap();
-    produce(&brokers, "app", &keyed(1000, 2000, true)).await;
-
+    outage_then_the_rest(&mock, &brokers, &out, &h, Duration::from_secs(3)).await;
     let want = expected(2000);
-    wait_for(
-        "every window after the outage",
-        Duration::from_secs(60),
-        || results(&out).0 == want,
-    )
-    .await;
     stop.trigger();
     let report = h.await.unwrap();
     assert_eq!(report.records, 2000 + 3);
@@ -374,24 +389,8 @@ async fn a_session_lost_in_a_broker_outage_is_rejoined_promptly_and_nothing_is_l
         stop,
         h,
     } = first_results("g5", opts()).await;
-    mock.broker_down(1).unwrap();
     // Past the 6 s session timeout of `opts()`.
-    tokio::time::sleep(Duration::from_secs(9)).await;
-    assert!(
-        !h.is_finished(),
-        "the source must not stop on a broker outage"
-    );
-    mock.broker_up(1).unwrap();
-    let back = Instant::now();
-    produce(&brokers, "app", &keyed(1000, 2000, true)).await;
-    let want = expected(2000);
-    wait_for(
-        "every window after the outage",
-        Duration::from_secs(60),
-        || results(&out).0 == want,
-    )
-    .await;
-    let took = back.elapsed();
+    let took = outage_then_the_rest(&mock, &brokers, &out, &h, Duration::from_secs(9)).await;
     eprintln!("back after {took:?}");
     stop.trigger();
     let report = h.await.unwrap();

@@ -5,7 +5,11 @@
 //! cargo run --release -p ferry-agent --bin agent-bench -- --files N [--bytes SIZE] [--runs N] [--collector URL]
 //! cargo run --release -p ferry-agent --bin agent-bench -- --idle-files N [SECS]
 //! cargo run --release -p ferry-agent --bin agent-bench -- --kafka BROKERS [SIZE]
+//! cargo run --release -p ferry-agent --bin agent-bench -- --active FILES ACTIVE [SECS]
 //! ```
+//! (`--active`: FILES files tailed, ACTIVE of them written to, a line each every 100 ms for SECS
+//! seconds (default 20), default agent settings into the `stdout` output: the latency from each
+//! line's write to its output, p50/p99/max, and whether any active file was starved.)
 //! (`--kafka`: the agent tailing a generated file into Kafka through its `kafka` output, once
 //! per producer compression, each into a new topic; MiB/s of file bytes until every batch is
 //! acknowledged. Default SIZE 96MiB.)
@@ -43,6 +47,8 @@ fn main() -> ExitCode {
         child(&args[2..])
     } else if args.get(1).map(String::as_str) == Some("--idle-files") {
         idle(&args[2..])
+    } else if args.get(1).map(String::as_str) == Some("--active") {
+        active(&args[2..])
     } else if args.get(1).map(String::as_str) == Some("--kafka") {
         kafka(&args[2..])
     } else {
@@ -792,4 +798,175 @@ fn kafka(args: &[String]) -> Res<()> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// A writer for the `stdout` output that notes, for each line `t=NANOS f=FILE ...`, how long
+/// after its write it came out, and how many lines of each file did.
+#[derive(Clone, Default)]
+struct Latencies(std::sync::Arc<std::sync::Mutex<(Vec<u64>, Vec<u64>, Vec<u8>)>>);
+
+impl Latencies {
+    fn start() -> Instant {
+        static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        *START.get_or_init(Instant::now)
+    }
+}
+
+impl Write for Latencies {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let now = Latencies::start().elapsed().as_nanos() as u64;
+        let mut g = self
+            .0
+            .lock()
+            .map_err(|_| std::io::Error::other("poisoned"))?;
+        let (lat, per_file, partial) = &mut *g;
+        partial.extend_from_slice(buf);
+        let mut start = 0;
+        while let Some(n) = partial[start..].iter().position(|b| *b == b'\n') {
+            let line = &partial[start..start + n];
+            start += n + 1;
+            let text = String::from_utf8_lossy(line);
+            let mut t = None;
+            let mut f = None;
+            for w in text.split(' ') {
+                if let Some(v) = w.strip_prefix("t=") {
+                    t = v.parse::<u64>().ok();
+                } else if let Some(v) = w.strip_prefix("f=") {
+                    f = v.parse::<usize>().ok();
+                }
+            }
+            if let (Some(t), Some(f)) = (t, f) {
+                lat.push(now.saturating_sub(t));
+                if per_file.len() <= f {
+                    per_file.resize(f + 1, 0);
+                }
+                per_file[f] += 1;
+            }
+        }
+        partial.drain(..start);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `--active FILES ACTIVE [SECS]`: many files tailed, some of them written to steadily.
+fn active(args: &[String]) -> Res<()> {
+    let n: usize = args.first().ok_or("--active needs FILES ACTIVE")?.parse()?;
+    let k: usize = args.get(1).ok_or("--active needs FILES ACTIVE")?.parse()?;
+    let secs: u64 = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(20);
+    if k == 0 || k > n {
+        return Err("ACTIVE must be between 1 and FILES".into());
+    }
+    let dir = std::env::temp_dir().join(format!("ferry-agent-active-{}", std::process::id()));
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let result = (|| -> Res<()> {
+        for i in 0..n {
+            std::fs::write(
+                logs.join(format!("f{i:05}.log")),
+                format!("start of file {i}\n"),
+            )?;
+        }
+        let cfg = AgentConfig {
+            id: Some("active".into()),
+            data_dir: dir.join("data"),
+            inputs: vec![InputConfig {
+                name: "active".into(),
+                include: vec![format!("{}/*.log", logs.display())],
+                exclude: vec![],
+                read_from: Default::default(),
+                topic: "active".into(),
+                fields: Default::default(),
+                multiline: None,
+                max_line_bytes: ByteSize::kib(256),
+                line_flush_timeout: ferry_core::config::Duration::from_secs(1),
+                format: None,
+                kubernetes: false,
+                rotate_wait: ferry_core::config::Duration::from_secs(30),
+            }],
+            output: OutputConfig::Stdout,
+            ..Default::default()
+        };
+        let linger = cfg.batch.linger.get();
+        let seen = Latencies::default();
+        let _ = Latencies::start();
+        let agent = Agent::with_output(
+            cfg,
+            ferry_agent::output::stdout::StdoutOutput::with_writer(Box::new(seen.clone())),
+        )?;
+        let stats = agent.stats();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let shutdown = Shutdown::new();
+        let run = rt.spawn(agent.run(shutdown.clone()));
+        // Every file's first line shipped: the agent is up.
+        while AgentStats::get(&stats.records_acked) < n as u64 && !run.is_finished() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // The active files are spread over the directory; each gets a line every 100 ms.
+        let active: Vec<usize> = (0..k).map(|j| j * n / k).collect();
+        let mut files: Vec<std::fs::File> = active
+            .iter()
+            .map(|i| {
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(logs.join(format!("f{i:05}.log")))
+            })
+            .collect::<Result<_, _>>()?;
+        let until = Instant::now() + Duration::from_secs(secs);
+        let mut written = 0u64;
+        let mut seq = 0u64;
+        while Instant::now() < until {
+            let tick = Instant::now();
+            for (j, f) in files.iter_mut().enumerate() {
+                let t = Latencies::start().elapsed().as_nanos();
+                writeln!(f, "t={t} f={} seq={seq} {}", active[j], "x".repeat(120))?;
+                written += 1;
+            }
+            seq += 1;
+            std::thread::sleep(Duration::from_millis(100).saturating_sub(tick.elapsed()));
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let count = || seen.0.lock().map(|g| g.0.len() as u64).unwrap_or(0);
+        while count() < written && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        shutdown.trigger();
+        rt.block_on(run)??;
+        let g = seen.0.lock().map_err(|_| "poisoned")?;
+        let mut lat = g.0.clone();
+        lat.sort_unstable();
+        let q = |p: f64| {
+            lat.get(((lat.len().max(1) - 1) as f64 * p) as usize)
+                .map_or(0.0, |v| *v as f64 / 1e6)
+        };
+        let lines_per_file = seq;
+        let starved = active
+            .iter()
+            .filter(|&&i| g.1.get(i).copied().unwrap_or(0) < lines_per_file)
+            .count();
+        println!(
+            "\n{n} files tailed, {k} written to (a line each every 100 ms, {secs} s), default agent settings (linger {} ms), `stdout` output\n",
+            linger.as_millis()
+        );
+        println!(
+            "| lines written | lines out | p50 ms | p99 ms | max ms | target p99 (linger + 200 ms) | active files short of lines |"
+        );
+        println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        println!(
+            "| {written} | {} | {:.1} | {:.1} | {:.1} | {} | {starved} |",
+            lat.len(),
+            q(0.5),
+            q(0.99),
+            q(1.0),
+            linger.as_millis() + 200
+        );
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }

@@ -803,7 +803,10 @@ fn kafka(args: &[String]) -> Res<()> {
 /// A writer for the `stdout` output that notes, for each line `t=NANOS f=FILE ...`, how long
 /// after its write it came out, and how many lines of each file did.
 #[derive(Clone, Default)]
-struct Latencies(std::sync::Arc<std::sync::Mutex<(Vec<u64>, Vec<u64>, Vec<u8>)>>);
+struct Latencies(std::sync::Arc<std::sync::Mutex<Seen>>);
+
+/// Latencies (ns), lines per file, and the bytes of a line not yet complete.
+type Seen = (Vec<u64>, Vec<u64>, Vec<u8>);
 
 impl Latencies {
     fn start() -> Instant {

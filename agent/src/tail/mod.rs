@@ -412,7 +412,18 @@ impl Tailer {
             return;
         };
         let old = Path::new(&cp.path);
-        let input = discovery::owner(&self.inputs, old);
+        // A copy adopted outside every glob (copytruncate under `app.log`: the copy is
+        // `app.log.1`) is read on under its original's origin (`cp.origin`): it belongs to the
+        // input that tails its directory, and is read on to its end, as before the restart.
+        let input = discovery::owner(&self.inputs, old).or_else(|| {
+            let dir = old.parent()?;
+            cp.origin.as_ref()?;
+            self.inputs.iter().position(|i| {
+                i.include_patterns
+                    .iter()
+                    .any(|p| GlobRoot::of(p).dir == dir)
+            })
+        });
         if let (Some(input), Some((path, meta))) = (input, find_renamed(&cp)) {
             match self.open_file(
                 &path,

@@ -882,6 +882,76 @@ fn copytruncate_copy_is_read_on_under_the_originals_origin() {
     );
 }
 
+/// Regression (the pinned logrotate test, narrow glob, lost 1,000 lines once): the agent adopts
+/// a copytruncate copy that no glob matches (`a.log.1` beside `*.log`) and is killed before the
+/// copy's batch is acknowledged. The checkpoint holds the copy where the original stopped, under
+/// the original's origin; the next run must read it on from there, not drop the entry because
+/// its path is outside the glob.
+#[test]
+fn copy_outside_the_glob_is_read_on_after_a_restart() {
+    let mut h = Harness::new(64, 1 << 20, 100);
+    let p = h.path(0);
+    std::fs::write(&p, "one\ntwo\n").unwrap();
+    h.catch_up();
+    let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+    f.write_all(b"three\nfour\n").unwrap();
+    std::fs::copy(&p, p.with_extension("log.1")).unwrap();
+    f.set_len(0).unwrap();
+    f.write_all(b"five\n").unwrap();
+    // The truncation is seen and the copy adopted; no time passes, so its batch is still open
+    // when the agent dies: the checkpoint has what was acknowledged and the positions.
+    h.read_all();
+    // The checkpoint as the shipper keeps it: every fact in order, each batch acknowledged.
+    let mut cps = Checkpoints::default();
+    for e in &h.out {
+        match e {
+            Emitted::Batch { state, batch, .. } => {
+                let cp = FileCheckpoint::of(state, batch.end_offset)
+                    .keeping_tail_of(cps.files.get(&state.key));
+                cps.files.insert(state.key, cp);
+            }
+            Emitted::Position { state, offset } => {
+                let cp =
+                    FileCheckpoint::of(state, *offset).keeping_tail_of(cps.files.get(&state.key));
+                cps.files.insert(state.key, cp);
+            }
+            Emitted::Released { key, .. } => {
+                cps.files.remove(key);
+            }
+            Emitted::CopyResolved { key, origin, .. } => {
+                if let Some(cp) = cps.files.get_mut(key) {
+                    cp.pending.retain(|p| FileId::from(p.origin) != *origin);
+                }
+            }
+        }
+    }
+    assert!(
+        cps.files
+            .values()
+            .any(|c| c.path.ends_with("a.log.1") && c.offset == 8),
+        "the copy is in the checkpoint at where the original stopped: {:?}",
+        cps.files
+            .values()
+            .map(|c| (&c.path, c.offset))
+            .collect::<Vec<_>>()
+    );
+    h.out.clear();
+    h.tailer = restarted(&h, cps);
+    h.tailer.scan(h.now);
+    h.drain();
+    let recs = records_by_origin(&mut h.out);
+    let lines: Vec<(&str, u32, u64)> = recs
+        .iter()
+        .map(|(l, id, off)| (l.as_str(), id.generation, *off))
+        .collect();
+    assert!(lines.contains(&("three", 0, 8)), "{lines:?}");
+    assert!(lines.contains(&("four", 0, 14)), "{lines:?}");
+    assert!(
+        !lines.iter().any(|l| l.0 == "one" || l.0 == "two"),
+        "{lines:?}"
+    );
+}
+
 /// Regression (found by the property test with one handle): a file that gave its handle back
 /// and was deleted frees its inode; a new file on that inode must not be taken for it (it was
 /// read once as the old file's continuation, then again as itself). Reopening also compares

@@ -158,6 +158,16 @@ impl Principal {
         patterns.iter().any(|p| pattern_matches(p, name))
     }
 
+    /// Whether it may produce to some topic (an idempotent producer id is for writing).
+    pub fn may_produce_anything(&self) -> bool {
+        self.admin || !self.produce.is_empty()
+    }
+
+    /// Its token's bytes (a SCRAM exchange derives its keys from them).
+    pub(crate) fn token_bytes(&self) -> Option<&[u8]> {
+        self.token.as_ref().map(|t| t.0.as_bytes())
+    }
+
     fn everything(name: String, token: Secret) -> Self {
         Principal {
             name,
@@ -317,6 +327,37 @@ impl Authorizer {
         !self.principals.is_empty()
     }
 
+    /// The principal named `name` whose token is `password` (SASL PLAIN on the Kafka
+    /// listener). Every principal's token is compared, in constant time.
+    pub fn by_password(&self, name: &str, password: &[u8]) -> Option<&Principal> {
+        let mut found = None;
+        for p in &self.principals {
+            if let Some(t) = &p.token
+                && constant_time_eq(t.0.as_bytes(), password)
+                && p.name == name
+                && found.is_none()
+            {
+                found = Some(p);
+            }
+        }
+        found
+    }
+
+    /// The principal named `name`, if it has a token (SASL SCRAM proves the token without
+    /// sending it).
+    pub fn by_name(&self, name: &str) -> Option<&Principal> {
+        self.principals
+            .iter()
+            .find(|p| p.name == name && p.token.is_some())
+    }
+
+    /// The principal whose `cert_cn` is `cn` (a verified client certificate).
+    pub fn by_cert_cn(&self, cn: &str) -> Option<&Principal> {
+        self.principals
+            .iter()
+            .find(|p| p.cert_cn.as_deref() == Some(cn))
+    }
+
     /// The principal a request is: by its bearer token if it sent one, else by its client
     /// certificate's CN.
     pub fn authenticate(
@@ -370,6 +411,26 @@ pub enum Denied {
         kind: &'static str,
         on: Option<String>,
     },
+}
+
+impl std::fmt::Display for Denied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Denied::Unauthenticated(why) => write!(f, "not authenticated: {why}"),
+            Denied::Forbidden {
+                principal,
+                permission,
+                kind,
+                on,
+            } => {
+                write!(f, "principal {principal:?} may not {}", permission.as_str())?;
+                match on {
+                    Some(name) => write!(f, " on {kind} {name:?}"),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
 }
 
 impl IntoResponse for Denied {

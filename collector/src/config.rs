@@ -332,8 +332,8 @@ impl CollectorConfig {
         }
     }
 
-    /// The Kafka listener serves the embedded store, in plain text and without SASL for now:
-    /// it is refused where it would bypass what the HTTP API enforces (TLS, principals).
+    /// The Kafka listener serves the embedded store (with the same TLS and principals as the
+    /// HTTP API: SASL_SSL / SSL when `tls:` is set, SASL when principals are).
     fn check_kafka_listen(&self, p: &mut Problems) {
         let Some(addr) = &self.kafka_listen else {
             if self.kafka_advertise.is_some() {
@@ -365,13 +365,6 @@ impl CollectorConfig {
                 "kafka_listen",
                 "kafka_listen serves the embedded store, and backend is kafka",
                 "point Kafka clients at the Kafka cluster itself, or use backend: embedded",
-            );
-        }
-        if self.tls.is_some() || !self.auth.principals.is_empty() || !self.auth_tokens.is_empty() {
-            p.add_hint(
-                "kafka_listen",
-                "the Kafka listener has no TLS nor SASL yet, and this collector requires them on HTTP",
-                "remove kafka_listen, or tls/auth (docs/kafka.md)",
             );
         }
     }

@@ -112,7 +112,8 @@ impl Collector {
             tls,
             kafka,
         } = self;
-        let kafka = kafka.map(|k| tokio::spawn(k.run(state.clone(), shutdown.clone())));
+        let kafka =
+            kafka.map(|k| tokio::spawn(k.run(state.clone(), tls.clone(), shutdown.clone())));
         if state.ingest.store().is_some() {
             tracing::info!(%addr, tls = tls.is_some(), data_dir = %state.config.data_dir.display(), fsync = ?state.config.store.fsync, "collector listening");
         } else {

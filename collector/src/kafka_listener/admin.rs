@@ -5,7 +5,9 @@
 //! coordinates every group. Committed offsets are the store's (what `ferry groups` shows, with
 //! lag); the Kafka group coordinator ([`super::groups`]) only decides who may commit.
 
+use super::allowed;
 use super::{Broker, NODE_ID, SUPPORTED, code};
+use crate::auth::{Permission, Principal};
 use crate::store::StoreError;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
@@ -58,7 +60,14 @@ fn text(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
 }
 
-pub fn metadata(broker: &Broker, req: MetadataRequest, version: i16) -> MetadataResponse {
+pub fn metadata(
+    broker: &Broker,
+    who: Option<&Principal>,
+    req: MetadataRequest,
+    version: i16,
+) -> MetadataResponse {
+    let describe =
+        |t: &str| allowed(who, Permission::Produce, t) || allowed(who, Permission::Consume, t);
     let ingest = &broker.state.ingest;
     let (host, port) = &broker.advertised;
     let brokers = vec![
@@ -78,9 +87,17 @@ pub fn metadata(broker: &Broker, req: MetadataRequest, version: i16) -> Metadata
         ),
     };
     let auto_create = version < 4 || req.allow_auto_topic_creation;
+    // All topics: those the principal may produce to or consume (as Kafka lists those it
+    // may describe).
     let names: Vec<String> = match requested {
         None => store
-            .map(|s| s.topics().into_iter().map(|t| t.name).collect())
+            .map(|s| {
+                s.topics()
+                    .into_iter()
+                    .map(|t| t.name)
+                    .filter(|t| describe(t))
+                    .collect()
+            })
             .unwrap_or_default(),
         Some(n) => n,
     };
@@ -90,7 +107,11 @@ pub fn metadata(broker: &Broker, req: MetadataRequest, version: i16) -> Metadata
             let t = MetadataResponseTopic::default().with_name(Some(TopicName(text(name.clone()))));
             let known = store.and_then(|s| s.topic_partitions(&name));
             let partitions = match known {
+                _ if !describe(&name) => Err(code::TOPIC_AUTHORIZATION_FAILED),
                 Some(n) => Ok(n),
+                None if auto_create && !allowed(who, Permission::AutoCreate, &name) => {
+                    Err(code::TOPIC_AUTHORIZATION_FAILED)
+                }
                 None if auto_create => ingest.ensure_topic(&name).map_err(|e| match e {
                     crate::ingest::IngestError::BadRequest(_) => code::INVALID_TOPIC_EXCEPTION,
                     crate::ingest::IngestError::Busy(_) => code::THROTTLING_QUOTA_EXCEEDED,
@@ -161,12 +182,15 @@ type PartitionCommit = (i32, Result<u64, i16>);
 
 pub async fn offset_commit(
     broker: &Broker,
+    who: Option<&Principal>,
     req: OffsetCommitRequest,
     _version: i16,
 ) -> OffsetCommitResponse {
     let group = req.group_id.0.as_str().to_owned();
-    let allowed = if group.is_empty() {
+    let permitted = if group.is_empty() {
         Err(code::INVALID_REQUEST)
+    } else if !allowed(who, Permission::Groups, &group) {
+        Err(code::GROUP_AUTHORIZATION_FAILED)
     } else {
         broker.groups.check_commit(
             &group,
@@ -179,11 +203,15 @@ pub async fn offset_commit(
     let mut plan: Vec<(TopicName, Vec<PartitionCommit>)> = Vec::new();
     for t in req.topics {
         let name = t.name.0.as_str().to_owned();
+        let consume = allowed(who, Permission::Consume, &name);
         let parts = t
             .partitions
             .into_iter()
             .map(|p| {
-                let r = allowed.and_then(|()| {
+                let r = permitted.and_then(|()| {
+                    if !consume {
+                        return Err(code::TOPIC_AUTHORIZATION_FAILED);
+                    }
                     let i = u32::try_from(p.partition_index)
                         .map_err(|_| code::UNKNOWN_TOPIC_OR_PARTITION)?;
                     store
@@ -246,10 +274,14 @@ pub async fn offset_commit(
 
 pub fn offset_fetch(
     broker: &Broker,
+    who: Option<&Principal>,
     req: OffsetFetchRequest,
     _version: i16,
 ) -> OffsetFetchResponse {
     let group = req.group_id.0.as_str().to_owned();
+    if !allowed(who, Permission::Groups, &group) {
+        return OffsetFetchResponse::default().with_error_code(code::GROUP_AUTHORIZATION_FAILED);
+    }
     let committed: BTreeMap<(String, u32), u64> = broker
         .state
         .ingest
@@ -302,6 +334,7 @@ pub fn offset_fetch(
 
 pub fn create_topics(
     broker: &Broker,
+    who: Option<&Principal>,
     req: CreateTopicsRequest,
     _version: i16,
 ) -> CreateTopicsResponse {
@@ -326,6 +359,12 @@ pub fn create_topics(
             };
             if let Err(e) = ferry_core::topic::validate_name(&name) {
                 return err(code::INVALID_TOPIC_EXCEPTION, e);
+            }
+            if !allowed(who, Permission::AutoCreate, &name) {
+                return err(
+                    code::TOPIC_AUTHORIZATION_FAILED,
+                    format!("may not create topic {name} (needs auto_create on it, or admin)"),
+                );
             }
             if n < 1 || n as u32 > config.limits.max_partitions_per_topic {
                 return err(
@@ -381,9 +420,11 @@ pub fn create_topics(
 
 pub fn delete_topics(
     broker: &Broker,
+    who: Option<&Principal>,
     req: DeleteTopicsRequest,
     _version: i16,
 ) -> DeleteTopicsResponse {
+    let admin = who.is_none_or(|p| p.may(Permission::Admin, ""));
     let store = broker.state.ingest.store();
     let responses = req
         .topic_names
@@ -391,6 +432,9 @@ pub fn delete_topics(
         .map(|name| {
             let n = name.0.as_str().to_owned();
             let r = DeletableTopicResult::default().with_name(Some(name));
+            if !admin {
+                return r.with_error_code(code::TOPIC_AUTHORIZATION_FAILED);
+            }
             match store.map(|s| s.delete_topic(&n)) {
                 Some(Ok(true)) => {
                     metrics::counter!("ferry_collector_topics_deleted_total").increment(1);
@@ -427,7 +471,11 @@ pub fn init_producer_id(broker: &Broker, req: InitProducerIdRequest) -> InitProd
         .with_producer_epoch(0)
 }
 
-pub fn list_groups(broker: &Broker, req: ListGroupsRequest) -> ListGroupsResponse {
+pub fn list_groups(
+    broker: &Broker,
+    who: Option<&Principal>,
+    req: ListGroupsRequest,
+) -> ListGroupsResponse {
     let mut groups: BTreeMap<String, (String, String)> = broker
         .state
         .ingest
@@ -448,6 +496,7 @@ pub fn list_groups(broker: &Broker, req: ListGroupsRequest) -> ListGroupsRespons
     let listed = groups
         .into_iter()
         .filter(|(_, (_, st))| states.is_empty() || states.contains(&st.to_ascii_lowercase()))
+        .filter(|(g, _)| allowed(who, Permission::Groups, g))
         .map(|(g, (pt, st))| {
             ListedGroup::default()
                 .with_group_id(GroupId(text(g)))

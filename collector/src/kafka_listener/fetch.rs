@@ -7,8 +7,10 @@
 //! levels are the same here (nothing is transactional). Fetch sessions (KIP-227) are not
 //! kept: every answer has session id 0, which tells the client to send full requests.
 
+use super::allowed;
 use super::records::{self, DEFAULT_KEY_FIELD};
 use super::{Broker, code};
+use crate::auth::{Permission, Principal};
 use crate::store::StoreError;
 use bytes::BytesMut;
 use ferry_core::batch::DecodeLimits;
@@ -28,6 +30,9 @@ const MAX_WAIT: Duration = Duration::from_secs(30);
 /// One partition a fetch reads: where, and from which offset.
 #[derive(Debug, Clone)]
 struct Want {
+    /// The principal may consume the topic (else the partition answers
+    /// TOPIC_AUTHORIZATION_FAILED).
+    permitted: bool,
     topic_index: usize,
     topic: String,
     partition: i32,
@@ -35,7 +40,12 @@ struct Want {
     max_bytes: usize,
 }
 
-pub async fn fetch(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> FetchResponse {
+pub async fn fetch(
+    broker: &Arc<Broker>,
+    who: Option<&Principal>,
+    req: FetchRequest,
+    version: i16,
+) -> FetchResponse {
     let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT);
     let deadline = Instant::now() + wait;
     let limit = broker.state.config.limits.max_fetch_bytes.as_usize();
@@ -47,8 +57,10 @@ pub async fn fetch(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> Fet
     let min_bytes = req.min_bytes.max(0) as usize;
     let mut wants = Vec::new();
     for (ti, t) in req.topics.iter().enumerate() {
+        let permitted = allowed(who, Permission::Consume, t.topic.0.as_str());
         for p in &t.partitions {
             wants.push(Want {
+                permitted,
                 topic_index: ti,
                 topic: t.topic.0.as_str().to_owned(),
                 partition: p.partition,
@@ -146,6 +158,9 @@ fn read_partition(broker: &Broker, w: &Want, max_bytes: usize) -> PartitionData 
         .with_partition_index(w.partition)
         .with_aborted_transactions(Some(Vec::new()))
         .with_preferred_read_replica(kafka_protocol::messages::BrokerId(-1));
+    if !w.permitted {
+        return base.with_error_code(code::TOPIC_AUTHORIZATION_FAILED);
+    }
     let Some(store) = broker.state.ingest.store() else {
         return base.with_error_code(code::UNKNOWN_TOPIC_OR_PARTITION);
     };
@@ -216,7 +231,12 @@ fn read_partition(broker: &Broker, w: &Want, max_bytes: usize) -> PartitionData 
     base.with_records(Some(buf.freeze()))
 }
 
-pub fn list_offsets(broker: &Broker, req: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
+pub fn list_offsets(
+    broker: &Broker,
+    who: Option<&Principal>,
+    req: ListOffsetsRequest,
+    version: i16,
+) -> ListOffsetsResponse {
     // The codec refuses fields a version does not have (leader epoch: v4+).
     let epoch = if version >= 4 { 0 } else { -1 };
     let store = broker.state.ingest.store();
@@ -225,6 +245,7 @@ pub fn list_offsets(broker: &Broker, req: ListOffsetsRequest, version: i16) -> L
         .into_iter()
         .map(|t| {
             let name = t.name.0.as_str().to_owned();
+            let permitted = allowed(who, Permission::Consume, &name);
             let partitions = t
                 .partitions
                 .into_iter()
@@ -233,6 +254,11 @@ pub fn list_offsets(broker: &Broker, req: ListOffsetsRequest, version: i16) -> L
                         .with_partition_index(p.partition_index)
                         .with_timestamp(-1)
                         .with_leader_epoch(epoch);
+                    if !permitted {
+                        return r
+                            .with_offset(-1)
+                            .with_error_code(code::TOPIC_AUTHORIZATION_FAILED);
+                    }
                     let bounds = store.and_then(|s| {
                         u32::try_from(p.partition_index)
                             .ok()
@@ -247,16 +273,9 @@ pub fn list_offsets(broker: &Broker, req: ListOffsetsRequest, version: i16) -> L
                         -2 => r.with_offset(start as i64),
                         -1 => r.with_offset(end as i64),
                         -3 => r.with_offset(end.saturating_sub(1).max(start) as i64),
-                        ts => match s.offset_for_timestamp(&name, i, ts) {
-                            Ok(o) if o < end => {
-                                let at = s
-                                    .read(&name, i, o, 1)
-                                    .ok()
-                                    .and_then(|r| r.batches.first().map(|b| b.append_time_ms))
-                                    .unwrap_or(ts);
-                                r.with_offset(o as i64).with_timestamp(at)
-                            }
-                            Ok(_) => r.with_offset(-1),
+                        ts => match offset_for_time(s, &name, i, ts) {
+                            Ok(Some((o, at))) => r.with_offset(o as i64).with_timestamp(at),
+                            Ok(None) => r.with_offset(-1),
                             Err(_) => r.with_offset(-1).with_error_code(code::KAFKA_STORAGE_ERROR),
                         },
                     }
@@ -268,4 +287,56 @@ pub fn list_offsets(broker: &Broker, req: ListOffsetsRequest, version: i16) -> L
         })
         .collect();
     ListOffsetsResponse::default().with_topics(topics)
+}
+
+/// Bytes a ListOffsets-by-time may read past where it started before it gives up.
+const MAX_TIME_SCAN_BYTES: usize = 256 << 20;
+
+/// The first offset whose record's timestamp (its event time, else its batch's append time:
+/// what Fetch reports) is at or after `ts`, and that timestamp; `None` if there is none.
+///
+/// The store indexes append times. A record is appended after it happened, so a record with
+/// a timestamp at or after `ts` was appended at or after `ts`: the scan starts where the
+/// append-time index says and reads forward (at most [`MAX_TIME_SCAN_BYTES`]) to the first
+/// record whose own timestamp qualifies. Records stamped in the future of their append are
+/// the exception this can miss, as a broker with `message.timestamp.type=LogAppendTime`
+/// would.
+fn offset_for_time(
+    store: &crate::store::Store,
+    topic: &str,
+    partition: u32,
+    ts: i64,
+) -> Result<Option<(u64, i64)>, StoreError> {
+    let (_, end) = store.bounds(topic, partition)?;
+    let mut at = store.offset_for_timestamp(topic, partition, ts)?;
+    let limits = DecodeLimits {
+        max_raw_bytes: u64::MAX,
+        max_records: u64::MAX,
+    };
+    let mut scanned = 0usize;
+    while at < end && scanned < MAX_TIME_SCAN_BYTES {
+        let read = store.read(topic, partition, at, 1 << 20)?;
+        if read.batches.is_empty() {
+            break;
+        }
+        for b in &read.batches {
+            scanned += b.data.len();
+            let Ok(decoded) = ferry_core::batch::decode(&b.data, &limits) else {
+                at = at.max(b.base_offset + u64::from(b.record_count));
+                continue;
+            };
+            for (k, rec) in decoded.records.iter().enumerate() {
+                let offset = b.base_offset + k as u64;
+                let t = rec
+                    .event_time_ms
+                    .filter(|&t| t > 0)
+                    .unwrap_or(b.append_time_ms);
+                if offset >= at && t >= ts {
+                    return Ok(Some((offset, t)));
+                }
+            }
+            at = at.max(b.base_offset + u64::from(b.record_count));
+        }
+    }
+    Ok(None)
 }

@@ -29,6 +29,7 @@ pub mod fetch;
 pub mod groups;
 pub mod produce;
 pub mod records;
+pub mod sasl;
 
 use crate::api::AppState;
 use anyhow::Context;
@@ -40,7 +41,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -73,6 +73,12 @@ pub mod code {
     pub const INVALID_RECORD: i16 = 87;
     pub const THROTTLING_QUOTA_EXCEEDED: i16 = 89;
     pub const GROUP_ID_NOT_FOUND: i16 = 69;
+    pub const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
+    pub const GROUP_AUTHORIZATION_FAILED: i16 = 30;
+    pub const CLUSTER_AUTHORIZATION_FAILED: i16 = 31;
+    pub const UNSUPPORTED_SASL_MECHANISM: i16 = 33;
+    pub const ILLEGAL_SASL_STATE: i16 = 34;
+    pub const SASL_AUTHENTICATION_FAILED: i16 = 58;
 }
 
 /// The APIs served and their versions (min, max), as ApiVersions reports them.
@@ -94,6 +100,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreateTopics, 0, 5),
     (ApiKey::DeleteTopics, 0, 5),
     (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::SaslHandshake, 1, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
 ];
 
 /// Whether `version` of `key` is served.
@@ -117,6 +125,44 @@ pub struct Broker {
     pub max_frame_bytes: usize,
     /// Ends long polls early when the collector stops.
     pub shutdown: Shutdown,
+    /// Whether a connection must authenticate (SASL, or a client certificate of a principal)
+    /// before anything but ApiVersions and SASL.
+    pub auth_required: bool,
+    /// Derives SCRAM salts.
+    pub salt: sasl::SaltSecret,
+}
+
+/// One client connection's state.
+pub struct Conn {
+    /// The peer's address, as JoinGroup reports it.
+    pub host: String,
+    /// Who it authenticated as (`None`: not yet, or no authentication is configured).
+    pub principal: std::sync::Mutex<Option<crate::auth::Principal>>,
+    exchange: std::sync::Mutex<sasl::Exchange>,
+}
+
+impl Conn {
+    fn new(host: String, principal: Option<crate::auth::Principal>) -> Self {
+        Self {
+            host,
+            principal: std::sync::Mutex::new(principal),
+            exchange: std::sync::Mutex::new(sasl::Exchange::Start),
+        }
+    }
+
+    fn who(&self) -> Option<crate::auth::Principal> {
+        self.principal.lock().ok().and_then(|p| p.clone())
+    }
+}
+
+/// Whether `who` may `perm` on `name`; `None` is a connection of a collector without
+/// authentication, which may do everything.
+pub fn allowed(
+    who: Option<&crate::auth::Principal>,
+    perm: crate::auth::Permission,
+    name: &str,
+) -> bool {
+    who.is_none_or(|p| p.may(perm, name))
 }
 
 /// The bound listener, before it serves.
@@ -140,7 +186,12 @@ impl KafkaListener {
 
     /// Serves until `shutdown` fires; then stops accepting, lets every connection finish the
     /// request it is answering, and returns.
-    pub async fn run(self, state: Arc<AppState>, shutdown: Shutdown) {
+    pub async fn run(
+        self,
+        state: Arc<AppState>,
+        tls: Option<Arc<crate::tls::TlsState>>,
+        shutdown: Shutdown,
+    ) {
         let advertised = advertised(&state, self.addr);
         let limits = &state.config.limits;
         let max_frame_bytes = limits
@@ -149,6 +200,8 @@ impl KafkaListener {
             .max(limits.max_fetch_bytes.as_usize())
             .saturating_add(1 << 20);
         let max_connections = limits.max_connections.max(1) as usize;
+        let auth_required = state.auth.enabled();
+        let handshake_timeout = limits.header_read_timeout.get();
         let broker = Arc::new(Broker {
             groups: groups::GroupCoordinator::new(groups::GroupSettings::default()),
             state,
@@ -156,6 +209,8 @@ impl KafkaListener {
             next_producer_id: std::sync::atomic::AtomicI64::new(admin::first_producer_id()),
             max_frame_bytes,
             shutdown: shutdown.clone(),
+            auth_required,
+            salt: sasl::SaltSecret::default(),
         });
         tracing::info!(addr = %self.addr, advertised = %format!("{}:{}", broker.advertised.0, broker.advertised.1), "kafka listener serving the embedded store");
         let connections = Arc::new(Semaphore::new(max_connections));
@@ -196,10 +251,40 @@ impl KafkaListener {
             let _ = stream.set_nodelay(true);
             let broker = broker.clone();
             let shutdown = shutdown.clone();
+            let tls = tls.clone();
             tasks.spawn(async move {
                 let _permit = permit;
                 metrics::gauge!("ferry_kafka_connections").increment(1.0);
-                if let Err(e) = serve_connection(&broker, stream, peer, &shutdown).await {
+                let host = peer.ip().to_string();
+                let r = match tls {
+                    None => {
+                        serve_connection(&broker, stream, Conn::new(host, None), &shutdown).await
+                    }
+                    Some(tls) => {
+                        let accepted =
+                            tokio::time::timeout(handshake_timeout, tls.acceptor().accept(stream))
+                                .await;
+                        match accepted {
+                            Ok(Ok(s)) => {
+                                // A verified client certificate of a principal authenticates.
+                                let principal = s
+                                    .get_ref()
+                                    .1
+                                    .peer_certificates()
+                                    .and_then(|c| c.first())
+                                    .and_then(|c| crate::tls::common_name(c))
+                                    .and_then(|cn| broker.state.auth.by_cert_cn(&cn).cloned());
+                                serve_connection(&broker, s, Conn::new(host, principal), &shutdown)
+                                    .await
+                            }
+                            Ok(Err(e)) => Err(ConnEnd::Io(e)),
+                            Err(_) => Err(ConnEnd::Protocol(
+                                "TLS handshake not completed in time".into(),
+                            )),
+                        }
+                    }
+                };
+                if let Err(e) = r {
                     tracing::debug!(%peer, error = %e, "kafka connection closed");
                 }
                 metrics::gauge!("ferry_kafka_connections").decrement(1.0);
@@ -259,19 +344,22 @@ type InFlight = (
 /// read, or the listener shuts down. Reading goes on while earlier requests run (so an
 /// idempotent producer's in-flight batches share a group commit); a writer task sends the
 /// responses in request order.
-async fn serve_connection(
+async fn serve_connection<S>(
     broker: &Arc<Broker>,
-    stream: TcpStream,
-    peer: SocketAddr,
+    stream: S,
+    conn: Conn,
     shutdown: &Shutdown,
-) -> Result<(), ConnEnd> {
-    let (rd, wr) = stream.into_split();
+) -> Result<(), ConnEnd>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (rd, wr) = tokio::io::split(stream);
     let mut rd = BufReader::with_capacity(64 << 10, rd);
-    let client_host = peer.ip().to_string();
+    let conn = Arc::new(conn);
     let room = Arc::new(Semaphore::new(PIPELINE as usize));
     let (tx, rx) = tokio::sync::mpsc::channel::<InFlight>(PIPELINE as usize);
     let writer = tokio::spawn(write_responses(wr, rx));
-    let read = read_requests(broker, &mut rd, &client_host, &room, &tx, shutdown).await;
+    let read = read_requests(broker, &mut rd, &conn, &room, &tx, shutdown).await;
     // Responses to what was read still go out, in order, before the connection closes.
     drop(tx);
     let written = writer.await.unwrap_or(Ok(()));
@@ -279,10 +367,10 @@ async fn serve_connection(
     written.map_err(ConnEnd::from)
 }
 
-async fn read_requests(
+async fn read_requests<R: tokio::io::AsyncRead + Unpin>(
     broker: &Arc<Broker>,
-    rd: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
-    client_host: &str,
+    rd: &mut BufReader<R>,
+    conn: &Arc<Conn>,
     room: &Arc<Semaphore>,
     tx: &tokio::sync::mpsc::Sender<InFlight>,
     shutdown: &Shutdown,
@@ -312,10 +400,8 @@ async fn read_requests(
                     .is_ok_and(|r| r.is_ok())
                 {
                     let correlation = i32::from_be_bytes([head[4], head[5], head[6], head[7]]);
-                    let answer = Some(bare_error(correlation, code::MESSAGE_TOO_LARGE));
-                    if let Ok(permit) = room.clone().acquire_owned().await {
-                        let _ = tx.send((tokio::spawn(async move { answer }), permit)).await;
-                    }
+                    let answer = bare_error(correlation, code::MESSAGE_TOO_LARGE);
+                    answer_and_close(room, tx, answer).await;
                 }
             }
             return Err(ConnEnd::Protocol(format!("frame length {len}")));
@@ -335,13 +421,30 @@ async fn read_requests(
             }
         }
         let prepared = broker.prepare(frame.freeze());
+        let unauthenticated = broker.auth_required && conn.who().is_none();
         // A request that runs alone takes the whole pipeline: it starts once every earlier
-        // request was answered, and later ones wait for it.
-        let want = if prepared.may_overlap() { 1 } else { PIPELINE };
+        // request was answered, and later ones wait for it. So does every request before the
+        // connection authenticated (its SASL exchange must be done first).
+        let want = if prepared.may_overlap() && !unauthenticated {
+            1
+        } else {
+            PIPELINE
+        };
         let Ok(permit) = room.clone().acquire_many_owned(want).await else {
             return Ok(());
         };
-        let task = tokio::spawn(broker.clone().execute(prepared, client_host.to_owned()));
+        if broker.auth_required
+            && conn.who().is_none()
+            && let Some(correlation) = prepared.needs_principal()
+        {
+            drop(permit);
+            metrics::counter!("ferry_kafka_unauthenticated_requests_total").increment(1);
+            tracing::info!(host = %conn.host, "kafka listener: request before authentication; connection closed");
+            let answer = bare_error(correlation, code::SASL_AUTHENTICATION_FAILED);
+            answer_and_close(room, tx, answer).await;
+            return Err(ConnEnd::Protocol("request before authentication".into()));
+        }
+        let task = tokio::spawn(broker.clone().execute(prepared, conn.clone()));
         if tx.send((task, permit)).await.is_err() {
             // The writer stopped: the client is gone.
             return Ok(());
@@ -349,9 +452,22 @@ async fn read_requests(
     }
 }
 
+/// Queues a last answer behind the connection's other responses.
+async fn answer_and_close(
+    room: &Arc<Semaphore>,
+    tx: &tokio::sync::mpsc::Sender<InFlight>,
+    answer: Bytes,
+) {
+    if let Ok(permit) = room.clone().acquire_owned().await {
+        let _ = tx
+            .send((tokio::spawn(async move { Some(answer) }), permit))
+            .await;
+    }
+}
+
 /// Writes each request's response, in request order, as it completes.
-async fn write_responses(
-    mut wr: tokio::net::tcp::OwnedWriteHalf,
+async fn write_responses<W: tokio::io::AsyncWrite + Unpin>(
+    mut wr: W,
     mut rx: tokio::sync::mpsc::Receiver<InFlight>,
 ) -> std::io::Result<()> {
     while let Some((task, permit)) = rx.recv().await {
@@ -370,11 +486,15 @@ async fn write_responses(
     Ok(())
 }
 
-async fn write_frame(wr: &mut tokio::net::tcp::OwnedWriteHalf, body: &[u8]) -> std::io::Result<()> {
+async fn write_frame<W: tokio::io::AsyncWrite + Unpin>(
+    wr: &mut W,
+    body: &[u8],
+) -> std::io::Result<()> {
     let mut out = BytesMut::with_capacity(4 + body.len());
     out.put_i32(body.len() as i32);
     out.extend_from_slice(body);
-    wr.write_all(&out).await
+    wr.write_all(&out).await?;
+    wr.flush().await
 }
 
 /// A response to a request nothing more can be said about: its correlation id and an error
@@ -449,11 +569,7 @@ impl Broker {
 
     /// Runs a prepared request: its response frame (without the length), or `None` for a
     /// request that gets no response (Produce with acks=0).
-    pub async fn execute(
-        self: Arc<Self>,
-        prepared: Prepared,
-        client_host: String,
-    ) -> Option<Bytes> {
+    pub async fn execute(self: Arc<Self>, prepared: Prepared, conn: Arc<Conn>) -> Option<Bytes> {
         match prepared {
             Prepared::Answer(a) => a,
             Prepared::Request {
@@ -463,68 +579,122 @@ impl Broker {
                 request,
                 client_id,
             } => {
-                let response = self
-                    .dispatch(request, version, &client_id, &client_host)
-                    .await?;
+                let response = self.dispatch(request, version, &client_id, &conn).await?;
                 encode(correlation, key, version, &response)
             }
         }
     }
 
-    /// Routes a decoded request to its handler.
+    /// Routes a decoded request to its handler, after the checks of who may send it
+    /// (docs/kafka.md: the permission each API needs).
     async fn dispatch(
         self: &Arc<Self>,
         request: RequestKind,
         version: i16,
         client_id: &str,
-        client_host: &str,
+        conn: &Arc<Conn>,
     ) -> Option<ResponseKind> {
+        use crate::auth::Permission::Groups;
+        let who = conn.who();
+        let who = who.as_ref();
+        let group_ok = |g: &str| allowed(who, Groups, g);
         Some(match request {
             RequestKind::ApiVersions(_) => {
                 ResponseKind::ApiVersions(admin::api_versions(code::NONE))
             }
-            RequestKind::Metadata(r) => ResponseKind::Metadata(admin::metadata(self, r, version)),
+            RequestKind::SaslHandshake(r) => {
+                ResponseKind::SaslHandshake(self.sasl_handshake(conn, r))
+            }
+            RequestKind::SaslAuthenticate(r) => {
+                ResponseKind::SaslAuthenticate(self.sasl_authenticate(conn, r))
+            }
+            RequestKind::Metadata(r) => {
+                ResponseKind::Metadata(admin::metadata(self, who, r, version))
+            }
             RequestKind::Produce(r) => {
                 let acks = r.acks;
-                let resp = produce::produce(self, r, version).await;
+                let resp = produce::produce(self, who, r, version).await;
                 if acks == 0 {
                     return None;
                 }
                 ResponseKind::Produce(resp)
             }
-            RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::fetch(self, r, version).await),
+            RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::fetch(self, who, r, version).await),
             RequestKind::ListOffsets(r) => {
-                ResponseKind::ListOffsets(fetch::list_offsets(self, r, version))
+                ResponseKind::ListOffsets(fetch::list_offsets(self, who, r, version))
             }
             RequestKind::FindCoordinator(r) => {
                 ResponseKind::FindCoordinator(admin::find_coordinator(self, r, version))
             }
             RequestKind::OffsetCommit(r) => {
-                ResponseKind::OffsetCommit(admin::offset_commit(self, r, version).await)
+                ResponseKind::OffsetCommit(admin::offset_commit(self, who, r, version).await)
             }
             RequestKind::OffsetFetch(r) => {
-                ResponseKind::OffsetFetch(admin::offset_fetch(self, r, version))
+                ResponseKind::OffsetFetch(admin::offset_fetch(self, who, r, version))
             }
             RequestKind::CreateTopics(r) => {
-                ResponseKind::CreateTopics(admin::create_topics(self, r, version))
+                ResponseKind::CreateTopics(admin::create_topics(self, who, r, version))
             }
             RequestKind::DeleteTopics(r) => {
-                ResponseKind::DeleteTopics(admin::delete_topics(self, r, version))
+                ResponseKind::DeleteTopics(admin::delete_topics(self, who, r, version))
             }
             RequestKind::InitProducerId(r) => {
-                ResponseKind::InitProducerId(admin::init_producer_id(self, r))
+                // An idempotent producer id is for writing: any produce permission will do.
+                if who.is_some_and(|p| !p.may_produce_anything()) {
+                    ResponseKind::InitProducerId(
+                        kafka_protocol::messages::InitProducerIdResponse::default()
+                            .with_error_code(code::CLUSTER_AUTHORIZATION_FAILED)
+                            .with_producer_id(kafka_protocol::messages::ProducerId(-1))
+                            .with_producer_epoch(-1),
+                    )
+                } else {
+                    ResponseKind::InitProducerId(admin::init_producer_id(self, r))
+                }
             }
-            RequestKind::ListGroups(r) => ResponseKind::ListGroups(admin::list_groups(self, r)),
+            RequestKind::ListGroups(r) => {
+                ResponseKind::ListGroups(admin::list_groups(self, who, r))
+            }
             RequestKind::JoinGroup(r) => {
-                ResponseKind::JoinGroup(self.groups.join(r, version, client_id, client_host).await)
+                ResponseKind::JoinGroup(if group_ok(r.group_id.0.as_str()) {
+                    self.groups.join(r, version, client_id, &conn.host).await
+                } else {
+                    kafka_protocol::messages::JoinGroupResponse::default()
+                        .with_error_code(code::GROUP_AUTHORIZATION_FAILED)
+                })
             }
             RequestKind::SyncGroup(r) => {
-                ResponseKind::SyncGroup(self.groups.sync(r, version).await)
+                ResponseKind::SyncGroup(if group_ok(r.group_id.0.as_str()) {
+                    self.groups.sync(r, version).await
+                } else {
+                    kafka_protocol::messages::SyncGroupResponse::default()
+                        .with_error_code(code::GROUP_AUTHORIZATION_FAILED)
+                })
             }
-            RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(self.groups.heartbeat(r, version)),
-            RequestKind::LeaveGroup(r) => ResponseKind::LeaveGroup(self.groups.leave(r, version)),
+            RequestKind::Heartbeat(r) => {
+                ResponseKind::Heartbeat(if group_ok(r.group_id.0.as_str()) {
+                    self.groups.heartbeat(r, version)
+                } else {
+                    kafka_protocol::messages::HeartbeatResponse::default()
+                        .with_error_code(code::GROUP_AUTHORIZATION_FAILED)
+                })
+            }
+            RequestKind::LeaveGroup(r) => {
+                ResponseKind::LeaveGroup(if group_ok(r.group_id.0.as_str()) {
+                    self.groups.leave(r, version)
+                } else {
+                    kafka_protocol::messages::LeaveGroupResponse::default()
+                        .with_error_code(code::GROUP_AUTHORIZATION_FAILED)
+                })
+            }
             RequestKind::DescribeGroups(r) => {
-                ResponseKind::DescribeGroups(self.groups.describe(r, version))
+                let mut resp = self.groups.describe(r, version);
+                for g in &mut resp.groups {
+                    if !group_ok(g.group_id.0.as_str()) {
+                        g.error_code = code::GROUP_AUTHORIZATION_FAILED;
+                        g.members.clear();
+                    }
+                }
+                ResponseKind::DescribeGroups(resp)
             }
             other => {
                 // `supported` let it through, so a handler is missing: a bug, answered cleanly.
@@ -532,6 +702,65 @@ impl Broker {
                 return None;
             }
         })
+    }
+
+    fn sasl_handshake(
+        &self,
+        conn: &Conn,
+        r: kafka_protocol::messages::SaslHandshakeRequest,
+    ) -> kafka_protocol::messages::SaslHandshakeResponse {
+        let offered = sasl::MECHANISMS
+            .iter()
+            .map(|m| kafka_protocol::protocol::StrBytes::from_static_str(m))
+            .collect();
+        let resp =
+            kafka_protocol::messages::SaslHandshakeResponse::default().with_mechanisms(offered);
+        let Ok(mut ex) = conn.exchange.lock() else {
+            return resp.with_error_code(code::ILLEGAL_SASL_STATE);
+        };
+        if !matches!(*ex, sasl::Exchange::Start) {
+            return resp.with_error_code(code::ILLEGAL_SASL_STATE);
+        }
+        match sasl::Mechanism::parse(r.mechanism.as_str()) {
+            Some(m) => {
+                *ex = sasl::Exchange::Chosen(m);
+                resp
+            }
+            None => resp.with_error_code(code::UNSUPPORTED_SASL_MECHANISM),
+        }
+    }
+
+    fn sasl_authenticate(
+        &self,
+        conn: &Conn,
+        r: kafka_protocol::messages::SaslAuthenticateRequest,
+    ) -> kafka_protocol::messages::SaslAuthenticateResponse {
+        use kafka_protocol::messages::SaslAuthenticateResponse;
+        let step = match conn.exchange.lock() {
+            Ok(mut ex) => sasl::step(&self.state.auth, &self.salt, &mut ex, &r.auth_bytes),
+            Err(_) => Err("connection state poisoned".into()),
+        };
+        match step {
+            Ok((reply, principal)) => {
+                if let Some(p) = principal {
+                    tracing::info!(host = %conn.host, principal = %p.name, "kafka client authenticated");
+                    metrics::counter!("ferry_kafka_authentications_total", "result" => "ok")
+                        .increment(1);
+                    if let Ok(mut slot) = conn.principal.lock() {
+                        *slot = Some(p);
+                    }
+                }
+                SaslAuthenticateResponse::default().with_auth_bytes(Bytes::from(reply))
+            }
+            Err(e) => {
+                metrics::counter!("ferry_kafka_authentications_total", "result" => "failed")
+                    .increment(1);
+                tracing::info!(host = %conn.host, error = %e, "kafka client authentication failed");
+                SaslAuthenticateResponse::default()
+                    .with_error_code(code::SASL_AUTHENTICATION_FAILED)
+                    .with_error_message(Some(kafka_protocol::protocol::StrBytes::from_string(e)))
+            }
+        }
     }
 }
 
@@ -549,6 +778,23 @@ pub enum Prepared {
 }
 
 impl Prepared {
+    /// The correlation id of a request only an authenticated connection may send (anything
+    /// but ApiVersions and SASL); `None` for the others.
+    fn needs_principal(&self) -> Option<i32> {
+        match self {
+            Prepared::Request {
+                request:
+                    RequestKind::ApiVersions(_)
+                    | RequestKind::SaslHandshake(_)
+                    | RequestKind::SaslAuthenticate(_),
+                ..
+            } => None,
+            Prepared::Request { correlation, .. } => Some(*correlation),
+            // Unknown or malformed requests are answered with an error, whoever sends them.
+            Prepared::Answer(_) => None,
+        }
+    }
+
     /// Whether it may run while the connection's earlier requests are still running. Only an
     /// idempotent producer's Produce may: the store keeps its batches in sequence order
     /// whatever order they arrive in (a batch waits for its predecessor), so they can share

@@ -13,6 +13,7 @@
 
 use super::records::{self, DEFAULT_KEY_FIELD};
 use super::{Broker, code};
+use crate::auth::Principal;
 use crate::ingest::IngestError;
 use crate::store::StoreError;
 use bytes::Bytes;
@@ -58,7 +59,12 @@ pub fn idempotent(req: &ProduceRequest) -> bool {
 }
 
 /// Answers a Produce request; its partitions are stored concurrently.
-pub async fn produce(broker: &Arc<Broker>, req: ProduceRequest, _version: i16) -> ProduceResponse {
+pub async fn produce(
+    broker: &Arc<Broker>,
+    who: Option<&Principal>,
+    req: ProduceRequest,
+    _version: i16,
+) -> ProduceResponse {
     let mut tasks = tokio::task::JoinSet::new();
     let mut responses = Vec::with_capacity(req.topic_data.len());
     for (ti, topic) in req.topic_data.into_iter().enumerate() {
@@ -72,9 +78,19 @@ pub async fn produce(broker: &Arc<Broker>, req: ProduceRequest, _version: i16) -
             let broker = broker.clone();
             let name = name.clone();
             let transactional = req.transactional_id.is_some();
+            let denied = who.and_then(|p| {
+                crate::auth::may_produce(&broker.state, p, &name)
+                    .err()
+                    .map(|d| d.to_string())
+            });
             tasks.spawn(async move {
                 let index = part.index;
-                let r = produce_partition(&broker, &name, index, part.records, transactional).await;
+                let r = match denied {
+                    Some(why) => Outcome::failed(code::TOPIC_AUTHORIZATION_FAILED, why),
+                    None => {
+                        produce_partition(&broker, &name, index, part.records, transactional).await
+                    }
+                };
                 (ti, r.into_response(index))
             });
         }

@@ -897,7 +897,9 @@ fn rdkafka_idempotent_produce_and_a_group_of_three_that_loses_a_member_to_sigkil
     }
     // At-least-once across the kill: a record printed twice is one the killed member printed
     // (and may not have committed) before it died.
-    let victim_lines: BTreeSet<&str> = victim_printed.iter().map(|r| r.2.as_str()).collect();
+    // (All it printed: lines still in the pipe when it died were read after the kill.)
+    let victim_all = members[victim_index].printed();
+    let victim_lines: BTreeSet<&str> = victim_all.iter().map(|r| r.2.as_str()).collect();
     let mut times: HashMap<&str, usize> = HashMap::new();
     for (_, r) in &all {
         *times.entry(r.2.as_str()).or_default() += 1;

@@ -57,6 +57,10 @@ pub enum Command {
         /// Store into Kafka at these brokers instead of the embedded store.
         #[arg(long)]
         kafka: Option<String>,
+        /// Also serve the Kafka protocol on this address (e.g. 127.0.0.1:9092): any Kafka
+        /// client can produce to and consume from the embedded store (docs/kafka.md).
+        #[arg(long, value_name = "ADDR")]
+        kafka_listen: Option<String>,
     },
     /// Tail files and ship their lines.
     Agent {
@@ -286,12 +290,14 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
             listen,
             data_dir,
             kafka,
+            kafka_listen,
         } => {
             commands::collector::run(commands::collector::Args {
                 config,
                 listen,
                 data_dir,
                 kafka,
+                kafka_listen,
             })
             .await
         }

@@ -79,6 +79,14 @@ pub struct CollectorConfig {
     /// OTLP/HTTP logs (`POST /v1/logs`): which topic each log record goes to.
     #[serde(default)]
     pub otlp: OtlpConfig,
+    /// Address of the Kafka protocol listener (`--kafka-listen`), serving the embedded store
+    /// to any Kafka client (docs/kafka.md). Off when unset.
+    #[serde(default)]
+    pub kafka_listen: Option<String>,
+    /// `HOST:PORT` the Kafka listener advertises in Metadata (where clients connect after
+    /// bootstrapping); default: the address it is bound to.
+    #[serde(default)]
+    pub kafka_advertise: Option<String>,
 }
 
 /// The `collector.otlp:` section: where OTLP log records are stored.
@@ -130,6 +138,8 @@ impl Default for CollectorConfig {
             tls: None,
             shutdown_timeout: default_drain(),
             otlp: OtlpConfig::default(),
+            kafka_listen: None,
+            kafka_advertise: None,
         }
     }
 }
@@ -322,6 +332,50 @@ impl CollectorConfig {
         }
     }
 
+    /// The Kafka listener serves the embedded store, in plain text and without SASL for now:
+    /// it is refused where it would bypass what the HTTP API enforces (TLS, principals).
+    fn check_kafka_listen(&self, p: &mut Problems) {
+        let Some(addr) = &self.kafka_listen else {
+            if self.kafka_advertise.is_some() {
+                p.add_hint(
+                    "kafka_advertise",
+                    "kafka_advertise is set but kafka_listen is not",
+                    "add `kafka_listen: 127.0.0.1:9092` to serve the Kafka protocol",
+                );
+            }
+            return;
+        };
+        if addr.parse::<std::net::SocketAddr>().is_err() && !addr.contains(':') {
+            p.add(
+                "kafka_listen",
+                format!("kafka_listen must be HOST:PORT, got {addr:?}"),
+            );
+        }
+        if let Some(a) = &self.kafka_advertise
+            && a.rsplit_once(':')
+                .is_none_or(|(h, port)| h.is_empty() || port.parse::<u16>().is_err())
+        {
+            p.add(
+                "kafka_advertise",
+                format!("kafka_advertise must be HOST:PORT, got {a:?}"),
+            );
+        }
+        if self.backend == BackendKind::Kafka {
+            p.add_hint(
+                "kafka_listen",
+                "kafka_listen serves the embedded store, and backend is kafka",
+                "point Kafka clients at the Kafka cluster itself, or use backend: embedded",
+            );
+        }
+        if self.tls.is_some() || !self.auth.principals.is_empty() || !self.auth_tokens.is_empty() {
+            p.add_hint(
+                "kafka_listen",
+                "the Kafka listener has no TLS nor SASL yet, and this collector requires them on HTTP",
+                "remove kafka_listen, or tls/auth (docs/kafka.md)",
+            );
+        }
+    }
+
     /// Records every problem under paths relative to `collector:` (for `ferry check`).
     pub fn check(&self, p: &mut Problems) {
         if let Some(tls) = &self.tls {
@@ -367,6 +421,7 @@ impl CollectorConfig {
             ),
             (BackendKind::Embedded, None) => {}
         }
+        self.check_kafka_listen(p);
         if self.default_partitions == 0 {
             p.add(
                 "default_partitions",

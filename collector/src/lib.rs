@@ -5,6 +5,7 @@
 //! - [`ingest`]: request body → verified batches → routed, partitioned sub-batches → appends.
 //! - [`otlp`]: OTLP logs (`POST /v1/logs`, protobuf or JSON) → records per topic, and the reply.
 //! - [`checkpoints`]: processor checkpoints (state + offset per group and partition), fenced.
+//! - [`kafka_listener`]: the Kafka protocol on the embedded store (`--kafka-listen`).
 //! - [`registry`]: the registry of agents (heartbeats, stale and stopped agents), bounded.
 //! - [`coordinator`]: consumer-group membership and server-side partition assignment.
 //! - [`api`]: the HTTP API as an axum `Router` (`app(state)`), a module per resource, errors as
@@ -22,6 +23,7 @@ pub mod config;
 pub mod console;
 pub mod coordinator;
 pub mod ingest;
+pub mod kafka_listener;
 pub mod otlp;
 pub mod registry;
 pub mod routing;

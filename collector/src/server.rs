@@ -42,6 +42,8 @@ pub struct Collector {
     addr: SocketAddr,
     /// TLS of the listener, when configured.
     tls: Option<Arc<TlsState>>,
+    /// The Kafka protocol listener (`kafka_listen`), when configured.
+    kafka: Option<crate::kafka_listener::KafkaListener>,
 }
 
 impl Collector {
@@ -69,6 +71,10 @@ impl Collector {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
+        let kafka = match &config.kafka_listen {
+            Some(a) => Some(crate::kafka_listener::KafkaListener::bind(a).await?),
+            None => None,
+        };
         let state = Arc::new(AppState::new(Ingest::new(backend, config)));
         state.set_bound(addr);
         if let Some(tls) = &tls {
@@ -79,11 +85,17 @@ impl Collector {
             listener,
             addr,
             tls,
+            kafka,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where the Kafka listener is bound, when there is one.
+    pub fn kafka_addr(&self) -> Option<SocketAddr> {
+        self.kafka.as_ref().map(|k| k.local_addr())
     }
 
     /// The embedded store; `None` on the Kafka backend.
@@ -98,7 +110,9 @@ impl Collector {
             listener,
             addr,
             tls,
+            kafka,
         } = self;
+        let kafka = kafka.map(|k| tokio::spawn(k.run(state.clone(), shutdown.clone())));
         if state.ingest.store().is_some() {
             tracing::info!(%addr, tls = tls.is_some(), data_dir = %state.config.data_dir.display(), fsync = ?state.config.store.fsync, "collector listening");
         } else {
@@ -132,6 +146,10 @@ impl Collector {
             } => tracing::warn!(?drain_deadline, "in-flight requests did not finish before the deadline"),
         }
         let _ = expiry.await;
+        if let Some(k) = kafka {
+            // Connections finish the request they are answering (a long poll ends at once).
+            let _ = tokio::time::timeout(drain_deadline, k).await;
+        }
         state.ingest.backend.close().await?;
         Ok(())
     }

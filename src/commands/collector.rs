@@ -13,6 +13,7 @@ pub struct Args {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub kafka: Option<String>,
+    pub kafka_listen: Option<String>,
 }
 
 /// The collector section of `--config` (or defaults), with flags applied on top.
@@ -26,6 +27,9 @@ pub fn resolve(args: &Args) -> anyhow::Result<CollectorConfig> {
     }
     if let Some(d) = &args.data_dir {
         config.data_dir = d.clone();
+    }
+    if let Some(k) = &args.kafka_listen {
+        config.kafka_listen = Some(k.clone());
     }
     if let Some(brokers) = &args.kafka {
         // --kafka BROKERS: store into Kafka; a kafka: section in --config keeps its other
@@ -52,5 +56,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "ferry collector listening on http://{}",
         collector.local_addr()
     );
+    if let Some(addr) = collector.kafka_addr() {
+        eprintln!("ferry kafka listener on {addr}");
+    }
     collector.run(shutdown).await
 }

@@ -64,6 +64,7 @@ impl Embedded {
             ordered,
             pending,
             records,
+            partition,
         } = req;
         let whole = !ingest.needs_look(&topic);
         // Routing may create topics (mkdir, fsync) and recompress: on the blocking pool.
@@ -71,7 +72,7 @@ impl Embedded {
             let this = ingest.clone();
             let topic = topic.clone();
             run_blocking(move || {
-                let r = destinations(&this, &topic, &items, whole);
+                let r = destinations(&this, &topic, &items, whole, partition);
                 (items, r)
             })
             .await?
@@ -100,7 +101,7 @@ impl Embedded {
                 append_all(&store, dests, store_after).await
             })
         };
-        let (stored, deduplicated, routed) = appending.await.map_err(|e| {
+        let (stored, deduplicated, routed, offsets) = appending.await.map_err(|e| {
             tracing::error!(error = %e, "append task failed");
             IngestError::Busy("internal error; see the collector log".into())
         })??;
@@ -120,6 +121,7 @@ impl Embedded {
             dropped,
             routed,
             fsync: fsync_name(ingest.config.store.fsync).to_owned(),
+            offsets,
         })
     }
 }
@@ -131,6 +133,7 @@ fn destinations(
     topic: &str,
     items: &[(Bytes, Batch)],
     whole: bool,
+    chosen: Option<u32>,
 ) -> Result<(Vec<Destination>, u64), IngestError> {
     let mut dests: BTreeMap<(String, u32), Destination> = BTreeMap::new();
     let mut dropped = 0u64;
@@ -159,13 +162,20 @@ fn destinations(
             let n = ingest.ensure_topic(&t)?;
             // Records without a key value (or a topic without a key field) go together to
             // the batch's partition: by origin, else round-robin.
-            let batch_partition = ingest.partition_for_batch(&b.header, n);
+            // A partition the client chose holds for its own topic (a copy routed elsewhere
+            // is placed as any other record there).
+            let chosen = chosen.filter(|&p| t == topic && p < n);
+            let batch_partition =
+                chosen.unwrap_or_else(|| ingest.partition_for_batch(&b.header, n));
             let mut by_partition: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
             for i in idx {
-                let p = ingest
-                    .key_field(&t)
-                    .and_then(|field| crate::routing::field_value(&b.records[i], field))
-                    .map(|v| (stable_hash(&[v.as_bytes()]) % u64::from(n)) as u32)
+                let p = chosen
+                    .or_else(|| {
+                        ingest
+                            .key_field(&t)
+                            .and_then(|field| crate::routing::field_value(&b.records[i], field))
+                            .map(|v| (stable_hash(&[v.as_bytes()]) % u64::from(n)) as u32)
+                    })
                     .unwrap_or(batch_partition);
                 by_partition.entry(p).or_default().push(i);
             }
@@ -267,7 +277,7 @@ async fn append_all(
     store: &Store,
     dests: Vec<Destination>,
     after: Option<u64>,
-) -> Result<(u64, u64, BTreeMap<String, u64>), IngestError> {
+) -> Result<Appended, IngestError> {
     let mut set = tokio::task::JoinSet::new();
     for d in dests {
         for b in d.batches {
@@ -276,22 +286,29 @@ async fn append_all(
             let partition = d.partition;
             set.spawn(async move {
                 let r = store.append_after(&topic, partition, b, after).await;
-                (topic, r)
+                (topic, partition, r)
             });
         }
     }
     let mut stored = 0u64;
     let mut dedup = 0u64;
     let mut routed: BTreeMap<String, u64> = BTreeMap::new();
+    let mut offsets: BTreeMap<(String, u32), u64> = BTreeMap::new();
     let mut first_err = None;
     while let Some(joined) = set.join_next().await {
         match joined {
-            Ok((topic, Ok(out))) => {
+            Ok((topic, partition, Ok(out))) => {
                 stored += u64::from(out.stored);
                 dedup += u64::from(out.deduplicated);
+                if out.stored > 0 {
+                    let first = offsets
+                        .entry((topic.clone(), partition))
+                        .or_insert(out.base_offset);
+                    *first = (*first).min(out.base_offset);
+                }
                 *routed.entry(topic).or_default() += u64::from(out.stored);
             }
-            Ok((_, Err(e))) => {
+            Ok((_, _, Err(e))) => {
                 first_err.get_or_insert(IngestError::Store(e));
             }
             Err(e) => {
@@ -299,11 +316,16 @@ async fn append_all(
             }
         }
     }
+    let offsets = offsets.into_iter().map(|((t, p), o)| (t, p, o)).collect();
     match first_err {
         Some(e) => Err(e),
-        None => Ok((stored, dedup, routed)),
+        None => Ok((stored, dedup, routed, offsets)),
     }
 }
+
+/// Records stored, deduplicated, stored per topic, and the first offset stored per
+/// (topic, partition).
+type Appended = (u64, u64, BTreeMap<String, u64>, Vec<(String, u32, u64)>);
 
 fn fsync_name(p: FsyncPolicy) -> &'static str {
     match p {

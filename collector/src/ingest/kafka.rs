@@ -163,6 +163,7 @@ impl KafkaBackend {
             dropped,
             routed,
             fsync: "kafka acks=all".to_owned(),
+            offsets: Vec::new(),
         })
     }
 }

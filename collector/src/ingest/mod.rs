@@ -57,6 +57,10 @@ pub struct IngestSummary {
     pub routed: BTreeMap<String, u64>,
     /// The fsync policy that held when the reply was sent.
     pub fsync: String,
+    /// Where the stored records went: (topic, partition, offset of the first record stored
+    /// there), for the Kafka listener's Produce answer; not part of the HTTP reply.
+    #[serde(skip)]
+    pub offsets: Vec<(String, u32, u64)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +123,9 @@ pub struct Delivery {
     pub pending: Option<PendingGuard>,
     /// Records in the request.
     pub records: u64,
+    /// The partition the client chose for the topic it posted to (a Kafka producer): its
+    /// records that stay in that topic go there, whatever the origin or key field says.
+    pub partition: Option<u32>,
 }
 
 /// Everything the ingest path needs; shared by all requests.
@@ -302,6 +309,7 @@ impl Ingest {
             ordered,
             pending,
             records,
+            partition: None,
         };
         self.backend.deliver(self, req).await
     }
@@ -327,6 +335,32 @@ impl Ingest {
             ordered: None,
             pending: Some(pending),
             records,
+            partition: None,
+        };
+        self.backend.deliver(self, req).await
+    }
+
+    /// Stores verified batches a Kafka client produced to `partition` of `topic`, through the
+    /// same admission, routing and delivery as [`Ingest::ingest`]. `after`: an idempotent
+    /// producer's batch must follow its sequence numbers up to there ([`Store::append_after`]).
+    pub async fn ingest_to_partition(
+        self: &Arc<Self>,
+        topic: &str,
+        partition: u32,
+        items: Vec<(Bytes, Batch)>,
+        after: Option<(OriginKey, u64)>,
+    ) -> Result<IngestSummary, IngestError> {
+        ferry_core::topic::validate_name(topic).map_err(IngestError::BadRequest)?;
+        let pending = self.enter(topic)?;
+        let records: u64 = items.iter().map(|(_, b)| b.records.len() as u64).sum();
+        let pending = after.is_none().then_some(pending);
+        let req = Delivery {
+            topic: topic.to_owned(),
+            items,
+            ordered: after,
+            pending,
+            records,
+            partition: Some(partition),
         };
         self.backend.deliver(self, req).await
     }

@@ -646,6 +646,13 @@ impl Store {
         self.inner.closed.load(Ordering::SeqCst) || self.inner.failed.load(Ordering::SeqCst)
     }
 
+    /// A partition's first readable offset and end offset (the next offset to be written).
+    pub fn bounds(&self, topic: &str, partition: u32) -> Result<(u64, u64), StoreError> {
+        let part = self.partition(topic, partition)?;
+        let v = part.view();
+        Ok((v.log_start(), v.end_offset()))
+    }
+
     /// Reads whole stored batches, starting with the one that holds `offset`.
     pub fn read(
         &self,

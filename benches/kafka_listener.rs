@@ -1,0 +1,280 @@
+//! The Kafka listener (`kafka_listen`) next to tansu and to ferry's own HTTP ingest, in one run.
+//!
+//! `cargo bench --bench kafka_listener` (about a minute; needs tansu: `scripts/install-tansu`,
+//! or `FERRY_TANSU_BIN`). The same client (librdkafka through the `rdkafka` crate) and the
+//! same records (~190-byte JSON lines) against:
+//! 1. **ferry kafka**: a collector in this process with `kafka_listen`, the embedded store,
+//!    fsync `group` (acknowledged means durable);
+//! 2. **tansu**: the tansu broker (memory storage: nothing is written to disk at all);
+//! 3. **ferry http**: the same lines posted as newline-delimited bodies to the same
+//!    collector's `POST /v1/topics/{t}/records` by 8 concurrent posters, for the
+//!    Kafka/HTTP ratio.
+//!
+//! Produce: one idempotent producer, acks=all, lz4, linger 5 ms, until every delivery report
+//! arrived. Consume: one consumer assigned every partition from the beginning, until it has
+//! read every record. Each figure is records/s and MiB/s of values; ratios are printed.
+//!
+//! `FERRY_BENCH_RECORDS` sets the records per run (default 1,000,000).
+
+use ferry_collector::{Collector, CollectorConfig};
+use ferry_core::client::CollectorClient;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::producer::{DeliveryResult, ProducerContext};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+const PARTITIONS: i32 = 4;
+
+fn line(i: u64) -> String {
+    format!(
+        r#"{{"ts":"2026-11-24T07:{:02}:{:02}.{:03}Z","level":"{}","service":"svc-{}","msg":"request handled","latency_ms":{},"seq":{i}}}"#,
+        (i / 60) % 60,
+        i % 60,
+        i % 1000,
+        ["info", "warn", "error", "debug"][(i % 4) as usize],
+        i % 17,
+        (i * 7919) % 1500,
+    )
+}
+
+struct Counting {
+    acked: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+}
+
+impl ClientContext for Counting {}
+impl ProducerContext for Counting {
+    type DeliveryOpaque = ();
+    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
+        match r {
+            Ok(_) => self.acked.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.failed.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+/// Produces `lines` to `topic`; returns the seconds until the last delivery report.
+fn produce(brokers: &str, topic: &str, lines: &[String]) -> f64 {
+    let acked = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let producer: ThreadedProducer<Counting> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", "lz4")
+        .set("linger.ms", "5")
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.kbytes", "1048576")
+        .create_with_context(Counting {
+            acked: acked.clone(),
+            failed: failed.clone(),
+        })
+        .expect("producer");
+    let started = Instant::now();
+    for (i, l) in lines.iter().enumerate() {
+        let key = format!("k{}", i % 1024);
+        let mut rec = BaseRecord::to(topic).payload(l.as_str()).key(key.as_str());
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    rec = r;
+                    producer.poll(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+    let _ = producer.flush(Duration::from_secs(120));
+    let n = lines.len() as u64;
+    while acked.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) < n {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "produce stalled"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "deliveries failed against {brokers}"
+    );
+    secs
+}
+
+/// Reads `n` records of `topic` from the beginning of every partition; returns the seconds.
+fn consume(brokers: &str, topic: &str, n: u64) -> f64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "bench-unused")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "100")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("partition");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let started = Instant::now();
+    let mut got = 0u64;
+    while got < n {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "consume stalled at {got} of {n}"
+        );
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m.expect("message");
+            assert!(m.payload().is_some());
+            got += 1;
+        }
+    }
+    started.elapsed().as_secs_f64()
+}
+
+/// Creates the topic with [`PARTITIONS`] through the broker's own auto-creation, so both
+/// brokers start equal.
+fn create(brokers: &str, topic: &str) {
+    let p: ThreadedProducer<rdkafka::producer::DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("producer");
+    for _ in 0..50 {
+        if let Ok(md) = p
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            && md
+                .topics()
+                .first()
+                .is_some_and(|t| t.partitions().len() as i32 == PARTITIONS)
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("topic {topic} not created on {brokers}");
+}
+
+fn row(name: &str, n: u64, bytes: u64, secs: f64, base: f64) -> String {
+    let rate = n as f64 / secs;
+    format!(
+        "| {name} | {:.0} | {:.1} | {:.2}x |",
+        rate,
+        bytes as f64 / secs / (1 << 20) as f64,
+        rate / base
+    )
+}
+
+fn main() {
+    let n: u64 = std::env::var("FERRY_BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let lines: Vec<String> = (0..n).map(line).collect();
+    let bytes: u64 = lines.iter().map(|l| l.len() as u64).sum();
+    let root = std::env::var_os("FERRY_BENCH_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
+    let dir = tempfile::tempdir_in(&root).expect("temp dir");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let shutdown = ferry_core::shutdown::Shutdown::new();
+    let (http, kafka) = rt.block_on(async {
+        let config = CollectorConfig {
+            listen: "127.0.0.1:0".into(),
+            data_dir: dir.path().join("store"),
+            kafka_listen: Some("127.0.0.1:0".into()),
+            ..CollectorConfig::default()
+        };
+        let c = Collector::bind(config).await.expect("collector");
+        let addrs = (c.local_addr(), c.kafka_addr().expect("kafka listener"));
+        tokio::spawn(c.run(shutdown.clone()));
+        addrs
+    });
+    let ferry = kafka.to_string();
+    let tansu = ferry_kafka::testing::Tansu::start();
+    println!(
+        "{n} records of {:.0} bytes; rdkafka {}",
+        bytes as f64 / n as f64,
+        rdkafka::util::get_rdkafka_version().1
+    );
+    create(&ferry, "bench");
+    create(&tansu.brokers(), "bench");
+    let ferry_produce = produce(&ferry, "bench", &lines);
+    let tansu_produce = produce(&tansu.brokers(), "bench", &lines);
+    let ferry_consume = consume(&ferry, "bench", n);
+    let tansu_consume = consume(&tansu.brokers(), "bench", n);
+    // ferry's HTTP ingest of the same lines: 8 posters, 5,000 lines a body.
+    let http_secs = rt.block_on(async {
+        let client = Arc::new(CollectorClient::new(&format!("http://{http}")).expect("client"));
+        let bodies: Vec<Vec<u8>> = lines
+            .chunks(5000)
+            .map(|c| {
+                let mut b = c.join("\n").into_bytes();
+                b.push(b'\n');
+                b
+            })
+            .collect();
+        let bodies = Arc::new(bodies);
+        let next = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let (client, bodies, next) = (client.clone(), bodies.clone(), next.clone());
+            set.spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    let Some(b) = bodies.get(i) else { break };
+                    client
+                        .post_lines("bench-http", b.clone(), false)
+                        .await
+                        .expect("post");
+                }
+            });
+        }
+        while set.join_next().await.is_some() {}
+        started.elapsed().as_secs_f64()
+    });
+    let t_p = n as f64 / tansu_produce;
+    let t_c = n as f64 / tansu_consume;
+    println!("\n| path | records/s | MiB/s | vs tansu |\n| --- | ---: | ---: | ---: |");
+    println!(
+        "{}",
+        row(
+            "produce: ferry kafka listener (fsync)",
+            n,
+            bytes,
+            ferry_produce,
+            t_p
+        )
+    );
+    println!(
+        "{}",
+        row("produce: tansu (memory)", n, bytes, tansu_produce, t_p)
+    );
+    println!(
+        "{}",
+        row(
+            "consume: ferry kafka listener",
+            n,
+            bytes,
+            ferry_consume,
+            t_c
+        )
+    );
+    println!(
+        "{}",
+        row("consume: tansu (memory)", n, bytes, tansu_consume, t_c)
+    );
+    println!(
+        "\nferry kafka produce / ferry http ingest of the same lines: {:.2}x ({:.0} vs {:.0} records/s)",
+        http_secs / ferry_produce,
+        n as f64 / ferry_produce,
+        n as f64 / http_secs
+    );
+    shutdown.trigger();
+}

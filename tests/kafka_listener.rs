@@ -304,6 +304,11 @@ impl PyClient {
 
     /// Produces `records` (acks=all) and returns once every one is acknowledged.
     fn produce(self, bootstrap: &str, topic: &str, records: &[Produced]) {
+        self.produce_with(bootstrap, topic, records, "{}");
+    }
+
+    /// [`PyClient::produce`] with producer settings over the script's (a JSON object).
+    fn produce_with(self, bootstrap: &str, topic: &str, records: &[Produced], config: &str) {
         let stdin: String = records
             .iter()
             .map(|r| {
@@ -319,7 +324,7 @@ impl PyClient {
             })
             .collect();
         let out = run_ok(
-            &mut self.cmd(&["produce", bootstrap, topic]),
+            &mut self.cmd(&["produce", bootstrap, topic, config]),
             stdin.as_bytes(),
             Duration::from_secs(60),
         );
@@ -328,8 +333,16 @@ impl PyClient {
         assert_eq!(
             summary["acked"].as_u64(),
             Some(records.len() as u64),
-            "{self:?}: acknowledged {summary}"
+            "{self:?} ({config}): acknowledged {summary}"
         );
+    }
+
+    /// The confluent script's `admin` command: its JSON answer.
+    fn admin(self, bootstrap: &str, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["admin", bootstrap];
+        all.extend(args);
+        let out = run_ok(&mut self.cmd(&all), b"", Duration::from_secs(30));
+        serde_json::from_slice(&out.stdout).expect("admin json")
     }
 
     /// Joins `group`, reads until `expect` records came and `idle_s` more seconds, commits.
@@ -602,6 +615,44 @@ fn kcat_lists_the_broker_and_topic_produces_and_consumes_every_line() {
             "{s:?}: Kafka says partition {p} offset {o}"
         );
     }
+
+    // acks=1 and acks=0 (no answer at all: the records are there once the listener read them).
+    for acks in ["1", "0"] {
+        let topic = format!("kc-acks{acks}");
+        let lines: Vec<String> = (0..200).map(|i| format!("acks={acks} {i:03}")).collect();
+        let input: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        run_ok(
+            kcat().args([
+                "-b",
+                &addr,
+                "-P",
+                "-t",
+                &topic,
+                "-X",
+                &format!("acks={acks}"),
+            ]),
+            input.as_bytes(),
+            Duration::from_secs(30),
+        );
+        let mut got = Vec::new();
+        wait_until(
+            Duration::from_secs(10),
+            &format!("200 records produced with acks={acks}"),
+            || {
+                got = http_lines(&c.url(), &topic);
+                got.len() >= lines.len()
+            },
+        );
+        assert_eq!(sorted(&got), lines, "acks={acks}");
+    }
+}
+
+/// Every line of `topic` over HTTP (`ferry consume --collector --format json`).
+fn http_lines(url: &str, topic: &str) -> Vec<String> {
+    consume_json(url, topic)
+        .iter()
+        .map(|r| r["line"].as_str().expect("line").to_owned())
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1242,6 +1293,213 @@ fn http_produce_is_kafka_consumed_and_kafka_produce_is_http_consumed_with_the_ma
         sorted(&got),
         sorted(&agent_lines),
         "`ferry agent --stdin --kafka` into the listener, read over HTTP"
+    );
+}
+
+/// What a Kafka consumer reads as a record's timestamp (the event time, CreateTime) is what
+/// ListOffsets searches by: `offsetsForTimes(T)` is the first record at or after T.
+#[test]
+fn list_offsets_by_timestamp_finds_the_first_record_at_or_after_it() {
+    let dir = Dir::new("kl-times");
+    let c = Collector::start(&dir, "c", None);
+    let t0 = 1_700_000_000_000i64;
+    let records: Vec<Produced> = (0..300)
+        .map(|i| Produced {
+            value: format!("at {i}"),
+            timestamp_ms: Some(t0 + i as i64 * 1000),
+            ..Default::default()
+        })
+        .collect();
+    PyClient::Confluent.produce(&c.bootstrap(), "times", &records);
+    // kcat -o s@T: rd_kafka_offsets_for_times, then a fetch from there in every partition.
+    // Timestamps rise with the records in every partition, so the answer is exact.
+    let out = run_ok(
+        kcat().args([
+            "-b",
+            &c.bootstrap(),
+            "-C",
+            "-t",
+            "times",
+            "-o",
+            &format!("s@{}", t0 + 150_000),
+            "-e",
+            "-q",
+            "-f",
+            "%T %s\n",
+        ]),
+        b"",
+        Duration::from_secs(30),
+    );
+    let got: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split_once(' ').map_or(l, |(_, v)| v).to_owned())
+        .collect();
+    assert_eq!(
+        sorted(&got),
+        sorted(
+            &records[150..]
+                .iter()
+                .map(|r| r.value.clone())
+                .collect::<Vec<_>>()
+        ),
+        "kcat -o s@{} (ListOffsets by timestamp): {} records, want the 150 at or after it",
+        t0 + 150_000,
+        got.len()
+    );
+    // After the last record's time: nothing.
+    let out = run_ok(
+        kcat().args([
+            "-b",
+            &c.bootstrap(),
+            "-C",
+            "-t",
+            "times",
+            "-o",
+            &format!("s@{}", t0 + 300_000),
+            "-e",
+            "-q",
+        ]),
+        b"",
+        Duration::from_secs(30),
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "kcat -o s@ after the last record: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn compressed_produce_of_every_codec_is_stored_and_read_back() {
+    let dir = Dir::new("kl-codecs");
+    let c = Collector::start(&dir, "c", None);
+    // Compressible lines (a repeated body), so every batch is really compressed.
+    let lines = |codec: &str| -> Vec<String> {
+        (0..2000)
+            .map(|i| format!("{codec} {i:04} {}", "the same words again ".repeat(4)))
+            .collect()
+    };
+    let mut runs = vec![];
+    for codec in ["gzip", "snappy", "lz4", "zstd"] {
+        runs.push((PyClient::Confluent, codec));
+    }
+    // kafka-python compresses gzip with the standard library alone.
+    runs.push((PyClient::KafkaPython, "gzip"));
+    for (client, codec) in runs {
+        let topic = format!("codec-{codec}-{client:?}").to_lowercase();
+        let want = lines(codec);
+        let config = match client {
+            PyClient::Confluent => format!("{{\"compression.type\": \"{codec}\"}}"),
+            PyClient::KafkaPython => format!("{{\"compression_type\": \"{codec}\"}}"),
+        };
+        client.produce_with(
+            &c.bootstrap(),
+            &topic,
+            &want
+                .iter()
+                .cloned()
+                .map(Produced::value)
+                .collect::<Vec<_>>(),
+            &config,
+        );
+        let got = http_lines(&c.url(), &topic);
+        assert_eq!(
+            sorted(&got),
+            sorted(&want),
+            "{client:?} with {codec}: {} records over HTTP of {}",
+            got.len(),
+            want.len()
+        );
+    }
+    // And a Kafka consumer reads one of them back.
+    let got =
+        PyClient::KafkaPython.consume(&c.bootstrap(), "codec-zstd-confluent", "x-zstd", 2000, 1);
+    let got: Vec<String> = got.into_iter().filter_map(|r| r.value).collect();
+    assert_eq!(
+        sorted(&got),
+        sorted(&lines("zstd")),
+        "zstd-produced records read by kafka-python"
+    );
+}
+
+#[test]
+fn admin_apis_create_and_delete_topics_and_list_and_describe_groups() {
+    let dir = Dir::new("kl-admin");
+    let c = Collector::start(&dir, "c", None);
+    let client = PyClient::Confluent;
+    let partitions_of = |topic: &str| -> Option<usize> {
+        let out = run_ok(
+            kcat().args(["-b", &c.bootstrap(), "-L", "-J", "-m", "10"]),
+            b"",
+            Duration::from_secs(30),
+        );
+        let md: serde_json::Value = serde_json::from_slice(&out.stdout).expect("kcat -L -J");
+        md["topics"]
+            .as_array()?
+            .iter()
+            .find(|t| t["topic"] == topic)
+            .and_then(|t| t["partitions"].as_array().map(Vec::len))
+    };
+    let ferry_topics = || -> Vec<(String, usize)> {
+        let out = run_ok(
+            ferry().args(["topics", "--collector", &c.url(), "--json"]),
+            b"",
+            Duration::from_secs(20),
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("topics json");
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .map(|t| {
+                (
+                    t["name"].as_str().expect("name").to_owned(),
+                    t["partitions"].as_array().map_or(0, Vec::len),
+                )
+            })
+            .collect()
+    };
+
+    // CreateTopics with 3 partitions (not the default 4): Kafka and HTTP see the same topic.
+    client.admin(&c.bootstrap(), &["create", "made", "3"]);
+    assert_eq!(partitions_of("made"), Some(3), "kcat -L after CreateTopics");
+    assert!(
+        ferry_topics().contains(&("made".to_owned(), 3)),
+        "`ferry topics` after CreateTopics: {:?}",
+        ferry_topics()
+    );
+
+    // A group that read and committed, then left: listed, and described as empty.
+    let records: Vec<Produced> = (0..10)
+        .map(|i| Produced::value(format!("made {i}")))
+        .collect();
+    client.produce(&c.bootstrap(), "made", &records);
+    let got = client.consume(&c.bootstrap(), "made", "g-admin", records.len(), 1);
+    assert_eq!(got.len(), records.len(), "records of the created topic");
+    let g = client.admin(&c.bootstrap(), &["group", "g-admin"]);
+    assert!(
+        g["listed"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|x| x == "g-admin")),
+        "ListGroups: {g}"
+    );
+    assert_eq!(g["list_errors"], serde_json::json!([]), "ListGroups: {g}");
+    assert_eq!(g["group"], "g-admin", "DescribeGroups: {g}");
+    assert_eq!(
+        g["members"], 0,
+        "DescribeGroups of a group whose member left: {g}"
+    );
+    assert!(
+        g["state"].as_str().is_some_and(|s| s.contains("EMPTY")),
+        "DescribeGroups state of a group whose member left: {g}"
+    );
+
+    // DeleteTopics: gone for Kafka and for HTTP.
+    client.admin(&c.bootstrap(), &["delete", "made"]);
+    assert_eq!(partitions_of("made"), None, "kcat -L after DeleteTopics");
+    assert!(
+        !ferry_topics().iter().any(|t| t.0 == "made"),
+        "`ferry topics` after DeleteTopics: {:?}",
+        ferry_topics()
     );
 }
 

@@ -3,10 +3,11 @@ and deadlines (a client that hangs exits 3 instead of hanging the test).
 
 Commands (the same for confluent_client.py and kafka_python_client.py):
 
-  produce BOOTSTRAP TOPIC
+  produce BOOTSTRAP TOPIC [CONFIG_JSON]
       Reads one JSON object per stdin line: {"value": str, "key": str|null,
       "headers": {str: str}, "timestamp_ms": int|null}; produces each with acks=all; exits 0
       once every one is acknowledged, 1 if any failed. Prints {"produced": N} on stdout.
+      CONFIG_JSON: producer settings over the defaults (e.g. {"compression.type": "zstd"}).
 
   consume BOOTSTRAP TOPIC GROUP EXPECT IDLE_S DEADLINE_S
       Joins GROUP (auto.offset.reset=earliest, no auto commit), reads until EXPECT records came,
@@ -17,6 +18,9 @@ Commands (the same for confluent_client.py and kafka_python_client.py):
 
   committed BOOTSTRAP TOPIC GROUP PARTITIONS
       Prints {"0": offset, ...}: GROUP's committed offsets (OffsetFetch), -1 where none.
+
+  admin BOOTSTRAP create TOPIC PARTITIONS | delete TOPIC | group GROUP   (confluent only)
+      CreateTopics, DeleteTopics; ListGroups and DescribeGroups of GROUP.
 """
 
 import json

@@ -5,7 +5,7 @@ import json
 import sys
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
-from confluent_kafka import KafkaError
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from common import Deadline, log, read_records, record_json, usage
 
@@ -17,7 +17,7 @@ GROUP = {
 }
 
 
-def produce(bootstrap, topic):
+def produce(bootstrap, topic, extra=None):
     p = Producer(
         {
             "bootstrap.servers": bootstrap,
@@ -25,6 +25,7 @@ def produce(bootstrap, topic):
             "enable.idempotence": True,
             "linger.ms": 5,
             "message.timeout.ms": 30000,
+            **(extra or {}),
         }
     )
     failed = []
@@ -131,12 +132,45 @@ def committed(bootstrap, topic, group, partitions):
     print(json.dumps(out))
 
 
+def admin(bootstrap, action, args):
+    """create TOPIC PARTITIONS | delete TOPIC | group GROUP: CreateTopics, DeleteTopics, and
+    ListGroups + DescribeGroups of one group, printed as JSON."""
+    a = AdminClient({"bootstrap.servers": bootstrap})
+    if action == "create":
+        fs = a.create_topics([NewTopic(args[0], num_partitions=int(args[1]), replication_factor=1)])
+        for f in fs.values():
+            f.result(timeout=15)
+        print(json.dumps({"created": args[0]}))
+    elif action == "delete":
+        for f in a.delete_topics([args[0]]).values():
+            f.result(timeout=15)
+        print(json.dumps({"deleted": args[0]}))
+    elif action == "group":
+        listed = a.list_consumer_groups(request_timeout=15).result(timeout=15)
+        desc = a.describe_consumer_groups([args[0]], request_timeout=15)[args[0]].result(timeout=15)
+        print(
+            json.dumps(
+                {
+                    "listed": sorted(g.group_id for g in listed.valid),
+                    "list_errors": [str(e) for e in listed.errors],
+                    "group": desc.group_id,
+                    "state": str(desc.state),
+                    "members": len(desc.members),
+                }
+            )
+        )
+    else:
+        usage("admin")
+
+
 def main(argv):
     if len(argv) < 2:
         usage(argv[0])
     cmd, args = argv[1], argv[2:]
-    if cmd == "produce" and len(args) == 2:
-        produce(*args)
+    if cmd == "produce" and len(args) in (2, 3):
+        produce(args[0], args[1], json.loads(args[2]) if len(args) == 3 else None)
+    elif cmd == "admin" and len(args) >= 2:
+        admin(args[0], args[1], args[2:])
     elif cmd == "consume" and len(args) == 6:
         consume(args[0], args[1], args[2], int(args[3]), float(args[4]), float(args[5]))
     elif cmd == "committed" and len(args) == 4:

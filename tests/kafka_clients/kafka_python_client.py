@@ -15,7 +15,7 @@ GROUP = {
 }
 
 
-def produce(bootstrap, topic):
+def produce(bootstrap, topic, extra=None):
     deadline = Deadline(50)
     p = KafkaProducer(
         bootstrap_servers=bootstrap,
@@ -23,6 +23,7 @@ def produce(bootstrap, topic):
         linger_ms=5,
         batch_size=256 * 1024,
         request_timeout_ms=30000,
+        **(extra or {}),
     )
     futures = []
     for r in read_records(sys.stdin):
@@ -111,8 +112,8 @@ def main(argv):
     if len(argv) < 2:
         usage(argv[0])
     cmd, args = argv[1], argv[2:]
-    if cmd == "produce" and len(args) == 2:
-        produce(*args)
+    if cmd == "produce" and len(args) in (2, 3):
+        produce(args[0], args[1], json.loads(args[2]) if len(args) == 3 else None)
     elif cmd == "consume" and len(args) == 6:
         consume(args[0], args[1], args[2], int(args[3]), float(args[4]), float(args[5]))
     elif cmd == "committed" and len(args) == 4:

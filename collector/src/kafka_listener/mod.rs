@@ -244,17 +244,49 @@ enum ConnEnd {
     Protocol(String),
 }
 
+/// Requests of one connection in flight at once (idempotent produces; see
+/// [`Prepared::may_overlap`]).
+const PIPELINE: u32 = 8;
+
+/// A request in flight: its running task, and the pipeline room it holds until its response
+/// is written.
+type InFlight = (
+    tokio::task::JoinHandle<Option<Bytes>>,
+    tokio::sync::OwnedSemaphorePermit,
+);
+
 /// Reads frames and answers them in order until the client hangs up, a frame cannot be
-/// read, or the listener shuts down.
+/// read, or the listener shuts down. Reading goes on while earlier requests run (so an
+/// idempotent producer's in-flight batches share a group commit); a writer task sends the
+/// responses in request order.
 async fn serve_connection(
     broker: &Arc<Broker>,
     stream: TcpStream,
     peer: SocketAddr,
     shutdown: &Shutdown,
 ) -> Result<(), ConnEnd> {
-    let (rd, mut wr) = stream.into_split();
+    let (rd, wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(64 << 10, rd);
     let client_host = peer.ip().to_string();
+    let room = Arc::new(Semaphore::new(PIPELINE as usize));
+    let (tx, rx) = tokio::sync::mpsc::channel::<InFlight>(PIPELINE as usize);
+    let writer = tokio::spawn(write_responses(wr, rx));
+    let read = read_requests(broker, &mut rd, &client_host, &room, &tx, shutdown).await;
+    // Responses to what was read still go out, in order, before the connection closes.
+    drop(tx);
+    let written = writer.await.unwrap_or(Ok(()));
+    read?;
+    written.map_err(ConnEnd::from)
+}
+
+async fn read_requests(
+    broker: &Arc<Broker>,
+    rd: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    client_host: &str,
+    room: &Arc<Semaphore>,
+    tx: &tokio::sync::mpsc::Sender<InFlight>,
+    shutdown: &Shutdown,
+) -> Result<(), ConnEnd> {
     loop {
         let len = tokio::select! {
             _ = shutdown.wait() => return Ok(()),
@@ -266,6 +298,11 @@ async fn serve_connection(
         };
         if len < 8 || len as usize > broker.max_frame_bytes {
             metrics::counter!("ferry_kafka_bad_frames_total", "reason" => "length").increment(1);
+            tracing::warn!(
+                len,
+                max = broker.max_frame_bytes,
+                "kafka listener: frame length out of bounds; connection closed"
+            );
             // The header may still be readable: answer it, then close (the rest of the frame
             // is not read, so nothing after it could be framed).
             if len >= 8 {
@@ -275,11 +312,12 @@ async fn serve_connection(
                     .is_ok_and(|r| r.is_ok())
                 {
                     let correlation = i32::from_be_bytes([head[4], head[5], head[6], head[7]]);
-                    let _ = write_frame(&mut wr, &bare_error(correlation, code::MESSAGE_TOO_LARGE))
-                        .await;
+                    let answer = Some(bare_error(correlation, code::MESSAGE_TOO_LARGE));
+                    if let Ok(permit) = room.clone().acquire_owned().await {
+                        let _ = tx.send((tokio::spawn(async move { answer }), permit)).await;
+                    }
                 }
             }
-            tracing::warn!(%peer, len, max = broker.max_frame_bytes, "kafka listener: frame length out of bounds; connection closed");
             return Err(ConnEnd::Protocol(format!("frame length {len}")));
         }
         let mut frame = BytesMut::zeroed(len as usize);
@@ -296,11 +334,40 @@ async fn serve_connection(
                 return Err(ConnEnd::Protocol("frame not completed in time".into()));
             }
         }
-        let frame = frame.freeze();
-        if let Some(reply) = broker.answer(frame, &client_host).await {
-            write_frame(&mut wr, &reply).await?;
+        let prepared = broker.prepare(frame.freeze());
+        // A request that runs alone takes the whole pipeline: it starts once every earlier
+        // request was answered, and later ones wait for it.
+        let want = if prepared.may_overlap() { 1 } else { PIPELINE };
+        let Ok(permit) = room.clone().acquire_many_owned(want).await else {
+            return Ok(());
+        };
+        let task = tokio::spawn(broker.clone().execute(prepared, client_host.to_owned()));
+        if tx.send((task, permit)).await.is_err() {
+            // The writer stopped: the client is gone.
+            return Ok(());
         }
     }
+}
+
+/// Writes each request's response, in request order, as it completes.
+async fn write_responses(
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: tokio::sync::mpsc::Receiver<InFlight>,
+) -> std::io::Result<()> {
+    while let Some((task, permit)) = rx.recv().await {
+        let reply = match task.await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "kafka request task failed");
+                None
+            }
+        };
+        if let Some(reply) = reply {
+            write_frame(&mut wr, &reply).await?;
+        }
+        drop(permit);
+    }
+    Ok(())
 }
 
 async fn write_frame(wr: &mut tokio::net::tcp::OwnedWriteHalf, body: &[u8]) -> std::io::Result<()> {
@@ -320,9 +387,9 @@ fn bare_error(correlation_id: i32, error: i16) -> Bytes {
 }
 
 impl Broker {
-    /// The response frame (without its length) to one request frame; `None` for a request
-    /// that gets no response (Produce with acks=0).
-    pub async fn answer(self: &Arc<Self>, mut frame: Bytes, client_host: &str) -> Option<Bytes> {
+    /// Decodes one request frame: the request to run, or the answer it gets at once (an
+    /// unknown API or version, a malformed request).
+    pub fn prepare(&self, mut frame: Bytes) -> Prepared {
         let raw_key = frame.clone().get_i16();
         let version = frame.slice(2..4).get_i16();
         let correlation = frame.slice(4..8).get_i32();
@@ -330,7 +397,7 @@ impl Broker {
             metrics::counter!("ferry_kafka_unsupported_requests_total", "reason" => "api_key")
                 .increment(1);
             tracing::debug!(api_key = raw_key, "kafka listener: unknown API key");
-            return Some(bare_error(correlation, code::UNSUPPORTED_VERSION));
+            return Prepared::Answer(Some(bare_error(correlation, code::UNSUPPORTED_VERSION)));
         };
         if !supported(key, version) {
             metrics::counter!("ferry_kafka_unsupported_requests_total", "reason" => "version")
@@ -338,14 +405,14 @@ impl Broker {
             tracing::debug!(?key, version, "kafka listener: unsupported version");
             if key == ApiKey::ApiVersions {
                 // As Kafka: an ApiVersions v0 body saying what is supported.
-                return encode(
+                return Prepared::Answer(encode(
                     correlation,
                     ApiKey::ApiVersions,
                     0,
                     &ResponseKind::ApiVersions(admin::api_versions(code::UNSUPPORTED_VERSION)),
-                );
+                ));
             }
-            return Some(bare_error(correlation, code::UNSUPPORTED_VERSION));
+            return Prepared::Answer(Some(bare_error(correlation, code::UNSUPPORTED_VERSION)));
         }
         let header_version = key.request_header_version(version);
         let header = match RequestHeader::decode(&mut frame, header_version) {
@@ -354,7 +421,7 @@ impl Broker {
                 metrics::counter!("ferry_kafka_bad_frames_total", "reason" => "header")
                     .increment(1);
                 tracing::debug!(error = %e, "kafka listener: malformed request header");
-                return Some(bare_error(correlation, code::INVALID_REQUEST));
+                return Prepared::Answer(Some(bare_error(correlation, code::INVALID_REQUEST)));
             }
         };
         let request = match RequestKind::decode(key, &mut frame, version) {
@@ -362,7 +429,7 @@ impl Broker {
             Err(e) => {
                 metrics::counter!("ferry_kafka_bad_frames_total", "reason" => "body").increment(1);
                 tracing::debug!(?key, version, error = %e, "kafka listener: malformed request");
-                return Some(bare_error(correlation, code::INVALID_REQUEST));
+                return Prepared::Answer(Some(bare_error(correlation, code::INVALID_REQUEST)));
             }
         };
         metrics::counter!("ferry_kafka_requests_total", "api" => api_name(key)).increment(1);
@@ -371,10 +438,37 @@ impl Broker {
             .as_ref()
             .map(|c| c.as_str().to_owned())
             .unwrap_or_default();
-        let response = self
-            .dispatch(request, version, &client_id, client_host)
-            .await?;
-        encode(correlation, key, version, &response)
+        Prepared::Request {
+            correlation,
+            key,
+            version,
+            request,
+            client_id,
+        }
+    }
+
+    /// Runs a prepared request: its response frame (without the length), or `None` for a
+    /// request that gets no response (Produce with acks=0).
+    pub async fn execute(
+        self: Arc<Self>,
+        prepared: Prepared,
+        client_host: String,
+    ) -> Option<Bytes> {
+        match prepared {
+            Prepared::Answer(a) => a,
+            Prepared::Request {
+                correlation,
+                key,
+                version,
+                request,
+                client_id,
+            } => {
+                let response = self
+                    .dispatch(request, version, &client_id, &client_host)
+                    .await?;
+                encode(correlation, key, version, &response)
+            }
+        }
     }
 
     /// Routes a decoded request to its handler.
@@ -438,6 +532,37 @@ impl Broker {
                 return None;
             }
         })
+    }
+}
+
+/// A request frame, decoded.
+pub enum Prepared {
+    /// Answered without running anything.
+    Answer(Option<Bytes>),
+    Request {
+        correlation: i32,
+        key: ApiKey,
+        version: i16,
+        request: RequestKind,
+        client_id: String,
+    },
+}
+
+impl Prepared {
+    /// Whether it may run while the connection's earlier requests are still running. Only an
+    /// idempotent producer's Produce may: the store keeps its batches in sequence order
+    /// whatever order they arrive in (a batch waits for its predecessor), so they can share
+    /// a group commit. Everything else runs alone, in order, as Kafka runs a connection's
+    /// requests (a non-idempotent producer relies on that for its order; so do commits).
+    fn may_overlap(&self) -> bool {
+        match self {
+            Prepared::Answer(_) => true,
+            Prepared::Request {
+                request: RequestKind::Produce(r),
+                ..
+            } => r.transactional_id.is_none() && r.acks != 0 && produce::idempotent(r),
+            Prepared::Request { .. } => false,
+        }
     }
 }
 

@@ -16,12 +16,46 @@ use super::{Broker, code};
 use crate::ingest::IngestError;
 use crate::store::StoreError;
 use bytes::Bytes;
-use ferry_core::batch::{self, Batch, BatchBuilder, Codec, DecodeLimits};
+use ferry_core::batch::{Batch, BatchBuilder, BatchHeader, Codec};
 use ferry_core::record::OriginKey;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::StrBytes;
 use std::sync::Arc;
+
+/// Whether every batch of the request is an idempotent producer's (a producer id and a
+/// sequence number), read from the batch headers without decoding the records.
+pub fn idempotent(req: &ProduceRequest) -> bool {
+    // Record batch v2: base offset (8), length (4), leader epoch (4), magic (1), crc (4),
+    // attributes (2), last offset delta (4), first and max timestamp (8 + 8), producer id
+    // (8), producer epoch (2), base sequence (4).
+    const PRODUCER_ID_AT: usize = 43;
+    const BASE_SEQUENCE_AT: usize = 53;
+    let mut any = false;
+    for t in &req.topic_data {
+        for p in &t.partition_data {
+            let Some(d) = &p.records else { continue };
+            if d.len() < BASE_SEQUENCE_AT + 4 {
+                return false;
+            }
+            let pid = i64::from_be_bytes(
+                d[PRODUCER_ID_AT..PRODUCER_ID_AT + 8]
+                    .try_into()
+                    .unwrap_or([0xff; 8]),
+            );
+            let seq = i32::from_be_bytes(
+                d[BASE_SEQUENCE_AT..BASE_SEQUENCE_AT + 4]
+                    .try_into()
+                    .unwrap_or([0xff; 4]),
+            );
+            if pid < 0 || seq < 0 {
+                return false;
+            }
+            any = true;
+        }
+    }
+    any
+}
 
 /// Answers a Produce request; its partitions are stored concurrently.
 pub async fn produce(broker: &Arc<Broker>, req: ProduceRequest, _version: i16) -> ProduceResponse {
@@ -189,6 +223,7 @@ fn build(data: &Bytes, max_raw: usize, key_field: &str) -> Result<Built, Outcome
                 "transactional batches are not supported by ferry's Kafka listener",
             ));
         }
+        let mut first_offset = None;
         let mut b = match producer {
             Some(r) => {
                 let origin =
@@ -199,6 +234,7 @@ fn build(data: &Bytes, max_raw: usize, key_field: &str) -> Result<Built, Outcome
                 if i == 0 && seq > 0 {
                     after = Some((origin.clone(), seq));
                 }
+                first_offset = Some(seq);
                 BatchBuilder::with_origin(origin, seq)
             }
             None => BatchBuilder::new(),
@@ -210,14 +246,20 @@ fn build(data: &Bytes, max_raw: usize, key_field: &str) -> Result<Built, Outcome
             .finish(Codec::Lz4, 0, ferry_core::now_ms())
             .map_err(|e| Outcome::failed(code::MESSAGE_TOO_LARGE, e.to_string()))?;
         let enc = Bytes::from(enc);
-        let decoded = batch::decode(
-            &enc,
-            &DecodeLimits {
-                max_raw_bytes: (max_raw as u64).max(1 << 20) * 2,
-                max_records: 1 << 24,
-            },
-        )
-        .map_err(|e| Outcome::failed(code::CORRUPT_MESSAGE, e.to_string()))?;
+        // The batch was built here from these records: its decoded form is them, numbered
+        // by sequence as decoding would number them, without decoding it again.
+        let header = BatchHeader::parse(&enc)
+            .map_err(|e| Outcome::failed(code::CORRUPT_MESSAGE, e.to_string()))?;
+        let mut recs = recs;
+        if let Some(first) = first_offset {
+            for (k, r) in recs.iter_mut().enumerate() {
+                r.offset = Some(first + k as u64);
+            }
+        }
+        let decoded = Batch {
+            header,
+            records: recs,
+        };
         items.push((enc, decoded));
     }
     Ok((items, after))
@@ -242,4 +284,103 @@ fn refused(e: IngestError) -> Outcome {
         IngestError::Store(_) | IngestError::Kafka(_) => code::KAFKA_STORAGE_ERROR,
     };
     Outcome::failed(error, msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use kafka_protocol::protocol::StrBytes;
+    use kafka_protocol::records::{
+        Compression, Record as KafkaRecord, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+
+    fn produced(producer_id: i64, first_seq: i32, n: usize) -> Bytes {
+        let recs: Vec<KafkaRecord> = (0..n)
+            .map(|i| KafkaRecord {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: 0,
+                producer_id,
+                producer_epoch: 0,
+                timestamp_type: TimestampType::Creation,
+                offset: i as i64,
+                sequence: first_seq + i as i32,
+                timestamp: 1_700_000_000_000 + i as i64,
+                key: (i % 2 == 0).then(|| Bytes::from(format!("k{i}"))),
+                value: Some(Bytes::from(format!("line {i}"))),
+                headers: [(
+                    StrBytes::from_string("h".into()),
+                    Some(Bytes::from_static(b"v")),
+                )]
+                .into_iter()
+                .collect(),
+            })
+            .collect();
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &recs,
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::Lz4,
+            },
+        )
+        .expect("encode");
+        buf.freeze()
+    }
+
+    /// The batch handed to the store is what decoding its bytes gives: the records are not
+    /// decoded again on the produce path, so this is what keeps the two the same.
+    #[test]
+    fn built_batches_equal_their_decoded_bytes_with_and_without_a_producer() {
+        let limits = ferry_core::batch::DecodeLimits::default();
+        for (pid, seq, want_after) in [(-1, -1, None), (42, 0, None), (42, 500, Some(500))] {
+            let (items, after) = match build(&produced(pid, seq, 7), 1 << 20, "kafka.key") {
+                Ok(b) => b,
+                Err(_) => panic!("producer {pid}: refused"),
+            };
+            assert_eq!(items.len(), 1);
+            let (enc, built) = &items[0];
+            let decoded = ferry_core::batch::decode(enc, &limits).expect("decodes");
+            assert_eq!(built.records, decoded.records, "producer {pid}");
+            assert_eq!(built.header.origin, decoded.header.origin);
+            assert_eq!(after.map(|(_, a)| a), want_after);
+            if pid >= 0 {
+                let o = decoded.header.origin.as_ref().expect("origin");
+                assert_eq!(o.key.agent_id, format!("producer/kafka-{pid}"));
+                assert_eq!((o.first_offset, o.end_offset), (seq as u64, seq as u64 + 7));
+            } else {
+                assert!(decoded.header.origin.is_none());
+            }
+        }
+    }
+
+    #[test]
+    fn idempotence_is_read_from_every_partitions_batch_header() {
+        use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+        let req = |batches: Vec<Bytes>| {
+            ProduceRequest::default().with_topic_data(vec![
+                TopicProduceData::default().with_partition_data(
+                    batches
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, b)| {
+                            PartitionProduceData::default()
+                                .with_index(i as i32)
+                                .with_records(Some(b))
+                        })
+                        .collect(),
+                ),
+            ])
+        };
+        assert!(idempotent(&req(vec![produced(3, 0, 2), produced(3, 9, 2)])));
+        assert!(!idempotent(&req(vec![
+            produced(3, 0, 2),
+            produced(-1, -1, 2)
+        ])));
+        assert!(!idempotent(&req(vec![Bytes::from_static(b"short")])));
+        assert!(!idempotent(&req(vec![])));
+    }
 }

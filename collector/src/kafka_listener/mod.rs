@@ -100,7 +100,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreateTopics, 0, 5),
     (ApiKey::DeleteTopics, 0, 5),
     (ApiKey::InitProducerId, 0, 4),
-    (ApiKey::SaslHandshake, 1, 1),
+    // v0 is listed because librdkafka looks for it to offer SASL at all; clients that see v1
+    // use it with SaslAuthenticate (raw v0 SASL frames are not read).
+    (ApiKey::SaslHandshake, 0, 1),
     (ApiKey::SaslAuthenticate, 0, 2),
 ];
 

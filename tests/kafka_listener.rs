@@ -1645,6 +1645,14 @@ fn api_versions_v0(addr: SocketAddr, what: &str) -> Vec<(i16, i16, i16)> {
 /// xorshift64*: the bad bytes of a run, reproducible from the printed seed.
 struct Rng(u64);
 
+/// `FERRY_TEST_SEED`, else one from the clock (printed by the test that uses it).
+fn seed() -> u64 {
+    std::env::var("FERRY_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| ferry_core::now_ms() as u64 | 1)
+}
+
 impl Rng {
     fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
@@ -1659,10 +1667,7 @@ impl Rng {
 
 #[test]
 fn bad_frames_get_protocol_errors_or_a_closed_socket_and_harm_nothing() {
-    let seed = std::env::var("FERRY_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| ferry_core::now_ms() as u64 | 1);
+    let seed = seed();
     eprintln!("seed {seed} (FERRY_TEST_SEED={seed} repeats this run)");
     let mut rng = Rng(seed);
     let dir = Dir::new("kl-bad");
@@ -2194,4 +2199,131 @@ fn sasl_ssl_on_the_collectors_certificate_and_a_client_that_does_not_trust_it() 
         300,
         "nothing but the 300 trusted records"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exactly once across a collector crash, and routing rules on Kafka produce
+
+/// An idempotent librdkafka producer (confluent-kafka, acks=all) writes 60,000 keyed records
+/// while the collector is SIGKILLed once at a random moment and restarted on the same data dir
+/// and ports. librdkafka resends what was not acknowledged with the same producer id and
+/// sequence numbers; the store's origin dedup (recovered from the data) drops the batches that
+/// had landed. Every record is stored exactly once.
+#[test]
+fn an_idempotent_producer_loses_and_duplicates_nothing_across_a_collector_sigkill() {
+    let seed = seed();
+    eprintln!("seed {seed} (FERRY_TEST_SEED={seed} repeats this run)");
+    let mut rng = Rng(seed);
+    let dir = Dir::new("kafka-listener-crash");
+    let mut c = Collector::start(&dir, "crash", None);
+    let n = 60_000;
+    let script = format!(
+        "import sys, time\nfrom confluent_kafka import Producer\np = Producer({{'bootstrap.servers': '{b}', 'enable.idempotence': True, 'acks': 'all', 'linger.ms': 5, 'message.timeout.ms': 120000, 'reconnect.backoff.max.ms': 500}})\nfails = []\nok = [0]\ndef done(e, m):\n    if e: fails.append(str(e))\n    else: ok[0] += 1\nfor i in range({n}):\n    while True:\n        try:\n            p.produce('crash', ('rec-%06d' % i).encode(), key=('k%d' % (i % 97)).encode(), on_delivery=done)\n            break\n        except BufferError:\n            p.poll(0.05)\n    if i % 1000 == 0:\n        p.poll(0)\n        time.sleep(0.02)\n    if i % 5000 == 0:\n        print('sent', i, 'acked', ok[0], flush=True)\nleft = p.flush(120)\nprint('acked', ok[0], 'left', left, 'failed', len(fails), fails[:1], flush=True)\n",
+        b = c.bootstrap()
+    );
+    let out_path = dir.join("producer.out");
+    let mut producer = Command::new(python())
+        .args(["-c", &script])
+        .stdout(std::fs::File::create(&out_path).expect("out"))
+        .stderr(std::fs::File::create(dir.join("producer.err")).expect("err"))
+        .spawn()
+        .expect("spawn producer");
+    // Kill when a random share (10-70%) of the records was sent.
+    let kill_at = 6_000 + (rng.next() % 36_000) as usize;
+    wait_until(Duration::from_secs(60), "the producer to get going", || {
+        std::fs::read_to_string(&out_path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("sent ")?
+                    .split(' ')
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .any(|s| s >= kill_at)
+    });
+    eprintln!("SIGKILL at about {kill_at} sent");
+    c.kill9_and_restart(&dir);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        if let Some(s) = producer.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = producer.kill();
+            panic!(
+                "seed {seed}: the producer did not finish:\n{}\n{}",
+                std::fs::read_to_string(&out_path).unwrap_or_default(),
+                std::fs::read_to_string(dir.join("producer.err")).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let printed = std::fs::read_to_string(&out_path).unwrap_or_default();
+    assert!(status.success(), "seed {seed}: producer failed: {printed}");
+    assert!(
+        printed.contains(&format!("acked {n} left 0 failed 0")),
+        "seed {seed}: not every record was acknowledged: {printed}\n{}",
+        std::fs::read_to_string(dir.join("producer.err")).unwrap_or_default()
+    );
+    let lines = http_lines(&c.url(), "crash");
+    let distinct: BTreeSet<&String> = lines.iter().collect();
+    let missing: Vec<String> = (0..n)
+        .map(|i| format!("rec-{i:06}"))
+        .filter(|l| !distinct.contains(l))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "seed {seed}: lost records, e.g. {missing:?}"
+    );
+    assert_eq!(
+        lines.len(),
+        n,
+        "seed {seed}: {} duplicates stored",
+        lines.len() - distinct.len()
+    );
+}
+
+#[test]
+fn routing_rules_apply_to_kafka_produce_as_to_http_ingest() {
+    let dir = Dir::new("kafka-listener-routes");
+    let yaml = "collector:\n  routes:\n    - name: errors-to-alerts\n      match: { topic: app, regex: ERROR }\n      copy: [alerts]\n    - name: drop-debug\n      match: { topic: app, regex: DEBUG }\n      drop: true\n";
+    let c = Collector::start(&dir, "routes", Some(yaml));
+    let lines: String = (0..300)
+        .map(|i| format!("{} line {i}\n", ["INFO", "ERROR", "DEBUG"][i % 3]))
+        .collect();
+    run_ok(
+        kcat().args(["-b", &c.bootstrap(), "-P", "-t", "app"]),
+        lines.as_bytes(),
+        Duration::from_secs(30),
+    );
+    let app = http_lines(&c.url(), "app");
+    let alerts = http_lines(&c.url(), "alerts");
+    assert_eq!(
+        app.len(),
+        200,
+        "INFO and ERROR stay in app, DEBUG is dropped"
+    );
+    assert!(app.iter().all(|l| !l.starts_with("DEBUG")));
+    assert_eq!(alerts.len(), 100);
+    assert!(alerts.iter().all(|l| l.starts_with("ERROR")));
+    // And a Kafka consumer reads the routed copies.
+    let out = run_ok(
+        kcat().args([
+            "-b",
+            &c.bootstrap(),
+            "-C",
+            "-t",
+            "alerts",
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+        ]),
+        b"",
+        Duration::from_secs(30),
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 100);
 }

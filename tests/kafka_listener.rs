@@ -2327,3 +2327,39 @@ fn routing_rules_apply_to_kafka_produce_as_to_http_ingest() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 100);
 }
+
+#[test]
+fn bad_kafka_listener_settings_are_named_with_file_line_and_column() {
+    let dir = Dir::new("kafka-listener-config");
+    let path = dir.write(
+        "bad.yaml",
+        "collector:\n  backend: kafka\n  kafka: { brokers: \"k:9092\" }\n  kafka_listen: nonsense\n  kafka_advertise: \"host-without-port\"\n",
+    );
+    let out = util::run(ferry().args(["check", &path.display().to_string()]), b"", 2);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let at = path.display().to_string();
+    for want in [
+        format!(
+            "{at}:4:17: collector.kafka_listen: kafka_listen must be HOST:PORT, got \"nonsense\""
+        ),
+        format!(
+            "{at}:4:17: collector.kafka_listen: kafka_listen serves the embedded store, and backend is kafka"
+        ),
+        format!("{at}:5:20: collector.kafka_advertise: kafka_advertise must be HOST:PORT"),
+    ] {
+        assert!(err.contains(&want), "missing {want:?} in:\n{err}");
+    }
+    // The collector refuses to start with them, naming the same problems.
+    let out = util::run(
+        ferry().args([
+            "collector",
+            "--config",
+            &at,
+            "--data-dir",
+            &dir.join("d").display().to_string(),
+        ]),
+        b"",
+        2,
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("kafka_listen must be HOST:PORT"));
+}

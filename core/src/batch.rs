@@ -550,6 +550,42 @@ impl BatchBuilder {
         self.span_total += span;
     }
 
+    /// [`BatchBuilder::push`] with fields borrowed as `(key, value)` pairs (no `Field` to
+    /// allocate), for records converted from another format; never truncated.
+    pub fn push_pairs(
+        &mut self,
+        line: &[u8],
+        span: u64,
+        event_time_ms: Option<i64>,
+        fields: &[(&str, &str)],
+    ) {
+        let mut flags = 0u8;
+        if event_time_ms.is_some() {
+            flags |= REC_EVENT_TIME;
+        }
+        if !fields.is_empty() {
+            flags |= REC_FIELDS;
+        }
+        self.raw.push(flags);
+        write_varint(&mut self.raw, span);
+        write_varint(&mut self.raw, line.len() as u64);
+        self.raw.extend_from_slice(line);
+        if let Some(t) = event_time_ms {
+            write_varint(&mut self.raw, zigzag(t));
+        }
+        if !fields.is_empty() {
+            write_varint(&mut self.raw, fields.len() as u64);
+            for (k, v) in fields {
+                write_varint(&mut self.raw, k.len() as u64);
+                self.raw.extend_from_slice(k.as_bytes());
+                write_varint(&mut self.raw, v.len() as u64);
+                self.raw.extend_from_slice(v.as_bytes());
+            }
+        }
+        self.count += 1;
+        self.span_total += span;
+    }
+
     pub fn record_count(&self) -> u32 {
         self.count
     }

@@ -343,6 +343,9 @@ impl Ingest {
     /// Stores verified batches a Kafka client produced to `partition` of `topic`, through the
     /// same admission, routing and delivery as [`Ingest::ingest`]. `after`: an idempotent
     /// producer's batch must follow its sequence numbers up to there ([`Store::append_after`]).
+    /// When no rule looks at `topic` ([`Ingest::needs_look`] is false) a batch may come with
+    /// its header alone (`records` empty): that path reads only the header's record count and
+    /// stores the bytes as they are.
     pub async fn ingest_to_partition(
         self: &Arc<Self>,
         topic: &str,
@@ -352,7 +355,10 @@ impl Ingest {
     ) -> Result<IngestSummary, IngestError> {
         ferry_core::topic::validate_name(topic).map_err(IngestError::BadRequest)?;
         let pending = self.enter(topic)?;
-        let records: u64 = items.iter().map(|(_, b)| b.records.len() as u64).sum();
+        let records: u64 = items
+            .iter()
+            .map(|(_, b)| u64::from(b.header.record_count))
+            .sum();
         let pending = after.is_none().then_some(pending);
         let req = Delivery {
             topic: topic.to_owned(),
@@ -366,7 +372,7 @@ impl Ingest {
     }
 
     /// Whether records of `topic` must be looked at one by one (routing rules or a key field).
-    fn needs_look(&self, topic: &str) -> bool {
+    pub fn needs_look(&self, topic: &str) -> bool {
         self.router
             .lock()
             .map(|r| r.applies_to(topic))

@@ -21,8 +21,9 @@ impl BatchRoutes {
     /// Every record of `batch` to `topic`: what a batch no rule looks at gets.
     pub fn whole(topic: &str, batch: &Batch) -> Self {
         let mut per_topic = BTreeMap::new();
-        if !batch.records.is_empty() {
-            per_topic.insert(topic.to_owned(), (0..batch.records.len()).collect());
+        let n = batch.header.record_count as usize;
+        if n > 0 {
+            per_topic.insert(topic.to_owned(), (0..n).collect());
         }
         Self {
             per_topic,

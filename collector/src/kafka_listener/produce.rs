@@ -17,7 +17,7 @@ use crate::auth::Principal;
 use crate::ingest::IngestError;
 use crate::store::StoreError;
 use bytes::Bytes;
-use ferry_core::batch::{Batch, BatchBuilder, BatchHeader, Codec};
+use ferry_core::batch::{self, Batch, BatchBuilder, BatchHeader, Codec, DecodeLimits};
 use ferry_core::record::OriginKey;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
@@ -180,7 +180,8 @@ async fn produce_partition(
     let max_raw = ingest.config.limits.max_raw_bytes.as_usize();
     let data = data.unwrap_or_default();
     // Decompressing and re-encoding burn CPU: on the blocking pool.
-    let built = tokio::task::spawn_blocking(move || build(&data, max_raw, &key_field)).await;
+    let look = ingest.needs_look(topic);
+    let built = tokio::task::spawn_blocking(move || build(&data, max_raw, &key_field, look)).await;
     let (items, after) = match built {
         Ok(Ok(b)) => b,
         Ok(Err(o)) => return o,
@@ -220,65 +221,56 @@ async fn produce_partition(
 /// must follow.
 type Built = (Vec<(Bytes, Batch)>, Option<(OriginKey, u64)>);
 
-fn build(data: &Bytes, max_raw: usize, key_field: &str) -> Result<Built, Outcome> {
-    let sets = records::decode_batches(data, max_raw)
-        .map_err(|e| Outcome::failed(code::CORRUPT_MESSAGE, e))?;
-    let mut items = Vec::with_capacity(sets.len());
+/// `look`: the topic has routing rules or a key field, so the store's path reads every
+/// record: the batches come decoded. Otherwise only their headers are read there (see
+/// [`crate::ingest::Ingest::ingest_to_partition`]) and the records are not materialised.
+fn build(data: &Bytes, max_raw: usize, key_field: &str, look: bool) -> Result<Built, Outcome> {
+    let converted = records::convert(data, max_raw, key_field, |producer| match producer {
+        Some((pid, seq)) => BatchBuilder::with_origin(kafka_origin(pid), seq as u64),
+        None => BatchBuilder::new(),
+    })
+    .map_err(|(code, why)| Outcome::failed(code, why))?;
+    let mut items = Vec::with_capacity(converted.len());
     let mut after = None;
-    for (i, set) in sets.iter().enumerate() {
-        let recs = records::to_ferry(set, key_field)
-            .map_err(|e| Outcome::failed(code::INVALID_RECORD, e))?;
-        if recs.is_empty() {
+    for (i, c) in converted.into_iter().enumerate() {
+        if c.builder.record_count() == 0 {
             continue;
         }
-        let first = set.records.first();
-        let producer = first.filter(|r| r.producer_id >= 0 && r.sequence >= 0);
-        if first.is_some_and(|r| r.transactional) {
-            return Err(Outcome::failed(
-                code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
-                "transactional batches are not supported by ferry's Kafka listener",
-            ));
+        // Only the first batch of a request may need to wait for its predecessor; later ones
+        // follow it in the same request.
+        if let Some((pid, seq)) = c.producer
+            && i == 0
+            && seq > 0
+        {
+            after = Some((kafka_origin(pid), seq as u64));
         }
-        let mut first_offset = None;
-        let mut b = match producer {
-            Some(r) => {
-                let origin =
-                    ferry_core::topic::producer_origin(&format!("kafka-{}", r.producer_id));
-                let seq = r.sequence as u64;
-                // Only the first batch of a request may need to wait for its predecessor;
-                // later ones follow it in the same request.
-                if i == 0 && seq > 0 {
-                    after = Some((origin.clone(), seq));
-                }
-                first_offset = Some(seq);
-                BatchBuilder::with_origin(origin, seq)
-            }
-            None => BatchBuilder::new(),
-        };
-        for r in &recs {
-            b.push(&r.line, 1, r.event_time_ms, false, &r.fields);
-        }
-        let enc = b
+        let enc = c
+            .builder
             .finish(Codec::Lz4, 0, ferry_core::now_ms())
             .map_err(|e| Outcome::failed(code::MESSAGE_TOO_LARGE, e.to_string()))?;
         let enc = Bytes::from(enc);
-        // The batch was built here from these records: its decoded form is them, numbered
-        // by sequence as decoding would number them, without decoding it again.
-        let header = BatchHeader::parse(&enc)
-            .map_err(|e| Outcome::failed(code::CORRUPT_MESSAGE, e.to_string()))?;
-        let mut recs = recs;
-        if let Some(first) = first_offset {
-            for (k, r) in recs.iter_mut().enumerate() {
-                r.offset = Some(first + k as u64);
+        let batch = if look {
+            let limits = DecodeLimits {
+                max_raw_bytes: (max_raw as u64).max(1 << 20) * 2,
+                max_records: 1 << 24,
+            };
+            batch::decode(&enc, &limits)
+                .map_err(|e| Outcome::failed(code::CORRUPT_MESSAGE, e.to_string()))?
+        } else {
+            Batch {
+                header: BatchHeader::parse(&enc)
+                    .map_err(|e| Outcome::failed(code::CORRUPT_MESSAGE, e.to_string()))?,
+                records: Vec::new(),
             }
-        }
-        let decoded = Batch {
-            header,
-            records: recs,
         };
-        items.push((enc, decoded));
+        items.push((enc, batch));
     }
     Ok((items, after))
+}
+
+/// The store origin of an idempotent producer's records.
+fn kafka_origin(producer_id: i64) -> OriginKey {
+    ferry_core::topic::producer_origin(&format!("kafka-{producer_id}"))
 }
 
 /// Kafka's error for an ingest refusal.
@@ -353,7 +345,7 @@ mod tests {
     fn built_batches_equal_their_decoded_bytes_with_and_without_a_producer() {
         let limits = ferry_core::batch::DecodeLimits::default();
         for (pid, seq, want_after) in [(-1, -1, None), (42, 0, None), (42, 500, Some(500))] {
-            let (items, after) = match build(&produced(pid, seq, 7), 1 << 20, "kafka.key") {
+            let (items, after) = match build(&produced(pid, seq, 7), 1 << 20, "kafka.key", true) {
                 Ok(b) => b,
                 Err(_) => panic!("producer {pid}: refused"),
             };

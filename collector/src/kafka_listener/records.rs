@@ -15,32 +15,211 @@
 //! codec crate's unbounded readers, so a small compressed frame cannot expand without limit.
 
 use bytes::{Bytes, BytesMut};
-use ferry_core::record::{Field, Record};
+use ferry_core::record::Record;
 use kafka_protocol::indexmap::IndexMap;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
-    Compression, Record as KafkaRecord, RecordBatchDecoder, RecordBatchEncoder,
-    RecordEncodeOptions, RecordSet, TimestampType,
+    Compression, Record as KafkaRecord, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 use std::io::Read;
 
 /// The field a Kafka key is kept in when the topic has no `key_field`.
 pub const DEFAULT_KEY_FIELD: &str = "kafka.key";
 
-/// Decodes a Produce partition's record batches; each batch's payload decompresses to at most
-/// `max_raw` bytes, else the whole partition's data is refused.
-pub fn decode_batches(data: &Bytes, max_raw: usize) -> Result<Vec<RecordSet>, String> {
-    let mut buf = data.clone();
-    let mut sets = Vec::new();
-    let decompress = |b: &mut Bytes, c: Compression| -> anyhow::Result<Bytes> {
-        decompress_bounded(b, c, max_raw).map_err(anyhow::Error::msg)
-    };
-    while !buf.is_empty() {
-        let set = RecordBatchDecoder::decode_with_custom_compression(&mut buf, Some(&decompress))
-            .map_err(|e| format!("malformed record batch: {e:#}"))?;
-        sets.push(set);
+/// One produced record batch, converted: the producer's id and first sequence number (when
+/// it is an idempotent producer's), and its records in a ferry batch builder.
+pub struct Converted {
+    pub producer: Option<(i64, i32)>,
+    pub builder: ferry_core::batch::BatchBuilder,
+}
+
+/// Why a produced partition's data was refused: a Kafka error code and what was wrong.
+pub type Refusal = (i16, String);
+
+const CORRUPT_MESSAGE: i16 = 2;
+const UNSUPPORTED_FOR_MESSAGE_FORMAT: i16 = 43;
+const INVALID_RECORD: i16 = 87;
+const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
+
+/// Converts a Produce partition's record batches (format v2) straight into ferry batches:
+/// the header and CRC-32C checked, the records decompressed with a bound (`max_raw`) and read
+/// in place, each pushed into the builder `make` gives for its batch (by producer) — no record
+/// is materialised in between. Control batches are skipped; transactional ones refused.
+pub fn convert(
+    data: &[u8],
+    max_raw: usize,
+    key_field: &str,
+    mut make: impl FnMut(Option<(i64, i32)>) -> ferry_core::batch::BatchBuilder,
+) -> Result<Vec<Converted>, Refusal> {
+    let corrupt = |what: &str| (CORRUPT_MESSAGE, format!("malformed record batch: {what}"));
+    let mut out = Vec::new();
+    let mut rest = data;
+    while !rest.is_empty() {
+        if rest.len() < 61 {
+            return Err(corrupt("truncated header"));
+        }
+        let batch_len = i32::from_be_bytes(be4(&rest[8..12]));
+        let total = usize::try_from(batch_len)
+            .ok()
+            .filter(|&n| n >= 49)
+            .map(|n| n + 12)
+            .filter(|&n| n <= rest.len())
+            .ok_or_else(|| corrupt("batch length out of bounds"))?;
+        let (b, next) = rest.split_at(total);
+        rest = next;
+        if b[16] != 2 {
+            return Err((
+                UNSUPPORTED_FOR_MESSAGE_FORMAT,
+                format!("message format v{} is not supported (v2 only)", b[16]),
+            ));
+        }
+        if crc32c::crc32c(&b[21..]) != u32::from_be_bytes(be4(&b[17..21])) {
+            return Err(corrupt("CRC-32C mismatch"));
+        }
+        let attributes = i16::from_be_bytes([b[21], b[22]]);
+        if attributes & 0x20 != 0 {
+            continue; // control records (transaction markers): nothing to store
+        }
+        if attributes & 0x10 != 0 {
+            return Err((
+                TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+                "transactional batches are not supported by ferry's Kafka listener".into(),
+            ));
+        }
+        let base_ts = i64::from_be_bytes(be8(&b[27..35]));
+        let producer_id = i64::from_be_bytes(be8(&b[43..51]));
+        let base_seq = i32::from_be_bytes(be4(&b[53..57]));
+        let count = usize::try_from(i32::from_be_bytes(be4(&b[57..61])))
+            .map_err(|_| corrupt("negative record count"))?;
+        let compression = match attributes & 7 {
+            0 => Compression::None,
+            1 => Compression::Gzip,
+            2 => Compression::Snappy,
+            3 => Compression::Lz4,
+            4 => Compression::Zstd,
+            c => return Err(corrupt(&format!("unknown compression {c}"))),
+        };
+        let mut payload = Bytes::copy_from_slice(&b[61..]);
+        let payload = if compression == Compression::None {
+            payload
+        } else {
+            decompress_bounded(&mut payload, compression, max_raw)
+                .map_err(|e| (CORRUPT_MESSAGE, e))?
+        };
+        let producer = (producer_id >= 0 && base_seq >= 0).then_some((producer_id, base_seq));
+        let mut builder = make(producer);
+        read_records(&payload, count, base_ts, key_field, &mut builder)?;
+        out.push(Converted { producer, builder });
     }
-    Ok(sets)
+    Ok(out)
+}
+
+fn be4(b: &[u8]) -> [u8; 4] {
+    [b[0], b[1], b[2], b[3]]
+}
+
+fn be8(b: &[u8]) -> [u8; 8] {
+    [b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]
+}
+
+/// Reads `count` records (Kafka's record format v2) from `payload` into `builder`.
+fn read_records(
+    payload: &[u8],
+    count: usize,
+    base_ts: i64,
+    key_field: &str,
+    builder: &mut ferry_core::batch::BatchBuilder,
+) -> Result<(), Refusal> {
+    let mut c = Cursor(payload);
+    let mut fields: Vec<(&str, &str)> = Vec::new();
+    for n in 0..count {
+        let bad = |what: &str| (CORRUPT_MESSAGE, format!("record {n}: {what}"));
+        let len = c.varint().ok_or_else(|| bad("truncated length"))?;
+        let mut r = Cursor(c.take(len).ok_or_else(|| bad("length past the batch"))?);
+        r.take(1).ok_or_else(|| bad("truncated"))?; // attributes, unused
+        let ts_delta = r.varint_i64().ok_or_else(|| bad("truncated timestamp"))?;
+        r.varint().ok_or_else(|| bad("truncated offset delta"))?;
+        let key = r.nullable().ok_or_else(|| bad("truncated key"))?;
+        let value = r.nullable().ok_or_else(|| bad("truncated value"))?;
+        let headers = r.varint().ok_or_else(|| bad("truncated header count"))?;
+        fields.clear();
+        if let Some(k) = key {
+            let k = std::str::from_utf8(k)
+                .map_err(|_| (INVALID_RECORD, format!("record {n}: its key is not UTF-8")))?;
+            fields.push((key_field, k));
+        }
+        for _ in 0..headers {
+            let name_len = r.varint().ok_or_else(|| bad("truncated header"))?;
+            let name = r.take(name_len).ok_or_else(|| bad("truncated header"))?;
+            let v = r.nullable().ok_or_else(|| bad("truncated header value"))?;
+            let name = std::str::from_utf8(name).map_err(|_| {
+                (
+                    INVALID_RECORD,
+                    format!("record {n}: a header name is not UTF-8"),
+                )
+            })?;
+            let v = std::str::from_utf8(v.unwrap_or_default()).map_err(|_| {
+                (
+                    INVALID_RECORD,
+                    format!("record {n}: header {name:?} is not UTF-8"),
+                )
+            })?;
+            fields.push((name, v));
+        }
+        if !r.0.is_empty() {
+            return Err(bad("bytes past its end"));
+        }
+        let ts = base_ts.wrapping_add(ts_delta);
+        builder.push_pairs(
+            value.unwrap_or_default(),
+            1,
+            (ts > 0).then_some(ts),
+            &fields,
+        );
+    }
+    if !c.0.is_empty() {
+        return Err((CORRUPT_MESSAGE, "bytes past the last record".into()));
+    }
+    Ok(())
+}
+
+/// Reads Kafka's zigzag varints and length-prefixed byte strings, never past its slice.
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn varint_i64(&mut self) -> Option<i64> {
+        let mut v: u64 = 0;
+        for (i, &b) in self.0.iter().enumerate().take(10) {
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                self.0 = &self.0[i + 1..];
+                return Some(((v >> 1) as i64) ^ -((v & 1) as i64));
+            }
+        }
+        None
+    }
+
+    /// A non-negative length.
+    fn varint(&mut self) -> Option<usize> {
+        usize::try_from(self.varint_i64()?).ok()
+    }
+
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if n > self.0.len() {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+
+    /// A length-prefixed string where -1 is null: `Some(None)` for null.
+    fn nullable(&mut self) -> Option<Option<&'a [u8]>> {
+        match self.varint_i64()? {
+            -1 => Some(None),
+            n => Some(Some(self.take(usize::try_from(n).ok()?)?)),
+        }
+    }
 }
 
 fn decompress_bounded(b: &mut Bytes, c: Compression, max_raw: usize) -> Result<Bytes, String> {
@@ -107,42 +286,6 @@ fn snappy(input: &[u8], max_raw: usize) -> Result<Vec<u8>, String> {
         }
     } else {
         one(input, &mut out)?;
-    }
-    Ok(out)
-}
-
-/// A produced batch's records as ferry records (control records are skipped).
-pub fn to_ferry(set: &RecordSet, key_field: &str) -> Result<Vec<Record>, String> {
-    let mut out = Vec::with_capacity(set.records.len());
-    for r in set.records.iter().filter(|r| !r.control) {
-        let mut fields = Vec::with_capacity(r.headers.len() + usize::from(r.key.is_some()));
-        if let Some(k) = &r.key {
-            let k = std::str::from_utf8(k).map_err(|_| {
-                format!("record at offset delta {}: its key is not UTF-8", r.offset)
-            })?;
-            fields.push(Field::new(key_field, k));
-        }
-        for (name, v) in &r.headers {
-            let v = match v {
-                Some(v) => std::str::from_utf8(v).map_err(|_| {
-                    format!(
-                        "record at offset delta {}: header {:?} is not UTF-8",
-                        r.offset,
-                        name.as_str()
-                    )
-                })?,
-                None => "",
-            };
-            fields.push(Field::new(name.as_str(), v));
-        }
-        out.push(Record {
-            line: r.value.clone().unwrap_or_default(),
-            event_time_ms: (r.timestamp > 0).then_some(r.timestamp),
-            offset: None,
-            span: 1,
-            truncated: false,
-            fields,
-        });
     }
     Ok(out)
 }
@@ -216,6 +359,8 @@ fn to_kafka(r: &Record, offset: u64, ingest_ms: i64, key_field: &str) -> KafkaRe
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferry_core::record::Field;
+    use kafka_protocol::records::RecordBatchDecoder;
 
     fn kafka_record(
         offset: i64,
@@ -266,6 +411,27 @@ mod tests {
         buf.freeze()
     }
 
+    /// Converts produced bytes the way Produce does and reads the ferry batches back.
+    fn ferry_records(data: &Bytes, max_raw: usize) -> Result<Vec<Record>, Refusal> {
+        let conv = convert(data, max_raw, DEFAULT_KEY_FIELD, |_| {
+            ferry_core::batch::BatchBuilder::new()
+        })?;
+        let mut out = Vec::new();
+        for c in conv {
+            let enc = Bytes::from(
+                c.builder
+                    .finish(ferry_core::batch::Codec::None, 0, 1)
+                    .expect("finish"),
+            );
+            out.extend(
+                ferry_core::batch::decode(&enc, &Default::default())
+                    .expect("decodes")
+                    .records,
+            );
+        }
+        Ok(out)
+    }
+
     #[test]
     fn every_codec_decodes_to_the_same_ferry_records_and_back() {
         for c in [
@@ -275,19 +441,18 @@ mod tests {
             Compression::Zstd,
             Compression::Snappy,
         ] {
-            let sets =
-                decode_batches(&produced(c), 1 << 20).unwrap_or_else(|e| panic!("{c:?}: {e}"));
-            assert_eq!(sets.len(), 1);
-            let recs = to_ferry(&sets[0], DEFAULT_KEY_FIELD).expect("to ferry");
+            let recs =
+                ferry_records(&produced(c), 1 << 20).unwrap_or_else(|e| panic!("{c:?}: {e:?}"));
             assert_eq!(recs.len(), 2, "{c:?}");
             assert_eq!(&recs[0].line[..], b"first line");
             assert_eq!(recs[0].event_time_ms, Some(1_700_000_000_000));
+            assert_eq!(recs[1].event_time_ms, Some(1_700_000_000_001));
             assert_eq!(
                 recs[0].fields,
                 vec![Field::new("kafka.key", "u1"), Field::new("svc", "api")]
             );
             assert!(recs[1].fields.is_empty());
-            // Back to Kafka at offsets 40, 41: key and header where they were.
+            // Back to Kafka at offsets 40, 41: key and header where they were, one batch.
             let mut out = BytesMut::new();
             encode_stored(&mut out, 40, 5, &recs, DEFAULT_KEY_FIELD).expect("encode");
             let back = RecordBatchDecoder::decode(&mut out.freeze()).expect("decode");
@@ -322,10 +487,10 @@ mod tests {
             .expect("encode");
             let buf = buf.freeze();
             assert!(buf.len() < 20_000, "{c:?} compresses: {}", buf.len());
-            let e = decode_batches(&buf, 100_000).expect_err("over the bound");
-            assert!(e.contains("100000"), "{c:?}: {e}");
+            let e = ferry_records(&buf, 100_000).expect_err("over the bound");
+            assert!(e.1.contains("100000"), "{c:?}: {e:?}");
             assert!(
-                decode_batches(&buf, 300_000).is_ok(),
+                ferry_records(&buf, 300_000).is_ok(),
                 "{c:?} within the bound"
             );
         }
@@ -336,19 +501,33 @@ mod tests {
         let good = produced(Compression::Gzip);
         for cut in [1, 10, 30, 61, good.len() - 1] {
             assert!(
-                decode_batches(&good.slice(..cut), 1 << 20).is_err(),
+                ferry_records(&good.slice(..cut), 1 << 20).is_err(),
                 "cut at {cut}"
             );
         }
+        // One flipped byte anywhere: the CRC (or the header) catches it.
+        for at in 0..good.len() {
+            let mut g = good.to_vec();
+            g[at] ^= 0x5a;
+            let r = ferry_records(&Bytes::from(g), 1 << 20);
+            // The base offset, batch-length-preserving epoch and (unchecked) first bytes may
+            // change without harm; anything the CRC covers must be refused.
+            if at >= 21 {
+                assert!(r.is_err(), "a flipped byte at {at} was accepted");
+            }
+        }
+        // Garbage with a valid CRC: the record reader refuses it without panicking.
         let mut seed = 0x2545_f491_4f6c_dd1du64;
         for _ in 0..500 {
-            let mut g = good.to_vec();
+            let mut g = produced(Compression::None).to_vec();
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
-            let at = (seed as usize) % g.len();
+            let at = 61 + (seed as usize) % (g.len() - 61);
             g[at] ^= (seed >> 32) as u8 | 1;
-            let _ = decode_batches(&Bytes::from(g), 1 << 20);
+            let crc = crc32c::crc32c(&g[21..]).to_be_bytes();
+            g[17..21].copy_from_slice(&crc);
+            let _ = ferry_records(&Bytes::from(g), 1 << 20);
         }
         let mut not_utf8 = kafka_record(0, None, "v", &[]);
         not_utf8.key = Some(Bytes::from_static(&[0xff, 0xfe]));
@@ -362,11 +541,8 @@ mod tests {
             },
         )
         .expect("encode");
-        let sets = decode_batches(&buf.freeze(), 1 << 20).expect("decodes");
-        assert!(
-            to_ferry(&sets[0], "k")
-                .expect_err("key")
-                .contains("not UTF-8")
-        );
+        let e = ferry_records(&buf.freeze(), 1 << 20).expect_err("key");
+        assert_eq!(e.0, INVALID_RECORD);
+        assert!(e.1.contains("not UTF-8"), "{e:?}");
     }
 }

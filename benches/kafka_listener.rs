@@ -3,26 +3,30 @@
 //! `cargo bench --bench kafka_listener` (about a minute; needs tansu: `scripts/install-tansu`,
 //! or `FERRY_TANSU_BIN`). The same client (librdkafka through the `rdkafka` crate) and the
 //! same records (~190-byte JSON lines) against:
-//! 1. **ferry kafka**: a collector in this process with `kafka_listen`, the embedded store,
-//!    fsync `group` (acknowledged means durable);
-//! 2. **tansu**: the tansu broker (memory storage: nothing is written to disk at all);
+//! 1. **ferry kafka**: `ferry collector --kafka-listen` (the release binary, its own process),
+//!    the embedded store, fsync `group` (acknowledged means durable);
+//! 2. **tansu**: the tansu broker, its own process (memory storage: nothing is written to disk);
 //! 3. **ferry http**: the same lines posted as newline-delimited bodies to the same
 //!    collector's `POST /v1/topics/{t}/records` by 8 concurrent posters, for the
 //!    Kafka/HTTP ratio.
 //!
 //! Produce: one idempotent producer, acks=all, lz4, linger 5 ms, until every delivery report
 //! arrived. Consume: one consumer assigned every partition from the beginning, until it has
-//! read every record. Each figure is records/s and MiB/s of values; ratios are printed.
+//! read every record. Each figure is records/s and MiB/s of values, and the broker process's
+//! CPU seconds (user + system, from /proc) per million records; ratios are printed. On this
+//! 2-core machine the one client is the bottleneck of both brokers' throughput, so the CPU a
+//! broker spends per record is what tells them apart.
 //!
 //! `FERRY_BENCH_RECORDS` sets the records per run (default 1,000,000).
 
-use ferry_collector::{Collector, CollectorConfig};
 use ferry_core::client::CollectorClient;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ThreadedProducer};
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -166,14 +170,114 @@ fn create(brokers: &str, topic: &str) {
     panic!("topic {topic} not created on {brokers}");
 }
 
-fn row(name: &str, n: u64, bytes: u64, secs: f64, base: f64) -> String {
-    let rate = n as f64 / secs;
-    format!(
-        "| {name} | {:.0} | {:.1} | {:.2}x |",
-        rate,
-        bytes as f64 / secs / (1 << 20) as f64,
-        rate / base
-    )
+/// CPU seconds (user + system, every thread) process `pid` has used so far.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // Fields after the command name (which may hold spaces): utime is the 14th field overall.
+    let after = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    let ticks: f64 = f[11].parse::<f64>().expect("utime") + f[12].parse::<f64>().expect("stime");
+    ticks / 100.0
+}
+
+/// A broker process: its pid and bootstrap address.
+struct Broker {
+    child: Child,
+    bootstrap: String,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `ferry collector --kafka-listen`, as a user runs it (the release binary), on `dir`.
+fn start_ferry(dir: &Path) -> (Broker, String) {
+    let log = dir.join("collector.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "collector",
+            "--listen",
+            "127.0.0.1:0",
+            "--kafka-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.join("store"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("ferry collector");
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let after = |p: &str| {
+            text.lines()
+                .find_map(|l| l.split_once(p).map(|(_, a)| a.trim().to_owned()))
+        };
+        if let (Some(http), Some(kafka)) = (
+            after("listening on http://"),
+            after("ferry kafka listener on "),
+        ) {
+            return (
+                Broker {
+                    child,
+                    bootstrap: kafka,
+                },
+                http,
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "collector did not start:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// tansu with memory storage on a free port.
+fn start_tansu(dir: &Path) -> Broker {
+    let bin = ferry_kafka::testing::tansu_bin().unwrap_or_else(|e| panic!("no tansu: {e}"));
+    let port = ferry_kafka::testing::free_port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let child = Command::new(bin)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "memory://tansu/",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("tansu.log")).expect("log"))
+        .spawn()
+        .expect("tansu");
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "tansu did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Broker {
+        child,
+        bootstrap: format!("127.0.0.1:{port}"),
+    }
+}
+
+/// Runs `f` (a client run against `b`), returning its seconds and the broker's CPU seconds.
+fn measured(b: &Broker, f: impl FnOnce(&str) -> f64) -> (f64, f64) {
+    let before = cpu_secs(b.child.id());
+    let secs = f(&b.bootstrap);
+    // What the broker still does for it (fsync, acknowledgements) is done by now.
+    (secs, cpu_secs(b.child.id()) - before)
 }
 
 fn main() {
@@ -187,34 +291,22 @@ fn main() {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
     let dir = tempfile::tempdir_in(&root).expect("temp dir");
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let shutdown = ferry_core::shutdown::Shutdown::new();
-    let (http, kafka) = rt.block_on(async {
-        let config = CollectorConfig {
-            listen: "127.0.0.1:0".into(),
-            data_dir: dir.path().join("store"),
-            kafka_listen: Some("127.0.0.1:0".into()),
-            ..CollectorConfig::default()
-        };
-        let c = Collector::bind(config).await.expect("collector");
-        let addrs = (c.local_addr(), c.kafka_addr().expect("kafka listener"));
-        tokio::spawn(c.run(shutdown.clone()));
-        addrs
-    });
-    let ferry = kafka.to_string();
-    let tansu = ferry_kafka::testing::Tansu::start();
+    let (ferry, http) = start_ferry(dir.path());
+    let tansu = start_tansu(dir.path());
     println!(
-        "{n} records of {:.0} bytes; rdkafka {}",
+        "{n} records of {:.0} bytes; rdkafka {}; brokers as processes, the client in this one",
         bytes as f64 / n as f64,
         rdkafka::util::get_rdkafka_version().1
     );
-    create(&ferry, "bench");
-    create(&tansu.brokers(), "bench");
-    let ferry_produce = produce(&ferry, "bench", &lines);
-    let tansu_produce = produce(&tansu.brokers(), "bench", &lines);
-    let ferry_consume = consume(&ferry, "bench", n);
-    let tansu_consume = consume(&tansu.brokers(), "bench", n);
+    create(&ferry.bootstrap, "bench");
+    create(&tansu.bootstrap, "bench");
+    let fp = measured(&ferry, |b| produce(b, "bench", &lines));
+    let tp = measured(&tansu, |b| produce(b, "bench", &lines));
+    let fc = measured(&ferry, |b| consume(b, "bench", n));
+    let tc = measured(&tansu, |b| consume(b, "bench", n));
     // ferry's HTTP ingest of the same lines: 8 posters, 5,000 lines a body.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let before = cpu_secs(ferry.child.id());
     let http_secs = rt.block_on(async {
         let client = Arc::new(CollectorClient::new(&format!("http://{http}")).expect("client"));
         let bodies: Vec<Vec<u8>> = lines
@@ -245,42 +337,34 @@ fn main() {
         while set.join_next().await.is_some() {}
         started.elapsed().as_secs_f64()
     });
-    let t_p = n as f64 / tansu_produce;
-    let t_c = n as f64 / tansu_consume;
-    println!("\n| path | records/s | MiB/s | vs tansu |\n| --- | ---: | ---: | ---: |");
+    let http_cpu = cpu_secs(ferry.child.id()) - before;
+    let m = n as f64 / 1e6;
     println!(
-        "{}",
-        row(
-            "produce: ferry kafka listener (fsync)",
-            n,
-            bytes,
-            ferry_produce,
-            t_p
-        )
+        "\n| path | records/s | MiB/s | vs tansu | broker CPU s per M records | tansu's / ferry's CPU |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    let row = |name: &str, (secs, cpu): (f64, f64), base: (f64, f64)| {
+        println!(
+            "| {name} | {:.0} | {:.1} | {:.2}x | {:.3} | {:.2}x |",
+            n as f64 / secs,
+            bytes as f64 / secs / (1 << 20) as f64,
+            base.0 / secs,
+            cpu / m,
+            base.1 / cpu.max(1e-9),
+        );
+    };
+    row("produce: ferry kafka listener (fsync)", fp, tp);
+    row("produce: tansu (memory)", tp, tp);
+    row("consume: ferry kafka listener", fc, tc);
+    row("consume: tansu (memory)", tc, tc);
+    println!(
+        "\nferry http ingest of the same lines (8 posters, 5,000 lines a body): {:.0} records/s, {:.3} CPU s per M records",
+        n as f64 / http_secs,
+        http_cpu / m
     );
     println!(
-        "{}",
-        row("produce: tansu (memory)", n, bytes, tansu_produce, t_p)
+        "ferry kafka produce / ferry http ingest: {:.2}x in records/s, {:.2}x in collector CPU per record",
+        http_secs / fp.0,
+        http_cpu / fp.1.max(1e-9)
     );
-    println!(
-        "{}",
-        row(
-            "consume: ferry kafka listener",
-            n,
-            bytes,
-            ferry_consume,
-            t_c
-        )
-    );
-    println!(
-        "{}",
-        row("consume: tansu (memory)", n, bytes, tansu_consume, t_c)
-    );
-    println!(
-        "\nferry kafka produce / ferry http ingest of the same lines: {:.2}x ({:.0} vs {:.0} records/s)",
-        http_secs / ferry_produce,
-        n as f64 / ferry_produce,
-        n as f64 / http_secs
-    );
-    shutdown.trigger();
 }

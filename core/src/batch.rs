@@ -424,6 +424,110 @@ fn parse_records(raw: &Bytes, header: &BatchHeader) -> Result<Vec<Record>, WireE
     Ok(records)
 }
 
+/// A record of a decompressed payload, borrowed from it: what [`visit_records`] hands out.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordRef<'a> {
+    pub line: &'a [u8],
+    pub event_time_ms: Option<i64>,
+    pub truncated: bool,
+    /// The encoded fields (already checked to hold `field_count` pairs).
+    fields: &'a [u8],
+    pub field_count: usize,
+}
+
+impl<'a> RecordRef<'a> {
+    /// The record's fields as (key, value) bytes, in order.
+    pub fn fields(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
+        let buf = self.fields;
+        let mut pos = 0usize;
+        (0..self.field_count).map_while(move |_| {
+            let k = read_slice(buf, &mut pos)?;
+            let v = read_slice(buf, &mut pos)?;
+            Some((k, v))
+        })
+    }
+}
+
+fn read_slice<'a>(buf: &'a [u8], pos: &mut usize) -> Option<&'a [u8]> {
+    let n = usize::try_from(read_varint(buf, pos)?).ok()?;
+    let end = pos.checked_add(n).filter(|&e| e <= buf.len())?;
+    let s = &buf[*pos..end];
+    *pos = end;
+    Some(s)
+}
+
+/// Visits the `record_count` records of a decompressed payload (see [`decompress`]) in order,
+/// borrowing every line and field from it: no allocation per record. The structure is checked
+/// as [`decode`] checks it (flags, lengths, the count); field text is not re-checked for UTF-8
+/// (what reads it back as text checks it).
+pub fn visit_records<'a>(
+    raw: &'a [u8],
+    record_count: u32,
+    mut f: impl FnMut(RecordRef<'a>),
+) -> Result<(), WireError> {
+    let mut pos = 0usize;
+    let mut index: u32 = 0;
+    while pos < raw.len() {
+        if index >= record_count {
+            return Err(WireError::RecordCount {
+                declared: record_count,
+                actual: index.saturating_add(1),
+            });
+        }
+        let bad = |reason| WireError::Record { index, reason };
+        let flags = raw[pos];
+        pos += 1;
+        if flags & !(REC_EVENT_TIME | REC_FIELDS | REC_TRUNCATED) != 0 {
+            return Err(bad("unknown record flags"));
+        }
+        read_varint(raw, &mut pos).ok_or_else(|| bad("truncated span"))?;
+        let line = read_slice(raw, &mut pos).ok_or_else(|| bad("truncated line"))?;
+        let event_time_ms = if flags & REC_EVENT_TIME != 0 {
+            let z = read_varint(raw, &mut pos).ok_or_else(|| bad("truncated event time"))?;
+            Some(unzigzag(z))
+        } else {
+            None
+        };
+        let fields_start = pos;
+        let mut field_count = 0usize;
+        if flags & REC_FIELDS != 0 {
+            let n = read_varint(raw, &mut pos).ok_or_else(|| bad("truncated field count"))?;
+            if n > (raw.len() - pos) as u64 / 2 {
+                return Err(bad("field count larger than the payload"));
+            }
+            field_count = n as usize;
+            let body = pos;
+            for _ in 0..n {
+                read_slice(raw, &mut pos).ok_or_else(|| bad("truncated field key"))?;
+                read_slice(raw, &mut pos).ok_or_else(|| bad("truncated field value"))?;
+            }
+            f(RecordRef {
+                line,
+                event_time_ms,
+                truncated: flags & REC_TRUNCATED != 0,
+                fields: &raw[body..pos],
+                field_count,
+            });
+        } else {
+            f(RecordRef {
+                line,
+                event_time_ms,
+                truncated: flags & REC_TRUNCATED != 0,
+                fields: &raw[fields_start..fields_start],
+                field_count,
+            });
+        }
+        index += 1;
+    }
+    if index != record_count {
+        return Err(WireError::RecordCount {
+            declared: record_count,
+            actual: index,
+        });
+    }
+    Ok(())
+}
+
 impl Batch {
     /// Re-encodes the records for which `keep(index)` is true as a batch of its own, or `None` if
     /// none is kept.
@@ -778,6 +882,64 @@ fn zigzag(v: i64) -> u64 {
 
 fn unzigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+#[cfg(test)]
+mod visit_tests {
+    use super::*;
+
+    #[test]
+    fn visiting_borrows_the_records_decode_returns() {
+        let mut b = BatchBuilder::new();
+        b.push(b"plain", 6, None, false, &[]);
+        b.push(
+            b"with fields",
+            12,
+            Some(-5),
+            true,
+            &[Field::new("k", "v"), Field::new("host", "web-1")],
+        );
+        b.push_pairs(b"pairs", 1, Some(1_700_000_000_000), &[("a", "1")]);
+        let enc = Bytes::from(b.finish(Codec::Lz4, 0, 9).expect("finish"));
+        let decoded = decode(&enc, &DecodeLimits::default()).expect("decode");
+        let raw = decompress(
+            enc.slice(decoded.header.payload_start..decoded.header.total_len),
+            &decoded.header,
+            &DecodeLimits::default(),
+        )
+        .expect("raw");
+        let mut seen = Vec::new();
+        visit_records(&raw, decoded.header.record_count, |r| {
+            let fields: Vec<Field> = r
+                .fields()
+                .map(|(k, v)| {
+                    Field::new(
+                        std::str::from_utf8(k).expect("utf8"),
+                        std::str::from_utf8(v).expect("utf8"),
+                    )
+                })
+                .collect();
+            seen.push((r.line.to_vec(), r.event_time_ms, r.truncated, fields));
+        })
+        .expect("visit");
+        let want: Vec<_> = decoded
+            .records
+            .iter()
+            .map(|r| {
+                (
+                    r.line.to_vec(),
+                    r.event_time_ms,
+                    r.truncated,
+                    r.fields.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(seen, want);
+        // A wrong count, and a cut payload, are errors.
+        assert!(visit_records(&raw, 2, |_| {}).is_err());
+        assert!(visit_records(&raw, 4, |_| {}).is_err());
+        assert!(visit_records(&raw[..raw.len() - 1], 3, |_| {}).is_err());
+    }
 }
 
 #[cfg(test)]

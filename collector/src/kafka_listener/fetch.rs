@@ -13,7 +13,7 @@ use super::{Broker, code};
 use crate::auth::{Permission, Principal};
 use crate::store::StoreError;
 use bytes::BytesMut;
-use ferry_core::batch::DecodeLimits;
+use ferry_core::batch::{BatchHeader, DecodeLimits};
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
@@ -203,29 +203,38 @@ fn read_partition(broker: &Broker, w: &Want, max_bytes: usize) -> PartitionData 
         if !buf.is_empty() && buf.len() >= max_bytes {
             break;
         }
-        let decoded = match ferry_core::batch::decode(&b.data, &limits) {
-            Ok(d) => d,
-            Err(e) => {
-                // The store verified it when it was written and CRC-checks reads; a batch
-                // that still does not decode is skipped and counted.
-                metrics::counter!("ferry_kafka_fetch_undecodable_batches_total").increment(1);
-                tracing::warn!(topic = %w.topic, partition, offset = b.base_offset, error = %e, "kafka fetch: stored batch does not decode; skipped");
-                continue;
-            }
-        };
         let skip = offset.saturating_sub(b.base_offset) as usize;
-        if skip >= decoded.records.len() {
+        if skip >= b.record_count as usize {
             continue;
         }
-        if let Err(e) = records::encode_stored(
-            &mut buf,
-            b.base_offset + skip as u64,
-            b.append_time_ms,
-            &decoded.records[skip..],
-            key_field,
-        ) {
-            tracing::error!(error = %e, "kafka fetch: could not encode a record batch");
-            return base.with_error_code(code::UNKNOWN_SERVER_ERROR);
+        // Decompressed, then re-encoded in place: no record is materialised.
+        let mark = buf.len();
+        let encoded = BatchHeader::parse(&b.data)
+            .and_then(|h| {
+                let raw = ferry_core::batch::decompress(
+                    b.data.slice(h.payload_start..h.total_len),
+                    &h,
+                    &limits,
+                )?;
+                Ok((h, raw))
+            })
+            .and_then(|(h, raw)| {
+                records::encode_stored_raw(
+                    &mut buf,
+                    b.base_offset,
+                    b.append_time_ms,
+                    &raw,
+                    h.record_count,
+                    skip,
+                    key_field,
+                )
+            });
+        if let Err(e) = encoded {
+            buf.truncate(mark);
+            // The store verified the batch when it was written and CRC-checks reads; one that
+            // still does not decode is skipped (the consumer moves past it) and counted.
+            metrics::counter!("ferry_kafka_fetch_undecodable_batches_total").increment(1);
+            tracing::warn!(topic = %w.topic, partition, offset = b.base_offset, error = %e, "kafka fetch: stored batch does not decode; skipped");
         }
     }
     base.with_records(Some(buf.freeze()))

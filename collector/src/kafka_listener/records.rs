@@ -15,12 +15,7 @@
 //! codec crate's unbounded readers, so a small compressed frame cannot expand without limit.
 
 use bytes::{Bytes, BytesMut};
-use ferry_core::record::Record;
-use kafka_protocol::indexmap::IndexMap;
-use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{
-    Compression, Record as KafkaRecord, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::Compression;
 use std::io::Read;
 
 /// The field a Kafka key is kept in when the topic has no `key_field`.
@@ -290,77 +285,204 @@ fn snappy(input: &[u8], max_raw: usize) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// Appends one stored batch (its records numbered from `base_offset`) as a Kafka record
-/// batch (format v2, uncompressed) to `out`.
-pub fn encode_stored(
+/// Appends the records of one stored batch's decompressed payload `raw` (`record_count`
+/// records, the first at `base_offset`), from record `skip` on, as one Kafka record batch
+/// (format v2, uncompressed, CRC-32C) to `out`, reading them in place: the key is the value
+/// of the `key_field` field, every other field a header, the timestamp the event time (else
+/// `ingest_ms`). Nothing is appended when no record is left.
+pub fn encode_stored_raw(
     out: &mut BytesMut,
     base_offset: u64,
     ingest_ms: i64,
-    records: &[Record],
+    raw: &[u8],
+    record_count: u32,
+    skip: usize,
     key_field: &str,
-) -> anyhow::Result<()> {
-    if records.is_empty() {
+) -> Result<(), ferry_core::batch::WireError> {
+    use bytes::BufMut;
+    let start = out.len();
+    out.put_i64((base_offset + skip as u64) as i64);
+    out.put_i32(0); // batch length, below
+    out.put_i32(0); // partition leader epoch
+    out.put_i8(2); // magic
+    out.put_u32(0); // CRC-32C, below
+    let crc_from = out.len();
+    out.put_i16(0); // attributes: no compression, CreateTime
+    out.put_i32(0); // last offset delta, below
+    out.put_i64(0); // first timestamp, below
+    out.put_i64(0); // max timestamp, below
+    out.put_i64(-1); // producer id
+    out.put_i16(-1); // producer epoch
+    out.put_i32(-1); // base sequence
+    out.put_i32(0); // record count, below
+    let mut index = 0usize;
+    let mut n: i64 = 0;
+    let mut first_ts: Option<i64> = None;
+    let mut max_ts = i64::MIN;
+    let key_field = key_field.as_bytes();
+    ferry_core::batch::visit_records(raw, record_count, |r| {
+        index += 1;
+        if index <= skip {
+            return;
+        }
+        let ts = r.event_time_ms.filter(|&t| t > 0).unwrap_or(ingest_ms);
+        let first = *first_ts.get_or_insert(ts);
+        max_ts = max_ts.max(ts);
+        let mut key: Option<&[u8]> = None;
+        let mut headers = 0usize;
+        let mut headers_len = 0usize;
+        for (k, v) in r.fields() {
+            if key.is_none() && k == key_field {
+                key = Some(v);
+            } else {
+                headers += 1;
+                headers_len +=
+                    varint_len(k.len() as i64) + k.len() + varint_len(v.len() as i64) + v.len();
+            }
+        }
+        let ts_delta = ts.wrapping_sub(first);
+        let key_len = key.map_or(-1, |k| k.len() as i64);
+        let body = 1
+            + varint_len(ts_delta)
+            + varint_len(n)
+            + varint_len(key_len)
+            + key.map_or(0, <[u8]>::len)
+            + varint_len(r.line.len() as i64)
+            + r.line.len()
+            + varint_len(headers as i64)
+            + headers_len;
+        put_varint(out, body as i64);
+        out.put_i8(0);
+        put_varint(out, ts_delta);
+        put_varint(out, n);
+        put_varint(out, key_len);
+        if let Some(k) = key {
+            out.extend_from_slice(k);
+        }
+        put_varint(out, r.line.len() as i64);
+        out.extend_from_slice(r.line);
+        put_varint(out, headers as i64);
+        let mut key_seen = false;
+        for (k, v) in r.fields() {
+            if !key_seen && k == key_field {
+                key_seen = true;
+                continue;
+            }
+            put_varint(out, k.len() as i64);
+            out.extend_from_slice(k);
+            put_varint(out, v.len() as i64);
+            out.extend_from_slice(v);
+        }
+        n += 1;
+    })?;
+    if n == 0 {
+        out.truncate(start);
         return Ok(());
     }
-    let kafka: Vec<KafkaRecord> = records
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let mut k = to_kafka(r, base_offset + i as u64, ingest_ms, key_field);
-            // The codec starts a new batch wherever offset − sequence changes: numbering the
-            // records from 0 keeps the stored batch one Kafka batch.
-            k.sequence = i as i32;
-            k
-        })
-        .collect();
-    RecordBatchEncoder::encode(
-        out,
-        &kafka,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
+    let len = (out.len() - start - 12) as i32;
+    out[start + 8..start + 12].copy_from_slice(&len.to_be_bytes());
+    out[crc_from + 2..crc_from + 6].copy_from_slice(&((n - 1) as i32).to_be_bytes());
+    out[crc_from + 6..crc_from + 14].copy_from_slice(&first_ts.unwrap_or(ingest_ms).to_be_bytes());
+    out[crc_from + 14..crc_from + 22].copy_from_slice(&max_ts.to_be_bytes());
+    out[crc_from + 36..crc_from + 40].copy_from_slice(&(n as i32).to_be_bytes());
+    let crc = crc32c::crc32c(&out[crc_from..]);
+    out[crc_from - 4..crc_from].copy_from_slice(&crc.to_be_bytes());
+    Ok(())
 }
 
-fn to_kafka(r: &Record, offset: u64, ingest_ms: i64, key_field: &str) -> KafkaRecord {
-    let mut key = None;
-    let mut headers = IndexMap::with_capacity(r.fields.len());
-    for f in &r.fields {
-        if key.is_none() && &*f.key == key_field {
-            key = Some(Bytes::copy_from_slice(f.value.as_bytes()));
-        } else {
-            headers.insert(
-                StrBytes::from_string(f.key.to_string()),
-                Some(Bytes::copy_from_slice(f.value.as_bytes())),
-            );
-        }
+/// Kafka's signed (zigzag) varint.
+fn put_varint(out: &mut BytesMut, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    while z >= 0x80 {
+        out.extend_from_slice(&[(z as u8) | 0x80]);
+        z >>= 7;
     }
-    KafkaRecord {
-        transactional: false,
-        control: false,
-        delete_horizon: false,
-        partition_leader_epoch: 0,
-        producer_id: -1,
-        producer_epoch: -1,
-        timestamp_type: TimestampType::Creation,
-        offset: offset as i64,
-        sequence: -1,
-        timestamp: match r.event_time_ms {
-            Some(t) if t > 0 => t,
-            _ => ingest_ms,
-        },
-        key,
-        value: Some(r.line.clone()),
-        headers,
-    }
+    out.extend_from_slice(&[z as u8]);
+}
+
+fn varint_len(v: i64) -> usize {
+    let z = ((v << 1) ^ (v >> 63)) as u64;
+    (64 - (z | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_core::record::Field;
-    use kafka_protocol::records::RecordBatchDecoder;
+    use ferry_core::record::{Field, Record};
+    use kafka_protocol::indexmap::IndexMap;
+    use kafka_protocol::protocol::StrBytes;
+    use kafka_protocol::records::{
+        Record as KafkaRecord, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
+        TimestampType,
+    };
+
+    // The reference: kafka-protocol's own encoder over materialised records, which
+    // `encode_stored_raw` must agree with.
+    /// Appends one stored batch (its records numbered from `base_offset`) as a Kafka record
+    /// batch (format v2, uncompressed) to `out`.
+    fn encode_stored(
+        out: &mut BytesMut,
+        base_offset: u64,
+        ingest_ms: i64,
+        records: &[Record],
+        key_field: &str,
+    ) -> anyhow::Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let kafka: Vec<KafkaRecord> = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let mut k = to_kafka(r, base_offset + i as u64, ingest_ms, key_field);
+                // The codec starts a new batch wherever offset − sequence changes: numbering the
+                // records from 0 keeps the stored batch one Kafka batch.
+                k.sequence = i as i32;
+                k
+            })
+            .collect();
+        RecordBatchEncoder::encode(
+            out,
+            &kafka,
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+    }
+
+    fn to_kafka(r: &Record, offset: u64, ingest_ms: i64, key_field: &str) -> KafkaRecord {
+        let mut key = None;
+        let mut headers = IndexMap::with_capacity(r.fields.len());
+        for f in &r.fields {
+            if key.is_none() && &*f.key == key_field {
+                key = Some(Bytes::copy_from_slice(f.value.as_bytes()));
+            } else {
+                headers.insert(
+                    StrBytes::from_string(f.key.to_string()),
+                    Some(Bytes::copy_from_slice(f.value.as_bytes())),
+                );
+            }
+        }
+        KafkaRecord {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: offset as i64,
+            sequence: -1,
+            timestamp: match r.event_time_ms {
+                Some(t) if t > 0 => t,
+                _ => ingest_ms,
+            },
+            key,
+            value: Some(r.line.clone()),
+            headers,
+        }
+    }
 
     fn kafka_record(
         offset: i64,
@@ -544,5 +666,79 @@ mod tests {
         let e = ferry_records(&buf.freeze(), 1 << 20).expect_err("key");
         assert_eq!(e.0, INVALID_RECORD);
         assert!(e.1.contains("not UTF-8"), "{e:?}");
+    }
+
+    #[test]
+    fn the_in_place_encoder_agrees_with_kafka_protocols_from_any_skip() {
+        let mut b = ferry_core::batch::BatchBuilder::new();
+        for i in 0..20 {
+            let key = format!("k{i}");
+            let fields: Vec<(&str, &str)> = match i % 4 {
+                0 => vec![],
+                1 => vec![(DEFAULT_KEY_FIELD, key.as_str())],
+                2 => vec![("svc", "api"), (DEFAULT_KEY_FIELD, key.as_str()), ("x", "")],
+                _ => vec![("only", "header")],
+            };
+            let t = if i % 3 == 0 {
+                None
+            } else {
+                Some(1_700_000_000_000 + i * 997 - 5_000)
+            };
+            b.push_pairs(format!("line {i}").as_bytes(), 1, t, &fields);
+        }
+        let enc = Bytes::from(
+            b.finish(ferry_core::batch::Codec::Lz4, 0, 3)
+                .expect("finish"),
+        );
+        let limits = ferry_core::batch::DecodeLimits::default();
+        let decoded = ferry_core::batch::decode(&enc, &limits).expect("decode");
+        let h = &decoded.header;
+        let raw =
+            ferry_core::batch::decompress(enc.slice(h.payload_start..h.total_len), h, &limits)
+                .expect("raw");
+        for skip in [0usize, 1, 7, 19, 20] {
+            let mut ours = BytesMut::new();
+            encode_stored_raw(
+                &mut ours,
+                100,
+                1_650_000_000_000,
+                &raw,
+                h.record_count,
+                skip,
+                DEFAULT_KEY_FIELD,
+            )
+            .expect("encode");
+            let mut theirs = BytesMut::new();
+            encode_stored(
+                &mut theirs,
+                100 + skip as u64,
+                1_650_000_000_000,
+                &decoded.records[skip..],
+                DEFAULT_KEY_FIELD,
+            )
+            .expect("encode");
+            if skip == 20 {
+                assert!(ours.is_empty() && theirs.is_empty());
+                continue;
+            }
+            // The codec checks the CRC and lengths of ours as it decodes.
+            let a = RecordBatchDecoder::decode(&mut ours.freeze()).expect("ours decodes");
+            let b = RecordBatchDecoder::decode(&mut theirs.freeze()).expect("theirs decodes");
+            let view = |r: &KafkaRecord| {
+                (
+                    r.offset,
+                    r.timestamp,
+                    r.key.clone(),
+                    r.value.clone(),
+                    r.headers.clone(),
+                )
+            };
+            assert_eq!(
+                a.records.iter().map(view).collect::<Vec<_>>(),
+                b.records.iter().map(view).collect::<Vec<_>>(),
+                "skip {skip}"
+            );
+            assert_eq!(a.records.len(), 20 - skip);
+        }
     }
 }

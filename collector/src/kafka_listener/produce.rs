@@ -181,7 +181,11 @@ async fn produce_partition(
     let data = data.unwrap_or_default();
     // Decompressing and re-encoding burn CPU: on the blocking pool.
     let look = ingest.needs_look(topic);
-    let built = tokio::task::spawn_blocking(move || build(&data, max_raw, &key_field, look)).await;
+    // Stored as an agent's uncompressed batch is: with `store_codec` (lz4 by default; `none`
+    // spends no CPU on it, for more bytes on disk).
+    let codec = ingest.config.store_codec;
+    let built =
+        tokio::task::spawn_blocking(move || build(&data, max_raw, &key_field, look, codec)).await;
     let (items, after) = match built {
         Ok(Ok(b)) => b,
         Ok(Err(o)) => return o,
@@ -224,7 +228,13 @@ type Built = (Vec<(Bytes, Batch)>, Option<(OriginKey, u64)>);
 /// `look`: the topic has routing rules or a key field, so the store's path reads every
 /// record: the batches come decoded. Otherwise only their headers are read there (see
 /// [`crate::ingest::Ingest::ingest_to_partition`]) and the records are not materialised.
-fn build(data: &Bytes, max_raw: usize, key_field: &str, look: bool) -> Result<Built, Outcome> {
+fn build(
+    data: &Bytes,
+    max_raw: usize,
+    key_field: &str,
+    look: bool,
+    codec: Codec,
+) -> Result<Built, Outcome> {
     let converted = records::convert(data, max_raw, key_field, |producer| match producer {
         Some((pid, seq)) => BatchBuilder::with_origin(kafka_origin(pid), seq as u64),
         None => BatchBuilder::new(),
@@ -246,7 +256,7 @@ fn build(data: &Bytes, max_raw: usize, key_field: &str, look: bool) -> Result<Bu
         }
         let enc = c
             .builder
-            .finish(Codec::Lz4, 0, ferry_core::now_ms())
+            .finish(codec, 1, ferry_core::now_ms())
             .map_err(|e| Outcome::failed(code::MESSAGE_TOO_LARGE, e.to_string()))?;
         let enc = Bytes::from(enc);
         let batch = if look {
@@ -345,7 +355,13 @@ mod tests {
     fn built_batches_equal_their_decoded_bytes_with_and_without_a_producer() {
         let limits = ferry_core::batch::DecodeLimits::default();
         for (pid, seq, want_after) in [(-1, -1, None), (42, 0, None), (42, 500, Some(500))] {
-            let (items, after) = match build(&produced(pid, seq, 7), 1 << 20, "kafka.key", true) {
+            let (items, after) = match build(
+                &produced(pid, seq, 7),
+                1 << 20,
+                "kafka.key",
+                true,
+                Codec::Lz4,
+            ) {
                 Ok(b) => b,
                 Err(_) => panic!("producer {pid}: refused"),
             };

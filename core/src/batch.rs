@@ -624,11 +624,45 @@ impl BatchBuilder {
         truncated: bool,
         fields: &[Field],
     ) {
+        self.push_with(line, span, event_time_ms, truncated, fields.len(), |raw| {
+            for f in fields {
+                write_field(raw, f.key.as_bytes(), f.value.as_bytes());
+            }
+        });
+    }
+
+    /// [`BatchBuilder::push`] with fields borrowed as `(key, value)` pairs (no `Field` to
+    /// allocate), for records converted from another format; never truncated.
+    pub fn push_pairs(
+        &mut self,
+        line: &[u8],
+        span: u64,
+        event_time_ms: Option<i64>,
+        fields: &[(&str, &str)],
+    ) {
+        self.push_with(line, span, event_time_ms, false, fields.len(), |raw| {
+            for (k, v) in fields {
+                write_field(raw, k.as_bytes(), v.as_bytes());
+            }
+        });
+    }
+
+    /// One record: flags, span, line, event time, then `n_fields` fields written by
+    /// `write_fields`.
+    fn push_with(
+        &mut self,
+        line: &[u8],
+        span: u64,
+        event_time_ms: Option<i64>,
+        truncated: bool,
+        n_fields: usize,
+        write_fields: impl FnOnce(&mut Vec<u8>),
+    ) {
         let mut flags = 0u8;
         if event_time_ms.is_some() {
             flags |= REC_EVENT_TIME;
         }
-        if !fields.is_empty() {
+        if n_fields > 0 {
             flags |= REC_FIELDS;
         }
         if truncated {
@@ -641,50 +675,9 @@ impl BatchBuilder {
         if let Some(t) = event_time_ms {
             write_varint(&mut self.raw, zigzag(t));
         }
-        if !fields.is_empty() {
-            write_varint(&mut self.raw, fields.len() as u64);
-            for f in fields {
-                write_varint(&mut self.raw, f.key.len() as u64);
-                self.raw.extend_from_slice(f.key.as_bytes());
-                write_varint(&mut self.raw, f.value.len() as u64);
-                self.raw.extend_from_slice(f.value.as_bytes());
-            }
-        }
-        self.count += 1;
-        self.span_total += span;
-    }
-
-    /// [`BatchBuilder::push`] with fields borrowed as `(key, value)` pairs (no `Field` to
-    /// allocate), for records converted from another format; never truncated.
-    pub fn push_pairs(
-        &mut self,
-        line: &[u8],
-        span: u64,
-        event_time_ms: Option<i64>,
-        fields: &[(&str, &str)],
-    ) {
-        let mut flags = 0u8;
-        if event_time_ms.is_some() {
-            flags |= REC_EVENT_TIME;
-        }
-        if !fields.is_empty() {
-            flags |= REC_FIELDS;
-        }
-        self.raw.push(flags);
-        write_varint(&mut self.raw, span);
-        write_varint(&mut self.raw, line.len() as u64);
-        self.raw.extend_from_slice(line);
-        if let Some(t) = event_time_ms {
-            write_varint(&mut self.raw, zigzag(t));
-        }
-        if !fields.is_empty() {
-            write_varint(&mut self.raw, fields.len() as u64);
-            for (k, v) in fields {
-                write_varint(&mut self.raw, k.len() as u64);
-                self.raw.extend_from_slice(k.as_bytes());
-                write_varint(&mut self.raw, v.len() as u64);
-                self.raw.extend_from_slice(v.as_bytes());
-            }
+        if n_fields > 0 {
+            write_varint(&mut self.raw, n_fields as u64);
+            write_fields(&mut self.raw);
         }
         self.count += 1;
         self.span_total += span;
@@ -874,6 +867,13 @@ fn read_bytes(buf: &Bytes, pos: &mut usize) -> Option<Bytes> {
     let out = buf.slice(*pos..end);
     *pos = end;
     Some(out)
+}
+
+fn write_field(raw: &mut Vec<u8>, key: &[u8], value: &[u8]) {
+    write_varint(raw, key.len() as u64);
+    raw.extend_from_slice(key);
+    write_varint(raw, value.len() as u64);
+    raw.extend_from_slice(value);
 }
 
 fn zigzag(v: i64) -> u64 {

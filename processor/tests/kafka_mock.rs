@@ -70,6 +70,18 @@ fn results(path: &Path) -> (BTreeMap<(String, String), u64>, usize) {
 }
 
 fn pipeline(brokers: &str, group: &str, out: &Path, extra: &str) -> PipelineConfig {
+    pipeline_with_session(brokers, group, out, extra, Duration::from_secs(6))
+}
+
+/// [`pipeline`] with the Kafka consumer's `session.timeout.ms` (the Kafka source's own
+/// setting; `RunnerOptions::session_timeout` is the collector source's).
+fn pipeline_with_session(
+    brokers: &str,
+    group: &str,
+    out: &Path,
+    extra: &str,
+    session: Duration,
+) -> PipelineConfig {
     let yaml = format!(
         r#"
 pipelines:
@@ -77,13 +89,14 @@ pipelines:
     source:
       topics: [app]
       group: {group}
-      kafka: {{brokers: "{brokers}", message_timeout: 5s}}
+      kafka: {{brokers: "{brokers}", message_timeout: 5s, options: {{session.timeout.ms: "{}"}}}}
     event_time: {{field: ts, format: rfc3339}}
     group_by: [level]
     window: {{tumbling: 10s, allowed_lateness: 0s, idle_timeout: 1h}}
     aggregates: [{{name: count, op: count}}]
     sinks: [{{file: {{path: "{}"}}}}]
 {extra}"#,
+        session.as_millis(),
         out.display()
     );
     let c: ProcessorConfig = ferry_core::config::load_str(&yaml, Path::new("mock.yaml")).unwrap();
@@ -294,7 +307,7 @@ async fn first_results(group: &str, opts: RunnerOptions) -> Running {
     let brokers = mock.bootstrap_servers();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("results.jsonl");
-    let cfg = pipeline(&brokers, group, &out, "");
+    let cfg = pipeline_with_session(&brokers, group, &out, "", opts.session_timeout);
     produce(&brokers, "app", &keyed(0, 1000, false)).await;
     let (stop, h) = start_with(cfg, opts);
     wait_for("the first results", Duration::from_secs(30), || {
@@ -343,7 +356,9 @@ async fn outage_then_the_rest(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_checkpoints_and_a_broker_outage_are_retried_and_nothing_is_lost() {
     // A session that outlasts the outage even on a loaded machine: this test is about retries
-    // while the member keeps its partitions (losing them is the next test).
+    // while the member keeps its partitions (losing them is the next test). It reaches the
+    // Kafka consumer as `session.timeout.ms` (it once did not: the consumer kept librdkafka's
+    // 6 s, and a loaded run lost its session, re-reading 1,000 records from the checkpoint).
     let opts = RunnerOptions {
         session_timeout: Duration::from_secs(30),
         ..opts()

@@ -2363,3 +2363,62 @@ fn bad_kafka_listener_settings_are_named_with_file_line_and_column() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("kafka_listen must be HOST:PORT"));
 }
+
+/// A Kafka consumer group's members show in `ferry groups` (and the console, which reads the
+/// same API) with their topics and assigned partitions, next to the group's lag.
+#[test]
+fn kafka_group_members_show_in_ferry_groups_with_their_partitions() {
+    let dir = Dir::new("kafka-listener-members");
+    let c = Collector::start(&dir, "members", None);
+    let lines: String = (0..40).map(|i| format!("m-{i}\n")).collect();
+    util::produce(&c.url(), "watched", &lines);
+    let mut member = kcat()
+        .args([
+            "-b",
+            &c.bootstrap(),
+            "-G",
+            "watchers",
+            "watched",
+            "-X",
+            "session.timeout.ms=6000",
+            "-q",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kcat -G");
+    let group = |url: &str| -> Option<serde_json::Value> {
+        let out = util::run(
+            ferry().args(["groups", "--collector", url, "--json"]),
+            b"",
+            0,
+        );
+        let all: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        all.as_array()?
+            .iter()
+            .find(|g| g["group"] == "watchers")
+            .cloned()
+    };
+    let mut seen = None;
+    wait_until(
+        Duration::from_secs(30),
+        "the kcat member in ferry groups",
+        || {
+            seen = group(&c.url());
+            seen.as_ref().is_some_and(|g| {
+                g["members"].as_array().is_some_and(|m| {
+                    m.len() == 1 && m[0]["partitions"].as_array().is_some_and(|p| p.len() == 4)
+                })
+            })
+        },
+    );
+    let g = seen.expect("group");
+    assert_eq!(
+        g["members"][0]["topics"],
+        serde_json::json!(["watched"]),
+        "{g}"
+    );
+    let _ = member.kill();
+    let _ = member.wait();
+}

@@ -198,7 +198,7 @@ pub(super) async fn list_groups(
 fn group_views(state: &AppState) -> Result<Vec<GroupView>, ApiError> {
     let store = state.store()?;
     let mut names = store.groups();
-    let members: Vec<(String, Vec<MemberView>)> = match state.coordinator.lock() {
+    let mut members: Vec<(String, Vec<MemberView>)> = match state.coordinator.lock() {
         Ok(c) => c
             .group_names()
             .into_iter()
@@ -217,6 +217,9 @@ fn group_views(state: &AppState) -> Result<Vec<GroupView>, ApiError> {
             .collect(),
         Err(_) => Vec::new(),
     };
+    if let Some(kafka) = state.kafka_groups.get() {
+        members.extend(crate::kafka_listener::member_views(kafka));
+    }
     for (g, _) in &members {
         if !names.contains(g) {
             names.push(g.clone());

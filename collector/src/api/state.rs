@@ -38,6 +38,9 @@ pub struct AppState {
     /// Principals and their permissions (tokens resolved from files and the environment at
     /// start; the config was checked before, so problems here were already reported).
     pub auth: crate::auth::Authorizer,
+    /// The Kafka listener's group coordinator, once it serves (`ferry groups` lists its
+    /// members with the HTTP groups').
+    pub kafka_groups: std::sync::OnceLock<Arc<crate::kafka_listener::groups::GroupCoordinator>>,
 }
 
 impl AppState {
@@ -58,6 +61,7 @@ impl AppState {
                 &mut ferry_core::problems::Problems::new(),
             ),
             group_locks: Default::default(),
+            kafka_groups: std::sync::OnceLock::new(),
             config,
         }
     }

@@ -204,8 +204,10 @@ impl KafkaListener {
         let max_connections = limits.max_connections.max(1) as usize;
         let auth_required = state.auth.enabled();
         let handshake_timeout = limits.header_read_timeout.get();
+        let coordinator = groups::GroupCoordinator::new(groups::GroupSettings::default());
+        let _ = state.kafka_groups.set(coordinator.clone());
         let broker = Arc::new(Broker {
-            groups: groups::GroupCoordinator::new(groups::GroupSettings::default()),
+            groups: coordinator,
             state,
             advertised,
             next_producer_id: std::sync::atomic::AtomicI64::new(admin::first_producer_id()),
@@ -296,6 +298,69 @@ impl KafkaListener {
         while tasks.join_next().await.is_some() {}
         let _ = ticker.await;
     }
+}
+
+/// The members of every Kafka group that has some, as `ferry groups` shows members: id,
+/// subscribed topics and assigned partitions, read from the consumer protocol's metadata and
+/// assignment (a member of another protocol type shows its id alone).
+pub fn member_views(
+    groups: &groups::GroupCoordinator,
+) -> Vec<(String, Vec<ferry_core::client::MemberView>)> {
+    use kafka_protocol::messages::{
+        ConsumerProtocolAssignment, ConsumerProtocolSubscription, DescribeGroupsRequest, GroupId,
+    };
+    let names: Vec<GroupId> = groups
+        .list()
+        .into_iter()
+        .map(|(g, _, _)| GroupId(kafka_protocol::protocol::StrBytes::from_string(g)))
+        .collect();
+    if names.is_empty() {
+        return Vec::new();
+    }
+    // A consumer protocol message: its version, then the message of that version.
+    fn versioned<T: Decodable>(b: &Bytes) -> Option<T> {
+        let mut b = b.clone();
+        if b.len() < 2 {
+            return None;
+        }
+        let v = b.get_i16();
+        T::decode(&mut b, v).ok()
+    }
+    let described = groups.describe(DescribeGroupsRequest::default().with_groups(names), 5);
+    described
+        .groups
+        .into_iter()
+        .map(|g| {
+            let members = g
+                .members
+                .into_iter()
+                .map(|m| {
+                    let topics = versioned::<ConsumerProtocolSubscription>(&m.member_metadata)
+                        .map(|s| s.topics.iter().map(|t| t.as_str().to_owned()).collect())
+                        .unwrap_or_default();
+                    let partitions = versioned::<ConsumerProtocolAssignment>(&m.member_assignment)
+                        .map(|a| {
+                            a.assigned_partitions
+                                .iter()
+                                .flat_map(|tp| {
+                                    let t = tp.topic.0.as_str().to_owned();
+                                    tp.partitions.iter().filter_map(move |&p| {
+                                        Some((t.clone(), u32::try_from(p).ok()?))
+                                    })
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    ferry_core::client::MemberView {
+                        member_id: m.member_id.as_str().to_owned(),
+                        topics,
+                        partitions,
+                    }
+                })
+                .collect();
+            (g.group_id.0.as_str().to_owned(), members)
+        })
+        .collect()
 }
 
 /// Host and port to advertise: `kafka_advertise`, else the bound address (an unspecified

@@ -629,7 +629,7 @@ impl Broker {
             correlation,
             key,
             version,
-            request,
+            request: Box::new(request),
             client_id,
         }
     }
@@ -646,7 +646,7 @@ impl Broker {
                 request,
                 client_id,
             } => {
-                let response = self.dispatch(request, version, &client_id, &conn).await?;
+                let response = self.dispatch(*request, version, &client_id, &conn).await?;
                 encode(correlation, key, version, &response)
             }
         }
@@ -839,7 +839,8 @@ pub enum Prepared {
         correlation: i32,
         key: ApiKey,
         version: i16,
-        request: RequestKind,
+        /// Boxed: a request is large next to an answer, and one moves through a channel.
+        request: Box<RequestKind>,
         client_id: String,
     },
 }
@@ -850,13 +851,15 @@ impl Prepared {
     fn needs_principal(&self) -> Option<i32> {
         match self {
             Prepared::Request {
-                request:
-                    RequestKind::ApiVersions(_)
-                    | RequestKind::SaslHandshake(_)
-                    | RequestKind::SaslAuthenticate(_),
+                request,
+                correlation,
                 ..
-            } => None,
-            Prepared::Request { correlation, .. } => Some(*correlation),
+            } => match **request {
+                RequestKind::ApiVersions(_)
+                | RequestKind::SaslHandshake(_)
+                | RequestKind::SaslAuthenticate(_) => None,
+                _ => Some(*correlation),
+            },
             // Unknown or malformed requests are answered with an error, whoever sends them.
             Prepared::Answer(_) => None,
         }
@@ -870,11 +873,12 @@ impl Prepared {
     fn may_overlap(&self) -> bool {
         match self {
             Prepared::Answer(_) => true,
-            Prepared::Request {
-                request: RequestKind::Produce(r),
-                ..
-            } => r.transactional_id.is_none() && r.acks != 0 && produce::idempotent(r),
-            Prepared::Request { .. } => false,
+            Prepared::Request { request, .. } => match &**request {
+                RequestKind::Produce(r) => {
+                    r.transactional_id.is_none() && r.acks != 0 && produce::idempotent(r)
+                }
+                _ => false,
+            },
         }
     }
 }

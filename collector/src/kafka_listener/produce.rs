@@ -27,35 +27,13 @@ use std::sync::Arc;
 /// Whether every batch of the request is an idempotent producer's (a producer id and a
 /// sequence number), read from the batch headers without decoding the records.
 pub fn idempotent(req: &ProduceRequest) -> bool {
-    // Record batch v2: base offset (8), length (4), leader epoch (4), magic (1), crc (4),
-    // attributes (2), last offset delta (4), first and max timestamp (8 + 8), producer id
-    // (8), producer epoch (2), base sequence (4).
-    const PRODUCER_ID_AT: usize = 43;
-    const BASE_SEQUENCE_AT: usize = 53;
-    let mut any = false;
-    for t in &req.topic_data {
-        for p in &t.partition_data {
-            let Some(d) = &p.records else { continue };
-            if d.len() < BASE_SEQUENCE_AT + 4 {
-                return false;
-            }
-            let pid = i64::from_be_bytes(
-                d[PRODUCER_ID_AT..PRODUCER_ID_AT + 8]
-                    .try_into()
-                    .unwrap_or([0xff; 8]),
-            );
-            let seq = i32::from_be_bytes(
-                d[BASE_SEQUENCE_AT..BASE_SEQUENCE_AT + 4]
-                    .try_into()
-                    .unwrap_or([0xff; 4]),
-            );
-            if pid < 0 || seq < 0 {
-                return false;
-            }
-            any = true;
-        }
-    }
-    any
+    let mut batches = req
+        .topic_data
+        .iter()
+        .flat_map(|t| &t.partition_data)
+        .filter_map(|p| p.records.as_deref())
+        .peekable();
+    batches.peek().is_some() && batches.all(|d| records::producer_of(d).is_some())
 }
 
 /// Answers a Produce request; its partitions are stored concurrently.

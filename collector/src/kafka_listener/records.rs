@@ -82,8 +82,6 @@ pub fn convert(
             ));
         }
         let base_ts = i64::from_be_bytes(be8(&b[27..35]));
-        let producer_id = i64::from_be_bytes(be8(&b[43..51]));
-        let base_seq = i32::from_be_bytes(be4(&b[53..57]));
         let count = usize::try_from(i32::from_be_bytes(be4(&b[57..61])))
             .map_err(|_| corrupt("negative record count"))?;
         let compression = match attributes & 7 {
@@ -101,12 +99,23 @@ pub fn convert(
             decompress_bounded(&mut payload, compression, max_raw)
                 .map_err(|e| (CORRUPT_MESSAGE, e))?
         };
-        let producer = (producer_id >= 0 && base_seq >= 0).then_some((producer_id, base_seq));
+        let producer = producer_of(b);
         let mut builder = make(producer);
         read_records(&payload, count, base_ts, key_field, &mut builder)?;
         out.push(Converted { producer, builder });
     }
     Ok(out)
+}
+
+/// The producer id and base sequence of a record batch (format v2) when it is an idempotent
+/// producer's (both set), read from its header alone; `None` otherwise or when the header is
+/// cut short. Header: base offset (8), length (4), leader epoch (4), magic (1), CRC (4),
+/// attributes (2), last offset delta (4), first and max timestamp (8 + 8), producer id (8),
+/// producer epoch (2), base sequence (4).
+pub fn producer_of(batch: &[u8]) -> Option<(i64, i32)> {
+    let producer_id = i64::from_be_bytes(be8(batch.get(43..51)?));
+    let base_seq = i32::from_be_bytes(be4(batch.get(53..57)?));
+    (producer_id >= 0 && base_seq >= 0).then_some((producer_id, base_seq))
 }
 
 fn be4(b: &[u8]) -> [u8; 4] {

@@ -1127,13 +1127,19 @@ impl Tailer {
                     }
                 }
             }
-            if size >= w.print.tail.offset && w.print.tail.matches(file).unwrap_or(false) {
+            let short = size < w.print.tail.offset;
+            // Shorter than the tail print, with the original's first line, new and not read
+            // yet: the original's lines written after the copy was made were read before the
+            // truncation (as `look_for_copy` takes it at the next scan). Held back while it may
+            // still be a copy being written; then taken as a copy that holds nothing unread,
+            // never read again from 0.
+            if (short && !young) || (!short && w.print.tail.matches(file).unwrap_or(false)) {
                 let w = self.pending_copies.swap_remove(i);
                 let path = self.files.get(&key)?.watcher.path().to_path_buf();
                 self.adopt_copy(w, &path, &meta, now);
                 return Some(true);
             }
-            hold |= young && size < w.print.tail.offset;
+            hold |= young && short;
         }
         hold.then_some(false)
     }

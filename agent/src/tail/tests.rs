@@ -1440,3 +1440,36 @@ fn copy_first_seen_after_its_original_was_truncated_is_not_read_again() {
     let lines: Vec<String> = records(&mut h.out).into_iter().map(|r| r.0).collect();
     assert_eq!(lines, ["one", "two", "three", "four"]);
 }
+
+/// Regression (the rotation model test, seed 42 on CI): the same copy, shorter than what was
+/// read, first seen *after* the truncation was: it was taken for a new file (its first line
+/// matched, but no print of the original held its length) and read again from 0.
+#[test]
+fn short_copy_first_seen_after_the_truncation_is_not_read_again() {
+    let mut h = harness_with(None);
+    let p = h.path(0);
+    std::fs::write(&p, "one\ntwo\n").unwrap();
+    h.read_all();
+    std::fs::copy(&p, h.path(1)).unwrap(); // b.log, not seen yet
+    let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+    f.write_all(b"three\n").unwrap();
+    h.tailer.data_event(&p);
+    h.tailer.read_turn(h.now, u64::MAX); // read past the copy's end
+    f.set_len(0).unwrap();
+    f.write_all(b"four\n").unwrap();
+    h.tailer.data_event(&p);
+    h.tailer.read_turn(h.now, u64::MAX); // the truncation is seen; the copy not yet
+    assert_eq!(h.tailer.pending_copies.len(), 1, "the copy is waited for");
+    // The directory watch names the copy; no rescan comes before it is classified.
+    h.tailer.path_event(&h.path(1), h.now);
+    for _ in 0..3 {
+        h.tailer.read_turn(h.now, u64::MAX);
+        h.now += Duration::from_millis(600); // past the wait for a copy being written
+        h.tailer.poll_timeouts(h.now);
+    }
+    h.read_all();
+    h.drain();
+    let lines: Vec<String> = records(&mut h.out).into_iter().map(|r| r.0).collect();
+    assert_eq!(lines, ["one", "two", "three", "four"]);
+    assert!(h.tailer.pending_copies.is_empty(), "the copy was found");
+}

@@ -22,13 +22,21 @@ struct Event {
 }
 
 const EPOCH_2026_MS: i64 = 1_767_225_600_000;
+/// Shards of a topic not keyed by the group-by field (see [`Event::record`]).
+const SHARDS: u64 = 8;
 
 impl Event {
-    /// The record as ferry's producer sends it: the JSON line, and the key as a field (the
-    /// message key, so one key's records share a partition).
+    /// The record as ferry's producer sends it: the JSON line, the key as a field (the message
+    /// key where one key's records share a partition) and a shard `seq % SHARDS` (the message
+    /// key where a topic is not keyed by the group-by field: records of every key spread over
+    /// every partition).
     fn record(&self) -> Record {
         let mut r = Record::from_line(self.line());
         r.fields.push(Field::new("level", self.key.as_str()));
+        r.fields.push(Field::new(
+            "shard",
+            (self.seq % SHARDS).to_string().as_str(),
+        ));
         r
     }
 
@@ -53,14 +61,16 @@ fn events(from: u64, to: u64, keys: &[String]) -> Vec<Event> {
         .collect()
 }
 
-/// One event per key at `at_ms`: moves every partition's watermark there, closing the windows
-/// before it. Counted like any event.
+/// One event per key and shard at `at_ms`: moves every partition's watermark there (keyed by
+/// the key or by the shard), closing the windows before it. Counted like any event.
 fn closers(keys: &[String], at_ms: i64) -> Vec<Event> {
     keys.iter()
-        .map(|k| Event {
-            key: k.clone(),
-            at_ms,
-            seq: u64::MAX,
+        .flat_map(|k| {
+            (0..SHARDS).map(move |s| Event {
+                key: k.clone(),
+                at_ms,
+                seq: u64::MAX - s,
+            })
         })
         .collect()
 }
@@ -249,7 +259,7 @@ fn agent_to_kafka_to_processor_counts_exactly_skips_garbage_and_writes_results_t
         ],
         agent_addr,
     );
-    let file_lines = evs.len() + garbage_lines.len() + keys.len();
+    let file_lines = evs.len() + garbage_lines.len() + keys.len() * SHARDS as usize;
     wait_until(
         Duration::from_secs(30),
         "the agent to ship the file",
@@ -271,7 +281,10 @@ fn agent_to_kafka_to_processor_counts_exactly_skips_garbage_and_writes_results_t
             "exact",
             &out,
             "        - kafka: { topic: level-counts }\n      on_parse_error: skip\n",
-        ),
+        )
+        // The agent ships the file into one partition; the topic has 4: the three empty ones
+        // hold the merged watermark only this long.
+        .replace("idle_timeout: 1h", "idle_timeout: 2s"),
     );
     let metrics = free_addr();
     let mut p = start_processor(&dir, "processor", &cfg, Some(metrics));
@@ -343,10 +356,12 @@ fn processor_killed_9_and_restarted_gives_the_results_of_an_uninterrupted_run() 
             let sink = KafkaSink::new(&KafkaConfig::new(brokers)).expect("producer");
             for chunk in rest.chunks(per) {
                 let records: Vec<Record> = chunk.iter().map(Event::record).collect();
+                // Not keyed by the group-by field: each window's count is merged from all
+                // four partitions.
                 rt.block_on(sink.send_records(
                     "app",
                     &records,
-                    Some("level"),
+                    Some("shard"),
                     ferry_core::now_ms(),
                 ))
                 .expect("records acknowledged");
@@ -415,8 +430,8 @@ fn processor_killed_9_and_restarted_gives_the_results_of_an_uninterrupted_run() 
     );
 }
 
-/// Two processors in one group split a 4-partition topic: every (key, window) result comes from
-/// exactly one of them, once. Then one is killed with SIGKILL: the other takes its partitions
+/// Two processors in one group split a 4-partition topic keyed by the group-by field
+/// (`partitioned_by_key: true`): every (key, window) result comes from exactly one of them, once. Then one is killed with SIGKILL: the other takes its partitions
 /// over from their checkpoints, and the results over both phases are exactly the expected ones.
 #[test]
 fn two_processors_in_one_group_split_partitions_and_one_takes_over_after_kill_9() {
@@ -431,8 +446,16 @@ fn two_processors_in_one_group_split_partitions_and_one_takes_over_after_kill_9(
     produce(&brokers, "app", &first[..1]);
     let out_a = dir.join("a.jsonl");
     let out_b = dir.join("b.jsonl");
-    let cfg_a = dir.write("a.yaml", processor_yaml(&brokers, "shared", &out_a, ""));
-    let cfg_b = dir.write("b.yaml", processor_yaml(&brokers, "shared", &out_b, ""));
+    // The topic is keyed by the group-by field (each level's records in one partition), and
+    // the pipeline says so: each member emits the results of the partitions it holds.
+    let keyed = |out: &Path| {
+        processor_yaml(&brokers, "shared", out, "").replace(
+            "        group: shared\n",
+            "        group: shared\n        partitioned_by_key: true\n",
+        )
+    };
+    let cfg_a = dir.write("a.yaml", keyed(&out_a));
+    let cfg_b = dir.write("b.yaml", keyed(&out_b));
     let a_metrics = free_addr();
     let mut a = start_processor(&dir, "a", &cfg_a, Some(a_metrics));
     let mut b = start_processor(&dir, "b", &cfg_b, None);
@@ -574,7 +597,12 @@ fn tls_broker_agent_and_processor_with_ssl_and_a_wrong_ca_is_refused_clearly() {
             + "\n"
     };
     let out = dir.join("tls.jsonl");
-    let cfg = dir.write("tls.yaml", yaml("tls", &out, &ca));
+    // The agent shipped the file into one of the topic's 4 partitions: the three empty ones
+    // hold the merged watermark only this long.
+    let cfg = dir.write(
+        "tls.yaml",
+        yaml("tls", &out, &ca).replace("idle_timeout: 1h", "idle_timeout: 2s"),
+    );
     let mut p = start_processor(&dir, "processor", &cfg, None);
     let want = expected(&evs, far);
     wait_until(Duration::from_secs(60), "every result over TLS", || {

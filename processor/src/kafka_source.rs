@@ -32,9 +32,10 @@
 
 use crate::config::{OnParseError, PipelineConfig, SinkConfig, StartAt};
 use crate::kafka_checkpoints::{self, CheckpointStoreError, CheckpointTopic};
+use crate::merge::{Merge, Note, Part, unwrap_checkpoint, wrap_checkpoint};
 use crate::pipeline::{Emission, PartitionId, Pipeline};
 use crate::runner::{FIRST_BACKOFF, MAX_BACKOFF, RunnerError, RunnerOptions, RunnerReport};
-use crate::sink::{Outputs, SinkError, TopicProducer};
+use crate::sink::{FileMark, Outputs, SinkError, TopicProducer};
 use bytes::Bytes;
 use ferry_core::backoff::Backoff;
 use ferry_core::record::Record;
@@ -44,6 +45,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -61,6 +63,10 @@ const HANDOVER_DEADLINE: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest a lag lookup (the partition's high watermark) may take.
 const LAG_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest a lookup of a topic's partition count may take.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a partition count that could not be learned is asked for again.
+const METADATA_RETRY: Duration = Duration::from_secs(5);
 
 /// The `topic` sink, `late_topic` and `dead_letter_topic` of a Kafka-source pipeline: produced
 /// to the Kafka topic the source's `kafka:` section maps the ferry topic to, each line returning
@@ -170,6 +176,7 @@ pub async fn run(
     }
     let worker = Worker::new(
         cfg,
+        topics.clone(),
         group.clone(),
         outputs,
         checkpoints,
@@ -371,7 +378,10 @@ struct Instance {
     pid: PartitionId,
     /// Its checkpoint key (`group/topic/partition`).
     key: String,
+    /// A partial of the worker's [`Merge`].
     pipeline: Pipeline,
+    /// Processing time (Unix ms) it was assigned: the merge's idle timeout counts from then.
+    since_ms: i64,
 }
 
 impl Instance {
@@ -403,6 +413,19 @@ enum CheckpointFailure {
 /// Everything the source thread keeps between polls (see the module docs).
 struct Worker {
     cfg: PipelineConfig,
+    /// The Kafka topics subscribed to.
+    topics: Vec<String>,
+    /// Partition count of each subscribed topic, learned at each assignment (and retried every
+    /// [`METADATA_RETRY`] while unknown): results wait until this member holds them all.
+    topic_partitions: BTreeMap<String, u32>,
+    next_metadata: Instant,
+    /// Merges the partitions' partials into one result per window and key (`merge.rs`).
+    merge: Merge,
+    /// Where the results files stood at the last durable point, for every checkpoint's note.
+    marks: Vec<FileMark>,
+    /// The results files were cut back to the checkpoints' marks (once, at the first assignment).
+    rewound: bool,
+    warned_incomplete: Option<Instant>,
     group: String,
     opts: RunnerOptions,
     shutdown: Shutdown,
@@ -432,6 +455,7 @@ struct Worker {
 impl Worker {
     fn new(
         cfg: PipelineConfig,
+        topics: Vec<String>,
         group: String,
         outputs: Outputs,
         checkpoints: CheckpointTopic,
@@ -445,7 +469,14 @@ impl Worker {
             checkpoint_errors: metrics::counter!("ferry_processor_checkpoint_errors_total", "pipeline" => pipeline),
             retries: metrics::counter!("ferry_processor_retries_total"),
             next_checkpoint: Instant::now() + opts.checkpoint_interval,
+            merge: Merge::new(cfg.clone()),
             cfg,
+            topics,
+            topic_partitions: BTreeMap::new(),
+            next_metadata: Instant::now(),
+            marks: Vec::new(),
+            rewound: false,
+            warned_incomplete: None,
             group,
             opts,
             shutdown,
@@ -530,13 +561,23 @@ impl Worker {
 
     /// After each poll: ticks, results out, a checkpoint when one is due.
     fn turn(&mut self, consumer: &BaseConsumer<SourceContext>) {
-        if self.last_tick.elapsed() >= self.opts.tick {
-            let now = ferry_core::now_ms();
+        let now = ferry_core::now_ms();
+        let tick = self.last_tick.elapsed() >= self.opts.tick;
+        if tick {
             for inst in &mut self.instances {
                 inst.pipeline.advance_time(now, &mut self.out);
             }
             self.last_tick = Instant::now();
         }
+        if self
+            .topics
+            .iter()
+            .any(|t| !self.topic_partitions.contains_key(t))
+            && Instant::now() >= self.next_metadata
+        {
+            self.learn_partition_counts(consumer);
+        }
+        self.merge_step(now, tick);
         if !self.flush(None) {
             return;
         }
@@ -553,6 +594,84 @@ impl Worker {
                 tracing::warn!(pipeline = self.cfg.name, error = %ferry_core::error_chain(&e), "checkpoint not stored; retrying");
                 self.checkpoint_errors.increment(1);
                 self.next_checkpoint = Instant::now() + self.checkpoint_backoff.next_delay();
+            }
+        }
+    }
+
+    /// Emits what the merged watermark closed (and, on a tick, early results), once this
+    /// member holds every partition of its topics. With the topics partitioned by the
+    /// group-by key, each partition's results are complete on their own and its pipeline emits
+    /// them itself.
+    fn merge_step(&mut self, now_ms: i64, tick: bool) {
+        if self.cfg.source.partitioned_by_key {
+            // Each partition's pipeline emits its own results (they are complete): no merge,
+            // whose one watermark would make the records of a partition taken over from a
+            // member that fell behind late.
+            return;
+        }
+        {
+            let known = self
+                .topics
+                .iter()
+                .all(|t| self.topic_partitions.contains_key(t));
+            let total: u32 = self.topic_partitions.values().sum();
+            if !known || total == 0 || self.instances.len() < total as usize {
+                // A partial of the topic must not go out as a final result: the windows wait
+                // (in the checkpoints) until one member holds every partition — e.g. until a
+                // member that died loses its session.
+                if known
+                    && total > 0
+                    && self
+                        .warned_incomplete
+                        .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+                {
+                    tracing::warn!(
+                        pipeline = self.cfg.name,
+                        held = self.instances.len(),
+                        partitions = total,
+                        "results wait until this member holds every partition (on Kafka, several members of one group need the topic keyed by the group-by field: source.partitioned_by_key: true)"
+                    );
+                    self.warned_incomplete = Some(Instant::now());
+                }
+                return;
+            }
+        }
+        let mut parts: Vec<Part<'_>> = self
+            .instances
+            .iter_mut()
+            .map(|i| Part {
+                id: &i.pid,
+                pipeline: &mut i.pipeline,
+                since_ms: i.since_ms,
+            })
+            .collect();
+        // A stable order (the merge's emission order of equal windows follows it).
+        parts.sort_by(|a, b| a.id.cmp(b.id));
+        self.merge.advance(now_ms, &mut parts, &mut self.out);
+        if tick {
+            self.merge.emit_early(&mut parts, &mut self.out);
+        }
+    }
+
+    /// Asks the brokers how many partitions each subscribed topic has (a topic not created yet
+    /// stays unknown, and results wait).
+    fn learn_partition_counts(&mut self, consumer: &BaseConsumer<SourceContext>) {
+        self.next_metadata = Instant::now() + METADATA_RETRY;
+        for topic in self.topics.clone() {
+            match consumer.fetch_metadata(Some(&topic), METADATA_TIMEOUT) {
+                Ok(md) => {
+                    let n = md
+                        .topics()
+                        .iter()
+                        .find(|t| t.name() == topic && t.error().is_none())
+                        .map_or(0, |t| t.partitions().len() as u32);
+                    if n > 0 {
+                        self.topic_partitions.insert(topic, n);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(pipeline = self.cfg.name, topic, error = %e, "partition count not known yet");
+                }
             }
         }
     }
@@ -621,7 +740,7 @@ impl Worker {
         }
         let r = self.rt.block_on(self.outputs.checkpoint());
         match r {
-            Ok(()) => {}
+            Ok(()) => self.marks = self.outputs.file_marks(),
             Err(e) if e.is_retryable() => return Err(CheckpointFailure::NotDurable(Box::new(e))),
             Err(source) => {
                 self.fatal.get_or_insert(RunnerError::Sink {
@@ -638,6 +757,10 @@ impl Worker {
         }
         let mut items = Vec::new();
         let mut offsets = TopicPartitionList::new();
+        let note = Note {
+            emitted: self.merge.emitted().clone(),
+            files: self.marks.clone(),
+        };
         for inst in &self.instances {
             if only.is_some_and(|o| {
                 !o.iter()
@@ -649,7 +772,10 @@ impl Worker {
             let Some(next) = inst.next_offset() else {
                 continue;
             };
-            items.push((inst.key.clone(), inst.pipeline.snapshot()));
+            items.push((
+                inst.key.clone(),
+                wrap_checkpoint(&note, &inst.pipeline.snapshot()),
+            ));
             if let Ok(o) = i64::try_from(next) {
                 let _ =
                     offsets.add_partition_offset(&inst.topic, inst.partition, Offset::Offset(o));
@@ -702,8 +828,21 @@ impl Worker {
             .iter()
             .map(|(t, p)| kafka_checkpoints::key(&self.group, t, *p))
             .collect();
+        self.learn_partition_counts(consumer);
+        // Every partition's checkpoint, not only the assigned ones': their notes say which
+        // windows were emitted with which partition's partial (so that a partition restored
+        // from an older checkpoint emits nothing twice) and where the results files stood.
+        let mut wanted = keys.clone();
+        for (topic, n) in &self.topic_partitions {
+            for p in 0..*n {
+                let k = kafka_checkpoints::key(&self.group, topic, p as i32);
+                if !wanted.contains(&k) {
+                    wanted.push(k);
+                }
+            }
+        }
         let restored = if self.cfg.source.start == StartAt::Committed {
-            match self.load_retrying(&keys) {
+            match self.load_retrying(&wanted) {
                 Some(r) => r,
                 None => {
                     tracing::warn!(
@@ -716,6 +855,30 @@ impl Worker {
         } else {
             Default::default()
         };
+        let mut marks = Vec::new();
+        for blob in restored.values() {
+            if let Ok((note, _)) = unwrap_checkpoint(blob) {
+                for (pid, start) in note.emitted {
+                    self.merge.learn(pid, start);
+                }
+                marks.extend(note.files);
+            }
+        }
+        if !self.rewound && self.cfg.source.start == StartAt::Committed {
+            // Before anything is written: results emitted after the last checkpoint are
+            // emitted again, so the files are cut back to where that checkpoint saw them.
+            let r = self.rt.block_on(self.outputs.rewind_files(&marks));
+            match r {
+                Ok(_) => self.rewound = true,
+                Err(source) => {
+                    self.fatal.get_or_insert(RunnerError::Sink {
+                        pipeline: self.cfg.name.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        let since_ms = ferry_core::now_ms();
         for ((topic, partition), key) in parts.into_iter().zip(keys) {
             if let Some(i) = self.find(&topic, partition) {
                 // Still held (a cooperative rebalance keeps what it does not move): go on.
@@ -728,7 +891,10 @@ impl Worker {
             }
             let pid = PartitionId::new(topic.clone(), u32::try_from(partition).unwrap_or(0));
             let (pipeline, at) = match restored.get(&key) {
-                Some(bytes) => match Pipeline::restore(self.cfg.clone(), bytes) {
+                // A checkpoint of an older build (a bare snapshot) has an empty note.
+                Some(bytes) => match unwrap_checkpoint(bytes)
+                    .and_then(|(_, snap)| Pipeline::restore(self.cfg.clone(), snap))
+                {
                     Ok(p) => {
                         let next = p
                             .offsets()
@@ -765,7 +931,12 @@ impl Worker {
                 partition,
                 pid,
                 key,
-                pipeline,
+                pipeline: if self.cfg.source.partitioned_by_key {
+                    pipeline
+                } else {
+                    pipeline.into_partial()
+                },
+                since_ms,
             });
         }
         tracing::info!(

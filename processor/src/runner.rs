@@ -462,7 +462,11 @@ impl Runner {
     /// Emits what the merged watermark closed (and, on a tick, early results), once this
     /// member holds every partition of its topics (or the topics are partitioned by key).
     fn merge_step(&mut self, now_ms: i64, tick: bool, out: &mut Vec<Emission>) {
-        if !self.cfg.source.partitioned_by_key {
+        if self.cfg.source.partitioned_by_key {
+            // Each partition's pipeline emits its own results (`as_part`).
+            return;
+        }
+        {
             let total: u32 = self.topic_partitions.values().sum();
             if total == 0 || self.instances.len() < total as usize {
                 // A partial of the topic must not go out as a final result: hold the windows
@@ -598,7 +602,7 @@ impl Runner {
                             offset,
                             "state restored from checkpoint"
                         );
-                        let mut i = Instance::new(id, p.into_partial(), offset, since_ms);
+                        let mut i = Instance::new(id, self.as_part(p), offset, since_ms);
                         i.outbox = outbox;
                         i
                     }
@@ -611,7 +615,7 @@ impl Runner {
                             .increment(1);
                         Instance::new(
                             id,
-                            Pipeline::new(self.cfg.clone()).into_partial(),
+                            self.as_part(Pipeline::new(self.cfg.clone())),
                             start,
                             since_ms,
                         )
@@ -630,7 +634,7 @@ impl Runner {
                     self.consumer.seek(&tp, start);
                     Instance::new(
                         id,
-                        Pipeline::new(self.cfg.clone()).into_partial(),
+                        self.as_part(Pipeline::new(self.cfg.clone())),
                         start,
                         since_ms,
                     )
@@ -713,6 +717,18 @@ impl Runner {
             self.checkpoint_one(&tp).await?;
         }
         Ok(())
+    }
+
+    /// An input partition's pipeline as this member runs it: a partial of the merge, or, with
+    /// the topics partitioned by the group-by key, a whole pipeline that emits its partition's
+    /// results itself (they are complete; one merged watermark over partitions taken over at
+    /// different moments would make the records of one that fell behind late).
+    fn as_part(&self, p: Pipeline) -> Pipeline {
+        if self.cfg.source.partitioned_by_key {
+            p
+        } else {
+            p.into_partial()
+        }
     }
 
     /// A stored checkpoint as an instance's pipeline (and, with repartition, its outbox).

@@ -527,6 +527,99 @@ fn two_processors_in_one_group_split_partitions_and_one_takes_over_after_kill_9(
     assert_eq!(b.terminate(Duration::from_secs(30)), Some(0));
 }
 
+/// The sample setup on Kafka as a user scales it out without keying the topic: records of
+/// every key on all four partitions, two members of one group, and one member SIGKILLed twice
+/// (restarted in between). While the members split the partitions, neither emits a partial as
+/// a final result (each waits, and says why); whenever one holds them all, it emits the merged
+/// result of every window that closed. Over the whole run every (window, key) is emitted exactly
+/// once, with the count of all its records.
+#[test]
+fn two_members_on_an_unkeyed_topic_emit_each_window_once_across_two_kill_9s() {
+    let dir = Dir::new("kproc-unkeyed");
+    let broker = Tansu::start();
+    let brokers = broker.brokers();
+    let keys = keys(5);
+    let spread = |evs: &[Event]| {
+        let records: Vec<Record> = evs.iter().map(Event::record).collect();
+        produce_records(&brokers, "app", &records, Some("shard"));
+    };
+    let phase = |from: u64, to: u64, close_at: i64| {
+        let mut evs = events(from, to, &keys);
+        evs.extend(closers(&keys, close_at));
+        evs
+    };
+    // Creates the topic with the broker's default of 4 partitions.
+    let first = phase(0, 1000, 100_000);
+    spread(&first[..1]);
+    let out_a = dir.join("a.jsonl");
+    let out_b = dir.join("b.jsonl");
+    let cfg_a = dir.write("a.yaml", processor_yaml(&brokers, "split", &out_a, ""));
+    let cfg_b = dir.write("b.yaml", processor_yaml(&brokers, "split", &out_b, ""));
+    let both = || {
+        std::fs::read_to_string(&out_a).unwrap_or_default()
+            + &std::fs::read_to_string(&out_b).unwrap_or_default()
+    };
+    let lines_of = |text: &str| text.lines().count();
+    let mut a = start_processor(&dir, "a-0", &cfg_a, None);
+    let mut b = start_processor(&dir, "b", &cfg_b, None);
+    let split = |a: &Proc, b: &Proc| held(a) == Some(2) && held(b) == Some(2);
+    wait_until(
+        Duration::from_secs(60),
+        "the members to split 2 + 2",
+        || split(&a, &b),
+    );
+    spread(&first[1..]);
+    let mut all = first.clone();
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        lines_of(&both()),
+        0,
+        "a partial of the topic went out as a final result"
+    );
+    assert!(
+        !logged(&b, "results wait until this member holds every partition (on Kafka, several members of one group need the topic keyed by the group-by field: source.partitioned_by_key: true)").is_empty(),
+        "b says why its results wait:\n{}",
+        b.stderr()
+    );
+    let far = 24 * 3600 * 1000;
+    for (round, (from, to, close_at)) in [(1000u64, 2000u64, 200_000i64), (2000, 3000, far)]
+        .into_iter()
+        .enumerate()
+    {
+        // a dies; b takes its partitions over (once a's session expires) and emits every
+        // window closed so far, merged over the four partitions.
+        a.kill9();
+        let want = expected(&all, all.iter().map(|e| e.at_ms).max().unwrap_or(0));
+        wait_until(Duration::from_secs(60), "b's merged results", || {
+            parse_results(&both()) == want
+        });
+        assert_eq!(lines_of(&both()), want.len(), "a result was emitted twice");
+        // a comes back: the partitions are split again, and the next records arrive.
+        a = start_processor(&dir, &format!("a-{}", round + 1), &cfg_a, None);
+        wait_until(
+            Duration::from_secs(60),
+            "the members to split again",
+            || split(&a, &b),
+        );
+        let next = phase(from, to, close_at);
+        spread(&next);
+        all.extend(next);
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    // The last kill: b holds everything again and emits the rest.
+    a.kill9();
+    let want = expected(&all, far);
+    wait_until(Duration::from_secs(60), "every result", || {
+        parse_results(&both()) == want
+    });
+    assert_eq!(b.terminate(Duration::from_secs(30)), Some(0));
+    assert_eq!(
+        lines_of(&both()),
+        want.len(),
+        "each (window, key) emitted exactly once across both members"
+    );
+}
+
 /// TLS really on: a broker reachable only over TLS (tansu behind a TLS-terminating proxy; see
 /// `ferry_kafka::testing::TlsTansu` for why a proxy). `ferry agent` ships into it and `ferry
 /// processor` counts from it, both with `security_protocol: ssl` and the test CA; a processor

@@ -271,6 +271,123 @@ fn two_processors_in_one_group_emit_each_window_result_once() {
     assert_eq!(total(), want.len(), "a window result was emitted twice");
 }
 
+/// Two members on a topic keyed by the group-by field (`partitioned_by_key: true`); one is
+/// SIGKILLed after its checkpoint, and the other, whose own partitions have run far ahead
+/// meanwhile, takes its partitions over. Each partition keeps its own watermark: the taken-over
+/// partitions' records are not late (one merged watermark made them so), and every (window,
+/// key) comes out exactly once across the two members' files.
+#[test]
+fn keyed_topic_taken_over_from_a_killed_member_loses_no_window() {
+    let dir = Dir::new("proc-keyed-takeover");
+    let c = start_collector(
+        &dir,
+        "c",
+        Some("collector:\n  topics:\n    app: { partitions: 4, key_field: level }\n"),
+    );
+    let url = c.url();
+    let out_a = dir.join("a.jsonl");
+    let out_b = dir.join("b.jsonl");
+    let keyed = |out: &std::path::Path| {
+        pipeline_yaml("keyed", out)
+            .replace("processor:\n", "processor:\n  checkpoint_interval: 1s\n")
+            .replace(
+                "start: committed }",
+                "start: committed, partitioned_by_key: true }",
+            )
+    };
+    let cfg_a = dir.write("a.yaml", keyed(&out_a));
+    let cfg_b = dir.write("b.yaml", keyed(&out_b));
+    let start = |name: &str, cfg: &std::path::Path| {
+        Proc::start(
+            name,
+            &dir,
+            &[
+                "processor",
+                "--config",
+                cfg.to_str().expect("utf8"),
+                "--collector",
+                &url,
+            ],
+        )
+    };
+    let mut a = start("a", &cfg_a);
+    let mut b = start("b", &cfg_b);
+    for p in [&a, &b] {
+        wait_until(Duration::from_secs(30), "both members to join", || {
+            p.stderr().contains("joined its group")
+        });
+    }
+    // Wait until the two members have split the 4 partitions.
+    wait_until(
+        Duration::from_secs(20),
+        "two members sharing the partitions",
+        || {
+            let out = util::run(
+                util::ferry().args(["groups", "--collector", &url, "--json"]),
+                b"",
+                0,
+            );
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            v.as_array().into_iter().flatten().any(|g| {
+                g["group"] == "keyed"
+                    && g["members"].as_array().is_some_and(|m| {
+                        m.len() == 2
+                            && m.iter()
+                                .all(|m| m["partitions"].as_array().is_some_and(|p| p.len() == 2))
+                    })
+            })
+        },
+    );
+    let keys: Vec<String> = (0..12).map(|i| format!("k{i}")).collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let closers = |ts: &str| -> String {
+        keys.iter()
+            .map(|k| format!("{{\"ts\":\"{ts}\",\"level\":\"{k}\"}}\n"))
+            .collect()
+    };
+    let both = || {
+        let mut all = results(&out_a);
+        all.extend(results(&out_b));
+        all
+    };
+    let lines = || {
+        (std::fs::read_to_string(&out_a).unwrap_or_default()
+            + &std::fs::read_to_string(&out_b).unwrap_or_default())
+            .lines()
+            .count()
+    };
+    // Phase 1: 150 s of events, then a closer per key at 150 s.
+    produce(&url, "app", &keyed_events(0, 1500, &keys));
+    produce(&url, "app", &closers("2026-01-01T00:02:30Z"));
+    let want1 = keyed_expected(1500, &keys);
+    wait_until(Duration::from_secs(60), "the phase-1 results", || {
+        both() == want1
+    });
+    assert!(
+        !results(&out_a).is_empty() && !results(&out_b).is_empty(),
+        "both members worked"
+    );
+    // A checkpoint of a after its phase-1 results (every second), then a dies.
+    std::thread::sleep(Duration::from_millis(2500));
+    a.kill9();
+    // Phase 2 at once: b's own partitions run far ahead while a's wait for its session to end.
+    produce(&url, "app", &keyed_events(1600, 3000, &keys));
+    produce(&url, "app", &closers("2026-01-02T00:00:00Z"));
+    let mut want = keyed_expected(3000, &keys);
+    for k in &keys {
+        // The 150-160 s window holds only the phase-1 closer.
+        want.insert(((*k).to_owned(), "2026-01-01T00:02:30Z".to_owned()), 1);
+    }
+    wait_until(
+        Duration::from_secs(90),
+        "every result after the take-over",
+        || both() == want,
+    );
+    assert_eq!(b.terminate(Duration::from_secs(20)), Some(0));
+    assert_eq!(both(), want);
+    assert_eq!(lines(), want.len(), "a window result was emitted twice");
+}
+
 /// Issue 13: `parse: syslog` panicked on a month name with a multi-byte character, and the
 /// processor exited 1 and crash-looped on every restart, `on_parse_error: skip` or not. The line
 /// is now a parse error like any other: skipped, counted, and every other line is counted.

@@ -198,20 +198,16 @@ impl Case {
         if self.agent.is_some() {
             return;
         }
-        let metrics = free_addr();
         let config = self.agent_config.display().to_string();
-        self.agent = Some(Service::start(
-            "agent",
-            &self.dir,
-            &[
-                "agent",
-                "--config",
-                &config,
-                "--metrics-listen",
-                &metrics.to_string(),
-            ],
-            metrics,
-        ));
+        self.agent = Some(Service::start_on_free_port("agent", &self.dir, |metrics| {
+            vec![
+                "agent".into(),
+                "--config".into(),
+                config.clone(),
+                "--metrics-listen".into(),
+                metrics.to_string(),
+            ]
+        }));
     }
 
     fn kill_agent(&mut self) {

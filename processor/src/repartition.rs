@@ -18,7 +18,9 @@
 //! aggregates its records and decides, by its own watermark, which records are late. At each
 //! flush it takes every window it holds (the *delta* since the last flush) and builds an
 //! [`Outbox`]: per target partition of the repartition topic, lines holding the deltas of the
-//! keys that hash there, the last line with the instance's watermark. Then, in this order:
+//! keys that hash there, the last line with the instance's watermark. It flushes every
+//! `flush_interval` and also as soon as its watermark closes a window (`Windows::has_closed`),
+//! so that a window's result waits for the hop, not for the next interval. Then, in this order:
 //! 1. the instance's checkpoint is stored — its input offset, its state (windows now empty) and
 //!    the outbox ([`wrap_upstream`]);
 //! 2. each target's lines are posted with `ferry-producer-id` = the (upstream, target) pair's

@@ -438,6 +438,18 @@ impl Runner {
             turn.last_tick = Instant::now();
         }
         if self.repartition {
+            // An upstream whose watermark just closed a window ships it at once, not at the
+            // next periodic flush: the window's result then waits only for the hop (its owner
+            // merges once every upstream's watermark passed the window).
+            let due: Vec<(String, u32)> = self
+                .instances
+                .iter()
+                .filter(|(_, i)| i.outbox.is_none() && i.pipeline.windows.has_closed())
+                .map(|(tp, _)| tp.clone())
+                .collect();
+            for tp in due {
+                self.flush_one(&tp).await?;
+            }
             self.merge_poll(shutdown).await?;
             self.rep_merge_step(ferry_core::now_ms(), tick, &mut turn.out);
         } else {

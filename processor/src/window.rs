@@ -208,6 +208,17 @@ impl Windows {
         (self.watermark != i64::MIN).then_some(self.watermark)
     }
 
+    /// Whether the watermark has passed the end (and grace) of the oldest window held: with
+    /// `hold_closed`, a closed window waits to be taken.
+    pub fn has_closed(&self) -> bool {
+        self.open.first_key_value().is_some_and(|(&start, _)| {
+            start
+                .saturating_add(self.size_ms)
+                .saturating_add(self.grace_ms)
+                <= self.watermark
+        })
+    }
+
     /// Removes and returns every window, open or closed, in start order: an upstream instance
     /// of a repartitioned pipeline ships them as deltas (`repartition.rs`). The watermark and
     /// clocks stay, so a later record of a window the watermark passed is late all the same.

@@ -132,6 +132,45 @@ impl Service {
         svc
     }
 
+    /// Starts `ferry ARGS(addr)` on a free port `addr`, and waits until it is healthy. The port
+    /// was free when picked, but another process (an outgoing connection's ephemeral port, a
+    /// test running beside) can take it before ferry binds it: then ferry exits at once with
+    /// "Address already in use", and it is started again on another port (up to 5 times).
+    #[allow(dead_code)]
+    pub fn start_on_free_port(
+        name: &str,
+        dir: &Dir,
+        args: impl Fn(SocketAddr) -> Vec<String>,
+    ) -> Self {
+        for _ in 0..5 {
+            let addr = free_addr();
+            let owned = args(addr);
+            let refs: Vec<&str> = owned.iter().map(String::as_str).collect();
+            let mut svc = Service {
+                proc: Proc::start(name, dir, &refs),
+                addr,
+            };
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(30) {
+                if svc.exited().is_some() {
+                    break;
+                }
+                if matches!(http_get(addr, "/healthz"), Ok((200, _))) {
+                    return svc;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let status = svc.exited();
+            let text = svc.stderr();
+            match status {
+                Some(_) if text.contains("Address already in use") => continue,
+                Some(status) => panic!("{name} exited with {status} before it was ready:\n{text}"),
+                None => panic!("{name} not healthy after 30s:\n{text}"),
+            }
+        }
+        panic!("{name}: no free port after 5 tries")
+    }
+
     /// Starts `ferry ARGS` without waiting for anything: for processes with no HTTP port (the
     /// agent). `addr` is unused.
     pub fn spawn(name: &str, dir: &Dir, args: &[&str]) -> Self {

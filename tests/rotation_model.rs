@@ -36,10 +36,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use util::{
-    Dir, Service, ferry, free_addr, http_get, run, start_collector_on, strip_ansi,
-    unread_bytes_in_log,
-};
+use util::{Dir, Service, ferry, http_get, run, strip_ansi, unread_bytes_in_log};
 
 const SEEDS: u64 = 50;
 const STEPS: usize = 24;
@@ -125,8 +122,17 @@ impl Case {
         let aside = dir.join("aside");
         std::fs::create_dir_all(&logs).expect("mkdir logs");
         std::fs::create_dir_all(&aside).expect("mkdir aside");
-        let addr = free_addr();
-        let collector = start_collector_on(&dir, "collector", None, addr);
+        let store = dir.join("collector-data").display().to_string();
+        let collector = Service::start_on_free_port("collector", &dir, |addr| {
+            vec![
+                "collector".into(),
+                "--listen".into(),
+                addr.to_string(),
+                "--data-dir".into(),
+                store.clone(),
+            ]
+        });
+        let addr = collector.addr;
         let data = dir.join("agent-data");
         let agent_config = dir.join("agent.yaml");
         let yaml = format!(

@@ -163,6 +163,30 @@ fn processor_killed_9_in_a_loop_gives_the_same_results_as_an_uninterrupted_run()
     );
 }
 
+/// Waits until `ferry groups` shows `group` with two members of 2 of the 4 partitions each.
+fn wait_for_split(url: &str, group: &str) {
+    wait_until(
+        Duration::from_secs(20),
+        "two members sharing the partitions",
+        || {
+            let out = util::run(
+                util::ferry().args(["groups", "--collector", url, "--json"]),
+                b"",
+                0,
+            );
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            v.as_array().into_iter().flatten().any(|g| {
+                g["group"] == group
+                    && g["members"].as_array().is_some_and(|m| {
+                        m.len() == 2
+                            && m.iter()
+                                .all(|m| m["partitions"].as_array().is_some_and(|p| p.len() == 2))
+                    })
+            })
+        },
+    );
+}
+
 #[test]
 fn two_processors_in_one_group_emit_each_window_result_once() {
     let dir = Dir::new("proc-group");
@@ -208,27 +232,7 @@ fn two_processors_in_one_group_emit_each_window_result_once() {
             &url,
         ],
     );
-    // Wait until the two members have split the 4 partitions.
-    wait_until(
-        Duration::from_secs(20),
-        "two members sharing the partitions",
-        || {
-            let out = util::run(
-                util::ferry().args(["groups", "--collector", &url, "--json"]),
-                b"",
-                0,
-            );
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            v.as_array().into_iter().flatten().any(|g| {
-                g["group"] == "shared"
-                    && g["members"].as_array().is_some_and(|m| {
-                        m.len() == 2
-                            && m.iter()
-                                .all(|m| m["partitions"].as_array().is_some_and(|p| p.len() == 2))
-                    })
-            })
-        },
-    );
+    wait_for_split(&url, "shared");
     // Twelve keys over four partitions: both members get some (the split is by key hash).
     let keys: Vec<String> = (0..12).map(|i| format!("k{i}")).collect();
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
@@ -317,27 +321,7 @@ fn keyed_topic_taken_over_from_a_killed_member_loses_no_window() {
             p.stderr().contains("joined its group")
         });
     }
-    // Wait until the two members have split the 4 partitions.
-    wait_until(
-        Duration::from_secs(20),
-        "two members sharing the partitions",
-        || {
-            let out = util::run(
-                util::ferry().args(["groups", "--collector", &url, "--json"]),
-                b"",
-                0,
-            );
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            v.as_array().into_iter().flatten().any(|g| {
-                g["group"] == "keyed"
-                    && g["members"].as_array().is_some_and(|m| {
-                        m.len() == 2
-                            && m.iter()
-                                .all(|m| m["partitions"].as_array().is_some_and(|p| p.len() == 2))
-                    })
-            })
-        },
-    );
+    wait_for_split(&url, "keyed");
     let keys: Vec<String> = (0..12).map(|i| format!("k{i}")).collect();
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
     let closers = |ts: &str| -> String {

@@ -123,15 +123,12 @@ impl Case {
         std::fs::create_dir_all(&logs).expect("mkdir logs");
         std::fs::create_dir_all(&aside).expect("mkdir aside");
         let store = dir.join("collector-data").display().to_string();
-        let collector = Service::start_on_free_port("collector", &dir, |addr| {
-            vec![
-                "collector".into(),
-                "--listen".into(),
-                addr.to_string(),
-                "--data-dir".into(),
-                store.clone(),
-            ]
-        });
+        let collector = Service::start_on_port_0(
+            "collector",
+            &dir,
+            &["collector", "--listen", "127.0.0.1:0", "--data-dir", &store],
+            "listening on http://",
+        );
         let addr = collector.addr;
         let data = dir.join("agent-data");
         let agent_config = dir.join("agent.yaml");
@@ -205,15 +202,18 @@ impl Case {
             return;
         }
         let config = self.agent_config.display().to_string();
-        self.agent = Some(Service::start_on_free_port("agent", &self.dir, |metrics| {
-            vec![
-                "agent".into(),
-                "--config".into(),
-                config.clone(),
-                "--metrics-listen".into(),
-                metrics.to_string(),
-            ]
-        }));
+        self.agent = Some(Service::start_on_port_0(
+            "agent",
+            &self.dir,
+            &[
+                "agent",
+                "--config",
+                &config,
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ],
+            "bound=",
+        ));
     }
 
     fn kill_agent(&mut self) {

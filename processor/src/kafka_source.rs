@@ -32,7 +32,7 @@
 
 use crate::config::{OnParseError, PipelineConfig, SinkConfig, StartAt};
 use crate::kafka_checkpoints::{self, CheckpointStoreError, CheckpointTopic};
-use crate::merge::{Merge, Note, Part, unwrap_checkpoint, wrap_checkpoint};
+use crate::merge::{Merge, Note, Part, holds_all, unwrap_checkpoint, wrap_checkpoint};
 use crate::pipeline::{Emission, PartitionId, Pipeline};
 use crate::runner::{FIRST_BACKOFF, MAX_BACKOFF, RunnerError, RunnerOptions, RunnerReport};
 use crate::sink::{FileMark, Outputs, SinkError, TopicProducer};
@@ -609,32 +609,19 @@ impl Worker {
             // member that fell behind late.
             return;
         }
-        {
-            let known = self
-                .topics
-                .iter()
-                .all(|t| self.topic_partitions.contains_key(t));
-            let total: u32 = self.topic_partitions.values().sum();
-            if !known || total == 0 || self.instances.len() < total as usize {
-                // A partial of the topic must not go out as a final result: the windows wait
-                // (in the checkpoints) until one member holds every partition — e.g. until a
-                // member that died loses its session.
-                if known
-                    && total > 0
-                    && self
-                        .warned_incomplete
-                        .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
-                {
-                    tracing::warn!(
-                        pipeline = self.cfg.name,
-                        held = self.instances.len(),
-                        partitions = total,
-                        "results wait until this member holds every partition (on Kafka, several members of one group need the topic keyed by the group-by field: source.partitioned_by_key: true)"
-                    );
-                    self.warned_incomplete = Some(Instant::now());
-                }
-                return;
-            }
+        let known = self
+            .topics
+            .iter()
+            .all(|t| self.topic_partitions.contains_key(t));
+        let total = known.then(|| self.topic_partitions.values().sum());
+        if !holds_all(
+            &self.cfg.name,
+            self.instances.len(),
+            total,
+            &mut self.warned_incomplete,
+            "on Kafka, several members of one group need the topic keyed by the group-by field: source.partitioned_by_key: true",
+        ) {
+            return;
         }
         let mut parts: Vec<Part<'_>> = self
             .instances
@@ -647,10 +634,7 @@ impl Worker {
             .collect();
         // A stable order (the merge's emission order of equal windows follows it).
         parts.sort_by(|a, b| a.id.cmp(b.id));
-        self.merge.advance(now_ms, &mut parts, &mut self.out);
-        if tick {
-            self.merge.emit_early(&mut parts, &mut self.out);
-        }
+        self.merge.step(now_ms, tick, &mut parts, &mut self.out);
     }
 
     /// Asks the brokers how many partitions each subscribed topic has (a topic not created yet

@@ -55,6 +55,36 @@ pub struct Part<'a> {
     pub since_ms: i64,
 }
 
+/// Whether a member holding `held` of its topics' `total` partitions may emit merged results
+/// (`total` `None`: not known yet). A partial of the topics must not go out as a final result:
+/// the windows wait (in the checkpoints) until one member holds every partition — e.g. until a
+/// member that died loses its session. While they wait, a warning every 10 s (`warned` keeps
+/// when) says why, with `hint` on what to change.
+pub fn holds_all(
+    pipeline: &str,
+    held: usize,
+    total: Option<u32>,
+    warned: &mut Option<std::time::Instant>,
+    hint: &str,
+) -> bool {
+    let Some(total) = total.filter(|&t| t > 0) else {
+        return false;
+    };
+    if held >= total as usize {
+        return true;
+    }
+    if warned.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(10)) {
+        tracing::warn!(
+            pipeline,
+            held,
+            partitions = total,
+            "results wait until this member holds every partition ({hint})"
+        );
+        *warned = Some(std::time::Instant::now());
+    }
+    false
+}
+
 /// The merge of one pipeline's partials. See the module docs.
 #[derive(Debug)]
 pub struct Merge {
@@ -180,6 +210,20 @@ impl Merge {
             self.learn(p.id.clone(), last);
         }
         self.head.report();
+    }
+
+    /// One step of a member's merge: [`Merge::advance`], and on a `tick` [`Merge::emit_early`].
+    pub fn step(
+        &mut self,
+        now_ms: i64,
+        tick: bool,
+        parts: &mut [Part<'_>],
+        out: &mut Vec<Emission>,
+    ) {
+        self.advance(now_ms, parts, out);
+        if tick {
+            self.emit_early(parts, out);
+        }
     }
 
     /// With `emit: early`, emits the merged state of every (window, key) that changed in any

@@ -30,7 +30,7 @@
 //! second `impl Runner` below).
 
 use crate::config::{PipelineConfig, StartAt};
-use crate::merge::{Merge, Note, Part, unwrap_checkpoint, wrap_checkpoint};
+use crate::merge::{Merge, Note, Part, holds_all, unwrap_checkpoint, wrap_checkpoint};
 use crate::pipeline::{Emission, PartitionId, Pipeline};
 use crate::repartition::{self, Outbox};
 use crate::sink::{Outputs, SinkError, TopicProducer};
@@ -478,27 +478,15 @@ impl Runner {
             // Each partition's pipeline emits its own results (`as_part`).
             return;
         }
-        {
-            let total: u32 = self.topic_partitions.values().sum();
-            if total == 0 || self.instances.len() < total as usize {
-                // A partial of the topic must not go out as a final result: hold the windows
-                // (they are in the checkpoints) until one member has them all — e.g. a member
-                // that died still holds some until its session expires.
-                if total > 0
-                    && self
-                        .warned_incomplete
-                        .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
-                {
-                    tracing::warn!(
-                        pipeline = self.cfg.name,
-                        held = self.instances.len(),
-                        partitions = total,
-                        "results wait until this member holds every partition (several members of one group on one topic need it partitioned by the group-by key: source.partitioned_by_key)"
-                    );
-                    self.warned_incomplete = Some(Instant::now());
-                }
-                return;
-            }
+        let total = self.topic_partitions.values().sum();
+        if !holds_all(
+            &self.cfg.name,
+            self.instances.len(),
+            Some(total),
+            &mut self.warned_incomplete,
+            "several members of one group on one topic need it partitioned by the group-by key: source.partitioned_by_key",
+        ) {
+            return;
         }
         let mut parts: Vec<Part<'_>> = self
             .instances
@@ -509,10 +497,7 @@ impl Runner {
                 since_ms: i.since_ms,
             })
             .collect();
-        self.merge.advance(now_ms, &mut parts, out);
-        if tick {
-            self.merge.emit_early(&mut parts, out);
-        }
+        self.merge.step(now_ms, tick, &mut parts, out);
     }
 
     /// Reads the merge's note from every checkpoint of the pipeline's topics, so partitions

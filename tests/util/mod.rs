@@ -132,43 +132,39 @@ impl Service {
         svc
     }
 
-    /// Starts `ferry ARGS(addr)` on a free port `addr`, and waits until it is healthy. The port
-    /// was free when picked, but another process (an outgoing connection's ephemeral port, a
-    /// test running beside) can take it before ferry binds it: then ferry exits at once with
-    /// "Address already in use", and it is started again on another port (up to 5 times).
+    /// Starts `ferry ARGS`, whose listener is given port 0 (the OS picks a free one, so no
+    /// other process can take it first), finds the address it bound in the new part of its
+    /// log — the text after `marker`, up to a space — and waits until it is healthy there.
+    /// (A port picked free beforehand can be taken before ferry binds it; a `/healthz` on it
+    /// may then even answer, from the other process.)
     #[allow(dead_code)]
-    pub fn start_on_free_port(
-        name: &str,
-        dir: &Dir,
-        args: impl Fn(SocketAddr) -> Vec<String>,
-    ) -> Self {
-        for _ in 0..5 {
-            let addr = free_addr();
-            let owned = args(addr);
-            let refs: Vec<&str> = owned.iter().map(String::as_str).collect();
-            let mut svc = Service {
-                proc: Proc::start(name, dir, &refs),
-                addr,
-            };
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(30) {
-                if svc.exited().is_some() {
-                    break;
-                }
-                if matches!(http_get(addr, "/healthz"), Ok((200, _))) {
-                    return svc;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+    pub fn start_on_port_0(name: &str, dir: &Dir, args: &[&str], marker: &str) -> Self {
+        let log = dir.join(format!("{name}.stderr"));
+        let before = std::fs::metadata(&log).map_or(0, |m| m.len()) as usize;
+        let mut proc = Proc::start(name, dir, args);
+        let start = Instant::now();
+        let addr = loop {
+            let text = std::fs::read(&log).unwrap_or_default();
+            let new = String::from_utf8_lossy(text.get(before..).unwrap_or_default());
+            let found = strip_ansi(&new).lines().find_map(|l| {
+                let (_, rest) = l.split_once(marker)?;
+                rest.split_whitespace().next()?.parse::<SocketAddr>().ok()
+            });
+            if let Some(a) = found {
+                break a;
             }
-            let status = svc.exited();
-            let text = svc.stderr();
-            match status {
-                Some(_) if text.contains("Address already in use") => continue,
-                Some(status) => panic!("{name} exited with {status} before it was ready:\n{text}"),
-                None => panic!("{name} not healthy after 30s:\n{text}"),
+            if let Some(status) = proc.exited() {
+                panic!("{name} exited with {status} before it was ready:\n{new}");
             }
-        }
-        panic!("{name}: no free port after 5 tries")
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{name} did not log its address after 30s:\n{new}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let mut svc = Service { proc, addr };
+        svc.wait_healthy(Duration::from_secs(30));
+        svc
     }
 
     /// Starts `ferry ARGS` without waiting for anything: for processes with no HTTP port (the

@@ -32,7 +32,7 @@
 
 use crate::config::{OnParseError, PipelineConfig, SinkConfig, StartAt};
 use crate::kafka_checkpoints::{self, CheckpointStoreError, CheckpointTopic};
-use crate::merge::{Merge, Note, Part, holds_all, unwrap_checkpoint, wrap_checkpoint};
+use crate::merge::{Merge, Note, Part, as_part, holds_all, unwrap_checkpoint, wrap_checkpoint};
 use crate::pipeline::{Emission, PartitionId, Pipeline};
 use crate::runner::{FIRST_BACKOFF, MAX_BACKOFF, RunnerError, RunnerOptions, RunnerReport};
 use crate::sink::{FileMark, Outputs, SinkError, TopicProducer};
@@ -604,9 +604,7 @@ impl Worker {
     /// them itself.
     fn merge_step(&mut self, now_ms: i64, tick: bool) {
         if self.cfg.source.partitioned_by_key {
-            // Each partition's pipeline emits its own results (they are complete): no merge,
-            // whose one watermark would make the records of a partition taken over from a
-            // member that fell behind late.
+            // Each partition's pipeline emits its own results (`merge::as_part`).
             return;
         }
         let known = self
@@ -915,11 +913,7 @@ impl Worker {
                 partition,
                 pid,
                 key,
-                pipeline: if self.cfg.source.partitioned_by_key {
-                    pipeline
-                } else {
-                    pipeline.into_partial()
-                },
+                pipeline: as_part(pipeline),
                 since_ms,
             });
         }

@@ -55,6 +55,19 @@ pub struct Part<'a> {
     pub since_ms: i64,
 }
 
+/// An input partition's pipeline as a member runs it: a partial of the member's merge, or,
+/// with the topics partitioned by the group-by key (`source.partitioned_by_key`), a whole
+/// pipeline that emits its partition's results itself — they are complete, and one merged
+/// watermark over partitions taken over at different moments would make the records of one
+/// that fell behind late.
+pub fn as_part(p: Pipeline) -> Pipeline {
+    if p.config().source.partitioned_by_key {
+        p
+    } else {
+        p.into_partial()
+    }
+}
+
 /// Whether a member holding `held` of its topics' `total` partitions may emit merged results
 /// (`total` `None`: not known yet). A partial of the topics must not go out as a final result:
 /// the windows wait (in the checkpoints) until one member holds every partition — e.g. until a

@@ -30,7 +30,7 @@
 //! second `impl Runner` below).
 
 use crate::config::{PipelineConfig, StartAt};
-use crate::merge::{Merge, Note, Part, holds_all, unwrap_checkpoint, wrap_checkpoint};
+use crate::merge::{Merge, Note, Part, as_part, holds_all, unwrap_checkpoint, wrap_checkpoint};
 use crate::pipeline::{Emission, PartitionId, Pipeline};
 use crate::repartition::{self, Outbox};
 use crate::sink::{Outputs, SinkError, TopicProducer};
@@ -475,7 +475,7 @@ impl Runner {
     /// member holds every partition of its topics (or the topics are partitioned by key).
     fn merge_step(&mut self, now_ms: i64, tick: bool, out: &mut Vec<Emission>) {
         if self.cfg.source.partitioned_by_key {
-            // Each partition's pipeline emits its own results (`as_part`).
+            // Each partition's pipeline emits its own results (`merge::as_part`).
             return;
         }
         let total = self.topic_partitions.values().sum();
@@ -599,7 +599,7 @@ impl Runner {
                             offset,
                             "state restored from checkpoint"
                         );
-                        let mut i = Instance::new(id, self.as_part(p), offset, since_ms);
+                        let mut i = Instance::new(id, as_part(p), offset, since_ms);
                         i.outbox = outbox;
                         i
                     }
@@ -612,7 +612,7 @@ impl Runner {
                             .increment(1);
                         Instance::new(
                             id,
-                            self.as_part(Pipeline::new(self.cfg.clone())),
+                            as_part(Pipeline::new(self.cfg.clone())),
                             start,
                             since_ms,
                         )
@@ -631,7 +631,7 @@ impl Runner {
                     self.consumer.seek(&tp, start);
                     Instance::new(
                         id,
-                        self.as_part(Pipeline::new(self.cfg.clone())),
+                        as_part(Pipeline::new(self.cfg.clone())),
                         start,
                         since_ms,
                     )
@@ -714,18 +714,6 @@ impl Runner {
             self.checkpoint_one(&tp).await?;
         }
         Ok(())
-    }
-
-    /// An input partition's pipeline as this member runs it: a partial of the merge, or, with
-    /// the topics partitioned by the group-by key, a whole pipeline that emits its partition's
-    /// results itself (they are complete; one merged watermark over partitions taken over at
-    /// different moments would make the records of one that fell behind late).
-    fn as_part(&self, p: Pipeline) -> Pipeline {
-        if self.cfg.source.partitioned_by_key {
-            p
-        } else {
-            p.into_partial()
-        }
     }
 
     /// A stored checkpoint as an instance's pipeline (and, with repartition, its outbox).

@@ -191,11 +191,7 @@ impl Windows {
     /// `hold_closed`, the closed windows kept for the merge).
     pub fn take_closed(&mut self, through: i64, out: &mut Vec<(i64, Window)>) {
         while let Some((&start, _)) = self.open.first_key_value() {
-            if start
-                .saturating_add(self.size_ms)
-                .saturating_add(self.grace_ms)
-                > through
-            {
+            if !self.closed_by(start, through) {
                 break;
             }
             if let Some(w) = self.open.pop_first() {
@@ -211,12 +207,17 @@ impl Windows {
     /// Whether the watermark has passed the end (and grace) of the oldest window held: with
     /// `hold_closed`, a closed window waits to be taken.
     pub fn has_closed(&self) -> bool {
-        self.open.first_key_value().is_some_and(|(&start, _)| {
-            start
-                .saturating_add(self.size_ms)
-                .saturating_add(self.grace_ms)
-                <= self.watermark
-        })
+        self.open
+            .first_key_value()
+            .is_some_and(|(&start, _)| self.closed_by(start, self.watermark))
+    }
+
+    /// Whether the window starting at `start` is closed once the watermark is `through`.
+    fn closed_by(&self, start: i64, through: i64) -> bool {
+        start
+            .saturating_add(self.size_ms)
+            .saturating_add(self.grace_ms)
+            <= through
     }
 
     /// Removes and returns every window, open or closed, in start order: an upstream instance

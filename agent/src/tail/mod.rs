@@ -1306,7 +1306,16 @@ impl Tailer {
             && matches!(start, StartAt::Resume { .. })
         {
             watcher.set_origin(cp.origin.map(Into::into));
-            watcher.set_tail(cp.tail.filter(|t| t.offset <= cp.offset));
+            // The entry's tail print, or else one taken now at its offset (the fingerprint
+            // matched and the file is that long: those are the bytes acknowledged): a copy
+            // made and its original truncated before this run reads the file once is still
+            // recognised by it.
+            let tail = cp.tail.filter(|t| t.offset <= cp.offset).or_else(|| {
+                (cp.offset > 0)
+                    .then(|| watcher.tail_at(cp.offset))
+                    .flatten()
+            });
+            watcher.set_tail(tail);
             // A copy of its content before an earlier truncation is still waited for.
             for p in &cp.pending {
                 watcher.add_pending(*p);

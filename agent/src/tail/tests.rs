@@ -1473,3 +1473,45 @@ fn short_copy_first_seen_after_the_truncation_is_not_read_again() {
     assert_eq!(lines, ["one", "two", "three", "four"]);
     assert!(h.tailer.pending_copies.is_empty(), "the copy was found");
 }
+
+/// Regression (the rotation model test, seed 10 on CI, `app.log*`): a run restarted from a
+/// checkpoint entry that holds no tail print (one written before any print was taken at that
+/// offset) saw its file copied and truncated before it had read from it once: with no print
+/// of the bytes it stopped at, the truncation looked for no copy, and the copy was read from 0
+/// as a file of its own — every line of it a second time. A resumed file takes its tail print
+/// at the checkpointed offset when it is opened (the fingerprint matched: those are the bytes
+/// that were acknowledged).
+#[test]
+fn copy_made_before_a_resumed_file_was_first_read_is_not_read_again() {
+    let mut h = harness_with(None);
+    let p = h.path(0);
+    std::fs::write(&p, "one\ntwo\nthree\n").unwrap();
+    h.read_all();
+    h.drain();
+    let mut cps = Checkpoints::default();
+    for e in &h.out {
+        if let Emitted::Batch { state, batch, .. } = e {
+            let mut cp = FileCheckpoint::of(state, batch.end_offset);
+            cp.tail = None; // as an entry written before any print was taken
+            cps.files.insert(state.key, cp);
+        }
+    }
+    assert_eq!(cps.files.values().next().map(|c| c.offset), Some(14));
+    h.out.clear();
+    h.tailer = restarted(&h, cps);
+    h.tailer.scan(h.now); // resumed at 14, not read yet
+    // copytruncate, then the writer goes on.
+    std::fs::copy(&p, h.path(1)).unwrap(); // b.log, in the glob
+    let mut f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    f.set_len(0).unwrap();
+    f.write_all(b"four\n").unwrap();
+    for _ in 0..3 {
+        h.read_all();
+        h.now += Duration::from_millis(600);
+        h.tailer.poll_timeouts(h.now);
+    }
+    h.drain();
+    let lines: Vec<String> = records(&mut h.out).into_iter().map(|r| r.0).collect();
+    assert_eq!(lines, ["four"], "nothing of the copy is read again");
+    assert_eq!(resolved_lost(&h.out), [0]);
+}

@@ -269,7 +269,12 @@ impl FileWatcher {
             partial_not_before: None,
             mid_line,
         };
-        if matches!(start, StartAt::Beginning { .. }) {
+        // A resumed file whose checkpoint has no fingerprint (its first line was incomplete
+        // then) fixes it now, as its first read would: a truncation seen before that read
+        // still knows the first line its copy must begin with.
+        if matches!(start, StartAt::Beginning { .. })
+            || matches!(start, StartAt::Resume { fingerprint: None, offset, .. } if offset > 0)
+        {
             w.fix_identity(size)?;
         }
         Ok(w)

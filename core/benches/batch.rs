@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use ferry_core::batch::{BatchBuilder, Codec, DecodeLimits, decode};
+use ferry_core::batch::{BatchBuilder, Codec, DecodeLimits, decode, verify};
 use ferry_core::record::{FileId, OriginKey};
 use std::hint::black_box;
 
@@ -92,6 +92,12 @@ fn bench(c: &mut Criterion) {
         let limits = DecodeLimits::default();
         g.bench_function(name, |b| {
             b.iter(|| black_box(decode(&enc, &limits).map(|b| b.records.len()).unwrap_or(0)))
+        });
+        // The same checks without building records: what the collector runs on a batch it
+        // stores as received.
+        let verify_name = name.replace("decode", "verify");
+        g.bench_function(verify_name.as_str(), |b| {
+            b.iter(|| black_box(verify(&enc, &limits).map(|h| h.record_count).unwrap_or(0)))
         });
     }
     g.finish();

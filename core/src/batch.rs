@@ -351,83 +351,12 @@ pub fn decompress(
     Ok(raw)
 }
 
-fn parse_records(raw: &Bytes, header: &BatchHeader) -> Result<Vec<Record>, WireError> {
-    let mut records = Vec::with_capacity(header.record_count as usize);
-    let mut pos = 0usize;
-    let mut offset = header.origin.as_ref().map(|o| o.first_offset);
-    let mut span_sum: u64 = 0;
-    let mut index: u32 = 0;
-    while pos < raw.len() {
-        if index >= header.record_count {
-            return Err(WireError::RecordCount {
-                declared: header.record_count,
-                actual: index.saturating_add(1),
-            });
-        }
-        let bad = |reason| WireError::Record { index, reason };
-        let flags = raw[pos];
-        pos += 1;
-        if flags & !(REC_EVENT_TIME | REC_FIELDS | REC_TRUNCATED) != 0 {
-            return Err(bad("unknown record flags"));
-        }
-        let span = read_varint(raw, &mut pos).ok_or_else(|| bad("truncated span"))?;
-        let line = read_bytes(raw, &mut pos).ok_or_else(|| bad("truncated line"))?;
-        let event_time_ms = if flags & REC_EVENT_TIME != 0 {
-            let z = read_varint(raw, &mut pos).ok_or_else(|| bad("truncated event time"))?;
-            Some(unzigzag(z))
-        } else {
-            None
-        };
-        let mut fields = Vec::new();
-        if flags & REC_FIELDS != 0 {
-            let n = read_varint(raw, &mut pos).ok_or_else(|| bad("truncated field count"))?;
-            if n > (raw.len() - pos) as u64 / 2 {
-                return Err(bad("field count larger than the payload"));
-            }
-            for _ in 0..n {
-                let k = read_bytes(raw, &mut pos).ok_or_else(|| bad("truncated field key"))?;
-                let v = read_bytes(raw, &mut pos).ok_or_else(|| bad("truncated field value"))?;
-                let k = std::str::from_utf8(&k).map_err(|_| bad("field key is not UTF-8"))?;
-                let v = std::str::from_utf8(&v).map_err(|_| bad("field value is not UTF-8"))?;
-                fields.push(Field::new(k, v));
-            }
-        }
-        records.push(Record {
-            line,
-            event_time_ms,
-            offset,
-            span,
-            truncated: flags & REC_TRUNCATED != 0,
-            fields,
-        });
-        span_sum = span_sum
-            .checked_add(span)
-            .ok_or_else(|| bad("span overflows"))?;
-        offset = offset.map(|o| o.saturating_add(span));
-        index += 1;
-    }
-    if index != header.record_count {
-        return Err(WireError::RecordCount {
-            declared: header.record_count,
-            actual: index,
-        });
-    }
-    if let Some(origin) = &header.origin {
-        let declared = origin.end_offset - origin.first_offset;
-        if declared != span_sum {
-            return Err(WireError::Span {
-                declared,
-                actual: span_sum,
-            });
-        }
-    }
-    Ok(records)
-}
-
 /// A record of a decompressed payload, borrowed from it: what [`visit_records`] hands out.
 #[derive(Debug, Clone, Copy)]
 pub struct RecordRef<'a> {
     pub line: &'a [u8],
+    /// Bytes of the source file the record stands for (its line and newline, or more).
+    pub span: u64,
     pub event_time_ms: Option<i64>,
     pub truncated: bool,
     /// The encoded fields (already checked to hold `field_count` pairs).
@@ -459,8 +388,17 @@ fn read_slice<'a>(buf: &'a [u8], pos: &mut usize) -> Option<&'a [u8]> {
 /// Visits the `record_count` records of a decompressed payload (see [`decompress`]) in order,
 /// borrowing every line and field from it: no allocation per record. The structure is checked
 /// as [`decode`] checks it (flags, lengths, the count); field text is not re-checked for UTF-8
-/// (what reads it back as text checks it).
+/// (what reads it back as text checks it), nor spans against an origin.
 pub fn visit_records<'a>(
+    raw: &'a [u8],
+    record_count: u32,
+    f: impl FnMut(RecordRef<'a>),
+) -> Result<(), WireError> {
+    walk_records(raw, record_count, f)
+}
+
+/// The one walk over a payload's records: flags, varints and lengths, the count.
+fn walk_records<'a>(
     raw: &'a [u8],
     record_count: u32,
     mut f: impl FnMut(RecordRef<'a>),
@@ -480,7 +418,7 @@ pub fn visit_records<'a>(
         if flags & !(REC_EVENT_TIME | REC_FIELDS | REC_TRUNCATED) != 0 {
             return Err(bad("unknown record flags"));
         }
-        read_varint(raw, &mut pos).ok_or_else(|| bad("truncated span"))?;
+        let span = read_varint(raw, &mut pos).ok_or_else(|| bad("truncated span"))?;
         let line = read_slice(raw, &mut pos).ok_or_else(|| bad("truncated line"))?;
         let event_time_ms = if flags & REC_EVENT_TIME != 0 {
             let z = read_varint(raw, &mut pos).ok_or_else(|| bad("truncated event time"))?;
@@ -503,6 +441,7 @@ pub fn visit_records<'a>(
             }
             f(RecordRef {
                 line,
+                span,
                 event_time_ms,
                 truncated: flags & REC_TRUNCATED != 0,
                 fields: &raw[body..pos],
@@ -511,6 +450,7 @@ pub fn visit_records<'a>(
         } else {
             f(RecordRef {
                 line,
+                span,
                 event_time_ms,
                 truncated: flags & REC_TRUNCATED != 0,
                 fields: &raw[fields_start..fields_start],
@@ -524,6 +464,103 @@ pub fn visit_records<'a>(
             declared: record_count,
             actual: index,
         });
+    }
+    Ok(())
+}
+
+fn parse_records(raw: &Bytes, header: &BatchHeader) -> Result<Vec<Record>, WireError> {
+    let mut records = Vec::with_capacity(header.record_count as usize);
+    let mut offset = header.origin.as_ref().map(|o| o.first_offset);
+    check_records(raw, header, |r| {
+        records.push(Record {
+            line: raw.slice_ref(r.line),
+            event_time_ms: r.event_time_ms,
+            offset,
+            span: r.span,
+            truncated: r.truncated,
+            fields: r
+                .fields()
+                // Checked to be UTF-8 by `check_records`.
+                .map(|(k, v)| {
+                    Field::new(
+                        String::from_utf8_lossy(k).into_owned(),
+                        String::from_utf8_lossy(v).into_owned(),
+                    )
+                })
+                .collect(),
+        });
+        offset = offset.map(|o| o.saturating_add(r.span));
+    })?;
+    Ok(records)
+}
+
+/// Verifies one batch that fills `buf` exactly as [`decode`] does — header, CRC, decompressed
+/// length, every record's structure and field text, the record count and the origin's byte
+/// range — without materialising its records: no allocation per record, and none at all for
+/// an uncompressed batch. What the collector runs on a batch it stores as received.
+pub fn verify(buf: &Bytes, limits: &DecodeLimits) -> Result<BatchHeader, WireError> {
+    let header = BatchHeader::parse(buf)?;
+    if buf.len() > header.total_len {
+        return Err(WireError::TrailingBytes {
+            trailing: buf.len() - header.total_len,
+        });
+    }
+    let raw = decompress(
+        buf.slice(header.payload_start..header.total_len),
+        &header,
+        limits,
+    )?;
+    check_records(&raw, &header, |_| {})?;
+    Ok(header)
+}
+
+/// Every check of a decompressed payload, in one pass, handing each record out borrowed:
+/// the structure ([`walk_records`]), field text is UTF-8, and with an origin, the spans add up
+/// to its byte range.
+fn check_records<'a>(
+    raw: &'a [u8],
+    header: &BatchHeader,
+    mut f: impl FnMut(RecordRef<'a>),
+) -> Result<(), WireError> {
+    let mut span_sum: u64 = 0;
+    let mut index: u32 = 0;
+    let mut failed = None;
+    walk_records(raw, header.record_count, |r| {
+        if failed.is_some() {
+            return;
+        }
+        let bad = |reason| Some(WireError::Record { index, reason });
+        for (k, v) in r.fields() {
+            if std::str::from_utf8(k).is_err() {
+                failed = bad("field key is not UTF-8");
+                return;
+            }
+            if std::str::from_utf8(v).is_err() {
+                failed = bad("field value is not UTF-8");
+                return;
+            }
+        }
+        match span_sum.checked_add(r.span) {
+            Some(s) => span_sum = s,
+            None => {
+                failed = bad("span overflows");
+                return;
+            }
+        }
+        index += 1;
+        f(r);
+    })?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    if let Some(origin) = &header.origin {
+        let declared = origin.end_offset - origin.first_offset;
+        if declared != span_sum {
+            return Err(WireError::Span {
+                declared,
+                actual: span_sum,
+            });
+        }
     }
     Ok(())
 }
@@ -857,18 +894,6 @@ pub fn read_varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
     None
 }
 
-fn read_bytes(buf: &Bytes, pos: &mut usize) -> Option<Bytes> {
-    let len = read_varint(buf, pos)?;
-    let len = usize::try_from(len).ok()?;
-    let end = pos.checked_add(len)?;
-    if end > buf.len() {
-        return None;
-    }
-    let out = buf.slice(*pos..end);
-    *pos = end;
-    Some(out)
-}
-
 fn write_field(raw: &mut Vec<u8>, key: &[u8], value: &[u8]) {
     write_varint(raw, key.len() as u64);
     raw.extend_from_slice(key);
@@ -1144,10 +1169,42 @@ mod tests {
             }
         }
 
+        /// `verify` (no records built) accepts and refuses exactly what `decode` does, with the
+        /// same error, on payloads with a valid CRC but any bytes changed: what the collector
+        /// stores without decoding must pass every check decoding makes.
+        #[test]
+        fn verify_agrees_with_decode_on_any_payload(
+            recs in proptest::collection::vec(rec_strategy(), 1..12),
+            with_origin in any::<bool>(),
+            codec in prop::sample::select(vec![Codec::None, Codec::Gzip, Codec::Lz4]),
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+        ) {
+            let mut b = if with_origin { BatchBuilder::with_origin(origin_key(), 7) } else { BatchBuilder::new() };
+            for r in &recs {
+                let fields: Vec<Field> = r.fields.iter().map(|(k, v)| Field::new(k.as_str(), v.as_str())).collect();
+                b.push(&r.line, r.line.len() as u64 + u64::from(r.extra_span), r.time, r.truncated, &fields);
+            }
+            let enc = Bytes::from(b.finish(Codec::None, 1, 5).unwrap());
+            let header = BatchHeader::parse(&enc).unwrap();
+            let mut raw = enc[header.payload_start..].to_vec();
+            for (at, byte) in &edits {
+                let i = at.index(raw.len());
+                raw[i] = *byte;
+            }
+            let sealed = Bytes::from(recompress(&enc, &header, &raw, codec, 1).unwrap());
+            let limits = DecodeLimits::default();
+            match (decode(&sealed, &limits), verify(&sealed, &limits)) {
+                (Ok(d), Ok(h)) => prop_assert_eq!(d.header, h),
+                (Err(a), Err(b)) => prop_assert_eq!(a.to_string(), b.to_string()),
+                (d, v) => prop_assert!(false, "decode {:?} but verify {:?}", d.map(|_| ()), v.map(|_| ())),
+            }
+        }
+
         /// Any byte string at all: the decoder answers Ok or Err, never panics.
         #[test]
         fn garbage_never_panics(buf in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let _ = decode(&Bytes::from(buf), &DecodeLimits::default());
+            let _ = decode(&Bytes::from(buf.clone()), &DecodeLimits::default());
+            let _ = verify(&Bytes::from(buf), &DecodeLimits::default());
         }
 
         /// Every single-byte change and every truncation of a valid batch is rejected.

@@ -25,6 +25,10 @@
 //! markdown table: MiB/s, CPU seconds per GiB (user + system, all threads, from
 //! /proc/self/stat), peak RSS (VmHWM).
 //!
+//! `--collector-pid PID` (with `--collector`): also the collector's own CPU seconds per GiB of
+//! each run into it (user + system from /proc/PID/stat before and after the run), its share of
+//! the pipeline.
+//!
 //! `--files N`: the same bytes split over N files of equal size, all present at start (a node
 //! with many containers), tailed with one glob; measured beside the single file of the same bytes
 //! and `cat` of the N files into the socket, uncompressed (and into the collector with
@@ -65,6 +69,9 @@ fn main() -> ExitCode {
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
+/// `--collector-pid`: the collector whose CPU time each run into it is measured by.
+static COLLECTOR_PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
 fn parent(args: &[String]) -> Res<()> {
     let mut bytes = std::env::var("FERRY_BENCH_BYTES")
         .ok()
@@ -83,6 +90,10 @@ fn parent(args: &[String]) -> Res<()> {
             "--dir" => dir = Some(it.next().ok_or("--dir needs a value")?.into()),
             "--collector" => collector = Some(it.next().ok_or("--collector needs a URL")?.clone()),
             "--files" => files = it.next().ok_or("--files needs a count")?.parse()?,
+            "--collector-pid" => {
+                let pid = it.next().ok_or("--collector-pid needs a PID")?.parse()?;
+                let _ = COLLECTOR_PID.set(pid);
+            }
             other => return Err(format!("unknown argument {other:?}").into()),
         }
     }
@@ -211,11 +222,16 @@ fn run_agent(
                 format!("bench-{mode}-{run}-{}", std::process::id()),
             );
         }
+        let peer = collector.and(COLLECTOR_PID.get());
+        let peer_before = peer.and_then(|p| cpu_secs_of(&format!("/proc/{p}/stat")));
         let out = cmd.stderr(Stdio::inherit()).output()?;
         if !out.status.success() {
             return Err(format!("child {mode} failed: {}", out.status).into());
         }
-        let m = parse_measure(&String::from_utf8_lossy(&out.stdout))?;
+        let mut m = parse_measure(&String::from_utf8_lossy(&out.stdout))?;
+        m.peer_cpu_secs = peer_before
+            .zip(peer.and_then(|p| cpu_secs_of(&format!("/proc/{p}/stat"))))
+            .map(|(a, b)| b - a);
         eprintln!(
             "{label}: {:.0} MiB/s, {:.2} CPU s",
             mib(m.bytes) / m.secs,
@@ -328,12 +344,24 @@ fn measure_many(
 }
 
 fn print_rows(rows: Vec<(String, Measure)>) {
-    println!("| run | MiB/s | CPU s/GiB | peak RSS MiB | output MiB |");
-    println!("| --- | ---: | ---: | ---: | ---: |");
+    let peer = rows.iter().any(|(_, m)| m.peer_cpu_secs.is_some());
+    if peer {
+        println!("| run | MiB/s | CPU s/GiB | collector CPU s/GiB | peak RSS MiB | output MiB |");
+        println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    } else {
+        println!("| run | MiB/s | CPU s/GiB | peak RSS MiB | output MiB |");
+        println!("| --- | ---: | ---: | ---: | ---: |");
+    }
     for (label, m) in rows {
         let gib = m.bytes as f64 / (1u64 << 30) as f64;
+        let peer_col = if peer {
+            m.peer_cpu_secs
+                .map_or(" – |".to_owned(), |c| format!(" {:.2} |", c / gib))
+        } else {
+            String::new()
+        };
         println!(
-            "| {label} | {:.0} | {} | {} | {} |",
+            "| {label} | {:.0} | {} |{peer_col} {} | {} |",
             mib(m.bytes) / m.secs,
             m.cpu_secs
                 .map_or("–".to_owned(), |c| format!("{:.2}", c / gib)),
@@ -363,6 +391,8 @@ struct Measure {
     cpu_secs: Option<f64>,
     rss_kib: Option<u64>,
     encoded: Option<u64>,
+    /// CPU seconds the collector (`--collector-pid`) spent during the run.
+    peer_cpu_secs: Option<f64>,
 }
 
 fn parse_measure(s: &str) -> Res<Measure> {
@@ -374,6 +404,7 @@ fn parse_measure(s: &str) -> Res<Measure> {
         cpu_secs: f("cpu_secs"),
         rss_kib: f("rss_kib").map(|x| x as u64),
         encoded: f("encoded").map(|x| x as u64),
+        peer_cpu_secs: None,
     })
 }
 
@@ -447,6 +478,7 @@ fn write_fsync(file: &Path, dir: &Path) -> Res<Measure> {
         cpu_secs: None,
         rss_kib: None,
         encoded: None,
+        peer_cpu_secs: None,
     })
 }
 
@@ -484,6 +516,7 @@ fn cat_to_socket(files: &[PathBuf]) -> Res<Measure> {
         cpu_secs: None,
         rss_kib: None,
         encoded: None,
+        peer_cpu_secs: None,
     })
 }
 
@@ -676,7 +709,12 @@ fn idle(args: &[String]) -> Res<()> {
 
 /// User + system CPU seconds of this process, all threads (clock ticks of 1/100 s).
 fn cpu_secs() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    cpu_secs_of("/proc/self/stat")
+}
+
+/// User + system CPU seconds of the process whose `stat` file is `path`.
+fn cpu_secs_of(path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // Fields after the command name, which is in parentheses and may contain spaces.
     let rest = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();

@@ -24,6 +24,11 @@ pub struct BodyRules {
     pub plain_codec: Codec,
     /// Ingest time of plain lines, Unix ms.
     pub now_ms: i64,
+    /// Whether ferry batches are decoded into records. Without (a topic no routing rule or
+    /// key field looks into, on the embedded store, which stores batches as received), each
+    /// is verified as fully but in one pass that builds nothing ([`batch::verify`]), and its
+    /// `Batch` comes with the header alone (`records` empty).
+    pub materialise: bool,
 }
 
 /// Turns a body into verified batches: (encoded bytes, decoded batch).
@@ -50,7 +55,7 @@ pub fn parse(
                 batch::PRODUCER_ID_HEADER
             )));
         }
-        return split_batches(&body, &rules.decode);
+        return split_batches(&body, &rules.decode, rules.materialise);
     }
     let raw = match content_encoding.map(|e| e.trim().to_ascii_lowercase()) {
         None => body,
@@ -162,8 +167,13 @@ fn seal(
     Ok((enc, decoded))
 }
 
-/// Splits a body of back-to-back ferry batches and verifies each one completely.
-fn split_batches(body: &Bytes, limits: &DecodeLimits) -> Result<Vec<(Bytes, Batch)>, IngestError> {
+/// Splits a body of back-to-back ferry batches and verifies each one completely; decodes
+/// their records only if `materialise`.
+fn split_batches(
+    body: &Bytes,
+    limits: &DecodeLimits,
+    materialise: bool,
+) -> Result<Vec<(Bytes, Batch)>, IngestError> {
     let mut out = Vec::new();
     let mut pos = 0usize;
     if body.is_empty() {
@@ -176,7 +186,15 @@ fn split_batches(body: &Bytes, limits: &DecodeLimits) -> Result<Vec<(Bytes, Batc
         let header = BatchHeader::parse(&body[pos..])
             .map_err(|e| IngestError::BadRequest(format!("batch {n} (at byte {pos}): {e}")))?;
         let enc = body.slice(pos..pos + header.total_len);
-        let decoded = batch::decode(&enc, limits).map_err(|e| match e {
+        let decoded = if materialise {
+            batch::decode(&enc, limits)
+        } else {
+            batch::verify(&enc, limits).map(|header| Batch {
+                header,
+                records: Vec::new(),
+            })
+        };
+        let decoded = decoded.map_err(|e| match e {
             ferry_core::batch::WireError::TooLarge { .. }
             | ferry_core::batch::WireError::TooManyRecords { .. } => {
                 IngestError::TooLarge(format!("batch {n}: {e}"))
@@ -217,6 +235,7 @@ mod tests {
             max_line_bytes: 64,
             plain_codec: Codec::None,
             now_ms: 1,
+            materialise: true,
         }
     }
 

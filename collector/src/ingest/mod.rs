@@ -216,8 +216,8 @@ impl Ingest {
         self.backend.store()
     }
 
-    /// Step 1's rules, from the config.
-    fn body_rules(&self) -> body::BodyRules {
+    /// Step 1's rules for a body posted to `topic`, from the config.
+    fn body_rules(&self, topic: &str) -> body::BodyRules {
         body::BodyRules {
             decode: DecodeLimits {
                 max_raw_bytes: self.config.limits.max_raw_bytes.get(),
@@ -226,6 +226,9 @@ impl Ingest {
             max_line_bytes: self.config.limits.max_line_bytes.as_usize(),
             plain_codec: self.config.plain_codec,
             now_ms: ferry_core::now_ms(),
+            // The embedded store stores a batch nobody looks into as received (or recompressed
+            // whole); Kafka produces records.
+            materialise: self.store().is_none() || self.needs_look(topic),
         }
     }
 
@@ -290,7 +293,7 @@ impl Ingest {
         let pending = self.enter(topic)?;
         // Gunzip, CRC checks and decoding burn CPU: on the blocking pool, not the async workers.
         let items = {
-            let rules = self.body_rules();
+            let rules = self.body_rules(topic);
             let (ct, ce) = (
                 content_type.map(str::to_owned),
                 content_encoding.map(str::to_owned),
@@ -299,7 +302,10 @@ impl Ingest {
                 .await??
         };
         let ordered = order::ordered(&items, after)?;
-        let records: u64 = items.iter().map(|(_, b)| b.records.len() as u64).sum();
+        let records: u64 = items
+            .iter()
+            .map(|(_, b)| u64::from(b.header.record_count))
+            .sum();
         // A request that may wait for its predecessor does not hold the topic's pending slot
         // while it waits: the predecessor may need that slot to arrive.
         let pending = ordered.is_none().then_some(pending);
@@ -325,7 +331,7 @@ impl Ingest {
         ferry_core::topic::validate_name(topic).map_err(IngestError::BadRequest)?;
         let pending = self.enter(topic)?;
         let items = {
-            let rules = self.body_rules();
+            let rules = self.body_rules(topic);
             run_blocking(move || body::record_batches(&rules, &records)).await??
         };
         let records: u64 = items.iter().map(|(_, b)| b.records.len() as u64).sum();

@@ -1483,6 +1483,14 @@ fn short_copy_first_seen_after_the_truncation_is_not_read_again() {
 /// that were acknowledged).
 #[test]
 fn copy_made_before_a_resumed_file_was_first_read_is_not_read_again() {
+    // The entry without a tail print; and without a fingerprint or head print either (its
+    // first line was incomplete when it was written).
+    for no_fingerprint in [false, true] {
+        copy_made_before_a_resumed_file_was_first_read(no_fingerprint);
+    }
+}
+
+fn copy_made_before_a_resumed_file_was_first_read(no_fingerprint: bool) {
     let mut h = harness_with(None);
     let p = h.path(0);
     std::fs::write(&p, "one\ntwo\nthree\n").unwrap();
@@ -1493,6 +1501,10 @@ fn copy_made_before_a_resumed_file_was_first_read_is_not_read_again() {
         if let Emitted::Batch { state, batch, .. } = e {
             let mut cp = FileCheckpoint::of(state, batch.end_offset);
             cp.tail = None; // as an entry written before any print was taken
+            if no_fingerprint {
+                cp.fingerprint = None;
+                cp.head = None;
+            }
             cps.files.insert(state.key, cp);
         }
     }
@@ -1512,6 +1524,10 @@ fn copy_made_before_a_resumed_file_was_first_read_is_not_read_again() {
     }
     h.drain();
     let lines: Vec<String> = records(&mut h.out).into_iter().map(|r| r.0).collect();
-    assert_eq!(lines, ["four"], "nothing of the copy is read again");
+    assert_eq!(
+        lines,
+        ["four"],
+        "nothing of the copy is read again (no fingerprint: {no_fingerprint})"
+    );
     assert_eq!(resolved_lost(&h.out), [0]);
 }

@@ -308,6 +308,18 @@ pub fn decompress(
     header: &BatchHeader,
     limits: &DecodeLimits,
 ) -> Result<Bytes, WireError> {
+    check_limits(header, limits)?;
+    if header.codec == Codec::None {
+        return check_raw_len(stored, header);
+    }
+    let mut out = Vec::new();
+    let n = inflate_into(&stored, header, &mut out)?;
+    out.truncate(n);
+    check_raw_len(Bytes::from(out), header)
+}
+
+/// The header's declared sizes against `limits`, before anything is decompressed.
+fn check_limits(header: &BatchHeader, limits: &DecodeLimits) -> Result<(), WireError> {
     let declared = u64::from(header.raw_len);
     if declared > limits.max_raw_bytes {
         return Err(WireError::TooLarge {
@@ -321,34 +333,54 @@ pub fn decompress(
             limit: limits.max_records,
         });
     }
-    let raw = match header.codec {
-        Codec::None => stored,
+    Ok(())
+}
+
+fn check_raw_len<T: AsRef<[u8]>>(raw: T, header: &BatchHeader) -> Result<T, WireError> {
+    let declared = u64::from(header.raw_len);
+    let actual = raw.as_ref().len() as u64;
+    if actual != declared {
+        return Err(WireError::RawLength { declared, actual });
+    }
+    Ok(raw)
+}
+
+/// Decompresses a payload (its limits checked) into `out`, whose allocation is reused; returns
+/// the payload's length: it is `out[..len]` (`out` may be longer; what lies past is stale).
+/// Never more than the declared length plus one byte is produced.
+fn inflate_into(
+    stored: &[u8],
+    header: &BatchHeader,
+    out: &mut Vec<u8>,
+) -> Result<usize, WireError> {
+    let declared = u64::from(header.raw_len);
+    match header.codec {
+        Codec::None => {
+            out.clear();
+            out.extend_from_slice(stored);
+        }
         Codec::Gzip => {
-            let mut out = Vec::with_capacity(header.raw_len as usize);
+            out.clear();
+            out.reserve(header.raw_len as usize);
             // Read one byte past the declared length, so a payload that inflates beyond what
             // the header promised is caught without inflating all of it.
-            let mut dec = flate2::read::GzDecoder::new(&stored[..]).take(declared + 1);
-            dec.read_to_end(&mut out)
+            let mut dec = flate2::read::GzDecoder::new(stored).take(declared + 1);
+            dec.read_to_end(out)
                 .map_err(|e| WireError::Decompress(e.to_string()))?;
-            Bytes::from(out)
         }
         Codec::Lz4 => {
             // The output is exactly the declared size: a block that would write past it (or
-            // reads past its input) is an error, not an allocation.
-            let mut out = vec![0u8; header.raw_len as usize];
-            let n = lz4_flex::block::decompress_into(&stored, &mut out)
-                .map_err(|e| WireError::Decompress(format!("lz4: {e}")))?;
-            out.truncate(n);
-            Bytes::from(out)
+            // reads past its input) is an error, not an allocation. A reused buffer already
+            // long enough is not zeroed again.
+            let n = header.raw_len as usize;
+            if out.len() < n {
+                out.resize(n, 0);
+            }
+            return lz4_flex::block::decompress_into(stored, &mut out[..n])
+                .map_err(|e| WireError::Decompress(format!("lz4: {e}")));
         }
-    };
-    if raw.len() as u64 != declared {
-        return Err(WireError::RawLength {
-            declared,
-            actual: raw.len() as u64,
-        });
     }
-    Ok(raw)
+    Ok(out.len())
 }
 
 /// A record of a decompressed payload, borrowed from it: what [`visit_records`] hands out.
@@ -505,14 +537,32 @@ pub fn verify(buf: &Bytes, limits: &DecodeLimits) -> Result<BatchHeader, WireErr
             trailing: buf.len() - header.total_len,
         });
     }
-    let raw = decompress(
-        buf.slice(header.payload_start..header.total_len),
-        &header,
-        limits,
-    )?;
-    check_records(&raw, &header, |_| {})?;
+    check_limits(&header, limits)?;
+    let stored = &buf[header.payload_start..header.total_len];
+    if header.codec == Codec::None {
+        check_records(check_raw_len(stored, &header)?, &header, |_| {})?;
+        return Ok(header);
+    }
+    // The payload is checked and dropped: decompressed into a buffer this thread reuses (no
+    // allocation, no page faults, no zeroing per batch) unless it is unusually large.
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    if header.raw_len as usize > SCRATCH_MAX {
+        let mut out = Vec::new();
+        let n = inflate_into(stored, &header, &mut out)?;
+        check_records(check_raw_len(&out[..n], &header)?, &header, |_| {})?;
+        return Ok(header);
+    }
+    SCRATCH.with_borrow_mut(|out| {
+        let n = inflate_into(stored, &header, out)?;
+        check_records(check_raw_len(&out[..n], &header)?, &header, |_| {})
+    })?;
     Ok(header)
 }
+
+/// Largest payload [`verify`] decompresses into its per-thread buffer (which stays that big).
+const SCRATCH_MAX: usize = 4 << 20;
 
 /// Every check of a decompressed payload, in one pass, handing each record out borrowed:
 /// the structure ([`walk_records`]), field text is UTF-8, and with an origin, the spans add up

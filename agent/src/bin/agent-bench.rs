@@ -13,7 +13,8 @@
 //! (`--kafka`: the agent tailing a generated file into Kafka through its `kafka` output, once
 //! per producer compression, each into a new topic; MiB/s of file bytes until every batch is
 //! acknowledged. Default SIZE 96MiB.)
-//! (`SIZE` like `1GiB`, default 1 GiB, or `FERRY_BENCH_BYTES`; `FERRY_BENCH_BATCH_BYTES` sets the
+//! (`SIZE` like `1GiB`, default 1 GiB, or `FERRY_BENCH_BYTES`; `FERRY_BENCH_MODES=a,b` runs only
+//! those agent modes, e.g. `collector-lz4`; `FERRY_BENCH_BATCH_BYTES` sets the
 //! agent's `batch.max_bytes`, `FERRY_BENCH_PER_FILE` its `max_in_flight_per_file`.) Generates a file of ~200-byte
 //! JSON lines, then measures, each in its own child process so that peak RSS is the run's own:
 //! the agent reading it into the `null` output uncompressed and with gzip (level 1), and `cat`
@@ -167,6 +168,11 @@ fn measure_all(dir: &Path, bytes: ByteSize, runs: usize, collector: Option<&str>
         ));
         modes.push(("collector-lz4", "agent → collector (fsync before ack), lz4"));
     }
+    // `FERRY_BENCH_MODES=collector-lz4,collector-none`: only those runs (e.g. to profile one).
+    if let Ok(only) = std::env::var("FERRY_BENCH_MODES") {
+        let only: Vec<&str> = only.split(',').map(str::trim).collect();
+        modes.retain(|(mode, _)| only.contains(mode));
+    }
     for (mode, label) in modes {
         let m = run_agent(
             dir,
@@ -222,7 +228,9 @@ fn run_agent(
                 format!("bench-{mode}-{run}-{}", std::process::id()),
             );
         }
-        let peer = collector.and(COLLECTOR_PID.get());
+        let peer = collector
+            .filter(|_| mode.starts_with("collector"))
+            .and(COLLECTOR_PID.get());
         let peer_before = peer.and_then(|p| cpu_secs_of(&format!("/proc/{p}/stat")));
         let out = cmd.stderr(Stdio::inherit()).output()?;
         if !out.status.success() {

@@ -170,16 +170,20 @@ fn destinations(
             let batch_partition =
                 chosen.unwrap_or_else(|| ingest.partition_for_batch(&b.header, n));
             let mut by_partition: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
-            for i in idx {
-                let p = chosen
-                    .or_else(|| {
-                        ingest
-                            .key_field(&t)
-                            .and_then(|field| crate::routing::field_value(&b.records[i], field))
+            match ingest.key_field(&t).filter(|_| chosen.is_none()) {
+                // No record is looked at: all of them go to the one partition (no per-record
+                // work on a batch stored whole).
+                None => {
+                    by_partition.insert(batch_partition, idx);
+                }
+                Some(field) => {
+                    for i in idx {
+                        let p = crate::routing::field_value(&b.records[i], field)
                             .map(|v| (stable_hash(&[v.as_bytes()]) % u64::from(n)) as u32)
-                    })
-                    .unwrap_or(batch_partition);
-                by_partition.entry(p).or_default().push(i);
+                            .unwrap_or(batch_partition);
+                        by_partition.entry(p).or_default().push(i);
+                    }
+                }
             }
             for (p, idx) in by_partition {
                 let sub = if idx.len() == b.header.record_count as usize {

@@ -171,7 +171,8 @@ impl AggState {
                 e.u64(*count);
             }
             AggState::Percentile(q, s) => {
-                e.u8(5);
+                // Tag 5 was our own sketch's state (still read: `DDSketch::decode_v1`).
+                e.u8(8);
                 e.f64(*q);
                 s.encode(e);
             }
@@ -206,7 +207,8 @@ impl AggState {
                 sum: d.f64()?,
                 count: d.u64()?,
             },
-            5 => AggState::Percentile(d.f64()?, Box::new(DDSketch::decode(d)?)),
+            5 => AggState::Percentile(d.f64()?, Box::new(DDSketch::decode_v1(d)?)),
+            8 => AggState::Percentile(d.f64()?, Box::new(DDSketch::decode(d)?)),
             6 => AggState::Distinct(Box::new(HyperLogLog::decode(d)?)),
             7 => AggState::TopK(Box::new(SpaceSaving::decode(d)?)),
             t => return Err(d.err(format!("unknown aggregate tag {t}"))),

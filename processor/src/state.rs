@@ -11,7 +11,7 @@
 //! | offset | size | field |
 //! |---:|---:|---|
 //! | 0 | 4 | magic `FRYP` |
-//! | 4 | 1 | version, currently 1 |
+//! | 4 | 1 | version, currently 2 (version 1 is still read: it differs only in the percentile state) |
 //! | 5 | 8 | fingerprint of the config the state depends on (group_by, window size/advance, aggregates) |
 //! | 13 | … | pipeline name (u32 length + UTF-8) |
 //! | | 72 | stats: 9 × u64 (records_in, replayed, parse_errors, filtered, event_time_fallbacks, late, evicted, results, alerts) |
@@ -21,8 +21,10 @@
 //! | end − 4 | 4 | CRC32C of every byte before it |
 //!
 //! Aggregate states: a tag byte then 0 count u64 · 1 sum f64 · 2 min / 3 max (u8 present, f64) ·
-//! 4 avg (sum f64, count u64) · 5 percentile (q f64, DDSketch: count, zero, min, max, positive and
-//! negative stores as offset i64 + u32 n + n × u64) · 6 distinct (u8 0 sparse: u32 n + n × u32
+//! 4 avg (sum f64, count u64) · 5 percentile of version 1 (q f64, our own DDSketch: count, zero,
+//! min, max, positive and negative stores as offset i64 + u32 n + n × u64; read, never written) ·
+//! 8 percentile (q f64, count u64, min f64, max f64, u32 length + the `sketches-ddsketch` state in
+//! DataDog's Java-compatible encoding) · 6 distinct (u8 0 sparse: u32 n + n × u32
 //! entries; 1 dense: u32 16384 + registers) · 7 top-k (k u32, u32 n, n × (string, count u64)).
 //! Floats are stored as their bits, so restored sums are bit-identical.
 
@@ -31,7 +33,9 @@ use crate::config::PipelineConfig;
 use crate::pipeline::{InputPartition, PartitionId, Pipeline, Stats};
 
 pub const MAGIC: [u8; 4] = *b"FRYP";
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
+/// Versions [`Pipeline::restore`] reads.
+pub const READS: [u8; 2] = [1, 2];
 
 /// A snapshot that cannot be restored.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +43,7 @@ pub enum StateError {
     #[error("not a ferry processor state (bad magic)")]
     BadMagic,
     #[error(
-        "processor state version {0} is not supported by this build (it reads version {VERSION})"
+        "processor state version {0} is not supported by this build (it reads versions 1 and {VERSION})"
     )]
     UnsupportedVersion(u8),
     #[error("processor state checksum mismatch (the file is damaged)")]
@@ -113,7 +117,7 @@ impl Pipeline {
             }
             .into());
         }
-        if bytes[4] != VERSION {
+        if !READS.contains(&bytes[4]) {
             return Err(StateError::UnsupportedVersion(bytes[4]));
         }
         let body = crate::codec::strip_crc(bytes).ok_or(StateError::Checksum)?;

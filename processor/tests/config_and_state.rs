@@ -5,7 +5,7 @@
 
 use ferry_core::record::Record;
 use ferry_processor::config::ProcessorConfig;
-use ferry_processor::pipeline::{Emission, PartitionId, Pipeline};
+use ferry_processor::pipeline::{Emission, PartitionId, Pipeline, WindowResult};
 use ferry_processor::state::StateError;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -148,25 +148,60 @@ pipelines:
 
 #[test]
 fn state_format_matches_golden_file() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/state-v1.bin");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/state-v2.bin");
     let snap = golden_pipeline().snapshot();
     if std::env::var_os("FERRY_BLESS").is_some() {
         std::fs::write(&path, &snap).unwrap();
     }
-    let golden = std::fs::read(&path).expect("tests/data/state-v1.bin (FERRY_BLESS=1 writes it)");
+    let golden = std::fs::read(&path).expect("tests/data/state-v2.bin (FERRY_BLESS=1 writes it)");
     assert_eq!(
         snap, golden,
-        "the state format changed: bump state::VERSION and keep reading version 1"
+        "the state format changed: bump state::VERSION and keep reading the older versions"
     );
     // The golden state restores and finishes like the live pipeline.
+    let (a, b) = restored_and_live(&golden);
+    assert_eq!(a, b);
+}
+
+/// What the golden pipeline restored from `state` emits when drained, and what the live one
+/// emits.
+fn restored_and_live(state: &[u8]) -> (Vec<Emission>, Vec<Emission>) {
     let cfg = golden_pipeline().config().clone();
-    let mut restored = Pipeline::restore(cfg, &golden).unwrap();
-    let mut live = golden_pipeline();
+    let mut restored = Pipeline::restore(cfg, state).unwrap();
     let (mut a, mut b) = (Vec::new(), Vec::new());
     restored.drain(&mut a);
-    live.drain(&mut b);
+    golden_pipeline().drain(&mut b);
     assert!(!a.is_empty());
-    assert_eq!(a, b);
+    (a, b)
+}
+
+/// A state written by the build before the switch to `sketches-ddsketch` (version 1, its
+/// percentile in our own sketch's bins) still restores: the same windows, keys and exact
+/// aggregates, and the percentile within the sketch's 1% of the live pipeline's.
+#[test]
+fn state_of_version_1_still_restores() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/state-v1.bin");
+    let v1 = std::fs::read(&path).expect("tests/data/state-v1.bin");
+    assert_eq!(v1[4], 1);
+    let (a, b) = restored_and_live(&v1);
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        let (Emission::Result(x), Emission::Result(y)) = (x, y) else {
+            assert_eq!(x, y);
+            continue;
+        };
+        let split = |r: &WindowResult| {
+            let mut r = r.clone();
+            let i = r.values.iter().position(|(n, _)| &**n == "p99").unwrap();
+            let (_, p) = r.values.remove(i);
+            (r, p.as_f64().unwrap())
+        };
+        let ((xr, p), (yr, q)) = (split(x), split(y));
+        assert_eq!(xr, yr, "everything but the percentile is exact");
+        // The old sketch's bins re-added at their representative values: within 1% of the
+        // values they counted, which are within 1% of the true quantile.
+        assert!((p - q).abs() <= 0.021 * q.abs(), "p99 {p} against {q}");
+    }
 }
 
 #[test]
@@ -184,11 +219,11 @@ fn damaged_or_foreign_state_is_refused() {
         Pipeline::restore(cfg.clone(), b"nope"),
         Err(StateError::BadMagic)
     ));
-    let mut v2 = snap.clone();
-    v2[4] = 2;
+    let mut v3 = snap.clone();
+    v3[4] = 3;
     assert!(matches!(
-        Pipeline::restore(cfg.clone(), &v2),
-        Err(StateError::UnsupportedVersion(2))
+        Pipeline::restore(cfg.clone(), &v3),
+        Err(StateError::UnsupportedVersion(3))
     ));
     for cut in [5, 13, 20, snap.len() / 2, snap.len() - 1] {
         assert!(Pipeline::restore(cfg.clone(), &snap[..cut]).is_err());

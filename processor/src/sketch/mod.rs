@@ -1,6 +1,7 @@
 //! Mergeable sketches for the aggregates that cannot be exact in bounded memory.
 //!
-//! - [`ddsketch::DDSketch`]: quantiles with 1% relative error (every returned quantile `v'` of a
+//! - [`ddsketch::DDSketch`]: DataDog's `sketches-ddsketch` with exact count, min and max;
+//!   quantiles with 1% relative error (every returned quantile `v'` of a
 //!   true quantile `v` has `|v' - v| <= 0.01 |v|`), mergeable, at most 2048 bins per sign.
 //! - [`hll::HyperLogLog`]: distinct counts, precision 14 (16,384 registers, 1.04/√m = 0.81%
 //!   standard error), sparse while small, with Ertl's improved estimator (no bias tables).

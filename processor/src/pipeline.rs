@@ -421,8 +421,22 @@ impl Pipeline {
         now_ms: i64,
         out: &mut Vec<Emission>,
     ) {
+        self.process_run(partition, [(offset, record, ingest_ms)], now_ms, out);
+    }
+
+    /// Processes records of one partition in order, each with its offset and fallback event
+    /// time: one partition lookup and one metrics update for all of them.
+    pub fn process_run<'r>(
+        &mut self,
+        partition: &PartitionId,
+        records: impl IntoIterator<Item = (u64, &'r Record, i64)>,
+        now_ms: i64,
+        out: &mut Vec<Emission>,
+    ) {
         let p = self.input(partition);
-        self.process_one(p, offset, record, ingest_ms, now_ms, out);
+        for (offset, record, ingest_ms) in records {
+            self.process_one(p, offset, record, ingest_ms, now_ms, out);
+        }
         self.report();
     }
 
@@ -436,11 +450,11 @@ impl Pipeline {
         now_ms: i64,
         out: &mut Vec<Emission>,
     ) {
-        let p = self.input(partition);
-        for (i, r) in records.iter().enumerate() {
-            self.process_one(p, first_offset + i as u64, r, ingest_ms, now_ms, out);
-        }
-        self.report();
+        let run = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (first_offset + i as u64, r, ingest_ms));
+        self.process_run(partition, run, now_ms, out);
     }
 
     fn process_one(

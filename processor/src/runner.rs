@@ -413,18 +413,19 @@ impl Runner {
         };
         let records = polled.map_err(|e| self.err_collector(e))?;
         let now = ferry_core::now_ms();
-        for r in &records {
-            let key = (r.topic.clone(), r.partition);
+        // A poll returns each partition's records together: one instance lookup per run of
+        // them, not per record.
+        for run in records.chunk_by(|a, b| a.partition == b.partition && a.topic == b.topic) {
+            let first = &run[0];
+            let key = (first.topic.clone(), first.partition);
             // A partition assigned during this poll is set up (and sought back) next turn.
             let Some(inst) = self.instances.get_mut(&key) else {
                 continue;
             };
-            let pid = PartitionId::new(r.topic.clone(), r.partition);
-            inst.pipeline.process(
+            let pid = PartitionId::new(first.topic.clone(), first.partition);
+            inst.pipeline.process_run(
                 &pid,
-                r.offset,
-                &r.record,
-                r.append_time_ms,
+                run.iter().map(|r| (r.offset, &r.record, r.append_time_ms)),
                 now,
                 &mut turn.out,
             );

@@ -157,7 +157,15 @@ fn keyed(from: u64, to: u64, closers: bool) -> Vec<(Option<String>, Vec<u8>)> {
 }
 
 /// Every value of `topic` (all partitions), read from the beginning for `within`.
-fn read_values(brokers: &str, topic: &str, partitions: i32, within: Duration) -> Vec<Vec<u8>> {
+/// The values of `topic` from the beginning: read until `expect` have come (or `within` has
+/// passed, a slow machine), then for half a second more, so that one too many shows too.
+fn read_values(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    expect: usize,
+    within: Duration,
+) -> Vec<Vec<u8>> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "test-reader")
@@ -171,9 +179,15 @@ fn read_values(brokers: &str, topic: &str, partitions: i32, within: Duration) ->
     c.assign(&tpl).unwrap();
     let start = Instant::now();
     let mut out = Vec::new();
-    while start.elapsed() < within {
+    let mut enough_at: Option<Instant> = None;
+    while start.elapsed() < within
+        && enough_at.is_none_or(|t| t.elapsed() < Duration::from_millis(500))
+    {
         if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
             out.push(m.payload().unwrap_or_default().to_vec());
+        }
+        if out.len() >= expect && enough_at.is_none() {
+            enough_at = Some(Instant::now());
         }
     }
     out
@@ -280,7 +294,7 @@ async fn counts_exactly_dead_letters_garbage_and_resumes_from_its_checkpoint() {
     assert_eq!(got, want);
     assert_eq!(lines, want.len(), "a window result was emitted twice");
 
-    let mut dead = read_values(&brokers, "bad", 1, Duration::from_secs(2));
+    let mut dead = read_values(&brokers, "bad", 1, garbage.len(), Duration::from_secs(30));
     // A dead-letter line is the record's line as text (invalid UTF-8 replaced).
     let mut want_dead: Vec<Vec<u8>> = garbage
         .iter()

@@ -109,17 +109,7 @@ fn start_processor(dir: &Dir, url: &str, n: u32) -> Proc {
             dir.join("results.jsonl").display()
         ),
     );
-    Proc::start(
-        &format!("processor-{n}"),
-        dir,
-        &[
-            "processor",
-            "--config",
-            cfg.to_str().expect("utf8"),
-            "--collector",
-            url,
-        ],
-    )
+    Proc::processor(dir, &format!("processor-{n}"), &cfg, url)
 }
 
 /// Every stored line's sequence number, with how often it is stored.

@@ -84,7 +84,7 @@ fn processor_killed_9_in_a_loop_gives_the_same_results_as_an_uninterrupted_run()
     let n = 6000;
     let slices = 30;
     let want = expected(n);
-    let start = |name: &str, cfg: &std::path::Path| start_processor(&dir, name, cfg, &url);
+    let start = |name: &str, cfg: &std::path::Path| Proc::processor(&dir, name, cfg, &url);
 
     // The pipeline under test runs while the records arrive, in slices over ~5 s, and is killed
     // with SIGKILL at varying moments and restarted each time.
@@ -149,21 +149,6 @@ fn processor_killed_9_in_a_loop_gives_the_same_results_as_an_uninterrupted_run()
         want,
         "results after {kills} kill -9s differ from the uninterrupted run"
     );
-}
-
-/// `ferry processor --config CFG --collector URL`, its stderr in `DIR/NAME.stderr`.
-fn start_processor(dir: &Dir, name: &str, cfg: &std::path::Path, url: &str) -> Proc {
-    Proc::start(
-        name,
-        dir,
-        &[
-            "processor",
-            "--config",
-            cfg.to_str().expect("utf8"),
-            "--collector",
-            url,
-        ],
-    )
 }
 
 /// Waits until `ferry groups` shows `group` with two members of 2 of the 4 partitions each.
@@ -304,7 +289,7 @@ fn keyed_topic_taken_over_from_a_killed_member_loses_no_window() {
     };
     let cfg_a = dir.write("a.yaml", keyed(&out_a));
     let cfg_b = dir.write("b.yaml", keyed(&out_b));
-    let start = |name: &str, cfg: &std::path::Path| start_processor(&dir, name, cfg, &url);
+    let start = |name: &str, cfg: &std::path::Path| Proc::processor(&dir, name, cfg, &url);
     let mut a = start("a", &cfg_a);
     let mut b = start("b", &cfg_b);
     for p in [&a, &b] {
@@ -690,7 +675,7 @@ fn sample_pipeline_on_two_members_prints_each_window_and_key_once_across_two_kil
     let out_b = dir.join("b.jsonl");
     let cfg_a = dir.write("a.yaml", sample_config(&out_a));
     let cfg_b = dir.write("b.yaml", sample_config(&out_b));
-    let start = |name: &str, cfg: &std::path::Path| start_processor(&dir, name, cfg, &url);
+    let start = |name: &str, cfg: &std::path::Path| Proc::processor(&dir, name, cfg, &url);
 
     // 40,000 records, 100 per second of event time, up to 2 s out of order, levels skewed.
     let (lines, want) = sample_input(&mut rng, 40_000);

@@ -325,6 +325,21 @@ impl Proc {
         }
     }
 
+    /// `ferry processor --config CFG --collector URL`, its stderr in `DIR/NAME.stderr`.
+    pub fn processor(dir: &Dir, name: &str, cfg: &Path, url: &str) -> Self {
+        Self::start(
+            name,
+            dir,
+            &[
+                "processor",
+                "--config",
+                cfg.to_str().expect("utf8"),
+                "--collector",
+                url,
+            ],
+        )
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }

@@ -527,14 +527,14 @@ fn two_processors_in_one_group_split_partitions_and_one_takes_over_after_kill_9(
     assert_eq!(b.terminate(Duration::from_secs(30)), Some(0));
 }
 
-/// The sample setup on Kafka as a user scales it out without keying the topic: records of
-/// every key on all four partitions, two members of one group, and one member SIGKILLed twice
-/// (restarted in between). While the members split the partitions, neither emits a partial as
-/// a final result (each waits, and says why); whenever one holds them all, it emits the merged
-/// result of every window that closed. Over the whole run every (window, key) is emitted exactly
-/// once, with the count of all its records.
+/// The sample setup on Kafka scaled out without keying the topic, with the in-process merge
+/// only (`source.repartition: false`): records of every key on all four partitions, two members
+/// of one group, and one member SIGKILLed twice (restarted in between). While the members split
+/// the partitions, neither emits a partial as a final result (each waits, and says why);
+/// whenever one holds them all, it emits the merged result of every window that closed. Over
+/// the whole run every (window, key) is emitted exactly once, with the count of all its records.
 #[test]
-fn two_members_on_an_unkeyed_topic_emit_each_window_once_across_two_kill_9s() {
+fn without_repartition_two_members_on_an_unkeyed_topic_emit_each_window_once_across_two_kill_9s() {
     let dir = Dir::new("kproc-unkeyed");
     let broker = Tansu::start();
     let brokers = broker.brokers();
@@ -553,8 +553,20 @@ fn two_members_on_an_unkeyed_topic_emit_each_window_once_across_two_kill_9s() {
     spread(&first[..1]);
     let out_a = dir.join("a.jsonl");
     let out_b = dir.join("b.jsonl");
-    let cfg_a = dir.write("a.yaml", processor_yaml(&brokers, "split", &out_a, ""));
-    let cfg_b = dir.write("b.yaml", processor_yaml(&brokers, "split", &out_b, ""));
+    let in_process = |yaml: String| {
+        yaml.replace(
+            "group: split\n",
+            "group: split\n        repartition: false\n",
+        )
+    };
+    let cfg_a = dir.write(
+        "a.yaml",
+        in_process(processor_yaml(&brokers, "split", &out_a, "")),
+    );
+    let cfg_b = dir.write(
+        "b.yaml",
+        in_process(processor_yaml(&brokers, "split", &out_b, "")),
+    );
     let both = || {
         std::fs::read_to_string(&out_a).unwrap_or_default()
             + &std::fs::read_to_string(&out_b).unwrap_or_default()
@@ -617,6 +629,144 @@ fn two_members_on_an_unkeyed_topic_emit_each_window_once_across_two_kill_9s() {
         lines_of(&both()),
         want.len(),
         "each (window, key) emitted exactly once across both members"
+    );
+}
+
+/// A small deterministic generator for the kill moments (the seed is printed).
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn seed() -> u64 {
+    let s = std::env::var("FERRY_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        })
+        | 1;
+    eprintln!("seed: {s} (FERRY_TEST_SEED={s} repeats this run)");
+    s
+}
+
+/// Issue 13 on Kafka, the default setup scaled out: the sample pipeline (repartition on, as
+/// by default) on a topic not keyed by the group-by field — records of every key on all four
+/// partitions — and two members of one group, each writing its own results file. The partials
+/// go through the Kafka repartition topic to the member owning each key, so results come out
+/// while the members split the partitions. One member is SIGKILLed twice, each time at a random
+/// moment after new records, and restarted: every (window, key) is emitted exactly once across
+/// both files, equal to the count of its records.
+#[test]
+fn two_members_on_an_unkeyed_topic_merge_through_the_repartition_topic_across_two_kill_9s() {
+    let mut rng = XorShift(seed());
+    let dir = Dir::new("kproc-hop");
+    let broker = Tansu::start();
+    let brokers = broker.brokers();
+    let keys = keys(5);
+    let spread = |evs: &[Event]| {
+        let records: Vec<Record> = evs.iter().map(Event::record).collect();
+        produce_records(&brokers, "app", &records, Some("shard"));
+    };
+    let phase = |from: u64, to: u64, close_at: i64| {
+        let mut evs = events(from, to, &keys);
+        evs.extend(closers(&keys, close_at));
+        evs
+    };
+    // Creates the topic with the broker's default of 4 partitions.
+    let first = phase(0, 1000, 100_000);
+    spread(&first[..1]);
+    let out_a = dir.join("a.jsonl");
+    let out_b = dir.join("b.jsonl");
+    let cfg_a = dir.write("a.yaml", processor_yaml(&brokers, "hop", &out_a, ""));
+    let cfg_b = dir.write("b.yaml", processor_yaml(&brokers, "hop", &out_b, ""));
+    let both = || {
+        std::fs::read_to_string(&out_a).unwrap_or_default()
+            + &std::fs::read_to_string(&out_b).unwrap_or_default()
+    };
+    let lines_of = |text: &str| text.lines().count();
+    let merging = |p: &Proc| !logged(p, "repartition partitions assigned").is_empty();
+    let mut a = start_processor(&dir, "a-0", &cfg_a, None);
+    let mut b = start_processor(&dir, "b", &cfg_b, None);
+    let split = |a: &Proc, b: &Proc| held(a) == Some(2) && held(b) == Some(2);
+    wait_until(
+        Duration::from_secs(60),
+        "the members to split 2 + 2 and to merge",
+        || split(&a, &b) && merging(&a) && merging(&b),
+    );
+    spread(&first[1..]);
+    let mut all = first.clone();
+    let want = expected(&all, 100_000);
+    wait_until(
+        Duration::from_secs(90),
+        "merged results while the members split the partitions",
+        || parse_results(&both()) == want,
+    );
+    assert_eq!(lines_of(&both()), want.len(), "a result was emitted twice");
+    for (round, (from, to, close_at)) in [(1000u64, 2000u64, 200_000i64), (2000, 3000, 300_000)]
+        .into_iter()
+        .enumerate()
+    {
+        // New records, and a dies while they are on their way through both hops.
+        let next = phase(from, to, close_at);
+        spread(&next);
+        all.extend(next);
+        std::thread::sleep(Duration::from_millis(rng.next() % 1500));
+        a.kill9();
+        let want = expected(&all, close_at);
+        wait_until(
+            Duration::from_secs(90),
+            "b's results once a's partitions moved to it",
+            || parse_results(&both()) == want,
+        );
+        // a comes back and cuts its file back to its last checkpoint (b emitted again what a
+        // emitted after it): each result once across the files.
+        a = start_processor(&dir, &format!("a-{}", round + 1), &cfg_a, None);
+        wait_until(
+            Duration::from_secs(60),
+            "the members to split again and a to merge",
+            || split(&a, &b) && merging(&a),
+        );
+        // A result a emitted after its last checkpoint and b has not emitted again yet comes
+        // from whoever owns its partition now.
+        wait_until(
+            Duration::from_secs(60),
+            "each result once across the files after a's restart",
+            || {
+                let text = both();
+                parse_results(&text) == want && lines_of(&text) == want.len()
+            },
+        );
+    }
+    let far = 24 * 3600 * 1000;
+    let last = phase(3000, 4000, far);
+    spread(&last);
+    all.extend(last);
+    let want = expected(&all, far);
+    wait_until(Duration::from_secs(90), "every result", || {
+        parse_results(&both()) == want
+    });
+    assert_eq!(a.terminate(Duration::from_secs(30)), Some(0));
+    assert_eq!(b.terminate(Duration::from_secs(30)), Some(0));
+    assert_eq!(
+        lines_of(&both()),
+        want.len(),
+        "each (window, key) emitted exactly once across both members"
+    );
+    let stderr = a.stderr() + &b.stderr();
+    eprintln!(
+        "repartition restores in the last runs: {}, duplicates dropped: see ferry_processor_repartition_duplicates_total",
+        stderr
+            .matches("repartition: state restored from checkpoint")
+            .count()
     );
 }
 

@@ -32,8 +32,10 @@
 
 use crate::config::{OnParseError, PipelineConfig, SinkConfig, StartAt};
 use crate::kafka_checkpoints::{self, CheckpointStoreError, CheckpointTopic};
+use crate::kafka_repartition::{self, Applied, Owner, RepartitionTopic};
 use crate::merge::{Merge, Note, Part, as_part, holds_all, unwrap_checkpoint, wrap_checkpoint};
 use crate::pipeline::{Emission, PartitionId, Pipeline};
+use crate::repartition::{self, Outbox};
 use crate::runner::{FIRST_BACKOFF, MAX_BACKOFF, RunnerError, RunnerOptions, RunnerReport};
 use crate::sink::{FileMark, Outputs, SinkError, TopicProducer};
 use bytes::Bytes;
@@ -182,6 +184,7 @@ pub async fn run(
         checkpoints,
         opts,
         shutdown.clone(),
+        (kafka.clone(), admin.clone()),
     );
     let consumer: BaseConsumer<SourceContext> = client
         .create_with_context(SourceContext {
@@ -264,6 +267,8 @@ fn drive(
 ) -> Result<RunnerReport, RunnerError> {
     let ctx = consumer.context().clone();
     let mut result = Ok(());
+    // With repartition: the consumer of the merge group, made once the repartition topic is.
+    let mut merge: Option<BaseConsumer<MergeContext>> = None;
     while !shutdown.is_triggered() {
         let mut wait = POLL_WAIT;
         for _ in 0..MAX_RECORDS_PER_TURN {
@@ -279,17 +284,42 @@ fn drive(
             }
             wait = Duration::ZERO;
         }
+        if let Some(mc) = &merge {
+            for _ in 0..MAX_RECORDS_PER_TURN {
+                match mc.poll(Duration::ZERO) {
+                    None => break,
+                    Some(Ok(m)) => ctx.worker().apply_partial(&m),
+                    Some(Err(e)) => {
+                        ctx.worker().poll_error(&e);
+                        break;
+                    }
+                }
+            }
+        }
         let mut w = ctx.worker();
-        w.turn(&consumer);
+        w.turn(&consumer, merge.as_ref());
         if let Some(e) = w.fatal.take() {
             result = Err(e);
             break;
         }
+        if merge.is_none() && w.rep.is_some() {
+            match w.merge_consumer(&ctx) {
+                Ok(mc) => merge = Some(mc),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
     }
-    let last = ctx.worker().stop(&consumer);
+    let last = ctx.worker().stop(&consumer, merge.as_ref());
     let report = ctx.worker().report.clone();
-    // Leaving the group revokes the partitions inside the close below; nothing is left to hand
-    // over by then (stop dropped every instance).
+    // Leaving the groups revokes the partitions inside the closes below; nothing is left to
+    // hand over by then (stop dropped every instance and owner).
+    if let Some(mc) = merge {
+        mc.unsubscribe();
+        drop(mc);
+    }
     consumer.unsubscribe();
     drop(consumer);
     tracing::info!(pipeline = ctx.worker().cfg.name, "left the kafka group");
@@ -363,6 +393,63 @@ impl ConsumerContext for SourceContext {
     }
 }
 
+/// The merge consumer's context (repartition): its rebalances reach the same worker.
+struct MergeContext {
+    source: Arc<SourceContext>,
+}
+
+impl ClientContext for MergeContext {}
+
+impl ConsumerContext for MergeContext {
+    /// Owned repartition partitions: restored from their checkpoints (the offset set in the
+    /// list), and checkpointed before they are handed over.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let mut w = self.source.worker();
+        let done = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                w.assign_owners(consumer, tpl);
+                if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                w.revoke_owners(consumer.assignment_lost(), tpl);
+                if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                }
+            }
+            other => {
+                let code = rdkafka::error::RDKafkaErrorCode::from(other);
+                tracing::warn!(pipeline = w.cfg.name, error = %code, "kafka rebalance error (repartition); giving up the assignment");
+                let all = w.owned();
+                w.revoke_owners(consumer.assignment_lost(), &all);
+                consumer.unassign()
+            }
+        };
+        if let Err(e) = done {
+            tracing::error!(pipeline = w.cfg.name, error = %e, "kafka (un)assign failed (repartition)");
+            let parts = partitions(tpl);
+            if let Some(rep) = w.rep.as_mut() {
+                rep.owners
+                    .retain(|r, _| !parts.iter().any(|(_, p)| *p == *r as i32));
+            }
+        }
+    }
+}
+
 /// `(topic, partition)` of each element.
 fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
     tpl.elements()
@@ -382,6 +469,13 @@ struct Instance {
     pipeline: Pipeline,
     /// Processing time (Unix ms) it was assigned: the merge's idle timeout counts from then.
     since_ms: i64,
+    /// With repartition: the last flush's partials until the repartition topic acknowledged
+    /// them all.
+    outbox: Option<Outbox>,
+    /// With repartition: the checkpoint holding `outbox`, until stored.
+    unstored: Option<Vec<u8>>,
+    /// With repartition: the input offset of the last flush built.
+    flushed: Option<u64>,
 }
 
 impl Instance {
@@ -406,6 +500,8 @@ enum CheckpointFailure {
     SinkFailed,
     #[error("the assignment was lost (session expired)")]
     Lost,
+    #[error("partials not acknowledged by the repartition topic: {0}")]
+    Post(String),
     #[error(transparent)]
     Store(#[from] CheckpointStoreError),
 }
@@ -450,9 +546,31 @@ struct Worker {
     stored: metrics::Counter,
     checkpoint_errors: metrics::Counter,
     retries: metrics::Counter,
+    /// The cluster (for the repartition topic and the merge consumer) and its admin config.
+    kafka: KafkaConfig,
+    admin: rdkafka::ClientConfig,
+    /// Partials go through the repartition topic (`kafka_repartition.rs`); `rep` is set up
+    /// once every input topic's partition count is known.
+    repartition: bool,
+    rep: Option<Rep>,
+    next_rep_attempt: Instant,
+    last_flush: Instant,
+}
+
+/// The downstream half of a repartitioned pipeline on Kafka.
+struct Rep {
+    topic: RepartitionTopic,
+    /// The merge group (`repartition::merge_group`).
+    group: String,
+    owners: BTreeMap<u32, Owner>,
+    /// Windows emitted per part, read from every owner's checkpoint (as in `runner.rs`).
+    learned: BTreeMap<PartitionId, i64>,
+    /// Results files' marks read from the owners' checkpoints, carried into ours.
+    learned_marks: Vec<FileMark>,
 }
 
 impl Worker {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         cfg: PipelineConfig,
         topics: Vec<String>,
@@ -461,9 +579,16 @@ impl Worker {
         checkpoints: CheckpointTopic,
         opts: RunnerOptions,
         shutdown: Shutdown,
+        (kafka, admin): (KafkaConfig, rdkafka::ClientConfig),
     ) -> Self {
         let pipeline = cfg.name.clone();
         Self {
+            repartition: cfg.source.repartition && !cfg.source.partitioned_by_key,
+            rep: None,
+            next_rep_attempt: Instant::now(),
+            last_flush: Instant::now(),
+            kafka,
+            admin,
             consumed: metrics::counter!("ferry_kafka_records_consumed_total"),
             stored: metrics::counter!("ferry_processor_checkpoints_total", "pipeline" => pipeline.clone()),
             checkpoint_errors: metrics::counter!("ferry_processor_checkpoint_errors_total", "pipeline" => pipeline),
@@ -560,7 +685,11 @@ impl Worker {
     }
 
     /// After each poll: ticks, results out, a checkpoint when one is due.
-    fn turn(&mut self, consumer: &BaseConsumer<SourceContext>) {
+    fn turn(
+        &mut self,
+        consumer: &BaseConsumer<SourceContext>,
+        merge: Option<&BaseConsumer<MergeContext>>,
+    ) {
         let now = ferry_core::now_ms();
         let tick = self.last_tick.elapsed() >= self.opts.tick;
         if tick {
@@ -577,14 +706,35 @@ impl Worker {
         {
             self.learn_partition_counts(consumer);
         }
-        self.merge_step(now, tick);
+        if self.repartition {
+            if self.rep.is_none() && Instant::now() >= self.next_rep_attempt {
+                self.ensure_rep();
+            }
+            self.ship_due(consumer);
+            self.rep_merge_step(ferry_core::now_ms(), tick);
+        } else {
+            self.merge_step(now, tick);
+        }
         if !self.flush(None) {
             return;
         }
         if Instant::now() < self.next_checkpoint {
             return;
         }
-        match self.checkpoint(consumer, None, CommitMode::Async, None) {
+        let done = if self.repartition {
+            // Upstreams store theirs at each flush; the owners' are due.
+            let lost = merge.is_some_and(|m| m.assignment_lost());
+            let r = self.checkpoint_owners(lost, None, None);
+            if r.is_ok()
+                && let Some(m) = merge
+            {
+                kafka_repartition::commit_for_lag(m, &self.owner_offsets());
+            }
+            r
+        } else {
+            self.checkpoint(consumer, None, CommitMode::Async, None)
+        };
+        match done {
             Ok(_) => {
                 self.next_checkpoint = Instant::now() + self.opts.checkpoint_interval;
                 self.checkpoint_backoff.reset();
@@ -717,21 +867,7 @@ impl Worker {
         commit: CommitMode,
         deadline: Option<Instant>,
     ) -> Result<usize, CheckpointFailure> {
-        if !self.flush(deadline) {
-            return Err(CheckpointFailure::Unwritten);
-        }
-        let r = self.rt.block_on(self.outputs.checkpoint());
-        match r {
-            Ok(()) => self.marks = self.outputs.file_marks(),
-            Err(e) if e.is_retryable() => return Err(CheckpointFailure::NotDurable(Box::new(e))),
-            Err(source) => {
-                self.fatal.get_or_insert(RunnerError::Sink {
-                    pipeline: self.cfg.name.clone(),
-                    source,
-                });
-                return Err(CheckpointFailure::SinkFailed);
-            }
-        }
+        self.make_durable(deadline)?;
         // A member whose session expired may still be running: it must not overwrite what the
         // partition's new owner stores (see docs/kafka.md on zombies).
         if consumer.assignment_lost() {
@@ -775,6 +911,32 @@ impl Worker {
             tracing::debug!(pipeline = self.cfg.name, error = %e, "offset commit failed");
         }
         Ok(items.len())
+    }
+
+    /// Results written and the sinks made durable; `marks` then says where the files stand.
+    fn make_durable(&mut self, deadline: Option<Instant>) -> Result<(), CheckpointFailure> {
+        if !self.flush(deadline) {
+            return Err(if self.fatal.is_some() {
+                CheckpointFailure::SinkFailed
+            } else {
+                CheckpointFailure::Unwritten
+            });
+        }
+        let r = self.rt.block_on(self.outputs.checkpoint());
+        match r {
+            Ok(()) => {
+                self.marks = self.outputs.file_marks();
+                Ok(())
+            }
+            Err(e) if e.is_retryable() => Err(CheckpointFailure::NotDurable(Box::new(e))),
+            Err(source) => {
+                self.fatal.get_or_insert(RunnerError::Sink {
+                    pipeline: self.cfg.name.clone(),
+                    source,
+                });
+                Err(CheckpointFailure::SinkFailed)
+            }
+        }
     }
 
     /// `ferry_processor_kafka_lag{pipeline,topic,partition}`: records behind the partition's
@@ -838,7 +1000,8 @@ impl Worker {
             Default::default()
         };
         let mut marks = Vec::new();
-        for blob in restored.values() {
+        // With repartition the owners' checkpoints carry the notes (`assign_owners`).
+        for blob in restored.values().filter(|_| !self.repartition) {
             if let Ok((note, _)) = unwrap_checkpoint(blob) {
                 for (pid, start) in note.emitted {
                     self.merge.learn(pid, start);
@@ -846,7 +1009,7 @@ impl Worker {
                 marks.extend(note.files);
             }
         }
-        if !self.rewound && self.cfg.source.start == StartAt::Committed {
+        if !self.rewound && !self.repartition && self.cfg.source.start == StartAt::Committed {
             // Before anything is written: results emitted after the last checkpoint are
             // emitted again, so the files are cut back to where that checkpoint saw them.
             let r = self.rt.block_on(self.outputs.rewind_files(&marks));
@@ -872,12 +1035,12 @@ impl Worker {
                 continue;
             }
             let pid = PartitionId::new(topic.clone(), u32::try_from(partition).unwrap_or(0));
+            let mut outbox = None;
             let (pipeline, at) = match restored.get(&key) {
                 // A checkpoint of an older build (a bare snapshot) has an empty note.
-                Some(bytes) => match unwrap_checkpoint(bytes)
-                    .and_then(|(_, snap)| Pipeline::restore(self.cfg.clone(), snap))
-                {
-                    Ok(p) => {
+                Some(bytes) => match self.restore_instance(bytes) {
+                    Ok((p, o)) => {
+                        outbox = o;
                         let next = p
                             .offsets()
                             .into_iter()
@@ -908,6 +1071,11 @@ impl Worker {
                 }
             };
             let _ = tpl.set_partition_offset(&topic, partition, at);
+            let flushed = pipeline
+                .offsets()
+                .into_iter()
+                .find(|(x, _)| *x == pid)
+                .map(|(_, o)| o);
             self.instances.push(Instance {
                 topic,
                 partition,
@@ -915,13 +1083,33 @@ impl Worker {
                 key,
                 pipeline: as_part(pipeline),
                 since_ms,
+                outbox,
+                unstored: None,
+                flushed,
             });
+        }
+        if self.repartition && self.rep.is_none() {
+            self.ensure_rep();
         }
         tracing::info!(
             pipeline = self.cfg.name,
             partitions = self.instances.len(),
             "kafka partitions assigned"
         );
+    }
+
+    /// A stored checkpoint as an instance's pipeline (and, with repartition, its outbox). A
+    /// checkpoint of the other mode is read too (its outbox none), so switching
+    /// `repartition` keeps the partitions' positions and windows.
+    fn restore_instance(
+        &self,
+        bytes: &[u8],
+    ) -> Result<(Pipeline, Option<Outbox>), crate::state::StateError> {
+        if let Ok((outbox, snap)) = repartition::unwrap_upstream(bytes) {
+            return Ok((Pipeline::restore(self.cfg.clone(), snap)?, outbox));
+        }
+        let (_, snap) = unwrap_checkpoint(bytes)?;
+        Ok((Pipeline::restore(self.cfg.clone(), snap)?, None))
     }
 
     /// Where a partition without a checkpoint starts.
@@ -998,16 +1186,23 @@ impl Worker {
             let deadline = Instant::now() + HANDOVER_DEADLINE;
             let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
             loop {
-                match self.checkpoint(consumer, Some(&held), CommitMode::Sync, Some(deadline)) {
+                let done = if self.repartition {
+                    // Ships what it holds and stores its checkpoint (the flush does both).
+                    self.ship_all(consumer, Some(&held))
+                } else {
+                    self.checkpoint(consumer, Some(&held), CommitMode::Sync, Some(deadline))
+                };
+                match done {
                     Ok(n) => {
                         tracing::info!(pipeline = self.cfg.name, partitions = ?held, checkpoints = n, "partitions handed over");
                         break;
                     }
                     Err(e) => {
                         self.checkpoint_errors.increment(1);
-                        let retry = matches!(e, CheckpointFailure::Store(_))
-                            && self.fatal.is_none()
-                            && self.sleep(backoff.next_delay(), Some(deadline));
+                        let retry =
+                            matches!(e, CheckpointFailure::Store(_) | CheckpointFailure::Post(_))
+                                && self.fatal.is_none()
+                                && self.sleep(backoff.next_delay(), Some(deadline));
                         if !retry {
                             tracing::error!(pipeline = self.cfg.name, partitions = ?held, error = %ferry_core::error_chain(&e), "handing partitions over without a checkpoint: their next owner restores the previous one and recomputes from there (nothing is counted twice)");
                             break;
@@ -1024,19 +1219,31 @@ impl Worker {
 
     /// At shutdown: results out, sinks durable, every partition checkpointed (retried until
     /// [`HANDOVER_DEADLINE`]), offsets committed; then the state is dropped.
-    fn stop(&mut self, consumer: &BaseConsumer<SourceContext>) -> Result<(), RunnerError> {
+    fn stop(
+        &mut self,
+        consumer: &BaseConsumer<SourceContext>,
+        merge: Option<&BaseConsumer<MergeContext>>,
+    ) -> Result<(), RunnerError> {
         let deadline = Instant::now() + HANDOVER_DEADLINE;
         let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
         let outcome = loop {
             if self.fatal.is_some() {
                 break Err("a sink failed".to_owned());
             }
-            match self.checkpoint(consumer, None, CommitMode::Sync, Some(deadline)) {
+            let done = if self.repartition {
+                let lost = merge.is_some_and(|m| m.assignment_lost());
+                self.ship_all(consumer, None)
+                    .and_then(|_| self.checkpoint_owners(lost, None, Some(deadline)))
+            } else {
+                self.checkpoint(consumer, None, CommitMode::Sync, Some(deadline))
+            };
+            match done {
                 Ok(_) => break Ok(()),
                 Err(e) => {
                     let msg = ferry_core::error_chain(&e);
-                    let retry = matches!(e, CheckpointFailure::Store(_))
-                        && self.sleep(backoff.next_delay(), Some(deadline));
+                    let retry =
+                        matches!(e, CheckpointFailure::Store(_) | CheckpointFailure::Post(_))
+                            && self.sleep(backoff.next_delay(), Some(deadline));
                     if !retry {
                         break Err(msg);
                     }
@@ -1049,6 +1256,9 @@ impl Worker {
             }
         };
         self.instances.clear();
+        if let Some(rep) = self.rep.as_mut() {
+            rep.owners.clear();
+        }
         if let Some(e) = self.fatal.take() {
             return Err(e);
         }
@@ -1058,5 +1268,538 @@ impl Worker {
                 "final checkpoint not stored ({message}); the next start resumes from the previous one"
             ),
         })
+    }
+}
+
+/// The repartition hop on Kafka (`kafka_repartition.rs`): upstream flushes, and the owners of
+/// the repartition topic's partitions (the merge group).
+impl Worker {
+    /// Once every input topic's partition count is known: the repartition topic (created with
+    /// as many partitions as the input topics together, unless it exists). Retried every
+    /// [`METADATA_RETRY`] until it works.
+    fn ensure_rep(&mut self) {
+        self.next_rep_attempt = Instant::now() + METADATA_RETRY;
+        if self.rep.is_some()
+            || !self
+                .topics
+                .iter()
+                .all(|t| self.topic_partitions.contains_key(t))
+        {
+            return;
+        }
+        let want: u32 = self.topic_partitions.values().sum::<u32>().max(1);
+        let name = self
+            .kafka
+            .kafka_topic(&repartition::topic_name(&self.group, &self.cfg.name));
+        match RepartitionTopic::open(&self.kafka, &self.admin, &self.rt, &name, want) {
+            Ok(topic) => {
+                tracing::info!(
+                    pipeline = self.cfg.name,
+                    topic = name,
+                    partitions = topic.partitions(),
+                    group = repartition::merge_group(&self.group),
+                    "repartition topic ready"
+                );
+                self.rep = Some(Rep {
+                    topic,
+                    group: repartition::merge_group(&self.group),
+                    owners: BTreeMap::new(),
+                    learned: BTreeMap::new(),
+                    learned_marks: Vec::new(),
+                });
+            }
+            Err(e) => {
+                tracing::warn!(
+                    pipeline = self.cfg.name,
+                    topic = name,
+                    error = e,
+                    "repartition topic not ready; retrying"
+                );
+                self.retries.increment(1);
+            }
+        }
+    }
+
+    /// The merge group's consumer, subscribed to the repartition topic.
+    fn merge_consumer(
+        &self,
+        ctx: &Arc<SourceContext>,
+    ) -> Result<BaseConsumer<MergeContext>, RunnerError> {
+        let kerr = |source| RunnerError::Kafka {
+            pipeline: self.cfg.name.clone(),
+            source: Box::new(source),
+        };
+        let Some(rep) = self.rep.as_ref() else {
+            return Err(RunnerError::Stopped {
+                pipeline: self.cfg.name.clone(),
+                message: "no repartition topic".into(),
+            });
+        };
+        let mut client = ferry_kafka::consumer::group_client_config(
+            &self.kafka,
+            &rep.group,
+            StartPosition::Earliest,
+        );
+        client.set("enable.partition.eof", "false");
+        let consumer: BaseConsumer<MergeContext> = client
+            .create_with_context(MergeContext {
+                source: ctx.clone(),
+            })
+            .map_err(|e| kerr(ferry_kafka::KafkaError::Config(e)))?;
+        consumer
+            .subscribe(&[rep.topic.topic()])
+            .map_err(|e| kerr(ferry_kafka::KafkaError::Consumer(e)))?;
+        tracing::info!(
+            pipeline = self.cfg.name,
+            topic = rep.topic.topic(),
+            group = rep.group,
+            "repartition: joined the merge group"
+        );
+        Ok(consumer)
+    }
+
+    /// Ships each upstream that is due: every `flush_interval`, at once when its watermark
+    /// closed a window, and while a previous flush is not through.
+    fn ship_due(&mut self, consumer: &BaseConsumer<SourceContext>) {
+        let periodic = self.last_flush.elapsed() >= self.opts.flush_interval;
+        for i in 0..self.instances.len() {
+            let inst = &self.instances[i];
+            let pending = inst.outbox.is_some() || inst.unstored.is_some();
+            if !(periodic || pending || inst.pipeline.windows.has_closed()) {
+                continue;
+            }
+            if let Err(e) = self.ship(consumer, i, false) {
+                tracing::warn!(pipeline = self.cfg.name, topic = self.instances[i].topic, partition = self.instances[i].partition, error = %ferry_core::error_chain(&e), "partials not shipped; retrying");
+                self.checkpoint_errors.increment(1);
+                break;
+            }
+        }
+        if periodic {
+            self.last_flush = Instant::now();
+        }
+    }
+
+    /// Ships every upstream (of `only`, if given), also one whose repartition topic is not
+    /// there yet (then its windows stay in its checkpoint). Returns how many stored a checkpoint.
+    fn ship_all(
+        &mut self,
+        consumer: &BaseConsumer<SourceContext>,
+        only: Option<&[(String, i32)]>,
+    ) -> Result<usize, CheckpointFailure> {
+        let mut n = 0;
+        for i in 0..self.instances.len() {
+            let inst = &self.instances[i];
+            if only.is_some_and(|o| {
+                !o.iter()
+                    .any(|(t, p)| *t == inst.topic && *p == inst.partition)
+            }) {
+                continue;
+            }
+            n += usize::from(self.ship(consumer, i, true)?);
+        }
+        Ok(n)
+    }
+
+    /// One upstream flush (as `runner.rs`'s `flush_one`): a pending outbox is stored (if it was
+    /// not) and posted; then, if the instance read records since its last flush, its windows
+    /// are taken as a new outbox, stored with the instance's checkpoint, then posted. Without a
+    /// repartition topic yet, `force` stores the checkpoint with the windows kept in it.
+    /// Returns whether a checkpoint was stored.
+    fn ship(
+        &mut self,
+        consumer: &BaseConsumer<SourceContext>,
+        i: usize,
+        force: bool,
+    ) -> Result<bool, CheckpointFailure> {
+        let partitions = self.rep.as_ref().map(|r| r.topic.partitions());
+        let inst = &mut self.instances[i];
+        if inst.unstored.is_none() && inst.outbox.is_none() {
+            let Some(next) = inst.next_offset() else {
+                return Ok(false);
+            };
+            match partitions {
+                Some(n) if inst.flushed != Some(next) => {
+                    let outbox = repartition::flush(&mut inst.pipeline, &inst.pid, next, n);
+                    inst.unstored = Some(repartition::wrap_upstream(
+                        Some(&outbox),
+                        &inst.pipeline.snapshot(),
+                    ));
+                    inst.outbox = Some(outbox);
+                    inst.flushed = Some(next);
+                }
+                None if force => {
+                    inst.unstored =
+                        Some(repartition::wrap_upstream(None, &inst.pipeline.snapshot()));
+                }
+                _ => return Ok(false),
+            }
+        }
+        let mut stored = false;
+        if let Some(blob) = inst.unstored.take() {
+            // A member whose session expired must not store (see docs/kafka.md on zombies),
+            // nor post what it would have stored.
+            if consumer.assignment_lost() {
+                inst.unstored = Some(blob);
+                return Err(CheckpointFailure::Lost);
+            }
+            let items = [(inst.key.clone(), blob)];
+            let r = self.rt.block_on(self.checkpoints.store(&items));
+            let inst = &mut self.instances[i];
+            if let Err(e) = r {
+                let [(_, blob)] = items;
+                inst.unstored = Some(blob);
+                return Err(e.into());
+            }
+            stored = true;
+            self.report.checkpoints += 1;
+            self.stored.increment(1);
+            if let Some(o) = inst.next_offset().and_then(|o| i64::try_from(o).ok()) {
+                let mut offsets = TopicPartitionList::new();
+                let _ =
+                    offsets.add_partition_offset(&inst.topic, inst.partition, Offset::Offset(o));
+                kafka_repartition::commit_for_lag(consumer, &offsets);
+            }
+        }
+        let Some(outbox) = self.instances[i].outbox.take() else {
+            return Ok(stored);
+        };
+        let r = match self.rep.as_ref() {
+            Some(rep) => self.rt.block_on(rep.topic.post(&outbox)),
+            None => Err("no repartition topic".to_owned()),
+        };
+        if let Err(e) = r {
+            self.instances[i].outbox = Some(outbox);
+            return Err(CheckpointFailure::Post(e));
+        }
+        Ok(stored)
+    }
+
+    /// One message of an owned repartition partition, into its owner.
+    fn apply_partial(&mut self, m: &BorrowedMessage<'_>) {
+        let Some(rep) = self.rep.as_mut() else {
+            return;
+        };
+        let (Ok(r), Ok(offset)) = (u32::try_from(m.partition()), u64::try_from(m.offset())) else {
+            return;
+        };
+        let Some(owner) = rep.owners.get_mut(&r) else {
+            return;
+        };
+        let now = ferry_core::now_ms();
+        let seq = kafka_repartition::seq_of(m);
+        match owner.apply(
+            &self.cfg,
+            r,
+            offset,
+            m.payload().unwrap_or_default(),
+            seq,
+            now,
+        ) {
+            Applied::Merged { late } => {
+                if late > 0 {
+                    metrics::counter!("ferry_processor_late_partials_total").increment(late);
+                }
+            }
+            Applied::Duplicate => {
+                metrics::counter!("ferry_processor_repartition_duplicates_total").increment(1);
+            }
+            Applied::Behind => {}
+            Applied::Unreadable(e) => {
+                tracing::warn!(
+                    pipeline = self.cfg.name,
+                    topic = rep.topic.topic(),
+                    partition = r,
+                    offset,
+                    error = e,
+                    "repartition: unreadable message skipped"
+                );
+                metrics::counter!("ferry_processor_repartition_unreadable_total").increment(1);
+            }
+        }
+    }
+
+    /// Each owned partition's merge over its parts: one result per (window, key).
+    fn rep_merge_step(&mut self, now_ms: i64, tick: bool) {
+        let Some(rep) = self.rep.as_mut() else {
+            return;
+        };
+        for owner in rep.owners.values_mut() {
+            let since_ms = owner.since_ms;
+            let mut parts: Vec<Part<'_>> = owner
+                .parts
+                .values_mut()
+                .map(|(id, pipeline)| Part {
+                    id,
+                    pipeline,
+                    since_ms,
+                })
+                .collect();
+            owner.merge.advance(now_ms, &mut parts, &mut self.out);
+            if tick {
+                owner.merge.emit_early(&mut parts, &mut self.out);
+            }
+        }
+    }
+
+    /// The owned repartition partitions, as a list.
+    fn owned(&self) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        if let Some(rep) = &self.rep {
+            for r in rep.owners.keys() {
+                tpl.add_partition(rep.topic.topic(), *r as i32);
+            }
+        }
+        tpl
+    }
+
+    /// The owned partitions' next offsets (for the merge group's lag).
+    fn owner_offsets(&self) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        if let Some(rep) = &self.rep {
+            for (r, o) in &rep.owners {
+                if let Some(n) = o.next_offset.and_then(|n| i64::try_from(n).ok()) {
+                    let _ =
+                        tpl.add_partition_offset(rep.topic.topic(), *r as i32, Offset::Offset(n));
+                }
+            }
+        }
+        tpl
+    }
+
+    /// Sets up newly owned repartition partitions: every owner checkpoint's note learned (and,
+    /// at the first assignment, the results files cut back), each restored from its checkpoint
+    /// and started at its offset (set in `tpl`); one never checkpointed is checkpointed at once.
+    fn assign_owners(
+        &mut self,
+        consumer: &BaseConsumer<MergeContext>,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let Some(rep) = self.rep.as_ref() else {
+            return;
+        };
+        let (topic, group, n) = (
+            rep.topic.topic().to_owned(),
+            rep.group.clone(),
+            rep.topic.partitions(),
+        );
+        let keys: Vec<String> = (0..n)
+            .map(|r| kafka_checkpoints::key(&group, &topic, r as i32))
+            .collect();
+        let Some(restored) = self.load_retrying(&keys) else {
+            tracing::warn!(
+                pipeline = self.cfg.name,
+                "stopping before the repartition checkpoints could be read"
+            );
+            return;
+        };
+        let mut marks = Vec::new();
+        let Some(rep) = self.rep.as_mut() else {
+            return;
+        };
+        for blob in restored.values() {
+            if let Ok((note, _)) = unwrap_checkpoint(blob) {
+                for (pid, start) in note.emitted {
+                    let e = rep.learned.entry(pid).or_insert(start);
+                    *e = (*e).max(start);
+                }
+                marks.extend(note.files);
+            }
+        }
+        for m in &marks {
+            match rep
+                .learned_marks
+                .iter_mut()
+                .find(|l| l.dev == m.dev && l.ino == m.ino)
+            {
+                Some(l) => l.len = l.len.max(m.len),
+                None => rep.learned_marks.push(*m),
+            }
+        }
+        let upstreams: Vec<PartitionId> = self
+            .topic_partitions
+            .iter()
+            .flat_map(|(t, n)| (0..*n).map(|p| PartitionId::new(t.clone(), p)))
+            .collect();
+        let since_ms = ferry_core::now_ms();
+        let mut fresh = Vec::new();
+        for (t, p) in partitions(tpl) {
+            let Ok(r) = u32::try_from(p) else {
+                continue;
+            };
+            let owner = match rep.owners.get(&r) {
+                // Still owned (a cooperative rebalance keeps what it does not move).
+                Some(o) => o,
+                None => {
+                    let key = kafka_checkpoints::key(&group, &t, p);
+                    let mut owner = match restored.get(&key) {
+                        Some(bytes) => match Owner::restore(&self.cfg, r, bytes, since_ms) {
+                            Ok(o) => {
+                                tracing::info!(
+                                    pipeline = self.cfg.name,
+                                    topic = t,
+                                    partition = r,
+                                    offset = o.next_offset,
+                                    "repartition: state restored from checkpoint"
+                                );
+                                o
+                            }
+                            Err(e) => {
+                                tracing::error!(pipeline = self.cfg.name, topic = t, partition = r, error = %e, "repartition checkpoint unreadable; reading the partition from its beginning");
+                                metrics::counter!("ferry_processor_checkpoints_unreadable_total")
+                                    .increment(1);
+                                Owner::new(&self.cfg, since_ms)
+                            }
+                        },
+                        None => {
+                            fresh.push(r);
+                            Owner::new(&self.cfg, since_ms)
+                        }
+                    };
+                    owner.cover(&self.cfg, r, &upstreams);
+                    rep.owners.insert(r, owner);
+                    &rep.owners[&r]
+                }
+            };
+            let at = owner
+                .next_offset
+                .and_then(|o| i64::try_from(o).ok())
+                .map_or(Offset::Beginning, Offset::Offset);
+            let _ = tpl.set_partition_offset(&t, p, at);
+        }
+        for owner in rep.owners.values_mut() {
+            for (id, _) in owner.parts.values() {
+                if let Some(&start) = rep.learned.get(id) {
+                    owner.merge.learn(id.clone(), start);
+                }
+            }
+        }
+        let owned = rep.owners.len();
+        if !self.rewound {
+            // Before anything is written: results emitted after the last checkpoint are
+            // emitted again, so the files are cut back to where that checkpoint saw them.
+            let r = self.rt.block_on(self.outputs.rewind_files(&marks));
+            match r {
+                Ok(_) => self.rewound = true,
+                Err(source) => {
+                    self.fatal.get_or_insert(RunnerError::Sink {
+                        pipeline: self.cfg.name.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        if !fresh.is_empty() {
+            // A partition never checkpointed gets its first checkpoint before it emits: it
+            // carries where the results files stand now, so a member killed before its next
+            // checkpoint cuts them back to here and emits those results once, not twice.
+            let deadline = Instant::now() + HANDOVER_DEADLINE;
+            if let Err(e) =
+                self.checkpoint_owners(consumer.assignment_lost(), Some(&fresh), Some(deadline))
+            {
+                tracing::warn!(pipeline = self.cfg.name, error = %ferry_core::error_chain(&e), "first repartition checkpoint not stored; retried at the next one");
+            }
+        }
+        tracing::info!(
+            pipeline = self.cfg.name,
+            partitions = owned,
+            "repartition partitions assigned"
+        );
+    }
+
+    /// Hands over owned repartition partitions: results written, sinks durable, checkpointed
+    /// (unless lost), then dropped.
+    fn revoke_owners(&mut self, lost: bool, tpl: &TopicPartitionList) {
+        let held: Vec<u32> = partitions(tpl)
+            .into_iter()
+            .filter_map(|(_, p)| u32::try_from(p).ok())
+            .filter(|r| {
+                self.rep
+                    .as_ref()
+                    .is_some_and(|rep| rep.owners.contains_key(r))
+            })
+            .collect();
+        if held.is_empty() {
+            return;
+        }
+        if lost {
+            tracing::warn!(pipeline = self.cfg.name, partitions = ?held, "repartition partitions lost (session expired): not checkpointed; their new owner restores the last checkpoint");
+            metrics::counter!("ferry_processor_partitions_lost_total", "pipeline" => self.cfg.name.clone())
+                .increment(held.len() as u64);
+        } else {
+            let deadline = Instant::now() + HANDOVER_DEADLINE;
+            let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
+            loop {
+                match self.checkpoint_owners(false, Some(&held), Some(deadline)) {
+                    Ok(n) => {
+                        tracing::info!(pipeline = self.cfg.name, partitions = ?held, checkpoints = n, "repartition: partitions handed over");
+                        break;
+                    }
+                    Err(e) => {
+                        self.checkpoint_errors.increment(1);
+                        let retry = matches!(e, CheckpointFailure::Store(_))
+                            && self.fatal.is_none()
+                            && self.sleep(backoff.next_delay(), Some(deadline));
+                        if !retry {
+                            tracing::error!(pipeline = self.cfg.name, partitions = ?held, error = %ferry_core::error_chain(&e), "handing repartition partitions over without a checkpoint: their next owner restores the previous one");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(rep) = self.rep.as_mut() {
+            rep.owners.retain(|r, _| !held.contains(r));
+        }
+    }
+
+    /// Results written, sinks durable, then the checkpoints of the owned partitions (of `only`,
+    /// if given): the merge's note (emitted windows, ours and those learned; the results
+    /// files' marks) and each owner's offset, sequences and parts. Returns how many were stored.
+    fn checkpoint_owners(
+        &mut self,
+        lost: bool,
+        only: Option<&[u32]>,
+        deadline: Option<Instant>,
+    ) -> Result<usize, CheckpointFailure> {
+        self.make_durable(deadline)?;
+        if lost {
+            return Err(CheckpointFailure::Lost);
+        }
+        let Some(rep) = self.rep.as_ref() else {
+            return Ok(0);
+        };
+        let mut files = self.marks.clone();
+        for m in &rep.learned_marks {
+            if !files.iter().any(|f| f.dev == m.dev && f.ino == m.ino) {
+                files.push(*m);
+            }
+        }
+        let mut emitted = rep.learned.clone();
+        for o in rep.owners.values() {
+            for (id, start) in o.merge.emitted() {
+                let e = emitted.entry(id.clone()).or_insert(*start);
+                *e = (*e).max(*start);
+            }
+        }
+        let note = Note { emitted, files };
+        let items: Vec<(String, Vec<u8>)> = rep
+            .owners
+            .iter()
+            .filter(|(r, _)| only.is_none_or(|o| o.contains(r)))
+            .map(|(r, o)| {
+                (
+                    kafka_checkpoints::key(&rep.group, rep.topic.topic(), *r as i32),
+                    o.checkpoint(&note),
+                )
+            })
+            .collect();
+        if items.is_empty() {
+            return Ok(0);
+        }
+        let r = self.rt.block_on(self.checkpoints.store(&items));
+        r?;
+        self.report.checkpoints += items.len() as u64;
+        self.stored.increment(items.len() as u64);
+        Ok(items.len())
     }
 }

@@ -61,6 +61,7 @@ pub mod codec;
 pub mod config;
 pub mod filter;
 pub mod kafka_checkpoints;
+pub mod kafka_repartition;
 pub mod kafka_source;
 pub mod merge;
 pub mod parse;

@@ -64,6 +64,7 @@ const LINE_MAGIC: [u8; 4] = *b"FRYS";
 const LINE_VERSION: u8 = 1;
 const UPSTREAM_MAGIC: [u8; 4] = *b"FRYU";
 const PARTS_MAGIC: [u8; 4] = *b"FRYO";
+const SEQS_MAGIC: [u8; 4] = *b"FRYQ";
 const VERSION: u8 = 1;
 
 /// The repartition topic of a pipeline in a group: `{group}.{pipeline}.repartition`, with
@@ -543,6 +544,73 @@ pub fn decode_parts(
     Ok(parts)
 }
 
+/// On Kafka, which has no per-producer dedup of its own: the highest line sequence an owner
+/// applied per upstream (its part), stored in the owner's checkpoint before its parts — magic
+/// `FRYQ`, version 1, a count, the entries (topic, partition u32, sequence u64), CRC32C. A line
+/// whose sequence is not above its upstream's entry was applied already (an outbox posted again
+/// after a crash) and is dropped: the collector's rule for an idempotent producer, kept by the
+/// owner. Stored with the owner's offset in the repartition partition (u64, after the version):
+/// the sequences hold at that offset.
+pub fn encode_seqs(next_offset: u64, seqs: &BTreeMap<PartitionId, u64>) -> Vec<u8> {
+    let mut e = Enc::default();
+    e.buf.extend_from_slice(&SEQS_MAGIC);
+    e.u8(VERSION);
+    e.u64(next_offset);
+    e.len(seqs.len());
+    for (id, seq) in seqs {
+        e.str(&id.topic);
+        e.u32(id.partition);
+        e.u64(*seq);
+    }
+    let crc = crc32c::crc32c(&e.buf);
+    e.u32(crc);
+    e.buf
+}
+
+/// Highest line sequence applied per upstream.
+pub type Seqs = BTreeMap<PartitionId, u64>;
+
+/// Splits what [`encode_seqs`] wrote off the front of `bytes`: the offset, the sequences and the
+/// rest.
+pub fn split_seqs(bytes: &[u8]) -> Result<(u64, Seqs, &[u8]), StateError> {
+    if !bytes.starts_with(&SEQS_MAGIC) {
+        return Err(StateError::BadMagic);
+    }
+    let mut d = Dec::new(bytes);
+    d.u32()?;
+    let v = d.u8()?;
+    if v != VERSION {
+        return Err(StateError::UnsupportedVersion(v));
+    }
+    let next_offset = d.u64()?;
+    let n = d.len(16)?;
+    let mut seqs = BTreeMap::new();
+    for _ in 0..n {
+        let topic = d.str()?.to_owned();
+        let partition = d.u32()?;
+        seqs.insert(PartitionId { topic, partition }, d.u64()?);
+    }
+    let end = d.pos();
+    let crc = d.u32()?;
+    if crc32c::crc32c(&bytes[..end]) != crc {
+        return Err(StateError::Checksum);
+    }
+    Ok((next_offset, seqs, &bytes[end + 4..]))
+}
+
+impl Outbox {
+    /// Lines of `target`, one per message (Kafka), each with its sequence number.
+    pub fn numbered(&self, target: u32) -> impl Iterator<Item = (u64, &[u8])> {
+        (self.seq()..).zip(
+            self.lines
+                .get(&target)
+                .into_iter()
+                .flatten()
+                .map(Vec::as_slice),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -655,6 +723,45 @@ mod tests {
                 .count() as u64;
         }
         assert_eq!(next - ob.seq(), lines.len() as u64);
+    }
+
+    #[test]
+    fn sequences_round_trip_in_front_of_the_parts_and_damage_is_refused() {
+        let mut seqs = BTreeMap::new();
+        seqs.insert(PartitionId::new("app", 3), 7u64 << SEQ_SHIFT);
+        seqs.insert(PartitionId::new("web", 0), (9u64 << SEQ_SHIFT) + 2);
+        let mut blob = encode_seqs(77, &seqs);
+        blob.extend_from_slice(b"rest");
+        let (next, back, rest) = split_seqs(&blob).unwrap();
+        assert_eq!((next, back), (77, seqs));
+        assert_eq!(rest, b"rest");
+        let empty = encode_seqs(0, &BTreeMap::new());
+        let (_, none, rest) = split_seqs(&empty).unwrap();
+        assert!(none.is_empty() && rest.is_empty());
+        for i in 0..blob.len() - 4 {
+            let mut bad = blob.clone();
+            bad[i] ^= 0x40;
+            assert!(split_seqs(&bad).is_err(), "byte {i} changed and still read");
+        }
+        assert!(split_seqs(&blob[..blob.len() - 8]).is_err());
+    }
+
+    #[test]
+    fn numbered_lines_follow_the_flush_sequence() {
+        let mut o = Outbox {
+            next_offset: 42,
+            lines: BTreeMap::new(),
+        };
+        o.lines.insert(2, vec![b"a".to_vec(), b"b".to_vec()]);
+        let got: Vec<(u64, &[u8])> = o.numbered(2).collect();
+        assert_eq!(
+            got,
+            vec![
+                (42 << SEQ_SHIFT, &b"a"[..]),
+                ((42 << SEQ_SHIFT) + 1, &b"b"[..])
+            ]
+        );
+        assert_eq!(o.numbered(0).count(), 0);
     }
 
     #[test]

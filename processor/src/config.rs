@@ -397,10 +397,10 @@ pub struct SourceConfig {
     /// holding some partitions emits their results. Otherwise (the default) a member emits only
     /// while it holds every partition of the topics, so that no partial result goes out as final.
     pub partitioned_by_key: bool,
-    /// On the collector source, with the topics not partitioned by key: each input partition's
-    /// partials go through the repartition topic, keyed by the group key, to the member owning
-    /// the key's partition, so any number of members give one result per window and key
-    /// (`repartition.rs`). `false`: partials are merged in-process, and a member emits only
+    /// With the topics not partitioned by key: each input partition's partials go through the
+    /// repartition topic (a collector topic, or a Kafka topic on a Kafka source), keyed by the
+    /// group key, to the member owning the key's partition, so any number of members give one
+    /// result per window and key (`repartition.rs`, `kafka_repartition.rs`). `false`: partials are merged in-process, and a member emits only
     /// while it holds every partition.
     pub repartition: bool,
 }

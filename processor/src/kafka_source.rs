@@ -17,6 +17,12 @@
 //!   partition's checkpoint, then the offsets committed to the group (for Kafka's lag tools; on
 //!   restore the checkpoint wins).
 //!
+//! With `source.repartition` (the default, unless `partitioned_by_key`) the instances are
+//! upstreams of the repartition hop instead of partials of one in-process merge: they ship
+//! their deltas through a Kafka repartition topic, and this member also joins the merge group
+//! and merges the partitions of that topic it owns (`kafka_repartition.rs`, the second
+//! `impl Worker` below); both consumers are polled by the same thread.
+//!
 //! All of it runs on one dedicated thread that owns a [`BaseConsumer`]: librdkafka calls the
 //! rebalance callback inside `poll`, on that thread, so the callback can reach the per-partition
 //! state (kept in the consumer's context behind a mutex that is never held across `poll`) and

@@ -13,7 +13,8 @@
 //!                                            upstream: a line at or below it is a replay, dropped
 //! ```
 //!
-//! Kafka has no per-origin dedup like the collector's, so the owner keeps it: the highest line
+//! Kafka has no per-origin dedup like the collector's, so the owner keeps it
+//! ([`crate::driver::Owner`], with `owner_seqs`): the highest line
 //! sequence applied per upstream goes into the owner's checkpoint with its parts and its offset
 //! in the repartition partition, all in one record, so after a crash the owner reads on from
 //! that offset with the sequences of that same moment. An upstream that crashed after its
@@ -21,11 +22,7 @@
 //! the lines they applied; one that crashed before (1) replays its input and ships deltas never
 //! posted before, under sequences above the last (they grow with the input offset).
 
-use crate::config::PipelineConfig;
-use crate::merge::{Merge, Note, unwrap_checkpoint, wrap_checkpoint};
-use crate::pipeline::{PartitionId, Pipeline};
-use crate::repartition::{self, Outbox};
-use crate::state::StateError;
+use crate::repartition::Outbox;
 use ferry_kafka::KafkaConfig;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -34,7 +31,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// The header carrying a line's sequence (decimal).
@@ -179,124 +175,6 @@ pub fn seq_of(m: &BorrowedMessage<'_>) -> Option<u64> {
         .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
 }
 
-/// One owned partition of the repartition topic.
-pub struct Owner {
-    /// Its own merge (its watermark: the minimum over its parts).
-    pub merge: Merge,
-    /// Per upstream input partition: its part's name in the merge and its merged partials.
-    pub parts: BTreeMap<PartitionId, (PartitionId, Pipeline)>,
-    /// Per upstream: the highest line sequence applied.
-    pub seqs: BTreeMap<PartitionId, u64>,
-    /// Offset in the repartition partition to read from next (`None`: from its beginning).
-    pub next_offset: Option<u64>,
-    /// Processing time it was assigned (a part silent since then for `idle_timeout` is idle).
-    pub since_ms: i64,
-}
-
-/// What applying one message did.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Applied {
-    /// Its deltas merged (this many were late).
-    Merged { late: u64 },
-    /// A replay of a line applied before (its sequence is not above its upstream's).
-    Duplicate,
-    /// Read before (below the owner's offset).
-    Behind,
-    /// Not a repartition line, or without a sequence.
-    Unreadable(String),
-}
-
-impl Owner {
-    pub fn new(cfg: &PipelineConfig, since_ms: i64) -> Self {
-        Self {
-            merge: Merge::new(cfg.clone()),
-            parts: BTreeMap::new(),
-            seqs: BTreeMap::new(),
-            next_offset: None,
-            since_ms,
-        }
-    }
-
-    /// Restores the owner of partition `r` from its checkpoint ([`Owner::checkpoint`]).
-    pub fn restore(
-        cfg: &PipelineConfig,
-        r: u32,
-        bytes: &[u8],
-        since_ms: i64,
-    ) -> Result<Self, StateError> {
-        let (_, rest) = unwrap_checkpoint(bytes)?;
-        let (next, seqs, parts) = repartition::split_seqs(rest)?;
-        let parts = repartition::decode_parts(cfg, parts)?;
-        let mut o = Self::new(cfg, since_ms);
-        o.next_offset = Some(next);
-        o.seqs = seqs;
-        o.parts = parts
-            .into_iter()
-            .map(|(up, p)| (up.clone(), (repartition::part_id(r, &up), p)))
-            .collect();
-        Ok(o)
-    }
-
-    /// Gives every upstream in `upstreams` a part (an empty one if it has none yet), so that
-    /// one that has shipped nothing holds the watermark until `idle_timeout`.
-    pub fn cover(&mut self, cfg: &PipelineConfig, r: u32, upstreams: &[PartitionId]) {
-        for up in upstreams {
-            self.parts.entry(up.clone()).or_insert_with(|| {
-                (
-                    repartition::part_id(r, up),
-                    Pipeline::new(cfg.clone()).into_partial(),
-                )
-            });
-        }
-    }
-
-    /// The checkpoint: `note`, then the offset to read from next with the sequences
-    /// ([`repartition::encode_seqs`]), then the parts ([`repartition::encode_parts`]).
-    pub fn checkpoint(&self, note: &Note) -> Vec<u8> {
-        let mut body = repartition::encode_seqs(self.next_offset.unwrap_or(0), &self.seqs);
-        let parts: Vec<(&PartitionId, &Pipeline)> =
-            self.parts.iter().map(|(up, (_, p))| (up, p)).collect();
-        body.extend_from_slice(&repartition::encode_parts(&parts));
-        wrap_checkpoint(note, &body)
-    }
-
-    /// Applies the message at `offset` of partition `r` with `payload` and `seq`.
-    pub fn apply(
-        &mut self,
-        cfg: &PipelineConfig,
-        r: u32,
-        offset: u64,
-        payload: &[u8],
-        seq: Option<u64>,
-        now_ms: i64,
-    ) -> Applied {
-        if self.next_offset.is_some_and(|n| offset < n) {
-            return Applied::Behind;
-        }
-        self.next_offset = Some(offset + 1);
-        let Some(seq) = seq else {
-            return Applied::Unreadable(format!("no {SEQ_HEADER} header"));
-        };
-        let line = match repartition::decode_line(payload, self.merge.ops()) {
-            Ok(l) => l,
-            Err(e) => return Applied::Unreadable(e.to_string()),
-        };
-        if self.seqs.get(&line.upstream).is_some_and(|&s| seq <= s) {
-            return Applied::Duplicate;
-        }
-        self.seqs.insert(line.upstream.clone(), seq);
-        let (_, part) = self.parts.entry(line.upstream.clone()).or_insert_with(|| {
-            (
-                repartition::part_id(r, &line.upstream),
-                Pipeline::new(cfg.clone()).into_partial(),
-            )
-        });
-        Applied::Merged {
-            late: repartition::absorb(part, line, now_ms),
-        }
-    }
-}
-
 /// Commits `offsets` for lag tools only (a restore reads the checkpoint), never blocking.
 pub fn commit_for_lag<C: rdkafka::consumer::ConsumerContext>(
     consumer: &BaseConsumer<C>,
@@ -306,109 +184,5 @@ pub fn commit_for_lag<C: rdkafka::consumer::ConsumerContext>(
         && let Err(e) = consumer.commit(offsets, rdkafka::consumer::CommitMode::Async)
     {
         tracing::debug!(error = %e, "offset commit failed");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::ProcessorConfig;
-    use crate::pipeline::Emission;
-    use ferry_core::record::Record;
-
-    fn cfg() -> PipelineConfig {
-        let yaml = "pipelines:\n  - name: m\n    source: {topics: [app]}\n    event_time: {field: ts, format: unix_ms}\n    group_by: [k]\n    window: {tumbling: 10ms, allowed_lateness: 0s, idle_timeout: 1h}\n    aggregates: [{name: count, op: count}]\n";
-        let c: ProcessorConfig =
-            ferry_core::config::load_str(yaml, std::path::Path::new("t.yaml")).unwrap();
-        c.pipelines[0].clone()
-    }
-
-    /// An upstream's outbox of `n` records of key `k` at ts 1..=n, read up to `next`.
-    fn outbox(up: &PartitionId, from: u64, n: u64, ts: i64, partitions: u32) -> Outbox {
-        let cfg = cfg();
-        let mut p = Pipeline::new(cfg).into_partial();
-        let mut out: Vec<Emission> = Vec::new();
-        for i in 0..n {
-            let r = Record::from_line(format!(r#"{{"k":"a","ts":{ts}}}"#).into_bytes());
-            p.process(up, from + i, &r, 0, 0, &mut out);
-        }
-        repartition::flush(&mut p, up, from + n, partitions)
-    }
-
-    fn count_of(o: &Owner) -> u64 {
-        o.parts
-            .values()
-            .map(|(_, p)| {
-                let mut w = Vec::new();
-                let mut p2 = Pipeline::restore(cfg(), &p.snapshot()).unwrap();
-                p2.windows.take_all(&mut w);
-                w.iter()
-                    .flat_map(|(_, w)| w.keys.values())
-                    .map(|k| match &k.aggs[0] {
-                        crate::aggregate::AggState::Count(c) => *c,
-                        _ => 0,
-                    })
-                    .sum::<u64>()
-            })
-            .sum()
-    }
-
-    #[test]
-    fn replayed_lines_are_dropped_and_the_state_survives_a_checkpoint() {
-        let cfg = cfg();
-        let up = PartitionId::new("app", 0);
-        let first = outbox(&up, 0, 5, 3, 1);
-        let second = outbox(&up, 5, 2, 4, 1);
-        let mut o = Owner::new(&cfg, 0);
-        o.cover(&cfg, 0, std::slice::from_ref(&up));
-        let mut offset = 0;
-        let mut send = |o: &mut Owner, b: &Outbox| -> Vec<Applied> {
-            b.numbered(0)
-                .map(|(seq, line)| {
-                    offset += 1;
-                    o.apply(&cfg, 0, offset - 1, line, Some(seq), 0)
-                })
-                .collect()
-        };
-        assert_eq!(send(&mut o, &first), vec![Applied::Merged { late: 0 }]);
-        assert_eq!(count_of(&o), 5);
-        // The upstream crashed after its checkpoint: the same outbox again, then the next.
-        assert_eq!(send(&mut o, &first), vec![Applied::Duplicate]);
-        let note = Note::default();
-        let saved = o.checkpoint(&note);
-        assert_eq!(send(&mut o, &second), vec![Applied::Merged { late: 0 }]);
-        assert_eq!(count_of(&o), 7);
-        // The owner crashed after its checkpoint: restored, it reads on from its offset and
-        // gets the second flush once; a message it read before is behind.
-        let mut back = Owner::restore(&cfg, 0, &saved, 0).unwrap();
-        assert_eq!(back.next_offset, Some(2));
-        assert_eq!(count_of(&back), 5);
-        let (seq, line) = second.numbered(0).next().unwrap();
-        assert_eq!(back.apply(&cfg, 0, 1, line, Some(seq), 0), Applied::Behind);
-        assert_eq!(
-            back.apply(&cfg, 0, 2, line, Some(seq), 0),
-            Applied::Merged { late: 0 }
-        );
-        assert_eq!(
-            back.apply(&cfg, 0, 3, line, Some(seq), 0),
-            Applied::Duplicate
-        );
-        assert_eq!(count_of(&back), 7);
-        assert!(matches!(
-            back.apply(&cfg, 0, 4, b"garbage", Some(seq + 1), 0),
-            Applied::Unreadable(_)
-        ));
-        assert!(matches!(
-            back.apply(&cfg, 0, 5, line, None, 0),
-            Applied::Unreadable(_)
-        ));
-        for i in 0..saved.len() {
-            let mut bad = saved.clone();
-            bad[i] ^= 0x10;
-            assert!(
-                Owner::restore(&cfg, 0, &bad, 0).is_err(),
-                "byte {i} changed and still restored"
-            );
-        }
     }
 }

@@ -37,13 +37,13 @@
 //! cannot be written, a webhook that keeps refusing), as with the collector source.
 
 use crate::config::{OnParseError, PipelineConfig, SinkConfig, StartAt};
+use crate::driver::{Applied, Assigned, Driver};
 use crate::kafka_checkpoints::{self, CheckpointStoreError, CheckpointTopic};
-use crate::kafka_repartition::{self, Applied, Owner, RepartitionTopic};
-use crate::merge::{Merge, Note, Part, as_part, holds_all, unwrap_checkpoint, wrap_checkpoint};
-use crate::pipeline::{Emission, PartitionId, Pipeline};
-use crate::repartition::{self, Outbox};
+use crate::kafka_repartition::{self, RepartitionTopic};
+use crate::pipeline::{Emission, PartitionId};
+use crate::repartition;
 use crate::runner::{FIRST_BACKOFF, MAX_BACKOFF, RunnerError, RunnerOptions, RunnerReport};
-use crate::sink::{FileMark, Outputs, SinkError, TopicProducer};
+use crate::sink::{Outputs, SinkError, TopicProducer};
 use bytes::Bytes;
 use ferry_core::backoff::Backoff;
 use ferry_core::record::Record;
@@ -53,7 +53,6 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -393,8 +392,16 @@ impl ConsumerContext for SourceContext {
             // partitions, so drop their state rather than checkpoint it later.
             tracing::error!(pipeline = w.cfg.name, error = %e, "kafka (un)assign failed");
             let parts = partitions(tpl);
-            w.instances
-                .retain(|i| !parts.contains(&(i.topic.clone(), i.partition)));
+            let Worker {
+                instances, driver, ..
+            } = &mut *w;
+            instances.retain(|i| {
+                let gone = parts.contains(&(i.topic.clone(), i.partition));
+                if gone {
+                    driver.revoke(&i.pid);
+                }
+                !gone
+            });
         }
     }
 }
@@ -447,10 +454,10 @@ impl ConsumerContext for MergeContext {
         };
         if let Err(e) = done {
             tracing::error!(pipeline = w.cfg.name, error = %e, "kafka (un)assign failed (repartition)");
-            let parts = partitions(tpl);
-            if let Some(rep) = w.rep.as_mut() {
-                rep.owners
-                    .retain(|r, _| !parts.iter().any(|(_, p)| *p == *r as i32));
+            for (_, p) in partitions(tpl) {
+                if let Ok(r) = u32::try_from(p) {
+                    w.driver.revoke_owner(r);
+                }
             }
         }
     }
@@ -464,36 +471,17 @@ fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
         .collect()
 }
 
-/// One assigned partition and its pipeline.
+/// One assigned partition: its Kafka names (its state is the driver's upstream `pid`).
 struct Instance {
     topic: String,
     partition: i32,
     pid: PartitionId,
     /// Its checkpoint key (`group/topic/partition`).
     key: String,
-    /// A partial of the worker's [`Merge`].
-    pipeline: Pipeline,
-    /// Processing time (Unix ms) it was assigned: the merge's idle timeout counts from then.
-    since_ms: i64,
-    /// With repartition: the last flush's partials until the repartition topic acknowledged
-    /// them all.
-    outbox: Option<Outbox>,
-    /// With repartition: the checkpoint holding `outbox`, until stored.
-    unstored: Option<Vec<u8>>,
-    /// With repartition: the input offset of the last flush built.
-    flushed: Option<u64>,
 }
 
-impl Instance {
-    /// The offset after the last record processed, once one was.
-    fn next_offset(&self) -> Option<u64> {
-        self.pipeline
-            .offsets()
-            .into_iter()
-            .find(|(p, _)| *p == self.pid)
-            .map(|(_, o)| o)
-    }
-}
+/// Said while the in-process merge waits for every partition.
+const HINT: &str = "on Kafka, several members of one group need the topic keyed by the group-by field: source.partitioned_by_key: true";
 
 /// Why a checkpoint was not stored.
 #[derive(Debug, thiserror::Error)]
@@ -517,17 +505,12 @@ struct Worker {
     cfg: PipelineConfig,
     /// The Kafka topics subscribed to.
     topics: Vec<String>,
-    /// Partition count of each subscribed topic, learned at each assignment (and retried every
-    /// [`METADATA_RETRY`] while unknown): results wait until this member holds them all.
-    topic_partitions: BTreeMap<String, u32>,
     next_metadata: Instant,
-    /// Merges the partitions' partials into one result per window and key (`merge.rs`).
-    merge: Merge,
-    /// Where the results files stood at the last durable point, for every checkpoint's note.
-    marks: Vec<FileMark>,
+    /// Every decision about the partitions' state (`driver.rs`); its `topic_partitions` are
+    /// learned at each assignment (and retried every [`METADATA_RETRY`] while unknown).
+    driver: Driver,
     /// The results files were cut back to the checkpoints' marks (once, at the first assignment).
     rewound: bool,
-    warned_incomplete: Option<Instant>,
     group: String,
     opts: RunnerOptions,
     shutdown: Shutdown,
@@ -555,9 +538,8 @@ struct Worker {
     /// The cluster (for the repartition topic and the merge consumer) and its admin config.
     kafka: KafkaConfig,
     admin: rdkafka::ClientConfig,
-    /// Partials go through the repartition topic (`kafka_repartition.rs`); `rep` is set up
-    /// once every input topic's partition count is known.
-    repartition: bool,
+    /// With repartition: the repartition topic (`kafka_repartition.rs`), set up once every
+    /// input topic's partition count is known.
     rep: Option<Rep>,
     next_rep_attempt: Instant,
     last_flush: Instant,
@@ -568,11 +550,6 @@ struct Rep {
     topic: RepartitionTopic,
     /// The merge group (`repartition::merge_group`).
     group: String,
-    owners: BTreeMap<u32, Owner>,
-    /// Windows emitted per part, read from every owner's checkpoint (as in `runner.rs`).
-    learned: BTreeMap<PartitionId, i64>,
-    /// Results files' marks read from the owners' checkpoints, carried into ours.
-    learned_marks: Vec<FileMark>,
 }
 
 impl Worker {
@@ -589,7 +566,6 @@ impl Worker {
     ) -> Self {
         let pipeline = cfg.name.clone();
         Self {
-            repartition: cfg.source.repartition && !cfg.source.partitioned_by_key,
             rep: None,
             next_rep_attempt: Instant::now(),
             last_flush: Instant::now(),
@@ -600,14 +576,15 @@ impl Worker {
             checkpoint_errors: metrics::counter!("ferry_processor_checkpoint_errors_total", "pipeline" => pipeline),
             retries: metrics::counter!("ferry_processor_retries_total"),
             next_checkpoint: Instant::now() + opts.checkpoint_interval,
-            merge: Merge::new(cfg.clone()),
+            driver: {
+                let mut d = Driver::new(cfg.clone(), true, HINT);
+                d.topics = topics.clone();
+                d
+            },
             cfg,
             topics,
-            topic_partitions: BTreeMap::new(),
             next_metadata: Instant::now(),
-            marks: Vec::new(),
             rewound: false,
-            warned_incomplete: None,
             group,
             opts,
             shutdown,
@@ -668,15 +645,12 @@ impl Worker {
         // The message timestamp is the record's event time when the pipeline has none of its
         // own (`decode` puts it there); it is also the fallback "ingest" time.
         let ingest = ts.unwrap_or(now);
-        let inst = &mut self.instances[i];
-        inst.pipeline.process(
-            &inst.pid,
-            offset,
-            &decoded.record,
-            ingest,
-            now,
-            &mut self.out,
-        );
+        let pid = &self.instances[i].pid;
+        let Some(u) = self.driver.upstream_mut(pid) else {
+            return;
+        };
+        u.pipeline
+            .process(pid, offset, &decoded.record, ingest, now, &mut self.out);
         self.report.records += 1;
         self.consumed.increment(1);
     }
@@ -699,27 +673,22 @@ impl Worker {
         let now = ferry_core::now_ms();
         let tick = self.last_tick.elapsed() >= self.opts.tick;
         if tick {
-            for inst in &mut self.instances {
-                inst.pipeline.advance_time(now, &mut self.out);
-            }
             self.last_tick = Instant::now();
         }
         if self
             .topics
             .iter()
-            .any(|t| !self.topic_partitions.contains_key(t))
+            .any(|t| !self.driver.topic_partitions.contains_key(t))
             && Instant::now() >= self.next_metadata
         {
             self.learn_partition_counts(consumer);
         }
-        if self.repartition {
+        self.driver.advance(now, tick, &mut self.out);
+        if self.driver.repartition() {
             if self.rep.is_none() && Instant::now() >= self.next_rep_attempt {
                 self.ensure_rep();
             }
             self.ship_due(consumer);
-            self.rep_merge_step(ferry_core::now_ms(), tick);
-        } else {
-            self.merge_step(now, tick);
         }
         if !self.flush(None) {
             return;
@@ -727,7 +696,7 @@ impl Worker {
         if Instant::now() < self.next_checkpoint {
             return;
         }
-        let done = if self.repartition {
+        let done = if self.driver.repartition() {
             // Upstreams store theirs at each flush; the owners' are due.
             let lost = merge.is_some_and(|m| m.assignment_lost());
             let r = self.checkpoint_owners(lost, None, None);
@@ -754,43 +723,6 @@ impl Worker {
         }
     }
 
-    /// Emits what the merged watermark closed (and, on a tick, early results), once this
-    /// member holds every partition of its topics. With the topics partitioned by the
-    /// group-by key, each partition's results are complete on their own and its pipeline emits
-    /// them itself.
-    fn merge_step(&mut self, now_ms: i64, tick: bool) {
-        if self.cfg.source.partitioned_by_key {
-            // Each partition's pipeline emits its own results (`merge::as_part`).
-            return;
-        }
-        let known = self
-            .topics
-            .iter()
-            .all(|t| self.topic_partitions.contains_key(t));
-        let total = known.then(|| self.topic_partitions.values().sum());
-        if !holds_all(
-            &self.cfg.name,
-            self.instances.len(),
-            total,
-            &mut self.warned_incomplete,
-            "on Kafka, several members of one group need the topic keyed by the group-by field: source.partitioned_by_key: true",
-        ) {
-            return;
-        }
-        let mut parts: Vec<Part<'_>> = self
-            .instances
-            .iter_mut()
-            .map(|i| Part {
-                id: &i.pid,
-                pipeline: &mut i.pipeline,
-                since_ms: i.since_ms,
-            })
-            .collect();
-        // A stable order (the merge's emission order of equal windows follows it).
-        parts.sort_by(|a, b| a.id.cmp(b.id));
-        self.merge.step(now_ms, tick, &mut parts, &mut self.out);
-    }
-
     /// Asks the brokers how many partitions each subscribed topic has (a topic not created yet
     /// stays unknown, and results wait).
     fn learn_partition_counts(&mut self, consumer: &BaseConsumer<SourceContext>) {
@@ -804,7 +736,7 @@ impl Worker {
                         .find(|t| t.name() == topic && t.error().is_none())
                         .map_or(0, |t| t.partitions().len() as u32);
                     if n > 0 {
-                        self.topic_partitions.insert(topic, n);
+                        self.driver.topic_partitions.insert(topic, n);
                     }
                 }
                 Err(e) => {
@@ -881,10 +813,6 @@ impl Worker {
         }
         let mut items = Vec::new();
         let mut offsets = TopicPartitionList::new();
-        let note = Note {
-            emitted: self.merge.emitted().clone(),
-            files: self.marks.clone(),
-        };
         for inst in &self.instances {
             if only.is_some_and(|o| {
                 !o.iter()
@@ -893,13 +821,10 @@ impl Worker {
                 continue;
             }
             // Nothing processed since it was set up: its stored checkpoint (if any) still holds.
-            let Some(next) = inst.next_offset() else {
+            let Some((next, blob)) = self.driver.checkpoint_of(&inst.pid) else {
                 continue;
             };
-            items.push((
-                inst.key.clone(),
-                wrap_checkpoint(&note, &inst.pipeline.snapshot()),
-            ));
+            items.push((inst.key.clone(), blob));
             if let Ok(o) = i64::try_from(next) {
                 let _ =
                     offsets.add_partition_offset(&inst.topic, inst.partition, Offset::Offset(o));
@@ -931,7 +856,7 @@ impl Worker {
         let r = self.rt.block_on(self.outputs.checkpoint());
         match r {
             Ok(()) => {
-                self.marks = self.outputs.file_marks();
+                self.driver.marks = self.outputs.file_marks();
                 Ok(())
             }
             Err(e) if e.is_retryable() => Err(CheckpointFailure::NotDurable(Box::new(e))),
@@ -951,7 +876,10 @@ impl Worker {
         let held: Vec<(String, i32, u64)> = self
             .instances
             .iter()
-            .filter_map(|i| Some((i.topic.clone(), i.partition, i.next_offset()?)))
+            .filter_map(|i| {
+                let next = self.driver.upstreams.get(&i.pid)?.next_offset()?;
+                Some((i.topic.clone(), i.partition, next))
+            })
             .collect();
         if held.is_empty() {
             return;
@@ -983,7 +911,7 @@ impl Worker {
         // windows were emitted with which partition's partial (so that a partition restored
         // from an older checkpoint emits nothing twice) and where the results files stood.
         let mut wanted = keys.clone();
-        for (topic, n) in &self.topic_partitions {
+        for (topic, n) in &self.driver.topic_partitions {
             for p in 0..*n {
                 let k = kafka_checkpoints::key(&self.group, topic, p as i32);
                 if !wanted.contains(&k) {
@@ -1005,96 +933,78 @@ impl Worker {
         } else {
             Default::default()
         };
-        let mut marks = Vec::new();
+        let repartition = self.driver.repartition();
         // With repartition the owners' checkpoints carry the notes (`assign_owners`).
-        for blob in restored.values().filter(|_| !self.repartition) {
-            if let Ok((note, _)) = unwrap_checkpoint(blob) {
-                for (pid, start) in note.emitted {
-                    self.merge.learn(pid, start);
-                }
-                marks.extend(note.files);
-            }
-        }
-        if !self.rewound && !self.repartition && self.cfg.source.start == StartAt::Committed {
-            // Before anything is written: results emitted after the last checkpoint are
-            // emitted again, so the files are cut back to where that checkpoint saw them.
-            let r = self.rt.block_on(self.outputs.rewind_files(&marks));
-            match r {
-                Ok(_) => self.rewound = true,
-                Err(source) => {
-                    self.fatal.get_or_insert(RunnerError::Sink {
-                        pipeline: self.cfg.name.clone(),
-                        source,
-                    });
+        if !repartition {
+            let marks = self
+                .driver
+                .learn_input_notes(restored.values().map(Vec::as_slice));
+            if !self.rewound && self.cfg.source.start == StartAt::Committed {
+                // Before anything is written: results emitted after the last checkpoint are
+                // emitted again, so the files are cut back to where that checkpoint saw them.
+                let r = self.rt.block_on(self.outputs.rewind_files(&marks));
+                match r {
+                    Ok(_) => self.rewound = true,
+                    Err(source) => {
+                        self.fatal.get_or_insert(RunnerError::Sink {
+                            pipeline: self.cfg.name.clone(),
+                            source,
+                        });
+                    }
                 }
             }
         }
         let since_ms = ferry_core::now_ms();
         for ((topic, partition), key) in parts.into_iter().zip(keys) {
-            if let Some(i) = self.find(&topic, partition) {
-                // Still held (a cooperative rebalance keeps what it does not move): go on.
-                let at = self.instances[i]
-                    .next_offset()
-                    .and_then(|o| i64::try_from(o).ok())
-                    .map_or(Offset::Stored, Offset::Offset);
-                let _ = tpl.set_partition_offset(&topic, partition, at);
-                continue;
-            }
             let pid = PartitionId::new(topic.clone(), u32::try_from(partition).unwrap_or(0));
-            let mut outbox = None;
-            let (pipeline, at) = match restored.get(&key) {
-                // A checkpoint of an older build (a bare snapshot) has an empty note.
-                Some(bytes) => match self.restore_instance(bytes) {
-                    Ok((p, o)) => {
-                        outbox = o;
-                        let next = p
-                            .offsets()
-                            .into_iter()
-                            .find(|(x, _)| *x == pid)
-                            .and_then(|(_, o)| i64::try_from(o).ok());
+            let held = self.find(&topic, partition).is_some();
+            let how = self.driver.assign(
+                pid.clone(),
+                restored.get(&key).map(Vec::as_slice),
+                None,
+                since_ms,
+            );
+            let at = match how {
+                Assigned::Restored(o) => {
+                    if !held {
                         tracing::info!(
                             pipeline = self.cfg.name,
                             topic,
                             partition,
-                            offset = next,
+                            offset = o,
                             "state restored from checkpoint"
                         );
-                        (p, next.map_or(Offset::Stored, Offset::Offset))
                     }
-                    Err(e) => {
-                        // A checkpoint this build cannot read (another version, another
-                        // window config, damage) must not be silently replaced.
-                        tracing::error!(pipeline = self.cfg.name, topic, partition, error = %e, "checkpoint unreadable; starting from the group's committed offset");
-                        metrics::counter!("ferry_processor_checkpoints_unreadable_total")
-                            .increment(1);
-                        (Pipeline::new(self.cfg.clone()), Offset::Stored)
-                    }
-                },
-                None => {
+                    i64::try_from(o).map_or(Offset::Stored, Offset::Offset)
+                }
+                // Still held (a cooperative rebalance keeps what it does not move), or a
+                // checkpoint stored before anything was processed.
+                Assigned::RestoredWithoutOffset => Offset::Stored,
+                Assigned::Fresh if held => Offset::Stored,
+                Assigned::Fresh => {
                     let at = self.start_offset(consumer, &topic, partition);
                     tracing::info!(pipeline = self.cfg.name, topic, partition, start = ?at, "no checkpoint; starting from the group's position");
-                    (Pipeline::new(self.cfg.clone()), at)
+                    at
+                }
+                Assigned::Unreadable(e) => {
+                    // A checkpoint this build cannot read (another version, another window
+                    // config, damage) must not be silently replaced.
+                    tracing::error!(pipeline = self.cfg.name, topic, partition, error = %e, "checkpoint unreadable; starting from the group's committed offset");
+                    metrics::counter!("ferry_processor_checkpoints_unreadable_total").increment(1);
+                    Offset::Stored
                 }
             };
             let _ = tpl.set_partition_offset(&topic, partition, at);
-            let flushed = pipeline
-                .offsets()
-                .into_iter()
-                .find(|(x, _)| *x == pid)
-                .map(|(_, o)| o);
-            self.instances.push(Instance {
-                topic,
-                partition,
-                pid,
-                key,
-                pipeline: as_part(pipeline),
-                since_ms,
-                outbox,
-                unstored: None,
-                flushed,
-            });
+            if !held {
+                self.instances.push(Instance {
+                    topic,
+                    partition,
+                    pid,
+                    key,
+                });
+            }
         }
-        if self.repartition && self.rep.is_none() {
+        if repartition && self.rep.is_none() {
             self.ensure_rep();
         }
         tracing::info!(
@@ -1102,20 +1012,6 @@ impl Worker {
             partitions = self.instances.len(),
             "kafka partitions assigned"
         );
-    }
-
-    /// A stored checkpoint as an instance's pipeline (and, with repartition, its outbox). A
-    /// checkpoint of the other mode is read too (its outbox none), so switching
-    /// `repartition` keeps the partitions' positions and windows.
-    fn restore_instance(
-        &self,
-        bytes: &[u8],
-    ) -> Result<(Pipeline, Option<Outbox>), crate::state::StateError> {
-        if let Ok((outbox, snap)) = repartition::unwrap_upstream(bytes) {
-            return Ok((Pipeline::restore(self.cfg.clone(), snap)?, outbox));
-        }
-        let (_, snap) = unwrap_checkpoint(bytes)?;
-        Ok((Pipeline::restore(self.cfg.clone(), snap)?, None))
     }
 
     /// Where a partition without a checkpoint starts.
@@ -1192,7 +1088,7 @@ impl Worker {
             let deadline = Instant::now() + HANDOVER_DEADLINE;
             let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
             loop {
-                let done = if self.repartition {
+                let done = if self.driver.repartition() {
                     // Ships what it holds and stores its checkpoint (the flush does both).
                     self.ship_all(consumer, Some(&held))
                 } else {
@@ -1218,8 +1114,14 @@ impl Worker {
                 }
             }
         }
-        self.instances
-            .retain(|i| !held.iter().any(|(t, p)| *t == i.topic && *p == i.partition));
+        let driver = &mut self.driver;
+        self.instances.retain(|i| {
+            let gone = held.iter().any(|(t, p)| *t == i.topic && *p == i.partition);
+            if gone {
+                driver.revoke(&i.pid);
+            }
+            !gone
+        });
         self.last_hit = 0;
     }
 
@@ -1236,7 +1138,7 @@ impl Worker {
             if self.fatal.is_some() {
                 break Err("a sink failed".to_owned());
             }
-            let done = if self.repartition {
+            let done = if self.driver.repartition() {
                 let lost = merge.is_some_and(|m| m.assignment_lost());
                 self.ship_all(consumer, None)
                     .and_then(|_| self.checkpoint_owners(lost, None, Some(deadline)))
@@ -1261,9 +1163,12 @@ impl Worker {
                 }
             }
         };
-        self.instances.clear();
-        if let Some(rep) = self.rep.as_mut() {
-            rep.owners.clear();
+        for i in self.instances.drain(..) {
+            self.driver.revoke(&i.pid);
+        }
+        let owned: Vec<u32> = self.driver.owners.keys().copied().collect();
+        for r in owned {
+            self.driver.revoke_owner(r);
         }
         if let Some(e) = self.fatal.take() {
             return Err(e);
@@ -1289,11 +1194,11 @@ impl Worker {
             || !self
                 .topics
                 .iter()
-                .all(|t| self.topic_partitions.contains_key(t))
+                .all(|t| self.driver.topic_partitions.contains_key(t))
         {
             return;
         }
-        let want: u32 = self.topic_partitions.values().sum::<u32>().max(1);
+        let want: u32 = self.driver.topic_partitions.values().sum::<u32>().max(1);
         let name = self
             .kafka
             .kafka_topic(&repartition::topic_name(&self.group, &self.cfg.name));
@@ -1306,12 +1211,10 @@ impl Worker {
                     group = repartition::merge_group(&self.group),
                     "repartition topic ready"
                 );
+                self.driver.rep_partitions = Some(topic.partitions());
                 self.rep = Some(Rep {
                     topic,
                     group: repartition::merge_group(&self.group),
-                    owners: BTreeMap::new(),
-                    learned: BTreeMap::new(),
-                    learned_marks: Vec::new(),
                 });
             }
             Err(e) => {
@@ -1364,18 +1267,12 @@ impl Worker {
         Ok(consumer)
     }
 
-    /// Ships each upstream that is due: every `flush_interval`, at once when its watermark
-    /// closed a window, and while a previous flush is not through.
+    /// Ships each upstream that is due ([`Driver::due`]).
     fn ship_due(&mut self, consumer: &BaseConsumer<SourceContext>) {
         let periodic = self.last_flush.elapsed() >= self.opts.flush_interval;
-        for i in 0..self.instances.len() {
-            let inst = &self.instances[i];
-            let pending = inst.outbox.is_some() || inst.unstored.is_some();
-            if !(periodic || pending || inst.pipeline.windows.has_closed()) {
-                continue;
-            }
-            if let Err(e) = self.ship(consumer, i, false) {
-                tracing::warn!(pipeline = self.cfg.name, topic = self.instances[i].topic, partition = self.instances[i].partition, error = %ferry_core::error_chain(&e), "partials not shipped; retrying");
+        for pid in self.driver.due(periodic) {
+            if let Err(e) = self.ship(consumer, &pid, false) {
+                tracing::warn!(pipeline = self.cfg.name, topic = pid.topic, partition = pid.partition, error = %ferry_core::error_chain(&e), "partials not shipped; retrying");
                 self.checkpoint_errors.increment(1);
                 break;
             }
@@ -1392,115 +1289,77 @@ impl Worker {
         consumer: &BaseConsumer<SourceContext>,
         only: Option<&[(String, i32)]>,
     ) -> Result<usize, CheckpointFailure> {
+        let pids: Vec<PartitionId> = self
+            .instances
+            .iter()
+            .filter(|i| {
+                only.is_none_or(|o| o.iter().any(|(t, p)| *t == i.topic && *p == i.partition))
+            })
+            .map(|i| i.pid.clone())
+            .collect();
         let mut n = 0;
-        for i in 0..self.instances.len() {
-            let inst = &self.instances[i];
-            if only.is_some_and(|o| {
-                !o.iter()
-                    .any(|(t, p)| *t == inst.topic && *p == inst.partition)
-            }) {
-                continue;
-            }
-            n += usize::from(self.ship(consumer, i, true)?);
+        for pid in pids {
+            n += usize::from(self.ship(consumer, &pid, true)?);
         }
         Ok(n)
     }
 
-    /// One upstream flush (as `runner.rs`'s `flush_one`): a pending outbox is stored (if it was
-    /// not) and posted; then, if the instance read records since its last flush, its windows
-    /// are taken as a new outbox, stored with the instance's checkpoint, then posted. Without a
-    /// repartition topic yet, `force` stores the checkpoint with the windows kept in it.
-    /// Returns whether a checkpoint was stored.
+    /// One upstream flush ([`Driver::build_flush`]): its checkpoint stored (with `acks=all`),
+    /// then its partials posted. Returns whether a checkpoint was stored.
     fn ship(
         &mut self,
         consumer: &BaseConsumer<SourceContext>,
-        i: usize,
+        pid: &PartitionId,
         force: bool,
     ) -> Result<bool, CheckpointFailure> {
-        let partitions = self.rep.as_ref().map(|r| r.topic.partitions());
-        let inst = &mut self.instances[i];
-        if inst.unstored.is_none() && inst.outbox.is_none() {
-            let Some(next) = inst.next_offset() else {
-                return Ok(false);
-            };
-            match partitions {
-                Some(n) if inst.flushed != Some(next) => {
-                    let outbox = repartition::flush(&mut inst.pipeline, &inst.pid, next, n);
-                    inst.unstored = Some(repartition::wrap_upstream(
-                        Some(&outbox),
-                        &inst.pipeline.snapshot(),
-                    ));
-                    inst.outbox = Some(outbox);
-                    inst.flushed = Some(next);
-                }
-                None if force => {
-                    inst.unstored =
-                        Some(repartition::wrap_upstream(None, &inst.pipeline.snapshot()));
-                }
-                _ => return Ok(false),
-            }
+        if !self.driver.build_flush(pid, force) {
+            return Ok(false);
         }
         let mut stored = false;
-        if let Some(blob) = inst.unstored.take() {
+        if let Some((next, blob)) = self.driver.unstored(pid) {
             // A member whose session expired must not store (see docs/kafka.md on zombies),
             // nor post what it would have stored.
             if consumer.assignment_lost() {
-                inst.unstored = Some(blob);
                 return Err(CheckpointFailure::Lost);
             }
-            let items = [(inst.key.clone(), blob)];
-            let r = self.rt.block_on(self.checkpoints.store(&items));
-            let inst = &mut self.instances[i];
-            if let Err(e) = r {
-                let [(_, blob)] = items;
-                inst.unstored = Some(blob);
-                return Err(e.into());
-            }
+            let Some(i) = self.instances.iter().find(|i| i.pid == *pid) else {
+                return Ok(false);
+            };
+            let (topic, partition, next) = (i.topic.clone(), i.partition, *next);
+            let items = [(i.key.clone(), blob.clone())];
+            self.rt.block_on(self.checkpoints.store(&items))?;
+            self.driver.stored(pid);
             stored = true;
             self.report.checkpoints += 1;
             self.stored.increment(1);
-            if let Some(o) = inst.next_offset().and_then(|o| i64::try_from(o).ok()) {
+            if let Ok(o) = i64::try_from(next) {
                 let mut offsets = TopicPartitionList::new();
-                let _ =
-                    offsets.add_partition_offset(&inst.topic, inst.partition, Offset::Offset(o));
+                let _ = offsets.add_partition_offset(&topic, partition, Offset::Offset(o));
                 kafka_repartition::commit_for_lag(consumer, &offsets);
             }
         }
-        let Some(outbox) = self.instances[i].outbox.take() else {
-            return Ok(stored);
-        };
-        let r = match self.rep.as_ref() {
-            Some(rep) => self.rt.block_on(rep.topic.post(&outbox)),
-            None => Err("no repartition topic".to_owned()),
-        };
-        if let Err(e) = r {
-            self.instances[i].outbox = Some(outbox);
-            return Err(CheckpointFailure::Post(e));
+        if let Some(outbox) = self.driver.to_post(pid) {
+            let r = match self.rep.as_ref() {
+                Some(rep) => self.rt.block_on(rep.topic.post(outbox)),
+                None => Err("no repartition topic".to_owned()),
+            };
+            r.map_err(CheckpointFailure::Post)?;
+            self.driver.posted(pid);
         }
         Ok(stored)
     }
 
     /// One message of an owned repartition partition, into its owner.
     fn apply_partial(&mut self, m: &BorrowedMessage<'_>) {
-        let Some(rep) = self.rep.as_mut() else {
-            return;
-        };
         let (Ok(r), Ok(offset)) = (u32::try_from(m.partition()), u64::try_from(m.offset())) else {
-            return;
-        };
-        let Some(owner) = rep.owners.get_mut(&r) else {
             return;
         };
         let now = ferry_core::now_ms();
         let seq = kafka_repartition::seq_of(m);
-        match owner.apply(
-            &self.cfg,
-            r,
-            offset,
-            m.payload().unwrap_or_default(),
-            seq,
-            now,
-        ) {
+        match self
+            .driver
+            .apply(r, offset, m.payload().unwrap_or_default(), seq, now)
+        {
             Applied::Merged { late } => {
                 if late > 0 {
                     metrics::counter!("ferry_processor_late_partials_total").increment(late);
@@ -1509,11 +1368,11 @@ impl Worker {
             Applied::Duplicate => {
                 metrics::counter!("ferry_processor_repartition_duplicates_total").increment(1);
             }
-            Applied::Behind => {}
+            Applied::Skipped => {}
             Applied::Unreadable(e) => {
                 tracing::warn!(
                     pipeline = self.cfg.name,
-                    topic = rep.topic.topic(),
+                    topic = m.topic(),
                     partition = r,
                     offset,
                     error = e,
@@ -1524,34 +1383,11 @@ impl Worker {
         }
     }
 
-    /// Each owned partition's merge over its parts: one result per (window, key).
-    fn rep_merge_step(&mut self, now_ms: i64, tick: bool) {
-        let Some(rep) = self.rep.as_mut() else {
-            return;
-        };
-        for owner in rep.owners.values_mut() {
-            let since_ms = owner.since_ms;
-            let mut parts: Vec<Part<'_>> = owner
-                .parts
-                .values_mut()
-                .map(|(id, pipeline)| Part {
-                    id,
-                    pipeline,
-                    since_ms,
-                })
-                .collect();
-            owner.merge.advance(now_ms, &mut parts, &mut self.out);
-            if tick {
-                owner.merge.emit_early(&mut parts, &mut self.out);
-            }
-        }
-    }
-
     /// The owned repartition partitions, as a list.
     fn owned(&self) -> TopicPartitionList {
         let mut tpl = TopicPartitionList::new();
         if let Some(rep) = &self.rep {
-            for r in rep.owners.keys() {
+            for r in self.driver.owners.keys() {
                 tpl.add_partition(rep.topic.topic(), *r as i32);
             }
         }
@@ -1562,7 +1398,7 @@ impl Worker {
     fn owner_offsets(&self) -> TopicPartitionList {
         let mut tpl = TopicPartitionList::new();
         if let Some(rep) = &self.rep {
-            for (r, o) in &rep.owners {
+            for (r, o) in &self.driver.owners {
                 if let Some(n) = o.next_offset.and_then(|n| i64::try_from(n).ok()) {
                     let _ =
                         tpl.add_partition_offset(rep.topic.topic(), *r as i32, Offset::Offset(n));
@@ -1598,88 +1434,45 @@ impl Worker {
             );
             return;
         };
-        let mut marks = Vec::new();
-        let Some(rep) = self.rep.as_mut() else {
-            return;
-        };
-        for blob in restored.values() {
-            if let Ok((note, _)) = unwrap_checkpoint(blob) {
-                for (pid, start) in note.emitted {
-                    let e = rep.learned.entry(pid).or_insert(start);
-                    *e = (*e).max(start);
-                }
-                marks.extend(note.files);
-            }
-        }
-        for m in &marks {
-            match rep
-                .learned_marks
-                .iter_mut()
-                .find(|l| l.dev == m.dev && l.ino == m.ino)
-            {
-                Some(l) => l.len = l.len.max(m.len),
-                None => rep.learned_marks.push(*m),
-            }
-        }
-        let upstreams: Vec<PartitionId> = self
-            .topic_partitions
-            .iter()
-            .flat_map(|(t, n)| (0..*n).map(|p| PartitionId::new(t.clone(), p)))
-            .collect();
+        let marks = self
+            .driver
+            .learn_owner_notes(restored.values().map(Vec::as_slice));
         let since_ms = ferry_core::now_ms();
         let mut fresh = Vec::new();
         for (t, p) in partitions(tpl) {
             let Ok(r) = u32::try_from(p) else {
                 continue;
             };
-            let owner = match rep.owners.get(&r) {
-                // Still owned (a cooperative rebalance keeps what it does not move).
-                Some(o) => o,
-                None => {
-                    let key = kafka_checkpoints::key(&group, &t, p);
-                    let mut owner = match restored.get(&key) {
-                        Some(bytes) => match Owner::restore(&self.cfg, r, bytes, since_ms) {
-                            Ok(o) => {
-                                tracing::info!(
-                                    pipeline = self.cfg.name,
-                                    topic = t,
-                                    partition = r,
-                                    offset = o.next_offset,
-                                    "repartition: state restored from checkpoint"
-                                );
-                                o
-                            }
-                            Err(e) => {
-                                tracing::error!(pipeline = self.cfg.name, topic = t, partition = r, error = %e, "repartition checkpoint unreadable; reading the partition from its beginning");
-                                metrics::counter!("ferry_processor_checkpoints_unreadable_total")
-                                    .increment(1);
-                                Owner::new(&self.cfg, since_ms)
-                            }
-                        },
-                        None => {
-                            fresh.push(r);
-                            Owner::new(&self.cfg, since_ms)
-                        }
-                    };
-                    owner.cover(&self.cfg, r, &upstreams);
-                    rep.owners.insert(r, owner);
-                    &rep.owners[&r]
+            let held = self.driver.owners.contains_key(&r);
+            let key = kafka_checkpoints::key(&group, &t, p);
+            let (next, how) = self.driver.assign_owner(
+                r,
+                restored.get(&key).map(|b| (None, b.as_slice())),
+                None,
+                since_ms,
+            );
+            match how {
+                Assigned::Restored(offset) if !held => {
+                    tracing::info!(
+                        pipeline = self.cfg.name,
+                        topic = t,
+                        partition = r,
+                        offset,
+                        "repartition: state restored from checkpoint"
+                    );
                 }
-            };
-            let at = owner
-                .next_offset
+                Assigned::Unreadable(e) => {
+                    tracing::error!(pipeline = self.cfg.name, topic = t, partition = r, error = %e, "repartition checkpoint unreadable; reading the partition from its beginning");
+                    metrics::counter!("ferry_processor_checkpoints_unreadable_total").increment(1);
+                }
+                Assigned::Fresh if !held => fresh.push(r),
+                _ => {}
+            }
+            let at = next
                 .and_then(|o| i64::try_from(o).ok())
                 .map_or(Offset::Beginning, Offset::Offset);
             let _ = tpl.set_partition_offset(&t, p, at);
         }
-        for owner in rep.owners.values_mut() {
-            for (id, _) in owner.parts.values() {
-                if let Some(&start) = rep.learned.get(id) {
-                    owner.merge.learn(id.clone(), start);
-                }
-            }
-        }
-        let owned = rep.owners.len();
         if !self.rewound {
             // Before anything is written: results emitted after the last checkpoint are
             // emitted again, so the files are cut back to where that checkpoint saw them.
@@ -1707,7 +1500,7 @@ impl Worker {
         }
         tracing::info!(
             pipeline = self.cfg.name,
-            partitions = owned,
+            partitions = self.driver.owners.len(),
             "repartition partitions assigned"
         );
     }
@@ -1718,11 +1511,7 @@ impl Worker {
         let held: Vec<u32> = partitions(tpl)
             .into_iter()
             .filter_map(|(_, p)| u32::try_from(p).ok())
-            .filter(|r| {
-                self.rep
-                    .as_ref()
-                    .is_some_and(|rep| rep.owners.contains_key(r))
-            })
+            .filter(|r| self.driver.owners.contains_key(r))
             .collect();
         if held.is_empty() {
             return;
@@ -1753,14 +1542,13 @@ impl Worker {
                 }
             }
         }
-        if let Some(rep) = self.rep.as_mut() {
-            rep.owners.retain(|r, _| !held.contains(r));
+        for r in held {
+            self.driver.revoke_owner(r);
         }
     }
 
     /// Results written, sinks durable, then the checkpoints of the owned partitions (of `only`,
-    /// if given): the merge's note (emitted windows, ours and those learned; the results
-    /// files' marks) and each owner's offset, sequences and parts. Returns how many were stored.
+    /// if given), as [`Driver::owner_checkpoint`] makes them. Returns how many were stored.
     fn checkpoint_owners(
         &mut self,
         lost: bool,
@@ -1774,29 +1562,17 @@ impl Worker {
         let Some(rep) = self.rep.as_ref() else {
             return Ok(0);
         };
-        let mut files = self.marks.clone();
-        for m in &rep.learned_marks {
-            if !files.iter().any(|f| f.dev == m.dev && f.ino == m.ino) {
-                files.push(*m);
-            }
-        }
-        let mut emitted = rep.learned.clone();
-        for o in rep.owners.values() {
-            for (id, start) in o.merge.emitted() {
-                let e = emitted.entry(id.clone()).or_insert(*start);
-                *e = (*e).max(*start);
-            }
-        }
-        let note = Note { emitted, files };
-        let items: Vec<(String, Vec<u8>)> = rep
+        let items: Vec<(String, Vec<u8>)> = self
+            .driver
             .owners
-            .iter()
-            .filter(|(r, _)| only.is_none_or(|o| o.contains(r)))
-            .map(|(r, o)| {
-                (
+            .keys()
+            .filter(|r| only.is_none_or(|o| o.contains(r)))
+            .filter_map(|r| {
+                let (_, blob) = self.driver.owner_checkpoint(*r)?;
+                Some((
                     kafka_checkpoints::key(&rep.group, rep.topic.topic(), *r as i32),
-                    o.checkpoint(&note),
-                )
+                    blob,
+                ))
             })
             .collect();
         if items.is_empty() {

@@ -59,6 +59,7 @@
 pub mod aggregate;
 pub mod codec;
 pub mod config;
+pub mod driver;
 pub mod filter;
 pub mod kafka_checkpoints;
 pub mod kafka_repartition;

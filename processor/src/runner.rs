@@ -1,6 +1,9 @@
 //! Runs a pipeline on collector topics, as a member of a consumer group, with exactly-once
 //! results across restarts and rebalances.
 //!
+//! The state and every decision about it are the source-independent [`Driver`]'s (`driver.rs`,
+//! shared with the Kafka source); this module does the collector's I/O around it.
+//!
 //! The unit of state is the input partition: each partition this member is assigned gets its own
 //! [`Pipeline`] instance, and its checkpoint — the instance's snapshot, which carries the input
 //! offset it reflects — is stored in the collector (`PUT /v1/groups/{g}/checkpoints/...`), where
@@ -30,17 +33,15 @@
 //! second `impl Runner` below).
 
 use crate::config::{PipelineConfig, StartAt};
-use crate::merge::{Merge, Note, Part, as_part, holds_all, unwrap_checkpoint, wrap_checkpoint};
-use crate::pipeline::{Emission, PartitionId, Pipeline};
+use crate::driver::{Applied, Assigned, Driver};
+use crate::pipeline::{Emission, PartitionId};
 use crate::repartition::{self, Outbox};
 use crate::sink::{Outputs, SinkError, TopicProducer};
-use crate::state::StateError;
 use bytes::Bytes;
 use ferry_core::backoff::Backoff;
 use ferry_core::client::{ClientError, CollectorClient};
 use ferry_core::consumer::{Consumer, ConsumerConfig, StartPosition};
 use ferry_core::shutdown::Shutdown;
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -133,78 +134,16 @@ impl TopicProducer for CollectorTopicProducer {
     }
 }
 
-/// One partition's pipeline (a partial of the merge) and where it started.
-struct Instance {
-    id: PartitionId,
-    pipeline: Pipeline,
-    /// Offset reading started from (the checkpoint's, or the group's start).
-    start: u64,
-    /// Processing time the partition was assigned (for the merge's idle timeout).
-    since_ms: i64,
-    /// With repartition: the last flush's partials until every target acknowledged them.
-    outbox: Option<Outbox>,
-    /// With repartition: the checkpoint (offset, bytes) holding `outbox`, until stored; the
-    /// outbox is not posted before (a member that lost the partition must not post).
-    unstored: Option<(u64, Vec<u8>)>,
-    /// With repartition: the input offset of the last flush built.
-    flushed: u64,
-}
-
-impl Instance {
-    fn new(id: PartitionId, pipeline: Pipeline, start: u64, since_ms: i64) -> Self {
-        Self {
-            id,
-            pipeline,
-            start,
-            since_ms,
-            outbox: None,
-            unstored: None,
-            flushed: start,
-        }
-    }
-
-    /// The input offset the instance has consumed up to.
-    fn next_offset(&self) -> u64 {
-        self.pipeline
-            .offsets()
-            .into_iter()
-            .find(|(p, _)| *p == self.id)
-            .map_or(self.start, |(_, o)| o)
-    }
-}
-
-/// The downstream half of a repartitioned pipeline: the repartition topic's partitions this
-/// member owns, each merging the partials every upstream instance shipped to it.
+/// The downstream half of a repartitioned pipeline: the merge group's consumer of the
+/// repartition topic (the owners' state is the driver's).
 struct Repart {
     topic: String,
     group: String,
-    partitions: u32,
     consumer: Consumer,
-    owners: BTreeMap<u32, Owner>,
     /// Producer id per (upstream, target), computed once.
     producers: std::collections::HashMap<(PartitionId, u32), String>,
     pending_revoked: Vec<(String, u32)>,
     pending_assigned: Vec<((String, u32), u64)>,
-    /// Results files' marks read from the owners' checkpoints: carried into ours, so that a
-    /// member whose partitions moved while it was down still finds its file's mark.
-    learned_marks: Vec<crate::sink::FileMark>,
-    /// Windows emitted, per part (`repartition::part_id`), read from every owner's checkpoint:
-    /// each owner's merge learns its own parts' entries, and every checkpoint carries them all
-    /// (with every owner's own), so the note and the files' marks always agree.
-    learned: BTreeMap<PartitionId, i64>,
-}
-
-/// One owned repartition partition.
-struct Owner {
-    /// Its own merge: its watermark is the minimum over *its* parts, so a partition taken over
-    /// mid-stream (its parts behind) never closes a window early.
-    merge: Merge,
-    /// Per upstream input partition: its part's name in the merge and its merged partials.
-    parts: BTreeMap<PartitionId, (PartitionId, Pipeline)>,
-    /// Offset in the repartition partition to read from next.
-    next_offset: u64,
-    /// Processing time it was assigned (parts silent since then for `idle_timeout` are idle).
-    since_ms: i64,
 }
 
 struct Runner {
@@ -213,15 +152,8 @@ struct Runner {
     group: String,
     consumer: Consumer,
     outputs: Outputs,
-    instances: BTreeMap<(String, u32), Instance>,
-    /// Merges the instances' partials into one result per window and key.
-    merge: Merge,
-    /// Where the results files stood at the last sink checkpoint (for the checkpoints' note).
-    marks: Vec<crate::sink::FileMark>,
-    /// Partition count of each input topic, as of the last assignment.
-    topic_partitions: BTreeMap<String, u32>,
-    /// The last "waiting for every partition" warning (logged at most every 10 s).
-    warned_incomplete: Option<Instant>,
+    /// Every partition's state and every decision about it (`driver.rs`).
+    driver: Driver,
     /// The results files were cut back to the newest checkpoint's marks (once, at the first
     /// assignment, before anything is written).
     rewound: bool,
@@ -229,9 +161,7 @@ struct Runner {
     pending_revoked: Vec<(String, u32)>,
     /// Assigned partitions not yet restored (kept across a failed attempt).
     pending_assigned: Vec<((String, u32), u64)>,
-    /// Partials go through the repartition topic (`repartition.rs`); `rep` is set up once the
-    /// input topics exist.
-    repartition: bool,
+    /// With repartition: the merge group's consumer, set up once the input topics exist.
     rep: Option<Repart>,
     last_rep_attempt: Option<Instant>,
     session_timeout: Duration,
@@ -310,23 +240,20 @@ pub async fn run(
         member = consumer.member_id(),
         "processor pipeline joined its group"
     );
-    let merge = Merge::new(cfg.clone());
-    let repartition = cfg.source.repartition && !cfg.source.partitioned_by_key;
     let mut runner = Runner {
         client,
+        driver: Driver::new(
+            cfg.clone(),
+            false,
+            "several members of one group on one topic need it partitioned by the group-by key: source.partitioned_by_key",
+        ),
         cfg,
         group,
         consumer,
         outputs,
-        instances: BTreeMap::new(),
-        merge,
-        marks: Vec::new(),
-        topic_partitions: BTreeMap::new(),
-        warned_incomplete: None,
         rewound: false,
         pending_revoked: Vec::new(),
         pending_assigned: Vec::new(),
-        repartition,
         rep: None,
         last_rep_attempt: None,
         session_timeout: opts.session_timeout,
@@ -402,8 +329,9 @@ impl Runner {
         shutdown: &Shutdown,
         turn: &mut Turn,
     ) -> Result<(), RunnerError> {
+        let repartition = self.driver.repartition();
         self.take_rebalance().await?;
-        if self.repartition {
+        if repartition {
             self.ensure_repart(false).await?;
             self.take_merge_rebalance().await?;
         }
@@ -417,13 +345,12 @@ impl Runner {
         // them, not per record.
         for run in records.chunk_by(|a, b| a.partition == b.partition && a.topic == b.topic) {
             let first = &run[0];
-            let key = (first.topic.clone(), first.partition);
+            let pid = PartitionId::new(first.topic.clone(), first.partition);
             // A partition assigned during this poll is set up (and sought back) next turn.
-            let Some(inst) = self.instances.get_mut(&key) else {
+            let Some(u) = self.driver.upstream_mut(&pid) else {
                 continue;
             };
-            let pid = PartitionId::new(first.topic.clone(), first.partition);
-            inst.pipeline.process_run(
+            u.pipeline.process_run(
                 &pid,
                 run.iter().map(|r| (r.offset, &r.record, r.append_time_ms)),
                 now,
@@ -433,35 +360,25 @@ impl Runner {
         self.report.records += records.len() as u64;
         let tick = turn.last_tick.elapsed() >= opts.tick;
         if tick {
-            for inst in self.instances.values_mut() {
-                inst.pipeline.advance_time(now, &mut turn.out);
-            }
             turn.last_tick = Instant::now();
         }
-        if self.repartition {
+        if repartition {
             // An upstream whose watermark just closed a window ships it at once, not at the
             // next periodic flush: the window's result then waits only for the hop (its owner
             // merges once every upstream's watermark passed the window).
-            let due: Vec<(String, u32)> = self
-                .instances
-                .iter()
-                .filter(|(_, i)| i.outbox.is_none() && i.pipeline.windows.has_closed())
-                .map(|(tp, _)| tp.clone())
-                .collect();
-            for tp in due {
-                self.flush_one(&tp).await?;
+            for pid in self.driver.due(false) {
+                self.flush_one(&pid).await?;
             }
             self.merge_poll(shutdown).await?;
-            self.rep_merge_step(ferry_core::now_ms(), tick, &mut turn.out);
-        } else {
-            self.merge_step(now, tick, &mut turn.out);
         }
+        self.driver
+            .advance(ferry_core::now_ms(), tick, &mut turn.out);
         if !turn.out.is_empty() {
             let r = self.outputs.write(&turn.out).await;
             r.map_err(|e| self.err_sink(e))?;
             turn.out.clear();
         }
-        if self.repartition && turn.last_flush.elapsed() >= opts.flush_interval {
+        if repartition && turn.last_flush.elapsed() >= opts.flush_interval {
             self.flush_all().await?;
             turn.last_flush = Instant::now();
         }
@@ -472,39 +389,10 @@ impl Runner {
         Ok(())
     }
 
-    /// Emits what the merged watermark closed (and, on a tick, early results), once this
-    /// member holds every partition of its topics (or the topics are partitioned by key).
-    fn merge_step(&mut self, now_ms: i64, tick: bool, out: &mut Vec<Emission>) {
-        if self.cfg.source.partitioned_by_key {
-            // Each partition's pipeline emits its own results (`merge::as_part`).
-            return;
-        }
-        let total = self.topic_partitions.values().sum();
-        if !holds_all(
-            &self.cfg.name,
-            self.instances.len(),
-            Some(total),
-            &mut self.warned_incomplete,
-            "several members of one group on one topic need it partitioned by the group-by key: source.partitioned_by_key",
-        ) {
-            return;
-        }
-        let mut parts: Vec<Part<'_>> = self
-            .instances
-            .values_mut()
-            .map(|i| Part {
-                id: &i.id,
-                pipeline: &mut i.pipeline,
-                since_ms: i.since_ms,
-            })
-            .collect();
-        self.merge.step(now_ms, tick, &mut parts, out);
-    }
-
     /// Reads the merge's note from every checkpoint of the pipeline's topics, so partitions
     /// restored from older checkpoints do not emit windows again (see `merge.rs`).
     async fn learn_notes(&mut self) -> Result<(), RunnerError> {
-        let mut marks = Vec::new();
+        let mut blobs = Vec::new();
         for topic in self.cfg.source.topics.clone() {
             let info = self
                 .client
@@ -512,7 +400,8 @@ impl Runner {
                 .await
                 .map_err(|e| self.err_collector(e))?;
             let partitions = info.map(|i| i.partitions).unwrap_or_default();
-            self.topic_partitions
+            self.driver
+                .topic_partitions
                 .insert(topic.clone(), partitions.len() as u32);
             if self.cfg.source.start != StartAt::Committed {
                 continue;
@@ -523,16 +412,12 @@ impl Runner {
                     .get_checkpoint(&self.group, &topic, p.partition)
                     .await
                     .map_err(|e| self.err_collector(e))?;
-                if let Some((_, blob)) = got
-                    && let Ok((note, _)) = unwrap_checkpoint(&blob)
-                {
-                    for (pid, start) in note.emitted {
-                        self.merge.learn(pid, start);
-                    }
-                    marks.extend(note.files);
+                if let Some((_, blob)) = got {
+                    blobs.push(blob);
                 }
             }
         }
+        let marks = self.driver.learn_input_notes(blobs.iter().map(|b| &b[..]));
         if !self.rewound && self.cfg.source.start == StartAt::Committed {
             let r = self.outputs.rewind_files(&marks).await;
             r.map_err(|e| self.err_sink(e))?;
@@ -546,19 +431,21 @@ impl Runner {
         // Pending lists survive a failed attempt, so a retry finishes the hand-over.
         self.pending_revoked.extend(self.consumer.take_revoked());
         self.pending_assigned.extend(self.consumer.take_assigned());
+        let repartition = self.driver.repartition();
         let revoked = self.pending_revoked.clone();
         if !revoked.is_empty() {
             let r = self.outputs.checkpoint().await;
             r.map_err(|e| self.err_sink(e))?;
-            self.marks = self.outputs.file_marks();
+            self.driver.marks = self.outputs.file_marks();
             for tp in &revoked {
-                if self.repartition {
+                let pid = PartitionId::new(tp.0.clone(), tp.1);
+                if repartition {
                     // Ships what it holds and stores its checkpoint (the flush does both).
-                    self.flush_one(tp).await?;
+                    self.flush_one(&pid).await?;
                 } else {
-                    self.checkpoint_one(tp).await?;
+                    self.checkpoint_one(&pid).await?;
                 }
-                self.instances.remove(tp);
+                self.driver.revoke(&pid);
             }
             self.consumer
                 .release(&revoked)
@@ -570,9 +457,18 @@ impl Runner {
         // Partitions lost with an expired session are neither ours nor revoking: drop them.
         let held: std::collections::BTreeSet<(String, u32)> =
             self.consumer.assignment().into_iter().collect();
-        self.instances.retain(|tp, _| held.contains(tp));
+        let gone: Vec<PartitionId> = self
+            .driver
+            .upstreams
+            .keys()
+            .filter(|p| !held.contains(&(p.topic.clone(), p.partition)))
+            .cloned()
+            .collect();
+        for pid in gone {
+            self.driver.revoke(&pid);
+        }
         if !self.pending_assigned.is_empty() {
-            if self.repartition {
+            if repartition {
                 self.learn_partition_counts().await?;
             } else {
                 self.learn_notes().await?;
@@ -588,38 +484,41 @@ impl Runner {
             } else {
                 None
             };
-            let id = PartitionId::new(tp.0.clone(), tp.1);
-            let inst = match restored {
-                Some((offset, state)) => match self.restore_instance(&state) {
-                    Ok((p, outbox)) => {
-                        self.consumer.seek(&tp, offset);
-                        tracing::info!(
-                            pipeline = self.cfg.name,
-                            topic = tp.0,
-                            partition = tp.1,
-                            offset,
-                            "state restored from checkpoint"
-                        );
-                        let mut i = Instance::new(id, as_part(p), offset, since_ms);
-                        i.outbox = outbox;
-                        i
+            let pid = PartitionId::new(tp.0.clone(), tp.1);
+            // A partition still set up was assigned again: it is restored from its checkpoint
+            // like any other (what it holds was handed over).
+            self.driver.revoke(&pid);
+            let stored_at = restored.as_ref().map(|(o, _)| *o);
+            let how = self.driver.assign(
+                pid.clone(),
+                restored.as_ref().map(|(_, b)| &b[..]),
+                Some(stored_at.unwrap_or(start)),
+                since_ms,
+            );
+            let at = match how {
+                Assigned::Restored(_) | Assigned::RestoredWithoutOffset => {
+                    let offset = stored_at.unwrap_or(start);
+                    tracing::info!(
+                        pipeline = self.cfg.name,
+                        topic = tp.0,
+                        partition = tp.1,
+                        offset,
+                        "state restored from checkpoint"
+                    );
+                    offset
+                }
+                Assigned::Unreadable(e) => {
+                    // A checkpoint this build cannot read (another version, damage) must not
+                    // be silently replaced: say so loudly and start from the group offset.
+                    tracing::error!(pipeline = self.cfg.name, topic = tp.0, partition = tp.1, error = %e, "checkpoint unreadable; starting from the group's committed offset");
+                    metrics::counter!("ferry_processor_checkpoints_unreadable_total").increment(1);
+                    if let Some(u) = self.driver.upstream_mut(&pid) {
+                        u.start = Some(start);
+                        u.flushed = Some(start);
                     }
-                    Err(e) => {
-                        self.consumer.seek(&tp, start);
-                        // A checkpoint this build cannot read (another version, damage) must not
-                        // be silently replaced: say so loudly and start from the group offset.
-                        tracing::error!(pipeline = self.cfg.name, topic = tp.0, partition = tp.1, error = %e, "checkpoint unreadable; starting from the group's committed offset");
-                        metrics::counter!("ferry_processor_checkpoints_unreadable_total")
-                            .increment(1);
-                        Instance::new(
-                            id,
-                            as_part(Pipeline::new(self.cfg.clone())),
-                            start,
-                            since_ms,
-                        )
-                    }
-                },
-                None => {
+                    start
+                }
+                Assigned::Fresh => {
                     tracing::info!(
                         pipeline = self.cfg.name,
                         topic = tp.0,
@@ -627,41 +526,22 @@ impl Runner {
                         offset = start,
                         "no checkpoint; starting from the group's position"
                     );
-                    // Records of this partition polled before it was set up were ignored;
-                    // read them again.
-                    self.consumer.seek(&tp, start);
-                    Instance::new(
-                        id,
-                        as_part(Pipeline::new(self.cfg.clone())),
-                        start,
-                        since_ms,
-                    )
+                    start
                 }
             };
-            self.instances.insert(tp, inst);
+            // Records of this partition polled before it was set up were ignored; read them
+            // again.
+            self.consumer.seek(&tp, at);
             self.pending_assigned.remove(0);
         }
         Ok(())
     }
 
     /// Stores one partition's checkpoint in the collector.
-    async fn checkpoint_one(&mut self, tp: &(String, u32)) -> Result<(), RunnerError> {
-        let Some(inst) = self.instances.get(tp) else {
+    async fn checkpoint_one(&mut self, pid: &PartitionId) -> Result<(), RunnerError> {
+        let Some((offset, snapshot)) = self.driver.checkpoint_of(pid) else {
             return Ok(());
         };
-        let pid = PartitionId::new(tp.0.clone(), tp.1);
-        let offset = inst
-            .pipeline
-            .offsets()
-            .into_iter()
-            .find(|(p, _)| *p == pid)
-            .map(|(_, o)| o)
-            .unwrap_or(inst.start);
-        let note = Note {
-            emitted: self.merge.emitted().clone(),
-            files: self.marks.clone(),
-        };
-        let snapshot = wrap_checkpoint(&note, &inst.pipeline.snapshot());
         let member = self.consumer.member_id().unwrap_or_default().to_owned();
         match self
             .client
@@ -669,8 +549,8 @@ impl Runner {
                 &self.group,
                 &member,
                 self.consumer.generation(),
-                &tp.0,
-                tp.1,
+                &pid.topic,
+                pid.partition,
                 offset,
                 snapshot,
             )
@@ -687,7 +567,7 @@ impl Runner {
                 message,
                 ..
             }) => {
-                tracing::warn!(pipeline = self.cfg.name, topic = tp.0, partition = tp.1, %message, "checkpoint refused: partition no longer ours");
+                tracing::warn!(pipeline = self.cfg.name, topic = pid.topic, partition = pid.partition, %message, "checkpoint refused: partition no longer ours");
                 Ok(())
             }
             Err(e) => Err(self.err_collector(e)),
@@ -697,35 +577,20 @@ impl Runner {
     async fn checkpoint_all(&mut self) -> Result<(), RunnerError> {
         let r = self.outputs.checkpoint().await;
         r.map_err(|e| self.err_sink(e))?;
-        self.marks = self.outputs.file_marks();
-        if self.repartition {
+        self.driver.marks = self.outputs.file_marks();
+        if self.driver.repartition() {
             // Upstream instances store theirs at each flush.
-            let owned: Vec<u32> = self
-                .rep
-                .as_ref()
-                .map(|r| r.owners.keys().copied().collect())
-                .unwrap_or_default();
+            let owned: Vec<u32> = self.driver.owners.keys().copied().collect();
             for r in owned {
                 self.checkpoint_owner(r).await?;
             }
             return Ok(());
         }
-        let keys: Vec<(String, u32)> = self.instances.keys().cloned().collect();
-        for tp in keys {
-            self.checkpoint_one(&tp).await?;
+        let pids: Vec<PartitionId> = self.driver.upstreams.keys().cloned().collect();
+        for pid in pids {
+            self.checkpoint_one(&pid).await?;
         }
         Ok(())
-    }
-
-    /// A stored checkpoint as an instance's pipeline (and, with repartition, its outbox).
-    fn restore_instance(&self, state: &[u8]) -> Result<(Pipeline, Option<Outbox>), StateError> {
-        if self.repartition {
-            let (outbox, snap) = repartition::unwrap_upstream(state)?;
-            Ok((Pipeline::restore(self.cfg.clone(), snap)?, outbox))
-        } else {
-            let (_, snap) = unwrap_checkpoint(state)?;
-            Ok((Pipeline::restore(self.cfg.clone(), snap)?, None))
-        }
     }
 }
 
@@ -741,7 +606,8 @@ impl Runner {
                 .await
                 .map_err(|e| self.err_collector(e))?;
             if let Some(i) = info {
-                self.topic_partitions
+                self.driver
+                    .topic_partitions
                     .insert(topic.clone(), i.partitions.len() as u32);
             }
         }
@@ -763,12 +629,12 @@ impl Runner {
         self.learn_partition_counts().await?;
         // Its partition count is fixed when it is created: as many as the input topics that
         // exist by then have together.
-        if self.topic_partitions.is_empty() {
+        if self.driver.topic_partitions.is_empty() {
             return Ok(());
         }
         let group = self.cfg.source.group_or(&self.cfg.name);
         let topic = repartition::topic_name(&group, &self.cfg.name);
-        let want: u32 = self.topic_partitions.values().sum::<u32>().max(1);
+        let want: u32 = self.driver.topic_partitions.values().sum::<u32>().max(1);
         let info = match self
             .client
             .topic(&topic)
@@ -818,39 +684,35 @@ impl Runner {
             member = consumer.member_id(),
             "repartition: joined the merge group"
         );
+        self.driver.rep_partitions = Some(partitions);
         self.rep = Some(Repart {
             topic,
             group: merge_group,
-            partitions,
             consumer,
-            owners: BTreeMap::new(),
             producers: std::collections::HashMap::new(),
             pending_revoked: Vec::new(),
             pending_assigned: Vec::new(),
-            learned_marks: Vec::new(),
-            learned: BTreeMap::new(),
         });
         Ok(())
     }
 
     /// Ships every instance's partials (see [`Runner::flush_one`]).
     async fn flush_all(&mut self) -> Result<(), RunnerError> {
-        if !self.repartition {
+        if !self.driver.repartition() {
             return Ok(());
         }
-        let keys: Vec<(String, u32)> = self.instances.keys().cloned().collect();
-        for tp in keys {
-            self.flush_one(&tp).await?;
+        let pids: Vec<PartitionId> = self.driver.upstreams.keys().cloned().collect();
+        for pid in pids {
+            self.flush_one(&pid).await?;
         }
         Ok(())
     }
 
-    /// One upstream flush: a pending outbox is stored (if it was not) and posted; then, if the
-    /// instance read records since its last flush, its windows are taken as a new outbox, which
-    /// is stored with the instance's checkpoint and then posted. A refused checkpoint means the
-    /// partition is no longer ours: its outbox is dropped unposted.
-    async fn flush_one(&mut self, tp: &(String, u32)) -> Result<(), RunnerError> {
-        if !self.instances.contains_key(tp) {
+    /// One upstream flush ([`Driver::build_flush`]): its checkpoint stored, then its partials
+    /// posted. A refused checkpoint means the partition is no longer ours: it is dropped, its
+    /// partials unposted.
+    async fn flush_one(&mut self, pid: &PartitionId) -> Result<(), RunnerError> {
+        if !self.driver.upstreams.contains_key(pid) {
             return Ok(());
         }
         if self.rep.is_none() {
@@ -863,22 +725,10 @@ impl Runner {
                 message: "the repartition topic cannot be set up: no input topic exists".into(),
             });
         }
-        let Some(inst) = self.instances.get_mut(tp) else {
+        if !self.driver.build_flush(pid, false) {
             return Ok(());
-        };
-        if inst.unstored.is_none() && inst.outbox.is_none() {
-            let next = inst.next_offset();
-            if next == inst.flushed {
-                return Ok(());
-            }
-            let partitions = self.rep.as_ref().map_or(1, |r| r.partitions);
-            let outbox = repartition::flush(&mut inst.pipeline, &inst.id, next, partitions);
-            let blob = repartition::wrap_upstream(Some(&outbox), &inst.pipeline.snapshot());
-            inst.unstored = Some((next, blob));
-            inst.outbox = Some(outbox);
-            inst.flushed = next;
         }
-        if let Some((offset, blob)) = inst.unstored.clone() {
+        if let Some((offset, blob)) = self.driver.unstored(pid).cloned() {
             let member = self.consumer.member_id().unwrap_or_default().to_owned();
             match self
                 .client
@@ -886,8 +736,8 @@ impl Runner {
                     &self.group,
                     &member,
                     self.consumer.generation(),
-                    &tp.0,
-                    tp.1,
+                    &pid.topic,
+                    pid.partition,
                     offset,
                     blob,
                 )
@@ -895,50 +745,40 @@ impl Runner {
             {
                 Ok(()) => {
                     self.report.checkpoints += 1;
-                    if let Some(i) = self.instances.get_mut(tp) {
-                        i.unstored = None;
-                    }
+                    self.driver.stored(pid);
                 }
                 Err(ClientError::Http {
                     status: 404 | 409,
                     message,
                     ..
                 }) => {
-                    tracing::warn!(pipeline = self.cfg.name, topic = tp.0, partition = tp.1, %message, "checkpoint refused: partition no longer ours; its partials are not shipped");
-                    self.instances.remove(tp);
+                    tracing::warn!(pipeline = self.cfg.name, topic = pid.topic, partition = pid.partition, %message, "checkpoint refused: partition no longer ours; its partials are not shipped");
+                    self.driver.revoke(pid);
                     return Ok(());
                 }
                 Err(e) => return Err(self.err_collector(e)),
             }
         }
-        let Some(outbox) = self.instances.get(tp).and_then(|i| i.outbox.clone()) else {
+        let Some(outbox) = self.driver.to_post(pid).cloned() else {
             return Ok(());
         };
-        self.post_outbox(tp, &outbox).await?;
-        if let Some(i) = self.instances.get_mut(tp) {
-            i.outbox = None;
-        }
+        self.post_outbox(pid, &outbox).await?;
+        self.driver.posted(pid);
         Ok(())
     }
 
     /// Posts an outbox's lines to their targets, as the (upstream, target) producers.
-    async fn post_outbox(
-        &mut self,
-        tp: &(String, u32),
-        outbox: &Outbox,
-    ) -> Result<(), RunnerError> {
-        let Some(rep) = self.rep.as_mut() else {
+    async fn post_outbox(&mut self, up: &PartitionId, outbox: &Outbox) -> Result<(), RunnerError> {
+        let (Some(rep), Some(partitions)) = (self.rep.as_mut(), self.driver.rep_partitions) else {
             return Ok(());
         };
-        let up = PartitionId::new(tp.0.clone(), tp.1);
         let group = self.cfg.source.group_or(&self.cfg.name);
-        let partitions = rep.partitions;
         for &target in outbox.lines.keys() {
             let id = rep
                 .producers
                 .entry((up.clone(), target))
                 .or_insert_with(|| {
-                    repartition::producer_id(&group, &self.cfg.name, &up, target, partitions)
+                    repartition::producer_id(&group, &self.cfg.name, up, target, partitions)
                 })
                 .clone();
             for (seq, body) in outbox.bodies(target) {
@@ -965,12 +805,10 @@ impl Runner {
         if !revoked.is_empty() {
             let r = self.outputs.checkpoint().await;
             r.map_err(|e| self.err_sink(e))?;
-            self.marks = self.outputs.file_marks();
+            self.driver.marks = self.outputs.file_marks();
             for (_, r) in &revoked {
                 self.checkpoint_owner(*r).await?;
-                if let Some(rep) = self.rep.as_mut() {
-                    rep.owners.remove(r);
-                }
+                self.driver.revoke_owner(*r);
             }
             if let Some(rep) = self.rep.as_mut() {
                 rep.consumer
@@ -993,7 +831,16 @@ impl Runner {
             .into_iter()
             .map(|(_, p)| p)
             .collect();
-        rep.owners.retain(|r, _| held.contains(r));
+        let gone: Vec<u32> = self
+            .driver
+            .owners
+            .keys()
+            .filter(|r| !held.contains(r))
+            .copied()
+            .collect();
+        for r in gone {
+            self.driver.revoke_owner(r);
+        }
         if rep.pending_assigned.is_empty() {
             return Ok(());
         }
@@ -1011,69 +858,42 @@ impl Runner {
                 .get_checkpoint(&rep.group, &topic, r)
                 .await
                 .map_err(|e| self.err_collector(e))?;
-            let mut owner = Owner {
-                merge: Merge::new(self.cfg.clone()),
-                parts: BTreeMap::new(),
-                next_offset: start,
+            // A partition still owned was assigned again: restored from its checkpoint.
+            self.driver.revoke_owner(r);
+            let (next, how) = self.driver.assign_owner(
+                r,
+                got.as_ref().map(|(o, b)| (Some(*o), &b[..])),
+                Some(start),
                 since_ms,
-            };
-            let fresh = got.is_none();
-            if let Some((offset, blob)) = got {
-                match unwrap_checkpoint(&blob)
-                    .and_then(|(_, rest)| repartition::decode_parts(&self.cfg, rest))
-                {
-                    Ok(parts) => {
-                        owner.next_offset = offset;
-                        owner.parts = parts
-                            .into_iter()
-                            .map(|(up, p)| (up.clone(), (repartition::part_id(r, &up), p)))
-                            .collect();
-                        tracing::info!(
-                            pipeline = self.cfg.name,
-                            topic,
-                            partition = r,
-                            offset,
-                            "repartition: state restored from checkpoint"
-                        );
-                    }
-                    Err(e) => {
-                        tracing::error!(pipeline = self.cfg.name, topic, partition = r, error = %e, "repartition checkpoint unreadable; starting from the group's committed offset");
-                        metrics::counter!("ferry_processor_checkpoints_unreadable_total")
-                            .increment(1);
-                    }
+            );
+            match &how {
+                Assigned::Restored(offset) => {
+                    tracing::info!(
+                        pipeline = self.cfg.name,
+                        topic,
+                        partition = r,
+                        offset,
+                        "repartition: state restored from checkpoint"
+                    );
                 }
-            }
-            // Every upstream input partition has a part from now on, so one that has shipped
-            // nothing yet holds the watermark until `idle_timeout`.
-            for (t, n) in &self.topic_partitions {
-                for p in 0..*n {
-                    let up = PartitionId::new(t.clone(), p);
-                    owner.parts.entry(up.clone()).or_insert_with(|| {
-                        (
-                            repartition::part_id(r, &up),
-                            Pipeline::new(self.cfg.clone()).into_partial(),
-                        )
-                    });
+                Assigned::Unreadable(e) => {
+                    tracing::error!(pipeline = self.cfg.name, topic, partition = r, error = %e, "repartition checkpoint unreadable; starting from the group's committed offset");
+                    metrics::counter!("ferry_processor_checkpoints_unreadable_total").increment(1);
                 }
+                _ => {}
             }
             let Some(rep) = self.rep.as_mut() else {
                 return Ok(());
             };
-            for (id, _) in owner.parts.values() {
-                if let Some(&start) = rep.learned.get(id) {
-                    owner.merge.learn(id.clone(), start);
-                }
-            }
-            rep.consumer.seek(&(topic, r), owner.next_offset);
-            rep.owners.insert(r, owner);
+            rep.consumer.seek(&(topic, r), next.unwrap_or(start));
             rep.pending_assigned.remove(0);
-            if fresh {
+            if got.is_none() {
                 // A partition never checkpointed gets its first checkpoint before it emits:
                 // it carries where the results files stand now, so a member killed before its
                 // next checkpoint cuts them back to here and emits those results once, not twice.
                 let r2 = self.outputs.checkpoint().await;
                 r2.map_err(|e| self.err_sink(e))?;
-                self.marks = self.outputs.file_marks();
+                self.driver.marks = self.outputs.file_marks();
                 self.checkpoint_owner(r).await?;
             }
         }
@@ -1083,48 +903,22 @@ impl Runner {
     /// Reads the merge's note from every checkpoint of the repartition topic (windows emitted,
     /// results files' lengths), and at the first assignment cuts the results files back.
     async fn learn_merge_notes(&mut self) -> Result<(), RunnerError> {
-        let Some(rep) = self.rep.as_ref() else {
+        let (Some(rep), Some(n)) = (self.rep.as_ref(), self.driver.rep_partitions) else {
             return Ok(());
         };
-        let (group, topic, n) = (rep.group.clone(), rep.topic.clone(), rep.partitions);
-        let mut marks = Vec::new();
+        let (group, topic) = (rep.group.clone(), rep.topic.clone());
+        let mut blobs = Vec::new();
         for p in 0..n {
             let got = self
                 .client
                 .get_checkpoint(&group, &topic, p)
                 .await
                 .map_err(|e| self.err_collector(e))?;
-            if let Some((_, blob)) = got
-                && let Ok((note, _)) = unwrap_checkpoint(&blob)
-            {
-                if let Some(rep) = self.rep.as_mut() {
-                    for (pid, start) in note.emitted {
-                        let e = rep.learned.entry(pid).or_insert(start);
-                        *e = (*e).max(start);
-                    }
-                }
-                marks.extend(note.files);
+            if let Some((_, blob)) = got {
+                blobs.push(blob);
             }
         }
-        if let Some(rep) = self.rep.as_mut() {
-            for owner in rep.owners.values_mut() {
-                for (id, _) in owner.parts.values() {
-                    if let Some(&start) = rep.learned.get(id) {
-                        owner.merge.learn(id.clone(), start);
-                    }
-                }
-            }
-            for m in &marks {
-                match rep
-                    .learned_marks
-                    .iter_mut()
-                    .find(|l| l.dev == m.dev && l.ino == m.ino)
-                {
-                    Some(l) => l.len = l.len.max(m.len),
-                    None => rep.learned_marks.push(*m),
-                }
-            }
-        }
+        let marks = self.driver.learn_owner_notes(blobs.iter().map(|b| &b[..]));
         if !self.rewound {
             let r = self.outputs.rewind_files(&marks).await;
             r.map_err(|e| self.err_sink(e))?;
@@ -1147,89 +941,36 @@ impl Runner {
             source,
         })?;
         let now = ferry_core::now_ms();
-        let ops = self.merge.ops().to_vec();
         for rec in &records {
-            let Some(owner) = rep.owners.get_mut(&rec.partition) else {
-                continue;
-            };
-            if rec.offset < owner.next_offset {
-                continue;
-            }
-            owner.next_offset = rec.offset + 1;
-            let line = match repartition::decode_line(&rec.record.line, &ops) {
-                Ok(l) => l,
-                Err(e) => {
+            // The collector dropped replays already (per-producer dedup): no sequence.
+            match self
+                .driver
+                .apply(rec.partition, rec.offset, &rec.record.line, None, now)
+            {
+                Applied::Merged { late } => {
+                    if late > 0 {
+                        metrics::counter!("ferry_processor_late_partials_total").increment(late);
+                    }
+                }
+                Applied::Unreadable(e) => {
                     tracing::warn!(pipeline = self.cfg.name, topic = rep.topic, partition = rec.partition, offset = rec.offset, error = %e, "repartition: unreadable line skipped");
                     metrics::counter!("ferry_processor_repartition_unreadable_total").increment(1);
-                    continue;
                 }
-            };
-            let r = rec.partition;
-            let (_, part) = owner.parts.entry(line.upstream.clone()).or_insert_with(|| {
-                (
-                    repartition::part_id(r, &line.upstream),
-                    Pipeline::new(self.cfg.clone()).into_partial(),
-                )
-            });
-            let late = repartition::absorb(part, line, now);
-            if late > 0 {
-                metrics::counter!("ferry_processor_late_partials_total").increment(late);
+                Applied::Duplicate | Applied::Skipped => {}
             }
         }
         Ok(())
     }
 
-    /// Each owned partition's merge over its parts: one result per (window, key).
-    fn rep_merge_step(&mut self, now_ms: i64, tick: bool, out: &mut Vec<Emission>) {
-        let Some(rep) = self.rep.as_mut() else {
-            return;
-        };
-        for owner in rep.owners.values_mut() {
-            let since_ms = owner.since_ms;
-            let mut parts: Vec<Part<'_>> = owner
-                .parts
-                .values_mut()
-                .map(|(id, pipeline)| Part {
-                    id,
-                    pipeline,
-                    since_ms,
-                })
-                .collect();
-            owner.merge.advance(now_ms, &mut parts, out);
-            if tick {
-                owner.merge.emit_early(&mut parts, out);
-            }
-        }
-    }
-
-    /// Stores an owned repartition partition's checkpoint: the merge's note (with the results
-    /// files' marks, ours and those learned) and its parts.
+    /// Stores an owned repartition partition's checkpoint ([`Driver::owner_checkpoint`]).
     async fn checkpoint_owner(&mut self, r: u32) -> Result<(), RunnerError> {
         let Some(rep) = self.rep.as_ref() else {
             return Ok(());
         };
-        let Some(owner) = rep.owners.get(&r) else {
+        let Some((offset, blob)) = self.driver.owner_checkpoint(r) else {
             return Ok(());
         };
-        let mut files = self.marks.clone();
-        for m in &rep.learned_marks {
-            if !files.iter().any(|f| f.dev == m.dev && f.ino == m.ino) {
-                files.push(*m);
-            }
-        }
-        let mut emitted = rep.learned.clone();
-        for o in rep.owners.values() {
-            for (id, start) in o.merge.emitted() {
-                let e = emitted.entry(id.clone()).or_insert(*start);
-                *e = (*e).max(*start);
-            }
-        }
-        let note = Note { emitted, files };
-        let parts: Vec<(&PartitionId, &Pipeline)> =
-            owner.parts.iter().map(|(up, (_, p))| (up, p)).collect();
-        let blob = wrap_checkpoint(&note, &repartition::encode_parts(&parts));
         let member = rep.consumer.member_id().unwrap_or_default().to_owned();
-        let offset = owner.next_offset;
         match self
             .client
             .put_checkpoint(

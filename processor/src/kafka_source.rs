@@ -1465,8 +1465,10 @@ impl Worker {
                     tracing::error!(pipeline = self.cfg.name, topic = t, partition = r, error = %e, "repartition checkpoint unreadable; reading the partition from its beginning");
                     metrics::counter!("ferry_processor_checkpoints_unreadable_total").increment(1);
                 }
-                Assigned::Fresh if !held => fresh.push(r),
                 _ => {}
+            }
+            if !held {
+                fresh.push(r);
             }
             let at = next
                 .and_then(|o| i64::try_from(o).ok())
@@ -1488,9 +1490,10 @@ impl Worker {
             }
         }
         if !fresh.is_empty() {
-            // A partition never checkpointed gets its first checkpoint before it emits: it
+            // Every newly owned partition is checkpointed before it emits: the checkpoint
             // carries where the results files stand now, so a member killed before its next
-            // checkpoint cuts them back to here and emits those results once, not twice.
+            // checkpoint cuts them back to here and its results since are emitted once, by the
+            // next owner — also when it never stored a checkpoint before.
             let deadline = Instant::now() + HANDOVER_DEADLINE;
             if let Err(e) =
                 self.checkpoint_owners(consumer.assignment_lost(), Some(&fresh), Some(deadline))

@@ -693,6 +693,10 @@ impl Runner {
             pending_revoked: Vec::new(),
             pending_assigned: Vec::new(),
         });
+        // The results files are cut back now, before anything is written, also when this
+        // member is assigned no repartition partition (more members than partitions): what it
+        // emitted after its last checkpoint before a crash is emitted again by their owners.
+        self.learn_merge_notes().await?;
         Ok(())
     }
 
@@ -887,15 +891,15 @@ impl Runner {
             };
             rep.consumer.seek(&(topic, r), next.unwrap_or(start));
             rep.pending_assigned.remove(0);
-            if got.is_none() {
-                // A partition never checkpointed gets its first checkpoint before it emits:
-                // it carries where the results files stand now, so a member killed before its
-                // next checkpoint cuts them back to here and emits those results once, not twice.
-                let r2 = self.outputs.checkpoint().await;
-                r2.map_err(|e| self.err_sink(e))?;
-                self.driver.marks = self.outputs.file_marks();
-                self.checkpoint_owner(r).await?;
-            }
+            // Every newly owned partition is checkpointed before it emits: the checkpoint
+            // carries where the results files stand now, so a member killed before its next
+            // checkpoint cuts them back to here and its results since are emitted once, by the
+            // next owner — also when it never stored a checkpoint before (the model test in
+            // processor/tests/windows_model.rs found that case).
+            let r2 = self.outputs.checkpoint().await;
+            r2.map_err(|e| self.err_sink(e))?;
+            self.driver.marks = self.outputs.file_marks();
+            self.checkpoint_owner(r).await?;
         }
         Ok(())
     }

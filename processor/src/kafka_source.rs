@@ -186,10 +186,13 @@ pub async fn run(
         topics.clone(),
         group.clone(),
         outputs,
-        checkpoints,
+        Cluster {
+            kafka: kafka.clone(),
+            admin: admin.clone(),
+            checkpoints,
+        },
         opts,
         shutdown.clone(),
-        (kafka.clone(), admin.clone()),
     );
     let consumer: BaseConsumer<SourceContext> = client
         .create_with_context(SourceContext {
@@ -552,18 +555,29 @@ struct Rep {
     group: String,
 }
 
+/// What the worker reaches the cluster with: its config (for the repartition topic and the
+/// merge consumer), the admin client's config, and the group's checkpoint topic.
+struct Cluster {
+    kafka: KafkaConfig,
+    admin: rdkafka::ClientConfig,
+    checkpoints: CheckpointTopic,
+}
+
 impl Worker {
-    #[allow(clippy::too_many_arguments)]
     fn new(
         cfg: PipelineConfig,
         topics: Vec<String>,
         group: String,
         outputs: Outputs,
-        checkpoints: CheckpointTopic,
+        cluster: Cluster,
         opts: RunnerOptions,
         shutdown: Shutdown,
-        (kafka, admin): (KafkaConfig, rdkafka::ClientConfig),
     ) -> Self {
+        let Cluster {
+            kafka,
+            admin,
+            checkpoints,
+        } = cluster;
         let pipeline = cfg.name.clone();
         Self {
             rep: None,

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
-use util::{Dir, Proc, Service, ferry, free_addr, http_get, run, wait_until};
+use util::{Dir, Proc, Service, XorShift, ferry, free_addr, http_get, run, seed, wait_until};
 
 /// One input record: its group-by key and its event time (ms after 2026-01-01T00:00:00Z).
 #[derive(Clone)]
@@ -630,32 +630,6 @@ fn without_repartition_two_members_on_an_unkeyed_topic_emit_each_window_once_acr
         want.len(),
         "each (window, key) emitted exactly once across both members"
     );
-}
-
-/// A small deterministic generator for the kill moments (the seed is printed).
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-fn seed() -> u64 {
-    let s = std::env::var("FERRY_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        })
-        | 1;
-    eprintln!("seed: {s} (FERRY_TEST_SEED={s} repeats this run)");
-    s
 }
 
 /// Issue 13 on Kafka, the default setup scaled out: the sample pipeline (repartition on, as

@@ -3,7 +3,7 @@
 mod util;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use util::{Dir, Proc, produce, start_collector, wait_until};
+use util::{Dir, Proc, XorShift, produce, seed, start_collector, wait_until};
 
 /// `n` JSON records over 10-second windows starting at 2026-01-01T00:00:00Z, 10 per second of
 /// event time, cycling through three levels; then one record far ahead to close every window.
@@ -437,32 +437,6 @@ fn syslog_line_with_a_multibyte_month_is_skipped_and_the_rest_counted() {
     );
     assert!(!p.stderr().contains("panicked"), "{}", p.stderr());
     assert_eq!(p.terminate(Duration::from_secs(20)), Some(0));
-}
-
-/// A small deterministic generator for the test inputs (the seed is printed).
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-fn seed() -> u64 {
-    let s = std::env::var("FERRY_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        })
-        | 1;
-    eprintln!("seed: {s} (FERRY_TEST_SEED={s} repeats this run)");
-    s
 }
 
 /// The sample `configs/processor.yaml` as it is, except that results go to a file (which a

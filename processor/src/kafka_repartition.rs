@@ -99,7 +99,12 @@ impl RepartitionTopic {
                 // default partition count: any count works, the keys spread over fewer owners.
                 partitions = count(producer.client(), topic)?;
                 if partitions > 0 {
-                    tracing::info!(topic, partitions, create = outcome, "repartition topic created by the brokers on first use");
+                    tracing::info!(
+                        topic,
+                        partitions,
+                        create = outcome,
+                        "repartition topic created by the brokers on first use"
+                    );
                 }
             }
             if partitions == 0 {

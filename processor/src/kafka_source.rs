@@ -360,52 +360,7 @@ impl ConsumerContext for SourceContext {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
-        let cooperative = matches!(
-            consumer.rebalance_protocol(),
-            RebalanceProtocol::Cooperative
-        );
-        let mut w = self.worker();
-        let done = match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                w.assign(consumer, tpl);
-                if cooperative {
-                    consumer.incremental_assign(tpl)
-                } else {
-                    consumer.assign(tpl)
-                }
-            }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                w.revoke(consumer, tpl);
-                if cooperative {
-                    consumer.incremental_unassign(tpl)
-                } else {
-                    consumer.unassign()
-                }
-            }
-            other => {
-                let code = rdkafka::error::RDKafkaErrorCode::from(other);
-                tracing::warn!(pipeline = w.cfg.name, error = %code, "kafka rebalance error; giving up the assignment");
-                let all = w.held();
-                w.revoke(consumer, &all);
-                consumer.unassign()
-            }
-        };
-        if let Err(e) = done {
-            // librdkafka refused the (un)assignment: without it we fetch nothing for these
-            // partitions, so drop their state rather than checkpoint it later.
-            tracing::error!(pipeline = w.cfg.name, error = %e, "kafka (un)assign failed");
-            let parts = partitions(tpl);
-            let Worker {
-                instances, driver, ..
-            } = &mut *w;
-            instances.retain(|i| {
-                let gone = parts.contains(&(i.topic.clone(), i.partition));
-                if gone {
-                    driver.revoke(&i.pid);
-                }
-                !gone
-            });
-        }
+        rebalance(self, consumer, err, tpl);
     }
 }
 
@@ -425,44 +380,130 @@ impl ConsumerContext for MergeContext {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
-        let cooperative = matches!(
-            consumer.rebalance_protocol(),
-            RebalanceProtocol::Cooperative
-        );
-        let mut w = self.source.worker();
-        let done = match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                w.assign_owners(consumer, tpl);
-                if cooperative {
-                    consumer.incremental_assign(tpl)
-                } else {
-                    consumer.assign(tpl)
-                }
+        rebalance(self, consumer, err, tpl);
+    }
+}
+
+/// What a rebalance of one of the worker's two consumers does to the worker.
+trait Side: ConsumerContext + Sized {
+    /// Names the consumer in the logs.
+    const WHAT: &'static str;
+    fn worker(&self) -> MutexGuard<'_, Worker>;
+    /// Sets up the partitions of `tpl` (their start offsets set in it).
+    fn assign(w: &mut Worker, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList);
+    /// Hands the partitions of `tpl` over (unless the assignment was lost) and drops them.
+    fn revoke(w: &mut Worker, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList);
+    /// Everything held.
+    fn held(w: &Worker) -> TopicPartitionList;
+    /// Drops the partitions of `tpl` without a hand-over.
+    fn drop_state(w: &mut Worker, tpl: &TopicPartitionList);
+}
+
+impl Side for SourceContext {
+    const WHAT: &'static str = "input";
+
+    fn worker(&self) -> MutexGuard<'_, Worker> {
+        SourceContext::worker(self)
+    }
+
+    fn assign(w: &mut Worker, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        w.assign(consumer, tpl);
+    }
+
+    fn revoke(w: &mut Worker, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        w.revoke(consumer, tpl);
+    }
+
+    fn held(w: &Worker) -> TopicPartitionList {
+        w.held()
+    }
+
+    fn drop_state(w: &mut Worker, tpl: &TopicPartitionList) {
+        let parts = partitions(tpl);
+        let Worker {
+            instances, driver, ..
+        } = w;
+        instances.retain(|i| {
+            let gone = parts.contains(&(i.topic.clone(), i.partition));
+            if gone {
+                driver.revoke(&i.pid);
             }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                w.revoke_owners(consumer.assignment_lost(), tpl);
-                if cooperative {
-                    consumer.incremental_unassign(tpl)
-                } else {
-                    consumer.unassign()
-                }
-            }
-            other => {
-                let code = rdkafka::error::RDKafkaErrorCode::from(other);
-                tracing::warn!(pipeline = w.cfg.name, error = %code, "kafka rebalance error (repartition); giving up the assignment");
-                let all = w.owned();
-                w.revoke_owners(consumer.assignment_lost(), &all);
-                consumer.unassign()
-            }
-        };
-        if let Err(e) = done {
-            tracing::error!(pipeline = w.cfg.name, error = %e, "kafka (un)assign failed (repartition)");
-            for (_, p) in partitions(tpl) {
-                if let Ok(r) = u32::try_from(p) {
-                    w.driver.revoke_owner(r);
-                }
+            !gone
+        });
+    }
+}
+
+impl Side for MergeContext {
+    const WHAT: &'static str = "repartition";
+
+    fn worker(&self) -> MutexGuard<'_, Worker> {
+        self.source.worker()
+    }
+
+    fn assign(w: &mut Worker, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        w.assign_owners(consumer, tpl);
+    }
+
+    fn revoke(w: &mut Worker, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        w.revoke_owners(consumer.assignment_lost(), tpl);
+    }
+
+    fn held(w: &Worker) -> TopicPartitionList {
+        w.owned()
+    }
+
+    fn drop_state(w: &mut Worker, tpl: &TopicPartitionList) {
+        for (_, p) in partitions(tpl) {
+            if let Ok(r) = u32::try_from(p) {
+                w.driver.revoke_owner(r);
             }
         }
+    }
+}
+
+/// A rebalance callback of either consumer: assigned partitions set up before they are
+/// assigned, revoked ones handed over before they are unassigned (eager or cooperative).
+fn rebalance<S: Side>(
+    ctx: &S,
+    consumer: &BaseConsumer<S>,
+    err: RDKafkaRespErr,
+    tpl: &mut TopicPartitionList,
+) {
+    let cooperative = matches!(
+        consumer.rebalance_protocol(),
+        RebalanceProtocol::Cooperative
+    );
+    let mut w = ctx.worker();
+    let done = match err {
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+            S::assign(&mut w, consumer, tpl);
+            if cooperative {
+                consumer.incremental_assign(tpl)
+            } else {
+                consumer.assign(tpl)
+            }
+        }
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+            S::revoke(&mut w, consumer, tpl);
+            if cooperative {
+                consumer.incremental_unassign(tpl)
+            } else {
+                consumer.unassign()
+            }
+        }
+        other => {
+            let code = rdkafka::error::RDKafkaErrorCode::from(other);
+            tracing::warn!(pipeline = w.cfg.name, consumer = S::WHAT, error = %code, "kafka rebalance error; giving up the assignment");
+            let all = S::held(&w);
+            S::revoke(&mut w, consumer, &all);
+            consumer.unassign()
+        }
+    };
+    if let Err(e) = done {
+        // librdkafka refused the (un)assignment: without it we fetch nothing for these
+        // partitions, so drop their state rather than checkpoint it later.
+        tracing::error!(pipeline = w.cfg.name, consumer = S::WHAT, error = %e, "kafka (un)assign failed");
+        S::drop_state(&mut w, tpl);
     }
 }
 

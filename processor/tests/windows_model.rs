@@ -776,8 +776,14 @@ mod driven {
     }
 
     fn case() -> impl Strategy<Value = Case> {
-        (1u32..=8, 1u32..=3, any::<bool>(), any::<bool>(), 1usize..300).prop_flat_map(
-            |(partitions, members, hot_key, kafka, n)| {
+        (
+            1u32..=8,
+            1u32..=3,
+            any::<bool>(),
+            any::<bool>(),
+            1usize..300,
+        )
+            .prop_flat_map(|(partitions, members, hot_key, kafka, n)| {
                 (
                     prop::collection::vec(
                         (any::<u16>(), any::<u8>(), 0u8..40, 0u16..LATENESS_MS as u16),
@@ -813,8 +819,7 @@ mod driven {
                             deaths,
                         },
                     )
-            },
-        )
+            })
     }
 
     fn pid(p: u32) -> PartitionId {
@@ -947,7 +952,9 @@ mod driven {
     fn assignment(live: &[u32], n: u32) -> (BTreeMap<u32, u32>, BTreeMap<u32, u32>) {
         let l = live.len() as u32;
         let inputs = (0..n).map(|p| (p, live[(p % l) as usize])).collect();
-        let owners = (0..n).map(|r| (r, live[((n - 1 - r) % l) as usize])).collect();
+        let owners = (0..n)
+            .map(|r| (r, live[((n - 1 - r) % l) as usize]))
+            .collect();
         (inputs, owners)
     }
 
@@ -1131,16 +1138,20 @@ mod driven {
                 .collect();
             if pending.is_empty() && back.is_empty() {
                 let all_read = (0..n).all(|p| {
-                    members
-                        .iter()
-                        .any(|m| m.pos.get(&p).is_some_and(|o| *o as usize == logs[p as usize].len()))
+                    members.iter().any(|m| {
+                        m.pos
+                            .get(&p)
+                            .is_some_and(|o| *o as usize == logs[p as usize].len())
+                    })
                 });
                 if all_read {
                     break;
                 }
             }
             step += 1;
-            if let Some(&(mi, p)) = pending.get(*choices.next().unwrap_or(&0) as usize % pending.len().max(1)) {
+            if let Some(&(mi, p)) =
+                pending.get(*choices.next().unwrap_or(&0) as usize % pending.len().max(1))
+            {
                 let m = &mut members[mi];
                 let offset = m.pos[&p];
                 let line = logs[p as usize][offset as usize].clone();

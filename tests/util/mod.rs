@@ -479,3 +479,30 @@ pub fn json_log_line(seq: u64) -> String {
         "x".repeat((seq % 50) as usize)
     )
 }
+
+/// A small deterministic generator for randomized tests (seeded by [`seed`]).
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// `FERRY_TEST_SEED`, else one from the clock; printed, so a failing run can be repeated.
+pub fn seed() -> u64 {
+    let s = std::env::var("FERRY_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        })
+        | 1;
+    eprintln!("seed: {s} (FERRY_TEST_SEED={s} repeats this run)");
+    s
+}

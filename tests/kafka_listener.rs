@@ -2419,8 +2419,83 @@ fn kafka_group_members_show_in_ferry_groups_with_their_partitions() {
         serde_json::json!(["watched"]),
         "{g}"
     );
+    // The group's coordinator is the Kafka one while it has Kafka members: an HTTP consumer of
+    // the same group name is refused with a clear message, not given the same partitions.
+    let out = util::run(
+        ferry().args([
+            "consume",
+            "--collector",
+            &c.url(),
+            "watched",
+            "--group",
+            "watchers",
+            "--max",
+            "1",
+        ]),
+        b"",
+        1,
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("group watchers has Kafka consumers"),
+        "ferry consume said: {said}"
+    );
     let _ = member.kill();
     let _ = member.wait();
+    // Once the Kafka member is gone (its session expired), an HTTP consumer may use the group;
+    // while it is a member, a Kafka member is refused the other way round.
+    wait_until(Duration::from_secs(30), "the kcat member to expire", || {
+        group(&c.url()).is_none_or(|g| g["members"].as_array().is_none_or(|m| m.is_empty()))
+    });
+    let mut http = ferry()
+        .args([
+            "consume",
+            "--collector",
+            &c.url(),
+            "watched",
+            "--group",
+            "watchers",
+            "--idle-timeout",
+            "60s",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ferry consume --group");
+    wait_until(
+        Duration::from_secs(30),
+        "the HTTP member in ferry groups",
+        || group(&c.url()).is_some_and(|g| g["members"].as_array().is_some_and(|m| m.len() == 1)),
+    );
+    let mut refused = kcat()
+        .args(["-b", &c.bootstrap(), "-G", "watchers", "watched", "-q"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kcat -G");
+    let refusals = || {
+        let (_, body) = http_get(c.http, "/metrics").unwrap_or_default();
+        body.lines()
+            .filter(|l| {
+                l.starts_with("ferry_kafka_group_joins_refused_total")
+                    && l.contains("group_has_http_members")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    wait_until(
+        Duration::from_secs(30),
+        "the Kafka join to be refused",
+        || refusals() >= 1.0,
+    );
+    let g = group(&c.url()).expect("group");
+    assert_eq!(g["members"].as_array().map(Vec::len), Some(1), "{g}");
+    let _ = refused.kill();
+    let _ = refused.wait();
+    let _ = http.kill();
+    let _ = http.wait();
 }
 
 /// The cooperative-sticky assignor (KIP-429, client side, over the classic protocol): a second

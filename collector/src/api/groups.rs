@@ -48,6 +48,21 @@ pub(super) async fn join(
         .map(Duration::from_millis)
         .unwrap_or(g.session_timeout.get())
         .clamp(g.min_session_timeout.get(), g.max_session_timeout.get());
+    if state
+        .kafka_groups
+        .get()
+        .is_some_and(|k| k.has_members(&group))
+    {
+        // One group, two coordinators that do not share members: refused rather than both
+        // consuming the same partitions.
+        metrics::counter!("ferry_collector_group_joins_refused_total", "reason" => "group_has_kafka_members").increment(1);
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "group {group} has Kafka consumers (ferry groups shows them); an HTTP consumer cannot join it: use another group name"
+            ),
+        ));
+    }
     let _group = state.group_locks.lock(&group).await;
     let now = state.now_ms();
     let parts = state.partitions_of();

@@ -1162,6 +1162,11 @@ impl GroupCoordinator {
         })
     }
 
+    /// Whether `group` has members (joined or joining) now.
+    pub fn has_members(&self, group: &str) -> bool {
+        self.lock().get(group).is_some_and(|g| !g.is_vacant())
+    }
+
     /// JoinGroup v0..=9: waits until the rebalance completes (see the module doc).
     pub async fn join(
         &self,

@@ -73,6 +73,7 @@ pub mod code {
     pub const INVALID_RECORD: i16 = 87;
     pub const THROTTLING_QUOTA_EXCEEDED: i16 = 89;
     pub const GROUP_ID_NOT_FOUND: i16 = 69;
+    pub const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
     pub const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
     pub const GROUP_AUTHORIZATION_FAILED: i16 = 30;
     pub const CLUSTER_AUTHORIZATION_FAILED: i16 = 31;
@@ -574,6 +575,15 @@ fn bare_error(correlation_id: i32, error: i16) -> Bytes {
 }
 
 impl Broker {
+    /// Whether `group` has live members of the HTTP consumer API (its coordinator is not the
+    /// Kafka one: a group cannot have members of both).
+    fn http_members(&self, group: &str) -> bool {
+        self.state
+            .coordinator
+            .lock()
+            .is_ok_and(|c| !c.describe(group).is_empty())
+    }
+
     /// Decodes one request frame: the request to run, or the answer it gets at once (an
     /// unknown API or version, a malformed request).
     pub fn prepare(&self, mut frame: Bytes) -> Prepared {
@@ -722,11 +732,24 @@ impl Broker {
                 ResponseKind::ListGroups(admin::list_groups(self, who, r))
             }
             RequestKind::JoinGroup(r) => {
-                ResponseKind::JoinGroup(if group_ok(r.group_id.0.as_str()) {
-                    self.groups.join(r, version, client_id, &conn.host).await
-                } else {
+                let group = r.group_id.0.as_str();
+                ResponseKind::JoinGroup(if !group_ok(group) {
                     kafka_protocol::messages::JoinGroupResponse::default()
                         .with_error_code(code::GROUP_AUTHORIZATION_FAILED)
+                } else if self.http_members(group) {
+                    // One group, two coordinators that do not share members: refused as Kafka
+                    // refuses a member of another protocol type, rather than both consuming
+                    // the same partitions.
+                    tracing::warn!(
+                        group,
+                        client_id,
+                        "kafka join refused: the group has HTTP consumers (ferry groups shows them); use another group name"
+                    );
+                    metrics::counter!("ferry_kafka_group_joins_refused_total", "reason" => "group_has_http_members").increment(1);
+                    kafka_protocol::messages::JoinGroupResponse::default()
+                        .with_error_code(code::INCONSISTENT_GROUP_PROTOCOL)
+                } else {
+                    self.groups.join(r, version, client_id, &conn.host).await
                 })
             }
             RequestKind::SyncGroup(r) => {

@@ -1928,7 +1928,8 @@ fn drain_sealed(
             state.origin = ((batch.file.dev, batch.file.inode) != state.key).then_some(batch.file);
         } else if state.tail.is_none_or(|t| t.offset > batch.end_offset) {
             // The checkpoint of this batch's end gets a tail print at that very offset (one
-            // pread of at most 4 KiB per batch): a restart that finds the file truncated
+            // pread of at most 4 KiB per batch, and a check that the file is still the content
+            // read — none if it was truncated since): a restart that finds the file truncated
             // recognises its copy by it, however far reading ran ahead of acknowledgements.
             state.tail = w.tail_at(batch.end_offset);
         }

@@ -1531,3 +1531,41 @@ fn copy_made_before_a_resumed_file_was_first_read(no_fingerprint: bool) {
     );
     assert_eq!(resolved_lost(&h.out), [0]);
 }
+
+/// Regression (the rotation model test, seed 14 under CPU load, `app.log*`): lines were
+/// appended after the copy was made, and the file was truncated right after the agent had read
+/// them, before the read that found its end. That read retook the tail print at the new
+/// position, could not (the file was shorter now), and left none: the truncation, noticed by
+/// the next read, had no print to look for its copy by, and the copy — held back as a copy until
+/// then — was read from 0 as a file of its own, every line of it a second time. A print that
+/// cannot be taken of the content that was read leaves the last one in place.
+#[test]
+fn truncation_racing_the_read_that_finds_the_end_still_finds_the_copy() {
+    let mut h = harness_with(None);
+    let p = h.path(0);
+    std::fs::write(&p, "one\ntwo\n").unwrap();
+    h.read_all(); // to its end: a tail print at 8
+    std::fs::copy(&p, h.path(1)).unwrap(); // b.log, in the glob: the copy
+    h.read_all(); // held back: a copy of a.log
+    let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+    f.write_all(b"three\n").unwrap();
+    // The writer truncates (and goes on) just after "three" was read, before the read at 14
+    // that would have found the end.
+    let (target, mut armed) = (p.clone(), true);
+    watcher::hooks::set_before_read(move |path, at| {
+        if path == target && at == 14 && std::mem::take(&mut armed) {
+            let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+            f.set_len(0).unwrap();
+            f.write_all(b"four\n").unwrap();
+        }
+    });
+    h.tailer.data_event(&p);
+    h.tailer.read_turn(h.now, u64::MAX);
+    watcher::hooks::clear_before_read();
+    h.collect();
+    h.read_all();
+    h.drain();
+    let lines: Vec<String> = records(&mut h.out).into_iter().map(|r| r.0).collect();
+    assert_eq!(lines, ["one", "two", "three", "four"]);
+    assert_eq!(resolved_lost(&h.out), [0]);
+}

@@ -315,7 +315,10 @@ impl FileWatcher {
 
     /// A print of the bytes before `offset`, if the handle is open and the file holds them.
     pub fn tail_at(&self, offset: u64) -> Option<TailPrint> {
-        TailPrint::take(self.file.as_ref()?, offset).ok().flatten()
+        let file = self.file.as_ref()?;
+        tail_print(file, offset, self.fingerprint.or(self.probe))
+            .ok()
+            .flatten()
     }
 
     /// The tail print a checkpoint kept (a restarted agent recognises a copy by it until it
@@ -540,6 +543,8 @@ impl FileWatcher {
         let mut total = 0u64;
         while total < budget {
             let want = (budget - total).min(buf.len() as u64) as usize;
+            #[cfg(test)]
+            hooks::before_read(&self.path, self.read_pos);
             let n = match file.read_at(&mut buf[..want], self.read_pos) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -549,8 +554,16 @@ impl FileWatcher {
                 self.at_eof = true;
                 // Keep the tail print current: a copy of this file, should it be truncated,
                 // is recognised by it (one pread of at most 4 KiB, only when lines moved).
-                if self.line_pos > 0 && self.tail.is_none_or(|t| t.offset != self.line_pos) {
-                    self.tail = TailPrint::take(file, self.line_pos)?;
+                // The file may have been truncated since the last bytes were read (nothing
+                // more to read, then): no print of what was read can be taken any more, and
+                // the last one stays — the truncation the next read notices looks for its
+                // copy by it.
+                if self.line_pos > 0
+                    && self.tail.is_none_or(|t| t.offset != self.line_pos)
+                    && let Some(tp) =
+                        tail_print(file, self.line_pos, self.fingerprint.or(self.probe))?
+                {
+                    self.tail = Some(tp);
                 }
                 return Ok(ReadOutcome::Eof { bytes: total });
             }
@@ -584,7 +597,7 @@ impl FileWatcher {
         // Read on without reaching the end (a file far behind, or written faster than it is
         // read): a tail print all the same, or a truncation now could not find its copy.
         if self.line_pos > 0 && self.tail.is_none() {
-            self.tail = TailPrint::take(file, self.line_pos)?;
+            self.tail = tail_print(file, self.line_pos, self.fingerprint.or(self.probe))?;
         }
         Ok(ReadOutcome::More { bytes: total })
     }
@@ -781,6 +794,36 @@ impl FileWatcher {
     }
 }
 
+/// A test's hand in a read: a writer racing the reader, at an exact point of it.
+#[cfg(test)]
+pub(crate) mod hooks {
+    use std::cell::RefCell;
+    use std::path::Path;
+
+    type Hook = Box<dyn FnMut(&Path, u64)>;
+
+    thread_local! {
+        static BEFORE_READ: RefCell<Option<Hook>> = RefCell::new(None);
+    }
+
+    /// `f(path, offset)` runs before every read of file data on this thread (until cleared).
+    pub fn set_before_read(f: impl FnMut(&Path, u64) + 'static) {
+        BEFORE_READ.with(|h| *h.borrow_mut() = Some(Box::new(f)));
+    }
+
+    pub fn clear_before_read() {
+        BEFORE_READ.with(|h| *h.borrow_mut() = None);
+    }
+
+    pub(super) fn before_read(path: &Path, at: u64) {
+        BEFORE_READ.with(|h| {
+            if let Some(f) = h.borrow_mut().as_mut() {
+                f(path, at);
+            }
+        });
+    }
+}
+
 /// Fixes `fingerprint` (and `head`) of `file`, `size` bytes long, if its first line is whole;
 /// else takes a `probe` of what it begins with, once.
 fn identify(
@@ -800,6 +843,24 @@ fn identify(
         None => {}
     }
     Ok(())
+}
+
+/// The print of `file`'s bytes before `offset`, if they are still those of the content that
+/// was read (`id`: its fingerprint, or probe). The writer may truncate the file at any moment,
+/// also between the last read and this one: the print is taken first, then the file is checked
+/// to still hold `offset` bytes and to still begin as it did. Without the check a print taken
+/// after a truncation is missing (shorter file) or of the new content's bytes (refilled past
+/// `offset`), and the old content's copy is not recognised by it.
+fn tail_print(file: &File, offset: u64, id: Option<Fingerprint>) -> io::Result<Option<TailPrint>> {
+    let Some(tp) = TailPrint::take(file, offset)? else {
+        return Ok(None);
+    };
+    let same = file.metadata()?.len() >= offset
+        && match id {
+            Some(fp) => fp.matches(file)?,
+            None => true,
+        };
+    Ok(same.then_some(tp))
 }
 
 /// Whether the byte before `pos` is a newline, i.e. `pos` starts a line.

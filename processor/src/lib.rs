@@ -16,11 +16,16 @@
 //! - [`merge`]: one result per window and key over several input partitions: per-partition
 //!   partials, closed on the minimum watermark, merged, and exactly once across crashes.
 //! - [`repartition`]: one result per window and key when several members split the input:
-//!   upstream instances ship keyed partials through a collector topic to the merge's owners.
-//! - [`runner`]: a pipeline on collector topics as a group member: one partial instance per
-//!   assigned partition, merged; checkpoints stored in the collector, hand-over on rebalance.
-//! - [`kafka_source`] and [`kafka_checkpoints`]: the same on Kafka topics, as a member of a
-//!   Kafka consumer group, with checkpoints in a compacted Kafka topic.
+//!   upstream instances ship keyed partials through a repartition topic to the merge's owners
+//!   (the line, outbox and checkpoint formats).
+//! - [`driver`]: every decision of a running pipeline — restore, process, merge in-process or
+//!   through the owners, build a flush, what a checkpoint holds, replays dropped — with no I/O
+//!   and no runtime; both sources run it.
+//! - [`runner`]: the driver on collector topics as a group member: checkpoints stored in the
+//!   collector, partials posted as an idempotent producer, hand-over on rebalance.
+//! - [`kafka_source`], [`kafka_checkpoints`] and [`kafka_repartition`]: the driver on Kafka
+//!   topics, as a member of a Kafka consumer group, with checkpoints in a compacted Kafka topic
+//!   and partials produced to a Kafka repartition topic with a sequence header.
 //!
 //! ```
 //! use ferry_processor::{config::ProcessorConfig, pipeline::{Pipeline, PartitionId}};

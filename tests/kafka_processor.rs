@@ -527,6 +527,28 @@ fn two_processors_in_one_group_split_partitions_and_one_takes_over_after_kill_9(
     assert_eq!(b.terminate(Duration::from_secs(30)), Some(0));
 }
 
+/// Topic `app` not keyed by the group-by field: records of every key spread over every
+/// partition by their shard (`Event::record`).
+struct Unkeyed {
+    brokers: String,
+    keys: Vec<String>,
+}
+
+impl Unkeyed {
+    fn spread(&self, evs: &[Event]) {
+        let records: Vec<Record> = evs.iter().map(Event::record).collect();
+        produce_records(&self.brokers, "app", &records, Some("shard"));
+    }
+
+    /// Events `from..to` of every key, then one closer per key and shard at `close_at` (every
+    /// partition's watermark moves there).
+    fn phase(&self, from: u64, to: u64, close_at: i64) -> Vec<Event> {
+        let mut evs = events(from, to, &self.keys);
+        evs.extend(closers(&self.keys, close_at));
+        evs
+    }
+}
+
 /// The sample setup on Kafka scaled out without keying the topic, with the in-process merge
 /// only (`source.repartition: false`): records of every key on all four partitions, two members
 /// of one group, and one member SIGKILLed twice (restarted in between). While the members split
@@ -538,16 +560,12 @@ fn without_repartition_two_members_on_an_unkeyed_topic_emit_each_window_once_acr
     let dir = Dir::new("kproc-unkeyed");
     let broker = Tansu::start();
     let brokers = broker.brokers();
-    let keys = keys(5);
-    let spread = |evs: &[Event]| {
-        let records: Vec<Record> = evs.iter().map(Event::record).collect();
-        produce_records(&brokers, "app", &records, Some("shard"));
+    let topic = Unkeyed {
+        brokers: brokers.clone(),
+        keys: keys(5),
     };
-    let phase = |from: u64, to: u64, close_at: i64| {
-        let mut evs = events(from, to, &keys);
-        evs.extend(closers(&keys, close_at));
-        evs
-    };
+    let spread = |evs: &[Event]| topic.spread(evs);
+    let phase = |from: u64, to: u64, close_at: i64| topic.phase(from, to, close_at);
     // Creates the topic with the broker's default of 4 partitions.
     let first = phase(0, 1000, 100_000);
     spread(&first[..1]);
@@ -645,16 +663,12 @@ fn two_members_on_an_unkeyed_topic_merge_through_the_repartition_topic_across_tw
     let dir = Dir::new("kproc-hop");
     let broker = Tansu::start();
     let brokers = broker.brokers();
-    let keys = keys(5);
-    let spread = |evs: &[Event]| {
-        let records: Vec<Record> = evs.iter().map(Event::record).collect();
-        produce_records(&brokers, "app", &records, Some("shard"));
+    let topic = Unkeyed {
+        brokers: brokers.clone(),
+        keys: keys(5),
     };
-    let phase = |from: u64, to: u64, close_at: i64| {
-        let mut evs = events(from, to, &keys);
-        evs.extend(closers(&keys, close_at));
-        evs
-    };
+    let spread = |evs: &[Event]| topic.spread(evs);
+    let phase = |from: u64, to: u64, close_at: i64| topic.phase(from, to, close_at);
     // Creates the topic with the broker's default of 4 partitions.
     let first = phase(0, 1000, 100_000);
     spread(&first[..1]);

@@ -1569,3 +1569,92 @@ fn truncation_racing_the_read_that_finds_the_end_still_finds_the_copy() {
     assert_eq!(lines, ["one", "two", "three", "four"]);
     assert_eq!(resolved_lost(&h.out), [0]);
 }
+
+/// The checkpoint a shipper keeps when nothing is acknowledged: each lane's facts are applied
+/// in order up to its first batch (in flight, never acknowledged); what follows it waits.
+fn unacknowledged_checkpoint(out: &[Emitted]) -> Checkpoints {
+    let mut cps = Checkpoints::default();
+    let mut blocked: HashSet<FileKey> = HashSet::new();
+    for e in out {
+        let lane = match e {
+            Emitted::Batch { state, .. } | Emitted::Position { state, .. } => state.lane(),
+            Emitted::Released { lane, .. } | Emitted::CopyResolved { lane, .. } => *lane,
+        };
+        if blocked.contains(&lane) {
+            continue;
+        }
+        match e {
+            Emitted::Batch { .. } => {
+                blocked.insert(lane);
+            }
+            Emitted::Position { state, offset } => {
+                let cp =
+                    FileCheckpoint::of(state, *offset).keeping_tail_of(cps.files.get(&state.key));
+                cps.files.insert(state.key, cp);
+            }
+            Emitted::Released { key, .. } => {
+                cps.files.remove(key);
+            }
+            Emitted::CopyResolved { key, origin, .. } => {
+                if let Some(cp) = cps.files.get_mut(key) {
+                    cp.pending.retain(|p| FileId::from(p.origin) != *origin);
+                }
+            }
+        }
+    }
+    cps
+}
+
+/// The situation of the rotation model's seed 18 (glob `app.log`): a file first seen with only
+/// part of its first line, completed, then renamed out of the glob (rename + create) before any
+/// of its lines was acknowledged; the agent is killed, and while it is stopped a copytruncate
+/// renames it further (`.1` → `.2`). Its checkpoint entry (offset 0, written when it was first
+/// classified, with no fingerprint yet) is enough for the restarted agent to find it and read
+/// its line. (The model lost the line when the agent was killed before that entry was written,
+/// or when the file was compressed away before the restarted agent's first scan: neither is
+/// knowable by the agent, so the model now waits for both.)
+#[test]
+fn file_first_seen_with_a_partial_line_renamed_away_before_any_ack_is_read_after_a_restart() {
+    let mut h = harness_with(None);
+    let p = h.path(0);
+    std::fs::write(&p, "s18-000000-abcdefghijklmnop").unwrap();
+    h.read_all();
+    h.now += Duration::from_millis(100);
+    h.read_all();
+    let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+    f.write_all(b"qrstuvwxyz\n").unwrap();
+    drop(f);
+    h.read_all();
+    // rename + create, seen by the agent
+    std::fs::rename(&p, p.with_extension("log.1")).unwrap();
+    std::fs::File::create(&p).unwrap();
+    h.read_all();
+    h.now += Duration::from_millis(100);
+    h.tailer.poll_timeouts(h.now);
+    h.read_all();
+    // Killed: nothing acknowledged.
+    let cps = unacknowledged_checkpoint(&h.out);
+    let entries: Vec<(String, u64)> = cps
+        .files
+        .values()
+        .map(|c| (c.path.clone(), c.offset))
+        .collect();
+    // While stopped: copytruncate of the (empty) new file; the old one shifts to `.2`.
+    std::fs::rename(p.with_extension("log.1"), p.with_extension("log.2")).unwrap();
+    std::fs::copy(&p, p.with_extension("log.1")).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&p)
+        .unwrap();
+    std::fs::write(&p, "after\n").unwrap();
+    h.out.clear();
+    h.tailer = restarted(&h, cps);
+    h.drain();
+    let recs = records_by_origin(&mut h.out);
+    let lines: Vec<&str> = recs.iter().map(|(l, _, _)| l.as_str()).collect();
+    assert!(
+        lines.contains(&"s18-000000-abcdefghijklmnopqrstuvwxyz"),
+        "line 0 read after the restart: {lines:?}; checkpoint entries at the kill: {entries:?}"
+    );
+}

@@ -37,7 +37,7 @@
 //! result per window and key only if the topic is partitioned by the group-by key (the
 //! collector topic's `key_field`); docs/processor.md says so.
 
-use crate::codec::{Dec, DecodeError, Enc};
+use crate::codec::{Dec, Enc};
 use crate::config::PipelineConfig;
 use crate::pipeline::{Emission, PartitionId, Pipeline};
 use crate::sink::FileMark;
@@ -392,18 +392,8 @@ pub fn unwrap_checkpoint(bytes: &[u8]) -> Result<(Note, &[u8]), StateError> {
             len: d.u64()?,
         });
     }
-    let end = d.pos();
-    let crc = d.u32()?;
-    if crc32c::crc32c(&bytes[..end]) != crc {
-        return Err(StateError::Checksum);
-    }
-    let rest = bytes.get(end + 4..).ok_or_else(|| {
-        StateError::Corrupt(DecodeError {
-            at: end,
-            what: "checkpoint without a snapshot".into(),
-        })
-    })?;
-    Ok((note, rest))
+    let rest = crate::state::check_block_crc(&mut d, bytes)?;
+    Ok((note, &bytes[rest..]))
 }
 
 #[cfg(test)]

@@ -489,12 +489,8 @@ pub fn unwrap_upstream(bytes: &[u8]) -> Result<(Option<Outbox>, &[u8]), StateErr
         }
         o.lines.insert(t, lines);
     }
-    let end = d.pos();
-    let crc = d.u32()?;
-    if crc32c::crc32c(&bytes[..end]) != crc {
-        return Err(StateError::Checksum);
-    }
-    Ok((has.then_some(o), &bytes[end + 4..]))
+    let rest = crate::state::check_block_crc(&mut d, bytes)?;
+    Ok((has.then_some(o), &bytes[rest..]))
 }
 
 /// A repartition partition owner's parts: (upstream, snapshot) each, magic `FRYO`, version 1,
@@ -590,12 +586,8 @@ pub fn split_seqs(bytes: &[u8]) -> Result<(u64, Seqs, &[u8]), StateError> {
         let partition = d.u32()?;
         seqs.insert(PartitionId { topic, partition }, d.u64()?);
     }
-    let end = d.pos();
-    let crc = d.u32()?;
-    if crc32c::crc32c(&bytes[..end]) != crc {
-        return Err(StateError::Checksum);
-    }
-    Ok((next_offset, seqs, &bytes[end + 4..]))
+    let rest = crate::state::check_block_crc(&mut d, bytes)?;
+    Ok((next_offset, seqs, &bytes[rest..]))
 }
 
 impl Outbox {

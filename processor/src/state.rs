@@ -59,6 +59,17 @@ pub enum StateError {
     Corrupt(#[from] DecodeError),
 }
 
+/// Reads the CRC32C that follows a block decoded by `d` from the start of `bytes` and checks it
+/// against every byte before it; returns where the rest of `bytes` begins (after the CRC).
+pub(crate) fn check_block_crc(d: &mut Dec<'_>, bytes: &[u8]) -> Result<usize, StateError> {
+    let end = d.pos();
+    let crc = d.u32()?;
+    if crc32c::crc32c(&bytes[..end]) != crc {
+        return Err(StateError::Checksum);
+    }
+    Ok(end + 4)
+}
+
 /// What the state's layout depends on: restoring across a change of these would misread it.
 pub fn fingerprint(cfg: &PipelineConfig) -> u64 {
     let mut s = format!(

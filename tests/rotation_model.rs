@@ -841,10 +841,10 @@ fn run_seed(seed: u64, glob: &'static str) -> Result<Outcome, String> {
             .unwrap_or_else(|| "panicked".to_owned())),
     };
     result.map_err(|e| {
-        // Kept for a look after the temp dir is gone.
-        let keep = std::env::temp_dir().join(format!("ferry-rotation-model-{}-{seed}.log", glob.len()));
-        let _ = std::fs::copy(case.dir.join("agent.stderr"), &keep);
-        let log = strip_ansi(&std::fs::read_to_string(case.dir.join("agent.stderr")).unwrap_or_default());
+        let keep =
+            std::env::temp_dir().join(format!("ferry-rotation-model-{}-{seed}.log", glob.len()));
+        let log =
+            strip_ansi(&std::fs::read_to_string(case.dir.join("agent.stderr")).unwrap_or_default());
         let tail: Vec<&str> = log.lines().rev().take(40).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
         let cp = std::fs::read_to_string(case.data.join("checkpoints.json")).unwrap_or_default();
@@ -853,17 +853,29 @@ fn run_seed(seed: u64, glob: &'static str) -> Result<Outcome, String> {
                 d.flatten()
                     .filter_map(|e| {
                         let m = e.metadata().ok()?;
-                        Some(format!("{} ino {} size {}", e.file_name().to_string_lossy(), m.ino(), m.len()))
+                        Some(format!(
+                            "{} ino {} size {}",
+                            e.file_name().to_string_lossy(),
+                            m.ino(),
+                            m.len()
+                        ))
                     })
                     .collect()
             })
             .unwrap_or_default();
+        let report = |log: &str| {
+            format!(
+                "{e}\n--- steps\n{}\n--- files\n{}\n--- checkpoint\n{cp}\n--- agent log\n{log}",
+                case.trace.join("\n"),
+                files.join("\n"),
+            )
+        };
+        // The whole agent log with the steps, for a look after the temp dir is gone.
+        let _ = std::fs::write(&keep, report(&log));
         format!(
-            "{e}\n(agent log kept in {})\n--- steps\n{}\n--- files\n{}\n--- checkpoint\n{cp}\n--- agent log (last 40 lines)\n{}",
+            "(all of it, with the whole agent log, kept in {})\n{}",
             keep.display(),
-            case.trace.join("\n"),
-            files.join("\n"),
-            tail.join("\n")
+            report(&tail.join("\n"))
         )
     })
 }

@@ -171,11 +171,19 @@ impl TailPrint {
         if got as u64 != len {
             return Ok(None);
         }
-        Ok(Some(Self {
+        Ok(Some(Self::of(&buf[..got], offset)))
+    }
+
+    /// The print of `bytes`, the last ones before `offset` (at most [`TAIL_WINDOW`] of them,
+    /// all of them where `offset` is smaller): what [`TailPrint::take`] gives for a file that
+    /// holds them there.
+    pub fn of(bytes: &[u8], offset: u64) -> Self {
+        debug_assert_eq!(bytes.len() as u64, offset.min(TAIL_WINDOW));
+        Self {
             offset,
-            len,
-            checksum: Fingerprint::of(&buf[..got], 0).checksum,
-        }))
+            len: bytes.len() as u64,
+            checksum: Fingerprint::of(bytes, 0).checksum,
+        }
     }
 
     /// Whether `file` holds the same bytes before `self.offset`.

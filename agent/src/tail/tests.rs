@@ -1570,6 +1570,35 @@ fn truncation_racing_the_read_that_finds_the_end_still_finds_the_copy() {
     assert_eq!(resolved_lost(&h.out), [0]);
 }
 
+/// The race of the rotation model's wide seed 14 on a content's first read: its lines are read
+/// (no tail print yet), then the writer copies the file and truncates it before the read that
+/// finds the end. A print taken by a second read of the file comes too late (it is shorter
+/// now); the print of the bytes just read does not, and the copy is read on from where the
+/// original stopped instead of from its first byte.
+#[test]
+fn copy_and_truncation_between_a_first_read_and_its_end_is_still_recognised() {
+    let mut h = harness_with(None);
+    let p = h.path(0);
+    let copy = h.path(1);
+    std::fs::write(&p, "one\ntwo\n").unwrap();
+    let (target, mut armed) = (p.clone(), true);
+    watcher::hooks::set_before_read(move |path, at| {
+        if path == target && at == 8 && std::mem::take(&mut armed) {
+            std::fs::copy(path, &copy).unwrap();
+            let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+            f.set_len(0).unwrap();
+            f.write_all(b"three\n").unwrap();
+        }
+    });
+    h.read_all();
+    watcher::hooks::clear_before_read();
+    h.read_all();
+    h.drain();
+    let lines: Vec<String> = records(&mut h.out).into_iter().map(|r| r.0).collect();
+    assert_eq!(lines, ["one", "two", "three"]);
+    assert_eq!(resolved_lost(&h.out), [0]);
+}
+
 /// The checkpoint a shipper keeps when nothing is acknowledged: each lane's facts are applied
 /// in order up to its first batch (in flight, never acknowledged); what follows it waits.
 fn unacknowledged_checkpoint(out: &[Emitted]) -> Checkpoints {

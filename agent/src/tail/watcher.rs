@@ -23,7 +23,7 @@
 //! Invariant: `line_pos <= read_pos`, and `read_pos - line_pos` is the incomplete line held by
 //! the splitter. Every byte in `[start, line_pos)` was handed out in exactly one line.
 
-use super::fingerprint::{Fingerprint, TailPrint, head_of};
+use super::fingerprint::{Fingerprint, TAIL_WINDOW, TailPrint, head_of};
 use crate::checkpoint::PendingCopy;
 use crate::lines::{Line, LineSplitter};
 use ferry_core::record::FileId;
@@ -590,6 +590,21 @@ impl FileWatcher {
                 }
                 emit(id, at, line);
             });
+            // The first print of this content, from the bytes just read when they hold its
+            // window: a second read to take it could find the file truncated already (copied
+            // and truncated between the two reads), and then no print would be taken at all —
+            // the copy would not be recognised and would be read again from its first byte.
+            if self.tail.is_none() && self.line_pos > 0 {
+                let len = self.line_pos.min(TAIL_WINDOW);
+                let start = self.line_pos - len;
+                if start >= self.read_pos && self.line_pos <= self.read_pos + n as u64 {
+                    let from = (start - self.read_pos) as usize;
+                    self.tail = Some(TailPrint::of(
+                        &buf[from..from + len as usize],
+                        self.line_pos,
+                    ));
+                }
+            }
             self.read_pos += n as u64;
             self.size = self.size.max(self.read_pos);
             total += n as u64;

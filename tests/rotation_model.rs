@@ -113,6 +113,8 @@ struct Case {
     kills: u64,
     /// What was done, for the failure message.
     trace: Vec<String>,
+    /// The agent's checkpoint file after each step (whitespace removed), for the kept report.
+    trace_checkpoints: Vec<String>,
     dir: Dir,
 }
 
@@ -176,6 +178,7 @@ impl Case {
             gone: Vec::new(),
             kills: 0,
             trace: Vec::new(),
+            trace_checkpoints: Vec::new(),
             dir,
         }
     }
@@ -186,6 +189,8 @@ impl Case {
             .ok();
         self.trace
             .push(format!("{} (app.log {size:?})", what.into()));
+        let cp = std::fs::read_to_string(self.data.join("checkpoints.json")).unwrap_or_default();
+        self.trace_checkpoints.push(cp.split_whitespace().collect());
     }
 
     fn app(&self) -> PathBuf {
@@ -568,10 +573,16 @@ impl Case {
                 let generation = self.generation_of(inode);
                 self.shift();
                 std::fs::copy(self.app(), self.logs.join("app.log.1")).expect("copy");
+                let mut old_size = old_size;
                 if self.agent.is_some() && self.rng.chance(50) {
                     let n = 1 + self.rng.below(5) as usize;
                     self.append(n, false);
                     self.wait_seen();
+                    // What the truncation destroys (the copy does not hold these lines): if
+                    // the agent read them, they are in flight until acknowledged, and a kill
+                    // before that loses them — they are nowhere else (narrow seed 86, after
+                    // a copy of an empty file). The next kill waits for the acknowledgement.
+                    old_size = std::fs::metadata(self.app()).map_or(old_size, |m| m.len());
                 }
                 self.truncate_app();
                 self.truncated(inode, generation, old_size);
@@ -745,8 +756,11 @@ impl Case {
         let mut fragments = 0u64;
         // Whole lines and first parts (they name their line) first; then the rests, each given
         // to a line ending with it that is not stored whole (the padding repeats, so a short
-        // rest may end several lines).
+        // rest may end several lines); then first parts too short to name their line (`s10-`:
+        // a partial line cut just before its number), each given to a line beginning with it
+        // whose rest is stored.
         let mut rests = Vec::new();
+        let mut short_prefixes = Vec::new();
         for r in &got {
             if let Some(&id) = by_text.get(r.as_str()) {
                 whole[id] += 1;
@@ -757,11 +771,20 @@ impl Case {
             // A prefix: shipped without its newline when a truncation cut it.
             let as_prefix = r
                 .strip_prefix(&prefix)
-                .and_then(|rest| rest.split('-').next()?.parse::<usize>().ok())
+                .and_then(|rest| rest.split_once('-')?.0.parse::<usize>().ok())
                 .filter(|&id| id < self.lines.len() && self.lines[id].starts_with(r.as_str()));
             if let Some(id) = as_prefix {
                 parts[id] += 1;
                 stored_bytes += r.len() as u64;
+                continue;
+            }
+            let digits = r.get(prefix.len()..).unwrap_or("");
+            if prefix.starts_with(r.as_str())
+                || (r.starts_with(&prefix)
+                    && digits.len() < 7
+                    && digits.bytes().all(|b| b.is_ascii_digit() || b == b'-'))
+            {
+                short_prefixes.push(r);
                 continue;
             }
             rests.push(r);
@@ -777,6 +800,19 @@ impl Case {
                 Some(id) => {
                     parts[id] += 1;
                     stored_bytes += r.len() as u64 + 1;
+                }
+                None => return Err(format!("record {r:?} was never written")),
+            }
+        }
+        for r in short_prefixes {
+            let starts = |i: &usize| whole[*i] == 0 && self.lines[*i].starts_with(r.as_str());
+            let id = (0..self.lines.len())
+                .find(|i| starts(i) && parts[*i] == 1)
+                .or_else(|| (0..self.lines.len()).find(starts));
+            match id {
+                Some(id) => {
+                    parts[id] += 1;
+                    stored_bytes += r.len() as u64;
                 }
                 None => return Err(format!("record {r:?} was never written")),
             }
@@ -863,19 +899,25 @@ fn run_seed(seed: u64, glob: &'static str) -> Result<Outcome, String> {
                     .collect()
             })
             .unwrap_or_default();
-        let report = |log: &str| {
+        let report = |steps: &str, log: &str| {
             format!(
-                "{e}\n--- steps\n{}\n--- files\n{}\n--- checkpoint\n{cp}\n--- agent log\n{log}",
-                case.trace.join("\n"),
+                "{e}\n--- steps\n{steps}\n--- files\n{}\n--- checkpoint\n{cp}\n--- agent log\n{log}",
                 files.join("\n"),
             )
         };
-        // The whole agent log with the steps, for a look after the temp dir is gone.
-        let _ = std::fs::write(&keep, report(&log));
+        // The whole agent log, and the checkpoint after each step, for a look after the temp
+        // dir is gone.
+        let steps_with_checkpoints: Vec<String> = case
+            .trace
+            .iter()
+            .zip(&case.trace_checkpoints)
+            .map(|(step, cp)| format!("{step}\n    checkpoint: {cp}"))
+            .collect();
+        let _ = std::fs::write(&keep, report(&steps_with_checkpoints.join("\n"), &log));
         format!(
             "(all of it, with the whole agent log, kept in {})\n{}",
             keep.display(),
-            report(&tail.join("\n"))
+            report(&case.trace.join("\n"), &tail.join("\n"))
         )
     })
 }

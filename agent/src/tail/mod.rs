@@ -957,6 +957,10 @@ impl Tailer {
             // that finds it again at start — renamed out of the glob, or truncated after a copy
             // was made, while the agent was stopped.
             if t.unclassified && t.watcher.line_pos() == 0 && t.watcher.generation() == 0 {
+                // With its fingerprint if its first line is whole (opened empty, it has none
+                // yet): a restart tells a truncation of this content by it, and looks for the
+                // copy holding lines that were in flight (narrow seed 109).
+                t.watcher.identify_now();
                 self.out.push(Emitted::Position {
                     state: state_of(&t.watcher),
                     offset: 0,
@@ -1024,12 +1028,15 @@ impl Tailer {
         t.parked = None;
         let size = meta.len();
         let from = w.print.from;
-        let (offset, origin) = if size > from {
-            (from, Some(FileId::from(w.print.origin)))
-        } else {
-            // The original was read past everything the copy holds.
-            (size, None)
-        };
+        // Read on from where the original stopped, or from the copy's end if the original was
+        // read past everything it holds. Under the original's origin either way: the copy's
+        // position then travels in the original's lane, written to the checkpoint only once
+        // the original's lines before it are acknowledged. (Written at once, as a file of its
+        // own, it said "read to its end" while those lines were still in flight: an agent
+        // killed then never read them again — the copy was the only place left that held
+        // them; the rotation model's narrow seed 109.)
+        let offset = from.min(size);
+        let origin = Some(FileId::from(w.print.origin));
         if t.watcher.skip_to(offset).is_err() {
             self.resolve(w, lost_all);
             return;

@@ -1599,6 +1599,56 @@ fn copy_and_truncation_between_a_first_read_and_its_end_is_still_recognised() {
     assert_eq!(resolved_lost(&h.out), [0]);
 }
 
+/// The rotation model's narrow seed 109: a new file's lines are read and shipped but not
+/// acknowledged (the collector is stopped), then copytruncate copies it outside the glob and
+/// truncates it; the copy holds nothing past where the original was read. The agent is killed
+/// before the acknowledgement. The lines are only in the copy now: the restarted agent must
+/// read them from it (its checkpoint may not say the copy was read to its end before the
+/// original's lines were acknowledged, and must tell the original's new content from the old).
+#[test]
+fn copy_holding_only_unacknowledged_lines_is_read_again_after_a_kill() {
+    let mut h = harness_with(None);
+    let p = h.path(0);
+    // First seen empty: its entry (offset 0) has no fingerprint yet.
+    std::fs::write(&p, "").unwrap();
+    h.read_all();
+    h.now += Duration::from_secs(2);
+    h.tailer.poll_timeouts(h.now);
+    h.read_all();
+    // Lines, seen by an inotify event (no scan's stat first).
+    std::fs::write(&p, "one\ntwo\n").unwrap();
+    h.tailer.data_event(&p);
+    h.tailer.read_turn(h.now, u64::MAX);
+    h.collect();
+    std::fs::copy(&p, p.with_extension("log.1")).unwrap();
+    let mut f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    f.set_len(0).unwrap();
+    f.write_all(b"three\n").unwrap();
+    drop(f);
+    h.read_all();
+    h.now += Duration::from_millis(100);
+    h.tailer.poll_timeouts(h.now);
+    h.read_all();
+    // Killed: nothing acknowledged.
+    let cps = unacknowledged_checkpoint(&h.out);
+    let entries: Vec<(String, u64)> = cps
+        .files
+        .values()
+        .map(|c| (c.path.clone(), c.offset))
+        .collect();
+    h.out.clear();
+    h.tailer = restarted(&h, cps);
+    h.drain();
+    let recs = records_by_origin(&mut h.out);
+    let mut lines: Vec<&str> = recs.iter().map(|(l, _, _)| l.as_str()).collect();
+    lines.sort_unstable();
+    assert_eq!(
+        lines,
+        ["one", "three", "two"],
+        "after the restart; checkpoint entries at the kill: {entries:?}"
+    );
+}
+
 /// The checkpoint a shipper keeps when nothing is acknowledged: each lane's facts are applied
 /// in order up to its first batch (in flight, never acknowledged); what follows it waits.
 fn unacknowledged_checkpoint(out: &[Emitted]) -> Checkpoints {

@@ -463,6 +463,21 @@ impl FileWatcher {
         changed || size > self.read_pos
     }
 
+    /// Fixes the fingerprint (and head) now if the file has a whole first line (see
+    /// [`Self::fix_identity`]).
+    pub fn identify_now(&mut self) {
+        let size = self
+            .file
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .map(|m| m.len());
+        if let Some(size) = size
+            && let Err(e) = self.fix_identity(size)
+        {
+            tracing::debug!(path = %self.path.display(), error = %e, "cannot read the first bytes");
+        }
+    }
+
     /// Fixes the fingerprint (and head) as soon as the file has a whole first line, or else
     /// takes a probe of what it begins with — also before anything is read: bytes a stat saw
     /// and a truncation then destroyed unread are a truncation to notice and count (and to

@@ -304,6 +304,23 @@ impl Case {
         };
         assert!(self.agent.is_some(), "wait_seen needs the agent");
         let size = meta.len();
+        // With the collector stopped the agent's buffer (2 KiB here) fills and it stops
+        // reading: a truncation then waits for the next read to be handled, and until then the
+        // new content's size is not the file's it counts as seen (narrow seed 190, wide 78,
+        // 187, 207). Backpressure, not a fault: after a while the collector comes back.
+        let start = Instant::now();
+        while self.collector_stopped && start.elapsed() < Duration::from_secs(2) {
+            if self.seen_size() == Some(size) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        if self.collector_stopped {
+            self.signal_collector(false);
+            self.trace
+                .push("(collector resumed: the agent's buffer was full)".into());
+            self.trace_checkpoints.push(String::new());
+        }
         self.wait("the agent to see app.log's size", |c| {
             c.seen_size() == Some(size)
         });
@@ -388,6 +405,32 @@ impl Case {
         self.signal_collector(false);
         self.wait("the agent to record app.log before it is renamed", |c| {
             c.entry_of_app(inode).is_some()
+        });
+    }
+
+    /// The agent is about to be killed: if `app.log`'s checkpoint entry has no fingerprint (it
+    /// was recorded with half a first line) and the line is whole now, wait until the
+    /// checkpoint has it. Killed before that (within `checkpoint_interval` of the read that
+    /// completed the line), the next run cannot tell this content from one a copytruncate
+    /// leaves while it is stopped (wide seed 114): it resumes the new content as the old one
+    /// at offset 0 and reads the copy as a file of its own. An open gap of issue 12 (the
+    /// checkpoint could keep a probe of the half line to tell them apart); not what this model
+    /// is after.
+    fn identified(&mut self) {
+        let Ok(meta) = std::fs::metadata(self.app()) else {
+            return;
+        };
+        let whole = std::fs::read(self.app()).is_ok_and(|b| b.contains(&b'\n'));
+        let unidentified = |c: &Self| {
+            c.entry_of_app(meta.ino())
+                .is_some_and(|e| e["fingerprint"].is_null() && e["offset"].as_u64() == Some(0))
+        };
+        if !whole || !unidentified(self) {
+            return;
+        }
+        self.signal_collector(false);
+        self.wait("the checkpoint to have app.log's fingerprint", |c| {
+            !unidentified(c)
         });
     }
 
@@ -644,6 +687,7 @@ impl Case {
             }
             78..=84 if running => {
                 self.settle();
+                self.identified();
                 self.kill_agent();
                 self.note("agent SIGKILL");
             }

@@ -1490,7 +1490,22 @@ impl Tailer {
                     open_bytes,
                 );
             };
-            match watcher.read(buf, budget, now, &mut route) {
+            // A content whose first line was incomplete when it was put in the checkpoint (at
+            // offset 0, without a fingerprint): the read that completes the line fixes its
+            // fingerprint, and the checkpoint learns it at once (nothing of it was handed out
+            // yet, so offset 0 skips nothing). Else a restart before the first
+            // acknowledgement cannot tell this content from one written after a copytruncate
+            // (wide seed 114): it would resume the new content as this one and read the copy
+            // holding this one as a file of its own.
+            let unidentified = watcher.fingerprint().is_none() && watcher.line_pos() == 0;
+            let outcome = watcher.read(buf, budget, now, &mut route);
+            if unidentified && watcher.fingerprint().is_some() {
+                out.push(Emitted::Position {
+                    state: state_of(watcher),
+                    offset: 0,
+                });
+            }
+            match outcome {
                 Ok(ReadOutcome::Truncated) => {
                     // A copy of the old content may be next to it (copytruncate): it can be
                     // recognised if the file has a head and a tail print.

@@ -1649,6 +1649,66 @@ fn copy_holding_only_unacknowledged_lines_is_read_again_after_a_kill() {
     );
 }
 
+/// The rotation model's wide seed 114: a file first recorded with half its first line (no
+/// fingerprint in the checkpoint), then completed and read, not acknowledged; killed; while the
+/// agent is stopped, copytruncate. The restarted agent must tell the new content from the old
+/// (a new generation, not a resumption at 0 under the old identity) and read the old line from
+/// the copy under the original's origin — once, the origin the collector knows it by.
+#[test]
+fn content_recorded_before_its_first_line_was_whole_is_told_from_its_successor_after_a_kill() {
+    let mut h = harness_with(None);
+    let p = h.path(0);
+    std::fs::write(&p, "s114-000000-abcdef").unwrap();
+    h.read_all();
+    h.now += Duration::from_millis(100);
+    h.tailer.poll_timeouts(h.now);
+    h.read_all();
+    let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+    f.write_all(b"ghij\n").unwrap();
+    drop(f);
+    h.tailer.data_event(&p);
+    h.tailer.read_turn(h.now, u64::MAX);
+    h.now += Duration::from_millis(300);
+    h.tailer.poll_timeouts(h.now);
+    h.collect();
+    let first_run = records_by_origin(&mut h.out);
+    // Killed: nothing acknowledged.
+    let cps = unacknowledged_checkpoint(&h.out);
+    let entries: Vec<(String, u64, bool)> = cps
+        .files
+        .values()
+        .map(|c| (c.path.clone(), c.offset, c.fingerprint.is_some()))
+        .collect();
+    // While stopped: copytruncate, then new lines.
+    std::fs::copy(&p, p.with_extension("log.1")).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&p)
+        .unwrap();
+    std::fs::write(&p, "s114-000001-new\n").unwrap();
+    h.out.clear();
+    h.tailer = restarted(&h, cps);
+    h.drain();
+    let recs = records_by_origin(&mut h.out);
+    let mut lines: Vec<&str> = recs.iter().map(|(l, _, _)| l.as_str()).collect();
+    lines.sort_unstable();
+    assert_eq!(
+        lines,
+        ["s114-000000-abcdefghij", "s114-000001-new"],
+        "after the restart; checkpoint entries at the kill: {entries:?}"
+    );
+    let old = recs
+        .iter()
+        .find(|r| r.0 == "s114-000000-abcdefghij")
+        .unwrap();
+    assert_eq!(
+        (old.1, old.2),
+        (first_run[0].1, first_run[0].2),
+        "the old line is read again under the origin and offset it was first shipped with"
+    );
+}
+
 /// The checkpoint a shipper keeps when nothing is acknowledged: each lane's facts are applied
 /// in order up to its first batch (in flight, never acknowledged); what follows it waits.
 fn unacknowledged_checkpoint(out: &[Emitted]) -> Checkpoints {

@@ -1709,6 +1709,59 @@ fn content_recorded_before_its_first_line_was_whole_is_told_from_its_successor_a
     );
 }
 
+/// The rotation model's wide seed 254: the agent is not reading (its buffer is full: the
+/// collector is down) when copytruncate copies a file into the glob and truncates it; the
+/// copy is seen (a scan) before the truncation is. It is its copy all the same: read on from
+/// where the original stopped, nothing counted as lost, nothing twice.
+#[test]
+fn copy_seen_while_the_original_is_not_being_read_is_adopted() {
+    for copy_seen_first in [false, true] {
+        copy_seen_while_not_reading(copy_seen_first);
+    }
+}
+
+fn copy_seen_while_not_reading(copy_seen_first: bool) {
+    let mut h = harness_with(None);
+    let p = h.path(0);
+    std::fs::write(&p, "one\n").unwrap();
+    h.read_all();
+    let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+    f.write_all(b"two\nthree\n").unwrap();
+    drop(f);
+    // Seen by a scan (its size), not read.
+    h.tailer.scan(h.now);
+    h.collect();
+    std::fs::copy(&p, h.path(1)).unwrap();
+    if copy_seen_first {
+        h.tailer.scan(h.now);
+        h.collect();
+    }
+    let mut f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    f.set_len(0).unwrap();
+    f.write_all(b"four\n").unwrap();
+    drop(f);
+    h.tailer.scan(h.now);
+    h.collect();
+    h.now += Duration::from_millis(500);
+    h.tailer.poll_timeouts(h.now);
+    h.collect();
+    h.read_all();
+    h.drain();
+    let lines: Vec<String> = records(&mut h.out).into_iter().map(|r| r.0).collect();
+    let mut sorted = lines.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        ["four", "one", "three", "two"],
+        "copy seen first: {copy_seen_first}: {lines:?}"
+    );
+    assert_eq!(
+        resolved_lost(&h.out),
+        [0],
+        "copy seen first: {copy_seen_first}"
+    );
+}
+
 /// The checkpoint a shipper keeps when nothing is acknowledged: each lane's facts are applied
 /// in order up to its first batch (in flight, never acknowledged); what follows it waits.
 fn unacknowledged_checkpoint(out: &[Emitted]) -> Checkpoints {

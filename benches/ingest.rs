@@ -1,7 +1,7 @@
 //! Collector ingest over HTTP, next to the store's own append of the same batches, in one run.
 //!
 //! `cargo bench --bench ingest` (about a minute). What it measures:
-//! 1. **store**: `Store::append` of agent-format batches (gzip, with an origin) from 16
+//! 1. **store**: `Store::append` of agent-format batches (with an origin) from 16
 //!    concurrent tasks into 4 partitions, fsync `group` — the limit for the HTTP path.
 //! 2. **http batches**: the same batches posted by 16 concurrent producers to
 //!    `POST /v1/topics/{t}/records` (`application/x-ferry-batch`) of a collector in this process,
@@ -13,7 +13,10 @@
 //!    with rcgen, TLS 1.3, connections kept alive), next to a plain-HTTP rerun of the same
 //!    posts to a fresh topic, so the TLS/plain ratio compares runs made seconds apart.
 //!
-//! Data and store live in a temp dir under `target/` (`FERRY_BENCH_DIR` overrides it).
+//! Data and store live in a temp dir under `target/` (`FERRY_BENCH_DIR` overrides it). The agent
+//! batches are lz4, the agent's default for a collector (`FERRY_BENCH_CODEC=gzip` or `none` for
+//! the others; gzip is level 1). Plain bodies are stored with the collector's default
+//! `plain_codec` (lz4).
 
 use bytes::Bytes;
 use ferry_collector::store::{Store, StoreConfig};
@@ -47,7 +50,17 @@ fn line(i: u64) -> String {
     )
 }
 
-/// Producer `p`'s `n`-th batch: contiguous lines of its own "file", gzip level 1.
+/// The agent batches' codec: `FERRY_BENCH_CODEC` (lz4, gzip or none), lz4 by default.
+fn bench_codec() -> Codec {
+    match std::env::var("FERRY_BENCH_CODEC").as_deref() {
+        Ok("gzip") => Codec::Gzip,
+        Ok("none") => Codec::None,
+        Ok("lz4") | Err(_) => Codec::Lz4,
+        Ok(other) => panic!("FERRY_BENCH_CODEC={other}: lz4, gzip or none"),
+    }
+}
+
+/// Producer `p`'s `n`-th batch: contiguous lines of its own "file", in [`bench_codec`].
 fn batch(p: usize, n: u64) -> (Bytes, u64, u64) {
     let key = OriginKey {
         agent_id: format!("bench-{p}"),
@@ -70,7 +83,7 @@ fn batch(p: usize, n: u64) -> (Bytes, u64, u64) {
         raw += l.len() as u64 + 1;
     }
     let enc = b
-        .finish(Codec::Gzip, 1, ferry_core::now_ms())
+        .finish(bench_codec(), 1, ferry_core::now_ms())
         .unwrap_or_default();
     (Bytes::from(enc), raw, LINES_PER_BATCH as u64)
 }
@@ -345,9 +358,14 @@ async fn bench() {
             base
         )
     );
+    let codec = bench_codec().name();
     println!(
         "{}",
-        row("HTTP, agent batches (gzip)", &mut http_batches, base)
+        row(
+            &format!("HTTP, agent batches ({codec})"),
+            &mut http_batches,
+            base
+        )
     );
     println!("{}", row("HTTP, plain JSON lines", &mut http_lines, base));
     println!(
@@ -370,12 +388,18 @@ async fn bench() {
     let ratio_batches = https_batches.mib_s() / http_batches_again.mib_s().max(f64::MIN_POSITIVE);
     let ratio_lines = https_lines.mib_s() / http_lines_again.mib_s().max(f64::MIN_POSITIVE);
     for (name, r) in [
-        ("HTTP, agent batches (gzip)", &mut http_batches_again),
-        ("HTTPS, agent batches (gzip)", &mut https_batches),
-        ("HTTP, plain JSON lines", &mut http_lines_again),
-        ("HTTPS, plain JSON lines", &mut https_lines),
+        (
+            format!("HTTP, agent batches ({codec})"),
+            &mut http_batches_again,
+        ),
+        (
+            format!("HTTPS, agent batches ({codec})"),
+            &mut https_batches,
+        ),
+        ("HTTP, plain JSON lines".to_owned(), &mut http_lines_again),
+        ("HTTPS, plain JSON lines".to_owned(), &mut https_lines),
     ] {
-        println!("{}", row(name, r, base));
+        println!("{}", row(&name, r, base));
     }
     println!(
         "\nHTTPS / HTTP: agent batches {ratio_batches:.2}x, plain lines {ratio_lines:.2}x (target >= 0.85x)"

@@ -305,8 +305,9 @@ impl Default for BatchConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct CompressionConfig {
     /// `gzip`, `lz4` (several times faster, less compact) or `none`. Unset, it follows the
-    /// output: gzip over the network (collector, kafka), none for `stdout` and `null`, where a
-    /// batch would only be compressed to be decoded again.
+    /// output: lz4 to a collector (cheap for both ends: the collector checks every batch it
+    /// stores, and stores lz4), gzip to Kafka (a remote cluster that keeps what it is given),
+    /// none for `stdout` and `null`, where a batch would only be compressed to be decoded again.
     pub codec: Option<Codec>,
     /// gzip level, 0-9 (lz4 has none).
     pub level: u32,
@@ -326,7 +327,8 @@ impl AgentConfig {
     pub fn codec(&self) -> Codec {
         self.compression.codec.unwrap_or(match self.output {
             OutputConfig::Stdout | OutputConfig::Null => Codec::None,
-            OutputConfig::Collector(_) | OutputConfig::Kafka(_) => Codec::Gzip,
+            OutputConfig::Collector(_) => Codec::Lz4,
+            OutputConfig::Kafka(_) => Codec::Gzip,
         })
     }
 }
@@ -1225,8 +1227,12 @@ max_open_files: 500
         let codec = |yaml: &str| load(yaml).expect("config").codec();
         assert_eq!(codec("output: {type: stdout}\n"), Codec::None);
         assert_eq!(codec("output: {type: null}\n"), Codec::None);
-        assert_eq!(codec("output: {type: collector}\n"), Codec::Gzip);
-        assert_eq!(codec(""), Codec::Gzip);
+        assert_eq!(codec("output: {type: collector}\n"), Codec::Lz4);
+        assert_eq!(codec(""), Codec::Lz4);
+        assert_eq!(
+            codec("output: {type: kafka, brokers: \"k:9092\"}\n"),
+            Codec::Gzip
+        );
         assert_eq!(
             codec("output: {type: stdout}\ncompression: {codec: gzip}\n"),
             Codec::Gzip

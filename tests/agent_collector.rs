@@ -25,7 +25,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use util::{
     Dir, Service, ferry, free_addr, http_get, run, start_collector_on, strip_ansi,
-    unread_bytes_in_log,
+    unread_bytes_counted,
 };
 
 const TOPIC: &str = "logs";
@@ -1587,7 +1587,10 @@ fn agent_checkpoint(rig: &Rig) -> serde_json::Value {
 
 /// Bytes the agent counted as unread, over all its runs.
 fn unread_in_log(rig: &Rig) -> u64 {
-    unread_bytes_in_log(&rig.agent_stderr())
+    unread_bytes_counted(
+        &rig.agent_stderr(),
+        &rig.dir.join("agent-data/checkpoints.json"),
+    )
 }
 
 /// `app.log` holds `a` (stored) and `b` (seen by the agent, most of it not read: the

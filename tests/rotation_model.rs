@@ -37,7 +37,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use util::{Dir, Service, ferry, http_get, run, strip_ansi, unread_bytes_in_log};
+use util::{Dir, Service, ferry, http_get, run, strip_ansi, unread_bytes_counted};
 
 const SEEDS: u64 = 50;
 const STEPS: usize = 24;
@@ -776,10 +776,11 @@ impl Case {
             .collect()
     }
 
-    /// Bytes the agent counted as unread, over all its runs (from its log).
+    /// Bytes the agent counted as unread, over all its runs (its log and its checkpoint).
     fn lost_bytes(&self) -> u64 {
-        unread_bytes_in_log(
+        unread_bytes_counted(
             &std::fs::read_to_string(self.dir.join("agent.stderr")).unwrap_or_default(),
+            &self.data.join("checkpoints.json"),
         )
     }
 

@@ -203,6 +203,13 @@ struct CheckpointsV1 {
 struct CheckpointsV2 {
     agent_id: Option<String>,
     files: Vec<FileCheckpoint>,
+    /// See [`Checkpoints::unread_bytes`] (absent before 2026-12-05, and while 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    unread_bytes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Checkpoints in memory, keyed by (dev, inode): at most one live file per inode.
@@ -210,6 +217,12 @@ struct CheckpointsV2 {
 pub struct Checkpoints {
     pub agent_id: Option<String>,
     pub files: BTreeMap<(u64, u64), FileCheckpoint>,
+    /// Bytes counted unread (destroyed before they were read) when a copy waited for through
+    /// the checkpoint was resolved, over the agent's life: written in the same checkpoint that
+    /// forgets the wait, so a kill right after that write cannot lose the count (it is logged,
+    /// and added to `ferry_agent_unread_bytes_total`, only after the write; rotation model,
+    /// wide seed 162).
+    pub unread_bytes: u64,
 }
 
 impl Checkpoints {
@@ -222,6 +235,7 @@ impl Checkpoints {
         CheckpointFile::V3(CheckpointsV2 {
             agent_id: self.agent_id.clone(),
             files: self.files.values().cloned().collect(),
+            unread_bytes: self.unread_bytes,
         })
     }
 
@@ -250,8 +264,10 @@ impl Checkpoints {
                         ((c.dev, c.inode), c)
                     })
                     .collect(),
+                unread_bytes: 0,
             },
             CheckpointFile::V2(v2) | CheckpointFile::V3(v2) => Self {
+                unread_bytes: v2.unread_bytes,
                 agent_id: v2.agent_id,
                 files: v2
                     .files
@@ -628,6 +644,18 @@ mod tests {
             Checkpoints::decode(GOLDEN_V3.as_bytes()).unwrap(),
             sample_v3()
         );
+    }
+
+    /// The lifetime count of unread bytes rides along in version 3 (written only when not 0, so
+    /// the golden file above, written before it existed, is still what an agent writes).
+    #[test]
+    fn unread_bytes_total_round_trips_and_is_absent_while_zero() {
+        let mut c = sample_v3();
+        c.unread_bytes = 893;
+        let text = String::from_utf8(c.encode()).unwrap();
+        assert!(text.contains("\"unread_bytes\": 893"), "{text}");
+        assert_eq!(Checkpoints::decode(text.as_bytes()).unwrap(), c);
+        assert_eq!(Checkpoints::decode(GOLDEN_V3.as_bytes()).unwrap().unread_bytes, 0);
     }
 
     #[test]

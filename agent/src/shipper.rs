@@ -623,7 +623,7 @@ impl<O: Output> Shipper<O> {
                 self.dirty = false;
                 for (input, path, bytes) in self.uncounted.drain(..) {
                     let name = self.parts.input_names.get(input).map_or("", String::as_str);
-                    crate::tail::count_unread(name, &path, bytes);
+                    crate::tail::count_unread_checkpointed(name, &path, bytes);
                     self.parts
                         .stats
                         .unread_bytes
@@ -664,6 +664,7 @@ fn apply_control(cps: &mut Checkpoints, s: Shipment) -> Option<(usize, Arc<str>,
                 cp.pending
                     .retain(|p| ferry_core::record::FileId::from(p.origin) != origin);
             }
+            cps.unread_bytes = cps.unread_bytes.saturating_add(lost);
             return (lost > 0).then_some((input, path, lost));
         }
         Shipment::Batch { .. } => {}

@@ -451,18 +451,26 @@ pub fn strip_ansi(s: &str) -> String {
     out
 }
 
-/// Bytes an agent counted as unread (`ferry_agent_unread_bytes_total`), summed from the WARN
-/// lines of its log: over all its runs, including those killed with SIGKILL.
-pub fn unread_bytes_in_log(log: &str) -> u64 {
+/// Bytes an agent counted as unread (`ferry_agent_unread_bytes_total`) over all its runs,
+/// including those killed with SIGKILL: the WARN lines of its log, except those whose count
+/// is in its checkpoint (`checkpointed=true`: logged after the checkpoint write, so a kill
+/// between the two would lose the line), plus the checkpoint's lifetime `unread_bytes`.
+pub fn unread_bytes_counted(log: &str, checkpoint: &std::path::Path) -> u64 {
+    let in_checkpoint = std::fs::read_to_string(checkpoint)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["unread_bytes"].as_u64())
+        .unwrap_or(0);
     strip_ansi(log)
         .lines()
-        .filter(|l| l.contains("bytes could not be read"))
+        .filter(|l| l.contains("bytes could not be read") && !l.contains("checkpointed=true"))
         .filter_map(|l| {
             l.split_whitespace()
                 .find_map(|kv| kv.strip_prefix("bytes="))
                 .and_then(|v| v.parse::<u64>().ok())
         })
-        .sum()
+        .sum::<u64>()
+        + in_checkpoint
 }
 
 /// JSON log line number `seq`: `ts` 100 ms apart (so 100 lines per 10 s window), `level`

@@ -1918,6 +1918,21 @@ pub(crate) fn count_unread(input: &str, path: &str, bytes: u64) {
         .increment(bytes);
 }
 
+/// [`count_unread`] for bytes whose count is already in the checkpoint just written
+/// (`unread_bytes`, the lifetime total there): logged with `checkpointed=true`, so that a reader
+/// of the log can tell them from bytes counted nowhere else.
+pub(crate) fn count_unread_checkpointed(input: &str, path: &str, bytes: u64) {
+    tracing::warn!(
+        input,
+        path,
+        bytes,
+        checkpointed = true,
+        "bytes could not be read before the file changed under them"
+    );
+    metrics::counter!("ferry_agent_unread_bytes_total", "input" => input.to_owned(), "path" => path.to_owned())
+        .increment(bytes);
+}
+
 fn state_of(w: &FileWatcher) -> FileState {
     FileState {
         key: w.key(),

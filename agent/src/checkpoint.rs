@@ -655,7 +655,12 @@ mod tests {
         let text = String::from_utf8(c.encode()).unwrap();
         assert!(text.contains("\"unread_bytes\": 893"), "{text}");
         assert_eq!(Checkpoints::decode(text.as_bytes()).unwrap(), c);
-        assert_eq!(Checkpoints::decode(GOLDEN_V3.as_bytes()).unwrap().unread_bytes, 0);
+        assert_eq!(
+            Checkpoints::decode(GOLDEN_V3.as_bytes())
+                .unwrap()
+                .unread_bytes,
+            0
+        );
     }
 
     #[test]

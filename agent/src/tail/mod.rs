@@ -208,6 +208,10 @@ struct Tracked {
     /// An orphaned file at EOF is looked at again at this time (EOF backoff).
     next_poll: Option<Instant>,
     backoff: Duration,
+    /// The order it was tracked in (the tailer's count of files tracked before it).
+    found: u64,
+    /// It was empty when it was tracked: a new file is classified only once it has bytes.
+    found_empty: bool,
 }
 
 const ORPHAN_POLL_MIN: Duration = Duration::from_millis(50);
@@ -262,6 +266,8 @@ pub struct Tailer {
     open_bytes: u64,
     /// File bytes read but not yet in a batch (incomplete lines, multiline records).
     held_bytes: u64,
+    /// How many files were tracked so far: each tracked file's [`Tracked::found`].
+    found: u64,
 }
 
 impl Tailer {
@@ -317,6 +323,7 @@ impl Tailer {
             out: Vec::new(),
             open_bytes: 0,
             held_bytes: 0,
+            found: 0,
         }
     }
 
@@ -798,6 +805,33 @@ impl Tailer {
         if !t.unclassified && t.parked.is_none() {
             return true;
         }
+        // New files of its directory tracked before it while still empty (an application's
+        // new log, written to since) are classified first: this one may be their copy. Not
+        // classified yet, they would be no candidate original, and a copytruncate's copy of a
+        // file the agent had not read yet (its buffer full) would be read as a file of its own
+        // while the original's truncation waits for a copy in vain (wide seed 254).
+        if t.unclassified {
+            let dir = t.watcher.path().parent().map(Path::to_path_buf);
+            let found = t.found;
+            let earlier: Vec<FileKey> = self
+                .files
+                .iter()
+                .filter(|(k, o)| {
+                    **k != key
+                        && o.unclassified
+                        && o.found_empty
+                        && o.found < found
+                        && o.watcher.path().parent().map(Path::to_path_buf) == dir
+                })
+                .map(|(k, _)| *k)
+                .collect();
+            for k in earlier {
+                self.classify(k, now);
+            }
+        }
+        let Some(t) = self.files.get(&key) else {
+            return false;
+        };
         // The copy of a file truncated (or deleted) before its copy appeared?
         if t.unclassified && !self.pending_copies.is_empty() {
             match self.match_pending(key, now) {
@@ -1346,6 +1380,7 @@ impl Tailer {
         }
         tracing::debug!(path = %path.display(), ?start, "tailing file");
         let multiline = Joiner::for_input(inp, path);
+        self.found += 1;
         self.files.insert(
             watcher.key(),
             Tracked {
@@ -1359,6 +1394,8 @@ impl Tailer {
                 compressed: None,
                 next_poll: None,
                 backoff: ORPHAN_POLL_MIN,
+                found: self.found,
+                found_empty: meta.len() == 0,
             },
         );
         self.open_handles += 1;

@@ -1715,15 +1715,19 @@ fn content_recorded_before_its_first_line_was_whole_is_told_from_its_successor_a
 /// where the original stopped, nothing counted as lost, nothing twice.
 #[test]
 fn copy_seen_while_the_original_is_not_being_read_is_adopted() {
-    for copy_seen_first in [false, true] {
-        copy_seen_while_not_reading(copy_seen_first);
+    for first in ["one\n", ""] {
+        for copy_seen_first in [false, true] {
+            copy_seen_while_not_reading(first, copy_seen_first);
+        }
     }
 }
 
-fn copy_seen_while_not_reading(copy_seen_first: bool) {
+fn copy_seen_while_not_reading(first: &str, copy_seen_first: bool) {
     let mut h = harness_with(None);
     let p = h.path(0);
-    std::fs::write(&p, "one\n").unwrap();
+    std::fs::write(&p, first).unwrap();
+    h.read_all();
+    h.now += Duration::from_secs(2);
     h.read_all();
     let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
     f.write_all(b"two\nthree\n").unwrap();
@@ -1750,15 +1754,19 @@ fn copy_seen_while_not_reading(copy_seen_first: bool) {
     let lines: Vec<String> = records(&mut h.out).into_iter().map(|r| r.0).collect();
     let mut sorted = lines.clone();
     sorted.sort_unstable();
+    let mut want = vec!["four", "three", "two"];
+    if !first.is_empty() {
+        want.push("one");
+    }
+    want.sort_unstable();
     assert_eq!(
-        sorted,
-        ["four", "one", "three", "two"],
-        "copy seen first: {copy_seen_first}: {lines:?}"
+        sorted, want,
+        "first {first:?}, copy seen first: {copy_seen_first}: {lines:?}"
     );
     assert_eq!(
         resolved_lost(&h.out),
         [0],
-        "copy seen first: {copy_seen_first}"
+        "first {first:?}, copy seen first: {copy_seen_first}"
     );
 }
 

@@ -348,22 +348,7 @@ pub struct Shipper<O> {
     /// Bytes lost to truncations whose copy never appeared, (input, path, bytes): counted once
     /// the checkpoint that no longer waits for the copy is written.
     uncounted: Vec<(usize, Arc<str>, u64)>,
-    /// Files whose checkpoint entry got a new identity (a new file, a new generation after a
-    /// truncation, a first line that became whole since the file was recorded) not written to
-    /// disk yet. A batch of such a file waits for the write ([`BARRIER_DELAY`], one write for
-    /// all of them): shipped before it and the agent killed, the next run would not know the
-    /// identity those lines were stored under, and could not tell this content from one a
-    /// copytruncate leaves while it is stopped — it would read the new content as this one and
-    /// the copy as a file of its own, its lines twice (the rotation model's wide seed 114).
-    unwritten: std::collections::HashSet<FileKey>,
-    /// Lanes with a batch waiting for that write.
-    barriers: std::collections::HashSet<FileKey>,
-    /// When the checkpoint for `barriers` is due.
-    barrier_due: Option<tokio::time::Instant>,
 }
-
-/// How long a checkpoint for lanes waiting on it ([`Shipper::barriers`]) waits for more of them.
-const BARRIER_DELAY: Duration = Duration::from_millis(10);
 
 impl<O: Output> Shipper<O> {
     pub fn new(parts: ShipperParts<O>, rx: Vec<mpsc::Receiver<Shipment>>) -> Self {
@@ -383,9 +368,6 @@ impl<O: Output> Shipper<O> {
             dirty: true,
             last_checkpoint: Instant::now(),
             uncounted: Vec::new(),
-            unwritten: std::collections::HashSet::new(),
-            barriers: std::collections::HashSet::new(),
-            barrier_due: None,
         }
     }
 
@@ -415,9 +397,6 @@ impl<O: Output> Shipper<O> {
                     None => input_open = false,
                 },
                 _ = tick.tick() => self.checkpoint().await,
-                _ = sleep_until(self.barrier_due), if self.barrier_due.is_some() => {
-                    self.checkpoint().await;
-                }
                 _ = shutdown.wait(), if deadline.is_none() => {
                     tracing::info!("agent draining: reading stopped, waiting for acknowledgements");
                     (self.parts.stop_reader)();
@@ -462,24 +441,13 @@ impl<O: Output> Shipper<O> {
                         return;
                     }
                     if let Some(s) = self.queues.get_mut(&key).and_then(VecDeque::pop_front) {
-                        if let Shipment::Position { state, .. } = &s
-                            && new_identity(&self.parts.checkpoints, state)
-                        {
-                            self.unwritten.insert(state.key);
-                        }
                         if let Some(lost) = apply_control(&mut self.parts.checkpoints, s) {
                             self.uncounted.push(lost);
                         }
                         self.dirty = true;
                     }
                 }
-                Shipment::Batch { state, .. } => {
-                    if self.unwritten.contains(&state.key) {
-                        self.barriers.insert(key);
-                        self.barrier_due
-                            .get_or_insert_with(|| tokio::time::Instant::now() + BARRIER_DELAY);
-                        return;
-                    }
+                Shipment::Batch { .. } => {
                     if self.file_in_flight(&key) >= self.per_file {
                         return;
                     }
@@ -646,12 +614,6 @@ impl<O: Output> Shipper<O> {
         let age = self.last_checkpoint.elapsed().as_secs_f64();
         metrics::gauge!("ferry_agent_checkpoint_age_seconds").set(age);
         if !self.dirty {
-            // Nothing changed since the last write: it holds every identity already.
-            self.unwritten.clear();
-            self.barrier_due = None;
-            for lane in std::mem::take(&mut self.barriers) {
-                self.pump(lane);
-            }
             return;
         }
         let cps = self.parts.checkpoints.clone();
@@ -659,11 +621,6 @@ impl<O: Output> Shipper<O> {
         match tokio::task::spawn_blocking(move || writer.store(&cps)).await {
             Ok(Ok(())) => {
                 self.dirty = false;
-                self.unwritten.clear();
-                self.barrier_due = None;
-                for lane in std::mem::take(&mut self.barriers) {
-                    self.pump(lane);
-                }
                 for (input, path, bytes) in self.uncounted.drain(..) {
                     let name = self.parts.input_names.get(input).map_or("", String::as_str);
                     crate::tail::count_unread_checkpointed(name, &path, bytes);
@@ -679,29 +636,13 @@ impl<O: Output> Shipper<O> {
                     .fetch_add(1, Ordering::Relaxed);
                 metrics::gauge!("ferry_agent_checkpoint_age_seconds").set(0.0);
             }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "cannot write checkpoint; will retry");
-                self.barrier_due = (!self.barriers.is_empty())
-                    .then(|| tokio::time::Instant::now() + self.parts.checkpoint_interval);
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "checkpoint task failed");
-                self.barrier_due = (!self.barriers.is_empty())
-                    .then(|| tokio::time::Instant::now() + self.parts.checkpoint_interval);
-            }
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot write checkpoint; will retry"),
+            Err(e) => tracing::error!(error = %e, "checkpoint task failed"),
         }
     }
 }
 
 /// Applies a checkpoint fact; returns bytes to count as unread once it is written.
-/// Whether a position of `state` gives its file's checkpoint entry another identity than it
-/// has (or a first one): see [`Shipper::unwritten`].
-fn new_identity(cps: &Checkpoints, state: &crate::tail::FileState) -> bool {
-    cps.files
-        .get(&state.key)
-        .is_none_or(|c| c.generation != state.generation || c.fingerprint != state.fingerprint)
-}
-
 fn apply_control(cps: &mut Checkpoints, s: Shipment) -> Option<(usize, Arc<str>, u64)> {
     match s {
         Shipment::Position { state, offset } => {

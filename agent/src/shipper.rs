@@ -623,7 +623,7 @@ impl<O: Output> Shipper<O> {
                 self.dirty = false;
                 for (input, path, bytes) in self.uncounted.drain(..) {
                     let name = self.parts.input_names.get(input).map_or("", String::as_str);
-                    crate::tail::count_unread_checkpointed(name, &path, bytes);
+                    crate::tail::count_unread(name, &path, bytes, true);
                     self.parts
                         .stats
                         .unread_bytes

@@ -811,8 +811,7 @@ impl Tailer {
         // file the agent had not read yet (its buffer full) would be read as a file of its own
         // while the original's truncation waits for a copy in vain (wide seed 254).
         if t.unclassified {
-            let dir = t.watcher.path().parent().map(Path::to_path_buf);
-            let found = t.found;
+            let dir = t.watcher.path().parent();
             let earlier: Vec<FileKey> = self
                 .files
                 .iter()
@@ -820,8 +819,8 @@ impl Tailer {
                     **k != key
                         && o.unclassified
                         && o.found_empty
-                        && o.found < found
-                        && o.watcher.path().parent().map(Path::to_path_buf) == dir
+                        && o.found < t.found
+                        && o.watcher.path().parent() == dir
                 })
                 .map(|(k, _)| *k)
                 .collect();
@@ -1105,7 +1104,7 @@ impl Tailer {
             });
         } else if lost > 0 {
             self.stats[w.input].unread_bytes += lost;
-            count_unread(&self.inputs[w.input].name, &w.path, lost);
+            count_unread(&self.inputs[w.input].name, &w.path, lost, false);
         }
     }
 
@@ -1608,7 +1607,7 @@ impl Tailer {
                         });
                     } else if lost > 0 {
                         st.unread_bytes += lost;
-                        count_unread(&input.name, watcher.path_str(), lost);
+                        count_unread(&input.name, watcher.path_str(), lost, false);
                     }
                     tracing::info!(path = %watcher.path().display(), generation = watcher.generation(), "file truncated; reading it again from the start");
                     drain_sealed(sealed, out, t.input, watcher);
@@ -1801,7 +1800,7 @@ impl Tailer {
                 }
             } else if unread > 0 {
                 stats[t.input].unread_bytes += unread;
-                count_unread(&input.name, t.watcher.path_str(), unread);
+                count_unread(&input.name, t.watcher.path_str(), unread, false);
             }
             tracing::debug!(path = %t.watcher.path().display(), "released file");
             // Its lag gauge would otherwise keep its last value.
@@ -1944,26 +1943,16 @@ fn find_renamed(cp: &FileCheckpoint) -> Option<(PathBuf, fs::Metadata)> {
 
 /// Bytes of one file that could not be read, by input and path (rare, so the path label's
 /// cardinality is harmless).
-pub(crate) fn count_unread(input: &str, path: &str, bytes: u64) {
+/// Counts `bytes` destroyed before they were read: a WARN line and
+/// `ferry_agent_unread_bytes_total`. `checkpointed`: the count is already in the checkpoint just
+/// written (its lifetime `unread_bytes`), so a reader of the log can tell such lines from counts
+/// kept nowhere else.
+pub(crate) fn count_unread(input: &str, path: &str, bytes: u64, checkpointed: bool) {
     tracing::warn!(
         input,
         path,
         bytes,
-        "bytes could not be read before the file changed under them"
-    );
-    metrics::counter!("ferry_agent_unread_bytes_total", "input" => input.to_owned(), "path" => path.to_owned())
-        .increment(bytes);
-}
-
-/// [`count_unread`] for bytes whose count is already in the checkpoint just written
-/// (`unread_bytes`, the lifetime total there): logged with `checkpointed=true`, so that a reader
-/// of the log can tell them from bytes counted nowhere else.
-pub(crate) fn count_unread_checkpointed(input: &str, path: &str, bytes: u64) {
-    tracing::warn!(
-        input,
-        path,
-        bytes,
-        checkpointed = true,
+        checkpointed,
         "bytes could not be read before the file changed under them"
     );
     metrics::counter!("ferry_agent_unread_bytes_total", "input" => input.to_owned(), "path" => path.to_owned())

@@ -457,7 +457,7 @@ fn a_file_that_began_like_another_is_read_whole_once_it_differs() {
     h.tailer.data_event(&b);
     h.catch_up();
     h.collect();
-    let mut got: Vec<String> = records(&mut h.out).into_iter().map(|r| r.0).collect();
+    let mut got: Vec<String> = line_texts(&mut h.out);
     got.sort();
     assert_eq!(
         got,
@@ -512,6 +512,11 @@ fn harness_with(multiline: Option<crate::config::MultilineConfig>) -> Harness {
 }
 
 /// Records (line, span, truncated, generation) of every batch emitted so far.
+/// The lines of every batch in `out`, in order.
+fn line_texts(out: &mut [Emitted]) -> Vec<String> {
+    records(out).into_iter().map(|r| r.0).collect()
+}
+
 fn records(out: &mut [Emitted]) -> Vec<(String, u64, u32)> {
     let mut v = Vec::new();
     for e in out.iter_mut() {
@@ -752,7 +757,7 @@ fn writer_still_holding_a_deleted_file_is_read_to_the_end() {
         h.tailer.poll_timeouts(h.now);
     }
     h.collect();
-    let lines: Vec<String> = records(&mut h.out).into_iter().map(|r| r.0).collect();
+    let lines = line_texts(&mut h.out);
     assert_eq!(lines, ["before", "after delete", "just before close"]);
     assert_eq!(h.tailer.file_count(), 0, "released after its rotate wait");
 }
@@ -775,7 +780,7 @@ fn partial_line_is_not_flushed_while_reading_is_paused() {
     h.read_all();
     h.tailer.release_all(h.now);
     h.collect();
-    let lines: Vec<String> = records(&mut h.out).into_iter().map(|r| r.0).collect();
+    let lines = line_texts(&mut h.out);
     assert_eq!(lines, ["first".to_owned(), long, "last".to_owned()]);
 }
 
@@ -801,7 +806,7 @@ fn multiline_record_does_not_time_out_while_reading_is_paused() {
     h.read_all();
     h.tailer.release_all(h.now);
     h.collect();
-    let recs: Vec<String> = records(&mut h.out).into_iter().map(|r| r.0).collect();
+    let recs: Vec<String> = line_texts(&mut h.out);
     assert_eq!(recs, [trace.to_owned(), "2026-01-01 INFO next".to_owned()]);
 }
 
@@ -865,7 +870,7 @@ fn copytruncate_copy_is_read_on_under_the_originals_origin() {
             origins.push((batch.file, batch.first_offset));
         }
     }
-    let mut got: Vec<String> = records(&mut h.out).into_iter().map(|r| r.0).collect();
+    let mut got: Vec<String> = line_texts(&mut h.out);
     // Across files there is no order (the copy and the new generation are read in turns).
     got.sort();
     assert_eq!(got, ["five", "four", "one", "three", "two"]);
@@ -1232,7 +1237,7 @@ fn copy_of_a_deleted_file_appearing_later_is_not_read_again() {
         .unwrap();
     f.write_all(b"three\n").unwrap();
     h.drain();
-    let lines: Vec<String> = records(&mut h.out).into_iter().map(|r| r.0).collect();
+    let lines = line_texts(&mut h.out);
     assert_eq!(lines, ["one", "two", "three"]);
 }
 
@@ -1292,7 +1297,7 @@ fn copy_shorter_than_what_was_read_before_the_truncation_is_not_read_again() {
     f.write_all(b"after\n").unwrap();
     h.read_all();
     h.drain();
-    let lines: Vec<String> = records(&mut h.out).into_iter().map(|r| r.0).collect();
+    let lines = line_texts(&mut h.out);
     assert_eq!(lines, ["one", "two", "between", "after"]);
     assert_eq!(resolved_lost(&h.out), [0]);
 }
@@ -1335,7 +1340,7 @@ fn truncation_of_a_file_not_read_yet_is_noticed_and_counted() {
     h.now += Duration::from_secs(31);
     h.tailer.poll_timeouts(h.now);
     h.collect();
-    let lines: Vec<String> = records(&mut h.out).into_iter().map(|r| r.0).collect();
+    let lines = line_texts(&mut h.out);
     assert_eq!(lines, ["second, longer"]);
     assert_eq!(resolved_lost(&h.out), [6]);
 }
@@ -1405,7 +1410,7 @@ fn truncation_of_a_file_never_read_to_its_end_finds_its_copy() {
     std::fs::write(&p, "after\n").unwrap();
     h.read_all();
     h.drain();
-    let lines: Vec<String> = records(&mut h.out).into_iter().map(|r| r.0).collect();
+    let lines = line_texts(&mut h.out);
     let mut want: Vec<String> = (0..20).map(|i| format!("line {i:02}")).collect();
     want.push("after".into());
     let mut got = lines.clone();
@@ -1437,7 +1442,7 @@ fn copy_first_seen_after_its_original_was_truncated_is_not_read_again() {
     h.tailer.read_turn(h.now, u64::MAX);
     h.read_all();
     h.drain();
-    let lines: Vec<String> = records(&mut h.out).into_iter().map(|r| r.0).collect();
+    let lines = line_texts(&mut h.out);
     assert_eq!(lines, ["one", "two", "three", "four"]);
 }
 
@@ -1469,7 +1474,7 @@ fn short_copy_first_seen_after_the_truncation_is_not_read_again() {
     }
     h.read_all();
     h.drain();
-    let lines: Vec<String> = records(&mut h.out).into_iter().map(|r| r.0).collect();
+    let lines = line_texts(&mut h.out);
     assert_eq!(lines, ["one", "two", "three", "four"]);
     assert!(h.tailer.pending_copies.is_empty(), "the copy was found");
 }
@@ -1523,7 +1528,7 @@ fn copy_made_before_a_resumed_file_was_first_read(no_fingerprint: bool) {
         h.tailer.poll_timeouts(h.now);
     }
     h.drain();
-    let lines: Vec<String> = records(&mut h.out).into_iter().map(|r| r.0).collect();
+    let lines = line_texts(&mut h.out);
     assert_eq!(
         lines,
         ["four"],
@@ -1565,7 +1570,7 @@ fn truncation_racing_the_read_that_finds_the_end_still_finds_the_copy() {
     h.collect();
     h.read_all();
     h.drain();
-    let lines: Vec<String> = records(&mut h.out).into_iter().map(|r| r.0).collect();
+    let lines = line_texts(&mut h.out);
     assert_eq!(lines, ["one", "two", "three", "four"]);
     assert_eq!(resolved_lost(&h.out), [0]);
 }
@@ -1594,7 +1599,7 @@ fn copy_and_truncation_between_a_first_read_and_its_end_is_still_recognised() {
     watcher::hooks::clear_before_read();
     h.read_all();
     h.drain();
-    let lines: Vec<String> = records(&mut h.out).into_iter().map(|r| r.0).collect();
+    let lines = line_texts(&mut h.out);
     assert_eq!(lines, ["one", "two", "three"]);
     assert_eq!(resolved_lost(&h.out), [0]);
 }
@@ -1751,7 +1756,7 @@ fn copy_seen_while_not_reading(first: &str, copy_seen_first: bool) {
     h.collect();
     h.read_all();
     h.drain();
-    let lines: Vec<String> = records(&mut h.out).into_iter().map(|r| r.0).collect();
+    let lines = line_texts(&mut h.out);
     let mut sorted = lines.clone();
     sorted.sort_unstable();
     let mut want = vec!["four", "three", "two"];

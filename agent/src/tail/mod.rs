@@ -859,7 +859,13 @@ impl Tailer {
             // Held back, but not for long.
             if size == 0 {
                 // A read finds nothing (and lets the file count as idle); it stays to be
-                // classified when it has bytes.
+                // classified when it has bytes. That read must not take bytes written since
+                // this look (copytruncate creates its copy empty, then fills it): they would be
+                // read unclassified, as a file of its own, and the original's lines in them
+                // shipped twice (the rotation model's wide seed 27). It reads none; bytes that
+                // arrived make it look again.
+                let t = self.files.get_mut(&key).expect("looked up above");
+                t.watcher.hold();
                 return true;
             }
             if self.begins_like_another(key, size)
@@ -1438,6 +1444,11 @@ impl Tailer {
             return 0;
         }
         if !self.classify(key, now) {
+            // Held back (a copy parked, or being written): not read again until an event, its
+            // poll time or its original's truncation says so.
+            if let Some(t) = self.files.get_mut(&key) {
+                t.more = false;
+            }
             return 0;
         }
         let before = self.held_by(key);

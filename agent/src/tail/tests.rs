@@ -1604,6 +1604,42 @@ fn copy_and_truncation_between_a_first_read_and_its_end_is_still_recognised() {
     assert_eq!(resolved_lost(&h.out), [0]);
 }
 
+/// The rotation model's wide seed 27: copytruncate creates the copy empty, and the agent
+/// tracks it while it is (a scan between the copy's creation and its first bytes). The copy's
+/// bytes arrive between the look that found it still empty and the read after it: that read
+/// must not take the copy's lines as a file of its own (they are the original's, already
+/// shipped), or they are stored twice — the copy is classified first, once it has bytes.
+#[test]
+fn copy_filled_between_its_empty_classification_and_its_read_is_not_read_as_its_own() {
+    let mut h = harness_with(None);
+    let p = h.path(0);
+    let copy = h.path(1);
+    std::fs::write(&p, "one\ntwo\n").unwrap();
+    h.read_all();
+    std::fs::File::create(&copy).unwrap();
+    let (target, original, mut armed) = (copy.clone(), p.clone(), true);
+    watcher::hooks::set_before_read(move |path, at| {
+        if path == target && at == 0 && std::mem::take(&mut armed) {
+            std::fs::copy(&original, path).unwrap();
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&original)
+                .unwrap();
+            f.set_len(0).unwrap();
+            f.write_all(b"three\n").unwrap();
+        }
+    });
+    h.read_all();
+    watcher::hooks::clear_before_read();
+    h.tailer.data_event(&copy);
+    h.tailer.data_event(&p);
+    h.read_all();
+    h.drain();
+    let lines = line_texts(&mut h.out);
+    assert_eq!(lines, ["one", "two", "three"]);
+    assert_eq!(resolved_lost(&h.out), [0]);
+}
+
 /// The rotation model's narrow seed 109: a new file's lines are read and shipped but not
 /// acknowledged (the collector is stopped), then copytruncate copies it outside the glob and
 /// truncates it; the copy holds nothing past where the original was read. The agent is killed

@@ -196,6 +196,9 @@ pub struct FileWatcher {
     /// The first bytes still have to be checked for a compressed format (a file read from its
     /// beginning, until it holds enough bytes to tell).
     sniff: bool,
+    /// The next read reads nothing: the tailer looked at the file before it was classified
+    /// and found it empty; bytes that arrived since are the tailer's to look at first.
+    hold: bool,
     /// A stat of its path saw it shorter than the read position while it was live.
     shrank_live: bool,
     /// Its last link is gone (deleted; the open handle is all that is left).
@@ -263,6 +266,7 @@ impl FileWatcher {
             line_flush_timeout,
             unread_bytes: 0,
             check_identity: false,
+            hold: false,
             sniff: pos == 0,
             shrank_live: false,
             deleted: false,
@@ -520,6 +524,8 @@ impl FileWatcher {
                 "file handle was given back; reopen it first",
             ));
         };
+        #[cfg(test)]
+        hooks::before_read(&self.path, self.read_pos);
         let meta = file.metadata()?;
         let size = meta.len();
         if meta.nlink() == 0 {
@@ -542,6 +548,14 @@ impl FileWatcher {
         }
         self.size = size;
         self.seen_size = self.seen_size.max(size);
+        if std::mem::take(&mut self.hold) {
+            self.at_eof = size == 0;
+            return Ok(if size == 0 {
+                ReadOutcome::Eof { bytes: 0 }
+            } else {
+                ReadOutcome::More { bytes: 0 }
+            });
+        }
         if self.sniff {
             let mut head = [0u8; SNIFF_BYTES];
             let got = super::fingerprint::read_full_at(file, &mut head)?;
@@ -695,6 +709,12 @@ impl FileWatcher {
     /// Whether the handle may be given back now without abandoning anything: the file is live
     /// (a rotated-away file keeps its handle until it is read and released, since its path no
     /// longer leads to it) and was read to its end.
+    /// The next read reads no byte (and tells whether any arrived): the file was found empty by
+    /// a look that must see its first bytes before they are read.
+    pub fn hold(&mut self) {
+        self.hold = true;
+    }
+
     pub fn can_close(&self) -> bool {
         self.file.is_some() && self.orphaned_at.is_none() && !self.has_unread()
     }

@@ -374,17 +374,36 @@ impl Case {
         self.finish_partial();
         self.signal_collector(false);
         self.start_agent();
-        let app = self.app();
+        // Wherever the file is now: renamed since (`app.log.1`), its new generation must be
+        // recorded all the same — a kill before that loses the old generation's lines read
+        // but not acknowledged, which the truncation destroyed (narrow seed 361: truncated
+        // with the collector stopped, renamed, killed). Released (read to its end out of a
+        // narrow glob): no entry, everything acknowledged.
         self.wait("the checkpoint to record the truncation", |c| {
-            let Ok(meta) = std::fs::metadata(&app) else {
+            let Some(size) = c.size_of_inode(u.inode) else {
                 return true;
             };
-            meta.ino() != u.inode
-                || c.checkpoint()
-                    .get(&u.inode)
-                    .is_some_and(|&(g, off, _)| g > u.generation_before && off == meta.len())
+            c.checkpoint()
+                .get(&u.inode)
+                .map_or(c.app_inode() != Some(u.inode), |&(g, off, _)| {
+                    g > u.generation_before && off == size
+                })
         });
         self.unsettled = None;
+    }
+
+    /// The size of the file in `logs/` with inode `inode`, if there is one.
+    fn size_of_inode(&self, inode: u64) -> Option<u64> {
+        std::fs::read_dir(&self.logs)
+            .ok()?
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .find(|m| m.ino() == inode)
+            .map(|m| m.len())
+    }
+
+    fn app_inode(&self) -> Option<u64> {
+        std::fs::metadata(self.app()).ok().map(|m| m.ino())
     }
 
     /// `app.log` is about to be renamed out of the glob: with the agent running, its checkpoint

@@ -75,6 +75,21 @@ pub struct FileCheckpoint {
     pub pending: Vec<PendingCopy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub birth: Option<u64>,
+    /// Recorded before its first line was whole (no fingerprint): what it began with then. A
+    /// restart that finds it beginning otherwise knows it was truncated while the agent was
+    /// stopped, and looks for the copy of what it held (copytruncate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<Probe>,
+}
+
+/// What a file without a whole first line began with: `len` bytes, their checksum with the
+/// file's birth time (as a fingerprint takes it) and without (as a copy's head is compared).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Probe {
+    pub len: u64,
+    pub checksum: u64,
+    pub head: u64,
 }
 
 /// A truncated file's previous content, waiting (up to `rotate_wait`) for its copy to appear:
@@ -146,6 +161,11 @@ impl FileCheckpoint {
             head: state.head,
             pending: state.pending.clone(),
             birth: (state.birth != 0).then_some(state.birth),
+            probe: state.probe.map(|(p, head)| Probe {
+                len: p.len,
+                checksum: p.checksum,
+                head,
+            }),
         }
     }
 }
@@ -260,6 +280,7 @@ impl Checkpoints {
                             head: None,
                             pending: Vec::new(),
                             birth: None,
+                            probe: None,
                         };
                         ((c.dev, c.inode), c)
                     })
@@ -383,6 +404,7 @@ mod tests {
                 head: None,
                 pending: Vec::new(),
                 birth: None,
+                probe: None,
             },
         );
         c.files.insert(
@@ -400,6 +422,7 @@ mod tests {
                 head: None,
                 pending: Vec::new(),
                 birth: None,
+                probe: None,
             },
         );
         c
@@ -470,6 +493,7 @@ mod tests {
                 head: Some(9),
                 pending: Vec::new(),
                 birth: None,
+                probe: None,
             },
         );
         c
@@ -661,6 +685,22 @@ mod tests {
                 .unread_bytes,
             0
         );
+    }
+
+    #[test]
+    fn probe_of_a_half_first_line_round_trips_and_is_absent_without_one() {
+        let mut c = sample_v3();
+        let key = *c.files.keys().next().unwrap();
+        let text = String::from_utf8(c.encode()).unwrap();
+        assert!(!text.contains("probe"), "{text}");
+        c.files.get_mut(&key).unwrap().probe = Some(Probe {
+            len: 15,
+            checksum: 7,
+            head: 9,
+        });
+        let text = String::from_utf8(c.encode()).unwrap();
+        assert!(text.contains("\"probe\""), "{text}");
+        assert_eq!(Checkpoints::decode(text.as_bytes()).unwrap(), c);
     }
 
     #[test]

@@ -104,7 +104,10 @@ impl Fingerprint {
     /// A checksum of whatever the file begins with, up to the window: not an identity (it
     /// depends on the size when it is taken), only a way to notice that a file whose first line
     /// is still incomplete was truncated and rewritten.
-    pub fn probe(file: &File, size: u64) -> io::Result<Option<Self>> {
+    /// With it, the hash of the same bytes alone (no birth time, as [`head_of`] takes it): what a
+    /// copy of the file begins with, should it be copied and truncated before its first line is
+    /// whole.
+    pub fn probe(file: &File, size: u64) -> io::Result<Option<(Self, u64)>> {
         let len = size.min(FINGERPRINT_WINDOW);
         if len == 0 {
             return Ok(None);
@@ -114,7 +117,10 @@ impl Fingerprint {
         if got == 0 {
             return Ok(None);
         }
-        Ok(Some(Self::of(&buf[..got], birth_ns(file))))
+        Ok(Some((
+            Self::of(&buf[..got], birth_ns(file)),
+            Self::of(&buf[..got], 0).checksum,
+        )))
     }
 
     /// Whether `file` still begins with the bytes this fingerprint was taken over. A file now

@@ -51,6 +51,8 @@ pub struct FileState {
     /// Birth time (ns; 0 where not recorded): an inode reused while the agent was stopped is
     /// another file.
     pub birth: u64,
+    /// Without a whole first line: what it begins with (see [`FileWatcher::probe`]).
+    pub probe: Option<(Fingerprint, u64)>,
 }
 
 impl FileState {
@@ -1304,9 +1306,17 @@ impl Tailer {
         let mut print = None;
         let start = match self.resume.get(&key) {
             Some(cp) => {
-                let same = match cp.fingerprint {
-                    Some(fp) => fp.matches(&fs::File::open(path)?)?,
-                    None => true,
+                let same = match (cp.fingerprint, cp.probe) {
+                    (Some(fp), _) => fp.matches(&fs::File::open(path)?)?,
+                    // Recorded with half a first line: it must still begin with it (else it
+                    // was truncated while the agent was stopped, and its copy holds the line;
+                    // narrow seed 367).
+                    (None, Some(p)) if cp.offset == 0 => Fingerprint {
+                        len: p.len,
+                        checksum: p.checksum,
+                    }
+                    .matches(&fs::File::open(path)?)?,
+                    (None, _) => true,
                 };
                 if same && meta.len() >= cp.offset {
                     StartAt::Resume {
@@ -1918,6 +1928,28 @@ impl Tailer {
 /// The print of a checkpointed file's content (a copy of it is read on from the checkpoint),
 /// waited for `wait` from now; what it held past the checkpoint is unknown (not counted).
 fn checkpointed_print(cp: &FileCheckpoint, wait: Duration) -> Option<PendingCopy> {
+    if cp.fingerprint.is_none()
+        && cp.offset == 0
+        && let Some(p) = cp.probe
+    {
+        // Nothing of it acknowledged, and its first line was not whole: the copy begins with
+        // what it began with, and is read from 0 under the identity its lines would have
+        // shipped under without a fingerprint (its birth time's).
+        return Some(PendingCopy {
+            origin: cp.origin.unwrap_or(crate::checkpoint::OriginV2 {
+                dev: cp.dev,
+                inode: cp.inode,
+                fingerprint: cp.birth.map_or(0, |b| Fingerprint::of(&[], b).checksum),
+                generation: cp.generation,
+            }),
+            head: p.head,
+            head_len: p.len,
+            tail: fingerprint::TailPrint::EMPTY,
+            from: 0,
+            lost: 0,
+            until_ms: ferry_core::now_ms().saturating_add(wait.as_millis() as i64),
+        });
+    }
     let fp = cp.fingerprint?;
     Some(PendingCopy {
         origin: cp.origin.unwrap_or(crate::checkpoint::OriginV2 {
@@ -1981,6 +2013,7 @@ fn state_of(w: &FileWatcher) -> FileState {
         head: w.head(),
         pending: w.pending().to_vec(),
         birth: w.birth(),
+        probe: w.probe(),
     }
 }
 

@@ -678,6 +678,7 @@ fn startup_resumes_or_restarts_from_the_checkpoint() {
             head: None,
             pending: Vec::new(),
             birth: None,
+            probe: None,
         }
     };
     let mut cps = Checkpoints::default();
@@ -1686,6 +1687,43 @@ fn copy_holding_only_unacknowledged_lines_is_read_again_after_a_kill() {
     assert_eq!(
         lines,
         ["one", "three", "two"],
+        "after the restart; checkpoint entries at the kill: {entries:?}"
+    );
+}
+
+/// The rotation model's narrow seed 367: a file recorded with half its first line, the agent
+/// killed before the line is whole; while it is stopped the line is completed and copytruncate
+/// copies the file out of the glob and truncates it. The restarted agent must tell the new
+/// content from the one it recorded (it no longer begins with the half line it saw) and read
+/// the old line from the copy — under the narrow glob, the only place left that holds it.
+#[test]
+fn content_recorded_with_half_a_first_line_and_copytruncated_while_stopped_is_read_from_its_copy() {
+    let mut h = harness_with(None);
+    let p = h.path(0);
+    std::fs::write(&p, "s367-000000-abc").unwrap();
+    h.read_all();
+    // Killed: nothing shipped (the line is not whole).
+    let cps = unacknowledged_checkpoint(&h.out);
+    let entries: Vec<(String, u64, bool)> = cps
+        .files
+        .values()
+        .map(|c| (c.path.clone(), c.offset, c.probe.is_some()))
+        .collect();
+    assert!(line_texts(&mut h.out).is_empty());
+    // While stopped: the line is completed, copied out of the glob (`*.log`), truncated.
+    let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+    f.write_all(b"def\n").unwrap();
+    drop(f);
+    std::fs::copy(&p, p.with_extension("log.1")).unwrap();
+    std::fs::write(&p, "s367-000001-new\n").unwrap();
+    h.out.clear();
+    h.tailer = restarted(&h, cps);
+    h.drain();
+    let mut lines = line_texts(&mut h.out);
+    lines.sort_unstable();
+    assert_eq!(
+        lines,
+        ["s367-000000-abcdef", "s367-000001-new"],
         "after the restart; checkpoint entries at the kill: {entries:?}"
     );
 }

@@ -170,6 +170,8 @@ pub struct FileWatcher {
     /// While there is no fingerprint yet (first line incomplete): a checksum of the bytes read,
     /// to notice a truncation that was rewritten past the read position.
     probe: Option<Fingerprint>,
+    /// The probe's bytes hashed alone (see [`Fingerprint::probe`]).
+    probe_head: Option<u64>,
     generation: u32,
     /// Next byte to read.
     read_pos: u64,
@@ -253,6 +255,7 @@ impl FileWatcher {
             fingerprint,
             unfixed_id,
             probe: None,
+            probe_head: None,
             generation,
             read_pos: pos,
             line_pos: pos,
@@ -311,6 +314,15 @@ impl FileWatcher {
 
     pub fn head(&self) -> Option<u64> {
         self.head
+    }
+
+    /// Without a whole first line: what the file began with when first looked at, with the
+    /// same bytes hashed alone (see [`Fingerprint::probe`]).
+    pub fn probe(&self) -> Option<(Fingerprint, u64)> {
+        match (self.fingerprint, self.probe, self.probe_head) {
+            (None, Some(p), Some(h)) => Some((p, h)),
+            _ => None,
+        }
     }
 
     pub fn tail(&self) -> Option<TailPrint> {
@@ -495,7 +507,7 @@ impl FileWatcher {
             size,
             &mut self.fingerprint,
             &mut self.head,
-            &mut self.probe,
+            (&mut self.probe, &mut self.probe_head),
         )
     }
 
@@ -605,7 +617,7 @@ impl FileWatcher {
                     size,
                     &mut self.fingerprint,
                     &mut self.head,
-                    &mut self.probe,
+                    (&mut self.probe, &mut self.probe_head),
                 )?;
             }
             let id = self.file_id();
@@ -833,6 +845,7 @@ impl FileWatcher {
         self.tail = None;
         self.origin = None;
         self.probe = None;
+        self.probe_head = None;
         self.read_pos = 0;
         self.line_pos = 0;
         self.size = 0;
@@ -881,7 +894,7 @@ fn identify(
     size: u64,
     fingerprint: &mut Option<Fingerprint>,
     head: &mut Option<u64>,
-    probe: &mut Option<Fingerprint>,
+    (probe, probe_head): (&mut Option<Fingerprint>, &mut Option<u64>),
 ) -> io::Result<()> {
     if fingerprint.is_some() || size == 0 {
         return Ok(());
@@ -889,7 +902,11 @@ fn identify(
     *fingerprint = Fingerprint::take(file, size)?;
     match *fingerprint {
         Some(fp) => *head = head_of(file, fp.len)?,
-        None if probe.is_none() => *probe = Fingerprint::probe(file, size)?,
+        None if probe.is_none() => {
+            if let Some((p, h)) = Fingerprint::probe(file, size)? {
+                (*probe, *probe_head) = (Some(p), Some(h));
+            }
+        }
         None => {}
     }
     Ok(())

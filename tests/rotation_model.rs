@@ -392,6 +392,15 @@ impl Case {
         self.unsettled = None;
     }
 
+    /// Copies the checkpoint still waits for of files it no longer tracks.
+    fn waiting_copies(&self) -> usize {
+        std::fs::read_to_string(self.data.join("checkpoints.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["waiting"].as_array().map(Vec::len))
+            .unwrap_or(0)
+    }
+
     /// The size of the file in `logs/` with inode `inode`, if there is one.
     fn size_of_inode(&self, inode: u64) -> Option<u64> {
         std::fs::read_dir(&self.logs)
@@ -752,7 +761,10 @@ impl Case {
                 Ok(m) if m.len() > 0 => cp.get(&m.ino()).is_some_and(|e| e.1 == m.len()),
                 _ => true,
             };
-            all_done && live_done
+            // Copies still waited for of files released since (a truncated file deleted
+            // while its copy was waited for): counted once the wait is over.
+            let none_waited = c.waiting_copies() == 0;
+            all_done && live_done && none_waited
         });
         let mut agent = self.agent.take().expect("agent running");
         let code = agent.terminate(Duration::from_secs(30));

@@ -28,6 +28,8 @@
 //! | `.tail` (v2)   | `{offset, len, checksum}`: hash of the `len` bytes before `offset` (≤ 4 KiB), to recognise a copy of this file after it was truncated |
 //! | `.head` (v2)   | hash of the first line's content alone (no birth time)          |
 //! | `.birth` (v3) | the file's birth time in ns, where the file system keeps one: a file found on the inode with another birth time is another file (the inode was reused while the agent was stopped) |
+//! | `waiting` (v3, optional) | copies still waited for of files released since, each `{path, dev, inode, print}` (`print` as in `.pending`): waited for on after a restart, and counted as unread if none appears |
+//! | `.probe` (v3, optional) | `{len, checksum, head}` of what a file recorded before its first line was whole began with: a restart that finds it beginning otherwise reads its old content's copy |
 //! | `.pending` (v3) | the contents this file had before its truncations whose copy (copytruncate) has not been found yet, each `{origin, head, head_len, tail, from, lost, until_ms}` — the copy is read on from `from` under `origin` if it appears before `until_ms`; else `lost` bytes are counted as unread |
 
 use crate::tail::FileState;
@@ -226,6 +228,9 @@ struct CheckpointsV2 {
     /// See [`Checkpoints::unread_bytes`] (absent before 2026-12-05, and while 0).
     #[serde(default, skip_serializing_if = "is_zero")]
     unread_bytes: u64,
+    /// See [`Checkpoints::waiting`] (absent before 2026-12-05, and while empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    waiting: Vec<WaitedCopy>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -243,9 +248,56 @@ pub struct Checkpoints {
     /// and added to `ferry_agent_unread_bytes_total`, only after the write; rotation model,
     /// wide seed 162).
     pub unread_bytes: u64,
+    /// Copies still waited for of files released since (read to their end and gone, or gone
+    /// while the agent was stopped): kept until their wait is over, so that a kill before then
+    /// neither forgets the copy nor the bytes to count if none appears (rotation model, wide
+    /// seed 540: a truncated file deleted while its copy was waited for, then a kill).
+    pub waiting: Vec<WaitedCopy>,
+}
+
+/// A copy waited for of a file no longer tracked: the file's last path and key, and the print.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitedCopy {
+    pub path: String,
+    pub dev: u64,
+    pub inode: u64,
+    pub print: PendingCopy,
 }
 
 impl Checkpoints {
+    /// `state`'s file is acknowledged up to `offset`.
+    pub fn advance(&mut self, state: &FileState, offset: u64) {
+        let cp = FileCheckpoint::of(state, offset).keeping_tail_of(self.files.get(&state.key));
+        self.files.insert(state.key, cp);
+    }
+
+    /// The file `key` is no longer tracked; copies its earlier contents still wait for are
+    /// waited for on without it.
+    pub fn release(&mut self, key: (u64, u64)) {
+        if let Some(cp) = self.files.remove(&key) {
+            for print in cp.pending {
+                self.waiting.push(WaitedCopy {
+                    path: cp.path.clone(),
+                    dev: cp.dev,
+                    inode: cp.inode,
+                    print,
+                });
+            }
+        }
+    }
+
+    /// The wait for the copy of `key`'s content shipped under `origin` is over; `lost` bytes
+    /// were never read.
+    pub fn copy_resolved(&mut self, key: (u64, u64), origin: FileId, lost: u64) {
+        if let Some(cp) = self.files.get_mut(&key) {
+            cp.pending.retain(|p| FileId::from(p.origin) != origin);
+        }
+        self.waiting
+            .retain(|w| (w.dev, w.inode) != key || FileId::from(w.print.origin) != origin);
+        self.unread_bytes = self.unread_bytes.saturating_add(lost);
+    }
+
     /// The entry whose last seen path is `path`.
     pub fn by_path(&self, path: &str) -> Option<&FileCheckpoint> {
         self.files.values().find(|c| c.path == path)
@@ -256,6 +308,7 @@ impl Checkpoints {
             agent_id: self.agent_id.clone(),
             files: self.files.values().cloned().collect(),
             unread_bytes: self.unread_bytes,
+            waiting: self.waiting.clone(),
         })
     }
 
@@ -286,9 +339,11 @@ impl Checkpoints {
                     })
                     .collect(),
                 unread_bytes: 0,
+                waiting: Vec::new(),
             },
             CheckpointFile::V2(v2) | CheckpointFile::V3(v2) => Self {
                 unread_bytes: v2.unread_bytes,
+                waiting: v2.waiting,
                 agent_id: v2.agent_id,
                 files: v2
                     .files

@@ -645,13 +645,8 @@ impl<O: Output> Shipper<O> {
 /// Applies a checkpoint fact; returns bytes to count as unread once it is written.
 fn apply_control(cps: &mut Checkpoints, s: Shipment) -> Option<(usize, Arc<str>, u64)> {
     match s {
-        Shipment::Position { state, offset } => {
-            let cp = FileCheckpoint::of(&state, offset).keeping_tail_of(cps.files.get(&state.key));
-            cps.files.insert(state.key, cp);
-        }
-        Shipment::Released { key, .. } => {
-            cps.files.remove(&key);
-        }
+        Shipment::Position { state, offset } => cps.advance(&state, offset),
+        Shipment::Released { key, .. } => cps.release(key),
         Shipment::CopyResolved {
             key,
             origin,
@@ -660,11 +655,7 @@ fn apply_control(cps: &mut Checkpoints, s: Shipment) -> Option<(usize, Arc<str>,
             path,
             ..
         } => {
-            if let Some(cp) = cps.files.get_mut(&key) {
-                cp.pending
-                    .retain(|p| ferry_core::record::FileId::from(p.origin) != origin);
-            }
-            cps.unread_bytes = cps.unread_bytes.saturating_add(lost);
+            cps.copy_resolved(key, origin, lost);
             return (lost > 0).then_some((input, path, lost));
         }
         Shipment::Batch { .. } => {}

@@ -282,20 +282,31 @@ impl Tailer {
         let roots = discovery::roots(&inputs);
         // Copies still waited for when the last run stopped: waited for on.
         let (now, now_ms) = (Instant::now(), ferry_core::now_ms());
+        // (Those of files released since too.)
         let pending_copies = checkpoints
             .files
             .iter()
-            .flat_map(|(key, cp)| cp.pending.iter().map(move |print| (key, cp, *print)))
-            .filter_map(|(key, cp, print)| {
+            .flat_map(|(key, cp)| {
+                cp.pending
+                    .iter()
+                    .map(move |print| (*key, cp.path.as_str(), *print))
+            })
+            .chain(
+                checkpoints
+                    .waiting
+                    .iter()
+                    .map(|w| ((w.dev, w.inode), w.path.as_str(), w.print)),
+            )
+            .filter_map(|(key, path_str, print)| {
                 let left = u64::try_from(print.until_ms.saturating_sub(now_ms)).unwrap_or(0);
-                let path = Path::new(&cp.path);
+                let path = Path::new(path_str);
                 Some(CopyWanted {
-                    original: *key,
+                    original: key,
                     print,
                     until: now + Duration::from_millis(left),
                     dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
                     input: discovery::owner(&inputs, path).or((!inputs.is_empty()).then_some(0))?,
-                    path: Arc::from(cp.path.as_str()),
+                    path: Arc::from(path_str),
                     persisted: true,
                 })
             })

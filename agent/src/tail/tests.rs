@@ -916,19 +916,11 @@ fn copy_outside_the_glob_is_read_on_after_a_restart() {
                     .keeping_tail_of(cps.files.get(&state.key));
                 cps.files.insert(state.key, cp);
             }
-            Emitted::Position { state, offset } => {
-                let cp =
-                    FileCheckpoint::of(state, *offset).keeping_tail_of(cps.files.get(&state.key));
-                cps.files.insert(state.key, cp);
-            }
-            Emitted::Released { key, .. } => {
-                cps.files.remove(key);
-            }
-            Emitted::CopyResolved { key, origin, .. } => {
-                if let Some(cp) = cps.files.get_mut(key) {
-                    cp.pending.retain(|p| FileId::from(p.origin) != *origin);
-                }
-            }
+            Emitted::Position { state, offset } => cps.advance(state, *offset),
+            Emitted::Released { key, .. } => cps.release(*key),
+            Emitted::CopyResolved {
+                key, origin, lost, ..
+            } => cps.copy_resolved(*key, *origin, *lost),
         }
     }
     assert!(
@@ -1094,6 +1086,62 @@ fn truncate_before_the_copy_appears(h: &mut Harness) -> PathBuf {
     f.write_all(b"five\n").unwrap();
     h.read_all();
     copy
+}
+
+/// The checkpoint a shipper keeps when everything emitted is acknowledged.
+fn acknowledged_checkpoint(out: &[Emitted]) -> Checkpoints {
+    let mut cps = Checkpoints::default();
+    for e in out {
+        match e {
+            Emitted::Batch { state, batch, .. } => cps.advance(state, batch.end_offset),
+            Emitted::Position { state, offset } => cps.advance(state, *offset),
+            Emitted::Released { key, .. } => cps.release(*key),
+            Emitted::CopyResolved {
+                key, origin, lost, ..
+            } => cps.copy_resolved(*key, *origin, *lost),
+        }
+    }
+    cps
+}
+
+/// The rotation model's wide seed 540: a file truncated while its unread bytes' copy is still
+/// waited for is deleted and released; the agent is killed before the wait is over. The wait
+/// must outlive the file's checkpoint entry: the restarted agent waits on, and counts the bytes
+/// as unread when no copy appears (before: the entry went, and the wait with it — the bytes
+/// were never counted).
+#[test]
+fn copy_waited_for_of_a_file_released_since_is_waited_for_after_a_restart() {
+    let mut h = harness_with(None);
+    truncate_before_the_copy_appears(&mut h);
+    assert_eq!(h.tailer.pending_copies.len(), 1, "the copy is waited for");
+    std::fs::remove_file(h.path(0)).unwrap();
+    for _ in 0..4 {
+        h.now += Duration::from_secs(2);
+        h.tailer.poll_timeouts(h.now);
+        h.read_all();
+    }
+    assert!(
+        h.out.iter().any(|e| matches!(e, Emitted::Released { .. })),
+        "the deleted file is released"
+    );
+    assert!(resolved_lost(&h.out).is_empty(), "still waited for");
+    let cps = acknowledged_checkpoint(&h.out);
+    assert!(cps.files.is_empty(), "{cps:?}");
+    assert_eq!(
+        cps.waiting.iter().map(|w| w.print.lost).collect::<Vec<_>>(),
+        [11]
+    );
+    let cps = Checkpoints::decode(&cps.encode()).unwrap();
+    // Killed; restarted; no copy appears.
+    h.out.clear();
+    h.tailer = restarted(&h, cps);
+    h.read_all();
+    h.now += Duration::from_secs(31);
+    h.tailer.poll_timeouts(h.now);
+    h.read_all();
+    assert_eq!(resolved_lost(&h.out), [11]);
+    let cps = acknowledged_checkpoint(&h.out);
+    assert!(cps.waiting.is_empty(), "{cps:?}");
 }
 
 /// rotate_wait: the truncation is seen before the copy exists; the unread bytes are held as

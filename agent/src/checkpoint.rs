@@ -112,6 +112,12 @@ pub struct PendingCopy {
     pub lost: u64,
     /// Wall-clock deadline (Unix ms) for the copy to appear.
     pub until_ms: i64,
+    /// Set when the content was recorded before its first line was whole (a probe, no
+    /// fingerprint): the original's birth time. Its lines, if any shipped, shipped under the
+    /// fingerprint of the first line they completed, which only the copy tells: the copy is
+    /// read under the fingerprint of its own first line taken with this birth time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub birth: Option<u64>,
 }
 
 /// The origin a copy's lines ship under (the original's identity).
@@ -637,6 +643,7 @@ mod tests {
                 from: 6100,
                 lost: 300,
                 until_ms: 1_700_000_030_000,
+                birth: None,
             }];
         }
         c

@@ -87,6 +87,11 @@ impl Fingerprint {
     /// Fixes a fingerprint for `file`, whose size is `size`: over its first line (or full
     /// window), or `None` while it has neither (empty, or a first line without its newline).
     pub fn take(file: &File, size: u64) -> io::Result<Option<Self>> {
+        Self::take_as(file, size, birth_ns(file))
+    }
+
+    /// [`Self::take`] for a file born at `birth_ns` (a copy taken for its original).
+    pub fn take_as(file: &File, size: u64, birth_ns: u64) -> io::Result<Option<Self>> {
         let len = size.min(FINGERPRINT_WINDOW);
         if len == 0 {
             return Ok(None);
@@ -98,7 +103,7 @@ impl Fingerprint {
             None if got as u64 == FINGERPRINT_WINDOW => got,
             None => return Ok(None),
         };
-        Ok(Some(Self::of(&buf[..len], birth_ns(file))))
+        Ok(Some(Self::of(&buf[..len], birth_ns)))
     }
 
     /// A checksum of whatever the file begins with, up to the window: not an identity (it

@@ -177,6 +177,7 @@ fn print_of(w: &FileWatcher, from: u64, lost: u64, wait: Duration) -> Option<Pen
         from,
         lost,
         until_ms: ferry_core::now_ms().saturating_add(wait.as_millis() as i64),
+        birth: None,
     })
 }
 
@@ -1088,7 +1089,14 @@ impl Tailer {
         // killed then never read them again — the copy was the only place left that held
         // them; the rotation model's narrow seed 109.)
         let offset = from.min(size);
-        let origin = Some(FileId::from(w.print.origin));
+        let mut origin = FileId::from(w.print.origin);
+        if let Some(birth) = w.print.birth
+            && let Ok(file) = fs::File::open(path)
+            && let Ok(Some(fp)) = Fingerprint::take_as(&file, size, birth)
+        {
+            origin.fingerprint = fp.checksum;
+        }
+        let origin = Some(origin);
         if t.watcher.skip_to(offset).is_err() {
             self.resolve(w, lost_all);
             return;
@@ -1944,8 +1952,11 @@ fn checkpointed_print(cp: &FileCheckpoint, wait: Duration) -> Option<PendingCopy
         && let Some(p) = cp.probe
     {
         // Nothing of it acknowledged, and its first line was not whole: the copy begins with
-        // what it began with, and is read from 0 under the identity its lines would have
-        // shipped under without a fingerprint (its birth time's).
+        // what it began with, and is read from 0 under the identity its lines shipped under if
+        // any did (the line completed, shipped and acknowledged before a kill the checkpoint
+        // did not hear of): its first line's fingerprint with the original's birth time, taken
+        // from the copy (`birth`). Or, without a whole first line in the copy either, under
+        // the birth time's identity alone.
         return Some(PendingCopy {
             origin: cp.origin.unwrap_or(crate::checkpoint::OriginV2 {
                 dev: cp.dev,
@@ -1959,6 +1970,7 @@ fn checkpointed_print(cp: &FileCheckpoint, wait: Duration) -> Option<PendingCopy
             from: 0,
             lost: 0,
             until_ms: ferry_core::now_ms().saturating_add(wait.as_millis() as i64),
+            birth: cp.origin.is_none().then_some(cp.birth.unwrap_or(0)),
         });
     }
     let fp = cp.fingerprint?;
@@ -1978,6 +1990,7 @@ fn checkpointed_print(cp: &FileCheckpoint, wait: Duration) -> Option<PendingCopy
         from: cp.offset,
         lost: 0,
         until_ms: ferry_core::now_ms().saturating_add(wait.as_millis() as i64),
+        birth: None,
     })
 }
 

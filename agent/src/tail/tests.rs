@@ -1776,6 +1776,56 @@ fn content_recorded_with_half_a_first_line_and_copytruncated_while_stopped_is_re
     );
 }
 
+/// The other half of the gap the rotation model's `identified` wait stepped around: a file
+/// recorded with half its first line (the checkpoint holds a probe, no fingerprint); the line is
+/// completed, read, shipped and acknowledged, and the agent killed before a checkpoint write
+/// records the fingerprint; while it is stopped, copytruncate. The restarted agent reads the
+/// copy under the identity the line was shipped under (its first line's fingerprint with the
+/// original's birth time), so the collector knows it for a replay: stored once.
+#[test]
+fn line_acknowledged_before_its_fingerprint_was_checkpointed_is_replayed_under_its_origin() {
+    let mut h = harness_with(None);
+    let p = h.path(0);
+    std::fs::write(&p, "s900-000000-abcdef").unwrap();
+    h.read_all();
+    // The last checkpoint written before the kill.
+    let cps = unacknowledged_checkpoint(&h.out);
+    assert!(
+        cps.files
+            .values()
+            .all(|c| c.fingerprint.is_none() && c.probe.is_some())
+    );
+    let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+    f.write_all(b"ghij\n").unwrap();
+    drop(f);
+    h.tailer.data_event(&p);
+    h.tailer.read_turn(h.now, u64::MAX);
+    h.now += Duration::from_millis(300);
+    h.tailer.poll_timeouts(h.now);
+    h.collect();
+    // Shipped and acknowledged; the checkpoint that says so never written.
+    let first_run = records_by_origin(&mut h.out);
+    assert_eq!(first_run.len(), 1);
+    std::fs::copy(&p, p.with_extension("log.1")).unwrap();
+    std::fs::write(&p, "s900-000001-new\n").unwrap();
+    h.out.clear();
+    h.tailer = restarted(&h, cps);
+    h.drain();
+    let recs = records_by_origin(&mut h.out);
+    let mut lines: Vec<&str> = recs.iter().map(|(l, _, _)| l.as_str()).collect();
+    lines.sort_unstable();
+    assert_eq!(lines, ["s900-000000-abcdefghij", "s900-000001-new"]);
+    let old = recs
+        .iter()
+        .find(|r| r.0 == "s900-000000-abcdefghij")
+        .unwrap();
+    assert_eq!(
+        (old.1, old.2),
+        (first_run[0].1, first_run[0].2),
+        "the old line is read again under the origin and offset it was first shipped with"
+    );
+}
+
 /// The rotation model's wide seed 114: a file first recorded with half its first line (no
 /// fingerprint in the checkpoint), then completed and read, not acknowledged; killed; while the
 /// agent is stopped, copytruncate. The restarted agent must tell the new content from the old

@@ -436,32 +436,6 @@ impl Case {
         });
     }
 
-    /// The agent is about to be killed: if `app.log`'s checkpoint entry has no fingerprint (it
-    /// was recorded with half a first line) and the line is whole now, wait until the
-    /// checkpoint has it. Killed before that (within `checkpoint_interval` of the read that
-    /// completed the line), the next run cannot tell this content from one a copytruncate
-    /// leaves while it is stopped (wide seed 114): it resumes the new content as the old one
-    /// at offset 0 and reads the copy as a file of its own. An open gap of issue 12 (the
-    /// checkpoint could keep a probe of the half line to tell them apart); not what this model
-    /// is after.
-    fn identified(&mut self) {
-        let Ok(meta) = std::fs::metadata(self.app()) else {
-            return;
-        };
-        let whole = std::fs::read(self.app()).is_ok_and(|b| b.contains(&b'\n'));
-        let unidentified = |c: &Self| {
-            c.entry_of_app(meta.ino())
-                .is_some_and(|e| e["fingerprint"].is_null() && e["offset"].as_u64() == Some(0))
-        };
-        if !whole || !unidentified(self) {
-            return;
-        }
-        self.signal_collector(false);
-        self.wait("the checkpoint to have app.log's fingerprint", |c| {
-            !unidentified(c)
-        });
-    }
-
     /// A file of `size` bytes is about to be deleted: the agent must know it (have it in its
     /// checkpoint), so that "no entry" later means "read and released".
     fn going(&mut self, inode: u64, size: u64) {
@@ -715,7 +689,6 @@ impl Case {
             }
             78..=84 if running => {
                 self.settle();
-                self.identified();
                 self.kill_agent();
                 self.note("agent SIGKILL");
             }

@@ -1025,6 +1025,22 @@ fn restarted(h: &Harness, checkpoints: Checkpoints) -> Tailer {
     )
 }
 
+/// The agent killed with `cps` on disk and started again, run until it is done: the records
+/// it emits, by line.
+fn restart_and_drain(h: &mut Harness, cps: Checkpoints) -> Vec<(String, FileId, u64)> {
+    h.out.clear();
+    h.tailer = restarted(h, cps);
+    h.drain();
+    let mut recs = records_by_origin(&mut h.out);
+    recs.sort_by(|a, b| a.0.cmp(&b.0));
+    recs
+}
+
+fn append_to(p: &Path, bytes: &[u8]) {
+    let mut f = std::fs::OpenOptions::new().append(true).open(p).unwrap();
+    f.write_all(bytes).unwrap();
+}
+
 /// (line, identity it shipped under, its offset there) of every record emitted so far.
 fn records_by_origin(out: &mut [Emitted]) -> Vec<(String, FileId, u64)> {
     let mut v = Vec::new();
@@ -1739,91 +1755,71 @@ fn copy_holding_only_unacknowledged_lines_is_read_again_after_a_kill() {
     );
 }
 
-/// The rotation model's narrow seed 367: a file recorded with half its first line, the agent
-/// killed before the line is whole; while it is stopped the line is completed and copytruncate
-/// copies the file out of the glob and truncates it. The restarted agent must tell the new
-/// content from the one it recorded (it no longer begins with the half line it saw) and read
-/// the old line from the copy — under the narrow glob, the only place left that holds it.
-#[test]
-fn content_recorded_with_half_a_first_line_and_copytruncated_while_stopped_is_read_from_its_copy() {
+/// A file recorded with half its first line (the checkpoint holds a probe of it, no
+/// fingerprint); killed; while the agent is stopped the line is completed and copytruncate
+/// copies the file out of the glob (`*.log`) and truncates it. The restarted agent must tell
+/// the new content from the one it recorded (it no longer begins with the half line) and read
+/// the old line from the copy — under a narrow glob the only place left that holds it — under
+/// the identity a shipped line was stored with (its first line's fingerprint with the
+/// original's birth time), so that the collector knows it for a replay.
+/// `shipped`: the line was completed, read, shipped and acknowledged before the kill, and no
+/// checkpoint write recorded its fingerprint (the gap the rotation model's `identified` wait
+/// stepped around); else the kill came before the line was whole (narrow seed 367).
+fn half_first_line_copytruncated_while_stopped(shipped: bool) {
     let mut h = harness_with(None);
     let p = h.path(0);
     std::fs::write(&p, "s367-000000-abc").unwrap();
     h.read_all();
-    // Killed: nothing shipped (the line is not whole).
+    // The last checkpoint written before the kill.
     let cps = unacknowledged_checkpoint(&h.out);
     let entries: Vec<(String, u64, bool)> = cps
         .files
         .values()
         .map(|c| (c.path.clone(), c.offset, c.probe.is_some()))
         .collect();
-    assert!(line_texts(&mut h.out).is_empty());
-    // While stopped: the line is completed, copied out of the glob (`*.log`), truncated.
-    let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
-    f.write_all(b"def\n").unwrap();
-    drop(f);
+    assert!(
+        cps.files
+            .values()
+            .all(|c| c.fingerprint.is_none() && c.probe.is_some()),
+        "{entries:?}"
+    );
+    append_to(&p, b"def\n");
+    let mut first_run = Vec::new();
+    if shipped {
+        h.tailer.data_event(&p);
+        h.tailer.read_turn(h.now, u64::MAX);
+        h.now += Duration::from_millis(300);
+        h.tailer.poll_timeouts(h.now);
+        h.collect();
+        first_run = records_by_origin(&mut h.out);
+        assert_eq!(first_run.len(), 1);
+    }
     std::fs::copy(&p, p.with_extension("log.1")).unwrap();
     std::fs::write(&p, "s367-000001-new\n").unwrap();
-    h.out.clear();
-    h.tailer = restarted(&h, cps);
-    h.drain();
-    let mut lines = line_texts(&mut h.out);
-    lines.sort_unstable();
+    let recs = restart_and_drain(&mut h, cps);
+    let lines: Vec<&str> = recs.iter().map(|r| r.0.as_str()).collect();
     assert_eq!(
         lines,
         ["s367-000000-abcdef", "s367-000001-new"],
         "after the restart; checkpoint entries at the kill: {entries:?}"
     );
+    if shipped {
+        assert_eq!(
+            (recs[0].1, recs[0].2),
+            (first_run[0].1, first_run[0].2),
+            "the old line is read again under the origin and offset it was first shipped with"
+        );
+    }
 }
 
-/// The other half of the gap the rotation model's `identified` wait stepped around: a file
-/// recorded with half its first line (the checkpoint holds a probe, no fingerprint); the line is
-/// completed, read, shipped and acknowledged, and the agent killed before a checkpoint write
-/// records the fingerprint; while it is stopped, copytruncate. The restarted agent reads the
-/// copy under the identity the line was shipped under (its first line's fingerprint with the
-/// original's birth time), so the collector knows it for a replay: stored once.
+#[test]
+fn content_recorded_with_half_a_first_line_and_copytruncated_while_stopped_is_read_from_its_copy() {
+    half_first_line_copytruncated_while_stopped(false);
+}
+
 #[test]
 fn line_acknowledged_before_its_fingerprint_was_checkpointed_is_replayed_under_its_origin() {
-    let mut h = harness_with(None);
-    let p = h.path(0);
-    std::fs::write(&p, "s900-000000-abcdef").unwrap();
-    h.read_all();
-    // The last checkpoint written before the kill.
-    let cps = unacknowledged_checkpoint(&h.out);
-    assert!(
-        cps.files
-            .values()
-            .all(|c| c.fingerprint.is_none() && c.probe.is_some())
-    );
-    let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
-    f.write_all(b"ghij\n").unwrap();
-    drop(f);
-    h.tailer.data_event(&p);
-    h.tailer.read_turn(h.now, u64::MAX);
-    h.now += Duration::from_millis(300);
-    h.tailer.poll_timeouts(h.now);
-    h.collect();
-    // Shipped and acknowledged; the checkpoint that says so never written.
-    let first_run = records_by_origin(&mut h.out);
-    assert_eq!(first_run.len(), 1);
-    std::fs::copy(&p, p.with_extension("log.1")).unwrap();
-    std::fs::write(&p, "s900-000001-new\n").unwrap();
-    h.out.clear();
-    h.tailer = restarted(&h, cps);
-    h.drain();
-    let recs = records_by_origin(&mut h.out);
-    let mut lines: Vec<&str> = recs.iter().map(|(l, _, _)| l.as_str()).collect();
-    lines.sort_unstable();
-    assert_eq!(lines, ["s900-000000-abcdefghij", "s900-000001-new"]);
-    let old = recs
-        .iter()
-        .find(|r| r.0 == "s900-000000-abcdefghij")
-        .unwrap();
-    assert_eq!(
-        (old.1, old.2),
-        (first_run[0].1, first_run[0].2),
-        "the old line is read again under the origin and offset it was first shipped with"
-    );
+    half_first_line_copytruncated_while_stopped(true);
 }
 
 /// The rotation model's wide seed 114: a file first recorded with half its first line (no

@@ -349,9 +349,19 @@ impl Consumer {
         }
         let n = max.min(self.buffered.len());
         let out: Vec<ConsumedRecord> = self.buffered.drain(..n).collect();
-        for r in &out {
-            if let Some(pos) = self.positions.get_mut(&(r.topic.clone(), r.partition)) {
-                *pos = (*pos).max(r.offset + 1);
+        // One position update per run of a partition's records (they come in runs: a fetch's
+        // batches, partition by partition), not a key built per record.
+        let mut i = 0;
+        while i < out.len() {
+            let (topic, partition) = (&out[i].topic, out[i].partition);
+            let mut last = out[i].offset;
+            i += 1;
+            while i < out.len() && out[i].partition == partition && out[i].topic == *topic {
+                last = last.max(out[i].offset);
+                i += 1;
+            }
+            if let Some(pos) = self.positions.get_mut(&(topic.clone(), partition)) {
+                *pos = (*pos).max(last + 1);
             }
         }
         Ok(out)

@@ -18,21 +18,32 @@ const FORMAT: &str = "json";
 const MAX_DEPTH: usize = 64;
 
 pub fn parse(line: &[u8], out: &mut FieldSlots) -> Result<(), ParseError> {
+    // The key path's buffer is the slots' (no allocation per line).
+    let mut path = std::mem::take(&mut out.scratch);
+    path.clear();
     let mut s = Scanner {
         b: line,
         i: 0,
-        path: Vec::new(),
+        path,
     };
-    s.ws();
-    if s.peek() != Some(b'{') {
-        return Err(s.err("expected a JSON object"));
+    let r = s.document(out);
+    out.scratch = s.path;
+    r
+}
+
+impl Scanner<'_> {
+    fn document(&mut self, out: &mut FieldSlots) -> Result<(), ParseError> {
+        self.ws();
+        if self.peek() != Some(b'{') {
+            return Err(self.err("expected a JSON object"));
+        }
+        self.object(out, 0, true)?;
+        self.ws();
+        if self.i != self.b.len() {
+            return Err(self.err("unexpected data after the object"));
+        }
+        Ok(())
     }
-    s.object(out, 0, true)?;
-    s.ws();
-    if s.i != line.len() {
-        return Err(s.err("unexpected data after the object"));
-    }
-    Ok(())
 }
 
 struct Scanner<'a> {

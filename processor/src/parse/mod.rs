@@ -59,12 +59,18 @@ pub struct FieldSlots {
     names: Vec<String>,
     /// Invariant: same length as `names`.
     vals: Vec<Option<Span>>,
+    /// A parser's scratch buffer (the JSON parser's key path), kept from line to line.
+    pub(crate) scratch: Vec<u8>,
 }
 
 impl FieldSlots {
     pub fn new(names: Vec<String>) -> Self {
         let vals = vec![None; names.len()];
-        Self { names, vals }
+        Self {
+            names,
+            vals,
+            scratch: Vec::new(),
+        }
     }
 
     pub fn names(&self) -> &[String] {

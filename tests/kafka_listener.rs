@@ -2058,6 +2058,45 @@ fn sasl_plain_and_scram_authenticate_principals_and_their_permissions_hold() {
     assert_eq!(http_lines_as(&c, "app-plain", "app-secret").len(), 100);
 }
 
+/// kafka-python told the broker is Kafka 0.11 (`api_version=(0, 11, 0)`) does SASL as clients of
+/// Kafka before 1.0 do: SaslHandshake v0, then raw tokens without a request header (no
+/// SaslAuthenticate). It produces, then consumes in a group; the output of the script.
+fn kafka_python_0_11_sasl(c: &Collector, mechanism: &str, password: &str, topic: &str) -> String {
+    let script = format!(
+        "import sys\nfrom kafka import KafkaProducer, KafkaConsumer\nkw = dict(bootstrap_servers='{b}', api_version=(0, 11, 0), security_protocol='SASL_PLAINTEXT', sasl_mechanism='{mechanism}', sasl_plain_username='app', sasl_plain_password='{password}')\ntry:\n    p = KafkaProducer(max_block_ms=5000, **kw)\n    fs = [p.send('{topic}', b'v0-%d' % i) for i in range(100)]\n    p.flush(20)\n    print('sent', sum(1 for f in fs if f.succeeded()))\nexcept Exception as e:\n    print('refused', type(e).__name__)\n    sys.exit(0)\nc = KafkaConsumer('{topic}', group_id='g-{topic}', auto_offset_reset='earliest', consumer_timeout_ms=5000, **kw)\nprint('consumed', len([m.value for m in c]))\nc.close()\n",
+        b = c.bootstrap(),
+    );
+    let out = run_within(
+        Command::new(python()).args(["-c", &script]),
+        b"",
+        Duration::from_secs(90),
+    )
+    .1;
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn sasl_handshake_v0_raw_tokens_of_a_pre_1_0_client_authenticate() {
+    let dir = Dir::new("kafka-listener-sasl-v0");
+    let c = Collector::start(&dir, "sasl-v0", Some(&format!("collector:\n{PRINCIPALS}")));
+    for (m, topic) in [("PLAIN", "app-v0-plain"), ("SCRAM-SHA-256", "app-v0-scram")] {
+        let out = kafka_python_0_11_sasl(&c, m, "app-secret", topic);
+        assert!(
+            out.contains("sent 100") && out.contains("consumed 100"),
+            "{m}: {out}"
+        );
+        assert_eq!(http_lines_as(&c, topic, "app-secret").len(), 100, "{m}");
+        // A wrong password: the connection is closed, nothing is stored.
+        let out = kafka_python_0_11_sasl(&c, m, "wrong", topic);
+        assert!(out.contains("refused"), "{m} with a wrong password: {out}");
+        assert_eq!(http_lines_as(&c, topic, "app-secret").len(), 100, "{m}");
+    }
+}
+
 fn http_lines_as(c: &Collector, topic: &str, token: &str) -> Vec<String> {
     let out = run_ok(
         ferry().args([

@@ -101,8 +101,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreateTopics, 0, 5),
     (ApiKey::DeleteTopics, 0, 5),
     (ApiKey::InitProducerId, 0, 4),
-    // v0 is listed because librdkafka looks for it to offer SASL at all; clients that see v1
-    // use it with SaslAuthenticate (raw v0 SASL frames are not read).
+    // v1 is followed by SaslAuthenticate requests; v0 by raw SASL tokens (length-prefixed, no
+    // request header), as clients of Kafka before 1.0 send them (`read_raw_sasl`).
     (ApiKey::SaslHandshake, 0, 1),
     (ApiKey::SaslAuthenticate, 0, 2),
 ];
@@ -142,6 +142,8 @@ pub struct Conn {
     /// Who it authenticated as (`None`: not yet, or no authentication is configured).
     pub principal: std::sync::Mutex<Option<crate::auth::Principal>>,
     exchange: std::sync::Mutex<sasl::Exchange>,
+    /// A SaslHandshake v0 chose a mechanism: the next frames are raw SASL tokens.
+    raw_sasl: std::sync::atomic::AtomicBool,
 }
 
 impl Conn {
@@ -150,6 +152,7 @@ impl Conn {
             host,
             principal: std::sync::Mutex::new(principal),
             exchange: std::sync::Mutex::new(sasl::Exchange::Start),
+            raw_sasl: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -443,7 +446,23 @@ async fn read_requests<R: tokio::io::AsyncRead + Unpin>(
     tx: &tokio::sync::mpsc::Sender<InFlight>,
     shutdown: &Shutdown,
 ) -> Result<(), ConnEnd> {
+    // A SaslHandshake v0 was read: once it is answered, the raw tokens it announces may follow.
+    let mut handshake_v0 = false;
     loop {
+        if std::mem::take(&mut handshake_v0) {
+            // Every earlier request answered (they hold the whole pipeline before
+            // authentication), the handshake's outcome is known.
+            let Ok(all) = room.clone().acquire_many_owned(PIPELINE).await else {
+                return Ok(());
+            };
+            drop(all);
+            if conn
+                .raw_sasl
+                .swap(false, std::sync::atomic::Ordering::AcqRel)
+            {
+                read_raw_sasl(broker, rd, conn, room, tx, shutdown).await?;
+            }
+        }
         let len = tokio::select! {
             _ = shutdown.wait() => return Ok(()),
             r = rd.read_i32() => match r {
@@ -469,7 +488,7 @@ async fn read_requests<R: tokio::io::AsyncRead + Unpin>(
                 {
                     let correlation = i32::from_be_bytes([head[4], head[5], head[6], head[7]]);
                     let answer = bare_error(correlation, code::MESSAGE_TOO_LARGE);
-                    answer_and_close(room, tx, answer).await;
+                    queue_answer(room, tx, answer).await;
                 }
             }
             return Err(ConnEnd::Protocol(format!("frame length {len}")));
@@ -489,6 +508,14 @@ async fn read_requests<R: tokio::io::AsyncRead + Unpin>(
             }
         }
         let prepared = broker.prepare(frame.freeze());
+        handshake_v0 = matches!(
+            prepared,
+            Prepared::Request {
+                key: ApiKey::SaslHandshake,
+                version: 0,
+                ..
+            }
+        );
         let unauthenticated = broker.auth_required && conn.who().is_none();
         // A request that runs alone takes the whole pipeline: it starts once every earlier
         // request was answered, and later ones wait for it. So does every request before the
@@ -509,7 +536,7 @@ async fn read_requests<R: tokio::io::AsyncRead + Unpin>(
             metrics::counter!("ferry_kafka_unauthenticated_requests_total").increment(1);
             tracing::info!(host = %conn.host, "kafka listener: request before authentication; connection closed");
             let answer = bare_error(correlation, code::SASL_AUTHENTICATION_FAILED);
-            answer_and_close(room, tx, answer).await;
+            queue_answer(room, tx, answer).await;
             return Err(ConnEnd::Protocol("request before authentication".into()));
         }
         let task = tokio::spawn(broker.clone().execute(prepared, conn.clone()));
@@ -520,8 +547,49 @@ async fn read_requests<R: tokio::io::AsyncRead + Unpin>(
     }
 }
 
-/// Queues a last answer behind the connection's other responses.
-async fn answer_and_close(
+/// After a SaslHandshake v0: raw SASL tokens, each a length-prefixed frame without a request
+/// header, each answered by a length-prefixed frame of the mechanism's reply (empty for PLAIN),
+/// until the exchange is done. A failed authentication closes the connection, as Kafka does
+/// (v0 has no error code to answer with).
+async fn read_raw_sasl<R: tokio::io::AsyncRead + Unpin>(
+    broker: &Arc<Broker>,
+    rd: &mut BufReader<R>,
+    conn: &Arc<Conn>,
+    room: &Arc<Semaphore>,
+    tx: &tokio::sync::mpsc::Sender<InFlight>,
+    shutdown: &Shutdown,
+) -> Result<(), ConnEnd> {
+    while conn.who().is_none() {
+        let len = tokio::select! {
+            _ = shutdown.wait() => return Ok(()),
+            r = rd.read_i32() => r?,
+        };
+        if len < 0 || len as usize > broker.max_frame_bytes {
+            metrics::counter!("ferry_kafka_bad_frames_total", "reason" => "length").increment(1);
+            return Err(ConnEnd::Protocol(format!("raw SASL token length {len}")));
+        }
+        let mut token = vec![0u8; len as usize];
+        match tokio::time::timeout(FRAME_READ_TIMEOUT, rd.read_exact(&mut token)).await {
+            Ok(r) => {
+                r?;
+            }
+            Err(_) => {
+                return Err(ConnEnd::Protocol(
+                    "raw SASL token not completed in time".into(),
+                ));
+            }
+        }
+        let reply = broker
+            .sasl_step(conn, &token)
+            .map_err(|e| ConnEnd::Protocol(format!("SASL authentication failed: {e}")))?;
+        queue_answer(room, tx, Bytes::from(reply)).await;
+    }
+    Ok(())
+}
+
+/// Queues an answer behind the connection's other responses (the last one, where the
+/// connection closes after it).
+async fn queue_answer(
     room: &Arc<Semaphore>,
     tx: &tokio::sync::mpsc::Sender<InFlight>,
     answer: Bytes,
@@ -680,7 +748,7 @@ impl Broker {
                 ResponseKind::ApiVersions(admin::api_versions(code::NONE))
             }
             RequestKind::SaslHandshake(r) => {
-                ResponseKind::SaslHandshake(self.sasl_handshake(conn, r))
+                ResponseKind::SaslHandshake(self.sasl_handshake(conn, r, version))
             }
             RequestKind::SaslAuthenticate(r) => {
                 ResponseKind::SaslAuthenticate(self.sasl_authenticate(conn, r))
@@ -798,6 +866,7 @@ impl Broker {
         &self,
         conn: &Conn,
         r: kafka_protocol::messages::SaslHandshakeRequest,
+        version: i16,
     ) -> kafka_protocol::messages::SaslHandshakeResponse {
         let offered = sasl::MECHANISMS
             .iter()
@@ -814,6 +883,10 @@ impl Broker {
         match sasl::Mechanism::parse(r.mechanism.as_str()) {
             Some(m) => {
                 *ex = sasl::Exchange::Chosen(m);
+                if version == 0 {
+                    conn.raw_sasl
+                        .store(true, std::sync::atomic::Ordering::Release);
+                }
                 resp
             }
             None => resp.with_error_code(code::UNSUPPORTED_SASL_MECHANISM),
@@ -826,8 +899,19 @@ impl Broker {
         r: kafka_protocol::messages::SaslAuthenticateRequest,
     ) -> kafka_protocol::messages::SaslAuthenticateResponse {
         use kafka_protocol::messages::SaslAuthenticateResponse;
+        match self.sasl_step(conn, &r.auth_bytes) {
+            Ok(reply) => SaslAuthenticateResponse::default().with_auth_bytes(Bytes::from(reply)),
+            Err(e) => SaslAuthenticateResponse::default()
+                .with_error_code(code::SASL_AUTHENTICATION_FAILED)
+                .with_error_message(Some(kafka_protocol::protocol::StrBytes::from_string(e))),
+        }
+    }
+
+    /// One step of the connection's SASL exchange (a SaslAuthenticate request's bytes, or a raw
+    /// v0 token): the bytes to answer; the connection's principal is set once it is done.
+    fn sasl_step(&self, conn: &Conn, input: &[u8]) -> Result<Vec<u8>, String> {
         let step = match conn.exchange.lock() {
-            Ok(mut ex) => sasl::step(&self.state.auth, &self.salt, &mut ex, &r.auth_bytes),
+            Ok(mut ex) => sasl::step(&self.state.auth, &self.salt, &mut ex, input),
             Err(_) => Err("connection state poisoned".into()),
         };
         match step {
@@ -840,15 +924,13 @@ impl Broker {
                         *slot = Some(p);
                     }
                 }
-                SaslAuthenticateResponse::default().with_auth_bytes(Bytes::from(reply))
+                Ok(reply)
             }
             Err(e) => {
                 metrics::counter!("ferry_kafka_authentications_total", "result" => "failed")
                     .increment(1);
                 tracing::info!(host = %conn.host, error = %e, "kafka client authentication failed");
-                SaslAuthenticateResponse::default()
-                    .with_error_code(code::SASL_AUTHENTICATION_FAILED)
-                    .with_error_message(Some(kafka_protocol::protocol::StrBytes::from_string(e)))
+                Err(e)
             }
         }
     }

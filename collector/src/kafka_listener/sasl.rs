@@ -2,8 +2,9 @@
 //! against the collector's principals (`collector.auth.principals`): the SASL user name is the
 //! principal's `name`, the password its token. A connection that must authenticate (any
 //! principal is configured) may send only ApiVersions, SaslHandshake and SaslAuthenticate
-//! until it has; a verified TLS client certificate whose CN is a principal's `cert_cn`
-//! authenticates it at once.
+//! (or, after a SaslHandshake v0, raw SASL tokens: `read_raw_sasl` in mod.rs) until it has; a
+//! verified TLS client certificate whose CN is a principal's `cert_cn` authenticates it at
+//! once.
 //!
 //! SCRAM needs no stored verifier: the server knows the token, so it derives the salted
 //! password itself, with a salt per principal made from a secret drawn at start (stable for

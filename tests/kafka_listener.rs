@@ -1937,12 +1937,12 @@ fn python_sasl_produce(
             .map(|p| format!(", 'ssl.ca.location': '{}'", p.display()))
             .unwrap_or_default(),
     );
-    let out = run_within(
-        Command::new(python()).args(["-c", &script]),
-        b"",
-        Duration::from_secs(60),
-    )
-    .1;
+    python_script(&script, Duration::from_secs(60))
+}
+
+/// Runs a Python client script; its stdout and stderr.
+fn python_script(script: &str, within: Duration) -> String {
+    let out = run_within(Command::new(python()).args(["-c", script]), b"", within).1;
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -2066,17 +2066,7 @@ fn kafka_python_0_11_sasl(c: &Collector, mechanism: &str, password: &str, topic:
         "import sys\nfrom kafka import KafkaProducer, KafkaConsumer\nkw = dict(bootstrap_servers='{b}', api_version=(0, 11, 0), security_protocol='SASL_PLAINTEXT', sasl_mechanism='{mechanism}', sasl_plain_username='app', sasl_plain_password='{password}')\ntry:\n    p = KafkaProducer(max_block_ms=5000, **kw)\n    fs = [p.send('{topic}', b'v0-%d' % i) for i in range(100)]\n    p.flush(20)\n    print('sent', sum(1 for f in fs if f.succeeded()))\nexcept Exception as e:\n    print('refused', type(e).__name__)\n    sys.exit(0)\nc = KafkaConsumer('{topic}', group_id='g-{topic}', auto_offset_reset='earliest', consumer_timeout_ms=5000, **kw)\nprint('consumed', len([m.value for m in c]))\nc.close()\n",
         b = c.bootstrap(),
     );
-    let out = run_within(
-        Command::new(python()).args(["-c", &script]),
-        b"",
-        Duration::from_secs(90),
-    )
-    .1;
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    python_script(&script, Duration::from_secs(90))
 }
 
 #[test]

@@ -718,15 +718,15 @@ impl FileWatcher {
         self.file.is_some()
     }
 
-    /// Whether the handle may be given back now without abandoning anything: the file is live
-    /// (a rotated-away file keeps its handle until it is read and released, since its path no
-    /// longer leads to it) and was read to its end.
     /// The next read reads no byte (and tells whether any arrived): the file was found empty by
     /// a look that must see its first bytes before they are read.
     pub fn hold(&mut self) {
         self.hold = true;
     }
 
+    /// Whether the handle may be given back now without abandoning anything: the file is live
+    /// (a rotated-away file keeps its handle until it is read and released, since its path no
+    /// longer leads to it) and was read to its end.
     pub fn can_close(&self) -> bool {
         self.file.is_some() && self.orphaned_at.is_none() && !self.has_unread()
     }

@@ -166,14 +166,26 @@ impl CopyWanted {
 /// The print of a file's content as of now, about to be truncated: its copy is read on from
 /// `from` (the first byte not handed out); `lost` bytes past it are gone unless a copy holds them.
 fn print_of(w: &FileWatcher, from: u64, lost: u64, wait: Duration) -> Option<PendingCopy> {
+    // Nothing handed out yet: any copy holds the same (nothing) before where it starts.
+    let tail = w
+        .tail()
+        .or((from == 0).then_some(fingerprint::TailPrint::EMPTY))?;
+    print_with(w, tail, from, lost, wait)
+}
+
+/// [`print_of`] with the tail print a copy must match, taken before `from` moved.
+fn print_with(
+    w: &FileWatcher,
+    tail: fingerprint::TailPrint,
+    from: u64,
+    lost: u64,
+    wait: Duration,
+) -> Option<PendingCopy> {
     Some(PendingCopy {
         origin: w.file_id().into(),
         head: w.head()?,
         head_len: w.fingerprint()?.len,
-        // Nothing handed out yet: any copy holds the same (nothing) before where it starts.
-        tail: w
-            .tail()
-            .or((from == 0).then_some(fingerprint::TailPrint::EMPTY))?,
+        tail,
         from,
         lost,
         until_ms: ferry_core::now_ms().saturating_add(wait.as_millis() as i64),
@@ -213,8 +225,6 @@ struct Tracked {
     backoff: Duration,
     /// The order it was tracked in (the tailer's count of files tracked before it).
     found: u64,
-    /// It was empty when it was tracked: a new file is classified only once it has bytes.
-    found_empty: bool,
 }
 
 const ORPHAN_POLL_MIN: Duration = Duration::from_millis(50);
@@ -819,11 +829,12 @@ impl Tailer {
         if !t.unclassified && t.parked.is_none() {
             return true;
         }
-        // New files of its directory tracked before it while still empty (an application's
-        // new log, written to since) are classified first: this one may be their copy. Not
-        // classified yet, they would be no candidate original, and a copytruncate's copy of a
-        // file the agent had not read yet (its buffer full) would be read as a file of its own
-        // while the original's truncation waits for a copy in vain (wide seed 254).
+        // New files of its directory tracked before it (an application's new log, written to
+        // since, or a file found and not read yet) are classified first: this one may be their
+        // copy. Not classified yet, they would be no candidate original, and a copytruncate's
+        // copy of a file the agent had not read yet (its buffer full, or no read turn since it
+        // was found) would be read as a file of its own while the original's truncation waits
+        // for a copy in vain, then counts what the copy held as lost (wide seed 254).
         if t.unclassified {
             let dir = t.watcher.path().parent();
             let earlier: Vec<FileKey> = self
@@ -832,7 +843,6 @@ impl Tailer {
                 .filter(|(k, o)| {
                     **k != key
                         && o.unclassified
-                        && o.found_empty
                         && o.found < t.found
                         && o.watcher.path().parent() == dir
                 })
@@ -895,18 +905,28 @@ impl Tailer {
         let head = fingerprint::head_of(file, fp.len).ok().flatten();
         let dir = t.watcher.path().parent().map(Path::to_path_buf);
         let wanted = t.parked;
+        // Candidate originals: files with its first line in its directory, classified ones
+        // first. A file found before it and not classified yet is one too — classified just
+        // above, it was held back (found truncated to nothing before its first read: its
+        // first line is the one it was opened with), and this is its copy.
+        let mut candidates: Vec<(bool, u64, FileKey)> = self
+            .files
+            .iter()
+            .filter(|(k, o)| {
+                **k != key
+                    && o.parked.is_none()
+                    && (!o.unclassified || o.found < t.found)
+                    && o.watcher.head().is_some()
+                    && o.watcher.head() == head
+                    && o.watcher.path().parent().map(Path::to_path_buf) == dir
+                    && wanted.is_none_or(|w| w == **k)
+            })
+            .map(|(k, o)| (o.unclassified, o.found, *k))
+            .collect();
+        candidates.sort_unstable();
         let mut copy_of = None;
-        for (k, o) in &self.files {
-            if *k == key
-                || o.parked.is_some()
-                || o.unclassified
-                || o.watcher.head().is_none()
-                || o.watcher.head() != head
-                || o.watcher.path().parent().map(Path::to_path_buf) != dir
-                || wanted.is_some_and(|w| w != *k)
-            {
-                continue;
-            }
+        for (_, _, k) in &candidates {
+            let (k, o) = (k, &self.files[k]);
             let Some(orig) = o.watcher.handle() else {
                 // The original's handle was given back (descriptor budget): the bytes before
                 // where it was last read to its end are what a copy must hold at that place.
@@ -1429,7 +1449,6 @@ impl Tailer {
                 next_poll: None,
                 backoff: ORPHAN_POLL_MIN,
                 found: self.found,
-                found_empty: meta.len() == 0,
             },
         );
         self.open_handles += 1;
@@ -1586,9 +1605,16 @@ impl Tailer {
                     // A copy of the old content may be next to it (copytruncate): it can be
                     // recognised if the file has a head and a tail print.
                     // (Nothing read from it: its copy is read from 0.)
-                    let copyable = watcher.truncation_is_ours()
-                        && watcher.head().is_some()
-                        && (watcher.tail().is_some() || watcher.line_pos() == 0);
+                    // The print a copy must match: the last one of what was handed out, or
+                    // none needed if nothing was — taken before the incomplete line is handed
+                    // out below. (Taken after, a first line found half read had nothing
+                    // printed, and its copy, not looked for, was read from 0: the half
+                    // shipped twice.)
+                    let tail = watcher
+                        .tail()
+                        .or((watcher.line_pos() == 0).then_some(fingerprint::TailPrint::EMPTY));
+                    let copyable =
+                        watcher.truncation_is_ours() && watcher.head().is_some() && tail.is_some();
                     // Hand out everything of the old content under its old identity first (an
                     // incomplete last line too: the copy, if found, is read on right after it).
                     watcher.flush_partial(now, true, &mut route);
@@ -1622,9 +1648,9 @@ impl Tailer {
                     }
                     let before = watcher.unread_bytes();
                     let from = watcher.line_pos();
-                    let print = copyable
-                        .then(|| print_of(watcher, from, 0, input.rotate_wait))
-                        .flatten();
+                    let print = tail
+                        .filter(|_| copyable)
+                        .and_then(|tail| print_with(watcher, tail, from, 0, input.rotate_wait));
                     watcher.restart_after_truncation();
                     let lost = watcher.unread_bytes() - before;
                     if let Some(mut print) = print {

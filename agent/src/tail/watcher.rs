@@ -23,7 +23,7 @@
 //! Invariant: `line_pos <= read_pos`, and `read_pos - line_pos` is the incomplete line held by
 //! the splitter. Every byte in `[start, line_pos)` was handed out in exactly one line.
 
-use super::fingerprint::{Fingerprint, TAIL_WINDOW, TailPrint, head_of};
+use super::fingerprint::{Fingerprint, TAIL_WINDOW, TailPrint, birth_ns, head_of};
 use crate::checkpoint::PendingCopy;
 use crate::lines::{Line, LineSplitter};
 use ferry_core::record::FileId;
@@ -505,6 +505,7 @@ impl FileWatcher {
         identify(
             file,
             size,
+            None,
             &mut self.fingerprint,
             &mut self.head,
             (&mut self.probe, &mut self.probe_head),
@@ -615,6 +616,7 @@ impl FileWatcher {
                 identify(
                     file,
                     size,
+                    (self.read_pos == 0).then_some(&buf[..n]),
                     &mut self.fingerprint,
                     &mut self.head,
                     (&mut self.probe, &mut self.probe_head),
@@ -889,9 +891,16 @@ pub(crate) mod hooks {
 
 /// Fixes `fingerprint` (and `head`) of `file`, `size` bytes long, if its first line is whole;
 /// else takes a `probe` of what it begins with, once.
+///
+/// `first`: the bytes a read just took from the file's start. They decide when they hold the
+/// first line (or a full window), and are what a probe is of: a second read of the file's start
+/// could find it truncated already (copytruncate between the two reads) — the content would
+/// then have no identity, its truncation would not look for its copy, and the copy, holding
+/// lines already shipped, would be read as a file of its own.
 fn identify(
     file: &File,
     size: u64,
+    first: Option<&[u8]>,
     fingerprint: &mut Option<Fingerprint>,
     head: &mut Option<u64>,
     (probe, probe_head): (&mut Option<Fingerprint>, &mut Option<u64>),
@@ -899,14 +908,42 @@ fn identify(
     if fingerprint.is_some() || size == 0 {
         return Ok(());
     }
+    if let Some(bytes) = first {
+        let window = &bytes[..bytes
+            .len()
+            .min(super::fingerprint::FINGERPRINT_WINDOW as usize)];
+        let len = match memchr::memchr(b'\n', window) {
+            Some(nl) => Some(nl + 1),
+            None if window.len() as u64 == super::fingerprint::FINGERPRINT_WINDOW => {
+                Some(window.len())
+            }
+            None => None,
+        };
+        if let Some(len) = len {
+            *fingerprint = Some(Fingerprint::of(&bytes[..len], birth_ns(file)));
+            *head = Some(Fingerprint::of(&bytes[..len], 0).checksum);
+            return Ok(());
+        }
+    }
     *fingerprint = Fingerprint::take(file, size)?;
     match *fingerprint {
         Some(fp) => *head = head_of(file, fp.len)?,
-        None if probe.is_none() => {
-            if let Some((p, h)) = Fingerprint::probe(file, size)? {
-                (*probe, *probe_head) = (Some(p), Some(h));
+        None if probe.is_none() => match first {
+            Some(bytes) if !bytes.is_empty() => {
+                let w = &bytes[..bytes
+                    .len()
+                    .min(super::fingerprint::FINGERPRINT_WINDOW as usize)];
+                (*probe, *probe_head) = (
+                    Some(Fingerprint::of(w, birth_ns(file))),
+                    Some(Fingerprint::of(w, 0).checksum),
+                );
             }
-        }
+            _ => {
+                if let Some((p, h)) = Fingerprint::probe(file, size)? {
+                    (*probe, *probe_head) = (Some(p), Some(h));
+                }
+            }
+        },
         None => {}
     }
     Ok(())

@@ -197,9 +197,31 @@ impl TailPrint {
         }
     }
 
+    /// The print of fewer bytes before `offset` than [`TailPrint::take`] covers: all that a
+    /// read still held when the file could no longer be read again (truncated just after).
+    pub fn of_part(bytes: &[u8], offset: u64) -> Self {
+        debug_assert!((bytes.len() as u64) < offset.min(TAIL_WINDOW));
+        Self {
+            offset,
+            len: bytes.len() as u64,
+            checksum: Fingerprint::of(bytes, 0).checksum,
+        }
+    }
+
+    /// A print of fewer bytes than the window (see [`TailPrint::of_part`]).
+    pub fn is_part(&self) -> bool {
+        self.len < self.offset.min(TAIL_WINDOW)
+    }
+
     /// Whether `file` holds the same bytes before `self.offset`.
     pub fn matches(&self, file: &File) -> io::Result<bool> {
-        Ok(Self::take(file, self.offset)? == Some(*self))
+        if !self.is_part() {
+            return Ok(Self::take(file, self.offset)? == Some(*self));
+        }
+        let len = self.len as usize;
+        let mut buf = [0u8; TAIL_WINDOW as usize];
+        let got = read_full_at_from(file, &mut buf[..len], self.offset - self.len)?;
+        Ok(got == len && Fingerprint::of(&buf[..len], 0).checksum == self.checksum)
     }
 }
 

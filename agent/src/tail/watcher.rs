@@ -583,6 +583,7 @@ impl FileWatcher {
             }
         }
         let mut total = 0u64;
+        let mut part = None;
         while total < budget {
             let want = (budget - total).min(buf.len() as u64) as usize;
             #[cfg(test)]
@@ -601,11 +602,16 @@ impl FileWatcher {
                 // the last one stays — the truncation the next read notices looks for its
                 // copy by it.
                 if self.line_pos > 0
-                    && self.tail.is_none_or(|t| t.offset != self.line_pos)
+                    && self
+                        .tail
+                        .is_none_or(|t| t.offset != self.line_pos || t.is_part())
                     && let Some(tp) =
                         tail_print(file, self.line_pos, self.fingerprint.or(self.probe))?
                 {
                     self.tail = Some(tp);
+                }
+                if self.tail.is_none() {
+                    self.tail = part;
                 }
                 return Ok(ReadOutcome::Eof { bytes: total });
             }
@@ -637,15 +643,18 @@ impl FileWatcher {
             // window: a second read to take it could find the file truncated already (copied
             // and truncated between the two reads), and then no print would be taken at all —
             // the copy would not be recognised and would be read again from its first byte.
-            if self.tail.is_none() && self.line_pos > 0 {
+            // Not all of the window in this read (the content's first lines were read by
+            // earlier ones): the part of it this read holds is kept, a print of last resort
+            // should the file be truncated before a whole one can be taken from it.
+            if self.tail.is_none() && self.line_pos > self.read_pos {
                 let len = self.line_pos.min(TAIL_WINDOW);
                 let start = self.line_pos - len;
-                if start >= self.read_pos && self.line_pos <= self.read_pos + n as u64 {
+                let end = (self.line_pos - self.read_pos) as usize;
+                if start >= self.read_pos && end <= n {
                     let from = (start - self.read_pos) as usize;
-                    self.tail = Some(TailPrint::of(
-                        &buf[from..from + len as usize],
-                        self.line_pos,
-                    ));
+                    self.tail = Some(TailPrint::of(&buf[from..end], self.line_pos));
+                } else if end <= n {
+                    part = Some(TailPrint::of_part(&buf[..end], self.line_pos));
                 }
             }
             self.read_pos += n as u64;
@@ -654,8 +663,10 @@ impl FileWatcher {
         }
         // Read on without reaching the end (a file far behind, or written faster than it is
         // read): a tail print all the same, or a truncation now could not find its copy.
-        if self.line_pos > 0 && self.tail.is_none() {
-            self.tail = tail_print(file, self.line_pos, self.fingerprint.or(self.probe))?;
+        if self.line_pos > 0 && self.tail.is_none_or(|t| t.is_part()) {
+            self.tail = tail_print(file, self.line_pos, self.fingerprint.or(self.probe))?
+                .or(self.tail)
+                .or(part);
         }
         Ok(ReadOutcome::More { bytes: total })
     }

@@ -2163,6 +2163,12 @@ impl FsOp {
 /// except what a truncation destroyed unread, which is counted exactly. Seeded
 /// (`FERRY_SEED=N` reruns one, `FERRY_SEEDS=N` runs seeds 0..N); a failure prints its seed and
 /// steps.
+///
+/// `FERRY_FUZZ_KILLS=1` adds agent kills (a restart from what was acknowledged, the last few
+/// emissions in flight either stored unacknowledged or lost). Not on by default: it fails on
+/// about 15 % of seeds (lines of an adopted copy read again under the copy's own identity after
+/// a restart, and bytes counted lost that were stored), not yet told apart into faults of the
+/// agent and of this model of acknowledgement — the next step of issue 12 (see its notes).
 #[test]
 fn copytruncate_racing_the_tailer_at_every_step_ships_every_byte_once_or_counts_it() {
     let seeds: Vec<u64> = match std::env::var("FERRY_SEED") {
@@ -2237,6 +2243,9 @@ fn racing_copytruncate(seed: u64) -> Result<(), String> {
         }
     };
     let mut trace: Vec<String> = Vec::new();
+    // What a checkpoint holds at least (the emissions acknowledged at the last kill).
+    let mut durable = 0;
+    let kills = std::env::var_os("FERRY_FUZZ_KILLS").is_some();
     let n = rng.random_range(1..5);
     let first = lines(&mut rng, n);
     ops.borrow_mut().push_back(FsOp::Append(app.clone(), first));
@@ -2283,6 +2292,23 @@ fn racing_copytruncate(seed: u64) -> Result<(), String> {
                 op.apply(&events);
             }
             for _ in 0..rng.random_range(0..4) {
+                if kills && rng.random_bool(0.03) {
+                    // SIGKILL and restart: the checkpoint on disk is what was acknowledged
+                    // (what was emitted but the last few items, in flight at the kill; never
+                    // less than at the last kill); what was in flight either reached the
+                    // collector unacknowledged (and replays of it are dropped by its
+                    // per-origin dedup) or was lost.
+                    let least = h.out.len().saturating_sub(6).max(durable);
+                    let acked = rng.random_range(least..=h.out.len());
+                    durable = acked;
+                    let cps = acknowledged_checkpoint(&h.out[..acked]);
+                    if rng.random_bool(0.5) {
+                        h.out.truncate(acked);
+                    }
+                    h.tailer = restarted(&h, cps);
+                    trace.push(format!("kill, {acked} acknowledged"));
+                    continue;
+                }
                 match rng.random_range(0..4) {
                     0 => {
                         let k = rng.random_range(0..=events.borrow().len());
@@ -2334,7 +2360,18 @@ fn racing_copytruncate(seed: u64) -> Result<(), String> {
         .map(|s| s.unread_bytes)
         .sum::<u64>()
         + resolved_lost(&h.out).iter().sum::<u64>();
-    let recs = spans_by_origin(&mut h.out);
+    // The collector's per-origin dedup: a record below what its origin already stored is a
+    // replay, dropped.
+    let mut stored: HashMap<FileId, u64> = HashMap::new();
+    let recs: Vec<(String, FileId, u64, u64)> = spans_by_origin(&mut h.out)
+        .into_iter()
+        .filter(|(_, id, off, span)| {
+            let end = stored.entry(*id).or_default();
+            let keep = *off >= *end;
+            *end = (*end).max(off + span);
+            keep
+        })
+        .collect();
     let mut whole: HashMap<&str, usize> = HashMap::new();
     for (l, ..) in &recs {
         *whole.entry(l.as_str()).or_default() += 1;

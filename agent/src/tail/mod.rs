@@ -1053,6 +1053,18 @@ impl Tailer {
     /// again. Not found yet: waited for until `w.until` (`rotate_wait`), then what the
     /// original held unread is counted as lost.
     fn find_copy(&mut self, w: CopyWanted, now: Instant) {
+        // Adopted already: the agent was stopped after the checkpoint recorded the copy (read
+        // under the original's origin) and before it recorded the wait's end. Over now,
+        // counting only what the copy does not hold (not all the original held unread: the
+        // copy's lines were read, and counting them lost said so wrongly).
+        if let Some(size) = self.adopted_size(&w) {
+            let lost = w
+                .print
+                .lost
+                .saturating_sub(size.saturating_sub(w.print.from));
+            self.resolve(w, lost);
+            return;
+        }
         match self.look_for_copy(&w) {
             Some((path, meta)) => self.adopt_copy(w, &path, &meta, now),
             None if now < w.until => {
@@ -1066,6 +1078,26 @@ impl Tailer {
                 self.resolve(w, lost);
             }
         }
+    }
+
+    /// The size of the copy of `w`'s content if one is tracked already (read under that
+    /// content's origin).
+    fn adopted_size(&self, w: &CopyWanted) -> Option<u64> {
+        let o = w.print.origin;
+        self.files
+            .iter()
+            .find(|(k, t)| {
+                **k != w.original
+                    && t.watcher.origin().is_some_and(|id| {
+                        (id.dev, id.inode, id.generation) == (o.dev, o.inode, o.generation)
+                    })
+            })
+            .map(|(_, t)| {
+                t.watcher
+                    .handle()
+                    .and_then(|f| f.metadata().ok())
+                    .map_or(t.watcher.seen_size(), |m| m.len())
+            })
     }
 
     /// Reads the copy at `path` on from where the original stopped, under its origin.
@@ -1639,6 +1671,13 @@ impl Tailer {
                         *open_bytes -= s.span_bytes();
                         sealed.push(s);
                     }
+                    // Handed out with the old content's identity (fingerprint, head, its last
+                    // tail print), while the watcher still has it: drained after the restart
+                    // below, their checkpoint said "this generation, no identity", and an agent
+                    // killed before the new generation's position was written resumed the new
+                    // content as the old (or, shorter, could not look for the copy, and read
+                    // it again from 0 as a file of its own).
+                    drain_sealed(sealed, out, t.input, watcher);
                     if !watcher.truncation_is_ours() {
                         // A rotated-away file being truncated is being reused for other content
                         // (e.g. the next copytruncate's copy): its own content is done.

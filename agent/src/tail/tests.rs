@@ -2305,7 +2305,11 @@ fn racing_copytruncate(seed: u64) -> Result<(), String> {
                     if rng.random_bool(0.5) {
                         h.out.truncate(acked);
                     }
+                    // The new process watches the directory from its start (the events of
+                    // what happened before are not its own) and scans first.
+                    events.borrow_mut().clear();
                     h.tailer = restarted(&h, cps);
+                    h.tailer.scan(h.now);
                     trace.push(format!("kill, {acked} acknowledged"));
                     continue;
                 }
@@ -2442,4 +2446,106 @@ fn spans_by_origin(out: &mut [Emitted]) -> Vec<(String, FileId, u64, u64)> {
         }
     }
     v
+}
+
+/// Lines read and still in an open batch when their file is found truncated are handed out
+/// with the content's identity (fingerprint, head, a tail print at most at the batch's end):
+/// their checkpoint entry must let a restart tell that content from the next one. Handed out
+/// after the watcher moved to the next generation, the entry had none — an agent killed before
+/// the next generation's position was written resumed the new content as the old, or (shorter)
+/// could not look for the copy and read it again from 0 as a file of its own (the copytruncate
+/// fuzz with kills, seed 12).
+#[test]
+fn batch_open_at_a_truncation_is_checkpointed_with_the_old_contents_identity() {
+    let mut h = harness_with(None);
+    let p = h.path(0);
+    std::fs::write(&p, "one\ntwo\n").unwrap();
+    // Read, not shipped yet (the batch lingers).
+    h.tailer.scan(h.now);
+    h.tailer.read_turn(h.now, u64::MAX);
+    h.collect();
+    assert!(
+        !h.out.iter().any(|e| matches!(e, Emitted::Batch { .. })),
+        "the batch is still open"
+    );
+    let mut f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    f.set_len(0).unwrap();
+    f.write_all(b"three\n").unwrap();
+    h.tailer.data_event(&p);
+    h.tailer.read_turn(h.now, u64::MAX);
+    h.collect();
+    let old: Vec<&FileState> = h
+        .out
+        .iter()
+        .filter_map(|e| match e {
+            Emitted::Batch { state, batch, .. } if batch.file.generation == 0 => Some(state),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(old.len(), 1, "the old content's batch");
+    assert_eq!(old[0].generation, 0);
+    assert!(old[0].fingerprint.is_some(), "{:?}", old[0]);
+    assert!(old[0].head.is_some(), "{:?}", old[0]);
+    // Its checkpoint, as if the agent were killed right after its acknowledgement.
+    let until = h
+        .out
+        .iter()
+        .position(|e| matches!(e, Emitted::Batch { batch, .. } if batch.file.generation == 0))
+        .unwrap();
+    let cps = acknowledged_checkpoint(&h.out[..=until]);
+    let cp = cps.files.values().next().unwrap();
+    assert_eq!((cp.generation, cp.offset), (0, 8));
+    assert!(cp.fingerprint.is_some() && cp.head.is_some(), "{cp:?}");
+}
+
+/// The agent is killed after the checkpoint recorded a copytruncate copy as read under its
+/// original's origin, but before it recorded that the wait for that copy was over. The
+/// restarted agent finds the wait in the checkpoint and the copy already tracked under that
+/// origin: the wait is over at once, counting nothing the copy holds as lost (before: it waited
+/// `rotate_wait` for a copy it no longer recognised, then counted everything the original held
+/// unread as lost — lines that were shipped).
+#[test]
+fn wait_for_a_copy_adopted_before_a_kill_ends_without_counting_its_lines_lost() {
+    let mut h = harness_with(None);
+    let p = h.path(0);
+    std::fs::write(&p, "one\ntwo\n").unwrap();
+    h.read_all();
+    append_to(&p, b"three\nfour\n");
+    h.tailer.scan(h.now);
+    // Copied (outside the glob, as a copytruncate under `*.log`), then truncated, all unread.
+    std::fs::copy(&p, p.with_extension("log.1")).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&p)
+        .unwrap();
+    h.read_all();
+    let resolved = h
+        .out
+        .iter()
+        .position(|e| matches!(e, Emitted::CopyResolved { .. }))
+        .expect("the copy is found");
+    let cps = acknowledged_checkpoint(&h.out[..resolved]);
+    assert!(
+        cps.files.values().any(|c| !c.pending.is_empty()),
+        "the wait is still in the checkpoint: {cps:?}"
+    );
+    assert!(
+        cps.files.values().any(|c| c.origin.is_some()),
+        "the copy is recorded: {cps:?}"
+    );
+    let original = std::fs::metadata(&p).unwrap().ino();
+    let cps = Checkpoints::decode(&cps.encode()).unwrap();
+    h.out.clear();
+    h.tailer = restarted(&h, cps);
+    h.drain();
+    assert_eq!(resolved_lost(&h.out), [0]);
+    // The copy's lines (not acknowledged before the kill) are read on from where the original
+    // stopped, under its origin, as before the kill: replays the collector drops if it had them.
+    let recs = records_by_origin(&mut h.out);
+    let got: Vec<(&str, u64, u64)> = recs
+        .iter()
+        .map(|(l, id, off)| (l.as_str(), id.inode, *off))
+        .collect();
+    assert_eq!(got, [("three", original, 8), ("four", original, 14)]);
 }

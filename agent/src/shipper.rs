@@ -15,9 +15,10 @@
 //! — counted, logged at error — only a batch the output refuses for good. A file's checkpoint
 //! advances over a batch only once it and every batch before it are done with.
 
-use crate::checkpoint::{Checkpointer, Checkpoints, FileCheckpoint};
+use crate::checkpoint::{Checkpointer, Checkpoints, FileCheckpoint, OriginV2};
 use crate::output::retry::Backoff;
 use crate::output::{Ack, BatchMeta, Output, OutputError};
+use crate::tail::fingerprint::Fingerprint;
 use crate::tail::{FileKey, FileState};
 use crate::{AgentStats, Buffer};
 use bytes::Bytes;
@@ -348,7 +349,35 @@ pub struct Shipper<O> {
     /// Bytes lost to truncations whose copy never appeared, (input, path, bytes): counted once
     /// the checkpoint that no longer waits for the copy is written.
     uncounted: Vec<(usize, Arc<str>, u64)>,
+    /// Per file, the identity (generation, fingerprint, origin) the checkpoint on disk holds.
+    written: HashMap<FileKey, Identity>,
+    /// Files whose next batch waits for the checkpoint to hold its identity (see
+    /// [`Self::identity_unwritten`]).
+    identity_wait: VecDeque<FileKey>,
+    /// When the write they wait for is due (a few milliseconds after the first of them, so
+    /// that the files found together share one write).
+    identity_write_at: Option<tokio::time::Instant>,
+    /// The last checkpoint write failed: batches no longer wait for one.
+    write_failed: bool,
 }
+
+/// What a checkpoint entry says a file's content is: what a restart tells it by.
+type Identity = (u32, Option<Fingerprint>, Option<OriginV2>);
+
+fn identity_of(cp: &FileCheckpoint) -> Identity {
+    (cp.generation, cp.fingerprint, cp.origin)
+}
+
+fn identity_of_state(state: &FileState) -> Identity {
+    (
+        state.generation,
+        state.fingerprint,
+        state.origin.map(OriginV2::from),
+    )
+}
+
+/// How long batches of new contents wait for others to share their identity's write.
+const IDENTITY_GATHER: Duration = Duration::from_millis(5);
 
 impl<O: Output> Shipper<O> {
     pub fn new(parts: ShipperParts<O>, rx: Vec<mpsc::Receiver<Shipment>>) -> Self {
@@ -356,6 +385,13 @@ impl<O: Output> Shipper<O> {
             .max_in_flight_per_file
             .min(parts.output.max_in_flight_per_file())
             .max(1);
+        // What was loaded at start is on disk.
+        let written = parts
+            .checkpoints
+            .files
+            .iter()
+            .map(|(k, cp)| (*k, identity_of(cp)))
+            .collect();
         Self {
             parts,
             rx,
@@ -368,6 +404,10 @@ impl<O: Output> Shipper<O> {
             dirty: true,
             last_checkpoint: Instant::now(),
             uncounted: Vec::new(),
+            written,
+            identity_wait: VecDeque::new(),
+            identity_write_at: None,
+            write_failed: false,
         }
     }
 
@@ -397,6 +437,15 @@ impl<O: Output> Shipper<O> {
                     None => input_open = false,
                 },
                 _ = tick.tick() => self.checkpoint().await,
+                _ = sleep_until(self.identity_write_at), if self.identity_write_at.is_some() => {
+                    self.identity_write_at = None;
+                    self.dirty = true;
+                    self.checkpoint().await;
+                    let waiting: Vec<FileKey> = self.identity_wait.drain(..).collect();
+                    for key in waiting {
+                        self.pump(key);
+                    }
+                }
                 _ = shutdown.wait(), if deadline.is_none() => {
                     tracing::info!("agent draining: reading stopped, waiting for acknowledgements");
                     (self.parts.stop_reader)();
@@ -447,8 +496,24 @@ impl<O: Output> Shipper<O> {
                         self.dirty = true;
                     }
                 }
-                Shipment::Batch { .. } => {
+                Shipment::Batch {
+                    state,
+                    first_offset,
+                    ..
+                } => {
                     if self.file_in_flight(&key) >= self.per_file {
+                        return;
+                    }
+                    if !self.write_failed
+                        && self.written.get(&state.key) != Some(&identity_of_state(state))
+                        && let (state, first_offset) = (state.clone(), *first_offset)
+                        && self.identity_unwritten(&state, first_offset)
+                    {
+                        if !self.identity_wait.contains(&key) {
+                            self.identity_wait.push_back(key);
+                        }
+                        self.identity_write_at
+                            .get_or_insert_with(|| tokio::time::Instant::now() + IDENTITY_GATHER);
                         return;
                     }
                     if self.in_flight.len() >= self.parts.max_in_flight {
@@ -464,6 +529,40 @@ impl<O: Output> Shipper<O> {
             }
         }
         self.queues.remove(&key);
+    }
+
+    /// Whether a batch of `state` from `first_offset` must wait for a checkpoint write: the
+    /// checkpoint on disk does not say what content the file holds (a new file or generation
+    /// whose fingerprint was fixed since, a copy read under its original's origin). Shipped
+    /// first, and the agent killed before the next write, its lines were stored while a restart
+    /// could not tell that content from the next (copytruncate: the file truncated meanwhile
+    /// was resumed as the same generation, and its copy read again as a file of its own —
+    /// stored twice; the copytruncate fuzz with kills, seed 53). Costs one write (shared by
+    /// the files found together) per new content, none per batch.
+    fn identity_unwritten(&mut self, state: &FileState, first_offset: u64) -> bool {
+        let wanted = identity_of_state(state);
+        let cps = &mut self.parts.checkpoints;
+        match cps.files.get(&state.key) {
+            Some(cp) if identity_of(cp) == wanted => {}
+            // Recorded before its first line was whole (at 0): its identity is fixed now.
+            Some(cp)
+                if cp.generation == state.generation
+                    && cp.origin == wanted.2
+                    && cp.fingerprint.is_none()
+                    && cp.offset == first_offset =>
+            {
+                cps.advance(state, first_offset);
+                self.dirty = true;
+            }
+            None if first_offset == 0 && state.origin.is_none() => {
+                cps.advance(state, 0);
+                self.dirty = true;
+            }
+            // Something else (a position not applied yet, batches of it in flight): not
+            // this batch's to record.
+            _ => return false,
+        }
+        true
     }
 
     /// Starts delivering `batch` (a [`Shipment::Batch`]) of file `key`.
@@ -618,9 +717,16 @@ impl<O: Output> Shipper<O> {
         }
         let cps = self.parts.checkpoints.clone();
         let writer = self.parts.checkpointer.clone();
+        let ids: HashMap<FileKey, Identity> = cps
+            .files
+            .iter()
+            .map(|(k, cp)| (*k, identity_of(cp)))
+            .collect();
         match tokio::task::spawn_blocking(move || writer.store(&cps)).await {
             Ok(Ok(())) => {
                 self.dirty = false;
+                self.written = ids;
+                self.write_failed = false;
                 for (input, path, bytes) in self.uncounted.drain(..) {
                     let name = self.parts.input_names.get(input).map_or("", String::as_str);
                     crate::tail::count_unread(name, &path, bytes, true);
@@ -636,8 +742,14 @@ impl<O: Output> Shipper<O> {
                     .fetch_add(1, Ordering::Relaxed);
                 metrics::gauge!("ferry_agent_checkpoint_age_seconds").set(0.0);
             }
-            Ok(Err(e)) => tracing::error!(error = %e, "cannot write checkpoint; will retry"),
-            Err(e) => tracing::error!(error = %e, "checkpoint task failed"),
+            Ok(Err(e)) => {
+                self.write_failed = true;
+                tracing::error!(error = %e, "cannot write checkpoint; will retry");
+            }
+            Err(e) => {
+                self.write_failed = true;
+                tracing::error!(error = %e, "checkpoint task failed");
+            }
         }
     }
 }
@@ -961,5 +1073,102 @@ mod tests {
         let (b, m) = encoded(1, Codec::None);
         deliver(&out, "t", b, m, lane, RetryPolicy::default(), 1, &stats).await;
         assert!(congested.load(Ordering::Relaxed));
+    }
+
+    /// An output that, at each send, reads the checkpoint on disk: whether it says what
+    /// content (generation, fingerprint) the batch's file holds.
+    struct ChecksDisk {
+        checkpoint: std::path::PathBuf,
+        identity_on_disk: Mutex<Vec<bool>>,
+    }
+
+    impl Output for ChecksDisk {
+        async fn send(&self, _t: &str, _b: Bytes, _m: &BatchMeta) -> Result<Ack, OutputError> {
+            let text = std::fs::read_to_string(&self.checkpoint).unwrap_or_default();
+            let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            let on_disk = json["files"].as_array().is_some_and(|files| {
+                files.iter().any(|f| {
+                    f["inode"] == 2 && f["generation"] == 1 && f["fingerprint"]["checksum"] == 777
+                })
+            });
+            self.identity_on_disk.lock().unwrap().push(on_disk);
+            Ok(Ack::default())
+        }
+    }
+
+    /// A batch of a content the checkpoint on disk does not know yet (a new generation whose
+    /// fingerprint was fixed since) is sent only once the checkpoint on disk holds that
+    /// identity: killed right after the send, the restarted agent must not take the file's
+    /// next content for this one (see `Shipper::identity_unwritten`).
+    #[tokio::test]
+    async fn a_new_contents_first_batch_is_sent_after_its_identity_is_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let checkpointer = Checkpointer::new(dir.path()).unwrap();
+        let out = Arc::new(ChecksDisk {
+            checkpoint: dir.path().join(Checkpointer::FILE_NAME),
+            identity_on_disk: Mutex::new(Vec::new()),
+        });
+        let stats = Arc::new(AgentStats::default());
+        let parts = ShipperParts {
+            output: out.clone(),
+            topics: vec![Arc::from("t")],
+            input_names: vec!["in".into()],
+            checkpointer,
+            checkpoints: Checkpoints::default(),
+            checkpoint_interval: Duration::from_secs(3600),
+            shutdown_timeout: Duration::from_secs(5),
+            max_in_flight: 4,
+            max_in_flight_per_file: 2,
+            policy: RetryPolicy::default(),
+            gzip_level: 1,
+            buffer: Arc::new(Buffer::new(1 << 20)),
+            stats,
+            stop_reader: Box::new(|| {}),
+            wake_reader: Box::new(|| {}),
+        };
+        let (tx, rx) = mpsc::channel(16);
+        let shipper = Shipper::new(parts, vec![rx]);
+        let state = |fingerprint| FileState {
+            key: (1, 2),
+            path: Arc::from("/logs/app.log"),
+            fingerprint,
+            generation: 1,
+            origin: None,
+            tail: None,
+            head: None,
+            pending: Vec::new(),
+            birth: 0,
+            probe: None,
+        };
+        let fp = Some(Fingerprint {
+            len: 4,
+            checksum: 777,
+        });
+        // Truncated: a new generation, its first line not written yet; then a batch of it.
+        tx.send(Shipment::Position {
+            state: state(None),
+            offset: 0,
+        })
+        .await
+        .unwrap();
+        let (b, m) = encoded(2, Codec::None);
+        tx.send(Shipment::Batch {
+            input: 0,
+            state: state(fp),
+            first_offset: 0,
+            end_offset: m.end_offset - m.first_offset,
+            records: 2,
+            encoded: Ok(b),
+        })
+        .await
+        .unwrap();
+        drop(tx);
+        let run = tokio::spawn(shipper.run(ferry_core::shutdown::Shutdown::new()));
+        let cps = tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(*out.identity_on_disk.lock().unwrap(), [true]);
+        assert_eq!(cps.files[&(1, 2)].fingerprint, fp);
     }
 }

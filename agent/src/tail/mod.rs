@@ -1433,6 +1433,15 @@ impl Tailer {
             && matches!(start, StartAt::Resume { .. })
         {
             watcher.set_origin(cp.origin.map(Into::into));
+            // Checkpointed at 0 before its first line was whole (or before its first batch
+            // was acknowledged): its first line, whole now, is its identity, fixed at once (as
+            // the read from 0 would fix it, so lines in flight at the stop keep theirs). Until
+            // it is, it is no candidate original: a copy made while the agent was stopped,
+            // found in the same scan, would be read as a file of its own (the copytruncate
+            // fuzz with kills, seed 65).
+            if cp.offset == 0 && cp.fingerprint.is_none() {
+                watcher.identify_now();
+            }
             // The entry's tail print, or else one taken now at its offset (the fingerprint
             // matched and the file is that long: those are the bytes acknowledged): a copy
             // made and its original truncated before this run reads the file once is still

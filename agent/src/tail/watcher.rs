@@ -717,11 +717,30 @@ impl FileWatcher {
         self.partial_not_before = None;
         let id = self.file_id();
         let line_pos = &mut self.line_pos;
+        // The print of what is handed out, from the bytes in hand: flushed because the file
+        // was truncated, it cannot be taken from the file, and a checkpoint at the line's end
+        // without one could not be told from another content's after a restart (its copy not
+        // looked for, and read again as a file of its own: the copytruncate fuzz with kills,
+        // seed 35).
+        let mut print = None;
         let flushed = self.splitter.flush(&mut |line| {
             let at = *line_pos;
             *line_pos += line.span;
+            let n = line.bytes.len() as u64;
+            if !line.truncated && n == line.span && n > 0 {
+                let end = at + n;
+                print = Some(if at == 0 && n <= TAIL_WINDOW {
+                    TailPrint::of(line.bytes, end)
+                } else {
+                    let keep = n.min(TAIL_WINDOW - 1) as usize;
+                    TailPrint::of_part(&line.bytes[line.bytes.len() - keep..], end)
+                });
+            }
             emit(id, at, line);
         });
+        if print.is_some() {
+            self.tail = print;
+        }
         self.mid_line |= flushed;
         flushed
     }

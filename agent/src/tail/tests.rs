@@ -2165,30 +2165,43 @@ impl FsOp {
 /// (`FERRY_SEED=N` reruns one, `FERRY_SEEDS=N` runs seeds 0..N); a failure prints its seed and
 /// steps.
 ///
-/// `FERRY_FUZZ_KILLS=1` adds agent kills (a restart from what was acknowledged, the last few
-/// emissions in flight either stored unacknowledged or lost; a batch stored only after the
-/// checkpoint on disk held its identity, as the shipper does). `FERRY_FUZZ_DEBUG=1` names what
-/// the tailer emitted among the steps. Not on by default: it found five faults (fixed, each
-/// with a unit test), and fails on about 2 seeds in 1,000 still (a line half read at a
-/// truncation, its part stored unacknowledged before a kill: the whole line read again from
-/// the copy is dropped by the collector as a replay; docs/guarantees.md, "where the edges are").
+/// Each seed runs twice: as above, and with agent kills (`FERRY_FUZZ_KILLS=0` or `=1` runs one
+/// of them): a restart from the checkpoint on disk (what the killed agent had acknowledged,
+/// on top of what was on disk when it started), the last few emissions in flight either
+/// stored unacknowledged or lost with it; a batch reaches the collector only once the
+/// checkpoint on disk holds its content's identity (the shipper writes it first); the
+/// collector's per-origin dedup drops replays and keeps the rest of a line whose first part
+/// it stored. With kills, what no surviving agent saw destroyed cannot be counted, and bytes
+/// stored unacknowledged then destroyed are counted lost by the restarted agent: the check
+/// allows exactly those. It found six faults (fixed, each with a unit test).
+/// `FERRY_FUZZ_DEBUG=1` names what the tailer emitted, and the checkpoint at each kill, among
+/// the steps.
 #[test]
 fn copytruncate_racing_the_tailer_at_every_step_ships_every_byte_once_or_counts_it() {
     let seeds: Vec<u64> = match std::env::var("FERRY_SEED") {
         Ok(s) => s.split(',').map(|n| n.trim().parse().unwrap()).collect(),
         Err(_) => (0..std::env::var("FERRY_SEEDS").map_or(500, |n| n.parse().unwrap())).collect(),
     };
+    // Each seed without kills and with them, unless `FERRY_FUZZ_KILLS` says which.
+    let modes: &[bool] = match std::env::var("FERRY_FUZZ_KILLS").as_deref() {
+        Ok("0") => &[false],
+        Ok(_) => &[true],
+        Err(_) => &[false, true],
+    };
     let mut failed = Vec::new();
-    for seed in seeds {
-        if let Err(e) = racing_copytruncate(seed) {
-            eprintln!("seed {seed} (rerun: FERRY_SEED={seed}): {e}");
-            failed.push(seed);
+    for &kills in modes {
+        for &seed in &seeds {
+            if let Err(e) = racing_copytruncate(seed, kills) {
+                let k = u8::from(kills);
+                eprintln!("seed {seed} (rerun: FERRY_SEED={seed} FERRY_FUZZ_KILLS={k}): {e}");
+                failed.push((seed, kills));
+            }
         }
     }
-    assert!(failed.is_empty(), "failed seeds: {failed:?}");
+    assert!(failed.is_empty(), "failed (seed, kills): {failed:?}");
 }
 
-fn racing_copytruncate(seed: u64) -> Result<(), String> {
+fn racing_copytruncate(seed: u64, kills: bool) -> Result<(), String> {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut h = wide_harness();
@@ -2253,9 +2266,10 @@ fn racing_copytruncate(seed: u64) -> Result<(), String> {
     // Bytes of batches stored but not acknowledged before a kill: the restarted agent cannot
     // know they were, and counts them lost if a truncation destroyed them meanwhile.
     let mut stored_unacknowledged = 0;
-    // What a checkpoint holds at least (the emissions acknowledged at the last kill).
-    let mut durable = 0;
-    let kills = std::env::var_os("FERRY_FUZZ_KILLS").is_some();
+    // The checkpoint on disk at the last kill, and where the running agent's emissions begin
+    // in `h.out` (what an earlier one shipped unacknowledged lies before it).
+    let mut on_disk = Checkpoints::default();
+    let mut started = 0;
     // `FERRY_FUZZ_DEBUG=1`: the steps name what the tailer emitted, too.
     let debug = std::env::var_os("FERRY_FUZZ_DEBUG").is_some();
     let mut shown = 0;
@@ -2319,10 +2333,12 @@ fn racing_copytruncate(seed: u64) -> Result<(), String> {
                             trace.push(describe(e));
                         }
                     }
-                    let least = h.out.len().saturating_sub(6).max(durable);
+                    let least = h.out.len().saturating_sub(6).max(started);
                     let acked = rng.random_range(least..=h.out.len());
-                    durable = acked;
-                    let mut cps = acknowledged_checkpoint(&h.out[..acked]);
+                    let mut cps = on_disk.clone();
+                    for e in &h.out[started..acked] {
+                        apply_emitted(&mut cps, e);
+                    }
                     if rng.random_bool(0.5) {
                         h.out.truncate(acked);
                     }
@@ -2351,12 +2367,13 @@ fn racing_copytruncate(seed: u64) -> Result<(), String> {
                             identity_written(&mut cps, state, batch.first_offset);
                         }
                     }
-                    // A count of bytes lost the checkpoint carries (`CopyResolved`) is made
-                    // once that checkpoint is written: in flight, it never was. Others were
-                    // made at once.
+                    // Past the acknowledged prefix, only batches left the dead agent (stored
+                    // unacknowledged): its positions died with it, and a count of bytes lost
+                    // the checkpoint carries (`CopyResolved`) is made once that checkpoint is
+                    // written — in flight, it never was. (Other counts were made at once.)
                     let mut i = acked;
                     while i < h.out.len() {
-                        if matches!(h.out[i], Emitted::CopyResolved { .. }) {
+                        if !matches!(h.out[i], Emitted::Batch { .. }) {
                             h.out.remove(i);
                         } else {
                             i += 1;
@@ -2371,9 +2388,29 @@ fn racing_copytruncate(seed: u64) -> Result<(), String> {
                     // The new process watches the directory from its start (the events of
                     // what happened before are not its own) and scans first.
                     events.borrow_mut().clear();
-                    h.tailer = restarted(&h, cps);
+                    on_disk = cps.clone();
+                    started = h.out.len();
+                    h.tailer = restarted(&h, cps.clone());
                     h.tailer.scan(h.now);
                     trace.push(format!("kill, {acked} acknowledged"));
+                    if debug {
+                        let mut files: Vec<String> = cps
+                            .files
+                            .values()
+                            .map(|c| {
+                                format!(
+                                    "ino {} gen {} fp {} at {} pending {}",
+                                    c.inode % 1000,
+                                    c.generation,
+                                    c.fingerprint.map_or(0, |f| f.checksum % 1000),
+                                    c.offset,
+                                    c.pending.len()
+                                )
+                            })
+                            .collect();
+                        files.sort();
+                        trace.push(format!("{{on disk: {}}}", files.join("; ")));
+                    }
                     shown = h.out.len();
                     continue;
                 }
@@ -2442,15 +2479,21 @@ fn racing_copytruncate(seed: u64) -> Result<(), String> {
         + resolved_lost(&h.out).iter().sum::<u64>()
         + counted_by_the_dead;
     // The collector's per-origin dedup: a record below what its origin already stored is a
-    // replay, dropped.
+    // replay, dropped; one that ends past it keeps its bytes past it, if it is a plain line
+    // (collector/src/store/dedup.rs).
     let mut stored: HashMap<FileId, u64> = HashMap::new();
     let recs: Vec<(String, FileId, u64, u64)> = spans_by_origin(&mut h.out)
         .into_iter()
-        .filter(|(_, id, off, span)| {
-            let end = stored.entry(*id).or_default();
-            let keep = *off >= *end;
-            *end = (*end).max(off + span);
-            keep
+        .filter_map(|(line, id, off, span)| {
+            let end = stored.entry(id).or_default();
+            let high = *end;
+            *end = high.max(off + span);
+            if off >= high {
+                return Some((line, id, off, span));
+            }
+            let skip = (high - off) as usize;
+            (span == line.len() as u64 + 1 && skip < line.len())
+                .then(|| (line[skip..].to_string(), id, high, off + span - high))
         })
         .collect();
     let mut whole: HashMap<&str, usize> = HashMap::new();

@@ -183,18 +183,44 @@ fn trim(
     high: u64,
 ) -> Result<Decision, WireError> {
     let decoded = decode(batch, &DecodeLimits::default())?;
-    let kept: Vec<_> = decoded
+    // A record that begins below the mark and ends past it: a line whose first part is stored
+    // as a record of its own (a line half read when its file was truncated, shipped as it
+    // was; the agent, killed before that was acknowledged, read the whole line again from
+    // the copy). Its bytes past the mark are stored, as the line's rest — dropped whole, they
+    // were lost. Only where the line's bytes are the file's (the line and its newline, nothing
+    // cut or decoded), so that the rest is where the mark says; otherwise dropped as before.
+    let cut = |r: &&ferry_core::record::Record| {
+        let o = r.offset?;
+        let skip = high.checked_sub(o)?;
+        // (Its newline alone is no record: a part that was the whole line but for it.)
+        (skip > 0
+            && skip < r.line.len() as u64
+            && !r.truncated
+            && r.span == r.line.len() as u64 + 1)
+            .then_some(skip as usize)
+    };
+    let kept: Vec<(&[u8], u64, &ferry_core::record::Record)> = decoded
         .records
         .iter()
-        .filter(|r| r.offset.is_some_and(|o| o >= high))
+        .filter_map(|r| match cut(&r) {
+            Some(skip) => Some((&r.line[skip..], r.span - skip as u64, r)),
+            None => r
+                .offset
+                .is_some_and(|o| o >= high)
+                .then_some((&r.line[..], r.span, r)),
+        })
         .collect();
     let dropped = header.record_count - kept.len() as u32;
-    let Some(first) = kept.first().and_then(|r| r.offset) else {
+    let Some(first) = kept
+        .first()
+        .and_then(|(_, _, r)| r.offset)
+        .map(|o| o.max(high))
+    else {
         return Ok(Decision::Drop(header.record_count));
     };
     let mut b = BatchBuilder::with_origin(origin.key.clone(), first);
-    for r in &kept {
-        b.push(&r.line, r.span, r.event_time_ms, r.truncated, &r.fields);
+    for (line, span, r) in &kept {
+        b.push(line, *span, r.event_time_ms, r.truncated, &r.fields);
     }
     let level = if header.codec == Codec::Gzip { 1 } else { 0 };
     let out = b.finish(header.codec, level, header.created_ms)?;
@@ -258,6 +284,65 @@ mod tests {
         assert!(matches!(
             m.decide(&BatchHeader::parse(&b3).unwrap(), &b3).unwrap(),
             Decision::Store
+        ));
+    }
+
+    /// A line half read when its file was truncated was stored as a record of its own (its
+    /// first 6 bytes); the agent, killed before that was acknowledged, read the whole line
+    /// again from the copy. The line's rest is stored, not dropped with the replayed part.
+    #[test]
+    fn a_line_whose_first_part_is_stored_keeps_its_rest() {
+        let mut m = DedupMap::default();
+        let mut part = BatchBuilder::with_origin(key(1), 100);
+        part.push_line(b"line 1", 6);
+        let part = Bytes::from(part.finish(Codec::None, 0, 5).unwrap());
+        m.observe(BatchHeader::parse(&part).unwrap().origin.as_ref().unwrap());
+        // The whole line [100, 114), then the next one [114, 119).
+        let mut whole = BatchBuilder::with_origin(key(1), 100);
+        whole.push_line(b"line 1 ending", 14);
+        whole.push_line(b"next", 5);
+        let whole = Bytes::from(whole.finish(Codec::Lz4, 0, 5).unwrap());
+        let Decision::Trim {
+            batch: trimmed,
+            kept,
+            dropped,
+        } = m
+            .decide(&BatchHeader::parse(&whole).unwrap(), &whole)
+            .unwrap()
+        else {
+            panic!("expected a trim");
+        };
+        assert_eq!((kept, dropped), (2, 0));
+        let t = decode(&trimmed, &DecodeLimits::default()).unwrap();
+        let o = t.header.origin.unwrap();
+        assert_eq!((o.first_offset, o.end_offset), (106, 119));
+        let lines: Vec<&[u8]> = t.records.iter().map(|r| &r.line[..]).collect();
+        assert_eq!(lines, [&b" ending"[..], b"next"]);
+        assert_eq!((t.records[0].span, t.records[0].offset), (8, Some(106)));
+        // A part that was the whole line but for its newline: the newline alone is no record.
+        let mut m = DedupMap::default();
+        let mut part = BatchBuilder::with_origin(key(1), 100);
+        part.push_line(b"line 1 ending", 13);
+        let part = Bytes::from(part.finish(Codec::None, 0, 5).unwrap());
+        m.observe(BatchHeader::parse(&part).unwrap().origin.as_ref().unwrap());
+        let Decision::Trim { batch: trimmed, .. } = m
+            .decide(&BatchHeader::parse(&whole).unwrap(), &whole)
+            .unwrap()
+        else {
+            panic!("expected a trim");
+        };
+        let t = decode(&trimmed, &DecodeLimits::default()).unwrap();
+        let lines: Vec<&[u8]> = t.records.iter().map(|r| &r.line[..]).collect();
+        assert_eq!(lines, [&b"next"[..]]);
+        // A record whose bytes are not the file's (span other than line + newline) is
+        // dropped whole, as before.
+        let mut framed = BatchBuilder::with_origin(key(1), 100);
+        framed.push_line(b"line 1 ending", 40);
+        let framed = Bytes::from(framed.finish(Codec::None, 0, 5).unwrap());
+        assert!(matches!(
+            m.decide(&BatchHeader::parse(&framed).unwrap(), &framed)
+                .unwrap(),
+            Decision::Drop(1)
         ));
     }
 

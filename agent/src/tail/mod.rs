@@ -939,33 +939,41 @@ impl Tailer {
                 }
                 continue;
             };
-            let osize = orig.metadata().map_or(0, |m| m.len());
             // The original has been truncated (shorter than what was read, or other first
             // bytes) without the agent noticing yet: a file with its first line that appears
             // now (or was held back as its copy) is its copy; the original's next read notices
             // the truncation and reads the copy on from where the original stopped.
             // So has one that no longer holds the bytes it was last read to its end with
             // (truncated and refilled past that, with the same first line).
-            let truncated = osize < o.watcher.line_pos()
-                || o.watcher
-                    .fingerprint()
-                    .is_some_and(|fp| !fp.matches(orig).unwrap_or(true))
-                || o.watcher
-                    .tail()
-                    .is_some_and(|tp| !tp.matches(orig).unwrap_or(true));
-            if truncated {
+            let truncated = |orig: &fs::File| {
+                orig.metadata().map_or(0, |m| m.len()) < o.watcher.line_pos()
+                    || o.watcher
+                        .fingerprint()
+                        .is_some_and(|fp| !fp.matches(orig).unwrap_or(true))
+                    || o.watcher
+                        .tail()
+                        .is_some_and(|tp| !tp.matches(orig).unwrap_or(true))
+            };
+            if truncated(orig) {
                 copy_of = Some(*k);
                 break;
             }
             // The original as it is: a copy holds what it holds, no more (a file longer than
             // an untruncated original, or with other bytes, is another file that began the
             // same way — two workers' logs with the same banner — and is read as itself).
+            let osize = orig.metadata().map_or(0, |m| m.len());
+            #[cfg(test)]
+            watcher::hooks::before_read(o.watcher.path(), 0);
             let same = size <= osize
                 && matches!(
                     (fingerprint::TailPrint::take(file, size), fingerprint::TailPrint::take(orig, size)),
                     (Ok(Some(a)), Ok(Some(b))) if a == b
                 );
-            if same {
+            // Or truncated while they were compared (copytruncate truncates right after it
+            // copies): the bytes no longer there to compare were the copy's. Read as itself,
+            // the copy shipped the original's lines again (the pinned 300,000-line regression,
+            // under load: 40,000 duplicates, one copy's worth).
+            if same || truncated(orig) {
                 copy_of = Some(*k);
                 break;
             }
@@ -993,7 +1001,12 @@ impl Tailer {
                 }
                 true
             }
-            None => self.unpark(key),
+            None => {
+                if let Some(t) = self.files.get(&key) {
+                    tracing::debug!(path = %t.watcher.path().display(), size, candidates = candidates.len(), "new file is no copy of a tracked one; reading it as itself");
+                }
+                self.unpark(key)
+            }
         }
     }
 
@@ -1278,6 +1291,7 @@ impl Tailer {
             if let Some(t) = tracked
                 && !(t.unclassified || t.parked == Some(w.original))
             {
+                tracing::debug!(path = %entry.path().display(), "not a copy: read as a file of its own already");
                 continue;
             }
             // Shorter than the tail print: the original's lines written after the copy was
@@ -1296,6 +1310,7 @@ impl Tailer {
             if head == Some(w.print.head) && (short || tail.matches(&file).unwrap_or(false)) {
                 return Some((entry.path(), meta));
             }
+            tracing::debug!(path = %entry.path().display(), size = meta.len(), same_head = head == Some(w.print.head), short, tail = ?tail, "not a copy: other bytes");
         }
         None
     }

@@ -2852,3 +2852,51 @@ fn copy_found_at_start_of_a_file_checkpointed_without_identity() {
         "each line stored once"
     );
 }
+
+/// copytruncate truncates right after it copies: the original truncated while a new file's
+/// bytes are compared with it (after its size was taken, before its bytes were read). The new
+/// file is its copy all the same, not a file of its own read from 0 (the pinned 300,000-line
+/// regression under load: 40,000 duplicates, one copy's worth).
+#[test]
+fn original_truncated_while_a_copy_is_compared_with_it_is_still_its_copy() {
+    let mut h = wide_harness();
+    let app = h.dir.path().join("app.log");
+    let copy = h.dir.path().join("app.log.1");
+    let text: String = (0..20)
+        .map(|i| format!("line {i:02} of the original\n"))
+        .collect();
+    std::fs::write(&app, &text).unwrap();
+    h.read_all();
+    std::fs::write(&copy, &text).unwrap();
+    let armed = Rc::new(RefCell::new(true));
+    {
+        let (app, armed) = (app.clone(), armed.clone());
+        watcher::hooks::set_before_read(move |path, at| {
+            if path == app && at == 0 && armed.replace(false) {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&app)
+                    .unwrap()
+                    .set_len(0)
+                    .unwrap();
+            }
+        });
+    }
+    h.read_all();
+    watcher::hooks::clear_before_read();
+    assert!(
+        !*armed.borrow(),
+        "the original was truncated during the comparison"
+    );
+    append_to(&app, b"after the truncation\n");
+    h.drain();
+    let mut lines: Vec<String> = records_by_origin(&mut h.out)
+        .into_iter()
+        .map(|r| r.0)
+        .collect();
+    lines.sort();
+    let mut want: Vec<String> = text.lines().map(str::to_owned).collect();
+    want.push("after the truncation".into());
+    want.sort();
+    assert_eq!(lines, want, "each line once");
+}

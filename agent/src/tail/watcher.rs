@@ -910,7 +910,7 @@ pub(crate) mod hooks {
         BEFORE_READ.with(|h| *h.borrow_mut() = None);
     }
 
-    pub(super) fn before_read(path: &Path, at: u64) {
+    pub(crate) fn before_read(path: &Path, at: u64) {
         BEFORE_READ.with(|h| {
             if let Some(f) = h.borrow_mut().as_mut() {
                 f(path, at);

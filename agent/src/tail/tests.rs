@@ -475,29 +475,39 @@ fn a_file_that_began_like_another_is_read_whole_once_it_differs() {
 }
 
 fn harness_with(multiline: Option<crate::config::MultilineConfig>) -> Harness {
+    harness_of("unit", "*.log", multiline, 1)
+}
+
+/// A harness of one input named `name` over `glob` in its directory (64-byte reads, batches
+/// of at most 100 records with a 200 ms linger).
+fn harness_of(
+    name: &str,
+    glob: &str,
+    multiline: Option<crate::config::MultilineConfig>,
+    line_flush_secs: u64,
+) -> Harness {
     let mut h = Harness::new(64, 1 << 20, 100);
-    let mut cfg = AgentConfig {
+    let cfg = AgentConfig {
         inputs: vec![InputConfig {
-            name: "unit".into(),
-            include: vec![format!("{}/*.log", h.dir.path().display())],
+            name: name.into(),
+            include: vec![format!("{}/{glob}", h.dir.path().display())],
             exclude: vec![],
             read_from: ReadFrom::Beginning,
             topic: "t".into(),
             fields: Default::default(),
             multiline,
             max_line_bytes: ferry_core::config::ByteSize(4096),
-            line_flush_timeout: ferry_core::config::Duration::from_secs(1),
+            line_flush_timeout: ferry_core::config::Duration::from_secs(line_flush_secs),
             format: None,
             kubernetes: false,
             rotate_wait: ferry_core::config::Duration::from_secs(30),
         }],
         ..Default::default()
     };
-    cfg.batch.linger = ferry_core::config::Duration::from_millis(200);
     let inputs: Arc<[CompiledInput]> = cfg.validate().unwrap().into();
     h.tailer = Tailer::new(
         TailerSettings {
-            agent_id: "unit".into(),
+            agent_id: name.into(),
             read_budget: 1 << 20,
             read_buffer: 64,
             limits: BatchLimits {
@@ -2037,42 +2047,7 @@ fn file_first_seen_with_a_partial_line_renamed_away_before_any_ack_is_read_after
 
 /// A harness whose glob also matches the rotated copies (`app.log*`, the usual one).
 fn wide_harness() -> Harness {
-    let mut h = Harness::new(64, 1 << 20, 100);
-    let cfg = AgentConfig {
-        inputs: vec![InputConfig {
-            name: "wide".into(),
-            include: vec![format!("{}/app.log*", h.dir.path().display())],
-            exclude: vec![],
-            read_from: ReadFrom::Beginning,
-            topic: "t".into(),
-            fields: Default::default(),
-            multiline: None,
-            max_line_bytes: ferry_core::config::ByteSize(4096),
-            line_flush_timeout: ferry_core::config::Duration::from_secs(3600),
-            format: None,
-            kubernetes: false,
-            rotate_wait: ferry_core::config::Duration::from_secs(30),
-        }],
-        ..Default::default()
-    };
-    let inputs: Arc<[CompiledInput]> = cfg.validate().unwrap().into();
-    h.tailer = Tailer::new(
-        TailerSettings {
-            agent_id: "wide".into(),
-            read_budget: 1 << 20,
-            read_buffer: 64,
-            limits: BatchLimits {
-                max_bytes: 1 << 20,
-                max_records: 100,
-                linger: Duration::from_millis(200),
-            },
-            max_open_files: usize::MAX,
-        },
-        inputs,
-        Checkpoints::default(),
-        BuilderPool::default(),
-    );
-    h
+    harness_of("wide", "app.log*", None, 3600)
 }
 
 /// One file-system step of a logrotate `copytruncate` with its shift of older copies, and the

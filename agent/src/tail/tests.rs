@@ -531,23 +531,10 @@ fn line_texts(out: &mut [Emitted]) -> Vec<String> {
 }
 
 fn records(out: &mut [Emitted]) -> Vec<(String, u64, u32)> {
-    let mut v = Vec::new();
-    for e in out.iter_mut() {
-        if let Emitted::Batch { batch, .. } = e {
-            let enc = batch.builder.finish(Codec::None, 0, 0).unwrap();
-            for r in decode(&enc.into(), &DecodeLimits::default())
-                .unwrap()
-                .records
-            {
-                v.push((
-                    String::from_utf8_lossy(&r.line).into_owned(),
-                    r.span,
-                    batch.file.generation,
-                ));
-            }
-        }
-    }
-    v
+    spans_by_origin(out)
+        .into_iter()
+        .map(|(line, id, _, span)| (line, span, id.generation))
+        .collect()
 }
 
 #[test]
@@ -1056,25 +1043,10 @@ fn append_to(p: &Path, bytes: &[u8]) {
 
 /// (line, identity it shipped under, its offset there) of every record emitted so far.
 fn records_by_origin(out: &mut [Emitted]) -> Vec<(String, FileId, u64)> {
-    let mut v = Vec::new();
-    for e in out.iter_mut() {
-        if let Emitted::Batch { batch, .. } = e {
-            let enc = batch.builder.finish(Codec::None, 0, 0).unwrap();
-            let mut off = batch.first_offset;
-            for r in decode(&enc.into(), &DecodeLimits::default())
-                .unwrap()
-                .records
-            {
-                v.push((
-                    String::from_utf8_lossy(&r.line).into_owned(),
-                    batch.file,
-                    off,
-                ));
-                off += r.span;
-            }
-        }
-    }
-    v
+    spans_by_origin(out)
+        .into_iter()
+        .map(|(line, id, off, _)| (line, id, off))
+        .collect()
 }
 
 /// The state and end offset of the first batch emitted (what its acknowledgement checkpoints).
@@ -1121,14 +1093,7 @@ fn truncate_before_the_copy_appears(h: &mut Harness) -> PathBuf {
 fn acknowledged_checkpoint(out: &[Emitted]) -> Checkpoints {
     let mut cps = Checkpoints::default();
     for e in out {
-        match e {
-            Emitted::Batch { state, batch, .. } => cps.advance(state, batch.end_offset),
-            Emitted::Position { state, offset } => cps.advance(state, *offset),
-            Emitted::Released { key, .. } => cps.release(*key),
-            Emitted::CopyResolved {
-                key, origin, lost, ..
-            } => cps.copy_resolved(*key, *origin, *lost),
-        }
+        apply_emitted(&mut cps, e);
     }
     cps
 }
@@ -2791,14 +2756,7 @@ fn copy_found_at_start_of_a_file_checkpointed_without_identity() {
     h.collect();
     let mut acked = cps;
     for e in &h.out {
-        match e {
-            Emitted::Batch { state, batch, .. } => acked.advance(state, batch.end_offset),
-            Emitted::Position { state, offset } => acked.advance(state, *offset),
-            Emitted::Released { key, .. } => acked.release(*key),
-            Emitted::CopyResolved {
-                key, origin, lost, ..
-            } => acked.copy_resolved(*key, *origin, *lost),
-        }
+        apply_emitted(&mut acked, e);
     }
     stored.extend(records_by_origin(&mut h.out));
     // Killed again (all acknowledged), the original truncated meanwhile.

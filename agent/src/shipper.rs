@@ -349,8 +349,8 @@ pub struct Shipper<O> {
     /// Bytes lost to truncations whose copy never appeared, (input, path, bytes): counted once
     /// the checkpoint that no longer waits for the copy is written.
     uncounted: Vec<(usize, Arc<str>, u64)>,
-    /// Per file, the identity (generation, fingerprint, origin) the checkpoint on disk holds.
-    written: HashMap<FileKey, Identity>,
+    /// The checkpoint on disk (the last one written, or the one loaded at start).
+    written: Arc<Checkpoints>,
     /// Files whose next batch waits for the checkpoint to hold its identity (see
     /// [`Self::identity_unwritten`]).
     identity_wait: VecDeque<FileKey>,
@@ -386,12 +386,7 @@ impl<O: Output> Shipper<O> {
             .min(parts.output.max_in_flight_per_file())
             .max(1);
         // What was loaded at start is on disk.
-        let written = parts
-            .checkpoints
-            .files
-            .iter()
-            .map(|(k, cp)| (*k, identity_of(cp)))
-            .collect();
+        let written = Arc::new(parts.checkpoints.clone());
         Self {
             parts,
             rx,
@@ -505,7 +500,8 @@ impl<O: Output> Shipper<O> {
                         return;
                     }
                     if !self.write_failed
-                        && self.written.get(&state.key) != Some(&identity_of_state(state))
+                        && self.written.files.get(&state.key).map(identity_of)
+                            != Some(identity_of_state(state))
                         && let (state, first_offset) = (state.clone(), *first_offset)
                         && self.identity_unwritten(&state, first_offset)
                     {
@@ -715,17 +711,13 @@ impl<O: Output> Shipper<O> {
         if !self.dirty {
             return;
         }
-        let cps = self.parts.checkpoints.clone();
+        let cps = Arc::new(self.parts.checkpoints.clone());
         let writer = self.parts.checkpointer.clone();
-        let ids: HashMap<FileKey, Identity> = cps
-            .files
-            .iter()
-            .map(|(k, cp)| (*k, identity_of(cp)))
-            .collect();
-        match tokio::task::spawn_blocking(move || writer.store(&cps)).await {
+        let stored = cps.clone();
+        match tokio::task::spawn_blocking(move || writer.store(&stored)).await {
             Ok(Ok(())) => {
                 self.dirty = false;
-                self.written = ids;
+                self.written = cps;
                 self.write_failed = false;
                 for (input, path, bytes) in self.uncounted.drain(..) {
                     let name = self.parts.input_names.get(input).map_or("", String::as_str);

@@ -1291,7 +1291,6 @@ impl Tailer {
             if let Some(t) = tracked
                 && !(t.unclassified || t.parked == Some(w.original))
             {
-                tracing::debug!(path = %entry.path().display(), "not a copy: read as a file of its own already");
                 continue;
             }
             // Shorter than the tail print: the original's lines written after the copy was
@@ -1739,7 +1738,6 @@ impl Tailer {
                         count_unread(&input.name, watcher.path_str(), lost, false);
                     }
                     tracing::info!(path = %watcher.path().display(), generation = watcher.generation(), "file truncated; reading it again from the start");
-                    drain_sealed(sealed, out, t.input, watcher);
                     out.push(Emitted::Position {
                         state: state_of(watcher),
                         offset: 0,

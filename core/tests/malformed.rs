@@ -2,7 +2,9 @@
 //! refused with the error that names its problem, never a panic and never a wrong decode.
 
 use bytes::Bytes;
-use ferry_core::batch::{BatchBuilder, Codec, DecodeLimits, FIXED_HEADER_LEN, WireError, decode};
+use ferry_core::batch::{
+    BatchBuilder, Codec, DecodeLimits, FIXED_HEADER_LEN, WireError, decode, verify,
+};
 use ferry_core::record::{FileId, OriginKey};
 use std::io::Write;
 
@@ -286,4 +288,69 @@ fn lz4_bomb_expanding_past_its_declared_length() {
     let payload = lz4_flex::block::compress(&vec![0u8; 64 << 20]);
     let enc = one_record_claiming_1kib(2, &payload); // lz4
     assert!(matches!(err(enc), WireError::Decompress(_)));
+}
+
+/// The LZ4 decoder runs without its bounds-checked ("safe") variant for speed; a block edited
+/// at random — match offsets reaching before the output, lengths past either end, tokens cut —
+/// must still be refused or decode to exactly the declared length, never panic or read outside
+/// its buffers, and `verify` (which reuses a per-thread output buffer) must agree with `decode`
+/// on every one. `FERRY_SEEDS=N` runs more.
+#[test]
+fn lz4_blocks_edited_at_random_are_refused_or_decode_exactly() {
+    let seeds: u64 = std::env::var("FERRY_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3000);
+    // Lines that repeat in parts, so the block holds many matches (offsets) as well as literals.
+    let mut b = BatchBuilder::with_origin(key(), 0);
+    let mut span = 0;
+    for i in 0..200u64 {
+        let line = format!(
+            "{{\"ts\":\"2026-12-05T12:{:02}:{:02}Z\",\"level\":\"{}\",\"msg\":\"request {} took {} ms\"}}",
+            i % 60,
+            (i * 7) % 60,
+            ["info", "warn", "error"][(i % 3) as usize],
+            i * 31,
+            i % 17
+        );
+        b.push_line(line.as_bytes(), line.len() as u64 + 1);
+        span += line.len() as u64 + 1;
+    }
+    let good = b.finish(Codec::Lz4, 6, 42).unwrap();
+    let payload_len = good.len() - FIXED_HEADER_LEN;
+    let (mut refused, mut decoded) = (0u64, 0u64);
+    for seed in 1..=seeds {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut enc = good.clone();
+        for _ in 0..1 + next() % 4 {
+            let at = FIXED_HEADER_LEN + (next() % payload_len as u64) as usize;
+            enc[at] = match next() % 3 {
+                0 => enc[at] ^ (1 << (next() % 8)),
+                1 => 0xFF,
+                _ => next() as u8,
+            };
+        }
+        reseal(&mut enc);
+        let enc = Bytes::from(enc);
+        let decoded_now = decode(&enc, &limits());
+        let verified = verify(&enc, &limits());
+        match (&decoded_now, &verified) {
+            (Ok(batch), Ok(_)) => {
+                let bytes: u64 = batch.records.iter().map(|r| r.span).sum();
+                assert_eq!(bytes, span, "seed {seed}: a decoded batch must keep its byte range");
+                decoded += 1;
+            }
+            (Err(_), Err(_)) => refused += 1,
+            _ => panic!(
+                "seed {seed}: decode and verify disagree: decode {:?}, verify {:?}",
+                decoded_now.as_ref().map(|_| ()),
+                verified.as_ref().map(|_| ())
+            ),
+        }
+    }
+    assert!(refused > seeds / 2, "most random edits must be refused ({refused} of {seeds})");
+    eprintln!("{seeds} edited lz4 blocks: {refused} refused, {decoded} decoded to their declared length");
 }

@@ -297,7 +297,10 @@ fn lz4_bomb_expanding_past_its_declared_length() {
 /// on every one. `FERRY_SEEDS=N` runs more.
 #[test]
 fn lz4_blocks_edited_at_random_are_refused_or_decode_exactly() {
-    let seeds: u64 = std::env::var("FERRY_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3000);
+    let seeds: u64 = std::env::var("FERRY_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3000);
     // Lines that repeat in parts, so the block holds many matches (offsets) as well as literals.
     let mut b = BatchBuilder::with_origin(key(), 0);
     let mut span = 0;
@@ -340,7 +343,10 @@ fn lz4_blocks_edited_at_random_are_refused_or_decode_exactly() {
         match (&decoded_now, &verified) {
             (Ok(batch), Ok(_)) => {
                 let bytes: u64 = batch.records.iter().map(|r| r.span).sum();
-                assert_eq!(bytes, span, "seed {seed}: a decoded batch must keep its byte range");
+                assert_eq!(
+                    bytes, span,
+                    "seed {seed}: a decoded batch must keep its byte range"
+                );
                 decoded += 1;
             }
             (Err(_), Err(_)) => refused += 1,
@@ -351,6 +357,11 @@ fn lz4_blocks_edited_at_random_are_refused_or_decode_exactly() {
             ),
         }
     }
-    assert!(refused > seeds / 2, "most random edits must be refused ({refused} of {seeds})");
-    eprintln!("{seeds} edited lz4 blocks: {refused} refused, {decoded} decoded to their declared length");
+    assert!(
+        refused > seeds / 2,
+        "most random edits must be refused ({refused} of {seeds})"
+    );
+    eprintln!(
+        "{seeds} edited lz4 blocks: {refused} refused, {decoded} decoded to their declared length"
+    );
 }

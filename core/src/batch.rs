@@ -312,10 +312,76 @@ pub fn decompress(
     if header.codec == Codec::None {
         return check_raw_len(stored, header);
     }
-    let mut out = Vec::new();
-    let n = inflate_into(&stored, header, &mut out)?;
-    out.truncate(n);
-    check_raw_len(Bytes::from(out), header)
+    let mut out = recycled::take();
+    let n = match inflate_into(&stored, header, &mut out) {
+        Ok(n) => n,
+        Err(e) => {
+            recycled::give_back(out);
+            return Err(e);
+        }
+    };
+    // The records borrow the payload; when the last of them is dropped, the buffer goes back
+    // to be decompressed into again (fresh allocations of this size cost page faults and
+    // zeroing on every batch).
+    check_raw_len(
+        Bytes::from_owner(recycled::Payload { buf: out, len: n }),
+        header,
+    )
+}
+
+/// Buffers that decoded payloads were decompressed into, kept for the next batch once no
+/// record borrows them: a consumer decodes batch after batch of the same size.
+mod recycled {
+    use std::sync::Mutex;
+
+    /// Bytes kept at most, over every buffer (a processor holds a whole fetch's records, 4 MiB
+    /// compressed, while it works on them; the buffers come back when it is done).
+    const KEPT_MAX: usize = 64 << 20;
+    /// A buffer larger than this is not kept.
+    const ONE_MAX: usize = 8 << 20;
+
+    static KEPT: Mutex<(Vec<Vec<u8>>, usize)> = Mutex::new((Vec::new(), 0));
+
+    pub(super) fn take() -> Vec<u8> {
+        let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+        match kept.0.pop() {
+            Some(buf) => {
+                kept.1 -= buf.capacity();
+                buf
+            }
+            None => Vec::new(),
+        }
+    }
+
+    pub(super) fn give_back(buf: Vec<u8>) {
+        let size = buf.capacity();
+        if size == 0 || size > ONE_MAX {
+            return;
+        }
+        let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.1 + size <= KEPT_MAX {
+            kept.1 += size;
+            kept.0.push(buf);
+        }
+    }
+
+    /// A decompressed payload: `buf[..len]`, handed back to the pool when dropped.
+    pub(super) struct Payload {
+        pub(super) buf: Vec<u8>,
+        pub(super) len: usize,
+    }
+
+    impl AsRef<[u8]> for Payload {
+        fn as_ref(&self) -> &[u8] {
+            &self.buf[..self.len]
+        }
+    }
+
+    impl Drop for Payload {
+        fn drop(&mut self) {
+            give_back(std::mem::take(&mut self.buf));
+        }
+    }
 }
 
 /// The header's declared sizes against `limits`, before anything is decompressed.
@@ -1021,6 +1087,52 @@ mod visit_tests {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Decoded payloads are decompressed into recycled buffers: a buffer goes back only when
+    /// no record borrows it any more, and a batch decoded into a used buffer shows none of
+    /// what the buffer held before (a shorter batch into a longer buffer included).
+    #[test]
+    fn recycled_payload_buffers_never_show_or_clobber_another_batchs_bytes() {
+        let batch = |tag: &str, n: usize, len: usize| {
+            let mut b = BatchBuilder::new();
+            let lines: Vec<String> = (0..n)
+                .map(|i| format!("{tag}-{i}-{}", "x".repeat(len)))
+                .collect();
+            for l in &lines {
+                b.push_line(l.as_bytes(), 0);
+            }
+            (lines, Bytes::from(b.finish(Codec::Lz4, 1, 0).unwrap()))
+        };
+        let lines_of = |b: &Batch| -> Vec<String> {
+            b.records
+                .iter()
+                .map(|r| String::from_utf8(r.line.to_vec()).unwrap())
+                .collect()
+        };
+        let limits = DecodeLimits::default();
+        for round in 0..50 {
+            let (big_lines, big) = batch(&format!("big{round}"), 2000, 100);
+            let (small_lines, small) = batch(&format!("small{round}"), 30, 7);
+            let held = decode(&big, &limits).unwrap();
+            // Decoded while `held` still borrows its buffer: a buffer of its own.
+            let other = decode(&small, &limits).unwrap();
+            assert_eq!(lines_of(&other), small_lines);
+            drop(other);
+            assert_eq!(
+                lines_of(&held),
+                big_lines,
+                "round {round}: clobbered while held"
+            );
+            // The big buffer back in the pool; the small batch decoded into it next.
+            drop(held);
+            let again = decode(&small, &limits).unwrap();
+            assert_eq!(lines_of(&again), small_lines, "round {round}");
+            assert_eq!(
+                again.records.iter().map(|r| r.line.len()).sum::<usize>(),
+                small_lines.iter().map(String::len).sum::<usize>()
+            );
+        }
+    }
 
     fn origin_key() -> OriginKey {
         OriginKey {

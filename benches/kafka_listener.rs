@@ -7,7 +7,8 @@
 //! 2. **tansu (memory)**: the tansu broker, its own process, memory storage (nothing is written
 //!    to disk);
 //! 3. **tansu (sqlite)**, when `FERRY_TANSU_DURABLE_BIN` names a tansu built with its `libsql`
-//!    feature: the same broker storing what it acknowledges (`sqlite://tansu.db`);
+//!    feature (`scripts/install-tansu --durable`; `scripts/bench` passes it when built): the
+//!    same broker storing what it acknowledges (`sqlite://tansu.db`);
 //! 4. **ferry http**: the same lines posted as newline-delimited bodies to the same
 //!    collector's `POST /v1/topics/{t}/records` by 8 concurrent posters, 5,000 lines a body.
 //!
@@ -290,9 +291,24 @@ fn consume(brokers: &str, topic: &str, n: u64) -> f64 {
     started.elapsed().as_secs_f64()
 }
 
-/// Creates the topic with [`PARTITIONS`] through the broker's own auto-creation, so both
-/// brokers start equal.
+/// Creates the topic with [`PARTITIONS`] by CreateTopics (tansu's sqlite storage does not
+/// create topics on first use), then waits until the metadata shows them, so every broker
+/// starts equal.
 fn create(brokers: &str, topic: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // An error here (the topic exists, say) shows in the metadata check below.
+    let _ = rt.block_on(admin.create_topics(
+        &[NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1))],
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+    ));
     let p: ThreadedProducer<rdkafka::producer::DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
@@ -445,6 +461,7 @@ fn main() {
     // A durable tansu, when one is built (`cargo install tansu --features libsql`, see
     // docs/performance.md): the broker that, like ferry, writes what it acknowledges.
     let durable = std::env::var_os("FERRY_TANSU_DURABLE_BIN")
+        .filter(|bin| !bin.is_empty())
         .map(|bin| start_tansu(dir.path(), Path::new(&bin), "sqlite://tansu.db"));
     println!(
         "{n} records of {:.0} bytes; rdkafka {}; brokers as processes, the clients in this one",

@@ -1106,6 +1106,25 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// `n` lines `{tag}-{i}-` followed by `len` filler bytes, as a builder holding them.
+    fn lines_in_a_builder(tag: &str, n: usize, len: usize) -> (Vec<String>, BatchBuilder) {
+        let mut b = BatchBuilder::new();
+        let lines: Vec<String> = (0..n)
+            .map(|i| format!("{tag}-{i}-{}", "x".repeat(len)))
+            .collect();
+        for l in &lines {
+            b.push_line(l.as_bytes(), 0);
+        }
+        (lines, b)
+    }
+
+    fn lines_of(b: &Batch) -> Vec<String> {
+        b.records
+            .iter()
+            .map(|r| String::from_utf8(r.line.to_vec()).unwrap())
+            .collect()
+    }
+
     /// lz4 batches are compressed into a per-thread buffer and copied out: batch after batch
     /// on one thread (a larger one, then smaller ones, then one past the buffer's limit)
     /// each decodes to exactly its own lines, and carries only its compressed bytes.
@@ -1119,13 +1138,7 @@ mod tests {
             .into_iter()
             .enumerate()
         {
-            let mut b = BatchBuilder::new();
-            let lines: Vec<String> = (0..n)
-                .map(|i| format!("r{round}-{i}-{}", "y".repeat(len)))
-                .collect();
-            for l in &lines {
-                b.push_line(l.as_bytes(), 0);
-            }
+            let (lines, b) = lines_in_a_builder(&format!("r{round}"), n, len);
             let enc = b.finish(Codec::Lz4, 1, 0).unwrap();
             assert!(
                 enc.capacity() <= FIXED_HEADER_LEN + 64 + b.raw.len() / 2
@@ -1134,12 +1147,7 @@ mod tests {
                 enc.capacity(),
                 b.raw.len()
             );
-            let got: Vec<String> = decode(&Bytes::from(enc), &limits)
-                .unwrap()
-                .records
-                .iter()
-                .map(|r| String::from_utf8(r.line.to_vec()).unwrap())
-                .collect();
+            let got = lines_of(&decode(&Bytes::from(enc), &limits).unwrap());
             assert_eq!(got, lines, "round {round}");
         }
     }
@@ -1150,20 +1158,8 @@ mod tests {
     #[test]
     fn recycled_payload_buffers_never_show_or_clobber_another_batchs_bytes() {
         let batch = |tag: &str, n: usize, len: usize| {
-            let mut b = BatchBuilder::new();
-            let lines: Vec<String> = (0..n)
-                .map(|i| format!("{tag}-{i}-{}", "x".repeat(len)))
-                .collect();
-            for l in &lines {
-                b.push_line(l.as_bytes(), 0);
-            }
+            let (lines, b) = lines_in_a_builder(tag, n, len);
             (lines, Bytes::from(b.finish(Codec::Lz4, 1, 0).unwrap()))
-        };
-        let lines_of = |b: &Batch| -> Vec<String> {
-            b.records
-                .iter()
-                .map(|r| String::from_utf8(r.line.to_vec()).unwrap())
-                .collect()
         };
         let limits = DecodeLimits::default();
         for round in 0..50 {

@@ -1041,6 +1041,16 @@ fn append_to(p: &Path, bytes: &[u8]) {
     f.write_all(bytes).unwrap();
 }
 
+/// Truncates `p` to nothing, as copytruncate does after its copy.
+fn truncate_to_zero(p: &Path) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(p)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+}
+
 /// (line, identity it shipped under, its offset there) of every record emitted so far.
 fn records_by_origin(out: &mut [Emitted]) -> Vec<(String, FileId, u64)> {
     spans_by_origin(out)
@@ -2760,12 +2770,7 @@ fn copy_found_at_start_of_a_file_checkpointed_without_identity() {
     }
     stored.extend(records_by_origin(&mut h.out));
     // Killed again (all acknowledged), the original truncated meanwhile.
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&app)
-        .unwrap()
-        .set_len(0)
-        .unwrap();
+    truncate_to_zero(&app);
     append_to(&app, b"four 1234567890\n");
     stored.extend(restart_and_drain(&mut h, acked));
     // The collector's per-origin dedup drops replays.
@@ -2806,12 +2811,7 @@ fn original_truncated_while_a_copy_is_compared_with_it_is_still_its_copy() {
         let (app, armed) = (app.clone(), armed.clone());
         watcher::hooks::set_before_read(move |path, at| {
             if path == app && at == 0 && armed.replace(false) {
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&app)
-                    .unwrap()
-                    .set_len(0)
-                    .unwrap();
+                truncate_to_zero(&app);
             }
         });
     }

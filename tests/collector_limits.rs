@@ -695,7 +695,7 @@ impl Member {
                         .drain(..)
                         .filter(|r| {
                             committed.iter().any(|o| {
-                                o.topic == r.topic
+                                *o.topic == *r.topic
                                     && o.partition == r.partition
                                     && o.offset > r.offset
                             })

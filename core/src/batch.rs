@@ -183,19 +183,7 @@ impl BatchHeader {
     /// Parses and verifies the header of the batch at the start of `buf`, including the CRC over
     /// its body. `buf` may hold more bytes after the batch (see [`BatchHeader::total_len`]).
     pub fn parse(buf: &[u8]) -> Result<Self, WireError> {
-        if buf.len() < FIXED_HEADER_LEN {
-            return Err(WireError::Truncated {
-                need: FIXED_HEADER_LEN,
-                have: buf.len(),
-            });
-        }
-        let magic: [u8; 4] = [buf[0], buf[1], buf[2], buf[3]];
-        if magic != MAGIC {
-            return Err(WireError::BadMagic { found: magic });
-        }
-        if buf[4] != VERSION {
-            return Err(WireError::UnsupportedVersion(buf[4]));
-        }
+        check_fixed_header(buf)?;
         let codec = Codec::from_id(buf[5])?;
         let flags = u16_at(buf, 6);
         if flags & !FLAG_ORIGIN != 0 {
@@ -238,6 +226,52 @@ impl BatchHeader {
             payload_start: FIXED_HEADER_LEN + origin_len,
         })
     }
+}
+
+/// The encoded length (header included) of the batch at the start of `buf`, from its fixed
+/// header alone: what splits a body of back-to-back batches before each one is verified once
+/// by [`verify`] or [`decode`]. Checks the magic, the version and that `buf` holds that many
+/// bytes; not the CRC nor anything else.
+pub fn encoded_len(buf: &[u8]) -> Result<usize, WireError> {
+    check_fixed_header(buf)?;
+    let total_len = FIXED_HEADER_LEN + u32_at(buf, 16) as usize;
+    if buf.len() < total_len {
+        return Err(WireError::Truncated {
+            need: total_len,
+            have: buf.len(),
+        });
+    }
+    Ok(total_len)
+}
+
+/// The fixed header is all there, with our magic and version.
+fn check_fixed_header(buf: &[u8]) -> Result<(), WireError> {
+    if buf.len() < FIXED_HEADER_LEN {
+        return Err(WireError::Truncated {
+            need: FIXED_HEADER_LEN,
+            have: buf.len(),
+        });
+    }
+    let magic: [u8; 4] = [buf[0], buf[1], buf[2], buf[3]];
+    if magic != MAGIC {
+        return Err(WireError::BadMagic { found: magic });
+    }
+    if buf[4] != VERSION {
+        return Err(WireError::UnsupportedVersion(buf[4]));
+    }
+    Ok(())
+}
+
+/// The CRC32C of a whole encoded batch, header included, derived from the CRC its header
+/// carries (checked by [`BatchHeader::parse`], which made `header` from `batch`) without
+/// reading the body again: what the store's frame checksum needs ([`crate::crc`]).
+pub fn whole_crc32c(batch: &[u8], header: &BatchHeader) -> u32 {
+    let body_len = batch.len().saturating_sub(FIXED_HEADER_LEN);
+    let head = &batch[..FIXED_HEADER_LEN.min(batch.len())];
+    // header.crc = crc(head[..28] ++ body) = shift(crc(head[..28]), body_len) ^ crc(body).
+    let body = header.crc
+        ^ crate::crc::crc32c_combine(crc32c::crc32c(&head[..CRC_AT.min(head.len())]), 0, body_len);
+    crate::crc::crc32c_combine(crc32c::crc32c(head), body, body_len)
 }
 
 fn parse_origin(body: &[u8]) -> Result<(BatchOrigin, usize), WireError> {
@@ -287,6 +321,29 @@ pub struct Batch {
 /// Decodes one batch that fills `buf` exactly, verifying everything: header, CRC, decompressed
 /// length, every record, the record count and the origin's byte range. Never panics.
 pub fn decode(buf: &Bytes, limits: &DecodeLimits) -> Result<Batch, WireError> {
+    let (header, raw) = checked_payload(buf, limits)?;
+    // The count is bounded by `limits` (checked before decompressing).
+    let mut records = Vec::with_capacity(header.record_count as usize);
+    each_record(&raw, &header, |r| records.push(r))?;
+    Ok(Batch { header, records })
+}
+
+/// [`decode`] without collecting: each record goes to `f` as it is read, so a caller that
+/// keeps records elsewhere (the consumer's queue) moves each one once and allocates no vector
+/// per batch. On an error, `f` may already have had the records before the bad one: a caller
+/// that must not keep part of a batch drops what it got (the consumer truncates its queue).
+pub fn decode_each(
+    buf: &Bytes,
+    limits: &DecodeLimits,
+    f: impl FnMut(Record),
+) -> Result<BatchHeader, WireError> {
+    let (header, raw) = checked_payload(buf, limits)?;
+    each_record(&raw, &header, f)?;
+    Ok(header)
+}
+
+/// The header (CRC checked) of the batch that fills `buf`, and its decompressed payload.
+fn checked_payload(buf: &Bytes, limits: &DecodeLimits) -> Result<(BatchHeader, Bytes), WireError> {
     let header = BatchHeader::parse(buf)?;
     if buf.len() > header.total_len {
         return Err(WireError::TrailingBytes {
@@ -298,8 +355,36 @@ pub fn decode(buf: &Bytes, limits: &DecodeLimits) -> Result<Batch, WireError> {
         &header,
         limits,
     )?;
-    let records = parse_records(&raw, &header)?;
-    Ok(Batch { header, records })
+    Ok((header, raw))
+}
+
+/// Every record of a decompressed payload, checked ([`check_records`]) and built, to `f`.
+fn each_record(
+    raw: &Bytes,
+    header: &BatchHeader,
+    mut f: impl FnMut(Record),
+) -> Result<(), WireError> {
+    let mut offset = header.origin.as_ref().map(|o| o.first_offset);
+    check_records(raw, header, |r| {
+        f(Record {
+            line: raw.slice_ref(r.line),
+            event_time_ms: r.event_time_ms,
+            offset,
+            span: r.span,
+            truncated: r.truncated,
+            fields: r
+                .fields()
+                // Checked to be UTF-8 by `check_records`.
+                .map(|(k, v)| {
+                    Field::new(
+                        String::from_utf8_lossy(k).into_owned(),
+                        String::from_utf8_lossy(v).into_owned(),
+                    )
+                })
+                .collect(),
+        });
+        offset = offset.map(|o| o.saturating_add(r.span));
+    })
 }
 
 /// Returns the decompressed payload of a batch whose header was already parsed.
@@ -564,32 +649,6 @@ fn walk_records<'a>(
         });
     }
     Ok(())
-}
-
-fn parse_records(raw: &Bytes, header: &BatchHeader) -> Result<Vec<Record>, WireError> {
-    let mut records = Vec::with_capacity(header.record_count as usize);
-    let mut offset = header.origin.as_ref().map(|o| o.first_offset);
-    check_records(raw, header, |r| {
-        records.push(Record {
-            line: raw.slice_ref(r.line),
-            event_time_ms: r.event_time_ms,
-            offset,
-            span: r.span,
-            truncated: r.truncated,
-            fields: r
-                .fields()
-                // Checked to be UTF-8 by `check_records`.
-                .map(|(k, v)| {
-                    Field::new(
-                        String::from_utf8_lossy(k).into_owned(),
-                        String::from_utf8_lossy(v).into_owned(),
-                    )
-                })
-                .collect(),
-        });
-        offset = offset.map(|o| o.saturating_add(r.span));
-    })?;
-    Ok(records)
 }
 
 /// Verifies one batch that fills `buf` exactly as [`decode`] does — header, CRC, decompressed
@@ -1116,6 +1175,29 @@ mod tests {
             b.push_line(l.as_bytes(), 0);
         }
         (lines, b)
+    }
+
+    #[test]
+    fn the_whole_crc_derived_from_the_header_equals_the_crc_of_the_bytes() {
+        for (n, len) in [(1usize, 0usize), (1, 7), (3, 100), (500, 180)] {
+            for codec in [Codec::None, Codec::Lz4, Codec::Gzip] {
+                let (_, b) = lines_in_a_builder("crc", n, len);
+                let enc = b.finish(codec, 1, 5).unwrap();
+                let h = BatchHeader::parse(&enc).unwrap();
+                assert_eq!(
+                    whole_crc32c(&enc, &h),
+                    crc32c::crc32c(&enc),
+                    "{n} lines of {len}, {codec:?}"
+                );
+                assert_eq!(encoded_len(&enc).unwrap(), enc.len());
+                let mut two = enc.to_vec();
+                two.extend_from_slice(&enc);
+                assert_eq!(encoded_len(&two).unwrap(), enc.len());
+                for cut in 0..enc.len() {
+                    assert!(encoded_len(&enc[..cut]).is_err(), "cut at {cut}");
+                }
+            }
+        }
     }
 
     fn lines_of(b: &Batch) -> Vec<String> {

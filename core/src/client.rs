@@ -5,7 +5,7 @@
 use crate::batch::DecodeLimits;
 use crate::fetch::{self, FetchedBatch};
 use crate::security::{ClientSecurity, explain_tls};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -138,6 +138,14 @@ pub struct Fetch {
     pub log_start: u64,
     pub end_offset: u64,
     pub batches: Vec<FetchedBatch>,
+}
+
+/// A fetch reply before decoding: the framed batches as the collector sent them.
+#[derive(Debug, Clone)]
+pub struct RawFetch {
+    pub log_start: u64,
+    pub end_offset: u64,
+    pub body: Bytes,
 }
 
 /// How long a request may take by default before the client gives up and says what it waited
@@ -403,6 +411,39 @@ impl CollectorClient {
         max_bytes: u64,
         wait: Duration,
     ) -> Result<Fetch, ClientError> {
+        let raw = self
+            .fetch_body(
+                topic,
+                partition,
+                offset,
+                max_bytes,
+                wait,
+                &mut BytesMut::new(),
+            )
+            .await?;
+        let batches = fetch::decode_frames(&raw.body, &DecodeLimits::default())
+            .map_err(|e| ClientError::Decode(format!("fetch body: {e}")))?;
+        Ok(Fetch {
+            log_start: raw.log_start,
+            end_offset: raw.end_offset,
+            batches,
+        })
+    }
+
+    /// [`CollectorClient::fetch`] without decoding: the body as received, for a caller that
+    /// decodes it record by record ([`fetch::for_each_record`]). It is read into `buf`, which a
+    /// caller that fetches in a loop keeps: once the previous body's bytes are all dropped
+    /// (records of compressed batches do not hold them), its allocation is used again instead
+    /// of a fresh one of megabytes, page-faulted in, per fetch.
+    pub async fn fetch_body(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: u64,
+        wait: Duration,
+        buf: &mut BytesMut,
+    ) -> Result<RawFetch, ClientError> {
         let rb = self.req(
             reqwest::Method::GET,
             &format!(
@@ -410,7 +451,7 @@ impl CollectorClient {
                 wait.as_millis()
             ),
         );
-        let resp = self.send_within(rb, wait + self.timeout).await?;
+        let mut resp = self.send_within(rb, wait + self.timeout).await?;
         let header = |name: &str| {
             resp.headers()
                 .get(name)
@@ -420,16 +461,25 @@ impl CollectorClient {
         };
         let log_start = header(fetch::HEADER_LOG_START)?;
         let end_offset = header(fetch::HEADER_END_OFFSET)?;
-        let body = resp.bytes().await.map_err(|e| ClientError::Transport {
+        buf.clear();
+        // Within the asked-for size (a little more: the frames' headers); reclaims the
+        // allocation when nothing else holds it any more.
+        let expect = resp
+            .content_length()
+            .unwrap_or(0)
+            .min(max_bytes.saturating_mul(2));
+        buf.reserve(usize::try_from(expect).unwrap_or(0));
+        while let Some(chunk) = resp.chunk().await.map_err(|e| ClientError::Transport {
             url: self.base.clone(),
             message: error_chain(&e),
-        })?;
-        let batches = fetch::decode_frames(&body, &DecodeLimits::default())
-            .map_err(|e| ClientError::Decode(format!("fetch body: {e}")))?;
-        Ok(Fetch {
+        })? {
+            buf.extend_from_slice(&chunk);
+        }
+        let body = buf.split().freeze();
+        Ok(RawFetch {
             log_start,
             end_offset,
-            batches,
+            body,
         })
     }
 

@@ -10,9 +10,12 @@
 //! that processes what `poll` gave it before calling `commit` gets at-least-once delivery, and
 //! exactly-once in a stable group.
 
+use crate::batch::DecodeLimits;
 use crate::client::{Assignment, ClientError, CollectorClient, CommittedOffset};
+use crate::fetch;
 use crate::record::Record;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Where a partition without a committed offset starts.
@@ -59,7 +62,8 @@ impl ConsumerConfig {
 /// A record as consumed: where it was stored, when, and what it is.
 #[derive(Debug, Clone)]
 pub struct ConsumedRecord {
-    pub topic: String,
+    /// Shared by the records of one fetch (no allocation per record).
+    pub topic: Arc<str>,
     pub partition: u32,
     pub offset: u64,
     pub append_time_ms: i64,
@@ -77,7 +81,9 @@ pub struct Consumer {
     /// Positions already committed (to skip needless commits).
     committed: BTreeMap<(String, u32), u64>,
     /// Records fetched but not yet handed out by `poll`.
-    buffered: std::collections::VecDeque<ConsumedRecord>,
+    buffered: VecDeque<ConsumedRecord>,
+    /// Where fetch bodies are read; its allocation is reused from fetch to fetch.
+    body: bytes::BytesMut,
     last_heartbeat: Instant,
     /// Round-robin start among owned partitions, so one busy partition does not starve others.
     next_partition: usize,
@@ -106,6 +112,7 @@ impl Consumer {
             positions: BTreeMap::new(),
             committed: BTreeMap::new(),
             buffered: Default::default(),
+            body: Default::default(),
             last_heartbeat: Instant::now(),
             next_partition: 0,
             handing_over: false,
@@ -193,7 +200,7 @@ impl Consumer {
             .collect();
         if !revoked.is_empty() {
             self.buffered
-                .retain(|r| new.contains(&(r.topic.clone(), r.partition)));
+                .retain(|r| new.contains(&(r.topic.to_string(), r.partition)));
             if self.config.manual_release {
                 self.revoking.extend(revoked.iter().cloned());
                 self.newly_revoked.extend(revoked);
@@ -282,7 +289,7 @@ impl Consumer {
         self.buffered.retain(|r| {
             !partitions
                 .iter()
-                .any(|(t, p)| *t == r.topic && *p == r.partition)
+                .any(|(t, p)| **t == *r.topic && *p == r.partition)
         });
         self.handing_over = true;
         Ok(())
@@ -293,7 +300,7 @@ impl Consumer {
         if let Some(pos) = self.positions.get_mut(partition) {
             *pos = offset;
             self.buffered
-                .retain(|r| !(r.topic == partition.0 && r.partition == partition.1));
+                .retain(|r| !(*r.topic == *partition.0 && r.partition == partition.1));
         }
     }
 
@@ -343,12 +350,33 @@ impl Consumer {
 
     /// Returns up to `max` records, waiting up to `poll_wait` when none are ready.
     pub async fn poll(&mut self, max: usize) -> Result<Vec<ConsumedRecord>, ClientError> {
+        let mut out = Vec::new();
+        self.poll_into(max, &mut out).await?;
+        Ok(out)
+    }
+
+    /// [`Consumer::poll`] into `out` (cleared first), so a caller that polls in a loop reuses
+    /// one allocation instead of a fresh vector — megabytes, page-faulted in — every poll.
+    pub async fn poll_into(
+        &mut self,
+        max: usize,
+        out: &mut Vec<ConsumedRecord>,
+    ) -> Result<(), ClientError> {
+        out.clear();
         self.heartbeat_if_due().await?;
         if self.buffered.is_empty() {
             self.fill().await?;
         }
-        let n = max.min(self.buffered.len());
-        let out: Vec<ConsumedRecord> = self.buffered.drain(..n).collect();
+        if max >= self.buffered.len() && out.capacity() >= self.buffered.len() {
+            // All of it, and `out` (the caller's previous poll) is as large: hand over the
+            // queue itself and keep `out`'s allocation as the next queue, rather than moving
+            // every record once more.
+            let spare = VecDeque::from(std::mem::take(out));
+            *out = Vec::from(std::mem::replace(&mut self.buffered, spare));
+        } else {
+            let n = max.min(self.buffered.len());
+            out.extend(self.buffered.drain(..n));
+        }
         // One position update per run of a partition's records (they come in runs: a fetch's
         // batches, partition by partition), not a key built per record.
         let mut i = 0;
@@ -360,11 +388,11 @@ impl Consumer {
                 last = last.max(out[i].offset);
                 i += 1;
             }
-            if let Some(pos) = self.positions.get_mut(&(topic.clone(), partition)) {
+            if let Some(pos) = self.positions.get_mut(&(topic.to_string(), partition)) {
                 *pos = (*pos).max(last + 1);
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Fetches from owned partitions until something arrives or `poll_wait` passes.
@@ -386,7 +414,14 @@ impl Consumer {
                     let pos = self.positions[&(t.clone(), *p)];
                     let f = match self
                         .client
-                        .fetch(t, *p, pos, self.config.max_fetch_bytes, Duration::ZERO)
+                        .fetch_body(
+                            t,
+                            *p,
+                            pos,
+                            self.config.max_fetch_bytes,
+                            Duration::ZERO,
+                            &mut self.body,
+                        )
                         .await
                     {
                         Ok(f) => f,
@@ -407,20 +442,30 @@ impl Consumer {
                         }
                         Err(e) => return Err(e),
                     };
-                    for b in f.batches {
-                        for (i, rec) in b.batch.records.into_iter().enumerate() {
-                            let offset = b.base_offset + i as u64;
-                            if offset < pos {
-                                continue;
+                    // Records go from the fetched bytes straight into the queue: no vector
+                    // of batches or of records per batch in between.
+                    let topic: Arc<str> = Arc::from(t.as_str());
+                    let before = self.buffered.len();
+                    let buffered = &mut self.buffered;
+                    let decoded = fetch::for_each_record(
+                        &f.body,
+                        &DecodeLimits::default(),
+                        |offset, append_time_ms, record| {
+                            if offset >= pos {
+                                buffered.push_back(ConsumedRecord {
+                                    topic: topic.clone(),
+                                    partition: *p,
+                                    offset,
+                                    append_time_ms,
+                                    record,
+                                });
                             }
-                            self.buffered.push_back(ConsumedRecord {
-                                topic: t.clone(),
-                                partition: *p,
-                                offset,
-                                append_time_ms: b.append_time_ms,
-                                record: rec,
-                            });
-                        }
+                        },
+                    );
+                    if let Err(e) = decoded {
+                        // None of a fetch that does not decode whole.
+                        self.buffered.truncate(before);
+                        return Err(ClientError::Decode(format!("fetch body: {e}")));
                     }
                     if !self.buffered.is_empty() {
                         self.next_partition = (self.next_partition + i + 1) % keys.len();

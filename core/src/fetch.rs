@@ -16,6 +16,7 @@
 //! HTTP headers carry the partition's `x-ferry-log-start` and `x-ferry-end-offset`.
 
 use crate::batch::{self, Batch, DecodeLimits, WireError};
+use crate::record::Record;
 use bytes::Bytes;
 
 /// Content type of a fetch response body.
@@ -43,6 +44,40 @@ pub struct FetchedBatch {
 /// Splits and decodes a fetch response body.
 pub fn decode_frames(body: &Bytes, limits: &DecodeLimits) -> Result<Vec<FetchedBatch>, WireError> {
     let mut out = Vec::new();
+    for_each_frame(body, |base_offset, append_time_ms, batch| {
+        out.push(FetchedBatch {
+            base_offset,
+            append_time_ms,
+            batch: batch::decode(&batch, limits)?,
+        });
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Decodes a fetch response body record by record: `f(offset, append_time_ms, record)` for
+/// each, in order, with no vector of batches or records in between (what the consumer's poll
+/// loop uses). On an error `f` may have had the records before it; see [`batch::decode_each`].
+pub fn for_each_record(
+    body: &Bytes,
+    limits: &DecodeLimits,
+    mut f: impl FnMut(u64, i64, Record),
+) -> Result<(), WireError> {
+    for_each_frame(body, |base_offset, append_time_ms, batch| {
+        let mut offset = base_offset;
+        batch::decode_each(&batch, limits, |r| {
+            f(offset, append_time_ms, r);
+            offset += 1;
+        })
+        .map(drop)
+    })
+}
+
+/// Splits a body into its frames: `f(base_offset, append_time_ms, batch)`.
+fn for_each_frame(
+    body: &Bytes,
+    mut f: impl FnMut(u64, i64, Bytes) -> Result<(), WireError>,
+) -> Result<(), WireError> {
     let mut pos = 0usize;
     while pos < body.len() {
         if body.len() - pos < FRAME_HEADER {
@@ -68,15 +103,10 @@ pub fn decode_frames(body: &Bytes, limits: &DecodeLimits) -> Result<Vec<FetchedB
                     need: start.saturating_add(len),
                     have: body.len(),
                 })?;
-        let batch = batch::decode(&body.slice(start..end), limits)?;
-        out.push(FetchedBatch {
-            base_offset,
-            append_time_ms,
-            batch,
-        });
+        f(base_offset, append_time_ms, body.slice(start..end))?;
         pos = end;
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -100,6 +130,52 @@ mod tests {
                 decode_frames(&Bytes::from(body[..cut].to_vec()), &DecodeLimits::default())
                     .is_err()
                     || cut == body.len() / 2
+            );
+        }
+    }
+
+    #[test]
+    fn record_by_record_decoding_matches_the_batches_and_refuses_what_they_refuse() {
+        let mut body = Vec::new();
+        for (base, lines) in [(7u64, 3usize), (10, 1), (11, 4)] {
+            let mut b = BatchBuilder::new();
+            for i in 0..lines {
+                b.push_line(format!("line {base} {i}").as_bytes(), 0);
+            }
+            put_frame(
+                &mut body,
+                base,
+                base as i64 * 100,
+                &b.finish(Codec::Lz4, 1, 5).unwrap(),
+            );
+        }
+        let body = Bytes::from(body);
+        let limits = DecodeLimits::default();
+        let mut expect = Vec::new();
+        for f in decode_frames(&body, &limits).unwrap() {
+            for (i, r) in f.batch.records.into_iter().enumerate() {
+                expect.push((f.base_offset + i as u64, f.append_time_ms, r.line));
+            }
+        }
+        let mut got = Vec::new();
+        for_each_record(&body, &limits, |o, t, r| got.push((o, t, r.line))).unwrap();
+        assert_eq!(got.len(), 8);
+        assert_eq!(got, expect);
+        // Every cut and every flipped byte: refused by both, or accepted by both alike.
+        for cut in 0..body.len() {
+            let part = body.slice(..cut);
+            let ok = for_each_record(&part, &limits, |_, _, _| {}).is_ok();
+            assert_eq!(ok, decode_frames(&part, &limits).is_ok(), "cut at {cut}");
+        }
+        for at in 0..body.len() {
+            let mut bad = body.to_vec();
+            bad[at] ^= 0x55;
+            let bad = Bytes::from(bad);
+            let ok = for_each_record(&bad, &limits, |_, _, _| {}).is_ok();
+            assert_eq!(
+                ok,
+                decode_frames(&bad, &limits).is_ok(),
+                "byte {at} flipped"
             );
         }
     }

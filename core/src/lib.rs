@@ -18,6 +18,7 @@ pub mod batch;
 pub mod client;
 pub mod config;
 pub mod consumer;
+pub mod crc;
 pub mod fetch;
 pub mod problems;
 pub mod record;

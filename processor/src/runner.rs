@@ -47,6 +47,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Most records one poll hands to the pipelines: more than one fetch holds (4 MiB of stored
+/// batches), so a poll takes what the consumer fetched and the two swap vectors instead of
+/// moving records from one to the other.
+const POLL_MAX: usize = 1 << 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
     #[error("pipeline {pipeline}: collector")]
@@ -171,6 +176,8 @@ struct Runner {
 /// What one turn of the loop carries over to the next.
 struct Turn {
     out: Vec<Emission>,
+    /// The last poll's records; kept so each poll reuses its allocation.
+    polled: Vec<ferry_core::consumer::ConsumedRecord>,
     last_tick: Instant,
     last_checkpoint: Instant,
     last_flush: Instant,
@@ -297,6 +304,7 @@ impl Runner {
         shutdown: &Shutdown,
     ) -> Result<(), RunnerError> {
         let mut turn = Turn {
+            polled: Vec::new(),
             out: Vec::new(),
             last_tick: Instant::now(),
             last_checkpoint: Instant::now(),
@@ -335,17 +343,18 @@ impl Runner {
             self.ensure_repart(false).await?;
             self.take_merge_rebalance().await?;
         }
+        let mut records = std::mem::take(&mut turn.polled);
         let polled = tokio::select! {
-            r = self.consumer.poll(50_000) => r,
+            r = self.consumer.poll_into(POLL_MAX, &mut records) => r,
             _ = shutdown.wait() => return Ok(()),
         };
-        let records = polled.map_err(|e| self.err_collector(e))?;
+        polled.map_err(|e| self.err_collector(e))?;
         let now = ferry_core::now_ms();
         // A poll returns each partition's records together: one instance lookup per run of
         // them, not per record.
         for run in records.chunk_by(|a, b| a.partition == b.partition && a.topic == b.topic) {
             let first = &run[0];
-            let pid = PartitionId::new(first.topic.clone(), first.partition);
+            let pid = PartitionId::new(first.topic.to_string(), first.partition);
             // A partition assigned during this poll is set up (and sought back) next turn.
             let Some(u) = self.driver.upstream_mut(&pid) else {
                 continue;
@@ -358,6 +367,8 @@ impl Runner {
             );
         }
         self.report.records += records.len() as u64;
+        records.clear();
+        turn.polled = records;
         let tick = turn.last_tick.elapsed() >= opts.tick;
         if tick {
             turn.last_tick = Instant::now();

@@ -34,6 +34,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut printed = 0u64;
     let mut last_record = Instant::now();
+    let mut records = Vec::new();
     loop {
         let want = args
             .max
@@ -43,7 +44,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         if want == 0 || shutdown.is_triggered() {
             break;
         }
-        let records = consumer.poll(want).await?;
+        consumer.poll_into(want, &mut records).await?;
         if records.is_empty() {
             if args
                 .idle_timeout

@@ -6,7 +6,7 @@
 
 use super::{IngestError, Producer};
 use bytes::Bytes;
-use ferry_core::batch::{self, Batch, BatchBuilder, BatchHeader, Codec, DecodeLimits};
+use ferry_core::batch::{self, Batch, BatchBuilder, Codec, DecodeLimits};
 use ferry_core::record::OriginKey;
 use std::io::Read;
 
@@ -183,9 +183,11 @@ fn split_batches(
     }
     while pos < body.len() {
         let n = out.len();
-        let header = BatchHeader::parse(&body[pos..])
+        // Its length from the fixed header; the whole header, CRC included, is checked once
+        // below.
+        let len = batch::encoded_len(&body[pos..])
             .map_err(|e| IngestError::BadRequest(format!("batch {n} (at byte {pos}): {e}")))?;
-        let enc = body.slice(pos..pos + header.total_len);
+        let enc = body.slice(pos..pos + len);
         let decoded = if materialise {
             batch::decode(&enc, limits)
         } else {
@@ -201,7 +203,7 @@ fn split_batches(
             }
             other => IngestError::BadRequest(format!("batch {n} (at byte {pos}): {other}")),
         })?;
-        pos += header.total_len;
+        pos += len;
         out.push((enc, decoded));
     }
     Ok(out)

@@ -272,6 +272,9 @@ impl WritableFile for CachedWritable {
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         self.with(|w| w.write_all(buf))
     }
+    fn write_all_vectored(&mut self, bufs: &[&[u8]]) -> io::Result<()> {
+        self.with(|w| w.write_all_vectored(bufs))
+    }
     fn sync_data(&mut self) -> io::Result<()> {
         self.with(|w| w.sync_data())
     }

@@ -70,7 +70,11 @@ pub(crate) struct Waiter {
 /// Frames staged in this group, not yet published, and how to undo them.
 #[derive(Default)]
 pub(crate) struct Pending {
-    pub buf: Vec<u8>,
+    /// Each frame: its header and its batch (the bytes as they arrived: written with `writev`,
+    /// never copied into one buffer first).
+    pub frames: Vec<([u8; segment::FRAME_HEADER_LEN], Bytes)>,
+    /// Bytes of `frames`.
+    pub bytes: u64,
     pub index: Vec<IndexEntry>,
     pub undo: Vec<(OriginKey, Option<u64>)>,
     pub waiters: Vec<Waiter>,
@@ -110,7 +114,7 @@ pub(crate) struct WriterState {
 
 impl WriterState {
     pub fn has_pending(&self) -> bool {
-        !self.pending.buf.is_empty() || !self.pending.waiters.is_empty()
+        !self.pending.frames.is_empty() || !self.pending.waiters.is_empty()
     }
 }
 
@@ -189,14 +193,15 @@ impl Partition {
             Ok(d) => d,
             Err(e) => return Staged::Failed(e.into(), reply),
         };
-        let (data, stored, dropped) = match decision {
-            Decision::Store => (batch, header.record_count, 0),
-            Decision::Drop(n) => (Bytes::new(), 0, n),
+        // `as_received`: `data` is the batch `header` was parsed from.
+        let (data, stored, dropped, as_received) = match decision {
+            Decision::Store => (batch, header.record_count, 0, true),
+            Decision::Drop(n) => (Bytes::new(), 0, n, false),
             Decision::Trim {
                 batch,
                 kept,
                 dropped,
-            } => (batch, kept, dropped),
+            } => (batch, kept, dropped, false),
         };
         if dropped > 0 {
             metrics::counter!("ferry_store_dedup_dropped_records_total", "topic" => self.topic.clone())
@@ -217,7 +222,7 @@ impl Partition {
         }
         let frame_len = (segment::FRAME_HEADER_LEN + data.len()) as u64;
         let now = ferry_core::now_ms();
-        let staged_len = w.len + w.pending.buf.len() as u64;
+        let staged_len = w.len + w.pending.bytes;
         let full = staged_len > FILE_HEADER_LEN && staged_len + frame_len > cfg.segment_bytes();
         let old = w
             .active_first_time
@@ -229,8 +234,16 @@ impl Partition {
         }
         let time = now.max(w.last_time_ms);
         let base = w.next_offset;
-        let pos = w.len + w.pending.buf.len() as u64;
-        segment::encode_frame(&mut w.pending.buf, base, time, stored, &data);
+        let pos = w.len + w.pending.bytes;
+        // The batch as received keeps the header this append checked: its frame's checksum and
+        // its origin come from that header, without reading the batch again.
+        let crc = if as_received {
+            ferry_core::batch::whole_crc32c(&data, &header)
+        } else {
+            crc32c::crc32c(&data)
+        };
+        let head = segment::frame_header(base, time, stored, data.len(), crc);
+        w.pending.bytes += frame_len;
         if w.last_index_pos
             .is_none_or(|p| pos >= p + cfg.index_interval_bytes.get().max(1))
         {
@@ -241,12 +254,17 @@ impl Partition {
             });
             w.last_index_pos = Some(pos);
         }
-        if let Ok(h) = BatchHeader::parse(&data)
-            && let Some(o) = &h.origin
-        {
+        let trimmed = if as_received {
+            None
+        } else {
+            BatchHeader::parse(&data).ok()
+        };
+        if let Some(o) = trimmed.as_ref().unwrap_or(&header).origin.as_ref() {
             let prev = w.dedup.observe(o);
             w.pending.undo.push((o.key.clone(), prev));
         }
+        let data_len = data.len() as u64;
+        w.pending.frames.push((head, data));
         w.next_offset += u64::from(stored);
         w.last_time_ms = time;
         if w.active_first_time.is_none() {
@@ -263,7 +281,7 @@ impl Partition {
         });
         metrics::counter!("ferry_store_appends_total", "topic" => self.topic.clone()).increment(1);
         metrics::counter!("ferry_store_append_bytes_total", "topic" => self.topic.clone())
-            .increment(data.len() as u64);
+            .increment(data_len);
         metrics::counter!("ferry_store_append_records_total", "topic" => self.topic.clone())
             .increment(u64::from(stored));
         Staged::Queued
@@ -271,7 +289,7 @@ impl Partition {
 
     /// Writes the staged frames to the active file (no fsync).
     pub fn write_pending(&self, w: &mut WriterState) -> Result<(), StoreError> {
-        if w.pending.buf.is_empty() || w.pending.written || w.deleted {
+        if w.pending.frames.is_empty() || w.pending.written || w.deleted {
             return Ok(());
         }
         let WriterState {
@@ -280,9 +298,14 @@ impl Partition {
             active_path,
             ..
         } = w;
-        active.write_all(&pending.buf).at(active_path)?;
+        let mut bufs: Vec<&[u8]> = Vec::with_capacity(pending.frames.len() * 2);
+        for (head, batch) in &pending.frames {
+            bufs.push(head);
+            bufs.push(batch);
+        }
+        active.write_all_vectored(&bufs).at(active_path)?;
         pending.written = true;
-        w.len += w.pending.buf.len() as u64;
+        w.len += w.pending.bytes;
         Ok(())
     }
 
@@ -304,7 +327,7 @@ impl Partition {
         let p = std::mem::take(&mut w.pending);
         {
             let mut v = self.view_mut();
-            let last_time = if p.buf.is_empty() {
+            let last_time = if p.frames.is_empty() {
                 None
             } else {
                 Some(w.last_time_ms)
@@ -329,7 +352,8 @@ impl Partition {
     }
 
     fn reset_pending(&self, w: &mut WriterState) {
-        w.pending.buf.clear();
+        w.pending.frames.clear();
+        w.pending.bytes = 0;
         w.pending.start_offset = w.next_offset;
         w.pending.start_len = w.len;
         w.pending.start_last_index_pos = w.last_index_pos;
@@ -349,7 +373,7 @@ impl Partition {
             clean = w.active.truncate(p.start_len).is_ok();
             w.len = p.start_len;
             w.synced_len = w.synced_len.min(p.start_len);
-        } else if !p.buf.is_empty() {
+        } else if !p.frames.is_empty() {
             // A failed write may have left part of the buffer in the file.
             clean = w.active.truncate(p.start_len).is_ok();
         }

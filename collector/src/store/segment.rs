@@ -136,7 +136,9 @@ impl FrameHeader {
     }
 }
 
-/// Appends one frame (header + batch) to `out`.
+/// Appends one frame (header + batch) to `out` (the store stages frames with [`frame_header`]
+/// and writes them with their batches; this builds whole segments for tests).
+#[cfg(test)]
 pub fn encode_frame(
     out: &mut Vec<u8>,
     base_offset: u64,
@@ -144,15 +146,33 @@ pub fn encode_frame(
     count: u32,
     batch: &[u8],
 ) {
-    let start = out.len();
-    out.extend_from_slice(&(batch.len() as u32).to_le_bytes());
-    out.extend_from_slice(&[0u8; 4]);
-    out.extend_from_slice(&base_offset.to_le_bytes());
-    out.extend_from_slice(&append_time_ms.to_le_bytes());
-    out.extend_from_slice(&count.to_le_bytes());
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&out[start + 8..start + 28]), batch);
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&frame_header(
+        base_offset,
+        append_time_ms,
+        count,
+        batch.len(),
+        crc32c::crc32c(batch),
+    ));
     out.extend_from_slice(batch);
+}
+
+/// The header of the frame of a batch of `batch_len` bytes whose CRC32C is `batch_crc`: what
+/// precedes the batch in a segment.
+pub fn frame_header(
+    base_offset: u64,
+    append_time_ms: i64,
+    count: u32,
+    batch_len: usize,
+    batch_crc: u32,
+) -> [u8; FRAME_HEADER_LEN] {
+    let mut h = [0u8; FRAME_HEADER_LEN];
+    h[0..4].copy_from_slice(&(batch_len as u32).to_le_bytes());
+    h[8..16].copy_from_slice(&base_offset.to_le_bytes());
+    h[16..24].copy_from_slice(&append_time_ms.to_le_bytes());
+    h[24..28].copy_from_slice(&count.to_le_bytes());
+    let crc = ferry_core::crc::crc32c_combine(crc32c::crc32c(&h[8..28]), batch_crc, batch_len);
+    h[4..8].copy_from_slice(&crc.to_le_bytes());
+    h
 }
 
 /// Verifies a whole frame (`buf` = header + batch); the reason on failure.

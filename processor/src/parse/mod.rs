@@ -94,7 +94,12 @@ impl FieldSlots {
     /// The slot for `name`, if wanted.
     #[inline]
     pub fn slot(&self, name: &[u8]) -> Option<usize> {
-        self.names.iter().position(|n| n.as_bytes() == name)
+        // Length and first byte before the comparison: most keys of a line are not wanted, and
+        // those are told apart without a call to `memcmp`.
+        self.names.iter().position(|n| {
+            let n = n.as_bytes();
+            n.len() == name.len() && n.first() == name.first() && n == name
+        })
     }
 
     #[inline]

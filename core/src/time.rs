@@ -2,6 +2,7 @@
 //! the processor (event times), the agent's syslog input and container-log formats.
 
 /// Days from 1970-01-01 to the given civil date (proleptic Gregorian); Howard Hinnant's algorithm.
+#[inline(always)]
 pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
@@ -12,6 +13,7 @@ pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+#[inline]
 fn digits(b: &[u8], at: usize, n: usize) -> Option<u32> {
     let mut v = 0u32;
     for &c in b.get(at..at + n)? {
@@ -81,6 +83,7 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     Some(secs * 1000 + ms as i64)
 }
 
+#[inline]
 pub fn days_in_month(y: i64, m: u32) -> u32 {
     match m {
         1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,

@@ -72,7 +72,7 @@ impl<'a> Scanner<'a> {
         self.b.get(self.i).copied()
     }
 
-    #[inline]
+    #[inline(always)]
     fn ws(&mut self) {
         while let Some(c) = self.b.get(self.i) {
             if matches!(c, b' ' | b'\t' | b'\n' | b'\r') {
@@ -141,7 +141,12 @@ impl<'a> Scanner<'a> {
                 self.path.truncate(plen);
             }
             if !handled {
-                self.skip_value(depth)?;
+                // Most skipped values are strings: scanned here, without the call.
+                if self.peek() == Some(b'"') {
+                    self.string()?;
+                } else {
+                    self.skip_value(depth)?;
+                }
             }
             self.ws();
             match self.peek() {
@@ -166,7 +171,7 @@ impl<'a> Scanner<'a> {
                 } else {
                     // Printable ASCII (the usual case) is valid UTF-8 without control characters:
                     // one pass, no call.
-                    if !raw.iter().all(|&c| (0x20..0x80).contains(&c)) {
+                    if !printable_ascii(raw) {
                         std::str::from_utf8(raw)
                             .map_err(|_| self.err("invalid UTF-8 in a string"))?;
                         if raw.iter().any(|&c| c < 0x20) {
@@ -191,7 +196,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// At a `"`; returns the content's byte range and whether it has escapes.
-    #[inline]
+    #[inline(always)]
     fn string(&mut self) -> Scan<(usize, usize, bool)> {
         let b = self.b;
         let start = self.i + 1;
@@ -348,6 +353,20 @@ fn find_quote_or_backslash(b: &[u8], from: usize) -> Option<(usize, bool)> {
     Some((n, b[n] == b'"'))
 }
 
+/// Every byte of `b` is printable ASCII (0x20..0x80): eight bytes at a time.
+#[inline]
+fn printable_ascii(b: &[u8]) -> bool {
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // A byte below 0x80 plus 0x60 has its high bit set exactly when it is at least 0x20, and
+    // no carry crosses into the next byte (0x7f + 0x60 < 0x100).
+    const LIFT: u64 = 0x6060_6060_6060_6060;
+    let (chunks, rest) = b.as_chunks::<8>();
+    chunks.iter().all(|c| {
+        let w = u64::from_le_bytes(*c);
+        w & HIGHS == 0 && w.wrapping_add(LIFT) & HIGHS == HIGHS
+    }) && rest.iter().all(|&c| (0x20..0x80).contains(&c))
+}
+
 /// Some wanted name starts with `path` followed by a dot.
 fn is_prefix(out: &FieldSlots, path: &[u8]) -> bool {
     out.names().iter().any(|n| {
@@ -491,6 +510,7 @@ mod tests {
             r#"{"a":"bad \q escape"}"#,
             r#"{"a":"\ud800 lone"}"#,
             "{\"a\":\"tab\tinside\"}",
+            "{\"a\":\"a control character past the first eight bytes:\u{1f}\"}",
             "{\"a\":\"x\\",
         ] {
             assert!(
@@ -574,6 +594,22 @@ mod tests {
                 .position(|&c| c == b'"' || c == b'\\')
                 .map(|n| (from + n, bytes[from + n] == b'"'));
             prop_assert_eq!(super::find_quote_or_backslash(&bytes, from), expect);
+        }
+
+        /// The eight-bytes-at-a-time printable check agrees with a byte-by-byte one, on bytes
+        /// at the edges of the range (0x1f, 0x20, 0x7f, 0x80) anywhere in a string of any length.
+        #[test]
+        fn printable_check_agrees_with_a_byte_by_byte_one(
+            bytes in prop::collection::vec(
+                prop_oneof![
+                    Just(0x1fu8), Just(0x20u8), Just(0x7fu8), Just(0x80u8), Just(0u8), Just(0xffu8),
+                    0x20u8..0x7f, 0x20u8..0x7f, 0x20u8..0x7f, any::<u8>(),
+                ],
+                0..40,
+            ),
+        ) {
+            let expect = bytes.iter().all(|&c| (0x20..0x80).contains(&c));
+            prop_assert_eq!(super::printable_ascii(&bytes), expect);
         }
 
         /// Cutting a valid line anywhere gives an error, never a panic.

@@ -94,11 +94,12 @@ impl FieldSlots {
     /// The slot for `name`, if wanted.
     #[inline]
     pub fn slot(&self, name: &[u8]) -> Option<usize> {
-        // Length and first byte before the comparison: most keys of a line are not wanted, and
-        // those are told apart without a call to `memcmp`.
+        // Length before the comparison: most keys of a line are not wanted, and most of those
+        // are told apart by it.
         self.names.iter().position(|n| {
             let n = n.as_bytes();
-            n.len() == name.len() && n.first() == name.first() && n == name
+            // Names are short: compared byte by byte inline, not with a call to `memcmp`.
+            n.len() == name.len() && n.iter().zip(name).all(|(a, b)| a == b)
         })
     }
 

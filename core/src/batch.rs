@@ -233,7 +233,26 @@ impl BatchHeader {
 /// by [`verify`] or [`decode`]. Checks the magic, the version and that `buf` holds that many
 /// bytes; not the CRC nor anything else.
 pub fn encoded_len(buf: &[u8]) -> Result<usize, WireError> {
+    peek(buf).map(|p| p.total_len)
+}
+
+/// What the fixed header of the batch at the start of `buf` declares, unverified (no CRC):
+/// see [`peek`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peek {
+    /// Encoded length, header included; `buf` holds at least that many bytes.
+    pub total_len: usize,
+    pub codec: Codec,
+    /// The payload's declared uncompressed size (decoding refuses a payload that differs).
+    pub raw_len: u32,
+}
+
+/// The fixed header of the batch at the start of `buf`: its length, codec and declared raw
+/// size, for sizing up the work of checking a body before doing it. Checks the magic, the
+/// version, the codec and that `buf` holds the whole batch; not the CRC nor anything else.
+pub fn peek(buf: &[u8]) -> Result<Peek, WireError> {
     check_fixed_header(buf)?;
+    let codec = Codec::from_id(buf[5])?;
     let total_len = FIXED_HEADER_LEN + u32_at(buf, 16) as usize;
     if buf.len() < total_len {
         return Err(WireError::Truncated {
@@ -241,7 +260,11 @@ pub fn encoded_len(buf: &[u8]) -> Result<usize, WireError> {
             have: buf.len(),
         });
     }
-    Ok(total_len)
+    Ok(Peek {
+        total_len,
+        codec,
+        raw_len: u32_at(buf, 12),
+    })
 }
 
 /// The fixed header is all there, with our magic and version.

@@ -16,7 +16,8 @@
 //! (`SIZE` like `1GiB`, default 1 GiB, or `FERRY_BENCH_BYTES`; `FERRY_BENCH_MODES=a,b` runs only
 //! those agent modes, e.g. `collector-lz4`; `FERRY_BENCH_BATCH_BYTES` sets the
 //! agent's `batch.max_bytes`, `FERRY_BENCH_PER_FILE` its `max_in_flight_per_file`,
-//! `FERRY_BENCH_IN_FLIGHT` its `max_in_flight`, `FERRY_BENCH_BUFFER_BYTES` its `buffer_bytes`.) Generates a file of ~200-byte
+//! `FERRY_BENCH_IN_FLIGHT` its `max_in_flight`, `FERRY_BENCH_BUFFER_BYTES` its `buffer_bytes`,
+//! `FERRY_BENCH_LINGER_MS` its `batch.linger`.) Generates a file of ~200-byte
 //! JSON lines, then measures, each in its own child process so that peak RSS is the run's own:
 //! the agent reading it into the `null` output uncompressed and with gzip (level 1), and `cat`
 //! of the same file into a local TCP socket (a listener thread that discards), the copying
@@ -581,6 +582,9 @@ fn child(args: &[String]) -> Res<()> {
     }
     if let Ok(n) = std::env::var("FERRY_BENCH_IN_FLIGHT") {
         cfg.max_in_flight = n.parse()?;
+    }
+    if let Ok(ms) = std::env::var("FERRY_BENCH_LINGER_MS") {
+        cfg.batch.linger = ferry_core::config::Duration::from_millis(ms.parse()?);
     }
     if let Ok(b) = std::env::var("FERRY_BENCH_BUFFER_BYTES") {
         cfg.buffer_bytes = b.parse()?;

@@ -31,6 +31,47 @@ pub struct BodyRules {
     pub materialise: bool,
 }
 
+/// Largest body [`cheap_to_check`] lets be checked where it was received.
+const INLINE_BODY_BYTES: usize = 256 << 10;
+/// Largest raw size, all of a body's batches together, [`cheap_to_check`] lets be checked where
+/// it was received: lz4 inflates that in well under a millisecond.
+const INLINE_RAW_BYTES: u64 = 2 << 20;
+
+/// Whether checking `body` ([`parse`]) is cheap enough for the async worker that received it,
+/// rather than a hand-off to the blocking pool and back (two thread switches, which cost about
+/// as much as checking an agent's batch): ferry batches stored as received (`materialise`
+/// off), without Content-Encoding, at most 256 KiB, none gzip-compressed, declaring at most
+/// 2 MiB of raw payload in all. Reads the fixed headers alone; a body whose headers are
+/// malformed is cheap too (it is refused at the first bad one).
+pub fn cheap_to_check(
+    rules: &BodyRules,
+    content_type: Option<&str>,
+    content_encoding: Option<&str>,
+    body: &[u8],
+) -> bool {
+    if rules.materialise || content_encoding.is_some() || body.len() > INLINE_BODY_BYTES {
+        return false;
+    }
+    let is_batch = content_type
+        .and_then(|c| c.split(';').next())
+        .is_some_and(|c| c.trim().eq_ignore_ascii_case(batch::CONTENT_TYPE));
+    if !is_batch {
+        return false;
+    }
+    let (mut pos, mut raw) = (0usize, 0u64);
+    while pos < body.len() {
+        let Ok(p) = batch::peek(&body[pos..]) else {
+            return true;
+        };
+        raw += u64::from(p.raw_len);
+        if p.codec == Codec::Gzip || raw > INLINE_RAW_BYTES {
+            return false;
+        }
+        pos += p.total_len;
+    }
+    true
+}
+
 /// Turns a body into verified batches: (encoded bytes, decoded batch).
 pub fn parse(
     rules: &BodyRules,
@@ -255,6 +296,65 @@ mod tests {
             Err(IngestError::BadRequest(m)) => assert!(m.contains("gzip"), "{m}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    fn lz4_batch(lines: usize, line: &[u8], codec: Codec) -> Vec<u8> {
+        let mut b = BatchBuilder::new();
+        for _ in 0..lines {
+            b.push_line(line, line.len() as u64 + 1);
+        }
+        b.finish(codec, 1, 1).expect("batch")
+    }
+
+    /// Which bodies are checked where they arrive and which on the blocking pool: small lz4 or
+    /// uncompressed ferry batches stored as received, nothing else.
+    #[test]
+    fn only_small_batches_stored_as_received_are_cheap_to_check() {
+        let stored = BodyRules {
+            materialise: false,
+            ..rules()
+        };
+        let ct = Some(batch::CONTENT_TYPE);
+        let small = lz4_batch(
+            1000,
+            b"{\"level\":\"info\",\"msg\":\"request handled\"}",
+            Codec::Lz4,
+        );
+        assert!(cheap_to_check(&stored, ct, None, &small));
+        assert!(cheap_to_check(
+            &stored,
+            Some("application/x-ferry-batch; v=1"),
+            None,
+            &small
+        ));
+        let two = [small.clone(), lz4_batch(10, b"x", Codec::None)].concat();
+        assert!(cheap_to_check(&stored, ct, None, &two));
+        // Records to build, a Content-Encoding, another content type: the pool.
+        assert!(!cheap_to_check(&rules(), ct, None, &small));
+        assert!(!cheap_to_check(&stored, ct, Some("gzip"), &small));
+        assert!(!cheap_to_check(&stored, Some("text/plain"), None, &small));
+        assert!(!cheap_to_check(&stored, None, None, &small));
+        // gzip inside the batch, a body over 256 KiB, over 2 MiB of raw payload declared (a few
+        // KiB of lz4): the pool.
+        assert!(!cheap_to_check(
+            &stored,
+            ct,
+            None,
+            &lz4_batch(100, b"x", Codec::Gzip)
+        ));
+        let big: Vec<u8> = (0..300_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        assert!(!cheap_to_check(
+            &stored,
+            ct,
+            None,
+            &lz4_batch(1, &big, Codec::None)
+        ));
+        let zeros = lz4_batch(3, &vec![0u8; 1 << 20], Codec::Lz4);
+        assert!(zeros.len() < 64 << 10, "{}", zeros.len());
+        assert!(!cheap_to_check(&stored, ct, None, &zeros));
+        // Garbage is cheap: refused at its first header.
+        assert!(cheap_to_check(&stored, ct, None, b"not a batch"));
+        assert!(parse(&stored, ct, None, Bytes::from_static(b"not a batch"), None).is_err());
     }
 
     proptest! {

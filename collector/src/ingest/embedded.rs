@@ -67,8 +67,21 @@ impl Embedded {
             partition,
         } = req;
         let whole = !ingest.needs_look(&topic);
-        // Routing may create topics (mkdir, fsync) and recompress: on the blocking pool.
-        let (items, routed) = {
+        // Routing may create topics (mkdir, fsync) and recompress: on the blocking pool. A
+        // body stored whole, as received, into a topic that exists needs neither: its
+        // destinations are worked out here, without two thread hand-offs per request (about a
+        // tenth of the collector's CPU under a stream of agent batches).
+        let as_received = whole
+            && ingest
+                .store()
+                .is_some_and(|s| s.topic_partitions(&topic).is_some())
+            && items
+                .iter()
+                .all(|(_, b)| storage_codec(ingest, b.header.codec) == b.header.codec);
+        let (items, routed) = if as_received {
+            let r = destinations(ingest, &topic, &items, whole, partition);
+            (items, r)
+        } else {
             let this = ingest.clone();
             let topic = topic.clone();
             run_blocking(move || {

@@ -291,15 +291,22 @@ impl Ingest {
     ) -> Result<IngestSummary, IngestError> {
         ferry_core::topic::validate_name(topic).map_err(IngestError::BadRequest)?;
         let pending = self.enter(topic)?;
-        // Gunzip, CRC checks and decoding burn CPU: on the blocking pool, not the async workers.
+        // Gunzip, CRC checks and decoding burn CPU: on the blocking pool, not the async
+        // workers, unless the body is small and cheap to check (an agent's lz4 batch).
         let items = {
             let rules = self.body_rules(topic);
-            let (ct, ce) = (
-                content_type.map(str::to_owned),
-                content_encoding.map(str::to_owned),
-            );
-            run_blocking(move || body::parse(&rules, ct.as_deref(), ce.as_deref(), body, producer))
+            if body::cheap_to_check(&rules, content_type, content_encoding, &body) {
+                body::parse(&rules, content_type, content_encoding, body, producer)?
+            } else {
+                let (ct, ce) = (
+                    content_type.map(str::to_owned),
+                    content_encoding.map(str::to_owned),
+                );
+                run_blocking(move || {
+                    body::parse(&rules, ct.as_deref(), ce.as_deref(), body, producer)
+                })
                 .await??
+            }
         };
         let ordered = order::ordered(&items, after)?;
         let records: u64 = items

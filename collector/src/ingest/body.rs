@@ -2,7 +2,8 @@
 //! (`application/x-ferry-batch`, one or more batches back to back), or newline-delimited lines
 //! (plain text or JSON, optionally gzip) which become batches, without an origin or with a
 //! producer's. Every batch is fully verified before anything is stored; a bad body is refused
-//! whole. No runtime, no shared state: the driver runs this on the blocking pool.
+//! whole. No runtime, no shared state: the driver runs this on the blocking pool, or where the
+//! body was received when [`cheap_to_check`] says so.
 
 use super::{IngestError, Producer};
 use bytes::Bytes;

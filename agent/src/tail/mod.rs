@@ -281,6 +281,11 @@ pub struct Tailer {
     held_bytes: u64,
     /// How many files were tracked so far: each tracked file's [`Tracked::found`].
     found: u64,
+    /// Every file tracked unclassified, by [`Tracked::found`] (and maybe some classified or
+    /// gone since: entries are checked against `files` where they are used). What
+    /// [`Tailer::classify`] looks through for a new file's unclassified elders, instead of
+    /// every tracked file for every new one (quadratic in a directory of thousands).
+    unclassified: BTreeMap<u64, FileKey>,
 }
 
 impl Tailer {
@@ -348,6 +353,7 @@ impl Tailer {
             open_bytes: 0,
             held_bytes: 0,
             found: 0,
+            unclassified: BTreeMap::new(),
         }
     }
 
@@ -837,17 +843,21 @@ impl Tailer {
         // for a copy in vain, then counts what the copy held as lost (wide seed 254).
         if t.unclassified {
             let dir = t.watcher.path().parent();
-            let earlier: Vec<FileKey> = self
-                .files
-                .iter()
-                .filter(|(k, o)| {
-                    **k != key
-                        && o.unclassified
-                        && o.found < t.found
-                        && o.watcher.path().parent() == dir
-                })
-                .map(|(k, _)| *k)
-                .collect();
+            let (mut earlier, mut stale) = (Vec::new(), Vec::new());
+            for (&found, k) in self.unclassified.range(..t.found) {
+                match self.files.get(k) {
+                    Some(o) if o.unclassified && o.found == found => {
+                        if o.watcher.path().parent() == dir {
+                            earlier.push(*k);
+                        }
+                    }
+                    _ => stale.push(found),
+                }
+            }
+            for found in stale {
+                self.unclassified.remove(&found);
+            }
+            // Oldest first: each is classified after its own elders.
             for k in earlier {
                 self.classify(k, now);
             }
@@ -1490,6 +1500,9 @@ impl Tailer {
         tracing::debug!(path = %path.display(), ?start, "tailing file");
         let multiline = Joiner::for_input(inp, path);
         self.found += 1;
+        if unclassified {
+            self.unclassified.insert(self.found, watcher.key());
+        }
         self.files.insert(
             watcher.key(),
             Tracked {

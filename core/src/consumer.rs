@@ -199,8 +199,10 @@ impl Consumer {
             .cloned()
             .collect();
         if !revoked.is_empty() {
-            self.buffered
-                .retain(|r| new.contains(&(r.topic.to_string(), r.partition)));
+            self.buffered.retain(|r| {
+                new.iter()
+                    .any(|(t, p)| **t == *r.topic && *p == r.partition)
+            });
             if self.config.manual_release {
                 self.revoking.extend(revoked.iter().cloned());
                 self.newly_revoked.extend(revoked);

@@ -254,12 +254,18 @@ impl Partition {
             });
             w.last_index_pos = Some(pos);
         }
+        // A trimmed batch was re-encoded here: its own header carries its origin.
         let trimmed = if as_received {
             None
         } else {
             BatchHeader::parse(&data).ok()
         };
-        if let Some(o) = trimmed.as_ref().unwrap_or(&header).origin.as_ref() {
+        let origin = if as_received {
+            header.origin.as_ref()
+        } else {
+            trimmed.as_ref().and_then(|h| h.origin.as_ref())
+        };
+        if let Some(o) = origin {
             let prev = w.dedup.observe(o);
             w.pending.undo.push((o.key.clone(), prev));
         }

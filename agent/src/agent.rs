@@ -171,7 +171,7 @@ impl<O: Output> Agent<O> {
             "open-files limit"
         );
 
-        let pool = BuilderPool::default();
+        let pool = BuilderPool::with_limit(cfg.buffer_bytes.as_usize());
         let buffer = Arc::new(Buffer::new(cfg.buffer_bytes.get()));
         let stop = Arc::new(AtomicBool::new(false));
         let (events_tx, events) = std::sync::mpsc::sync_channel::<ReaderEvent>(EVENT_QUEUE);
@@ -221,6 +221,7 @@ impl<O: Output> Agent<O> {
             stats: self.stats.clone(),
             rescan_interval: cfg.rescan_interval.get(),
             use_events: self.use_events,
+            runtime: tokio::runtime::Handle::current(),
         };
         threads.push(spawn_thread("ferry-reader".to_owned(), move || {
             reader.run()

@@ -50,14 +50,47 @@ impl SealedBatch {
 
 /// Reusable builders, so a steady stream of batches does not allocate a payload buffer each.
 /// The lock is held only to push or pop.
-#[derive(Debug, Clone, Default)]
-pub struct BuilderPool(Arc<Mutex<Vec<BatchBuilder>>>);
+///
+/// Bounded by the bytes the kept builders hold, not by their number: with many files each
+/// batch is small and many are in flight at once, and a pool of a few builders sent most of
+/// them back to the allocator, so each file's batch grew a fresh buffer from nothing (a
+/// reallocation and copy per doubling, and new pages to fault in). What the pool keeps is at
+/// most what was in use at once, so it does not raise the agent's peak memory.
+#[derive(Debug, Clone)]
+pub struct BuilderPool(Arc<Mutex<Pooled>>);
+
+#[derive(Debug)]
+struct Pooled {
+    free: Vec<BatchBuilder>,
+    bytes: usize,
+    limit: usize,
+}
+
+impl Default for BuilderPool {
+    fn default() -> Self {
+        Self::with_limit(Self::DEFAULT_LIMIT)
+    }
+}
 
 impl BuilderPool {
-    const MAX_POOLED: usize = 16;
+    /// The agent's default buffer size (`buffer_bytes`).
+    const DEFAULT_LIMIT: usize = 8 << 20;
+
+    /// A pool that keeps builders holding at most `bytes` in all.
+    pub fn with_limit(bytes: usize) -> Self {
+        Self(Arc::new(Mutex::new(Pooled {
+            free: Vec::new(),
+            bytes: 0,
+            limit: bytes,
+        })))
+    }
 
     fn take(&self, key: OriginKey, first_offset: u64) -> BatchBuilder {
-        let pooled = self.0.lock().ok().and_then(|mut v| v.pop());
+        let pooled = self.0.lock().ok().and_then(|mut p| {
+            let b = p.free.pop()?;
+            p.bytes -= b.capacity();
+            Some(b)
+        });
         match pooled {
             Some(mut b) => {
                 b.reset(Some((key, first_offset)));
@@ -69,11 +102,17 @@ impl BuilderPool {
 
     /// Gives a builder back once its batch is encoded.
     pub fn put(&self, b: BatchBuilder) {
-        if let Ok(mut v) = self.0.lock()
-            && v.len() < Self::MAX_POOLED
+        if let Ok(mut p) = self.0.lock()
+            && p.bytes + b.capacity() <= p.limit
         {
-            v.push(b);
+            p.bytes += b.capacity();
+            p.free.push(b);
         }
+    }
+
+    /// Builders kept, and the bytes they hold.
+    pub fn kept(&self) -> (usize, usize) {
+        self.0.lock().map_or((0, 0), |p| (p.free.len(), p.bytes))
     }
 }
 
@@ -237,6 +276,50 @@ mod tests {
             },
             BuilderPool::default(),
         )
+    }
+
+    #[test]
+    fn the_pool_keeps_builders_up_to_its_bytes_and_hands_them_out_again() {
+        let pool = BuilderPool::with_limit(64 << 10);
+        let mut b = Batcher::new(
+            BatchLimits {
+                max_bytes: 1 << 20,
+                max_records: 1_000_000,
+                linger: Duration::from_millis(200),
+            },
+            pool.clone(),
+        );
+        let (t, mut out) = (Instant::now(), Vec::new());
+        // Three files' batches of ~20 KiB each, all in use at once.
+        let line = [b'x'; 1000];
+        let mut sealed = Vec::new();
+        for f in 0..3u32 {
+            for i in 0..20u64 {
+                b.push("a", file(f), i * 1001, &line, 1001, false, &[], t, &mut out);
+            }
+            sealed.push(b.flush().unwrap());
+        }
+        let caps: Vec<usize> = sealed.iter().map(|s| s.builder.capacity()).collect();
+        assert!(
+            caps.iter().all(|c| (20_000..=32 << 10).contains(c)),
+            "{caps:?}"
+        );
+        for s in sealed {
+            pool.put(s.builder);
+        }
+        // Two fit in 64 KiB, the third goes back to the allocator.
+        let (n, bytes) = pool.kept();
+        assert_eq!(n, 2);
+        assert_eq!(bytes, caps[0] + caps[1]);
+        // The next batch reuses a kept buffer: no growing from nothing.
+        b.push("a", file(9), 0, &line, 1001, false, &[], t, &mut out);
+        let next = b.flush().unwrap();
+        assert_eq!(next.builder.capacity(), caps[1]);
+        assert_eq!(
+            (next.records, next.first_offset, next.end_offset),
+            (1, 0, 1001)
+        );
+        assert_eq!(pool.kept(), (1, caps[0]));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! Each include glob is split into a literal base directory and a pattern below it
 //! (`/var/log/app/*.log` → `/var/log/app`, depth 1; `/srv/**/x.log` → `/srv`, any depth). A
 //! scan walks each base directory to that depth and keeps the regular files the input's globs
-//! match. The same base directories are what the reader watches with `notify` (a directory
+//! match. The same base directories are what the reader watches with inotify (a directory
 //! watch, since a watch on a file goes silent after a rename). A scan costs one `readdir` per
 //! directory and one `stat` per entry, so it runs rarely (`rescan_interval`) or for one path
 //! when an event names it.

@@ -67,6 +67,7 @@ pub mod config;
 pub mod container;
 pub mod discovery;
 pub mod fdlimit;
+pub mod fsevents;
 pub mod lines;
 pub mod multiline;
 pub mod output;

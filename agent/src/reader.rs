@@ -13,21 +13,18 @@
 //!    frees buffer room, or the next deadline. With nothing changing, the thread sleeps: no
 //!    per-file polling, whatever the number of files.
 
+use crate::fsevents::{DirWatcher, FsEvent};
 use crate::tail::{Emitted, Tailer};
 use crate::{AgentStats, Buffer};
-use notify::event::{EventKind, ModifyKind};
-use notify::{RecommendedWatcher, RecursiveMode, Watcher};
-use std::collections::HashSet;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::time::{Duration, Instant};
 
 /// What wakes the reader.
 #[derive(Debug)]
 pub enum ReaderEvent {
-    Fs(notify::Result<notify::Event>),
+    Fs(FsEvent),
     /// Acknowledgements freed buffer room, or shutdown began.
     Wake,
 }
@@ -38,8 +35,10 @@ pub const EVENT_QUEUE: usize = 16_384;
 pub struct Reader {
     pub tailer: Tailer,
     pub events: Receiver<ReaderEvent>,
-    /// Kept to create the notify watcher (its callback sends here).
+    /// Kept to start the file-event watcher (it sends here).
     pub events_tx: SyncSender<ReaderEvent>,
+    /// Where the watcher reads its events.
+    pub runtime: tokio::runtime::Handle,
     /// Set when the event channel was full: events were lost.
     pub overflow: Arc<AtomicBool>,
     pub workers: Vec<SyncSender<Emitted>>,
@@ -52,8 +51,7 @@ pub struct Reader {
 }
 
 struct State {
-    watcher: Option<RecommendedWatcher>,
-    watched: HashSet<PathBuf>,
+    watcher: Option<DirWatcher>,
     last_scan: Instant,
     rescan_now: bool,
     next_worker: usize,
@@ -64,19 +62,12 @@ impl Reader {
     pub fn run(mut self) {
         let mut st = State {
             watcher: None,
-            watched: HashSet::new(),
             last_scan: Instant::now(),
             rescan_now: false,
             next_worker: 0,
         };
         if self.use_events {
-            let tx = self.events_tx.clone();
-            let overflow = self.overflow.clone();
-            match notify::recommended_watcher(move |res| {
-                if let Err(TrySendError::Full(_)) = tx.try_send(ReaderEvent::Fs(res)) {
-                    overflow.store(true, Ordering::Relaxed);
-                }
-            }) {
+            match DirWatcher::start(&self.runtime, self.events_tx.clone(), self.overflow.clone()) {
                 Ok(w) => st.watcher = Some(w),
                 Err(e) => tracing::warn!(error = %e, "file events unavailable; relying on rescans"),
             }
@@ -117,21 +108,11 @@ impl Reader {
             return;
         };
         for root in self.tailer.roots() {
-            if st.watched.contains(&root.dir) || !root.dir.is_dir() {
+            if w.is_watched(&root.dir) || !root.dir.is_dir() {
                 continue;
             }
-            let mode = if root.recursive() {
-                RecursiveMode::Recursive
-            } else {
-                RecursiveMode::NonRecursive
-            };
-            match w.watch(&root.dir, mode) {
-                Ok(()) => {
-                    st.watched.insert(root.dir.clone());
-                }
-                Err(e) => {
-                    tracing::warn!(dir = %root.dir.display(), error = %e, "cannot watch directory; relying on rescans")
-                }
+            if let Err(e) = w.watch(&root.dir, root.recursive()) {
+                tracing::warn!(dir = %root.dir.display(), error = %e, "cannot watch directory; relying on rescans")
             }
         }
     }
@@ -141,38 +122,28 @@ impl Reader {
             self.handle_event(st, ev, now);
         }
         if self.overflow.swap(false, Ordering::Relaxed) {
+            metrics::counter!("ferry_agent_file_events_lost_total", "why" => "queue_full")
+                .increment(1);
             tracing::warn!("file event queue overflowed; rescanning");
             st.rescan_now = true;
         }
     }
 
     fn handle_event(&mut self, st: &mut State, ev: ReaderEvent, now: Instant) {
-        let ev = match ev {
-            ReaderEvent::Wake => return,
-            ReaderEvent::Fs(Ok(ev)) => ev,
-            ReaderEvent::Fs(Err(e)) => {
-                tracing::debug!(error = %e, "file event error; rescanning");
+        match ev {
+            ReaderEvent::Wake => {}
+            ReaderEvent::Fs(FsEvent::Lost(why)) => {
+                metrics::counter!("ferry_agent_file_events_lost_total", "why" => why).increment(1);
                 st.rescan_now = true;
-                return;
             }
-        };
-        if ev.need_rescan() {
-            st.rescan_now = true;
-        }
-        match ev.kind {
-            EventKind::Access(_) => {}
-            EventKind::Modify(ModifyKind::Data(_)) => {
-                for p in &ev.paths {
-                    if !self.tailer.data_event(p) && !self.tailer.path_event(p, now) {
-                        st.rescan_now = true;
-                    }
+            ReaderEvent::Fs(FsEvent::Data(p)) => {
+                if !self.tailer.data_event(&p) && !self.tailer.path_event(&p, now) {
+                    st.rescan_now = true;
                 }
             }
-            _ => {
-                for p in &ev.paths {
-                    if !self.tailer.path_event(p, now) {
-                        st.rescan_now = true;
-                    }
+            ReaderEvent::Fs(FsEvent::Changed(p)) => {
+                if !self.tailer.path_event(&p, now) {
+                    st.rescan_now = true;
                 }
             }
         }

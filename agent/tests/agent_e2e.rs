@@ -254,6 +254,33 @@ async fn rescans_alone_find_new_files_and_data() {
     assert_eq!(AgentStats::get(&stats.records_acked), 20);
 }
 
+/// With rescans out of the way (a minute apart), file events alone must find a file in
+/// directories made after startup below a `**` glob's root, and each line written to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_alone_find_files_in_directories_made_after_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let pods = dir.path().join("pods");
+    std::fs::create_dir_all(&pods).unwrap();
+    let mut cfg = config(dir.path(), ReadFrom::Beginning);
+    cfg.inputs[0].include = vec![format!("{}/**/*.log", pods.display())];
+    cfg.rescan_interval = CfgDuration::from_secs(60);
+    let run = start(cfg, true);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Two levels made at once: the inner one exists before the outer's watch is added.
+    let web = pods.join("shop/web-1");
+    std::fs::create_dir_all(&web).unwrap();
+    // Whatever rescan the new directories asked for has run before the file appears.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let a = numbered("a", 0..10);
+    append(&web.join("0.log"), a.clone());
+    run.wait_lines_within(10, Duration::from_secs(10)).await;
+    let b = numbered("b", 0..10);
+    append(&web.join("0.log"), b.clone());
+    run.wait_lines_within(20, Duration::from_secs(10)).await;
+    let got = run.stop().await;
+    assert_eq!(got, [a, b].concat());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_lines_are_truncated_counted_and_the_file_keeps_flowing() {
     let dir = tempfile::tempdir().unwrap();

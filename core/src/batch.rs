@@ -928,6 +928,11 @@ impl BatchBuilder {
         self.raw.len()
     }
 
+    /// Bytes the payload buffer holds allocated (what keeping the builder for reuse costs).
+    pub fn capacity(&self) -> usize {
+        self.raw.capacity()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }

@@ -17,7 +17,8 @@
 //! those agent modes, e.g. `collector-lz4`; `FERRY_BENCH_BATCH_BYTES` sets the
 //! agent's `batch.max_bytes`, `FERRY_BENCH_PER_FILE` its `max_in_flight_per_file`,
 //! `FERRY_BENCH_IN_FLIGHT` its `max_in_flight`, `FERRY_BENCH_BUFFER_BYTES` its `buffer_bytes`,
-//! `FERRY_BENCH_LINGER_MS` its `batch.linger`.) Generates a file of ~200-byte
+//! `FERRY_BENCH_LINGER_MS` its `batch.linger`; `FERRY_BENCH_NO_EVENTS` turns file events off
+//! in the `null` runs, to measure what they cost.) Generates a file of ~200-byte
 //! JSON lines, then measures, each in its own child process so that peak RSS is the run's own:
 //! the agent reading it into the `null` output uncompressed and with gzip (level 1), and `cat`
 //! of the same file into a local TCP socket (a listener thread that discards), the copying
@@ -600,7 +601,10 @@ fn child(args: &[String]) -> Res<()> {
         });
         return run_child(rt, Agent::new(cfg)?, size, || None);
     }
-    let agent = Agent::with_output(cfg, NullOutput::new())?;
+    let mut agent = Agent::with_output(cfg, NullOutput::new())?;
+    if std::env::var_os("FERRY_BENCH_NO_EVENTS").is_some() {
+        agent = agent.without_file_events();
+    }
     let output = agent.output();
     run_child(rt, agent, size, move || Some(output.encoded_bytes()))
 }

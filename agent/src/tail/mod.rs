@@ -196,6 +196,9 @@ fn print_with(
 /// How long a new file whose first line is incomplete is held back from reading while it
 /// may still turn out to be a copy being written.
 const CLASSIFY_WAIT: Duration = Duration::from_secs(1);
+/// New files found by one scan from which the descriptor table is grown for them at once
+/// ([`crate::fdlimit::presize_table`]); fewer fit in the table a process starts with.
+const PRESIZE_AT: usize = 32;
 
 /// How often the waiting report repeats while nothing changes.
 const WAIT_REPORT_EVERY: Duration = Duration::from_secs(60);
@@ -405,6 +408,20 @@ impl Tailer {
             .map(|f| (f.meta.dev(), f.meta.ino()))
             .collect();
         self.skipped.retain(|k, _| keys.contains(k));
+        // Many files to open at once (startup, a new directory of logs): grow the descriptor
+        // table once for all of them rather than once per doubling.
+        let new = found
+            .keys()
+            .filter(|p| !self.paths.contains_key(*p))
+            .count();
+        if new >= PRESIZE_AT {
+            let more = new.min(
+                self.settings
+                    .max_open_files
+                    .saturating_sub(self.open_handles),
+            );
+            crate::fdlimit::presize_table(crate::fdlimit::open_descriptors() + more as u64);
+        }
         for (path, f) in &found {
             self.observe(path, Some((f.input, f.meta.clone())), now);
         }

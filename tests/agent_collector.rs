@@ -978,6 +978,52 @@ fn collector_kill9_mid_stream_no_duplicates_after_restart() {
     rig.finish(&written, Duration::from_secs(60));
 }
 
+/// Issue 20: with many files each batch is small, and the agent sends the batches of several
+/// files in one request (the collector takes a body of batches back to back) rather than a
+/// request each. Every line must still be stored exactly once: with the collector killed -9
+/// while such requests are in flight (the agent then sends each of their batches on its own,
+/// some already stored: the collector deduplicates them), and the agent killed -9 and
+/// restarted from its checkpoint.
+#[test]
+fn many_files_share_requests_and_every_line_is_stored_once_across_kills() {
+    const FILES: usize = 600;
+    let mut rig = Rig::new("coalesced", None, true);
+    let mut written = Vec::new();
+    let mut files: Vec<File> = (0..FILES)
+        .map(|i| append_file(&rig.log(&format!("f{i:03}.log"))))
+        .collect();
+    for (i, f) in files.iter_mut().enumerate() {
+        write_lines(f, &format!("f{i:03}"), 0..40, &mut written);
+    }
+    // Default batch, linger and in-flight settings: what a user runs.
+    rig.configure_agent(&[input("many", "f*.log", "")], "");
+    rig.start_agent();
+    assert!(
+        rig.wait_stored(written.len(), Duration::from_secs(60)),
+        "the first round"
+    );
+    let requests = rig.collector_metric("ferry_collector_ack_seconds_count", "");
+    assert!(
+        requests > 0.0 && requests < (FILES / 3) as f64,
+        "{FILES} files' first batches took {requests} requests: not sent together"
+    );
+    // A second round, the collector killed while it ships, then the agent.
+    for (i, f) in files.iter_mut().enumerate() {
+        write_lines(f, &format!("f{i:03}"), 40..80, &mut written);
+    }
+    std::thread::sleep(Duration::from_millis(30));
+    rig.kill_collector();
+    std::thread::sleep(Duration::from_millis(300));
+    rig.start_collector();
+    for (i, f) in files.iter_mut().enumerate().step_by(3) {
+        write_lines(f, &format!("f{i:03}"), 80..90, &mut written);
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    rig.kill_agent();
+    rig.start_agent();
+    rig.finish(&written, Duration::from_secs(90));
+}
+
 /// Case 10: A 10 MiB line without a newline, then its newline and more lines: stored cut at
 /// `max_line_bytes` and flagged truncated, and the file keeps flowing.
 #[test]

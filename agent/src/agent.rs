@@ -245,6 +245,13 @@ impl<O: Output> Agent<O> {
             max_in_flight_per_file: cfg.max_in_flight_per_file,
             policy: RetryPolicy::default(),
             gzip_level: cfg.compression.level,
+            // Several files' batches in one request up to a full batch's bytes: what one busy
+            // file's request carries anyway.
+            coalesce_bytes: if self.output.coalesces() {
+                cfg.batch.max_bytes.as_usize()
+            } else {
+                0
+            },
             buffer,
             stats: self.stats.clone(),
             stop_reader: Box::new(move || {

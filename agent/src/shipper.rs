@@ -216,6 +216,81 @@ pub async fn deliver<O: Output>(
     result
 }
 
+/// Delivers batches of several files in one request ([`Output::send_many`]) when there are
+/// several; if that request fails for any reason, or there is one, each is delivered on its
+/// own ([`deliver`]: retries, splitting, drops), one after another. A request that failed
+/// after the collector stored some of its batches is harmless to send again: the collector
+/// deduplicates each batch by its origin, as for any resend.
+pub async fn deliver_together<O: Output>(
+    output: &O,
+    topic: &str,
+    members: Vec<Member>,
+    policy: RetryPolicy,
+    gzip_level: u32,
+    stats: &AgentStats,
+) -> Vec<Done> {
+    let done = |m: &Member, delivery: Delivery| Done {
+        key: m.key,
+        seq: m.seq,
+        input: m.input,
+        span: m.meta.end_offset - m.meta.first_offset,
+        delivery,
+    };
+    if members.len() > 1 {
+        let batches: Vec<(Bytes, BatchMeta)> =
+            members.iter().map(|m| (m.bytes.clone(), m.meta)).collect();
+        match output.send_many(topic, &batches).await {
+            Ok(Ack { deduplicated, .. }) => {
+                metrics::counter!("ferry_agent_coalesced_batches_total")
+                    .increment(members.len() as u64);
+                // The reply counts replays for the whole request: booked on its first batch.
+                let mut dedup = deduplicated.unwrap_or(0);
+                return members
+                    .iter()
+                    .map(|m| {
+                        let _ = m.resolved.send(true);
+                        done(
+                            m,
+                            Delivery {
+                                acked_records: u64::from(m.meta.records),
+                                deduplicated: std::mem::take(&mut dedup),
+                                ..Delivery::default()
+                            },
+                        )
+                    })
+                    .collect();
+            }
+            Err(e) => {
+                metrics::counter!("ferry_agent_coalesced_requests_failed_total").increment(1);
+                tracing::debug!(topic, batches = members.len(), error = %e, "request of several batches failed; sending each on its own");
+                if let OutputError::Retryable { retry_after, .. } = e {
+                    tokio::time::sleep(retry_after.unwrap_or(policy.base).min(policy.max)).await;
+                }
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(members.len());
+    for m in members {
+        let delivery = deliver(
+            output,
+            topic,
+            m.bytes.clone(),
+            m.meta,
+            Lane {
+                prev: m.lane.prev.clone(),
+                congested: m.lane.congested.clone(),
+            },
+            policy,
+            gzip_level,
+            stats,
+        )
+        .await;
+        let _ = m.resolved.send(true);
+        out.push(done(&m, delivery));
+    }
+    out
+}
+
 /// One half of a split batch: its encoding and what it covers.
 pub type SplitHalf = (Bytes, BatchMeta);
 
@@ -281,6 +356,9 @@ pub struct ShipperParts<O> {
     pub max_in_flight_per_file: usize,
     pub policy: RetryPolicy,
     pub gzip_level: u32,
+    /// Encoded bytes of batches gathered into one request when the output takes several at
+    /// once ([`Output::coalesces`]); 0 sends one batch per request.
+    pub coalesce_bytes: usize,
     pub buffer: Arc<Buffer>,
     pub stats: Arc<AgentStats>,
     /// Tells the reader to stop (shutdown) ...
@@ -289,13 +367,34 @@ pub struct ShipperParts<O> {
     pub wake_reader: Box<dyn Fn() + Send>,
 }
 
-struct Done {
+pub struct Done {
     key: FileKey,
     /// The batch's place among its file's dispatched batches.
     seq: u64,
     input: usize,
     span: u64,
     delivery: Delivery,
+}
+
+/// A batch gathered into the next request of several ([`Output::send_many`]).
+pub struct Member {
+    key: FileKey,
+    seq: u64,
+    input: usize,
+    bytes: Bytes,
+    meta: BatchMeta,
+    lane: Lane,
+    resolved: watch::Sender<bool>,
+}
+
+/// Batches of one topic gathered into one request, not started yet: it holds one in-flight
+/// slot. Only a batch of a file with nothing else in flight joins (no predecessor, so no
+/// `ferry-after`, and no push-back met), so one file's batches are never in the same request
+/// and the order the collector keeps per file is the one single requests keep.
+struct Forming {
+    topic: Arc<str>,
+    bytes: usize,
+    members: Vec<Member>,
 }
 
 /// A dispatched batch of a file, until it and every batch before it are done with.
@@ -343,7 +442,11 @@ pub struct Shipper<O> {
     per_file: usize,
     /// Files with a batch waiting for a free in-flight slot.
     waiting: VecDeque<FileKey>,
-    in_flight: JoinSet<Done>,
+    /// Requests in flight, each of one batch or several ([`Forming`]).
+    in_flight: JoinSet<Vec<Done>>,
+    /// The request being gathered (see [`Forming`]); started at the end of each turn of the
+    /// shipper's loop, or once it holds `coalesce_bytes`.
+    forming: Option<Forming>,
     dirty: bool,
     last_checkpoint: Instant,
     /// Bytes lost to truncations whose copy never appeared, (input, path, bytes): counted once
@@ -396,6 +499,7 @@ impl<O: Output> Shipper<O> {
             per_file,
             waiting: VecDeque::new(),
             in_flight: JoinSet::new(),
+            forming: None,
             dirty: true,
             last_checkpoint: Instant::now(),
             uncounted: Vec::new(),
@@ -420,7 +524,12 @@ impl<O: Output> Shipper<O> {
             tokio::select! {
                 Some(done) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
                     match done {
-                        Ok(done) => self.complete(done),
+                        Ok(done) => {
+                            for d in done {
+                                self.complete(d);
+                            }
+                            self.fill_free_slots();
+                        }
                         Err(e) => tracing::error!(error = %e, "delivery task failed"),
                     }
                 }
@@ -453,6 +562,7 @@ impl<O: Output> Shipper<O> {
                     break;
                 }
             }
+            self.start_forming();
         }
         self.dirty = true;
         self.checkpoint().await;
@@ -494,11 +604,14 @@ impl<O: Output> Shipper<O> {
                 Shipment::Batch {
                     state,
                     first_offset,
+                    input,
+                    encoded,
                     ..
                 } => {
                     if self.file_in_flight(&key) >= self.per_file {
                         return;
                     }
+                    let joins = self.joins_forming(key, *input, encoded);
                     if !self.write_failed
                         && self.written.files.get(&state.key).map(identity_of)
                             != Some(identity_of_state(state))
@@ -512,7 +625,7 @@ impl<O: Output> Shipper<O> {
                             .get_or_insert_with(|| tokio::time::Instant::now() + IDENTITY_GATHER);
                         return;
                     }
-                    if self.in_flight.len() >= self.parts.max_in_flight {
+                    if !joins && self.slots_used() >= self.parts.max_in_flight {
                         if !self.waiting.contains(&key) {
                             self.waiting.push_back(key);
                         }
@@ -574,6 +687,7 @@ impl<O: Output> Shipper<O> {
         else {
             return;
         };
+        let coalesce = self.may_coalesce(key, &encoded);
         let file = self.flights.entry(key).or_default();
         let seq = file.next_seq;
         file.next_seq += 1;
@@ -595,18 +709,41 @@ impl<O: Output> Shipper<O> {
             end_offset,
             done: false,
         });
-        let output = self.parts.output.clone();
         let topic = self.parts.topics[input].clone();
-        let policy = self.parts.policy;
-        let level = self.parts.gzip_level;
-        let stats = self.parts.stats.clone();
+        let meta = BatchMeta {
+            records,
+            first_offset,
+            end_offset,
+            after: None,
+        };
+        if coalesce && let Ok(bytes) = &encoded {
+            if self.forming.as_ref().is_some_and(|f| {
+                f.topic != topic || f.bytes + bytes.len() > self.parts.coalesce_bytes
+            }) {
+                self.start_forming();
+            }
+            let f = self.forming.get_or_insert_with(|| Forming {
+                topic: topic.clone(),
+                bytes: 0,
+                members: Vec::new(),
+            });
+            f.bytes += bytes.len();
+            f.members.push(Member {
+                key,
+                seq,
+                input,
+                bytes: bytes.clone(),
+                meta,
+                lane,
+                resolved,
+            });
+            if f.bytes >= self.parts.coalesce_bytes {
+                self.start_forming();
+            }
+            return;
+        }
+        let (output, policy, level, stats) = self.delivery_parts();
         self.in_flight.spawn(async move {
-            let meta = BatchMeta {
-                records,
-                first_offset,
-                end_offset,
-                after: None,
-            };
             let delivery = match encoded {
                 Ok(bytes) => {
                     deliver(&*output, &topic, bytes, meta, lane, policy, level, &stats).await
@@ -620,14 +757,77 @@ impl<O: Output> Shipper<O> {
                 }
             };
             let _ = resolved.send(true);
-            Done {
+            vec![Done {
                 key,
                 seq,
                 input,
                 span: end_offset - first_offset,
                 delivery,
-            }
+            }]
         });
+    }
+
+    /// What a delivery task needs of the shipper's parts.
+    fn delivery_parts(&self) -> (Arc<O>, RetryPolicy, u32, Arc<AgentStats>) {
+        (
+            self.parts.output.clone(),
+            self.parts.policy,
+            self.parts.gzip_level,
+            self.parts.stats.clone(),
+        )
+    }
+
+    /// Requests in flight, the one being gathered included.
+    fn slots_used(&self) -> usize {
+        self.in_flight.len() + usize::from(self.forming.is_some())
+    }
+
+    /// Whether a batch of file `key` may go in a request with others: the output takes
+    /// several, it was encoded, and nothing else of its file is in flight.
+    fn may_coalesce(&self, key: FileKey, encoded: &Result<Bytes, String>) -> bool {
+        self.parts.coalesce_bytes > 0 && encoded.is_ok() && !self.flights.contains_key(&key)
+    }
+
+    /// Whether a batch of file `key` would join the request being gathered (no slot needed).
+    fn joins_forming(&self, key: FileKey, input: usize, encoded: &Result<Bytes, String>) -> bool {
+        let Some(f) = &self.forming else {
+            return false;
+        };
+        self.may_coalesce(key, encoded)
+            && f.topic == self.parts.topics[input]
+            && encoded
+                .as_ref()
+                .is_ok_and(|b| f.bytes + b.len() <= self.parts.coalesce_bytes)
+    }
+
+    /// Starts the request being gathered.
+    fn start_forming(&mut self) {
+        let Some(f) = self.forming.take() else {
+            return;
+        };
+        let (output, policy, level, stats) = self.delivery_parts();
+        self.in_flight.spawn(async move {
+            deliver_together(&*output, &f.topic, f.members, policy, level, &stats).await
+        });
+    }
+
+    /// Starts what waits for a slot while there are free ones (or room in the request being
+    /// gathered). Each waiting file is tried once: one that cannot go now stays waiting.
+    fn fill_free_slots(&mut self) {
+        let mut tries = self.waiting.len();
+        while tries > 0
+            && (self.slots_used() < self.parts.max_in_flight
+                || self
+                    .forming
+                    .as_ref()
+                    .is_some_and(|f| f.bytes < self.parts.coalesce_bytes))
+        {
+            tries -= 1;
+            let Some(k) = self.waiting.pop_front() else {
+                break;
+            };
+            self.pump(k);
+        }
     }
 
     fn complete(&mut self, done: Done) {
@@ -697,12 +897,6 @@ impl<O: Output> Shipper<O> {
         self.parts.buffer.release(span);
         (self.parts.wake_reader)();
         self.pump(key);
-        while self.in_flight.len() < self.parts.max_in_flight {
-            let Some(k) = self.waiting.pop_front() else {
-                break;
-            };
-            self.pump(k);
-        }
     }
 
     async fn checkpoint(&mut self) {
@@ -855,6 +1049,135 @@ mod tests {
         Scripted {
             replies: Mutex::new(replies.into()),
             sent: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The collector's way: several batches in one request, answered from its own script.
+    struct Together {
+        many: Mutex<VecDeque<Result<Ack, OutputError>>>,
+        single: Scripted,
+        requests: Mutex<Vec<usize>>,
+    }
+
+    impl Output for Together {
+        async fn send(&self, t: &str, b: Bytes, meta: &BatchMeta) -> Result<Ack, OutputError> {
+            self.requests.lock().unwrap().push(1);
+            self.single.send(t, b, meta).await
+        }
+
+        fn coalesces(&self) -> bool {
+            true
+        }
+
+        async fn send_many(
+            &self,
+            _t: &str,
+            batches: &[(Bytes, BatchMeta)],
+        ) -> Result<Ack, OutputError> {
+            self.requests.lock().unwrap().push(batches.len());
+            self.many
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or(Ok(Ack::default()))
+        }
+    }
+
+    fn members(n: usize) -> (Vec<Member>, Vec<watch::Receiver<bool>>) {
+        let mut rxs = Vec::new();
+        let members = (0..n)
+            .map(|i| {
+                let (b, meta) = encoded(3, Codec::None);
+                let (resolved, rx) = watch::channel(false);
+                rxs.push(rx);
+                Member {
+                    key: (1, i as u64),
+                    seq: 0,
+                    input: 0,
+                    bytes: b,
+                    meta,
+                    lane: Lane::default(),
+                    resolved,
+                }
+            })
+            .collect();
+        (members, rxs)
+    }
+
+    /// Three files' batches through [`deliver_together`]: how each ended, and their watches.
+    async fn send_three(out: &Together) -> (Vec<Done>, Vec<watch::Receiver<bool>>) {
+        let (m, rxs) = members(3);
+        let policy = RetryPolicy::default();
+        let done = deliver_together(out, "t", m, policy, 1, &AgentStats::default()).await;
+        (done, rxs)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batches_sent_together_are_acknowledged_together() {
+        let out = Together {
+            many: Mutex::new(
+                vec![Ok(Ack {
+                    stored: Some(7),
+                    deduplicated: Some(2),
+                })]
+                .into(),
+            ),
+            single: scripted(vec![]),
+            requests: Mutex::new(Vec::new()),
+        };
+        let (done, rxs) = send_three(&out).await;
+        assert_eq!(*out.requests.lock().unwrap(), [3]);
+        let got: Vec<_> = done
+            .iter()
+            .map(|d| (d.key, d.delivery.acked_records, d.delivery.deduplicated))
+            .collect();
+        assert_eq!(got, [((1, 0), 3, 2), ((1, 1), 3, 0), ((1, 2), 3, 0)]);
+        assert!(rxs.iter().all(|rx| *rx.borrow()), "every batch resolved");
+    }
+
+    /// A request of several refused (one bad batch spoils the body) or failed: each batch is
+    /// then delivered on its own, so only the bad one is dropped and the rest are retried.
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_request_of_several_is_sent_again_batch_by_batch() {
+        for first in [
+            OutputError::Rejected {
+                reason: "400 bad batch".into(),
+            },
+            OutputError::Retryable {
+                reason: "connection reset".into(),
+                retry_after: None,
+            },
+        ] {
+            let out = Together {
+                many: Mutex::new(vec![Err(first.clone())].into()),
+                single: scripted(vec![
+                    Ok(Ack::default()),
+                    Err(OutputError::Rejected {
+                        reason: "400 bad batch".into(),
+                    }),
+                    Err(OutputError::Retryable {
+                        reason: "503".into(),
+                        retry_after: None,
+                    }),
+                ]),
+                requests: Mutex::new(Vec::new()),
+            };
+            let (done, rxs) = send_three(&out).await;
+            // One request of three, then the three alone (the third retried once).
+            assert_eq!(*out.requests.lock().unwrap(), [3, 1, 1, 1, 1], "{first}");
+            let got: Vec<_> = done
+                .iter()
+                .map(|d| (d.key, d.delivery.acked_records, d.delivery.dropped.clone()))
+                .collect();
+            assert_eq!(
+                got,
+                [
+                    ((1, 0), 3, vec![]),
+                    ((1, 1), 0, vec![("rejected", 3)]),
+                    ((1, 2), 3, vec![])
+                ]
+            );
+            assert!(rxs.iter().all(|rx| *rx.borrow()), "every batch resolved");
         }
     }
 
@@ -1113,6 +1436,7 @@ mod tests {
             max_in_flight_per_file: 2,
             policy: RetryPolicy::default(),
             gzip_level: 1,
+            coalesce_bytes: 0,
             buffer: Arc::new(Buffer::new(1 << 20)),
             stats,
             stop_reader: Box::new(|| {}),

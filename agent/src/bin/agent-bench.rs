@@ -311,33 +311,34 @@ fn measure_many(
     rows.push(("agent → null, one file, uncompressed".to_owned(), one));
     rows.push((format!("{label}, uncompressed"), all));
     let mut ratios = vec![format!("{n} files / one file → null: **{ratio:.2}x**")];
-    if collector.is_some() {
+    // Into a collector: lz4 (the collector output's default codec), then uncompressed.
+    for (mode, codec) in [
+        ("collector-lz4", "lz4 (default)"),
+        ("collector-none", "uncompressed"),
+    ] {
+        if collector.is_none() {
+            break;
+        }
         let one = run_agent(
             dir,
-            "collector-none",
+            mode,
             &single.to_string_lossy(),
             size,
             runs,
             collector,
             "agent → collector, one file",
         )?;
-        let label = format!("agent → collector (fsync before ack), {n} files, uncompressed");
-        let all = run_agent(
-            dir,
-            "collector-none",
-            &glob,
-            many_size,
-            runs,
-            collector,
-            &label,
-        )?;
+        let label = format!("agent → collector (fsync before ack), {n} files, {codec}");
+        let all = run_agent(dir, mode, &glob, many_size, runs, collector, &label)?;
         let ratio = (mib(all.bytes) / all.secs) / (mib(one.bytes) / one.secs);
         rows.push((
-            "agent → collector (fsync before ack), one file, uncompressed".to_owned(),
+            format!("agent → collector (fsync before ack), one file, {codec}"),
             one,
         ));
         rows.push((label, all));
-        ratios.push(format!("{n} files / one file → collector: **{ratio:.2}x**"));
+        ratios.push(format!(
+            "{n} files / one file → collector, {codec}: **{ratio:.2}x**"
+        ));
     }
     println!(
         "\n{} of ~200-byte JSON lines ({lines} lines) in one file, and the same split over {n} files, page cache warm, {} cores\n",

@@ -312,8 +312,46 @@ fn parse_ack(body: &[u8]) -> Ack {
     }
 }
 
-impl Output for CollectorOutput {
-    async fn send(&self, topic: &str, batch: Bytes, meta: &BatchMeta) -> Result<Ack, OutputError> {
+/// Batches back to back as one request body, sent from the batches' own buffers (no copy into
+/// one; a request of several holds no second copy of them). Its exact size is known, so the
+/// request carries a `Content-Length` like a single batch's.
+struct Frames {
+    parts: std::collections::VecDeque<Bytes>,
+    left: u64,
+}
+
+impl http_body::Body for Frames {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        std::task::Poll::Ready(this.parts.pop_front().map(|b| {
+            this.left -= b.len() as u64;
+            Ok(http_body::Frame::data(b))
+        }))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.left)
+    }
+}
+
+impl CollectorOutput {
+    /// One `POST` of `body` (one batch or several back to back) to the current collector.
+    async fn post(
+        &self,
+        topic: &str,
+        body: impl Into<reqwest::Body>,
+        after: Option<u64>,
+    ) -> Result<Ack, OutputError> {
         let targets = self.current();
         let index = targets.selector.pick();
         let Some(target) = targets.list.get(index) else {
@@ -329,10 +367,10 @@ impl Output for CollectorOutput {
         if let Some(t) = &self.token {
             request = request.bearer_auth(t);
         }
-        if let Some(after) = meta.after {
+        if let Some(after) = after {
             request = request.header(ferry_core::batch::AFTER_HEADER, after);
         }
-        let sent = request.body(batch).send().await;
+        let sent = request.body(body).send().await;
         let resp = match sent {
             Ok(r) => r,
             Err(e) => {
@@ -373,6 +411,30 @@ impl Output for CollectorOutput {
             },
             other => other,
         })
+    }
+}
+
+impl Output for CollectorOutput {
+    async fn send(&self, topic: &str, batch: Bytes, meta: &BatchMeta) -> Result<Ack, OutputError> {
+        self.post(topic, batch, meta.after).await
+    }
+
+    /// The collector takes a body of several batches, stores each under its own origin (its
+    /// deduplication is per batch as for one), and answers once all are durable.
+    fn coalesces(&self) -> bool {
+        true
+    }
+
+    async fn send_many(
+        &self,
+        topic: &str,
+        batches: &[(Bytes, BatchMeta)],
+    ) -> Result<Ack, OutputError> {
+        let body = Frames {
+            left: batches.iter().map(|(b, _)| b.len() as u64).sum(),
+            parts: batches.iter().map(|(b, _)| b.clone()).collect(),
+        };
+        self.post(topic, reqwest::Body::wrap(body), None).await
     }
 
     /// The collector stores a file's batches in order however requests race (`ferry-after`).

@@ -70,6 +70,30 @@ pub trait Output: Send + Sync + 'static {
         meta: &BatchMeta,
     ) -> impl Future<Output = Result<Ack, OutputError>> + Send;
 
+    /// Whether several batches of one topic may travel in one request ([`Output::send_many`]).
+    /// The collector takes a body of batches back to back: with many files each batch is small,
+    /// and a request per batch made the agent wait on round trips (and the collector's group
+    /// commits) rather than on its reading.
+    fn coalesces(&self) -> bool {
+        false
+    }
+
+    /// Sends `batches` (all for `topic`, none with [`BatchMeta::after`]) in one request;
+    /// resolves once all are acknowledged, or with why not — the shipper then delivers each
+    /// on its own, as [`Output::send`] would have. Only called when [`Output::coalesces`].
+    fn send_many(
+        &self,
+        topic: &str,
+        batches: &[(Bytes, BatchMeta)],
+    ) -> impl Future<Output = Result<Ack, OutputError>> + Send {
+        let _ = (topic, batches);
+        async {
+            Err(OutputError::Rejected {
+                reason: "this output takes one batch per request".to_owned(),
+            })
+        }
+    }
+
     /// How many batches of one file may be in flight at once. More than one only for outputs
     /// that keep a file's batches in order however their requests race (the collector does,
     /// through [`BatchMeta::after`]).
@@ -109,6 +133,26 @@ impl Output for AnyOutput {
             AnyOutput::Stdout(o) => o.send(topic, batch, meta).await,
             AnyOutput::Collector(o) => o.send(topic, batch, meta).await,
             AnyOutput::Kafka(o) => o.send(topic, batch, meta).await,
+        }
+    }
+
+    fn coalesces(&self) -> bool {
+        match self {
+            AnyOutput::Collector(o) => o.coalesces(),
+            _ => false,
+        }
+    }
+
+    async fn send_many(
+        &self,
+        topic: &str,
+        batches: &[(Bytes, BatchMeta)],
+    ) -> Result<Ack, OutputError> {
+        match self {
+            AnyOutput::Collector(o) => o.send_many(topic, batches).await,
+            AnyOutput::Null(o) => o.send_many(topic, batches).await,
+            AnyOutput::Stdout(o) => o.send_many(topic, batches).await,
+            AnyOutput::Kafka(o) => o.send_many(topic, batches).await,
         }
     }
 

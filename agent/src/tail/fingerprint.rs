@@ -90,6 +90,30 @@ impl Fingerprint {
         Self::take_as(file, size, birth_ns(file))
     }
 
+    /// [`Self::take`] for a file born at `birth_ns`, with its head ([`head_of`] over the same
+    /// bytes), from one read of the file's start.
+    pub fn take_with_head(
+        file: &File,
+        size: u64,
+        birth_ns: u64,
+    ) -> io::Result<Option<(Self, u64)>> {
+        let len = size.min(FINGERPRINT_WINDOW);
+        if len == 0 {
+            return Ok(None);
+        }
+        let mut buf = [0u8; FINGERPRINT_WINDOW as usize];
+        let got = read_full_at(file, &mut buf[..len as usize])?;
+        let len = match memchr::memchr(b'\n', &buf[..got]) {
+            Some(nl) => nl + 1,
+            None if got as u64 == FINGERPRINT_WINDOW => got,
+            None => return Ok(None),
+        };
+        Ok(Some((
+            Self::of(&buf[..len], birth_ns),
+            Self::of(&buf[..len], 0).checksum,
+        )))
+    }
+
     /// [`Self::take`] for a file born at `birth_ns` (a copy taken for its original).
     pub fn take_as(file: &File, size: u64, birth_ns: u64) -> io::Result<Option<Self>> {
         let len = size.min(FINGERPRINT_WINDOW);
@@ -113,6 +137,11 @@ impl Fingerprint {
     /// copy of the file begins with, should it be copied and truncated before its first line is
     /// whole.
     pub fn probe(file: &File, size: u64) -> io::Result<Option<(Self, u64)>> {
+        Self::probe_as(file, size, birth_ns(file))
+    }
+
+    /// [`Self::probe`] for a file born at `birth_ns`.
+    pub fn probe_as(file: &File, size: u64, birth_ns: u64) -> io::Result<Option<(Self, u64)>> {
         let len = size.min(FINGERPRINT_WINDOW);
         if len == 0 {
             return Ok(None);
@@ -123,7 +152,7 @@ impl Fingerprint {
             return Ok(None);
         }
         Ok(Some((
-            Self::of(&buf[..got], birth_ns(file)),
+            Self::of(&buf[..got], birth_ns),
             Self::of(&buf[..got], 0).checksum,
         )))
     }
@@ -131,10 +160,16 @@ impl Fingerprint {
     /// Whether `file` still begins with the bytes this fingerprint was taken over. A file now
     /// shorter than `len` does not.
     pub fn matches(&self, file: &File) -> io::Result<bool> {
+        self.matches_as(file, birth_ns(file))
+    }
+
+    /// [`Self::matches`] for a file born at `birth_ns` (known already: a file's birth time
+    /// never changes, so a tracked file's is looked up once, not by a `statx` per check).
+    pub fn matches_as(&self, file: &File, birth_ns: u64) -> io::Result<bool> {
         let mut buf = [0u8; FINGERPRINT_WINDOW as usize];
         let len = self.len.min(FINGERPRINT_WINDOW) as usize;
         let got = read_full_at(file, &mut buf[..len])?;
-        Ok(got == len && Self::of(&buf[..len], birth_ns(file)) == *self)
+        Ok(got == len && Self::of(&buf[..len], birth_ns) == *self)
     }
 }
 
@@ -239,7 +274,12 @@ pub fn head_of(file: &File, len: u64) -> io::Result<Option<u64>> {
 /// keeps no birth time. It never changes during the file's life, so an agent that re-reads the
 /// file after a crash ships under the same origin.
 pub fn unfixed_id(file: &File) -> u64 {
-    match birth_ns(file) {
+    unfixed_id_of(birth_ns(file))
+}
+
+/// [`unfixed_id`] of a file born at `birth_ns`.
+pub fn unfixed_id_of(birth_ns: u64) -> u64 {
+    match birth_ns {
         0 => 0,
         birth => Fingerprint::of(&[], birth).checksum,
     }
@@ -247,8 +287,12 @@ pub fn unfixed_id(file: &File) -> u64 {
 
 /// The file's birth time in ns since the epoch, or 0 if the file system does not keep it.
 pub(crate) fn birth_ns(file: &File) -> u64 {
-    file.metadata()
-        .and_then(|m| m.created())
+    file.metadata().map_or(0, |m| birth_of(&m))
+}
+
+/// The birth time in `meta` (a `statx` brings it along with the size), as [`birth_ns`].
+pub(crate) fn birth_of(meta: &std::fs::Metadata) -> u64 {
+    meta.created()
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos() as u64)

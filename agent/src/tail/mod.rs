@@ -903,8 +903,10 @@ impl Tailer {
             return false;
         };
         let size = file.metadata().map_or(0, |m| m.len());
-        let fp = Fingerprint::take(file, size).ok().flatten();
-        let Some(fp) = fp else {
+        let taken = Fingerprint::take_with_head(file, size, t.watcher.birth())
+            .ok()
+            .flatten();
+        let Some((_, head)) = taken else {
             // No whole first line yet: maybe a copy being written, if what it holds so far is
             // how a tracked file in its directory begins (empty: nothing to read anyway).
             // Held back, but not for long.
@@ -929,7 +931,7 @@ impl Tailer {
             }
             return self.unpark(key);
         };
-        let head = fingerprint::head_of(file, fp.len).ok().flatten();
+        let head = Some(head);
         let dir = t.watcher.path().parent().map(Path::to_path_buf);
         let wanted = t.parked;
         // Candidate originals: files with its first line in its directory, classified ones

@@ -23,7 +23,7 @@
 //! Invariant: `line_pos <= read_pos`, and `read_pos - line_pos` is the incomplete line held by
 //! the splitter. Every byte in `[start, line_pos)` was handed out in exactly one line.
 
-use super::fingerprint::{Fingerprint, TAIL_WINDOW, TailPrint, birth_ns, head_of};
+use super::fingerprint::{Fingerprint, TAIL_WINDOW, TailPrint, head_of};
 use crate::checkpoint::PendingCopy;
 use crate::lines::{Line, LineSplitter};
 use ferry_core::record::FileId;
@@ -226,25 +226,32 @@ impl FileWatcher {
         let file = File::open(path)?;
         let meta = file.metadata()?;
         let size = meta.len();
-        let (fingerprint, generation, pos) = match start {
-            StartAt::Beginning { generation } => (None, generation, 0),
-            StartAt::End => (Fingerprint::take(&file, size)?, 0, size),
+        // The birth time came with the size (one `statx`); it never changes, so it is kept.
+        let birth = super::fingerprint::birth_of(&meta);
+        let (fingerprint, head, generation, pos) = match start {
+            StartAt::Beginning { generation } => (None, None, generation, 0),
+            StartAt::End => match Fingerprint::take_with_head(&file, size, birth)? {
+                Some((fp, head)) => (Some(fp), Some(head), 0, size),
+                None => (None, None, 0, size),
+            },
             StartAt::Resume {
                 fingerprint,
                 generation,
                 offset,
-            } => (fingerprint, generation, offset),
+            } => {
+                let head = match fingerprint {
+                    Some(fp) => head_of(&file, fp.len)?,
+                    None => None,
+                };
+                (fingerprint, head, generation, offset)
+            }
         };
         let mid_line = pos > 0 && !follows_newline(&file, pos)?;
-        let unfixed_id = super::fingerprint::unfixed_id(&file);
-        let head = match fingerprint {
-            Some(fp) => head_of(&file, fp.len)?,
-            None => None,
-        };
+        let unfixed_id = super::fingerprint::unfixed_id_of(birth);
         let mut w = Self {
             path: path.to_owned(),
             path_str: Arc::from(path.to_string_lossy().as_ref()),
-            birth: super::fingerprint::birth_ns(&file),
+            birth,
             file: Some(file),
             head,
             tail: None,
@@ -332,7 +339,7 @@ impl FileWatcher {
     /// A print of the bytes before `offset`, if the handle is open and the file holds them.
     pub fn tail_at(&self, offset: u64) -> Option<TailPrint> {
         let file = self.file.as_ref()?;
-        tail_print(file, offset, self.fingerprint.or(self.probe))
+        tail_print(file, self.birth, offset, self.fingerprint.or(self.probe))
             .ok()
             .flatten()
     }
@@ -464,7 +471,7 @@ impl FileWatcher {
         // since the last look (its first bytes changed) is a truncation for the next read to
         // handle, and its new size says nothing about what the old content held.
         let same = match (self.file.as_ref(), self.fingerprint.or(self.probe)) {
-            (Some(f), Some(fp)) if changed => fp.matches(f).unwrap_or(true),
+            (Some(f), Some(fp)) if changed => fp.matches_as(f, self.birth).unwrap_or(true),
             _ => true,
         };
         if same {
@@ -504,6 +511,7 @@ impl FileWatcher {
         };
         identify(
             file,
+            self.birth,
             size,
             None,
             &mut self.fingerprint,
@@ -555,7 +563,7 @@ impl FileWatcher {
         let touched = mtime != std::mem::replace(&mut self.mtime, mtime);
         if (size != self.size || touched || std::mem::take(&mut self.check_identity))
             && let Some(fp) = self.fingerprint.or(self.probe)
-            && !fp.matches(file)?
+            && !fp.matches_as(file, self.birth)?
         {
             return Ok(ReadOutcome::Truncated);
         }
@@ -605,8 +613,12 @@ impl FileWatcher {
                     && self
                         .tail
                         .is_none_or(|t| t.offset != self.line_pos || t.is_part())
-                    && let Some(tp) =
-                        tail_print(file, self.line_pos, self.fingerprint.or(self.probe))?
+                    && let Some(tp) = tail_print(
+                        file,
+                        self.birth,
+                        self.line_pos,
+                        self.fingerprint.or(self.probe),
+                    )?
                 {
                     self.tail = Some(tp);
                 }
@@ -621,6 +633,7 @@ impl FileWatcher {
                 let size = self.size.max(self.read_pos + n as u64);
                 identify(
                     file,
+                    self.birth,
                     size,
                     (self.read_pos == 0).then_some(&buf[..n]),
                     &mut self.fingerprint,
@@ -664,9 +677,14 @@ impl FileWatcher {
         // Read on without reaching the end (a file far behind, or written faster than it is
         // read): a tail print all the same, or a truncation now could not find its copy.
         if self.line_pos > 0 && self.tail.is_none_or(|t| t.is_part()) {
-            self.tail = tail_print(file, self.line_pos, self.fingerprint.or(self.probe))?
-                .or(self.tail)
-                .or(part);
+            self.tail = tail_print(
+                file,
+                self.birth,
+                self.line_pos,
+                self.fingerprint.or(self.probe),
+            )?
+            .or(self.tail)
+            .or(part);
         }
         Ok(ReadOutcome::More { bytes: total })
     }
@@ -834,11 +852,10 @@ impl FileWatcher {
             ));
         };
         let size = file.metadata()?.len();
-        if self.fingerprint.is_none() {
-            self.fingerprint = Fingerprint::take(file, size)?;
-            if let Some(fp) = self.fingerprint {
-                self.head = head_of(file, fp.len)?;
-            }
+        if self.fingerprint.is_none()
+            && let Some((fp, head)) = Fingerprint::take_with_head(file, size, self.birth)?
+        {
+            (self.fingerprint, self.head) = (Some(fp), Some(head));
         }
         self.mid_line = offset > 0 && !follows_newline(file, offset)?;
         self.splitter.clear();
@@ -929,6 +946,7 @@ pub(crate) mod hooks {
 /// lines already shipped, would be read as a file of its own.
 fn identify(
     file: &File,
+    birth: u64,
     size: u64,
     first: Option<&[u8]>,
     fingerprint: &mut Option<Fingerprint>,
@@ -950,26 +968,27 @@ fn identify(
             None => None,
         };
         if let Some(len) = len {
-            *fingerprint = Some(Fingerprint::of(&bytes[..len], birth_ns(file)));
+            *fingerprint = Some(Fingerprint::of(&bytes[..len], birth));
             *head = Some(Fingerprint::of(&bytes[..len], 0).checksum);
             return Ok(());
         }
     }
-    *fingerprint = Fingerprint::take(file, size)?;
-    match *fingerprint {
-        Some(fp) => *head = head_of(file, fp.len)?,
+    let taken = Fingerprint::take_with_head(file, size, birth)?;
+    *fingerprint = taken.map(|(fp, _)| fp);
+    match taken {
+        Some((_, h)) => *head = Some(h),
         None if probe.is_none() => match first {
             Some(bytes) if !bytes.is_empty() => {
                 let w = &bytes[..bytes
                     .len()
                     .min(super::fingerprint::FINGERPRINT_WINDOW as usize)];
                 (*probe, *probe_head) = (
-                    Some(Fingerprint::of(w, birth_ns(file))),
+                    Some(Fingerprint::of(w, birth)),
                     Some(Fingerprint::of(w, 0).checksum),
                 );
             }
             _ => {
-                if let Some((p, h)) = Fingerprint::probe(file, size)? {
+                if let Some((p, h)) = Fingerprint::probe_as(file, size, birth)? {
                     (*probe, *probe_head) = (Some(p), Some(h));
                 }
             }
@@ -985,13 +1004,18 @@ fn identify(
 /// to still hold `offset` bytes and to still begin as it did. Without the check a print taken
 /// after a truncation is missing (shorter file) or of the new content's bytes (refilled past
 /// `offset`), and the old content's copy is not recognised by it.
-fn tail_print(file: &File, offset: u64, id: Option<Fingerprint>) -> io::Result<Option<TailPrint>> {
+fn tail_print(
+    file: &File,
+    birth: u64,
+    offset: u64,
+    id: Option<Fingerprint>,
+) -> io::Result<Option<TailPrint>> {
     let Some(tp) = TailPrint::take(file, offset)? else {
         return Ok(None);
     };
     let same = file.metadata()?.len() >= offset
         && match id {
-            Some(fp) => fp.matches(file)?,
+            Some(fp) => fp.matches_as(file, birth)?,
             None => true,
         };
     Ok(same.then_some(tp))

@@ -31,8 +31,8 @@ pub enum FsEvent {
     Data(PathBuf),
     /// The path was created, removed, renamed or changed its attributes: look at it again.
     Changed(PathBuf),
-    /// Events may have been missed, for the reason given (the kernel's queue overflowed, a
-    /// read failed, a watched directory went away): rescan.
+    /// Events may have been missed, for the reason given (the kernel's queue overflowed, or
+    /// reading them failed): rescan.
     Lost(&'static str),
 }
 
@@ -174,12 +174,16 @@ fn translate(
         return vec![FsEvent::Lost("kernel_queue_overflow")];
     }
     if mask.contains(EventMask::IGNORED) {
-        // The watch is gone (its directory removed or unmounted): what was below it is
-        // found again by the next rescan, which watches the directory again if it is back.
-        if let Ok(mut d) = dirs.lock() {
+        // The watch is gone with its directory (removed, or its file system unmounted). Its
+        // files went first, each with its own event. The reader looks at the path: nothing
+        // there, nothing to do (a pod's log directory removed needs no rescan); a directory
+        // there again (made anew at once) makes it rescan, which watches a root again.
+        let gone = dirs.lock().ok().and_then(|mut d| {
+            let dir = d.by_wd.get(&wd).map(|(p, _)| p.clone());
             d.remove(&wd);
-        }
-        return vec![FsEvent::Lost("watch_removed")];
+            dir
+        });
+        return gone.map(FsEvent::Changed).into_iter().collect();
     }
     let Some((dir, recursive)) = dirs.lock().ok().and_then(|d| d.by_wd.get(&wd).cloned()) else {
         return Vec::new();
@@ -311,15 +315,20 @@ mod tests {
     }
 
     #[test]
-    fn a_removed_directory_loses_its_watch_and_asks_for_a_rescan() {
+    fn a_removed_directory_loses_its_watch_and_is_named_once() {
         let dir = tempfile::tempdir().unwrap();
         let sub = dir.path().join("logs");
         std::fs::create_dir(&sub).unwrap();
         let (_rt, mut w, rx) = start();
         w.watch(&sub, false).unwrap();
         std::fs::remove_dir(&sub).unwrap();
+        // The directory named (the reader looks: nothing there), no rescan asked for.
         let evs = drain(&rx, Duration::from_millis(300));
-        assert!(evs.contains(&FsEvent::Lost("watch_removed")), "{evs:?}");
+        assert!(evs.contains(&FsEvent::Changed(sub.clone())), "{evs:?}");
+        assert!(
+            !evs.iter().any(|e| matches!(e, FsEvent::Lost(_))),
+            "{evs:?}"
+        );
         assert!(!w.is_watched(&sub));
         // Back again: watched again by the next call (the reader's rescan makes it).
         std::fs::create_dir(&sub).unwrap();

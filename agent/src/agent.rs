@@ -216,6 +216,7 @@ impl<O: Output> Agent<O> {
             events_tx: events_tx.clone(),
             overflow: Arc::new(AtomicBool::new(false)),
             workers: worker_tx,
+            group_bytes: cfg.batch.max_bytes.get(),
             buffer: buffer.clone(),
             stop: stop.clone(),
             stats: self.stats.clone(),

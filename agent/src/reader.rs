@@ -41,7 +41,9 @@ pub struct Reader {
     pub runtime: tokio::runtime::Handle,
     /// Set when the event channel was full: events were lost.
     pub overflow: Arc<AtomicBool>,
-    pub workers: Vec<SyncSender<Emitted>>,
+    pub workers: Vec<SyncSender<Vec<Emitted>>>,
+    /// Raw batch bytes handed to one worker at once (see [`crate::compress`]).
+    pub group_bytes: u64,
     pub buffer: Arc<Buffer>,
     pub stop: Arc<AtomicBool>,
     pub stats: Arc<AgentStats>,
@@ -199,14 +201,30 @@ impl Reader {
         }
     }
 
-    /// Hands what the tailer produced to the workers, round robin. False if they are gone.
+    /// Hands what the tailer produced to the workers, round robin, in groups of up to
+    /// `group_bytes` of batches. False if they are gone.
     fn forward(&mut self, st: &mut State) -> bool {
         let n = self.workers.len();
+        let (mut group, mut bytes) = (Vec::new(), 0u64);
         for item in self.tailer.take_output() {
             if let Emitted::Batch { batch, .. } = &item {
                 self.buffer.take(batch.span_bytes());
+                bytes += batch.builder.raw_len() as u64;
             }
-            if self.workers[st.next_worker].send(item).is_err() {
+            group.push(item);
+            if bytes >= self.group_bytes {
+                if self.workers[st.next_worker]
+                    .send(std::mem::take(&mut group))
+                    .is_err()
+                {
+                    return false;
+                }
+                st.next_worker = (st.next_worker + 1) % n;
+                bytes = 0;
+            }
+        }
+        if !group.is_empty() {
+            if self.workers[st.next_worker].send(group).is_err() {
                 return false;
             }
             st.next_worker = (st.next_worker + 1) % n;

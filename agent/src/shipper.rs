@@ -431,7 +431,8 @@ impl FileFlights {
 /// The async side of the agent: receives, delivers, acknowledges, checkpoints.
 pub struct Shipper<O> {
     parts: ShipperParts<O>,
-    rx: Vec<mpsc::Receiver<Shipment>>,
+    /// The workers' groups of shipments ([`crate::compress`]).
+    rx: Vec<mpsc::Receiver<Vec<Shipment>>>,
     /// Which worker's channel holds the next shipment (they are dealt round robin).
     next_rx: usize,
     queues: HashMap<FileKey, VecDeque<Shipment>>,
@@ -483,7 +484,7 @@ fn identity_of_state(state: &FileState) -> Identity {
 const IDENTITY_GATHER: Duration = Duration::from_millis(5);
 
 impl<O: Output> Shipper<O> {
-    pub fn new(parts: ShipperParts<O>, rx: Vec<mpsc::Receiver<Shipment>>) -> Self {
+    pub fn new(parts: ShipperParts<O>, rx: Vec<mpsc::Receiver<Vec<Shipment>>>) -> Self {
         let per_file = parts
             .max_in_flight_per_file
             .min(parts.output.max_in_flight_per_file())
@@ -533,10 +534,12 @@ impl<O: Output> Shipper<O> {
                         Err(e) => tracing::error!(error = %e, "delivery task failed"),
                     }
                 }
-                item = self.rx[self.next_rx].recv(), if input_open => match item {
-                    Some(s) => {
+                group = self.rx[self.next_rx].recv(), if input_open => match group {
+                    Some(group) => {
                         self.next_rx = (self.next_rx + 1) % self.rx.len();
-                        self.accept(s);
+                        for s in group {
+                            self.accept(s);
+                        }
                     }
                     None => input_open = false,
                 },
@@ -1461,21 +1464,21 @@ mod tests {
             checksum: 777,
         });
         // Truncated: a new generation, its first line not written yet; then a batch of it.
-        tx.send(Shipment::Position {
+        tx.send(vec![Shipment::Position {
             state: state(None),
             offset: 0,
-        })
+        }])
         .await
         .unwrap();
         let (b, m) = encoded(2, Codec::None);
-        tx.send(Shipment::Batch {
+        tx.send(vec![Shipment::Batch {
             input: 0,
             state: state(fp),
             first_offset: 0,
             end_offset: m.end_offset - m.first_offset,
             records: 2,
             encoded: Ok(b),
-        })
+        }])
         .await
         .unwrap();
         drop(tx);

@@ -112,7 +112,8 @@ impl DirWatcher {
                         continue;
                     }
                 };
-                for out in translate(&task_dirs, &mut task_watches, ev.wd, ev.mask, ev.name) {
+                if let Some(out) = translate(&task_dirs, &mut task_watches, ev.wd, ev.mask, ev.name)
+                {
                     send(out);
                 }
             }
@@ -162,16 +163,16 @@ fn add(dirs: &Mutex<Dirs>, watches: &mut Watches, dir: &Path, recursive: bool) -
     Ok(())
 }
 
-/// One inotify event as the reader's events.
+/// One inotify event as the reader's event, if it is one the reader needs.
 fn translate(
     dirs: &Mutex<Dirs>,
     watches: &mut Watches,
     wd: WatchDescriptor,
     mask: EventMask,
     name: Option<std::ffi::OsString>,
-) -> Vec<FsEvent> {
+) -> Option<FsEvent> {
     if mask.contains(EventMask::Q_OVERFLOW) {
-        return vec![FsEvent::Lost("kernel_queue_overflow")];
+        return Some(FsEvent::Lost("kernel_queue_overflow"));
     }
     if mask.contains(EventMask::IGNORED) {
         // The watch is gone with its directory (removed, or its file system unmounted). Its
@@ -183,11 +184,9 @@ fn translate(
             d.remove(&wd);
             dir
         });
-        return gone.map(FsEvent::Changed).into_iter().collect();
+        return gone.map(FsEvent::Changed);
     }
-    let Some((dir, recursive)) = dirs.lock().ok().and_then(|d| d.by_wd.get(&wd).cloned()) else {
-        return Vec::new();
-    };
+    let (dir, recursive) = dirs.lock().ok().and_then(|d| d.by_wd.get(&wd).cloned())?;
     let path = match name {
         Some(n) => dir.join(n),
         None => dir,
@@ -200,12 +199,12 @@ fn translate(
             tracing::debug!(dir = %path.display(), error = %e, "cannot watch new directory");
         }
         // A directory's name changed: the reader rescans to see what is in it.
-        return vec![FsEvent::Changed(path)];
+        return Some(FsEvent::Changed(path));
     }
     if mask.contains(EventMask::MODIFY) {
-        return vec![FsEvent::Data(path)];
+        return Some(FsEvent::Data(path));
     }
-    vec![FsEvent::Changed(path)]
+    Some(FsEvent::Changed(path))
 }
 
 #[cfg(test)]

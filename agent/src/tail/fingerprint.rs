@@ -116,18 +116,7 @@ impl Fingerprint {
 
     /// [`Self::take`] for a file born at `birth_ns` (a copy taken for its original).
     pub fn take_as(file: &File, size: u64, birth_ns: u64) -> io::Result<Option<Self>> {
-        let len = size.min(FINGERPRINT_WINDOW);
-        if len == 0 {
-            return Ok(None);
-        }
-        let mut buf = [0u8; FINGERPRINT_WINDOW as usize];
-        let got = read_full_at(file, &mut buf[..len as usize])?;
-        let len = match memchr::memchr(b'\n', &buf[..got]) {
-            Some(nl) => nl + 1,
-            None if got as u64 == FINGERPRINT_WINDOW => got,
-            None => return Ok(None),
-        };
-        Ok(Some(Self::of(&buf[..len], birth_ns)))
+        Ok(Self::take_with_head(file, size, birth_ns)?.map(|(fp, _)| fp))
     }
 
     /// A checksum of whatever the file begins with, up to the window: not an identity (it

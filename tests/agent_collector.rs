@@ -123,7 +123,7 @@ impl Rig {
         assert!(self.agent.is_none(), "agent already running");
         self.agent_starts += 1;
         let config = self.agent_config.display().to_string();
-        self.agent = Some(Service::spawn(
+        self.agent = Some(Service::spawn_agent(
             "agent",
             &self.dir,
             &["agent", "--config", &config],

@@ -76,6 +76,14 @@ impl Reader {
         }
         self.watch_roots(&mut st);
         self.tailer.scan(Instant::now());
+        // From here on a file that appears is seen (an event, or the next rescan): a user (or a
+        // test) that starts writing after this line loses nothing to the agent's startup.
+        tracing::info!(
+            files = self.tailer.file_count(),
+            directories = self.tailer.roots().len(),
+            events = st.watcher.is_some(),
+            "tailing started"
+        );
         loop {
             if self.stop.load(Ordering::Relaxed) {
                 break;

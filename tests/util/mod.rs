@@ -176,6 +176,32 @@ impl Service {
         }
     }
 
+    /// `ferry agent ARGS`, waiting until its reader has watched and scanned its directories
+    /// (`tailing started` in the new part of its log): a line written after this returns is
+    /// the agent's to ship, even in a file rotated away before the agent would have looked.
+    #[allow(dead_code)]
+    pub fn spawn_agent(name: &str, dir: &Dir, args: &[&str]) -> Self {
+        let log = dir.join(format!("{name}.stderr"));
+        let before = std::fs::metadata(&log).map_or(0, |m| m.len()) as usize;
+        let mut svc = Self::spawn(name, dir, args);
+        let start = Instant::now();
+        loop {
+            let text = std::fs::read(&log).unwrap_or_default();
+            let new = String::from_utf8_lossy(text.get(before..).unwrap_or_default());
+            if new.contains("tailing started") {
+                return svc;
+            }
+            if let Some(status) = svc.proc.exited() {
+                panic!("{name} exited with {status} before it was tailing:\n{new}");
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{name} did not start tailing within 30s:\n{new}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }

@@ -266,7 +266,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         // `check` needs no runtime: it reads one file.
         Command::Check { file } => check(&file),
-        other => runtime()?.block_on(run_async(other)),
+        other => {
+            if matches!(other, Command::Agent { .. } | Command::Up { .. }) {
+                // Before the runtime's threads exist (see the function).
+                ferry_agent::fdlimit::grow_table_early();
+            }
+            runtime()?.block_on(run_async(other))
+        }
     }
 }
 

@@ -573,6 +573,8 @@ fn child(args: &[String]) -> Res<()> {
     } else {
         Codec::None
     });
+    // As `ferry agent` does before its runtime starts.
+    ferry_agent::fdlimit::grow_table_early();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -983,7 +983,7 @@ fn collector_kill9_mid_stream_no_duplicates_after_restart() {
 /// request each. Every line must still be stored exactly once: with the collector killed -9
 /// while such requests are in flight (the agent then sends each of their batches on its own,
 /// some already stored: the collector deduplicates them), and the agent killed -9 and
-/// restarted from its checkpoint.
+/// restarted from its checkpoint. The kill moments come from a seed, printed.
 #[test]
 fn many_files_share_requests_and_every_line_is_stored_once_across_kills() {
     const FILES: usize = 600;
@@ -1007,18 +1007,25 @@ fn many_files_share_requests_and_every_line_is_stored_once_across_kills() {
         requests > 0.0 && requests < (FILES / 3) as f64,
         "{FILES} files' first batches took {requests} requests: not sent together"
     );
-    // A second round, the collector killed while it ships, then the agent.
+    // A second round, the collector killed while it ships, then the agent — each at a moment
+    // drawn from the printed seed.
+    let mut rng = util::XorShift(util::seed());
+    let mut ms = |lo: u64, hi: u64| Duration::from_millis(lo + rng.next() % (hi - lo));
+    let (ship, down, settle) = (ms(5, 80), ms(50, 500), ms(10, 120));
+    eprintln!(
+        "collector killed {ship:?} into the round, down {down:?}; agent killed {settle:?} after the third writes"
+    );
     for (i, f) in files.iter_mut().enumerate() {
         write_lines(f, &format!("f{i:03}"), 40..80, &mut written);
     }
-    std::thread::sleep(Duration::from_millis(30));
+    std::thread::sleep(ship);
     rig.kill_collector();
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(down);
     rig.start_collector();
     for (i, f) in files.iter_mut().enumerate().step_by(3) {
         write_lines(f, &format!("f{i:03}"), 80..90, &mut written);
     }
-    std::thread::sleep(Duration::from_millis(50));
+    std::thread::sleep(settle);
     rig.kill_agent();
     rig.start_agent();
     rig.finish(&written, Duration::from_secs(90));

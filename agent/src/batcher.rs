@@ -74,7 +74,7 @@ impl Default for BuilderPool {
 
 impl BuilderPool {
     /// The agent's default buffer size (`buffer_bytes`).
-    const DEFAULT_LIMIT: usize = 8 << 20;
+    const DEFAULT_LIMIT: usize = crate::config::DEFAULT_BUFFER_BYTES.0 as usize;
 
     /// A pool that keeps builders holding at most `bytes` in all.
     pub fn with_limit(bytes: usize) -> Self {

@@ -82,6 +82,9 @@ impl Default for RegistryConfig {
     }
 }
 
+/// `buffer_bytes` when the config does not say.
+pub const DEFAULT_BUFFER_BYTES: ByteSize = ByteSize::mib(8);
+
 impl Default for AgentConfig {
     fn default() -> Self {
         Self {
@@ -92,7 +95,7 @@ impl Default for AgentConfig {
             batch: BatchConfig::default(),
             compression: CompressionConfig::default(),
             output: OutputConfig::default(),
-            buffer_bytes: ByteSize::mib(8),
+            buffer_bytes: DEFAULT_BUFFER_BYTES,
             rescan_interval: Duration::from_secs(10),
             read_budget_bytes: ByteSize::mib(1),
             checkpoint_interval: Duration::from_secs(1),

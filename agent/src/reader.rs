@@ -1,14 +1,15 @@
 //! The reader thread: drives the [`Tailer`] with file events, rescans and timeouts.
 //!
 //! One OS thread owns every file. Each turn is a few named phases:
-//! 1. `take_events`: drain `notify` events (directory watches) without blocking; a data event
-//!    marks its file for reading, any other event re-checks its path;
-//! 2. `rescan_if_due`: every `rescan_interval` (or after an event queue overflow), expand the
+//! 1. `take_events`: drain the file events of the directory watches ([`crate::fsevents`])
+//!    without blocking; a data event marks its file for reading, any other event re-checks
+//!    its path;
+//! 2. `rescan_if_due`: every `rescan_interval` (or after events were lost), expand the
 //!    globs again and stat everything — the fallback for missed events;
 //! 3. `read`: read the files that may have data, each up to the read budget, within the room
 //!    left in the agent's buffer (bytes read but not acknowledged);
 //! 4. `poll_timeouts`: partial lines, multiline records, batch linger, rotated files;
-//! 5. `forward`: hand sealed batches to the compression workers;
+//! 5. `forward`: hand sealed batches to the compression workers, in groups;
 //! 6. `wait`: when nothing was read, block on the event channel until an event, an ack that
 //!    frees buffer room, or the next deadline. With nothing changing, the thread sleeps: no
 //!    per-file polling, whatever the number of files.
@@ -212,7 +213,6 @@ impl Reader {
     /// Hands what the tailer produced to the workers, round robin, in groups of up to
     /// `group_bytes` of batches. False if they are gone.
     fn forward(&mut self, st: &mut State) -> bool {
-        let n = self.workers.len();
         let (mut group, mut bytes) = (Vec::new(), 0u64);
         for item in self.tailer.take_output() {
             if let Emitted::Batch { batch, .. } = &item {
@@ -221,23 +221,13 @@ impl Reader {
             }
             group.push(item);
             if bytes >= self.group_bytes {
-                if self.workers[st.next_worker]
-                    .send(std::mem::take(&mut group))
-                    .is_err()
-                {
+                if !hand_over(&self.workers, st, std::mem::take(&mut group)) {
                     return false;
                 }
-                st.next_worker = (st.next_worker + 1) % n;
                 bytes = 0;
             }
         }
-        if !group.is_empty() {
-            if self.workers[st.next_worker].send(group).is_err() {
-                return false;
-            }
-            st.next_worker = (st.next_worker + 1) % n;
-        }
-        true
+        group.is_empty() || hand_over(&self.workers, st, group)
     }
 
     fn publish_stats(&mut self) {
@@ -282,4 +272,11 @@ impl Reader {
             Err(RecvTimeoutError::Disconnected) => std::thread::sleep(timeout),
         }
     }
+}
+
+/// Sends `group` to the next of the `workers` in turn. False if they are gone.
+fn hand_over(workers: &[SyncSender<Vec<Emitted>>], st: &mut State, group: Vec<Emitted>) -> bool {
+    let sent = workers[st.next_worker].send(group).is_ok();
+    st.next_worker = (st.next_worker + 1) % workers.len();
+    sent
 }

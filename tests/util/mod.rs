@@ -139,29 +139,12 @@ impl Service {
     /// may then even answer, from the other process.)
     #[allow(dead_code)]
     pub fn start_on_port_0(name: &str, dir: &Dir, args: &[&str], marker: &str) -> Self {
-        let log = dir.join(format!("{name}.stderr"));
-        let before = std::fs::metadata(&log).map_or(0, |m| m.len()) as usize;
-        let mut proc = Proc::start(name, dir, args);
-        let start = Instant::now();
-        let addr = loop {
-            let text = std::fs::read(&log).unwrap_or_default();
-            let new = String::from_utf8_lossy(text.get(before..).unwrap_or_default());
-            let found = strip_ansi(&new).lines().find_map(|l| {
+        let (proc, addr) = Proc::start_until(name, dir, args, "log its address", |new| {
+            strip_ansi(new).lines().find_map(|l| {
                 let (_, rest) = l.split_once(marker)?;
                 rest.split_whitespace().next()?.parse::<SocketAddr>().ok()
-            });
-            if let Some(a) = found {
-                break a;
-            }
-            if let Some(status) = proc.exited() {
-                panic!("{name} exited with {status} before it was ready:\n{new}");
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "{name} did not log its address after 30s:\n{new}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        };
+            })
+        });
         let mut svc = Service { proc, addr };
         svc.wait_healthy(Duration::from_secs(30));
         svc
@@ -181,24 +164,12 @@ impl Service {
     /// the agent's to ship, even in a file rotated away before the agent would have looked.
     #[allow(dead_code)]
     pub fn spawn_agent(name: &str, dir: &Dir, args: &[&str]) -> Self {
-        let log = dir.join(format!("{name}.stderr"));
-        let before = std::fs::metadata(&log).map_or(0, |m| m.len()) as usize;
-        let mut svc = Self::spawn(name, dir, args);
-        let start = Instant::now();
-        loop {
-            let text = std::fs::read(&log).unwrap_or_default();
-            let new = String::from_utf8_lossy(text.get(before..).unwrap_or_default());
-            if new.contains("tailing started") {
-                return svc;
-            }
-            if let Some(status) = svc.proc.exited() {
-                panic!("{name} exited with {status} before it was tailing:\n{new}");
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "{name} did not start tailing within 30s:\n{new}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
+        let (proc, ()) = Proc::start_until(name, dir, args, "start tailing", |new| {
+            new.contains("tailing started").then_some(())
+        });
+        Service {
+            proc,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         }
     }
 
@@ -348,6 +319,37 @@ impl Proc {
             name: name.to_owned(),
             child: Some(child),
             stderr_path,
+        }
+    }
+
+    /// Starts `ferry ARGS` and waits until `found` finds what it looks for in the part of its
+    /// log written since (checked every 10 ms, for 30 s; `what` names it in the panic).
+    #[allow(dead_code)]
+    pub fn start_until<T>(
+        name: &str,
+        dir: &Dir,
+        args: &[&str],
+        what: &str,
+        mut found: impl FnMut(&str) -> Option<T>,
+    ) -> (Self, T) {
+        let log = dir.join(format!("{name}.stderr"));
+        let before = std::fs::metadata(&log).map_or(0, |m| m.len()) as usize;
+        let mut proc = Proc::start(name, dir, args);
+        let start = Instant::now();
+        loop {
+            let text = std::fs::read(&log).unwrap_or_default();
+            let new = String::from_utf8_lossy(text.get(before..).unwrap_or_default());
+            if let Some(t) = found(&new) {
+                return (proc, t);
+            }
+            if let Some(status) = proc.exited() {
+                panic!("{name} exited with {status} before it was ready:\n{new}");
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{name} did not {what} within 30s:\n{new}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 

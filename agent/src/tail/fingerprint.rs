@@ -125,12 +125,8 @@ impl Fingerprint {
     /// With it, the hash of the same bytes alone (no birth time, as [`head_of`] takes it): what a
     /// copy of the file begins with, should it be copied and truncated before its first line is
     /// whole.
-    pub fn probe(file: &File, size: u64) -> io::Result<Option<(Self, u64)>> {
-        Self::probe_as(file, size, birth_ns(file))
-    }
-
-    /// [`Self::probe`] for a file born at `birth_ns`.
-    pub fn probe_as(file: &File, size: u64, birth_ns: u64) -> io::Result<Option<(Self, u64)>> {
+    /// `birth_ns` is the file's birth time (a tracked file's, looked up once).
+    pub fn probe(file: &File, size: u64, birth_ns: u64) -> io::Result<Option<(Self, u64)>> {
         let len = size.min(FINGERPRINT_WINDOW);
         if len == 0 {
             return Ok(None);
@@ -261,13 +257,8 @@ pub fn head_of(file: &File, len: u64) -> io::Result<Option<u64>> {
 /// is not complete, but a part of it was shipped after the flush timeout): a checksum of its
 /// birth time alone, so that a reused inode is still another identity; 0 where the file system
 /// keeps no birth time. It never changes during the file's life, so an agent that re-reads the
-/// file after a crash ships under the same origin.
-pub fn unfixed_id(file: &File) -> u64 {
-    unfixed_id_of(birth_ns(file))
-}
-
-/// [`unfixed_id`] of a file born at `birth_ns`.
-pub fn unfixed_id_of(birth_ns: u64) -> u64 {
+/// file after a crash ships under the same origin. `birth_ns` as [`birth_ns`] gives it.
+pub fn unfixed_id(birth_ns: u64) -> u64 {
     match birth_ns {
         0 => 0,
         birth => Fingerprint::of(&[], birth).checksum,

@@ -247,7 +247,7 @@ impl FileWatcher {
             }
         };
         let mid_line = pos > 0 && !follows_newline(&file, pos)?;
-        let unfixed_id = super::fingerprint::unfixed_id_of(birth);
+        let unfixed_id = super::fingerprint::unfixed_id(birth);
         let mut w = Self {
             path: path.to_owned(),
             path_str: Arc::from(path.to_string_lossy().as_ref()),
@@ -988,7 +988,7 @@ fn identify(
                 );
             }
             _ => {
-                if let Some((p, h)) = Fingerprint::probe_as(file, size, birth)? {
+                if let Some((p, h)) = Fingerprint::probe(file, size, birth)? {
                     (*probe, *probe_head) = (Some(p), Some(h));
                 }
             }

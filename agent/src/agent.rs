@@ -204,6 +204,7 @@ impl<O: Output> Agent<O> {
                     max_records: cfg.batch.max_records,
                     linger: cfg.batch.linger.get(),
                 },
+                backlog_bytes: cfg.batch.backlog_bytes.get(),
                 max_open_files,
             },
             self.inputs.clone(),

@@ -292,6 +292,12 @@ pub struct BatchConfig {
     pub max_records: u32,
     /// Age of the oldest record in the batch.
     pub linger: Duration,
+    /// A file read to its end after at least this many bytes since its previous end — it had
+    /// a backlog: found with content, caught up after a restart or a burst — seals its batch
+    /// at once: those lines were waiting already, and lingering would only delay them. A file
+    /// read as it is written reaches its end with a few lines each time, and its batches
+    /// linger to fill up. `0`: every file's batch is sealed when its read reaches the end.
+    pub backlog_bytes: ByteSize,
 }
 
 impl Default for BatchConfig {
@@ -300,6 +306,7 @@ impl Default for BatchConfig {
             max_bytes: ByteSize::mib(1),
             max_records: 16_384,
             linger: Duration::from_millis(200),
+            backlog_bytes: ByteSize::kib(64),
         }
     }
 }
@@ -1140,7 +1147,7 @@ inputs:
       max_lines: 50
       timeout: 2s
     max_line_bytes: 64KiB
-batch: {max_bytes: 512KiB, max_records: 1000, linger: 100ms}
+batch: {max_bytes: 512KiB, max_records: 1000, linger: 100ms, backlog_bytes: 128KiB}
 compression: {codec: none, level: 0}
 output:
   type: collector
@@ -1166,6 +1173,11 @@ max_open_files: 500
         ));
         assert_eq!(cfg.codec(), Codec::None);
         assert_eq!(cfg.max_open_files, Some(500));
+        assert_eq!(cfg.batch.backlog_bytes, ByteSize::kib(128));
+        assert_eq!(
+            load("id: a\n").unwrap().batch.backlog_bytes,
+            ByteSize::kib(64)
+        );
     }
 
     #[test]

@@ -233,7 +233,7 @@ impl Reader {
     fn publish_stats(&mut self) {
         let stats = self.tailer.take_stats();
         for (i, s) in stats.iter().enumerate() {
-            if s.lines == 0 && s.unread_bytes == 0 {
+            if s.lines == 0 && s.unread_bytes == 0 && s.sealed_after_backlog == 0 {
                 continue;
             }
             let name = self.tailer.inputs()[i].name.clone();
@@ -241,6 +241,10 @@ impl Reader {
                 .increment(s.lines);
             metrics::counter!("ferry_agent_bytes_read_total", "input" => name.clone())
                 .increment(s.bytes);
+            if s.sealed_after_backlog > 0 {
+                metrics::counter!("ferry_agent_batches_sealed_caught_up_total", "input" => name.clone())
+                    .increment(s.sealed_after_backlog);
+            }
             if s.truncated > 0 {
                 metrics::counter!("ferry_agent_truncated_lines_total", "input" => name.clone())
                     .increment(s.truncated);

@@ -462,6 +462,8 @@ async fn many_small_files_filling_the_buffer_do_not_wait_out_the_linger() {
     cfg.batch.max_bytes = ByteSize::kib(512);
     cfg.batch.max_records = 100_000;
     cfg.buffer_bytes = ByteSize::mib(1);
+    // Each file is a backlog that would be sealed at its end anyway: only room seals here.
+    cfg.batch.backlog_bytes = ByteSize::mib(1024);
     let run = start(cfg, true);
     // 5.8 MiB through a 1 MiB buffer: were full buffers left to linger, that would be about six
     // lingers (30 s); sealed for room, it is one (the tails) and the reading.
@@ -475,4 +477,62 @@ async fn many_small_files_filling_the_buffer_do_not_wait_out_the_linger() {
     want.sort();
     assert_eq!(got.len(), want.len(), "every line exactly once");
     assert!(got == want, "the lines shipped are the lines written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_ships_at_once_and_lines_written_one_by_one_still_linger() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = logs(dir.path());
+    // Three files found with content (about 110 KiB each, over `backlog_bytes`), and a fourth
+    // with a few lines (under it).
+    let mut want = Vec::new();
+    for f in 0..3 {
+        let lines = numbered(&format!("big{f}"), 0..3_000);
+        append(&logs.join(format!("big{f}.log")), lines.iter().cloned());
+        want.extend(lines);
+    }
+    let small = numbered("small", 0..10);
+    append(&logs.join("small.log"), small.iter().cloned());
+    let mut cfg = config(dir.path(), ReadFrom::Beginning);
+    let linger = Duration::from_secs(4);
+    cfg.batch.linger = CfgDuration::from_secs(4);
+    cfg.batch.max_records = 100_000;
+    cfg.batch.max_bytes = ByteSize::mib(1);
+    cfg.batch.backlog_bytes = ByteSize::kib(64);
+    let t = std::time::Instant::now();
+    let run = start(cfg, true);
+    run.wait_lines_within(want.len(), Duration::from_secs(20))
+        .await;
+    let took = t.elapsed();
+    assert!(
+        took < linger / 2,
+        "the backlogs were sealed when read to their end, not after the {linger:?} linger: {took:?}"
+    );
+    assert!(
+        !run.out.lines().iter().any(|l| l.starts_with("small")),
+        "ten lines are no backlog: they linger"
+    );
+    // Lines written one at a time to a file being read as it grows: each read ends with a
+    // line or two, and the batch waits out its linger to gather them.
+    let live = logs.join("big0.log");
+    let mut trickle = Vec::new();
+    for i in 0..5 {
+        let line = format!("live-{i}");
+        append(&live, [line.clone()]);
+        trickle.push(line);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !run.out.lines().iter().any(|l| l.starts_with("live-")),
+        "lines read as they are written linger"
+    );
+    want.extend(small);
+    want.extend(trickle);
+    run.wait_lines_within(want.len(), Duration::from_secs(20))
+        .await;
+    let mut got = run.stop().await;
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "every line exactly once");
 }

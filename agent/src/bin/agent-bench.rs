@@ -17,7 +17,8 @@
 //! those agent modes, e.g. `collector-lz4`; `FERRY_BENCH_BATCH_BYTES` sets the
 //! agent's `batch.max_bytes`, `FERRY_BENCH_PER_FILE` its `max_in_flight_per_file`,
 //! `FERRY_BENCH_IN_FLIGHT` its `max_in_flight`, `FERRY_BENCH_BUFFER_BYTES` its `buffer_bytes`,
-//! `FERRY_BENCH_LINGER_MS` its `batch.linger`; `FERRY_BENCH_NO_EVENTS` turns file events off
+//! `FERRY_BENCH_LINGER_MS` its `batch.linger`, `FERRY_BENCH_BACKLOG_BYTES` its
+//! `batch.backlog_bytes` (`1GiB`: batches linger as before it existed); `FERRY_BENCH_NO_EVENTS` turns file events off
 //! in the `null` runs, to measure what they cost.) Generates a file of ~200-byte
 //! JSON lines, then measures, each in its own child process so that peak RSS is the run's own:
 //! the agent reading it into the `null` output uncompressed and with gzip (level 1), and `cat`
@@ -589,6 +590,9 @@ fn child(args: &[String]) -> Res<()> {
     }
     if let Ok(ms) = std::env::var("FERRY_BENCH_LINGER_MS") {
         cfg.batch.linger = ferry_core::config::Duration::from_millis(ms.parse()?);
+    }
+    if let Ok(b) = std::env::var("FERRY_BENCH_BACKLOG_BYTES") {
+        cfg.batch.backlog_bytes = b.parse()?;
     }
     if let Ok(b) = std::env::var("FERRY_BENCH_BUFFER_BYTES") {
         cfg.buffer_bytes = b.parse()?;

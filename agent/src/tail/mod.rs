@@ -99,6 +99,8 @@ pub struct InputStats {
     pub bytes: u64,
     pub truncated: u64,
     pub unread_bytes: u64,
+    /// Batches sealed when a file was read to its end after a backlog (`backlog_bytes`).
+    pub sealed_after_backlog: u64,
 }
 
 /// Knobs of the tailer.
@@ -110,6 +112,10 @@ pub struct TailerSettings {
     /// Size of one read.
     pub read_buffer: usize,
     pub limits: BatchLimits,
+    /// A file read to its end after at least this many bytes since its last end (a backlog:
+    /// a new file, a restart, the reader behind a burst) seals its open batch at once instead
+    /// of letting it linger (`batch.backlog_bytes`).
+    pub backlog_bytes: u64,
     /// Most tail handles open at once (`max_open_files`, see [`crate::fdlimit`]).
     pub max_open_files: usize,
 }
@@ -213,6 +219,8 @@ struct Tracked {
     batcher: Batcher,
     /// The last read stopped at its budget: read again next turn.
     more: bool,
+    /// Bytes read since the file was last read to its end: how far behind the reader was.
+    behind: u64,
     /// A new file (no checkpoint, read from 0) not yet checked for being a copy of a tracked
     /// file: it is not read until it is.
     unclassified: bool,
@@ -1530,6 +1538,7 @@ impl Tailer {
                 multiline,
                 batcher: Batcher::new(self.settings.limits, self.pool.clone()),
                 more: false,
+                behind: 0,
                 unclassified,
                 parked: None,
                 compressed: None,
@@ -1779,6 +1788,7 @@ impl Tailer {
                 }
                 Ok(ReadOutcome::More { bytes }) => {
                     total += bytes;
+                    t.behind += bytes;
                     t.more = true;
                     t.next_poll = None;
                 }
@@ -1790,6 +1800,19 @@ impl Tailer {
                 Ok(ReadOutcome::Eof { bytes }) => {
                     total += bytes;
                     t.more = false;
+                    // Caught up with a backlog: its last batch holds lines that were waiting
+                    // already, and lingering would only delay them (for a file found with
+                    // content, 200 ms on top of its read). A file read as it is written
+                    // reaches its end with a few lines each time, and those batches linger
+                    // to fill up as before.
+                    let behind = std::mem::take(&mut t.behind) + bytes;
+                    if behind >= settings.backlog_bytes
+                        && let Some(s) = batcher.flush()
+                    {
+                        *open_bytes -= s.span_bytes();
+                        sealed.push(s);
+                        st.sealed_after_backlog += 1;
+                    }
                     // A live file is read again on its next event or rescan. An orphaned one
                     // gets no events of its own any more: look again with EOF backoff until
                     // its rotate wait is over.

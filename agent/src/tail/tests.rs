@@ -14,6 +14,10 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::rc::Rc;
+/// The agent's default `batch.backlog_bytes`.
+fn default_backlog() -> u64 {
+    crate::config::BatchConfig::default().backlog_bytes.get()
+}
 
 #[derive(Debug, Clone)]
 enum Action {
@@ -133,6 +137,7 @@ impl Harness {
                     max_records,
                     linger: Duration::from_millis(200),
                 },
+                backlog_bytes: default_backlog(),
                 max_open_files,
             },
             inputs,
@@ -515,6 +520,7 @@ fn harness_of(
                 max_records: 100,
                 linger: Duration::from_millis(200),
             },
+            backlog_bytes: default_backlog(),
             max_open_files: usize::MAX,
         },
         inputs,
@@ -702,6 +708,7 @@ fn startup_resumes_or_restarts_from_the_checkpoint() {
                 max_records: 100,
                 linger: Duration::ZERO,
             },
+            backlog_bytes: default_backlog(),
             max_open_files: usize::MAX,
         },
         h.tailer.inputs.clone(),
@@ -1017,6 +1024,7 @@ fn restarted(h: &Harness, checkpoints: Checkpoints) -> Tailer {
                 max_records: 100,
                 linger: Duration::ZERO,
             },
+            backlog_bytes: default_backlog(),
             max_open_files: usize::MAX,
         },
         h.tailer.inputs.clone(),

@@ -481,6 +481,7 @@ async fn many_small_files_filling_the_buffer_do_not_wait_out_the_linger() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_ships_at_once_and_lines_written_one_by_one_still_linger() {
+    ferry_core::telemetry::install_metrics();
     let dir = tempfile::tempdir().unwrap();
     let logs = logs(dir.path());
     // Three files found with content (about 110 KiB each, over `backlog_bytes`), and a fourth
@@ -535,4 +536,10 @@ async fn a_backlog_ships_at_once_and_lines_written_one_by_one_still_linger() {
     got.sort();
     want.sort();
     assert_eq!(got, want, "every line exactly once");
+    let text = ferry_core::telemetry::render_metrics();
+    assert!(
+        text.lines()
+            .any(|l| l == "ferry_agent_batches_sealed_caught_up_total{input=\"app\"} 3"),
+        "one batch sealed at the end of each of the three backlogs:\n{text}"
+    );
 }

@@ -240,6 +240,19 @@ struct Tracked {
 
 const ORPHAN_POLL_MIN: Duration = Duration::from_millis(50);
 const ORPHAN_POLL_MAX: Duration = Duration::from_secs(1);
+/// The identity a copy of `print`'s content ships its lines under: the original's, with the
+/// fingerprint of the copy's first line taken with the original's birth time when that is
+/// known (what the original's own fingerprint is, for a copy that holds its first line).
+fn copy_origin(print: &PendingCopy, copy: &fs::File, size: u64) -> FileId {
+    let mut origin = FileId::from(print.origin);
+    if let Some(birth) = print.birth
+        && let Ok(Some(fp)) = Fingerprint::take_as(copy, size, birth)
+    {
+        origin.fingerprint = fp.checksum;
+    }
+    origin
+}
+
 /// Retry of a file that could not be opened (permissions, say): capped backoff.
 const OPEN_RETRY_MIN: Duration = Duration::from_millis(250);
 const OPEN_RETRY_MAX: Duration = Duration::from_secs(30);
@@ -1132,6 +1145,12 @@ impl Tailer {
 
     /// The size of the copy of `w`'s content if one is tracked already (read under that
     /// content's origin).
+    ///
+    /// Device, inode and generation are not enough: a file deleted and a new one given its
+    /// inode number both start at generation 0, and the old file's copy, read under the old
+    /// file's origin, is no copy of the new one (taken for it, the new file's copy was read as
+    /// a file of its own, and its lines shipped twice: the rotation model's wide seed 37). The
+    /// fingerprint tells the contents apart, as [`copy_origin`] gives it to a copy.
     fn adopted_size(&self, w: &CopyWanted) -> Option<u64> {
         let o = w.print.origin;
         self.files
@@ -1140,6 +1159,11 @@ impl Tailer {
                 **k != w.original
                     && t.watcher.origin().is_some_and(|id| {
                         (id.dev, id.inode, id.generation) == (o.dev, o.inode, o.generation)
+                            && (id.fingerprint == o.fingerprint
+                                || t.watcher.handle().is_some_and(|f| {
+                                    let size = f.metadata().map_or(0, |m| m.len());
+                                    copy_origin(&w.print, f, size).fingerprint == id.fingerprint
+                                }))
                     })
             })
             .map(|(_, t)| {
@@ -1191,14 +1215,10 @@ impl Tailer {
         // killed then never read them again — the copy was the only place left that held
         // them; the rotation model's narrow seed 109.)
         let offset = from.min(size);
-        let mut origin = FileId::from(w.print.origin);
-        if let Some(birth) = w.print.birth
-            && let Ok(file) = fs::File::open(path)
-            && let Ok(Some(fp)) = Fingerprint::take_as(&file, size, birth)
-        {
-            origin.fingerprint = fp.checksum;
-        }
-        let origin = Some(origin);
+        let origin = Some(match fs::File::open(path) {
+            Ok(file) => copy_origin(&w.print, &file, size),
+            Err(_) => FileId::from(w.print.origin),
+        });
         if t.watcher.skip_to(offset).is_err() {
             self.resolve(w, lost_all);
             return;

@@ -2841,3 +2841,60 @@ fn original_truncated_while_a_copy_is_compared_with_it_is_still_its_copy() {
     want.sort();
     assert_eq!(lines, want, "each line once");
 }
+
+/// The rotation model's wide seed 37: a file deleted, and a new file given its inode number; a
+/// copytruncate of the new file. The copy of the *old* file, read earlier under the old file's
+/// origin — the same device, inode and generation — is not the new file's copy: its lines are
+/// other lines (its fingerprint says so). Taken for it, the wait for the new file's copy ended
+/// at once ("adopted already"), and the real copy, parked, was later read as a file of its own:
+/// the new file's lines shipped twice. (Inode reuse cannot be forced here: the checkpoint gives
+/// the old copy the origin it would have had.)
+#[test]
+fn the_copy_of_a_file_that_had_this_inode_before_is_not_its_copy() {
+    let mut h = wide_harness();
+    let app = h.dir.path().join("app.log");
+    let old_copy = h.dir.path().join("app.log.1");
+    std::fs::write(&app, "old one\nold two\n").unwrap();
+    h.read_all();
+    // Copied and truncated: the copy is read on under the old file's origin (nothing left).
+    std::fs::copy(&app, &old_copy).unwrap();
+    truncate_to_zero(&app);
+    h.read_all();
+    std::fs::remove_file(&app).unwrap();
+    h.read_all();
+    let mut cps = acknowledged_checkpoint(&h.out);
+    let copy_ino = std::fs::metadata(&old_copy).unwrap().ino();
+    // A new app.log, and the old copy's origin as if the new file had been given its inode.
+    std::fs::write(&app, "new one\nnew two\n").unwrap();
+    let new_ino = std::fs::metadata(&app).unwrap().ino();
+    let entry = cps
+        .files
+        .values_mut()
+        .find(|c| c.inode == copy_ino)
+        .expect("the old copy is checkpointed");
+    let origin = entry
+        .origin
+        .as_mut()
+        .expect("read under the old file's origin");
+    assert_eq!(origin.generation, 0);
+    origin.inode = new_ino;
+    let cps = Checkpoints::decode(&cps.encode()).unwrap();
+    h.out.clear();
+    h.tailer = restarted(&h, cps);
+    h.read_all();
+    // copytruncate of the new file.
+    std::fs::copy(&app, h.dir.path().join("app.log.2")).unwrap();
+    truncate_to_zero(&app);
+    append_to(&app, b"new three\n");
+    h.drain();
+    let mut lines: Vec<String> = records_by_origin(&mut h.out)
+        .into_iter()
+        .map(|(l, _, _)| l)
+        .collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        ["new one", "new three", "new two"],
+        "each line of the new file once"
+    );
+}

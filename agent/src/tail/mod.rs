@@ -240,19 +240,6 @@ struct Tracked {
 
 const ORPHAN_POLL_MIN: Duration = Duration::from_millis(50);
 const ORPHAN_POLL_MAX: Duration = Duration::from_secs(1);
-/// The identity a copy of `print`'s content ships its lines under: the original's, with the
-/// fingerprint of the copy's first line taken with the original's birth time when that is
-/// known (what the original's own fingerprint is, for a copy that holds its first line).
-fn copy_origin(print: &PendingCopy, copy: &fs::File, size: u64) -> FileId {
-    let mut origin = FileId::from(print.origin);
-    if let Some(birth) = print.birth
-        && let Ok(Some(fp)) = Fingerprint::take_as(copy, size, birth)
-    {
-        origin.fingerprint = fp.checksum;
-    }
-    origin
-}
-
 /// Retry of a file that could not be opened (permissions, say): capped backoff.
 const OPEN_RETRY_MIN: Duration = Duration::from_millis(250);
 const OPEN_RETRY_MAX: Duration = Duration::from_secs(30);
@@ -1751,10 +1738,7 @@ impl Tailer {
                             )
                         });
                     }
-                    if let Some(s) = batcher.flush() {
-                        *open_bytes -= s.span_bytes();
-                        sealed.push(s);
-                    }
+                    seal_open(batcher.flush(), open_bytes, sealed);
                     // Handed out with the old content's identity (fingerprint, head, its last
                     // tail print), while the watcher still has it: drained after the restart
                     // below, their checkpoint said "this generation, no identity", and an agent
@@ -1827,10 +1811,8 @@ impl Tailer {
                     // to fill up as before.
                     let behind = std::mem::take(&mut t.behind) + bytes;
                     if behind >= settings.backlog_bytes
-                        && let Some(s) = batcher.flush()
+                        && seal_open(batcher.flush(), open_bytes, sealed)
                     {
-                        *open_bytes -= s.span_bytes();
-                        sealed.push(s);
                         st.sealed_after_backlog += 1;
                     }
                     // A live file is read again on its next event or rescan. An orphaned one
@@ -1960,10 +1942,7 @@ impl Tailer {
             } else {
                 batcher.poll(now)
             };
-            if let Some(s) = s {
-                *open_bytes -= s.span_bytes();
-                sealed.push(s);
-            }
+            seal_open(s, open_bytes, sealed);
             drain_sealed(sealed, out, t.input, watcher);
         }
         if release {
@@ -2054,9 +2033,7 @@ impl Tailer {
     pub fn flush_batches(&mut self) -> usize {
         let mut n = 0;
         for t in self.files.values_mut() {
-            if let Some(s) = t.batcher.flush() {
-                self.open_bytes -= s.span_bytes();
-                self.sealed.push(s);
+            if seal_open(t.batcher.flush(), &mut self.open_bytes, &mut self.sealed) {
                 n += 1;
             }
             drain_sealed(&mut self.sealed, &mut self.out, t.input, &t.watcher);
@@ -2108,6 +2085,30 @@ impl Tailer {
 
 /// The print of a checkpointed file's content (a copy of it is read on from the checkpoint),
 /// waited for `wait` from now; what it held past the checkpoint is unknown (not counted).
+/// The identity a copy of `print`'s content ships its lines under: the original's, with the
+/// fingerprint of the copy's first line taken with the original's birth time when that is
+/// known (what the original's own fingerprint is, for a copy that holds its first line).
+fn copy_origin(print: &PendingCopy, copy: &fs::File, size: u64) -> FileId {
+    let mut origin = FileId::from(print.origin);
+    if let Some(birth) = print.birth
+        && let Ok(Some(fp)) = Fingerprint::take_as(copy, size, birth)
+    {
+        origin.fingerprint = fp.checksum;
+    }
+    origin
+}
+
+/// Puts a batch just sealed (`Batcher::flush`, `Batcher::poll`), if any, into `sealed`; its
+/// bytes leave `open_bytes`.
+fn seal_open(s: Option<SealedBatch>, open_bytes: &mut u64, sealed: &mut Vec<SealedBatch>) -> bool {
+    let Some(s) = s else {
+        return false;
+    };
+    *open_bytes -= s.span_bytes();
+    sealed.push(s);
+    true
+}
+
 fn checkpointed_print(cp: &FileCheckpoint, wait: Duration) -> Option<PendingCopy> {
     if cp.fingerprint.is_none()
         && cp.offset == 0

@@ -143,7 +143,7 @@ impl Case {
   checkpoint_interval: 100ms
   shutdown_timeout: 20s
   buffer_bytes: 2KiB
-  batch: {{max_bytes: 1KiB, max_records: 20, linger: 50ms}}
+  batch: {{max_bytes: 1KiB, max_records: 20, linger: 50ms, backlog_bytes: {backlog}}}
   output:
     type: collector
     urls: [\"http://{addr}\"]
@@ -158,6 +158,9 @@ impl Case {
             data = data.display(),
             logs = logs.display(),
             wait = ROTATE_WAIT.as_secs(),
+            // Batches sealed at every end of a read, after a few lines read since the last
+            // end, or (the default, more than these files hold) only by size and linger.
+            backlog = ["0", "300B", "64KiB"][(seed % 3) as usize],
         );
         std::fs::write(&agent_config, yaml).expect("write agent config");
         Case {

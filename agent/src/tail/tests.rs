@@ -371,8 +371,12 @@ proptest! {
         read_budget in 16u64..400,
         max_records in 1u32..8,
         max_open_files in prop_oneof![2 => Just(usize::MAX), 1 => 1usize..3],
+        // Sealed when a read reaches a file's end after this many bytes: at every end, after
+        // a few lines, or never in these small files (the default).
+        backlog_bytes in prop_oneof![Just(0u64), 16u64..300, Just(default_backlog())],
     ) {
         let mut h = Harness::with_handles(read_buffer, read_budget, max_records, max_open_files);
+        h.tailer.settings.backlog_bytes = backlog_bytes;
         for a in &actions {
             h.apply(a);
         }

@@ -17,7 +17,7 @@ use crate::aggregate::AggState;
 use crate::config::{AggOp, Emit, OnParseError, PipelineConfig};
 use crate::filter::{Filter, Val};
 use crate::parse::{FieldSlots, Parser, Span};
-use crate::time::{TimeFormat, format_rfc3339};
+use crate::time::{TimeParser, format_rfc3339};
 use crate::window::{ClosedWindow, KeyState, Windows};
 use bytes::Bytes;
 use ferry_core::record::Record;
@@ -236,7 +236,7 @@ pub struct Pipeline {
     /// `None`: a `count` without a field (every record counts).
     agg_slots: Vec<Option<usize>>,
     filter: Option<(Filter, Vec<usize>)>,
-    time: Option<(usize, TimeFormat)>,
+    time: Option<(usize, TimeParser)>,
     alerts: Vec<AlertRule>,
     dead_letter: Option<Arc<str>>,
     late_topic: Option<Arc<str>>,
@@ -281,7 +281,7 @@ impl Pipeline {
         let time = cfg
             .event_time
             .as_ref()
-            .map(|t| (slot(&t.field), t.format.clone()));
+            .map(|t| (slot(&t.field), TimeParser::new(t.format.clone())));
         let name: Arc<str> = cfg.name.as_str().into();
         let group_names: Vec<Arc<str>> = cfg.group_by.iter().map(|g| g.as_str().into()).collect();
         let agg_names: Vec<Arc<str>> = cfg
@@ -502,9 +502,13 @@ impl Pipeline {
         let fallback = sane_time(record.event_time_ms)
             .or(sane_time(Some(ingest_ms)))
             .unwrap_or(0);
-        let event_ms = match &self.time {
-            Some((slot, fmt)) => {
-                match sane_time(self.slots.get(line, *slot).and_then(|s| fmt.parse(s))) {
+        let event_ms = match &mut self.time {
+            Some((slot, parser)) => {
+                match sane_time(
+                    self.slots
+                        .get_bytes(line, *slot)
+                        .and_then(|b| parser.parse(b)),
+                ) {
                     Some(t) => t,
                     None => {
                         self.stats.event_time_fallbacks += 1;
@@ -524,11 +528,11 @@ impl Pipeline {
         if keep {
             self.key_buf.clear();
             for &g in &self.group_slots {
-                match self.slots.get(line, g) {
+                match self.slots.get_bytes(line, g) {
                     None => self.key_buf.push(0),
                     Some(v) => {
                         self.key_buf.push(1);
-                        push_key_part(&mut self.key_buf, v.as_bytes());
+                        push_key_part(&mut self.key_buf, v);
                     }
                 }
             }

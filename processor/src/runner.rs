@@ -40,7 +40,7 @@ use crate::sink::{Outputs, SinkError, TopicProducer};
 use bytes::Bytes;
 use ferry_core::backoff::Backoff;
 use ferry_core::client::{ClientError, CollectorClient};
-use ferry_core::consumer::{Consumer, ConsumerConfig, StartPosition};
+use ferry_core::consumer::{Consumer, ConsumerConfig, StartPosition, same_topic};
 use ferry_core::shutdown::Shutdown;
 use std::future::Future;
 use std::pin::Pin;
@@ -352,7 +352,9 @@ impl Runner {
         let now = ferry_core::now_ms();
         // A poll returns each partition's records together: one instance lookup per run of
         // them, not per record.
-        for run in records.chunk_by(|a, b| a.partition == b.partition && a.topic == b.topic) {
+        for run in
+            records.chunk_by(|a, b| a.partition == b.partition && same_topic(&a.topic, &b.topic))
+        {
             let first = &run[0];
             let pid = PartitionId::new(first.topic.to_string(), first.partition);
             // A partition assigned during this poll is set up (and sought back) next turn.

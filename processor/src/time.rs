@@ -3,7 +3,7 @@
 //! RFC 3339 is the common case and is parsed by hand (no allocation, ~20 ns); `strftime` formats
 //! go through chrono. Formatting is hand-rolled too since every result line carries two stamps.
 
-pub use ferry_core::time::{days_from_civil, parse_rfc3339};
+pub use ferry_core::time::{Rfc3339Parser, days_from_civil, parse_rfc3339};
 use serde::{Deserialize, Deserializer};
 
 /// How an event-time field is written.
@@ -49,6 +49,33 @@ impl TimeFormat {
                 ));
             }
         })
+    }
+}
+
+/// Parses the event times of one pipeline, record after record: RFC 3339 with the hour of the
+/// previous record remembered ([`Rfc3339Parser`]), other formats as [`TimeFormat::parse`] does.
+#[derive(Debug, Clone)]
+pub struct TimeParser {
+    format: TimeFormat,
+    rfc3339: Rfc3339Parser,
+}
+
+impl TimeParser {
+    pub fn new(format: TimeFormat) -> Self {
+        Self {
+            format,
+            rfc3339: Rfc3339Parser::default(),
+        }
+    }
+
+    /// `value` in Unix milliseconds, or `None` when it does not match the format (bytes that
+    /// are not UTF-8 never do).
+    #[inline]
+    pub fn parse(&mut self, value: &[u8]) -> Option<i64> {
+        match &self.format {
+            TimeFormat::Rfc3339 => self.rfc3339.parse(value),
+            other => other.parse(std::str::from_utf8(value).ok()?),
+        }
     }
 }
 
@@ -160,6 +187,24 @@ mod tests {
         }
         assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(format_rfc3339(10_500), "1970-01-01T00:00:10.500Z");
+    }
+
+    #[test]
+    fn a_time_parser_reads_values_as_bytes_in_every_format() {
+        let mut p = TimeParser::new(TimeFormat::Rfc3339);
+        for s in [
+            "2026-11-24T06:46:50.123Z",
+            "2026-11-24T06:47:00+01:00",
+            "2026-11-24T07:00:00Z",
+        ] {
+            assert_eq!(p.parse(s.as_bytes()), parse_rfc3339(s), "{s}");
+        }
+        assert_eq!(p.parse(b"2026-11-24T07:00:00\xffZ"), None);
+        let mut p = TimeParser::new(TimeFormat::UnixMs);
+        assert_eq!(p.parse(b"1700000000123"), Some(1_700_000_000_123));
+        assert_eq!(p.parse(b"17\xff"), None);
+        let mut p = TimeParser::new(TimeFormat::from_config("%Y-%m-%d %H:%M:%S").unwrap());
+        assert_eq!(p.parse(b"1970-01-02 00:00:01"), Some(86_401_000));
     }
 
     #[test]

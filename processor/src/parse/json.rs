@@ -72,6 +72,18 @@ impl<'a> Scanner<'a> {
         self.b.get(self.i).copied()
     }
 
+    /// The next byte that is not whitespace (not consumed). Between tokens there is usually
+    /// none: one load and one comparison.
+    #[inline(always)]
+    fn next(&mut self) -> Option<u8> {
+        let c = *self.b.get(self.i)?;
+        if c > b' ' {
+            return Some(c);
+        }
+        self.ws();
+        self.peek()
+    }
+
     #[inline(always)]
     fn ws(&mut self) {
         while let Some(c) = self.b.get(self.i) {
@@ -89,23 +101,20 @@ impl<'a> Scanner<'a> {
             return Err(self.err("nesting too deep"));
         }
         self.i += 1;
-        self.ws();
-        if self.peek() == Some(b'}') {
+        if self.next() == Some(b'}') {
             self.i += 1;
             return Ok(());
         }
         loop {
-            self.ws();
-            if self.peek() != Some(b'"') {
+            if self.next() != Some(b'"') {
                 return Err(self.err("expected a key"));
             }
             let (ks, ke, escaped) = self.string()?;
-            self.ws();
-            if self.peek() != Some(b':') {
+            if self.next() != Some(b':') {
                 return Err(self.err("expected `:`"));
             }
             self.i += 1;
-            self.ws();
+            let first = self.next();
             let mut handled = false;
             if track {
                 let plen = self.path.len();
@@ -120,7 +129,7 @@ impl<'a> Scanner<'a> {
                 }
                 let name = if direct { &b[ks..ke] } else { &self.path[..] };
                 let slot = out.slot(name);
-                if self.peek() == Some(b'{') && is_prefix(out, name) {
+                if first == Some(b'{') && is_prefix(out, name) {
                     // Fields inside are wanted (and maybe the object itself, as text).
                     let start = self.i;
                     if direct {
@@ -142,14 +151,13 @@ impl<'a> Scanner<'a> {
             }
             if !handled {
                 // Most skipped values are strings: scanned here, without the call.
-                if self.peek() == Some(b'"') {
+                if first == Some(b'"') {
                     self.string()?;
                 } else {
                     self.skip_value(depth)?;
                 }
             }
-            self.ws();
-            match self.peek() {
+            match self.next() {
                 Some(b',') => self.i += 1,
                 Some(b'}') => {
                     self.i += 1;

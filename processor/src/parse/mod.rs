@@ -59,6 +59,9 @@ pub struct FieldSlots {
     names: Vec<String>,
     /// Invariant: same length as `names`.
     vals: Vec<Option<Span>>,
+    /// Bit `n` set when some name is `n` bytes long (bit 63: 63 or more): most keys of a line
+    /// are not wanted, and most of those are told apart by their length alone.
+    lengths: u64,
     /// A parser's scratch buffer (the JSON parser's key path), kept from line to line.
     pub(crate) scratch: Vec<u8>,
 }
@@ -66,7 +69,9 @@ pub struct FieldSlots {
 impl FieldSlots {
     pub fn new(names: Vec<String>) -> Self {
         let vals = vec![None; names.len()];
+        let lengths = names.iter().fold(0, |m, n| m | length_bit(n.len()));
         Self {
+            lengths,
             names,
             vals,
             scratch: Vec::new(),
@@ -94,8 +99,9 @@ impl FieldSlots {
     /// The slot for `name`, if wanted.
     #[inline]
     pub fn slot(&self, name: &[u8]) -> Option<usize> {
-        // Length before the comparison: most keys of a line are not wanted, and most of those
-        // are told apart by it.
+        if self.lengths & length_bit(name.len()) == 0 {
+            return None;
+        }
         self.names.iter().position(|n| {
             let n = n.as_bytes();
             // Names are short: compared byte by byte inline, not with a call to `memcmp`.
@@ -129,6 +135,18 @@ impl FieldSlots {
         matches!(self.vals.get(slot), Some(Some(_)))
     }
 
+    /// The value of slot `i` for `line` (the same line the parser read), as bytes: for callers
+    /// that need no `&str` (group keys, timestamps), without checking again what the parser
+    /// checked.
+    #[inline]
+    pub fn get_bytes<'a>(&'a self, line: &'a [u8], slot: usize) -> Option<&'a [u8]> {
+        match self.vals.get(slot)?.as_ref()? {
+            Span::Line(s, e) => line.get(*s as usize..*e as usize),
+            Span::Owned(s) => Some(s.as_bytes()),
+            Span::Static(s) => Some(s.as_bytes()),
+        }
+    }
+
     /// The value of slot `i` for `line` (the same line the parser read).
     #[inline]
     pub fn get<'a>(&'a self, line: &'a [u8], slot: usize) -> Option<&'a str> {
@@ -140,6 +158,12 @@ impl FieldSlots {
             Span::Static(s) => Some(s),
         }
     }
+}
+
+/// A name's bit in [`FieldSlots`]' set of lengths.
+#[inline]
+fn length_bit(len: usize) -> u64 {
+    1 << len.min(63)
 }
 
 /// The span of `sub` inside `line`. `sub` must point into `line` (callers slice it from there);
@@ -220,5 +244,41 @@ pub(crate) mod test_util {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_found_by_name_whatever_its_length() {
+        let long = "k".repeat(70);
+        let names: Vec<String> = [
+            "",
+            "ts",
+            &"a".repeat(62),
+            &"b".repeat(63),
+            &"c".repeat(64),
+            &long,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let slots = FieldSlots::new(names.clone());
+        for (i, n) in names.iter().enumerate() {
+            assert_eq!(slots.slot(n.as_bytes()), Some(i), "{} bytes", n.len());
+        }
+        for other in [
+            "t",
+            "tz",
+            "level",
+            &"a".repeat(61),
+            &"b".repeat(64),
+            &"k".repeat(69),
+            &"k".repeat(71),
+        ] {
+            assert_eq!(slots.slot(other.as_bytes()), None, "{} bytes", other.len());
+        }
     }
 }

@@ -47,7 +47,7 @@ impl Rfc3339Parser {
         if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[13] != b':' || b[16] != b':' {
             return None;
         }
-        let prefix: [u8; 13] = b[..13].try_into().ok()?;
+        let prefix = *b.first_chunk::<13>()?;
         let hour_secs = match self.hour {
             Some((p, secs)) if p == prefix => secs,
             _ => {

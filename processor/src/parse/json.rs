@@ -36,8 +36,7 @@ type Scan<T> = Result<T, Box<ParseError>>;
 
 impl Scanner<'_> {
     fn document(&mut self, out: &mut FieldSlots) -> Scan<()> {
-        self.ws();
-        if self.peek() != Some(b'{') {
+        if self.next() != Some(b'{') {
             return Err(self.err("expected a JSON object"));
         }
         self.object(out, 0, true)?;
@@ -297,16 +296,14 @@ impl<'a> Scanner<'a> {
                     return Err(self.err("nesting too deep"));
                 }
                 self.i += 1;
-                self.ws();
-                if self.peek() == Some(b']') {
+                if self.next() == Some(b']') {
                     self.i += 1;
                     return Ok(());
                 }
                 loop {
                     self.ws();
                     self.skip_value(depth + 1)?;
-                    self.ws();
-                    match self.peek() {
+                    match self.next() {
                         Some(b',') => self.i += 1,
                         Some(b']') => {
                             self.i += 1;
